@@ -1,0 +1,10 @@
+"""teleport-audit-json registers with the kernel under its distribution name."""
+
+from teleport_core.plugins import make_plugins
+
+
+def test_plugin_is_discovered_and_loads():
+    plugins = make_plugins()
+    info = {i.name: i for i in plugins.infos}["audit_json"]
+    assert info.distribution == "teleport-audit-json"
+    assert info.status == "loaded", info.error

@@ -1,0 +1,3 @@
+"""teleport-proxy: proxy service: web API, SSH proxy, reverse tunnels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,10 @@
+"""teleport-proxy registers with the kernel under its distribution name."""
+
+from teleport_core.plugins import make_plugins
+
+
+def test_plugin_is_discovered_and_loads():
+    plugins = make_plugins()
+    info = {i.name: i for i in plugins.infos}["proxy"]
+    assert info.distribution == "teleport-proxy"
+    assert info.status == "loaded", info.error

@@ -1,0 +1,12 @@
+"""teleport-py kernel: hook specs, config, plugin manager, process, embedded backends.
+
+Importing this package is cheap on purpose (``tsh`` runs once per SSH connection as a
+ProxyCommand): submodules are imported only by the code that needs them.
+"""
+
+__version__ = "0.1.0"
+
+import pluggy as _pluggy
+
+hookimpl = _pluggy.HookimplMarker("teleport")
+"""Decorator marking a plugin's hook implementations (``@hookimpl``, ``@hookimpl(trylast=True)``)."""

@@ -1,0 +1,121 @@
+"""Identities and access decisions: what the authentication and authorization hooks exchange.
+
+Deny by default: :func:`decide` allows a request only when at least one plugin allows it and
+none denies it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from teleport_core.secret import Secret
+
+
+def _frozen_traits(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({k: tuple(v) for k, v in value.items()})
+
+
+def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+class IdentityKind(enum.Enum):
+    """Who holds a certificate: a person or bot (``user``), or a cluster server (``host``)."""
+
+    USER = "user"
+    HOST = "host"
+
+
+@attrs.frozen
+class Identity:
+    """An authenticated principal.
+
+    For users: ``name`` is the Teleport username, ``roles`` their role names and ``traits``
+    their traits (``{"logins": ["root"]}``). For hosts: ``name`` is ``<hostUUID>.<cluster>``
+    and ``roles`` holds the system role (``Node``, ``Proxy``, ``Auth``).
+    """
+
+    name: str
+    kind: IdentityKind = IdentityKind.USER
+    roles: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    traits: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_frozen_traits)
+    logins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    cluster: str = ""
+
+
+@attrs.frozen(repr=False)
+class LoginRequest:
+    """Credentials offered at login. ``repr`` never shows the password or OTP code."""
+
+    username: str
+    password: Secret
+    otp: Secret | None = None
+    remote_addr: str = ""
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        return f"LoginRequest(username={self.username!r}, remote_addr={self.remote_addr!r})"
+
+
+@attrs.frozen
+class AccessRequest:
+    """One thing an identity wants to do.
+
+    ``verb`` is ``list``/``read``/``create``/``update``/``delete`` on a resource ``kind``
+    (``role``, ``user``, ``token``, ``node``, ``event``, ``session`` ...), or ``ssh`` on a
+    ``node`` with ``login`` set. ``labels`` are the resource's labels (node labels for ``ssh``).
+    """
+
+    identity: Identity
+    verb: str
+    kind: str
+    name: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
+    login: str = ""
+
+
+class Effect(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@attrs.frozen
+class Decision:
+    """A plugin's answer to an :class:`AccessRequest`, with the reason shown in audits and 403s."""
+
+    effect: Effect
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect is Effect.ALLOW
+
+    @classmethod
+    def allow(cls, reason: str = "") -> Decision:
+        return cls(Effect.ALLOW, reason)
+
+    @classmethod
+    def deny(cls, reason: str) -> Decision:
+        return cls(Effect.DENY, reason)
+
+
+def decide(request: AccessRequest, decisions: Iterable[Decision | None]) -> Decision:
+    """Combine plugin decisions: any deny wins, then any allow, else deny by default."""
+    allow: Decision | None = None
+    for decision in decisions:
+        if decision is None:
+            continue
+        if decision.effect is Effect.DENY:
+            return decision
+        allow = allow or decision
+    if allow is not None:
+        return allow
+    what = f"{request.verb} on {request.kind}" + (f" {request.name!r}" if request.name else "")
+    if request.login:
+        what += f" as login {request.login!r}"
+    return Decision.deny(f"access denied to {request.identity.name!r}: no role allows {what}")

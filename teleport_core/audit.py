@@ -1,0 +1,196 @@
+"""Audit events, the audit-sink interface, and the fan-out log that writes to every sink.
+
+Events are flat JSON objects with Teleport's field names and codes (``user.login`` /
+``T1000I``); build them with :func:`new_event` so ``uid``, ``time`` and ``code`` are right.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import uuid as uuidlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from teleport_core.errors import TeleportError
+
+# event type -> code, for the outcomes Teleport defines (see docs/audit-events.md)
+USER_LOGIN = "user.login"
+CODES: Mapping[tuple[str, str], str] = {
+    ("user.login", "ok"): "T1000I",
+    ("user.login", "failure"): "T1000W",
+    ("user.create", "ok"): "T1002I",
+    ("user.update", "ok"): "T1003I",
+    ("user.delete", "ok"): "T1004I",
+    ("session.start", "ok"): "T2000I",
+    ("session.join", "ok"): "T2001I",
+    ("resize", "ok"): "T2002I",
+    ("session.leave", "ok"): "T2003I",
+    ("session.end", "ok"): "T2004I",
+    ("session.upload", "ok"): "T2005I",
+    ("session.data", "ok"): "T2006I",
+    ("exec", "ok"): "T3002I",
+    ("exec", "failure"): "T3002E",
+    ("port", "ok"): "T3003I",
+    ("port", "failure"): "T3003E",
+    ("scp", "download"): "T3004I",
+    ("scp", "download_failure"): "T3004E",
+    ("scp", "upload"): "T3005I",
+    ("scp", "upload_failure"): "T3005E",
+    ("client.disconnect", "ok"): "T3006I",
+    ("auth", "failure"): "T3007W",
+    ("cert.create", "ok"): "TC000I",
+    ("role.created", "ok"): "T9000I",
+    ("role.deleted", "ok"): "T9001I",
+    ("role.updated", "ok"): "T9002I",
+    ("join_token.create", "ok"): "TJT00I",
+    ("instance.join", "ok"): "TJ002I",
+    ("instance.join", "failure"): "TJ002E",
+}
+
+
+def code_for(event: str, outcome: str = "ok") -> str:
+    """The Teleport code of ``event`` with ``outcome``; ``KeyError`` for an unknown pair."""
+    return CODES[(event, outcome)]
+
+
+def format_time(when: dt.datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, as Teleport writes ``time``."""
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+@attrs.frozen
+class AuditEvent:
+    """One audit event: ``event``, ``code``, ``uid``, ``time`` plus Teleport's other fields
+    (``user``, ``login``, ``sid``, ``server_id``, ``addr.remote`` ...) in ``fields``."""
+
+    event: str
+    code: str
+    uid: str
+    time: dt.datetime
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON object written to logs and returned by searches."""
+        out: dict[str, Any] = {"event": self.event, "code": self.code, "uid": self.uid}
+        out["time"] = format_time(self.time)
+        out.update(self.fields)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
+        """Inverse of :meth:`to_dict`; ``ValueError`` when a required field is missing."""
+        missing = [k for k in ("event", "code", "uid", "time") if not isinstance(data.get(k), str)]
+        if missing:
+            raise ValueError(f"audit event lacks {', '.join(missing)}")
+        rest = {k: v for k, v in data.items() if k not in ("event", "code", "uid", "time")}
+        return cls(data["event"], data["code"], data["uid"], parse_time(data["time"]), rest)
+
+    @property
+    def user(self) -> str:
+        return str(self.fields.get("user", ""))
+
+    @property
+    def sid(self) -> str:
+        return str(self.fields.get("sid", ""))
+
+
+def new_event(event: str, outcome: str = "ok", *, when: dt.datetime | None = None, **fields: Any) -> AuditEvent:
+    """Build an event with a fresh ``uid`` and the code for ``(event, outcome)``.
+
+    Field names with dots (``addr.remote``) are passed as ``**{"addr.remote": ...}``.
+    """
+    return AuditEvent(
+        event=event,
+        code=code_for(event, outcome),
+        uid=str(uuidlib.uuid4()),
+        time=when or dt.datetime.now(dt.UTC),
+        fields=fields,
+    )
+
+
+@attrs.frozen
+class AuditQuery:
+    """A search: events with ``since <= time < until`` matching every given filter, oldest first.
+
+    ``cursor`` is the opaque ``next_cursor`` of the previous page; ``limit`` caps a page.
+    """
+
+    since: dt.datetime
+    until: dt.datetime
+    event_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    user: str = ""
+    sid: str = ""
+    limit: int = 500
+    cursor: str = ""
+
+    def matches(self, event: AuditEvent) -> bool:
+        return (
+            self.since <= event.time < self.until
+            and (not self.event_types or event.event in self.event_types)
+            and (not self.user or event.user == self.user)
+            and (not self.sid or event.sid == self.sid)
+        )
+
+
+@attrs.frozen
+class AuditPage:
+    """One page of results; ``next_cursor`` is empty when there are no more."""
+
+    events: tuple[AuditEvent, ...]
+    next_cursor: str = ""
+
+
+class AuditSink(abc.ABC):
+    """Where audit events go. Run :mod:`teleport_core.testing.audit_suite` against yours."""
+
+    @abc.abstractmethod
+    async def emit(self, event: AuditEvent) -> None:
+        """Store ``event``; durable when this returns. An event whose ``uid`` was already
+        stored is not stored twice."""
+
+    @abc.abstractmethod
+    async def search(self, query: AuditQuery) -> AuditPage:
+        """Events matching ``query``, oldest first, at most ``query.limit``; pages never skip
+        or repeat an event."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources."""
+
+
+class AuditError(TeleportError):
+    """An audit sink failed to store an event."""
+
+
+class AuditLog:
+    """Fans each event out to every configured sink; searches the first (as Teleport does)."""
+
+    def __init__(self, sinks: Sequence[AuditSink]) -> None:
+        if not sinks:
+            raise ValueError("an audit log needs at least one sink")
+        self.sinks = tuple(sinks)
+
+    async def emit(self, event: AuditEvent) -> None:
+        """Write ``event`` to every sink; raise :class:`AuditError` if any failed (after trying all)."""
+        failures: list[str] = []
+        for sink in self.sinks:
+            try:
+                await sink.emit(event)
+            except Exception as exc:  # one broken sink must not stop the others
+                failures.append(f"{type(sink).__name__}: {exc}")
+        if failures:
+            raise AuditError(f"audit event {event.event} ({event.uid}) not stored: " + "; ".join(failures))
+
+    async def search(self, query: AuditQuery) -> AuditPage:
+        return await self.sinks[0].search(query)
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.close()

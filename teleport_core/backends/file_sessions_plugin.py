@@ -1,0 +1,17 @@
+"""Registers session-recording storage on local disk (``file://`` URIs)."""
+
+from __future__ import annotations
+
+from teleport_core import hookimpl
+from teleport_core.specs import SessionStorageSpec
+
+
+@hookimpl
+def teleport_session_storages() -> list[SessionStorageSpec]:
+    return [
+        SessionStorageSpec(
+            scheme="file",
+            factory="teleport_core.backends.file_sessions:open_storage",
+            description="recordings as files on local disk, written atomically (temp, fsync, rename)",
+        )
+    ]

@@ -1,0 +1,1 @@
+"""Command-line entry points (``teleport``, ``tctl``, ``tsh``); each imports lazily."""

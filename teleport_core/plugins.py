@@ -1,0 +1,289 @@
+"""The plugin manager: built by :func:`make_plugins`, never at import time.
+
+Plugins are modules registered under the ``teleport`` entry-point group. Only installed and
+enabled ones load (``TELEPORT_DISABLE_PLUGINS=a,b`` blocks by entry-point or distribution
+name; ``TELEPORT_PLUGINS=mod1,mod2`` adds modules that are not installed as distributions,
+for development and tests). A plugin that fails to import, implements an unknown hook or
+has a bad hook signature is recorded as broken with its distribution name and version;
+:meth:`Plugins.raise_if_broken` turns that into one error line per plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from types import ModuleType
+from typing import Any, TypeVar
+
+import attrs
+import pluggy
+
+from teleport_core import hookspecs
+from teleport_core.config.reader import did_you_mean
+from teleport_core.errors import PluginError, UnknownNameError
+from teleport_core.specs import AuditSinkSpec, BackendSpec, CliCommand, ServiceSpec, SessionStorageSpec
+
+ENTRY_POINT_GROUP = "teleport"
+PROJECT = "teleport"
+DISABLE_ENV = "TELEPORT_DISABLE_PLUGINS"
+EXTRA_ENV = "TELEPORT_PLUGINS"
+
+# Where well-known names come from, so an error can say what to install.
+KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
+    ("service", "auth_service"): "teleport-auth",
+    ("service", "proxy_service"): "teleport-proxy",
+    ("service", "ssh_service"): "teleport-node",
+    ("backend", "etcd"): "teleport-storage-etcd",
+    ("audit sink", "file"): "teleport-audit-json",
+    ("audit sink", "stdout"): "teleport-audit-json",
+    ("session storage", "s3"): "teleport-storage-s3",
+    ("tctl", "users"): "teleport-auth",
+    ("tctl", "nodes"): "teleport-auth",
+    ("tctl", "tokens"): "teleport-auth",
+    ("tctl", "auth"): "teleport-auth",
+    ("tctl", "status"): "teleport-auth",
+    ("tctl", "create"): "teleport-auth",
+    ("tctl", "get"): "teleport-auth",
+    ("tctl", "rm"): "teleport-auth",
+    ("tctl", "audit"): "teleport-audit-json",
+}
+# Teleport's --roles names for the standard sections.
+STANDARD_ROLES: dict[str, str] = {"auth": "auth_service", "proxy": "proxy_service", "node": "ssh_service"}
+
+S = TypeVar("S")
+
+
+@attrs.define
+class PluginInfo:
+    """One plugin as ``teleport plugins`` lists it."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str = "loaded"  # loaded | disabled | broken
+    error: str = ""
+    hooks: list[str] = attrs.field(factory=list)
+    builtin: bool = False
+
+    @property
+    def label(self) -> str:
+        return f'plugin "{self.distribution}" {self.version} (entry point "{self.name}")'
+
+
+class Plugins:
+    """The loaded plugins and what they provide. Build with :func:`make_plugins`."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: Sequence[PluginInfo]) -> None:
+        self.pm = pm
+        self.infos = list(infos)
+        self._by_name = {info.name: info for info in self.infos}
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def hook(self) -> Any:
+        """``plugins.hook.teleport_xxx(...)``: call a hook on every loaded plugin."""
+        return self.pm.hook
+
+    @property
+    def broken(self) -> list[PluginInfo]:
+        return [info for info in self.infos if info.status == "broken"]
+
+    def raise_if_broken(self) -> None:
+        """Raise one :class:`PluginError` naming every broken plugin, one line each."""
+        if self.broken:
+            raise PluginError("\n".join(f"{i.label} is broken: {i.error}" for i in self.broken))
+
+    def info_for(self, plugin_name: str) -> PluginInfo:
+        return self._by_name[plugin_name]
+
+    # -- what plugins provide ---------------------------------------------------------------------
+
+    def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[PluginInfo, Any]]:
+        """Call ``hook_name`` on each plugin separately: ``[(plugin, item), ...]`` for every
+        item of every returned list. A plugin whose hook raises is reported by name."""
+        out: list[tuple[PluginInfo, Any]] = []
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            info = self._by_name[impl.plugin_name]
+            args = {name: kwargs[name] for name in impl.argnames}
+            try:
+                result = impl.function(**args)
+            except Exception as exc:
+                raise PluginError(f"{info.label}: hook {hook_name} failed: {type(exc).__name__}: {exc}") from exc
+            for item in result or ():
+                out.append((info, item))
+        return out
+
+    def _unique(self, kind: str, hook_name: str, key: Callable[[Any], Iterable[str]]) -> dict[str, Any]:
+        if hook_name in self._cache:
+            return self._cache[hook_name]  # type: ignore[no-any-return]
+        found: dict[str, tuple[PluginInfo, Any]] = {}
+        for info, item in self.collect(hook_name):
+            for name in key(item):
+                if name in found:
+                    other = found[name][0]
+                    raise PluginError(
+                        f'{kind} "{name}" is provided by both {other.label} and {info.label}; '
+                        f"uninstall one or block it with {DISABLE_ENV}"
+                    )
+                found[name] = (info, item)
+        self._cache[hook_name] = found
+        return found
+
+    def services(self) -> dict[str, tuple[PluginInfo, ServiceSpec]]:
+        """Section name -> (plugin, spec)."""
+        return self._unique("service", "teleport_services", lambda s: [s.section])
+
+    def backends(self) -> dict[str, tuple[PluginInfo, BackendSpec]]:
+        """Backend name or alias -> (plugin, spec)."""
+        return self._unique("backend", "teleport_storage_backends", lambda s: [s.name, *s.aliases])
+
+    def session_storages(self) -> dict[str, tuple[PluginInfo, SessionStorageSpec]]:
+        return self._unique("session storage", "teleport_session_storages", lambda s: [s.scheme])
+
+    def audit_sinks(self) -> dict[str, tuple[PluginInfo, AuditSinkSpec]]:
+        return self._unique("audit sink", "teleport_audit_sinks", lambda s: [s.scheme])
+
+    def cli_commands(self, tool: str, reserved: Iterable[str] = ()) -> dict[str, tuple[PluginInfo, CliCommand]]:
+        """Subcommands plugins add to ``tool``; clashing with ``reserved`` (the tool's own) is an error."""
+        commands: dict[str, tuple[PluginInfo, CliCommand]] = {}
+        reserved = set(reserved)
+        for info, command in self.collect("teleport_cli_commands", tool=tool):
+            if command.name in reserved:
+                raise PluginError(f'{info.label} adds "{tool} {command.name}", a built-in command')
+            if command.name in commands:
+                other = commands[command.name][0]
+                raise PluginError(f'"{tool} {command.name}" is added by both {other.label} and {info.label}')
+            commands[command.name] = (info, command)
+        return commands
+
+    def lookup(self, kind: str, name: str, table: dict[str, tuple[PluginInfo, S]]) -> S:
+        """The spec called ``name`` or an :class:`UnknownNameError` listing the installed
+        choices and, for a well-known name, the package to install."""
+        if name in table:
+            return table[name][1]
+        choices = ", ".join(sorted(table)) or "none"
+        package = KNOWN_PROVIDERS.get((kind, name))
+        if package:
+            raise UnknownNameError(
+                f'{kind} "{name}" is not installed: pip install {package} (installed: {choices})'
+            )
+        hint = did_you_mean(name, list(table)).replace("; valid keys:", "; installed:")
+        raise UnknownNameError(f'unknown {kind} "{name}"{hint or f"; installed: {choices}"}')
+
+    def backend(self, name: str) -> BackendSpec:
+        return self.lookup("backend", name, self.backends())
+
+    def session_storage(self, scheme: str) -> SessionStorageSpec:
+        return self.lookup("session storage", scheme, self.session_storages())
+
+    def audit_sink(self, scheme: str) -> AuditSinkSpec:
+        return self.lookup("audit sink", scheme, self.audit_sinks())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``teleport plugins --format=json`` prints: one object per plugin."""
+        provided: dict[str, dict[str, list[str]]] = {i.name: {} for i in self.infos}
+        groups = {
+            "services": self.services,
+            "backends": self.backends,
+            "session_storages": self.session_storages,
+            "audit_sinks": self.audit_sinks,
+        }
+        for key, getter in groups.items():
+            for name, (info, _) in sorted(getter().items()):
+                provided[info.name].setdefault(key, []).append(name)
+        for tool in ("teleport", "tctl", "tsh"):
+            for name, (info, _) in sorted(self.cli_commands(tool).items()):
+                provided[info.name].setdefault("commands", []).append(f"{tool} {name}")
+        out = []
+        for info in self.infos:
+            entry: dict[str, Any] = {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "status": info.status,
+                "builtin": info.builtin,
+                "hooks": sorted(info.hooks),
+            }
+            for key in ("services", "backends", "session_storages", "audit_sinks", "commands"):
+                entry[key] = provided[info.name].get(key, [])
+            if info.error:
+                entry["error"] = info.error
+            out.append(entry)
+        return out
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _hook_names(pm: pluggy.PluginManager, module: ModuleType) -> list[str]:
+    return sorted(name for name in dir(module) if pm.parse_hookimpl_opts(module, name) is not None)
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any]) -> None:
+    """Import and register one plugin, recording any failure on ``info`` in one line."""
+    try:
+        module = load()
+    except Exception as exc:
+        info.status, info.error = "broken", f"failed to import: {type(exc).__name__}: {exc}"
+        return
+    info.hooks = _hook_names(pm, module)
+    unknown = [name for name in info.hooks if not hasattr(hookspecs, name)]
+    if unknown:
+        known = [n for n in dir(hookspecs) if n.startswith("teleport_")]
+        name = unknown[0]
+        info.status, info.error = "broken", f"implements unknown hook {name}" + did_you_mean(name, known)
+        return
+    try:
+        pm.register(module, name=info.name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        info.status, info.error = "broken", f"cannot register: {exc}"
+
+
+def make_plugins(*, entry_points: bool = True, extra: Sequence[str] | None = None) -> Plugins:
+    """Build a fresh plugin manager with every installed, enabled plugin loaded.
+
+    ``entry_points=False`` skips installed plugins (for tests); ``extra`` lists module
+    names to register as well (default: ``$TELEPORT_PLUGINS``).
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    blocked = set(_env_list(DISABLE_ENV))
+    infos: list[PluginInfo] = []
+    if entry_points:
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist
+            dist_name = dist.metadata["Name"] if dist is not None else "unknown"
+            version = dist.version if dist is not None else "unknown"
+            info = PluginInfo(ep.name, dist_name, version, builtin=dist_name == "teleport-core")
+            infos.append(info)
+            if ep.name in blocked or dist_name in blocked:
+                info.status = "disabled"
+                pm.set_blocked(ep.name)
+                continue
+            if ep.name in {i.name for i in infos[:-1]}:
+                info.status, info.error = "broken", f'entry point name "{ep.name}" is used twice'
+                continue
+            _register(pm, info, ep.load)
+    for module_name in _env_list(EXTRA_ENV) if extra is None else extra:
+        info = PluginInfo(module_name, f"{EXTRA_ENV}:{module_name}", "-")
+        infos.append(info)
+        if module_name in blocked:
+            info.status = "disabled"
+            continue
+        _register(pm, info, lambda name=module_name: importlib.import_module(name))  # type: ignore[misc]
+    pm.check_pending()
+    return Plugins(pm, infos)
+
+
+def plugin_from_module(module: ModuleType | object, name: str) -> Plugins:
+    """A :class:`Plugins` holding only the built-ins plus ``module`` (for plugin authors' tests)."""
+    plugins = make_plugins(extra=[])
+    info = PluginInfo(name, f"(test) {name}", "-")
+    plugins.infos.append(info)
+    plugins._by_name[name] = info
+    _register(plugins.pm, info, lambda: module)
+    return plugins

@@ -1,0 +1,128 @@
+"""Open the backend, session storage and audit sinks that ``teleport.storage`` names.
+
+These are the only way the kernel (and the conformance suites) open storage, so a backend
+that passes its suite behaves the same under ``teleport start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from teleport_core.audit import AuditLog, AuditSink
+from teleport_core.backend import Backend
+from teleport_core.config.model import StorageConfig, TeleportConfig
+from teleport_core.config.reader import SectionReader
+from teleport_core.errors import ConfigError, TeleportError, UnknownNameError
+from teleport_core.plugins import Plugins
+from teleport_core.refs import resolve
+from teleport_core.service import Resources
+from teleport_core.sessions import SessionStorage
+
+
+async def _call(factory: Any, *args: Any) -> Any:
+    result = resolve(factory)(*args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def scheme_of(uri: str) -> str:
+    return urlsplit(uri).scheme
+
+
+def storage_config(plugins: Plugins, raw: dict[str, Any], path: str = "teleport.storage") -> StorageConfig:
+    """Parse a ``teleport.storage`` mapping on its own (used by tests and tools)."""
+    reader = SectionReader(raw, path)
+    kind = reader.string("type", "sqlite")
+    reader.strings("audit_events_uri")
+    reader.raw("audit_sessions_uri")
+    try:
+        spec = plugins.backend(kind)
+    except UnknownNameError as exc:
+        raise reader.error("type", str(exc)) from None
+    options = resolve(spec.parse_options)(reader) if spec.parse_options else None
+    reader.finish()
+    return StorageConfig(kind, options)
+
+
+async def open_backend(plugins: Plugins, storage: StorageConfig, data_dir: Path) -> Backend:
+    """The backend of ``storage.type``; an unreachable server raises with its address."""
+    spec = plugins.backend(storage.type)
+    backend = await _call(spec.factory, storage.options, data_dir)
+    if not isinstance(backend, Backend):
+        raise TeleportError(f"backend {storage.type!r} factory returned {type(backend).__name__}, not a Backend")
+    return backend
+
+
+async def open_session_storage(plugins: Plugins, uri: str, data_dir: Path) -> SessionStorage:
+    try:
+        spec = plugins.session_storage(scheme_of(uri))
+    except UnknownNameError as exc:
+        raise ConfigError("teleport.storage.audit_sessions_uri", str(exc)) from None
+    storage = await _call(spec.factory, uri, data_dir)
+    if not isinstance(storage, SessionStorage):
+        raise TeleportError(f"session storage {uri!r} factory returned {type(storage).__name__}")
+    return storage
+
+
+async def open_audit_sink(plugins: Plugins, uri: str, data_dir: Path, key: str = "") -> AuditSink:
+    try:
+        spec = plugins.audit_sink(scheme_of(uri))
+    except UnknownNameError as exc:
+        raise ConfigError(key or "teleport.storage.audit_events_uri", str(exc)) from None
+    sink = await _call(spec.factory, uri, data_dir)
+    if not isinstance(sink, AuditSink):
+        raise TeleportError(f"audit sink {uri!r} factory returned {type(sink).__name__}")
+    return sink
+
+
+async def open_audit_log(plugins: Plugins, uris: tuple[str, ...], data_dir: Path) -> AuditLog:
+    sinks = []
+    try:
+        for index, uri in enumerate(uris):
+            sinks.append(await open_audit_sink(plugins, uri, data_dir, f"teleport.storage.audit_events_uri[{index}]"))
+    except BaseException:
+        for sink in sinks:
+            await sink.close()
+        raise
+    return AuditLog(sinks)
+
+
+class ProcessResources(Resources):
+    """Opens each resource once, on first use, and closes them all at shutdown."""
+
+    def __init__(self, config: TeleportConfig, plugins: Plugins) -> None:
+        self.config = config
+        self.plugins = plugins
+        self._lock = asyncio.Lock()
+        self._backend: Backend | None = None
+        self._sessions: SessionStorage | None = None
+        self._audit: AuditLog | None = None
+
+    async def backend(self) -> Backend:
+        async with self._lock:
+            if self._backend is None:
+                self._backend = await open_backend(self.plugins, self.config.storage, self.config.data_dir)
+            return self._backend
+
+    async def session_storage(self) -> SessionStorage:
+        async with self._lock:
+            if self._sessions is None:
+                uri = self.config.storage.audit_sessions_uri
+                self._sessions = await open_session_storage(self.plugins, uri, self.config.data_dir)
+            return self._sessions
+
+    async def audit_log(self) -> AuditLog:
+        async with self._lock:
+            if self._audit is None:
+                uris = self.config.storage.audit_events_uri
+                self._audit = await open_audit_log(self.plugins, uris, self.config.data_dir)
+            return self._audit
+
+    async def close(self) -> None:
+        for resource in (self._audit, self._sessions, self._backend):
+            if resource is not None:
+                await resource.close()
+        self._audit = self._sessions = self._backend = None

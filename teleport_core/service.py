@@ -1,0 +1,80 @@
+"""The interface a service plugin implements, and the context the process hands it."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from teleport_core.audit import AuditLog
+    from teleport_core.backend import Backend
+    from teleport_core.config.model import TeleportConfig
+    from teleport_core.plugins import Plugins
+    from teleport_core.sessions import SessionStorage
+
+
+class Service(abc.ABC):
+    """A long-running service (auth, proxy, node ...) inside ``teleport start``."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open listeners and return once ready to serve; raise to abort start-up.
+
+        Services are started one by one in dependency order; a service that must wait
+        (for an unreachable auth server, say) keeps retrying here and logs why.
+        """
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Close listeners and finish writes; called once, also after a failed ``start``."""
+
+    def diagnostics(self) -> dict[str, Any]:
+        """State for the SIGUSR1 dump (connections, sessions, queue depths ...)."""
+        return {}
+
+
+class Resources(abc.ABC):
+    """Process-wide resources opened on first use and shared by every service."""
+
+    @abc.abstractmethod
+    async def backend(self) -> Backend:
+        """The cluster-state backend of ``teleport.storage.type``."""
+
+    @abc.abstractmethod
+    async def session_storage(self) -> SessionStorage:
+        """The recording storage of ``teleport.storage.audit_sessions_uri``."""
+
+    @abc.abstractmethod
+    async def audit_log(self) -> AuditLog:
+        """Every sink of ``teleport.storage.audit_events_uri``."""
+
+
+@attrs.define
+class ServiceContext:
+    """What a service factory receives.
+
+    ``settings`` is what the plugin's ``teleport_config_section`` returned for its section.
+    ``set_ready(False, reason)`` marks the service degraded (``/readyz`` answers 503).
+    """
+
+    name: str
+    config: TeleportConfig
+    settings: Any
+    plugins: Plugins
+    resources: Resources
+    log: structlog.stdlib.BoundLogger
+    metrics: CollectorRegistry
+    _health: dict[str, tuple[bool, str]] = attrs.field(alias="health")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        self._health[self.name] = (ready, reason)

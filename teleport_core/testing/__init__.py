@@ -1,0 +1,1 @@
+"""Test support shipped with the kernel: conformance suites and a pytest plugin."""
