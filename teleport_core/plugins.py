@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -21,9 +20,11 @@ import attrs
 import pluggy
 
 from teleport_core import hookspecs
-from teleport_core.config.reader import did_you_mean
+from teleport_core.discovery import entry_points as find_entry_points
+from teleport_core.discovery import normalize
 from teleport_core.errors import PluginError, UnknownNameError
 from teleport_core.specs import AuditSinkSpec, BackendSpec, CliCommand, ServiceSpec, SessionStorageSpec
+from teleport_core.suggest import did_you_mean
 
 ENTRY_POINT_GROUP = "teleport"
 PROJECT = "teleport"
@@ -167,9 +168,7 @@ class Plugins:
         choices = ", ".join(sorted(table)) or "none"
         package = KNOWN_PROVIDERS.get((kind, name))
         if package:
-            raise UnknownNameError(
-                f'{kind} "{name}" is not installed: pip install {package} (installed: {choices})'
-            )
+            raise UnknownNameError(f'{kind} "{name}" is not available: {install_hint(package)} (installed: {choices})')
         hint = did_you_mean(name, list(table)).replace("; valid keys:", "; installed:")
         raise UnknownNameError(f'unknown {kind} "{name}"{hint or f"; installed: {choices}"}')
 
@@ -185,7 +184,7 @@ class Plugins:
     def describe(self) -> list[dict[str, Any]]:
         """What ``teleport plugins --format=json`` prints: one object per plugin."""
         provided: dict[str, dict[str, list[str]]] = {i.name: {} for i in self.infos}
-        groups = {
+        groups: dict[str, Callable[[], dict[str, tuple[PluginInfo, Any]]]] = {
             "services": self.services,
             "backends": self.backends,
             "session_storages": self.session_storages,
@@ -213,6 +212,22 @@ class Plugins:
                 entry["error"] = info.error
             out.append(entry)
         return out
+
+
+def install_hint(package: str) -> str:
+    """What to tell a user who needs ``package``: install it, unblock it, or upgrade it."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return f"pip install {package}"
+    blocked = set(_env_list(DISABLE_ENV))
+    if package in blocked or any(
+        ep.name in blocked for ep in find_entry_points(ENTRY_POINT_GROUP) if normalize(ep.distribution) == package
+    ):
+        return f"{package} is installed but disabled by {DISABLE_ENV}"
+    return f"{package} {version} is installed but does not provide it; upgrade: pip install -U {package}"
 
 
 def _env_list(name: str) -> list[str]:
@@ -254,11 +269,9 @@ def make_plugins(*, entry_points: bool = True, extra: Sequence[str] | None = Non
     blocked = set(_env_list(DISABLE_ENV))
     infos: list[PluginInfo] = []
     if entry_points:
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dist = ep.dist
-            dist_name = dist.metadata["Name"] if dist is not None else "unknown"
-            version = dist.version if dist is not None else "unknown"
-            info = PluginInfo(ep.name, dist_name, version, builtin=dist_name == "teleport-core")
+        for ep in sorted(find_entry_points(ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist_name, version = ep.distribution, ep.version
+            info = PluginInfo(ep.name, dist_name, version, builtin=normalize(dist_name) == "teleport-core")
             infos.append(info)
             if ep.name in blocked or dist_name in blocked:
                 info.status = "disabled"

@@ -18,11 +18,12 @@ import attrs
 import yaml
 
 from teleport_core.config.model import JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
-from teleport_core.config.reader import SectionReader, did_you_mean, show
+from teleport_core.config.reader import SectionReader, show
 from teleport_core.errors import ConfigError, UnknownNameError
-from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins
+from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, install_hint
 from teleport_core.refs import resolve
 from teleport_core.secret import Secret
+from teleport_core.suggest import did_you_mean
 
 DEFAULT_CONFIG = Path("/etc/teleport.yaml")
 DEFAULT_DATA_DIR = Path("/var/lib/teleport")
@@ -138,10 +139,8 @@ def _roles(flags: Flags, plugins: Plugins) -> dict[str, bool] | None:
         raise ConfigError("--roles", f"expected a comma-separated list of {', '.join(sorted(role_to_section))}")
     for role in wanted:
         if role not in role_to_section:
-            raise ConfigError(
-                "--roles",
-                f"unknown role {show(role)}{did_you_mean(role, list(role_to_section)).replace('valid keys', 'valid roles')}",
-            )
+            hint = did_you_mean(role, list(role_to_section)).replace("valid keys", "valid roles")
+            raise ConfigError("--roles", f"unknown role {show(role)}{hint}")
     chosen = {role_to_section[r] for r in wanted}
     return {section: section in chosen for section in role_to_section.values()}
 
@@ -221,10 +220,10 @@ def _parse_sections(
         configured = name in data
         if name not in installed:
             if enabled:
-                package = KNOWN_PROVIDERS.get(("service", name), "a plugin that provides it")
-                where = "--roles" if roles is not None else name
-                raise ConfigError("", f"{name} is enabled but no installed plugin provides it: pip install {package}"
-                                  + (f" (enabled by {where})" if where == "--roles" else ""))
+                package = KNOWN_PROVIDERS.get(("service", name))
+                hint = install_hint(package) if package else "install a plugin that provides it"
+                how = " (enabled by --roles)" if roles is not None else ""
+                raise ConfigError("", f"{name} is enabled but no installed plugin provides it: {hint}{how}")
             sections[name] = ServiceSection(name, _role_of(name), False, configured)
             continue
         info, spec = installed[name]

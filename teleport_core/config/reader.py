@@ -9,7 +9,6 @@ their own sections in ``teleport_config_section``.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 from teleport_core.config.values import NetAddr, parse_addr, parse_duration
 from teleport_core.errors import ConfigError
 from teleport_core.secret import Secret
+from teleport_core.suggest import did_you_mean
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -30,14 +30,6 @@ def show(value: Any) -> str:
     if isinstance(value, dt.date):
         return json.dumps(value.isoformat())
     return f"a {type(value).__name__}"
-
-
-def did_you_mean(word: str, choices: list[str]) -> str:
-    """``' (did you mean "x"?)'`` for the closest choice, or the list of choices."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f' (did you mean "{close[0]}"?)'
-    return f"; valid keys: {', '.join(sorted(choices))}" if choices else ""
 
 
 class SectionReader:
