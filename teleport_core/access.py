@@ -119,3 +119,27 @@ def decide(request: AccessRequest, decisions: Iterable[Decision | None]) -> Deci
     if request.login:
         what += f" as login {request.login!r}"
     return Decision.deny(f"access denied to {request.identity.name!r}: no role allows {what}")
+
+
+def authenticate(hook: Any, request: LoginRequest) -> Identity:
+    """Ask the ``teleport_authenticate`` plugins; deny when none claims the user.
+
+    ``AuthenticationFailed`` from a plugin propagates; the message never holds credentials.
+    """
+    from teleport_core.errors import AuthenticationFailed
+
+    identity = hook.teleport_authenticate(request=request)
+    if identity is None:
+        raise AuthenticationFailed(f"invalid credentials for user {request.username!r}")
+    if not isinstance(identity, Identity):
+        raise AuthenticationFailed(f"authentication plugin returned {type(identity).__name__}, not an Identity")
+    return identity
+
+
+def check_access(hook: Any, request: AccessRequest) -> Decision:
+    """Ask every ``teleport_authorize`` plugin and :func:`decide`; a plugin error denies."""
+    try:
+        decisions = hook.teleport_authorize(request=request)
+    except Exception as exc:
+        return Decision.deny(f"authorization failed: {type(exc).__name__}: {exc}")
+    return decide(request, decisions)

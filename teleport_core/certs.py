@@ -6,6 +6,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -86,3 +87,10 @@ def check_veto(reason: str | None) -> None:
     """Raise :class:`CertificateVetoed` when the veto hook returned a reason."""
     if reason:
         raise CertificateVetoed(f"certificate issuance refused: {reason}")
+
+
+def apply_plugins(hook: Any, request: CertRequest) -> tuple[dict[str, str], dict[str, str]]:
+    """Run the veto hook, then merge every plugin's additions: the extensions and critical
+    options to sign. Raises ``CertificateVetoed`` or ``PluginError``."""
+    check_veto(hook.teleport_certificate_veto(request=request))
+    return merge_additions(request, hook.teleport_certificate_extensions(request=request))

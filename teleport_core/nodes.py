@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -100,3 +101,11 @@ def resolve_nodes(target: str, candidates: Iterable[Sequence[NodeMatch] | None])
     if top is not MatchStrength.LABEL and len(chosen) > 1:
         raise AmbiguousHost("ambiguous host could match multiple nodes")
     return chosen
+
+
+def find_nodes(hook: Any, target: str, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
+    """Resolve ``target`` among ``nodes`` through every ``teleport_node_candidates`` plugin.
+
+    Blocks (DNS): call it from a thread when on an event loop.
+    """
+    return resolve_nodes(target, hook.teleport_node_candidates(target=target, nodes=list(nodes)))

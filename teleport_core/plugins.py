@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
 from typing import Any, TypeVar
 
 import attrs
@@ -106,7 +105,7 @@ class Plugins:
         item of every returned list. A plugin whose hook raises is reported by name."""
         out: list[tuple[PluginInfo, Any]] = []
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order (tryfirst/trylast sorted in)
             info = self._by_name[impl.plugin_name]
             args = {name: kwargs[name] for name in impl.argnames}
             try:
@@ -234,7 +233,7 @@ def _env_list(name: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
 
 
-def _hook_names(pm: pluggy.PluginManager, module: ModuleType) -> list[str]:
+def _hook_names(pm: pluggy.PluginManager, module: object) -> list[str]:
     return sorted(name for name in dir(module) if pm.parse_hookimpl_opts(module, name) is not None)
 
 
@@ -258,11 +257,17 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any
         info.status, info.error = "broken", f"cannot register: {exc}"
 
 
-def make_plugins(*, entry_points: bool = True, extra: Sequence[str] | None = None) -> Plugins:
+def make_plugins(
+    *,
+    entry_points: bool = True,
+    extra: Sequence[str] | None = None,
+    objects: Sequence[tuple[str, object]] = (),
+) -> Plugins:
     """Build a fresh plugin manager with every installed, enabled plugin loaded.
 
-    ``entry_points=False`` skips installed plugins (for tests); ``extra`` lists module
-    names to register as well (default: ``$TELEPORT_PLUGINS``).
+    ``entry_points=False`` skips installed plugins; ``extra`` lists module names to
+    register as well (default: ``$TELEPORT_PLUGINS``); ``objects`` registers
+    ``(name, plugin)`` pairs directly (for tests of a plugin that is not installed).
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -288,15 +293,9 @@ def make_plugins(*, entry_points: bool = True, extra: Sequence[str] | None = Non
             info.status = "disabled"
             continue
         _register(pm, info, lambda name=module_name: importlib.import_module(name))  # type: ignore[misc]
+    for name, obj in objects:
+        info = PluginInfo(name, f"(object) {name}", "-")
+        infos.append(info)
+        _register(pm, info, lambda obj=obj: obj)  # type: ignore[misc]
     pm.check_pending()
     return Plugins(pm, infos)
-
-
-def plugin_from_module(module: ModuleType | object, name: str) -> Plugins:
-    """A :class:`Plugins` holding only the built-ins plus ``module`` (for plugin authors' tests)."""
-    plugins = make_plugins(extra=[])
-    info = PluginInfo(name, f"(test) {name}", "-")
-    plugins.infos.append(info)
-    plugins._by_name[name] = info
-    _register(plugins.pm, info, lambda: module)
-    return plugins

@@ -1,0 +1,44 @@
+"""Shared fixtures: fake installed distributions and a subprocess runner for the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_distribution(site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """Write an installed-looking distribution (dist-info + modules) into ``site``."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n\n")
+    lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[console_scripts]\nx = y:z\n\n[teleport]\n{lines}\n")
+    for name, source in modules.items():
+        path = site / (name.replace(".", "/") + ".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def fake_site(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    return site
+
+
+def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m teleport_core.cli.<tool>`` in a subprocess, with ``site`` on PYTHONPATH."""
+    tool, *rest = args
+    full_env = {**os.environ, **(env or {})}
+    paths = [str(site)] if site else []
+    full_env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
+    return subprocess.run([sys.executable, "-m", f"teleport_core.cli.{tool}", *rest], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=timeout, check=False)

@@ -1,0 +1,62 @@
+"""Every hook is documented in docs/hooks.md with its exact signature, and has a test.
+
+Modelled on datasette's test that plugin hooks are documented and tested.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from teleport_core import hookspecs
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("teleport_"))
+
+
+def signature_text(name: str) -> str:
+    return f"{name}{inspect.signature(getattr(hookspecs, name))}".replace("'", "")
+
+
+def test_there_are_hooks():
+    assert len(HOOKS) >= 14
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_is_documented_with_exact_signature(name):
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    assert f"### `{signature_text(name)}`" in docs
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_first_result_semantics_are_stated(name):
+    spec = getattr(hookspecs, name)
+    first = spec.teleport_spec["firstresult"]
+    assert ("First result wins" in (spec.__doc__ or "")) == first
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    section = docs.split(f"### `{signature_text(name)}`", 1)[1].split("\n### ", 1)[0]
+    assert ("**First result wins.**" in section) == first
+
+
+def _test_names() -> set[str]:
+    names: set[str] = set()
+    for path in [*ROOT.glob("tests/**/*.py"), *ROOT.glob("plugins/*/tests/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                names.add(node.name)
+    return names
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_has_a_test(name):
+    assert f"test_hook_{name}" in _test_names()
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_spec_docstring_says_arguments_and_return(name):
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    assert len(doc) > 80
+    assert "Return" in doc or "return" in doc

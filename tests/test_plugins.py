@@ -1,0 +1,122 @@
+"""The plugin manager: discovery, broken plugins, blocking, and what `teleport plugins` lists."""
+
+from __future__ import annotations
+
+import json
+
+from teleport_core import hookimpl
+from teleport_core.discovery import entry_points
+from teleport_core.plugins import make_plugins
+from tests.conftest import make_distribution, run_cli
+
+GOOD = """
+from teleport_core import hookimpl
+from teleport_core.specs import AuditSinkSpec
+
+@hookimpl
+def teleport_audit_sinks():
+    return [AuditSinkSpec("syslogish", "x:y", "demo")]
+"""
+
+
+def test_builtins_are_listed_by_teleport_plugins():
+    result = run_cli("teleport", "plugins", "--format=json")
+    assert result.returncode == 0, result.stderr
+    listed = {p["name"]: p for p in json.loads(result.stdout)}
+    assert listed["sqlite"]["distribution"] == "teleport-core"
+    assert listed["sqlite"]["builtin"] is True
+    assert listed["sqlite"]["backends"] == ["dir", "sqlite"]
+    assert listed["sqlite"]["hooks"] == ["teleport_storage_backends"]
+    assert listed["file_sessions"]["session_storages"] == ["file"]
+    assert listed["node_lookup"]["hooks"] == ["teleport_node_candidates"]
+    for entry in listed.values():
+        assert set(entry) >= {"distribution", "version", "status", "hooks", "services", "backends",
+                              "session_storages", "audit_sinks", "commands"}
+    text = run_cli("teleport", "plugins")
+    assert "sqlite  teleport-core 0.1.0" in text.stdout and "backends: dir, sqlite" in text.stdout
+
+
+def test_discovery_reads_installed_distributions(fake_site):
+    make_distribution(fake_site, "teleport-good", "2.0.1", {"good": "good_plugin"}, {"good_plugin": GOOD})
+    found = [ep for ep in entry_points("teleport", [str(fake_site)])]
+    assert [(e.name, e.value, e.distribution, e.version) for e in found] == [
+        ("good", "good_plugin", "teleport-good", "2.0.1")
+    ]
+    result = run_cli("teleport", "plugins", "--format=json", site=fake_site)
+    good = {p["name"]: p for p in json.loads(result.stdout)}["good"]
+    assert good == {**good, "distribution": "teleport-good", "version": "2.0.1", "status": "loaded",
+                    "hooks": ["teleport_audit_sinks"], "audit_sinks": ["syslogish"]}
+
+
+def test_broken_plugin_reported_by_distribution_without_traceback(fake_site, tmp_path):
+    make_distribution(fake_site, "teleport-broken", "1.2.3", {"broken": "broken_plugin"},
+                      {"broken_plugin": "import nonexistent_dependency_xyz\n"})
+    listed = run_cli("teleport", "plugins", site=fake_site)
+    assert listed.returncode == 0
+    assert "broken [BROKEN]  teleport-broken 1.2.3" in listed.stdout
+    assert "error: failed to import: ModuleNotFoundError: No module named 'nonexistent_dependency_xyz'" in listed.stdout
+    config = tmp_path / "t.yaml"
+    config.write_text("auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
+    started = run_cli("teleport", "start", "--config", str(config), site=fake_site)
+    assert started.returncode == 1
+    assert started.stderr.strip() == (
+        'ERROR: plugin "teleport-broken" 1.2.3 (entry point "broken") is broken: failed to import: '
+        "ModuleNotFoundError: No module named 'nonexistent_dependency_xyz'"
+    )
+    assert "Traceback" not in started.stderr
+    helped = run_cli("tsh", "--help", site=fake_site)  # other commands warn and go on
+    assert helped.returncode == 0 and 'warning: plugin "teleport-broken" 1.2.3' in helped.stdout
+
+
+def test_unknown_hook_is_reported_with_suggestion(fake_site):
+    source = "from teleport_core import hookimpl\n\n@hookimpl\ndef teleport_servces():\n    return []\n"
+    make_distribution(fake_site, "teleport-typo", "0.9", {"typo": "typo_plugin"}, {"typo_plugin": source})
+    result = run_cli("teleport", "plugins", "--format=json", site=fake_site)
+    typo = {p["name"]: p for p in json.loads(result.stdout)}["typo"]
+    assert typo["status"] == "broken"
+    assert typo["error"] == 'implements unknown hook teleport_servces (did you mean "teleport_services"?)'
+
+
+def test_hook_with_unknown_argument_is_broken():
+    class BadArgs:
+        @hookimpl
+        def teleport_cli_commands(self, tool, verbose):
+            return []
+
+    plugins = make_plugins(entry_points=False, extra=[], objects=[("badargs", BadArgs())])
+    info = plugins.info_for("badargs")
+    assert info.status == "broken"
+    assert "cannot register" in info.error and "verbose" in info.error
+
+
+def test_disable_plugins_by_name_or_distribution(fake_site, monkeypatch):
+    make_distribution(fake_site, "teleport-good", "2.0.1", {"good": "good_plugin"}, {"good_plugin": GOOD})
+    for blocked in ("good", "teleport-good", "other,good"):
+        result = run_cli("teleport", "plugins", "--format=json", site=fake_site,
+                         env={"TELEPORT_DISABLE_PLUGINS": blocked})
+        good = {p["name"]: p for p in json.loads(result.stdout)}["good"]
+        assert good["status"] == "disabled" and good["audit_sinks"] == []
+    monkeypatch.setenv("TELEPORT_DISABLE_PLUGINS", "sqlite")
+    plugins = make_plugins()
+    assert plugins.info_for("sqlite").status == "disabled"
+    assert "sqlite" not in plugins.backends()
+
+
+def test_teleport_plugins_env_loads_modules(monkeypatch):
+    monkeypatch.setenv("TELEPORT_PLUGINS", "tests.plugins.cli_demo")
+    plugins = make_plugins()
+    info = plugins.info_for("tests.plugins.cli_demo")
+    assert info.status == "loaded" and info.hooks == ["teleport_cli_commands"]
+    assert "hello" in plugins.cli_commands("tctl")
+
+
+def test_each_factory_call_builds_a_fresh_manager():
+    first, second = make_plugins(), make_plugins()
+    assert first.pm is not second.pm
+
+
+def test_first_distribution_on_path_wins(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_distribution(a, "teleport-dup", "1.0", {"dup": "dup_a"}, {"dup_a": GOOD})
+    make_distribution(b, "teleport-dup", "2.0", {"dup": "dup_b"}, {"dup_b": GOOD})
+    assert [(e.value, e.version) for e in entry_points("teleport", [str(a), str(b)])] == [("dup_a", "1.0")]
