@@ -73,10 +73,12 @@ class AuditSinkSpec:
 
 @attrs.frozen
 class CliCommand:
-    """A ``tctl``/``tsh``/``teleport`` subcommand: ``handler(argv: list[str]) -> int``.
+    """A ``tctl``/``tsh``/``teleport`` subcommand: ``handler(argv, cli) -> int`` (the exit code).
 
-    ``argv`` holds the arguments after the command name; the handler parses them itself,
-    so its imports happen only when it runs.
+    ``argv`` holds every argument but the command name; ``cli`` is a
+    :class:`~teleport_core.cli.common.CliContext` whose ``cli.parser()`` already accepts the
+    tool's global options (``tctl -c FILE``, ``tsh --proxy``). The handler is imported only
+    when its command runs.
     """
 
     name: str
