@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build every distribution as a wheel, install the wheels (not the checkout) into a fresh venv,
+# and run the tests against them from a directory that holds no source: what users get.
+# First teleport-core alone (it must work by itself), then everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-python3}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 examples/audit-sink-sqlite)
+
+"$PYTHON" -m venv "$WORK/build-venv"
+"$WORK/build-venv/bin/pip" install -q build
+for dist in "${DISTS[@]}"; do
+  "$WORK/build-venv/bin/python" -m build -q --wheel --outdir "$WORK/wheels" "$dist" >/dev/null
+done
+ls "$WORK/wheels"
+
+# the tests, docs and test plugins, without any package source beside them
+mkdir -p "$WORK/tree/plugins" "$WORK/tree/examples"
+cp -r tests docs "$WORK/tree/"
+for dist in plugins/*/; do mkdir -p "$WORK/tree/$dist" && cp -r "$dist/tests" "$WORK/tree/$dist"; done
+mkdir -p "$WORK/tree/examples/audit-sink-sqlite" && cp -r examples/audit-sink-sqlite/tests "$WORK/tree/examples/audit-sink-sqlite/"
+cp pyproject.toml "$WORK/tree/"  # pytest settings only; the [project] table is not installed from here
+
+check_installed() {  # the code under test must come from site-packages, not the checkout
+  (cd "$WORK/tree" && "$1/bin/python" -c "import teleport_core, sys; p = teleport_core.__file__; print('teleport_core from', p); sys.exit('site-packages' not in p)")
+}
+
+echo "== teleport-core alone"
+"$PYTHON" -m venv "$WORK/core"
+"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx
+check_installed "$WORK/core"
+(cd "$WORK/tree" && "$WORK/core/bin/teleport" plugins --format=json > /dev/null)
+(cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider tests)
+
+echo "== every distribution"
+"$PYTHON" -m venv "$WORK/all"
+"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx
+check_installed "$WORK/all"
+(cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider tests plugins/*/tests examples/*/tests)

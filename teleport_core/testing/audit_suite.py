@@ -1,0 +1,235 @@
+"""Conformance suite for audit-sink plugins.
+
+Subclass :class:`AuditSinkConformance` in a class named ``Test...`` and define one fixture,
+``teleport_audit_uri``, returning a URI of your scheme that names a fresh, empty sink for
+each test (the same URI must reopen the same events)::
+
+    class TestSqliteAuditSink(AuditSinkConformance):
+        @pytest.fixture
+        def teleport_audit_uri(self, tmp_path):
+            return f"sqlite://{tmp_path}/audit.db"
+
+The suite opens the sink exactly as ``teleport start`` does (installed plugins,
+:func:`~teleport_core.resources.open_audit_sink`, ``data_dir`` = ``tmp_path``), so the
+plugin must be installed (``pip install -e .``) or listed in ``$TELEPORT_PLUGINS``.
+Event times are whole milliseconds, the precision of an event's ``time`` field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from teleport_core.audit import AuditEvent, AuditQuery, AuditSink, new_event
+from teleport_core.plugins import make_plugins
+from teleport_core.resources import open_audit_sink
+
+BASE = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+MS = dt.timedelta(milliseconds=1)
+MINUTE = dt.timedelta(minutes=1)
+
+
+def _event(kind: str, when: dt.datetime, outcome: str = "ok", **fields: Any) -> AuditEvent:
+    return new_event(kind, outcome, when=when, **fields)
+
+
+def _dicts(events: tuple[AuditEvent, ...] | list[AuditEvent]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in events]
+
+
+async def search_all(sink: AuditSink, query: AuditQuery, max_pages: int = 10_000) -> list[AuditEvent]:
+    """Every event ``query`` matches, following ``next_cursor`` page by page."""
+    events: list[AuditEvent] = []
+    cursor = ""
+    for _ in range(max_pages):
+        page = await sink.search(attrs.evolve(query, cursor=cursor))
+        assert len(page.events) <= query.limit, f"page of {len(page.events)} events exceeds limit {query.limit}"
+        events.extend(page.events)
+        if not page.next_cursor:
+            return events
+        assert page.next_cursor != cursor, "next_cursor did not advance"
+        cursor = page.next_cursor
+    pytest.fail(f"paging did not end after {max_pages} pages")
+
+
+class AuditSinkConformance:
+    """Behaviour every ``AuditSink`` must have. Define the ``teleport_audit_uri`` fixture."""
+
+    @asynccontextmanager
+    async def opened(self, uri: str, data_dir: Path) -> AsyncIterator[AuditSink]:
+        """The sink ``uri`` names, opened through the installed plugins and closed on exit."""
+        sink = await open_audit_sink(make_plugins(), uri, data_dir)
+        try:
+            yield sink
+        finally:
+            await sink.close()
+
+    def with_sink(self, uri: str, data_dir: Path, body: Callable[[AuditSink], Awaitable[None]]) -> None:
+        """Run ``body(sink)`` in a fresh event loop, opening and closing the sink around it."""
+
+        async def main() -> None:
+            async with self.opened(uri, data_dir) as sink:
+                await body(sink)
+
+        asyncio.run(main())
+
+    # -- tests ------------------------------------------------------------------------------------
+
+    def test_empty_sink_finds_nothing(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        async def body(sink: AuditSink) -> None:
+            page = await sink.search(EVERYTHING)
+            assert (page.events, page.next_cursor) == ((), "")
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_emit_then_search_returns_every_field(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        event = _event(
+            "user.login",
+            BASE + 123 * MS,
+            user="alice",
+            login="root",
+            method="local",
+            success=True,
+            sid="4f2c0a7e-1b7e-4d0c-9c1e-2a3b4c5d6e7f",
+            server_id="node-1",
+            size=1234,
+            roles=["access", "editor"],
+            traits={"logins": ["root", "ubuntu"], "note": "naïve ✓"},
+            **{"addr.remote": "192.0.2.10:51234", "addr.local": "198.51.100.1:3022"},
+        )
+
+        async def body(sink: AuditSink) -> None:
+            await sink.emit(event)
+            page = await sink.search(EVERYTHING)
+            assert _dicts(page.events) == [event.to_dict()]
+            assert page.next_cursor == ""
+            [found] = page.events
+            assert (found.uid, found.time, found.user, found.sid) == (event.uid, event.time, "alice", event.sid)
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_time_range_since_inclusive_until_exclusive(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        events = [_event("session.start", BASE + i * MINUTE, user="bob", sid=f"s{i}") for i in range(10)]
+
+        async def body(sink: AuditSink) -> None:
+            for event in reversed(events):
+                await sink.emit(event)
+            query = AuditQuery(since=BASE + 2 * MINUTE, until=BASE + 5 * MINUTE)
+            assert _dicts(await search_all(sink, query)) == _dicts(events[2:5])
+            just_inside = AuditQuery(since=BASE + 2 * MINUTE - MS, until=BASE + 2 * MINUTE + MS)
+            assert _dicts(await search_all(sink, just_inside)) == _dicts(events[2:3])
+            before_all = AuditQuery(since=BASE - MINUTE, until=BASE)
+            assert await search_all(sink, before_all) == []
+            assert _dicts(await search_all(sink, EVERYTHING)) == _dicts(events)
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_filters(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        kinds = ["user.login", "session.start", "exec", "session.end"]
+        events = [
+            _event(kinds[i % 4], BASE + i * MS, user=("alice", "bob", "carol")[i % 3], sid=f"sid-{i % 5}")
+            for i in range(60)
+        ]
+
+        async def body(sink: AuditSink) -> None:
+            await asyncio.gather(*(sink.emit(e) for e in events))
+
+            async def found(**filters: Any) -> list[dict[str, Any]]:
+                return _dicts(await search_all(sink, attrs.evolve(EVERYTHING, **filters)))
+
+            def expected(keep: Callable[[AuditEvent], bool]) -> list[dict[str, Any]]:
+                wanted = _dicts([e for e in events if keep(e)])
+                assert wanted, "the filter must match something for the test to mean anything"
+                return wanted
+
+            assert await found(event_types=("exec", "session.end")) == expected(
+                lambda e: e.event in ("exec", "session.end")
+            )
+            assert await found(event_types=("user.login",)) == expected(lambda e: e.event == "user.login")
+            assert await found(user="bob") == expected(lambda e: e.user == "bob")
+            assert await found(sid="sid-3") == expected(lambda e: e.sid == "sid-3")
+            assert await found(event_types=("session.start",), user="carol") == expected(
+                lambda e: e.event == "session.start" and e.user == "carol"
+            )
+            assert await found(user="nobody") == []
+            assert await found(event_types=("role.created",)) == []
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_paging_returns_every_event_once_in_time_order(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        # 1,200 events, four per millisecond (so pages split ties), emitted in random order.
+        events = [_event("exec", BASE + (i // 4) * MS, user="pager", sid=f"s-{i}") for i in range(1200)]
+        shuffled = events[:]
+        random.Random(1200).shuffle(shuffled)  # noqa: S311 (a reproducible order, not a secret)
+        by_uid = {e.uid: e for e in events}
+
+        async def body(sink: AuditSink) -> None:
+            for start in range(0, len(shuffled), 100):
+                await asyncio.gather(*(sink.emit(e) for e in shuffled[start : start + 100]))
+            for limit in (100, 7, 5000):
+                found = await search_all(sink, attrs.evolve(EVERYTHING, limit=limit))
+                uids = [e.uid for e in found]
+                assert len(uids) == len(events), f"limit {limit}: got {len(uids)} of {len(events)} events"
+                assert len(set(uids)) == len(uids), f"limit {limit}: an event was returned twice"
+                assert set(uids) == set(by_uid)
+                times = [e.time for e in found]
+                assert times == sorted(times), f"limit {limit}: events are not oldest first"
+                assert _dicts(found) == _dicts([by_uid[uid] for uid in uids])
+            first = await sink.search(attrs.evolve(EVERYTHING, limit=100))
+            assert len(first.events) == 100 and first.next_cursor, "a full page must offer the next one"
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_same_uid_is_stored_once(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        event = _event("user.login", BASE, user="alice")
+
+        async def body(sink: AuditSink) -> None:
+            await sink.emit(event)
+            await sink.emit(event)
+            await asyncio.gather(sink.emit(event), sink.emit(event))
+            assert _dicts((await sink.search(EVERYTHING)).events) == [event.to_dict()]
+
+        async def reopened(sink: AuditSink) -> None:
+            await sink.emit(event)
+            assert _dicts(await search_all(sink, EVERYTHING)) == [event.to_dict()]
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+        self.with_sink(teleport_audit_uri, tmp_path, reopened)
+
+    def test_concurrent_emits_are_all_stored(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        events = [_event("session.start", BASE + (i % 10) * MS, user=f"user-{i}", sid=f"c-{i}") for i in range(200)]
+
+        async def body(sink: AuditSink) -> None:
+            await asyncio.gather(*(sink.emit(e) for e in events))
+            found = await search_all(sink, attrs.evolve(EVERYTHING, limit=50))
+            assert sorted(e.uid for e in found) == sorted(e.uid for e in events)
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_acknowledged_events_survive_reopening(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        events = [_event("user.login", BASE + i * MINUTE, user="alice", sid=f"p-{i}") for i in range(3)]
+        later = _event("session.end", BASE + 10 * MINUTE, user="alice")
+
+        async def first(sink: AuditSink) -> None:
+            for event in events:
+                await sink.emit(event)
+
+        async def second(sink: AuditSink) -> None:
+            assert _dicts(await search_all(sink, EVERYTHING)) == _dicts(events)
+            await sink.emit(later)
+
+        async def third(sink: AuditSink) -> None:
+            assert _dicts(await search_all(sink, EVERYTHING)) == _dicts([*events, later])
+
+        self.with_sink(teleport_audit_uri, tmp_path, first)
+        self.with_sink(teleport_audit_uri, tmp_path, second)
+        self.with_sink(teleport_audit_uri, tmp_path, third)
