@@ -30,13 +30,13 @@ check_installed() {  # the code under test must come from site-packages, not the
 
 echo "== teleport-core alone"
 "$PYTHON" -m venv "$WORK/core"
-"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx
+"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko
 check_installed "$WORK/core"
 (cd "$WORK/tree" && "$WORK/core/bin/teleport" plugins --format=json > /dev/null)
 (cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider tests)
 
 echo "== every distribution"
 "$PYTHON" -m venv "$WORK/all"
-"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx
+"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko
 check_installed "$WORK/all"
 (cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider tests plugins/*/tests examples/*/tests)

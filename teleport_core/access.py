@@ -20,6 +20,10 @@ def _frozen_traits(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str
     return MappingProxyType({k: tuple(v) for k, v in value.items()})
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
@@ -42,9 +46,9 @@ class Identity:
 
     name: str
     kind: IdentityKind = IdentityKind.USER
-    roles: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     traits: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_frozen_traits)
-    logins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    logins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     cluster: str = ""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import uuid as uuidlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -115,6 +115,10 @@ def new_event(event: str, outcome: str = "ok", *, when: dt.datetime | None = Non
     )
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class AuditQuery:
     """A search: events with ``since <= time < until`` matching every given filter, oldest first.
@@ -124,7 +128,7 @@ class AuditQuery:
 
     since: dt.datetime
     until: dt.datetime
-    event_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    event_types: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     user: str = ""
     sid: str = ""
     limit: int = 500

@@ -1,0 +1,234 @@
+"""Key generation and (de)serialization for the auth service's CAs and certificates.
+
+Supported algorithms: Ed25519 (the SSH default), ECDSA P-256 (the TLS default) and RSA-2048
+(for old clients). Private keys are serialized as unencrypted PKCS#8 PEM or OpenSSH; public
+keys in OpenSSH ``authorized_keys`` format or PEM SubjectPublicKeyInfo. Private key files are
+written atomically with mode 0600 from the moment they exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import os
+import secrets
+from pathlib import Path
+from typing import TypeAlias
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import ssh
+
+PrivateKey: TypeAlias = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+RSA_KEY_SIZE = 2048
+"""Size of the RSA keys we generate (``rsa2048``)."""
+MIN_RSA_KEY_SIZE = 2048
+"""Smallest RSA key accepted anywhere (CA or subject key)."""
+ALLOWED_CURVES: tuple[type[ec.EllipticCurve], ...] = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+"""ECDSA curves accepted for subject keys (OpenSSH's nistp256/384/521); we generate P-256 only."""
+
+
+class KeyAlgorithm(enum.Enum):
+    """An algorithm we can generate keys for."""
+
+    ED25519 = "ed25519"
+    ECDSA_P256 = "ecdsa-p256"
+    RSA2048 = "rsa2048"
+
+    @classmethod
+    def parse(cls, value: str | KeyAlgorithm) -> KeyAlgorithm:
+        """``ed25519``, ``ecdsa-p256`` (or ``ecdsa``), ``rsa2048`` (or ``rsa``, ``rsa-2048``)."""
+        if isinstance(value, KeyAlgorithm):
+            return value
+        name = value.strip().lower()
+        aliases = {"ecdsa": cls.ECDSA_P256, "rsa": cls.RSA2048, "rsa-2048": cls.RSA2048}
+        if name in aliases:
+            return aliases[name]
+        try:
+            return cls(name)
+        except ValueError:
+            choices = ", ".join(a.value for a in cls)
+            raise ValueError(f"unsupported key algorithm {value!r} (supported: {choices})") from None
+
+
+class UnsupportedKey(ValueError):
+    """A key of a type or size we do not accept."""
+
+
+def generate_private_key(algorithm: str | KeyAlgorithm) -> PrivateKey:
+    """A new private key of ``algorithm``."""
+    alg = KeyAlgorithm.parse(algorithm)
+    if alg is KeyAlgorithm.ED25519:
+        return ed25519.Ed25519PrivateKey.generate()
+    if alg is KeyAlgorithm.ECDSA_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_SIZE)
+
+
+def key_algorithm(key: PrivateKey | PublicKey) -> KeyAlgorithm:
+    """The :class:`KeyAlgorithm` of one of our keys (raises :class:`UnsupportedKey` for others)."""
+    check_supported(key)
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return KeyAlgorithm.ED25519
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        if isinstance(key.curve, ec.SECP256R1):
+            return KeyAlgorithm.ECDSA_P256
+        raise UnsupportedKey(f"ECDSA curve {key.curve.name} is accepted but is not one we generate")
+    if key.key_size == RSA_KEY_SIZE:
+        return KeyAlgorithm.RSA2048
+    raise UnsupportedKey(f"RSA-{key.key_size} is accepted but is not one we generate")
+
+
+def check_supported(key: object) -> None:
+    """Raise :class:`UnsupportedKey` unless ``key`` is Ed25519, ECDSA on a NIST curve, or RSA >= 2048."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        if isinstance(key.curve, ALLOWED_CURVES):
+            return
+        raise UnsupportedKey(f"unsupported ECDSA curve {key.curve.name}")
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_KEY_SIZE:
+            raise UnsupportedKey(f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_KEY_SIZE})")
+        return
+    raise UnsupportedKey(f"unsupported key type {type(key).__name__}")
+
+
+# -- private keys ----------------------------------------------------------------------------------
+
+
+def private_key_pem(key: PrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (``-----BEGIN PRIVATE KEY-----``)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def private_key_openssh(key: PrivateKey) -> bytes:
+    """``key`` in OpenSSH format (``-----BEGIN OPENSSH PRIVATE KEY-----``), unencrypted."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+
+
+def load_private_key(data: bytes | str) -> PrivateKey:
+    """Load an unencrypted private key from PEM (PKCS#8 or traditional) or OpenSSH format."""
+    raw = data.encode() if isinstance(data, str) else data
+    key: object
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            key = ssh.load_ssh_private_key(raw, password=None)
+        else:
+            key = serialization.load_pem_private_key(raw, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # The parser's message never includes key material.
+        raise UnsupportedKey(f"cannot load private key: {exc}") from None
+    check_supported(key)
+    assert isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return key
+
+
+# -- public keys -----------------------------------------------------------------------------------
+
+
+def public_key_of(key: PrivateKey | PublicKey) -> PublicKey:
+    """The public half of ``key`` (``key`` itself when it is public)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return key.public_key()
+    return key
+
+
+def public_key_openssh(key: PrivateKey | PublicKey) -> str:
+    """The public key as one ``authorized_keys`` line without comment (``ssh-ed25519 AAAA...``)."""
+    return public_key_of(key).public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def public_key_pem(key: PrivateKey | PublicKey) -> bytes:
+    """The public key as PEM SubjectPublicKeyInfo (``-----BEGIN PUBLIC KEY-----``)."""
+    return public_key_of(key).public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_key_der(key: PrivateKey | PublicKey) -> bytes:
+    """The public key as DER SubjectPublicKeyInfo."""
+    return public_key_of(key).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(data: str | bytes) -> PublicKey:
+    """Load a public key from an OpenSSH line (``ssh-ed25519 AAAA... comment``) or PEM SPKI.
+
+    Certificates are refused: pass the plain key.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    raw = raw.strip()
+    key: object
+    try:
+        if raw.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(raw)
+        else:
+            key = ssh.load_ssh_public_identity(raw)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise UnsupportedKey(f"cannot load public key: {exc}") from None
+    if isinstance(key, ssh.SSHCertificate):
+        raise UnsupportedKey("expected a public key, got an SSH certificate")
+    check_supported(key)
+    assert isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    return key
+
+
+def ssh_fingerprint(key: PrivateKey | PublicKey) -> str:
+    """The SHA-256 fingerprint ``ssh-keygen -l`` prints: ``SHA256:<unpadded base64>``."""
+    digest = ssh.ssh_key_fingerprint(public_key_of(key), hashes.SHA256())
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def same_public_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> bool:
+    """Whether two keys have the same public half."""
+    return public_key_der(a) == public_key_der(b)
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write ``data`` (a private key or anything secret) to ``path`` with mode 0600.
+
+    The content goes to a new temporary file in the same directory, created with
+    ``O_CREAT|O_EXCL`` and mode 0600 before any byte is written, then renamed over ``path``;
+    readers see either the old file or the whole new one, never a partial or wider-mode file.
+    """
+    _write_atomic(Path(path), data, 0o600)
+
+
+def write_public_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write public data (a certificate or public key) to ``path`` with mode 0644."""
+    _write_atomic(Path(path), data, 0o644)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            # The umask may have narrowed ``mode``; make it exact before any data is written.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
