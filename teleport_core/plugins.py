@@ -96,7 +96,9 @@ class Plugins:
             raise PluginError("\n".join(f"{i.label} is broken: {i.error}" for i in self.broken))
 
     def info_for(self, plugin_name: str) -> PluginInfo:
-        return self._by_name[plugin_name]
+        """The plugin registered as ``plugin_name`` (one registered behind our back gets a bare record)."""
+        found = self._by_name.get(plugin_name)
+        return found if found is not None else PluginInfo(plugin_name, plugin_name, "-")
 
     # -- what plugins provide ---------------------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Plugins:
         out: list[tuple[PluginInfo, Any]] = []
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order (tryfirst/trylast sorted in)
-            info = self._by_name[impl.plugin_name]
+            info = self.info_for(impl.plugin_name)
             args = {name: kwargs[name] for name in impl.argnames}
             try:
                 result = impl.function(**args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,10 @@ class ServiceContext:
     """What a service factory receives.
 
     ``settings`` is what the plugin's ``teleport_config_section`` returned for its section.
-    ``set_ready(False, reason)`` marks the service degraded (``/readyz`` answers 503).
+    A service is ready when its ``start()`` returns, unless it called ``set_ready`` during
+    start; ``set_ready(False, reason)`` later marks it degraded (``/readyz`` answers 503).
+    ``request_stop(reason)`` asks the process to shut down (a fatal error at run time); it is
+    safe to call from any thread.
     """
 
     name: str
@@ -71,6 +75,7 @@ class ServiceContext:
     log: structlog.stdlib.BoundLogger
     metrics: CollectorRegistry
     _health: dict[str, tuple[bool, str]] = attrs.field(alias="health")
+    _stopper: Callable[[str], None] | None = attrs.field(default=None, alias="stopper")
 
     @property
     def data_dir(self) -> Path:
@@ -78,3 +83,8 @@ class ServiceContext:
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         self._health[self.name] = (ready, reason)
+
+    def request_stop(self, reason: str) -> None:
+        if self._stopper is None:
+            raise RuntimeError("this context belongs to no running process")
+        self._stopper(f"{self.name}: {reason}")

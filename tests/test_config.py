@@ -131,6 +131,7 @@ BAD = [
     ("teleport: {diag_addr: '::1:3000'}", "teleport.diag_addr: expected host:port, got \"::1:3000\" (IPv6 addresses need"),
     ("teleport: {log: {severity: loud}}", 'teleport.log.severity: expected one of TRACE, DEBUG, INFO, WARN, WARNING, ERROR'),
     ("teleport: {log: {format: {output: xml}}}", 'teleport.log.format.output: expected "text" or "json", got "xml"'),
+    ("teleport: {log: {format: {extra_fields: [caller, pid]}}}", 'teleport.log.format.extra_fields[1]: unknown field "pid"; valid fields: timestamp, level, component, caller'),
     ("teleport: {log: {outptu: x}}", 'teleport.log.outptu: unknown key (did you mean "output"?)'),
     ("teleport: {join_params: {method: iam}}", 'teleport.join_params.method: expected "token", got "iam"'),
     ("teleport: {auth_token: a, join_params: {token_name: b}}", "teleport.join_params: set either auth_token or"),
@@ -147,7 +148,9 @@ BAD = [
     ("auth_service: {ttl: 30}", 'auth_service.ttl: expected a duration like "30m" or "1h0m0s", got 30'),
     ("auth_service: {ttl: 5 minutes}", 'auth_service.ttl: expected a duration like "30m" or "1h0m0s", got "5 minutes"'),
     ("ssh_servce: {enabled: no}", 'ssh_servce: unknown key (did you mean "ssh_service"?)'),
-    ("kube_service: {enabled: yes}", "kube_service: unknown key; valid keys:"),
+    ("kube_service: {enabled: yes}", "kube_service: no installed plugin provides this section (sections: auth_service, proxy_service, ssh_service)"),
+    ("ssh_servic: {enabled: no}", 'ssh_servic: unknown key (did you mean "ssh_service"?)'),
+    ("sssh_service: {enabled: no}", 'sssh_service: unknown key (did you mean "ssh_service"?)'),
 ]
 
 
@@ -290,7 +293,7 @@ def test_secret_never_in_error_or_repr(plugins):
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("30m", 1800), ("1h0m0s", 3600), ("1.5h", 5400), ("300ms", 0.3), ("2h45m", 9900), ("0", 0), ("10s", 10),
-     ("1h30m15s", 5415), (".5s", 0.5), ("-1m", -60), ("1us", 1e-6), ("7ns", 7e-9)],
+     ("1h30m15s", 5415), (".5s", 0.5), ("-1m", -60), ("1us", 1e-6), ("1000ns", 1e-6)],
 )
 def test_durations_use_go_syntax(text, seconds):
     assert parse_duration(text).total_seconds() == pytest.approx(seconds)

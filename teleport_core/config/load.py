@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import yaml
 
-from teleport_core.config.model import JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
+from teleport_core.config.model import LOG_FIELDS, JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader, show
 from teleport_core.errors import ConfigError, UnknownNameError
 from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, install_hint
@@ -103,8 +103,8 @@ def _apply_flags(data: dict[str, Any], flags: Flags, origins: dict[str, str]) ->
     if flags.ca_pins:
         put("ca_pin", list(flags.ca_pins), "--ca-pin")
     if flags.auth_servers:
-        teleport.pop("auth_servers", None)
-        teleport.pop("proxy_server", None)
+        for key in ("auth_server", "auth_servers", "proxy_server"):
+            teleport.pop(key, None)
         if len(flags.auth_servers) == 1:
             put("auth_server", flags.auth_servers[0], "--auth-server")
         else:
@@ -183,6 +183,10 @@ def _parse_teleport(r: SectionReader) -> dict[str, Any]:
     fmt = log.section("format")
     log_format = fmt.string("output", "text", choices=("text", "json"))
     extra = fmt.strings("extra_fields")
+    for index, name in enumerate(extra):
+        if name not in LOG_FIELDS:
+            valid = ", ".join(LOG_FIELDS)
+            raise fmt.error(f"extra_fields[{index}]", f"unknown field {show(name)}; valid fields: {valid}")
     fmt.finish()
     log.finish()
     out["log"] = LogConfig(output, "WARN" if severity == "WARNING" else severity, log_format, extra)
@@ -258,6 +262,13 @@ def parse_config(
     teleport.finish()
     sections = _parse_sections(data, plugins, flags, origins)
     top.read.update(sections)
+    for key in data:
+        if key.endswith("_service") and key not in sections:
+            # match on the name before "_service": kube_service is not a typo of auth_service
+            hint = did_you_mean(key.removesuffix("_service"), [s.removesuffix("_service") for s in sections])
+            if hint.startswith(" (did you mean"):
+                raise ConfigError(key, f'unknown key (did you mean "{hint.split(chr(34))[1]}_service"?)')
+            raise ConfigError(key, f"no installed plugin provides this section (sections: {', '.join(sections)})")
     top.finish()
     config = TeleportConfig(
         version=version,

@@ -11,6 +11,9 @@ import attrs
 from teleport_core.config.values import NetAddr
 from teleport_core.secret import Secret
 
+# ``log.format.extra_fields`` names Teleport accepts; ``component`` is always printed.
+LOG_FIELDS = ("timestamp", "level", "component", "caller")
+
 
 @attrs.frozen
 class LogConfig:

@@ -55,7 +55,8 @@ class SectionReader:
 
     def _where(self, key: str) -> str:
         full = f"{self.path}.{key}" if self.path and key else (self.path or key)
-        return self.origins.get(full, full)
+        base = full.split("[", 1)[0]  # an item of a list a flag set names the flag too
+        return self.origins.get(full, self.origins.get(base, full))
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError for ``key`` of this section (for plugins' own cross-key checks)."""
