@@ -36,6 +36,13 @@ if TYPE_CHECKING:
     from teleport_core.plugins import Plugins
     from teleport_core.testing.cluster import ClusterHandle
 
+# the suites' asserts show the values they compared, like a test file's do
+pytest.register_assert_rewrite(
+    "teleport_core.testing.backend_suite",
+    "teleport_core.testing.audit_suite",
+    "teleport_core.testing.session_suite",
+)
+
 STANDARD_SECTIONS = ("auth_service", "proxy_service", "ssh_service")
 
 

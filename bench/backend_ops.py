@@ -1,0 +1,145 @@
+"""Operations per second of a cluster-state backend, opened from a ``teleport.storage`` mapping.
+
+    python bench/backend_ops.py                       # the embedded sqlite backend
+    python bench/backend_ops.py --n 2000 --format json
+    python bench/backend_ops.py --config '{"type": "etcd", "peers": ["127.0.0.1:2379"], "prefix": "/bench"}'
+
+Each operation runs ``--n`` times sequentially (one at a time) and then ``--n`` times from
+``--concurrency`` tasks at once. ``put`` writes fresh keys, ``get`` reads them back, ``range``
+reads a page of ``--page`` items under a 100-key prefix, ``create`` makes fresh keys and
+``cas`` swaps the values of existing keys (each task its own keys, so swaps do not collide).
+The backend's ``data_dir`` is a temporary directory (``--data-dir`` to choose one); the
+benchmark writes only under ``/bench/`` and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from teleport_core.backend import Backend, Item, range_end
+from teleport_core.plugins import make_plugins
+from teleport_core.resources import open_backend, storage_config
+
+ROOT = b"/bench/"
+VALUE = os.urandom(256)
+
+Op = Callable[[int], Awaitable[Any]]
+
+
+async def timed(op: Op, n: int, concurrency: int) -> float:
+    """Ops per second of ``op(0..n-1)`` run by ``concurrency`` tasks (1: sequentially)."""
+
+    async def worker(first: int) -> None:
+        for i in range(first, n, concurrency):
+            await op(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return n / (time.perf_counter() - start)
+
+
+def operations(backend: Backend, mode: str, workers: int, page: int) -> dict[str, Op]:
+    """The measured operations of one run; ``mode`` keeps its keys apart from the other run's."""
+    tag = mode.encode() + b"/"
+
+    def key(kind: bytes, i: int) -> bytes:
+        return ROOT + kind + b"/" + tag + f"{i:08d}".encode()
+
+    async def put(i: int) -> None:
+        await backend.put(Item(key(b"put", i), VALUE))
+
+    async def get(i: int) -> None:
+        await backend.get(key(b"put", i))
+
+    async def range_(i: int) -> None:
+        prefix = ROOT + b"range/"
+        items = await backend.get_range(prefix, range_end(prefix), limit=page)
+        assert len(items) == page
+
+    async def create(i: int) -> None:
+        await backend.create(Item(key(b"create", i), VALUE))
+
+    async def cas(i: int) -> None:
+        k = key(b"cas", i % workers)  # task w runs i = w, w + workers, ...: its own key
+        current = await backend.get(k)
+        await backend.compare_and_swap(current, Item(k, str(i).encode()))
+
+    async def setup(_: int) -> None:
+        for w in range(workers):
+            await backend.put(Item(key(b"cas", w), b"start"))
+
+    return {"setup": setup, "put": put, "get": get, "range": range_, "create": create, "cas": cas}
+
+
+async def bench(backend: Backend, n: int, concurrency: int, page: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    await backend.delete_range(ROOT, range_end(ROOT))
+    for i in range(100):
+        await backend.put(Item(ROOT + b"range/" + f"{i:03d}".encode(), VALUE))
+    for mode, workers in (("sequential", 1), ("concurrent", concurrency)):
+        ops = operations(backend, mode, workers, page)
+        await ops.pop("setup")(0)
+        for name, op in ops.items():
+            rate = await timed(op, n, workers)
+            results.append({"op": name, "mode": mode, "tasks": workers, "n": n, "ops_per_s": round(rate, 1)})
+    await backend.delete_range(ROOT, range_end(ROOT))
+    return results
+
+
+def table(results: list[dict[str, Any]], concurrency: int) -> str:
+    rates: dict[str, dict[str, float]] = {}
+    for row in results:
+        rates.setdefault(row["op"], {})[row["mode"]] = row["ops_per_s"]
+    head = f"{'op':<8}{'sequential ops/s':>18}{f'{concurrency} tasks ops/s':>18}"
+    lines = [head, "-" * len(head)]
+    for op, by_mode in rates.items():
+        lines.append(f"{op:<8}{by_mode['sequential']:>18,.0f}{by_mode['concurrent']:>18,.0f}")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    plugins = make_plugins()
+    with tempfile.TemporaryDirectory(prefix="backend-bench-") as tmp:
+        data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
+        backend = await open_backend(plugins, storage_config(plugins, raw), data_dir)
+        try:
+            return await bench(backend, args.n, args.concurrency, args.page)
+        finally:
+            await backend.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--type", default="sqlite", help="backend type, when --config is not given")
+    parser.add_argument("--config", help="the teleport.storage mapping as JSON (overrides --type)")
+    parser.add_argument("--n", type=int, default=5000, help="operations per measurement")
+    parser.add_argument("--concurrency", type=int, default=16, help="tasks in the concurrent runs")
+    parser.add_argument("--page", type=int, default=50, help="items per range read (of 100)")
+    parser.add_argument("--data-dir", help="data_dir to open the backend in (default: a temporary one)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args()
+    if args.n < 1 or args.concurrency < 1 or not 1 <= args.page <= 100:
+        parser.error("--n and --concurrency must be positive, --page between 1 and 100")
+    raw = json.loads(args.config) if args.config else {"type": args.type}
+    if not isinstance(raw, dict):
+        parser.error("--config must be a JSON object")
+    results = asyncio.run(main_async(args, raw))
+    if args.format == "json":
+        json.dump({"config": raw, "results": results}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"backend {json.dumps(raw)}: n={args.n}, value 256 bytes, range page {args.page}")
+        print(table(results, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
