@@ -21,7 +21,7 @@ ls "$WORK/wheels"
 mkdir -p "$WORK/tree/plugins" "$WORK/tree/examples"
 cp -r tests docs "$WORK/tree/"
 for dist in plugins/*/; do mkdir -p "$WORK/tree/$dist" && cp -r "$dist/tests" "$WORK/tree/$dist"; done
-mkdir -p "$WORK/tree/examples/audit-sink-sqlite" && cp -r examples/audit-sink-sqlite/tests "$WORK/tree/examples/audit-sink-sqlite/"
+cp -r examples "$WORK/tree/"  # the guide quotes these files (tests/test_docs.py)
 cp pyproject.toml "$WORK/tree/"  # pytest settings only; the [project] table is not installed from here
 
 check_installed() {  # the code under test must come from site-packages, not the checkout

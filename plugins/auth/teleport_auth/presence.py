@@ -1,0 +1,133 @@
+"""The node inventory: heartbeats with an expiry, so nodes that stop heartbeating drop out.
+
+Backend keys: ``/nodes/<host uuid>`` -> ``{"uuid", "nodename", "addr", "labels",
+"cmd_labels", "tunnel", "expires"}`` with the backend expiry set to ``expires``. A node
+heartbeats by upserting its entry (Teleport: every minute, with a 10-minute TTL).
+:meth:`Presence.list_nodes` is one range read; expired entries are skipped by the backend
+and, for an injected clock, by the value's ``expires``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from teleport_core.backend import Backend, Item, range_end, utcnow
+from teleport_core.errors import NotFound, TeleportError
+from teleport_core.nodes import NodeInfo
+
+NODES_PREFIX = b"/nodes/"
+NODE_TTL = dt.timedelta(minutes=10)
+_BAD_ID = re.compile(r"[\x00-\x20\x7f/,]")
+
+
+class InvalidNode(TeleportError):
+    """A heartbeat is malformed."""
+
+
+def _ro(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class NodeHeartbeat:
+    """What a node announces. ``cmd_labels`` (dynamic labels) override static ``labels``."""
+
+    uuid: str
+    nodename: str
+    addr: str = ""
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=_ro)
+    cmd_labels: Mapping[str, str] = attrs.field(factory=dict, converter=_ro)
+    tunnel: bool = False
+    expires: dt.datetime | None = None
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.uuid, self.nodename, self.addr, {**self.labels, **self.cmd_labels}, self.tunnel)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "nodename": self.nodename,
+            "addr": self.addr,
+            "labels": dict(self.labels),
+            "cmd_labels": dict(self.cmd_labels),
+            "tunnel": self.tunnel,
+            "expires": self.expires.astimezone(dt.UTC).isoformat() if self.expires else None,
+        }
+
+
+def _check(heartbeat: NodeHeartbeat) -> None:
+    if not heartbeat.uuid or len(heartbeat.uuid) > 255 or _BAD_ID.search(heartbeat.uuid):
+        raise InvalidNode(f"invalid node uuid {json.dumps(heartbeat.uuid)}")
+    if not heartbeat.nodename:
+        raise InvalidNode("a node needs a nodename")
+    if not heartbeat.addr and not heartbeat.tunnel:
+        raise InvalidNode(f"node {json.dumps(heartbeat.nodename)} has neither an address nor a reverse tunnel")
+    for labels in (heartbeat.labels, heartbeat.cmd_labels):
+        for key, value in labels.items():
+            if not isinstance(key, str) or not key or not isinstance(value, str):
+                raise InvalidNode(f"node {json.dumps(heartbeat.nodename)}: labels must map names to strings")
+
+
+def _decode(data: dict[str, Any]) -> NodeInfo:
+    labels = data["labels"]
+    cmd = data["cmd_labels"]
+    return NodeInfo(data["uuid"], data["nodename"], data["addr"], {**labels, **cmd} if cmd else labels, data["tunnel"])
+
+
+class Presence:
+    """Node heartbeats in the backend. ``now`` is injectable; it must not run behind the real time."""
+
+    def __init__(self, backend: Backend, *, now: Callable[[], dt.datetime] = utcnow) -> None:
+        self.backend = backend
+        self._now = now
+
+    @staticmethod
+    def _key(uuid: str) -> bytes:
+        return NODES_PREFIX + uuid.encode()
+
+    async def upsert_node(self, heartbeat: NodeHeartbeat, ttl: dt.timedelta = NODE_TTL) -> NodeHeartbeat:
+        """Store a heartbeat; without ``expires`` it expires ``ttl`` from now. Returns what was stored."""
+        _check(heartbeat)
+        if heartbeat.expires is None:
+            heartbeat = attrs.evolve(heartbeat, expires=self._now() + ttl)
+        value = json.dumps(heartbeat.to_dict(), separators=(",", ":")).encode()
+        await self.backend.put(Item(self._key(heartbeat.uuid), value, expires=heartbeat.expires))
+        return heartbeat
+
+    def _live(self, item: Item, now: dt.datetime) -> bool:
+        return item.expires is None or item.expires > now
+
+    async def get_node(self, uuid: str) -> NodeHeartbeat:
+        """The node's last heartbeat; ``NotFound`` when it is unknown or expired."""
+        try:
+            item = await self.backend.get(self._key(uuid))
+        except NotFound:
+            item = None
+        if item is None or not self._live(item, self._now()):
+            raise NotFound(f"node {json.dumps(uuid)} is offline or does not exist")
+        data = json.loads(item.value)
+        expires = dt.datetime.fromisoformat(data["expires"]) if data.get("expires") else None
+        return NodeHeartbeat(
+            data["uuid"], data["nodename"], data["addr"], data["labels"], data["cmd_labels"], data["tunnel"], expires
+        )
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every live node, by UUID: one range read."""
+        now = self._now()
+        items = await self.backend.get_range(NODES_PREFIX, range_end(NODES_PREFIX))
+        loads = json.loads
+        return [_decode(loads(item.value)) for item in items if item.expires is None or item.expires > now]
+
+    async def delete_node(self, uuid: str) -> None:
+        """Remove a node (``tctl rm node/<uuid>``); ``NotFound`` when absent."""
+        try:
+            await self.backend.delete(self._key(uuid))
+        except NotFound:
+            raise NotFound(f"node {json.dumps(uuid)} not found") from None
