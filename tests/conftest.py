@@ -42,3 +42,14 @@ def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = N
     full_env["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
     return subprocess.run([sys.executable, "-m", f"teleport_core.cli.{tool}", *rest], capture_output=True, text=True,
                           env=full_env, input=input, timeout=timeout, check=False)
+
+
+def kernel_plugins(*objects: object, extra: list[str] | None = None):
+    """The kernel's built-in plugins plus test ``objects``, whatever else is installed."""
+    from teleport_core import lookup_plugin
+    from teleport_core.backends import file_sessions_plugin, sqlite_plugin
+    from teleport_core.plugins import make_plugins
+
+    builtins = [("sqlite", sqlite_plugin), ("file_sessions", file_sessions_plugin), ("node_lookup", lookup_plugin)]
+    return make_plugins(entry_points=False, extra=extra or [],
+                        objects=builtins + [(type(o).__name__, o) for o in objects])

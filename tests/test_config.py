@@ -13,9 +13,9 @@ from teleport_core.config.load import Flags, load_config, parse_config, parse_la
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr, format_duration, parse_addr, parse_duration
 from teleport_core.errors import ConfigError
-from teleport_core.plugins import make_plugins
 from teleport_core.secret import Secret
 from teleport_core.specs import ServiceSpec
+from tests.conftest import kernel_plugins
 
 PIN = "sha256:" + "ab" * 32
 
@@ -44,15 +44,13 @@ class DemoServices:
 
 @pytest.fixture
 def plugins():
-    return make_plugins(entry_points=True, extra=[], objects=[("demo", DemoServices())])
+    return kernel_plugins(DemoServices())
 
 
 @pytest.fixture
 def core_only():
     """The kernel's built-ins alone, as with only teleport-core installed."""
-    from teleport_core.backends import file_sessions_plugin, sqlite_plugin
-
-    return make_plugins(entry_points=False, extra=[], objects=[("sqlite", sqlite_plugin), ("files", file_sessions_plugin)])
+    return kernel_plugins()
 
 
 def parse(plugins, text: str, **flags):

@@ -31,17 +31,12 @@ from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_log, open_session_storage, storage_config
 from teleport_core.secret import Secret
 from teleport_core.specs import AuditSinkSpec, BackendSpec, ServiceSpec, SessionStorageSpec
+from tests.conftest import kernel_plugins
 
 
 def with_plugins(*objects, entry_points=False):
-    """The kernel's built-in plugins plus test objects (plus every installed plugin when ``entry_points``)."""
-    from teleport_core import lookup_plugin
-    from teleport_core.backends import file_sessions_plugin, sqlite_plugin
-
-    builtins = [] if entry_points else [("sqlite", sqlite_plugin), ("files", file_sessions_plugin),
-                                        ("lookup", lookup_plugin)]
-    return make_plugins(entry_points=entry_points, extra=[],
-                        objects=builtins + [(type(o).__name__, o) for o in objects])
+    """The kernel's built-in plugins plus test objects."""
+    return kernel_plugins(*objects)
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -371,7 +366,7 @@ NODES = [
 
 
 def test_hook_teleport_node_candidates():
-    hook = make_plugins(extra=[]).hook  # the kernel's built-in node_lookup plugin
+    hook = kernel_plugins().hook  # the kernel's built-in node_lookup plugin
     assert [n.uuid for n in find_nodes(hook, "33333333-cccc", NODES)] == ["33333333-cccc"]
     assert [n.nodename for n in find_nodes(hook, "db", NODES)] == ["db"]
     assert [n.nodename for n in find_nodes(hook, "10.0.0.2:3022", NODES)] == ["web-2"]
@@ -398,5 +393,5 @@ def test_hook_teleport_node_candidates():
                 return [NodeMatch(nodes[2], MatchStrength.STRONG, "cmdb")]
             return None
 
-    plugins = make_plugins(extra=[], objects=[("cmdb", Cmdb())])
+    plugins = kernel_plugins(Cmdb())
     assert [n.nodename for n in find_nodes(plugins.hook, "localhost", NODES)] == ["db"]

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
-import hmac
 import json
 import re
 import secrets
 import urllib.parse
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -27,7 +25,10 @@ from cryptography.x509.oid import NameOID
 
 from teleport_auth import keys
 from teleport_auth.keys import KeyAlgorithm, PrivateKey, PublicKey
-from teleport_core.errors import AccessDenied
+from teleport_core.pins import CAPinMismatch as CAPinMismatch
+from teleport_core.pins import check_ca_pin as check_ca_pin
+from teleport_core.pins import normalize_pin as normalize_pin
+from teleport_core.pins import pin_of_cert
 
 CA_VALIDITY = dt.timedelta(days=3650)
 """Lifetime of a CA's self-signed TLS certificate (10 years)."""
@@ -38,7 +39,6 @@ DEFAULT_GRACE_PERIOD = dt.timedelta(hours=30)
 STORAGE_VERSION = 1
 
 _CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_PIN_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_X509_NAME_LENGTH = 64
 _LONG_NAME_WARNING = r"Attribute's length must be >= 1 and <= 64"
 
@@ -61,10 +61,6 @@ class RotationPhase(enum.Enum):
 class RotationMode(enum.Enum):
     MANUAL = "manual"
     AUTO = "auto"
-
-
-class CAPinMismatch(AccessDenied):
-    """The CA an auth server presented does not match any configured ``--ca-pin``."""
 
 
 class MissingSecrets(ValueError):
@@ -448,14 +444,6 @@ def generate_authority(
 # -- CA pin -------------------------------------------------------------------------------------------
 
 
-def pin_of_cert(cert: x509.Certificate | bytes) -> str:
-    """``sha256:`` + hex SHA-256 of the DER SubjectPublicKeyInfo of a certificate (DER or object)."""
-    if isinstance(cert, bytes):
-        cert = x509.load_der_x509_certificate(cert)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(spki).hexdigest()
-
-
 def _host_ca(ca: CertAuthority) -> CertAuthority:
     if ca.kind is not CAType.HOST:
         raise ValueError(f"the CA pin is computed from the host CA, not the {ca.kind.value} CA")
@@ -470,38 +458,6 @@ def ca_pin(host_ca: CertAuthority) -> str:
 def ca_pins(host_ca: CertAuthority) -> list[str]:
     """The pins of every trusted host CA certificate (two during a rotation)."""
     return [pin_of_cert(cert) for cert in _host_ca(host_ca).tls_certs]
-
-
-def normalize_pin(pin: str) -> str:
-    """``pin`` in canonical form (lower-case hex); raises ValueError when malformed."""
-    value = pin.strip()
-    head, sep, digest = value.partition(":")
-    canonical = f"{head.lower()}{sep}{digest.lower()}"
-    if not _PIN_RE.fullmatch(canonical):
-        raise ValueError(f"invalid CA pin {pin!r}: expected sha256:<64 hex digits>")
-    return canonical
-
-
-def check_ca_pin(pins: Iterable[str], cert_der: bytes | x509.Certificate) -> str:
-    """Check the CA certificate an auth server presented against the configured pins.
-
-    Every pin is compared in constant time. Returns the matching pin; raises
-    :class:`CAPinMismatch` ("cluster pin does not match ...") when none matches.
-    """
-    wanted = [normalize_pin(p) for p in pins]
-    if not wanted:
-        raise ValueError("check_ca_pin needs at least one pin")
-    actual = pin_of_cert(cert_der)
-    matched = ""
-    for pin in wanted:
-        if hmac.compare_digest(pin.encode(), actual.encode()):
-            matched = pin
-    if not matched:
-        raise CAPinMismatch(
-            f"cluster pin does not match: the auth server's CA has pin {actual}, expected "
-            + (wanted[0] if len(wanted) == 1 else "one of " + ", ".join(wanted))
-        )
-    return matched
 
 
 # -- exports (tctl auth export) -------------------------------------------------------------------------

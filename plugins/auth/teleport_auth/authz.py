@@ -61,6 +61,8 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
     ),
     "Proxy": (
         HostRule((*_CLUSTER_READ, "user_token"), ("list", "read")),
+        HostRule(("user_token",), ("update",)),  # complete a signup from the invite page
+        HostRule(("login",), ("create",)),  # forward users' password logins
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
         HostRule(("session",), ("create", "update", "list", "read")),

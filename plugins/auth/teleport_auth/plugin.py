@@ -1,4 +1,50 @@
 """Hook implementations of teleport-auth (registered under the ``teleport`` entry-point group).
 
-This module is imported whenever the plugin manager is built: keep its imports light.
+This module is imported whenever the plugin manager is built (every ``tsh``/``tctl`` run):
+it imports nothing heavy; the service, API and commands load only when used.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from teleport_core import hookimpl
+from teleport_core.config.reader import SectionReader
+from teleport_core.specs import CliCommand, ServiceSpec
+
+SECTION = "auth_service"
+
+
+@hookimpl
+def teleport_services() -> list[ServiceSpec]:
+    from teleport_auth.settings import SAMPLE
+
+    return [
+        ServiceSpec(
+            section=SECTION,
+            role="auth",
+            factory="teleport_auth.service:AuthService",
+            description="auth service: certificate authorities, users, roles, join tokens",
+            sample=SAMPLE,
+        )
+    ]
+
+
+@hookimpl
+def teleport_config_section(section: str, reader: SectionReader) -> Any:
+    if section != SECTION:
+        return None
+    import socket
+
+    from teleport_auth.settings import parse_settings
+
+    return parse_settings(reader, socket.gethostname())
+
+
+@hookimpl
+def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
+    if tool != "tctl":
+        return None
+    return [
+        CliCommand("status", "cluster status: CA pin and rotation state", "teleport_auth.tctl:status"),
+    ]

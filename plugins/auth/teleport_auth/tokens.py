@@ -247,6 +247,7 @@ class UserToken:
     kind: str
     created: dt.datetime
     expires: dt.datetime
+    otp_secret: Secret | None = None  # the TOTP secret to enroll when signing up, if OTP is on
 
     def __repr__(self) -> str:
         return f"UserToken(token=***, user={self.user!r}, kind={self.kind!r}, expires={self.expires!r})"
@@ -263,8 +264,11 @@ class UserTokenStore:
     def _key(token: str) -> bytes:
         return USER_TOKENS_PREFIX + _digest(token).encode()
 
-    async def create(self, user: str, ttl: dt.timedelta | None = None, kind: str = "invite") -> UserToken:
-        """A new token for ``user``; ``ttl`` defaults to 1h, at most 48h."""
+    async def create(
+        self, user: str, ttl: dt.timedelta | None = None, kind: str = "invite", otp_secret: Secret | None = None
+    ) -> UserToken:
+        """A new token for ``user``; ``ttl`` defaults to 1h, at most 48h. ``otp_secret`` is kept
+        with the token so the signup page and its completion use the same TOTP secret."""
         try:
             check_name("user", user)
         except ValueError as exc:
@@ -282,11 +286,13 @@ class UserTokenStore:
         now = self._now()
         token = secrets.token_hex(TOKEN_BYTES)
         data = {"token": token, "user": user, "kind": kind, "created": _iso(now), "expires": _iso(now + ttl)}
+        if otp_secret is not None:
+            data["otp_secret"] = otp_secret.reveal()
         try:
             await self.backend.create(Item(self._key(token), _encode(data), expires=now + ttl))
         except AlreadyExists:  # 128 random bits never collide; refuse rather than overwrite
             raise TokenError("could not create a unique user token; try again") from None
-        return UserToken(Secret(token), user, kind, now, now + ttl)
+        return UserToken(Secret(token), user, kind, now, now + ttl, otp_secret)
 
     async def _find(self, token: Secret) -> tuple[UserToken, Item]:
         try:
@@ -297,7 +303,8 @@ class UserTokenStore:
         expires = _parse_time(data["expires"])
         if not token.matches(str(data.get("token", ""))) or expires <= self._now():
             raise InvalidToken("the user token is not valid or has expired")
-        return UserToken(token, data["user"], data["kind"], _parse_time(data["created"]), expires), item
+        secret = Secret(data["otp_secret"]) if data.get("otp_secret") else None
+        return UserToken(token, data["user"], data["kind"], _parse_time(data["created"]), expires, secret), item
 
     async def get(self, token: Secret) -> UserToken:
         """The live token (:class:`InvalidToken` when unknown or expired)."""

@@ -1,0 +1,704 @@
+"""The auth API: JSON over HTTP on mutual TLS (starlette, served by the kernel's TLSServer).
+
+Every call except ``/v1/ping`` and ``/v1/register`` needs a client certificate from the
+cluster's user or host CA; the identity in it is authorized on every call through RBAC (the
+caller's roles) plus the ``teleport_authorize`` hook of every plugin (deny wins). A denial is
+a 403 with the reason and an ``auth`` (T3007W) audit event. ``/v1/openapi.json`` describes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from teleport_auth import keys
+from teleport_auth.authority import ca_pin, export_known_hosts
+from teleport_auth.issuer import (
+    identity_from_tls_cert,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    issue_tls_host_cert,
+    issue_tls_user_cert,
+)
+from teleport_auth.presence import NodeHeartbeat
+from teleport_auth.roles import parse_role, role_to_dict
+from teleport_auth.tokens import system_role
+from teleport_auth.users import new_totp_secret, otp_uri
+from teleport_core import __version__
+from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, LoginRequest, decide
+from teleport_core.audit import AuditEvent, AuditQuery, new_event
+from teleport_core.config.values import format_duration, parse_duration
+from teleport_core.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    CompareFailed,
+    ConfigError,
+    NotFound,
+    TeleportError,
+)
+from teleport_core.nodes import NodeInfo
+from teleport_core.secret import Secret
+from teleport_core.tlsserver import client_certificate
+
+if TYPE_CHECKING:
+    from teleport_auth.service import AuthService
+
+STATUS: list[tuple[type[BaseException], int]] = [
+    (AuthenticationFailed, 401),
+    (AccessDenied, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (CompareFailed, 412),
+    (ConfigError, 400),
+    (TeleportError, 400),
+]
+MAX_BODY = 1 << 20
+
+
+class BadRequest(TeleportError):
+    """A request body that is not what the endpoint takes."""
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def field(body: dict[str, Any], name: str, kind: type = str, *, required: bool = True, default: Any = None) -> Any:
+    """``body[name]`` checked against ``kind``; a 400 naming the field otherwise."""
+    if name not in body or body[name] is None:
+        if required:
+            raise BadRequest(f"{name}: required")
+        return default
+    value = body[name]
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{name}: expected a list of strings")
+        return value
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise BadRequest(f"{name}: expected an object")
+        return value
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise BadRequest(f"{name}: expected {kind.__name__}")
+    return value
+
+
+def ttl_field(body: dict[str, Any], name: str = "ttl") -> dt.timedelta | None:
+    text = field(body, name, required=False, default="")
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise BadRequest(f'{name}: expected a duration like "30m" or "1h0m0s", got {json.dumps(text)}') from None
+
+
+Handler = Callable[["API", Request, Identity | None], Awaitable[Any]]
+
+
+def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, name_param: str = "") -> Callable[
+        [Handler], Callable[[API, Request], Awaitable[Response]]]:
+    """Authenticate the caller and authorize ``verb`` on ``kind`` before the handler runs."""
+
+    def wrap(handler: Handler) -> Callable[[API, Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def run(self: API, request: Request) -> Response:
+            try:
+                identity = self.identify(request)
+                if identity is None and not anonymous:
+                    raise AuthenticationFailed("this call needs a client certificate from the cluster")
+                if verb is not None and kind is not None and identity is not None:
+                    name = request.path_params.get(name_param, "") if name_param else ""
+                    await self.authorize(request, identity, verb, kind, name)
+                result = await handler(self, request, identity)
+            except Exception as exc:
+                if not isinstance(exc, TeleportError):
+                    self.service.log.error("API call failed", path=request.url.path, error=repr(exc))
+                return error_response(exc)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+
+        return run
+
+    return wrap
+
+
+class API:
+    def __init__(self, service: AuthService) -> None:
+        self.service = service
+
+    # -- who is calling, and may they ----------------------------------------------------------------
+
+    def identify(self, request: Request) -> Identity | None:
+        der = client_certificate(request.scope)
+        if der is None:
+            return None
+        svc = self.service
+        return identity_from_tls_cert(der, [svc.user_ca, svc.host_ca])
+
+    async def decision(self, identity: Identity, verb: str, kind: str, name: str = "", labels: Any = None,
+                       login: str = "") -> Decision:
+        request = AccessRequest(identity, verb, kind, name, labels or {}, login)
+        svc = self.service
+        if identity.kind is IdentityKind.USER:
+            await svc.authorizer.load(identity)
+        decisions: list[Decision | None] = [svc.authorizer.decide(request)]
+        try:
+            decisions.extend(svc.ctx.plugins.hook.teleport_authorize(request=request))
+        except Exception as exc:
+            decisions.append(Decision.deny(f"authorization plugin failed: {type(exc).__name__}: {exc}"))
+        return decide(request, decisions)
+
+    async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "") -> None:
+        result = await self.decision(identity, verb, kind, name)
+        if not result.allowed:
+            await self.audit_denial(request, identity, result.reason)
+            raise AccessDenied(result.reason)
+
+    async def audit_denial(self, request: Request, identity: Identity | None, reason: str) -> None:
+        client = request.client
+        fields: dict[str, Any] = {
+            "user": identity.name if identity else "",
+            "error": reason,
+            "method": request.method,
+            "path": request.url.path,
+            "cluster_name": self.service.cluster_name,
+            "addr.remote": f"{client.host}:{client.port}" if client else "",
+        }
+        await self.service.emit(new_event("auth", "failure", **fields))
+
+    def event(self, event: str, outcome: str = "ok", **fields: Any) -> AuditEvent:
+        return new_event(event, outcome, cluster_name=self.service.cluster_name, **fields)
+
+    # -- cluster -----------------------------------------------------------------------------------------
+
+    @endpoint(None, None, anonymous=True)
+    async def ping(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        return {
+            "cluster_name": svc.cluster_name,
+            "server_version": __version__,
+            "host_ca_pems": svc.host_ca_pems(),
+            "auth": {"type": "local", "second_factor": svc.settings.second_factor},
+            "proxy_public_addr": self.proxy_addr(),
+        }
+
+    def proxy_addr(self) -> str:
+        settings = self.service.settings
+        return str(settings.proxy_public_addr) if settings.proxy_public_addr else f"{self.service.cluster_name}:3080"
+
+    @endpoint("read", "cluster_name")
+    async def status(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        await svc.reload_cas()
+        return {
+            "cluster_name": svc.cluster_name,
+            "version": __version__,
+            "ca_pin": ca_pin(svc.host_ca),
+            "cas": {ca.kind.value: ca.rotation.to_dict() for ca in (svc.user_ca, svc.host_ca)},
+        }
+
+    @endpoint("read", "cert_authority")
+    async def get_ca(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        kind = request.path_params["ca_type"]
+        if kind not in ("user", "host"):
+            raise NotFound(f'unknown certificate authority type "{kind}": expected user or host')
+        ca = svc.user_ca if kind == "user" else svc.host_ca
+        return {
+            "type": kind,
+            "cluster_name": svc.cluster_name,
+            "ssh_public_keys": [k.ssh_public_key_line for k in ca.trusted],
+            "tls_certs": [k.tls_cert_pem.decode() for k in ca.trusted],
+            "known_hosts": export_known_hosts(ca) if kind == "host" else "",
+            "rotation": ca.rotation.to_dict(),
+        }
+
+    # -- joining ------------------------------------------------------------------------------------------
+
+    @endpoint(None, None, anonymous=True)
+    async def register(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        token = Secret(field(body, "token"))
+        nodename = field(body, "nodename")
+        role = field(body, "role")
+        try:
+            system = system_role(role)
+        except ValueError as exc:
+            raise BadRequest(f"role: {exc}") from None
+        public_key = field(body, "public_key")
+        remote = request.client.host if request.client else ""
+        try:
+            await svc.tokens.consume(token, system, nodename)
+        except AccessDenied as exc:
+            await svc.emit(self.event("instance.join", "failure", node_name=nodename, role=system, error=str(exc),
+                                      **{"addr.remote": remote}))
+            raise
+        host = field(body, "host_uuid", required=False, default="") or svc.new_host_uuid()
+        dns_names = field(body, "dns_names", list, required=False, default=[])
+        ips = field(body, "ip_addresses", list, required=False, default=[])
+        principals = field(body, "additional_principals", list, required=False, default=[])
+        hook = svc.ctx.plugins.hook
+        try:
+            ssh = issue_ssh_host_cert(svc.host_ca, hook, public_key=public_key, host_uuid=host, nodename=nodename,
+                                      role=system, additional_principals=[*principals, *dns_names, *ips])
+            tls = issue_tls_host_cert(svc.host_ca, hook, public_key=public_key, host_uuid=host, role=system,
+                                      dns_names=dns_names, ip_addresses=ips)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        await svc.emit(self.event("instance.join", node_name=nodename, role=system, host_id=host,
+                                  **{"addr.remote": remote}))
+        return {
+            "host_uuid": host,
+            "ssh_cert": ssh.data.decode().strip(),
+            "tls_cert": tls.data.decode(),
+            "host_ca_pems": svc.host_ca_pems(),
+            "user_ca_pems": svc.user_ca_pems(),
+            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
+            "user_ca_ssh_keys": [k.ssh_public_key_line for k in svc.user_ca.trusted],
+            "cluster_name": svc.cluster_name,
+        }
+
+    # -- roles ----------------------------------------------------------------------------------------------
+
+    @endpoint("list", "role")
+    async def list_roles(self, request: Request, identity: Identity | None) -> Any:
+        return [role_to_dict(r) for r in await self.service.roles.list()]
+
+    @endpoint("read", "role", name_param="name")
+    async def get_role(self, request: Request, identity: Identity | None) -> Any:
+        return role_to_dict(await self.service.roles.get(request.path_params["name"]))
+
+    @endpoint("create", "role")
+    async def create_role(self, request: Request, identity: Identity | None) -> Any:
+        role = parse_role(await read_json(request), "request")
+        created = await self.service.roles.create(role)
+        await self.service.emit(self.event("role.created", name=role.name, user=identity.name if identity else ""))
+        return role_to_dict(created)
+
+    @endpoint(None, None, name_param="name")
+    async def upsert_role(self, request: Request, identity: Identity | None) -> Any:
+        assert identity is not None
+        role = parse_role(await read_json(request), "request")
+        if role.name != request.path_params["name"]:
+            raise BadRequest(f"metadata.name {json.dumps(role.name)} does not match the URL")
+        svc = self.service
+        try:
+            await svc.roles.get(role.name)
+            exists = True
+        except NotFound:
+            exists = False
+        await self.authorize(request, identity, "update" if exists else "create", "role", role.name)
+        await svc.roles.upsert(role)
+        await svc.emit(self.event("role.updated" if exists else "role.created", name=role.name, user=identity.name))
+        return role_to_dict(role)
+
+    @endpoint("delete", "role", name_param="name")
+    async def delete_role(self, request: Request, identity: Identity | None) -> Any:
+        name = request.path_params["name"]
+        users = [u.name for u in await self.service.users.list() if name in u.roles]
+        if users:
+            raise BadRequest(f'role "{name}" is assigned to users {", ".join(users)}; remove it from them first')
+        await self.service.roles.delete(name)
+        await self.service.emit(self.event("role.deleted", name=name, user=identity.name if identity else ""))
+        return {"deleted": name}
+
+    @endpoint(None, None)
+    async def create_resources(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl create [-f]``: every document is validated first; then all are written, or none."""
+        assert identity is not None
+        from teleport_auth.roles import _encode_role, role_key
+        from teleport_core.backend import Action, Condition, Item
+
+        body = await read_json(request)
+        force = field(body, "force", bool, required=False, default=False)
+        docs = body.get("resources")
+        if not isinstance(docs, list) or not docs:
+            raise BadRequest("resources: expected a non-empty list of resources")
+        roles = []
+        for index, doc in enumerate(docs):
+            if not isinstance(doc, dict) or doc.get("kind") != "role":
+                kind = doc.get("kind") if isinstance(doc, dict) else None
+                raise BadRequest(f"resources[{index}]: unsupported kind {json.dumps(kind)} (supported: role)")
+            roles.append(parse_role(doc, f"resources[{index}]"))
+        names = [r.name for r in roles]
+        if len(set(names)) != len(names):
+            raise BadRequest("the same role appears twice")
+        svc = self.service
+        existing = {r.name for r in await svc.roles.list()}
+        for role in roles:
+            if role.name in existing and not force:
+                raise AlreadyExists(f'role "{role.name}" already exists; use -f to overwrite it')
+            await self.authorize(request, identity, "update" if role.name in existing else "create", "role", role.name)
+        conditions = [] if force else [Condition.not_exists(role_key(r.name)) for r in roles]
+        await svc.backend.atomic_write(conditions, [Action.put(Item(role_key(r.name), _encode_role(r))) for r in roles])
+        svc.authorizer.invalidate()
+        for role in roles:
+            event = "role.updated" if role.name in existing else "role.created"
+            await svc.emit(self.event(event, name=role.name, user=identity.name))
+        return [{"kind": "role", "name": r.name, "created": r.name not in existing} for r in roles]
+
+    # -- users ------------------------------------------------------------------------------------------------
+
+    @endpoint("list", "user")
+    async def list_users(self, request: Request, identity: Identity | None) -> Any:
+        return [u.to_dict() for u in await self.service.users.list()]
+
+    @endpoint("read", "user", name_param="name")
+    async def get_user(self, request: Request, identity: Identity | None) -> Any:
+        return (await self.service.users.get(request.path_params["name"])).to_dict()
+
+    async def _invite(self, user: str, ttl: dt.timedelta | None, kind: str) -> dict[str, Any]:
+        svc = self.service
+        await svc.user_tokens.delete_for_user(user)
+        secret = new_totp_secret() if svc.settings.second_factor == "otp" else None
+        token = await svc.user_tokens.create(user, ttl, kind, otp_secret=secret)
+        path = "invite" if kind == "invite" else "reset"
+        return {
+            "token": token.token.reveal(),
+            "expires": token.expires.isoformat(),
+            "ttl": format_duration(token.expires - token.created),
+            "url": f"https://{self.proxy_addr()}/web/{path}/{token.token.reveal()}",
+        }
+
+    @endpoint("create", "user")
+    async def create_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        name = field(body, "name")
+        roles = field(body, "roles", list)
+        traits = field(body, "traits", dict, required=False, default={})
+        ttl = ttl_field(body)
+        known = {r.name for r in await svc.roles.list()}
+        missing = [r for r in roles if r not in known]
+        if missing:
+            raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+        try:
+            user = await svc.users.create(name, roles, traits, created_by=identity.name if identity else "")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        invite = await self._invite(name, ttl, "invite")
+        await svc.emit(self.event("user.create", name=name, roles=roles, user=identity.name if identity else ""))
+        return {"user": user.to_dict(), "invite": invite}
+
+    @endpoint("update", "user", name_param="name")
+    async def update_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        roles = field(body, "roles", list, required=False)
+        if roles is not None:
+            known = {r.name for r in await svc.roles.list()}
+            missing = [r for r in roles if r not in known]
+            if missing:
+                raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+        traits = field(body, "traits", dict, required=False)
+        name = request.path_params["name"]
+        try:
+            user = await svc.users.update(name, roles=roles, traits=traits)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        svc.authorizer.invalidate()
+        await svc.emit(self.event("user.update", name=name, user=identity.name if identity else ""))
+        return user.to_dict()
+
+    @endpoint("delete", "user", name_param="name")
+    async def delete_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        name = request.path_params["name"]
+        await svc.users.delete(name)
+        await svc.user_tokens.delete_for_user(name)
+        await svc.emit(self.event("user.delete", name=name, user=identity.name if identity else ""))
+        return {"deleted": name}
+
+    @endpoint("update", "user", name_param="name")
+    async def reset_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        name = request.path_params["name"]
+        await svc.users.get(name)
+        body = await read_json(request)
+        return await self._invite(name, ttl_field(body), "reset")
+
+    @endpoint("read", "user_token")
+    async def lookup_user_token(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        token = await svc.user_tokens.get(Secret(field(body, "token")))
+        out: dict[str, Any] = {"user": token.user, "kind": token.kind, "expires": token.expires.isoformat()}
+        if token.otp_secret is not None:
+            out["otp_uri"] = otp_uri(svc.cluster_name, token.user, token.otp_secret)
+        return out
+
+    @endpoint("update", "user_token")
+    async def complete_user_token(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        token = Secret(field(body, "token"))
+        password = Secret(field(body, "password"))
+        code = field(body, "second_factor_token", required=False, default="")
+        info = await svc.user_tokens.get(token)
+        if info.otp_secret is not None and not code:
+            raise BadRequest("second_factor_token: required (the code from the authenticator app)")
+        from teleport_auth.users import check_password_policy
+
+        try:
+            check_password_policy(password)
+        except TeleportError as exc:
+            raise BadRequest(f"password: {exc}") from None
+        info = await svc.user_tokens.consume(token)  # once only, even when two requests race
+        await svc.users.set_password(info.user, password)
+        if info.otp_secret is not None:
+            await svc.users.set_totp(info.user, info.otp_secret, Secret(code))
+        await svc.emit(self.event("user.update", name=info.user, user=info.user, reason=f"{info.kind} completed"))
+        return {"user": info.user}
+
+    # -- login and certificates ----------------------------------------------------------------------------------
+
+    async def _certs_for(self, identity: Identity, public_key: str, ttl: dt.timedelta | None,
+                         client_ip: str = "") -> dict[str, Any]:
+        svc = self.service
+        roleset = await svc.authorizer.roleset_for(identity)
+        user = Identity(identity.name, IdentityKind.USER, roleset.names, identity.traits, tuple(roleset.all_logins),
+                        svc.cluster_name)
+        hook = svc.ctx.plugins.hook
+        try:
+            ssh = issue_ssh_user_cert(
+                svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+                max_session_ttl=roleset.max_session_ttl, permit_agent_forwarding=roleset.forward_agent,
+                permit_port_forwarding=roleset.port_forwarding, client_ip=client_ip or None,
+            )
+            tls = issue_tls_user_cert(svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+                                      max_session_ttl=roleset.max_session_ttl)
+        except keys.UnsupportedKey as exc:
+            raise BadRequest(f"public_key: {exc}") from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        valid_before = ssh.request.valid_before
+        await svc.emit(self.event("cert.create", user=user.name, cert_type="user",
+                                  identity={"user": user.name, "roles": list(user.roles), "logins": list(user.logins),
+                                            "expires": valid_before.isoformat()}))
+        return {
+            "username": user.name,
+            "roles": list(user.roles),
+            "logins": list(user.logins),
+            "ssh_cert": ssh.data.decode().strip(),
+            "tls_cert": tls.data.decode(),
+            "host_ca_pems": svc.host_ca_pems(),
+            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
+            "valid_before": valid_before.isoformat(),
+            "cluster_name": svc.cluster_name,
+        }
+
+    @endpoint("create", "login")
+    async def login(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        username = field(body, "user")
+        password = Secret(field(body, "password"))
+        otp_text = field(body, "otp", required=False, default="")
+        otp = Secret(otp_text) if otp_text else None
+        public_key = field(body, "public_key")
+        ttl = ttl_field(body)
+        client_ip = field(body, "client_ip", required=False, default="")
+        remote = {"addr.remote": client_ip}
+        try:
+            found = await asyncio.to_thread(
+                svc.ctx.plugins.hook.teleport_authenticate,
+                request=LoginRequest(username, password, otp, client_ip),
+            )
+            user = found if found is not None else await svc.users.authenticate(
+                username, password, otp, svc.settings.second_factor)
+        except AuthenticationFailed as exc:
+            await svc.emit(self.event("user.login", "failure", user=username, method="local", success=False,
+                                      error=str(exc), **remote))
+            raise
+        result = await self._certs_for(user, public_key, ttl, client_ip)
+        await svc.emit(self.event("user.login", user=username, method="local", success=True, **remote))
+        return result
+
+    @endpoint("create", "user_cert")
+    async def sign_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        user = await svc.users.get(field(body, "user"))
+        return await self._certs_for(user.identity(svc.cluster_name), field(body, "public_key"), ttl_field(body))
+
+    # -- join tokens ---------------------------------------------------------------------------------------------
+
+    @endpoint("list", "token")
+    async def list_tokens(self, request: Request, identity: Identity | None) -> Any:
+        return [
+            {"token": t.token.reveal(), "roles": list(t.roles), "expires": t.expires.isoformat() if t.expires else None,
+             "static": t.static}
+            for t in await self.service.tokens.list()
+        ]
+
+    @endpoint("create", "token")
+    async def create_token(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        roles = field(body, "roles", list, required=False, default=["node"])
+        try:
+            token = await svc.tokens.create(roles, ttl_field(body))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        assert token.expires is not None
+        await svc.emit(self.event("join_token.create", roles=list(token.roles), user=identity.name if identity else "",
+                                  expires=token.expires.isoformat()))
+        return {"token": token.token.reveal(), "roles": list(token.roles), "expires": token.expires.isoformat(),
+                "ca_pin": ca_pin(svc.host_ca)}
+
+    @endpoint("delete", "token")
+    async def delete_token(self, request: Request, identity: Identity | None) -> Any:
+        body = await read_json(request)
+        await self.service.tokens.remove(Secret(field(body, "token")))
+        return {"deleted": True}
+
+    # -- nodes ------------------------------------------------------------------------------------------------
+
+    @endpoint("list", "node")
+    async def list_nodes(self, request: Request, identity: Identity | None) -> Any:
+        assert identity is not None
+        nodes = await self.service.presence.list_nodes()
+        if identity.kind is IdentityKind.USER:
+            roleset = await self.service.authorizer.roleset_for(identity)
+            nodes = [n for n in nodes if roleset.node_visible(n.labels)]
+        return [node_dict(n) for n in nodes]
+
+    @endpoint("update", "node", name_param="uuid")
+    async def upsert_node(self, request: Request, identity: Identity | None) -> Any:
+        body = await read_json(request)
+        uuid = request.path_params["uuid"]
+        heartbeat = NodeHeartbeat(
+            uuid=uuid,
+            nodename=field(body, "nodename"),
+            addr=field(body, "addr", required=False, default=""),
+            labels=field(body, "labels", dict, required=False, default={}),
+            cmd_labels=field(body, "cmd_labels", dict, required=False, default={}),
+            tunnel=field(body, "tunnel", bool, required=False, default=False),
+        )
+        try:
+            stored = await self.service.presence.upsert_node(heartbeat)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return node_dict(stored.info())
+
+    # -- audit ---------------------------------------------------------------------------------------------
+
+    @endpoint("create", "event")
+    async def emit_event(self, request: Request, identity: Identity | None) -> Any:
+        body = await read_json(request)
+        try:
+            event = AuditEvent.from_dict(body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        await self.service.audit.emit(event)  # durable before we answer: the emitter may drop its copy
+        return {"stored": event.uid}
+
+    @endpoint("list", "event")
+    async def search_events(self, request: Request, identity: Identity | None) -> Any:
+        params = request.query_params
+        now = dt.datetime.now(dt.UTC)
+        try:
+            since_text, until_text = params.get("since", ""), params.get("until", "")
+            since = dt.datetime.fromisoformat(since_text) if since_text else now - dt.timedelta(days=1)
+            until = dt.datetime.fromisoformat(until_text) if until_text else now
+            limit = int(params.get("limit", "500"))
+        except ValueError as exc:
+            raise BadRequest(f"bad query: {exc}") from None
+        query = AuditQuery(since=since, until=until, event_types=tuple(params.getlist("type")),
+                           user=params.get("user", ""), sid=params.get("sid", ""), limit=min(max(limit, 1), 5000),
+                           cursor=params.get("cursor", ""))
+        page = await self.service.audit.search(query)
+        return {"events": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+def node_dict(node: NodeInfo) -> dict[str, Any]:
+    return {"uuid": node.uuid, "nodename": node.nodename, "addr": node.addr, "labels": dict(node.labels),
+            "tunnel": node.tunnel}
+
+
+ROUTES: list[tuple[str, str, str, str]] = [
+    # path, method, handler, summary
+    ("/v1/ping", "GET", "ping", "Cluster name, version, host CA certificates, auth settings (no certificate needed)"),
+    ("/v1/status", "GET", "status", "Cluster status: CA pin and the rotation state of each CA"),
+    ("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA"),
+    ("/v1/register", "POST", "register", "Join with a token: host UUID and host certificates (no certificate needed)"),
+    ("/v1/roles", "GET", "list_roles", "List roles"),
+    ("/v1/roles", "POST", "create_role", "Create a role"),
+    ("/v1/roles/{name}", "GET", "get_role", "Read a role"),
+    ("/v1/roles/{name}", "PUT", "upsert_role", "Create or replace a role"),
+    ("/v1/roles/{name}", "DELETE", "delete_role", "Delete a role"),
+    ("/v1/resources", "POST", "create_resources", "Create several resources, all or nothing (tctl create)"),
+    ("/v1/users", "GET", "list_users", "List users"),
+    ("/v1/users", "POST", "create_user", "Create a user and its signup invite"),
+    ("/v1/users/{name}", "GET", "get_user", "Read a user"),
+    ("/v1/users/{name}", "PUT", "update_user", "Change a user's roles or traits"),
+    ("/v1/users/{name}", "DELETE", "delete_user", "Delete a user"),
+    ("/v1/users/{name}/reset", "POST", "reset_user", "A password reset link for a user"),
+    ("/v1/usertokens/lookup", "POST", "lookup_user_token", "The user and OTP enrollment URI of an invite"),
+    ("/v1/usertokens", "PUT", "complete_user_token", "Complete a signup or reset: password and OTP code"),
+    ("/v1/login", "POST", "login", "Check a password login and sign the user's key (proxies)"),
+    ("/v1/certs/user", "POST", "sign_user", "Certificates for a user without a login (tctl auth sign)"),
+    ("/v1/tokens", "GET", "list_tokens", "List join tokens"),
+    ("/v1/tokens", "POST", "create_token", "Create a join token"),
+    ("/v1/tokens/delete", "POST", "delete_token", "Delete a join token"),
+    ("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see"),
+    ("/v1/nodes/{uuid}", "PUT", "upsert_node", "Heartbeat of a node (its own entry only)"),
+    ("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)"),
+    ("/v1/events", "GET", "search_events", "Search audit events (since, until, type, user, sid, limit, cursor)"),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, handler, summary in ROUTES:
+        paths.setdefault(path, {})[method.lower()] = {
+            "operationId": handler,
+            "summary": summary,
+            "responses": {"200": {"description": "OK (JSON)"},
+                          "400": {"description": "bad request: {\"error\": reason}"},
+                          "401": {"description": "no or bad credentials"},
+                          "403": {"description": "access denied: {\"error\": reason}"},
+                          "404": {"description": "not found"}},
+        }
+    return {"openapi": "3.0.3", "info": {"title": "teleport-py auth API", "version": __version__}, "paths": paths}
+
+
+def build_app(service: AuthService) -> Starlette:
+    api = API(service)
+    routes = [Route(path, getattr(api, handler), methods=[method]) for path, method, handler, _ in ROUTES]
+    routes.append(Route("/v1/openapi.json", api.openapi, methods=["GET"]))
+    return Starlette(routes=routes)

@@ -1,0 +1,219 @@
+"""The auth service: the cluster's certificate authorities and source of truth.
+
+On first start it names the cluster, generates the user and host CAs and the built-in roles
+in cluster state; every start it issues its own host identity (``data_dir/keys/auth``, which
+``tctl`` on this host uses) and serves the auth API over mutual TLS on ``listen_addr``.
+Several auth servers may share one backend: whoever creates a CA first wins, the others load it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from teleport_auth import keys
+from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_hosts, generate_authority
+from teleport_auth.authz import RoleAuthorizer
+from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
+from teleport_auth.presence import Presence
+from teleport_auth.roles import RoleStore
+from teleport_auth.settings import AuthSettings
+from teleport_auth.tokens import TokenStore, UserTokenStore
+from teleport_auth.users import UserStore
+from teleport_core.audit import AuditEvent, AuditLog
+from teleport_core.backend import Backend, Item
+from teleport_core.errors import AlreadyExists, ConfigError, NotFound
+from teleport_core.identity import LocalIdentity, write_private
+from teleport_core.service import Service, ServiceContext
+from teleport_core.tlsserver import TLSServer, bind_socket
+
+CLUSTER_NAME_KEY = b"/cluster_configuration/name"
+AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")
+RENEW_BEFORE = dt.timedelta(days=30)
+
+
+def ca_key(kind: CAType, cluster: str) -> bytes:
+    return f"/authorities/{kind.value}/{cluster}".encode()
+
+
+def host_uuid(data_dir: Path) -> str:
+    """This server's host UUID, created once and kept in ``data_dir/host_uuid``."""
+    path = data_dir / "host_uuid"
+    if path.exists():
+        return path.read_text().strip()
+    value = str(uuidlib.uuid4())
+    write_private(path, value + "\n")
+    return value
+
+
+class AuthService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.settings: AuthSettings = ctx.settings
+        self.log = ctx.log
+        self.server: TLSServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.backend: Backend
+        self.audit: AuditLog
+        self.cluster_name = self.settings.cluster_name
+        self.host_uuid = ""
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.backend = await self.ctx.resources.backend()
+        self.audit = await self.ctx.resources.audit_log()
+        await self._claim_cluster_name()
+        self.user_ca = await self._load_or_create_ca(CAType.USER)
+        self.host_ca = await self._load_or_create_ca(CAType.HOST)
+        self.roles = RoleStore(self.backend)
+        created = await self.roles.ensure_builtin()
+        if created:
+            self.log.info("created built-in roles", roles=created)
+        self.users = UserStore(self.backend)
+        self.tokens = TokenStore(self.backend, list(self.settings.static_tokens))
+        self.user_tokens = UserTokenStore(self.backend)
+        self.presence = Presence(self.backend)
+        self.authorizer = RoleAuthorizer(self.roles)
+        self._tasks.append(asyncio.create_task(self.authorizer.watch(), name="auth-role-watch"))
+        self.host_uuid = host_uuid(self.ctx.data_dir)
+        self.identity = await self._own_identity()
+
+        from teleport_auth.api import build_app
+
+        self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context())
+        await self.server.start()
+        self.log.info(
+            "auth service is ready",
+            cluster=self.cluster_name,
+            listen_addr=str(self.server.address),
+            ca_pin=ca_pin(self.host_ca),
+        )
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster_name,
+            "listen_addr": str(self.server.address) if self.server else None,
+            "host_uuid": self.host_uuid,
+        }
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return str(self.server.address)
+
+    # -- bootstrap ----------------------------------------------------------------------------------
+
+    async def _claim_cluster_name(self) -> None:
+        wanted = self.settings.cluster_name
+        try:
+            await self.backend.create(Item(CLUSTER_NAME_KEY, wanted.encode()))
+            self.log.info("created cluster", cluster=wanted)
+        except AlreadyExists:
+            stored = (await self.backend.get(CLUSTER_NAME_KEY)).value.decode()
+            if stored != wanted:
+                raise ConfigError(
+                    "auth_service.cluster_name",
+                    f"the cluster is named {stored!r} in its stored state; a cluster cannot be renamed "
+                    f"(set cluster_name: {stored})",
+                ) from None
+
+    async def _load_or_create_ca(self, kind: CAType) -> CertAuthority:
+        key = ca_key(kind, self.cluster_name)
+        try:
+            return CertAuthority.from_json((await self.backend.get(key)).value)
+        except NotFound:
+            pass
+        ca = await asyncio.to_thread(generate_authority, kind, self.cluster_name)
+        try:
+            await self.backend.create(Item(key, ca.to_json()))
+        except AlreadyExists:  # another auth server created it first: use theirs
+            return CertAuthority.from_json((await self.backend.get(key)).value)
+        self.log.info("generated certificate authority", type=kind.value, cluster=self.cluster_name)
+        return ca
+
+    async def reload_cas(self) -> None:
+        """Re-read both CAs from cluster state (after a rotation, possibly by another auth server)."""
+        self.user_ca = CertAuthority.from_json((await self.backend.get(ca_key(CAType.USER, self.cluster_name))).value)
+        self.host_ca = CertAuthority.from_json((await self.backend.get(ca_key(CAType.HOST, self.cluster_name))).value)
+
+    def _addresses(self) -> tuple[list[str], list[str]]:
+        dns, ips = list(AUTH_DNS_NAMES), ["127.0.0.1", "::1"]
+        for addr in (self.settings.listen_addr, *self.settings.public_addrs):
+            try:
+                ip = ipaddress.ip_address(addr.host)
+            except ValueError:
+                dns.append(addr.host)
+                continue
+            if not ip.is_unspecified:
+                ips.append(str(ip))
+        return sorted(set(dns)), sorted(set(ips))
+
+    async def _own_identity(self) -> LocalIdentity:
+        """Reuse ``data_dir/keys/auth`` while the host CA that signed it is current, else re-issue."""
+        folder = self.ctx.data_dir / "keys" / "auth"
+        current = {pem.strip() for pem in self.host_ca_pems()}
+        try:
+            existing = LocalIdentity.load(folder)
+        except Exception:
+            existing = None
+        if existing is not None and {p.decode().strip() for p in existing.tls_ca_pems} == current:
+            return existing
+        key = keys.generate_private_key("ed25519")
+        public = keys.public_key_openssh(key.public_key())
+        dns, ips = self._addresses()
+        hook = self.ctx.plugins.hook
+        tls = issue_tls_host_cert(self.host_ca, hook, public_key=public, host_uuid=self.host_uuid, role="Auth",
+                                  dns_names=dns, ip_addresses=ips)
+        ssh = issue_ssh_host_cert(self.host_ca, hook, public_key=public, host_uuid=self.host_uuid,
+                                  nodename=self.ctx.config.nodename, role="Auth", additional_principals=dns)
+        identity = LocalIdentity(
+            key_pem=keys.private_key_pem(key),
+            tls_cert_pem=tls.data,
+            tls_ca_pems=tuple(pem.encode() for pem in self.host_ca_pems()),
+            ssh_cert=ssh.data.decode().strip(),
+            known_hosts=tuple(export_known_hosts(self.host_ca).splitlines()),
+            host_uuid=self.host_uuid,
+        )
+        identity.save(folder)
+        self.log.info("issued the auth server's own identity", host_uuid=self.host_uuid, path=str(folder))
+        return identity
+
+    # -- shared helpers for the API -----------------------------------------------------------------
+
+    @staticmethod
+    def new_host_uuid() -> str:
+        return str(uuidlib.uuid4())
+
+    def host_ca_pems(self) -> list[str]:
+        return [keys_.tls_cert_pem.decode() for keys_ in self.host_ca.trusted]
+
+    def user_ca_pems(self) -> list[str]:
+        return [keys_.tls_cert_pem.decode() for keys_ in self.user_ca.trusted]
+
+    def server_context(self) -> Any:
+        """TLS server context: our host certificate; client certificates from either CA verified."""
+        context = self.identity.server_context()
+        context.load_verify_locations(cadata="".join(self.user_ca_pems()))
+        return context
+
+    async def emit(self, event: AuditEvent) -> None:
+        """Write an audit event; a failure to audit is logged loudly (the action already happened)."""
+        try:
+            await self.audit.emit(event)
+        except Exception as exc:
+            self.log.error("audit event lost", audit_event=event.event, code=event.code, error=str(exc))

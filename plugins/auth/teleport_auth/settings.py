@@ -1,0 +1,58 @@
+"""The ``auth_service`` section of ``teleport.yaml``."""
+
+from __future__ import annotations
+
+import attrs
+
+from teleport_auth.tokens import TokenInfo, parse_static_tokens
+from teleport_core.config.reader import SectionReader
+from teleport_core.config.values import NetAddr
+
+SAMPLE = """\
+# Name of the cluster; it cannot change once the cluster is created.
+cluster_name: $cluster_name
+# The auth API (mutual TLS): nodes, proxies and tctl connect here.
+listen_addr: 0.0.0.0:3025
+# Static join tokens ("roles:token"); prefer short-lived ones from `tctl nodes add`.
+# tokens: ["node:replace-with-a-long-random-token"]
+authentication:
+  type: local
+  second_factor: otp        # off or otp (TOTP)
+session_recording: node     # node or off
+"""
+
+
+@attrs.frozen(repr=False)
+class AuthSettings:
+    cluster_name: str
+    listen_addr: NetAddr
+    public_addrs: tuple[NetAddr, ...]
+    static_tokens: tuple[TokenInfo, ...]
+    second_factor: str
+    session_recording: str
+    proxy_public_addr: NetAddr | None
+
+    def __repr__(self) -> str:  # static tokens are secrets
+        return f"AuthSettings(cluster_name={self.cluster_name!r}, listen_addr={self.listen_addr})"
+
+
+def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
+    """Read ``auth_service``; every error names its key path."""
+    cluster = reader.string("cluster_name", nodename)
+    from teleport_auth.authority import validate_cluster_name
+
+    try:
+        validate_cluster_name(cluster)
+    except ValueError as exc:
+        raise reader.error("cluster_name", str(exc)) from None
+    listen = reader.addr("listen_addr", "0.0.0.0:3025")
+    public = reader.addrs("public_addr", default_port=3025)
+    tokens = reader.strings("tokens", single_ok=False)
+    static = tuple(parse_static_tokens(tokens, f"{reader.path}.tokens"))
+    authn = reader.section("authentication")
+    authn.string("type", "local", choices=("local",))
+    second_factor = authn.string("second_factor", "otp", choices=("off", "otp"))
+    authn.finish()
+    recording = reader.string("session_recording", "node", choices=("node", "off"))
+    proxy = reader.addr("proxy_public_addr", None, default_port=3080)
+    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy)
