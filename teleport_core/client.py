@@ -378,6 +378,8 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
 
     from teleport_core.pins import check_ca_pin
 
+    if isinstance(ca_pins, str):
+        raise TypeError("ca_pins is a list of pins, not one string")
     insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE  # only to read the CA; trust comes from the pin or step 3

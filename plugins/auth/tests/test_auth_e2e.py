@@ -1,0 +1,289 @@
+"""End to end against a real auth server: joining with tokens and pins, signup with a real TOTP
+code, login certificates that OpenSSH and openssl accept, lockout, and RBAC over the mTLS API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyotp
+import pytest
+from teleport_auth import keys
+
+from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
+from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed
+from teleport_core.identity import LocalIdentity
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.cluster import start_cluster
+
+API_ROLE = {  # the seeds' api-role.yaml: read roles, no node access
+    "kind": "role",
+    "version": "v5",
+    "metadata": {"name": "api-role"},
+    "spec": {"allow": {"rules": [{"resources": ["role"], "verbs": ["read"]}]}, "deny": {"node_labels": {"*": "*"}}},
+}
+
+
+class Cluster:
+    def __init__(self, handle, data_dir: Path) -> None:
+        self.handle = handle
+        self.data_dir = data_dir
+        self.service = handle.process.services["auth_service"]
+        self.addr = self.service.address
+        self.config_file = data_dir.parent / "teleport.yaml"
+
+    def run(self, coro_fn):
+        return asyncio.run(coro_fn())
+
+    def admin(self) -> AuthClient:
+        return AuthClient(self.addr, [load_identity_dir(self.data_dir / "keys" / "auth")])
+
+    async def apin(self) -> str:
+        async with self.admin() as client:
+            return str((await client.status())["ca_pin"])
+
+    def pin(self) -> str:
+        return self.run(self.apin)
+
+    def join(self, token: str, role: str = "Node", nodename: str = "node-1", pins=None) -> tuple[Joined, LocalIdentity]:
+        return asyncio.run(self.ajoin(token, role, nodename, pins))
+
+    async def ajoin(self, token: str, role: str = "Node", nodename: str = "node-1",
+                    pins=None) -> tuple[Joined, LocalIdentity]:
+        key = keys.generate_private_key("ed25519")
+        body = {"token": token, "role": role, "nodename": nodename, "public_key": keys.public_key_openssh(key)}
+        joined = await register(self.addr, body, [await self.apin()] if pins is None else pins)
+        identity = LocalIdentity(keys.private_key_pem(key), joined.answer["tls_cert"].encode(),
+                                 tuple(p.encode() for p in joined.answer["host_ca_pems"]), joined.answer["ssh_cert"],
+                                 tuple(joined.answer["known_hosts"]), joined.answer["host_uuid"])
+        return joined, identity
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth")
+    data_dir = root / "data"
+    config = {
+        "version": "v3",
+        "teleport": {"data_dir": str(data_dir), "nodename": "auth-1"},
+        "auth_service": {"cluster_name": "example.com", "listen_addr": "127.0.0.1:0",
+                         "tokens": ["proxy:static-proxy-token-0123456789"]},
+        "proxy_service": {"enabled": False},
+        "ssh_service": {"enabled": False},
+    }
+    with start_cluster(config, make_plugins(), timeout=60) as handle:
+        c = Cluster(handle, data_dir)
+        listen = c.addr
+        (root / "teleport.yaml").write_text(json.dumps({**config, "auth_service": {**config["auth_service"],
+                                                                                    "listen_addr": listen}}))
+        yield c
+
+
+def tctl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "teleport_core.cli.tctl", "-c", str(cluster.config_file), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_first_start_created_cas_and_status_prints_pin(cluster):
+    result = tctl(cluster, "status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Cluster  example.com"
+    assert lines[2] == "User CA  never updated" and lines[3] == "Host CA  never updated"
+    assert lines[4].startswith("CA pin   sha256:") and len(lines[4].split()[-1]) == len("sha256:") + 64
+    assert lines[4].split()[-1] == cluster.pin()
+    for kind in ("user", "host"):
+        assert (cluster.data_dir / "backend").exists()
+        async def body(kind=kind):
+            async with cluster.admin() as client:
+                return await client.get_cert_authority(kind)
+        ca = cluster.run(body)
+        assert ca["ssh_public_keys"][0].startswith("ssh-ed25519 ")
+    assert oct((cluster.data_dir / "keys" / "auth" / "key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_node_joins_with_dynamic_token_once_and_pins_are_checked(cluster):
+    async def make_token():
+        async with cluster.admin() as client:
+            return (await client.create_token(["node"], "10m"))["token"]
+
+    token = cluster.run(make_token)
+    with pytest.raises(AccessDenied, match="^cluster pin does not match"):
+        cluster.join(token, pins=["sha256:" + "0" * 64])
+    joined, identity = cluster.join(token, nodename="web-1")  # the wrong pin did not burn the token
+    assert joined.pinned
+    assert identity.ssh_cert.startswith("ssh-ed25519-cert-v01@openssh.com ")
+    with pytest.raises(AccessDenied, match='^"web-2" can not join the cluster with role Node, the token is not valid$'):
+        cluster.join(token, nodename="web-2")
+    # no pin: joins (the caller warns) but is marked unpinned
+    joined2, _ = cluster.join("static-proxy-token-0123456789", role="Proxy", nodename="proxy-1", pins=[])
+    assert not joined2.pinned
+    # the node's certificate carries its system role and is accepted by the API for what a node may do
+    async def as_node():
+        async with AuthClient(cluster.addr, [load_tls(identity.client_context())]) as client:
+            await client.upsert_node({"uuid": identity.host_uuid, "nodename": "web-1", "addr": "127.0.0.1:3022",
+                                      "labels": {"env": "test"}})
+            nodes = await client.get_nodes()
+            with pytest.raises(AccessDenied, match="Node may update only its own node"):
+                await client.upsert_node({"uuid": "someone-else", "nodename": "x", "addr": "127.0.0.1:1"})
+            with pytest.raises(AccessDenied):
+                await client.create_user("mallory", ["editor"])  # a node cannot add users
+            return nodes
+
+    nodes = cluster.run(as_node)
+    assert {n["nodename"]: n["labels"] for n in nodes}["web-1"] == {"env": "test"}
+
+
+async def proxy_client(cluster: Cluster) -> AuthClient:
+    """A client with a proxy's identity (joined with the static proxy token), as the web proxy calls auth."""
+    _, identity = await cluster.ajoin("static-proxy-token-0123456789", role="Proxy", nodename="proxy-2")
+    return AuthClient(cluster.addr, [load_tls(identity.client_context())])
+
+
+def signup(cluster: Cluster, name: str, password: str, roles=("access",), logins=("root",)) -> pyotp.TOTP:
+    """Create ``name`` as an admin, then complete the invite as the web proxy does, with a real TOTP code."""
+    async def body():
+        async with cluster.admin() as admin:
+            created = await admin.create_user(name, list(roles), {"logins": list(logins)})
+        invite = created["invite"]
+        assert invite["url"].startswith("https://") and "/web/invite/" in invite["url"]
+        assert len(invite["token"]) == 32 and invite["ttl"] == "1h0m0s"
+        async with await proxy_client(cluster) as proxy:
+            info = await proxy.get_user_token(invite["token"])
+            assert info["user"] == name and info["otp_uri"].startswith("otpauth://totp/")
+            totp = pyotp.parse_uri(info["otp_uri"])
+            with pytest.raises(Exception, match="second_factor_token: required"):
+                await proxy.complete_user_token(invite["token"], password)
+            await proxy.complete_user_token(invite["token"], password, totp.now())
+            with pytest.raises(AccessDenied, match="not valid or has expired"):
+                await proxy.complete_user_token(invite["token"], password, totp.now())  # a used invite is refused
+        return totp
+
+    return cluster.run(body)
+
+
+def test_signup_login_and_certificates_read_by_openssh_and_openssl(cluster, tmp_path):
+    totp = signup(cluster, "alice", "correct horse battery staple", logins=("root", "alice"))
+    key = keys.generate_private_key("ed25519")
+
+    async def login():
+        async with await proxy_client(cluster) as proxy:
+            # the signup code was this step's and a code is accepted once: use the next step's (within the skew)
+            return await proxy.login("alice", "correct horse battery staple", totp.at(time.time() + 30),
+                                     keys.public_key_openssh(key), ttl="2h", client_ip="127.0.0.1")
+
+    certs = cluster.run(login)
+    assert certs["username"] == "alice" and sorted(certs["logins"]) == ["alice", "root"]
+    cert_file = tmp_path / "alice-cert.pub"
+    cert_file.write_text(certs["ssh_cert"] + "\n")
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert_file)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "Type: ssh-ed25519-cert-v01@openssh.com user certificate" in shown
+    assert 'Key ID: "alice"' in shown
+    assert "permit-pty" in shown and "teleport-roles" in shown
+    principals = shown.split("Principals:")[1].split("Critical Options:")[0].split()
+    assert sorted(principals) == ["alice", "root"]
+    tls, cas = tmp_path / "alice.crt", tmp_path / "cas.pem"
+    tls.write_text(certs["tls_cert"])
+    async def user_ca():
+        async with cluster.admin() as client:
+            return await client.get_cert_authority("user")
+    cas.write_text("".join(cluster.run(user_ca)["tls_certs"]))
+    verified = subprocess.run(["openssl", "verify", "-CAfile", str(cas), str(tls)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(tls)],
+                             capture_output=True, text=True, check=True).stdout
+    assert "CN=alice" in subject and "O=access" in subject
+    valid_before = dt.datetime.fromisoformat(certs["valid_before"])
+    assert dt.timedelta(hours=1, minutes=55) < valid_before - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=2)
+
+
+def test_five_bad_passwords_lock_the_user_and_logins_are_audited(cluster):
+    totp = signup(cluster, "bob", "bobs-password-123456")
+    public = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+
+    async def body():
+        async with await proxy_client(cluster) as proxy:
+            for _ in range(4):
+                with pytest.raises(AuthenticationFailed, match="^invalid username, password or second factor$"):
+                    await proxy.login("bob", "wrong-password-x", totp.now(), public)
+            locked = r"^bob exceeds 5 failed login attempts, locked until \w{3} \w{3} [ \d]\d \d\d:\d\d UTC$"
+            with pytest.raises(AuthenticationFailed, match=locked):  # the fifth failure locks, as in Teleport
+                await proxy.login("bob", "wrong-password-x", totp.now(), public)
+            with pytest.raises(AuthenticationFailed, match=locked):  # the right password does not help now
+                await proxy.login("bob", "bobs-password-123456", totp.at(time.time() + 30), public)
+        async with cluster.admin() as admin:
+            now = dt.datetime.now(dt.UTC)
+            return await admin.search_events(type="user.login", user="bob",
+                                             since=(now - dt.timedelta(minutes=5)).isoformat(), until=now.isoformat())
+
+    page = cluster.run(body)
+    codes = [e["code"] for e in page["events"]]
+    assert codes.count("T1000W") == 6
+    assert all("wrong-password" not in json.dumps(e) for e in page["events"])  # never the password
+
+
+def test_read_only_identity_reads_a_role_and_cannot_create_one(cluster, tmp_path):
+    async def setup():
+        async with cluster.admin() as admin:
+            await admin.create_role(API_ROLE)
+            with pytest.raises(AlreadyExists):
+                await admin.create_role(API_ROLE)
+            await admin.create_user("api-user", ["api-role"])
+            key = keys.generate_private_key("ed25519")
+            certs = await admin.sign_user_cert("api-user", keys.public_key_openssh(key), ttl="1h")
+        identity = LocalIdentity(keys.private_key_pem(key), certs["tls_cert"].encode(),
+                                 tuple(p.encode() for p in certs["host_ca_pems"]), certs["ssh_cert"])
+        async with AuthClient(cluster.addr, [load_tls(identity.client_context())]) as api:
+            role = await api.get_role("access")
+            with pytest.raises(AccessDenied, match="no role allows create on role"):
+                await api.create_role({**API_ROLE, "metadata": {"name": "sneaky"}})
+            with pytest.raises(AccessDenied):
+                await api.get_users()
+        async with cluster.admin() as admin:
+            now = dt.datetime.now(dt.UTC)
+            denials = await admin.search_events(type="auth", user="api-user",
+                                                since=(now - dt.timedelta(minutes=5)).isoformat(),
+                                                until=now.isoformat())
+        return role, denials
+
+    role, denials = cluster.run(setup)
+    assert role["metadata"]["name"] == "access"
+    assert [e["code"] for e in denials["events"]] == ["T3007W", "T3007W"]  # every denial is audited
+    assert "no role allows create on role" in denials["events"][0]["error"]
+
+
+def test_calls_without_certificate_or_with_bad_body_are_refused(cluster):
+    import httpx
+
+    async def body():
+        async with httpx.AsyncClient(verify=False) as anonymous:
+            response = await anonymous.get(f"https://{cluster.addr}/v1/roles")
+            assert response.status_code == 401
+            assert response.json() == {"error": "this call needs a client certificate from the cluster"}
+            ping = await anonymous.get(f"https://{cluster.addr}/v1/ping")
+            assert ping.json()["cluster_name"] == "example.com"
+            openapi = await anonymous.get(f"https://{cluster.addr}/v1/openapi.json")  # documentation: public
+            assert openapi.status_code == 200 and "/v1/login" in openapi.json()["paths"]
+        async with cluster.admin() as admin:
+            for path, payload, message in [
+                ("/v1/users", {"name": "x"}, "roles: required"),
+                ("/v1/users", {"name": "x", "roles": "access"}, "roles: expected a list of strings"),
+                ("/v1/users", {"name": "x", "roles": ["nope"]}, 'roles: no such role "nope"'),
+                ("/v1/tokens", {"roles": ["node"], "ttl": "forever"}, 'ttl: expected a duration like "30m"'),
+                ("/v1/tokens", {"roles": ["node"], "ttl": "2h"}, "exceeds"),
+                ("/v1/resources", {"resources": [{"kind": "user"}]}, 'resources[0]: unsupported kind "user"'),
+            ]:
+                with pytest.raises(Exception) as err:
+                    await admin.call("POST", path, payload)
+                assert message in str(err.value), (path, str(err.value))
+            doc = await admin.call("GET", "/v1/openapi.json")
+            assert doc["openapi"].startswith("3.") and set(doc["paths"]) >= {"/v1/register", "/v1/login", "/v1/roles"}
+
+    cluster.run(body)
