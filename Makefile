@@ -34,6 +34,8 @@ wheels:
 bench: venv
 	$(BIN)/python bench/backend_ops.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/audit_json.py --events 200000
+	$(BIN)/python bench/auth_certs.py
 
 clean:
 	rm -rf $(VENV) dist build .tox .pytest_cache .mypy_cache .ruff_cache

@@ -42,6 +42,7 @@ CODES: Mapping[tuple[str, str], str] = {
     ("client.disconnect", "ok"): "T3006I",
     ("auth", "failure"): "T3007W",
     ("cert.create", "ok"): "TC000I",
+    ("cert_authority.rotate", "ok"): "TCA01I",
     ("role.created", "ok"): "T9000I",
     ("role.deleted", "ok"): "T9001I",
     ("role.updated", "ok"): "T9002I",

@@ -2,3 +2,31 @@
 
 This module is imported whenever the plugin manager is built: keep its imports light.
 """
+
+from __future__ import annotations
+
+from teleport_core import hookimpl
+from teleport_core.specs import AuditSinkSpec, CliCommand
+
+
+@hookimpl
+def teleport_audit_sinks() -> list[AuditSinkSpec]:
+    return [
+        AuditSinkSpec(
+            scheme="file",
+            factory="teleport_audit_json.filelog:open_sink",
+            description="JSON lines on disk, <dir>/<server-id>/YYYY-MM-DD.00:00:00.log, searchable",
+        ),
+        AuditSinkSpec(
+            scheme="stdout",
+            factory="teleport_audit_json.stdout:open_sink",
+            description="JSON lines on standard output (not searchable)",
+        ),
+    ]
+
+
+@hookimpl
+def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
+    if tool == "tctl":
+        return [CliCommand("audit", "search the audit log (audit events)", "teleport_audit_json.cli:audit")]
+    return None

@@ -1,0 +1,181 @@
+"""Durable append rate and search latency of the file:// audit sink (teleport-audit-json).
+
+    python bench/audit_json.py [--dir DIR] [--appends 3000] [--events 1000000] [--days 10]
+                               [--full] [--format text|json]
+
+Appends: events per second through ``emit`` (each durable, fsynced, when it returns) with
+1 emitter and with 32 concurrent emitters. Search: ``--events`` events (default one
+million, over ``--days`` UTC days, 100 users, 8 event types) are written through the sink
+itself in concurrent batches of 5,000 (so the files are exactly what the sink writes); then a
+fresh sink (cold index, warm page cache) and the same sink again (warm index) time the first
+page of several queries and paging through a query filtered by user (1% of the events).
+``--full`` also pages through every event. ``--dir`` should be on the disk you care about
+(default: a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from teleport_core.audit import AuditQuery, AuditSink, new_event
+from teleport_core.plugins import make_plugins
+from teleport_core.resources import open_audit_sink
+
+KINDS = ("user.login", "session.start", "session.end", "exec", "session.join", "port", "scp", "cert.create")
+OUTCOMES = {"scp": "upload"}
+START = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+PAGE = 500
+
+
+async def open_sink(directory: Path) -> AuditSink:
+    return await open_audit_sink(make_plugins(), f"file://{directory}?server_id=bench", directory)
+
+
+async def append_rate(directory: Path, total: int, emitters: int) -> float:
+    sink = await open_sink(directory)
+    per = total // emitters
+
+    async def emitter(worker: int) -> None:
+        for i in range(per):
+            await sink.emit(new_event("exec", user=f"w{worker}", sid=f"{worker}-{i}", command="ls -l"))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(emitter(w) for w in range(emitters)))
+    elapsed = time.perf_counter() - began
+    await sink.close()
+    return per * emitters / elapsed
+
+
+async def generate(directory: Path, total: int, days: int) -> float:
+    sink = await open_sink(directory)
+    step = dt.timedelta(days=days) / total
+    began = time.perf_counter()
+    for start in range(0, total, 5000):
+        batch = []
+        for i in range(start, min(start + 5000, total)):
+            kind = KINDS[i % len(KINDS)]
+            batch.append(
+                sink.emit(
+                    new_event(
+                        kind,
+                        OUTCOMES.get(kind, "ok"),
+                        when=START + i * step,
+                        user=f"user-{(i * 7) % 100}",
+                        login="root",
+                        sid=f"{i // 50:08x}-0000-4000-8000-000000000000",
+                        server_id="2f4c0a7e-1b7e-4d0c-9c1e-2a3b4c5d6e7f",
+                        cluster_name="bench.example.com",
+                        **{"addr.remote": f"192.0.2.{i % 250}:5{i % 10000:04d}"},
+                    )
+                )
+            )
+        await asyncio.gather(*batch)
+    elapsed = time.perf_counter() - began
+    await sink.close()
+    return total / elapsed
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    began = time.perf_counter()
+    result = await call()
+    return time.perf_counter() - began, result
+
+
+async def page_through(sink: AuditSink, query: AuditQuery) -> tuple[int, int]:
+    count = pages = 0
+    cursor = ""
+    while True:
+        page = await sink.search(attrs.evolve(query, limit=PAGE, cursor=cursor))
+        count += len(page.events)
+        pages += 1
+        if not page.next_cursor:
+            return count, pages
+        cursor = page.next_cursor
+
+
+async def searches(directory: Path, days: int, full: bool) -> dict[str, Any]:
+    everything = AuditQuery(since=START, until=START + dt.timedelta(days=days), limit=PAGE)
+    by_user = attrs.evolve(everything, user="user-42")
+    last_day = attrs.evolve(everything, since=START + dt.timedelta(days=days - 1))
+    by_type = attrs.evolve(everything, event_types=("cert.create",))
+    out: dict[str, Any] = {}
+    sink = await open_sink(directory)
+    try:
+        for label in ("cold", "warm"):
+            row: dict[str, Any] = {}
+            for name, query in (("first page", everything), ("first page, last day", last_day),
+                                ("first page, user", by_user), ("first page, type", by_type)):
+                seconds, _ = await timed(lambda q=query: sink.search(q))  # type: ignore[misc]
+                row[name] = seconds
+            seconds, (count, pages) = await timed(lambda: page_through(sink, by_user))
+            row["page through user"] = seconds
+            row["page through user events"] = count
+            row["page through user pages"] = pages
+            if full and label == "warm":
+                seconds, (count, pages) = await timed(lambda: page_through(sink, everything))
+                row["page through all"] = seconds
+                row["page through all events"] = count
+            out[label] = row  # the warm run reuses the indexes the cold run built
+    finally:
+        await sink.close()
+    return out
+
+
+async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    results["append 1 emitter (events/s)"] = await append_rate(directory / "append-1", args.appends // 4, 1)
+    results["append 32 emitters (events/s)"] = await append_rate(directory / "append-32", args.appends, 32)
+    began = time.perf_counter()
+    results["bulk write (events/s)"] = await generate(directory / "big", args.events, args.days)
+    results["bulk write seconds"] = time.perf_counter() - began
+    size = sum(p.stat().st_size for p in (directory / "big").rglob("*.log"))
+    results["log size (MiB)"] = size / 2**20
+    results["search"] = await searches(directory / "big", args.days, args.full)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="where to write (default: a temporary directory, removed after)")
+    parser.add_argument("--appends", type=int, default=3000, help="events for the 32-emitter append run")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--full", action="store_true", help="also page through every event")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="audit-bench-", dir=args.dir))
+    try:
+        results = asyncio.run(run(args, directory))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if args.format == "json":
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"file:// audit sink, {args.events:,} events over {args.days} days ({results['log size (MiB)']:.0f} MiB)")
+    for key in ("append 1 emitter (events/s)", "append 32 emitters (events/s)", "bulk write (events/s)"):
+        print(f"  {key:<34} {results[key]:>10,.0f}")
+    for label, row in results["search"].items():
+        print(f"  search, {label} index:")
+        for key, value in row.items():
+            text = f"{value * 1000:>10,.1f} ms" if isinstance(value, float) else f"{value:>10,}"
+            print(f"    {key:<32} {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,901 @@
+"""The ``file://`` audit sink: JSON lines on local disk, one file per UTC day and server.
+
+``file:///var/lib/teleport/log`` (optionally ``?server_id=NAME``) stores each event as one
+line (see :mod:`teleport_audit_json.lines`) in::
+
+    <dir>/<server-id>/YYYY-MM-DD.00:00:00.log
+
+``server-id`` is the URI's ``server_id`` or else the host name. The day is the UTC day of
+the event's ``time`` (not of the moment it is written). Directories are created 0700 and
+files 0600; nothing is created until the first event is written, so reading tools can open
+the sink without write access.
+
+Durability: a dedicated writer thread takes every event queued so far, appends the batch to
+its day file with one ``write`` and one ``fsync`` (group commit), and only then lets the
+``emit`` calls return; a new file's directory is fsynced too. Concurrent emitters share one
+fsync, so throughput grows with concurrency, and no file I/O runs on the event loop. A crash
+can leave at most a torn (newline-less) last line: readers skip it with a warning naming
+file and line, and the next append first terminates it with a newline, so later events
+never merge into it. Writers of the same file (one per server id) serialise on ``flock``.
+
+Dedup: an event is a duplicate when its day file already holds the same ``uid`` at the same
+millisecond. A re-emitted event carries its original ``time``, so this check is exact for
+every redelivery however late, costs no memory beyond the search index, and survives
+reopening (the day file is scanned on first use). Two events that share a uid but differ in
+time are different events. Dedup is per server directory; searches also drop a uid seen
+twice at the same millisecond (copies under two server ids).
+
+Search reads every server directory under ``<dir>``, opening only the day files that
+overlap the time range. Each day file has an in-memory index of sorted keys (time of day <<
+36 | byte offset), built by one sequential scan on first use, extended as the file grows,
+and evicted least-recently-used beyond :data:`INDEX_BUDGET` entries; the events themselves
+are read from disk page by page. Results are ordered by (time, server id, file offset); the
+cursor is the position of a page's last event, so paging is complete and stable while
+events are appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import fcntl
+import heapq
+import logging
+import os
+import re
+import socket
+import stat
+import threading
+import time
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+
+from teleport_audit_json.lines import (
+    DAY_MS,
+    Encoded,
+    Prefilter,
+    day_line_pattern,
+    decode,
+    encode,
+    tc_from_ms,
+    uid_of,
+)
+from teleport_core.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
+from teleport_core.errors import ConfigError, TeleportError
+
+log = logging.getLogger("teleport.audit")
+
+CONFIG_KEY = "teleport.storage.audit_events_uri"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+OFFSET_BITS = 36
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+MAX_FILE_SIZE = 1 << OFFSET_BITS  # 64 GiB per server and day: byte offsets fit in a key
+END_KEY = 1 << 64  # above every key
+TAIL_MAX = 4096  # out-of-order keys kept aside before they are merged into the sorted array
+INDEX_BUDGET = 8_000_000  # index entries (8 bytes each) kept in memory across day files
+SCAN_CHUNK = 4 << 20
+MIN_READ = 4096
+MAX_READ = 1 << 20
+LISTING_SETTLE_NS = 2_000_000_000  # a listing is reused once its directory is this old
+SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.00:00:00\.log$")
+_CURSOR = re.compile(r"^[A-Za-z0-9_-]{1,400}$")
+_EXAMPLE = "expected file:///absolute/directory or file:///absolute/directory?server_id=NAME"
+
+
+class InvalidCursor(TeleportError, ValueError):
+    """A search cursor that this sink did not issue."""
+
+
+def day_file_name(day: dt.date) -> str:
+    return f"{day.isoformat()}.00:00:00.log"
+
+
+def parse_uri(uri: str) -> tuple[Path, str | None]:
+    """The directory and server id (None: use the host name) of a ``file://`` URI."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: {uri!r} contains a control character")
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}, got {uri!r}")
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(
+            CONFIG_KEY,
+            f"{_EXAMPLE} (three slashes): {uri!r} names the host {parts.netloc!r}; relative paths are not allowed",
+        )
+    if parts.fragment or uri.endswith("#"):
+        raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: {uri!r} has a fragment")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: the path {path!r} in {uri!r} is relative")
+    if "\x00" in path:
+        raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: {uri!r} contains a NUL byte")
+    server_id: str | None = None
+    if parts.query:
+        try:
+            pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: cannot parse the query {parts.query!r} of {uri!r}") from None
+        for key, value in pairs:
+            if key != "server_id":
+                raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: unknown option {key!r} in {uri!r}")
+            if server_id is not None:
+                raise ConfigError(CONFIG_KEY, f"{_EXAMPLE}: server_id is given twice in {uri!r}")
+            if not SERVER_ID.match(value):
+                raise ConfigError(
+                    CONFIG_KEY,
+                    f"{_EXAMPLE}: server_id {value!r} in {uri!r} must be letters, digits, '.', '_' or '-' "
+                    "and start with a letter or digit",
+                )
+            server_id = value
+    return Path(path), server_id
+
+
+def _check_directory(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(CONFIG_KEY, f"{directory} exists and is not a directory")
+
+
+async def open_sink(uri: str, data_dir: Path) -> FileAuditLog:
+    """Factory of the ``file`` scheme (``data_dir`` is unused: the URI names the directory)."""
+    directory, server_id = parse_uri(uri)
+    if server_id is None:
+        server_id = socket.gethostname()
+        if not SERVER_ID.match(server_id):
+            raise ConfigError(
+                CONFIG_KEY, f"the host name {server_id!r} cannot name a directory: add ?server_id=NAME to {uri!r}"
+            )
+    await asyncio.to_thread(_check_directory, directory)
+    return FileAuditLog(directory, server_id)
+
+
+# -- positions and cursors --------------------------------------------------------------------
+
+
+@attrs.frozen
+class Position:
+    """Where an event is in the search order: day, then (time code, server id, byte offset)."""
+
+    day: dt.date
+    code: int
+    server: str
+    offset: int
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """The order within a day."""
+        return self.code, self.server, self.offset
+
+    def encode(self) -> str:
+        raw = f"1 {self.day.isoformat()} {self.code} {self.offset} {self.server}"
+        return base64.urlsafe_b64encode(raw.encode("ascii")).decode("ascii").rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Position:
+        """The position a cursor names; :class:`InvalidCursor` for anything this sink did not issue."""
+        try:
+            if not _CURSOR.match(text):
+                raise ValueError("bad characters")
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+            version, day, code, offset, server = raw.split(" ")
+            if version != "1" or not (code.isdigit() and offset.isdigit()) or not SERVER_ID.match(server):
+                raise ValueError("bad fields")
+            position = cls(dt.date.fromisoformat(day), int(code), server, int(offset))
+            if position.code >= 240_000_000 or position.offset > OFFSET_MASK:
+                raise ValueError("out of range")
+            return position
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise InvalidCursor(f"invalid audit search cursor {text[:80]!r}") from None
+
+
+# -- the per-file index ------------------------------------------------------------------------
+
+
+def _merge(keys: array[int], extra: list[int]) -> array[int]:
+    """``keys`` and the sorted ``extra`` as one sorted array."""
+    if len(extra) * 8 > len(keys):
+        return array("Q", sorted([*keys, *extra]))
+    out: array[int] = array("Q")
+    start = 0
+    for key in extra:
+        end = bisect_left(keys, key, start)
+        out.extend(keys[start:end])
+        out.append(key)
+        start = end
+    out.extend(keys[start:])
+    return out
+
+
+def _keys_between(keys: array[int], count: int, tail: tuple[int, ...], low: int, high: int) -> Iterator[int]:
+    """Keys in ``[low, high)`` of the first ``count`` of ``keys`` merged with ``tail``, ascending."""
+    i = bisect_left(keys, low, 0, count)
+    j = bisect_left(tail, low)
+    while i < count:
+        key = keys[i]
+        while j < len(tail) and tail[j] < key:
+            if tail[j] >= high:
+                return
+            yield tail[j]
+            j += 1
+        if key >= high:
+            return
+        yield key
+        i += 1
+    while j < len(tail) and tail[j] < high:
+        yield tail[j]
+        j += 1
+
+
+def _read_line(fd: int, offset: int) -> bytes:
+    """The line at ``offset`` without its newline (empty at end of file)."""
+    data = os.pread(fd, MIN_READ, offset)
+    while b"\n" not in data:
+        more = os.pread(fd, max(len(data), MIN_READ), offset + len(data))
+        if not more:
+            return b""
+        data += more
+    return data[: data.index(b"\n")]
+
+
+def _line_number(fd: int, offset: int) -> int:
+    """The 1-based number of the line starting at ``offset``."""
+    count, pos = 0, 0
+    while pos < offset:
+        chunk = os.pread(fd, min(SCAN_CHUNK, offset - pos), pos)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        pos += len(chunk)
+    return count + 1
+
+
+def _lock_held(fd: int) -> bool:
+    """True when another open file holds an exclusive ``flock`` on the file (a write in progress)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+class DayIndex:
+    """The events of one day file: sorted keys ``time code << 36 | byte offset``.
+
+    ``keys`` only grows at its end or is replaced by a new array, so a reader may keep a
+    reference and a length while a writer adds to it. Out-of-order keys wait in the small
+    sorted ``tail`` until it is merged in.
+    """
+
+    def __init__(self, path: Path, day: dt.date, identity: tuple[int, int]) -> None:
+        self.path = path
+        self.day = day
+        self.identity = identity
+        self.pattern = day_line_pattern(day)
+        self.midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+        self.keys: array[int] = array("Q")
+        self.tail: list[int] = []
+        self.size = 0  # bytes indexed: the end of the last complete line
+        self.lines = 0  # complete lines in those bytes
+        self.torn_at = -1  # offset of the incomplete last line already reported
+        self.bad: set[int] = set()  # offsets of lines already reported as invalid when read
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.tail)
+
+    def add(self, new: list[int]) -> None:
+        """Add sorted keys."""
+        if not new:
+            return
+        if not self.keys or new[0] > self.keys[-1]:
+            self.keys.extend(new)
+        elif len(self.tail) + len(new) <= TAIL_MAX:
+            self.tail = sorted(self.tail + new)
+        else:
+            self.keys = _merge(self.keys, sorted(self.tail + new))
+            self.tail = []
+
+    def offsets_at(self, code: int) -> list[int]:
+        """Byte offsets of the lines with time code ``code``."""
+        low, high = code << OFFSET_BITS, (code + 1) << OFFSET_BITS
+        found = []
+        for keys in (self.keys, self.tail):
+            i = bisect_left(keys, low)
+            while i < len(keys) and keys[i] < high:
+                found.append(keys[i] & OFFSET_MASK)
+                i += 1
+        return found
+
+    def snapshot(self) -> tuple[array[int], int, tuple[int, ...]]:
+        return self.keys, len(self.keys), tuple(self.tail)
+
+    def scan(self, fd: int, file_size: int, *, report_torn: bool) -> None:
+        """Index the complete lines between ``self.size`` and ``file_size``."""
+        new: list[int] = []
+        pos, want = self.size, SCAN_CHUNK
+        while pos < file_size:
+            chunk = os.pread(fd, min(want, file_size - pos), pos)
+            if not chunk:
+                break
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:
+                if pos + len(chunk) >= file_size:
+                    break
+                want *= 2  # one line longer than the chunk
+                continue
+            want = SCAN_CHUNK
+            self._scan_chunk(chunk, end, pos, new)
+            self.lines += chunk.count(b"\n", 0, end)
+            pos += end
+        self.size = pos
+        new.sort()
+        self.add(new)
+        if pos < file_size and report_torn and self.torn_at != pos and not _lock_held(fd):
+            self.torn_at = pos
+            log.warning(
+                "audit log %s line %d is incomplete (%d bytes without a newline, a torn write): skipped",
+                self.path,
+                self.lines + 1,
+                file_size - pos,
+            )
+
+    def _scan_chunk(self, chunk: bytes, end: int, base: int, new: list[int]) -> None:
+        expected = 0
+        append = new.append
+        for match in self.pattern.finditer(chunk, 0, end):  # the hot loop of indexing: kept tight
+            start, stop = match.span()
+            if start != expected:
+                self._scan_slowly(chunk, expected, start, base, new)
+            append(int(match.group(1).translate(None, b":.")) << OFFSET_BITS | (base + start))
+            expected = stop
+        if expected != end:
+            self._scan_slowly(chunk, expected, end, base, new)
+
+    def _scan_slowly(self, chunk: bytes, start: int, end: int, base: int, new: list[int]) -> None:
+        """Decode the lines in ``chunk[start:end]`` one by one (those not written by this sink)."""
+        while start < end:
+            stop = chunk.index(b"\n", start)
+            line_no = self.lines + chunk.count(b"\n", 0, start) + 1
+            try:
+                event = decode(chunk[start:stop])
+            except ValueError as exc:
+                log.warning("audit log %s line %d is not a valid event (%s): skipped", self.path, line_no, exc)
+            else:
+                if event.time.date() == self.day:
+                    millis = (event.time - self.midnight) // dt.timedelta(milliseconds=1)
+                    new.append(tc_from_ms(millis) << OFFSET_BITS | (base + start))
+                else:
+                    log.warning(
+                        "audit log %s line %d holds an event of %s, not of the file's day: skipped",
+                        self.path,
+                        line_no,
+                        event.time.date(),
+                    )
+            start = stop + 1
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class _LineReader:
+    """Reads lines by offset, reading ahead further while reads are sequential."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.buf = b""
+        self.start = 0
+        self.block = MIN_READ
+
+    def line(self, offset: int) -> bytes | None:
+        rel = offset - self.start
+        if 0 <= rel < len(self.buf):
+            nl = self.buf.find(b"\n", rel)
+            if nl >= 0:
+                return self.buf[rel:nl]
+        near = self.start <= offset <= self.start + len(self.buf) + MAX_READ
+        self.block = min(self.block * 4, MAX_READ) if near else MIN_READ
+        data = os.pread(self.fd, max(0, min(self.block, self.limit - offset)), offset)
+        while b"\n" not in data:
+            if offset + len(data) >= self.limit:
+                return None  # the file changed under the index
+            want = min(max(len(data), self.block), self.limit - offset - len(data))
+            more = os.pread(self.fd, want, offset + len(data))
+            if not more:
+                return None
+            data += more
+        self.buf, self.start = data, offset
+        return data[: data.index(b"\n")]
+
+
+@attrs.define
+class _Source:
+    server: str
+    path: Path
+    fd: int
+    index: DayIndex
+    keys: array[int]
+    count: int
+    tail: tuple[int, ...]
+    reader: _LineReader
+
+
+@attrs.define
+class _Pending:
+    """An event waiting for the writer, and the future its emitter awaits on ``loop``."""
+
+    record: Encoded
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+
+
+def _settle(results: list[tuple[asyncio.Future[None], str]]) -> None:
+    """Resolve emitters' futures (on their loop): an empty error means stored."""
+    for future, error in results:
+        if future.done():  # the emitter was cancelled
+            continue
+        if error:
+            future.set_exception(AuditError(error))
+        else:
+            future.set_result(None)
+
+
+def _settle_all(batch: list[_Pending], error: str) -> None:
+    for pending in batch:
+        with contextlib.suppress(RuntimeError):
+            pending.loop.call_soon_threadsafe(_settle, [(pending.done, error)])
+
+
+@attrs.define
+class _PathState:
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    unsynced: bool = False  # a write failed: fsync before acknowledging anything in this file
+    dir_unsynced: bool = False  # created, but its directory entry is not yet fsynced
+
+
+@attrs.define
+class _Listing:
+    key: tuple[int, int, int]
+    settled: bool
+    names: tuple[Any, ...]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents 0700, each made durable in its parent."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(directory, DIR_MODE)
+        _fsync_dir(directory.parent)
+
+
+def _floor_ms(when: dt.datetime) -> int:
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def _ceil_ms(when: dt.datetime) -> int:
+    return -((dt.datetime(1970, 1, 1, tzinfo=dt.UTC) - when) // dt.timedelta(milliseconds=1))
+
+
+def _day_start_ms(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days * DAY_MS
+
+
+# -- the sink ---------------------------------------------------------------------------------
+
+
+class FileAuditLog(AuditSink):
+    """JSON-lines audit log under ``directory``, written as ``server_id``."""
+
+    def __init__(self, directory: Path, server_id: str) -> None:
+        self.directory = directory
+        self.server_id = server_id
+        self.server_dir = directory / server_id
+        self._lock = threading.Lock()  # guards the three caches below
+        self._indexes: OrderedDict[Path, DayIndex] = OrderedDict()
+        self._paths: dict[Path, _PathState] = {}
+        self._listings: dict[Path, _Listing] = {}
+        self._queue_cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"FileAuditLog({str(self.directory)!r}, server_id={self.server_id!r})"
+
+    # -- writing --
+
+    async def emit(self, event: AuditEvent) -> None:
+        record = encode(event)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        with self._queue_cond:
+            if self._closed:
+                raise AuditError(f"audit log {self.directory} is closed")
+            self._queue.append(_Pending(record, loop, done))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run_writer, name="audit-json-writer", daemon=True)
+                self._writer.start()
+            self._queue_cond.notify()
+        # A cancelled emitter stops waiting, but its event is queued and will be written.
+        await done
+
+    def _run_writer(self) -> None:
+        while True:
+            with self._queue_cond:
+                while not self._queue and not self._closed:
+                    self._queue_cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            try:
+                self._write_batch(batch)
+            except BaseException as exc:  # never leave emitters waiting on a dead writer
+                log.exception("audit log %s: the writer failed", self.directory)
+                _settle_all(batch, f"audit log {self.directory}: the writer failed: {exc!r}")
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        by_day: dict[dt.date, list[_Pending]] = {}
+        for pending in batch:
+            by_day.setdefault(pending.record.day, []).append(pending)
+        outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], str]]] = {}
+        for day, items in by_day.items():
+            path = self.server_dir / day_file_name(day)
+            error = ""
+            try:
+                self._append(path, day, [pending.record for pending in items])
+            except Exception as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                error = f"cannot write audit log {path}: {reason}"
+                log.error("%s", error)
+            for pending in items:
+                outcomes.setdefault(pending.loop, []).append((pending.done, error))
+        for loop, results in outcomes.items():  # one wake-up per event loop and batch
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nobody is waiting
+                loop.call_soon_threadsafe(_settle, results)
+
+    def _open_append(self, path: Path) -> tuple[int, bool]:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        for attempt in range(2):
+            try:
+                try:
+                    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                except FileExistsError:
+                    return os.open(path, flags), False
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                _make_dirs(path.parent)
+                continue
+            os.fchmod(fd, FILE_MODE)  # exactly 0600 whatever the umask
+            return fd, True
+        raise AssertionError("unreachable")
+
+    def _append(self, path: Path, day: dt.date, records: list[Encoded]) -> None:
+        """Append the records not stored yet; durable when this returns."""
+        state = self._state(path)
+        with state.lock:
+            fd, created = self._open_append(path)
+            try:
+                state.dir_unsynced |= created
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                st = os.fstat(fd)
+                index = self._index(path, day, fd, st, report_torn=False)
+                if state.unsynced:
+                    os.fsync(fd)
+                    state.unsynced = False
+                fresh = self._not_stored(fd, index, records)
+                if fresh:
+                    self._write(fd, path, state, index, st.st_size, fresh)
+                if state.dir_unsynced:
+                    _fsync_dir(path.parent)
+                    state.dir_unsynced = False
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _not_stored(self, fd: int, index: DayIndex, records: list[Encoded]) -> list[Encoded]:
+        fresh: list[Encoded] = []
+        batch: dict[int, set[str]] = {}
+        for record in records:
+            uids = batch.setdefault(record.code, set())
+            if record.uid in uids:
+                continue
+            uids.add(record.uid)
+            if any(uid_of(_read_line(fd, offset)) == record.uid for offset in index.offsets_at(record.code)):
+                continue
+            fresh.append(record)
+        return fresh
+
+    def _write(self, fd: int, path: Path, state: _PathState, index: DayIndex, end: int, fresh: list[Encoded]) -> None:
+        prefix = b""
+        if end > index.size:  # a torn last line: end it so the next event starts on a line of its own
+            prefix = b"\n"
+            log.warning(
+                "audit log %s line %d is incomplete (%d bytes, a torn write): terminated it before appending",
+                path,
+                index.lines + 1,
+                end - index.size,
+            )
+        data = prefix + b"".join(record.line for record in fresh)
+        if end + len(data) > MAX_FILE_SIZE:
+            raise AuditError(f"audit log {path} would exceed {MAX_FILE_SIZE >> 30} GiB")
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            state.unsynced = True
+            self._forget(path)
+            raise
+        offset = end + len(prefix)
+        keys: list[int] = []
+        for record in fresh:
+            keys.append(record.code << OFFSET_BITS | offset)
+            offset += len(record.line)
+        keys.sort()
+        index.add(keys)
+        index.size = offset
+        index.lines += len(fresh) + len(prefix)
+        index.torn_at = -1
+
+    # -- indexes --
+
+    def _state(self, path: Path) -> _PathState:
+        with self._lock:
+            state = self._paths.get(path)
+            if state is None:
+                state = self._paths[path] = _PathState()
+            return state
+
+    def _forget(self, path: Path) -> None:
+        with self._lock:
+            self._indexes.pop(path, None)
+
+    def _index(self, path: Path, day: dt.date, fd: int, st: os.stat_result, *, report_torn: bool) -> DayIndex:
+        """The up-to-date index of ``path`` (open as ``fd``); call with the path's lock held."""
+        identity = (st.st_dev, st.st_ino)
+        with self._lock:
+            index = self._indexes.get(path)
+        if index is None or index.identity != identity or st.st_size < index.size:
+            index = DayIndex(path, day, identity)
+        if st.st_size > index.size:
+            index.scan(fd, st.st_size, report_torn=report_torn)
+        with self._lock:
+            self._indexes[path] = index
+            self._indexes.move_to_end(path)
+            total = sum(len(i) for i in self._indexes.values())
+            if total > INDEX_BUDGET:
+                self._evict(total, keep=path)
+        return index
+
+    def _evict(self, total: int, keep: Path) -> None:
+        """Drop least recently used indexes down to the budget; call with ``_lock`` held.
+
+        The indexes of this server's files of today and yesterday (UTC) stay: the writer
+        needs them, and rebuilding one would stall emitters while its file is rescanned.
+        """
+        recent = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        for path, index in list(self._indexes.items()):
+            if total <= INDEX_BUDGET:
+                return
+            if path == keep or (path.parent == self.server_dir and index.day >= recent):
+                continue
+            del self._indexes[path]
+            total -= len(index)
+
+    # -- searching --
+
+    async def search(self, query: AuditQuery) -> AuditPage:
+        return await asyncio.to_thread(self._search, query)
+
+    def _search(self, query: AuditQuery) -> AuditPage:
+        if query.limit < 1:
+            raise ValueError(f"limit must be positive, got {query.limit}")
+        after = Position.decode(query.cursor) if query.cursor else None
+        low, high = _floor_ms(query.since), _ceil_ms(query.until)
+        prefilter = Prefilter(query)
+        events: list[AuditEvent] = []
+        last: Position | None = None
+        for day, files in self._days(low, high, after.day if after else None):
+            with contextlib.closing(self._scan_day(day, files, low, high, after, query, prefilter)) as found:
+                for position, event in found:
+                    if len(events) == query.limit:
+                        assert last is not None
+                        return AuditPage(tuple(events), last.encode())
+                    events.append(event)
+                    last = position
+        return AuditPage(tuple(events), "")
+
+    def _days(self, low: int, high: int, first: dt.date | None) -> list[tuple[dt.date, list[tuple[str, Path]]]]:
+        """The day files overlapping ``[low, high)`` ms, from day ``first`` on, by day then server."""
+        by_day: dict[dt.date, list[tuple[str, Path]]] = {}
+        for server in self._list(self.directory, servers=True):
+            server_dir = self.directory / server
+            for day in self._list(server_dir, servers=False):
+                start = _day_start_ms(day)
+                if start < high and start + DAY_MS > low and (first is None or day >= first):
+                    by_day.setdefault(day, []).append((server, server_dir / day_file_name(day)))
+        return sorted((day, sorted(files)) for day, files in by_day.items())
+
+    def _list(self, directory: Path, *, servers: bool) -> tuple[Any, ...]:
+        """Server ids (``servers``) or days of the day files in ``directory``, cached until it changes."""
+        try:
+            st = os.stat(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            cached = self._listings.get(directory)
+        if cached is not None and cached.key == key and cached.settled:
+            return cached.names
+        settled = time.time_ns() - st.st_mtime_ns > LISTING_SETTLE_NS
+        names: list[Any] = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if servers:
+                    if SERVER_ID.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                        names.append(entry.name)
+                    continue
+                match = DAY_FILE.match(entry.name)
+                if match and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(ValueError):
+                        names.append(dt.date.fromisoformat(match.group(1)))
+        result = tuple(sorted(names))
+        with self._lock:
+            self._listings[directory] = _Listing(key, settled, result)
+        return result
+
+    def _open_source(self, server: str, path: Path, day: dt.date) -> _Source | None:
+        state = self._state(path)
+        with state.lock:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise TeleportError(f"audit log {path} is not a regular file")
+                index = self._index(path, day, fd, st, report_torn=True)
+                keys, count, tail = index.snapshot()
+                return _Source(server, path, fd, index, keys, count, tail, _LineReader(fd, index.size))
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def _scan_day(
+        self,
+        day: dt.date,
+        files: list[tuple[str, Path]],
+        low: int,
+        high: int,
+        after: Position | None,
+        query: AuditQuery,
+        prefilter: Prefilter,
+    ) -> Generator[tuple[Position, AuditEvent], None, None]:
+        """Matching events of ``day`` in order, after ``after``; a uid twice in one millisecond once."""
+        start = _day_start_ms(day)
+        first_code = tc_from_ms(max(low - start, 0))
+        resume = after is not None and after.day == day
+        if after is not None and resume:
+            first_code = max(first_code, after.code)
+        low_key = first_code << OFFSET_BITS
+        high_key = END_KEY if high - start >= DAY_MS else tc_from_ms(high - start) << OFFSET_BITS
+        sources: list[_Source] = []
+        try:
+            for server, path in files:
+                source = self._open_source(server, path, day)
+                if source is not None:
+                    sources.append(source)
+            seen_code, seen = -1, set[str]()
+            for code, source, offset, line in self._candidates(sources, low_key, high_key, prefilter):
+                try:
+                    event = decode(line)
+                except ValueError as exc:
+                    self._report_bad(source, offset, str(exc))
+                    continue
+                if not query.matches(event):
+                    continue
+                if code != seen_code:
+                    seen_code, seen = code, set()
+                if event.uid in seen:
+                    continue
+                seen.add(event.uid)
+                if resume and after is not None and (code, source.server, offset) <= after.key:
+                    continue  # returned by an earlier page; read only to know its uid
+                yield Position(day, code, source.server, offset), event
+        finally:
+            for source in sources:
+                os.close(source.fd)
+
+    @staticmethod
+    def _candidates(
+        sources: list[_Source], low_key: int, high_key: int, prefilter: Prefilter
+    ) -> Iterator[tuple[int, _Source, int, bytes]]:
+        """(time code, source, offset, line) of the entries in range whose line passes
+        ``prefilter``, ordered by time code, server, offset."""
+        check = prefilter.may_match if prefilter.active else None
+        if len(sources) == 1 and not sources[0].tail:  # the common case, kept tight
+            [source] = sources
+            keys, count, reader = source.keys, source.count, source.reader
+            i = bisect_left(keys, low_key, 0, count)
+            buf, start = b"", 0
+            while i < count:
+                key = keys[i]
+                i += 1
+                if key >= high_key:
+                    return
+                offset = key & OFFSET_MASK
+                rel = offset - start
+                nl = buf.find(b"\n", rel) if 0 <= rel < len(buf) else -1
+                if nl >= 0:
+                    line: bytes | None = buf[rel:nl]
+                else:
+                    line = reader.line(offset)
+                    buf, start = reader.buf, reader.start
+                if line is not None and (check is None or check(line)):
+                    yield key >> OFFSET_BITS, source, offset, line
+            return
+
+        def entries(rank: int, source: _Source) -> Iterator[tuple[int, int, int, _Source]]:
+            for key in _keys_between(source.keys, source.count, source.tail, low_key, high_key):
+                yield key >> OFFSET_BITS, rank, key & OFFSET_MASK, source
+
+        streams = [entries(rank, source) for rank, source in enumerate(sources)]  # sources are sorted by server
+        for code, _, offset, source in heapq.merge(*streams):
+            line = source.reader.line(offset)
+            if line is not None and (check is None or check(line)):
+                yield code, source, offset, line
+
+    @staticmethod
+    def _report_bad(source: _Source, offset: int, reason: str) -> None:
+        if offset in source.index.bad:
+            return
+        source.index.bad.add(offset)
+        line_no = _line_number(source.fd, offset)
+        log.warning("audit log %s line %d is not a valid event (%s): skipped", source.path, line_no, reason)
+
+    # -- closing --
+
+    async def close(self) -> None:
+        with self._queue_cond:
+            self._closed = True
+            writer = self._writer
+            self._queue_cond.notify_all()
+        if writer is not None:
+            await asyncio.to_thread(writer.join)
+        with self._lock:
+            self._indexes.clear()
+            self._listings.clear()
