@@ -3,7 +3,8 @@ of the CA's key type (the ceiling), plus full login latency (bcrypt + two certif
 
     python bench/auth_certs.py [--seconds 3] [--concurrency 16] [--format text|json]
 
-Starts a real auth server (in-process, SQLite state in a temporary directory).
+Starts a real auth server as its own `teleport start` process (SQLite state in a temporary
+directory); the client side runs in this process.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"auth server not ready at {url}")
 
 
 def rate(fn: Any, seconds: float) -> float:
@@ -60,7 +83,6 @@ def main() -> int:
     from teleport_core.client import AuthClient, load_identity_dir, load_tls, register
     from teleport_core.identity import LocalIdentity
     from teleport_core.plugins import make_plugins
-    from teleport_core.testing.cluster import start_cluster
 
     results: dict[str, Any] = {}
     signer = ed25519.Ed25519PrivateKey.generate()
@@ -75,13 +97,20 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        config = {"teleport": {"data_dir": str(data), "nodename": "bench", "log": {"severity": "WARN"}},
-                  "auth_service": {"cluster_name": "bench.example", "listen_addr": "127.0.0.1:0",
+        addr, diag = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = {"teleport": {"data_dir": str(data), "nodename": "bench", "diag_addr": diag,
+                               "log": {"severity": "WARN"}},
+                  "auth_service": {"cluster_name": "bench.example", "listen_addr": addr,
                                    "authentication": {"second_factor": "off"},
                                    "tokens": ["proxy:bench-proxy-token-0123456789"]},
                   "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
-        with start_cluster(config, plugins, timeout=60) as cluster:
-            addr = cluster.process.services["auth_service"].address
+        config_file = Path(tmp) / "teleport.yaml"
+        config_file.write_text(json.dumps(config))
+        # the auth server runs as its own `teleport start` process, as in production
+        server = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.teleport", "start", "-c", str(config_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(f"http://{diag}/readyz")
 
             async def over_api() -> None:
                 async with AuthClient(addr, [load_identity_dir(data / "keys" / "auth")]) as admin:
@@ -106,6 +135,9 @@ def main() -> int:
                     results["login_latency_ms_median"] = statistics.median(latencies) * 1000
 
             asyncio.run(over_api())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     results["api_vs_ceiling"] = results["api_ssh_tls_user_certs_per_s"] / results["raw_ed25519_sign_per_s"]
     results["in_process_vs_ceiling"] = results["in_process_ssh_user_cert_per_s"] / results["raw_ed25519_sign_per_s"]
     if args.format == "json":

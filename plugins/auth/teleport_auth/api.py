@@ -12,16 +12,18 @@ import asyncio
 import datetime as dt
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_auth import keys
-from teleport_auth.authority import ca_pin, export_known_hosts
+from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
 from teleport_auth.issuer import (
     identity_from_tls_cert,
     issue_ssh_host_cert,
@@ -31,6 +33,7 @@ from teleport_auth.issuer import (
 )
 from teleport_auth.presence import NodeHeartbeat
 from teleport_auth.roles import parse_role, role_to_dict
+from teleport_auth.rotation import RotateRequest, rotation_status, server_signing_ca
 from teleport_auth.tokens import system_role
 from teleport_auth.users import new_totp_secret, otp_uri
 from teleport_core import __version__
@@ -152,18 +155,40 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
     return wrap
 
 
+IDENTITY_CACHE_SIZE = 4096
+
+
 class API:
     def __init__(self, service: AuthService) -> None:
         self.service = service
+        # verified client certificates: der -> (identity, not_after, the CA objects it was checked against)
+        self._identities: OrderedDict[bytes, tuple[Identity, dt.datetime, tuple[object, object]]] = OrderedDict()
 
     # -- who is calling, and may they ----------------------------------------------------------------
 
     def identify(self, request: Request) -> Identity | None:
+        """The identity in the caller's certificate, verified against the current CAs.
+
+        Verifications are cached per certificate (keep-alive connections send many requests),
+        but only while the same CA objects are current: after a rotation reloads the CAs, a
+        connection opened earlier is checked again and an old-CA certificate is refused.
+        """
         der = client_certificate(request.scope)
         if der is None:
             return None
         svc = self.service
-        return identity_from_tls_cert(der, [svc.user_ca, svc.host_ca])
+        cas = (svc.user_ca, svc.host_ca)
+        cached = self._identities.get(der)
+        now = dt.datetime.now(dt.UTC)
+        if cached is not None and cached[2][0] is cas[0] and cached[2][1] is cas[1] and cached[1] > now:
+            self._identities.move_to_end(der)
+            return cached[0]
+        identity = identity_from_tls_cert(der, list(cas))
+        not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+        self._identities[der] = (identity, not_after, cas)
+        if len(self._identities) > IDENTITY_CACHE_SIZE:
+            self._identities.popitem(last=False)
+        return identity
 
     async def decision(self, identity: Identity, verb: str, kind: str, name: str = "", labels: Any = None,
                        login: str = "") -> Decision:
@@ -224,7 +249,8 @@ class API:
             "cluster_name": svc.cluster_name,
             "version": __version__,
             "ca_pin": ca_pin(svc.host_ca),
-            "cas": {ca.kind.value: ca.rotation.to_dict() for ca in (svc.user_ca, svc.host_ca)},
+            "ca_pins": ca_pins(svc.host_ca),  # every trusted host CA: two during a rotation
+            "cas": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
         }
 
     @endpoint("read", "cert_authority")
@@ -240,8 +266,23 @@ class API:
             "ssh_public_keys": [k.ssh_public_key_line for k in ca.trusted],
             "tls_certs": [k.tls_cert_pem.decode() for k in ca.trusted],
             "known_hosts": export_known_hosts(ca) if kind == "host" else "",
-            "rotation": ca.rotation.to_dict(),
+            "rotation": rotation_status(ca.rotation),
         }
+
+    @endpoint("update", "cert_authority")
+    async def rotate_ca(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl auth rotate``: move the user, host or both (``all``) CAs to a rotation phase."""
+        assert identity is not None
+        svc = self.service
+        body = await read_json(request)
+        rotate = RotateRequest.parse(
+            request.path_params["ca_type"],
+            phase=field(body, "phase", required=False, default=""),
+            mode=field(body, "mode", required=False, default=""),
+            grace_period=field(body, "grace_period", required=False, default=""),
+        )
+        changes = await svc.rotation.rotate(rotate, actor=identity.name)
+        return {"rotated": [change.to_dict() for change in changes], "ca_pin": ca_pin(svc.host_ca)}
 
     # -- joining ------------------------------------------------------------------------------------------
 
@@ -270,9 +311,10 @@ class API:
         principals = field(body, "additional_principals", list, required=False, default=[])
         hook = svc.ctx.plugins.hook
         try:
-            ssh = issue_ssh_host_cert(svc.host_ca, hook, public_key=public_key, host_uuid=host, nodename=nodename,
+            signer = server_signing_ca(svc.host_ca)  # the keys servers' certificates come from in this phase
+            ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
                                       role=system, additional_principals=[*principals, *dns_names, *ips])
-            tls = issue_tls_host_cert(svc.host_ca, hook, public_key=public_key, host_uuid=host, role=system,
+            tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system,
                                       dns_names=dns_names, ip_addresses=ips)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
@@ -287,6 +329,47 @@ class API:
             "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
             "user_ca_ssh_keys": [k.ssh_public_key_line for k in svc.user_ca.trusted],
             "cluster_name": svc.cluster_name,
+        }
+
+    @endpoint(None, None)
+    async def renew_host_certs(self, request: Request, identity: Identity | None) -> Any:
+        """A joined host renews its own certificates (same host UUID and system role, new key),
+        e.g. when a host CA rotation reaches ``update_servers`` or ``rollback``. The certificates
+        come from the keys servers' certificates come from in the current phase."""
+        assert identity is not None
+        if identity.kind is not IdentityKind.HOST or len(identity.roles) != 1:
+            reason = (f"access denied to {identity.kind.value} {json.dumps(identity.name)}: "
+                      "only a host renews its own host certificates")
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+        from teleport_auth.authz import host_uuid
+
+        svc = self.service
+        body = await read_json(request)
+        public_key = field(body, "public_key")
+        nodename = field(body, "nodename")
+        dns_names = field(body, "dns_names", list, required=False, default=[])
+        ips = field(body, "ip_addresses", list, required=False, default=[])
+        principals = field(body, "additional_principals", list, required=False, default=[])
+        host, system, hook = host_uuid(identity), identity.roles[0], svc.ctx.plugins.hook
+        signer = server_signing_ca(svc.host_ca)
+        try:
+            ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
+                                      role=system, additional_principals=[*principals, *dns_names, *ips])
+            tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system,
+                                      dns_names=dns_names, ip_addresses=ips)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return {
+            "host_uuid": host,
+            "ssh_cert": ssh.data.decode().strip(),
+            "tls_cert": tls.data.decode(),
+            "host_ca_pems": svc.host_ca_pems(),
+            "user_ca_pems": svc.user_ca_pems(),
+            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
+            "user_ca_ssh_keys": [k.ssh_public_key_line for k in svc.user_ca.trusted],
+            "cluster_name": svc.cluster_name,
+            "rotation": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
         }
 
     # -- roles ----------------------------------------------------------------------------------------------
@@ -655,7 +738,10 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("/v1/ping", "GET", "ping", "Cluster name, version, host CA certificates, auth settings (no certificate needed)"),
     ("/v1/status", "GET", "status", "Cluster status: CA pin and the rotation state of each CA"),
     ("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA"),
+    ("/v1/cas/{ca_type}/rotate", "POST", "rotate_ca",
+     "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)"),
     ("/v1/register", "POST", "register", "Join with a token: host UUID and host certificates (no certificate needed)"),
+    ("/v1/certs/host", "POST", "renew_host_certs", "A host renews its own certificates (e.g. during a CA rotation)"),
     ("/v1/roles", "GET", "list_roles", "List roles"),
     ("/v1/roles", "POST", "create_role", "Create a role"),
     ("/v1/roles/{name}", "GET", "get_role", "Read a role"),
