@@ -105,7 +105,7 @@ def load_identity_dir(directory: str | os.PathLike[str]) -> Loader:
 
     def load() -> Credentials | None:
         folder = Path(directory)
-        if not (folder / "key").exists():
+        if not (folder / "key").exists() and not (folder / "identity").exists():
             return None
         identity = LocalIdentity.load(folder)
         return Credentials(identity.client_context(), identity, f"identity {folder}")
@@ -226,12 +226,7 @@ class AuthClient:
             raise ConnectionProblem(f"cannot reach auth server at {self.addr}: {_reason(exc)}") from None
         except httpx.TransportError as exc:
             raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.status_code}: {response.text[:200]}"
-            raise ERRORS.get(response.status_code, TeleportError)(message)
+        raise_for_status(response)
         return response.json() if response.content else None
 
     # -- cluster ----------------------------------------------------------------------------------
@@ -321,6 +316,15 @@ class AuthClient:
         body = {"user": user, "public_key": public_key, "ttl": ttl}
         return await self.call("POST", "/v1/certs/user", body)  # type: ignore[no-any-return]
 
+    async def renew_host_certs(self, public_key: str, nodename: str, *, dns_names: Sequence[str] = (),
+                               ip_addresses: Sequence[str] = (),
+                               additional_principals: Sequence[str] = ()) -> dict[str, Any]:
+        """New certificates for the calling host (its host UUID and system role) and the current
+        trust bundle and CA rotation state; call it when a host CA rotation changes phase."""
+        body = {"public_key": public_key, "nodename": nodename, "dns_names": list(dns_names),
+                "ip_addresses": list(ip_addresses), "additional_principals": list(additional_principals)}
+        return await self.call("POST", "/v1/certs/host", body)  # type: ignore[no-any-return]
+
     # -- join tokens and nodes -------------------------------------------------------------------------
 
     async def get_tokens(self) -> list[dict[str, Any]]:
@@ -346,6 +350,17 @@ class AuthClient:
     async def search_events(self, **query: Any) -> dict[str, Any]:
         params = {k: v for k, v in query.items() if v not in (None, "", ())}
         return await self.call("GET", "/v1/events", params=params)  # type: ignore[no-any-return]
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Raise the typed error an error response carries (its ``{"error": reason}``)."""
+    if response.status_code < 400:
+        return
+    try:
+        message = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {response.status_code}: {response.text[:200]}"
+    raise ERRORS.get(response.status_code, TeleportError)(message)
 
 
 def _reason(exc: BaseException) -> str:
@@ -412,10 +427,5 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
             response = await client.post("/v1/register", json=body, extensions={"sni_hostname": AUTH_SERVER_NAME})
         except httpx.TransportError as exc:
             raise ConnectionProblem(f"cannot join through {addr}: {_reason(exc)}") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {response.status_code}"
-        raise ERRORS.get(response.status_code, TeleportError)(message)
+    raise_for_status(response)
     return Joined(response.json(), host_cas, bool(ca_pins))

@@ -98,8 +98,10 @@ class LocalIdentity:
     # -- storage -------------------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write to ``directory`` (0700): ``key`` (0600), ``tls.crt``, ``ca.pem``, ``ssh-cert.pub``,
-        ``known_hosts``; the key last-but-one, each file atomically."""
+        """Write to ``directory`` (0700, files 0600): ``identity`` (everything in one identity
+        file, replaced atomically: what :meth:`load` reads, so a reader never sees a key from one
+        issue with a certificate from another), plus ``key``, ``tls.crt``, ``ca.pem``,
+        ``ssh-cert.pub``, ``known_hosts`` and ``host_uuid`` for people and OpenSSH."""
         for folder in (*reversed(directory.parents[:2]), directory):  # e.g. data_dir/keys/<role>
             folder.mkdir(exist_ok=True, mode=0o700)
         os.chmod(directory.parent, 0o700)
@@ -111,9 +113,16 @@ class LocalIdentity:
         if self.host_uuid:
             write_private(directory / "host_uuid", self.host_uuid + "\n")
         write_private(directory / "key", self.key_pem)
+        write_private(directory / "identity", self.to_identity_file())
 
     @classmethod
     def load(cls, directory: Path) -> LocalIdentity:
+        bundle = directory / "identity"
+        if bundle.exists():
+            identity = cls.read_identity_file(bundle)
+            uuid_path = directory / "host_uuid"
+            host_uuid = uuid_path.read_text().strip() if uuid_path.exists() else ""
+            return attrs.evolve(identity, host_uuid=host_uuid)
         try:
             key = (directory / "key").read_bytes()
             tls = (directory / "tls.crt").read_bytes()

@@ -34,7 +34,7 @@ from teleport_auth.issuer import (
 from teleport_auth.presence import NodeHeartbeat
 from teleport_auth.roles import parse_role, role_to_dict
 from teleport_auth.rotation import RotateRequest, rotation_status, server_signing_ca
-from teleport_auth.tokens import system_role
+from teleport_auth.tokens import MAX_USER_TOKEN_TTL, system_role
 from teleport_auth.users import new_totp_secret, otp_uri
 from teleport_core import __version__
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, LoginRequest, decide
@@ -461,6 +461,12 @@ class API:
     async def get_user(self, request: Request, identity: Identity | None) -> Any:
         return (await self.service.users.get(request.path_params["name"])).to_dict()
 
+    async def check_roles_exist(self, roles: list[str]) -> None:
+        known = {r.name for r in await self.service.roles.list()}
+        missing = [r for r in roles if r not in known]
+        if missing:
+            raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+
     async def _invite(self, user: str, ttl: dt.timedelta | None, kind: str) -> dict[str, Any]:
         svc = self.service
         await svc.user_tokens.delete_for_user(user)
@@ -482,10 +488,10 @@ class API:
         roles = field(body, "roles", list)
         traits = field(body, "traits", dict, required=False, default={})
         ttl = ttl_field(body)
-        known = {r.name for r in await svc.roles.list()}
-        missing = [r for r in roles if r not in known]
-        if missing:
-            raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+        if ttl is not None and not dt.timedelta(0) < ttl <= MAX_USER_TOKEN_TTL:
+            # checked before the user exists: a refused invite must not leave a user behind
+            raise BadRequest(f"ttl: an invite lasts more than 0s and at most {format_duration(MAX_USER_TOKEN_TTL)}")
+        await self.check_roles_exist(roles)
         try:
             user = await svc.users.create(name, roles, traits, created_by=identity.name if identity else "")
         except ValueError as exc:
@@ -500,10 +506,7 @@ class API:
         body = await read_json(request)
         roles = field(body, "roles", list, required=False)
         if roles is not None:
-            known = {r.name for r in await svc.roles.list()}
-            missing = [r for r in roles if r not in known]
-            if missing:
-                raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+            await self.check_roles_exist(roles)
         traits = field(body, "traits", dict, required=False)
         name = request.path_params["name"]
         try:
@@ -658,7 +661,7 @@ class API:
         await svc.emit(self.event("join_token.create", roles=list(token.roles), user=identity.name if identity else "",
                                   expires=token.expires.isoformat()))
         return {"token": token.token.reveal(), "roles": list(token.roles), "expires": token.expires.isoformat(),
-                "ca_pin": ca_pin(svc.host_ca)}
+                "ca_pin": ca_pin(svc.host_ca), "ca_pins": ca_pins(svc.host_ca)}
 
     @endpoint("delete", "token")
     async def delete_token(self, request: Request, identity: Identity | None) -> Any:

@@ -47,4 +47,12 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
         return None
     return [
         CliCommand("status", "cluster status: CA pin and rotation state", "teleport_auth.tctl:status"),
+        CliCommand("users", "manage users: add, ls, rm, update, reset", "teleport_auth.tctl_users:users"),
+        CliCommand("nodes", "add (join token and command) and list nodes", "teleport_auth.tctl_nodes:nodes"),
+        CliCommand("tokens", "manage join tokens: ls, add, rm", "teleport_auth.tctl_nodes:tokens"),
+        CliCommand("create", "create or update resources from YAML (tctl create -f FILE)",
+                   "teleport_auth.tctl_resources:create"),
+        CliCommand("get", "print resources as YAML, JSON or text (roles, users)", "teleport_auth.tctl_resources:get"),
+        CliCommand("rm", "delete a resource (role/NAME, user/NAME)", "teleport_auth.tctl_resources:rm"),
+        CliCommand("auth", "CAs: export, sign credentials for a user, rotate", "teleport_auth.tctl_auth:auth"),
     ]

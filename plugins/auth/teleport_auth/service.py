@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
 from teleport_auth.presence import Presence
 from teleport_auth.roles import RoleStore
+from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, signed_by
 from teleport_auth.settings import AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore
 from teleport_auth.users import UserStore
 from teleport_core.audit import AuditEvent, AuditLog
-from teleport_core.backend import Backend, Item
+from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound
 from teleport_core.identity import LocalIdentity, write_private
 from teleport_core.service import Service, ServiceContext
@@ -62,6 +64,9 @@ class AuthService(Service):
         self.audit: AuditLog
         self.cluster_name = self.settings.cluster_name
         self.host_uuid = ""
+        self.now: Callable[[], dt.datetime] = utcnow  # the clock of CA rotations (tests replace it)
+        self.rotation: Rotator
+        self._ca_lock = asyncio.Lock()
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -86,6 +91,7 @@ class AuthService(Service):
 
         from teleport_auth.api import build_app
 
+        self._start_rotation()
         self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context())
         await self.server.start()
         self.log.info(
@@ -146,6 +152,24 @@ class AuthService(Service):
         self.log.info("generated certificate authority", type=kind.value, cluster=self.cluster_name)
         return ca
 
+    def _start_rotation(self) -> None:
+        """Follow CA changes of every auth server, and advance auto rotations when due."""
+        self.rotation = Rotator(self.backend, self.cluster_name, emit=self.emit, on_change=self.apply_cas,
+                                now=lambda: self.now())
+        actor = f"{self.host_uuid}.{self.cluster_name}"
+        self._tasks.append(asyncio.create_task(self.rotation.watch(), name="auth-ca-watch"))
+        self._tasks.append(asyncio.create_task(self.rotation.run_auto(actor), name="auth-ca-auto-rotate"))
+
+    async def apply_cas(self) -> None:
+        """After a CA change (ours or another auth server's): reload the CAs, re-issue our own
+        identity if it no longer matches them, and serve new handshakes with the new certificate
+        and trusted CAs."""
+        async with self._ca_lock:
+            await self.reload_cas()
+            self.identity = await self._own_identity()
+            if self.server is not None:
+                self.server.set_context(self.server_context())
+
     async def reload_cas(self) -> None:
         """Re-read both CAs from cluster state (after a rotation, possibly by another auth server)."""
         self.user_ca = CertAuthority.from_json((await self.backend.get(ca_key(CAType.USER, self.cluster_name))).value)
@@ -164,22 +188,25 @@ class AuthService(Service):
         return sorted(set(dns)), sorted(set(ips))
 
     async def _own_identity(self) -> LocalIdentity:
-        """Reuse ``data_dir/keys/auth`` while the host CA that signed it is current, else re-issue."""
+        """Reuse ``data_dir/keys/auth`` while it trusts exactly the host CA's trusted certificates
+        and was signed by the keys servers' certificates come from in this rotation phase, else re-issue."""
         folder = self.ctx.data_dir / "keys" / "auth"
         current = {pem.strip() for pem in self.host_ca_pems()}
+        signer = server_signing_ca(self.host_ca)
         try:
             existing = LocalIdentity.load(folder)
         except Exception:
             existing = None
-        if existing is not None and {p.decode().strip() for p in existing.tls_ca_pems} == current:
+        if (existing is not None and {p.decode().strip() for p in existing.tls_ca_pems} == current
+                and signed_by(existing.tls_cert_pem, server_keys(self.host_ca))):
             return existing
         key = keys.generate_private_key("ed25519")
         public = keys.public_key_openssh(key.public_key())
         dns, ips = self._addresses()
         hook = self.ctx.plugins.hook
-        tls = issue_tls_host_cert(self.host_ca, hook, public_key=public, host_uuid=self.host_uuid, role="Auth",
+        tls = issue_tls_host_cert(signer, hook, public_key=public, host_uuid=self.host_uuid, role="Auth",
                                   dns_names=dns, ip_addresses=ips)
-        ssh = issue_ssh_host_cert(self.host_ca, hook, public_key=public, host_uuid=self.host_uuid,
+        ssh = issue_ssh_host_cert(signer, hook, public_key=public, host_uuid=self.host_uuid,
                                   nodename=self.ctx.config.nodename, role="Auth", additional_principals=dns)
         identity = LocalIdentity(
             key_pem=keys.private_key_pem(key),

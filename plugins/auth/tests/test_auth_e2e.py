@@ -287,3 +287,16 @@ def test_calls_without_certificate_or_with_bad_body_are_refused(cluster):
             assert doc["openapi"].startswith("3.") and set(doc["paths"]) >= {"/v1/register", "/v1/login", "/v1/roles"}
 
     cluster.run(body)
+
+
+def test_refused_invite_ttl_leaves_no_user_and_token_answer_lists_pins(cluster):
+    async def body():
+        async with cluster.admin() as admin:
+            with pytest.raises(Exception, match=r"ttl: an invite lasts more than 0s and at most 48h0m0s"):
+                await admin.create_user("carol", ["access"], ttl="49h")
+            assert "carol" not in [u["metadata"]["name"] for u in await admin.get_users()]
+            token = await admin.create_token(["node"], "5m")
+            return token, (await admin.status())["ca_pin"]
+
+    token, pin = cluster.run(body)
+    assert token["ca_pin"] == pin and token["ca_pins"] == [pin]
