@@ -75,10 +75,10 @@ def main() -> int:
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
 
-    from teleport_auth import keys
     from teleport_auth.authority import generate_authority
     from teleport_auth.issuer import issue_ssh_user_cert
 
+    from teleport_core import keys
     from teleport_core.access import Identity
     from teleport_core.client import AuthClient, load_identity_dir, load_tls, register
     from teleport_core.identity import LocalIdentity

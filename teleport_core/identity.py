@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 
 from teleport_core.errors import TeleportError
+from teleport_core.files import write_private
 
 _PEM_BLOCK = re.compile(
     r"-----BEGIN (?P<kind>[A-Z0-9 ]+)-----\r?\n.*?-----END (?P=kind)-----\r?\n?", re.DOTALL
@@ -29,27 +30,6 @@ _SSH_CERT = re.compile(r"^(\S+-cert-v01@openssh\.com \S+)(?: .*)?$", re.MULTILIN
 
 class IdentityError(TeleportError):
     """An identity file or directory is missing, unreadable or malformed."""
-
-
-def write_private(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from creation, atomically (temp file, fsync, rename)."""
-    raw = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @attrs.frozen(repr=False)

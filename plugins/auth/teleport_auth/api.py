@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from teleport_auth import keys
 from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
 from teleport_auth.issuer import (
     identity_from_tls_cert,
@@ -36,7 +35,7 @@ from teleport_auth.roles import parse_role, role_to_dict
 from teleport_auth.rotation import RotateRequest, rotation_status, server_signing_ca
 from teleport_auth.tokens import MAX_USER_TOKEN_TTL, system_role
 from teleport_auth.users import new_totp_secret, otp_uri
-from teleport_core import __version__
+from teleport_core import __version__, keys
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, LoginRequest, decide
 from teleport_core.audit import AuditEvent, AuditQuery, new_event
 from teleport_core.config.values import format_duration, parse_duration

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from teleport_auth import keys
-from teleport_auth.keys import KeyAlgorithm, PrivateKey, PublicKey
+from teleport_core import keys
+from teleport_core.keys import KeyAlgorithm, PrivateKey, PublicKey
 from teleport_core.pins import CAPinMismatch as CAPinMismatch
 from teleport_core.pins import check_ca_pin as check_ca_pin
 from teleport_core.pins import normalize_pin as normalize_pin

@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from teleport_auth import keys
 from teleport_auth.authority import (
     CLOCK_SKEW,
     CAType,
@@ -40,10 +39,11 @@ from teleport_auth.authority import (
     random_serial,
     signature_hash,
 )
-from teleport_auth.keys import PublicKey
+from teleport_core import keys
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.certs import CertAdditions, CertFormat, CertRequest, CertType, check_veto, merge_additions
 from teleport_core.errors import AuthenticationFailed, PluginError
+from teleport_core.keys import PublicKey
 
 DEFAULT_USER_CERT_TTL = dt.timedelta(hours=12)
 MIN_USER_CERT_TTL = dt.timedelta(minutes=1)

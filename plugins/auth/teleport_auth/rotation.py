@@ -61,7 +61,6 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from teleport_auth import keys
 from teleport_auth.authority import (
     CA_VALIDITY,
     DEFAULT_GRACE_PERIOD,
@@ -72,11 +71,12 @@ from teleport_auth.authority import (
     RotationMode,
     RotationPhase,
 )
-from teleport_auth.keys import KeyAlgorithm, PublicKey
+from teleport_core import keys
 from teleport_core.audit import AuditEvent, new_event
 from teleport_core.backend import Action, Backend, Condition, Item, OpType
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import CompareFailed, TeleportError, WatcherClosed
+from teleport_core.keys import KeyAlgorithm, PublicKey
 from teleport_core.logs import get_logger
 
 EVENT = "cert_authority.rotate"

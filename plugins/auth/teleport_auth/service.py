@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_auth import keys
 from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_hosts, generate_authority
 from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
@@ -27,10 +26,12 @@ from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, sign
 from teleport_auth.settings import AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore
 from teleport_auth.users import UserStore
+from teleport_core import keys
 from teleport_core.audit import AuditEvent, AuditLog
 from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound
-from teleport_core.identity import LocalIdentity, write_private
+from teleport_core.files import write_private
+from teleport_core.identity import LocalIdentity
 from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 

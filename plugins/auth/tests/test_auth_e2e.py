@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyotp
 import pytest
-from teleport_auth import keys
 
+from teleport_core import keys
 from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
 from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed
 from teleport_core.identity import LocalIdentity

@@ -14,7 +14,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
-from teleport_auth import keys
 from teleport_auth.authority import (
     CAKeys,
     CAPinMismatch,
@@ -33,6 +32,8 @@ from teleport_auth.authority import (
     export_trusted_user_ca_keys,
     generate_authority,
 )
+
+from teleport_core import keys
 
 CLUSTER = "example.com"
 HOST_UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"

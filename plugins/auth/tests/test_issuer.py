@@ -16,7 +16,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import ssh
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from teleport_auth import keys
 from teleport_auth.authority import CAKeys, CertAuthority, MissingSecrets, generate_authority, signature_hash
 from teleport_auth.issuer import (
     DEFAULT_HOST_CERT_TTL,
@@ -31,10 +30,11 @@ from teleport_auth.issuer import (
     verify_ssh_cert,
 )
 
-from teleport_core import hookimpl
+from teleport_core import hookimpl, keys
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.certs import CertAdditions, CertFormat, CertRequest, CertType
 from teleport_core.errors import AuthenticationFailed, CertificateVetoed, PluginError
+from teleport_core.files import write_private
 from teleport_core.plugins import make_plugins
 
 CLUSTER = "example.com"
@@ -317,7 +317,7 @@ def test_every_algorithm_combination_is_read_by_openssh(ca_alg, subject_alg, tmp
 
 def test_paramiko_loads_the_user_cert(user_ca, user_key, tmp_path):
     path = tmp_path / "id"
-    keys.write_private_file(path, keys.private_key_openssh(user_key))
+    write_private(path, keys.private_key_openssh(user_key))
     cert = user_cert(user_ca, user_key)
     (tmp_path / "id-cert.pub").write_bytes(cert + b"\n")
     pkey = paramiko.Ed25519Key(filename=str(path))

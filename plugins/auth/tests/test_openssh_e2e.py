@@ -18,12 +18,13 @@ from typing import Any
 
 import paramiko
 import pytest
-from teleport_auth import keys
 from teleport_auth.authority import CertAuthority, export_known_hosts, generate_authority
 from teleport_auth.issuer import InvalidCertificate, issue_ssh_host_cert, issue_ssh_user_cert, verify_ssh_cert
 
+from teleport_core import keys
 from teleport_core.access import Identity
 from teleport_core.certs import CertType
+from teleport_core.files import write_private, write_public
 from teleport_core.plugins import make_plugins
 
 CLUSTER = "example.com"
@@ -159,7 +160,7 @@ def setup(tmp_path: Path, cas: tuple[CertAuthority, CertAuthority]) -> tuple[Cer
     ).data
     inner = paramiko.Ed25519Key.from_private_key(_text_io(keys.private_key_openssh(host_private)))
     user_private = keys.generate_private_key("ed25519")
-    keys.write_private_file(tmp_path / "id", keys.private_key_openssh(user_private))
+    write_private(tmp_path / "id", keys.private_key_openssh(user_private))
     identity = Identity(name="alice", roles=("access",), logins=("root",))
     user_cert = issue_ssh_user_cert(
         user_ca,
@@ -169,7 +170,7 @@ def setup(tmp_path: Path, cas: tuple[CertAuthority, CertAuthority]) -> tuple[Cer
         client_ip="127.0.0.1",
         pin_source_ip=True,
     ).data
-    keys.write_public_file(tmp_path / "id-cert.pub", user_cert + b"\n")
+    write_public(tmp_path / "id-cert.pub", user_cert + b"\n")
     return CertHostKey(inner, host_cert), CertServer(user_ca, "127.0.0.1")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
-from teleport_auth import keys, tctl_rotate
+from teleport_auth import tctl_rotate
 from teleport_auth.authority import (
     CAKeys,
     CAType,
@@ -35,6 +35,7 @@ from teleport_auth.rotation import (
 from teleport_auth.service import ca_key
 from teleport_auth.tctl import UsageError
 
+from teleport_core import keys
 from teleport_core.access import Identity
 from teleport_core.audit import AuditEvent
 from teleport_core.backend import Backend, Item

@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from teleport_auth import keys
 from teleport_auth.authority import CAKeys
 from teleport_auth.issuer import CertType, InvalidCertificate, identity_from_tls_cert, verify_ssh_cert
 from teleport_auth.rotation import RotateRequest, Rotator, signed_by
 
+from teleport_core import keys
 from teleport_core.audit import AuditEvent
 from teleport_core.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError

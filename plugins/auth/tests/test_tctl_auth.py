@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tctl_helpers import TctlCluster, tctl_cluster
-from teleport_auth import keys
 
+from teleport_core import keys
 from teleport_core.client import AuthClient, load_identity_file, load_key_pair
 from teleport_core.errors import AccessDenied
 from teleport_core.identity import LocalIdentity

@@ -8,8 +8,8 @@ import re
 
 import pytest
 from tctl_helpers import STATIC_TOKEN, TctlCluster, tctl_cluster
-from teleport_auth import keys
 
+from teleport_core import keys
 from teleport_core.client import AuthClient, load_tls, register
 from teleport_core.errors import AccessDenied
 from teleport_core.identity import LocalIdentity

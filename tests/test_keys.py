@@ -8,8 +8,10 @@ import subprocess
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
-from teleport_auth import keys
-from teleport_auth.keys import KeyAlgorithm, UnsupportedKey
+
+from teleport_core import keys
+from teleport_core.files import write_private, write_public
+from teleport_core.keys import KeyAlgorithm, UnsupportedKey
 
 ALGS = ["ed25519", "ecdsa-p256", "rsa2048"]
 
@@ -58,7 +60,7 @@ def test_pem_and_openssh_round_trip(key: keys.PrivateKey):
 
 def test_ssh_keygen_reads_openssh_private_key_and_fingerprint(key: keys.PrivateKey, tmp_path):
     path = tmp_path / "id"
-    keys.write_private_file(path, keys.private_key_openssh(key))
+    write_private(path, keys.private_key_openssh(key))
     derived = run("ssh-keygen", "-y", "-f", str(path)).split()
     assert " ".join(derived[:2]) == keys.public_key_openssh(key)
     (tmp_path / "id.pub").write_text(keys.public_key_openssh(key) + "\n")
@@ -101,7 +103,7 @@ def test_private_file_is_0600_even_with_open_umask(tmp_path):
     path = tmp_path / "key.pem"
     old = os.umask(0)
     try:
-        keys.write_private_file(path, b"secret")
+        write_private(path, b"secret")
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -122,7 +124,7 @@ def test_private_file_is_created_exclusively_with_0600_and_never_chmodded(tmp_pa
 
     monkeypatch.setattr(os, "open", spy_open)
     monkeypatch.setattr(os, "chmod", no_chmod)
-    keys.write_private_file(tmp_path / "k", b"x")
+    write_private(tmp_path / "k", b"x")
     creates = [(p, f, m) for p, f, m in opened if f & os.O_CREAT]
     assert len(creates) == 1
     _, flags, mode = creates[0]
@@ -134,10 +136,10 @@ def test_private_file_replaces_atomically_and_does_not_follow_symlinks(tmp_path)
     victim.write_bytes(b"untouched")
     link = tmp_path / "key"
     link.symlink_to(victim)
-    keys.write_private_file(link, b"new")
+    write_private(link, b"new")
     assert victim.read_bytes() == b"untouched"
     assert not link.is_symlink() and link.read_bytes() == b"new"
-    keys.write_private_file(link, b"newer")
+    write_private(link, b"newer")
     assert link.read_bytes() == b"newer"
     assert stat.S_IMODE(link.stat().st_mode) == 0o600
 
@@ -148,10 +150,10 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "write", broken_write)
     with pytest.raises(OSError, match="disk full"):
-        keys.write_private_file(tmp_path / "k", b"x")
+        write_private(tmp_path / "k", b"x")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_public_file_mode(tmp_path):
-    keys.write_public_file(tmp_path / "k.pub", b"ssh-ed25519 AAAA")
+    write_public(tmp_path / "k.pub", b"ssh-ed25519 AAAA")
     assert stat.S_IMODE((tmp_path / "k.pub").stat().st_mode) == 0o644

@@ -1,4 +1,4 @@
-"""Key generation and (de)serialization for the auth service's CAs and certificates.
+"""Key generation and (de)serialization: CAs, host and user certificates, tsh and servers.
 
 Supported algorithms: Ed25519 (the SSH default), ECDSA P-256 (the TLS default) and RSA-2048
 (for old clients). Private keys are serialized as unencrypted PKCS#8 PEM or OpenSSH; public
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import os
-import secrets
-from pathlib import Path
 from typing import TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -190,45 +187,3 @@ def same_public_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> boo
 
 
 # -- files -----------------------------------------------------------------------------------------
-
-
-def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Atomically write ``data`` (a private key or anything secret) to ``path`` with mode 0600.
-
-    The content goes to a new temporary file in the same directory, created with
-    ``O_CREAT|O_EXCL`` and mode 0600 before any byte is written, then renamed over ``path``;
-    readers see either the old file or the whole new one, never a partial or wider-mode file.
-    """
-    _write_atomic(Path(path), data, 0o600)
-
-
-def write_public_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Atomically write public data (a certificate or public key) to ``path`` with mode 0644."""
-    _write_atomic(Path(path), data, 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        try:
-            # The umask may have narrowed ``mode``; make it exact before any data is written.
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

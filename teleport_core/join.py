@@ -1,0 +1,116 @@
+"""Joining the cluster and keeping a server's identity: what node and proxy services share.
+
+:func:`obtain_identity` returns the identity stored in ``data_dir/keys/<role>`` or, on first
+start, joins with the configured token: it checks the CA pin (refusing on mismatch, warning
+when none is set, as Teleport does), generates the key pair locally, and stores the issued
+host certificates (0600). While no auth server answers it retries with backoff and says so in
+the log; a refused token or a pin mismatch stops it with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from teleport_core.client import ConnectionProblem, register
+from teleport_core.config.model import TeleportConfig
+from teleport_core.errors import TeleportError
+from teleport_core.files import write_private
+from teleport_core.identity import LocalIdentity
+
+SYSTEM_ROLES = {"node": "Node", "proxy": "Proxy", "auth": "Auth"}
+FIRST_RETRY, MAX_RETRY = 1.0, 30.0
+
+
+class JoinError(TeleportError):
+    """Joining is impossible as configured (no token, no auth server): retrying will not help."""
+
+
+@attrs.frozen
+class JoinRequest:
+    """Who is joining: ``role`` (``node`` or ``proxy``) and the names its certificates should carry."""
+
+    role: str
+    nodename: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    additional_principals: tuple[str, ...] = ()
+
+
+def identity_dir(config: TeleportConfig, role: str) -> Path:
+    return config.data_dir / "keys" / role
+
+
+def _auth_addresses(config: TeleportConfig) -> list[str]:
+    addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
+    if not addrs:
+        raise JoinError("no auth server to join: set teleport.auth_server (or --auth-server)")
+    return addrs
+
+
+async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any) -> LocalIdentity:
+    """The stored identity for ``request.role``, or a new one from joining (see module docstring)."""
+    folder = identity_dir(config, request.role)
+    if (folder / "identity").exists() or (folder / "key").exists():
+        identity = LocalIdentity.load(folder)
+        log.info("using stored identity", host_uuid=identity.host_uuid, path=str(folder))
+        return identity
+    token = config.join_token
+    if token is None:
+        raise JoinError(f"this {request.role} has not joined the cluster yet and no join token is set "
+                        "(teleport.auth_token or --token)")
+    from teleport_core import keys
+
+    key = keys.generate_private_key("ed25519")  # generated here: the private key never leaves this host
+    body = {
+        "token": token.reveal(),
+        "role": SYSTEM_ROLES[request.role],
+        "nodename": request.nodename,
+        "public_key": keys.public_key_openssh(key),
+        "dns_names": list(request.dns_names),
+        "ip_addresses": list(request.ip_addresses),
+        "additional_principals": list(request.additional_principals),
+    }
+    if not config.ca_pins:
+        log.warning("joining without a CA pin: the auth server's identity is not checked; "
+                    "pass --ca-pin (tctl status prints it)")
+    joined = await _register_with_retries(_auth_addresses(config), body, config.ca_pins, log)
+    answer = joined.answer
+    identity = LocalIdentity(
+        key_pem=keys.private_key_pem(key),
+        tls_cert_pem=answer["tls_cert"].encode(),
+        tls_ca_pems=tuple(pem.encode() for pem in answer["host_ca_pems"]),
+        ssh_cert=answer["ssh_cert"],
+        known_hosts=tuple(answer["known_hosts"]),
+        host_uuid=answer["host_uuid"],
+    )
+    identity.save(folder)
+    trust = {"user_ca_pems": answer.get("user_ca_pems", []), "user_ca_ssh_keys": answer.get("user_ca_ssh_keys", []),
+             "cluster_name": answer.get("cluster_name", "")}
+
+
+    write_private(folder / "cluster.json", json.dumps(trust, indent=2) + "\n")
+    log.info("joined the cluster", role=request.role, host_uuid=identity.host_uuid,
+             cluster=answer.get("cluster_name"), pinned=joined.pinned)
+    return identity
+
+
+async def _register_with_retries(addrs: Sequence[str], body: dict[str, Any], pins: Sequence[str], log: Any) -> Any:
+    delay = FIRST_RETRY
+    attempt = 0
+    while True:
+        addr = addrs[attempt % len(addrs)]
+        attempt += 1
+        try:
+            return await register(addr, body, list(pins))
+        except ConnectionProblem as exc:
+            log.warning("auth server unreachable, will retry", auth_server=addr, error=str(exc),
+                        retry_in=f"{delay:.1f}s", attempt=attempt)
+        await asyncio.sleep(delay)
+        delay = min(MAX_RETRY, delay * 2) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
