@@ -31,7 +31,6 @@ from teleport_auth.issuer import (
     issue_tls_user_cert,
 )
 from teleport_auth.presence import NodeHeartbeat
-from teleport_auth.roles import parse_role, role_to_dict
 from teleport_auth.rotation import RotateRequest, rotation_status, server_signing_ca
 from teleport_auth.tokens import MAX_USER_TOKEN_TTL, system_role
 from teleport_auth.users import new_totp_secret, otp_uri
@@ -49,6 +48,7 @@ from teleport_core.errors import (
     TeleportError,
 )
 from teleport_core.nodes import NodeInfo
+from teleport_core.roles import parse_role, role_to_dict
 from teleport_core.secret import Secret
 from teleport_core.tlsserver import client_certificate
 
@@ -419,7 +419,7 @@ class API:
     async def create_resources(self, request: Request, identity: Identity | None) -> Any:
         """``tctl create [-f]``: every document is validated first; then all are written, or none."""
         assert identity is not None
-        from teleport_auth.roles import _encode_role, role_key
+        from teleport_auth.rolestore import _encode_role, role_key
         from teleport_core.backend import Action, Condition, Item
 
         body = await read_json(request)

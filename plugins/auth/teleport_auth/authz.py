@@ -8,7 +8,7 @@ auth API does it per request); it re-reads the roles only when the snapshot may 
   range read), so decisions always see the latest roles.
 * With ``watch`` running (one task per auth server), the snapshot is reused until a backend
   event under ``/roles/`` (from any auth server sharing the backend) or a write through the
-  local :class:`~teleport_auth.roles.RoleStore` invalidates it; the next ``load`` re-reads.
+  local :class:`~teleport_auth.rolestore.RoleStore` invalidates it; the next ``load`` re-reads.
   Events only invalidate (never patch the snapshot), so a late event cannot roll it back.
 
 Hosts (``IdentityKind.HOST``, system role ``Node``/``Proxy``/``Auth`` in ``identity.roles``)
@@ -25,11 +25,12 @@ from collections.abc import Mapping
 
 import attrs
 
-from teleport_auth.roles import ROLES_PREFIX, WILDCARD, Role, RoleSet, RoleStore
+from teleport_auth.rolestore import ROLES_PREFIX, RoleStore
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind
 from teleport_core.backend import OpType
 from teleport_core.errors import AccessDenied, WatcherClosed
 from teleport_core.logs import get_logger
+from teleport_core.roles import WILDCARD, Role, RoleSet
 
 SSH_VERB = "ssh"
 

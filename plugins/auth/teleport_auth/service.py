@@ -21,7 +21,7 @@ from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_
 from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
 from teleport_auth.presence import Presence
-from teleport_auth.roles import RoleStore
+from teleport_auth.rolestore import RoleStore
 from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, signed_by
 from teleport_auth.settings import AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore

@@ -36,10 +36,10 @@ from typing import Any
 
 import attrs
 
-from teleport_auth.roles import check_name
 from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.config.values import format_duration
 from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, ConfigError, NotFound, TeleportError
+from teleport_core.roles import check_name
 from teleport_core.secret import Secret
 
 TOKENS_PREFIX = b"/tokens/"

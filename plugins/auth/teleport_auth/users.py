@@ -43,10 +43,10 @@ import attrs
 import bcrypt
 import pyotp
 
-from teleport_auth.roles import check_name
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.errors import AlreadyExists, AuthenticationFailed, CompareFailed, NotFound, TeleportError
+from teleport_core.roles import check_name
 from teleport_core.secret import Secret
 
 USERS_PREFIX = b"/users/"

@@ -8,13 +8,15 @@ import json
 from typing import Any
 
 import pytest
-from teleport_auth.roles import (
+from teleport_auth.rolestore import RoleStore
+
+from teleport_core.errors import AlreadyExists, ConfigError, NotFound
+from teleport_core.roles import (
     Conditions,
     InvalidRole,
     Role,
     RoleOptions,
     RoleSet,
-    RoleStore,
     Rule,
     builtin_roles,
     expand_logins,
@@ -22,8 +24,6 @@ from teleport_auth.roles import (
     parse_roles_yaml,
     role_to_dict,
 )
-
-from teleport_core.errors import AlreadyExists, ConfigError, NotFound
 
 BASE: dict[str, Any] = {
     "kind": "role",
