@@ -214,13 +214,15 @@ class AuthClient:
             await self._http.aclose()
             self._http = None
 
-    async def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
         """Send one request; return the decoded JSON, or raise the typed error the server sent."""
         import httpx
 
         try:
             response = await (await self._client()).request(
-                method, path, json=body, params=params, extensions={"sni_hostname": AUTH_SERVER_NAME}
+                method, path, json=body, params=params, extensions={"sni_hostname": AUTH_SERVER_NAME},
+                timeout=timeout if timeout is not None else self._timeout,
             )
         except httpx.ConnectError as exc:
             raise ConnectionProblem(f"cannot reach auth server at {self.addr}: {_reason(exc)}") from None
@@ -341,6 +343,13 @@ class AuthClient:
 
     async def upsert_node(self, node: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PUT", f"/v1/nodes/{node.get('uuid', '')}", node)  # type: ignore[no-any-return]
+
+    async def wait_for_change(self, kind: str, version: str = "", timeout: float = 30.0) -> str:
+        """The current version of ``kind`` (``role``, ``cert_authority``); blocks up to ``timeout``
+        seconds while it is still ``version``. Call in a loop to invalidate caches promptly."""
+        answer = await self.call("GET", "/v1/changes", params={"kind": kind, "version": version,
+                                                                "timeout": timeout}, timeout=timeout + 15)
+        return str(answer["version"])
 
     # -- audit ------------------------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ a 403 with the reason and an ``auth`` (T3007W) audit event. ``/v1/openapi.json``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -726,8 +728,52 @@ class API:
         page = await self.service.audit.search(query)
         return {"events": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
 
+    # -- change notification (long poll) ------------------------------------------------------------
+
+    @endpoint(None, None)
+    async def changes(self, request: Request, identity: Identity | None) -> Any:
+        """Long poll: the version of a kind's state; waits (up to ``timeout`` s) while it equals ``version``.
+
+        Servers cache roles and CA keys and call this in a loop, so a change takes effect within
+        a round trip, without re-login and without polling the data itself.
+        """
+        assert identity is not None
+        kind = request.query_params.get("kind", "")
+        if kind not in CHANGE_PREFIXES:
+            raise BadRequest(f"kind: expected one of {', '.join(sorted(CHANGE_PREFIXES))}")
+        await self.authorize(request, identity, "read", kind)
+        try:
+            timeout = min(max(float(request.query_params.get("timeout", "30")), 0.0), 60.0)
+        except ValueError:
+            raise BadRequest("timeout: expected seconds") from None
+        seen = request.query_params.get("version", "")
+        prefix = CHANGE_PREFIXES[kind]
+        backend = self.service.backend
+        async with backend.watch([prefix]) as watcher:
+            await anext(watcher)  # INIT: every change from here on is seen
+            current = await state_version(backend, prefix)
+            if current == seen:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(anext(watcher), timeout)
+                current = await state_version(backend, prefix)
+        return {"kind": kind, "version": current}
+
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
+
+
+CHANGE_PREFIXES = {"role": b"/roles/", "cert_authority": b"/authorities/"}
+
+
+async def state_version(backend: Any, prefix: bytes) -> str:
+    """A token that changes whenever any item under ``prefix`` is written or deleted."""
+    from teleport_core.backend import range_end
+
+    items = await backend.get_range(prefix, range_end(prefix))
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.key + b"\0" + item.revision.encode() + b"\n")
+    return digest.hexdigest()[:32]
 
 
 def node_dict(node: NodeInfo) -> dict[str, Any]:
@@ -767,6 +813,7 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("/v1/nodes/{uuid}", "PUT", "upsert_node", "Heartbeat of a node (its own entry only)"),
     ("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)"),
     ("/v1/events", "GET", "search_events", "Search audit events (since, until, type, user, sid, limit, cursor)"),
+    ("/v1/changes", "GET", "changes", "Long poll until roles or CAs change (kind, version, timeout)"),
 ]
 
 

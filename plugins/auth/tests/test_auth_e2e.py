@@ -300,3 +300,21 @@ def test_refused_invite_ttl_leaves_no_user_and_token_answer_lists_pins(cluster):
 
     token, pin = cluster.run(body)
     assert token["ca_pin"] == pin and token["ca_pins"] == [pin]
+
+
+def test_changes_long_poll_wakes_on_role_change(cluster):
+    async def body():
+        async with cluster.admin() as admin, cluster.admin() as watcher:
+            version = await watcher.wait_for_change("role", timeout=0)
+            assert await watcher.wait_for_change("role", version, timeout=0.2) == version  # nothing changed
+            waiting = asyncio.create_task(watcher.wait_for_change("role", version, timeout=20))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            started = time.monotonic()
+            await admin.upsert_role({**API_ROLE, "metadata": {"name": "poll-role"}})
+            changed = await asyncio.wait_for(waiting, 10)
+            assert changed != version and time.monotonic() - started < 5
+            with pytest.raises(Exception, match="kind: expected one of cert_authority, role"):
+                await watcher.wait_for_change("user")
+
+    cluster.run(body)
