@@ -23,7 +23,7 @@ from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
 from teleport_auth.presence import Presence
 from teleport_auth.rolestore import RoleStore
 from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, signed_by
-from teleport_auth.settings import AuthSettings
+from teleport_auth.settings import CA_KEY_ALGORITHMS, AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore
 from teleport_auth.users import UserStore
 from teleport_core import keys
@@ -145,7 +145,8 @@ class AuthService(Service):
             return CertAuthority.from_json((await self.backend.get(key)).value)
         except NotFound:
             pass
-        ca = await asyncio.to_thread(generate_authority, kind, self.cluster_name)
+        ssh_alg, tls_alg = CA_KEY_ALGORITHMS[self.settings.ca_key_algorithm]
+        ca = await asyncio.to_thread(generate_authority, kind, self.cluster_name, ssh_alg, tls_alg)
         try:
             await self.backend.create(Item(key, ca.to_json()))
         except AlreadyExists:  # another auth server created it first: use theirs

@@ -19,7 +19,17 @@ authentication:
   type: local
   second_factor: otp        # off or otp (TOTP)
 session_recording: node     # node or off
+# Key types of new CAs (used once, when the cluster is created): ed25519 (SSH Ed25519, TLS
+# ECDSA P-256), ecdsa (both ECDSA P-256) or rsa2048 (both RSA-2048, for old clients).
+ca_key_algorithm: ed25519
 """
+
+# ca_key_algorithm -> (SSH key algorithm, TLS key algorithm) of new CAs
+CA_KEY_ALGORITHMS = {
+    "ed25519": ("ed25519", "ecdsa-p256"),
+    "ecdsa": ("ecdsa-p256", "ecdsa-p256"),
+    "rsa2048": ("rsa2048", "rsa2048"),
+}
 
 
 @attrs.frozen(repr=False)
@@ -31,6 +41,7 @@ class AuthSettings:
     second_factor: str
     session_recording: str
     proxy_public_addr: NetAddr | None
+    ca_key_algorithm: str = "ed25519"
 
     def __repr__(self) -> str:  # static tokens are secrets
         return f"AuthSettings(cluster_name={self.cluster_name!r}, listen_addr={self.listen_addr})"
@@ -55,4 +66,5 @@ def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
     authn.finish()
     recording = reader.string("session_recording", "node", choices=("node", "off"))
     proxy = reader.addr("proxy_public_addr", None, default_port=3080)
-    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy)
+    algorithm = reader.string("ca_key_algorithm", "ed25519", choices=tuple(CA_KEY_ALGORITHMS))
+    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm)

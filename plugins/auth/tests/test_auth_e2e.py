@@ -318,3 +318,38 @@ def test_changes_long_poll_wakes_on_role_change(cluster):
                 await watcher.wait_for_change("user")
 
     cluster.run(body)
+
+
+def test_rsa2048_cas_for_old_clients(tmp_path):
+    config = {"teleport": {"data_dir": str(tmp_path / "data"), "nodename": "rsa-1"},
+              "auth_service": {"cluster_name": "rsa.example", "listen_addr": "127.0.0.1:0",
+                               "ca_key_algorithm": "rsa2048"},
+              "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    with start_cluster(config, make_plugins(), timeout=60) as handle:
+        c = Cluster(handle, tmp_path / "data")
+
+        async def body():
+            async with c.admin() as admin:
+                await admin.create_user("olduser", ["access"], {"logins": ["root"]})
+                key = keys.generate_private_key("rsa2048")
+                certs = await admin.sign_user_cert("olduser", keys.public_key_openssh(key))
+                return (await admin.get_cert_authority("user"))["ssh_public_keys"], certs
+
+        ca_keys, certs = c.run(body)
+    assert ca_keys[0].startswith("ssh-rsa ")
+    cert_file = tmp_path / "id-cert.pub"
+    cert_file.write_text(certs["ssh_cert"] + "\n")
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert_file)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "Type: ssh-rsa-cert-v01@openssh.com user certificate" in shown
+    assert "Signing CA: RSA" in shown
+
+
+def test_ca_key_algorithm_is_validated():
+    from teleport_core.config.load import parse_config
+    from teleport_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r'^auth_service.ca_key_algorithm: expected "ed25519" or "ecdsa" or '
+                                          r'"rsa2048", got "dsa"$'):
+        parse_config({"auth_service": {"ca_key_algorithm": "dsa"}, "proxy_service": {"enabled": False},
+                      "ssh_service": {"enabled": False}}, make_plugins())
