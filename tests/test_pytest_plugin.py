@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e  # real processes end to end
 
 pytest_plugins = ["pytester"]
 

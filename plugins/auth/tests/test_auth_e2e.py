@@ -22,6 +22,8 @@ from teleport_core.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 API_ROLE = {  # the seeds' api-role.yaml: read roles, no node access
     "kind": "role",
     "version": "v5",

@@ -17,6 +17,8 @@ from teleport_core.join import JoinError, JoinRequest, identity_dir, obtain_iden
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 
 class Log:
     """Collects what the join code logs (it takes a structlog-style logger)."""

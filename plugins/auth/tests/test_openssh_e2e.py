@@ -27,6 +27,8 @@ from teleport_core.certs import CertType
 from teleport_core.files import write_private, write_public
 from teleport_core.plugins import make_plugins
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 CLUSTER = "example.com"
 HOST_UUID = "0b6c5e0e-7f43-4a8e-a0b3-6f3c2b1d9e8a"
 CERT_ALG = "ssh-ed25519-cert-v01@openssh.com"

@@ -21,6 +21,8 @@ from teleport_core.errors import AccessDenied
 from teleport_core.identity import LocalIdentity
 from teleport_core.pins import pin_of_cert
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
 
 

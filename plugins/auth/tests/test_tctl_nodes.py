@@ -14,6 +14,8 @@ from teleport_core.client import AuthClient, load_tls, register
 from teleport_core.errors import AccessDenied
 from teleport_core.identity import LocalIdentity
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 # REFERENCE.md's block, then Teleport's "Please note" lines
 NODES_ADD = re.compile(
     r"The invite token: (?P<token>[0-9a-f]{32})\n"

@@ -10,6 +10,8 @@ from tctl_helpers import tctl_cluster
 
 from teleport_core.errors import NotFound
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 API_ROLE = """\
 kind: role
 version: v5

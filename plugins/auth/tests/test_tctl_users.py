@@ -12,6 +12,8 @@ from tctl_helpers import TctlCluster, tctl_cluster
 
 from teleport_core.errors import NotFound
 
+pytestmark = pytest.mark.e2e  # real processes end to end
+
 INVITE = re.compile(
     r'User "(?P<user>[^"]+)" has been created but requires a password\. Share this URL with the user to complete '
     r"user setup, link is valid for (?P<ttl>\S+):\n"
