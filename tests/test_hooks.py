@@ -395,3 +395,10 @@ def test_hook_teleport_node_candidates():
 
     plugins = kernel_plugins(Cmdb())
     assert [n.nodename for n in find_nodes(plugins.hook, "localhost", NODES)] == ["db"]
+
+
+def test_cli_command_name_equal_to_an_option_value(monkeypatch, capsys):
+    """`tctl -c hello hello x`: the config path "hello" is not taken for the command."""
+    monkeypatch.setenv("TELEPORT_PLUGINS", "tests.plugins.cli_demo")
+    assert tctl(["-c", "hello", "hello", "x"]) == 7
+    assert "hello x config=hello tool=tctl command=hello" in capsys.readouterr().out

@@ -152,8 +152,11 @@ def _dispatch(tool: str, description: str, builtins: Mapping[str, Builtin], argv
         print(f"\nRun '{tool} COMMAND --help' for a command's options.")
         return 0 if (ns.help or not argv) else 2
     command = ns.command
-    # the handler parses every argument except the command name itself
-    position = argv.index(command)
+    # the handler parses every argument except the command name itself, which stands right
+    # before what argparse left as the remainder (not merely its first occurrence in argv)
+    position = len(argv) - len(ns.args) - 1
+    if argv[position] != command:
+        position = argv.index(command)
     rest = argv[:position] + argv[position + 1 :]
     if command in builtins:
         return builtins[command].handler(rest, CliContext(tool, command))
