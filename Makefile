@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
-PLUGINS := plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3
+PLUGINS := plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd
 
 .PHONY: venv start test lint type wheels bench clean
 
 $(BIN)/teleport: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS)) -e examples/audit-sink-sqlite
+	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS)) -e 'plugins/storage_s3[test]' \
+		-e examples/audit-sink-sqlite
 	@touch $@
 
 venv: $(BIN)/teleport

@@ -8,7 +8,7 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 examples/audit-sink-sqlite)
+DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd examples/audit-sink-sqlite)
 
 "$PYTHON" -m venv "$WORK/build-venv"
 "$WORK/build-venv/bin/pip" install -q build
@@ -37,6 +37,6 @@ check_installed "$WORK/core"
 
 echo "== every distribution"
 "$PYTHON" -m venv "$WORK/all"
-"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko
+"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko "moto[server]>=5"
 check_installed "$WORK/all"
 (cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider tests plugins/*/tests examples/*/tests)
