@@ -6,7 +6,6 @@ The rules are Teleport's (see ``teleport_core.nodes``); another plugin can add c
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 
 from teleport_core import hookimpl
@@ -21,6 +20,8 @@ from teleport_core.nodes import (
 
 def _resolve(name: str) -> set[str]:
     """Addresses ``name`` resolves to; empty when it does not resolve."""
+    import socket  # imported on use: every CLI run loads this plugin
+
     try:
         infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):

@@ -6,11 +6,13 @@ it imports nothing heavy; the service, API and commands load only when used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teleport_core import hookimpl
-from teleport_core.config.reader import SectionReader
 from teleport_core.specs import CliCommand, ServiceSpec
+
+if TYPE_CHECKING:
+    from teleport_core.config.reader import SectionReader
 
 SECTION = "auth_service"
 
