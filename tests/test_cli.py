@@ -58,22 +58,38 @@ START_ERRORS = [
     ("teleport:\n  nodname: x\n", 'ERROR: teleport.nodname: unknown key (did you mean "nodename"?)'),
     ("teleport:\n  diag_addr: abc\n", 'ERROR: teleport.diag_addr: expected host:port, got "abc" (missing port)'),
     ("teleport:\n  storage: {type: etcd}\n",
-     'ERROR: teleport.storage.type: backend "etcd" is not available: pip install teleport-storage-etcd '
-     "(installed: dir, sqlite)"),
+     'ERROR: teleport.storage.type: backend "etcd" is not available: {hint} (installed: dir, sqlite)'),
     ("teleport:\n  storage: {type: postgres}\n",
      'ERROR: teleport.storage.type: unknown backend "postgres"; installed: dir, sqlite'),
 ]
 
 
 @pytest.mark.parametrize(("text", "message"), START_ERRORS)
-def test_start_with_bad_config_gives_one_line(tmp_path, text, message):
+def test_start_with_bad_config_gives_one_line(tmp_path, monkeypatch, text, message):
+    from teleport_core.plugins import install_hint
+
+    # the etcd plugin may be installed (development) or not (teleport-core alone): block it either way
+    env = {"TELEPORT_DISABLE_PLUGINS": "storage_etcd"}
+    monkeypatch.setenv("TELEPORT_DISABLE_PLUGINS", "storage_etcd")
+    message = message.replace("{hint}", install_hint("teleport-storage-etcd"))
     config = tmp_path / "teleport.yaml"
     config.write_text(text + "auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
-    result = run_cli("teleport", "start", "--config", str(config))
+    result = run_cli("teleport", "start", "--config", str(config), env=env)
     assert result.returncode == 1
     assert result.stderr.strip() == message
-    tested = run_cli("teleport", "configure", "--test", str(config))
+    tested = run_cli("teleport", "configure", "--test", str(config), env=env)
     assert tested.returncode == 1 and tested.stderr.strip() == message
+
+
+def test_install_hint_says_install_unblock_or_upgrade(monkeypatch):
+    from teleport_core.plugins import install_hint
+
+    assert install_hint("teleport-no-such-plugin") == "pip install teleport-no-such-plugin"
+    monkeypatch.setenv("TELEPORT_DISABLE_PLUGINS", "sqlite")
+    assert install_hint("teleport-core") == "teleport-core is installed but disabled by TELEPORT_DISABLE_PLUGINS"
+    monkeypatch.delenv("TELEPORT_DISABLE_PLUGINS")
+    assert install_hint("pytest").startswith("pytest ")
+    assert install_hint("pytest").endswith("is installed but does not provide it; upgrade: pip install -U pytest")
 
 
 def test_start_flag_error_names_flag(tmp_path):

@@ -133,7 +133,7 @@ BAD = [
     ("teleport: {log: {outptu: x}}", 'teleport.log.outptu: unknown key (did you mean "output"?)'),
     ("teleport: {join_params: {method: iam}}", 'teleport.join_params.method: expected "token", got "iam"'),
     ("teleport: {auth_token: a, join_params: {token_name: b}}", "teleport.join_params: set either auth_token or"),
-    ("teleport: {storage: {type: etcd}}", 'teleport.storage.type: backend "etcd" is not available: pip install'),
+    ("teleport: {storage: {type: etcd}}", 'teleport.storage.type: backend "etcd" is not available: '),
     ("teleport: {storage: {type: sqlit}}", 'teleport.storage.type: unknown backend "sqlit" (did you mean "sqlite"?)'),
     ("teleport: {storage: {audit_events_uri: [/var/log]}}", "teleport.storage.audit_events_uri[0]: expected a URI"),
     ("teleport: {storage: {audit_sessions_uri: x}}", "teleport.storage.audit_sessions_uri: expected a URI"),
