@@ -344,12 +344,39 @@ class AuthClient:
     async def upsert_node(self, node: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PUT", f"/v1/nodes/{node.get('uuid', '')}", node)  # type: ignore[no-any-return]
 
+    async def upsert_proxy(self, proxy: dict[str, Any]) -> dict[str, Any]:
+        """A proxy's heartbeat (``uuid``, ``nodename``, ``public_addr``, ``ssh_public_addr``)."""
+        return await self.call("PUT", f"/v1/proxies/{proxy.get('uuid', '')}", proxy)  # type: ignore[no-any-return]
+
+    async def get_proxies(self) -> list[dict[str, Any]]:
+        return await self.call("GET", "/v1/proxies")  # type: ignore[no-any-return]
+
     async def wait_for_change(self, kind: str, version: str = "", timeout: float = 30.0) -> str:
         """The current version of ``kind`` (``role``, ``cert_authority``); blocks up to ``timeout``
         seconds while it is still ``version``. Call in a loop to invalidate caches promptly."""
         answer = await self.call("GET", "/v1/changes", params={"kind": kind, "version": version,
                                                                 "timeout": timeout}, timeout=timeout + 15)
         return str(answer["version"])
+
+    # -- session recordings -------------------------------------------------------------------------
+
+    async def upload_recording(self, session_id: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Stream a finished recording (an asciicast v2 file) to auth's session storage."""
+        import httpx
+
+        async def chunks() -> Any:
+            with open(path, "rb") as file:
+                while chunk := file.read(1 << 20):
+                    yield chunk
+
+        try:
+            response = await (await self._client()).request(
+                "PUT", f"/v1/sessions/{session_id}/recording", content=chunks(),
+                extensions={"sni_hostname": AUTH_SERVER_NAME}, timeout=max(self._timeout, 300.0))
+        except httpx.TransportError as exc:
+            raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
+        raise_for_status(response)
+        return response.json()  # type: ignore[no-any-return]
 
     # -- audit ------------------------------------------------------------------------------------------
 

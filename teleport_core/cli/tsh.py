@@ -1,15 +1,40 @@
-"""``tsh``: the user's client. Plugins may add commands; the kernel adds ``version``."""
+"""``tsh``: the user's client. Plugins may add commands; the kernel adds ``version`` and the
+commands below (their code, in ``teleport_core.tsh``, is imported only when one runs)."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from teleport_core.cli.common import Builtin, run_tool
 from teleport_core.cli.teleport import cmd_version
 
+if TYPE_CHECKING:
+    from teleport_core.cli.common import CliContext, Handler
+
 DESCRIPTION = "teleport-py client: log in to a cluster and reach its nodes over SSH."
 
-BUILTINS = {"version": Builtin("print the version", cmd_version)}
+
+def _lazy(name: str) -> Handler:
+    def run(argv: list[str], cli: CliContext) -> int:
+        from teleport_core.tsh import commands
+
+        return int(getattr(commands, name)(argv, cli))
+
+    return run
+
+
+BUILTINS = {
+    "version": Builtin("print the version", cmd_version),
+    "login": Builtin("log in through the proxy: --proxy=HOST[:PORT] [--user] [--ttl] [--out]", _lazy("login")),
+    "status": Builtin("show the current profile (user, cluster, roles, logins, expiry)", _lazy("status")),
+    "logout": Builtin("delete the current profile's key and certificates", _lazy("logout")),
+    "ls": Builtin("list the nodes you may reach [label=value] [--format=text|json]", _lazy("ls")),
+    "ssh": Builtin("run a command or shell on a node through the proxy: [login@]target [cmd]", _lazy("ssh")),
+    "scp": Builtin("copy files to or from a node: [-r] src dst with [login@]node:path", _lazy("scp")),
+    "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),
+    "proxy": Builtin("proxy ssh [user@]host[:port]: stdin/stdout bridge for ProxyCommand", _lazy("proxy")),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from teleport_auth.users import new_totp_secret, otp_uri
 from teleport_core import __version__, keys
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, LoginRequest, decide
 from teleport_core.audit import AuditEvent, AuditQuery, new_event
+from teleport_core.backend import Item, range_end
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import (
     AccessDenied,
@@ -67,6 +68,9 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (TeleportError, 400),
 ]
 MAX_BODY = 1 << 20
+PROXIES_PREFIX = b"/proxies/"
+PROXIES_END = range_end(PROXIES_PREFIX)
+PROXY_TTL = dt.timedelta(minutes=10)
 
 
 class BadRequest(TeleportError):
@@ -235,12 +239,22 @@ class API:
             "server_version": __version__,
             "host_ca_pems": svc.host_ca_pems(),
             "auth": {"type": "local", "second_factor": svc.settings.second_factor},
+            "session_recording": svc.settings.session_recording,
             "proxy_public_addr": self.proxy_addr(),
         }
 
     def proxy_addr(self) -> str:
+        """``proxy_public_addr`` from the config, else the address a proxy heartbeat announced."""
         settings = self.service.settings
-        return str(settings.proxy_public_addr) if settings.proxy_public_addr else f"{self.service.cluster_name}:3080"
+        if settings.proxy_public_addr:
+            return str(settings.proxy_public_addr)
+        return getattr(self, "_proxy_public", "") or f"{self.service.cluster_name}:3080"
+
+    async def refresh_proxy_addr(self) -> None:
+        """Pick up a proxy heartbeat another auth server received."""
+        items = await self.service.backend.get_range(PROXIES_PREFIX, PROXIES_END, limit=1)
+        if items:
+            self._proxy_public = str(json.loads(items[0].value).get("public_addr", ""))
 
     @endpoint("read", "cluster_name")
     async def status(self, request: Request, identity: Identity | None) -> Any:
@@ -469,6 +483,7 @@ class API:
             raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
 
     async def _invite(self, user: str, ttl: dt.timedelta | None, kind: str) -> dict[str, Any]:
+        await self.refresh_proxy_addr()
         svc = self.service
         await svc.user_tokens.delete_for_user(user)
         secret = new_totp_secret() if svc.settings.second_factor == "otp" else None
@@ -699,6 +714,24 @@ class API:
             raise BadRequest(str(exc)) from None
         return node_dict(stored.info())
 
+    # -- proxies ------------------------------------------------------------------------------------------
+
+    @endpoint("update", "proxy", name_param="uuid")
+    async def upsert_proxy(self, request: Request, identity: Identity | None) -> Any:
+        """A proxy's heartbeat: the addresses clients use (invite URLs name the proxy)."""
+        body = await read_json(request)
+        uuid = request.path_params["uuid"]
+        entry = {"uuid": uuid, "nodename": field(body, "nodename"), "public_addr": field(body, "public_addr"),
+                 "ssh_public_addr": field(body, "ssh_public_addr", required=False, default="")}
+        expires = dt.datetime.now(dt.UTC) + PROXY_TTL
+        await self.service.backend.put(Item(PROXIES_PREFIX + uuid.encode(), json.dumps(entry).encode(), expires))
+        self._proxy_public = entry["public_addr"]
+        return entry
+
+    @endpoint("list", "proxy")
+    async def list_proxies(self, request: Request, identity: Identity | None) -> Any:
+        return [json.loads(item.value) for item in await self.service.backend.get_range(PROXIES_PREFIX, PROXIES_END)]
+
     # -- audit ---------------------------------------------------------------------------------------------
 
     @endpoint("create", "event")
@@ -727,6 +760,28 @@ class API:
                            cursor=params.get("cursor", ""))
         page = await self.service.audit.search(query)
         return {"events": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
+
+    # -- session recordings ------------------------------------------------------------------------
+
+    @endpoint("create", "session")
+    async def upload_recording(self, request: Request, identity: Identity | None) -> Any:
+        """A node streams a finished recording (asciicast v2); stored through the session storage."""
+        import tempfile
+        from pathlib import Path
+
+        from teleport_core.sessions import check_session_id
+
+        sid = check_session_id(request.path_params["sid"])
+        storage = await self.service.ctx.resources.session_storage()
+        size = 0
+        with tempfile.TemporaryDirectory(prefix="teleport-upload-") as tmp:
+            path = Path(tmp) / f"{sid}.cast"
+            with open(path, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    out.write(chunk)
+            await storage.upload(sid, path)
+        return {"stored": sid, "size": size}
 
     # -- change notification (long poll) ------------------------------------------------------------
 
@@ -811,9 +866,13 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("/v1/tokens/delete", "POST", "delete_token", "Delete a join token"),
     ("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see"),
     ("/v1/nodes/{uuid}", "PUT", "upsert_node", "Heartbeat of a node (its own entry only)"),
+    ("/v1/proxies", "GET", "list_proxies", "Proxies that sent a heartbeat recently, with their public addresses"),
+    ("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)"),
     ("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)"),
     ("/v1/events", "GET", "search_events", "Search audit events (since, until, type, user, sid, limit, cursor)"),
     ("/v1/changes", "GET", "changes", "Long poll until roles or CAs change (kind, version, timeout)"),
+    ("/v1/sessions/{sid}/recording", "PUT", "upload_recording",
+     "Upload a finished session recording (asciicast v2 body; nodes)"),
 ]
 
 

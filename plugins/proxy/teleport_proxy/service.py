@@ -1,0 +1,313 @@
+"""The proxy service: joins the cluster with a ``proxy`` token, then serves HTTPS (web API,
+login, invites, node listing) and SSH (forwarding users' end-to-end encrypted sessions to nodes).
+
+The proxy holds no CA private keys: logins are forwarded to auth with the proxy's identity.
+It keeps the user CA public keys and the roles from auth (refreshed when auth reports a change)
+so it can check user certificates and show and reach only the nodes a user's roles allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from teleport_core.audit import new_event
+from teleport_core.client import AuthClient, Credentials
+from teleport_core.config.values import NetAddr
+from teleport_core.errors import AccessDenied, ConfigError, TeleportError
+from teleport_core.files import write_private
+from teleport_core.identity import LocalIdentity
+from teleport_core.join import JoinRequest, identity_dir, obtain_identity
+from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
+from teleport_core.roles import Role, RoleSet, parse_role
+from teleport_core.service import Service, ServiceContext
+from teleport_core.tlsserver import TLSServer, bind_socket
+from teleport_proxy.certs import UserCert, self_signed
+from teleport_proxy.settings import ProxySettings
+
+CHANGE_POLL = 30.0
+HEARTBEAT = 60.0
+NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds nothing refetches)
+MISS_REFRESH = 0.2  # a lookup that finds nothing refetches a list older than this
+VISIBLE_CACHE = 1024
+RETRY = 2.0
+
+
+class ProxyService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.settings: ProxySettings = ctx.settings
+        self.log = ctx.log
+        self.auth: AuthClient
+        self.identity: LocalIdentity
+        self.cluster_name = ""
+        self.second_factor = "otp"
+        self.user_ca_keys: tuple[str, ...] = ()
+        self.user_ca_pems: tuple[str, ...] = ()
+        self.host_known_hosts: tuple[str, ...] = ()
+        self.roles: Mapping[str, Role] = {}
+        self.web: TLSServer | None = None
+        self.ssh: Any = None
+        self.loop: asyncio.AbstractEventLoop
+        self._web_cert: tuple[str, str] = ("", "")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._nodes: tuple[float, list[NodeInfo]] = (0.0, [])
+        self._nodes_lock = asyncio.Lock()
+        self._visible: dict[Any, list[NodeInfo]] = {}
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        config = self.ctx.config
+        dns, ips = self._names()
+        self.identity = await obtain_identity(
+            config, JoinRequest("proxy", config.nodename, dns_names=tuple(dns), ip_addresses=tuple(ips),
+                                additional_principals=tuple(dns + ips)), self.log)
+        addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
+        if not addrs:
+            raise ConfigError("teleport.auth_server", "the proxy needs the auth server's address")
+        self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
+        ping = await self.auth.ping()
+        self.cluster_name = str(ping["cluster_name"])
+        self.second_factor = str(ping.get("auth", {}).get("second_factor", "otp"))
+        await self._load_cas()
+        await self._load_roles()
+        self._tasks.append(asyncio.create_task(self._follow("cert_authority", self._load_cas), name="proxy-ca-watch"))
+        self._tasks.append(asyncio.create_task(self._follow("role", self._load_roles), name="proxy-role-watch"))
+
+        from teleport_proxy.sshserver import SSHProxyServer
+        from teleport_proxy.web import build_app
+
+        self.ssh = SSHProxyServer(self, bind_socket(self.settings.listen_addr))
+        self.ssh.start()
+        self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context())
+        await self.web.start()
+        await self._send_heartbeat()
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="proxy-heartbeat"))
+        self.log.info("proxy service is ready", cluster=self.cluster_name, web_addr=str(self.web.address),
+                      ssh_addr=str(self.ssh_address))
+
+    async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+        if self.ssh is not None:
+            await asyncio.to_thread(self.ssh.stop)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(AttributeError):
+            await self.auth.close()
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster_name,
+            "web_addr": str(self.web.address) if self.web else None,
+            "ssh_addr": str(self.ssh_address) if self.ssh else None,
+            "ssh_connections": self.ssh.connections if self.ssh else 0,
+        }
+
+    @property
+    def web_address(self) -> NetAddr:
+        assert self.web is not None
+        return self.web.address
+
+    @property
+    def ssh_address(self) -> NetAddr:
+        host, port = self.ssh.sock.getsockname()[:2]
+        return NetAddr(host, port)
+
+    def public_web_addr(self) -> str:
+        if self.settings.public_addrs:
+            return str(self.settings.public_addrs[0])
+        addr = self.web_address
+        return f"{self.ctx.config.nodename if addr.host in ('0.0.0.0', '::') else addr.host}:{addr.port}"  # noqa: S104
+
+    def public_ssh_addr(self) -> str:
+        if self.settings.ssh_public_addrs:
+            return str(self.settings.ssh_public_addrs[0])
+        addr = self.ssh_address
+        host = self.settings.public_addrs[0].host if self.settings.public_addrs else (
+            self.ctx.config.nodename if addr.host in ("0.0.0.0", "::") else addr.host)  # noqa: S104
+        return f"{host}:{addr.port}"
+
+    def _names(self) -> tuple[list[str], list[str]]:
+        dns, ips = ["localhost"], ["127.0.0.1", "::1"]
+        s = self.settings
+        for addr in (s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs):
+            try:
+                ip = ipaddress.ip_address(addr.host)
+            except ValueError:
+                dns.append(addr.host)
+                continue
+            if not ip.is_unspecified:
+                ips.append(str(ip))
+        return sorted(set(dns)), sorted(set(ips))
+
+    # -- state from auth --------------------------------------------------------------------------
+
+    async def _load_cas(self) -> None:
+        user = await self.auth.get_cert_authority("user")
+        host = await self.auth.get_cert_authority("host")
+        self.user_ca_keys = tuple(user["ssh_public_keys"])
+        self.user_ca_pems = tuple(user["tls_certs"])
+        self.host_known_hosts = tuple(line for line in str(host["known_hosts"]).splitlines() if line.strip())
+        if self.web is not None:
+            self.web.set_context(self._web_context())
+
+    async def _load_roles(self) -> None:
+        roles: dict[str, Role] = {}
+        for data in await self.auth.get_roles():
+            role = parse_role(data)
+            roles[role.name] = role
+        self.roles = roles
+        self._visible.clear()
+
+    async def _follow(self, kind: str, reload: Any) -> None:
+        version = await self.auth.wait_for_change(kind, "", timeout=0)
+        while True:
+            try:
+                new = await self.auth.wait_for_change(kind, version, timeout=CHANGE_POLL)
+                if new != version:
+                    await reload()
+                    version = new
+            except TeleportError as exc:
+                self.log.warning("cannot follow changes at auth, will retry", kind=kind, error=str(exc))
+                await asyncio.sleep(RETRY)
+
+    async def _send_heartbeat(self) -> None:
+        """Tell auth the addresses clients use (invite URLs name this proxy)."""
+        entry = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
+                 "public_addr": self.public_web_addr(), "ssh_public_addr": self.public_ssh_addr()}
+        try:
+            await self.auth.upsert_proxy(entry)
+        except TeleportError as exc:
+            self.log.warning("proxy heartbeat failed, will retry", error=str(exc))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await self._send_heartbeat()
+
+    def roleset(self, user: UserCert) -> RoleSet:
+        """The user's roles as held now; a role that no longer exists denies everything."""
+        roles = self.roles
+        missing = [name for name in user.roles if name not in roles]
+        if missing:
+            raise AccessDenied(f"access denied to {user.user}: role {missing[0]} does not exist")
+        return RoleSet([roles[name] for name in user.roles], user.traits)
+
+    async def visible_nodes(self, user: UserCert, max_age: float = NODE_CACHE) -> list[NodeInfo]:
+        """The nodes ``user``'s roles allow (computed once per node list and set of roles)."""
+        nodes = await self.nodes(max_age)
+        roleset = self.roleset(user)  # after the await: no role reload can come between this and the store
+        key = (id(nodes), user.roles, tuple(sorted(user.traits.items())))  # cleared when nodes or roles change
+        found = self._visible.get(key)
+        if found is None:
+            found = [n for n in nodes if roleset.node_visible(n.labels)]
+            if len(self._visible) >= VISIBLE_CACHE:
+                self._visible.clear()
+            self._visible[key] = found
+        return found
+
+    async def nodes(self, max_age: float = NODE_CACHE) -> list[NodeInfo]:
+        """Registered nodes from auth, at most ``max_age`` seconds old (one fetch at a time)."""
+        async with self._nodes_lock:
+            fetched, nodes = self._nodes
+            if time.monotonic() - fetched >= max_age or not nodes:
+                nodes = [NodeInfo(n["uuid"], n["nodename"], n.get("addr", ""), n.get("labels", {}),
+                                  n.get("tunnel", False)) for n in await self.auth.get_nodes()]
+                self._nodes = (time.monotonic(), nodes)
+                self._visible.clear()
+            return nodes
+
+    async def route(self, user: UserCert, login: str, target: str, port: int = 0) -> NodeInfo:
+        """The node ``target`` (with ``port`` when several nodes share an address) names among
+        those ``user`` may see, checked for ``login`` when given.
+
+        Raises ``NodeNotFound``/``AmbiguousHost`` with REFERENCE's messages, or ``AccessDenied``.
+        """
+        try:
+            return await self._route(user, login, target, port, await self.visible_nodes(user))
+        except NodeNotFound:  # maybe registered since the cached list was fetched
+            fresh = await self.visible_nodes(user, max_age=MISS_REFRESH)
+            return await self._route(user, login, target, port, fresh)
+
+    async def _route(self, user: UserCert, login: str, target: str, port: int, visible: list[NodeInfo]) -> NodeInfo:
+        host = target
+        suffix = "." + self.cluster_name
+        if host.endswith(suffix) and not any(n.nodename == host for n in visible):
+            host = host[: -len(suffix)]  # node.cluster (tsh config, ssh -J) names the node
+        hook = self.ctx.plugins.hook
+        try:
+            found = await asyncio.to_thread(find_nodes, hook, host, visible)
+        except AmbiguousHost:
+            if not port:
+                raise
+            same_port = [n for n in visible if n.addr.rpartition(":")[2] == str(port)]
+            found = await asyncio.to_thread(find_nodes, hook, host, same_port)
+        if len(found) != 1:
+            raise AmbiguousHost("ambiguous host could match multiple nodes")
+        node = found[0]
+        if login:
+            decision = self.roleset(user).check_login(login, node.labels)
+            if not decision.allowed:
+                raise AccessDenied(f"access denied to {user.user} connecting to {node.nodename}: {decision.reason}")
+        return node
+
+    async def audit_denial(self, user: str, reason: str, remote: str, **fields: Any) -> None:
+        fields.update({"user": user, "error": reason, "cluster_name": self.cluster_name,
+                       "server_id": self.identity.host_uuid, "addr.remote": remote})
+        event = new_event("auth", "failure", **fields)
+        try:
+            await self.auth.emit_event(event.to_dict())
+        except TeleportError as exc:
+            self.log.error("audit event lost", audit_event="auth", error=str(exc))
+
+    # -- HTTPS ------------------------------------------------------------------------------------
+
+    def _web_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        cert, key = self._web_keypair()
+        context.load_cert_chain(cert, key)
+        # tsh presents the user's certificate for calls on the user's behalf (node listing);
+        # browsers and logins present none
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cadata="".join(self.user_ca_pems))
+        return context
+
+    def _web_keypair(self) -> tuple[str, str]:
+        if self._web_cert[0]:
+            return self._web_cert
+        if self.settings.https_keypairs:
+            pair = self.settings.https_keypairs[0]
+            self._web_cert = (str(pair.cert_file), str(pair.key_file))
+            return self._web_cert
+        folder = identity_dir(self.ctx.config, "proxy")
+        cert_path, key_path = folder / "webproxy_self_signed.crt", folder / "webproxy_self_signed.key"
+        if not cert_path.exists() or not key_path.exists():
+            dns, ips = self._names()
+            cert, key = self_signed([self.ctx.config.nodename, *dns, *ips])
+            write_private(key_path, key)
+            write_private(cert_path, cert)
+        self.log.warning("no https_keypairs configured: serving HTTPS with a self-signed certificate; "
+                         "clients need --insecure", cert=str(cert_path))
+        self._web_cert = (str(cert_path), str(key_path))
+        return self._web_cert
+
+
+def peer_addr(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return ""
+    return f"{host}:{port}"

@@ -1,0 +1,53 @@
+"""The ``proxy_service`` section of ``teleport.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from teleport_core.config.reader import SectionReader
+from teleport_core.config.values import NetAddr
+
+SAMPLE = """\
+# HTTPS: web API, login (tsh login), invite pages.
+web_listen_addr: 0.0.0.0:3080
+# SSH: clients (tsh, ssh -J) connect here and are forwarded to nodes.
+listen_addr: 0.0.0.0:3023
+# Addresses clients use to reach this proxy (default: the listen address, or this host's name).
+# public_addr: proxy.example.com:3080
+# ssh_public_addr: proxy.example.com:3023
+# Certificate (full chain) and key for HTTPS; without them a self-signed certificate is used
+# and clients need --insecure.
+# https_keypairs:
+#   - key_file: /etc/teleport/proxy.key
+#     cert_file: /etc/teleport/proxy.crt
+"""
+
+
+@attrs.frozen
+class KeyPair:
+    key_file: Path
+    cert_file: Path
+
+
+@attrs.frozen
+class ProxySettings:
+    web_listen_addr: NetAddr
+    listen_addr: NetAddr
+    public_addrs: tuple[NetAddr, ...]
+    ssh_public_addrs: tuple[NetAddr, ...]
+    https_keypairs: tuple[KeyPair, ...]
+
+
+def parse_settings(reader: SectionReader) -> ProxySettings:
+    """Read ``proxy_service``; every error names its key path."""
+    web = reader.addr("web_listen_addr", "0.0.0.0:3080", default_port=3080)
+    ssh = reader.addr("listen_addr", "0.0.0.0:3023", default_port=3023)
+    public = reader.addrs("public_addr", default_port=3080)
+    ssh_public = reader.addrs("ssh_public_addr", default_port=3023)
+    pairs = []
+    for item in reader.sections("https_keypairs"):
+        pairs.append(KeyPair(item.path_value("key_file"), item.path_value("cert_file")))
+        item.finish()
+    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs))

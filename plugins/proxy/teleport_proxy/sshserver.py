@@ -1,0 +1,272 @@
+"""The proxy's SSH listener (paramiko): user certificate authentication, then forwarding.
+
+Two ways to reach a node, both forwarding the user's own SSH connection to the node as opaque
+bytes (the proxy never sees the inner session's plaintext; the node checks the user again):
+
+- the ``proxy:host:port@cluster`` subsystem on a session channel (what ``tsh`` uses); lookup
+  errors are written to the channel's stderr with exit status 1;
+- ``direct-tcpip`` channels (``ssh -J user@proxy:3023 login@node``); a refused target fails
+  the channel open ("connect failed").
+
+The target is resolved through the lookup hooks among the nodes the user's roles allow; a
+name ending in ``.<cluster>`` names the node without the suffix. Denials are audited (T3007W).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+import paramiko
+
+from teleport_core import keys
+from teleport_core.errors import TeleportError
+from teleport_core.nodes import NodeInfo
+from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
+
+if TYPE_CHECKING:
+    from teleport_proxy.service import ProxyService
+
+WINDOW = 16 * 1024 * 1024
+MAX_PACKET = 256 * 1024
+CHUNK = 256 * 1024
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+LOOKUP_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class CertHostKey(paramiko.PKey):  # type: ignore[misc]
+    """The proxy's host key presenting its host certificate (signed by the host CA)."""
+
+    def __init__(self, inner: paramiko.PKey, cert_line: str) -> None:
+        self.inner = inner
+        self.cert_type = cert_line.split()[0]
+        self.blob = base64.b64decode(cert_line.split()[1])
+
+    def get_name(self) -> str:
+        return self.cert_type
+
+    def asbytes(self) -> bytes:
+        return self.blob
+
+    def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> Any:
+        return self.inner.sign_ssh_data(data, algorithm)
+
+
+def paramiko_key(key_pem: bytes) -> paramiko.PKey:
+    """A paramiko private key from our PEM."""
+    import io
+
+    key = keys.load_private_key(key_pem)
+    text = keys.private_key_openssh(key).decode()
+    kinds: dict[keys.KeyAlgorithm, type[paramiko.PKey]] = {
+        keys.KeyAlgorithm.ED25519: paramiko.Ed25519Key, keys.KeyAlgorithm.ECDSA_P256: paramiko.ECDSAKey,
+        keys.KeyAlgorithm.RSA2048: paramiko.RSAKey}
+    return kinds[keys.key_algorithm(key)].from_private_key(io.StringIO(text))
+
+
+def splice(channel: paramiko.Channel, sock: socket.socket) -> None:
+    """Copy bytes both ways until both directions end (in two threads; returns at once)."""
+
+    def upstream() -> None:  # client -> node
+        try:
+            while True:
+                data = channel.recv(CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    def downstream() -> None:  # node -> client
+        try:
+            while True:
+                data = sock.recv(CHUNK)
+                if not data:
+                    break
+                channel.sendall(data)
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError, EOFError):
+            channel.shutdown_write()
+        up.join()
+        channel.close()
+        sock.close()
+
+    up = threading.Thread(target=upstream, name="proxy-up", daemon=True)
+    up.start()
+    threading.Thread(target=downstream, name="proxy-down", daemon=True).start()
+
+
+def parse_subsystem(name: str) -> tuple[str, int, str] | None:
+    """``proxy:host:port@cluster`` -> (host, port, cluster); port 0 when absent."""
+    if not name.startswith("proxy:"):
+        return None
+    rest, _, cluster = name[len("proxy:"):].partition("@")
+    host, _, port = rest.rpartition(":") if rest.count(":") == 1 or rest.startswith("[") else (rest, "", "0")
+    try:
+        return host.strip("[]"), int(port or 0), cluster
+    except ValueError:
+        return None
+
+
+class Connection(paramiko.ServerInterface):  # type: ignore[misc]
+    """One client connection's authentication and channel requests."""
+
+    def __init__(self, server: SSHProxyServer, remote: str) -> None:
+        self.server = server
+        self.proxy = server.proxy
+        self.remote = remote
+        self.user: UserCert | None = None
+        self.pending: dict[int, socket.socket] = {}
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        blob = getattr(key, "public_blob", None)
+        if blob is None:
+            return int(paramiko.AUTH_FAILED)  # plain keys are never accepted; clients try their certificate next
+        line = f"{blob.key_type} {base64.b64encode(blob.key_blob).decode()}"
+        try:
+            cert = verify_user_ssh_cert(line, self.proxy.user_ca_keys, client_ip=self.remote.rpartition(":")[0])
+        except InvalidCertificate as exc:
+            self.audit("", str(exc))
+            return int(paramiko.AUTH_FAILED)
+        if username not in (cert.user, *cert.principals):
+            self.audit(cert.user, f"ssh: login {username!r} is neither the user nor a principal of the certificate")
+            return int(paramiko.AUTH_FAILED)
+        self.user = cert
+        return int(paramiko.AUTH_SUCCESSFUL)
+
+    def audit(self, user: str, reason: str, **fields: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.audit_denial(user, reason, self.remote, **fields), self.proxy.loop)
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return int(paramiko.OPEN_SUCCEEDED)
+        return int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+
+    def _connect(self, target: str, port: int) -> tuple[NodeInfo, socket.socket]:
+        """Resolve ``target`` for this user and connect to the node (raises TeleportError/OSError)."""
+        assert self.user is not None
+        future = asyncio.run_coroutine_threadsafe(self.proxy.route(self.user, "", target, port), self.proxy.loop)
+        node = future.result(LOOKUP_TIMEOUT)
+        if not node.addr:
+            raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel, "
+                                "which this proxy does not serve")
+        host, _, node_port = node.addr.rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(node_port)), timeout=CONNECT_TIMEOUT)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return node, sock
+
+    def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
+                                           destination: tuple[str, int]) -> int:
+        host, port = destination
+        try:
+            _, sock = self._connect(host, port)
+        except (TeleportError, OSError) as exc:
+            self.audit(self.user.user if self.user else "", f"{host}:{port}: {exc}", target=host)
+            return int(paramiko.OPEN_FAILED_CONNECT_FAILED)
+        self.pending[chanid] = sock
+        return int(paramiko.OPEN_SUCCEEDED)
+
+    def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
+        parsed = parse_subsystem(name)
+        if parsed is None:
+            return False
+        host, port, cluster = parsed
+        try:
+            if cluster and cluster != self.proxy.cluster_name:
+                raise TeleportError(f'cluster "{cluster}" is not found')
+            _, sock = self._connect(host, port)
+        except (TeleportError, OSError) as exc:
+            message = str(exc) if isinstance(exc, TeleportError) else f"cannot reach {host}: {exc.strerror or exc}"
+            self.audit(self.user.user if self.user else "", message, target=host)
+            threading.Thread(target=_fail_channel, args=(channel, message), daemon=True).start()
+            return True
+        splice(channel, sock)
+        return True
+
+
+def _fail_channel(channel: paramiko.Channel, message: str) -> None:
+    with contextlib.suppress(OSError, EOFError):
+        channel.send_stderr((message + "\n").encode())
+        channel.send_exit_status(1)
+        channel.shutdown_write()
+    channel.close()
+
+
+class SSHProxyServer:
+    """Accepts SSH connections on ``sock`` in a thread; one paramiko transport per client."""
+
+    def __init__(self, proxy: ProxyService, sock: socket.socket) -> None:
+        self.proxy = proxy
+        self.sock = sock
+        sock.setblocking(True)
+        sock.settimeout(0.5)
+        self.host_key = CertHostKey(paramiko_key(proxy.identity.key_pem), proxy.identity.ssh_cert)
+        self._stopping = threading.Event()
+        self._transports: set[paramiko.Transport] = set()
+        self._thread = threading.Thread(target=self._accept_loop, name="proxy-ssh-accept", daemon=True)
+        # paramiko logs every client that hangs up mid-handshake at ERROR; denials are audited instead
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+    @property
+    def connections(self) -> int:
+        return len(self._transports)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        self.sock.close()
+        for transport in list(self._transports):
+            transport.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client, f"{addr[0]}:{addr[1]}"), daemon=True).start()
+
+    def _serve(self, client: socket.socket, remote: str) -> None:
+        client.settimeout(None)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = paramiko.Transport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+        options = transport.get_security_options()
+        options.ciphers = [c for c in CIPHERS if c in options.ciphers]
+        options.key_types = [self.host_key.get_name()]
+        transport.add_server_key(self.host_key)
+        conn = Connection(self, remote)
+        self._transports.add(transport)
+        try:
+            transport.start_server(server=conn)
+            while transport.is_active() and not self._stopping.is_set():
+                channel = transport.accept(1.0)
+                if channel is None:
+                    continue
+                sock = conn.pending.pop(channel.get_id(), None)
+                if sock is not None:
+                    splice(channel, sock)
+        except (paramiko.SSHException, EOFError, OSError):
+            pass
+        finally:
+            for sock in conn.pending.values():
+                sock.close()
+            self._transports.discard(transport)
+            transport.close()

@@ -1,0 +1,192 @@
+"""The proxy's HTTPS API (starlette), Teleport-like paths under ``/webapi/``.
+
+- ``GET /webapi/ping``, ``GET /webapi/find``, ``GET /v1/webapi/ping``: cluster name, proxy
+  addresses, auth settings (second factor)
+- ``POST /v1/webapi/ssh/certs``: password (+ OTP) login; signs the client's public key through
+  auth and returns SSH and TLS certificates and the host CA for known_hosts
+- ``GET /v1/webapi/users/password/token/{token}`` -> ``{"user", "otp_uri"}``;
+  ``PUT /v1/webapi/users/password/token`` with ``{"token", "password", "second_factor_token"}``;
+  ``GET /web/invite/{token}``: a minimal HTML page doing the same
+- ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
+  authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
+  optional for the other endpoints).
+
+Errors are ``{"error": reason}`` with the status auth gave (401, 403, 404 ...).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from teleport_core import __version__
+from teleport_core.client import ConnectionProblem
+from teleport_core.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    CompareFailed,
+    NotFound,
+    TeleportError,
+)
+from teleport_core.tlsserver import client_certificate
+from teleport_proxy.certs import UserCert, user_from_tls_cert
+
+if TYPE_CHECKING:
+    from teleport_proxy.service import ProxyService
+
+STATUS: list[tuple[type[BaseException], int]] = [
+    (AuthenticationFailed, 401), (AccessDenied, 403), (NotFound, 404), (AlreadyExists, 409),
+    (CompareFailed, 412), (ConnectionProblem, 502), (TeleportError, 400),
+]
+MAX_BODY = 64 * 1024
+
+
+def error(exc: BaseException) -> JSONResponse:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise TeleportError("request body too large")
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise TeleportError("request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise TeleportError("request body must be a JSON object")
+    return data
+
+
+def text(body: dict[str, Any], name: str, required: bool = True) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str) or (required and not value):
+        raise TeleportError(f"{name}: {'required' if required else 'expected a string'}")
+    return value
+
+
+class WebAPI:
+    def __init__(self, proxy: ProxyService) -> None:
+        self.proxy = proxy
+
+    def _ping(self) -> dict[str, Any]:
+        p = self.proxy
+        return {
+            "cluster_name": p.cluster_name,
+            "server_version": __version__,
+            "auth": {"type": "local", "second_factor": p.second_factor},
+            "proxy": {"ssh": {"listen_addr": str(p.settings.listen_addr), "public_addr": p.public_ssh_addr(),
+                              "ssh_tunnel_public_addr": ""},
+                      "web_public_addr": p.public_web_addr()},
+        }
+
+    async def ping(self, request: Request) -> Response:
+        return JSONResponse(self._ping())
+
+    async def login(self, request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            client_ip = request.client.host if request.client else ""
+            answer = await self.proxy.auth.login(
+                text(body, "user"), text(body, "password"), text(body, "otp_token", required=False),
+                text(body, "pub_key"), text(body, "ttl", required=False), client_ip)
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse({
+            "username": answer["username"], "roles": answer["roles"], "logins": answer["logins"],
+            "cert": answer["ssh_cert"], "tls_cert": answer["tls_cert"], "valid_before": answer["valid_before"],
+            "cluster_name": answer["cluster_name"], "host_ca_pems": answer["host_ca_pems"],
+            "host_signers": answer["known_hosts"],
+        })
+
+    async def get_invite(self, request: Request) -> Response:
+        try:
+            found = await self.proxy.auth.get_user_token(request.path_params["token"])
+        except TeleportError as exc:
+            return error(exc)
+        out = {"user": found["user"]}
+        if found.get("otp_uri"):
+            out["otp_uri"] = found["otp_uri"]
+        return JSONResponse(out)
+
+    async def complete_invite(self, request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            done = await self.proxy.auth.complete_user_token(
+                text(body, "token"), text(body, "password"), text(body, "second_factor_token", required=False))
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse({"user": done["user"]})
+
+    async def invite_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            found = await self.proxy.auth.get_user_token(token)
+        except TeleportError as exc:
+            return HTMLResponse(f"<!doctype html><title>Invite</title><p>{html.escape(str(exc))}</p>",
+                                status_code=error(exc).status_code)
+        otp = found.get("otp_uri", "")
+        token_js = json.dumps(token).replace("<", "\\u003c")  # safe inside <script>
+        otp_part = (f'<p>Add this to your authenticator app: <code>{html.escape(otp)}</code></p>'
+                    '<label>Authenticator code <input id="otp" autocomplete="one-time-code"></label>') if otp else ""
+        page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Set up {html.escape(found["user"])}</title></head>
+<body><h1>Welcome, {html.escape(found["user"])}</h1>
+<form id="f"><label>Password <input id="pw" type="password" autocomplete="new-password"></label>
+{otp_part}<button>Set password</button></form><p id="out"></p>
+<script>
+document.getElementById("f").onsubmit = async (e) => {{
+  e.preventDefault();
+  const otp = document.getElementById("otp");
+  const r = await fetch("/v1/webapi/users/password/token", {{method: "PUT",
+    headers: {{"Content-Type": "application/json"}},
+    body: JSON.stringify({{token: {token_js}, password: document.getElementById("pw").value,
+                          second_factor_token: otp ? otp.value : ""}})}});
+  const j = await r.json();
+  document.getElementById("out").textContent = r.ok ? "Done: log in with tsh login --user=" + j.user : j.error;
+}};
+</script></body></html>"""
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+    def caller(self, request: Request) -> UserCert:
+        der = client_certificate(request.scope)
+        if der is None:
+            raise AuthenticationFailed("a client certificate from tsh login is required")
+        return user_from_tls_cert(der)
+
+    async def nodes(self, request: Request) -> Response:
+        try:
+            user = self.caller(request)
+            nodes = await self.proxy.visible_nodes(user)
+        except TeleportError as exc:
+            return error(exc)
+        roleset = self.proxy.roleset(user)
+        return JSONResponse([
+            {"uuid": n.uuid, "nodename": n.nodename, "addr": n.addr, "labels": dict(n.labels), "tunnel": n.tunnel,
+             "logins": roleset.logins_for(n.labels)}
+            for n in sorted(nodes, key=lambda n: (n.nodename, n.uuid))
+        ])
+
+
+def build_app(proxy: ProxyService) -> Starlette:
+    api = WebAPI(proxy)
+    return Starlette(routes=[
+        Route("/webapi/ping", api.ping, methods=["GET"]),
+        Route("/webapi/find", api.ping, methods=["GET"]),
+        Route("/v1/webapi/ping", api.ping, methods=["GET"]),
+        Route("/v1/webapi/ssh/certs", api.login, methods=["POST"]),
+        Route("/v1/webapi/users/password/token/{token}", api.get_invite, methods=["GET"]),
+        Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
+        Route("/web/invite/{token}", api.invite_page, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
+    ])

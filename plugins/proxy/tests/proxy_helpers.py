@@ -1,0 +1,219 @@
+"""A real cluster for the proxy tests: an auth server, a proxy joined with a token (each its own
+in-process teleport), an OpenSSH ``sshd`` registered as a node (host certificate from joining,
+``TrustedUserCAKeys`` = the user CA), and users signed up through the proxy's invite API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+
+from teleport_core import keys
+from teleport_core.client import AuthClient, load_identity_dir, load_tls, register
+from teleport_core.files import write_private, write_public
+from teleport_core.identity import LocalIdentity
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.cluster import start_cluster
+
+CLUSTER = "example.com"
+PROXY_TOKEN = "proxy-token-0123456789abcdef"
+NODE_TOKEN = "node-token-0123456789abcdef"
+LOGIN = getpass.getuser()
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Env:
+    """The running cluster and helpers the tests share."""
+
+    def __init__(self, root: Path, auth: Any, proxy: Any) -> None:
+        self.root = root
+        self.auth_handle = auth
+        self.proxy_handle = proxy
+        self.auth_addr = auth.process.services["auth_service"].address
+        self.proxy = proxy.process.services["proxy_service"]
+        self.web = f"127.0.0.1:{self.proxy.web_address.port}"
+        self.ssh_port = self.proxy.ssh_address.port
+        self.passwords: dict[str, str] = {}
+        self.totps: dict[str, pyotp.TOTP] = {}
+        self.used_codes: dict[str, set[str]] = {}
+
+    def admin(self) -> AuthClient:
+        return AuthClient(self.auth_addr, [load_identity_dir(self.root / "auth" / "keys" / "auth")])
+
+    def call(self, method: str, *args: Any) -> Any:
+        async def body() -> Any:
+            async with self.admin() as client:
+                return await getattr(client, method)(*args)
+
+        return asyncio.run(body())
+
+    def web_client(self) -> httpx.Client:
+        return httpx.Client(base_url=f"https://{self.web}", verify=False, timeout=30)
+
+    def fresh_code(self, user: str) -> str:
+        """A TOTP code not used before (a code is accepted once): this step's, else the next
+        step's (auth accepts one step of skew), else wait."""
+        totp = self.totps[user]
+        used = self.used_codes.setdefault(user, set())
+        while True:
+            for code in (totp.now(), totp.at(time.time() + 30)):
+                if code not in used:
+                    used.add(code)
+                    return code
+            time.sleep(1)
+
+    def signup(self, user: str, roles: list[str], logins: list[str], password: str) -> None:
+        created = self.call("create_user", user, roles, {"logins": logins})
+        token = created["invite"]["token"]
+        with self.web_client() as web:
+            info = web.get(f"/v1/webapi/users/password/token/{token}").json()
+            assert info["user"] == user
+            code = ""
+            if "otp_uri" in info:
+                assert info["otp_uri"].startswith("otpauth://totp/")
+                self.totps[user] = pyotp.parse_uri(info["otp_uri"])
+                code = self.fresh_code(user)
+            done = web.put("/v1/webapi/users/password/token",
+                           json={"token": token, "password": password, "second_factor_token": code})
+            assert done.status_code == 200, done.text
+            assert done.json() == {"user": user}
+        self.passwords[user] = password
+
+    def tsh(self, home: Path, *args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TELEPORT_HOME": str(home)}
+        env.pop("SSH_AUTH_SOCK", None)
+        return subprocess.run([sys.executable, "-m", "teleport_core.cli.tsh", *args], input=stdin,
+                              capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+    def login(self, home: Path, user: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        code = self.fresh_code(user) if user in self.totps else ""
+        stdin = f"{self.passwords[user]}\n{code}\n" if code else f"{self.passwords[user]}\n"
+        return self.tsh(home, "login", f"--proxy={self.web}", f"--user={user}", "--insecure", *extra, stdin=stdin)
+
+    def join_node(self, nodename: str, addr: str, labels: dict[str, str]) -> tuple[LocalIdentity, Any]:
+        """Join as a node with the node token and register ``addr``; (identity, private key)."""
+        key = keys.generate_private_key("ed25519")
+
+        async def body() -> LocalIdentity:
+            body = {"token": NODE_TOKEN, "role": "Node", "nodename": nodename,
+                    "public_key": keys.public_key_openssh(key)}
+            joined = await register(self.auth_addr, body, [])
+            a = joined.answer
+            identity = LocalIdentity(keys.private_key_pem(key), a["tls_cert"].encode(),
+                                     tuple(p.encode() for p in a["host_ca_pems"]), a["ssh_cert"],
+                                     tuple(a["known_hosts"]), a["host_uuid"])
+            async with AuthClient(self.auth_addr, [load_tls(identity.client_context())]) as client:
+                await client.upsert_node({"uuid": identity.host_uuid, "nodename": nodename, "addr": addr,
+                                          "labels": labels})
+            return identity
+
+        return asyncio.run(body()), key
+
+
+class Sshd:
+    """OpenSSH sshd on a free port with a host certificate from the cluster, trusting the user CA."""
+
+    def __init__(self, folder: Path, port: int, identity: LocalIdentity, key: Any, user_ca: list[str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        write_private(folder / "host_key", keys.private_key_openssh(key))
+        write_public(folder / "host_key-cert.pub", identity.ssh_cert + "\n")
+        write_public(folder / "user_ca.pub", "".join(line + "\n" for line in user_ca))
+        config = folder / "sshd_config"
+        config.write_text(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {folder / 'host_key'}
+HostCertificate {folder / 'host_key-cert.pub'}
+TrustedUserCAKeys {folder / 'user_ca.pub'}
+AuthorizedKeysFile none
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+PidFile {folder / 'sshd.pid'}
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+""")
+        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=open(folder / "sshd.log", "wb"))  # noqa: SIM115
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start: " + (folder / "sshd.log").read_text())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "otp") -> Iterator[Env]:
+    if not Path(SSHD).exists():
+        pytest.skip("OpenSSH sshd is not installed (apt-get install openssh-server)")
+    root = tmp_path_factory.mktemp("proxy")
+    auth_config = {
+        "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-1"},
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
+                         "tokens": [f"proxy:{PROXY_TOKEN}", f"node:{NODE_TOKEN}"],
+                         "authentication": {"second_factor": second_factor}},
+        "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False},
+    }
+    plugins = make_plugins()
+    with start_cluster(auth_config, plugins, timeout=60) as auth:
+        addr = auth.process.services["auth_service"].address
+
+        async def pin() -> str:
+            async with AuthClient(addr, [load_identity_dir(root / "auth" / "keys" / "auth")]) as client:
+                return str((await client.status())["ca_pin"])
+
+        proxy_config = {
+            "teleport": {"data_dir": str(root / "proxy"), "nodename": "proxy-1", "auth_server": addr,
+                         "auth_token": PROXY_TOKEN, "ca_pin": asyncio.run(pin())},
+            "auth_service": {"enabled": False}, "ssh_service": {"enabled": False},
+            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0"},
+        }
+        with start_cluster(proxy_config, plugins, timeout=60) as proxy:
+            e = Env(root, auth, proxy)
+            e.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "dev"},
+                                   "spec": {"allow": {"logins": ["{{internal.logins}}"],
+                                                      "node_labels": {"env": "test"}}}})
+            user_ca = e.call("get_cert_authority", "user")["ssh_public_keys"]
+            sshds = []
+            for name in ("sshd-node", "sshd-two"):
+                port = free_port()
+                identity, key = e.join_node(name, f"127.0.0.1:{port}", {"env": "test", "group": "real"})
+                sshds.append(Sshd(root / name, port, identity, key, user_ca))
+                if name == "sshd-node":
+                    e.sshd_uuid = identity.host_uuid  # type: ignore[attr-defined]
+            sshd = sshds[0]
+            e.sshd = sshd  # type: ignore[attr-defined]
+            try:
+                yield e
+            finally:
+                for one in sshds:
+                    one.stop()

@@ -1,0 +1,334 @@
+"""The ``tsh`` commands: ``login``, ``status``, ``logout``, ``ls``, ``ssh``, ``config``, ``proxy ssh``."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from teleport_core.errors import TeleportError
+from teleport_core.tsh.profile import Profile, home, normalize_addr, remove
+
+if TYPE_CHECKING:
+    import argparse
+
+    from teleport_core.cli.common import CliContext
+
+
+HOST_KEY_ALGORITHMS = ",".join(("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+                                "rsa-sha2-512-cert-v01@openssh.com"))
+
+
+def _prompt(text: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(text)
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    sys.stderr.write("\n")
+    return line.rstrip("\r\n")
+
+
+def _known_hosts(lines: list[str], proxy_host: str) -> tuple[str, ...]:
+    """The host CA lines with the proxy's host (any port) added to their host patterns."""
+    out = []
+    for line in lines:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0] == "@cert-authority":
+            hosts = list(dict.fromkeys([proxy_host, f"[{proxy_host}]:*", *parts[1].split(",")]))
+            out.append(f"@cert-authority {','.join(hosts)} {parts[2]}")
+    return tuple(out)
+
+
+def _remaining(profile: Profile) -> str:
+    left = profile.valid_before - dt.datetime.now(dt.UTC)
+    if left.total_seconds() <= 0:
+        return "EXPIRED"
+    minutes = int(left.total_seconds()) // 60
+    return f"valid for {minutes // 60}h{minutes % 60}m0s"
+
+
+def login(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("log in to a cluster through its proxy and store the certificates")
+    parser.add_argument("--ttl", default="", help="certificate lifetime (e.g. 12h, 30m; minutes when a number)")
+    parser.add_argument("-o", "--out", metavar="FILE", help="write an identity file instead of the profile")
+    parser.add_argument("--format", choices=("file", "openssh"), default="file", help="format of --out")
+    args = parser.parse_args(argv)
+    if not args.proxy:
+        raise TeleportError("--proxy=HOST[:PORT] is required")
+    from teleport_core import keys
+    from teleport_core.identity import LocalIdentity
+    from teleport_core.tsh.web import call
+
+    web = normalize_addr(args.proxy, 3080)
+    ping = call(web, "GET", "/webapi/ping", insecure=args.insecure)
+    user = args.user or getpass.getuser()
+    ttl = args.ttl + "m" if args.ttl.isdigit() else args.ttl
+    password = _prompt(f"Enter password for Teleport user {user}:")
+    otp = ""
+    if ping.get("auth", {}).get("second_factor", "off") == "otp":
+        otp = _prompt("Enter your OTP token:")
+    key = keys.generate_private_key("ed25519")  # generated here; only the public key is sent
+    answer = call(web, "POST", "/v1/webapi/ssh/certs", insecure=args.insecure,
+                  body={"user": user, "password": password, "otp_token": otp, "pub_key": keys.public_key_openssh(key),
+                        "ttl": ttl})
+    proxy_host = web.rpartition(":")[0].strip("[]")
+    identity = LocalIdentity(keys.private_key_pem(key), answer["tls_cert"].encode(),
+                             tuple(p.encode() for p in answer["host_ca_pems"]), answer["cert"],
+                             _known_hosts(answer["host_signers"], proxy_host))
+    if args.out:
+        return _write_out(identity, Path(args.out), args.format, key)
+    ssh_addr = ping["proxy"]["ssh"]["public_addr"]
+    profile = Profile(proxy_host, web, ssh_addr, answer["username"], answer["cluster_name"], tuple(answer["roles"]),
+                      tuple(answer["logins"]), dt.datetime.fromisoformat(answer["valid_before"]), args.insecure,
+                      identity)
+    folder = profile.save(home())
+    _agent_add(folder, profile)
+    _print_status(Profile.load(home()))
+    return 0
+
+
+def _write_out(identity: Any, path: Path, fmt: str, key: Any) -> int:
+    from teleport_core import keys
+    from teleport_core.files import write_private
+
+    if fmt == "file":
+        identity.write_identity_file(path)
+        print(f"The certificate has been written to {path}")
+    else:
+        write_private(path, keys.private_key_openssh(key))
+        write_private(Path(f"{path}-cert.pub"), identity.ssh_cert + "\n")
+        print(f"The key and certificate have been written to {path}, {path}-cert.pub")
+    return 0
+
+
+def _agent_add(folder: Path, profile: Profile) -> None:
+    """Load the key and certificate into a running ssh-agent (best effort, as Teleport does)."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return
+    seconds = max(1, int((profile.valid_before - dt.datetime.now(dt.UTC)).total_seconds()))
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["ssh-add", "-q", "-t", str(seconds), str(folder / "id")], check=False, timeout=10,
+                       capture_output=True)
+
+
+def _print_status(profile: Profile) -> None:
+    print(f"> Profile URL:        https://{profile.web_addr}")
+    print(f"  Logged in as:       {profile.user}")
+    print(f"  Cluster:            {profile.cluster}")
+    print(f"  Roles:              {', '.join(profile.roles)}")
+    print(f"  Logins:             {', '.join(profile.logins)}")
+    until = profile.valid_before.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    print(f"  Valid until:        {until} [{_remaining(profile)}]")
+
+
+def status(argv: list[str], cli: CliContext) -> int:
+    cli.parser("show the current profile").parse_args(argv)
+    _print_status(Profile.load(home()))
+    return 0
+
+
+def logout(argv: list[str], cli: CliContext) -> int:
+    cli.parser("delete the current profile's key and certificates").parse_args(argv)
+    root = home()
+    try:
+        profile: Profile | None = Profile.load(root)
+    except TeleportError:
+        profile = None
+    if profile is not None and profile.folder is not None and os.environ.get("SSH_AUTH_SOCK"):
+        subprocess.run(["ssh-add", "-q", "-d", str(profile.folder / "id")], check=False, capture_output=True,
+                       timeout=10)
+    name = remove(root)
+    print(f"Logged out {profile.user} from {name}." if profile and name else "You are not logged in.")
+    return 0
+
+
+def current(args: argparse.Namespace) -> Profile:
+    """The valid profile to act as: ``-i FILE --proxy`` or the stored profile."""
+    if args.identity:
+        if not args.proxy:
+            raise TeleportError("-i requires --proxy=HOST[:PORT]")
+        profile = Profile.from_identity_file(Path(args.identity), args.proxy).check_valid()
+        from teleport_core.tsh.web import call
+
+        ping = call(profile.web_addr, "GET", "/webapi/ping", insecure=args.insecure)
+        import attrs
+
+        return attrs.evolve(profile, ssh_addr=ping["proxy"]["ssh"]["public_addr"],
+                            cluster=profile.cluster or ping["cluster_name"], insecure=args.insecure)
+    return Profile.load(home()).check_valid()
+
+
+def list_nodes(profile: Profile) -> list[dict[str, Any]]:
+    from teleport_core.tsh.web import call
+
+    nodes: list[dict[str, Any]] = call(profile.web_addr, "GET", f"/v1/webapi/sites/{profile.cluster}/nodes",
+                                       insecure=profile.insecure, profile=profile)
+    return nodes
+
+
+def ls(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("list the nodes you may reach")
+    parser.add_argument("labels", nargs="*", help="label=value filters")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    selector = {}
+    for item in args.labels:
+        for part in item.split(","):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise TeleportError(f"expected label=value, got {part!r}")
+            selector[key] = value
+    nodes = [n for n in list_nodes(current(args)) if all(n["labels"].get(k) == v for k, v in selector.items())]
+    if args.format == "json":
+        print(json.dumps(nodes, indent=2))
+        return 0
+    rows = [(n["nodename"], n["addr"] or "⟵ Tunnel", ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())))
+            for n in nodes]
+    head = ("Node Name", "Address", "Labels")
+    widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(3)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def ssh(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("run a command or a shell on a node through the proxy")
+    parser.add_argument("-p", "--port", type=int, default=0, help="node SSH port (the registered one by default)")
+    parser.add_argument("-l", "--login", help="remote login")
+    parser.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    parser.add_argument("-T", dest="no_tty", action="store_true", help="no terminal")
+    parser.add_argument("target", help="[login@]nodename, host UUID, address or label=value")
+    parser.add_argument("command", nargs="*")
+    args = parser.parse_args(argv)
+    profile = current(args)
+    login_name, at, host = args.target.rpartition("@")
+    login_name = args.login or (login_name if at else "") or (profile.logins[0] if profile.logins else "")
+    if not login_name:
+        raise TeleportError("no login given (login@host or -l) and the certificate allows none")
+    command = " ".join(args.command)
+    tty = args.tty or (not command and not args.no_tty and sys.stdin.isatty())
+    from teleport_core.nodes import is_label_selector
+    from teleport_core.tsh import sshclient
+
+    if is_label_selector(host):
+        return _run_on_matches(profile, login_name, host, args.port, command)
+    host, port = split_host_port(host, args.port)
+    return sshclient.run(profile, login_name, host, port, command, tty)
+
+
+def split_host_port(target: str, default: int = 0) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` -> (host, port); a bare host keeps ``default``."""
+    if target.startswith("[") and "]:" in target:
+        host, _, port = target[1:].partition("]:")
+        return host, int(port)
+    if target.count(":") == 1:
+        host, _, port = target.partition(":")
+        if port.isdigit():
+            return host, int(port)
+    return target.strip("[]"), default
+
+
+def _run_on_matches(profile: Profile, login_name: str, selector: str, port: int, command: str) -> int:
+    """Run ``command`` on every node matching the label selector, output prefixed by node."""
+    from teleport_core.nodes import parse_label_selector
+
+    if not command:
+        raise TeleportError("a label selector runs a command on every match: give a command")
+    wanted = parse_label_selector(selector)
+    nodes = [n for n in list_nodes(profile) if all(n["labels"].get(k) == v for k, v in wanted.items())]
+    if not nodes:
+        raise TeleportError(f"target host {selector} is offline or does not exist")
+    worst = 0
+    for node in nodes:
+        proc = subprocess.run([*_tsh_command(), "ssh", *(["-p", str(port)] if port else []),
+                               f"{login_name}@{node['uuid']}", command], capture_output=True, check=False)
+        for stream, data in ((sys.stdout, proc.stdout), (sys.stderr, proc.stderr)):
+            for line in data.decode(errors="replace").splitlines():
+                stream.write(f"[{node['nodename']}] {line}\n")
+        worst = worst or proc.returncode
+    return worst
+
+
+def scp(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("copy files to or from a node through the proxy (SFTP): [login@]node:path")
+    parser.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    parser.add_argument("-P", "--port", type=int, default=0, help="node SSH port (the registered one by default)")
+    parser.add_argument("source")
+    parser.add_argument("dest")
+    args = parser.parse_args(argv)
+    remote_src, remote_dst = _remote(args.source), _remote(args.dest)
+    if (remote_src is None) == (remote_dst is None):
+        raise TeleportError("exactly one of source and destination must be remote ([login@]node:path)")
+    profile = current(args)
+    login_name, host, path = remote_src or remote_dst  # type: ignore[misc]
+    login_name = login_name or (profile.logins[0] if profile.logins else "")
+    from teleport_core.tsh import sshclient
+
+    if remote_src is not None:
+        sshclient.copy(profile, login_name, host, args.port, path, args.dest, upload=False,
+                       recursive=args.recursive)
+    else:
+        sshclient.copy(profile, login_name, host, args.port, args.source, path, upload=True,
+                       recursive=args.recursive)
+    return 0
+
+
+def _remote(spec: str) -> tuple[str, str, str] | None:
+    """``[login@]host:path`` -> (login, host, path); None for a local path."""
+    if spec.startswith(("/", "./", "../")) or ":" not in spec:
+        return None
+    user_host, _, path = spec.partition(":")
+    login_name, _, host = user_host.rpartition("@")
+    return login_name, host, path or "."
+
+
+def _tsh_command() -> list[str]:
+    return [sys.executable, "-m", "teleport_core.cli.tsh"]
+
+
+def config(argv: list[str], cli: CliContext) -> int:
+    cli.parser("print an ssh_config block to reach the cluster's nodes with plain ssh").parse_args(argv)
+    profile = Profile.load(home())
+    assert profile.folder is not None
+    folder = profile.folder
+    tsh = " ".join(shlex.quote(part) for part in _tsh_command())
+    cluster, proxy = profile.cluster, profile.proxy_host
+    home_env = f"TELEPORT_HOME={shlex.quote(str(home()))} "
+    print(f"""# Begin generated Teleport configuration for {proxy} by tsh
+
+# Common flags for all {cluster} hosts
+Host *.{cluster} {proxy}
+    UserKnownHostsFile "{folder / 'known_hosts'}"
+    IdentityFile "{folder / 'id'}"
+    CertificateFile "{folder / 'id-cert.pub'}"
+    HostKeyAlgorithms {HOST_KEY_ALGORITHMS}
+
+# Flags for all {cluster} hosts except the proxy
+Host *.{cluster} !{proxy}
+    ProxyCommand env {home_env}{tsh} proxy ssh %r@%h:%p
+
+# End generated Teleport configuration""")
+    return 0
+
+
+def proxy(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("proxy ssh [user@]host[:port]: connect stdin/stdout to a node through the proxy")
+    parser.add_argument("kind", choices=("ssh",))
+    parser.add_argument("target")
+    args = parser.parse_args(argv)
+    profile = current(args)
+    _, _, hostport = args.target.rpartition("@")
+    host, port = split_host_port(hostport)
+    from teleport_core.tsh import sshclient
+
+    return sshclient.bridge(profile, host, port)

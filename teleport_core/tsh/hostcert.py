@@ -1,0 +1,52 @@
+"""Checking a server's SSH host certificate against the cluster's host CA (from known_hosts)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+from collections.abc import Iterable
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import ssh
+
+from teleport_core import keys
+from teleport_core.errors import AccessDenied
+
+SKEW = 60
+
+
+def host_ca_keys(known_hosts: Iterable[str]) -> list[str]:
+    """The CA keys of ``@cert-authority`` lines (``@cert-authority HOSTS TYPE KEY ...``)."""
+    out = []
+    for line in known_hosts:
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == "@cert-authority":
+            out.append(f"{parts[2]} {parts[3]}")
+    return out
+
+
+def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], principal: str | None) -> None:
+    """Raise :class:`AccessDenied` unless the certificate is a host certificate signed by one of
+    ``trusted``, valid now, and (when ``principal`` is given) naming it."""
+    if not key_type.endswith("-cert-v01@openssh.com"):
+        raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
+    try:
+        cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
+        assert isinstance(cert, ssh.SSHCertificate)
+        signer = keys.public_key_der(cert.signature_key())
+        cert.verify_cert_signature()
+    except (ValueError, TypeError, AssertionError, InvalidSignature, UnsupportedAlgorithm):
+        raise AccessDenied("the server's host certificate does not verify") from None
+    match = False
+    for ca in trusted:
+        match |= hmac.compare_digest(keys.public_key_der(keys.load_public_key(ca)), signer)
+    if not match:
+        raise AccessDenied("the server's host certificate is not signed by the cluster's host CA")
+    if cert.type is not ssh.SSHCertificateType.HOST:
+        raise AccessDenied("the server presented a user certificate as its host key")
+    now = dt.datetime.now(dt.UTC).timestamp()
+    if not cert.valid_after - SKEW <= now < cert.valid_before:
+        raise AccessDenied("the server's host certificate is not valid now")
+    if principal is not None and principal.encode() not in cert.valid_principals:
+        raise AccessDenied(f"the server's host certificate is not valid for {principal}")

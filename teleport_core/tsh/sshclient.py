@@ -1,0 +1,360 @@
+"""SSH through the proxy with paramiko: the outer connection to the proxy's SSH port, the
+``proxy:host:port@cluster`` subsystem, and the inner connection to the node over it (end to
+end: the proxy only forwards its bytes). Both hops check the host certificate against the
+cluster's host CA and log in with the profile's user certificate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import os
+import socket
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from teleport_core import keys
+from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
+from teleport_core.tsh.profile import Profile
+
+if TYPE_CHECKING:
+    import paramiko
+
+WINDOW = 16 * 1024 * 1024
+MAX_PACKET = 256 * 1024
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+              "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com")
+TIMEOUT = 30.0
+
+
+class SSHFailure(TeleportError):
+    """The SSH handshake failed (not an access decision)."""
+
+
+def quiet_paramiko() -> None:
+    """paramiko logs transport errors that tsh reports itself: keep them off the terminal."""
+    import logging
+
+    log = logging.getLogger("paramiko")
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+
+
+def user_key(profile: Profile) -> paramiko.PKey:
+    """The profile's key with its SSH certificate attached."""
+    import paramiko
+
+    key = keys.load_private_key(profile.identity.key_pem)
+    text = keys.private_key_openssh(key).decode()
+    kinds: dict[keys.KeyAlgorithm, Any] = {
+        keys.KeyAlgorithm.ED25519: paramiko.Ed25519Key, keys.KeyAlgorithm.ECDSA_P256: paramiko.ECDSAKey,
+        keys.KeyAlgorithm.RSA2048: paramiko.RSAKey}
+    pkey: paramiko.PKey = kinds[keys.key_algorithm(key)].from_private_key(io.StringIO(text))
+    pkey.load_certificate(profile.identity.ssh_cert)
+    return pkey
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def handshake(sock: Any, profile: Profile, login: str, principal: str | None) -> paramiko.Transport:
+    """An authenticated SSH transport over ``sock`` (a socket or a channel)."""
+    import paramiko
+
+    quiet_paramiko()
+    transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+    options = transport.get_security_options()
+    options.ciphers = [c for c in CIPHERS if c in options.ciphers]
+    options.key_types = list(CERT_TYPES)  # only certificates from the cluster's host CA are accepted
+    try:
+        transport.start_client(timeout=TIMEOUT)
+        remote = transport.get_remote_server_key()
+        blob = remote.public_blob
+        if blob is None:
+            raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
+        verify_host_cert(blob.key_type, blob.key_blob, host_ca_keys(profile.identity.known_hosts), principal)
+        transport.auth_publickey(login, user_key(profile))
+    except paramiko.AuthenticationException:
+        transport.close()
+        raise AccessDenied(f"access denied to {login}: the server refused the certificate") from None
+    except (paramiko.SSHException, EOFError) as exc:
+        transport.close()
+        raise SSHFailure(f"ssh: {exc or type(exc).__name__}") from None
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def connect_proxy(profile: Profile) -> paramiko.Transport:
+    host, _, port = profile.ssh_addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    except OSError as exc:
+        raise TeleportError(f"cannot reach the proxy at {profile.ssh_addr}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return handshake(sock, profile, profile.user, None if _is_address(host) else host)
+
+
+def open_subsystem(proxy: paramiko.Transport, profile: Profile, host: str, port: int) -> paramiko.Channel:
+    """A channel carrying the raw stream to ``host`` (resolved by the proxy)."""
+    import paramiko
+
+    channel = proxy.open_session(timeout=TIMEOUT)
+    try:
+        channel.invoke_subsystem(f"proxy:{host}:{port}@{profile.cluster}")
+    except (paramiko.SSHException, EOFError):  # the proxy refused: its reason is on stderr
+        message = _subsystem_error(channel)
+        lost = not proxy.is_active()
+        proxy.close()
+        if lost and not message:
+            raise TeleportError(f"lost the connection to the proxy at {profile.ssh_addr}") from None
+        raise TeleportError(message or f"the proxy refused the connection to {host}") from None
+    return channel
+
+
+def _subsystem_error(channel: paramiko.Channel) -> str:
+    """What the proxy wrote to stderr before closing (a lookup error), if anything."""
+    chunks = []
+    with contextlib.suppress(OSError, EOFError):
+        channel.settimeout(2.0)
+        while True:
+            data = channel.recv_stderr(4096)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tuple[paramiko.Transport, Any]:
+    """(the proxy transport, the authenticated node transport) for ``login@host``."""
+    proxy = connect_proxy(profile)
+    channel = open_subsystem(proxy, profile, host, port)
+    principal = None if _is_address(host) or "=" in host else host
+    try:
+        node = handshake(channel, profile, login, principal)
+    except AccessDenied:
+        proxy.close()
+        raise
+    except SSHFailure:
+        message = _subsystem_error(channel)
+        proxy.close()
+        if message:
+            raise TeleportError(message) from None
+        raise TeleportError(f"cannot connect to {host} through the proxy") from None
+    return proxy, node
+
+
+def run(profile: Profile, login: str, host: str, port: int, command: str, tty: bool) -> int:
+    """Run ``command`` (a shell when empty) on the node; returns its exit status."""
+    proxy, node = connect_node(profile, login, host, port)
+    try:
+        channel = node.open_session(timeout=TIMEOUT)
+        if tty:
+            import shutil
+
+            size = shutil.get_terminal_size()
+            channel.get_pty(os.environ.get("TERM", "xterm"), size.columns, size.lines)
+        if command:
+            channel.exec_command(command)
+        else:
+            channel.invoke_shell()
+        if tty and sys.stdin.isatty():
+            return _interactive(channel)
+        return _pump(channel)
+    finally:
+        node.close()
+        proxy.close()
+
+
+def _pump(channel: paramiko.Channel) -> int:
+    """Copy stdin to the channel and its stdout/stderr to ours; the exit status."""
+
+    def feed() -> None:
+        try:
+            while True:
+                data = os.read(sys.stdin.fileno(), 262144)
+                if not data:
+                    break
+                channel.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError, EOFError):
+            channel.shutdown_write()
+
+    threading.Thread(target=feed, daemon=True).start()
+
+    def drain_stderr() -> None:
+        while True:
+            data = channel.recv_stderr(65536)
+            if not data:
+                return
+            sys.stderr.buffer.write(data)
+            sys.stderr.buffer.flush()
+
+    errors = threading.Thread(target=drain_stderr, daemon=True)
+    errors.start()
+    out = sys.stdout.buffer
+    while True:
+        data = channel.recv(262144)
+        if not data:
+            break
+        out.write(data)
+        out.flush()
+    status = int(channel.recv_exit_status())
+    errors.join(5)
+    return status
+
+
+def _interactive(channel: paramiko.Channel) -> int:
+    import select
+    import shutil
+    import signal
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+
+    def resized(*_: Any) -> None:
+        size = shutil.get_terminal_size()
+        with contextlib.suppress(OSError, EOFError):
+            channel.resize_pty(size.columns, size.lines)
+
+    previous = signal.signal(signal.SIGWINCH, resized)
+    try:
+        tty.setraw(fd)
+        while True:
+            ready, _, _ = select.select([channel, fd], [], [])
+            if channel in ready:
+                if channel.recv_stderr_ready():
+                    os.write(sys.stderr.fileno(), channel.recv_stderr(65536))
+                data = channel.recv(65536)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if fd in ready:
+                data = os.read(fd, 4096)
+                if not data:
+                    channel.shutdown_write()
+                    continue
+                channel.sendall(data)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, previous)
+    return int(channel.recv_exit_status())
+
+
+def bridge(profile: Profile, host: str, port: int) -> int:
+    """``tsh proxy ssh``: connect stdin/stdout to ``host:port`` through the proxy (for
+    OpenSSH's ProxyCommand: the bytes are OpenSSH's own end-to-end session)."""
+    proxy = connect_proxy(profile)
+    channel = open_subsystem(proxy, profile, host, port)
+
+    def feed() -> None:
+        try:
+            while True:
+                data = os.read(0, 262144)
+                if not data:
+                    break
+                channel.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError, EOFError):
+            channel.shutdown_write()
+
+    threading.Thread(target=feed, daemon=True).start()
+    got_any = False
+    while True:
+        data = channel.recv(262144)
+        if not data:
+            break
+        got_any = True
+        os.write(1, data)
+    if not got_any:
+        message = _subsystem_error(channel)
+        proxy.close()
+        if message:
+            raise TeleportError(message)
+        return 1
+    proxy.close()
+    return 0
+
+
+def copy(profile: Profile, login: str, host: str, port: int, source: str, dest: str, *, upload: bool,
+         recursive: bool) -> None:
+    """``tsh scp``: copy files (with ``recursive``, directories) to or from the node over SFTP."""
+    import stat
+
+    proxy, node = connect_node(profile, login, host, port)
+    try:
+        import paramiko
+
+        sftp = paramiko.SFTPClient.from_transport(node, window_size=WINDOW, max_packet_size=32768)
+        if sftp is None:
+            raise TeleportError(f"{host} refused the sftp subsystem")
+        if upload:
+            _upload(sftp, source, dest, recursive)
+        else:
+            try:
+                mode = sftp.stat(source).st_mode or 0
+            except OSError as exc:
+                raise TeleportError(f"{host}:{source}: {exc.strerror or exc}") from None
+            if stat.S_ISDIR(mode) and not recursive:
+                raise TeleportError(f"{source} is a directory (use -r)")
+            _download(sftp, source, dest, stat.S_ISDIR(mode))
+        sftp.close()
+    finally:
+        node.close()
+        proxy.close()
+
+
+def _upload(sftp: Any, source: str, dest: str, recursive: bool) -> None:
+    import posixpath
+    import stat as st
+
+    local = os.path.abspath(source)
+    if os.path.isdir(local) and not recursive:
+        raise TeleportError(f"{source} is a directory (use -r)")
+    try:
+        remote_is_dir = st.S_ISDIR(sftp.stat(dest).st_mode or 0)
+    except OSError:
+        remote_is_dir = False
+    target = posixpath.join(dest, os.path.basename(local.rstrip("/"))) if remote_is_dir else dest
+    if not os.path.isdir(local):
+        sftp.put(local, target)
+        sftp.chmod(target, os.stat(local).st_mode & 0o777)
+        return
+    for folder, _dirs, files in os.walk(local):
+        rel = os.path.relpath(folder, local)
+        remote = target if rel == "." else posixpath.join(target, *rel.split(os.sep))
+        with contextlib.suppress(OSError):
+            sftp.mkdir(remote)
+        for name in files:
+            sftp.put(os.path.join(folder, name), posixpath.join(remote, name))
+
+
+def _download(sftp: Any, source: str, dest: str, is_dir: bool) -> None:
+    import posixpath
+    import stat as st
+
+    target = os.path.join(dest, posixpath.basename(source.rstrip("/"))) if os.path.isdir(dest) else dest
+    if not is_dir:
+        sftp.get(source, target)
+        return
+    os.makedirs(target, exist_ok=True)
+    for entry in sftp.listdir_attr(source):
+        path = posixpath.join(source, entry.filename)
+        if st.S_ISDIR(entry.st_mode or 0):
+            _download(sftp, path, os.path.join(target, entry.filename), True)
+        else:
+            sftp.get(path, os.path.join(target, entry.filename))

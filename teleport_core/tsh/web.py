@@ -1,0 +1,51 @@
+"""Calls to the proxy's HTTPS API (synchronous httpx; tsh runs one request at a time)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from teleport_core.client import ConnectionProblem, raise_for_status
+from teleport_core.tsh.profile import Profile
+
+
+def tls_context(insecure: bool, profile: Profile | None = None) -> ssl.SSLContext:
+    """The system's trusted CAs (none checked with ``insecure``), presenting the profile's
+    user certificate when given."""
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if profile is not None:
+        import tempfile
+        from pathlib import Path
+
+        from teleport_core.files import write_private
+
+        with tempfile.TemporaryDirectory(prefix="tsh-") as tmp:
+            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            write_private(cert, profile.identity.tls_cert_pem)
+            write_private(key, profile.identity.key_pem)
+            context.load_cert_chain(cert, key)
+    return context
+
+
+def call(web_addr: str, method: str, path: str, *, insecure: bool, profile: Profile | None = None,
+         body: Any = None, timeout: float = 30.0) -> Any:
+    """One request to the proxy; the decoded JSON, or the typed error the proxy sent."""
+    import httpx
+
+    url = f"https://{web_addr}{path}"
+    try:
+        with httpx.Client(verify=tls_context(insecure, profile), timeout=timeout) as client:
+            response = client.request(method, url, json=body)
+    except httpx.ConnectError as exc:
+        reason = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in reason:
+            raise ConnectionProblem(f"the proxy at {web_addr} presented a certificate this machine does not trust "
+                                    f"({reason}); if it is self-signed, use --insecure") from None
+        raise ConnectionProblem(f"cannot reach the proxy at {web_addr}: {reason}") from None
+    except httpx.TransportError as exc:
+        raise ConnectionProblem(f"proxy at {web_addr}: {exc}") from None
+    raise_for_status(response)
+    return response.json() if response.content else None
