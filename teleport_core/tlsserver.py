@@ -135,7 +135,9 @@ class TLSServer:
             await self._context_obj.terminated.set()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), self.config.graceful_timeout)
-        for task in list(self._tasks):
+        lingering = list(self._tasks)
+        for task in lingering:
             task.cancel()
+        await asyncio.gather(*lingering, return_exceptions=True)  # collected, so nothing logs them
         await self._server.wait_closed()
         self._server = None
