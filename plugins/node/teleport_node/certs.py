@@ -1,0 +1,184 @@
+"""User-certificate checks and the host-certificate key the SSH server presents.
+
+The node accepts only OpenSSH user certificates signed by one of the cluster's user CA keys
+(the current one, and the previous one during a rotation), valid now by the node's clock
+(one minute of skew for a certificate dated in the future, none for an expired one), naming
+the requested login among its principals, with no critical option but ``source-address``
+(which must match the client's address).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import paramiko
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import ssh
+
+CLOCK_SKEW = dt.timedelta(minutes=1)
+INFINITY = 0xFFFFFFFFFFFFFFFF
+ALLOWED_CRITICAL_OPTIONS = ("source-address",)
+
+
+class CertRefused(Exception):
+    """A certificate the node will not accept; ``str()`` is the reason (for the audit log only).
+
+    ``user`` is the certificate's key ID once its signature verified (else empty).
+    """
+
+    def __init__(self, reason: str, user: str = "") -> None:
+        super().__init__(reason)
+        self.user = user
+
+
+@attrs.frozen
+class UserCert:
+    """What an accepted user certificate says."""
+
+    user: str
+    principals: tuple[str, ...]
+    roles: tuple[str, ...]
+    traits: Mapping[str, tuple[str, ...]]
+    extensions: Mapping[str, str]
+    valid_before: int
+    fingerprint: str
+
+    def permits(self, extension: str) -> bool:
+        return extension in self.extensions
+
+
+def _der(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def load_ca_keys(lines: Sequence[str]) -> list[bytes]:
+    """The DER form of each CA public key line (``ssh-ed25519 AAAA...``), for comparisons."""
+    out = []
+    for line in lines:
+        out.append(_der(ssh.load_ssh_public_key(line.strip().encode())))
+    return out
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise CertRefused(f"certificate {what} is not UTF-8") from None
+
+
+def _source_allowed(value: str, client_ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    for item in value.split(","):
+        try:
+            if addr in ipaddress.ip_network(item.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, login: str, client_ip: str,
+                    now: dt.datetime | None = None) -> UserCert:
+    """Verify a user certificate (wire blob) for ``login``; :class:`CertRefused` says why not."""
+    try:
+        parsed = ssh.load_ssh_public_identity(key_type.encode() + b" " + base64.b64encode(blob))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertRefused(f"cannot parse certificate: {exc}") from None
+    if not isinstance(parsed, ssh.SSHCertificate):
+        raise CertRefused("a plain public key was offered, only certificates from the user CA are accepted")
+    try:
+        signer = _der(parsed.signature_key())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CertRefused(f"invalid certificate signature key: {exc}") from None
+    trusted = False
+    for key in ca_keys:
+        trusted |= hmac.compare_digest(key, signer)
+    if not trusted:
+        raise CertRefused("certificate signed by an unrecognized authority (not the cluster's user CA)")
+    try:
+        parsed.verify_cert_signature()
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertRefused("certificate signature does not verify") from None
+    try:
+        return _check_fields(parsed, login=login, client_ip=client_ip, now=now)
+    except CertRefused as exc:
+        raise CertRefused(str(exc), parsed.key_id.decode(errors="replace")) from None
+
+
+def _check_fields(parsed: ssh.SSHCertificate, *, login: str, client_ip: str, now: dt.datetime | None) -> UserCert:
+    if parsed.type is not ssh.SSHCertificateType.USER:
+        raise CertRefused("a host certificate was presented as a user certificate")
+    moment = int((now or dt.datetime.now(dt.UTC)).timestamp())
+    if moment + int(CLOCK_SKEW.total_seconds()) < parsed.valid_after:
+        raise CertRefused("certificate is not yet valid")
+    if parsed.valid_before != INFINITY and moment >= parsed.valid_before:
+        raise CertRefused("certificate has expired")
+    principals = tuple(_text(p, "principal") for p in parsed.valid_principals)
+    if login not in principals:
+        raise CertRefused(f"login {json.dumps(login)} is not a principal of the certificate")
+    options = {_text(k, "critical option"): _text(v, "critical option") for k, v in parsed.critical_options.items()}
+    for name, value in options.items():
+        if name not in ALLOWED_CRITICAL_OPTIONS:
+            raise CertRefused(f"unsupported critical option {json.dumps(name)}")
+        if name == "source-address" and not _source_allowed(value, client_ip):
+            raise CertRefused(f"client address {client_ip} not allowed by the certificate's source-address")
+    extensions = {_text(k, "extension"): _text(v, "extension") for k, v in parsed.extensions.items()}
+    roles, traits = _roles_traits(extensions)
+    wire = base64.b64decode(parsed.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                              serialization.PublicFormat.OpenSSH).split()[1])
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
+    return UserCert(_text(parsed.key_id, "key id"), principals, roles, traits, extensions,
+                    parsed.valid_before, fingerprint)
+
+
+def _roles_traits(extensions: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    try:
+        roles_doc = json.loads(extensions.get("teleport-roles") or '{"roles": []}')
+        traits_doc = json.loads(extensions.get("teleport-traits") or "{}")
+        roles = tuple(str(r) for r in roles_doc.get("roles") or [])
+        traits = {str(k): tuple(str(v) for v in (vals or [])) for k, vals in (traits_doc or {}).items()}
+    except (ValueError, AttributeError, TypeError):
+        raise CertRefused("malformed teleport-roles or teleport-traits extension") from None
+    return roles, traits
+
+
+class HostCertKey(paramiko.PKey):  # type: ignore[misc]
+    """A paramiko host key that presents an OpenSSH host certificate and signs with its key.
+
+    paramiko's server side has no host-certificate support: this adapter advertises the
+    ``ssh-ed25519-cert-v01@openssh.com`` algorithm and returns the certificate blob as the
+    host key, while signatures come from the private key (which is what the algorithm means).
+    """
+
+    def __init__(self, inner: paramiko.PKey, cert_line: str) -> None:
+        self.inner = inner
+        fields = cert_line.split()
+        self.algorithm = fields[0]
+        self.blob = base64.b64decode(fields[1])
+
+    def get_name(self) -> str:
+        return self.algorithm
+
+    def asbytes(self) -> bytes:
+        return self.blob
+
+    def get_bits(self) -> int:
+        return int(self.inner.get_bits())
+
+    def can_sign(self) -> bool:
+        return True
+
+    def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> Any:
+        return self.inner.sign_ssh_data(data)

@@ -1,0 +1,296 @@
+"""The node service (``ssh_service``): joins the cluster, heartbeats, serves SSH on port 3022.
+
+The async side (this module) keeps what the SSH threads need fresh — user CA keys and roles
+from auth, refreshed as soon as auth reports a change (long poll), and the node's labels
+(static plus command output) — and carries what they produce back to auth: audit events
+(in order, retried until stored) and finished recordings (uploaded, then deleted locally;
+``session.upload`` audited). Recordings a crash cut off are completed and uploaded at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import ipaddress
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import paramiko
+
+from teleport_core import keys
+from teleport_core.audit import new_event
+from teleport_core.client import AuthClient, Credentials
+from teleport_core.errors import ConfigError, TeleportError
+from teleport_core.identity import LocalIdentity
+from teleport_core.join import JoinRequest, obtain_identity
+from teleport_core.roles import Role, parse_role
+from teleport_core.service import Service, ServiceContext
+from teleport_node.certs import HostCertKey, load_ca_keys
+from teleport_node.recording import prepare_spool, recover
+from teleport_node.settings import CommandLabel, NodeSettings
+from teleport_node.sshserver import NodeState, SSHServer
+
+HEARTBEAT = 30.0
+CHANGE_POLL = 30.0
+RETRY = 2.0
+MAX_RETRY = 30.0
+AUDIT_QUEUE = 10000
+LABEL_TIMEOUT = 10.0
+
+
+class NodeService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.settings: NodeSettings = ctx.settings
+        self.log = ctx.log
+        self.auth: AuthClient
+        self.identity: LocalIdentity
+        self.state: NodeState
+        self.ssh: SSHServer | None = None
+        self.cmd_labels: dict[str, str] = {}
+        self.loop: asyncio.AbstractEventLoop
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(AUDIT_QUEUE)
+        self._uploads: asyncio.Queue[tuple[str, Path]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.spool = ctx.config.data_dir / "log" / "upload" / "sessions"
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        config = self.ctx.config
+        public = [a.host for a in self.settings.public_addrs]
+        self.identity = await obtain_identity(
+            config, JoinRequest("node", config.nodename, additional_principals=tuple(public)), self.log)
+        addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
+        if not addrs:
+            raise ConfigError("teleport.auth_server", "the node needs the auth server's address")
+        self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
+        ping = await self._retrying("reach the auth server", self.auth.ping)
+        recording = str(ping.get("session_recording", "node"))
+        cluster = str(ping["cluster_name"])
+        prepare_spool(self.spool)
+        self.state = NodeState(
+            cluster_name=cluster, host_uuid=self.identity.host_uuid, nodename=config.nodename, ca_keys=[],
+            roles={}, labels=dict(self.settings.labels), recording=recording, spool=self.spool,
+            emit=self._emit_threadsafe, recorded=self._recorded_threadsafe)
+        await self._retrying("load the user CA", self._load_cas)
+        await self._retrying("load roles", self._load_roles)
+        await self._run_commands(self.settings.commands)
+        if os.geteuid() != 0:
+            import pwd
+
+            self.log.warning("the node is not running as root: it can only serve its own login",
+                             login=pwd.getpwuid(os.geteuid()).pw_name)
+        # paramiko logs every aborted handshake (port probes, scanners) as an ERROR traceback;
+        # the node logs refusals and failures itself
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+        self.ssh = SSHServer(lambda: self.state, self._host_key(), self._listen(), self.log)
+        self.ssh.start()
+        for path in await asyncio.to_thread(recover, self.spool, set()):
+            sid = path.name.removesuffix(".cast")
+            self.log.info("uploading a recording left by an earlier run", sid=sid)
+            self._uploads.put_nowait((sid, path))
+        self._spawn(self._send_events(), "node-audit")
+        self._spawn(self._send_uploads(), "node-uploads")
+        self._spawn(self._heartbeat(), "node-heartbeat")
+        self._spawn(self._follow("cert_authority", self._load_cas), "node-ca-watch")
+        self._spawn(self._follow("role", self._load_roles), "node-role-watch")
+        for command in self.settings.commands:
+            self._spawn(self._command_label(command), f"node-label-{command.name}")
+        host, port = self.ssh.addr
+        self.log.info("node SSH service is ready", addr=f"{host}:{port}", host_uuid=self.identity.host_uuid,
+                      cluster=cluster, session_recording=recording)
+
+    async def stop(self) -> None:
+        if self.ssh is not None:
+            await asyncio.to_thread(self.ssh.stop)
+        with contextlib.suppress(asyncio.TimeoutError):  # deliver what the last sessions produced
+            await asyncio.wait_for(self._drain(), 5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(AttributeError):
+            await self.auth.close()
+
+    async def _drain(self) -> None:
+        while not self._events.empty() or not self._uploads.empty():
+            await asyncio.sleep(0.05)
+
+    def diagnostics(self) -> dict[str, Any]:
+        ssh = self.ssh
+        return {
+            "ssh_addr": f"{ssh.addr[0]}:{ssh.addr[1]}" if ssh else None,
+            "connections": len(ssh.connections) if ssh else 0,
+            "pending_audit_events": self._events.qsize(),
+            "pending_uploads": self._uploads.qsize(),
+        }
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
+
+    def _listen(self) -> tuple[str, int]:
+        addr = self.settings.listen_addr
+        return addr.host, addr.port
+
+    def _host_key(self) -> HostCertKey:
+        private = keys.load_private_key(self.identity.key_pem)
+        inner = paramiko.Ed25519Key.from_private_key(io.StringIO(keys.private_key_openssh(private).decode()))
+        return HostCertKey(inner, self.identity.ssh_cert)
+
+    @property
+    def ssh_addr(self) -> tuple[str, int]:
+        assert self.ssh is not None
+        return self.ssh.addr
+
+    def _advertised_addr(self) -> str:
+        if self.settings.public_addrs:
+            return str(self.settings.public_addrs[0])
+        host, port = self.ssh_addr
+        try:
+            unspecified = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            unspecified = False
+        if unspecified:
+            host = self.ctx.config.advertise_ip or "127.0.0.1"
+        return f"{host}:{port}"
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        delay = RETRY
+        while True:
+            try:
+                return await call()
+            except TeleportError as exc:
+                self.log.warning(f"cannot {what}, will retry", error=str(exc), retry_in=f"{delay:.0f}s")
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY, delay * 2)
+
+    # -- state from auth --------------------------------------------------------------------------
+
+    async def _load_cas(self) -> None:
+        user = await self.auth.get_cert_authority("user")
+        self.state = attrs.evolve(self.state, ca_keys=load_ca_keys(user["ssh_public_keys"]))
+
+    async def _load_roles(self) -> None:
+        roles: dict[str, Role] = {}
+        for data in await self.auth.get_roles():
+            role = parse_role(data)
+            roles[role.name] = role
+        self.state = attrs.evolve(self.state, roles=roles)
+
+    async def _follow(self, kind: str, reload: Callable[[], Awaitable[None]]) -> None:
+        version = ""
+        while True:
+            try:
+                if not version:
+                    version = await self.auth.wait_for_change(kind, "", timeout=0)
+                    await reload()  # anything changed between start and now
+                new = await self.auth.wait_for_change(kind, version, timeout=CHANGE_POLL)
+                if new != version:
+                    await reload()
+                    version = new
+            except TeleportError as exc:
+                self.log.warning("cannot follow changes at auth, will retry", kind=kind, error=str(exc))
+                await asyncio.sleep(RETRY)
+
+    # -- presence ------------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            node = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
+                    "addr": self._advertised_addr(), "labels": dict(self.settings.labels),
+                    "cmd_labels": dict(self.cmd_labels)}
+            try:
+                await self.auth.upsert_node(node)
+            except TeleportError as exc:
+                self.log.warning("heartbeat failed, will retry", error=str(exc))
+                await asyncio.sleep(RETRY)
+                continue
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _run_commands(self, commands: tuple[CommandLabel, ...]) -> None:
+        for command in commands:
+            await self._update_label(command)
+
+    async def _update_label(self, command: CommandLabel) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(*command.command, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.DEVNULL,
+                                                        stdin=asyncio.subprocess.DEVNULL)
+            out, _ = await asyncio.wait_for(proc.communicate(), LABEL_TIMEOUT)
+            value = out.decode(errors="replace").strip()
+        except (TimeoutError, OSError) as exc:
+            self.log.warning("label command failed", label=command.name, error=str(exc) or type(exc).__name__)
+            value = ""
+        self.cmd_labels[command.name] = value
+        self.state = attrs.evolve(self.state, labels={**self.settings.labels, **self.cmd_labels})
+
+    async def _command_label(self, command: CommandLabel) -> None:
+        while True:
+            await asyncio.sleep(command.period.total_seconds())
+            before = self.cmd_labels.get(command.name)
+            await self._update_label(command)
+            if self.cmd_labels.get(command.name) != before:
+                with contextlib.suppress(TeleportError):
+                    await self.auth.upsert_node({"uuid": self.identity.host_uuid,
+                                                 "nodename": self.ctx.config.nodename,
+                                                 "addr": self._advertised_addr(),
+                                                 "labels": dict(self.settings.labels),
+                                                 "cmd_labels": dict(self.cmd_labels)})
+
+    # -- audit events and recordings (fed from the SSH threads) ---------------------------------------
+
+    def _emit_threadsafe(self, event: str, outcome: str, fields: dict[str, Any]) -> None:
+        data = new_event(event, outcome, **fields).to_dict()
+        self.loop.call_soon_threadsafe(self._enqueue_event, data)
+
+    def _enqueue_event(self, data: dict[str, Any]) -> None:
+        try:
+            self._events.put_nowait(data)
+        except asyncio.QueueFull:
+            self.log.error("audit queue full, event dropped", audit_event=data.get("event"), sid=data.get("sid"))
+
+    def _recorded_threadsafe(self, sid: str, path: Path) -> None:
+        self.loop.call_soon_threadsafe(self._uploads.put_nowait, (sid, path))
+
+    async def _send_events(self) -> None:
+        while True:
+            data = await self._events.get()
+            delay = RETRY
+            while True:
+                try:
+                    await self.auth.emit_event(data)
+                    break
+                except TeleportError as exc:
+                    self.log.warning("cannot send audit event, will retry", audit_event=data.get("event"),
+                                     error=str(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(MAX_RETRY, delay * 2)
+            self._events.task_done()
+
+    async def _send_uploads(self) -> None:
+        while True:
+            sid, path = await self._uploads.get()
+            delay = RETRY
+            while True:
+                try:
+                    await self.auth.upload_recording(sid, path)
+                    break
+                except (TeleportError, OSError) as exc:
+                    self.log.warning("cannot upload recording, will retry", sid=sid, error=str(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(MAX_RETRY, delay * 2)
+            size = path.stat().st_size
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._emit_threadsafe("session.upload", "ok", {
+                "sid": sid, "cluster_name": self.state.cluster_name, "server_id": self.identity.host_uuid,
+                "server_hostname": self.ctx.config.nodename, "size": size})
+            self._uploads.task_done()

@@ -1,0 +1,765 @@
+"""The node's SSH server on paramiko: certificate login with RBAC, sessions, forwarding.
+
+Threads: one accept thread, one paramiko transport thread per connection (paramiko's
+design: key exchange, crypto and packet framing of that connection; connections are capped
+at :data:`MAX_CONNECTIONS`), and one :class:`~teleport_node.pump.Pump` thread moving every
+session's bytes and watching every child. No thread per session or per stream.
+
+Everything the server needs from the cluster (user CA keys, roles, labels, recording mode)
+comes from a :class:`NodeState` the async service keeps fresh; audit events and finished
+recordings go back to it through thread-safe callbacks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import os
+import pty
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import termios
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
+
+from teleport_core.roles import Role, RoleSet
+from teleport_node.certs import CertRefused, UserCert, check_user_cert
+from teleport_node.pump import ChannelToFd, FdToChannel, Pump, grow_pipe
+from teleport_node.recording import Recorder, finalize
+
+WINDOW = 16 * 1024 * 1024
+MAX_PACKET = 256 * 1024
+# Only AES-GCM: OpenSSH clients list chacha20 and aes-ctr first, and the client's order wins;
+# paramiko has no chacha20 and aes-gcm is about 30 % faster than aes-ctr + HMAC in paramiko.
+# Every OpenSSH since 6.2 offers aes-gcm.
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+MAX_CONNECTIONS = 1000
+ENV_ALLOWED = ("LANG", "LANGUAGE", "TERM")
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FORWARD_CONNECT_TIMEOUT = 10.0
+AUTH_OK: int = int(paramiko.AUTH_SUCCESSFUL)
+AUTH_FAILED: int = int(paramiko.AUTH_FAILED)
+OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
+OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
+
+
+@attrs.define
+class NodeState:
+    """What the SSH side reads (replaced wholesale by the service, so reads need no lock)."""
+
+    cluster_name: str
+    host_uuid: str
+    nodename: str
+    ca_keys: list[bytes]
+    roles: dict[str, Role]
+    labels: dict[str, str]
+    recording: str  # "node" or "off"
+    spool: Path
+    emit: Callable[[str, str, dict[str, Any]], None]  # (event, outcome, fields): thread-safe
+    recorded: Callable[[str, Path], None]  # a recording finished: (session id, path); thread-safe
+
+
+def sftp_server_path() -> str | None:
+    return next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), None)
+
+
+def _set_ctty() -> None:  # runs in the child between fork and exec: make the PTY its terminal
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _winsize(fd: int, width: int, height: int, px: int = 0, py: int = 0) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(height, 1), max(width, 1), px, py))
+
+
+class SSHServer:
+    """Listens and hands each connection to paramiko with the node's host certificate."""
+
+    def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey, listen: tuple[str, int],
+                 log: Any) -> None:
+        self.state = state
+        self.host_key = host_key
+        self.log = log
+        self.pump = Pump()
+        self.connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self.sock = socket.create_server(listen, backlog=512, reuse_port=False)
+        host, port = self.sock.getsockname()[:2]
+        self.addr: tuple[str, int] = (str(host), int(port))
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept_loop, name="teleport-node-accept", daemon=True)
+        self.recorders: set[Recorder] = set()
+
+    def start(self) -> None:
+        self.pump.start()
+        self.pump.call(self._flush_recorders)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        with self._lock:
+            connections = list(self.connections)
+        for conn in connections:
+            conn.close()
+        done = threading.Event()
+
+        def finish_recordings() -> None:
+            for recorder in list(self.recorders):
+                recorder.flush()
+            done.set()
+
+        self.pump.call(finish_recordings)
+        done.wait(5)
+        self.pump.stop()
+
+    def _flush_recorders(self) -> None:
+        for recorder in list(self.recorders):
+            recorder.flush()
+        self.pump.call_later(0.5, self._flush_recorders)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping:
+            try:
+                sock, remote = self.sock.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                continue
+            with self._lock:
+                too_many = len(self.connections) >= MAX_CONNECTIONS
+            if too_many:
+                sock.close()
+                continue
+            try:
+                self._serve(sock, remote)
+            except Exception as exc:  # a broken handshake must not stop the listener
+                self.log.warning("SSH connection failed", remote=f"{remote[0]}:{remote[1]}", error=str(exc))
+                sock.close()
+
+    def _serve(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+        options = transport.get_security_options()
+        options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
+        options.key_types = [self.host_key.get_name()]
+        transport.add_server_key(self.host_key)
+        conn = Connection(self, transport, remote, sock.getsockname()[:2])
+        with self._lock:
+            self.connections.add(conn)
+        transport.start_server(event=threading.Event(), server=conn)
+
+    def forget(self, conn: Connection) -> None:
+        with self._lock:
+            self.connections.discard(conn)
+
+
+class Connection(paramiko.ServerInterface):  # type: ignore[misc]
+    """One client connection: its authentication and its channels."""
+
+    def __init__(self, server: SSHServer, transport: paramiko.Transport, remote: tuple[str, int],
+                 local: tuple[str, int]) -> None:
+        self.server = server
+        self.transport = transport
+        self.remote = f"{remote[0]}:{remote[1]}"
+        self.client_ip = remote[0]
+        self.local = f"{local[0]}:{local[1]}"
+        self.cert: UserCert | None = None
+        self.login = ""
+        self.roleset: RoleSet | None = None
+        self.sessions: dict[int, Session] = {}
+        self._after_reply: list[Callable[[], None]] = []
+        self._closed = False
+        self._send = transport._send_user_message
+        transport._send_user_message = self._send_then_start
+        server.pump.call(self._watch_transport)
+
+    # -- ordering: start a process only once the client has its request's reply -----------------
+
+    def _send_then_start(self, message: Any) -> None:
+        self._send(message)
+        if self._after_reply and bytes(message.asbytes()[:1]) == cMSG_CHANNEL_SUCCESS:
+            starts, self._after_reply = self._after_reply, []
+            for start in starts:
+                start()
+
+    def after_reply(self, start: Callable[[], None]) -> None:
+        """Run ``start`` once paramiko sent the success reply of the request being handled.
+
+        OpenSSH expects a request's reply before the channel's exit status and close; paramiko
+        sends the reply only after the ``check_channel_*`` handler returned. A request sent
+        without ``want_reply`` has no reply: start at once.
+        """
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_name != "_handle_request":  # paramiko's Channel method
+            frame = frame.f_back  # type: ignore[assignment]
+        want_reply = frame.f_locals.get("want_reply", True) if frame is not None else True
+        if want_reply:
+            self._after_reply.append(start)
+        else:
+            start()
+
+    def _watch_transport(self) -> None:
+        if self.transport.is_active():
+            self.server.pump.call_later(0.5, self._watch_transport)
+            return
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self.sessions.values()):
+            self.server.pump.call(session.hangup)
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        self.server.forget(self)
+        if self.cert is not None:
+            self.emit("client.disconnect", "ok", reason="client disconnected")
+
+    def emit(self, event: str, outcome: str = "ok", **fields: Any) -> None:
+        state = self.server.state()
+        base: dict[str, Any] = {"cluster_name": state.cluster_name, "server_id": state.host_uuid,
+                                "server_hostname": state.nodename, "server_labels": dict(state.labels),
+                                "addr.remote": self.remote, "addr.local": self.local,
+                                "user": self.cert.user if self.cert else "", "login": self.login}
+        base.update(fields)
+        state.emit(event, outcome, base)
+
+    # -- authentication -----------------------------------------------------------------------------
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_none(self, username: str) -> int:
+        return AUTH_FAILED
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        return AUTH_FAILED
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        state = self.server.state()
+        blob = getattr(key, "public_blob", None)
+        user = ""
+        try:
+            if blob is None:
+                raise CertRefused("a plain public key was offered, only certificates from the user CA are accepted")
+            cert = check_user_cert(blob.key_blob, blob.key_type, state.ca_keys, login=username,
+                                   client_ip=self.client_ip)
+            user = cert.user
+            roleset = self._roleset(cert, state.roles)
+            decision = roleset.check_login(username, state.labels)
+            if not decision.allowed:
+                raise CertRefused(decision.reason)
+            self._check_os_user(username)
+        except CertRefused as exc:
+            user = user or exc.user
+            fields = {"user": user, "login": username, "error": str(exc), "success": False,
+                      "cluster_name": state.cluster_name, "server_id": state.host_uuid,
+                      "server_hostname": state.nodename, "addr.remote": self.remote, "addr.local": self.local,
+                      "proto": "ssh"}
+            state.emit("auth", "failure", fields)
+            self.server.log.info("SSH login refused", user=user, login=username, remote=self.remote,
+                                 reason=str(exc))
+            return AUTH_FAILED
+        self.cert, self.login, self.roleset = cert, username, roleset
+        return AUTH_OK
+
+    @staticmethod
+    def _roleset(cert: UserCert, roles: Mapping[str, Role]) -> RoleSet:
+        missing = [name for name in cert.roles if name not in roles]
+        if missing:
+            raise CertRefused(f"role {missing[0]!r} of the certificate does not exist")
+        if not cert.roles:
+            raise CertRefused("the certificate names no roles")
+        return RoleSet([roles[name] for name in cert.roles], cert.traits)
+
+    @staticmethod
+    def _check_os_user(login: str) -> None:
+        try:
+            entry = pwd.getpwnam(login)
+        except KeyError:
+            raise CertRefused(f"no OS user {login!r} on this node") from None
+        if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+            raise CertRefused(f"this node runs as {pwd.getpwuid(os.geteuid()).pw_name!r} (not root) "
+                              f"and can only serve that login")
+
+    # -- channels --------------------------------------------------------------------------------------
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session" and self.cert is not None:
+            return OPEN_OK
+        return OPEN_PROHIBITED
+
+    def _session(self, channel: paramiko.Channel) -> Session:
+        session = self.sessions.get(channel.get_id())
+        if session is None:
+            session = Session(self, channel)
+            self.sessions[channel.get_id()] = session
+        return session
+
+    def check_channel_pty_request(self, channel: paramiko.Channel, term: bytes | str, width: int, height: int,
+                                  pixelwidth: int, pixelheight: int, modes: bytes) -> bool:
+        session = self._session(channel)
+        if session.started or self.cert is None or not self.cert.permits("permit-pty"):
+            return False
+        session.term = term.decode(errors="replace") if isinstance(term, bytes) else term
+        session.size = (width, height, pixelwidth, pixelheight)
+        session.pty = True
+        return True
+
+    def check_channel_env_request(self, channel: paramiko.Channel, name: bytes | str, value: bytes | str) -> bool:
+        key = name.decode(errors="replace") if isinstance(name, bytes) else name
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if key in ENV_ALLOWED or key.startswith("LC_"):
+            self._session(channel).env[key] = text
+            return True
+        return False
+
+    def check_channel_window_change_request(self, channel: paramiko.Channel, width: int, height: int,
+                                            pixelwidth: int, pixelheight: int) -> bool:
+        session = self._session(channel)
+        session.size = (width, height, pixelwidth, pixelheight)
+        session.resize()
+        return True
+
+    def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        return self._session(channel).request(None, None)
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        return self._session(channel).request(command.decode(errors="replace"), None)
+
+    def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
+        if name != "sftp" or sftp_server_path() is None:
+            return False
+        return self._session(channel).request(None, "sftp")
+
+    def check_channel_forward_agent_request(self, channel: paramiko.Channel) -> bool:
+        allowed = (self.cert is not None and self.roleset is not None and self.roleset.forward_agent
+                   and self.cert.permits("permit-agent-forwarding"))
+        if allowed:
+            self._session(channel).agent = True
+        return bool(allowed)
+
+    def check_port_forward_request(self, address: str, port: int) -> int | bool:
+        return False  # remote forwarding (ssh -R) is not offered
+
+    def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
+                                           destination: tuple[str, int]) -> int:
+        dest = f"{destination[0]}:{destination[1]}"
+        allowed = (self.cert is not None and self.roleset is not None and self.roleset.port_forwarding
+                   and self.cert.permits("permit-port-forwarding"))
+        if not allowed:
+            self.emit("port", "failure", **{"addr.local": dest, "error": "port forwarding is not allowed"})
+            return OPEN_PROHIBITED
+        try:
+            sock = socket.create_connection((destination[0], destination[1]), timeout=FORWARD_CONNECT_TIMEOUT)
+        except OSError as exc:
+            self.emit("port", "failure", **{"addr.local": dest, "error": f"cannot connect: {exc.strerror or exc}"})
+            return OPEN_CONNECT_FAILED
+        self.emit("port", "ok", **{"addr.local": dest})
+        Forward(self, chanid, sock).wait_for_channel()
+        return OPEN_OK
+
+
+class Forward:
+    """A ``direct-tcpip`` channel (``ssh -L``) spliced to a TCP connection on the pump."""
+
+    def __init__(self, conn: Connection, chanid: int, sock: socket.socket) -> None:
+        self.conn, self.chanid, self.sock = conn, chanid, sock
+        self.fd = sock.detach()
+        self.channel: paramiko.Channel | None = None
+        self.ends = 0
+
+    def wait_for_channel(self) -> None:
+        # paramiko creates the channel object right after the check returns
+        self.conn.server.pump.call(lambda: self.conn.server.pump.park(self._attach))
+
+    def _attach(self) -> bool:
+        channel = self.conn.transport._channels.get(self.chanid)
+        if channel is None:
+            if not self.conn.transport.is_active():
+                os.close(self.fd)
+                return True
+            return False
+        self.attach(channel)
+        return True
+
+    def attach(self, channel: paramiko.Channel) -> None:
+        """Splice the socket and ``channel`` on the pump (pump thread)."""
+        self.channel = channel
+        pump = self.conn.server.pump
+        out_fd = os.dup(self.fd)
+        self.inbound = ChannelToFd(pump, channel, self.fd, self._client_eof)
+        self.outbound = FdToChannel(pump, out_fd, channel, self._remote_eof)
+        self.inbound.start()
+        self.outbound.start()
+
+    def _client_eof(self) -> None:
+        # half-close toward the remote side; the channel closes when both directions ended
+        self.ends += 1
+        self._maybe_close()
+
+    def _remote_eof(self) -> None:
+        assert self.channel is not None
+        with contextlib.suppress(Exception):
+            self.channel.shutdown_write()
+        self.ends += 1
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.ends >= 2 or (self.channel is not None and self.channel.closed):
+            self.inbound.stop()
+            self.outbound.stop()
+            assert self.channel is not None
+            with contextlib.suppress(Exception):
+                self.channel.close()
+
+
+class Session:
+    """One ``session`` channel: a shell, a command or the sftp subsystem, with or without a PTY."""
+
+    def __init__(self, conn: Connection, channel: paramiko.Channel) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.id = str(uuid.uuid4())
+        self.env: dict[str, str] = {}
+        self.term = "xterm"
+        self.size = (80, 24, 0, 0)
+        self.pty = False
+        self.started = False
+        self.command: str | None = None
+        self.subsystem: str | None = None
+        self.process: Any = None
+        self.master: int | None = None
+        self.open_outputs = 0
+        self.exited = False
+        self.finished = False
+        self.recorder: Recorder | None = None
+        self.tx = 0
+        self.rx = 0
+        self.streams: list[Any] = []
+        self.pidfd: int | None = None
+        self.agent = False
+        self.agent_listener: AgentListener | None = None
+
+    # -- request handling (transport thread) ----------------------------------------------------
+
+    def request(self, command: str | None, subsystem: str | None) -> bool:
+        if self.started:
+            return False
+        self.started = True
+        self.command, self.subsystem = command, subsystem
+        self.conn.after_reply(self._start)
+        return True
+
+    def resize(self) -> None:
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                _winsize(self.master, *self.size)
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.killpg(self.process.pid, signal.SIGWINCH)
+        self.conn.emit("resize", "ok", sid=self.id, size=f"{self.size[0]}:{self.size[1]}")
+
+    def _argv(self, entry: pwd.struct_passwd) -> tuple[list[str], str]:
+        shell = entry.pw_shell or "/bin/sh"
+        if self.subsystem == "sftp":
+            path = sftp_server_path()
+            assert path is not None
+            return [path], path
+        if self.command is not None:
+            return [os.path.basename(shell), "-c", self.command], shell
+        return ["-" + os.path.basename(shell)], shell  # a login shell, as sshd starts it
+
+    def _environment(self, entry: pwd.struct_passwd) -> dict[str, str]:
+        client_port = self.conn.remote.rsplit(":", 1)
+        local = self.conn.local.rsplit(":", 1)
+        env = {
+            "HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name,
+            "SHELL": entry.pw_shell or "/bin/sh", "PATH": DEFAULT_PATH,
+            "SSH_CLIENT": f"{client_port[0]} {client_port[1]} {local[1]}",
+            "SSH_CONNECTION": f"{client_port[0]} {client_port[1]} {local[0]} {local[1]}",
+            "TELEPORT_SESSION": self.id,
+        }
+        env.update(self.env)
+        if self.pty:
+            env["TERM"] = self.term or "xterm"
+        return env
+
+    def _start(self) -> None:
+        """Spawn the process as the login (called right after the request's reply was sent)."""
+        state = self.conn.server.state()
+        try:
+            entry = pwd.getpwnam(self.conn.login)
+            argv, executable = self._argv(entry)
+            env = self._environment(entry)
+            drop: dict[str, Any] = {}
+            if os.geteuid() == 0 and entry.pw_uid != 0:
+                drop = {"user": entry.pw_uid, "group": entry.pw_gid,
+                        "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid)}
+            cwd = entry.pw_dir if os.path.isdir(entry.pw_dir) else "/"
+            if self.agent and self.subsystem is None:
+                self.agent_listener = AgentListener(self.conn, entry)
+                env["SSH_AUTH_SOCK"] = self.agent_listener.path
+            import subprocess
+
+            if self.pty:
+                master, slave = pty.openpty()
+                _winsize(master, *self.size)
+                env["SSH_TTY"] = os.ttyname(slave)
+                try:
+                    self.process = subprocess.Popen(argv, executable=executable, stdin=slave, stdout=slave,
+                                                    stderr=slave, cwd=cwd, env=env, start_new_session=True,
+                                                    preexec_fn=_set_ctty, close_fds=True, **drop)
+                finally:
+                    os.close(slave)
+                self.master = master
+                fds = {"in": os.dup(master), "out": master}
+            else:
+                in_r, in_w = os.pipe()
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                for fd in (in_r, out_r, err_r):
+                    grow_pipe(fd)
+                try:
+                    self.process = subprocess.Popen(argv, executable=executable, stdin=in_r, stdout=out_w,
+                                                    stderr=err_w, cwd=cwd, env=env, start_new_session=True,
+                                                    close_fds=True, **drop)
+                finally:
+                    for fd in (in_r, out_w, err_w):
+                        os.close(fd)
+                fds = {"in": in_w, "out": out_r, "err": err_r}
+        except Exception as exc:
+            self.conn.server.log.warning("cannot start session process", login=self.conn.login, error=str(exc))
+            self._failed_start(str(exc))
+            return
+        if state.recording != "off" and self.subsystem is None:
+            try:
+                self.recorder = Recorder(state.spool, self.id, width=self.size[0], height=self.size[1],
+                                         env={"TERM": env.get("TERM", ""), "SHELL": env["SHELL"]},
+                                         title=f"{self.conn.login}@{state.nodename}",
+                                         command=self.command or "")
+            except OSError as exc:
+                self.conn.server.log.error("cannot record session", sid=self.id, error=str(exc))
+        self.conn.emit("session.start", "ok", sid=self.id, proto="ssh", initial_command=[self.command or ""],
+                       size=f"{self.size[0]}:{self.size[1]}", session_recording=state.recording)
+        self.conn.server.pump.call(lambda: self._attach(fds))
+
+    def _failed_start(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.send_stderr(b"teleport: cannot start the session\r\n")
+            self.channel.send_exit_status(255)
+            self.channel.close()
+        if self.command is not None:
+            self.conn.emit("exec", "failure", sid=self.id, command=self.command, exitCode="255", error=reason)
+
+    def _count_rx(self, n: int) -> None:
+        self.rx += n
+
+    def _count_tx(self, n: int) -> None:
+        self.tx += n
+
+    def _attach(self, fds: dict[str, int]) -> None:
+        pump = self.conn.server.pump
+        if self.recorder is not None:
+            self.conn.server.recorders.add(self.recorder)
+        self.stdin = ChannelToFd(pump, self.channel, fds["in"], self._client_eof, counter=self._count_rx)
+        outputs = [FdToChannel(pump, fds["out"], self.channel, self._output_eof, sink=self.recorder,
+                               counter=self._count_tx)]
+        if "err" in fds:
+            outputs.append(FdToChannel(pump, fds["err"], self.channel, self._output_eof, stderr=True,
+                                       sink=self.recorder, counter=self._count_tx))
+        self.open_outputs = len(outputs)
+        self.streams = [self.stdin, *outputs]
+        for stream in self.streams:
+            stream.start()
+        self.pidfd = os.pidfd_open(self.process.pid)
+        pump.watch(self.pidfd, 1, self._child_exited)
+
+    def _client_eof(self) -> None:
+        if self.channel.closed:
+            self.hangup()
+
+    def _output_eof(self) -> None:
+        self.open_outputs -= 1
+        self._maybe_finish()
+
+    def _child_exited(self) -> None:
+        if self.process.poll() is None:
+            return
+        pump = self.conn.server.pump
+        assert self.pidfd is not None
+        pump.forget(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = None
+        self.exited = True
+        if self.pty:
+            # the PTY stays readable until every holder closed it; give stragglers a moment
+            pump.call_later(2.0, self._force_finish)
+        self._maybe_finish()
+
+    def _force_finish(self) -> None:
+        if not self.finished:
+            for stream in self.streams:
+                stream.stop()
+            self.open_outputs = 0
+            self._maybe_finish()
+
+    def hangup(self) -> None:
+        """The client went away: signal the process group, finish the session."""
+        if self.process is not None and not self.exited:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGHUP)
+
+    def _maybe_finish(self) -> None:
+        if self.finished or not self.exited or self.open_outputs > 0:
+            return
+        self.finished = True
+        self.stdin.stop()
+        code = self.process.returncode
+        with contextlib.suppress(Exception):
+            if code is not None and code < 0:
+                self._send_exit_signal(-code)
+            else:
+                self.channel.send_exit_status(code or 0)
+            self.channel.shutdown_write()
+            self.channel.close()
+        self.conn.sessions.pop(self.channel.get_id(), None)
+        if self.agent_listener is not None:
+            self.agent_listener.close()
+        self._report(code)
+
+    def _send_exit_signal(self, signum: int) -> None:
+        try:
+            name = signal.Signals(signum).name.removeprefix("SIG")
+        except ValueError:
+            name = str(signum)
+        message = paramiko.Message()
+        message.add_byte(cMSG_CHANNEL_REQUEST)
+        message.add_int(self.channel.remote_chanid)
+        message.add_string("exit-signal")
+        message.add_boolean(False)
+        message.add_string(name)
+        message.add_boolean(False)
+        message.add_string("")
+        message.add_string("")
+        self.channel.transport._send_user_message(message)
+
+    def _report(self, code: int | None) -> None:
+        conn = self.conn
+        state = conn.server.state()
+        exit_code = str(code if code is not None and code >= 0 else 255)
+        if self.command is not None:
+            scp = _scp_action(self.command)
+            if scp is not None:
+                action, target = scp
+                outcome = action if code == 0 else f"{action}_failure"
+                conn.emit("scp", outcome, sid=self.id, path=target, action=action, command=self.command,
+                          exitCode=exit_code)
+            else:
+                conn.emit("exec", "ok" if code == 0 else "failure", sid=self.id, command=self.command,
+                          exitCode=exit_code)
+        conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
+        conn.emit("session.end", "ok", sid=self.id, proto="ssh", interactive=self.pty,
+                  initial_command=[self.command or ""], session_recording=state.recording)
+        if self.recorder is not None:
+            conn.server.recorders.discard(self.recorder)
+            try:
+                part = self.recorder.close()
+            except OSError as exc:
+                conn.server.log.warning("cannot close recording", sid=self.id, error=str(exc))
+            else:
+                FINALIZERS.submit(self._finalize, part, state)
+
+    def _finalize(self, part: Path, state: NodeState) -> None:
+        """Convert the spool to asciicast off the pump thread, then hand it to the uploader."""
+        try:
+            path = finalize(part)
+        except (OSError, ValueError) as exc:
+            self.conn.server.log.warning("cannot finalize recording", sid=self.id, error=str(exc))
+            return
+        state.recorded(self.id, path)
+
+
+def _scp_action(command: str) -> tuple[str, str] | None:
+    """``("upload", path)`` for ``scp -t``, ``("download", path)`` for ``scp -f``, else None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or os.path.basename(words[0]) != "scp":
+        return None
+    flags = [w for w in words[1:] if w.startswith("-")]
+    path = next((w for w in reversed(words[1:]) if not w.startswith("-")), "")
+    if any("t" in f for f in flags):
+        return "upload", path
+    if any("f" in f for f in flags):
+        return "download", path
+    return None
+
+
+FINALIZERS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="teleport-node-finalize")
+AGENT_OPENERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="teleport-node-agent")
+
+
+class AgentListener:
+    """``SSH_AUTH_SOCK`` of a session with agent forwarding: a Unix socket only the login can
+    use (0700 directory it owns); each connection to it becomes an ``auth-agent@openssh.com``
+    channel to the client, spliced on the pump."""
+
+    def __init__(self, conn: Connection, entry: pwd.struct_passwd) -> None:
+        self.conn = conn
+        self.directory = tempfile.mkdtemp(prefix="teleport-agent-")
+        self.path = os.path.join(self.directory, "agent.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        if os.geteuid() == 0:
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+            os.chown(self.path, entry.pw_uid, entry.pw_gid)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.closed = False
+        conn.server.pump.call(lambda: conn.server.pump.watch(self.sock.fileno(), 1, self._accept))
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        client.setblocking(True)
+        AGENT_OPENERS.submit(self._open, client)
+
+    def _open(self, client: socket.socket) -> None:
+        try:
+            channel = self.conn.transport.open_forward_agent_channel()
+        except Exception:  # the client refused or went away
+            client.close()
+            return
+        forward = Forward(self.conn, channel.get_id(), client)
+        self.conn.server.pump.call(lambda: forward.attach(channel))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.server.pump.forget(self.sock.fileno())
+        self.sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
