@@ -23,7 +23,8 @@ import attrs
 import paramiko
 
 from teleport_core import keys
-from teleport_core.audit import new_event
+from teleport_core.audit import AuditEvent, new_event
+from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
 from teleport_core.errors import ConfigError, TeleportError
 from teleport_core.identity import LocalIdentity
@@ -39,7 +40,6 @@ HEARTBEAT = 30.0
 CHANGE_POLL = 30.0
 RETRY = 2.0
 MAX_RETRY = 30.0
-AUDIT_QUEUE = 10000
 LABEL_TIMEOUT = 10.0
 
 
@@ -54,7 +54,8 @@ class NodeService(Service):
         self.ssh: SSHServer | None = None
         self.cmd_labels: dict[str, str] = {}
         self.loop: asyncio.AbstractEventLoop
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(AUDIT_QUEUE)
+        self.audit: AuditSpool
+        self._emitting: set[asyncio.Task[None]] = set()
         self._uploads: asyncio.Queue[tuple[str, Path]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.spool = ctx.config.data_dir / "log" / "upload" / "sessions"
@@ -75,6 +76,10 @@ class NodeService(Service):
         recording = str(ping.get("session_recording", "node"))
         cluster = str(ping["cluster_name"])
         prepare_spool(self.spool)
+        # events wait on this host's disk while auth is unreachable; delivered in order, once each
+        self.audit = AuditSpool(config.data_dir / "log" / "audit-spool", self.auth.emit_event, self.log,
+                                retry=RETRY, max_retry=MAX_RETRY)
+        self._export_metrics()
         self.state = NodeState(
             cluster_name=cluster, host_uuid=self.identity.host_uuid, nodename=config.nodename, ca_keys=[],
             roles={}, labels=dict(self.settings.labels), recording=recording, spool=self.spool,
@@ -96,7 +101,7 @@ class NodeService(Service):
             sid = path.name.removesuffix(".cast")
             self.log.info("uploading a recording left by an earlier run", sid=sid)
             self._uploads.put_nowait((sid, path))
-        self._spawn(self._send_events(), "node-audit")
+        self._spawn(self.audit.run(), "node-audit")
         self._spawn(self._send_uploads(), "node-uploads")
         self._spawn(self._heartbeat(), "node-heartbeat")
         self._spawn(self._follow("cert_authority", self._load_cas), "node-ca-watch")
@@ -121,15 +126,26 @@ class NodeService(Service):
             await self.auth.close()
 
     async def _drain(self) -> None:
-        while not self._events.empty() or not self._uploads.empty():
+        while True:
+            backlog = await asyncio.to_thread(self.audit.backlog)
+            if not (self._emitting or backlog or not self._uploads.empty()):
+                return
             await asyncio.sleep(0.05)
+
+    def _export_metrics(self) -> None:
+        from prometheus_client import Gauge
+
+        Gauge("teleport_audit_events_pending", "Audit events on disk not yet delivered to auth",
+              registry=self.ctx.metrics).set_function(self.audit.backlog)
+        Gauge("teleport_recordings_pending", "Session recordings waiting for upload",
+              registry=self.ctx.metrics).set_function(self._uploads.qsize)
 
     def diagnostics(self) -> dict[str, Any]:
         ssh = self.ssh
         return {
             "ssh_addr": f"{ssh.addr[0]}:{ssh.addr[1]}" if ssh else None,
             "connections": len(ssh.connections) if ssh else 0,
-            "pending_audit_events": self._events.qsize(),
+            "pending_audit_events": self.audit.backlog(),
             "pending_uploads": self._uploads.qsize(),
         }
 
@@ -248,32 +264,20 @@ class NodeService(Service):
     # -- audit events and recordings (fed from the SSH threads) ---------------------------------------
 
     def _emit_threadsafe(self, event: str, outcome: str, fields: dict[str, Any]) -> None:
-        data = new_event(event, outcome, **fields).to_dict()
-        self.loop.call_soon_threadsafe(self._enqueue_event, data)
+        self.loop.call_soon_threadsafe(self._spool_event, new_event(event, outcome, **fields))
 
-    def _enqueue_event(self, data: dict[str, Any]) -> None:
-        try:
-            self._events.put_nowait(data)
-        except asyncio.QueueFull:
-            self.log.error("audit queue full, event dropped", audit_event=data.get("event"), sid=data.get("sid"))
+    def _spool_event(self, event: AuditEvent) -> None:
+        task = asyncio.create_task(self.audit.emit(event))
+        self._emitting.add(task)
+        task.add_done_callback(self._emitted)
+
+    def _emitted(self, task: asyncio.Task[None]) -> None:
+        self._emitting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("audit event not stored on disk", error=str(task.exception()))
 
     def _recorded_threadsafe(self, sid: str, path: Path) -> None:
         self.loop.call_soon_threadsafe(self._uploads.put_nowait, (sid, path))
-
-    async def _send_events(self) -> None:
-        while True:
-            data = await self._events.get()
-            delay = RETRY
-            while True:
-                try:
-                    await self.auth.emit_event(data)
-                    break
-                except TeleportError as exc:
-                    self.log.warning("cannot send audit event, will retry", audit_event=data.get("event"),
-                                     error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(MAX_RETRY, delay * 2)
-            self._events.task_done()
 
     async def _send_uploads(self) -> None:
         while True:
