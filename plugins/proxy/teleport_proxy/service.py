@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from teleport_core.audit import new_event
+from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
 from teleport_core.config.values import NetAddr
 from teleport_core.errors import AccessDenied, ConfigError, TeleportError
@@ -74,6 +75,9 @@ class ProxyService(Service):
         if not addrs:
             raise ConfigError("teleport.auth_server", "the proxy needs the auth server's address")
         self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
+        # denials wait on this host's disk while auth is unreachable; delivered in order, once each
+        self.audit = AuditSpool(self.ctx.config.data_dir / "log" / "proxy-audit-spool", self.auth.emit_event, self.log)
+        self._tasks.append(asyncio.create_task(self.audit.run(), name="proxy-audit"))
         ping = await self.auth.ping()
         self.cluster_name = str(ping["cluster_name"])
         self.second_factor = str(ping.get("auth", {}).get("second_factor", "otp"))
@@ -266,11 +270,7 @@ class ProxyService(Service):
     async def audit_denial(self, user: str, reason: str, remote: str, **fields: Any) -> None:
         fields.update({"user": user, "error": reason, "cluster_name": self.cluster_name,
                        "server_id": self.identity.host_uuid, "addr.remote": remote})
-        event = new_event("auth", "failure", **fields)
-        try:
-            await self.auth.emit_event(event.to_dict())
-        except TeleportError as exc:
-            self.log.error("audit event lost", audit_event="auth", error=str(exc))
+        await self.audit.emit(new_event("auth", "failure", **fields))
 
     # -- HTTPS ------------------------------------------------------------------------------------
 
