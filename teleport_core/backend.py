@@ -8,12 +8,16 @@ Run the conformance suite in :mod:`teleport_core.testing.backend_suite` against 
 from __future__ import annotations
 
 import abc
+import asyncio
+import collections
 import datetime as dt
 import enum
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
 import attrs
+
+from teleport_core.errors import WatcherClosed
 
 
 def utcnow() -> dt.datetime:
@@ -133,6 +137,75 @@ class Watcher(abc.ABC):
 
 
 DEFAULT_WATCHER_QUEUE = 1024
+
+
+class BufferedWatcher(Watcher):
+    """The buffering every backend's watcher needs; subclasses only feed it.
+
+    Events are buffered on one event loop (``_push``, called on that loop), at most
+    ``queue_size`` of them counting the ``INIT`` event. A consumer that falls further behind
+    gets the buffered events, then :class:`~teleport_core.errors.WatcherClosed` saying so;
+    ``close()`` (or the backend closing) drops them and raises at once. Override
+    ``_on_shut`` to unregister the watcher or stop its event source.
+    """
+
+    def __init__(self, prefixes: Sequence[bytes], queue_size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.prefixes = tuple(prefixes)
+        self.queue_size = queue_size
+        self._loop = loop
+        self._buffer: collections.deque[Event] = collections.deque([Event(OpType.INIT, Item(b"", b""))])
+        self._reason: str | None = None  # set once closed
+        self._drain = False  # closed for falling behind: hand out the buffered events first
+        self._waiter: asyncio.Future[None] | None = None
+
+    def matches(self, key: bytes) -> bool:
+        return not self.prefixes or any(key.startswith(p) for p in self.prefixes)
+
+    @property
+    def closed(self) -> bool:
+        return self._reason is not None
+
+    def _push(self, events: list[Event]) -> None:
+        if self._reason is not None:
+            return
+        if len(self._buffer) + len(events) > self.queue_size:
+            self._shut(
+                f"watcher fell behind by more than {self.queue_size} events "
+                "(queue_size); re-read the state and watch again",
+                drain=True,
+            )
+            return
+        self._buffer.extend(events)
+        self._wake()
+
+    def _shut(self, reason: str, drain: bool) -> None:
+        if self._reason is not None:
+            return
+        self._reason = reason
+        self._drain = drain
+        if not drain:
+            self._buffer.clear()
+        self._on_shut()
+        self._wake()
+
+    def _on_shut(self) -> None:
+        """Called once when the watcher closes, on its loop."""
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._buffer and (self._reason is None or self._drain):
+                return self._buffer.popleft()
+            if self._reason is not None:
+                raise WatcherClosed(self._reason)
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class Backend(abc.ABC):

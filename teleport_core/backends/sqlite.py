@@ -24,7 +24,6 @@ How it works:
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -45,6 +44,7 @@ from teleport_core.backend import (
     DEFAULT_WATCHER_QUEUE,
     Action,
     Backend,
+    BufferedWatcher,
     Condition,
     ConditionKind,
     Event,
@@ -59,7 +59,6 @@ from teleport_core.errors import (
     DataDirLocked,
     NotFound,
     TeleportError,
-    WatcherClosed,
 )
 
 __all__ = ["SqliteBackend", "SqliteOptions", "SqliteWatcher", "open_backend", "parse_options"]
@@ -275,8 +274,8 @@ def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bo
 # -- watchers -------------------------------------------------------------------------------------
 
 
-class SqliteWatcher(Watcher):
-    """Events for some prefixes, buffered on the watcher's event loop (at most ``queue_size``)."""
+class SqliteWatcher(BufferedWatcher):
+    """Events for some prefixes, fed by the writer thread after each commit."""
 
     def __init__(
         self,
@@ -285,21 +284,8 @@ class SqliteWatcher(Watcher):
         queue_size: int,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        super().__init__(prefixes, queue_size, loop)
         self._backend = backend
-        self.prefixes = prefixes
-        self.queue_size = queue_size
-        self._loop = loop
-        self._buffer: collections.deque[Event] = collections.deque([Event(OpType.INIT, Item(b"", b""))])
-        self._reason: str | None = None  # set once closed
-        self._drain = False  # closed for falling behind: hand out the buffered events first
-        self._waiter: asyncio.Future[None] | None = None
-
-    def matches(self, key: bytes) -> bool:
-        return not self.prefixes or any(key.startswith(p) for p in self.prefixes)
-
-    @property
-    def closed(self) -> bool:
-        return self._reason is not None
 
     # Called from the writer thread.
     def _deliver(self, events: list[Event]) -> None:
@@ -319,45 +305,8 @@ class SqliteWatcher(Watcher):
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._shut, reason, False)
 
-    # Called on the watcher's loop.
-    def _push(self, events: list[Event]) -> None:
-        if self._reason is not None:
-            return
-        if len(self._buffer) + len(events) > self.queue_size:
-            self._shut(
-                f"watcher fell behind by more than {self.queue_size} events "
-                "(queue_size); re-read the state and watch again",
-                drain=True,
-            )
-            return
-        self._buffer.extend(events)
-        self._wake()
-
-    def _shut(self, reason: str, drain: bool) -> None:
-        if self._reason is not None:
-            return
-        self._reason = reason
-        self._drain = drain
-        if not drain:
-            self._buffer.clear()
+    def _on_shut(self) -> None:
         self._backend._unregister(self)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def __anext__(self) -> Event:
-        while True:
-            if self._buffer and (self._reason is None or self._drain):
-                return self._buffer.popleft()
-            if self._reason is not None:
-                raise WatcherClosed(self._reason)
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
     async def close(self) -> None:
         self._close_threadsafe("watcher closed")

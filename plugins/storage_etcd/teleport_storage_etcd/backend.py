@@ -25,7 +25,6 @@ How it works:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import logging
@@ -40,6 +39,7 @@ from teleport_core.backend import (
     DEFAULT_WATCHER_QUEUE,
     Action,
     Backend,
+    BufferedWatcher,
     Condition,
     ConditionKind,
     Event,
@@ -48,7 +48,7 @@ from teleport_core.backend import (
     Watcher,
     range_end,
 )
-from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError, WatcherClosed
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
 
 from .client import EtcdClient, EtcdError, b64, unb64
 from .config import EtcdOptions
@@ -155,30 +155,17 @@ def _first_kv(answer: KV, index: int = 0) -> KV | None:
 # -- watchers -------------------------------------------------------------------------------------
 
 
-class EtcdWatcher(Watcher):
+class EtcdWatcher(BufferedWatcher):
     """Events for some prefixes from one etcd watch stream, buffered up to ``queue_size``."""
 
     def __init__(self, backend: EtcdBackend, prefixes: tuple[bytes, ...], queue_size: int, start: int) -> None:
+        super().__init__(prefixes, queue_size, asyncio.get_running_loop())
         self._backend = backend
-        self.prefixes = prefixes
-        self.queue_size = queue_size
-        self._loop = asyncio.get_running_loop()
-        self._buffer: collections.deque[Event] = collections.deque([Event(OpType.INIT, Item(b"", b""))])
-        self._reason: str | None = None
-        self._drain = False
-        self._waiter: asyncio.Future[None] | None = None
         #: The first revision not yet delivered: where a new stream resumes.
         self.next_revision = start
         #: How many times the stream was re-established after a failure.
         self.reconnects = 0
         self._task = self._loop.create_task(self._run(), name="etcd-watch")
-
-    def matches(self, key: bytes) -> bool:
-        return not self.prefixes or any(key.startswith(p) for p in self.prefixes)
-
-    @property
-    def closed(self) -> bool:
-        return self._reason is not None
 
     def _range(self) -> tuple[bytes, bytes]:
         backend = self._backend
@@ -259,46 +246,10 @@ class EtcdWatcher(Watcher):
             self._push(events)
         return self._reason is not None
 
-    def _push(self, events: list[Event]) -> None:
-        if self._reason is not None:
-            return
-        if len(self._buffer) + len(events) > self.queue_size:
-            self._shut(
-                f"watcher fell behind by more than {self.queue_size} events "
-                "(queue_size); re-read the state and watch again",
-                drain=True,
-            )
-            return
-        self._buffer.extend(events)
-        self._wake()
-
-    def _shut(self, reason: str, drain: bool) -> None:
-        if self._reason is not None:
-            return
-        self._reason = reason
-        self._drain = drain
-        if not drain:
-            self._buffer.clear()
+    def _on_shut(self) -> None:
         self._backend._watchers.discard(self)
         if self._task is not asyncio.current_task():
             self._task.cancel()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def __anext__(self) -> Event:
-        while True:
-            if self._buffer and (self._reason is None or self._drain):
-                return self._buffer.popleft()
-            if self._reason is not None:
-                raise WatcherClosed(self._reason)
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
     async def close(self) -> None:
         self._shut("watcher closed", drain=False)
