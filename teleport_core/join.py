@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,32 @@ from teleport_core.identity import LocalIdentity
 
 SYSTEM_ROLES = {"node": "Node", "proxy": "Proxy", "auth": "Auth"}
 FIRST_RETRY, MAX_RETRY = 1.0, 30.0
+
+
+@attrs.frozen
+class LocalAuth:
+    """An auth service running in this process (``ctx.resources.shared["auth"]``): its API
+    address, and ``register(body)``, which joins without a token (the process trusts itself)."""
+
+    addr: str
+    register: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def local_auth(shared: dict[str, Any]) -> LocalAuth | None:
+    found = shared.get("auth")
+    return found if isinstance(found, LocalAuth) else None
+
+
+def auth_addresses(config: TeleportConfig, shared: dict[str, Any] | None = None) -> list[str]:
+    """Where the auth API is: ``teleport.auth_server(s)``, else the auth service in this process."""
+    addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
+    local = local_auth(shared or {})
+    if not addrs and local is not None:
+        addrs = [local.addr]
+    if not addrs:
+        raise JoinError("no auth server to join: set teleport.auth_server (or --auth-server), "
+                        "or enable auth_service in this process")
+    return addrs
 
 
 class JoinError(TeleportError):
@@ -47,29 +73,28 @@ def identity_dir(config: TeleportConfig, role: str) -> Path:
     return config.data_dir / "keys" / role
 
 
-def _auth_addresses(config: TeleportConfig) -> list[str]:
-    addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
-    if not addrs:
-        raise JoinError("no auth server to join: set teleport.auth_server (or --auth-server)")
-    return addrs
+async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any,
+                          shared: dict[str, Any] | None = None) -> LocalIdentity:
+    """The stored identity for ``request.role``, or a new one from joining (see module docstring).
 
-
-async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any) -> LocalIdentity:
-    """The stored identity for ``request.role``, or a new one from joining (see module docstring)."""
+    With ``shared`` holding an auth service of this process (``ctx.resources.shared``) and no
+    auth server configured, the server joins through it, without a token.
+    """
     folder = identity_dir(config, request.role)
     if (folder / "identity").exists() or (folder / "key").exists():
         identity = LocalIdentity.load(folder)
         log.info("using stored identity", host_uuid=identity.host_uuid, path=str(folder))
         return identity
+    local = local_auth(shared or {}) if not config.auth_servers else None
     token = config.join_token
-    if token is None:
+    if token is None and local is None:
         raise JoinError(f"this {request.role} has not joined the cluster yet and no join token is set "
                         "(teleport.auth_token or --token)")
     from teleport_core import keys
 
     key = keys.generate_private_key("ed25519")  # generated here: the private key never leaves this host
     body = {
-        "token": token.reveal(),
+        "token": token.reveal() if token is not None else "",
         "role": SYSTEM_ROLES[request.role],
         "nodename": request.nodename,
         "public_key": keys.public_key_openssh(key),
@@ -77,11 +102,14 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
         "ip_addresses": list(request.ip_addresses),
         "additional_principals": list(request.additional_principals),
     }
-    if not config.ca_pins:
-        log.warning("joining without a CA pin: the auth server's identity is not checked; "
-                    "pass --ca-pin (tctl status prints it)")
-    joined = await _register_with_retries(_auth_addresses(config), body, config.ca_pins, log)
-    answer = joined.answer
+    if local is not None:
+        answer, pinned = await local.register(body), True
+    else:
+        if not config.ca_pins:
+            log.warning("joining without a CA pin: the auth server's identity is not checked; "
+                        "pass --ca-pin (tctl status prints it)")
+        joined = await _register_with_retries(auth_addresses(config), body, config.ca_pins, log)
+        answer, pinned = joined.answer, joined.pinned
     identity = LocalIdentity(
         key_pem=keys.private_key_pem(key),
         tls_cert_pem=answer["tls_cert"].encode(),
@@ -97,7 +125,7 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
 
     write_private(folder / "cluster.json", json.dumps(trust, indent=2) + "\n")
     log.info("joined the cluster", role=request.role, host_uuid=identity.host_uuid,
-             cluster=answer.get("cluster_name"), pinned=joined.pinned)
+             cluster=answer.get("cluster_name"), pinned=pinned, local=local is not None)
     return identity
 
 

@@ -100,6 +100,7 @@ class ProcessResources(Resources):
         self._backend: Backend | None = None
         self._sessions: SessionStorage | None = None
         self._audit: AuditLog | None = None
+        self.shared: dict[str, Any] = {}
 
     async def backend(self) -> Backend:
         async with self._lock:

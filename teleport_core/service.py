@@ -41,7 +41,14 @@ class Service(abc.ABC):
 
 
 class Resources(abc.ABC):
-    """Process-wide resources opened on first use and shared by every service."""
+    """Process-wide resources opened on first use and shared by every service.
+
+    ``shared`` holds objects a service publishes for the others in the same process, under
+    well-known names (the auth service publishes ``"auth"``, a
+    :class:`teleport_core.join.LocalAuth`, so a node or proxy beside it joins without a token).
+    """
+
+    shared: dict[str, Any]
 
     @abc.abstractmethod
     async def backend(self) -> Backend:

@@ -320,31 +320,18 @@ class API:
             await svc.emit(self.event("instance.join", "failure", node_name=nodename, role=system, error=str(exc),
                                       **{"addr.remote": remote}))
             raise
-        host = field(body, "host_uuid", required=False, default="") or svc.new_host_uuid()
         dns_names = field(body, "dns_names", list, required=False, default=[])
         ips = field(body, "ip_addresses", list, required=False, default=[])
         principals = field(body, "additional_principals", list, required=False, default=[])
-        hook = svc.ctx.plugins.hook
         try:
-            signer = server_signing_ca(svc.host_ca)  # the keys servers' certificates come from in this phase
-            ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
-                                      role=system, additional_principals=[*principals, *dns_names, *ips])
-            tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system,
-                                      dns_names=dns_names, ip_addresses=ips)
+            answer = svc.issue_host_identity(
+                nodename, system, public_key, field(body, "host_uuid", required=False, default=""),
+                dns_names, ips, principals)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        await svc.emit(self.event("instance.join", node_name=nodename, role=system, host_id=host,
+        await svc.emit(self.event("instance.join", node_name=nodename, role=system, host_id=answer["host_uuid"],
                                   **{"addr.remote": remote}))
-        return {
-            "host_uuid": host,
-            "ssh_cert": ssh.data.decode().strip(),
-            "tls_cert": tls.data.decode(),
-            "host_ca_pems": svc.host_ca_pems(),
-            "user_ca_pems": svc.user_ca_pems(),
-            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
-            "user_ca_ssh_keys": [k.ssh_public_key_line for k in svc.user_ca.trusted],
-            "cluster_name": svc.cluster_name,
-        }
+        return answer
 
     @endpoint(None, None)
     async def renew_host_certs(self, request: Request, identity: Identity | None) -> Any:

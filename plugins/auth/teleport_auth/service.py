@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
+from teleport_core.join import LocalAuth
 from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 
@@ -95,6 +96,9 @@ class AuthService(Service):
         self._start_rotation()
         self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context())
         await self.server.start()
+        # services started after us in this process join through here, without a token
+        listen = self.server.address
+        self.ctx.resources.shared["auth"] = LocalAuth(f"{listen.connect_host}:{listen.port}", self.local_register)
         self.log.info(
             "auth service is ready",
             cluster=self.cluster_name,
@@ -227,6 +231,45 @@ class AuthService(Service):
     @staticmethod
     def new_host_uuid() -> str:
         return str(uuidlib.uuid4())
+
+    def issue_host_identity(self, nodename: str, system_role: str, public_key: str, host_uuid: str = "",
+                            dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = (),
+                            principals: Sequence[str] = ()) -> dict[str, Any]:
+        """Host certificates for a joining server (the token, if any, was checked by the caller):
+        the answer of ``/v1/register``. ``ValueError`` for a bad name, key or address."""
+        from teleport_auth.rotation import server_signing_ca
+
+        host = host_uuid or self.new_host_uuid()
+        hook = self.ctx.plugins.hook
+        signer = server_signing_ca(self.host_ca)  # the keys servers' certificates come from in this phase
+        ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
+                                  role=system_role, additional_principals=[*principals, *dns_names, *ip_addresses])
+        tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system_role,
+                                  dns_names=dns_names, ip_addresses=ip_addresses)
+        return {
+            "host_uuid": host,
+            "ssh_cert": ssh.data.decode().strip(),
+            "tls_cert": tls.data.decode(),
+            "host_ca_pems": self.host_ca_pems(),
+            "user_ca_pems": self.user_ca_pems(),
+            "known_hosts": export_known_hosts(self.host_ca).splitlines(),
+            "user_ca_ssh_keys": [k.ssh_public_key_line for k in self.user_ca.trusted],
+            "cluster_name": self.cluster_name,
+        }
+
+    async def local_register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Join a server running in this same process: no token or pin (the process trusts
+        itself), the same certificates and audit event as ``/v1/register``."""
+        from teleport_auth.tokens import system_role
+        from teleport_core.audit import new_event
+
+        role = system_role(body["role"])
+        answer = await asyncio.to_thread(
+            self.issue_host_identity, body["nodename"], role, body["public_key"], "",
+            body.get("dns_names", ()), body.get("ip_addresses", ()), body.get("additional_principals", ()))
+        await self.emit(new_event("instance.join", node_name=body["nodename"], role=role,
+                                  host_id=answer["host_uuid"], method="local", cluster_name=self.cluster_name))
+        return answer
 
     def host_ca_pems(self) -> list[str]:
         return [keys_.tls_cert_pem.decode() for keys_ in self.host_ca.trusted]

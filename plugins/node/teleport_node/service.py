@@ -26,9 +26,9 @@ from teleport_core import keys
 from teleport_core.audit import AuditEvent, new_event
 from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
-from teleport_core.errors import ConfigError, TeleportError
+from teleport_core.errors import TeleportError
 from teleport_core.identity import LocalIdentity
-from teleport_core.join import JoinRequest, obtain_identity
+from teleport_core.join import JoinRequest, auth_addresses, obtain_identity
 from teleport_core.roles import Role, parse_role
 from teleport_core.service import Service, ServiceContext
 from teleport_node.certs import HostCertKey, load_ca_keys
@@ -67,10 +67,9 @@ class NodeService(Service):
         config = self.ctx.config
         public = [a.host for a in self.settings.public_addrs]
         self.identity = await obtain_identity(
-            config, JoinRequest("node", config.nodename, additional_principals=tuple(public)), self.log)
-        addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
-        if not addrs:
-            raise ConfigError("teleport.auth_server", "the node needs the auth server's address")
+            config, JoinRequest("node", config.nodename, additional_principals=tuple(public)), self.log,
+            self.ctx.resources.shared)
+        addrs = auth_addresses(config, self.ctx.resources.shared)
         self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
         ping = await self._retrying("reach the auth server", self.auth.ping)
         recording = str(ping.get("session_recording", "node"))

@@ -21,10 +21,10 @@ from teleport_core.audit import new_event
 from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
 from teleport_core.config.values import NetAddr
-from teleport_core.errors import AccessDenied, ConfigError, TeleportError
+from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
-from teleport_core.join import JoinRequest, identity_dir, obtain_identity
+from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_core.roles import Role, RoleSet, parse_role
 from teleport_core.service import Service, ServiceContext
@@ -70,10 +70,8 @@ class ProxyService(Service):
         dns, ips = self._names()
         self.identity = await obtain_identity(
             config, JoinRequest("proxy", config.nodename, dns_names=tuple(dns), ip_addresses=tuple(ips),
-                                additional_principals=tuple(dns + ips)), self.log)
-        addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
-        if not addrs:
-            raise ConfigError("teleport.auth_server", "the proxy needs the auth server's address")
+                                additional_principals=tuple(dns + ips)), self.log, self.ctx.resources.shared)
+        addrs = auth_addresses(config, self.ctx.resources.shared)
         self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
         # denials wait on this host's disk while auth is unreachable; delivered in order, once each
         self.audit = AuditSpool(self.ctx.config.data_dir / "log" / "proxy-audit-spool", self.auth.emit_event, self.log)

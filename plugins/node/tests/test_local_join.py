@@ -1,0 +1,38 @@
+"""A node in the same process as the auth service joins through it, without a token or pin
+(what `make start` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.cluster import start_cluster
+
+pytestmark = pytest.mark.e2e  # real processes end to end
+
+
+def test_node_beside_auth_joins_without_token(tmp_path):
+    config = {
+        "teleport": {"data_dir": str(tmp_path / "data"), "nodename": "solo"},
+        "auth_service": {"cluster_name": "solo.example", "listen_addr": "127.0.0.1:0"},
+        "proxy_service": {"enabled": False},
+        "ssh_service": {"listen_addr": "127.0.0.1:0", "labels": {"env": "one-process"}},
+    }
+    with start_cluster(config, make_plugins(), timeout=120) as cluster:
+        addr = cluster.process.services["auth_service"].address
+
+        async def nodes():
+            async with AuthClient(addr, [load_identity_dir(tmp_path / "data" / "keys" / "auth")]) as admin:
+                for _ in range(100):
+                    found = await admin.get_nodes()
+                    if found:
+                        return found
+                    await asyncio.sleep(0.1)
+                return []
+
+        found = asyncio.run(nodes())
+    assert [(n["nodename"], n["labels"]["env"]) for n in found] == [("solo", "one-process")]
+    assert (tmp_path / "data" / "keys" / "node" / "identity").exists()
