@@ -23,6 +23,8 @@ teleport-py quick start
   metrics      curl -s http://$DIAG/metrics
   plugins      $BIN/teleport plugins
   admin        $BIN/tctl -c $CONFIG status
+  add a user   $BIN/tctl -c $CONFIG users add joe --roles=access --logins=\$USER
+  log in       $BIN/tsh login --proxy=127.0.0.1:3080 --insecure --user=joe
 Stop with Ctrl-C.
 
 EOT
