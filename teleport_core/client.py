@@ -19,9 +19,10 @@ handshake costs milliseconds of server CPU).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -377,6 +378,27 @@ class AuthClient:
             raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
         raise_for_status(response)
         return response.json()  # type: ignore[no-any-return]
+
+    async def follow(self, kind: str, reload: Callable[[], Awaitable[object]], log: Any, *,
+                     poll: float = 30.0, retry: float = 2.0) -> None:
+        """Call ``reload()`` whenever ``kind`` changes at auth, until cancelled (a cache's invalidation).
+
+        Reloads once at the start (anything may have changed since the caller loaded it); a
+        failed call is logged and retried, so an auth server that is briefly away stops nothing.
+        """
+        version = ""
+        while True:
+            try:
+                if not version:
+                    version = await self.wait_for_change(kind, "", timeout=0)
+                    await reload()
+                new = await self.wait_for_change(kind, version, timeout=poll)
+                if new != version:
+                    await reload()
+                    version = new
+            except TeleportError as exc:
+                log.warning("cannot follow changes at auth, will retry", kind=kind, error=str(exc))
+                await asyncio.sleep(retry)
 
     # -- audit ------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 
 import attrs
 
@@ -109,3 +110,21 @@ def parse_addr(text: str, default_port: int | None = None) -> NetAddr:
     if ":" not in host and not _HOST.match(host):
         raise ValueError(f"bad host {host!r}")
     return NetAddr(host, port)
+
+
+def certificate_names(addrs: Iterable[NetAddr], dns: Iterable[str] = (), ips: Iterable[str] = ()) -> tuple[
+        list[str], list[str]]:
+    """The DNS names and IP addresses a server's certificate should carry for ``addrs`` (plus
+    the given ones); wildcard listen addresses (``0.0.0.0``, ``::``) name nothing."""
+    import ipaddress
+
+    names, addresses = set(dns), set(ips)
+    for addr in addrs:
+        try:
+            ip = ipaddress.ip_address(addr.host)
+        except ValueError:
+            names.add(addr.host)
+            continue
+        if not ip.is_unspecified:
+            addresses.add(str(ip))
+    return sorted(names), sorted(addresses)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from teleport_auth.users import UserStore
 from teleport_core import keys
 from teleport_core.audit import AuditEvent, AuditLog
 from teleport_core.backend import Backend, Item, utcnow
+from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
@@ -182,16 +182,8 @@ class AuthService(Service):
         self.host_ca = CertAuthority.from_json((await self.backend.get(ca_key(CAType.HOST, self.cluster_name))).value)
 
     def _addresses(self) -> tuple[list[str], list[str]]:
-        dns, ips = list(AUTH_DNS_NAMES), ["127.0.0.1", "::1"]
-        for addr in (self.settings.listen_addr, *self.settings.public_addrs):
-            try:
-                ip = ipaddress.ip_address(addr.host)
-            except ValueError:
-                dns.append(addr.host)
-                continue
-            if not ip.is_unspecified:
-                ips.append(str(ip))
-        return sorted(set(dns)), sorted(set(ips))
+        return certificate_names((self.settings.listen_addr, *self.settings.public_addrs), AUTH_DNS_NAMES,
+                                 ("127.0.0.1", "::1"))
 
     async def _own_identity(self) -> LocalIdentity:
         """Reuse ``data_dir/keys/auth`` while it trusts exactly the host CA's trusted certificates

@@ -37,7 +37,6 @@ from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 
 HEARTBEAT = 30.0
-CHANGE_POLL = 30.0
 RETRY = 2.0
 MAX_RETRY = 30.0
 LABEL_TIMEOUT = 10.0
@@ -103,8 +102,8 @@ class NodeService(Service):
         self._spawn(self.audit.run(), "node-audit")
         self._spawn(self._send_uploads(), "node-uploads")
         self._spawn(self._heartbeat(), "node-heartbeat")
-        self._spawn(self._follow("cert_authority", self._load_cas), "node-ca-watch")
-        self._spawn(self._follow("role", self._load_roles), "node-role-watch")
+        self._spawn(self.auth.follow("cert_authority", self._load_cas, self.log), "node-ca-watch")
+        self._spawn(self.auth.follow("role", self._load_roles, self.log), "node-role-watch")
         for command in self.settings.commands:
             self._spawn(self._command_label(command), f"node-label-{command.name}")
         host, port = self.ssh.addr
@@ -199,21 +198,6 @@ class NodeService(Service):
             role = parse_role(data)
             roles[role.name] = role
         self.state = attrs.evolve(self.state, roles=roles)
-
-    async def _follow(self, kind: str, reload: Callable[[], Awaitable[None]]) -> None:
-        version = ""
-        while True:
-            try:
-                if not version:
-                    version = await self.auth.wait_for_change(kind, "", timeout=0)
-                    await reload()  # anything changed between start and now
-                new = await self.auth.wait_for_change(kind, version, timeout=CHANGE_POLL)
-                if new != version:
-                    await reload()
-                    version = new
-            except TeleportError as exc:
-                self.log.warning("cannot follow changes at auth, will retry", kind=kind, error=str(exc))
-                await asyncio.sleep(RETRY)
 
     # -- presence ------------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
 import time
@@ -20,7 +19,7 @@ from typing import Any
 from teleport_core.audit import new_event
 from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
-from teleport_core.config.values import NetAddr
+from teleport_core.config.values import NetAddr, certificate_names
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
@@ -32,7 +31,6 @@ from teleport_core.tlsserver import TLSServer, bind_socket
 from teleport_proxy.certs import UserCert, self_signed
 from teleport_proxy.settings import ProxySettings
 
-CHANGE_POLL = 30.0
 HEARTBEAT = 60.0
 NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds nothing refetches)
 MISS_REFRESH = 0.2  # a lookup that finds nothing refetches a list older than this
@@ -81,8 +79,9 @@ class ProxyService(Service):
         self.second_factor = str(ping.get("auth", {}).get("second_factor", "otp"))
         await self._load_cas()
         await self._load_roles()
-        self._tasks.append(asyncio.create_task(self._follow("cert_authority", self._load_cas), name="proxy-ca-watch"))
-        self._tasks.append(asyncio.create_task(self._follow("role", self._load_roles), name="proxy-role-watch"))
+        for kind, reload in (("cert_authority", self._load_cas), ("role", self._load_roles)):
+            task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
+            self._tasks.append(task)
 
         from teleport_proxy.sshserver import SSHProxyServer
         from teleport_proxy.web import build_app
@@ -142,17 +141,9 @@ class ProxyService(Service):
         return f"{host}:{addr.port}"
 
     def _names(self) -> tuple[list[str], list[str]]:
-        dns, ips = ["localhost"], ["127.0.0.1", "::1"]
         s = self.settings
-        for addr in (s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs):
-            try:
-                ip = ipaddress.ip_address(addr.host)
-            except ValueError:
-                dns.append(addr.host)
-                continue
-            if not ip.is_unspecified:
-                ips.append(str(ip))
-        return sorted(set(dns)), sorted(set(ips))
+        return certificate_names((s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs),
+                                 ("localhost",), ("127.0.0.1", "::1"))
 
     # -- state from auth --------------------------------------------------------------------------
 
@@ -172,18 +163,6 @@ class ProxyService(Service):
             roles[role.name] = role
         self.roles = roles
         self._visible.clear()
-
-    async def _follow(self, kind: str, reload: Any) -> None:
-        version = await self.auth.wait_for_change(kind, "", timeout=0)
-        while True:
-            try:
-                new = await self.auth.wait_for_change(kind, version, timeout=CHANGE_POLL)
-                if new != version:
-                    await reload()
-                    version = new
-            except TeleportError as exc:
-                self.log.warning("cannot follow changes at auth, will retry", kind=kind, error=str(exc))
-                await asyncio.sleep(RETRY)
 
     async def _send_heartbeat(self) -> None:
         """Tell auth the addresses clients use (invite URLs name this proxy)."""
