@@ -84,6 +84,17 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse({"error": "internal error"}, status_code=500)
 
 
+async def drain_body(request: Request) -> None:
+    """Read what is left of the request body (up to MAX_BODY), so the keep-alive connection can
+    carry the next request; a refused request's body is otherwise never read."""
+    read = 0
+    with contextlib.suppress(Exception):
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > MAX_BODY:
+                break
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > MAX_BODY:
@@ -150,6 +161,7 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
             except Exception as exc:
                 if not isinstance(exc, TeleportError):
                     self.service.log.error("API call failed", path=request.url.path, error=repr(exc))
+                await drain_body(request)  # answered before reading it: keep the connection usable
                 return error_response(exc)
             if isinstance(result, Response):
                 return result
