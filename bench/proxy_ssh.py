@@ -7,9 +7,13 @@ two OpenSSH sshd nodes with cluster host certificates, a user logged in with tsh
 OpenSSH sshd used as a plain jump host. Measures:
 
 - throughput of ``head -c N /dev/zero | <client> node 'cat > /dev/null'``: ``tsh ssh`` through the
-  proxy, OpenSSH ``ssh -J`` through the proxy, ``ssh -J`` through sshd;
-- setup time (median): ``tsh ssh node true``, ``ssh -J proxy node true``, ``ssh -J sshd node true``;
-- ``--sessions`` sessions open at once through the proxy: one-byte echo round trip p50/p99;
+  proxy (TLS routing on the web port, tsh's default), ``tsh ssh`` through the proxy's SSH port
+  (a profile without TLS routing), OpenSSH ``ssh -J`` through the proxy, ``ssh -J`` through sshd;
+- setup time (median): the same clients running ``true``;
+- ``--sessions`` sessions open at once through the one proxy process, opened by ``--workers``
+  client processes (tsh's client code; the clients do not share the proxy's process): how many
+  failed, and the one-byte echo round trip p50/p99 through every open session, for TLS routing
+  and for the SSH port;
 - ``tsh ls`` with ``--nodes`` registered nodes, and a label lookup at the proxy.
 
 The target node is OpenSSH sshd in every case (our node service is measured in its own bench).
@@ -62,14 +66,32 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=10000, help="registered nodes for the listing figures (0: skip)")
     parser.add_argument("--sessions", type=int, default=500, help="concurrent sessions through the proxy (0: skip)")
+    parser.add_argument("--workers", type=int, default=4, help="client processes opening the --sessions")
+    parser.add_argument("--sessions-only", action="store_true", help="skip the throughput and setup figures")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--worker", nargs=2, metavar=("HOME", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--tunnel", action="store_true",
+                        help="only: our node reached through a reverse tunnel vs directly (bench/proxy_tunnel.py)")
     args = parser.parse_args()
+    if args.worker:
+        return session_worker(Path(args.worker[0]), int(args.worker[1]))
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         root = Path(tmp)
         with running_env(_Dirs(root)) as env:  # type: ignore[arg-type]
-            results = run(env, root, args.mib, args.runs)
+            if args.tunnel:
+                from proxy_tunnel import run_tunnel
+
+                results = run_tunnel(env, root, args.mib, args.runs, with_tsh=os.environ.get("TUNNEL_BENCH_TSH") == "1")
+                args.sessions = args.nodes = 0
+            elif args.sessions_only:
+                results = {}
+                login_bench(env, root / "tsh")
+            else:
+                results = run(env, root, args.mib, args.runs)
             if args.sessions:
-                results.update(sessions(root / "tsh", args.sessions))
+                for name, home in (("TLS routing", root / "tsh"), ("SSH port", without_tls_routing(root))):
+                    results.update({f"{key} [{name}]": value
+                                    for key, value in sessions(home, args.sessions, args.workers).items()})
             if args.nodes:
                 results.update(listing(env, root / "tsh", args.nodes))
     if args.format == "json":
@@ -80,12 +102,30 @@ def main() -> int:
     return 0
 
 
-def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
+def login_bench(env: Env, home: Path) -> None:
     env.signup("bench", ["dev"], [LOGIN], "bench-password-0123456789")
-    home = root / "tsh"
     login = env.login(home, "bench")
     if login.returncode != 0:
         raise SystemExit(login.stderr)
+
+
+def without_tls_routing(root: Path) -> Path:
+    """A copy of the bench user's tsh home whose profile uses the proxy's SSH port."""
+    import shutil
+
+    home = root / "tsh-ssh-port"
+    if not home.exists():
+        shutil.copytree(root / "tsh", home)
+        meta_path = home / "profiles" / "127.0.0.1" / "profile.json"
+        meta = json.loads(meta_path.read_text())
+        meta["tls_routing"] = False
+        meta_path.write_text(json.dumps(meta))
+    return home
+
+
+def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
+    home = root / "tsh"
+    login_bench(env, home)
     folder = home / "profiles" / "127.0.0.1"
     # an OpenSSH sshd as the plain jump host (same host certificate scheme, trusts the user CA)
     port = free_port()
@@ -106,6 +146,7 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
     shell_env = {**os.environ, "TELEPORT_HOME": str(home), "SSH_AUTH_SOCK": ""}
     target = f"{LOGIN}@sshd-node.{CLUSTER}"
     tsh = [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", f"{LOGIN}@sshd-node"]
+    tsh_port_env = {**shell_env, "TELEPORT_HOME": str(without_tls_routing(root))}
     via_proxy = ["ssh", "-F", str(config), "-J", f"bench@127.0.0.1:{env.ssh_port}", target]
     node_port = env.sshd.port  # type: ignore[attr-defined]
     # sshd cannot resolve node.cluster names: address the node directly, checking the same host certificate
@@ -114,34 +155,68 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
     size = mib * 1024 * 1024
     out: dict[str, Any] = {}
     try:
-        for name, cmd in (("tsh ssh via proxy", tsh), ("ssh -J via proxy", via_proxy), ("ssh -J via sshd", via_sshd)):
-            timed([*cmd, "true"], env=shell_env)  # warm up
-            seconds = min(timed([*cmd, "cat > /dev/null"], stdin_bytes=size, env=shell_env) for _ in range(2))
-            out[f"throughput MiB/s: {name}"] = round(mib / seconds, 1)
-            out[f"setup ms (median of {runs}): {name}"] = round(
-                statistics.median(timed([*cmd, "true"], env=shell_env) for _ in range(runs)) * 1000, 1)
+        clients = (("tsh ssh via proxy", tsh, shell_env), ("tsh ssh via proxy SSH port", tsh, tsh_port_env),
+                   ("ssh -J via proxy", via_proxy, shell_env), ("ssh -J via sshd", via_sshd, shell_env))
+        # interleaved (client A, B, C, D, A, B, ...) so that a load change hits every client alike
+        transfer: dict[str, list[float]] = {name: [] for name, _, _ in clients}
+        setup: dict[str, list[float]] = {name: [] for name, _, _ in clients}
+        for _name, cmd, cmd_env in clients:
+            timed([*cmd, "true"], env=cmd_env)  # warm up
+        for _ in range(3):
+            for name, cmd, cmd_env in clients:
+                transfer[name].append(timed([*cmd, "cat > /dev/null"], stdin_bytes=size, env=cmd_env))
+        for _ in range(runs):
+            for name, cmd, cmd_env in clients:
+                setup[name].append(timed([*cmd, "true"], env=cmd_env))
+        for name, _, _ in clients:
+            out[f"throughput MiB/s (best of 3): {name}"] = round(mib / min(transfer[name]), 1)
+            out[f"setup ms (median of {runs}): {name}"] = round(statistics.median(setup[name]) * 1000, 1)
     finally:
         jump.stop()
-    base_tp = out["throughput MiB/s: ssh -J via sshd"]
+    base_tp = out["throughput MiB/s (best of 3): ssh -J via sshd"]
     base_setup = out[f"setup ms (median of {runs}): ssh -J via sshd"]
-    for name in ("tsh ssh via proxy", "ssh -J via proxy"):
-        out[f"throughput ratio vs ssh -J via sshd: {name}"] = round(out[f"throughput MiB/s: {name}"] / base_tp, 2)
+    for name in ("tsh ssh via proxy", "tsh ssh via proxy SSH port", "ssh -J via proxy"):
+        out[f"throughput ratio vs ssh -J via sshd: {name}"] = round(
+            out[f"throughput MiB/s (best of 3): {name}"] / base_tp, 2)
         out[f"setup ratio vs ssh -J via sshd: {name}"] = round(
             out[f"setup ms (median of {runs}): {name}"] / base_setup, 2)
     return out
 
 
-def sessions(home: Path, count: int) -> dict[str, Any]:
-    """``count`` sessions open at once through the proxy (tsh's client code in this process,
-    8 connecting at a time), each running ``cat``; then the round trip of one byte through
-    every session, three times: p50/p99 in ms, and how many sessions failed."""
+def sessions(home: Path, count: int, workers: int) -> dict[str, Any]:
+    """``count`` sessions open at once through the proxy, opened by ``workers`` client processes
+    (tsh's client code, 8 connecting at a time in each), each running ``cat``; once all are open,
+    the round trip of one byte through every session, three times: p50/p99 in ms, and how many
+    sessions failed to open or to echo."""
+    shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(home), str(n)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for n in shares if n]
+    opened = [json.loads(p.stdout.readline() or "{}") for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdin.write("go\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+    measured = [json.loads(p.stdout.readline() or "{}") for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdin.close()  # type: ignore[union-attr]
+        p.wait(60)
+    rtts = sorted(rtt for m in measured for rtt in m.get("rtts", []))
+    failures = [f for o in opened for f in o.get("failures", [])]
+    errors = len(failures) + sum(m.get("errors", 0) for m in measured)
+    pick = (lambda q: round(rtts[min(len(rtts) - 1, int(q * len(rtts)))] * 1000, 2)) if rtts else (lambda q: -1.0)
+    return {f"sessions open at once (of {count})": sum(o.get("open", 0) for o in opened), "session errors": errors,
+            "echo round trip p50 ms": pick(0.5), "echo round trip p99 ms": pick(0.99),
+            **({"first session error": failures[0]} if failures else {})}
+
+
+def session_worker(home: Path, count: int) -> int:
+    """One client process of :func:`sessions`: open ``count`` sessions, print how it went,
+    wait for ``go``, echo, print the round trips, hold the sessions until stdin closes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from teleport_core.tsh.profile import Profile
     from teleport_core.tsh.sshclient import connect_node
 
     profile = Profile.load(home)
-
     failures: list[str] = []
 
     def open_one(_: int) -> tuple[Any, Any, Any] | None:
@@ -149,17 +224,24 @@ def sessions(home: Path, count: int) -> dict[str, Any]:
             proxy, node = connect_node(profile, LOGIN, "sshd-node")
             channel = node.open_session()
             channel.exec_command("cat")
+            # the login shell's rc files run before cat does (root's .bashrc here runs pyenv init):
+            # one echo first, so the figures below time the session, not shells starting
+            channel.sendall(b"w")
+            if channel.recv(1) != b"w":
+                raise RuntimeError("the session did not echo")
             return proxy, node, channel
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
             return None
 
     with ThreadPoolExecutor(8) as pool:
-        opened = list(pool.map(open_one, range(count)))
-    live = [o for o in opened if o is not None]
+        live = [o for o in pool.map(open_one, range(count)) if o is not None]
+    print(json.dumps({"open": len(live), "failures": failures}), flush=True)
+    sys.stdin.readline()
     rtts: list[float] = []
-    errors = count - len(live)
-    for _ in range(3):
+    errors = 0
+    slow: list[tuple[int, int, float]] = []
+    for round_no in range(3):
         for _proxy, _node, channel in live:
             start = time.perf_counter()
             try:
@@ -171,14 +253,14 @@ def sessions(home: Path, count: int) -> dict[str, Any]:
                 errors += 1
                 continue
             rtts.append(time.perf_counter() - start)
+            if rtts[-1] > 0.1:
+                slow.append((round_no, len(rtts) - 1, rtts[-1]))
+    print(json.dumps({"rtts": rtts, "errors": errors, "slow": slow}), flush=True)
+    sys.stdin.read()
     for proxy, node, _channel in live:
         node.close()
         proxy.close()
-    rtts.sort()
-    pick = (lambda q: round(rtts[min(len(rtts) - 1, int(q * len(rtts)))] * 1000, 2)) if rtts else (lambda q: -1.0)
-    return {f"sessions open at once (of {count})": len(live), "session errors": errors,
-            "echo round trip p50 ms": pick(0.5), "echo round trip p99 ms": pick(0.99),
-            **({"first session error": failures[0]} if failures else {})}  # type: ignore[dict-item]
+    return 0
 
 
 def listing(env: Env, home: Path, count: int) -> dict[str, float]:

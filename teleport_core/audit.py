@@ -31,6 +31,7 @@ CODES: Mapping[tuple[str, str], str] = {
     ("session.end", "ok"): "T2004I",
     ("session.upload", "ok"): "T2005I",
     ("session.data", "ok"): "T2006I",
+    ("session.recording.access", "ok"): "T2012I",
     ("exec", "ok"): "T3002I",
     ("exec", "failure"): "T3002E",
     ("port", "ok"): "T3003I",
@@ -49,6 +50,9 @@ CODES: Mapping[tuple[str, str], str] = {
     ("join_token.create", "ok"): "TJT00I",
     ("instance.join", "ok"): "TJ002I",
     ("instance.join", "failure"): "TJ002E",
+    # ours (Teleport does not audit reverse tunnels): a node's tunnel to a proxy opened and closed
+    ("reverse_tunnel.connect", "ok"): "TRT00I",
+    ("reverse_tunnel.disconnect", "ok"): "TRT01I",
 }
 
 

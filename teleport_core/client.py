@@ -15,6 +15,20 @@ typed exceptions: ``AccessDenied`` (403), ``NotFound`` (404), ``AlreadyExists`` 
 ``CompareFailed`` (412), ``AuthenticationFailed`` (401), ``TeleportError`` otherwise; the
 message is the server's reason. Connections are pooled and kept alive (a new mutual-TLS
 handshake costs milliseconds of server CPU).
+
+Through a proxy: give the proxy's web address (``AuthClient("proxy.example.com:3080", ...)``).
+Every connection names ``teleport.cluster.local`` in its SNI (and checks the server's
+certificate for that name against the host CA), which the proxy's web port passes through to
+auth untouched (TLS routing), so auth sees and authorizes this client's own certificate.
+
+Several auth servers (``AuthClient(["auth1:3025", "auth2:3025"], ...)``, as with
+``teleport.auth_servers``): the client sticks to the one that last answered and fails over to
+the next on connection errors only (an HTTP error is the server's answer and is raised as is).
+A request that never reached a server (connection refused, connect timeout) is sent to the next
+one whatever its method; one that failed after it was sent (the server died mid-request, or
+closed the kept-alive connection) is sent again only when idempotent (GET, PUT, DELETE): once
+more to the same server on a new connection, then to the next. :class:`ConnectionProblem` is
+raised when no address answered.
 """
 
 from __future__ import annotations
@@ -43,6 +57,9 @@ if TYPE_CHECKING:
 
 # the auth service's certificate names this, whatever address it is reached at
 AUTH_SERVER_NAME = "teleport.cluster.local"
+#: A proxy calling auth for a user sends the user's TLS client certificate (base64 DER) here;
+#: auth verifies it against the user CA and authorizes the user (only from a Proxy host).
+FORWARDED_USER_CERT = "Teleport-Forwarded-User-Cert"
 ERRORS: dict[int, type[TeleportError]] = {
     401: AuthenticationFailed,
     403: AccessDenied,
@@ -172,16 +189,37 @@ def _base_url(addr: str) -> str:
     return f"https://{addr}"
 
 
-class AuthClient:
-    """The auth API over mutual TLS. Use as ``async with``; every method is a coroutine."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# seconds an idle pooled connection is kept: below the auth server's 60 s keep-alive timeout, so
+# the client never picks a connection the server is closing at the same moment
+KEEPALIVE = 50.0
 
-    def __init__(self, addr: str, loaders: Sequence[Loader] = (), *, credentials: Credentials | None = None,
-                 timeout: float = 30.0) -> None:
-        self.addr = addr
+
+class AuthClient:
+    """The auth API over mutual TLS. Use as ``async with``; every method is a coroutine.
+
+    ``addr`` is one ``host:port`` or a list of them (several auth servers of one cluster): see
+    the module docstring for how the client fails over between them.
+    """
+
+    def __init__(self, addr: str | Sequence[str], loaders: Sequence[Loader] = (), *,
+                 credentials: Credentials | None = None, timeout: float = 30.0) -> None:
+        addrs = [addr] if isinstance(addr, str) else list(addr)
+        if not addrs:
+            raise ValueError("AuthClient needs at least one auth server address")
+        self.addrs: tuple[str, ...] = tuple(addrs)
+        self._current = 0  # the address that answered last; calls start there
         self.credentials = credentials or first_credentials(loaders)
         self._loaders = loaders
         self._timeout = timeout
         self._http: httpx.AsyncClient | None = None
+        self._retired: list[httpx.AsyncClient] = []  # pools of replaced credentials, closed later
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def addr(self) -> str:
+        """The auth server the next call goes to first (the one that answered last)."""
+        return self.addrs[self._current]
 
     async def _client(self) -> httpx.AsyncClient:
         import httpx
@@ -195,12 +233,12 @@ class AuthClient:
                     old, self._http = self._http, None
                     await old.aclose()
         if self._http is None:
+            # no base_url: one pool serves every address (httpx pools connections per origin)
             self._http = httpx.AsyncClient(
-                base_url=_base_url(self.addr),
                 verify=self.credentials.context,
                 timeout=self._timeout,
                 headers={"Host": AUTH_SERVER_NAME},
-                limits=httpx.Limits(max_keepalive_connections=16, keepalive_expiry=60),
+                limits=httpx.Limits(max_keepalive_connections=16, keepalive_expiry=KEEPALIVE),
             )
         return self._http
 
@@ -211,24 +249,79 @@ class AuthClient:
         await self.close()
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for old in self._retired:
+            await old.aclose()
+        self._retired.clear()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
+    def set_credentials(self, credentials: Credentials, *, linger: float = 90.0) -> None:
+        """Use ``credentials`` from the next request on (a host's certificates renewed during a
+        CA rotation). Requests already under way (long polls) finish on their connections,
+        which are closed ``linger`` seconds later."""
+        self.credentials = credentials
+        old, self._http = self._http, None
+        if old is None:
+            return
+        self._retired.append(old)
+
+        async def retire() -> None:
+            await asyncio.sleep(linger)
+            if old in self._retired:
+                self._retired.remove(old)
+                await old.aclose()
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send one request to the current auth server, failing over to the others on connection
+        errors (see the module docstring); ``content`` may be a zero-argument factory of the body
+        so that a retried request gets a fresh stream."""
+        import httpx
+
+        content = kwargs.pop("content", None)
+        idempotent = method.upper() in IDEMPOTENT
+        order = [(self._current + step) % len(self.addrs) for step in range(len(self.addrs))]
+        problems: list[str] = []
+        again = idempotent  # one more try on the same server, for a kept-alive connection it had closed
+        position = 0
+        while position < len(order):
+            index = order[position]
+            addr = self.addrs[index]
+            body = content() if callable(content) else content
+            try:
+                response = await (await self._client()).request(
+                    method, _base_url(addr) + path, content=body,
+                    extensions={"sni_hostname": AUTH_SERVER_NAME}, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                problems.append(f"cannot reach auth server at {addr}: {_reason(exc)}")
+                position += 1
+                continue  # never sent: safe to send anywhere else
+            except (httpx.TransportError, ssl.SSLError) as exc:  # a TLS alert after the handshake escapes httpx
+                problems.append(f"auth server at {addr}: {_reason(exc)}")
+                if not idempotent:
+                    break  # it may have been applied: the caller decides whether to send it again
+                if again and not isinstance(exc, httpx.TimeoutException):
+                    again = False  # a dead server refuses the new connection: then the next address
+                    continue
+                position += 1
+                continue
+            self._current = index
+            return response
+        if len(problems) == 1:
+            raise ConnectionProblem(problems[0])
+        raise ConnectionProblem("; ".join(problems))
+
     async def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
         """Send one request; return the decoded JSON, or raise the typed error the server sent."""
-        import httpx
-
-        try:
-            response = await (await self._client()).request(
-                method, path, json=body, params=params, extensions={"sni_hostname": AUTH_SERVER_NAME},
-                timeout=timeout if timeout is not None else self._timeout,
-            )
-        except httpx.ConnectError as exc:
-            raise ConnectionProblem(f"cannot reach auth server at {self.addr}: {_reason(exc)}") from None
-        except httpx.TransportError as exc:
-            raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
+        response = await self._request(method, path, json=body, params=params,
+                                       timeout=timeout if timeout is not None else self._timeout)
         raise_for_status(response)
         return response.json() if response.content else None
 
@@ -363,21 +456,47 @@ class AuthClient:
 
     async def upload_recording(self, session_id: str, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Stream a finished recording (an asciicast v2 file) to auth's session storage."""
-        import httpx
 
         async def chunks() -> Any:
             with open(path, "rb") as file:
                 while chunk := file.read(1 << 20):
                     yield chunk
 
-        try:
-            response = await (await self._client()).request(
-                "PUT", f"/v1/sessions/{session_id}/recording", content=chunks(),
-                extensions={"sni_hostname": AUTH_SERVER_NAME}, timeout=max(self._timeout, 300.0))
-        except httpx.TransportError as exc:
-            raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
+        response = await self._request("PUT", f"/v1/sessions/{session_id}/recording", content=chunks,
+                                       timeout=max(self._timeout, 300.0))
         raise_for_status(response)
         return response.json()  # type: ignore[no-any-return]
+
+    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0,
+                              user_cert: bytes = b"") -> list[dict[str, Any]]:
+        """Sessions that ended in a window, newest first; with ``user_cert`` (DER) a proxy asks
+        on behalf of that user (see :data:`FORWARDED_USER_CERT`)."""
+        params = {k: v for k, v in (("since", since), ("until", until), ("limit", limit)) if v}
+        response = await self._request("GET", "/v1/sessions", params=params, headers=_forwarded(user_cert))
+        raise_for_status(response)
+        return list(response.json()["sessions"])
+
+    async def download_recording(self, session_id: str, dest: str | os.PathLike[str], *,
+                                 user_cert: bytes = b"") -> int:
+        """Stream the asciicast recording of ``session_id`` into ``dest``; returns its size."""
+        import httpx
+
+        http = await self._client()
+        size = 0
+        try:
+            async with http.stream("GET", _base_url(self.addr) + f"/v1/sessions/{session_id}/recording",
+                                   headers=_forwarded(user_cert), extensions={"sni_hostname": AUTH_SERVER_NAME},
+                                   timeout=max(self._timeout, 300.0)) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_status(response)
+                with open(dest, "wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
+        return size
 
     async def follow(self, kind: str, reload: Callable[[], Awaitable[object]], log: Any, *,
                      poll: float = 30.0, retry: float = 2.0) -> None:
@@ -408,6 +527,12 @@ class AuthClient:
     async def search_events(self, **query: Any) -> dict[str, Any]:
         params = {k: v for k, v in query.items() if v not in (None, "", ())}
         return await self.call("GET", "/v1/events", params=params)  # type: ignore[no-any-return]
+
+
+def _forwarded(user_cert: bytes) -> dict[str, str]:
+    import base64
+
+    return {FORWARDED_USER_CERT: base64.b64encode(user_cert).decode()} if user_cert else {}
 
 
 def raise_for_status(response: httpx.Response) -> None:

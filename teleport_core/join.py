@@ -48,6 +48,9 @@ def auth_addresses(config: TeleportConfig, shared: dict[str, Any] | None = None)
     local = local_auth(shared or {})
     if not addrs and local is not None:
         addrs = [local.addr]
+    if not addrs and config.proxy_server is not None:
+        raise JoinError("teleport.proxy_server is set, but this server still reaches the auth API directly: "
+                        "also set teleport.auth_servers (a list; --auth-server replaces proxy_server)")
     if not addrs:
         raise JoinError("no auth server to join: set teleport.auth_server (or --auth-server), "
                         "or enable auth_service in this process")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ssl
 
@@ -18,7 +19,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from teleport_core.config.values import NetAddr
-from teleport_core.tlsserver import TLSServer, bind_socket, client_certificate
+from teleport_core.tlsserver import (
+    ClientHello,
+    NotClientHello,
+    TLSServer,
+    bind_socket,
+    client_certificate,
+    parse_client_hello,
+)
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -116,5 +124,74 @@ def test_client_certificate_reaches_the_app_and_context_swaps(tmp_path):
         with pytest.raises(httpx.ConnectError):
             async with httpx.AsyncClient(verify=alice) as client:
                 await client.get(url)  # the listener is closed
+
+    asyncio.run(run())
+
+
+def client_hello(server_name=None, alpn=None):
+    """The bytes a real client (the ssl module) sends first."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_client_hello_parser_reads_sni_and_alpn_and_refuses_the_rest():
+    hello = client_hello("teleport.cluster.local", ["teleport-proxy-ssh", "h2"])
+    assert parse_client_hello(hello) == ClientHello("teleport.cluster.local", ("teleport-proxy-ssh", "h2"))
+    assert parse_client_hello(client_hello()) == ClientHello("", ())
+    assert parse_client_hello(client_hello("Proxy.Example.COM")).server_name == "proxy.example.com"
+    for cut in (1, 4, 5, 100, len(hello) - 1):
+        assert parse_client_hello(hello[:cut]) is None  # not all here yet
+    for bad in (b"GET / HTTP/1.1\r\n", b"SSH-2.0-OpenSSH_9.2\r\n", b"\x16\x02\x00", b"\x16\x03\x01\xff\xff",
+                b"\x16\x03\x01\x00\x10\x01\x00\x00\x0c" + b"\xff" * 12,  # a ClientHello cut short inside
+                b"\x16\x03\x01\x00\x08\x02\x00\x00\x04" + b"\x00" * 4):  # a ServerHello
+        with pytest.raises(NotClientHello):
+            parse_client_hello(bad)
+
+
+def test_router_takes_connections_or_leaves_them_to_https(tmp_path):
+    ca = make_ca("cluster")
+    seen = []
+
+    async def echo_raw(sock, hello):  # a handler gets the socket with the ClientHello still unread
+        loop = asyncio.get_running_loop()
+        first = await loop.sock_recv(sock, 5)
+        seen.append((hello, first))
+        sock.close()
+
+    def route(hello):
+        return echo_raw if "raw" in hello.alpn else None
+
+    async def run():
+        server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "s1"), router=route)
+        await server.start()
+        port = server.address.port
+        try:
+            alice = client_context(tmp_path, ca, issue(ca, "alice"), "alice")
+            async with httpx.AsyncClient(verify=alice) as client:
+                response = await client.get(f"https://localhost:{port}/whoami")
+                assert response.json()["subject"] == "CN=alice"  # HTTPS as before, client cert included
+            raw = client_context(tmp_path, ca)
+            raw.set_alpn_protocols(["raw"])
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await asyncio.open_connection("127.0.0.1", port, ssl=raw, server_hostname="localhost")
+            assert seen[0][0].alpn == ("raw",) and seen[0][1][:1] == b"\x16"
+            for garbage in (b"\x00" * 100, b"GET / HTTP/1.1\r\n\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(garbage)
+                with contextlib.suppress(ConnectionResetError):  # closed with the garbage unread: a reset
+                    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing answered
+                writer.close()
+            async with httpx.AsyncClient(verify=alice) as client:  # and still serving
+                assert (await client.get(f"https://localhost:{port}/whoami")).status_code == 200
+        finally:
+            await server.stop()
 
     asyncio.run(run())

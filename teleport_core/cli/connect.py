@@ -30,7 +30,7 @@ def auth_client(args: argparse.Namespace, plugins: Plugins) -> AuthClient:
     if getattr(args, "identity", None):
         if not servers:
             raise TeleportError("--auth-server is required with -i/--identity")
-        return AuthClient(servers[0], [load_identity_file(args.identity)])
+        return AuthClient(servers, [load_identity_file(args.identity)])
     from teleport_core.config.load import DEFAULT_CONFIG, load_config
 
     path = Path(args.config) if getattr(args, "config", None) else None
@@ -49,4 +49,4 @@ def auth_client(args: argparse.Namespace, plugins: Plugins) -> AuthClient:
         if listen is None:
             raise TeleportError(f"{config.source or 'the config'} has no auth_service.listen_addr; pass --auth-server")
         servers = [f"{listen.connect_host}:{listen.port}"]
-    return AuthClient(servers[0], [load_identity_dir(folder)])
+    return AuthClient(servers, [load_identity_dir(folder)])

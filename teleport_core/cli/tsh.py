@@ -30,8 +30,12 @@ BUILTINS = {
     "status": Builtin("show the current profile (user, cluster, roles, logins, expiry)", _lazy("status")),
     "logout": Builtin("delete the current profile's key and certificates", _lazy("logout")),
     "ls": Builtin("list the nodes you may reach [label=value] [--format=text|json]", _lazy("ls")),
-    "ssh": Builtin("run a command or shell on a node through the proxy: [login@]target [cmd]", _lazy("ssh")),
+    "ssh": Builtin("run a command or shell on a node through the proxy: [-L spec] [-A] [login@]target [cmd]",
+                   _lazy("ssh")),
     "scp": Builtin("copy files to or from a node: [-r] src dst with [login@]node:path", _lazy("scp")),
+    "recordings": Builtin("recordings ls [--format=text|json]: list recorded sessions you may replay",
+                          _lazy("recordings")),
+    "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast]", _lazy("play")),
     "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),
     "proxy": Builtin("proxy ssh [user@]host[:port]: stdin/stdout bridge for ProxyCommand", _lazy("proxy")),
 }

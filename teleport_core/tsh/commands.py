@@ -1,4 +1,5 @@
-"""The ``tsh`` commands: ``login``, ``status``, ``logout``, ``ls``, ``ssh``, ``config``, ``proxy ssh``."""
+"""The ``tsh`` commands: ``login``, ``status``, ``logout``, ``ls``, ``ssh``, ``config``, ``proxy ssh``,
+``recordings ls`` and ``play`` (in :mod:`teleport_core.tsh.recordings`)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def login(argv: list[str], cli: CliContext) -> int:
     ssh_addr = ping["proxy"]["ssh"]["public_addr"]
     profile = Profile(proxy_host, web, ssh_addr, answer["username"], answer["cluster_name"], tuple(answer["roles"]),
                       tuple(answer["logins"]), dt.datetime.fromisoformat(answer["valid_before"]), args.insecure,
-                      identity)
+                      identity, tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)))
     folder = profile.save(home())
     _agent_add(folder, profile)
     _print_status(Profile.load(home()))
@@ -162,6 +163,7 @@ def current(args: argparse.Namespace) -> Profile:
         import attrs
 
         return attrs.evolve(profile, ssh_addr=ping["proxy"]["ssh"]["public_addr"],
+                            tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)),
                             cluster=profile.cluster or ping["cluster_name"], insecure=args.insecure)
     return Profile.load(home()).check_valid()
 
@@ -207,9 +209,19 @@ def ssh(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-l", "--login", help="remote login")
     parser.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     parser.add_argument("-T", dest="no_tty", action="store_true", help="no terminal")
+    parser.add_argument("-L", dest="forwards", action="append", default=[], metavar="[BIND:]PORT:HOST:HOSTPORT",
+                        help="forward a local port to HOST:HOSTPORT as seen from the node (repeatable)")
+    parser.add_argument("-A", dest="agent", action="store_true", help="forward the local ssh-agent to the node")
+    parser.add_argument("-N", dest="no_command", action="store_true",
+                        help="run no command: only forward ports (-L) until interrupted")
     parser.add_argument("target", help="[login@]nodename, host UUID, address or label=value")
     parser.add_argument("command", nargs="*")
     args = parser.parse_args(argv)
+    from teleport_core.tsh import forward
+
+    specs = [forward.parse_local_forward(spec) for spec in args.forwards]  # bad specs fail before anything else
+    if args.no_command and (args.command or not specs):
+        raise TeleportError("-N runs no command: give -L forwards and no command")
     profile = current(args)
     login_name, at, host = args.target.rpartition("@")
     login_name = args.login or (login_name if at else "") or (profile.logins[0] if profile.logins else "")
@@ -221,9 +233,19 @@ def ssh(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import sshclient
 
     if is_label_selector(host):
+        if specs or args.agent:
+            raise TeleportError("-L and -A need a single node, not a label selector")
         return _run_on_matches(profile, login_name, host, args.port, command)
     host, port = split_host_port(host, args.port)
-    return sshclient.run(profile, login_name, host, port, command, tty)
+    forwarding = forward.setup(profile, args.forwards, args.agent)
+    if forwarding is None:
+        return sshclient.run(profile, login_name, host, port, command, tty)
+    try:
+        if args.no_command:
+            return forward.hold(profile, login_name, host, port, forwarding)
+        return sshclient.run(profile, login_name, host, port, command, tty, prepare=forwarding.prepare)
+    finally:
+        forwarding.close()
 
 
 def split_host_port(target: str, default: int = 0) -> tuple[str, int]:
@@ -332,3 +354,15 @@ def proxy(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import sshclient
 
     return sshclient.bridge(profile, host, port)
+
+
+def recordings(argv: list[str], cli: CliContext) -> int:
+    from teleport_core.tsh import recordings as rec
+
+    return rec.recordings(argv, cli)
+
+
+def play(argv: list[str], cli: CliContext) -> int:
+    from teleport_core.tsh import recordings as rec
+
+    return rec.play(argv, cli)

@@ -50,6 +50,7 @@ class Profile:
     insecure: bool
     identity: LocalIdentity
     folder: Path | None = None
+    tls_routing: bool = False  # the proxy's web port carries SSH too (its ping said tls_routing_enabled)
 
     @property
     def expired(self) -> bool:
@@ -68,7 +69,8 @@ class Profile:
     def meta(self) -> dict[str, Any]:
         return {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr, "user": self.user, "cluster": self.cluster,
                 "roles": list(self.roles), "logins": list(self.logins),
-                "valid_before": self.valid_before.isoformat(), "insecure": self.insecure}
+                "valid_before": self.valid_before.isoformat(), "insecure": self.insecure,
+                "tls_routing": self.tls_routing}
 
     def save(self, root: Path) -> Path:
         """Write this profile and make it current; returns its folder."""
@@ -100,7 +102,7 @@ class Profile:
             raise NotLoggedIn("not logged in (run tsh login --proxy=HOST)") from None
         return cls(name, meta["web_addr"], meta["ssh_addr"], meta["user"], meta["cluster"], tuple(meta["roles"]),
                    tuple(meta["logins"]), dt.datetime.fromisoformat(meta["valid_before"]), bool(meta["insecure"]),
-                   LocalIdentity.load(folder), folder)
+                   LocalIdentity.load(folder), folder, bool(meta.get("tls_routing", False)))
 
     @classmethod
     def from_identity_file(cls, path: Path, proxy: str) -> Profile:

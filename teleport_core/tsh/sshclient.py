@@ -1,7 +1,15 @@
-"""SSH through the proxy with paramiko: the outer connection to the proxy's SSH port, the
-``proxy:host:port@cluster`` subsystem, and the inner connection to the node over it (end to
-end: the proxy only forwards its bytes). Both hops check the host certificate against the
-cluster's host CA and log in with the profile's user certificate."""
+"""SSH through the proxy with paramiko: the inner connection to the node, end to end (the
+proxy only forwards its bytes), carried one of two ways:
+
+- TLS routing (when the proxy's ping says ``tls_routing_enabled``, remembered in the profile):
+  one TLS connection to the proxy's web port with ALPN ``teleport-proxy-ssh``, presenting the
+  user's TLS certificate and checking the proxy's against the cluster's host CA (and its name),
+  then the line ``host:port@cluster``; the proxy answers ``OK`` and the rest is the SSH stream;
+- otherwise the outer SSH connection to the proxy's SSH port and its
+  ``proxy:host:port@cluster`` subsystem.
+
+Every SSH hop checks the host certificate against the cluster's host CA and logs in with the
+profile's user certificate."""
 
 from __future__ import annotations
 
@@ -9,9 +17,12 @@ import contextlib
 import io
 import ipaddress
 import os
+import select
 import socket
+import ssl
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from teleport_core import keys
@@ -28,6 +39,8 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "ae
 CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
               "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com")
 TIMEOUT = 30.0
+ALPN_SSH = "teleport-proxy-ssh"
+MAX_REPLY = 4096
 
 
 class SSHFailure(TeleportError):
@@ -135,11 +148,142 @@ def _subsystem_error(channel: paramiko.Channel) -> str:
     return b"".join(chunks).decode(errors="replace").strip()
 
 
-def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tuple[paramiko.Transport, Any]:
-    """(the proxy transport, the authenticated node transport) for ``login@host``."""
+class TLSStream:
+    """A TLS connection that paramiko may read in one thread and write in others: OpenSSL
+    allows one call at a time on a connection, so each call holds a lock, the socket is
+    non-blocking and the waiting for readiness happens outside the lock."""
+
+    def __init__(self, tls: ssl.SSLSocket) -> None:
+        tls.setblocking(False)
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._timeout: float | None = None
+
+    @property
+    def _closed(self) -> bool:  # paramiko's Transport.stop_thread looks at it
+        return bool(getattr(self.tls, "_closed", False))
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def fileno(self) -> int:
+        return self.tls.fileno()
+
+    def getpeername(self) -> Any:
+        return self.tls.getpeername()
+
+    def _wait(self, readable: bool, deadline: float | None) -> None:
+        poller = select.poll()
+        poller.register(self.tls.fileno(), select.POLLIN if readable else select.POLLOUT)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError("timed out")
+        if not poller.poll(None if remaining is None else remaining * 1000):
+            raise TimeoutError("timed out")
+
+    def _call(self, op: Any, *args: Any) -> Any:
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            with self._lock:
+                try:
+                    return op(*args)
+                except ssl.SSLWantReadError:
+                    readable = True
+                except ssl.SSLWantWriteError:
+                    readable = False
+            self._wait(readable, deadline)
+
+    def recv(self, size: int) -> bytes:
+        try:
+            data: bytes = self._call(self.tls.recv, size)
+        except ssl.SSLZeroReturnError:
+            return b""
+        return data
+
+    def send(self, data: bytes | memoryview) -> int:
+        sent: int = self._call(self.tls.send, data)
+        return sent
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def shutdown_write(self) -> None:
+        """Nothing to do: the SSH session inside ends the connection (TLS has no half-close)."""
+
+    def close(self) -> None:
+        with self._lock:
+            self.tls.close()
+
+
+def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
+    """The raw stream to ``host`` (resolved by the proxy) over TLS routing on the web port."""
+    web_host, _, web_port = profile.web_addr.rpartition(":")
+    web_host = web_host.strip("[]")
+    try:
+        raw = socket.create_connection((web_host, int(web_port)), timeout=TIMEOUT)
+    except OSError as exc:
+        raise TeleportError(f"cannot reach the proxy at {profile.web_addr}: {exc.strerror or exc}") from None
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # the proxy's host certificate, checked against the cluster's host CA and the proxy's name
+    context = profile.identity.client_context()
+    context.set_alpn_protocols([ALPN_SSH])
+    try:
+        tls = context.wrap_socket(raw, server_hostname=web_host)
+    except ssl.SSLCertVerificationError as exc:
+        raw.close()
+        raise AccessDenied(f"the proxy at {profile.web_addr} is not a proxy of this cluster "
+                           f"({exc.verify_message})") from None
+    except (ssl.SSLError, OSError) as exc:
+        raw.close()
+        raise TeleportError(f"cannot reach the proxy at {profile.web_addr}: {exc}") from None
+    if tls.selected_alpn_protocol() != ALPN_SSH:
+        tls.close()
+        raise TeleportError(f"the proxy at {profile.web_addr} does not route SSH on its web port")
+    try:
+        tls.sendall(f"{host}:{port}@{profile.cluster}\n".encode())
+        reply = b""
+        while not reply.endswith(b"\n") and len(reply) < MAX_REPLY:
+            byte = tls.recv(1)  # byte by byte: the node's SSH banner may follow at once
+            if not byte:
+                break
+            reply += byte
+    except ssl.SSLError as exc:  # a refused certificate shows up here with TLS 1.3
+        tls.close()
+        raise AccessDenied(f"the proxy refused the certificate ({exc.reason or exc})") from None
+    except OSError as exc:
+        tls.close()
+        raise TeleportError(f"lost the connection to the proxy at {profile.web_addr}: {exc}") from None
+    text = reply.decode(errors="replace").strip()
+    if text != "OK":
+        tls.close()
+        if text.startswith("ERR "):
+            raise TeleportError(text[4:])
+        raise TeleportError(f"lost the connection to the proxy at {profile.web_addr}")
+    tls.settimeout(None)
+    return TLSStream(tls)
+
+
+def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tuple[Any, Any]:
+    """(the connection to the proxy, the authenticated node transport) for ``login@host``;
+    both have ``close()``."""
+    principal = None if _is_address(host) or "=" in host else host
+    if profile.tls_routing:
+        stream = dial_tls(profile, host, port)
+        try:
+            return stream, handshake(stream, profile, login, principal)
+        except SSHFailure:
+            stream.close()
+            raise TeleportError(f"cannot connect to {host} through the proxy") from None
+        except BaseException:
+            stream.close()
+            raise
     proxy = connect_proxy(profile)
     channel = open_subsystem(proxy, profile, host, port)
-    principal = None if _is_address(host) or "=" in host else host
     try:
         node = handshake(channel, profile, login, principal)
     except AccessDenied:
@@ -154,11 +298,14 @@ def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tupl
     return proxy, node
 
 
-def run(profile: Profile, login: str, host: str, port: int, command: str, tty: bool) -> int:
-    """Run ``command`` (a shell when empty) on the node; returns its exit status."""
+def run(profile: Profile, login: str, host: str, port: int, command: str, tty: bool, prepare: Any = None) -> int:
+    """Run ``command`` (a shell when empty) on the node; returns its exit status. ``prepare(node
+    transport, session channel)`` runs before the session starts (forwarding: tsh/forward.py)."""
     proxy, node = connect_node(profile, login, host, port)
     try:
         channel = node.open_session(timeout=TIMEOUT)
+        if prepare is not None:
+            prepare(node, channel)
         if tty:
             import shutil
 
@@ -257,8 +404,13 @@ def _interactive(channel: paramiko.Channel) -> int:
 def bridge(profile: Profile, host: str, port: int) -> int:
     """``tsh proxy ssh``: connect stdin/stdout to ``host:port`` through the proxy (for
     OpenSSH's ProxyCommand: the bytes are OpenSSH's own end-to-end session)."""
-    proxy = connect_proxy(profile)
-    channel = open_subsystem(proxy, profile, host, port)
+    proxy: Any
+    channel: Any
+    if profile.tls_routing:
+        proxy = channel = dial_tls(profile, host, port)
+    else:
+        proxy = connect_proxy(profile)
+        channel = open_subsystem(proxy, profile, host, port)
 
     def feed() -> None:
         try:
@@ -281,7 +433,7 @@ def bridge(profile: Profile, host: str, port: int) -> int:
         got_any = True
         os.write(1, data)
     if not got_any:
-        message = _subsystem_error(channel)
+        message = "" if profile.tls_routing else _subsystem_error(channel)  # TLS routing refuses in dial_tls
         proxy.close()
         if message:
             raise TeleportError(message)

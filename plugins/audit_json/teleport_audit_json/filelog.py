@@ -143,8 +143,19 @@ def parse_uri(uri: str) -> tuple[Path, str | None]:
 
 
 def _check_directory(directory: Path) -> None:
+    """Refuse a directory that cannot be used, at open, without creating anything: one that
+    is not a directory, or whose nearest existing ancestor is not a writable directory."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(CONFIG_KEY, f"{directory} exists and is not a directory")
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == directory:
+        return
+    if not ancestor.is_dir():
+        raise ConfigError(CONFIG_KEY, f"cannot create {directory}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(CONFIG_KEY, f"cannot create {directory}: {ancestor} is not writable by this user")
 
 
 async def open_sink(uri: str, data_dir: Path) -> FileAuditLog:

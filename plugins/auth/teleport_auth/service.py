@@ -29,7 +29,7 @@ from teleport_core import keys
 from teleport_core.audit import AuditEvent, AuditLog
 from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.config.values import certificate_names
-from teleport_core.errors import AlreadyExists, ConfigError, NotFound
+from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportError
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import LocalAuth
@@ -94,6 +94,7 @@ class AuthService(Service):
         from teleport_auth.api import build_app
 
         self._start_rotation()
+        self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
         self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context())
         await self.server.start()
         # services started after us in this process join through here, without a token
@@ -126,6 +127,16 @@ class AuthService(Service):
     def address(self) -> str:
         assert self.server is not None
         return str(self.server.address)
+
+    async def _check_session_storage(self) -> None:
+        """Open the session storage (``audit_sessions_uri``) once at start, only to report it: an
+        unreachable one (S3 down) is logged with its URL and what failed, and stops nothing.
+        Recordings wait in the nodes' spools; each upload opens the storage again."""
+        try:
+            await self.ctx.resources.session_storage()
+        except TeleportError as exc:
+            self.log.error("session storage is unreachable; recordings wait on the nodes until it answers",
+                           uri=self.ctx.config.storage.audit_sessions_uri, error=str(exc))
 
     # -- bootstrap ----------------------------------------------------------------------------------
 

@@ -26,20 +26,24 @@ from teleport_core import keys
 from teleport_core.audit import AuditEvent, new_event
 from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import AuthClient, Credentials
-from teleport_core.errors import TeleportError
+from teleport_core.errors import AccessDenied, AlreadyExists, TeleportError
 from teleport_core.identity import LocalIdentity
-from teleport_core.join import JoinRequest, auth_addresses, obtain_identity
+from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.renewal import HostCertRenewer
 from teleport_core.roles import Role, parse_role
 from teleport_core.service import Service, ServiceContext
 from teleport_node.certs import HostCertKey, load_ca_keys
 from teleport_node.recording import prepare_spool, recover
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
+from teleport_node.tunnel import TunnelAgent
 
 HEARTBEAT = 30.0
 RETRY = 2.0
 MAX_RETRY = 30.0
 LABEL_TIMEOUT = 10.0
+UPLOAD_AUDIT_WAIT = 30.0  # seconds an upload waits for this node's audit backlog (its session.start)
+UPLOAD_REFUSALS = 5  # refused uploads (403) retried before the recording is kept as .refused
 
 
 class NodeService(Service):
@@ -49,6 +53,7 @@ class NodeService(Service):
         self.log = ctx.log
         self.auth: AuthClient
         self.identity: LocalIdentity
+        self.renewer: HostCertRenewer
         self.state: NodeState
         self.ssh: SSHServer | None = None
         self.cmd_labels: dict[str, str] = {}
@@ -56,8 +61,13 @@ class NodeService(Service):
         self.audit: AuditSpool
         self._emitting: set[asyncio.Task[None]] = set()
         self._uploads: asyncio.Queue[tuple[str, Path]] = asyncio.Queue()
+        self._uploading: str | None = None  # the session whose recording is being sent (or retried)
         self._tasks: list[asyncio.Task[None]] = []
         self.spool = ctx.config.data_dir / "log" / "upload" / "sessions"
+        # teleport.proxy_server set: no listener, reached through a reverse tunnel to that proxy
+        self.tunnelled = ctx.config.proxy_server is not None
+        self.tunnel: TunnelAgent | None = None
+        self.host_ca_keys: list[str] = []
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -69,7 +79,10 @@ class NodeService(Service):
             config, JoinRequest("node", config.nodename, additional_principals=tuple(public)), self.log,
             self.ctx.resources.shared)
         addrs = auth_addresses(config, self.ctx.resources.shared)
-        self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
+        self.auth = AuthClient(addrs, credentials=Credentials(self.identity.client_context(), self.identity))
+        # host CA rotations: new host certificates without a restart (checked on every CA change)
+        self.renewer = HostCertRenewer(self.auth, self.identity, identity_dir(config, "node"), config.nodename,
+                                       self.log, on_renewed=self._renewed, additional_principals=public)
         ping = await self._retrying("reach the auth server", self.auth.ping)
         recording = str(ping.get("session_recording", "node"))
         cluster = str(ping["cluster_name"])
@@ -93,8 +106,10 @@ class NodeService(Service):
         # paramiko logs every aborted handshake (port probes, scanners) as an ERROR traceback;
         # the node logs refusals and failures itself
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-        self.ssh = SSHServer(lambda: self.state, self._host_key(), self._listen(), self.log)
+        self.ssh = SSHServer(lambda: self.state, self._host_key(), None if self.tunnelled else self._listen(), self.log)
         self.ssh.start()
+        if self.tunnelled:
+            await self._start_tunnel(cluster)
         for path in await asyncio.to_thread(recover, self.spool, set()):
             sid = path.name.removesuffix(".cast")
             self.log.info("uploading a recording left by an earlier run", sid=sid)
@@ -107,10 +122,13 @@ class NodeService(Service):
         for command in self.settings.commands:
             self._spawn(self._command_label(command), f"node-label-{command.name}")
         host, port = self.ssh.addr
-        self.log.info("node SSH service is ready", addr=f"{host}:{port}", host_uuid=self.identity.host_uuid,
+        where = f"reverse tunnel through {self.ctx.config.proxy_server}" if self.tunnelled else f"{host}:{port}"
+        self.log.info("node SSH service is ready", addr=where, host_uuid=self.identity.host_uuid,
                       cluster=cluster, session_recording=recording)
 
     async def stop(self) -> None:
+        if self.tunnel is not None:
+            await asyncio.to_thread(self.tunnel.stop)
         if self.ssh is not None:
             await asyncio.to_thread(self.ssh.stop)
         with contextlib.suppress(asyncio.TimeoutError):  # deliver what the last sessions produced
@@ -135,16 +153,22 @@ class NodeService(Service):
 
         Gauge("teleport_audit_events_pending", "Audit events on disk not yet delivered to auth",
               registry=self.ctx.metrics).set_function(self.audit.backlog)
-        Gauge("teleport_recordings_pending", "Session recordings waiting for upload",
-              registry=self.ctx.metrics).set_function(self._uploads.qsize)
+        Gauge("teleport_recordings_pending", "Session recordings kept in the local spool, not yet uploaded",
+              registry=self.ctx.metrics).set_function(self._recordings_pending)
+
+    def _recordings_pending(self) -> int:
+        """Finished recordings not uploaded yet: queued, plus the one being sent (or retried)."""
+        return self._uploads.qsize() + (self._uploading is not None)
 
     def diagnostics(self) -> dict[str, Any]:
         ssh = self.ssh
         return {
-            "ssh_addr": f"{ssh.addr[0]}:{ssh.addr[1]}" if ssh else None,
+            "ssh_addr": f"{ssh.addr[0]}:{ssh.addr[1]}" if ssh and not self.tunnelled else None,
+            "reverse_tunnel": (("connected" if self.tunnel.connected.is_set() else "reconnecting")
+                               if self.tunnel else None),
             "connections": len(ssh.connections) if ssh else 0,
             "pending_audit_events": self.audit.backlog(),
-            "pending_uploads": self._uploads.qsize(),
+            "pending_uploads": self._recordings_pending(),
         }
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -165,6 +189,8 @@ class NodeService(Service):
         return self.ssh.addr
 
     def _advertised_addr(self) -> str:
+        if self.tunnelled:
+            return ""  # heartbeats say tunnel: true; the proxy dials through the tunnel
         if self.settings.public_addrs:
             return str(self.settings.public_addrs[0])
         host, port = self.ssh_addr
@@ -186,11 +212,36 @@ class NodeService(Service):
             await asyncio.sleep(delay)
             delay = min(MAX_RETRY, delay * 2)
 
+    # -- reverse tunnel ------------------------------------------------------------------------------
+
+    async def _start_tunnel(self, cluster: str) -> None:
+        await self._retrying("load the host CA", self._load_host_ca)
+        self._spawn(self.auth.follow("cert_authority", self._load_host_ca, self.log), "node-host-ca-watch")
+        assert self.ssh is not None and self.ctx.config.proxy_server is not None
+        self.tunnel = TunnelAgent(proxy_server=self.ctx.config.proxy_server, insecure=self.ctx.config.insecure,
+                                  cluster=cluster, identity=lambda: self.identity,
+                                  host_ca_keys=lambda: self.host_ca_keys, serve=self.ssh.serve_connection, log=self.log)
+        self.tunnel.start()
+        self.log.info("no SSH listener: this node is reached through a reverse tunnel",
+                      proxy_server=str(self.ctx.config.proxy_server))
+
+    async def _load_host_ca(self) -> None:
+        """The host CA keys the proxy's certificate is checked against (all trusted keys during a rotation)."""
+        host = await self.auth.get_cert_authority("host")
+        self.host_ca_keys = list(host["ssh_public_keys"])
+
     # -- state from auth --------------------------------------------------------------------------
 
     async def _load_cas(self) -> None:
         user = await self.auth.get_cert_authority("user")
         self.state = attrs.evolve(self.state, ca_keys=load_ca_keys(user["ssh_public_keys"]))
+        await self.renewer.check()
+
+    async def _renewed(self, identity: LocalIdentity) -> None:
+        """New host certificates (host CA rotation): new SSH connections get the new one."""
+        self.identity = identity
+        if self.ssh is not None:
+            self.ssh.host_key = self._host_key()
 
     async def _load_roles(self) -> None:
         roles: dict[str, Role] = {}
@@ -205,7 +256,7 @@ class NodeService(Service):
         while True:
             node = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
                     "addr": self._advertised_addr(), "labels": dict(self.settings.labels),
-                    "cmd_labels": dict(self.cmd_labels)}
+                    "cmd_labels": dict(self.cmd_labels), "tunnel": self.tunnelled}
             try:
                 await self.auth.upsert_node(node)
             except TeleportError as exc:
@@ -242,7 +293,8 @@ class NodeService(Service):
                                                  "nodename": self.ctx.config.nodename,
                                                  "addr": self._advertised_addr(),
                                                  "labels": dict(self.settings.labels),
-                                                 "cmd_labels": dict(self.cmd_labels)})
+                                                 "cmd_labels": dict(self.cmd_labels),
+                                                 "tunnel": self.tunnelled})
 
     # -- audit events and recordings (fed from the SSH threads) ---------------------------------------
 
@@ -265,19 +317,46 @@ class NodeService(Service):
     async def _send_uploads(self) -> None:
         while True:
             sid, path = await self._uploads.get()
-            delay = RETRY
-            while True:
-                try:
-                    await self.auth.upload_recording(sid, path)
-                    break
-                except (TeleportError, OSError) as exc:
-                    self.log.warning("cannot upload recording, will retry", sid=sid, error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(MAX_RETRY, delay * 2)
+            self._uploading = sid
+            if not await self._upload(sid, path):
+                self._uploading = None
+                self._uploads.task_done()
+                continue
             size = path.stat().st_size
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             self._emit_threadsafe("session.upload", "ok", {
                 "sid": sid, "cluster_name": self.state.cluster_name, "server_id": self.identity.host_uuid,
                 "server_hostname": self.ctx.config.nodename, "size": size})
+            self._uploading = None
             self._uploads.task_done()
+
+    async def _upload(self, sid: str, path: Path) -> bool:
+        """Upload one recording, retrying while auth is away. Auth takes a recording only from
+        the node whose ``session.start`` it stored, once: wait for this node's audit backlog
+        first (the ``session.start`` may still be on its way), retry a refusal a few times, then
+        keep the file as ``<sid>.cast.refused`` (not retried; auth audited the refusal)."""
+        waited = 0.0
+        while waited < UPLOAD_AUDIT_WAIT and await asyncio.to_thread(self.audit.backlog) > 0:
+            await asyncio.sleep(0.2)
+            waited += 0.2
+        delay, refusals = RETRY, 0
+        while True:
+            try:
+                await self.auth.upload_recording(sid, path)
+                return True
+            except (AccessDenied, AlreadyExists) as exc:
+                refusals += 1
+                if isinstance(exc, AlreadyExists) or refusals >= UPLOAD_REFUSALS:
+                    kept = path.with_name(path.name + ".refused")
+                    with contextlib.suppress(FileNotFoundError):
+                        path.rename(kept)
+                    self.log.error("auth refused the recording, kept locally", sid=sid, error=str(exc),
+                                   path=str(kept))
+                    return False
+                self.log.warning("auth refused the recording, will retry", sid=sid, error=str(exc))
+            except (TeleportError, OSError) as exc:
+                self.log.warning("cannot upload recording, kept in the spool, will retry", sid=sid, error=str(exc),
+                                 recordings_pending=self._recordings_pending(), retry_in=f"{delay:.0f}s")
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY, delay * 2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import pwd
@@ -34,7 +35,7 @@ from typing import Any
 
 import attrs
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
 from teleport_core.roles import Role, RoleSet
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
@@ -57,6 +58,10 @@ AUTH_FAILED: int = int(paramiko.AUTH_FAILED)
 OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
 OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
+# RFC 4254 6.9/6.10 signal names, the set OpenSSH's sshd delivers (``signal``) and reports
+# (``exit-signal``; any other signal is reported as "SIG@openssh.com", as sshd does)
+SIGNALS: dict[str, int] = {name: int(getattr(signal, "SIG" + name)) for name in (
+    "ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2")}
 
 
 @attrs.define
@@ -90,7 +95,7 @@ def _winsize(fd: int, width: int, height: int, px: int = 0, py: int = 0) -> None
 class SSHServer:
     """Listens and hands each connection to paramiko with the node's host certificate."""
 
-    def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey, listen: tuple[str, int],
+    def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey, listen: tuple[str, int] | None,
                  log: Any) -> None:
         self.state = state
         self.host_key = host_key
@@ -98,8 +103,10 @@ class SSHServer:
         self.pump = Pump()
         self.connections: set[Connection] = set()
         self._lock = threading.Lock()
-        self.sock = socket.create_server(listen, backlog=512, reuse_port=False)
-        host, port = self.sock.getsockname()[:2]
+        # no listener (``listen`` None) for a node reached only through a reverse tunnel, which
+        # hands its connections to serve_connection
+        self.sock = socket.create_server(listen, backlog=512, reuse_port=False) if listen else None
+        host, port = self.sock.getsockname()[:2] if self.sock else ("", 0)
         self.addr: tuple[str, int] = (str(host), int(port))
         self._stopping = False
         self._thread = threading.Thread(target=self._accept_loop, name="teleport-node-accept", daemon=True)
@@ -108,13 +115,15 @@ class SSHServer:
     def start(self) -> None:
         self.pump.start()
         self.pump.call(self._flush_recorders)
-        self._thread.start()
+        if self.sock is not None:
+            self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
         with self._lock:
             connections = list(self.connections)
         for conn in connections:
@@ -135,7 +144,21 @@ class SSHServer:
             recorder.flush()
         self.pump.call_later(0.5, self._flush_recorders)
 
+    def serve_connection(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        """Serve SSH on a connection that did not come through the listener (a reverse tunnel's)."""
+        with self._lock:
+            too_many = self._stopping or len(self.connections) >= MAX_CONNECTIONS
+        if too_many:
+            sock.close()
+            return
+        try:
+            self._serve(sock, remote)
+        except Exception as exc:  # as in the accept loop: one bad handshake, one closed socket
+            self.log.warning("SSH connection failed", remote=f"{remote[0]}:{remote[1]}", error=str(exc))
+            sock.close()
+
     def _accept_loop(self) -> None:
+        assert self.sock is not None
         while not self._stopping:
             try:
                 sock, remote = self.sock.accept()
@@ -189,6 +212,11 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self._closed = False
         self._send = transport._send_user_message
         transport._send_user_message = self._send_then_start
+        # paramiko's ServerInterface has no hook for the "signal" channel request: route channel
+        # requests of this transport through _channel_request, which handles "signal" and hands
+        # every other request to paramiko unchanged
+        transport._channel_handler_table = {**paramiko.Transport._channel_handler_table,
+                                            MSG_CHANNEL_REQUEST: self._channel_request}
         server.pump.call(self._watch_transport)
 
     # -- ordering: start a process only once the client has its request's reply -----------------
@@ -215,6 +243,30 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             self._after_reply.append(start)
         else:
             start()
+
+    def _channel_request(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
+        """A CHANNEL_REQUEST (transport thread): ``signal`` here, the rest to paramiko."""
+        start = message.packet.tell()
+        kind = message.get_text()
+        if kind != "signal":
+            message.packet.seek(start)
+            channel._handle_request(message)
+            return
+        want_reply = message.get_boolean()
+        name = message.get_text()
+        session = self.sessions.get(channel.get_id())
+        if session is None:
+            ok, why = False, "no session on this channel"
+        else:
+            ok, why = session.deliver_signal(name)
+        if not ok:
+            self.server.log.info("signal request refused", signal=name, login=self.login, remote=self.remote,
+                                 reason=why)
+        if want_reply:
+            reply = paramiko.Message()
+            reply.add_byte(cMSG_CHANNEL_SUCCESS if ok else cMSG_CHANNEL_FAILURE)
+            reply.add_int(channel.remote_chanid)
+            self._send(reply)
 
     def _watch_transport(self) -> None:
         if self.transport.is_active():
@@ -264,6 +316,10 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             cert = check_user_cert(blob.key_blob, blob.key_type, state.ca_keys, login=username,
                                    client_ip=self.client_ip)
             user = cert.user
+            route = cert.extensions.get("teleport-route-to-cluster", "")
+            if route and route != state.cluster_name:
+                raise CertRefused(f"certificate is for cluster {json.dumps(route)}, "
+                                  f"this node is in cluster {json.dumps(state.cluster_name)}")
             roleset = self._roleset(cert, state.roles)
             decision = roleset.check_login(username, state.labels)
             if not decision.allowed:
@@ -413,7 +469,13 @@ class Forward:
         self.outbound.start()
 
     def _client_eof(self) -> None:
-        # half-close toward the remote side; the channel closes when both directions ended
+        # half-close toward the remote side; the channel closes when both directions ended.
+        # The inbound descriptor is closed by now: the socket lives on in the outbound one.
+        if not self.outbound.done:
+            with contextlib.suppress(OSError):
+                half = socket.socket(fileno=os.dup(self.outbound.fd))
+                half.shutdown(socket.SHUT_WR)
+                half.close()
         self.ends += 1
         self._maybe_close()
 
@@ -477,6 +539,23 @@ class Session:
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.killpg(self.process.pid, signal.SIGWINCH)
         self.conn.emit("resize", "ok", sid=self.id, size=f"{self.size[0]}:{self.size[1]}")
+
+    def deliver_signal(self, name: str) -> tuple[bool, str]:
+        """A client's ``signal`` request: send it to the session's process group, as sshd does
+        (``killpg`` of the session leader; refused for subsystems and before the process runs)."""
+        signum = SIGNALS.get(name)
+        if signum is None:
+            return False, "unsupported signal"
+        if self.subsystem is not None:
+            return False, "no signals to a subsystem"
+        process = self.process
+        if process is None or self.exited or process.returncode is not None:
+            return False, "no process is running"
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError) as exc:
+            return False, str(exc)
+        return True, ""
 
     def _argv(self, entry: pwd.struct_passwd) -> tuple[list[str], str]:
         shell = entry.pw_shell or "/bin/sh"
@@ -647,10 +726,7 @@ class Session:
         self._report(code)
 
     def _send_exit_signal(self, signum: int) -> None:
-        try:
-            name = signal.Signals(signum).name.removeprefix("SIG")
-        except ValueError:
-            name = str(signum)
+        name = next((n for n, number in SIGNALS.items() if number == signum), "SIG@openssh.com")
         message = paramiko.Message()
         message.add_byte(cMSG_CHANNEL_REQUEST)
         message.add_int(self.channel.remote_chanid)

@@ -25,6 +25,7 @@ from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
+from teleport_core.renewal import HostCertRenewer
 from teleport_core.roles import Role, RoleSet, parse_role
 from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
@@ -45,13 +46,17 @@ class ProxyService(Service):
         self.log = ctx.log
         self.auth: AuthClient
         self.identity: LocalIdentity
+        self.renewer: HostCertRenewer
         self.cluster_name = ""
         self.second_factor = "otp"
         self.user_ca_keys: tuple[str, ...] = ()
         self.user_ca_pems: tuple[str, ...] = ()
         self.host_known_hosts: tuple[str, ...] = ()
+        self.host_ca_keys: tuple[str, ...] = ()
+        self.tunnel: Any = None  # teleport_proxy.tunnel.TunnelServer
         self.roles: Mapping[str, Role] = {}
         self.web: TLSServer | None = None
+        self.mux: Any = None  # teleport_proxy.mux.WebMux
         self.ssh: Any = None
         self.loop: asyncio.AbstractEventLoop
         self._web_cert: tuple[str, str] = ("", "")
@@ -70,7 +75,11 @@ class ProxyService(Service):
             config, JoinRequest("proxy", config.nodename, dns_names=tuple(dns), ip_addresses=tuple(ips),
                                 additional_principals=tuple(dns + ips)), self.log, self.ctx.resources.shared)
         addrs = auth_addresses(config, self.ctx.resources.shared)
-        self.auth = AuthClient(addrs[0], credentials=Credentials(self.identity.client_context(), self.identity))
+        self.auth = AuthClient(addrs, credentials=Credentials(self.identity.client_context(), self.identity))
+        # host CA rotations: new host certificates without a restart (checked on every CA change)
+        self.renewer = HostCertRenewer(self.auth, self.identity, identity_dir(config, "proxy"), config.nodename,
+                                       self.log, on_renewed=self._renewed, dns_names=dns, ip_addresses=ips,
+                                       additional_principals=dns + ips)
         # denials wait on this host's disk while auth is unreachable; delivered in order, once each
         self.audit = AuditSpool(self.ctx.config.data_dir / "log" / "proxy-audit-spool", self.auth.emit_event, self.log)
         self._tasks.append(asyncio.create_task(self.audit.run(), name="proxy-audit"))
@@ -88,18 +97,35 @@ class ProxyService(Service):
 
         self.ssh = SSHProxyServer(self, bind_socket(self.settings.listen_addr))
         self.ssh.start()
-        self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context())
+        from teleport_proxy.tunnel import TunnelServer
+
+        self.tunnel = TunnelServer(self, bind_socket(self.settings.tunnel_listen_addr), self.ssh.host_key)
+        self.tunnel.start()
+        from prometheus_client import Gauge
+
+        Gauge("reverse_tunnels_connected", "Nodes connected to this proxy through a reverse tunnel",
+              registry=self.ctx.metrics).set_function(lambda: len(self.tunnel.tunnels))
+        from teleport_proxy.mux import WebMux
+
+        # TLS routing: the web port also carries tsh's SSH (ALPN teleport-proxy-ssh) and the auth API
+        self.mux = WebMux(self)
+        self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context(),
+                             router=self.mux.route)
         await self.web.start()
         await self._send_heartbeat()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="proxy-heartbeat"))
         self.log.info("proxy service is ready", cluster=self.cluster_name, web_addr=str(self.web.address),
-                      ssh_addr=str(self.ssh_address))
+                      ssh_addr=str(self.ssh_address), tunnel_addr=str(self.tunnel_address))
 
     async def stop(self) -> None:
         if self.web is not None:
             await self.web.stop()
+        if self.mux is not None:
+            self.mux.close()
         if self.ssh is not None:
             await asyncio.to_thread(self.ssh.stop)
+        if self.tunnel is not None:
+            await asyncio.to_thread(self.tunnel.stop)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -114,6 +140,9 @@ class ProxyService(Service):
             "web_addr": str(self.web.address) if self.web else None,
             "ssh_addr": str(self.ssh_address) if self.ssh else None,
             "ssh_connections": self.ssh.connections if self.ssh else 0,
+            "tls_routed_connections": len(self.mux.live) if self.mux else 0,
+            "tunnel_addr": str(self.tunnel_address) if self.tunnel else None,
+            "reverse_tunnels": len(self.tunnel.tunnels) if self.tunnel else 0,
         }
 
     @property
@@ -125,6 +154,21 @@ class ProxyService(Service):
     def ssh_address(self) -> NetAddr:
         host, port = self.ssh.sock.getsockname()[:2]
         return NetAddr(host, port)
+
+    @property
+    def tunnel_address(self) -> NetAddr:
+        host, port = self.tunnel.address
+        return NetAddr(host, port)
+
+    def public_tunnel_addr(self) -> str:
+        """Where nodes dial their reverse tunnel (``tunnel_public_addr``, else the public host and
+        the tunnel port); reported by ``/webapi/find``."""
+        if self.settings.tunnel_public_addrs:
+            return str(self.settings.tunnel_public_addrs[0])
+        addr = self.tunnel_address
+        host = self.settings.public_addrs[0].host if self.settings.public_addrs else (
+            self.ctx.config.nodename if addr.host in ("0.0.0.0", "::") else addr.host)  # noqa: S104
+        return str(NetAddr(host, addr.port))
 
     def public_web_addr(self) -> str:
         if self.settings.public_addrs:
@@ -142,7 +186,8 @@ class ProxyService(Service):
 
     def _names(self) -> tuple[list[str], list[str]]:
         s = self.settings
-        return certificate_names((s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs),
+        return certificate_names((s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs,
+                                  *s.tunnel_public_addrs),
                                  ("localhost",), ("127.0.0.1", "::1"))
 
     # -- state from auth --------------------------------------------------------------------------
@@ -153,6 +198,20 @@ class ProxyService(Service):
         self.user_ca_keys = tuple(user["ssh_public_keys"])
         self.user_ca_pems = tuple(user["tls_certs"])
         self.host_known_hosts = tuple(line for line in str(host["known_hosts"]).splitlines() if line.strip())
+        self.host_ca_keys = tuple(host["ssh_public_keys"])
+        if self.web is not None:
+            self.web.set_context(self._web_context())
+        await self.renewer.check()
+
+    async def _renewed(self, identity: LocalIdentity) -> None:
+        """New host certificates (host CA rotation): new SSH connections get the new one."""
+        from teleport_proxy.sshserver import CertHostKey, paramiko_key
+
+        self.identity = identity
+        host_key = CertHostKey(paramiko_key(identity.key_pem), identity.ssh_cert)
+        for server in (self.ssh, self.tunnel):
+            if server is not None:
+                server.host_key = host_key
         if self.web is not None:
             self.web.set_context(self._web_context())
 

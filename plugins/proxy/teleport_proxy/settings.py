@@ -14,9 +14,12 @@ SAMPLE = """\
 web_listen_addr: 0.0.0.0:3080
 # SSH: clients (tsh, ssh -J) connect here and are forwarded to nodes.
 listen_addr: 0.0.0.0:3023
+# Reverse tunnels: nodes behind firewalls (teleport.proxy_server set) dial out to this port.
+tunnel_listen_addr: 0.0.0.0:3024
 # Addresses clients use to reach this proxy (default: the listen address, or this host's name).
 # public_addr: proxy.example.com:3080
 # ssh_public_addr: proxy.example.com:3023
+# tunnel_public_addr: proxy.example.com:3024
 # Certificate (full chain) and key for HTTPS; without them a self-signed certificate is used
 # and clients need --insecure.
 # https_keypairs:
@@ -38,6 +41,8 @@ class ProxySettings:
     public_addrs: tuple[NetAddr, ...]
     ssh_public_addrs: tuple[NetAddr, ...]
     https_keypairs: tuple[KeyPair, ...]
+    tunnel_listen_addr: NetAddr = attrs.field(factory=lambda: NetAddr("0.0.0.0", 3024))  # noqa: S104
+    tunnel_public_addrs: tuple[NetAddr, ...] = ()
 
 
 def parse_settings(reader: SectionReader) -> ProxySettings:
@@ -46,8 +51,10 @@ def parse_settings(reader: SectionReader) -> ProxySettings:
     ssh = reader.addr("listen_addr", "0.0.0.0:3023", default_port=3023)
     public = reader.addrs("public_addr", default_port=3080)
     ssh_public = reader.addrs("ssh_public_addr", default_port=3023)
+    tunnel = reader.addr("tunnel_listen_addr", "0.0.0.0:3024", default_port=3024)
+    tunnel_public = reader.addrs("tunnel_public_addr", default_port=3024)
     pairs = []
     for item in reader.sections("https_keypairs"):
         pairs.append(KeyPair(item.path_value("key_file"), item.path_value("cert_file")))
         item.finish()
-    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs))
+    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs), tunnel, tunnel_public)

@@ -10,6 +10,10 @@
 - ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
   authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
   optional for the other endpoints).
+- ``GET /v1/webapi/sites/{cluster}/events/search/sessions?from=&to=&limit=``: ended sessions;
+  ``GET /v1/webapi/sites/{cluster}/sessions/{sid}/recording``: a recording (asciicast v2). The
+  proxy asks auth with its own certificate and forwards the caller's
+  (``teleport_core.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
 
 Errors are ``{"error": reason}`` with the status auth gave (401, 403, 404 ...).
 """
@@ -86,8 +90,9 @@ class WebAPI:
             "server_version": __version__,
             "auth": {"type": "local", "second_factor": p.second_factor},
             "proxy": {"ssh": {"listen_addr": str(p.settings.listen_addr), "public_addr": p.public_ssh_addr(),
-                              "ssh_tunnel_public_addr": ""},
-                      "web_public_addr": p.public_web_addr()},
+                              "tunnel_listen_addr": str(p.settings.tunnel_listen_addr),
+                              "ssh_tunnel_public_addr": p.public_tunnel_addr()},
+                      "web_public_addr": p.public_web_addr(), "tls_routing_enabled": True},
         }
 
     async def ping(self, request: Request) -> Response:
@@ -177,6 +182,63 @@ document.getElementById("f").onsubmit = async (e) => {{
             for n in sorted(nodes, key=lambda n: (n.nodename, n.uuid))
         ])
 
+    def _user_cert(self, request: Request) -> bytes:
+        """The caller's verified client certificate (DER), forwarded to auth to act as the user."""
+        self.caller(request)
+        der = client_certificate(request.scope)
+        assert der is not None
+        return der
+
+    def _check_cluster(self, request: Request) -> None:
+        cluster = request.path_params["cluster"]
+        if cluster != self.proxy.cluster_name:
+            raise NotFound(f"cluster {json.dumps(cluster)} is not found (this proxy serves {self.proxy.cluster_name})")
+
+    async def recordings(self, request: Request) -> Response:
+        """``tsh recordings ls``: ended sessions (``from``, ``to``, ``limit``), authorized at auth for the caller."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            params = request.query_params
+            limit = params.get("limit", "")
+            if limit and not limit.isdigit():
+                raise TeleportError("limit: expected a number")
+            sessions = await self.proxy.auth.list_recordings(
+                since=params.get("from", ""), until=params.get("to", ""), limit=int(limit or 0), user_cert=der)
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(sessions)
+
+    async def recording(self, request: Request) -> Response:
+        """``tsh play``: the asciicast v2 recording of a session, authorized at auth for the caller."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from starlette.background import BackgroundTask
+        from starlette.responses import FileResponse
+
+        from teleport_core.sessions import check_session_id
+
+        tmp = ""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            sid = check_session_id(request.path_params["sid"])
+            tmp = tempfile.mkdtemp(prefix="teleport-play-")
+            path = Path(tmp) / f"{sid}.cast"
+            await self.proxy.auth.download_recording(sid, path, user_cert=der)
+        except TeleportError as exc:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return error(exc)
+        except BaseException:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return FileResponse(path, media_type="application/x-asciicast",
+                            background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
+
 
 def build_app(proxy: ProxyService) -> Starlette:
     api = WebAPI(proxy)
@@ -189,4 +251,6 @@ def build_app(proxy: ProxyService) -> Starlette:
         Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
         Route("/web/invite/{token}", api.invite_page, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),
     ])

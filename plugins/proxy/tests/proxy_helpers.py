@@ -152,6 +152,7 @@ UsePAM no
 StrictModes no
 PidFile {folder / 'sshd.pid'}
 LogLevel VERBOSE
+MaxStartups 1000
 Subsystem sftp internal-sftp
 """)
         Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
@@ -198,7 +199,8 @@ def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "
             "teleport": {"data_dir": str(root / "proxy"), "nodename": "proxy-1", "auth_server": addr,
                          "auth_token": PROXY_TOKEN, "ca_pin": asyncio.run(pin())},
             "auth_service": {"enabled": False}, "ssh_service": {"enabled": False},
-            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0"},
+            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                              "tunnel_listen_addr": "127.0.0.1:0"},
         }
         with start_cluster(proxy_config, plugins, timeout=60) as proxy:
             e = Env(root, auth, proxy)

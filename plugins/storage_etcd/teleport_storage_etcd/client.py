@@ -165,7 +165,8 @@ class EtcdClient:
                     failures[peer] = describe(exc)
                     self._current = (self._current + 1) % len(self.peers)
                     continue
-                except httpx.TransportError as exc:
+                # a TLS alert after the handshake (a refused client certificate) escapes httpx as ssl.SSLError
+                except (httpx.TransportError, ssl.SSLError) as exc:
                     if not idempotent:
                         raise EtcdError(
                             f"etcd {peer}: {path} failed and may or may not have been applied: {describe(exc)}"
@@ -210,7 +211,7 @@ class EtcdClient:
                 if self.options.username is not None:
                     await self._authenticate(peer)
                 response = await self._http.post(f"{peer}/v3/maintenance/status", json={}, headers=self._headers())
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ssl.SSLError) as exc:
                 failures.append(f"{peer}: {describe(exc)}")
                 continue
             if response.status_code == 200:
@@ -261,7 +262,7 @@ class EtcdClient:
                             self._token = None
                         raise EtcdError(f"etcd {peer}: watch: {text}")
                     yield message.get("result") or {}
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError) as exc:
             self._current = (self._current + 1) % len(self.peers)
             raise EtcdError(f"etcd {peer}: watch: {describe(exc)}") from None
         except EtcdError:

@@ -147,6 +147,16 @@ def start_cluster(base: Path, size: int) -> list[EtcdMember]:
     return members
 
 
+def leader_first(members: list[EtcdMember]) -> list[EtcdMember]:
+    """``members`` with the current raft leader first (the one whose loss costs an election)."""
+    leader = httpx.post(members[0].url + "/v3/maintenance/status", json={}, timeout=5).json()["leader"]
+    ordered = []
+    for member in members:
+        answer = httpx.post(member.url + "/v3/maintenance/status", json={}, timeout=5).json()
+        ordered.append((answer["header"]["member_id"] != leader, member))
+    return [m for _, m in sorted(ordered, key=lambda pair: pair[0])]
+
+
 @pytest.fixture(scope="session", name="etcd")
 def etcd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
     """One etcd server for the session (each test uses its own key prefix), removed afterwards.

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from etcd_server import EtcdMember, etcd_fixture, free_port, start_cluster
+from etcd_server import EtcdMember, etcd_fixture, free_port, leader_first, start_cluster
 from teleport_storage_etcd.backend import EtcdWatcher
 
 from teleport_core.backend import Backend, Event, Item, OpType, range_end
@@ -115,20 +115,8 @@ def test_expired_items_and_leases_across_restart(tmp_path: Path) -> None:
 # -- three members --------------------------------------------------------------------------------
 
 
-def _leader_first(members: list[EtcdMember]) -> list[EtcdMember]:
-    import httpx
-
-    status = httpx.post(members[0].url + "/v3/maintenance/status", json={}, timeout=5).json()
-    leader = status["leader"]
-    ordered = []
-    for m in members:
-        answer = httpx.post(m.url + "/v3/maintenance/status", json={}, timeout=5).json()
-        ordered.append((answer["header"]["member_id"] != leader, m))
-    return [m for _, m in sorted(ordered, key=lambda pair: pair[0])]
-
-
 def test_three_members_losing_the_leader_loses_nothing(tmp_path: Path) -> None:
-    members = _leader_first(start_cluster(tmp_path / "cluster", 3))
+    members = leader_first(start_cluster(tmp_path / "cluster", 3))
     raw = config([m.url for m in members])
     try:
 

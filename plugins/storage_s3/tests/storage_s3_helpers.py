@@ -20,10 +20,13 @@ def free_port() -> int:
 
 
 class MotoServer:
-    """``python -m moto.server`` in a subprocess on 127.0.0.1 (a real HTTP S3 endpoint)."""
+    """``python -m moto.server`` in a subprocess on 127.0.0.1 (a real HTTP S3 endpoint).
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    ``port``: listen there (to start a server again where a stopped one was; moto keeps its
+    state in memory, so the new server starts empty)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
         self.proc = subprocess.Popen(

@@ -1,0 +1,375 @@
+"""Reverse tunnels at the proxy: nodes behind firewalls dial ``tunnel_listen_addr`` (3024).
+
+Two kinds of connections arrive on the tunnel port, told apart by their first bytes:
+
+- **control** (an SSH connection): the node logs in with its host certificate — a host
+  certificate signed by the cluster's host CA, valid now, with ``x-teleport-role`` = ``Node``,
+  ``x-teleport-authority`` = this cluster and the host UUID (the login name) among its
+  principals. User certificates, other CAs' certificates and plain keys are refused and
+  audited (T3007W). The node then opens one ``teleport-tunnel@teleport-py`` channel that
+  carries JSON lines: the node's ``ping`` every few seconds (answered ``pong``; a node silent
+  for :data:`IDLE_LIMIT` is dropped) and the proxy's ``dial`` requests.
+- **data** (``TPY-TUNNEL-DATA\\n`` + a 32-byte one-time token): to reach a tunnelled node, the
+  proxy sends ``dial`` with a fresh random token over the control channel; the node opens a
+  new TCP connection to the tunnel port, sends the token and then serves SSH on that
+  connection exactly as if a client had connected to its listener. The proxy hands the
+  socket to its usual forwarding (the user's end-to-end encrypted SSH stream, spliced as
+  for a directly reachable node): the tunnel adds one TCP connection per session and no
+  extra encryption, copy or thread on the data path. A token is single-use and expires
+  after :data:`DIAL_TIMEOUT`; an unknown token is refused and audited.
+
+Tunnel connects and disconnects are audited (``reverse_tunnel.connect``/``.disconnect``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import secrets
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import ssh
+
+from teleport_core.audit import new_event
+from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.tsh.hostcert import verify_host_cert
+
+if TYPE_CHECKING:
+    from teleport_proxy.service import ProxyService
+
+CONTROL_CHANNEL = "teleport-tunnel@teleport-py"
+DATA_MAGIC = b"TPY-TUNNEL-DATA\n"
+TOKEN_BYTES = 32
+HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to say what it is / to log in
+DIAL_TIMEOUT = 10.0  # seconds the node has to connect back for a session
+IDLE_LIMIT = 45.0  # a control channel silent this long (nodes ping every 10 s) is dropped
+MAX_LINE = 64 * 1024
+WINDOW = 1024 * 1024
+
+
+class TunnelRefused(AccessDenied):
+    """A connection to the tunnel port that is not a node of this cluster."""
+
+
+def verify_node_cert(key_type: str, blob: bytes, login: str, host_ca_keys: list[str], cluster: str) -> str:
+    """The host UUID of a node's host certificate, or :class:`TunnelRefused`.
+
+    Signed by the cluster's host CA (signature checked), a host certificate, valid now, with
+    ``x-teleport-role`` = ``Node``, ``x-teleport-authority`` = ``cluster`` and ``login`` (the
+    host UUID) and ``<login>.<cluster>`` among its principals.
+    """
+    try:
+        cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        cert = None
+    if not isinstance(cert, ssh.SSHCertificate):
+        raise TunnelRefused("reverse tunnel: a plain key was offered, only node host certificates are accepted")
+    if cert.type is ssh.SSHCertificateType.USER:
+        raise TunnelRefused("reverse tunnel: a user certificate was offered, only node host certificates are "
+                            "accepted")
+    try:
+        verify_host_cert(key_type, blob, host_ca_keys, login)
+    except AccessDenied as exc:
+        reason = str(exc).replace("the server's", "the")
+        raise TunnelRefused(f"reverse tunnel: {reason}") from None
+    ext = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in cert.extensions.items()}
+    if ext.get("x-teleport-role") != "Node":
+        raise TunnelRefused(f"reverse tunnel: the certificate is for role {ext.get('x-teleport-role', '')!r}, "
+                            "only nodes may open a reverse tunnel")
+    if ext.get("x-teleport-authority") != cluster:
+        raise TunnelRefused("reverse tunnel: the certificate belongs to another cluster")
+    if f"{login}.{cluster}".encode() not in cert.valid_principals:
+        raise TunnelRefused(f"reverse tunnel: the certificate does not name host {login} of this cluster")
+    return login
+
+
+@attrs.define
+class _Pending:
+    host_uuid: str
+    ready: threading.Event = attrs.field(factory=threading.Event)
+    sock: socket.socket | None = None
+
+
+class NodeTunnel:
+    """One node's control channel: keepalives in, dial requests out (one reader thread)."""
+
+    def __init__(self, server: TunnelServer, host_uuid: str, transport: paramiko.Transport,
+                 channel: paramiko.Channel, remote: str) -> None:
+        self.server = server
+        self.host_uuid = host_uuid
+        self.transport = transport
+        self.channel = channel
+        self.remote = remote
+        self.connected = time.time()
+        self._send_lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self.channel.sendall(json.dumps(message).encode() + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        self.transport.close()
+
+    def run(self) -> str:
+        """Read the node's messages until the tunnel ends; returns why it ended."""
+        self.channel.settimeout(IDLE_LIMIT)
+        buffer = b""
+        try:
+            while True:
+                try:
+                    data = self.channel.recv(4096)
+                except TimeoutError:
+                    return f"no keepalive from the node for {IDLE_LIMIT:.0f}s"
+                if not data:
+                    return "the node closed the tunnel"
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._handle(line)
+                if len(buffer) > MAX_LINE:
+                    return "the node sent an oversized message"
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            return f"connection lost: {exc or type(exc).__name__}"
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "ping":
+            self.send({"type": "pong"})
+
+
+class TunnelConnection(paramiko.ServerInterface):  # type: ignore[misc]
+    """Authentication of one control connection: nodes' host certificates only."""
+
+    def __init__(self, server: TunnelServer, remote: str) -> None:
+        self.server = server
+        self.remote = remote
+        self.host_uuid = ""
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        blob = getattr(key, "public_blob", None)
+        try:
+            if blob is None:
+                raise TunnelRefused("reverse tunnel: a plain key was offered, only node host certificates are "
+                                    "accepted")
+            proxy = self.server.proxy
+            self.host_uuid = verify_node_cert(blob.key_type, blob.key_blob, username, list(proxy.host_ca_keys),
+                                              proxy.cluster_name)
+        except TunnelRefused as exc:
+            self.server.audit_denial(username, str(exc), self.remote)
+            return int(paramiko.AUTH_FAILED)
+        return int(paramiko.AUTH_SUCCESSFUL)
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == CONTROL_CHANNEL and self.host_uuid:
+            return int(paramiko.OPEN_SUCCEEDED)
+        return int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class TunnelServer:
+    """Accepts tunnel connections on ``sock`` (threads, like the proxy's SSH listener)."""
+
+    def __init__(self, proxy: ProxyService, sock: socket.socket, host_key: paramiko.PKey) -> None:
+        self.proxy = proxy
+        self.sock = sock
+        sock.setblocking(True)
+        sock.settimeout(0.5)
+        self.host_key = host_key
+        self.tunnels: dict[str, NodeTunnel] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        self._controls: set[threading.Thread] = set()
+        self._audits: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="proxy-tunnel-accept", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        self.sock.close()
+        with self._lock:
+            tunnels = list(self.tunnels.values())
+        for tunnel in tunnels:
+            tunnel.close()
+        deadline = time.monotonic() + 5
+        for thread in list(self._controls):  # each audits its tunnel's end before the process stops
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # on the proxy's disk spool before the loop stops (stop runs off the event loop)
+        concurrent.futures.wait(list(self._audits), timeout=max(0.5, deadline - time.monotonic()))
+
+    def connected(self, host_uuid: str) -> bool:
+        return host_uuid in self.tunnels
+
+    # -- dialing a node --------------------------------------------------------------------------
+
+    def dial(self, host_uuid: str, nodename: str, timeout: float = DIAL_TIMEOUT) -> socket.socket:
+        """A TCP connection on which the node serves SSH, opened by the node through its tunnel."""
+        tunnel = self.tunnels.get(host_uuid)
+        if tunnel is None:
+            raise TeleportError(f"node {nodename} is offline: it has no reverse tunnel to this proxy")
+        token = secrets.token_bytes(TOKEN_BYTES)
+        pending = _Pending(host_uuid)
+        with self._lock:
+            self._pending[token] = pending
+        try:
+            tunnel.send({"type": "dial", "token": token.hex()})
+            arrived = pending.ready.wait(timeout)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise TeleportError(f"node {nodename}: reverse tunnel lost ({exc or type(exc).__name__})") from None
+        finally:
+            with self._lock:
+                self._pending.pop(token, None)
+        if not arrived or pending.sock is None:
+            if pending.sock is not None:  # came just too late
+                pending.sock.close()
+            raise TeleportError(f"node {nodename} did not connect back through its reverse tunnel within "
+                                f"{timeout:.0f}s")
+        return pending.sock
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client, f"{addr[0]}:{addr[1]}"),
+                             name="proxy-tunnel-conn", daemon=True).start()
+
+    def _serve(self, client: socket.socket, remote: str) -> None:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        client.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        try:  # both kinds of client speak first: look at their first 4 bytes without taking them
+            head = client.recv(4, socket.MSG_PEEK)
+            while 0 < len(head) < 4 and time.monotonic() < deadline:
+                time.sleep(0.005)
+                head = client.recv(4, socket.MSG_PEEK)
+        except OSError:
+            client.close()
+            return
+        if head == b"SSH-":
+            self._serve_control(client, remote)
+        elif head == DATA_MAGIC[:4]:
+            self._serve_data(client, remote)
+        else:
+            if head:
+                self.audit_denial("", "reverse tunnel: not an SSH or tunnel data connection", remote)
+            client.close()
+
+    def _serve_data(self, client: socket.socket, remote: str) -> None:
+        try:
+            data = _read_exact(client, len(DATA_MAGIC) + TOKEN_BYTES)
+        except OSError:
+            data = b""
+        token = data[len(DATA_MAGIC):]
+        with self._lock:
+            pending = self._pending.pop(token, None) if data.startswith(DATA_MAGIC) else None
+        if pending is None or len(token) != TOKEN_BYTES:
+            self.audit_denial("", "reverse tunnel: data connection with an unknown or expired token", remote)
+            client.close()
+            return
+        client.settimeout(None)
+        pending.sock = client
+        pending.ready.set()
+
+    def _serve_control(self, client: socket.socket, remote: str) -> None:
+        client.settimeout(None)
+        self._controls.add(threading.current_thread())
+        try:
+            self._control(client, remote)
+        finally:
+            self._controls.discard(threading.current_thread())
+
+    def _control(self, client: socket.socket, remote: str) -> None:
+        transport = paramiko.Transport(client, default_window_size=WINDOW)
+        options = transport.get_security_options()
+        options.key_types = [self.host_key.get_name()]
+        transport.add_server_key(self.host_key)
+        conn = TunnelConnection(self, remote)
+        try:
+            transport.start_server(server=conn)
+            channel = transport.accept(HANDSHAKE_TIMEOUT)
+        except (paramiko.SSHException, EOFError, OSError):
+            transport.close()
+            return
+        if channel is None or not conn.host_uuid:
+            transport.close()
+            return
+        tunnel = NodeTunnel(self, conn.host_uuid, transport, channel, remote)
+        with self._lock:
+            previous = self.tunnels.get(tunnel.host_uuid)
+            self.tunnels[tunnel.host_uuid] = tunnel
+        if previous is not None:
+            previous.close()  # the node reconnected: its old connection is stale
+        self._event("reverse_tunnel.connect", tunnel, {})
+        self.proxy.log.info("reverse tunnel connected", host_uuid=tunnel.host_uuid, remote=remote)
+        reason = tunnel.run()
+        with self._lock:
+            if self.tunnels.get(tunnel.host_uuid) is tunnel:
+                del self.tunnels[tunnel.host_uuid]
+        tunnel.close()
+        if self._stopping.is_set():
+            reason = "the proxy is stopping"
+        self._event("reverse_tunnel.disconnect", tunnel, {"reason": reason,
+                                                         "duration": round(time.time() - tunnel.connected, 3)})
+        self.proxy.log.info("reverse tunnel disconnected", host_uuid=tunnel.host_uuid, remote=remote, reason=reason)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def _event(self, event: str, tunnel: NodeTunnel, fields: dict[str, Any]) -> None:
+        proxy = self.proxy
+        # server_id is the emitter (auth accepts a host's events only about itself); host_id the node
+        fields.update({"server_id": proxy.identity.host_uuid, "host_id": tunnel.host_uuid,
+                       "cluster_name": proxy.cluster_name, "addr.remote": tunnel.remote})
+        self._submit(proxy.audit.emit(new_event(event, **fields)))
+
+    def audit_denial(self, login: str, reason: str, remote: str) -> None:
+        self._submit(self.proxy.audit_denial(login, reason, remote, kind="reverse_tunnel"))
+
+    def _submit(self, coro: Any) -> None:
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.proxy.loop)
+        except RuntimeError:  # the loop is closed: the process is stopping
+            coro.close()
+            return
+        self._audits.add(future)
+        future.add_done_callback(self._audits.discard)

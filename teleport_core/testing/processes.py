@@ -1,0 +1,136 @@
+"""Run ``teleport start`` as a real process inside a test: :class:`TeleportProcess`.
+
+::
+
+    from teleport_core.testing.processes import TeleportProcess
+
+    auth = TeleportProcess(tmp_path, "auth-1", {"auth_service": {...}}).start()
+    ...
+    auth.kill()     # kill -9, as a crash
+    auth.start()    # again, same data_dir and config
+
+The config mapping is written to ``<root>/<name>/teleport.yaml`` (``data_dir`` defaults to
+``<root>/<name>/data``, ``nodename`` to ``name``); the process logs to
+``<root>/<name>/teleport.log`` and is ready when ``/readyz`` of its ``diag_addr`` (a free port
+chosen here; ``diag_url``) answers 200. Use it where a test needs what an in-process cluster
+(:mod:`teleport_core.testing.cluster`) cannot give: several processes, kill -9, restarts.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Self
+
+from teleport_core.errors import TeleportError
+
+READY_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def teleport_executable() -> str:
+    """The ``teleport`` script of the running interpreter's environment."""
+    return str(Path(sys.executable).with_name("teleport"))
+
+
+class TeleportProcess:
+    """One ``teleport start`` process; see the module docstring."""
+
+    def __init__(self, root: Path, name: str, config: dict[str, Any], *, severity: str = "INFO",
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.env = env  # the process's environment (None: this one's)
+        self.folder = root / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.diag_port = free_port()
+        teleport = config.setdefault("teleport", {})
+        teleport.setdefault("data_dir", str(self.folder / "data"))
+        teleport.setdefault("nodename", name)
+        teleport["diag_addr"] = f"127.0.0.1:{self.diag_port}"
+        teleport.setdefault("log", {"output": str(self.folder / "teleport.log"), "severity": severity})
+        config.setdefault("version", "v3")
+        self.config = config
+        self.data_dir = Path(teleport["data_dir"])
+        self.config_path = self.folder / "teleport.yaml"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config()
+
+    @property
+    def diag_url(self) -> str:
+        return f"http://127.0.0.1:{self.diag_port}"
+
+    def write_config(self) -> None:
+        """Write ``self.config`` (after changing it, before the next :meth:`start`)."""
+        import yaml
+
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def start(self, timeout: float = READY_TIMEOUT, *, wait: bool = True) -> Self:
+        """Start the process; with ``wait``, return once ``/readyz`` answers 200."""
+        with open(self.folder / "stderr.log", "ab") as stderr:
+            self.proc = subprocess.Popen([teleport_executable(), "start", "-c", str(self.config_path)],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                         env=self.env)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                code = self.proc.returncode if self.proc is not None else None
+                raise TeleportError(f"{self.name} exited with {code}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(f"{self.diag_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TeleportError(f"{self.name} not ready within {timeout:g} s:\n{self.log()[-4000:]}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """What the process logged (its log file, then its stderr)."""
+        out = ""
+        for name in ("teleport.log", "stderr.log"):
+            path = self.folder / name
+            out += path.read_text(errors="replace") if path.exists() else ""
+        return out
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``/metrics``."""
+        import httpx
+
+        return httpx.get(f"{self.diag_url}/metrics", timeout=10).text
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a graceful stop), SIGKILL after ``timeout`` seconds; idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)

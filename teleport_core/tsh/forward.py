@@ -1,0 +1,331 @@
+"""``tsh ssh -L`` (local port forwarding) and ``tsh ssh -A`` (agent forwarding), with paramiko.
+
+``-L [bind_address:]port:host:hostport`` listens on ``bind_address:port`` (``127.0.0.1`` by
+default; ``*`` or an empty address: every interface) and carries each accepted connection to
+``host:hostport`` *as seen from the node* over a ``direct-tcpip`` channel of the node session.
+The node allows it when the user's roles enable ``port_forwarding``; it refuses (and audits) a
+channel otherwise, and tsh reports the refusal on stderr for that connection.
+
+``-A`` forwards the local ssh-agent (``$SSH_AUTH_SOCK``): the node creates an
+``SSH_AUTH_SOCK`` for the session when the user's roles enable ``forward_agent``. tsh asks
+with ``want_reply`` so a refusal is an error, not a silently missing agent.
+
+Both are refused up front when the certificate itself lacks ``permit-port-forwarding`` /
+``permit-agent-forwarding`` (what the roles allowed at ``tsh login``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from teleport_core.errors import AccessDenied, TeleportError
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from teleport_core.tsh.profile import Profile
+
+OPEN_TIMEOUT = 30.0
+CHUNK = 65536
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - only when the user asks for it (-L *:port:... or :port:...)
+OPEN_FAILURES = {1: "administratively prohibited (port forwarding is not allowed)", 2: "connect failed",
+                 3: "unknown channel type", 4: "resource shortage"}
+
+
+class BadForwardSpec(TeleportError):
+    """A ``-L`` argument that is not ``[bind_address:]port:host:hostport``."""
+
+
+@attrs.frozen
+class LocalForward:
+    bind_host: str
+    bind_port: int
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        def show(host: str) -> str:
+            return f"[{host}]" if ":" in host else host
+
+        return f"{show(self.bind_host)}:{self.bind_port}:{show(self.host)}:{self.port}"
+
+
+def _fields(spec: str) -> list[str]:
+    """Split on ``:`` outside ``[...]`` (IPv6 addresses are written in brackets)."""
+    out: list[str] = []
+    current = ""
+    depth = 0
+    for char in spec:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise BadForwardSpec(f"invalid -L spec {spec!r}: unbalanced ']'")
+        if char == ":" and depth == 0:
+            out.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise BadForwardSpec(f"invalid -L spec {spec!r}: unbalanced '['")
+    out.append(current)
+    return out
+
+
+def _port(text: str, spec: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise BadForwardSpec(f"invalid -L spec {spec!r}: port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def parse_local_forward(spec: str) -> LocalForward:
+    """``[bind_address:]port:host:hostport`` -> :class:`LocalForward`."""
+    usage = f"invalid -L spec {spec!r}: expected [bind_address:]port:host:hostport"
+    fields = _fields(spec.strip())
+    if len(fields) == 3:
+        bind = LOOPBACK
+        port, host, hostport = fields
+    elif len(fields) == 4:
+        bind, port, host, hostport = fields
+        bind = bind.strip("[]")
+        bind = {"": ALL_INTERFACES, "*": ALL_INTERFACES, "localhost": LOOPBACK}.get(bind, bind)
+    else:
+        raise BadForwardSpec(usage)
+    host = host.strip("[]")
+    if not host:
+        raise BadForwardSpec(f"{usage} (the host is empty)")
+    return LocalForward(bind, _port(port, spec), host, _port(hostport, spec))
+
+
+def cert_permits(profile: Profile, extension: str) -> bool:
+    """Whether the profile's SSH certificate carries ``extension`` (e.g. permit-port-forwarding)."""
+    from cryptography.hazmat.primitives.serialization import ssh
+
+    cert = ssh.load_ssh_public_identity(profile.identity.ssh_cert.encode())
+    return isinstance(cert, ssh.SSHCertificate) and extension.encode() in cert.extensions
+
+
+def check_allowed(profile: Profile, forwards: Sequence[LocalForward], agent: bool) -> None:
+    if forwards and not cert_permits(profile, "permit-port-forwarding"):
+        raise AccessDenied("port forwarding (-L) is not allowed: none of your roles enables the port_forwarding "
+                           "option (your certificate lacks permit-port-forwarding)")
+    if agent and not cert_permits(profile, "permit-agent-forwarding"):
+        raise AccessDenied("agent forwarding (-A) is not allowed: none of your roles enables the forward_agent "
+                           "option (your certificate lacks permit-agent-forwarding)")
+    if agent and not os.environ.get("SSH_AUTH_SOCK"):
+        raise TeleportError("agent forwarding (-A) needs a running ssh-agent: SSH_AUTH_SOCK is not set")
+
+
+# -- splicing ------------------------------------------------------------------------------------------
+
+
+def splice(channel: Any, sock: socket.socket) -> None:
+    """Copy both ways between a channel and a socket until both directions ended (threads)."""
+    done = threading.Semaphore(0)
+
+    def to_channel() -> None:
+        try:
+            while data := sock.recv(CHUNK):
+                channel.sendall(data)
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError, EOFError):
+            channel.shutdown_write()
+        done.release()
+
+    def to_socket() -> None:
+        try:
+            while data := channel.recv(CHUNK):
+                sock.sendall(data)
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        done.release()
+
+    def closer() -> None:
+        done.acquire()
+        done.acquire()
+        with contextlib.suppress(OSError, EOFError):
+            channel.close()
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    for target in (to_channel, to_socket, closer):
+        threading.Thread(target=target, daemon=True, name="tsh-forward").start()
+
+
+# -- -L ----------------------------------------------------------------------------------------------------
+
+
+class LocalForwarder:
+    """Listening sockets for ``-L`` specs; :meth:`start` serves them over a node transport."""
+
+    def __init__(self, forwards: Sequence[LocalForward]) -> None:
+        self.forwards = tuple(forwards)
+        self.listeners: list[tuple[LocalForward, socket.socket]] = []
+        self._closed = False
+        try:
+            for forward in self.forwards:
+                self.listeners.append((forward, self._listen(forward)))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _listen(forward: LocalForward) -> socket.socket:
+        family = socket.AF_INET6 if ":" in forward.bind_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((forward.bind_host, forward.bind_port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise TeleportError(f"-L {forward}: cannot listen on {forward.bind_host}:{forward.bind_port}: "
+                                f"{exc.strerror or exc}") from None
+        return sock
+
+    def start(self, transport: paramiko.Transport) -> None:
+        for forward, listener in self.listeners:
+            threading.Thread(target=self._accept, args=(transport, forward, listener), daemon=True,
+                             name=f"tsh-forward-{forward.bind_port}").start()
+
+    def _accept(self, transport: paramiko.Transport, forward: LocalForward, listener: socket.socket) -> None:
+        while not self._closed:
+            try:
+                client, origin = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._open, args=(transport, forward, client, origin), daemon=True).start()
+
+    @staticmethod
+    def _open(transport: paramiko.Transport, forward: LocalForward, client: socket.socket,
+              origin: tuple[Any, ...]) -> None:
+        import paramiko
+
+        try:
+            channel = transport.open_channel("direct-tcpip", (forward.host, forward.port), (origin[0], origin[1]),
+                                             timeout=OPEN_TIMEOUT)
+        except paramiko.ChannelException as exc:
+            reason = OPEN_FAILURES.get(exc.code, exc.text or f"code {exc.code}")
+            _warn(f"-L {forward}: the node refused to connect to {forward.host}:{forward.port}: {reason}")
+            client.close()
+            return
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            _warn(f"-L {forward}: cannot open a channel to {forward.host}:{forward.port}: {exc or type(exc).__name__}")
+            client.close()
+            return
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        splice(channel, client)
+
+    def close(self) -> None:
+        self._closed = True
+        for _forward, listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+
+
+def _warn(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"tsh: {message}\n")
+        sys.stderr.flush()
+
+
+# -- -A ----------------------------------------------------------------------------------------------------
+
+
+def _agent_channel(channel: Any) -> None:
+    """The node opened an ``auth-agent@openssh.com`` channel: connect it to the local agent."""
+    path = os.environ.get("SSH_AUTH_SOCK", "")
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        agent.connect(path)
+    except OSError as exc:
+        agent.close()
+        _warn(f"-A: cannot reach the local ssh-agent at {path}: {exc.strerror or exc}")
+        with contextlib.suppress(OSError, EOFError):
+            channel.close()
+        return
+    splice(channel, agent)
+
+
+def request_agent(channel: paramiko.Channel) -> None:
+    """Ask the node to forward the agent on this session channel, and wait for its answer."""
+    import paramiko
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+
+    transport = channel.get_transport()
+    transport._set_forward_agent_handler(_agent_channel)  # paramiko has no public setter
+    message = paramiko.Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("auth-agent-req@openssh.com")
+    message.add_boolean(True)  # want_reply: paramiko's request_forward_agent sends False and never learns
+    channel._event_pending()  # the same wait exec_command uses
+    transport._send_user_message(message)
+    try:
+        channel._wait_for_event()  # a refusal closes the channel
+    except (paramiko.SSHException, EOFError):
+        raise AccessDenied("the node refused agent forwarding (-A): none of your roles enables the forward_agent "
+                           "option") from None
+
+
+# -- tying it to a session -----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Forwarding:
+    """What ``tsh ssh`` sets up on the node connection before the session starts."""
+
+    local: LocalForwarder | None = None
+    agent: bool = False
+
+    def prepare(self, transport: paramiko.Transport, channel: paramiko.Channel) -> None:
+        if self.agent:
+            request_agent(channel)
+        if self.local is not None:
+            self.local.start(transport)
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+
+
+def setup(profile: Profile, specs: Sequence[str], agent: bool) -> Forwarding | None:
+    """Parse and check ``-L`` specs and ``-A``, and start listening (None when neither is asked)."""
+    if not specs and not agent:
+        return None
+    forwards = [parse_local_forward(spec) for spec in specs]
+    check_allowed(profile, forwards, agent)
+    return Forwarding(LocalForwarder(forwards) if forwards else None, agent)
+
+
+def hold(profile: Profile, login: str, host: str, port: int, forwarding: Forwarding) -> int:
+    """``tsh ssh -N``: keep the node connection (and its forwards) open until interrupted; an
+    error when the connection is lost."""
+    from teleport_core.tsh import sshclient
+
+    if forwarding.agent:
+        raise TeleportError("-A forwards the agent to a command or shell: it cannot be used with -N")
+    proxy, node = sshclient.connect_node(profile, login, host, port)
+    try:
+        if forwarding.local is not None:
+            forwarding.local.start(node)
+        while node.is_active():
+            node.join(1.0)  # the transport is a thread: wait until the connection ends
+    finally:
+        forwarding.close()
+        node.close()
+        proxy.close()
+    raise TeleportError(f"lost the connection to {host}")

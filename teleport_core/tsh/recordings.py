@@ -1,0 +1,274 @@
+"""``tsh recordings ls`` and ``tsh play``: session recordings through the proxy.
+
+Both go to the proxy's web API with the profile's TLS certificate; the proxy asks auth on the
+user's behalf, and auth authorizes the user (``list`` / ``read`` on ``session``, as the preset
+``auditor`` role allows). tsh never touches the recordings storage itself.
+
+Recordings are asciicast v2: a JSON header line, then one ``[seconds, "o", text]`` event per
+line. ``tsh play`` replays the output with its timing on a terminal (``--speed`` scales it);
+when stdout is not a terminal it writes the output at once, without the pauses, so
+``tsh play SID > file`` or a pipe gets the text immediately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from teleport_core.errors import TeleportError
+
+if TYPE_CHECKING:
+    from teleport_core.cli.common import CliContext
+    from teleport_core.tsh.profile import Profile
+
+MIN_SPEED = 0.1
+MAX_SPEED = 100.0
+MAX_LIMIT = 1000
+PLAY_FORMATS = ("text", "pty", "json", "cast")
+
+
+class BadRecording(TeleportError):
+    """A file that is not an asciicast v2 recording."""
+
+
+# -- parsing flags ---------------------------------------------------------------------------------
+
+
+def parse_speed(text: str) -> float:
+    """``2``, ``2x``, ``0.5x`` -> the factor; a clear error otherwise."""
+    raw = text.strip().lower().removesuffix("x")
+    try:
+        speed = float(raw)
+    except ValueError:
+        raise TeleportError(f"--speed: expected a number like 2 or 0.5x, got {text!r}") from None
+    if not math.isfinite(speed) or not MIN_SPEED <= speed <= MAX_SPEED:
+        raise TeleportError(f"--speed: expected a factor from {MIN_SPEED:g} to {MAX_SPEED:g}, got {text!r}")
+    return speed
+
+
+def parse_utc(text: str, flag: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise TeleportError(f"{flag}: expected an RFC 3339 time like 2024-01-02T15:04:05Z, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def listing_window(from_utc: str, to_utc: str, last: str) -> tuple[dt.datetime, dt.datetime]:
+    """The ``[from, to)`` window of ``tsh recordings ls`` (default: the last 24 hours)."""
+    from teleport_core.config.values import parse_duration
+
+    if last and from_utc:
+        raise TeleportError("--last and --from-utc cannot be used together")
+    until = parse_utc(to_utc, "--to-utc") if to_utc else dt.datetime.now(dt.UTC)
+    if last:
+        try:
+            span = parse_duration(last)
+        except ValueError:
+            raise TeleportError(f"--last: expected a duration like 30m or 12h, got {last!r}") from None
+        if span.total_seconds() <= 0:
+            raise TeleportError(f"--last: expected a positive duration, got {last!r}")
+        since = until - span
+    else:
+        since = parse_utc(from_utc, "--from-utc") if from_utc else until - dt.timedelta(days=1)
+    if since >= until:
+        raise TeleportError("--from-utc must be before --to-utc")
+    return since, until
+
+
+# -- talking to the proxy ----------------------------------------------------------------------------
+
+
+def list_recordings(profile: Profile, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
+    from urllib.parse import urlencode
+
+    from teleport_core.tsh.web import call
+
+    query = urlencode({"from": since.isoformat(), "to": until.isoformat(), "limit": limit})
+    found: list[dict[str, Any]] = call(profile.web_addr, "GET",
+                                       f"/v1/webapi/sites/{profile.cluster}/events/search/sessions?{query}",
+                                       insecure=profile.insecure, profile=profile)
+    return found
+
+
+def download(profile: Profile, sid: str, dest: Path, timeout: float = 300.0) -> None:
+    """Stream the recording of ``sid`` from the proxy into ``dest``."""
+    import httpx
+
+    from teleport_core.client import ConnectionProblem, raise_for_status
+    from teleport_core.sessions import check_session_id
+    from teleport_core.tsh.web import tls_context
+
+    check_session_id(sid)
+    url = f"https://{profile.web_addr}/v1/webapi/sites/{profile.cluster}/sessions/{sid}/recording"
+    try:
+        with httpx.Client(verify=tls_context(profile.insecure, profile), timeout=timeout) as client, \
+                client.stream("GET", url) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_status(response)
+            with open(dest, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+    except httpx.TransportError as exc:
+        raise ConnectionProblem(f"proxy at {profile.web_addr}: {exc}") from None
+
+
+# -- asciicast ---------------------------------------------------------------------------------------------
+
+
+def read_cast(source: BinaryIO) -> tuple[dict[str, Any], Iterator[tuple[float, str, str]]]:
+    """The header and the events (time, type, data) of an asciicast v2 stream."""
+    first = source.readline()
+    try:
+        header = json.loads(first)
+    except ValueError:
+        raise BadRecording("not an asciicast v2 recording (its first line is not JSON)") from None
+    if not isinstance(header, dict) or header.get("version") != 2:
+        raise BadRecording("not an asciicast v2 recording (the header lacks \"version\": 2)")
+
+    def events() -> Iterator[tuple[float, str, str]]:
+        for number, line in enumerate(source, start=2):
+            if not line.strip():
+                continue
+            try:
+                stamp, kind, data = json.loads(line)
+                yield float(stamp), str(kind), str(data)
+            except (ValueError, TypeError):
+                raise BadRecording(f"line {number} of the recording is not an asciicast event") from None
+
+    return header, events()
+
+
+def replay(source: BinaryIO, out: BinaryIO, *, speed: float = 1.0, timed: bool = True,
+           sleep: Any = time.sleep, clock: Any = time.monotonic) -> int:
+    """Write the output events of an asciicast to ``out``, pausing between them (scaled by
+    ``speed``) when ``timed``; returns the bytes written."""
+    _header, events = read_cast(source)
+    started = clock()
+    written = 0
+    for stamp, kind, data in events:
+        if kind != "o":
+            continue
+        if timed:
+            delay = stamp / speed - (clock() - started)
+            if delay > 0:
+                sleep(delay)
+        chunk = data.encode()
+        out.write(chunk)
+        out.flush()
+        written += len(chunk)
+    return written
+
+
+def write_json(source: BinaryIO, out: Any) -> None:
+    """``--format=json``: the recording's header and events as one JSON document."""
+    header, events = read_cast(source)
+    out.write("{\"header\": " + json.dumps(header) + ",\n \"events\": [")
+    for index, (stamp, kind, data) in enumerate(events):
+        out.write(("\n  " if index == 0 else ",\n  ") + json.dumps([stamp, kind, data]))
+    out.write("\n]}\n")
+
+
+# -- the commands ----------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+def _when(text: str) -> str:
+    from teleport_core.audit import parse_time
+
+    return parse_time(text).strftime("%b %d %H:%M:%S UTC")
+
+
+def table(sessions: list[dict[str, Any]]) -> list[str]:
+    head = ("ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration")
+    rows = [(s["sid"], s.get("proto", "ssh"), ", ".join(s.get("participants", [])), s.get("login", ""),
+             s.get("server_hostname", ""), _when(s["start"]), _duration(float(s.get("duration_seconds", 0))))
+            for s in sessions]
+    widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return lines
+
+
+def recordings(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("list recorded sessions you may replay (list on session: the auditor role)")
+    parser.add_argument("action", choices=("ls",), help="ls: list recorded sessions")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--from-utc", default="", help="start of the window, RFC 3339 (default: 24h ago)")
+    parser.add_argument("--to-utc", default="", help="end of the window, RFC 3339 (default: now)")
+    parser.add_argument("--last", default="", help="the window is this long, up to --to-utc (e.g. 2h)")
+    parser.add_argument("--limit", default="50", help=f"at most this many sessions (1 to {MAX_LIMIT})")
+    args = parser.parse_args(argv)
+    if not args.limit.isdigit() or not 1 <= int(args.limit) <= MAX_LIMIT:
+        raise TeleportError(f"--limit: expected a number from 1 to {MAX_LIMIT}, got {args.limit!r}")
+    since, until = listing_window(args.from_utc, args.to_utc, args.last)
+    from teleport_core.tsh.commands import current
+
+    sessions = list_recordings(current(args), since, until, int(args.limit))
+    if args.format == "json":
+        print(json.dumps(sessions, indent=2))
+    else:
+        print("\n".join(table(sessions)))
+    return 0
+
+
+def play(argv: list[str], cli: CliContext) -> int:
+    parser = cli.parser("replay a recorded session (read on session: the auditor role), or a local .cast file")
+    parser.add_argument("session", help="session ID (from tsh recordings ls) or the path of a .cast file")
+    parser.add_argument("--speed", default="1", help=f"playback speed factor, e.g. 2 or 0.5x ({MIN_SPEED:g} to "
+                        f"{MAX_SPEED:g}); timing applies when stdout is a terminal")
+    parser.add_argument("--format", choices=PLAY_FORMATS, default="text",
+                        help="text (pty): the output as typed; json: header and events; cast: the asciicast file")
+    args = parser.parse_args(argv)
+    speed = parse_speed(args.speed)
+    local = Path(args.session)
+    if args.session.endswith(".cast") and local.is_file():
+        return _play_file(local, args.format, speed)
+    from teleport_core.sessions import InvalidSessionID, check_session_id
+    from teleport_core.tsh.commands import current
+
+    try:
+        check_session_id(args.session)
+    except InvalidSessionID:
+        raise TeleportError(f"{args.session!r} is neither a session ID nor a .cast file") from None
+    profile = current(args)
+    with tempfile.TemporaryDirectory(prefix="tsh-play-") as tmp:
+        path = Path(tmp) / "session.cast"
+        download(profile, args.session, path)
+        return _play_file(path, args.format, speed)
+
+
+def _play_file(path: Path, fmt: str, speed: float) -> int:
+    out = sys.stdout.buffer
+    with open(path, "rb") as source:
+        if fmt == "cast":
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+        elif fmt == "json":
+            write_json(source, sys.stdout)
+        else:
+            timed = os.isatty(out.fileno())
+            with contextlib.suppress(BrokenPipeError):
+                replay(source, out, speed=speed, timed=timed)
+    return 0
