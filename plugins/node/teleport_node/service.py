@@ -142,6 +142,8 @@ class NodeService(Service):
             await self.auth.close()
 
     async def _drain(self) -> None:
+        if not hasattr(self, "audit"):  # stopped before start got as far as the audit spool
+            return
         while True:
             backlog = await asyncio.to_thread(self.audit.backlog)
             if not (self._emitting or backlog or not self._uploads.empty()):

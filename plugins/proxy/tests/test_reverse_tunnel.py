@@ -331,3 +331,17 @@ def test_node_reconnects_after_the_proxy_restarts(cluster: Cluster, alice: Path)
             1 for e in events if e["event"] == "reverse_tunnel.connect" and e["host_id"] == cluster.node_uuid) >= 2
 
     assert wait_for("the disconnect and the second connect in the audit log", audited)
+
+
+def test_a_node_whose_tunnel_is_down_is_reported_offline(cluster: Cluster, alice: Path) -> None:
+    cluster.stop_node()  # last test: the node's heartbeat stays registered until it expires
+    wait_for("the tunnel to close", lambda: not cluster.proxy.tunnel.connected(cluster.node_uuid))
+    result = cluster.env.tsh(alice, "ssh", f"{LOGIN}@{NODENAME}", "true", timeout=180)
+    assert result.returncode != 0
+    assert f"node {NODENAME} is offline: it has no reverse tunnel to this proxy" in result.stderr, result.stderr
+
+    def audited() -> bool:
+        return any(e["event"] == "reverse_tunnel.disconnect" and e["host_id"] == cluster.node_uuid
+                   and e["reason"] == "the node closed the tunnel" for e in cluster.env.call("search_events")["events"])
+
+    assert wait_for("the disconnect in the audit log", audited)
