@@ -185,7 +185,7 @@ class DialingPipe(Pipe):
 
     def refuse(self, reason: str, **fields: Any) -> None:
         if self.transport is not None:
-            self.transport.write(f"ERR {reason}\n".encode())
+            self.transport.write(f"ERR {' '.join(reason.split())}\n".encode())  # one line
             self.transport.close()
         self.mux.spawn(self.mux.proxy.audit_denial(self.user.user if self.user else "", reason, self.remote,
                                                    **fields))
