@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from node_helpers import Auth, Node, free_port, run, ssh_argv, wait_port
 
+pytestmark = pytest.mark.e2e
+
 
 def test_kill_9_during_a_session_then_restart_uploads_the_recording(auth: Auth, tmp_path: Path) -> None:
     node = Node(auth, tmp_path / "crash", nodename="crashnode").start()

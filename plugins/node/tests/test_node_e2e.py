@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from node_helpers import CLUSTER, Auth, Node, run, ssh_argv
 
+pytestmark = pytest.mark.e2e
+
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout

@@ -12,6 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from node_helpers import Auth, Node, craft_user_cert, run, ssh_argv
 
+pytestmark = pytest.mark.e2e
+
 
 def refused(auth: Auth, node: Node, tmp: Path, key: Path, login: str, *, user: str, reason: str,
             extra: tuple[str, ...] = ()) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from proxy_helpers import LOGIN, Env, running_env
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def plain_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from proxy_helpers import CLUSTER, LOGIN, Env
 
+pytestmark = pytest.mark.e2e
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -30,6 +30,8 @@ from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 
+pytestmark = pytest.mark.e2e
+
 PASSWORD = "tls routing password 0123456789"
 ALPN_SSH = "teleport-proxy-ssh"
 
