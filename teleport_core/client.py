@@ -583,7 +583,7 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
     insecure.verify_mode = ssl.CERT_NONE  # only to read the CA; trust comes from the pin or step 3
     try:
         async with httpx.AsyncClient(base_url=_base_url(addr), verify=insecure, timeout=timeout) as client:
-            ping = await client.get("/v1/ping")
+            ping = await client.get("/v1/ping", extensions={"sni_hostname": AUTH_SERVER_NAME})
     except httpx.TransportError as exc:
         raise ConnectionProblem(f"cannot reach auth server at {addr}: {_reason(exc)}") from None
     try:

@@ -43,14 +43,15 @@ def local_auth(shared: dict[str, Any]) -> LocalAuth | None:
 
 
 def auth_addresses(config: TeleportConfig, shared: dict[str, Any] | None = None) -> list[str]:
-    """Where the auth API is: ``teleport.auth_server(s)``, else the auth service in this process."""
+    """Where the auth API is: ``teleport.auth_server(s)``, else the auth service in this process,
+    else the proxy at ``teleport.proxy_server`` (its web port passes the auth API through)."""
     addrs = [f"{a.connect_host}:{a.port}" for a in config.auth_servers]
     local = local_auth(shared or {})
     if not addrs and local is not None:
         addrs = [local.addr]
     if not addrs and config.proxy_server is not None:
-        raise JoinError("teleport.proxy_server is set, but this server still reaches the auth API directly: "
-                        "also set teleport.auth_servers (a list; --auth-server replaces proxy_server)")
+        # through the proxy's web port: it passes TLS named teleport.cluster.local through to auth
+        addrs = [f"{config.proxy_server.connect_host}:{config.proxy_server.port}"]
     if not addrs:
         raise JoinError("no auth server to join: set teleport.auth_server (or --auth-server), "
                         "or enable auth_service in this process")

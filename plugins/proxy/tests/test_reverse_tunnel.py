@@ -116,7 +116,7 @@ class Cluster:
         config = folder / "teleport.yaml"
         config.write_text(yaml.safe_dump({
             "version": "v3",
-            "teleport": {"data_dir": str(folder / "data"), "nodename": NODENAME, "auth_servers": [self.auth_addr],
+            "teleport": {"data_dir": str(folder / "data"), "nodename": NODENAME,
                          "proxy_server": f"127.0.0.1:{self.ports['web']}", "auth_token": NODE_TOKEN,
                          "ca_pin": self.pin(), "log": {"output": str(folder / "node.log"), "severity": "DEBUG"}},
             "auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
