@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from teleport_core.plugins import make_plugins
+from teleport_core.testing.waiting import wait_for
 from tests.plugins.sample_service import SECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,16 +55,6 @@ def sample_config(
     return data
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def connect_refused(addr: str) -> bool:
@@ -141,7 +131,7 @@ class TeleportChild:
                     )
             return found
 
-        return wait_for(check, timeout, f"log line {pattern!r}")
+        return wait_for(check, f"log line {pattern!r}", timeout)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_log(r"teleport is ready", timeout)

@@ -66,7 +66,7 @@ def test_another_process_holding_the_lock_is_named(tmp_path: Path) -> None:
         holder.send_signal(signal.SIGKILL)
         holder.wait(30)
         assert (tmp_path / LOCK_FILE).read_text().strip() == str(holder.pid)
-        lock = wait_for(lambda: _try_lock(tmp_path), 10, "the lock to be free")
+        lock = wait_for(lambda: _try_lock(tmp_path), "the lock to be free", 10)
         assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
         lock.close()
     finally:

@@ -486,9 +486,11 @@ def test_process_start_failure_raises_start_error_and_cleans_up(tmp_path: Path) 
         pass
 
 
-def test_wait_for_helper_fails_on_timeout() -> None:
-    with pytest.raises(pytest.fail.Exception, match="timed out after 0.1s waiting for nothing"):
-        wait_for(lambda: None, 0.1, "nothing")
+def test_wait_for_helper_returns_the_value_or_fails_on_timeout() -> None:
+    values = iter([None, 0, "", "ready"])
+    assert wait_for(lambda: next(values), "a truthy value", 5, interval=0) == "ready"
+    with pytest.raises(pytest.fail.Exception, match=r"timed out after 0.1 s waiting for nothing \(last: None\)"):
+        wait_for(lambda: None, "nothing", 0.1)
 
 
 class HookRecorder:

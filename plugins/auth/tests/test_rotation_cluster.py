@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from teleport_core.client import AuthClient, ConnectionProblem, Credentials, loa
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
 from teleport_core.identity import LocalIdentity
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,11 +123,6 @@ def auth(tmp_path: Path) -> Iterator[Auth]:
         yield Auth(cluster, data_dir)
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def own_cert_signed_by(auth: Auth, pem: str) -> bool:
@@ -290,7 +285,7 @@ def test_auto_rotation_advances_through_every_phase_by_itself(auth: Auth) -> Non
     def done() -> bool:
         return all(s["phase"] == "standby" for s in auth.status()["cas"].values())
 
-    wait_until(done, "the auto rotation to complete", timeout=15)
+    wait_for(done, "the auto rotation to complete", timeout=15)
     events = auth.rotation_events()
     for kind in ("user", "host"):
         mine = [e for e in events if e["ca_type"] == kind]
@@ -316,9 +311,9 @@ def test_auto_rotation_follows_the_auth_services_clock(auth: Auth) -> None:
 
     try:
         auth.cluster.call(lambda: jump(10.01))
-        wait_until(lambda: auth.status()["cas"]["user"]["phase"] == "update_clients", "a third of 30h")
+        wait_for(lambda: auth.status()["cas"]["user"]["phase"] == "update_clients", "a third of 30h")
         auth.cluster.call(lambda: jump(30.01))
-        wait_until(lambda: auth.status()["cas"]["user"]["phase"] == "standby", "the end of 30h")
+        wait_for(lambda: auth.status()["cas"]["user"]["phase"] == "standby", "the end of 30h")
     finally:
         auth.service.now = real_now
     assert [e["phase"] for e in auth.rotation_events()] == PHASES
@@ -401,7 +396,7 @@ def test_a_change_written_by_another_auth_server_reaches_this_one_through_the_wa
     for phase in ("init", "update_clients", "update_servers"):
         auth.cluster.call(lambda phase=phase: rotate_elsewhere(phase))
     new_pem = auth.ca("host")["tls_certs"][0]
-    wait_until(lambda: auth.connects(user, trusting=[new_pem]), "this auth server to serve a new host certificate")
+    wait_for(lambda: auth.connects(user, trusting=[new_pem]), "this auth server to serve a new host certificate")
     assert [e.fields["phase"] for e in other_events] == ["init", "update_clients", "update_servers"]
     assert auth.rotation_events() == []  # the writer audits; this server only applied the changes
 
@@ -490,7 +485,7 @@ def test_tctl_auth_rotate(auth: Auth, tmp_path: Path) -> None:
         except AuthenticationFailed:  # read the auth identity just before a zero grace period replaced its CA
             return False
 
-    wait_until(host_rotated, "the zero grace period rotation")
+    wait_for(host_rotated, "the zero grace period rotation")
     assert ca_pin_line() != pin_before
     assert auth.status()["cas"]["user"]["phase"] == "init"
     assert [(e["ca_type"], e["phase"]) for e in auth.rotation_events()] == [

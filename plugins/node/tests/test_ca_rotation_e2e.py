@@ -7,8 +7,7 @@ Sessions keep working in every phase, including one that stays open through all 
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from node_helpers import CLUSTER, TELEPORT, Auth, Node, auth_config, free_port, 
 from teleport_core.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -91,11 +91,6 @@ def known_hosts_for(ca_line: str) -> str:
     return f"@cert-authority *.{CLUSTER},{CLUSTER} {ca_line.strip()}\n"
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_node_and_proxy_renew_host_certificates_through_a_host_ca_rotation(cluster: Auth, tmp_path: Path) -> None:

@@ -7,25 +7,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from node_helpers import CLUSTER, Auth, Node, run, ssh_argv
 
+from teleport_core.testing.waiting import wait_for
+
 pytestmark = pytest.mark.e2e
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

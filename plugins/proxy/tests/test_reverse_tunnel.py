@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from teleport_core import keys
 from teleport_core.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,14 +40,6 @@ NODENAME = "hidden-node"
 PASSWORD = "tunnel password 0123456789"
 
 
-def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def listening_ports(pid: int) -> list[int]:
@@ -126,7 +118,7 @@ class Cluster:
             # --insecure: the proxy's HTTPS certificate (asked for the tunnel address) is self-signed
             self.node = subprocess.Popen([TELEPORT, "start", "-c", str(config), "--insecure"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-        node = wait_for("the node to register", lambda: next(
+        node = wait_for(what="the node to register", check=lambda: next(
             (n for n in self.env.call("get_nodes") if n["nodename"] == NODENAME), None), timeout=240)
         self.node_uuid = node["uuid"]
         self.wait_tunnel()
@@ -137,7 +129,7 @@ class Cluster:
                 raise RuntimeError(f"the node exited with {self.node.returncode}: {self.node_log()}")
             return bool(self.proxy.tunnel.connected(self.node_uuid))
 
-        wait_for("the reverse tunnel", up, timeout)
+        wait_for(up, "the reverse tunnel", timeout)
 
     def node_log(self) -> str:
         folder = self.root / "node"
@@ -254,7 +246,7 @@ def test_openssh_jump_reaches_the_tunnelled_node(cluster: Cluster, alice: Path, 
                    and e["host_id"] == cluster.node_uuid for e in events) and any(
             e["event"] == "session.start" and e.get("server_id") == cluster.node_uuid for e in events)
 
-    assert wait_for("the tunnel and session events", audited)
+    assert wait_for(what="the tunnel and session events", check=audited)
 
 
 def _tunnel_login(cluster: Cluster, username: str, key: paramiko.PKey) -> None:
@@ -308,7 +300,7 @@ def test_user_and_foreign_certificates_are_refused_on_the_tunnel_port(cluster: C
     expected = ["reverse tunnel: a user certificate was offered, only node host certificates are accepted",
                 "reverse tunnel: the host certificate is not signed by the cluster's host CA",
                 "reverse tunnel: data connection with an unknown or expired token"]
-    found = wait_for("the denials in the audit log", lambda: all(x in denials() for x in expected) and denials())
+    found = wait_for(what="the denials in the audit log", check=lambda: all(x in denials() for x in expected) and denials())
     assert sum(1 for x in found if "user certificate" in x) >= 2
     # the real node is still reachable
     assert cluster.proxy.tunnel.connected(cluster.node_uuid)
@@ -316,7 +308,7 @@ def test_user_and_foreign_certificates_are_refused_on_the_tunnel_port(cluster: C
 
 def test_node_reconnects_after_the_proxy_restarts(cluster: Cluster, alice: Path) -> None:
     cluster.stop_proxy()
-    disconnected = wait_for("the node to notice", lambda: "reverse tunnel down, will reconnect" in cluster.node_log())
+    disconnected = wait_for(what="the node to notice", check=lambda: "reverse tunnel down, will reconnect" in cluster.node_log())
     assert disconnected
     cluster.start_proxy()
     cluster.wait_tunnel(timeout=180)
@@ -330,12 +322,12 @@ def test_node_reconnects_after_the_proxy_restarts(cluster: Cluster, alice: Path)
                    and e["reason"] == "the proxy is stopping" for e in events) and sum(
             1 for e in events if e["event"] == "reverse_tunnel.connect" and e["host_id"] == cluster.node_uuid) >= 2
 
-    assert wait_for("the disconnect and the second connect in the audit log", audited)
+    assert wait_for(what="the disconnect and the second connect in the audit log", check=audited)
 
 
 def test_a_node_whose_tunnel_is_down_is_reported_offline(cluster: Cluster, alice: Path) -> None:
     cluster.stop_node()  # last test: the node's heartbeat stays registered until it expires
-    wait_for("the tunnel to close", lambda: not cluster.proxy.tunnel.connected(cluster.node_uuid))
+    wait_for(what="the tunnel to close", check=lambda: not cluster.proxy.tunnel.connected(cluster.node_uuid))
     result = cluster.env.tsh(alice, "ssh", f"{LOGIN}@{NODENAME}", "true", timeout=180)
     assert result.returncode != 0
     assert f"node {NODENAME} is offline: it has no reverse tunnel to this proxy" in result.stderr, result.stderr
@@ -344,4 +336,4 @@ def test_a_node_whose_tunnel_is_down_is_reported_offline(cluster: Cluster, alice
         return any(e["event"] == "reverse_tunnel.disconnect" and e["host_id"] == cluster.node_uuid
                    and e["reason"] == "the node closed the tunnel" for e in cluster.env.call("search_events")["events"])
 
-    assert wait_for("the disconnect in the audit log", audited)
+    assert wait_for(what="the disconnect in the audit log", check=audited)

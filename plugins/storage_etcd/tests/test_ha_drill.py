@@ -15,7 +15,6 @@ from __future__ import annotations
 import getpass
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from ha_cluster import (
 from teleport_core import keys
 from teleport_core.client import register
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.testing.waiting import wait_for
 
 for _plugin in ("teleport_auth", "teleport_proxy", "teleport_node"):
     pytest.importorskip(_plugin, reason=f"{_plugin} is not installed (the drill runs a whole cluster)")
@@ -130,15 +130,6 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
             member.kill()
 
 
-def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
 def test_both_auth_servers_agree(drill: Drill) -> None:

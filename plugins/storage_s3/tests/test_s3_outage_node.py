@@ -17,7 +17,6 @@ import getpass
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from teleport_core import keys
 from teleport_core.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private, write_public
 from teleport_core.testing.processes import TeleportProcess, free_port
+from teleport_core.testing.waiting import wait_for
 
 for _plugin in ("teleport_auth", "teleport_node"):  # not in this plugin's own tox env: skipped there
     pytest.importorskip(_plugin, reason=f"{_plugin} is not installed (this test runs auth and a node)")
@@ -75,15 +75,6 @@ def pending(node: TeleportProcess) -> float:
     return float(found.group(1))
 
 
-def wait_for(check: Any, what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
 class Cluster:
