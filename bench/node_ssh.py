@@ -1,7 +1,7 @@
 """The node service (``ssh_service``) against OpenSSH ``sshd``, side by side in one run.
 
-    python bench/node_ssh.py [--size 1G] [--download-size 256M] [--runs 10] [--login USER]
-                             [--cipher CIPHER] [--format text|json]
+    python bench/node_ssh.py [--size 1G] [--download-size 256M] [--runs 10] [--repeat 3]
+                             [--login USER] [--cipher CIPHER] [--format text|json]
 
 Starts an auth server (in this process) and a node (``teleport start``) for each recording
 mode (``node`` and ``off``), plus ``sshd`` on a free port with a temporary config trusting the
@@ -12,6 +12,10 @@ Measures, with the real OpenSSH client:
 * download throughput: ``ssh host 'head -c SIZE /dev/zero' > /dev/null`` (MiB/s; this is
   what a recording has to write);
 * connection setup: ``ssh host true``, median of ``--runs``.
+
+Throughputs are the best of ``--repeat`` transfers, taken in turn on the node and on sshd (on a
+shared 2-vCPU machine one transfer can lose a third of its speed to a neighbour; noise only ever
+slows a transfer down, so the best of a few is the figure that compares).
 
 Ratios are node/sshd for throughput (higher is better) and node/sshd for setup time (lower
 is better). ``--login`` picks the OS user both servers run the commands as (default: the
@@ -211,6 +215,7 @@ def main() -> int:
     parser.add_argument("--size", default="1G", help="upload size (default 1G)")
     parser.add_argument("--download-size", default="256M", help="download size (default 256M)")
     parser.add_argument("--runs", type=int, default=10, help="connection setups to take the median of")
+    parser.add_argument("--repeat", type=int, default=3, help="transfers per throughput figure (the best counts)")
     parser.add_argument("--login", default=os.environ.get("USER") or "root", help="OS login on both servers")
     parser.add_argument("--cipher", default="", help="force the client's cipher (default: negotiated)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -224,21 +229,29 @@ def main() -> int:
                 key = node["key"]
                 with sshd(work, node["user_ca"]) as openssh:
                     figures: dict[str, Any] = {"recording": recording}
-                    for name, target in (("node", node), ("sshd", openssh)):
-                        progress(f"recording {recording}: measuring {name}")
-                        figures[f"{name}_upload_mibs"] = upload(target, key, args.login, args.cipher, size)
-                        figures[f"{name}_download_mibs"] = download(target, key, args.login, args.cipher, down_size)
+                    targets = (("node", node), ("sshd", openssh))
+                    for turn in range(max(1, args.repeat)):
+                        for name, target in targets:
+                            progress(f"recording {recording}: throughput {turn + 1}/{args.repeat} on {name}")
+                            for figure, value in ((f"{name}_upload_mibs",
+                                                   upload(target, key, args.login, args.cipher, size)),
+                                                  (f"{name}_download_mibs",
+                                                   download(target, key, args.login, args.cipher, down_size))):
+                                figures[figure] = max(figures.get(figure, 0.0), value)
+                    for name, target in targets:
+                        progress(f"recording {recording}: setup on {name}")
                         figures[f"{name}_setup_ms"] = setup_ms(target, key, args.login, args.cipher, args.runs)
                     figures["upload_ratio"] = figures["node_upload_mibs"] / figures["sshd_upload_mibs"]
                     figures["download_ratio"] = figures["node_download_mibs"] / figures["sshd_download_mibs"]
                     figures["setup_ratio"] = figures["node_setup_ms"] / figures["sshd_setup_ms"]
                     rows.append(figures)
     if args.format == "json":
-        print(json.dumps({"size": size, "download_size": down_size, "runs": args.runs, "login": args.login,
+        print(json.dumps({"size": size, "download_size": down_size, "runs": args.runs, "repeat": args.repeat,
+                          "login": args.login,
                           "cipher": args.cipher or "negotiated", "results": rows}, indent=2))
         return 0
-    print(f"upload {args.size}, download {args.download_size}, setup median of {args.runs}, login {args.login}, "
-          f"cipher {args.cipher or 'negotiated'}")
+    print(f"upload {args.size}, download {args.download_size} (best of {args.repeat}), setup median of {args.runs}, "
+          f"login {args.login}, cipher {args.cipher or 'negotiated'}")
     header = f"{'recording':<10} {'':<6} {'upload MiB/s':>13} {'download MiB/s':>15} {'setup ms':>9}"
     print(header)
     for row in rows:
