@@ -16,7 +16,9 @@ OpenSSH sshd used as a plain jump host. Measures:
   and for the SSH port;
 - ``tsh ls`` with ``--nodes`` registered nodes, and a label lookup at the proxy.
 
-The target node is OpenSSH sshd in every case (our node service is measured in its own bench).
+The target node is OpenSSH sshd for every client, so the rows compare the proxies alone; two
+more rows take the product's whole path, ``tsh ssh`` and ``ssh -J`` through our proxy to our node
+service (``teleport start``), against the same ``ssh -J`` through sshd to sshd baseline.
 """
 
 from __future__ import annotations
@@ -154,9 +156,18 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
                 "-o", f"HostKeyAlias=sshd-node.{CLUSTER}", f"{LOGIN}@127.0.0.1"]
     size = mib * 1024 * 1024
     out: dict[str, Any] = {}
+    from proxy_tunnel import _start_node, _wait_ready
+
+    ours, _ = _start_node(env, root, "our-node", tunnel=False)
     try:
+        _wait_ready(env, ["our-node"])
+        tsh_ours = [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", f"{LOGIN}@our-node"]
+        via_proxy_ours = ["ssh", "-F", str(config), "-J", f"bench@127.0.0.1:{env.ssh_port}",
+                          f"{LOGIN}@our-node.{CLUSTER}"]
         clients = (("tsh ssh via proxy", tsh, shell_env), ("tsh ssh via proxy SSH port", tsh, tsh_port_env),
-                   ("ssh -J via proxy", via_proxy, shell_env), ("ssh -J via sshd", via_sshd, shell_env))
+                   ("ssh -J via proxy", via_proxy, shell_env), ("ssh -J via sshd", via_sshd, shell_env),
+                   ("tsh ssh via proxy to our node", tsh_ours, shell_env),
+                   ("ssh -J via proxy to our node", via_proxy_ours, shell_env))
         # interleaved (client A, B, C, D, A, B, ...) so that a load change hits every client alike
         transfer: dict[str, list[float]] = {name: [] for name, _, _ in clients}
         setup: dict[str, list[float]] = {name: [] for name, _, _ in clients}
@@ -173,9 +184,12 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
             out[f"setup ms (median of {runs}): {name}"] = round(statistics.median(setup[name]) * 1000, 1)
     finally:
         jump.stop()
+        ours.terminate()
+        ours.wait(30)
     base_tp = out["throughput MiB/s (best of 3): ssh -J via sshd"]
     base_setup = out[f"setup ms (median of {runs}): ssh -J via sshd"]
-    for name in ("tsh ssh via proxy", "tsh ssh via proxy SSH port", "ssh -J via proxy"):
+    for name in ("tsh ssh via proxy", "tsh ssh via proxy SSH port", "ssh -J via proxy",
+                 "tsh ssh via proxy to our node", "ssh -J via proxy to our node"):
         out[f"throughput ratio vs ssh -J via sshd: {name}"] = round(
             out[f"throughput MiB/s (best of 3): {name}"] / base_tp, 2)
         out[f"setup ratio vs ssh -J via sshd: {name}"] = round(
