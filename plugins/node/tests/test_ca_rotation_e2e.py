@@ -215,9 +215,10 @@ def test_node_trusts_both_user_cas_during_a_user_ca_rotation_and_only_the_new_on
         auth.run(lambda c: c.rotate_cert_authority("user", phase="standby", mode="manual"))
         wait_for(lambda: login(old_dir, old_key, "old-after").returncode == 255, "the old user CA dropped")
         ok(new_dir, new_key, "new-after")
-        refusals = [e for e in auth.events(type="auth") if e.get("user") == "" and "unrecognized authority"
-                    in e.get("error", "") and e.get("login") == "root"]
-        assert refusals and refusals[-1]["code"] == "T3007W"
+        refusals = wait_for(lambda: [e for e in auth.events(type="auth") if e.get("user") == "" and  # audited asynchronously
+                                     "unrecognized authority" in e.get("error", "") and e.get("login") == "root"],
+                            "the refusal of the old user CA in the audit log")
+        assert refusals[-1]["code"] == "T3007W"
         assert node.proc is not None and node.proc.poll() is None
     finally:
         node.stop()

@@ -54,9 +54,14 @@ def test_the_tunnel_address_can_be_given_explicitly(monkeypatch: pytest.MonkeyPa
         find_tunnel_addr(NetAddr("proxy.example.com", 3080), insecure=False)
 
 
-def test_a_node_behind_a_tunnel_still_needs_the_auth_servers(tmp_path: Path) -> None:
+def test_a_node_behind_a_tunnel_reaches_auth_through_the_proxy_unless_told_otherwise(tmp_path: Path) -> None:
     config = parse_config({"teleport": {"data_dir": str(tmp_path), "proxy_server": "proxy.example.com"}},
                           make_plugins())
     assert config.proxy_server == NetAddr("proxy.example.com", 3080)
-    with pytest.raises(JoinError, match="also set teleport.auth_servers"):
-        auth_addresses(config)
+    assert auth_addresses(config) == ["proxy.example.com:3080"]
+    config = parse_config({"teleport": {"data_dir": str(tmp_path), "proxy_server": "proxy.example.com",
+                                        "auth_servers": ["auth-a", "auth-b:3999"]}}, make_plugins())
+    assert auth_addresses(config) == ["auth-a:3025", "auth-b:3999"]
+    with pytest.raises(JoinError, match="no auth server to join"):
+        auth_addresses(parse_config({"teleport": {"data_dir": str(tmp_path)}, "auth_service": {"enabled": False}},
+                                    make_plugins()))
