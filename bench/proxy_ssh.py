@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "proxy" / "tests"))
 
-from proxy_helpers import CLUSTER, LOGIN, Env, Sshd, free_port, running_env
+from proxy_helpers import CLUSTER, LOGIN, Env, Sshd, free_port, profile_ssh_config, running_env
 
 
 class _Dirs:
@@ -128,23 +128,12 @@ def without_tls_routing(root: Path) -> Path:
 def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
     home = root / "tsh"
     login_bench(env, home)
-    folder = home / "profiles" / "127.0.0.1"
     # an OpenSSH sshd as the plain jump host (same host certificate scheme, trusts the user CA)
     port = free_port()
     identity, key = env.join_node("jump", f"127.0.0.1:{port}", {"role": "jump"})
     user_ca = env.call("get_cert_authority", "user")["ssh_public_keys"]
     jump = Sshd(root / "jump", port, identity, key, user_ca)
-    config = root / "ssh_config"
-    config.write_text(f"""Host *
-    IdentityFile {folder / 'id'}
-    CertificateFile {folder / 'id-cert.pub'}
-    UserKnownHostsFile {folder / 'known_hosts'}
-    GlobalKnownHostsFile /dev/null
-    StrictHostKeyChecking yes
-    IdentitiesOnly yes
-    BatchMode yes
-    Ciphers aes128-gcm@openssh.com
-""")
+    config = profile_ssh_config(home, root / "ssh_config", "Ciphers aes128-gcm@openssh.com")
     shell_env = {**os.environ, "TELEPORT_HOME": str(home), "SSH_AUTH_SOCK": ""}
     target = f"{LOGIN}@sshd-node.{CLUSTER}"
     tsh = [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", f"{LOGIN}@sshd-node"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, Env, free_port
+from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, Env, free_port, profile_ssh_config
 
 TELEPORT = str(Path(sys.executable).with_name("teleport"))
 
@@ -71,18 +71,7 @@ def run_tunnel(env: Env, root: Path, mib: int, runs: int, with_tsh: bool = False
     out: dict[str, Any] = {}
     try:
         _wait_ready(env, ["direct-node", "tunnel-node"])
-        folder = home / "profiles" / "127.0.0.1"
-        config = root / "ssh_config_tunnel"
-        config.write_text(f"""Host *
-    IdentityFile {folder / 'id'}
-    CertificateFile {folder / 'id-cert.pub'}
-    UserKnownHostsFile {folder / 'known_hosts'}
-    GlobalKnownHostsFile /dev/null
-    StrictHostKeyChecking yes
-    IdentitiesOnly yes
-    BatchMode yes
-    Ciphers aes128-gcm@openssh.com
-""")
+        config = profile_ssh_config(home, root / "ssh_config_tunnel", "Ciphers aes128-gcm@openssh.com")
         shell_env = {**os.environ, "TELEPORT_HOME": str(home), "SSH_AUTH_SOCK": ""}
         size = mib * 1024 * 1024
         nodes = ("direct-node", "tunnel-node")

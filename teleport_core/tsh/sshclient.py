@@ -323,13 +323,13 @@ def run(profile: Profile, login: str, host: str, port: int, command: str, tty: b
         proxy.close()
 
 
-def _pump(channel: paramiko.Channel) -> int:
-    """Copy stdin to the channel and its stdout/stderr to ours; the exit status."""
+def _feed(channel: paramiko.Channel | TLSStream, fd: int) -> None:
+    """Start a thread copying ``fd`` to ``channel`` until end of input, then half-close it."""
 
     def feed() -> None:
         try:
             while True:
-                data = os.read(sys.stdin.fileno(), 262144)
+                data = os.read(fd, 262144)
                 if not data:
                     break
                 channel.sendall(data)
@@ -339,6 +339,11 @@ def _pump(channel: paramiko.Channel) -> int:
             channel.shutdown_write()
 
     threading.Thread(target=feed, daemon=True).start()
+
+
+def _pump(channel: paramiko.Channel) -> int:
+    """Copy stdin to the channel and its stdout/stderr to ours; the exit status."""
+    _feed(channel, sys.stdin.fileno())
 
     def drain_stderr() -> None:
         while True:
@@ -411,20 +416,7 @@ def bridge(profile: Profile, host: str, port: int) -> int:
     else:
         proxy = connect_proxy(profile)
         channel = open_subsystem(proxy, profile, host, port)
-
-    def feed() -> None:
-        try:
-            while True:
-                data = os.read(0, 262144)
-                if not data:
-                    break
-                channel.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError, EOFError):
-            channel.shutdown_write()
-
-    threading.Thread(target=feed, daemon=True).start()
+    _feed(channel, 0)
     got_any = False
     while True:
         data = channel.recv(262144)

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from proxy_helpers import CLUSTER, LOGIN, Env
+from proxy_helpers import CLUSTER, LOGIN, Env, profile_ssh_config
 
 pytestmark = pytest.mark.e2e
 
@@ -152,17 +152,7 @@ def test_lookup_errors_are_referenced_messages(env: Env, alice: Path) -> None:
 
 
 def test_openssh_jump_through_proxy_with_strict_host_checking(env: Env, alice: Path, tmp_path: Path) -> None:
-    folder = alice / "profiles" / "127.0.0.1"
-    config = tmp_path / "ssh_config"  # command-line -o options would not reach the jump hop
-    config.write_text(f"""Host *
-    IdentityFile {folder / 'id'}
-    CertificateFile {folder / 'id-cert.pub'}
-    UserKnownHostsFile {folder / 'known_hosts'}
-    GlobalKnownHostsFile /dev/null
-    StrictHostKeyChecking yes
-    IdentitiesOnly yes
-    BatchMode yes
-""")
+    config = profile_ssh_config(alice, tmp_path / "ssh_config")
     result = subprocess.run(
         ["ssh", "-F", str(config), "-J", f"alice@127.0.0.1:{env.ssh_port}", f"{LOGIN}@sshd-node.{CLUSTER}",
          "echo", "via-jump"],

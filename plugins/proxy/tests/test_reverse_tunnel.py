@@ -25,12 +25,13 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
-from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, PROXY_TOKEN, SSHD, Env, free_port
+from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, PROXY_TOKEN, SSHD, Env, free_port, profile_ssh_config
 
 from teleport_core import keys
 from teleport_core.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
+from teleport_core.testing.prerequisites import missing
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -147,8 +148,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not Path(SSHD).exists() and not os.environ.get("CI"):
-        pytest.skip("OpenSSH is not installed")
+    if not Path(SSHD).exists():
+        missing("OpenSSH sshd is not installed (apt-get install openssh-server)")
     root = tmp_path_factory.mktemp("tunnel")
     auth_config = {
         "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-1"},
@@ -182,18 +183,7 @@ def alice(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ssh_config(alice: Path, tmp_path: Path) -> Path:
-    folder = alice / "profiles" / "127.0.0.1"
-    config = tmp_path / "ssh_config"
-    config.write_text(f"""Host *
-    IdentityFile {folder / 'id'}
-    CertificateFile {folder / 'id-cert.pub'}
-    UserKnownHostsFile {folder / 'known_hosts'}
-    GlobalKnownHostsFile /dev/null
-    StrictHostKeyChecking yes
-    IdentitiesOnly yes
-    BatchMode yes
-""")
-    return config
+    return profile_ssh_config(alice, tmp_path / "ssh_config")
 
 
 def test_tunnelled_node_listens_nowhere_and_heartbeats_the_tunnel_marker(cluster: Cluster, alice: Path) -> None:

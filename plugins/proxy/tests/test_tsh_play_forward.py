@@ -24,6 +24,7 @@ from proxy_helpers import CLUSTER, LOGIN, Env, free_port
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.prerequisites import missing
 
 pytestmark = pytest.mark.e2e
 
@@ -412,7 +413,7 @@ def ssh_agent() -> Iterator[tuple[str, str]]:
 
 def test_agent_forwarding_lists_the_key_on_the_node(env: Env, alice: Path) -> None:
     if not shutil.which("ssh-agent"):
-        pytest.skip("OpenSSH ssh-agent is not installed")
+        missing("OpenSSH ssh-agent is not installed (apt-get install openssh-client)")
     with ssh_agent() as (sock, fingerprint):
         result = tsh(alice, "ssh", "-A", f"{LOGIN}@{NODENAME}", "ssh-add -l", agent=sock)
         assert result.returncode == 0, result.stderr

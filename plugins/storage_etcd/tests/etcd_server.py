@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from teleport_core.testing.prerequisites import missing
+
 START_TIMEOUT = 30.0
 
 
@@ -26,10 +28,7 @@ def etcd_binary() -> str:
         or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
     )
     if not found:
-        message = "etcd is not installed (apt-get install etcd-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("etcd is not installed (apt-get install etcd-server)")
     return found
 
 
