@@ -285,6 +285,11 @@ def level_of(severity: str) -> int:
         ) from None
 
 
+PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+"""Libraries that log every HTTP request they make at INFO (node and proxy poll auth): shown at
+DEBUG only, so that INFO stays readable."""
+
+
 def configure_logging(log: LogConfig) -> None:
     """Send every log line (ours and other libraries') to ``log.output`` in ``log.format``.
 
@@ -323,6 +328,8 @@ def configure_logging(log: LogConfig) -> None:
             root.removeHandler(old)
         root.addHandler(handler)
         root.setLevel(level)
+        for name in PER_REQUEST_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
     if old is not None:
         old.close()
 

@@ -100,6 +100,16 @@ def test_other_libraries_records_carry_a_component(capsys: pytest.CaptureFixture
     assert component_of("teleport.diag.http") == "diag"
 
 
+def test_per_request_library_logs_only_at_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogConfig(format="json"))
+    logging.getLogger("httpx").info("HTTP Request: GET https://auth/v1/roles")
+    logging.getLogger("httpx").warning("a problem worth seeing")
+    assert [json.loads(line)["message"] for line in err_lines(capsys)] == ["a problem worth seeing"]
+    configure_logging(LogConfig(format="json", severity="DEBUG"))
+    logging.getLogger("httpx").info("HTTP Request: GET https://auth/v1/roles")
+    assert [json.loads(line)["message"] for line in err_lines(capsys)] == ["HTTP Request: GET https://auth/v1/roles"]
+
+
 def test_secret_keys_and_values_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogConfig(format="json"))
     get_logger("auth").info(
