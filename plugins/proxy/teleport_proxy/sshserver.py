@@ -32,7 +32,7 @@ from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_c
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
 
-WINDOW = 16 * 1024 * 1024
+WINDOW = 4 * 1024 * 1024  # not more: see the node's WINDOW (OpenSSH clients churn larger buffers)
 MAX_PACKET = 256 * 1024
 CHUNK = 256 * 1024
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
