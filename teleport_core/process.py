@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, Proce
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from teleport_core import __version__
+from teleport_core.allocator import keep_large_blocks
 from teleport_core.config.model import TeleportConfig
 from teleport_core.datadir import DataDirLock, lock_data_dir
 from teleport_core.diag import DiagServer, Readiness, ServiceHealth
@@ -464,6 +465,7 @@ def run_process(config: TeleportConfig, plugins: Plugins) -> int:
     Call from the main thread after :func:`~teleport_core.logs.configure_logging`. Errors
     are logged (and also printed to stderr when the log goes to a file).
     """
+    keep_large_blocks()  # SSH, TLS and recordings move bulk data through 256 KiB buffers
     try:
         return asyncio.run(_main(config, plugins))
     except KeyboardInterrupt:  # SIGINT before the handlers were installed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from teleport_core.allocator import keep_large_blocks
 from teleport_core.cli.common import Builtin, run_tool
 from teleport_core.cli.teleport import cmd_version
 
@@ -42,6 +43,7 @@ BUILTINS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_large_blocks()  # tsh ssh, scp and proxy ssh move bulk data through 256 KiB buffers
     return run_tool("tsh", DESCRIPTION, BUILTINS, argv)
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from teleport_core import keys
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.pipes import grow_pipe
 from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
 from teleport_core.tsh.profile import Profile
 
@@ -41,6 +42,7 @@ CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@
 TIMEOUT = 30.0
 ALPN_SSH = "teleport-proxy-ssh"
 MAX_REPLY = 4096
+CHUNK = 256 * 1024
 
 
 class SSHFailure(TeleportError):
@@ -325,11 +327,12 @@ def run(profile: Profile, login: str, host: str, port: int, command: str, tty: b
 
 def _feed(channel: paramiko.Channel | TLSStream, fd: int) -> None:
     """Start a thread copying ``fd`` to ``channel`` until end of input, then half-close it."""
+    grow_pipe(fd)  # reads of up to CHUNK, not 64 KiB: fewer, larger SSH packets
 
     def feed() -> None:
         try:
             while True:
-                data = os.read(fd, 262144)
+                data = os.read(fd, CHUNK)
                 if not data:
                     break
                 channel.sendall(data)
@@ -356,8 +359,10 @@ def _pump(channel: paramiko.Channel) -> int:
     errors = threading.Thread(target=drain_stderr, daemon=True)
     errors.start()
     out = sys.stdout.buffer
+    with contextlib.suppress(OSError, ValueError):  # a captured stdout has no descriptor
+        grow_pipe(out.fileno())
     while True:
-        data = channel.recv(262144)
+        data = channel.recv(CHUNK)
         if not data:
             break
         out.write(data)
@@ -417,9 +422,10 @@ def bridge(profile: Profile, host: str, port: int) -> int:
         proxy = connect_proxy(profile)
         channel = open_subsystem(proxy, profile, host, port)
     _feed(channel, 0)
+    grow_pipe(1)
     got_any = False
     while True:
-        data = channel.recv(262144)
+        data = channel.recv(CHUNK)
         if not data:
             break
         got_any = True

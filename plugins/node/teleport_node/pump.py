@@ -28,8 +28,6 @@ from typing import Any, Protocol
 
 CHUNK = 256 * 1024
 PARKED_POLL = 0.005
-F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1 << 20
 
 
 class Sink(Protocol):
@@ -39,12 +37,6 @@ class Sink(Protocol):
 def set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-
-def grow_pipe(fd: int) -> None:
-    """Raise a pipe's capacity (fewer wake-ups per MiB); ignored where not permitted."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
 
 
 class Pump:

@@ -37,9 +37,10 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
+from teleport_core.pipes import grow_pipe
 from teleport_core.roles import Role, RoleSet
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
-from teleport_node.pump import ChannelToFd, FdToChannel, Pump, grow_pipe
+from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.recording import Recorder, finalize
 
 # 4 MiB, not more: an OpenSSH client buffers up to the window of input and then spends its CPU
