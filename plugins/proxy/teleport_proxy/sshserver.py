@@ -28,13 +28,13 @@ from teleport_core import keys
 from teleport_core.errors import TeleportError
 from teleport_core.nodes import NodeInfo
 from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
+from teleport_proxy.channelsplice import SplicingTransport, Upstream, splice
 
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
 
 WINDOW = 4 * 1024 * 1024  # not more: see the node's WINDOW (OpenSSH clients churn larger buffers)
 MAX_PACKET = 256 * 1024
-CHUNK = 256 * 1024
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 LOOKUP_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
@@ -71,42 +71,6 @@ def paramiko_key(key_pem: bytes) -> paramiko.PKey:
     return kinds[keys.key_algorithm(key)].from_private_key(io.StringIO(text))
 
 
-def splice(channel: paramiko.Channel, sock: socket.socket) -> None:
-    """Copy bytes both ways until both directions end (in two threads; returns at once)."""
-
-    def upstream() -> None:  # client -> node
-        try:
-            while True:
-                data = channel.recv(CHUNK)
-                if not data:
-                    break
-                sock.sendall(data)
-        except (OSError, EOFError):
-            pass
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-
-    def downstream() -> None:  # node -> client
-        try:
-            while True:
-                data = sock.recv(CHUNK)
-                if not data:
-                    break
-                channel.sendall(data)
-        except (OSError, EOFError):
-            pass
-        with contextlib.suppress(OSError, EOFError):
-            channel.shutdown_write()
-        up.join()
-        with contextlib.suppress(OSError, EOFError):  # the client's transport may already be gone
-            channel.close()
-        sock.close()
-
-    up = threading.Thread(target=upstream, name="proxy-up", daemon=True)
-    up.start()
-    threading.Thread(target=downstream, name="proxy-down", daemon=True).start()
-
-
 def parse_subsystem(name: str) -> tuple[str, int, str] | None:
     """``proxy:host:port@cluster`` -> (host, port, cluster); port 0 when absent."""
     if not name.startswith("proxy:"):
@@ -122,12 +86,13 @@ def parse_subsystem(name: str) -> tuple[str, int, str] | None:
 class Connection(paramiko.ServerInterface):  # type: ignore[misc]
     """One client connection's authentication and channel requests."""
 
-    def __init__(self, server: SSHProxyServer, remote: str) -> None:
+    def __init__(self, server: SSHProxyServer, transport: SplicingTransport, remote: str) -> None:
         self.server = server
         self.proxy = server.proxy
+        self.transport = transport
         self.remote = remote
         self.user: UserCert | None = None
-        self.pending: dict[int, socket.socket] = {}
+        self.pending: dict[int, Upstream] = {}  # direct-tcpip channels opened, not yet accepted
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -177,7 +142,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         except (TeleportError, OSError) as exc:
             self.audit(self.user.user if self.user else "", f"{host}:{port}: {exc}", target=host)
             return int(paramiko.OPEN_FAILED_CONNECT_FAILED)
-        self.pending[chanid] = sock
+        upstream = Upstream(sock)
+        self.pending[chanid] = upstream
+        self.transport.upstreams[chanid] = upstream  # takes the channel's input from its first message
         return int(paramiko.OPEN_SUCCEEDED)
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
@@ -194,7 +161,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             self.audit(self.user.user if self.user else "", message, target=host)
             threading.Thread(target=_fail_channel, args=(channel, message), daemon=True).start()
             return True
-        splice(channel, sock)
+        upstream = Upstream(sock)
+        upstream.adopt(channel)  # on the transport's thread, before the client hears of success
+        splice(channel, upstream)
         return True
 
 
@@ -248,7 +217,7 @@ class SSHProxyServer:
     def _serve(self, client: socket.socket, remote: str) -> None:
         client.settimeout(None)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = paramiko.Transport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+        transport = SplicingTransport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         # paramiko's reader wakes every 0.1 s to look for close(), which closes the socket anyway:
         # 5,000 wake-ups a second (each taking the GIL) with 500 idle sessions; 1 s is enough
         transport._active_check_timeout = IDLE_POLL
@@ -257,7 +226,7 @@ class SSHProxyServer:
         options.ciphers = [c for c in CIPHERS if c in options.ciphers]
         options.key_types = [self.host_key.get_name()]
         transport.add_server_key(self.host_key)
-        conn = Connection(self, remote)
+        conn = Connection(self, transport, remote)
         self._transports.add(transport)
         try:
             transport.start_server(server=conn)
@@ -265,13 +234,13 @@ class SSHProxyServer:
                 channel = transport.accept(1.0)
                 if channel is None:
                     continue
-                sock = conn.pending.pop(channel.get_id(), None)
-                if sock is not None:
-                    splice(channel, sock)
+                upstream = conn.pending.pop(channel.get_id(), None)
+                if upstream is not None:
+                    splice(channel, upstream)
         except (paramiko.SSHException, EOFError, OSError):
             pass
         finally:
-            for sock in conn.pending.values():
-                sock.close()
+            for upstream in conn.pending.values():
+                upstream.sock.close()
             self._transports.discard(transport)
             transport.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,38 @@ def test_openssh_jump_through_proxy_with_strict_host_checking(env: Env, alice: P
         ["ssh", "-F", str(config), "-J", f"alice@127.0.0.1:{env.ssh_port}", f"{LOGIN}@nowhere.{CLUSTER}", "true"],
         capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "SSH_AUTH_SOCK": ""})
     assert missing.returncode == 255 and "open failed" in missing.stderr
+
+
+def test_large_streams_both_ways_through_the_proxy(env: Env, alice: Path, tmp_path: Path) -> None:
+    """The proxy forwards the client's bytes on paramiko's transport thread and queues what the
+    node's socket does not take at once (channelsplice.py). A node echoing a large input back
+    must not deadlock, lose or reorder a byte. That holds on ``ssh -J`` (direct-tcpip) with a
+    key exchange every MiB on both hops, and on tsh's ``proxy:`` subsystem on the SSH port."""
+    import hashlib
+    import shutil
+
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(24 * 1024 * 1024))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    config = profile_ssh_config(alice, tmp_path / "ssh_config", "RekeyLimit 1M")
+    with payload.open("rb") as stdin:
+        echoed = subprocess.run(
+            ["ssh", "-F", str(config), "-J", f"alice@127.0.0.1:{env.ssh_port}", f"{LOGIN}@sshd-node.{CLUSTER}", "cat"],
+            stdin=stdin, capture_output=True, timeout=300, check=False, env={**os.environ, "SSH_AUTH_SOCK": ""})
+    assert echoed.returncode == 0, echoed.stderr
+    assert len(echoed.stdout) == payload.stat().st_size
+    assert hashlib.sha256(echoed.stdout).hexdigest() == digest
+
+    ssh_port = tmp_path / "tsh"  # the same profile without TLS routing: the proxy:host:port subsystem
+    shutil.copytree(alice, ssh_port)
+    meta_path = ssh_port / "profiles" / "127.0.0.1" / "profile.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "tls_routing": False}))
+    with payload.open("rb") as stdin:
+        through_tsh = subprocess.run(
+            [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", f"{LOGIN}@sshd-node", "cat"], stdin=stdin,
+            capture_output=True, timeout=300, check=False, env={**os.environ, "TELEPORT_HOME": str(ssh_port)})
+    assert through_tsh.returncode == 0, through_tsh.stderr
+    assert hashlib.sha256(through_tsh.stdout).hexdigest() == digest
 
 
 def test_openssh_with_tsh_config(env: Env, alice: Path, tmp_path: Path) -> None:
