@@ -137,6 +137,45 @@ def test_scp_both_ways(env: Env, alice: Path, tmp_path: Path) -> None:
     assert dir_without_r.returncode == 1 and "is a directory (use -r)" in dir_without_r.stderr
 
 
+def test_openssh_scp_and_sftp_through_the_proxy(env: Env, alice: Path, tmp_path: Path) -> None:
+    """OpenSSH's own scp (SFTP protocol, and -O for the legacy one) and sftp jump through the
+    proxy's SSH port with strict host checking on both hops, and through ``tsh config``'s
+    ProxyCommand."""
+    config = profile_ssh_config(alice, tmp_path / "ssh_config")
+    jump = ["-F", str(config), "-J", f"alice@127.0.0.1:{env.ssh_port}"]
+    no_agent = {**os.environ, "SSH_AUTH_SOCK": ""}
+    payload = os.urandom(700_000)
+    (tmp_path / "up.bin").write_bytes(payload)
+    remote = tmp_path / "remote"  # sshd runs on this machine: the node's file system is ours
+    remote.mkdir()
+    node = f"{LOGIN}@sshd-node.{CLUSTER}"
+    for mode in ("-s", "-O"):
+        up = subprocess.run(["scp", mode, *jump, str(tmp_path / "up.bin"), f"{node}:{remote}/up{mode}.bin"],
+                            capture_output=True, text=True, timeout=60, check=False, env=no_agent)
+        assert up.returncode == 0, up.stderr
+        assert (remote / f"up{mode}.bin").read_bytes() == payload
+        down = subprocess.run(["scp", mode, *jump, f"{node}:{remote}/up{mode}.bin", str(tmp_path / f"down{mode}")],
+                              capture_output=True, text=True, timeout=60, check=False, env=no_agent)
+        assert down.returncode == 0, down.stderr
+        assert (tmp_path / f"down{mode}").read_bytes() == payload
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {tmp_path / 'up.bin'} {remote}/sftp.bin\nls -l {remote}/sftp.bin\n"
+                     f"get {remote}/sftp.bin {tmp_path / 'sftp-back.bin'}\n")
+    sftp = subprocess.run(["sftp", *jump, "-b", str(batch), node], capture_output=True, text=True, timeout=60,
+                          check=False, env=no_agent)
+    assert sftp.returncode == 0, sftp.stderr
+    assert (remote / "sftp.bin").read_bytes() == payload
+    assert (tmp_path / "sftp-back.bin").read_bytes() == payload
+    tsh_config = env.tsh(alice, "config")
+    assert tsh_config.returncode == 0, tsh_config.stderr
+    proxied = tmp_path / "tsh_ssh_config"
+    proxied.write_text(tsh_config.stdout + "\nHost *\n    StrictHostKeyChecking yes\n    BatchMode yes\n")
+    via_config = subprocess.run(["sftp", "-F", str(proxied), "-b", str(batch), node], capture_output=True,
+                                text=True, timeout=60, check=False, env=no_agent)
+    assert via_config.returncode == 0, via_config.stderr
+    assert (tmp_path / "sftp-back.bin").read_bytes() == payload
+
+
 def test_lookup_errors_are_referenced_messages(env: Env, alice: Path) -> None:
     missing = env.tsh(alice, "ssh", f"{LOGIN}@nowhere", "true")
     assert missing.returncode == 1
