@@ -478,24 +478,42 @@ class AuthClient:
 
     async def download_recording(self, session_id: str, dest: str | os.PathLike[str], *,
                                  user_cert: bytes = b"") -> int:
-        """Stream the asciicast recording of ``session_id`` into ``dest``; returns its size."""
+        """Stream the asciicast recording of ``session_id`` into ``dest``; returns its size.
+
+        Fails over like every other call. A download cut off midway starts again from the
+        beginning on the next server, since ``dest`` is rewritten whole. An HTTP error is an
+        answer and is not retried."""
         import httpx
 
+        order = [(self._current + step) % len(self.addrs) for step in range(len(self.addrs))]
+        problems: list[str] = []
+        for index in order:
+            addr = self.addrs[index]
+            try:
+                size = await self._download(addr, f"/v1/sessions/{session_id}/recording", dest, user_cert)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                problems.append(f"cannot reach auth server at {addr}: {_reason(exc)}")
+                continue
+            except (httpx.TransportError, ssl.SSLError) as exc:
+                problems.append(f"auth server at {addr}: {_reason(exc)}")
+                continue
+            self._current = index
+            return size
+        raise ConnectionProblem("; ".join(problems))
+
+    async def _download(self, addr: str, path: str, dest: str | os.PathLike[str], user_cert: bytes) -> int:
         http = await self._client()
         size = 0
-        try:
-            async with http.stream("GET", _base_url(self.addr) + f"/v1/sessions/{session_id}/recording",
-                                   headers=_forwarded(user_cert), extensions={"sni_hostname": AUTH_SERVER_NAME},
-                                   timeout=max(self._timeout, 300.0)) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise_for_status(response)
-                with open(dest, "wb") as out:
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        out.write(chunk)
-        except httpx.TransportError as exc:
-            raise ConnectionProblem(f"auth server at {self.addr}: {_reason(exc)}") from None
+        async with http.stream("GET", _base_url(addr) + path, headers=_forwarded(user_cert),
+                               extensions={"sni_hostname": AUTH_SERVER_NAME},
+                               timeout=max(self._timeout, 300.0)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for_status(response)
+            with open(dest, "wb") as out:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    out.write(chunk)
         return size
 
     async def follow(self, kind: str, reload: Callable[[], Awaitable[object]], log: Any, *,

@@ -166,6 +166,35 @@ def test_http_errors_are_answers_not_failures(tmp_path: Path) -> None:
     asyncio.run(body())
 
 
+def test_a_recording_download_fails_over_and_an_http_error_is_an_answer(tmp_path: Path) -> None:
+    server_ctx, client_ctx = make_contexts(tmp_path)
+    dest = tmp_path / "recording.cast"
+
+    async def body() -> None:
+        dropping = await Server("dropping", server_ctx, "drop").start()  # takes the request, never answers
+        two = await Server("two", server_ctx).start()
+        missing = await Server("missing", server_ctx, "missing").start()
+        async with client([closed_port(), dropping.addr, two.addr], client_ctx) as api:
+            size = await api.download_recording("sid-1", dest)
+            assert api.addr == two.addr
+        assert json.loads(dest.read_bytes()) == {"server": "two"} and size == dest.stat().st_size
+        assert ("GET", "/v1/sessions/sid-1/recording") in dropping.requests
+        async with client([missing.addr, two.addr], client_ctx) as api:
+            with pytest.raises(NotFound, match=r"nothing here \(missing\)"):
+                await api.download_recording("sid-2", dest)
+        assert two.requests == [("GET", "/v1/sessions/sid-1/recording")]  # the 404 was not sent elsewhere
+        down = [closed_port(), closed_port()]
+        async with client(down, client_ctx) as api:
+            with pytest.raises(ConnectionProblem) as problem:
+                await api.download_recording("sid-3", dest)
+        assert str(problem.value).startswith(f"cannot reach auth server at {down[0]}: ")
+        assert f"; cannot reach auth server at {down[1]}: " in str(problem.value)
+        for server in (dropping, two, missing):
+            await server.stop()
+
+    asyncio.run(body())
+
+
 def test_a_request_lost_after_sending_is_retried_elsewhere_only_when_idempotent(tmp_path: Path) -> None:
     server_ctx, client_ctx = make_contexts(tmp_path)
 
