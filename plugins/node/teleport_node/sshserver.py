@@ -415,6 +415,11 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
                    and self.cert.permits("permit-agent-forwarding"))
         if allowed:
             self._session(channel).agent = True
+        else:  # a denial like any other: audited (T3007W), as the proxy audits refused routes
+            by_cert = self.cert is not None and not self.cert.permits("permit-agent-forwarding")
+            why = ("the certificate does not permit agent forwarding" if by_cert
+                   else "forward_agent is not allowed by the roles")
+            self.emit("auth", "failure", error=f"agent forwarding refused: {why}")
         return bool(allowed)
 
     def check_port_forward_request(self, address: str, port: int) -> int | bool:

@@ -25,6 +25,7 @@ from proxy_helpers import CLUSTER, LOGIN, Env, free_port
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -383,6 +384,11 @@ def test_node_refuses_forwarding_after_the_role_changed(env: Env, tmp_path_facto
         result = tsh(home, "ssh", "-A", f"{LOGIN}@{NODENAME}", "ssh-add -l", agent=sock)
     assert result.returncode == 1
     assert "the node refused agent forwarding (-A)" in result.stderr
+    refusals = wait_for(lambda: [e for e in events(env) if e["event"] == "auth" and e.get("user") == "later"
+                                 and "agent forwarding refused" in e.get("error", "")],
+                        what="audited refusal", interval=0.5)
+    assert refusals[0]["code"] == "T3007W"
+    assert refusals[0]["error"] == "agent forwarding refused: forward_agent is not allowed by the roles"
 
 
 @contextlib.contextmanager
