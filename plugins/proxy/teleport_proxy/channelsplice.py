@@ -184,6 +184,18 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.upstreams: dict[int, Upstream] = {}
 
+    def run(self) -> None:
+        """paramiko's transport thread; when the connection ends, channels that never got a
+        message release their node connections too (the others end with their channel)."""
+        try:
+            super().run()
+        finally:
+            for upstream in list(self.upstreams.values()):
+                upstream.close()
+                with contextlib.suppress(OSError):  # wakes a thread blocked reading the node, tells the node
+                    upstream.sock.shutdown(socket.SHUT_RDWR)
+            self.upstreams.clear()
+
 
 def splice(channel: paramiko.Channel, upstream: Upstream) -> None:
     """Copy bytes both ways between ``channel`` and ``upstream.sock`` until both directions end

@@ -132,3 +132,10 @@ def test_a_node_that_went_away_costs_the_transport_nothing(pair) -> None:  # typ
         time.sleep(0.05)
     assert channel.closed
     assert channel.get_transport().is_active()  # only the channel ended, not the connection
+
+
+def test_a_connection_lost_before_its_channel_said_anything_releases_the_node(pair) -> None:  # type: ignore[no-untyped-def]
+    channel, node, _ = pair
+    channel.get_transport().close()  # the client vanishes: no data, no EOF, no close for the channel
+    node.settimeout(10)
+    assert node.recv(1) == b""  # the proxy let go of the node connection
