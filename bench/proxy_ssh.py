@@ -18,7 +18,8 @@ OpenSSH sshd used as a plain jump host. Measures:
 
 The target node is OpenSSH sshd for every client, so the rows compare the proxies alone; two
 more rows take the product's whole path, ``tsh ssh`` and ``ssh -J`` through our proxy to our node
-service (``teleport start``), against the same ``ssh -J`` through sshd to sshd baseline.
+service (``teleport start``), against the same ``ssh -J`` through sshd to sshd baseline, and one
+more OpenSSH ``ssh`` with ``tsh config``'s ProxyCommand (``tsh proxy ssh``, TLS routing) to our node.
 """
 
 from __future__ import annotations
@@ -156,10 +157,17 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
         tsh_ours = [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", f"{LOGIN}@our-node"]
         via_proxy_ours = ["ssh", "-F", str(config), "-J", f"bench@127.0.0.1:{env.ssh_port}",
                           f"{LOGIN}@our-node.{CLUSTER}"]
+        # what `tsh config` gives OpenSSH users: a ProxyCommand through `tsh proxy ssh` (TLS routing)
+        tsh_config = subprocess.run([sys.executable, "-m", "teleport_core.cli.tsh", "config"], env=shell_env,
+                                    capture_output=True, text=True, check=True).stdout
+        (root / "tsh_ssh_config").write_text(tsh_config + "\nHost *\n    StrictHostKeyChecking yes\n"
+                                             "    BatchMode yes\n    Ciphers aes128-gcm@openssh.com\n")
+        via_config_ours = ["ssh", "-F", str(root / "tsh_ssh_config"), f"{LOGIN}@our-node.{CLUSTER}"]
         clients = (("tsh ssh via proxy", tsh, shell_env), ("tsh ssh via proxy SSH port", tsh, tsh_port_env),
                    ("ssh -J via proxy", via_proxy, shell_env), ("ssh -J via sshd", via_sshd, shell_env),
                    ("tsh ssh via proxy to our node", tsh_ours, shell_env),
-                   ("ssh -J via proxy to our node", via_proxy_ours, shell_env))
+                   ("ssh -J via proxy to our node", via_proxy_ours, shell_env),
+                   ("ssh via tsh config to our node", via_config_ours, shell_env))
         # interleaved (client A, B, C, D, A, B, ...) so that a load change hits every client alike
         transfer: dict[str, list[float]] = {name: [] for name, _, _ in clients}
         setup: dict[str, list[float]] = {name: [] for name, _, _ in clients}
@@ -181,7 +189,7 @@ def run(env: Env, root: Path, mib: int, runs: int) -> dict[str, Any]:
     base_tp = out["throughput MiB/s (best of 3): ssh -J via sshd"]
     base_setup = out[f"setup ms (median of {runs}): ssh -J via sshd"]
     for name in ("tsh ssh via proxy", "tsh ssh via proxy SSH port", "ssh -J via proxy",
-                 "tsh ssh via proxy to our node", "ssh -J via proxy to our node"):
+                 "tsh ssh via proxy to our node", "ssh -J via proxy to our node", "ssh via tsh config to our node"):
         out[f"throughput ratio vs ssh -J via sshd: {name}"] = round(
             out[f"throughput MiB/s (best of 3): {name}"] / base_tp, 2)
         out[f"setup ratio vs ssh -J via sshd: {name}"] = round(
