@@ -38,7 +38,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -54,6 +54,8 @@ from teleport_core.identity import IdentityError, LocalIdentity
 
 if TYPE_CHECKING:
     import httpx
+
+T = TypeVar("T")
 
 # the auth service's certificate names this, whatever address it is reached at
 AUTH_SERVER_NAME = "teleport.cluster.local"
@@ -282,9 +284,20 @@ class AuthClient:
         """Send one request to the current auth server, failing over to the others on connection
         errors (see the module docstring); ``content`` may be a zero-argument factory of the body
         so that a retried request gets a fresh stream."""
+        content = kwargs.pop("content", None)
+
+        async def send(addr: str) -> httpx.Response:
+            body = content() if callable(content) else content
+            return await (await self._client()).request(
+                method, _base_url(addr) + path, content=body, extensions={"sni_hostname": AUTH_SERVER_NAME}, **kwargs)
+
+        return await self._failover(method, send)
+
+    async def _failover(self, method: str, send: Callable[[str], Awaitable[T]]) -> T:
+        """``send(addr)`` to the current auth server, then to the others, by the module
+        docstring's rules; remembers the server that answered."""
         import httpx
 
-        content = kwargs.pop("content", None)
         idempotent = method.upper() in IDEMPOTENT
         order = [(self._current + step) % len(self.addrs) for step in range(len(self.addrs))]
         problems: list[str] = []
@@ -293,11 +306,8 @@ class AuthClient:
         while position < len(order):
             index = order[position]
             addr = self.addrs[index]
-            body = content() if callable(content) else content
             try:
-                response = await (await self._client()).request(
-                    method, _base_url(addr) + path, content=body,
-                    extensions={"sni_hostname": AUTH_SERVER_NAME}, **kwargs)
+                result = await send(addr)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 problems.append(f"cannot reach auth server at {addr}: {_reason(exc)}")
                 position += 1
@@ -312,7 +322,7 @@ class AuthClient:
                 position += 1
                 continue
             self._current = index
-            return response
+            return result
         if len(problems) == 1:
             raise ConnectionProblem(problems[0])
         raise ConnectionProblem("; ".join(problems))
@@ -481,40 +491,26 @@ class AuthClient:
         """Stream the asciicast recording of ``session_id`` into ``dest``; returns its size.
 
         Fails over like every other call. A download cut off midway starts again from the
-        beginning on the next server, since ``dest`` is rewritten whole. An HTTP error is an
-        answer and is not retried."""
-        import httpx
+        beginning (on the same server once, then the next), since ``dest`` is rewritten whole.
+        An HTTP error is an answer and is not retried."""
+        path = f"/v1/sessions/{session_id}/recording"
 
-        order = [(self._current + step) % len(self.addrs) for step in range(len(self.addrs))]
-        problems: list[str] = []
-        for index in order:
-            addr = self.addrs[index]
-            try:
-                size = await self._download(addr, f"/v1/sessions/{session_id}/recording", dest, user_cert)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                problems.append(f"cannot reach auth server at {addr}: {_reason(exc)}")
-                continue
-            except (httpx.TransportError, ssl.SSLError) as exc:
-                problems.append(f"auth server at {addr}: {_reason(exc)}")
-                continue
-            self._current = index
+        async def download(addr: str) -> int:
+            http = await self._client()
+            size = 0
+            async with http.stream("GET", _base_url(addr) + path, headers=_forwarded(user_cert),
+                                   extensions={"sni_hostname": AUTH_SERVER_NAME},
+                                   timeout=max(self._timeout, 300.0)) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_status(response)
+                with open(dest, "wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        out.write(chunk)
             return size
-        raise ConnectionProblem("; ".join(problems))
 
-    async def _download(self, addr: str, path: str, dest: str | os.PathLike[str], user_cert: bytes) -> int:
-        http = await self._client()
-        size = 0
-        async with http.stream("GET", _base_url(addr) + path, headers=_forwarded(user_cert),
-                               extensions={"sni_hostname": AUTH_SERVER_NAME},
-                               timeout=max(self._timeout, 300.0)) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise_for_status(response)
-            with open(dest, "wb") as out:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    out.write(chunk)
-        return size
+        return await self._failover("GET", download)
 
     async def follow(self, kind: str, reload: Callable[[], Awaitable[object]], log: Any, *,
                      poll: float = 30.0, retry: float = 2.0) -> None:

@@ -103,9 +103,6 @@ class Upstream:
     def set_event(self, event: threading.Event) -> None:
         event.set()
 
-    def empty(self) -> bytes:
-        return b""
-
     def __len__(self) -> int:
         return 0
 
