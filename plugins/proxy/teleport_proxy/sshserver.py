@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paramiko
@@ -175,6 +176,20 @@ def _fail_channel(channel: paramiko.Channel, message: str) -> None:
     channel.close()
 
 
+def accept_loop(sock: socket.socket, stopping: threading.Event, serve: Callable[[socket.socket, str], None],
+                name: str) -> None:
+    """Accept on ``sock`` (which has a timeout, so ``stopping`` is seen) until it is set or the
+    socket is closed; each connection gets ``serve(client, "host:port")`` in a thread ``name``."""
+    while not stopping.is_set():
+        try:
+            client, addr = sock.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(client, f"{addr[0]}:{addr[1]}"), name=name, daemon=True).start()
+
+
 class SSHProxyServer:
     """Accepts SSH connections on ``sock`` in a thread; one paramiko transport per client."""
 
@@ -205,14 +220,7 @@ class SSHProxyServer:
             transport.close()
 
     def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, addr = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client, f"{addr[0]}:{addr[1]}"), daemon=True).start()
+        accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn")
 
     def _serve(self, client: socket.socket, remote: str) -> None:
         client.settimeout(None)

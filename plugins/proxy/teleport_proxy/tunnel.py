@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import ssh
 from teleport_core.audit import new_event
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.tsh.hostcert import verify_host_cert
+from teleport_proxy.sshserver import accept_loop
 
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
@@ -263,15 +264,7 @@ class TunnelServer:
     # -- connections -----------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, addr = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client, f"{addr[0]}:{addr[1]}"),
-                             name="proxy-tunnel-conn", daemon=True).start()
+        accept_loop(self.sock, self._stopping, self._serve, "proxy-tunnel-conn")
 
     def _serve(self, client: socket.socket, remote: str) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
