@@ -6,6 +6,7 @@ none denies it.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -41,7 +42,8 @@ class Identity:
 
     For users: ``name`` is the Teleport username, ``roles`` their role names and ``traits``
     their traits (``{"logins": ["root"]}``). For hosts: ``name`` is ``<hostUUID>.<cluster>``
-    and ``roles`` holds the system role (``Node``, ``Proxy``, ``Auth``).
+    and ``roles`` holds the system role (``Node``, ``Proxy``, ``Auth``). ``issued``: when the
+    certificate it came from was issued (None when unknown), which locks on deleted users check.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Identity:
     traits: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_frozen_traits)
     logins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     cluster: str = ""
+    issued: dt.datetime | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(repr=False)

@@ -48,6 +48,8 @@ CODES: Mapping[tuple[str, str], str] = {
     ("role.deleted", "ok"): "T9001I",
     ("role.updated", "ok"): "T9002I",
     ("join_token.create", "ok"): "TJT00I",
+    ("lock.created", "ok"): "TLK00I",
+    ("lock.deleted", "ok"): "TLK01I",
     ("instance.join", "ok"): "TJ002I",
     ("instance.join", "failure"): "TJ002E",
     # ours (Teleport does not audit reverse tunnels): a node's tunnel to a proxy opened and closed

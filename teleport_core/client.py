@@ -21,6 +21,14 @@ Every connection names ``teleport.cluster.local`` in its SNI (and checks the ser
 certificate for that name against the host CA), which the proxy's web port passes through to
 auth untouched (TLS routing), so auth sees and authorizes this client's own certificate.
 
+The server must prove it is the auth server: its certificate must carry the system role
+``Auth`` (Subject O), checked inside the TLS handshake before any request byte is sent
+(:mod:`teleport_core.serverrole`). A node's or proxy's certificate from the same host CA is
+refused with :class:`NotAuthServer` (``the server at ADDR presented a Node certificate, not
+the auth server's``); the client then tries the next auth address, as for any connection
+error. This applies to every credential loader (a context given with :func:`load_tls` is
+changed in place to require it).
+
 Several auth servers (``AuthClient(["auth1:3025", "auth2:3025"], ...)``, as with
 ``teleport.auth_servers``): the client sticks to the one that last answered and fails over to
 the next on connection errors only (an HTTP error is the server's answer and is raised as is).
@@ -51,6 +59,7 @@ from teleport_core.errors import (
     TeleportError,
 )
 from teleport_core.identity import IdentityError, LocalIdentity
+from teleport_core.serverrole import AUTH, find_role_error, require_server_role
 
 if TYPE_CHECKING:
     import httpx
@@ -73,6 +82,11 @@ ERRORS: dict[int, type[TeleportError]] = {
 
 class ConnectionProblem(TeleportError):
     """The auth server could not be reached."""
+
+
+class NotAuthServer(ConnectionProblem):
+    """The server at an auth address presented a host certificate of the cluster, but not for the
+    system role ``Auth`` (a node or proxy posing as auth): nothing was sent to it."""
 
 
 @attrs.frozen
@@ -235,9 +249,10 @@ class AuthClient:
                     old, self._http = self._http, None
                     await old.aclose()
         if self._http is None:
-            # no base_url: one pool serves every address (httpx pools connections per origin)
+            # no base_url: one pool serves every address (httpx pools connections per origin); the
+            # server must be the auth server itself (system role Auth), checked in the handshake
             self._http = httpx.AsyncClient(
-                verify=self.credentials.context,
+                verify=require_server_role(self.credentials.context, AUTH),
                 timeout=self._timeout,
                 headers={"Host": AUTH_SERVER_NAME},
                 limits=httpx.Limits(max_keepalive_connections=16, keepalive_expiry=KEEPALIVE),
@@ -301,6 +316,7 @@ class AuthClient:
         idempotent = method.upper() in IDEMPOTENT
         order = [(self._current + step) % len(self.addrs) for step in range(len(self.addrs))]
         problems: list[str] = []
+        impostor = False
         again = idempotent  # one more try on the same server, for a kept-alive connection it had closed
         position = 0
         while position < len(order):
@@ -309,7 +325,9 @@ class AuthClient:
             try:
                 result = await send(addr)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                problems.append(f"cannot reach auth server at {addr}: {_reason(exc)}")
+                wrong = find_role_error(exc)
+                impostor |= wrong is not None
+                problems.append(wrong.at(addr) if wrong else f"cannot reach auth server at {addr}: {_reason(exc)}")
                 position += 1
                 continue  # never sent: safe to send anywhere else
             except (httpx.TransportError, ssl.SSLError) as exc:  # a TLS alert after the handshake escapes httpx
@@ -323,9 +341,7 @@ class AuthClient:
                 continue
             self._current = index
             return result
-        if len(problems) == 1:
-            raise ConnectionProblem(problems[0])
-        raise ConnectionProblem("; ".join(problems))
+        raise (NotAuthServer if impostor else ConnectionProblem)("; ".join(problems))
 
     async def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
@@ -455,8 +471,22 @@ class AuthClient:
     async def get_proxies(self) -> list[dict[str, Any]]:
         return await self.call("GET", "/v1/proxies")  # type: ignore[no-any-return]
 
+    # -- locks (teleport_core.locks) -----------------------------------------------------------------
+
+    async def get_locks(self) -> list[dict[str, Any]]:
+        """Every lock that has not expired, as resources (``lock_to_dict``)."""
+        return await self.call("GET", "/v1/locks")  # type: ignore[no-any-return]
+
+    async def upsert_lock(self, lock: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace a lock (a resource: ``metadata.name``, ``spec.target`` ...); the stored lock."""
+        name = str(lock.get("metadata", {}).get("name", ""))
+        return await self.call("PUT", f"/v1/locks/{name}", lock)  # type: ignore[no-any-return]
+
+    async def delete_lock(self, name: str) -> None:
+        await self.call("DELETE", f"/v1/locks/{name}")
+
     async def wait_for_change(self, kind: str, version: str = "", timeout: float = 30.0) -> str:
-        """The current version of ``kind`` (``role``, ``cert_authority``); blocks up to ``timeout``
+        """The current version of ``kind`` (``role``, ``cert_authority``, ``lock``); blocks up to ``timeout``
         seconds while it is still ``version``. Call in a loop to invalidate caches promptly."""
         answer = await self.call("GET", "/v1/changes", params={"kind": kind, "version": version,
                                                                 "timeout": timeout}, timeout=timeout + 15)
@@ -583,8 +613,10 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
     2. With ``ca_pins``: refuse unless one of those CAs matches a pin (constant time):
        ``cluster pin does not match ...``. Without pins, trust them on first use; the caller
        logs a warning, as Teleport does.
-    3. Send the token to ``/v1/register`` over a connection that trusts only those CAs, so
-       an impostor at the auth server's address never sees the token.
+    3. Send the token to ``/v1/register`` over a connection that trusts only those CAs and
+       requires the server's certificate to be for system role ``Auth`` (checked in the TLS
+       handshake), so neither an impostor at the auth server's address nor another host of
+       the same cluster (a node's certificate) ever sees the token: :class:`NotAuthServer`.
     """
     import httpx
 
@@ -618,11 +650,16 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
     trusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     trusting.minimum_version = ssl.TLSVersion.TLSv1_2
     trusting.load_verify_locations(cadata="".join(host_cas))
+    require_server_role(trusting, AUTH)
     async with httpx.AsyncClient(base_url=_base_url(addr), verify=trusting, timeout=timeout,
                                  headers={"Host": AUTH_SERVER_NAME}) as client:
         try:
             response = await client.post("/v1/register", json=body, extensions={"sni_hostname": AUTH_SERVER_NAME})
         except httpx.TransportError as exc:
+            wrong = find_role_error(exc)
+            if wrong is not None:
+                raise NotAuthServer(f"cannot join through {addr}: {wrong.at(addr)}; the join token was not sent") \
+                    from None
             raise ConnectionProblem(f"cannot join through {addr}: {_reason(exc)}") from None
     raise_for_status(response)
     return Joined(response.json(), host_cas, bool(ca_pins))

@@ -27,13 +27,11 @@ from starlette.routing import Route
 from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
 from teleport_auth.issuer import (
     identity_from_tls_cert,
-    issue_ssh_host_cert,
     issue_ssh_user_cert,
-    issue_tls_host_cert,
     issue_tls_user_cert,
 )
 from teleport_auth.presence import NodeHeartbeat
-from teleport_auth.rotation import RotateRequest, rotation_status, server_signing_ca
+from teleport_auth.rotation import RotateRequest, rotation_status
 from teleport_auth.tokens import MAX_USER_TOKEN_TTL, system_role
 from teleport_auth.users import new_totp_secret, otp_uri
 from teleport_core import __version__, keys
@@ -50,6 +48,7 @@ from teleport_core.errors import (
     NotFound,
     TeleportError,
 )
+from teleport_core.locks import Lock, LockTarget, lock_message, lock_to_dict, new_lock, parse_lock
 from teleport_core.nodes import NodeInfo
 from teleport_core.roles import parse_role, role_to_dict
 from teleport_core.secret import Secret
@@ -71,6 +70,7 @@ MAX_BODY = 1 << 20
 PROXIES_PREFIX = b"/proxies/"
 PROXIES_END = range_end(PROXIES_PREFIX)
 PROXY_TTL = dt.timedelta(minutes=10)
+PROXY_TOKEN_KIND = "proxy_token"  # noqa: S105 - a resource kind, not a secret
 
 
 class BadRequest(TeleportError):
@@ -154,6 +154,8 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                 identity = self.identify(request)
                 if identity is None and not anonymous:
                     raise AuthenticationFailed("this call needs a client certificate from the cluster")
+                if identity is not None:
+                    await self.refuse_locked(request, identity, exempt=handler.__name__ in LOCKED_HOST_CALLS)
                 if verb is not None and kind is not None and identity is not None:
                     name = request.path_params.get(name_param, "") if name_param else ""
                     await self.authorize(request, identity, verb, kind, name)
@@ -173,6 +175,11 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
 
 
 IDENTITY_CACHE_SIZE = 4096
+#: what a locked host may still do: follow locks (so a locked node learns of its lock and ends its
+#: sessions) and report events (its refusals are audited); everything else is refused
+LOCKED_HOST_CALLS = frozenset({"list_locks", "changes", "emit_event"})
+#: how long the lock a user's deletion creates lasts: the longest a user certificate lives
+DELETED_USER_LOCK_TTL = dt.timedelta(hours=30)
 
 
 class API:
@@ -183,6 +190,9 @@ class API:
         from teleport_auth.uploads import UploadGate
 
         self._upload_gate = UploadGate()
+        from teleport_auth.events_policy import HostNames
+
+        self._host_names = HostNames(self._host_name)
 
     # -- who is calling, and may they ----------------------------------------------------------------
 
@@ -228,6 +238,21 @@ class API:
         if not result.allowed:
             await self.audit_denial(request, identity, result.reason)
             raise AccessDenied(result.reason)
+
+    async def refuse_locked(self, request: Request, identity: Identity, *, exempt: bool = False,
+                            issued: dt.datetime | None = None) -> None:
+        """403 (audited, the lock's message as the reason) when a lock in force matches ``identity``.
+
+        A host's own lock does not stop the calls in :data:`LOCKED_HOST_CALLS` (``exempt``).
+        ``issued``: for a certificate about to be issued (now), instead of the caller's.
+        """
+        if exempt and identity.kind is IdentityKind.HOST:
+            return
+        lock = await self.service.locks.in_force(identity, issued=issued)
+        if lock is not None:
+            reason = lock_message(lock)
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
 
     async def audit_denial(self, request: Request, identity: Identity | None, reason: str) -> None:
         client = request.client
@@ -318,34 +343,54 @@ class API:
 
     @endpoint(None, None, anonymous=True)
     async def register(self, request: Request, identity: Identity | None) -> Any:
-        svc = self.service
+        """Join: auth decides the host's identity (see :mod:`teleport_auth.hosts`). A new host
+        presents a token and gets a new host UUID; a registered host adds a role by presenting
+        its certificate of another role (no token). Every refusal is audited (``instance.join``
+        failure, TJ002E)."""
         body = await read_json(request)
-        token = Secret(field(body, "token"))
         nodename = field(body, "nodename")
         role = field(body, "role")
+        remote = request.client.host if request.client else ""
+        try:
+            return await self._join(body, identity, nodename, role, remote)
+        except TeleportError as exc:
+            await self.service.emit(self.event("instance.join", "failure", node_name=nodename, role=role,
+                                               error=str(exc), **{"addr.remote": remote}))
+            raise
+
+    async def _join(self, body: dict[str, Any], identity: Identity | None, nodename: str, role: str,
+                    remote: str) -> Any:
+        from teleport_auth.authz import host_uuid
+        from teleport_auth.hosts import check_request
+
+        svc = self.service
         try:
             system = system_role(role)
         except ValueError as exc:
             raise BadRequest(f"role: {exc}") from None
+        if system == "Auth":
+            raise BadRequest("role: auth servers do not join with a token: they share the cluster's backend")
+        if field(body, "host_uuid", required=False, default=""):
+            raise BadRequest("host_uuid: a joining host does not choose its UUID; auth assigns it (leave it out)")
         public_key = field(body, "public_key")
-        remote = request.client.host if request.client else ""
+        names = check_request(nodename, field(body, "additional_principals", list, required=False, default=[]),
+                              field(body, "dns_names", list, required=False, default=[]),
+                              field(body, "ip_addresses", list, required=False, default=[]), svc.cluster_name)
         try:
-            await svc.tokens.consume(token, system, nodename)
-        except AccessDenied as exc:
-            await svc.emit(self.event("instance.join", "failure", node_name=nodename, role=system, error=str(exc),
-                                      **{"addr.remote": remote}))
-            raise
-        dns_names = field(body, "dns_names", list, required=False, default=[])
-        ips = field(body, "ip_addresses", list, required=False, default=[])
-        principals = field(body, "additional_principals", list, required=False, default=[])
-        try:
-            answer = svc.issue_host_identity(
-                nodename, system, public_key, field(body, "host_uuid", required=False, default=""),
-                dns_names, ips, principals)
+            if identity is not None:  # a registered host adds a role with its certificate
+                if identity.kind is not IdentityKind.HOST or "Auth" in identity.roles:
+                    raise AccessDenied(f"{identity.kind.value} {json.dumps(identity.name)} cannot join as a host")
+                answer = await svc.register_host(nodename, system, public_key, names, uuid=host_uuid(identity))
+                method = "certificate"
+            else:
+                await svc.hosts.conflict("", nodename, names)  # before the token is used up
+                token = await svc.tokens.consume(Secret(field(body, "token")), system, nodename)
+                answer = await svc.register_host(nodename, system, public_key, names, token_roles=token.roles)
+                method = "token"
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         await svc.emit(self.event("instance.join", node_name=nodename, role=system, host_id=answer["host_uuid"],
-                                  **{"addr.remote": remote}))
+                                  method=method, **{"addr.remote": remote}))
         return answer
 
     @endpoint(None, None)
@@ -360,34 +405,29 @@ class API:
             await self.audit_denial(request, identity, reason)
             raise AccessDenied(reason)
         from teleport_auth.authz import host_uuid
+        from teleport_auth.hosts import UnknownHost
+        from teleport_auth.issuer import DEFAULT_HOST_CERT_TTL
 
         svc = self.service
         body = await read_json(request)
-        public_key = field(body, "public_key")
-        nodename = field(body, "nodename")
-        dns_names = field(body, "dns_names", list, required=False, default=[])
-        ips = field(body, "ip_addresses", list, required=False, default=[])
-        principals = field(body, "additional_principals", list, required=False, default=[])
-        host, system, hook = host_uuid(identity), identity.roles[0], svc.ctx.plugins.hook
-        signer = server_signing_ca(svc.host_ca)
+        public_key = field(body, "public_key")  # names in the body are ignored: auth recorded them at join
         try:
-            ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
-                                      role=system, additional_principals=[*principals, *dns_names, *ips])
-            tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system,
-                                      dns_names=dns_names, ip_addresses=ips)
+            keys.load_public_key(public_key)
+        except ValueError as exc:
+            raise BadRequest(f"public_key: {exc}") from None
+        try:
+            record = await svc.hosts.renewed(host_uuid(identity), identity.roles[0],
+                                             dt.datetime.now(dt.UTC) + DEFAULT_HOST_CERT_TTL)
+        except UnknownHost as exc:
+            reason = f"access denied to host {json.dumps(identity.name)}: {exc}"
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason) from None
+        try:
+            answer = await asyncio.to_thread(svc.issue_host_identity, record, identity.roles[0], public_key)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        return {
-            "host_uuid": host,
-            "ssh_cert": ssh.data.decode().strip(),
-            "tls_cert": tls.data.decode(),
-            "host_ca_pems": svc.host_ca_pems(),
-            "user_ca_pems": svc.user_ca_pems(),
-            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
-            "user_ca_ssh_keys": [k.ssh_public_key_line for k in svc.user_ca.trusted],
-            "cluster_name": svc.cluster_name,
-            "rotation": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
-        }
+        return {**answer,
+                "rotation": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)}}
 
     # -- roles ----------------------------------------------------------------------------------------------
 
@@ -541,8 +581,16 @@ class API:
         name = request.path_params["name"]
         await svc.users.delete(name)
         await svc.user_tokens.delete_for_user(name)
-        await svc.emit(self.event("user.delete", name=name, user=identity.name if identity else ""))
-        return {"deleted": name}
+        actor = identity.name if identity else ""
+        await svc.emit(self.event("user.delete", name=name, user=actor))
+        # the certificates the user holds stay valid up to 30 h: a lock on them (only those issued
+        # until now, so a user re-created under this name later is not locked out) ends them now
+        now = dt.datetime.now(dt.UTC)
+        lock = new_lock(LockTarget(user=name, issued_before=now), f"user {json.dumps(name)} was deleted",
+                        expires=now + DELETED_USER_LOCK_TTL, created_by=actor, now=now)
+        await svc.locks.upsert(lock)
+        await svc.emit(self.lock_event("lock.created", lock, actor))
+        return {"deleted": name, "lock": lock.name}
 
     @endpoint("update", "user", name_param="name")
     async def reset_user(self, request: Request, identity: Identity | None) -> Any:
@@ -645,6 +693,7 @@ class API:
             await svc.emit(self.event("user.login", "failure", user=username, method="local", success=False,
                                       error=str(exc), **remote))
             raise
+        await self.refuse_locked(request, user, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
         result = await self._certs_for(user, public_key, ttl, client_ip)
         await svc.emit(self.event("user.login", user=username, method="local", success=True, **remote))
         return result
@@ -654,29 +703,72 @@ class API:
         svc = self.service
         body = await read_json(request)
         user = await svc.users.get(field(body, "user"))
-        return await self._certs_for(user.identity(svc.cluster_name), field(body, "public_key"), ttl_field(body))
+        target = user.identity(svc.cluster_name)
+        await self.refuse_locked(request, target, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
+        return await self._certs_for(target, field(body, "public_key"), ttl_field(body))
 
     # -- join tokens ---------------------------------------------------------------------------------------------
 
+    async def proxy_token_refusal(self, identity: Identity) -> str:
+        """Why ``identity`` may not create (or see) join tokens admitting proxies, "" if it may:
+        this auth server's own identity (``tctl`` on the auth host) may; a user needs ``create``
+        on ``proxy_token`` from a rule that names that kind (``*`` does not grant it) and no
+        deny rule or plugin refusing it. A proxy token makes a host that terminates users' TLS."""
+        who = f"access denied to {identity.kind.value} {json.dumps(identity.name)}"
+        if identity.kind is IdentityKind.HOST:
+            return "" if "Auth" in identity.roles else f"{who}: only auth creates tokens for proxies"
+        decision = await self.decision(identity, "create", PROXY_TOKEN_KIND)
+        if not decision.allowed:
+            return f"{who}: tokens admitting proxies need create on {PROXY_TOKEN_KIND} ({decision.reason})"
+        roleset = await self.service.authorizer.roleset_for(identity)
+        if not any(PROXY_TOKEN_KIND in rule.resources and rule.matches(PROXY_TOKEN_KIND, "create")
+                   for role in roleset.roles for rule in role.allow.rules):
+            return (f"{who}: tokens admitting proxies need a role rule that names {PROXY_TOKEN_KIND} "
+                    f"explicitly (resources: [{PROXY_TOKEN_KIND}], verbs: [create]); * does not grant it")
+        return ""
+
     @endpoint("list", "token")
     async def list_tokens(self, request: Request, identity: Identity | None) -> Any:
+        """Join tokens; static ones masked (their values never leave auth), and the values of
+        tokens admitting proxies only for callers allowed to create them."""
+        from teleport_auth.tokens import MASKED
+
+        assert identity is not None
+        found = await self.service.tokens.list()
+        proxy_ok = not any("Proxy" in t.roles for t in found if not t.static) or not await self.proxy_token_refusal(
+            identity)
         return [
-            {"token": t.token.reveal(), "roles": list(t.roles), "expires": t.expires.isoformat() if t.expires else None,
-             "static": t.static}
-            for t in await self.service.tokens.list()
+            {"token": t.token.reveal() if not t.static and (proxy_ok or "Proxy" not in t.roles) else MASKED,
+             "roles": list(t.roles), "expires": t.expires.isoformat() if t.expires else None, "static": t.static}
+            for t in found
         ]
 
     @endpoint("create", "token")
     async def create_token(self, request: Request, identity: Identity | None) -> Any:
+        from teleport_auth.tokens import NO_AUTH_TOKENS, system_roles
+
+        assert identity is not None
         svc = self.service
         body = await read_json(request)
         roles = field(body, "roles", list, required=False, default=["node"])
         try:
-            token = await svc.tokens.create(roles, ttl_field(body))
+            wanted = system_roles(roles)
+        except ValueError as exc:
+            raise BadRequest(f"roles: {exc}") from None
+        reason = ""
+        if "Auth" in wanted:
+            reason = f"access denied to {identity.kind.value} {json.dumps(identity.name)}: {NO_AUTH_TOKENS}"
+        elif "Proxy" in wanted:
+            reason = await self.proxy_token_refusal(identity)
+        if reason:
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+        try:
+            token = await svc.tokens.create(wanted, ttl_field(body))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         assert token.expires is not None
-        await svc.emit(self.event("join_token.create", roles=list(token.roles), user=identity.name if identity else "",
+        await svc.emit(self.event("join_token.create", roles=list(token.roles), user=identity.name,
                                   expires=token.expires.isoformat()))
         return {"token": token.token.reveal(), "roles": list(token.roles), "expires": token.expires.isoformat(),
                 "ca_pin": ca_pin(svc.host_ca), "ca_pins": ca_pins(svc.host_ca)}
@@ -710,11 +802,49 @@ class API:
             cmd_labels=field(body, "cmd_labels", dict, required=False, default={}),
             tunnel=field(body, "tunnel", bool, required=False, default=False),
         )
+        assert identity is not None
+        await self.check_heartbeat(request, identity, "Node", uuid, heartbeat.nodename)
         try:
             stored = await self.service.presence.upsert_node(heartbeat)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         return node_dict(stored.info())
+
+    async def check_heartbeat(self, request: Request, identity: Identity, role: str, uuid: str, nodename: str) -> None:
+        """A heartbeat names a registered host with ``role`` and its recorded nodename (auth
+        servers, which record every host, are trusted); a refusal is audited (T3007W)."""
+        from teleport_auth.hosts import UnknownHost
+
+        if identity.kind is IdentityKind.HOST and "Auth" in identity.roles:
+            return
+        try:
+            record = await self.service.hosts.get(uuid)
+            problem = ""
+            if role not in record.roles:
+                problem = f"host {uuid} is not registered with role {role}"
+            elif nodename != record.nodename:
+                problem = (f"host {uuid} is registered as {json.dumps(record.nodename)}, "
+                           f"not {json.dumps(nodename)}: a host heartbeats under its own nodename")
+        except UnknownHost as exc:
+            problem = str(exc)
+        if problem:
+            reason = f"access denied to {identity.kind.value} {json.dumps(identity.name)}: {problem}"
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+
+    @endpoint("delete", "node", name_param="uuid")
+    async def delete_node(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl rm node/<uuid>``: the node's inventory entry and its host record go, which
+        frees its nodename; the host must join again with a token (see teleport_auth.hosts)."""
+        svc = self.service
+        uuid = request.path_params["uuid"]
+        removed = await svc.hosts.remove(uuid)
+        try:
+            await svc.presence.delete_node(uuid)
+        except NotFound:
+            if removed is None:
+                raise
+        return {"deleted": uuid, "nodename": removed.nodename if removed else ""}
 
     # -- proxies ------------------------------------------------------------------------------------------
 
@@ -725,6 +855,8 @@ class API:
         uuid = request.path_params["uuid"]
         entry = {"uuid": uuid, "nodename": field(body, "nodename"), "public_addr": field(body, "public_addr"),
                  "ssh_public_addr": field(body, "ssh_public_addr", required=False, default="")}
+        assert identity is not None
+        await self.check_heartbeat(request, identity, "Proxy", uuid, entry["nodename"])
         expires = dt.datetime.now(dt.UTC) + PROXY_TTL
         await self.service.backend.put(Item(PROXIES_PREFIX + uuid.encode(), json.dumps(entry).encode(), expires))
         self._proxy_public = entry["public_addr"]
@@ -736,23 +868,39 @@ class API:
 
     # -- audit ---------------------------------------------------------------------------------------------
 
+    async def _host_name(self, role: str, uuid: str) -> str:
+        """The name auth has for a host (its last heartbeat), "" when it has none."""
+        try:
+            if role == "Node":
+                return (await self.service.presence.get_node(uuid)).nodename
+            if role == "Proxy":
+                item = await self.service.backend.get(PROXIES_PREFIX + uuid.encode())
+                return str(json.loads(item.value).get("nodename", ""))
+        except NotFound:
+            pass
+        return ""
+
     @endpoint("create", "event")
     async def emit_event(self, request: Request, identity: Identity | None) -> Any:
+        """Store a host's audit event, checked and stamped by :mod:`teleport_auth.events_policy`."""
+        from teleport_auth import events_policy
+        from teleport_auth.authz import host_uuid
+
         body = await read_json(request)
         try:
             event = AuditEvent.from_dict(body)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        server_id = str(event.fields.get("server_id", ""))
-        if identity is not None and identity.kind is IdentityKind.HOST and "Auth" not in identity.roles:
-            from teleport_auth.authz import host_uuid
-
-            if server_id and server_id != host_uuid(identity):
-                # a host speaks for itself only (recording uploads trust session.start's server_id)
-                reason = (f"access denied to host {json.dumps(identity.name)}: an event with server_id "
-                          f"{json.dumps(server_id)} is not its own")
-                await self.audit_denial(request, identity, reason)
-                raise AccessDenied(reason)
+        assert identity is not None
+        # only hosts emit, each only its system role's event types, stamped by us: teleport_auth.events_policy
+        reason = events_policy.refusal(identity, event)
+        if reason:
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+        roles = events_policy.system_roles(identity)
+        if "Auth" not in roles:
+            hostname = await self._host_names.get(roles[0], host_uuid(identity))
+            event = events_policy.stamp(event, identity, hostname, self.service.cluster_name)
         await self.service.audit.emit(event)  # durable before we answer: the emitter may drop its copy
         return {"stored": event.uid}
 
@@ -863,6 +1011,52 @@ class API:
         return FileResponse(path, media_type="application/x-asciicast", filename=f"{sid}.cast",
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
+    # -- locks -----------------------------------------------------------------------------------------
+
+    @endpoint("list", "lock")
+    async def list_locks(self, request: Request, identity: Identity | None) -> Any:
+        return [lock_to_dict(lock) for lock in await self.service.locks.list()]
+
+    @endpoint(None, None, name_param="name")
+    async def upsert_lock(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl lock``: create (or replace) a lock; ``created_at``/``created_by`` are set here."""
+        assert identity is not None
+        name = request.path_params["name"]
+        lock = parse_lock(await read_json(request), "request")
+        if lock.name != name:
+            raise BadRequest(f"metadata.name {json.dumps(lock.name)} does not match the URL")
+        now = dt.datetime.now(dt.UTC)
+        if lock.expires is not None and lock.expires <= now:
+            raise BadRequest(f"metadata.expires: {lock.expires.isoformat()} is in the past")
+        svc = self.service
+        try:
+            await svc.locks.get(name)
+            exists = True
+        except NotFound:
+            exists = False
+        await self.authorize(request, identity, "update" if exists else "create", "lock", name)
+        stored = Lock(name, lock.target, lock.message, lock.expires, now, identity.name)
+        await svc.locks.upsert(stored)
+        await svc.emit(self.lock_event("lock.created", stored, identity.name))
+        return lock_to_dict(stored)
+
+    @endpoint("delete", "lock", name_param="name")
+    async def delete_lock(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        name = request.path_params["name"]
+        lock = await svc.locks.get(name)
+        await svc.locks.delete(name)
+        await svc.emit(self.lock_event("lock.deleted", lock, identity.name if identity else ""))
+        return {"deleted": name}
+
+    def lock_event(self, event: str, lock: Lock, actor: str) -> AuditEvent:
+        fields: dict[str, Any] = {"name": lock.name, "user": actor, "target": lock.target.to_dict()}
+        if lock.message:
+            fields["message"] = lock.message
+        if lock.expires is not None:
+            fields["expires"] = lock.expires.isoformat()
+        return self.event(event, **fields)
+
     # -- change notification (long poll) ------------------------------------------------------------
 
     @endpoint(None, None)
@@ -897,7 +1091,7 @@ class API:
         return JSONResponse(openapi_document())
 
 
-CHANGE_PREFIXES = {"role": b"/roles/", "cert_authority": b"/authorities/"}
+CHANGE_PREFIXES = {"role": b"/roles/", "cert_authority": b"/authorities/", "lock": b"/locks/"}
 
 
 async def state_version(backend: Any, prefix: bytes) -> str:
@@ -945,12 +1139,17 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("/v1/tokens", "POST", "create_token", "Create a join token"),
     ("/v1/tokens/delete", "POST", "delete_token", "Delete a join token"),
     ("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see"),
-    ("/v1/nodes/{uuid}", "PUT", "upsert_node", "Heartbeat of a node (its own entry only)"),
+    ("/v1/nodes/{uuid}", "PUT", "upsert_node", "Heartbeat of a node (its own entry only, its recorded nodename)"),
+    ("/v1/nodes/{uuid}", "DELETE", "delete_node", "Remove a node and its host record, freeing its nodename"),
     ("/v1/proxies", "GET", "list_proxies", "Proxies that sent a heartbeat recently, with their public addresses"),
     ("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)"),
     ("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)"),
     ("/v1/events", "GET", "search_events", "Search audit events (since, until, type, user, sid, limit, cursor)"),
-    ("/v1/changes", "GET", "changes", "Long poll until roles or CAs change (kind, version, timeout)"),
+    ("/v1/changes", "GET", "changes", "Long poll until roles, CAs or locks change (kind, version, timeout)"),
+    ("/v1/locks", "GET", "list_locks", "Locks in force (list on lock)"),
+    ("/v1/locks/{name}", "PUT", "upsert_lock",
+     "Create or replace a lock (a lock resource: target user, role, login or node; message; expires)"),
+    ("/v1/locks/{name}", "DELETE", "delete_lock", "Delete a lock: the identity it targeted is allowed again"),
     ("/v1/sessions/{sid}/recording", "PUT", "upload_recording",
      "Upload a finished session recording (asciicast v2 body; only the node that started the session, once)"),
     ("/v1/sessions", "GET", "list_recordings",

@@ -47,18 +47,20 @@ class HostRule:
         return (WILDCARD in self.kinds or kind in self.kinds) and (WILDCARD in self.verbs or verb in self.verbs)
 
 
-_CLUSTER_READ = ("node", "role", "user", "cert_authority", "cluster_name", "auth_server", "proxy")
+_CLUSTER_READ = ("node", "role", "user", "cert_authority", "cluster_name", "auth_server", "proxy", "lock")
 
 #: The built-in policy of each system role (Teleport's builtin Node/Proxy/Auth roles).
 #: Node: read what RBAC on the node needs (nodes, roles, users, CA public keys ...), heartbeat
-#: its own node entry, emit events, record sessions. Proxy: the same for its own proxy entry,
-#: plus reading invite tokens to serve ``/web/invite``. Auth: everything (but SSH logins).
+#: its own node entry, emit events, upload its sessions' recordings (not list or read any).
+#: Proxy: the same for its own proxy entry, plus reading invite tokens to serve ``/web/invite``,
+#: and no recordings of its own. Auth: everything (but SSH logins). Which event types each may
+#: emit: teleport_auth.events_policy.
 HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
     "Node": (
         HostRule(_CLUSTER_READ, ("list", "read")),
         HostRule(("node",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
-        HostRule(("session",), ("create", "update", "list", "read")),
+        HostRule(("session",), ("create", "update")),  # upload its own recordings, never list or read them
     ),
     "Proxy": (
         HostRule((*_CLUSTER_READ, "user_token"), ("list", "read")),
@@ -66,7 +68,8 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule(("login",), ("create",)),  # forward users' password logins
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
-        HostRule(("session",), ("create", "update", "list", "read")),
+        # no session rule: it lists and reads recordings only for a user whose certificate it
+        # forwards (teleport_auth.recordings.acting_identity), never as itself
     ),
     "Auth": (HostRule((WILDCARD,), (WILDCARD,)),),
 }

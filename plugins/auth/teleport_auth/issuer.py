@@ -500,13 +500,15 @@ def issue_tls_host_cert(
 ) -> IssuedCert:
     """Sign an X.509 identity certificate for a host: CN ``<hostUUID>.<cluster>``, O = system role.
 
-    Auth and proxy certificates also carry the DNS names ``teleport.cluster.local`` and
-    ``*.teleport.cluster.local``; ``dns_names`` and ``ip_addresses`` are added as SANs.
+    Auth certificates also carry the DNS names ``teleport.cluster.local`` and
+    ``*.teleport.cluster.local`` (the name every client dials the auth API with); ``dns_names``
+    and ``ip_addresses`` are added as SANs. Unlike Teleport, proxy certificates do not carry
+    them: a proxy never terminates TLS for that name (TLS routing passes it through to auth).
     """
     _require_kind(host_ca, CAType.HOST)
     identity = _host_identity(host_ca, host_uuid, role)
     names = [_check_name("DNS name", n) for n in dns_names]
-    if role in ("Auth", "Proxy"):
+    if role == "Auth":
         names += [TELEPORT_API_DOMAIN, f"*.{TELEPORT_API_DOMAIN}"]
     names = list(dict.fromkeys(names))
     ips = list(dict.fromkeys(ipaddress.ip_address(_normalize_ip(a)) for a in ip_addresses))
@@ -634,7 +636,8 @@ def identity_from_tls_cert(
             raise InvalidCertificate(
                 f"x509: host certificate name {names[0]!r} is not <hostUUID>.{issuer.cluster_name}"
             )
-        return _identity(name=names[0], kind=IdentityKind.HOST, roles=roles, cluster=cluster)
+        return _identity(name=names[0], kind=IdentityKind.HOST, roles=roles, cluster=cluster,
+                         issued=leaf.not_valid_before_utc + CLOCK_SKEW)
     return _identity(
         name=names[0],
         kind=IdentityKind.USER,
@@ -642,6 +645,7 @@ def identity_from_tls_cert(
         traits=traits,
         logins=tuple(values(NameOID.LOCALITY_NAME)),
         cluster=cluster,
+        issued=leaf.not_valid_before_utc + CLOCK_SKEW,
     )
 
 
@@ -790,6 +794,7 @@ def verify_ssh_cert(
             traits=_parse_traits(extensions[EXT_TELEPORT_TRAITS]) if EXT_TELEPORT_TRAITS in extensions else {},
             logins=tuple(p for p in principals if not p.startswith(NOLOGIN_PREFIX)),
             cluster=extensions.get(EXT_ROUTE_TO_CLUSTER, ""),
+            issued=_from_ts(parsed.valid_after) + CLOCK_SKEW,
         )
     else:
         role = extensions.get(EXT_HOST_ROLE, "")

@@ -54,7 +54,10 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
         CliCommand("tokens", "manage join tokens: ls, add, rm", "teleport_auth.tctl_nodes:tokens"),
         CliCommand("create", "create or update resources from YAML (tctl create -f FILE)",
                    "teleport_auth.tctl_resources:create"),
-        CliCommand("get", "print resources as YAML, JSON or text (roles, users)", "teleport_auth.tctl_resources:get"),
-        CliCommand("rm", "delete a resource (role/NAME, user/NAME)", "teleport_auth.tctl_resources:rm"),
+        CliCommand("get", "print resources as YAML, JSON or text (roles, users, locks)",
+                   "teleport_auth.tctl_resources:get"),
+        CliCommand("rm", "delete a resource (role/NAME, user/NAME, lock/NAME)", "teleport_auth.tctl_resources:rm"),
+        CliCommand("lock", "lock a user, role, login or node: refused everywhere, sessions ended",
+                   "teleport_auth.tctl_locks:lock"),
         CliCommand("auth", "CAs: export, sign credentials for a user, rotate", "teleport_auth.tctl_auth:auth"),
     ]

@@ -18,7 +18,9 @@ from typing import Any
 
 from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_hosts, generate_authority
 from teleport_auth.authz import RoleAuthorizer
-from teleport_auth.issuer import issue_ssh_host_cert, issue_tls_host_cert
+from teleport_auth.hosts import HostNames, HostRecord, HostRegistry, check_request
+from teleport_auth.issuer import DEFAULT_HOST_CERT_TTL, issue_ssh_host_cert, issue_tls_host_cert
+from teleport_auth.locks import LockStore
 from teleport_auth.presence import Presence
 from teleport_auth.rolestore import RoleStore
 from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, signed_by
@@ -88,8 +90,12 @@ class AuthService(Service):
         self.presence = Presence(self.backend)
         self.authorizer = RoleAuthorizer(self.roles)
         self._tasks.append(asyncio.create_task(self.authorizer.watch(), name="auth-role-watch"))
+        self.locks = LockStore(self.backend)
+        self._tasks.append(asyncio.create_task(self.locks.watch(), name="auth-lock-watch"))
         self.host_uuid = host_uuid(self.ctx.data_dir)
         self.identity = await self._own_identity()
+        self.hosts = HostRegistry(self.backend, self.cluster_name)
+        await self._record_self()
 
         from teleport_auth.api import build_app
 
@@ -229,28 +235,46 @@ class AuthService(Service):
         self.log.info("issued the auth server's own identity", host_uuid=self.host_uuid, path=str(folder))
         return identity
 
+    async def _record_self(self) -> None:
+        """Record this auth server in the host registry (its nodename and names, role Auth)."""
+        dns, ips = self._addresses()
+        names = HostNames(tuple(dns), tuple(dns), tuple(ips))
+        record = await self.hosts.record_self(self.host_uuid, self.ctx.config.nodename, "Auth", names,
+                                              utcnow() + DEFAULT_HOST_CERT_TTL)
+        if not record.owns_nodename:
+            self.log.warning("another host holds this auth server's nodename; hosts of this process are "
+                             "reachable by host UUID", nodename=record.nodename, host_uuid=self.host_uuid)
+
     # -- shared helpers for the API -----------------------------------------------------------------
 
-    @staticmethod
-    def new_host_uuid() -> str:
-        return str(uuidlib.uuid4())
+    async def register_host(self, nodename: str, role: str, public_key: str, names: HostNames, *,
+                            token_roles: Sequence[str] = (), uuid: str = "",
+                            need_token_role: bool = True) -> dict[str, Any]:
+        """Record a joining host and issue its certificates (the caller checked its token or
+        certificate, and the names with :func:`teleport_auth.hosts.check_request`): a new host
+        gets a new UUID; with ``uuid``, a registered host adds ``role``. The answer of
+        ``/v1/register``. ``ValueError`` for a bad key; :class:`~teleport_auth.hosts.HostConflict`."""
+        keys.load_public_key(public_key)  # a bad key fails before anything is recorded
+        expires = utcnow() + DEFAULT_HOST_CERT_TTL
+        if uuid:
+            record = await self.hosts.add_role(uuid, role, nodename, names, expires, need_token_role=need_token_role)
+        else:
+            record = await self.hosts.create(nodename, role, names, token_roles, expires)
+        return await asyncio.to_thread(self.issue_host_identity, record, role, public_key)
 
-    def issue_host_identity(self, nodename: str, system_role: str, public_key: str, host_uuid: str = "",
-                            dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = (),
-                            principals: Sequence[str] = ()) -> dict[str, Any]:
-        """Host certificates for a joining server (the token, if any, was checked by the caller):
-        the answer of ``/v1/register``. ``ValueError`` for a bad name, key or address."""
-        from teleport_auth.rotation import server_signing_ca
-
-        host = host_uuid or self.new_host_uuid()
+    def issue_host_identity(self, record: HostRecord, role: str, public_key: str) -> dict[str, Any]:
+        """Host certificates for ``role`` of a registered host, with exactly the names auth
+        recorded for it, and the trust bundle. ``ValueError`` for a bad key or name."""
+        names = record.roles[role]
         hook = self.ctx.plugins.hook
         signer = server_signing_ca(self.host_ca)  # the keys servers' certificates come from in this phase
-        ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=host, nodename=nodename,
-                                  role=system_role, additional_principals=[*principals, *dns_names, *ip_addresses])
-        tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=host, role=system_role,
-                                  dns_names=dns_names, ip_addresses=ip_addresses)
+        ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid,
+                                  nodename=record.nodename, role=role,
+                                  additional_principals=[*names.principals, *names.dns_names, *names.ip_addresses])
+        tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid, role=role,
+                                  dns_names=names.dns_names, ip_addresses=names.ip_addresses)
         return {
-            "host_uuid": host,
+            "host_uuid": record.uuid,
             "ssh_cert": ssh.data.decode().strip(),
             "tls_cert": tls.data.decode(),
             "host_ca_pems": self.host_ca_pems(),
@@ -262,15 +286,23 @@ class AuthService(Service):
 
     async def local_register(self, body: dict[str, Any]) -> dict[str, Any]:
         """Join a server running in this same process: no token or pin (the process trusts
-        itself), the same certificates and audit event as ``/v1/register``."""
+        itself). It gets this auth server's host UUID (one process, one host, as in Teleport)
+        and the names are checked as for ``/v1/register``; the same audit event."""
         from teleport_auth.tokens import system_role
         from teleport_core.audit import new_event
 
         role = system_role(body["role"])
-        answer = await asyncio.to_thread(
-            self.issue_host_identity, body["nodename"], role, body["public_key"], "",
-            body.get("dns_names", ()), body.get("ip_addresses", ()), body.get("additional_principals", ()))
-        await self.emit(new_event("instance.join", node_name=body["nodename"], role=role,
+        nodename = body["nodename"]
+        try:
+            names = check_request(nodename, body.get("additional_principals", ()), body.get("dns_names", ()),
+                                  body.get("ip_addresses", ()), self.cluster_name)
+            answer = await self.register_host(nodename, role, body["public_key"], names, uuid=self.host_uuid,
+                                              need_token_role=False)
+        except TeleportError as exc:
+            await self.emit(new_event("instance.join", "failure", node_name=nodename, role=role, method="local",
+                                      error=str(exc), cluster_name=self.cluster_name))
+            raise
+        await self.emit(new_event("instance.join", node_name=nodename, role=role,
                                   host_id=answer["host_uuid"], method="local", cluster_name=self.cluster_name))
         return answer
 

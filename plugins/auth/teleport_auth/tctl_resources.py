@@ -19,13 +19,14 @@ import yaml
 from teleport_auth.tctl import UsageError, command_parser, print_json, printable, run, table
 from teleport_core.cli.common import CliContext
 from teleport_core.client import AuthClient
-from teleport_core.errors import TeleportError
+from teleport_core.errors import NotFound, TeleportError
 from teleport_core.roles import InvalidRole, parse_role, role_to_dict
 from teleport_core.suggest import did_you_mean
 
 # resource kinds tctl get/rm know, with the names they may be given by
-KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users": "user"}
-SUPPORTED = ("role", "user")
+KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users": "user", "lock": "lock",
+                         "locks": "lock"}
+SUPPORTED = ("role", "user", "lock")
 # kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
 CREATABLE = ("role",)
 YAML_FORMATS = ("yaml", "json", "text")
@@ -77,6 +78,14 @@ async def fetch(client: AuthClient, ref: Ref) -> list[dict[str, Any]]:
         if ref.name:
             return [await client.get_role(ref.name)]
         return sorted(await client.get_roles(), key=lambda r: r["metadata"]["name"])
+    if ref.kind == "lock":
+        locks = await client.get_locks()
+        if ref.name:
+            found = [lock for lock in locks if lock["metadata"]["name"] == ref.name]
+            if not found:
+                raise NotFound(f"lock {json.dumps(ref.name)} not found")
+            return found
+        return locks
     if ref.name:
         return [await client.get_user(ref.name)]
     return sorted(await client.get_users(), key=lambda u: u["metadata"]["name"])
@@ -96,7 +105,7 @@ def _rules_text(rules: list[dict[str, Any]]) -> str:
 
 
 def resources_text(docs: list[dict[str, Any]]) -> str:
-    """Tables like ``tctl get --format=text``: roles first, then users."""
+    """Tables like ``tctl get --format=text``: roles first, then users, then locks."""
     parts = []
     roles = [d for d in docs if d.get("kind") == "role"]
     if roles:
@@ -114,11 +123,18 @@ def resources_text(docs: list[dict[str, Any]]) -> str:
     if users:
         rows = [[printable(u["metadata"]["name"]), printable(",".join(u["spec"].get("roles", [])))] for u in users]
         parts.append(table(["User", "Roles"], rows))
+    locks = [d for d in docs if d.get("kind") == "lock"]
+    if locks:
+        rows = [[printable(lock["metadata"]["name"]),
+                 printable(",".join(f"{k}={v}" for k, v in lock["spec"]["target"].items())),
+                 printable(lock["spec"].get("message", "")), printable(lock["metadata"].get("expires", "never"))]
+                for lock in locks]
+        parts.append(table(["ID", "Target", "Message", "Expires"], rows))
     return "\n\n".join(parts)
 
 
 def get(argv: list[str], cli: CliContext) -> int:
-    """``tctl get roles|role/NAME|users|user/NAME [--format=yaml|json|text]``."""
+    """``tctl get roles|role/NAME|users|user/NAME|locks|lock/NAME [--format=yaml|json|text]``."""
     parser = command_parser(cli, "Print resources (YAML that tctl create -f reads back).")
     parser.add_argument("resource", metavar="RESOURCE",
                         help=f"KIND or KIND/NAME, comma-separated (kinds: {', '.join(SUPPORTED)})")
@@ -222,7 +238,7 @@ def create(argv: list[str], cli: CliContext) -> int:
 
 
 def rm(argv: list[str], cli: CliContext) -> int:
-    """``tctl rm role/NAME`` / ``tctl rm user/NAME``."""
+    """``tctl rm role/NAME`` / ``tctl rm user/NAME`` / ``tctl rm lock/NAME``."""
     parser = command_parser(cli, "Delete a resource.")
     parser.add_argument("resource", metavar="KIND/NAME", help=f"e.g. role/NAME (kinds: {', '.join(SUPPORTED)})")
     args = parser.parse(argv)
@@ -230,6 +246,7 @@ def rm(argv: list[str], cli: CliContext) -> int:
     deleters: dict[str, Callable[[AuthClient, str], Awaitable[None]]] = {
         "role": lambda client, name: client.delete_role(name),
         "user": lambda client, name: client.delete_user(name),
+        "lock": lambda client, name: client.delete_lock(name),
     }
 
     async def body(client: AuthClient) -> int:

@@ -179,9 +179,9 @@ def test_bad_files_are_one_clear_line_and_write_nothing(cluster, tmp_path, text,
 
 
 BAD_ARGS = [
-    (("get", "widgets"), 'ERROR: unknown resource kind "widgets"; supported: role, user (e.g. role/NAME, users)'),
+    (("get", "widgets"), 'ERROR: unknown resource kind "widgets"; supported: role, user, lock (e.g. role/NAME, users)'),
     (("get", "rolez/x"),
-     'ERROR: unknown resource kind "rolez" (did you mean "role"?); supported: role, user (e.g. role/NAME, users)'),
+     'ERROR: unknown resource kind "rolez" (did you mean "role"?); supported: role, user, lock (e.g. role/NAME, users)'),
     (("get", "role/nosuch"), 'ERROR: role "nosuch" not found'),
     (("get", "user/nosuch"), 'ERROR: user "nosuch" not found'),
     (("get", "roles,"), 'ERROR: expected a resource like "roles" or "role/NAME", got "roles,"'),
@@ -189,7 +189,7 @@ BAD_ARGS = [
                                         "'yaml', 'json', 'text') (see \"tctl get --help\")"),
     (("get",), 'ERROR: tctl get: the following arguments are required: RESOURCE (see "tctl get --help")'),
     (("rm", "role"), 'ERROR: expected KIND/NAME like role/NAME, got "role"'),
-    (("rm", "node/x"), 'ERROR: unknown resource kind "node"; supported: role, user (e.g. role/NAME, users)'),
+    (("rm", "node/x"), 'ERROR: unknown resource kind "node"; supported: role, user, lock (e.g. role/NAME, users)'),
     (("rm", "role/a/b"), 'ERROR: invalid resource reference "role/a/b": expected KIND/NAME'),
     (("create", "/nonexistent/roles.yaml"), "ERROR: cannot read /nonexistent/roles.yaml: No such file or directory"),
     (("create", "--force=yes", "x.yaml"), "ERROR: tctl create: argument -f/--force: ignored explicit argument 'yes' "
