@@ -5,7 +5,9 @@ fsynced, with concurrent emits sharing one fsync). A sender task delivers events
 the auth server and records progress; while auth is unreachable events accumulate on disk and
 :meth:`AuditSpool.backlog` says how many. Delivery is at least once (a crash between sending
 and recording progress resends), and the audit log stores each ``uid`` once, so every event
-appears in the log exactly once.
+appears in the log exactly once. An event the auth server refuses (403: a host may emit only
+its own event types, see ``teleport_auth.events_policy``) is logged once and dropped, so it
+never blocks the events behind it; any other failure is retried with backoff.
 
 Layout in ``directory`` (0700): ``events.jsonl`` (one event per line, 0600) and ``sent``
 (how many bytes of it were delivered, replaced atomically).
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from teleport_core.audit import AuditEvent
+from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -40,6 +43,7 @@ class AuditSpool:
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.refused = 0  # events the auth server refused (403): dropped, each logged once
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         if not self.path.exists():
@@ -133,8 +137,14 @@ class AuditSpool:
                     except ValueError:
                         self.log.warning("skipping a corrupt line in the audit spool", offset=sent)
                     else:
-                        await self.send(event)
-                        count += 1
+                        try:
+                            await self.send(event)
+                        except AccessDenied as exc:  # refused for good (auth audited it): never retried
+                            self.refused += 1
+                            self.log.error("audit event refused by the auth server, dropped", reason=str(exc),
+                                           event_type=str(event.get("event", "")), uid=str(event.get("uid", "")))
+                        else:
+                            count += 1
                     sent += len(line)
                     write_private(self.sent_path, f"{sent}\n")
         await self._compact(sent)

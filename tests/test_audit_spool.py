@@ -13,15 +13,20 @@ import textwrap
 from teleport_core.audit import new_event
 from teleport_core.audit_spool import AuditSpool
 from teleport_core.client import ConnectionProblem
+from teleport_core.errors import AccessDenied
 from tests.conftest import ROOT
 
 
 class Log:
     def __init__(self):
         self.warnings = []
+        self.errors = []
 
     def warning(self, message, **kw):
         self.warnings.append((message, kw))
+
+    def error(self, message, **kw):
+        self.errors.append((message, kw))
 
 
 class Auth:
@@ -134,3 +139,39 @@ def test_torn_last_line_is_skipped(tmp_path):
 
     asyncio.run(scenario())
     assert [e["command"] for e in auth.stored.values()] == ["whole"]
+
+
+def test_a_refused_event_is_dropped_once_and_does_not_block_the_queue(tmp_path):
+    auth, log = Auth(), Log()
+    auth.up = True
+    sent: list[str] = []
+    store = auth.send
+
+    async def send(event):
+        sent.append(event["uid"])
+        if event["event"] == "user.login":  # what auth answers a node's forged login: 403
+            raise AccessDenied('access denied to host "h.c": a Node may not emit "user.login" events')
+        await store(event)
+
+    async def scenario():
+        spool = AuditSpool(tmp_path / "spool", send, log, retry=0.05, max_retry=0.1)
+        runner = asyncio.create_task(spool.run())
+        before = new_event("exec", command="before")
+        forged = new_event("user.login", user="admin")
+        after = new_event("exec", command="after")
+        for event in (before, forged, after):
+            await spool.emit(event)
+        for _ in range(100):
+            if spool.backlog() == 0 and len(auth.stored) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time for (wrong) retries to show
+        runner.cancel()
+        return spool, before, forged, after
+
+    spool, before, forged, after = asyncio.run(scenario())
+    assert auth.order == [before.uid, after.uid]
+    assert sent.count(forged.uid) == 1 and spool.refused == 1 and spool.backlog() == 0
+    assert [(m, kw["uid"], kw["event_type"]) for m, kw in log.errors] == [
+        ("audit event refused by the auth server, dropped", forged.uid, "user.login")]
+    assert "user.login" in log.errors[0][1]["reason"] and not log.warnings

@@ -190,9 +190,9 @@ class API:
         from teleport_auth.uploads import UploadGate
 
         self._upload_gate = UploadGate()
-        from teleport_auth.events_policy import HostNames
+        from teleport_auth.events_policy import HostNameCache
 
-        self._host_names = HostNames(self._host_name)
+        self._host_names = HostNameCache(self._host_name)
 
     # -- who is calling, and may they ----------------------------------------------------------------
 
@@ -869,7 +869,11 @@ class API:
     # -- audit ---------------------------------------------------------------------------------------------
 
     async def _host_name(self, role: str, uuid: str) -> str:
-        """The name auth has for a host (its last heartbeat), "" when it has none."""
+        """The name auth has for a host: its host registry record, else its last heartbeat; "" when none."""
+        from teleport_auth.hosts import UnknownHost
+
+        with contextlib.suppress(UnknownHost):
+            return (await self.service.hosts.get(uuid)).nodename
         try:
             if role == "Node":
                 return (await self.service.presence.get_node(uuid)).nodename

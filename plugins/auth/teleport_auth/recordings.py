@@ -11,6 +11,10 @@ forwards the certificate the user presented to it in :data:`FORWARDED_USER_CERT`
 that certificate against the user CA itself and authorizes the *user* (roles plus the
 ``teleport_authorize`` hooks), so a proxy can only act for users that really connected to it.
 Only a host with the ``Proxy`` system role may forward; anyone else gets a 403 (audited).
+
+Hosts never list or read recordings as themselves (403, audited): a proxy only with a forwarded
+user certificate, a node not at all (it uploads its own sessions' recordings:
+:mod:`teleport_auth.uploads`). Auth's own identity (``tctl``, other auth servers) may.
 """
 
 from __future__ import annotations
@@ -42,9 +46,13 @@ PAGE = 5000
 async def acting_identity(api: API, request: Request, identity: Identity) -> Identity:
     """The identity a call acts as: the caller's, or the user's whose certificate a proxy forwarded."""
     header = request.headers.get(FORWARDED_USER_CERT, "")
-    if not header:
-        return identity
     who = f"{identity.kind.value} {json.dumps(identity.name)}"
+    if not header:
+        if identity.kind is IdentityKind.HOST and "Proxy" in identity.roles:
+            reason = f"access denied to {who}: a proxy reads recordings only for a user whose certificate it forwards"
+            await api.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+        return identity
     if identity.kind is not IdentityKind.HOST or "Proxy" not in identity.roles:
         reason = f"access denied to {who}: only a proxy may forward a user's certificate"
         await api.audit_denial(request, identity, reason)

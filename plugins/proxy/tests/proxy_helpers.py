@@ -42,6 +42,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def one_process_config(root: Path, nodename: str) -> dict[str, Any]:
+    """One teleport process with auth (second factor off), the proxy and our node (which records)."""
+    return {
+        "teleport": {"data_dir": str(root / "auth"), "nodename": nodename},
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
+                         "authentication": {"second_factor": "off"}},
+        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                          "tunnel_listen_addr": "127.0.0.1:0"},
+        "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "test"}},
+    }
+
+
 class Env:
     """The running cluster and helpers the tests share."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy_helpers import CLUSTER, LOGIN, Env, free_port
+from proxy_helpers import LOGIN, Env, free_port, one_process_config
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
@@ -36,15 +36,7 @@ NODENAME = "rec-node"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("tsh-play")
-    config = {
-        "teleport": {"data_dir": str(root / "auth"), "nodename": NODENAME},
-        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
-                         "authentication": {"second_factor": "off"}},
-        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
-                          "tunnel_listen_addr": "127.0.0.1:0"},
-        "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "test"}},
-    }
-    with start_cluster(config, make_plugins(), timeout=120) as cluster:
+    with start_cluster(one_process_config(root, NODENAME), make_plugins(), timeout=120) as cluster:
         e = Env(root, cluster, cluster)
         for name, options in (("no-forwarding", {"forward_agent": False, "port_forwarding": False}),
                               ("forwarding", {"forward_agent": True, "port_forwarding": True})):
