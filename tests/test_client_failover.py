@@ -24,9 +24,11 @@ from teleport_core.errors import NotFound
 
 
 def make_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context with a cert for teleport.cluster.local, client context trusting it)."""
+    """(server context with an auth server's cert (O=Auth) for teleport.cluster.local, client
+    context trusting it)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, AUTH_SERVER_NAME)])
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Auth"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, AUTH_SERVER_NAME)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))

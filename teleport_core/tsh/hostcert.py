@@ -26,9 +26,11 @@ def host_ca_keys(known_hosts: Iterable[str]) -> list[str]:
     return out
 
 
-def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], principal: str | None) -> None:
+def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], principal: str | None, *,
+                     role: str | None = None) -> None:
     """Raise :class:`AccessDenied` unless the certificate is a host certificate signed by one of
-    ``trusted``, valid now, and (when ``principal`` is given) naming it."""
+    ``trusted``, valid now, (when ``principal`` is given) naming it, and (when ``role`` is given)
+    carrying that system role in its ``x-teleport-role`` extension."""
     if not key_type.endswith("-cert-v01@openssh.com"):
         raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
     try:
@@ -50,3 +52,7 @@ def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], princip
         raise AccessDenied("the server's host certificate is not valid now")
     if principal is not None and principal.encode() not in cert.valid_principals:
         raise AccessDenied(f"the server's host certificate is not valid for {principal}")
+    if role is not None:
+        found = cert.extensions.get(b"x-teleport-role", b"").decode(errors="replace")
+        if found != role:
+            raise AccessDenied(f"the server presented a host certificate for role {found or 'none'!r}, not {role!r}")

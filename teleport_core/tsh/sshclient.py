@@ -9,7 +9,14 @@ proxy only forwards its bytes), carried one of two ways:
   ``proxy:host:port@cluster`` subsystem.
 
 Every SSH hop checks the host certificate against the cluster's host CA and logs in with the
-profile's user certificate."""
+profile's user certificate. The proxy must present a certificate for system role ``Proxy`` (its
+X.509 certificate on TLS routing, its SSH host certificate on the SSH port). The node's host
+certificate must name the node tsh asked for by its host UUID (a principal only auth assigns;
+an IP address or ``localhost`` names many hosts and never suffices): on TLS routing the proxy
+resolves the target and answers ``OK <uuid>`` over the connection tsh has just checked; on the
+SSH port tsh resolves it against the node list the proxy shows this user, with the proxy's
+lookup rules (:func:`target_node`), and dials that UUID. Label selectors run one
+``tsh ssh login@<uuid>`` per matching node."""
 
 from __future__ import annotations
 
@@ -23,11 +30,12 @@ import ssl
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from teleport_core import keys
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.pipes import grow_pipe
+from teleport_core.serverrole import PROXY, ServerRoleError, require_server_role
 from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
 from teleport_core.tsh.profile import Profile
 
@@ -80,8 +88,11 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def handshake(sock: Any, profile: Profile, login: str, principal: str | None) -> paramiko.Transport:
-    """An authenticated SSH transport over ``sock`` (a socket or a channel)."""
+def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
+              role: str | None = None, about: str = "") -> paramiko.Transport:
+    """An authenticated SSH transport over ``sock`` (a socket or a channel) to a server whose
+    host certificate names ``principal`` (and carries system ``role``) when given; ``about``
+    names the server in a refusal."""
     import paramiko
 
     quiet_paramiko()
@@ -95,7 +106,13 @@ def handshake(sock: Any, profile: Profile, login: str, principal: str | None) ->
         blob = remote.public_blob
         if blob is None:
             raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
-        verify_host_cert(blob.key_type, blob.key_blob, host_ca_keys(profile.identity.known_hosts), principal)
+        try:
+            verify_host_cert(blob.key_type, blob.key_blob, host_ca_keys(profile.identity.known_hosts), principal,
+                             role=role)
+        except AccessDenied as exc:
+            if not about:
+                raise
+            raise AccessDenied(f"refusing {about}: {exc}") from None
         transport.auth_publickey(login, user_key(profile))
     except paramiko.AuthenticationException:
         transport.close()
@@ -117,7 +134,8 @@ def connect_proxy(profile: Profile) -> paramiko.Transport:
     except OSError as exc:
         raise TeleportError(f"cannot reach the proxy at {profile.ssh_addr}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return handshake(sock, profile, profile.user, None if _is_address(host) else host)
+    return handshake(sock, profile, profile.user, None if _is_address(host) else host, role=PROXY,
+                     about=f"the proxy at {profile.ssh_addr}")
 
 
 def open_subsystem(proxy: paramiko.Transport, profile: Profile, host: str, port: int) -> paramiko.Channel:
@@ -155,9 +173,10 @@ class TLSStream:
     allows one call at a time on a connection, so each call holds a lock, the socket is
     non-blocking and the waiting for readiness happens outside the lock."""
 
-    def __init__(self, tls: ssl.SSLSocket) -> None:
+    def __init__(self, tls: ssl.SSLSocket, node_uuid: str = "") -> None:
         tls.setblocking(False)
         self.tls = tls
+        self.node_uuid = node_uuid  # the node the proxy routed to (its "OK <uuid>" reply)
         self._lock = threading.Lock()
         self._timeout: float | None = None
 
@@ -223,7 +242,8 @@ class TLSStream:
 
 
 def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
-    """The raw stream to ``host`` (resolved by the proxy) over TLS routing on the web port."""
+    """The raw stream to ``host`` (resolved by the proxy) over TLS routing on the web port; its
+    ``node_uuid`` is the host UUID of the node the proxy routed to (``OK <uuid>``)."""
     web_host, _, web_port = profile.web_addr.rpartition(":")
     web_host = web_host.strip("[]")
     try:
@@ -231,11 +251,15 @@ def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
     except OSError as exc:
         raise TeleportError(f"cannot reach the proxy at {profile.web_addr}: {exc.strerror or exc}") from None
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # the proxy's host certificate, checked against the cluster's host CA and the proxy's name
-    context = profile.identity.client_context()
+    # the proxy's host certificate, checked against the cluster's host CA, the proxy's name and
+    # its system role (Proxy), before the dial line is sent
+    context = require_server_role(profile.identity.client_context(), PROXY)
     context.set_alpn_protocols([ALPN_SSH])
     try:
         tls = context.wrap_socket(raw, server_hostname=web_host)
+    except ServerRoleError as exc:
+        raw.close()
+        raise AccessDenied(f"{exc.at(profile.web_addr)}; nothing was sent") from None
     except ssl.SSLCertVerificationError as exc:
         raw.close()
         raise AccessDenied(f"the proxy at {profile.web_addr} is not a proxy of this cluster "
@@ -261,33 +285,103 @@ def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
         tls.close()
         raise TeleportError(f"lost the connection to the proxy at {profile.web_addr}: {exc}") from None
     text = reply.decode(errors="replace").strip()
-    if text != "OK":
+    word, _, routed = text.partition(" ")
+    if word != "OK" or not routed or " " in routed:
         tls.close()
         if text.startswith("ERR "):
             raise TeleportError(text[4:])
+        if word == "OK":
+            raise AccessDenied(f"the proxy at {profile.web_addr} did not say which node it reached for {host}")
         raise TeleportError(f"lost the connection to the proxy at {profile.web_addr}")
     tls.settimeout(None)
-    return TLSStream(tls)
+    return TLSStream(tls, routed)
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def target_node(profile: Profile, host: str, port: int = 0) -> str:
+    """(SSH port) The host UUID of the node ``host`` names, by the proxy's lookup rules (REFERENCE: a UUID
+    matches UUIDs only; nodename or registered address strong; DNS weak; ``port`` breaks a tie
+    between nodes sharing an address) among the nodes the proxy lists for this user.
+
+    A canonical UUID is returned as is (auth assigns UUIDs; no lookup needed). DNS names are
+    resolved here, on the client: a name only the proxy's resolver knows must be given as the
+    nodename or UUID. Raises ``NodeNotFound`` / ``AmbiguousHost`` with the proxy's messages."""
+    if _is_uuid(host):
+        return host
+    from teleport_core.lookup_plugin import teleport_node_candidates
+    from teleport_core.nodes import AmbiguousHost, NodeInfo, resolve_nodes
+    from teleport_core.tsh.web import call
+
+    listed = call(profile.web_addr, "GET", f"/v1/webapi/sites/{profile.cluster}/nodes", insecure=profile.insecure,
+                  profile=profile)
+    nodes = [NodeInfo(str(n["uuid"]), str(n["nodename"]), str(n.get("addr") or ""), n.get("labels") or {},
+                      bool(n.get("tunnel"))) for n in listed]
+    target = host
+    suffix = "." + profile.cluster
+    if target.endswith(suffix) and not any(n.nodename == target for n in nodes):
+        target = target[: -len(suffix)]  # node.cluster names the node, as at the proxy
+    try:
+        found = resolve_nodes(target, [teleport_node_candidates(target=target, nodes=nodes)])
+    except AmbiguousHost:
+        if not port:
+            raise
+        same_port = [n for n in nodes if n.addr.rpartition(":")[2] == str(port)]
+        found = resolve_nodes(target, [teleport_node_candidates(target=target, nodes=same_port)])
+    if len(found) != 1:
+        raise AmbiguousHost("ambiguous host could match multiple nodes")
+    return found[0].uuid
+
+
+def _ask_proxy_anyway(profile: Profile, host: str, port: int, problem: TeleportError) -> NoReturn:
+    """(SSH port) ``host`` names no single node tsh may see: send it to the proxy all the same,
+    so the proxy refuses with its own message and audits the attempt (T3007W), as for any
+    client. Should the proxy route it nonetheless (a lookup plugin, its own DNS), tsh cannot tell
+    which node answers and refuses with ``problem``. Always raises."""
+    proxy = connect_proxy(profile)
+    try:
+        channel = open_subsystem(proxy, profile, host, port)
+        message = _subsystem_error(channel)
+    finally:
+        proxy.close()
+    raise TeleportError(message) if message else problem
 
 
 def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tuple[Any, Any]:
     """(the connection to the proxy, the authenticated node transport) for ``login@host``;
-    both have ``close()``."""
-    principal = None if _is_address(host) or "=" in host else host
+    both have ``close()``. The node's host certificate must carry, as a principal, the host UUID
+    of the node ``host`` resolves to: on TLS routing the UUID the proxy says it routed to; on the
+    SSH port the one :func:`target_node` finds, which is then dialed."""
     if profile.tls_routing:
-        stream = dial_tls(profile, host, port)
+        stream = dial_tls(profile, host, port)  # the proxy resolves (and audits a refusal)
+        uuid = stream.node_uuid
         try:
-            return stream, handshake(stream, profile, login, principal)
+            if _is_uuid(host) and uuid != host.lower():
+                raise AccessDenied(f"the proxy routed {host} to host {uuid}")
+            return stream, handshake(stream, profile, login, uuid, about=_about(host, uuid))
         except SSHFailure:
             stream.close()
             raise TeleportError(f"cannot connect to {host} through the proxy") from None
         except BaseException:
             stream.close()
             raise
-    proxy = connect_proxy(profile)
-    channel = open_subsystem(proxy, profile, host, port)
+    from teleport_core.nodes import AmbiguousHost, NodeNotFound
+
     try:
-        node = handshake(channel, profile, login, principal)
+        uuid = target_node(profile, host, port)
+    except (NodeNotFound, AmbiguousHost) as exc:
+        _ask_proxy_anyway(profile, host, port, exc)
+    proxy = connect_proxy(profile)
+    channel = open_subsystem(proxy, profile, uuid, port)
+    try:
+        node = handshake(channel, profile, login, uuid, about=_about(host, uuid))
     except AccessDenied:
         proxy.close()
         raise
@@ -298,6 +392,10 @@ def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tupl
             raise TeleportError(message) from None
         raise TeleportError(f"cannot connect to {host} through the proxy") from None
     return proxy, node
+
+
+def _about(host: str, uuid: str) -> str:
+    return f"the server reached for {host}" + (f" (host {uuid})" if uuid != host else "")
 
 
 def run(profile: Profile, login: str, host: str, port: int, command: str, tty: bool, prepare: Any = None) -> int:

@@ -6,12 +6,15 @@ import ssl
 from typing import Any
 
 from teleport_core.client import ConnectionProblem, raise_for_status
+from teleport_core.serverrole import PROXY, find_role_error, require_server_role
 from teleport_core.tsh.profile import Profile
 
 
 def tls_context(insecure: bool, profile: Profile | None = None) -> ssl.SSLContext:
     """The system's trusted CAs (none checked with ``insecure``), presenting the profile's
-    user certificate when given."""
+    user certificate when given. With a profile, a certificate from the cluster's host CA is
+    accepted only for system role ``Proxy`` (a node's certificate never passes as the proxy,
+    even with ``insecure``); other certificates (self-signed, public) are judged as before."""
     context = ssl.create_default_context()
     if insecure:
         context.check_hostname = False
@@ -27,6 +30,7 @@ def tls_context(insecure: bool, profile: Profile | None = None) -> ssl.SSLContex
             write_private(cert, profile.identity.tls_cert_pem)
             write_private(key, profile.identity.key_pem)
             context.load_cert_chain(cert, key)
+        require_server_role(context, PROXY, only_from=profile.identity.tls_ca_pems)
     return context
 
 
@@ -40,6 +44,9 @@ def call(web_addr: str, method: str, path: str, *, insecure: bool, profile: Prof
         with httpx.Client(verify=tls_context(insecure, profile), timeout=timeout) as client:
             response = client.request(method, url, json=body)
     except httpx.ConnectError as exc:
+        wrong = find_role_error(exc)
+        if wrong is not None:
+            raise ConnectionProblem(f"{wrong.at(web_addr)}; nothing was sent") from None
         reason = str(exc)
         if "CERTIFICATE_VERIFY_FAILED" in reason:
             raise ConnectionProblem(f"the proxy at {web_addr} presented a certificate this machine does not trust "
