@@ -8,7 +8,9 @@
   certificate; OpenSSL checks the signature and validity period, the proxy checks that the
   user's roles exist). The client then sends one line naming the node, ``host:port@cluster``
   (the ``proxy:`` subsystem's syntax; port 0 for the registered one), and the proxy answers
-  ``OK`` and splices the bytes to the node, or ``ERR <reason>`` and closes. The bytes are the
+  ``OK <host UUID>`` (the node it routed to: tsh then requires that UUID among the principals
+  of the node's host certificate) and splices the bytes to the node, or ``ERR <reason>`` and
+  closes. The bytes are the
   client's own SSH connection to the node: the proxy never sees its plaintext and the node checks
   the user again. Refusals are audited (T3007W), as on the SSH port.
 - SNI ``teleport.cluster.local`` (the name on the auth server's certificate) or an ALPN
@@ -175,7 +177,7 @@ class DialingPipe(Pipe):
             if upstream.transport is not None:
                 upstream.transport.close()
             return
-        self.transport.write(b"OK\n")
+        self.transport.write(f"OK {node.uuid}\n".encode())  # the client checks the node's certificate names it
         upstream.link(self)
         self.link(upstream)
         if upstream.lost:

@@ -186,7 +186,7 @@ def test_foreign_expired_and_missing_client_certificates_are_refused_and_audited
     # the same certificate, valid now, is let through: the refusals above were about the certificate
     valid = _user_cert(real.tls_cert, real.tls_private_key, user_key, not_before=now - dt.timedelta(minutes=1),
                        not_after=now + dt.timedelta(hours=1))
-    assert _dial_with(env, valid, user_key, tmp_path).startswith(b"OK\n")
+    assert _dial_with(env, valid, user_key, tmp_path).startswith(f"OK {env.sshd_uuid}\n".encode())  # type: ignore[attr-defined]
     assert denials(env, "client certificate: certificate signature failure")  # same CA name, other key
     assert denials(env, "client certificate: certificate has expired")
     assert denials(env, "peer did not return a certificate")
