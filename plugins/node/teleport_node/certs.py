@@ -51,6 +51,7 @@ class UserCert:
     extensions: Mapping[str, str]
     valid_before: int
     fingerprint: str
+    valid_after: int = 0
 
     def permits(self, extension: str) -> bool:
         return extension in self.extensions
@@ -140,7 +141,7 @@ def _check_fields(parsed: ssh.SSHCertificate, *, login: str, client_ip: str, now
                                                               serialization.PublicFormat.OpenSSH).split()[1])
     fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
     return UserCert(_text(parsed.key_id, "key id"), principals, roles, traits, extensions,
-                    parsed.valid_before, fingerprint)
+                    parsed.valid_before, fingerprint, parsed.valid_after)
 
 
 def _roles_traits(extensions: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:

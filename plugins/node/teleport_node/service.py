@@ -29,6 +29,7 @@ from teleport_core.client import AuthClient, Credentials
 from teleport_core.errors import AccessDenied, AlreadyExists, TeleportError
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.locks import parse_lock
 from teleport_core.renewal import HostCertRenewer
 from teleport_core.roles import Role, parse_role
 from teleport_core.service import Service, ServiceContext
@@ -97,6 +98,7 @@ class NodeService(Service):
             emit=self._emit_threadsafe, recorded=self._recorded_threadsafe)
         await self._retrying("load the user CA", self._load_cas)
         await self._retrying("load roles", self._load_roles)
+        await self._retrying("load locks", self._load_locks)
         await self._run_commands(self.settings.commands)
         if os.geteuid() != 0:
             import pwd
@@ -119,6 +121,7 @@ class NodeService(Service):
         self._spawn(self._heartbeat(), "node-heartbeat")
         self._spawn(self.auth.follow("cert_authority", self._load_cas, self.log), "node-ca-watch")
         self._spawn(self.auth.follow("role", self._load_roles, self.log), "node-role-watch")
+        self._spawn(self.auth.follow("lock", self._load_locks, self.log), "node-lock-watch")
         for command in self.settings.commands:
             self._spawn(self._command_label(command), f"node-label-{command.name}")
         host, port = self.ssh.addr
@@ -251,6 +254,15 @@ class NodeService(Service):
             role = parse_role(data)
             roles[role.name] = role
         self.state = attrs.evolve(self.state, roles=roles)
+
+    async def _load_locks(self) -> None:
+        """The cluster's locks; connections a lock now matches are ended (with its message)."""
+        locks = tuple(parse_lock(data) for data in await self.auth.get_locks())
+        self.state = attrs.evolve(self.state, locks=locks)
+        if self.ssh is not None:
+            ended = await asyncio.to_thread(self.ssh.enforce_locks)
+            if ended:
+                self.log.info("locks ended connections", connections=ended)
 
     # -- presence ------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
+from teleport_core.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.pipes import grow_pipe
 from teleport_core.roles import Role, RoleSet
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
@@ -81,6 +82,7 @@ class NodeState:
     spool: Path
     emit: Callable[[str, str, dict[str, Any]], None]  # (event, outcome, fields): thread-safe
     recorded: Callable[[str, Path], None]  # a recording finished: (session id, path); thread-safe
+    locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.locks), followed from auth
 
 
 def sftp_server_path() -> str | None:
@@ -196,6 +198,24 @@ class SSHServer:
         with self._lock:
             self.connections.discard(conn)
 
+    def enforce_locks(self) -> int:
+        """End every connection a lock now matches (after the locks changed); how many.
+
+        Each is ended on its own thread: a client that stopped reading cannot hold up the rest.
+        """
+        state = self.state()
+        with self._lock:
+            connections = list(self.connections)
+        ended = 0
+        for conn in connections:
+            reason = conn.locked(state)
+            if reason and not conn.terminating:
+                conn.terminating = True
+                ended += 1
+                threading.Thread(target=conn.terminate, args=(reason,), name="teleport-node-lock",
+                                 daemon=True).start()
+        return ended
+
 
 class Connection(paramiko.ServerInterface):  # type: ignore[misc]
     """One client connection: its authentication and its channels."""
@@ -213,6 +233,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.sessions: dict[int, Session] = {}
         self._after_reply: list[Callable[[], None]] = []
         self._closed = False
+        self.terminating = False  # a lock ends this connection
         self._send = transport._send_user_message
         transport._send_user_message = self._send_then_start
         # paramiko's ServerInterface has no hook for the "signal" channel request: route channel
@@ -289,6 +310,26 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if self.cert is not None:
             self.emit("client.disconnect", "ok", reason="client disconnected")
 
+    def locked(self, state: NodeState) -> str:
+        """The message of the lock in force for this connection's user, login and node, or ""."""
+        cert = self.cert
+        if cert is None:
+            return ""
+        return _lock_reason(state, cert, self.login)
+
+    def terminate(self, reason: str) -> None:
+        """A lock now matches: write ``reason`` to every session's stderr, end them, close (audited)."""
+        self.emit("auth", "failure", error=reason, success=False)
+        self.server.log.info("ending a locked connection", user=self.cert.user if self.cert else "",
+                             login=self.login, remote=self.remote, reason=reason)
+        for session in list(self.sessions.values()):
+            channel = session.channel
+            with contextlib.suppress(Exception):  # a session's channel is non-blocking: a full window drops it
+                channel.send_stderr(f"\r\n{reason}\r\n".encode())
+                channel.send_exit_status(255)
+                channel.close()
+        self.close()
+
     def emit(self, event: str, outcome: str = "ok", **fields: Any) -> None:
         state = self.server.state()
         base: dict[str, Any] = {"cluster_name": state.cluster_name, "server_id": state.host_uuid,
@@ -327,6 +368,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             decision = roleset.check_login(username, state.labels)
             if not decision.allowed:
                 raise CertRefused(decision.reason)
+            locked = _lock_reason(state, cert, username)
+            if locked:
+                raise CertRefused(locked)
             self._check_os_user(username)
         except CertRefused as exc:
             user = user or exc.user
@@ -441,6 +485,15 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.emit("port", "ok", **{"addr.local": dest})
         Forward(self, chanid, sock).wait_for_channel()
         return OPEN_OK
+
+
+def _lock_reason(state: NodeState, cert: UserCert, login: str) -> str:
+    """The message of the lock in force for ``cert``'s user and roles, ``login`` and this node, or ""."""
+    if not state.locks:
+        return ""
+    lock = lock_in_force(state.locks, user=cert.user, roles=cert.roles, login=login, node=state.host_uuid,
+                         issued=cert_issued(cert.valid_after))
+    return lock_message(lock) if lock is not None else ""
 
 
 class Forward:

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from teleport_core import keys
 from teleport_core.errors import AccessDenied
+from teleport_core.locks import cert_issued, tls_cert_issued
 
 CLOCK_SKEW = dt.timedelta(minutes=1)
 
@@ -36,6 +37,7 @@ class UserCert:
     traits: Mapping[str, tuple[str, ...]]
     principals: tuple[str, ...] = ()
     valid_before: dt.datetime | None = None
+    issued: dt.datetime | None = None  # when the certificate was issued (locks on deleted users)
 
 
 def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = "",
@@ -87,6 +89,7 @@ def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = 
         traits=traits,
         principals=tuple(p.decode() for p in parsed.valid_principals),
         valid_before=dt.datetime.fromtimestamp(parsed.valid_before, dt.UTC),
+        issued=cert_issued(parsed.valid_after),
     )
 
 
@@ -119,7 +122,7 @@ def user_from_tls_cert(der: bytes) -> UserCert:
         except (ValueError, AttributeError, TypeError):
             raise InvalidCertificate("tls: malformed traits in the client certificate") from None
     return UserCert(names[0], tuple(values(NameOID.ORGANIZATION_NAME)), traits,
-                    valid_before=cert.not_valid_after_utc)
+                    valid_before=cert.not_valid_after_utc, issued=tls_cert_issued(cert.not_valid_before_utc))
 
 
 def self_signed(hosts: Iterable[str], days: int = 365) -> tuple[bytes, bytes]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.client import AUTH_SERVER_NAME
-from teleport_core.errors import TeleportError
+from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
 from teleport_core.join import auth_addresses
 from teleport_core.tlsserver import ClientHello, Handler
@@ -214,6 +214,19 @@ class WebMux:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def cut_locked(self) -> int:
+        """Close the routed connections of users a lock now matches (after the locks changed); how many."""
+        cut = 0
+        for transport in list(self.live):
+            pipe = transport.get_protocol()
+            if isinstance(pipe, DialingPipe) and pipe.user is not None:
+                reason = self.proxy.lock_reason(pipe.user)
+                if reason:
+                    transport.abort()
+                    self.spawn(self.proxy.audit_denial(pipe.user.user, reason, pipe.remote))
+                    cut += 1
+        return cut
+
     def close(self) -> None:
         for transport in list(self.live):
             transport.abort()
@@ -257,6 +270,9 @@ class WebMux:
                 raise TeleportError("a user certificate is required")
             user = user_from_tls_cert(der)
             self.proxy.roleset(user)  # a role that no longer exists denies everything
+            locked = self.proxy.lock_reason(user)
+            if locked:
+                raise AccessDenied(locked)
         except TeleportError as exc:
             pipe.refuse(f"tls routing ({ALPN_SSH}): {exc}")
             return

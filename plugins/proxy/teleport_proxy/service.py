@@ -24,6 +24,7 @@ from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.locks import Lock, lock_in_force, lock_message, parse_lock
 from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_core.renewal import HostCertRenewer
 from teleport_core.roles import Role, RoleSet, parse_role
@@ -37,6 +38,7 @@ NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds
 MISS_REFRESH = 0.2  # a lookup that finds nothing refetches a list older than this
 VISIBLE_CACHE = 1024
 RETRY = 2.0
+LOCK_CUT_GRACE = 2.0  # seconds nodes get to end a newly locked user's sessions (with the message) before the cut
 
 
 class ProxyService(Service):
@@ -55,6 +57,8 @@ class ProxyService(Service):
         self.host_ca_keys: tuple[str, ...] = ()
         self.tunnel: Any = None  # teleport_proxy.tunnel.TunnelServer
         self.roles: Mapping[str, Role] = {}
+        self.locks: tuple[Lock, ...] = ()  # the cluster's locks, followed from auth
+        self._cutting: asyncio.Task[None] | None = None
         self.web: TLSServer | None = None
         self.mux: Any = None  # teleport_proxy.mux.WebMux
         self.ssh: Any = None
@@ -88,7 +92,9 @@ class ProxyService(Service):
         self.second_factor = str(ping.get("auth", {}).get("second_factor", "otp"))
         await self._load_cas()
         await self._load_roles()
-        for kind, reload in (("cert_authority", self._load_cas), ("role", self._load_roles)):
+        await self._load_locks()
+        for kind, reload in (("cert_authority", self._load_cas), ("role", self._load_roles),
+                             ("lock", self._load_locks)):
             task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
             self._tasks.append(task)
 
@@ -126,6 +132,8 @@ class ProxyService(Service):
             await asyncio.to_thread(self.ssh.stop)
         if self.tunnel is not None:
             await asyncio.to_thread(self.tunnel.stop)
+        if self._cutting is not None:
+            self._tasks.append(self._cutting)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -223,6 +231,29 @@ class ProxyService(Service):
         self.roles = roles
         self._visible.clear()
 
+    async def _load_locks(self) -> None:
+        """The cluster's locks; live connections of users a lock now matches are cut soon after."""
+        self.locks = tuple(parse_lock(data) for data in await self.auth.get_locks())
+        if self._cutting is None or self._cutting.done():
+            self._cutting = asyncio.create_task(self._cut_locked(), name="proxy-lock-cut")
+
+    async def _cut_locked(self) -> None:
+        """Cut the forwarded connections of locked users, after :data:`LOCK_CUT_GRACE`: our nodes end
+        such sessions themselves, writing the lock's message to the user first, which a cut at the
+        same moment would lose; an OpenSSH node does not know locks, and is cut off here."""
+        await asyncio.sleep(LOCK_CUT_GRACE)
+        if self.ssh is not None:
+            await asyncio.to_thread(self.ssh.cut_locked)
+        if self.mux is not None:
+            self.mux.cut_locked()
+
+    def lock_reason(self, user: UserCert, login: str = "", node: str = "") -> str:
+        """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""."""
+        if not self.locks:
+            return ""
+        lock = lock_in_force(self.locks, user=user.user, roles=user.roles, login=login, node=node, issued=user.issued)
+        return lock_message(lock) if lock is not None else ""
+
     async def _send_heartbeat(self) -> None:
         """Tell auth the addresses clients use (invite URLs name this proxy)."""
         entry = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
@@ -282,6 +313,9 @@ class ProxyService(Service):
             return await self._route(user, login, target, port, fresh)
 
     async def _route(self, user: UserCert, login: str, target: str, port: int, visible: list[NodeInfo]) -> NodeInfo:
+        locked = self.lock_reason(user, login)
+        if locked:
+            raise AccessDenied(locked)
         host = target
         suffix = "." + self.cluster_name
         if host.endswith(suffix) and not any(n.nodename == host for n in visible):
@@ -297,11 +331,18 @@ class ProxyService(Service):
         if len(found) != 1:
             raise AmbiguousHost("ambiguous host could match multiple nodes")
         node = found[0]
+        locked = self.lock_reason(user, login, node.uuid)
+        if locked:
+            raise AccessDenied(locked)
         if login:
             decision = self.roleset(user).check_login(login, node.labels)
             if not decision.allowed:
                 raise AccessDenied(f"access denied to {user.user} connecting to {node.nodename}: {decision.reason}")
         return node
+
+    def spawn_audit(self, user: str, reason: str, remote: str, **fields: Any) -> None:
+        """:meth:`audit_denial` without waiting for it (from any thread)."""
+        asyncio.run_coroutine_threadsafe(self.audit_denial(user, reason, remote, **fields), self.loop)
 
     async def audit_denial(self, user: str, reason: str, remote: str, **fields: Any) -> None:
         fields.update({"user": user, "error": reason, "cluster_name": self.cluster_name,

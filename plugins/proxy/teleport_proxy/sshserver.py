@@ -201,6 +201,7 @@ class SSHProxyServer:
         self.host_key = CertHostKey(paramiko_key(proxy.identity.key_pem), proxy.identity.ssh_cert)
         self._stopping = threading.Event()
         self._transports: set[paramiko.Transport] = set()
+        self._connections: set[Connection] = set()
         self._thread = threading.Thread(target=self._accept_loop, name="proxy-ssh-accept", daemon=True)
         # paramiko logs every client that hangs up mid-handshake at ERROR; denials are audited instead
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -219,6 +220,17 @@ class SSHProxyServer:
         for transport in list(self._transports):
             transport.close()
 
+    def cut_locked(self) -> int:
+        """Close the connections of users a lock now matches (after the locks changed); how many."""
+        cut = 0
+        for conn in list(self._connections):
+            reason = conn.user is not None and self.proxy.lock_reason(conn.user)
+            if reason:
+                conn.audit(conn.user.user if conn.user else "", reason)
+                conn.transport.close()
+                cut += 1
+        return cut
+
     def _accept_loop(self) -> None:
         accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn")
 
@@ -236,6 +248,7 @@ class SSHProxyServer:
         transport.add_server_key(self.host_key)
         conn = Connection(self, transport, remote)
         self._transports.add(transport)
+        self._connections.add(conn)
         try:
             transport.start_server(server=conn)
             while transport.is_active() and not self._stopping.is_set():
@@ -251,4 +264,5 @@ class SSHProxyServer:
             for upstream in conn.pending.values():
                 upstream.sock.close()
             self._transports.discard(transport)
+            self._connections.discard(conn)
             transport.close()

@@ -164,10 +164,18 @@ document.getElementById("f").onsubmit = async (e) => {{
         return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     def caller(self, request: Request) -> UserCert:
+        """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
         der = client_certificate(request.scope)
         if der is None:
             raise AuthenticationFailed("a client certificate from tsh login is required")
-        return user_from_tls_cert(der)
+        user = user_from_tls_cert(der)
+        locked = self.proxy.lock_reason(user)
+        if locked:
+            client = request.client
+            remote = f"{client.host}:{client.port}" if client else ""
+            self.proxy.spawn_audit(user.user, locked, remote, path=request.url.path)
+            raise AccessDenied(locked)
+        return user
 
     async def nodes(self, request: Request) -> Response:
         try:
