@@ -461,6 +461,10 @@ class AuthClient:
     async def get_nodes(self) -> list[dict[str, Any]]:
         return await self.call("GET", "/v1/nodes")  # type: ignore[no-any-return]
 
+    async def delete_node(self, uuid: str) -> None:
+        """Remove a node and its host record (frees its nodename; ``tctl rm node/<uuid>``)."""
+        await self.call("DELETE", f"/v1/nodes/{uuid}")
+
     async def upsert_node(self, node: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PUT", f"/v1/nodes/{node.get('uuid', '')}", node)  # type: ignore[no-any-return]
 

@@ -90,8 +90,9 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
         log.info("using stored identity", host_uuid=identity.host_uuid, path=str(folder))
         return identity
     local = local_auth(shared or {}) if not config.auth_servers else None
+    sibling = None if local is not None else sibling_identity(config, request.role)
     token = config.join_token
-    if token is None and local is None:
+    if token is None and local is None and sibling is None:
         raise JoinError(f"this {request.role} has not joined the cluster yet and no join token is set "
                         "(teleport.auth_token or --token)")
     from teleport_core import keys
@@ -108,6 +109,10 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
     }
     if local is not None:
         answer, pinned = await local.register(body), True
+    elif sibling is not None:
+        # another role of this process joined already: this one joins as the same host (same
+        # UUID and nodename), proving it with that role's certificate instead of a token
+        answer, pinned = await _register_as(sibling, auth_addresses(config), body), True
     else:
         if not config.ca_pins:
             log.warning("joining without a CA pin: the auth server's identity is not checked; "
@@ -131,6 +136,23 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
     log.info("joined the cluster", role=request.role, host_uuid=identity.host_uuid,
              cluster=answer.get("cluster_name"), pinned=pinned, local=local is not None)
     return identity
+
+
+def sibling_identity(config: TeleportConfig, role: str) -> LocalIdentity | None:
+    """The stored identity of another role of this process (``data_dir/keys/<role>``), if any."""
+    for other in ("node", "proxy"):
+        folder = identity_dir(config, other)
+        if other != role and ((folder / "identity").exists() or (folder / "key").exists()):
+            return LocalIdentity.load(folder)
+    return None
+
+
+async def _register_as(identity: LocalIdentity, addrs: Sequence[str], body: dict[str, Any]) -> dict[str, Any]:
+    from teleport_core.client import AuthClient, Credentials
+
+    async with AuthClient(addrs, credentials=Credentials(identity.client_context(), identity)) as client:
+        answer = await client.call("POST", "/v1/register", {**body, "token": ""})
+    return dict(answer)
 
 
 async def _register_with_retries(addrs: Sequence[str], body: dict[str, Any], pins: Sequence[str], log: Any) -> Any:

@@ -76,6 +76,7 @@ KNOWN_RESOURCES: set[str] = {
     "lock",
     "node",
     "proxy",
+    "proxy_token",  # join tokens admitting proxies: only an explicit rule grants it, never "*"
     "role",
     "session",
     "token",

@@ -754,7 +754,7 @@ class API:
         try:
             wanted = system_roles(roles)
         except ValueError as exc:
-            raise BadRequest(f"roles: {exc}") from None
+            raise BadRequest(str(exc)) from None
         reason = ""
         if "Auth" in wanted:
             reason = f"access denied to {identity.kind.value} {json.dumps(identity.name)}: {NO_AUTH_TOKENS}"

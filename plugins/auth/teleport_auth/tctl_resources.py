@@ -25,7 +25,7 @@ from teleport_core.suggest import did_you_mean
 
 # resource kinds tctl get/rm know, with the names they may be given by
 KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users": "user", "lock": "lock",
-                         "locks": "lock"}
+                         "locks": "lock", "node": "node", "nodes": "node"}
 SUPPORTED = ("role", "user", "lock")
 # kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
 CREATABLE = ("role",)
@@ -78,6 +78,8 @@ async def fetch(client: AuthClient, ref: Ref) -> list[dict[str, Any]]:
         if ref.name:
             return [await client.get_role(ref.name)]
         return sorted(await client.get_roles(), key=lambda r: r["metadata"]["name"])
+    if ref.kind == "node":
+        raise UsageError("tctl get does not print nodes: use tctl nodes ls")
     if ref.kind == "lock":
         locks = await client.get_locks()
         if ref.name:
@@ -247,6 +249,7 @@ def rm(argv: list[str], cli: CliContext) -> int:
         "role": lambda client, name: client.delete_role(name),
         "user": lambda client, name: client.delete_user(name),
         "lock": lambda client, name: client.delete_lock(name),
+        "node": lambda client, name: client.delete_node(name),  # and its host record: frees the nodename
     }
 
     async def body(client: AuthClient) -> int:

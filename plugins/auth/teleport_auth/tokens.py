@@ -10,6 +10,12 @@ Join tokens:
   revision that was read, so of two concurrent joins with one token (on one auth server or on
   several sharing the backend) exactly one succeeds. (Teleport's docs call dynamic tokens
   single-use; ours are for proxies too: create one token per proxy, or use a static token.)
+* no token admits role ``auth`` (auth servers share the backend and never join): ``create``
+  refuses it, and a static ``auth`` token is a configuration error. A token admitting
+  ``proxy`` is created only by a caller allowed ``create`` on ``proxy_token`` besides
+  ``create`` on ``token`` (the API checks it; see docs/auth.md).
+* listing (``tctl tokens ls``): static tokens are masked (``******``), the API never returns
+  their values.
 * errors: an expired token is deleted and refused with ``token expired``; any other bad
   token with ``"<host>" can not join the cluster with role Node, the token is not valid``.
   Expired tokens stay in the backend for :data:`EXPIRED_GRACE` after their expiry so that the
@@ -52,6 +58,9 @@ DEFAULT_USER_TOKEN_TTL = dt.timedelta(hours=1)
 MAX_USER_TOKEN_TTL = dt.timedelta(hours=48)
 USER_TOKEN_KINDS = ("invite", "reset")
 TOKEN_BYTES = 16
+NO_AUTH_TOKENS = ("a join token cannot admit role auth: auth servers of a cluster share its backend and "
+                  "never join with a token")
+MASKED = "******"
 
 
 class InvalidToken(AccessDenied):
@@ -126,6 +135,8 @@ def parse_static_tokens(values: Sequence[str], path: str = "auth_service.tokens"
             roles = system_roles(roles_text)
         except ValueError as exc:
             raise ConfigError(where, str(exc)) from None
+        if "Auth" in roles:
+            raise ConfigError(where, NO_AUTH_TOKENS)
         out.append(TokenInfo(Secret(token), roles, None, static=True))
     return out
 
@@ -161,6 +172,8 @@ class TokenStore:
             canonical = system_roles(roles)
         except ValueError as exc:
             raise TokenError(str(exc)) from None
+        if "Auth" in canonical:
+            raise TokenError(NO_AUTH_TOKENS)
         if ttl is None:
             ttl = DEFAULT_TOKEN_TTL
         if ttl <= dt.timedelta(0):

@@ -141,10 +141,14 @@ def test_node_joins_with_dynamic_token_once_and_pins_are_checked(cluster):
     nodes = cluster.run(as_node)
     assert {n["nodename"]: n["labels"] for n in nodes}["web-1"] == {"env": "test"}
 
+PROXIES_JOINED: list[str] = []
+
 
 async def proxy_client(cluster: Cluster) -> AuthClient:
-    """A client with a proxy's identity (joined with the static proxy token), as the web proxy calls auth."""
-    _, identity = await cluster.ajoin("static-proxy-token-0123456789", role="Proxy", nodename="proxy-2")
+    """A client with a proxy's identity (joined with the static proxy token), as the web proxy calls auth.
+    Each call joins a new proxy host, under its own nodename (a nodename belongs to one host)."""
+    PROXIES_JOINED.append(f"proxy-{len(PROXIES_JOINED) + 2}")
+    _, identity = await cluster.ajoin("static-proxy-token-0123456789", role="Proxy", nodename=PROXIES_JOINED[-1])
     return AuthClient(cluster.addr, [load_tls(identity.client_context())])
 
 

@@ -189,7 +189,9 @@ BAD_ARGS = [
                                         "'yaml', 'json', 'text') (see \"tctl get --help\")"),
     (("get",), 'ERROR: tctl get: the following arguments are required: RESOURCE (see "tctl get --help")'),
     (("rm", "role"), 'ERROR: expected KIND/NAME like role/NAME, got "role"'),
-    (("rm", "node/x"), 'ERROR: unknown resource kind "node"; supported: role, user, lock (e.g. role/NAME, users)'),
+    (("rm", "widget/x"), 'ERROR: unknown resource kind "widget"; supported: role, user, lock (e.g. role/NAME, users)'),
+    (("rm", "node/x"), 'ERROR: node "x" not found'),  # tctl rm node/<uuid> removes a node and its host record
+    (("get", "nodes"), "ERROR: tctl get does not print nodes: use tctl nodes ls"),
     (("rm", "role/a/b"), 'ERROR: invalid resource reference "role/a/b": expected KIND/NAME'),
     (("create", "/nonexistent/roles.yaml"), "ERROR: cannot read /nonexistent/roles.yaml: No such file or directory"),
     (("create", "--force=yes", "x.yaml"), "ERROR: tctl create: argument -f/--force: ignored explicit argument 'yes' "

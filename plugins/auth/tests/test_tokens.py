@@ -28,8 +28,8 @@ NOT_VALID = '"node01" can not join the cluster with role Node, the token is not 
 
 
 def test_static_tokens_from_config() -> None:
-    tokens = parse_static_tokens(["node:abc123", "proxy,node:xyz789", "Auth:k"])
-    assert [t.roles for t in tokens] == [("Node",), ("Proxy", "Node"), ("Auth",)]
+    tokens = parse_static_tokens(["node:abc123", "proxy,node:xyz789"])
+    assert [t.roles for t in tokens] == [("Node",), ("Proxy", "Node")]
     assert tokens[1].token.reveal() == "xyz789" and tokens[1].static and tokens[1].expires is None
     assert "xyz789" not in repr(tokens[1]) and repr(tokens[1]).startswith("TokenInfo(token=***")
 
@@ -45,6 +45,8 @@ def test_static_tokens_from_config() -> None:
         ("node:", "auth_service.tokens[0]: the token after the colon is empty"),
         ("admin:s3cret", 'auth_service.tokens[0]: unknown role "admin": expected one of node, proxy, auth'),
         (":s3cret", 'auth_service.tokens[0]: unknown role "": expected one of node, proxy, auth'),
+        ("node,Auth:s3cret", "auth_service.tokens[0]: a join token cannot admit role auth: auth servers of a "
+                             "cluster share its backend and never join with a token"),
     ],
 )
 def test_bad_static_tokens_name_the_entry_not_the_secret(value: str, message: str) -> None:

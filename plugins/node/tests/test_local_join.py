@@ -36,3 +36,9 @@ def test_node_beside_auth_joins_without_token(tmp_path):
         found = asyncio.run(nodes())
     assert [(n["nodename"], n["labels"]["env"]) for n in found] == [("solo", "one-process")]
     assert (tmp_path / "data" / "keys" / "node" / "identity").exists()
+    # one process, one host: the node has the auth server's host UUID (as in Teleport)
+    from teleport_core.identity import LocalIdentity
+
+    auth_uuid = (tmp_path / "data" / "host_uuid").read_text().strip()
+    assert LocalIdentity.load(tmp_path / "data" / "keys" / "node").host_uuid == auth_uuid
+    assert [n["uuid"] for n in found] == [auth_uuid]

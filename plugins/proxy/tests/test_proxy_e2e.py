@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from proxy_helpers import CLUSTER, LOGIN, Env, profile_ssh_config
 
+from teleport_core.errors import AccessDenied
+
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "correct horse battery staple"
@@ -183,8 +185,9 @@ def test_lookup_errors_are_referenced_messages(env: Env, alice: Path) -> None:
     hidden = env.tsh(alice, "ssh", f"{LOGIN}@prod-db", "true")  # exists, but not for alice's roles
     assert hidden.stderr.strip() == "ERROR: target host prod-db is offline or does not exist"
     env.join_node("twin", "127.0.0.1:2", {"env": "test"})
-    env.join_node("twin", "127.0.0.1:3", {"env": "test"})
-    twin = env.tsh(alice, "ssh", f"{LOGIN}@twin", "true")
+    with pytest.raises(AccessDenied, match='^nodename "twin" is already registered by host .*tctl rm node/'):
+        env.join_node("twin", "127.0.0.1:3", {"env": "test"})  # a nodename belongs to one host
+    twin = env.tsh(alice, "ssh", f"{LOGIN}@127.0.0.1", "true")  # the address of several nodes
     assert twin.stderr.strip() == "ERROR: ambiguous host could match multiple nodes"
     events = env.call("search_events")["events"]
     assert any(e["code"] == "T3007W" and e.get("user") == "alice" and "prod-db" in e.get("error", "")
