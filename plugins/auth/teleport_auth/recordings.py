@@ -106,9 +106,7 @@ async def list_sessions(api: API, since: dt.datetime, until: dt.datetime, limit:
     # a session that ended in the window may have started (and been uploaded) around it
     query = AuditQuery(since=since - dt.timedelta(days=1), until=until + dt.timedelta(hours=1),
                        event_types=SESSION_EVENTS, limit=PAGE)
-    starts: dict[str, AuditEvent] = {}
-    ends: dict[str, AuditEvent] = {}
-    uploads: dict[str, AuditEvent] = {}
+    found: dict[str, list[AuditEvent]] = {}
     seen = 0
     while True:
         page = await audit.search(query)
@@ -116,38 +114,56 @@ async def list_sessions(api: API, since: dt.datetime, until: dt.datetime, limit:
             sid = event.sid
             if not sid:
                 continue
-            kind = {"session.start": starts, "session.end": ends, "session.upload": uploads}[event.event]
-            kind[sid] = event
+            found.setdefault(sid, []).append(event)
         seen += len(page.events)
         if not page.next_cursor or seen >= MAX_SCAN:
             break
         query = AuditQuery(since=query.since, until=query.until, event_types=SESSION_EVENTS, limit=PAGE,
                            cursor=page.next_cursor)
-    out = []
-    for sid, end in ends.items():
-        if not since <= end.time < until or end.fields.get("session_recording") == "off":
-            continue
-        start = starts.get(sid)
-        upload = uploads.get(sid)
-        began = start.time if start is not None else end.time
-        fields = end.fields
-        command = fields.get("initial_command") or [""]
-        out.append({
-            "sid": sid,
-            "proto": str(fields.get("proto", "ssh")),
-            "user": end.user,
-            "participants": [end.user] if end.user else [],
-            "login": str(fields.get("login", "")),
-            "server_id": str(fields.get("server_id", "")),
-            "server_hostname": str(fields.get("server_hostname", "")),
-            "interactive": bool(fields.get("interactive", False)),
-            "command": str(command[0] if isinstance(command, list) and command else command),
-            "session_recording": str(fields.get("session_recording", "")),
-            "start": format_time(began),
-            "end": format_time(end.time),
-            "duration_seconds": round((end.time - began).total_seconds(), 3),
-            "recorded": upload is not None,
-            "size": int(upload.fields.get("size", 0)) if upload is not None else 0,
-        })
+    out = [entry for events in found.values() if (entry := session_entry(events, since, until)) is not None]
     out.sort(key=lambda s: (s["end"], s["sid"]), reverse=True)
     return out[:limit]
+
+
+def session_entry(events: list[AuditEvent], since: dt.datetime, until: dt.datetime) -> dict[str, Any] | None:
+    """The listing entry of one session from its ``session.start``, ``session.end`` and
+    ``session.upload`` events (oldest first), or None when it did not end in ``[since, until)``.
+
+    A session belongs to the host that emitted its first ``session.start`` (auth stamps
+    ``server_id`` on every host event from the caller's certificate): end and upload events from
+    another host are ignored, so one node cannot end, rename, hide or mark as recorded a session
+    another node ran.
+    """
+
+    def first(kind: str, server: str | None) -> AuditEvent | None:
+        for event in events:
+            if event.event == kind and (server is None or str(event.fields.get("server_id", "")) == server):
+                return event
+        return None
+
+    start = first("session.start", None)
+    owner = str(start.fields.get("server_id", "")) if start is not None else None
+    end = first("session.end", owner)
+    if end is None or not since <= end.time < until or end.fields.get("session_recording") == "off":
+        return None
+    upload = first("session.upload", str(end.fields.get("server_id", "")))
+    began = start.time if start is not None else end.time
+    fields = end.fields
+    command = fields.get("initial_command") or [""]
+    return {
+        "sid": end.sid,
+        "proto": str(fields.get("proto", "ssh")),
+        "user": end.user,
+        "participants": [end.user] if end.user else [],
+        "login": str(fields.get("login", "")),
+        "server_id": str(fields.get("server_id", "")),
+        "server_hostname": str(fields.get("server_hostname", "")),
+        "interactive": bool(fields.get("interactive", False)),
+        "command": str(command[0] if isinstance(command, list) and command else command),
+        "session_recording": str(fields.get("session_recording", "")),
+        "start": format_time(began),
+        "end": format_time(end.time),
+        "duration_seconds": round((end.time - began).total_seconds(), 3),
+        "recorded": upload is not None,
+        "size": int(upload.fields.get("size", 0)) if upload is not None else 0,
+    }
