@@ -10,9 +10,8 @@
   (the ``proxy:`` subsystem's syntax; port 0 for the registered one), and the proxy answers
   ``OK <host UUID>`` (the node it routed to: tsh then requires that UUID among the principals
   of the node's host certificate) and splices the bytes to the node, or ``ERR <reason>`` and
-  closes. The bytes are the
-  client's own SSH connection to the node: the proxy never sees its plaintext and the node checks
-  the user again. Refusals are audited (T3007W), as on the SSH port.
+  closes. The bytes are the client's own SSH connection to the node: the proxy never sees its
+  plaintext and the node checks the user again. Refusals are audited (T3007W), as on the SSH port.
 - SNI ``teleport.cluster.local`` (the name on the auth server's certificate) or an ALPN
   starting ``teleport-auth@``: passed through untouched to an auth server. The proxy does not
   terminate this TLS: auth sees the client's own certificate and authorizes it as usual.
