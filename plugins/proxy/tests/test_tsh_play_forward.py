@@ -362,7 +362,11 @@ def test_node_refuses_forwarding_after_the_role_changed(env: Env, tmp_path_facto
     env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "forwarding"},
                              "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
                                       "options": {"forward_agent": False, "port_forwarding": False}}})
-    time.sleep(1.5)  # the node follows role changes through auth's long poll
+    # the node follows role changes through auth's long poll: try agent forwarding until it is refused
+    with ssh_agent() as (sock, _fingerprint):
+        result = wait_for(lambda: (r := tsh(home, "ssh", "-A", f"{LOGIN}@{NODENAME}", "ssh-add -l", agent=sock))
+                          .returncode == 1 and r, what="agent forwarding refused after the role change", interval=0.5)
+    assert "the node refused agent forwarding (-A)" in result.stderr
     with echo_server() as echo:
         port = free_port()
         with background_tsh(home, "ssh", "-N", "-L", f"{port}:127.0.0.1:{echo}", f"{LOGIN}@{NODENAME}") as proc:
@@ -370,12 +374,9 @@ def test_node_refuses_forwarding_after_the_role_changed(env: Env, tmp_path_facto
             proc.terminate()
             _out, err = proc.communicate(timeout=30)
     assert b"administratively prohibited" in err
-    ports = [e for e in events(env) if e["event"] == "port" and e.get("user") == "later"]
-    assert any(e["code"] == "T3003E" for e in ports)
-    with ssh_agent() as (sock, _fingerprint):
-        result = tsh(home, "ssh", "-A", f"{LOGIN}@{NODENAME}", "ssh-add -l", agent=sock)
-    assert result.returncode == 1
-    assert "the node refused agent forwarding (-A)" in result.stderr
+    ports = wait_for(lambda: [e for e in events(env) if e["event"] == "port" and e.get("user") == "later"
+                              and e["code"] == "T3003E"], what="audited port refusal", interval=0.5)
+    assert ports[0]["code"] == "T3003E"
     refusals = wait_for(lambda: [e for e in events(env) if e["event"] == "auth" and e.get("user") == "later"
                                  and "agent forwarding refused" in e.get("error", "")],
                         what="audited refusal", interval=0.5)
