@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.client import AUTH_SERVER_NAME
-from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
 from teleport_core.join import auth_addresses
 from teleport_core.tlsserver import ClientHello, Handler
@@ -269,11 +269,13 @@ class WebMux:
                 raise TeleportError("a user certificate is required")
             user = user_from_tls_cert(der)
             self.proxy.roleset(user)  # a role that no longer exists denies everything
-            locked = self.proxy.lock_reason(user)
-            if locked:
-                raise AccessDenied(locked)
         except TeleportError as exc:
             pipe.refuse(f"tls routing ({ALPN_SSH}): {exc}")
+            return
+        locked = self.proxy.lock_reason(user)
+        if locked:
+            pipe.user = user
+            pipe.refuse(locked)  # the lock's own message, shown to the user and audited as is
             return
         pipe.user = user
         pipe.authorized()
