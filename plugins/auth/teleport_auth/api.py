@@ -377,13 +377,14 @@ class API:
                               field(body, "dns_names", list, required=False, default=[]),
                               field(body, "ip_addresses", list, required=False, default=[]), svc.cluster_name)
         try:
+            keys.load_public_key(public_key)  # a bad key is refused before the token is used up
             if identity is not None:  # a registered host adds a role with its certificate
                 if identity.kind is not IdentityKind.HOST or "Auth" in identity.roles:
                     raise AccessDenied(f"{identity.kind.value} {json.dumps(identity.name)} cannot join as a host")
                 answer = await svc.register_host(nodename, system, public_key, names, uuid=host_uuid(identity))
                 method = "certificate"
             else:
-                await svc.hosts.conflict("", nodename, names)  # before the token is used up
+                await svc.hosts.conflict("", nodename, names, system)  # before the token is used up
                 token = await svc.tokens.consume(Secret(field(body, "token")), system, nodename)
                 answer = await svc.register_host(nodename, system, public_key, names, token_roles=token.roles)
                 method = "token"

@@ -25,7 +25,8 @@ characters, nothing equal to or under ``teleport.cluster.local`` (only auth serv
 name, and they record themselves), nothing that looks like a host UUID (bare or
 ``<uuid>.<cluster>``). :meth:`HostRegistry.conflict` then refuses a name another host holds:
 its UUID, nodename (bare or ``.<cluster>``) or one of its recorded names; the loopback names
-every certificate carries (``localhost``, ``127.0.0.1``, ``::1``) are shared by all.
+every certificate carries (``localhost``, ``127.0.0.1``, ``::1``) are shared by all, and
+proxies share their public names with each other (HA proxies behind one name).
 """
 
 from __future__ import annotations
@@ -149,11 +150,14 @@ class HostRecord:
     owns_nodename: bool = True
     revision: str = ""
 
-    def claimed(self, cluster: str) -> set[str]:
-        """Every name this host holds, lower case (loopback names excepted)."""
+    def claimed(self, cluster: str, role: str = "") -> set[str]:
+        """Every name this host holds, lower case (loopback names excepted), as seen by a host
+        asking for names for ``role``: proxies share their public names (several proxies of a
+        cluster behind one load balancer name), never their UUIDs or nodenames."""
         names = {self.uuid, f"{self.uuid}.{cluster}", self.nodename, f"{self.nodename}.{cluster}"}
-        for role_names in self.roles.values():
-            names |= role_names.all()
+        for held_by, role_names in self.roles.items():
+            if not (role == held_by == "Proxy"):
+                names |= role_names.all()
         return {n.lower() for n in names} - LOOPBACK_NAMES
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,16 +212,17 @@ class HostRegistry:
     async def list(self) -> list[HostRecord]:
         return [HostRecord.decode(item) for item in await self.backend.get_range(HOSTS_PREFIX, range_end(HOSTS_PREFIX))]
 
-    async def conflict(self, uuid: str, nodename: str, names: HostNames) -> None:
-        """:class:`HostConflict` if another host holds ``nodename`` or one of ``names`` (see the
-        module docstring); the message says which host and how to free the name."""
+    async def conflict(self, uuid: str, nodename: str, names: HostNames, role: str = "") -> None:
+        """:class:`HostConflict` if another host holds ``nodename`` or one of ``names`` (asked
+        for ``role``; see :meth:`HostRecord.claimed`); the message says which host and how to
+        free the name."""
         cluster = self.cluster
         wanted = {nodename.lower(), f"{nodename}.{cluster}".lower(), *(n.lower() for n in names.all())}
         wanted -= LOOPBACK_NAMES
         for record in await self.list():
             if record.uuid == uuid:
                 continue
-            taken = record.claimed(cluster) & wanted
+            taken = record.claimed(cluster, role) & wanted
             if not taken:
                 continue
             name = sorted(taken)[0]
@@ -232,7 +237,7 @@ class HostRegistry:
                      expires: dt.datetime) -> HostRecord:
         """Register a new host under a new UUID, claiming ``nodename`` atomically."""
         record = HostRecord(self.new_uuid(), nodename, {role: names}, tuple(token_roles), utcnow(), expires)
-        await self.conflict(record.uuid, nodename, names)
+        await self.conflict(record.uuid, nodename, names, role)
         conditions = [Condition.not_exists(host_key(record.uuid)), Condition.not_exists(nodename_key(nodename))]
         actions = [Action.put(Item(host_key(record.uuid), record.encode(), expires)),
                    Action.put(Item(nodename_key(nodename), record.uuid.encode(), expires))]
@@ -274,7 +279,7 @@ class HostRegistry:
                 raise AccessDenied(f"host {uuid} ({_q(record.nodename)}) joined with a token for "
                                    f"{', '.join(record.token_roles) or 'no role'}, not {role}; "
                                    f"join with a token that admits {role.lower()}")
-            await self.conflict(uuid, nodename, names)
+            await self.conflict(uuid, nodename, names, role)
             updated = attrs.evolve(record, roles={**record.roles, role: names},
                                    expires=max(record.expires, expires))
             try:
