@@ -152,3 +152,38 @@ def test_deleted_user_outstanding_certificates_fail_and_a_recreated_user_works(c
     assert as_user(cluster, new, "get_nodes") == []
     with pytest.raises(AccessDenied, match=re.escape(message)):
         as_user(cluster, old, "get_nodes")
+
+
+def test_locked_node_is_refused_by_the_api_but_still_follows_locks(cluster):
+    from tctl_helpers import STATIC_TOKEN
+
+    from teleport_core.client import register
+
+    async def body() -> tuple[str, list[Any], str]:
+        async with cluster.admin() as admin:
+            pin = (await admin.status())["ca_pin"]
+        key = keys.generate_private_key("ed25519")
+        joined = await register(cluster.addr, {"token": STATIC_TOKEN, "role": "Node", "nodename": "locked-node",
+                                               "public_key": keys.public_key_openssh(key)}, [pin])
+        a = joined.answer
+        identity = LocalIdentity(keys.private_key_pem(key), a["tls_cert"].encode(),
+                                 tuple(p.encode() for p in a["host_ca_pems"]), a["ssh_cert"], tuple(a["known_hosts"]),
+                                 a["host_uuid"])
+        heartbeat = {"uuid": identity.host_uuid, "nodename": "locked-node", "addr": "127.0.0.1:3022"}
+        async with AuthClient(cluster.addr, [load_tls(identity.client_context())]) as node:
+            await node.upsert_node(heartbeat)
+            name = CREATED.match(await asyncio.to_thread(  # type: ignore[union-attr]
+                cluster.ok, "lock", f"--node={identity.host_uuid}", "--message=decommissioned")).group(1)
+            with pytest.raises(AccessDenied) as refused:
+                await node.upsert_node(heartbeat)
+            locks = await node.get_locks()  # a locked node still learns of locks (to end its own sessions)
+            await node.wait_for_change("lock", "", timeout=0)
+            await asyncio.to_thread(cluster.ok, "rm", f"lock/{name}")
+            await node.upsert_node(heartbeat)
+        return str(refused.value), locks, identity.host_uuid
+
+    reason, locks, uuid = asyncio.run(body())
+    assert reason == f'lock targeting Node:"{uuid}" is in force: decommissioned'
+    assert {"node": uuid} in [lk["spec"]["target"] for lk in locks]
+    assert [e["code"] for e in events(cluster, "auth", user=f"{uuid}.example.com") if e["error"] == reason] == [
+        "T3007W"]

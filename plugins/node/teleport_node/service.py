@@ -1,7 +1,8 @@
 """The node service (``ssh_service``): joins the cluster, heartbeats, serves SSH on port 3022.
 
-The async side (this module) keeps what the SSH threads need fresh — user CA keys and roles
-from auth, refreshed as soon as auth reports a change (long poll), and the node's labels
+The async side (this module) keeps what the SSH threads need fresh — user CA keys, roles and
+locks from auth, refreshed as soon as auth reports a change (long poll; a new lock ends the
+connections it matches), and the node's labels
 (static plus command output) — and carries what they produce back to auth: audit events
 (in order, retried until stored) and finished recordings (uploaded, then deleted locally;
 ``session.upload`` audited). Recordings a crash cut off are completed and uploaded at start.

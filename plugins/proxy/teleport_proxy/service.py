@@ -2,8 +2,9 @@
 login, invites, node listing) and SSH (forwarding users' end-to-end encrypted sessions to nodes).
 
 The proxy holds no CA private keys: logins are forwarded to auth with the proxy's identity.
-It keeps the user CA public keys and the roles from auth (refreshed when auth reports a change)
-so it can check user certificates and show and reach only the nodes a user's roles allow.
+It keeps the user CA public keys, the roles and the locks from auth (refreshed when auth reports
+a change) so it can check user certificates, show and reach only the nodes a user's roles allow,
+and refuse (and cut off) locked users.
 """
 
 from __future__ import annotations
