@@ -35,6 +35,7 @@ class LocalAuth:
 
     addr: str
     register: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    host_uuid: str = ""  # the host UUID every service of this process gets
 
 
 def local_auth(shared: dict[str, Any]) -> LocalAuth | None:
@@ -85,11 +86,16 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
     auth server configured, the server joins through it, without a token.
     """
     folder = identity_dir(config, request.role)
+    local = local_auth(shared or {}) if not config.auth_servers else None
     if (folder / "identity").exists() or (folder / "key").exists():
         identity = LocalIdentity.load(folder)
-        log.info("using stored identity", host_uuid=identity.host_uuid, path=str(folder))
-        return identity
-    local = local_auth(shared or {}) if not config.auth_servers else None
+        if local is None or not local.host_uuid or identity.host_uuid == local.host_uuid:
+            log.info("using stored identity", host_uuid=identity.host_uuid, path=str(folder))
+            return identity
+        # beside our auth service but under another host UUID (stored before a process was one
+        # host): auth has no record of it and would refuse its heartbeats; join again, locally
+        log.warning("the stored identity is not this process's host; joining again through the local auth service",
+                    stored_host_uuid=identity.host_uuid, host_uuid=local.host_uuid, path=str(folder))
     sibling = None if local is not None else sibling_identity(config, request.role)
     token = config.join_token
     if token is None and local is None and sibling is None:

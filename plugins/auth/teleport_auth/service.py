@@ -105,7 +105,8 @@ class AuthService(Service):
         await self.server.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
-        self.ctx.resources.shared["auth"] = LocalAuth(f"{listen.connect_host}:{listen.port}", self.local_register)
+        self.ctx.resources.shared["auth"] = LocalAuth(f"{listen.connect_host}:{listen.port}", self.local_register,
+                                                  self.host_uuid)
         self.log.info(
             "auth service is ready",
             cluster=self.cluster_name,
