@@ -812,15 +812,18 @@ class API:
         return node_dict(stored.info())
 
     async def check_heartbeat(self, request: Request, identity: Identity, role: str, uuid: str, nodename: str) -> None:
-        """A heartbeat names a registered host with ``role`` and its recorded nodename (auth
-        servers, which record every host, are trusted); a refusal is audited (T3007W)."""
+        """A heartbeat comes from a host and names a registered host with ``role`` and its
+        recorded nodename (auth servers, which record every host, are trusted; users, whatever
+        their roles, do not heartbeat); a refusal is audited (T3007W)."""
         from teleport_auth.hosts import UnknownHost
 
         if identity.kind is IdentityKind.HOST and "Auth" in identity.roles:
             return
+        problem = ""
         try:
+            if identity.kind is not IdentityKind.HOST:
+                raise UnknownHost(f"only hosts send heartbeats, and only their own {role.lower()} entry")
             record = await self.service.hosts.get(uuid)
-            problem = ""
             if role not in record.roles:
                 problem = f"host {uuid} is not registered with role {role}"
             elif nodename != record.nodename:
@@ -1122,8 +1125,10 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA"),
     ("/v1/cas/{ca_type}/rotate", "POST", "rotate_ca",
      "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)"),
-    ("/v1/register", "POST", "register", "Join with a token: host UUID and host certificates (no certificate needed)"),
-    ("/v1/certs/host", "POST", "renew_host_certs", "A host renews its own certificates (e.g. during a CA rotation)"),
+    ("/v1/register", "POST", "register",
+     "Join with a token (or another role's host certificate): auth assigns the host UUID and records its names"),
+    ("/v1/certs/host", "POST", "renew_host_certs",
+     "A host renews its own certificates, with the names auth recorded (e.g. during a CA rotation)"),
     ("/v1/roles", "GET", "list_roles", "List roles"),
     ("/v1/roles", "POST", "create_role", "Create a role"),
     ("/v1/roles/{name}", "GET", "get_role", "Read a role"),

@@ -12,7 +12,8 @@ Backend keys:
 * ``/hostnames/<nodename>`` -> the UUID of the host that holds that nodename: the uniqueness
   index. A join writes both items in one :meth:`Backend.atomic_write` conditioned on neither
   existing, so of two hosts joining with one nodename (through one auth server or several
-  sharing the backend) exactly one succeeds.
+  sharing the backend) exactly one succeeds. The other names a host asks for are checked
+  against the records when it joins (:meth:`HostRegistry.conflict`), not in that write.
 
 Several roles of one host (a process running ``proxy`` and ``node``) share one record and one
 UUID: the first role joins with a token, the others join presenting the first role's

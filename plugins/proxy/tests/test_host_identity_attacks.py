@@ -180,6 +180,14 @@ def test_a_joined_attacker_gets_only_its_recorded_names_and_cannot_heartbeat_as_
                                            "public_addr": "127.0.0.1:1"})
 
     run(proxy_attack())
+    editor = user_identity(env, "nodeeditor", [{"resources": ["node", "proxy"], "verbs": ["*"]}])
+
+    async def user_attack() -> None:
+        async with client_of(env, editor) as client:  # RBAC allows it; heartbeats are hosts' own
+            with pytest.raises(AccessDenied, match="only hosts send heartbeats"):
+                await client.upsert_node({"uuid": victim_uuid, "nodename": "sshd-node", "addr": "127.0.0.1:1"})
+
+    run(user_attack())
     renewed = run(attack())
     assert renewed["host_uuid"] == own
     assert principals(renewed["ssh_cert"]) == recorded  # the body's names were ignored
@@ -187,6 +195,7 @@ def test_a_joined_attacker_gets_only_its_recorded_names_and_cannot_heartbeat_as_
     refusals = [e["error"] for e in events(env, type="auth") if e.get("code") == "T3007W"]
     assert any('not "sshd-node": a host heartbeats under its own nodename' in r for r in refusals)
     assert any('registered as "rogue-proxy", not "proxy-1"' in r for r in refusals)
+    assert any("only hosts send heartbeats" in r and "nodeeditor" in r for r in refusals)
     assert any("joined with a token for Node, not Proxy" in r
                for r in (e["error"] for e in events(env, type="instance.join") if e.get("code") == "TJ002E"))
     nodes = {n["uuid"]: n for n in env.call("get_nodes")}
