@@ -52,8 +52,21 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _optional_utc(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else _utc(value)
+def _seconds(value: dt.datetime) -> dt.datetime:
+    """Whole seconds (the resource's times carry no more), rounded down."""
+    return _utc(value).replace(microsecond=0)
+
+
+def _optional_seconds(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _seconds(value)
+
+
+def _expiry(value: dt.datetime | None) -> dt.datetime | None:
+    """Whole seconds, rounded up: a lock never ends earlier than asked."""
+    if value is None:
+        return None
+    value = _utc(value)
+    return _seconds(value) + dt.timedelta(seconds=1) if value.microsecond else value
 
 
 def format_time(when: dt.datetime) -> str:
@@ -84,7 +97,7 @@ class LockTarget:
     role: str = ""
     login: str = ""
     node: str = ""
-    issued_before: dt.datetime | None = attrs.field(default=None, converter=_optional_utc)
+    issued_before: dt.datetime | None = attrs.field(default=None, converter=_optional_seconds)
 
     def __attrs_post_init__(self) -> None:
         given = [kind for kind in TARGET_KINDS if getattr(self, kind)]
@@ -122,8 +135,8 @@ class Lock:
     name: str
     target: LockTarget
     message: str = ""
-    expires: dt.datetime | None = attrs.field(default=None, converter=_optional_utc)
-    created: dt.datetime = attrs.field(factory=_now, converter=_utc)
+    expires: dt.datetime | None = attrs.field(default=None, converter=_expiry)
+    created: dt.datetime = attrs.field(factory=_now, converter=_seconds)
     created_by: str = ""
 
     def expired(self, now: dt.datetime | None = None) -> bool:

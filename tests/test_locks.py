@@ -61,6 +61,14 @@ def test_issued_before_spares_later_certificates_only():
     assert cert_issued(int(deleted_at.timestamp()) - 60) == deleted_at
 
 
+def test_times_are_whole_seconds_and_an_expiry_is_never_earlier():
+    early = NOW + dt.timedelta(seconds=10, microseconds=1)
+    made = new_lock(LockTarget(user="joe", issued_before=early), expires=early, now=early)
+    assert made.expires == NOW + dt.timedelta(seconds=11)
+    assert made.created == made.target.issued_before == NOW + dt.timedelta(seconds=10)
+    assert parse_lock(lock_to_dict(made)) == made
+
+
 def test_message_is_teleports():
     assert lock_message(lock("on leave", user="joe")) == 'lock targeting User:"joe" is in force: on leave'
     assert lock_message(lock(role="dev")) == 'lock targeting Role:"dev" is in force'

@@ -19,16 +19,15 @@ anyone's access by accident. Every returned decision carries its reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 
 import attrs
 
 from teleport_auth.rolestore import ROLES_PREFIX, RoleStore
+from teleport_auth.watching import invalidate_on_change
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind
-from teleport_core.backend import OpType
-from teleport_core.errors import AccessDenied, WatcherClosed
+from teleport_core.errors import AccessDenied
 from teleport_core.logs import get_logger
 from teleport_core.roles import WILDCARD, Role, RoleSet
 
@@ -169,22 +168,11 @@ class RoleAuthorizer:
 
         Every event under ``/roles/`` invalidates; a closed watcher is reopened after ``retry_delay``.
         """
-        backend = self.store.backend
-        while True:
-            try:
-                async with backend.watch([ROLES_PREFIX]) as watcher:
-                    async for event in watcher:
-                        self.invalidate()
-                        if event.type is OpType.INIT:
-                            self._watching = True
-            except WatcherClosed as exc:
-                self._log.info("role watcher closed, reopening", reason=str(exc))
-            except Exception as exc:
-                self._log.warning("role watcher failed, reopening", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                self._watching = False
-                self.invalidate()
-            await asyncio.sleep(retry_delay)
+        await invalidate_on_change(self.store.backend, ROLES_PREFIX, self.invalidate, self._set_watching, "role",
+                                   self._log, retry_delay)
+
+    def _set_watching(self, value: bool) -> None:
+        self._watching = value
 
     # -- decisions ----------------------------------------------------------------------------------
 

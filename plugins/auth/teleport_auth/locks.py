@@ -8,14 +8,14 @@ or a local write invalidates it; without a watcher every check re-reads (one ran
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from collections.abc import Sequence
 
+from teleport_auth.watching import invalidate_on_change
 from teleport_core.access import Identity, IdentityKind
-from teleport_core.backend import Backend, Item, OpType, range_end
-from teleport_core.errors import NotFound, WatcherClosed
+from teleport_core.backend import Backend, Item, range_end
+from teleport_core.errors import NotFound
 from teleport_core.locks import InvalidLock, Lock, lock_in_force, lock_to_dict, parse_lock
 from teleport_core.logs import get_logger
 
@@ -113,21 +113,11 @@ class LockStore:
 
     async def watch(self, retry_delay: float = 1.0) -> None:
         """Keep the snapshot valid across auth servers (a task for the auth service's lifetime)."""
-        while True:
-            try:
-                async with self.backend.watch([LOCKS_PREFIX]) as watcher:
-                    async for event in watcher:
-                        self.invalidate()
-                        if event.type is OpType.INIT:
-                            self._watching = True
-            except WatcherClosed as exc:
-                self._log.info("lock watcher closed, reopening", reason=str(exc))
-            except Exception as exc:
-                self._log.warning("lock watcher failed, reopening", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                self._watching = False
-                self.invalidate()
-            await asyncio.sleep(retry_delay)
+        await invalidate_on_change(self.backend, LOCKS_PREFIX, self.invalidate, self._set_watching, "lock",
+                                   self._log, retry_delay)
+
+    def _set_watching(self, value: bool) -> None:
+        self._watching = value
 
     async def in_force(self, identity: Identity, *, login: str = "", issued: dt.datetime | None = None) -> Lock | None:
         """The lock refusing ``identity`` (its name and roles; a host's UUID as ``node``), if any.

@@ -27,7 +27,8 @@ def lock_target(values: dict[str, str | None]) -> LockTarget:
         flags = " and ".join(f"--{kind}" for kind in given)
         raise UsageError(f"{flags}: a lock targets one thing; create one lock for each")
     try:
-        return LockTarget(**given)
+        return LockTarget(user=given.get("user", ""), role=given.get("role", ""), login=given.get("login", ""),
+                          node=given.get("node", ""))
     except InvalidLock as exc:
         raise UsageError(str(exc)) from None
 
