@@ -59,6 +59,8 @@ def spoof(env: Env) -> Iterator[Spoof]:
         yield Spoof(victim.host_uuid, attacker.host_uuid, sshd)
     finally:
         sshd.stop()
+        for host in (victim.host_uuid, attacker.host_uuid):  # other modules share the cluster
+            env.call("delete_node", host)
 
 
 def edited(home: Path, dest: Path, **changes: Any) -> Path:
