@@ -159,7 +159,7 @@ def current(args: argparse.Namespace) -> Profile:
         profile = Profile.from_identity_file(Path(args.identity), args.proxy).check_valid()
         from teleport_core.tsh.web import call
 
-        ping = call(profile.web_addr, "GET", "/webapi/ping", insecure=args.insecure)
+        ping = call(profile.web_addr, "GET", "/webapi/ping", insecure=args.insecure, profile=profile)  # Proxy check
         import attrs
 
         return attrs.evolve(profile, ssh_addr=ping["proxy"]["ssh"]["public_addr"],
