@@ -69,7 +69,8 @@ def login(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh.web import call
 
     web = normalize_addr(args.proxy, 3080)
-    ping = call(web, "GET", "/webapi/ping", insecure=args.insecure)
+    known_cas = _known_host_cas(web)  # a node of the cluster never passes as its proxy, even with --insecure
+    ping = call(web, "GET", "/webapi/ping", insecure=args.insecure, host_cas=known_cas)
     user = args.user or getpass.getuser()
     ttl = args.ttl + "m" if args.ttl.isdigit() else args.ttl
     password = _prompt(f"Enter password for Teleport user {user}:")
@@ -77,7 +78,7 @@ def login(argv: list[str], cli: CliContext) -> int:
     if ping.get("auth", {}).get("second_factor", "off") == "otp":
         otp = _prompt("Enter your OTP token:")
     key = keys.generate_private_key("ed25519")  # generated here; only the public key is sent
-    answer = call(web, "POST", "/v1/webapi/ssh/certs", insecure=args.insecure,
+    answer = call(web, "POST", "/v1/webapi/ssh/certs", insecure=args.insecure, host_cas=known_cas,
                   body={"user": user, "password": password, "otp_token": otp, "pub_key": keys.public_key_openssh(key),
                         "ttl": ttl})
     proxy_host = web.rpartition(":")[0].strip("[]")
@@ -94,6 +95,17 @@ def login(argv: list[str], cli: CliContext) -> int:
     _agent_add(folder, profile)
     _print_status(Profile.load(home()))
     return 0
+
+
+def _known_host_cas(web: str) -> tuple[bytes, ...]:
+    """The host CA certificates of an earlier profile of the proxy at ``web`` (even expired)."""
+    from teleport_core.identity import IdentityError
+
+    try:
+        earlier = Profile.load(home(), web.rpartition(":")[0].strip("[]"))
+    except (TeleportError, IdentityError, OSError, KeyError, ValueError):
+        return ()
+    return earlier.identity.tls_ca_pems if earlier.web_addr == web else ()
 
 
 def _write_out(identity: Any, path: Path, fmt: str, key: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from teleport_core.client import ConnectionProblem, raise_for_status
@@ -10,11 +11,12 @@ from teleport_core.serverrole import PROXY, find_role_error, require_server_role
 from teleport_core.tsh.profile import Profile
 
 
-def tls_context(insecure: bool, profile: Profile | None = None) -> ssl.SSLContext:
+def tls_context(insecure: bool, profile: Profile | None = None, host_cas: Sequence[bytes] = ()) -> ssl.SSLContext:
     """The system's trusted CAs (none checked with ``insecure``), presenting the profile's
-    user certificate when given. With a profile, a certificate from the cluster's host CA is
-    accepted only for system role ``Proxy`` (a node's certificate never passes as the proxy,
-    even with ``insecure``); other certificates (self-signed, public) are judged as before."""
+    user certificate when given. A certificate from the cluster's host CA (the profile's, or
+    ``host_cas``: PEM) is accepted only for system role ``Proxy`` (a node's certificate never
+    passes as the proxy, even with ``insecure``); other certificates (self-signed, public) are
+    judged as before."""
     context = ssl.create_default_context()
     if insecure:
         context.check_hostname = False
@@ -30,18 +32,20 @@ def tls_context(insecure: bool, profile: Profile | None = None) -> ssl.SSLContex
             write_private(cert, profile.identity.tls_cert_pem)
             write_private(key, profile.identity.key_pem)
             context.load_cert_chain(cert, key)
-        require_server_role(context, PROXY, only_from=profile.identity.tls_ca_pems)
+    cas = (*host_cas, *(profile.identity.tls_ca_pems if profile is not None else ()))
+    if cas:
+        require_server_role(context, PROXY, only_from=cas)
     return context
 
 
 def call(web_addr: str, method: str, path: str, *, insecure: bool, profile: Profile | None = None,
-         body: Any = None, timeout: float = 30.0) -> Any:
+         body: Any = None, timeout: float = 30.0, host_cas: Sequence[bytes] = ()) -> Any:
     """One request to the proxy; the decoded JSON, or the typed error the proxy sent."""
     import httpx
 
     url = f"https://{web_addr}{path}"
     try:
-        with httpx.Client(verify=tls_context(insecure, profile), timeout=timeout) as client:
+        with httpx.Client(verify=tls_context(insecure, profile, host_cas), timeout=timeout) as client:
             response = client.request(method, url, json=body)
     except httpx.ConnectError as exc:
         wrong = find_role_error(exc)

@@ -108,7 +108,8 @@ def test_every_kind_of_target_must_be_named_by_the_node_certificate(env: Env, da
 def test_a_node_certificate_on_the_proxy_web_port_gets_nothing(env: Env, dana: Path, tmp_path: Path) -> None:
     """A host of the cluster posing as the proxy's web port: its X.509 certificate chains to the
     host CA and names 127.0.0.1, but its system role is Node. tsh sends it neither the dial line
-    (TLS routing) nor an API request (tsh ls)."""
+    (TLS routing) nor an API request (tsh ls), nor, logging in again with --insecure where it
+    knows the host CA from an earlier profile, the password."""
     ca = env.auth_handle.process.services["auth_service"].host_ca.active
     cert, key = forge_tls_host_cert(ca.tls_cert, ca.tls_private_key, role="Node", cluster=CLUSTER,
                                     dns_names=["teleport.cluster.local"])
@@ -116,11 +117,12 @@ def test_a_node_certificate_on_the_proxy_web_port_gets_nothing(env: Env, dana: P
         home = edited(dana, tmp_path / "fake-web", web_addr=fake.addr)
         dialed = env.tsh(home, "ssh", f"{LOGIN}@sshd-node", "echo", "pwned")
         listed = env.tsh(home, "ls")
-    for result in (dialed, listed):
+        again = env.tsh(home, "login", f"--proxy={fake.addr}", "--insecure", "--user=dana", stdin=f"{PASSWORD}\n")
+    for result in (dialed, listed, again):
         assert result.returncode == 1
         assert f"the server at {fake.addr} presented a Node certificate, not the proxy's" in result.stderr, \
             result.stderr
-    assert len(fake.connections) >= 2
+    assert len(fake.connections) >= 3
     assert fake.received == [], "tsh sent something to a node posing as the proxy"
 
 
