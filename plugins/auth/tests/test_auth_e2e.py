@@ -320,7 +320,7 @@ def test_changes_long_poll_wakes_on_role_change(cluster):
             await admin.upsert_role({**API_ROLE, "metadata": {"name": "poll-role"}})
             changed = await asyncio.wait_for(waiting, 10)
             assert changed != version and time.monotonic() - started < 5
-            with pytest.raises(Exception, match="kind: expected one of cert_authority, role"):
+            with pytest.raises(Exception, match="kind: expected one of cert_authority, lock, role"):
                 await watcher.wait_for_change("user")
 
     cluster.run(body)
