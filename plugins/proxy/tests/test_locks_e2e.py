@@ -1,8 +1,9 @@
 """Locks end to end (issue 11): auth and proxy in one teleport process, our node in its own
 ``teleport start`` process, tsh and the OpenSSH client as the users, tctl as the admin.
 
-- a user in the middle of an interactive ``tsh ssh -t`` session is locked with ``tctl lock``:
-  the session ends within 5 s with the lock's message; tsh ssh, the proxy's web API and the
+- a user in the middle of interactive sessions (``tsh ssh -t`` through the proxy, OpenSSH
+  ``ssh -tt`` straight to the node) is locked with ``tctl lock``: both end within 5 s with the
+  lock's message; tsh ssh, the proxy's web API and the
   auth API then refuse the user (each refusal audited T3007W with the message);
   ``tctl rm lock/NAME`` restores access;
 - a deleted user's certificates (still valid) fail on the next ``tsh ssh``, OpenSSH ``ssh``
@@ -135,17 +136,21 @@ def api_as(env: LockEnv, home: Path) -> Any:
     return asyncio.run(body())
 
 
-def openssh(env: LockEnv, home: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def openssh_argv(env: LockEnv, home: Path, tmp_path: Path, *args: str) -> list[str]:
     """OpenSSH ``ssh`` straight to the node's port with the tsh profile's key and certificate."""
     folder = home / "profiles" / "127.0.0.1"
     known = tmp_path / "known_hosts"
     known.write_text(env.call("get_cert_authority", "host")["known_hosts"])
-    argv = ["ssh", "-F", "/dev/null", "-p", str(env.node_port), "-o", "BatchMode=yes",
+    return ["ssh", "-F", "/dev/null", "-p", str(env.node_port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={NODENAME}.{CLUSTER}",
             "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", str(folder / "id"),
             "-o", f"CertificateFile={folder / 'id-cert.pub'}", f"{LOGIN}@127.0.0.1", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def openssh(env: LockEnv, home: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(openssh_argv(env, home, tmp_path, *args), capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 def denials(env: LockEnv, user: str, message: str) -> list[dict[str, Any]]:
@@ -179,27 +184,35 @@ class Collector:
 
 def test_lock_ends_a_live_session_with_its_message_and_refuses_the_user_until_removed(env, tmp_path):
     home = logged_in(env, tmp_path, "mallory")
-    session = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", "ssh", "-t", f"{LOGIN}@{NODENAME}"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "TELEPORT_HOME": str(home)})
+    proc_env = {**os.environ, "TELEPORT_HOME": str(home)}
+    proc_env.pop("SSH_AUTH_SOCK", None)
+    sessions = [  # tsh ssh -t through the proxy, and OpenSSH ssh -tt straight to the node
+        subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", "ssh", "-t", f"{LOGIN}@{NODENAME}"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=proc_env),
+        subprocess.Popen(openssh_argv(env, home, tmp_path, "-tt"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=proc_env),
+    ]
+    message = 'lock targeting User:"mallory" is in force: Account under review'
     try:
-        out, err = Collector(session.stdout), Collector(session.stderr)
-        assert session.stdin is not None
-        session.stdin.write(b"echo ready-$((6*7))\n")
-        session.stdin.flush()
-        wait_for(lambda: "ready-42" in out.text, "the interactive session to answer", timeout=60)
+        outputs = [(Collector(s.stdout), Collector(s.stderr)) for s in sessions]
+        for session, (out, _) in zip(sessions, outputs, strict=True):
+            assert session.stdin is not None
+            session.stdin.write(b"echo ready-$((6*7))\n")
+            session.stdin.flush()
+            wait_for(lambda out=out: "ready-42" in out.text, "the interactive session to answer", timeout=60)
 
         name = lock(env, "--user=mallory", "--message=Account under review")
-        message = 'lock targeting User:"mallory" is in force: Account under review'
-        session.wait(timeout=5)  # the session ends within 5 s of the lock
-        out.thread.join(5)
-        err.thread.join(5)
-        assert session.returncode != 0
-        assert message in out.text + err.text, (out.text, err.text)
+        for session, (out, err) in zip(sessions, outputs, strict=True):
+            session.wait(timeout=5)  # the session ends within 5 s of the lock
+            out.thread.join(5)
+            err.thread.join(5)
+            assert session.returncode != 0
+            assert message in out.text + err.text, (out.text, err.text)  # shown to the user
     finally:
-        if session.poll() is None:
-            session.kill()
-            session.wait(10)
+        for session in sessions:
+            if session.poll() is None:
+                session.kill()
+                session.wait(10)
 
     refused = tsh_echo(env, home)
     assert refused.returncode != 0
