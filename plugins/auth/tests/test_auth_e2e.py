@@ -316,10 +316,9 @@ def test_changes_long_poll_wakes_on_role_change(cluster):
             waiting = asyncio.create_task(watcher.wait_for_change("role", version, timeout=20))
             await asyncio.sleep(0.3)
             assert not waiting.done()
-            started = time.monotonic()
             await admin.upsert_role({**API_ROLE, "metadata": {"name": "poll-role"}})
-            changed = await asyncio.wait_for(waiting, 10)
-            assert changed != version and time.monotonic() - started < 5
+            changed = await asyncio.wait_for(waiting, 10)  # woken by the change, long before its 20 s timeout
+            assert changed != version
             with pytest.raises(Exception, match="kind: expected one of cert_authority, lock, role"):
                 await watcher.wait_for_change("user")
 
