@@ -69,7 +69,9 @@ def format_time(when: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+    """An RFC 3339 / ISO 8601 time in UTC; one without a zone is taken as UTC. ``ValueError`` if malformed."""
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 @attrs.frozen

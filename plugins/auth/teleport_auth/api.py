@@ -36,7 +36,7 @@ from teleport_auth.tokens import MAX_USER_TOKEN_TTL, system_role
 from teleport_auth.users import new_totp_secret, otp_uri
 from teleport_core import __version__, keys
 from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, LoginRequest, decide
-from teleport_core.audit import AuditEvent, AuditQuery, new_event
+from teleport_core.audit import AuditEvent, AuditQuery, new_event, parse_time
 from teleport_core.backend import Item, range_end
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import (
@@ -105,6 +105,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
@@ -918,8 +920,8 @@ class API:
         now = dt.datetime.now(dt.UTC)
         try:
             since_text, until_text = params.get("since", ""), params.get("until", "")
-            since = dt.datetime.fromisoformat(since_text) if since_text else now - dt.timedelta(days=1)
-            until = dt.datetime.fromisoformat(until_text) if until_text else now
+            since = parse_time(since_text) if since_text else now - dt.timedelta(days=1)
+            until = parse_time(until_text) if until_text else now
             limit = int(params.get("limit", "500"))
         except ValueError as exc:
             raise BadRequest(f"bad query: {exc}") from None

@@ -26,7 +26,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.access import Identity, IdentityKind
-from teleport_core.audit import AuditEvent, AuditQuery, format_time
+from teleport_core.audit import AuditEvent, AuditQuery, format_time, parse_time
 from teleport_core.client import FORWARDED_USER_CERT
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
 
@@ -78,10 +78,9 @@ def _time(params: Any, name: str, default: dt.datetime) -> dt.datetime:
     if not text:
         return default
     try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         raise TeleportError(f"{name}: expected an RFC 3339 time like 2024-01-02T15:04:05Z, got {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def window(params: Any) -> tuple[dt.datetime, dt.datetime, int]:

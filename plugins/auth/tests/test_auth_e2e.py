@@ -17,7 +17,7 @@ import pytest
 
 from teleport_core import keys
 from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
-from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed
+from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed, TeleportError
 from teleport_core.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
@@ -358,3 +358,21 @@ def test_ca_key_algorithm_is_validated():
                                           r'"rsa2048", got "dsa"$'):
         parse_config({"auth_service": {"ca_key_algorithm": "dsa"}, "proxy_service": {"enabled": False},
                       "ssh_service": {"enabled": False}}, make_plugins())
+
+
+def test_hostile_bodies_and_times_get_a_4xx_not_a_500(cluster):
+    """Found by a review: a naive time in an events search and a deeply nested JSON body were 500s."""
+
+    async def body():
+        async with cluster.admin() as admin:
+            naive = await admin.search_events(since="2026-01-01T00:00:00", until="2099-01-01T00:00:00")
+            assert isinstance(naive["events"], list)  # a time without a zone is UTC
+            nested = await admin._request("POST", "/v1/roles", content=b"[" * 100_000,
+                                          headers={"Content-Type": "application/json"})
+            assert nested.status_code == 400, nested.text
+            assert nested.json() == {"error": "request body is nested too deeply"}
+            with pytest.raises(TeleportError, match="bad query"):
+                await admin.search_events(since="yesterday")
+            return await admin.get_roles()
+
+    assert cluster.run(body)  # the server is still serving

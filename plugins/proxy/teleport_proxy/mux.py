@@ -58,10 +58,13 @@ class Pipe(asyncio.Protocol):
         self.peer: Pipe | None = None
         self.pending: list[bytes] = []  # received before the peer was linked
         self.lost = False
+        self.tls = False  # TLS cannot half-close: an end of input closes the peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # asked once, here: once the SSL protocol is gone its transport cannot answer any more
+        self.tls = transport.get_extra_info("sslcontext") is not None
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.mux.live.add(transport)
 
@@ -81,8 +84,7 @@ class Pipe(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         peer = self.peer.transport if self.peer is not None else None
-        if peer is not None and peer.can_write_eof() and self.transport is not None \
-                and self.transport.get_extra_info("sslcontext") is None:
+        if peer is not None and not self.tls and peer.can_write_eof():
             peer.write_eof()
             return True  # the other direction may still carry data
         if peer is not None:

@@ -65,8 +65,8 @@ async def body_of(request: Request) -> dict[str, Any]:
         raise TeleportError("request body too large")
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
-        raise TeleportError("request body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise TeleportError("request body is not JSON (or nested too deeply)") from None
     if not isinstance(data, dict):
         raise TeleportError("request body must be a JSON object")
     return data

@@ -69,6 +69,16 @@ def test_wrong_password_is_refused(env: Env, tmp_path: Path) -> None:
     assert not (tmp_path / "current-profile").exists()
 
 
+def test_deeply_nested_login_body_is_a_400(env: Env) -> None:
+    """Found by a review: 20,000 nested brackets were a 500 (RecursionError in the JSON parser)."""
+    with env.web_client() as web:
+        answer = web.post("/v1/webapi/ssh/certs", content=b"[" * 20_000,
+                          headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "nested too deeply" in answer.json()["error"]
+        assert web.get("/v1/webapi/ping").status_code == 200  # still serving
+
+
 def test_self_signed_proxy_needs_insecure(env: Env, tmp_path: Path) -> None:
     result = env.tsh(tmp_path, "login", f"--proxy={env.web}", "--user=alice", stdin="x\nx\n")
     assert result.returncode == 1 and "--insecure" in result.stderr
