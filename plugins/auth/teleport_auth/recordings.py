@@ -33,7 +33,7 @@ from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportErr
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from teleport_auth.api import API
+    from teleport_auth.api.core import APIBase
 
 SESSION_EVENTS = ("session.start", "session.end", "session.upload")
 DEFAULT_WINDOW = dt.timedelta(days=1)
@@ -43,7 +43,7 @@ MAX_SCAN = 50_000  # audit events read for one listing at most
 PAGE = 5000
 
 
-async def acting_identity(api: API, request: Request, identity: Identity) -> Identity:
+async def acting_identity(api: APIBase, request: Request, identity: Identity) -> Identity:
     """The identity a call acts as: the caller's, or the user's whose certificate a proxy forwarded."""
     header = request.headers.get(FORWARDED_USER_CERT, "")
     who = f"{identity.kind.value} {json.dumps(identity.name)}"
@@ -99,7 +99,7 @@ def window(params: Any) -> tuple[dt.datetime, dt.datetime, int]:
     return since, until, limit
 
 
-async def list_sessions(api: API, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
+async def list_sessions(api: APIBase, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
     """Sessions that ended in ``[since, until)``, newest first, at most ``limit``."""
     audit = api.service.audit
     # a session that ended in the window may have started (and been uploaded) around it

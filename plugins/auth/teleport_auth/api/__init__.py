@@ -1,0 +1,65 @@
+"""The auth API: JSON over HTTP on mutual TLS (starlette, served by the kernel's TLSServer).
+
+Every call except ``/v1/ping`` and ``/v1/register`` needs a client certificate from the
+cluster's user or host CA; the identity in it is authorized on every call through RBAC (the
+caller's roles) plus the ``teleport_authorize`` hook of every plugin (deny wins). A denial is
+a 403 with the reason and an ``auth`` (T3007W) audit event. ``/v1/openapi.json`` describes it.
+
+One module per resource, each with its routes (``ROUTES``, :class:`~teleport_auth.api.core.Operation`)
+and handlers; :mod:`teleport_auth.api.core` holds what they share.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from teleport_auth.api import changes, cluster, events, inventory, join, locks, roles, sessions, tokens, users
+from teleport_auth.api.core import MAX_BODY, BadRequest, Operation, endpoint, error_response
+from teleport_core import __version__
+
+if TYPE_CHECKING:
+    from teleport_auth.service import AuthService
+
+__all__ = ["API", "MAX_BODY", "ROUTES", "BadRequest", "Operation", "build_app", "endpoint", "error_response",
+           "openapi_document"]
+
+
+class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, users.UsersAPI, tokens.TokensAPI,
+          inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI):
+    """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+
+ROUTES: list[Operation] = [
+    *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
+    *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES,
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ROUTES:
+        paths.setdefault(op.path, {})[op.method.lower()] = {
+            "operationId": op.handler,
+            "summary": op.summary,
+            "responses": {"200": {"description": "OK (JSON)"},
+                          "400": {"description": "bad request: {\"error\": reason}"},
+                          "401": {"description": "no or bad credentials"},
+                          "403": {"description": "access denied: {\"error\": reason}"},
+                          "404": {"description": "not found"}},
+        }
+    return {"openapi": "3.0.3", "info": {"title": "teleport-py auth API", "version": __version__}, "paths": paths}
+
+
+def build_app(service: AuthService) -> Starlette:
+    api = API(service)
+    routes = [Route(op.path, getattr(api, op.handler), methods=[op.method]) for op in ROUTES]
+    routes.append(Route("/v1/openapi.json", api.openapi, methods=["GET"]))
+    return Starlette(routes=routes)

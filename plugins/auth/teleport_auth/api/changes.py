@@ -1,0 +1,67 @@
+"""The auth API, change notification: a long poll servers use to follow roles, CAs and locks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Any
+
+from starlette.requests import Request
+
+from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint
+from teleport_core.access import Identity
+from teleport_core.backend import range_end
+
+
+class ChangesAPI(APIBase):
+    """Change notification routes."""
+
+    # -- change notification (long poll) ------------------------------------------------------------
+
+    @endpoint(None, None)
+    async def changes(self, request: Request, identity: Identity | None) -> Any:
+        """Long poll: the version of a kind's state; waits (up to ``timeout`` s) while it equals ``version``.
+
+        Servers cache roles and CA keys and call this in a loop, so a change takes effect within
+        a round trip, without re-login and without polling the data itself.
+        """
+        assert identity is not None
+        kind = request.query_params.get("kind", "")
+        if kind not in CHANGE_PREFIXES:
+            raise BadRequest(f"kind: expected one of {', '.join(sorted(CHANGE_PREFIXES))}")
+        await self.authorize(request, identity, "read", kind)
+        try:
+            timeout = min(max(float(request.query_params.get("timeout", "30")), 0.0), 60.0)
+        except ValueError:
+            raise BadRequest("timeout: expected seconds") from None
+        seen = request.query_params.get("version", "")
+        prefix = CHANGE_PREFIXES[kind]
+        backend = self.service.backend
+        async with backend.watch([prefix]) as watcher:
+            await anext(watcher)  # INIT: every change from here on is seen
+            current = await state_version(backend, prefix)
+            if current == seen:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(anext(watcher), timeout)
+                current = await state_version(backend, prefix)
+        return {"kind": kind, "version": current}
+
+
+CHANGE_PREFIXES = {"role": b"/roles/", "cert_authority": b"/authorities/", "lock": b"/locks/"}
+
+
+async def state_version(backend: Any, prefix: bytes) -> str:
+    """A token that changes whenever any item under ``prefix`` is written or deleted."""
+
+    items = await backend.get_range(prefix, range_end(prefix))
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.key + b"\0" + item.revision.encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
+ROUTES: list[Operation] = [
+    Operation("/v1/changes", "GET", "changes", "Long poll until roles, CAs or locks change (kind, version, timeout)"),
+]
+

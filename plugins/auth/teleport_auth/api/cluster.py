@@ -1,0 +1,89 @@
+"""The auth API, cluster: ping, status, the certificate authorities and their rotation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from teleport_auth.api.core import APIBase, Operation, endpoint, field, read_json
+from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
+from teleport_auth.rotation import RotateRequest, rotation_status
+from teleport_core import __version__
+from teleport_core.access import Identity
+from teleport_core.errors import (
+    NotFound,
+)
+
+
+class ClusterAPI(APIBase):
+    """Cluster routes."""
+
+    # -- cluster -----------------------------------------------------------------------------------------
+
+    @endpoint(None, None, anonymous=True)
+    async def ping(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        return {
+            "cluster_name": svc.cluster_name,
+            "server_version": __version__,
+            "host_ca_pems": svc.host_ca_pems(),
+            "auth": {"type": "local", "second_factor": svc.settings.second_factor},
+            "session_recording": svc.settings.session_recording,
+            "proxy_public_addr": self.proxy_addr(),
+        }
+
+
+    @endpoint("read", "cluster_name")
+    async def status(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        await svc.reload_cas()
+        return {
+            "cluster_name": svc.cluster_name,
+            "version": __version__,
+            "ca_pin": ca_pin(svc.host_ca),
+            "ca_pins": ca_pins(svc.host_ca),  # every trusted host CA: two during a rotation
+            "cas": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
+        }
+
+    @endpoint("read", "cert_authority")
+    async def get_ca(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        kind = request.path_params["ca_type"]
+        if kind not in ("user", "host"):
+            raise NotFound(f'unknown certificate authority type "{kind}": expected user or host')
+        ca = svc.user_ca if kind == "user" else svc.host_ca
+        return {
+            "type": kind,
+            "cluster_name": svc.cluster_name,
+            "ssh_public_keys": [k.ssh_public_key_line for k in ca.trusted],
+            "tls_certs": [k.tls_cert_pem.decode() for k in ca.trusted],
+            "known_hosts": export_known_hosts(ca) if kind == "host" else "",
+            "rotation": rotation_status(ca.rotation),
+        }
+
+    @endpoint("update", "cert_authority")
+    async def rotate_ca(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl auth rotate``: move the user, host or both (``all``) CAs to a rotation phase."""
+        assert identity is not None
+        svc = self.service
+        body = await read_json(request)
+        rotate = RotateRequest.parse(
+            request.path_params["ca_type"],
+            phase=field(body, "phase", required=False, default=""),
+            mode=field(body, "mode", required=False, default=""),
+            grace_period=field(body, "grace_period", required=False, default=""),
+        )
+        changes = await svc.rotation.rotate(rotate, actor=identity.name)
+        return {"rotated": [change.to_dict() for change in changes], "ca_pin": ca_pin(svc.host_ca)}
+
+
+ROUTES: list[Operation] = [
+    Operation("/v1/ping", "GET", "ping",
+              "Cluster name, version, host CA certificates, auth settings (no certificate needed)"),
+    Operation("/v1/status", "GET", "status", "Cluster status: CA pin and the rotation state of each CA"),
+    Operation("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA"),
+    Operation("/v1/cas/{ca_type}/rotate", "POST", "rotate_ca",
+     "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)"),
+]
+

@@ -1,0 +1,316 @@
+"""The auth API's core: the ``endpoint`` wrapper (authenticate, refuse locked identities, authorize,
+map errors to statuses), body reading, and the state every resource module shares (:class:`APIBase`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from cryptography import x509
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from teleport_auth.issuer import (
+    identity_from_tls_cert,
+)
+from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, decide
+from teleport_core.audit import AuditEvent, new_event
+from teleport_core.backend import range_end
+from teleport_core.config.values import parse_duration
+from teleport_core.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    CompareFailed,
+    ConfigError,
+    NotFound,
+    TeleportError,
+)
+from teleport_core.locks import Lock, lock_message
+from teleport_core.tlsserver import client_certificate
+
+if TYPE_CHECKING:
+    from teleport_auth.service import AuthService
+
+
+STATUS: list[tuple[type[BaseException], int]] = [
+    (AuthenticationFailed, 401),
+    (AccessDenied, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (CompareFailed, 412),
+    (ConfigError, 400),
+    (TeleportError, 400),
+]
+MAX_BODY = 1 << 20
+PROXIES_PREFIX = b"/proxies/"
+PROXIES_END = range_end(PROXIES_PREFIX)
+PROXY_TTL = dt.timedelta(minutes=10)
+PROXY_TOKEN_KIND = "proxy_token"  # noqa: S105 - a resource kind, not a secret
+
+
+class BadRequest(TeleportError):
+    """A request body that is not what the endpoint takes."""
+
+def error_response(exc: BaseException) -> JSONResponse:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+async def drain_body(request: Request) -> None:
+    """Read what is left of the request body (up to MAX_BODY), so the keep-alive connection can
+    carry the next request; a refused request's body is otherwise never read."""
+    read = 0
+    with contextlib.suppress(Exception):
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > MAX_BODY:
+                break
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def field(body: dict[str, Any], name: str, kind: type = str, *, required: bool = True, default: Any = None) -> Any:
+    """``body[name]`` checked against ``kind``; a 400 naming the field otherwise."""
+    if name not in body or body[name] is None:
+        if required:
+            raise BadRequest(f"{name}: required")
+        return default
+    value = body[name]
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"{name}: expected a list of strings")
+        return value
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise BadRequest(f"{name}: expected an object")
+        return value
+    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
+        raise BadRequest(f"{name}: expected {kind.__name__}")
+    return value
+
+
+def ttl_field(body: dict[str, Any], name: str = "ttl") -> dt.timedelta | None:
+    text = field(body, name, required=False, default="")
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise BadRequest(f'{name}: expected a duration like "30m" or "1h0m0s", got {json.dumps(text)}') from None
+
+
+Handler = Callable[[Any, Request, Identity | None], Awaitable[Any]]
+
+
+def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, name_param: str = "") -> Callable[
+        [Handler], Callable[[Any, Request], Awaitable[Response]]]:
+    """Authenticate the caller and authorize ``verb`` on ``kind`` before the handler runs."""
+
+    def wrap(handler: Handler) -> Callable[[Any, Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def run(self: APIBase, request: Request) -> Response:
+            try:
+                identity = self.identify(request)
+                if identity is None and not anonymous:
+                    reason = "this call needs a client certificate from the cluster"
+                    client = request.client  # audited (T3007W), once per source and period
+                    self.service.refused(f"{client.host}:{client.port}" if client else "",
+                                         f"{request.method} {request.url.path}: {reason}")
+                    raise AuthenticationFailed(reason)
+                if identity is not None:
+                    await self.refuse_locked(request, identity, exempt=handler.__name__ in LOCKED_HOST_CALLS)
+                if verb is not None and kind is not None and identity is not None:
+                    name = request.path_params.get(name_param, "") if name_param else ""
+                    await self.authorize(request, identity, verb, kind, name)
+                result = await handler(self, request, identity)
+            except Exception as exc:
+                if not isinstance(exc, TeleportError):
+                    self.service.log.error("API call failed", path=request.url.path, error=repr(exc))
+                await drain_body(request)  # answered before reading it: keep the connection usable
+                return error_response(exc)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+
+        return run
+
+    return wrap
+
+
+IDENTITY_CACHE_SIZE = 4096
+#: what a locked host may still do: follow locks (so a locked node learns of its lock and ends its
+#: sessions) and report events (its refusals are audited); everything else is refused
+LOCKED_HOST_CALLS = frozenset({"list_locks", "changes", "emit_event"})
+#: how long the lock a user's deletion creates lasts: the longest a user certificate lives
+DELETED_USER_LOCK_TTL = dt.timedelta(hours=30)
+
+
+#: the limit of routes that take a few small fields before or instead of authentication (login, join, invites)
+SMALL_BODY = 64 * 1024
+#: a session recording upload (streamed to a temporary file, then to the session storage)
+RECORDING_MAX_BODY = 1 << 30
+
+
+@attrs.frozen
+class Operation:
+    """One route of the auth API: what the app, the OpenAPI document and the listener limits are built from."""
+
+    path: str
+    method: str
+    handler: str
+    summary: str
+    #: the largest request body this route takes (bytes); the HTTP listener may enforce it before reading
+    max_body: int = MAX_BODY
+
+
+class APIBase:
+    """What every resource's routes share: the service, caller identification, authorization, auditing."""
+
+    def __init__(self, service: AuthService) -> None:
+        self.service = service
+        # verified client certificates: der -> (identity, not_after, the CA objects it was checked against)
+        self._identities: OrderedDict[bytes, tuple[Identity, dt.datetime, tuple[object, object]]] = OrderedDict()
+        from teleport_auth.uploads import UploadGate
+
+        self._upload_gate = UploadGate()
+        from teleport_auth.events_policy import HostNameCache
+
+        self._host_names = HostNameCache(self._host_name)
+
+    # -- who is calling, and may they ----------------------------------------------------------------
+
+    def identify(self, request: Request) -> Identity | None:
+        """The identity in the caller's certificate, verified against the current CAs.
+
+        Verifications are cached per certificate (keep-alive connections send many requests),
+        but only while the same CA objects are current: after a rotation reloads the CAs, a
+        connection opened earlier is checked again and an old-CA certificate is refused.
+        """
+        der = client_certificate(request.scope)
+        if der is None:
+            return None
+        svc = self.service
+        cas = (svc.user_ca, svc.host_ca)
+        cached = self._identities.get(der)
+        now = dt.datetime.now(dt.UTC)
+        if cached is not None and cached[2][0] is cas[0] and cached[2][1] is cas[1] and cached[1] > now:
+            self._identities.move_to_end(der)
+            return cached[0]
+        identity = identity_from_tls_cert(der, list(cas))
+        not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+        self._identities[der] = (identity, not_after, cas)
+        if len(self._identities) > IDENTITY_CACHE_SIZE:
+            self._identities.popitem(last=False)
+        return identity
+
+    async def decision(self, identity: Identity, verb: str, kind: str, name: str = "", labels: Any = None,
+                       login: str = "") -> Decision:
+        request = AccessRequest(identity, verb, kind, name, labels or {}, login)
+        svc = self.service
+        if identity.kind is IdentityKind.USER:
+            await svc.authorizer.load(identity)
+        decisions: list[Decision | None] = [svc.authorizer.decide(request)]
+        try:
+            decisions.extend(svc.ctx.plugins.hook.teleport_authorize(request=request))
+        except Exception as exc:
+            decisions.append(Decision.deny(f"authorization plugin failed: {type(exc).__name__}: {exc}"))
+        return decide(request, decisions)
+
+    async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "") -> None:
+        result = await self.decision(identity, verb, kind, name)
+        if not result.allowed:
+            await self.audit_denial(request, identity, result.reason)
+            raise AccessDenied(result.reason)
+
+    async def refuse_locked(self, request: Request, identity: Identity, *, exempt: bool = False,
+                            issued: dt.datetime | None = None) -> None:
+        """403 (audited, the lock's message as the reason) when a lock in force matches ``identity``.
+
+        A host's own lock does not stop the calls in :data:`LOCKED_HOST_CALLS` (``exempt``).
+        ``issued``: for a certificate about to be issued (now), instead of the caller's.
+        """
+        if exempt and identity.kind is IdentityKind.HOST:
+            return
+        lock = await self.service.locks.in_force(identity, issued=issued)
+        if lock is not None:
+            reason = lock_message(lock)
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+
+    async def audit_denial(self, request: Request, identity: Identity | None, reason: str) -> None:
+        client = request.client
+        fields: dict[str, Any] = {
+            "user": identity.name if identity else "",
+            "error": reason,
+            "method": request.method,
+            "path": request.url.path,
+            "cluster_name": self.service.cluster_name,
+            "addr.remote": f"{client.host}:{client.port}" if client else "",
+        }
+        await self.service.emit(new_event("auth", "failure", **fields))
+
+    def event(self, event: str, outcome: str = "ok", **fields: Any) -> AuditEvent:
+        return new_event(event, outcome, cluster_name=self.service.cluster_name, **fields)
+
+
+    def proxy_addr(self) -> str:
+        """``proxy_public_addr`` from the config, else the address a proxy heartbeat announced."""
+        settings = self.service.settings
+        if settings.proxy_public_addr:
+            return str(settings.proxy_public_addr)
+        return getattr(self, "_proxy_public", "") or f"{self.service.cluster_name}:3080"
+
+    async def refresh_proxy_addr(self) -> None:
+        """Pick up a proxy heartbeat another auth server received."""
+        items = await self.service.backend.get_range(PROXIES_PREFIX, PROXIES_END, limit=1)
+        if items:
+            self._proxy_public = str(json.loads(items[0].value).get("public_addr", ""))
+
+    async def _host_name(self, role: str, uuid: str) -> str:
+        """The name auth has for a host: its host registry record, else its last heartbeat; "" when none."""
+        from teleport_auth.hosts import UnknownHost
+
+        with contextlib.suppress(UnknownHost):
+            return (await self.service.hosts.get(uuid)).nodename
+        try:
+            if role == "Node":
+                return (await self.service.presence.get_node(uuid)).nodename
+            if role == "Proxy":
+                item = await self.service.backend.get(PROXIES_PREFIX + uuid.encode())
+                return str(json.loads(item.value).get("nodename", ""))
+        except NotFound:
+            pass
+        return ""
+
+    def lock_event(self, event: str, lock: Lock, actor: str) -> AuditEvent:
+        fields: dict[str, Any] = {"name": lock.name, "user": actor, "target": lock.target.to_dict()}
+        if lock.message:
+            fields["message"] = lock.message
+        if lock.expires is not None:
+            fields["expires"] = lock.expires.isoformat()
+        return self.event(event, **fields)
+

@@ -1,0 +1,140 @@
+"""The auth API, inventory: node and proxy heartbeats and listings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from teleport_auth.api.core import (
+    PROXIES_END,
+    PROXIES_PREFIX,
+    PROXY_TTL,
+    APIBase,
+    BadRequest,
+    Operation,
+    endpoint,
+    field,
+    read_json,
+)
+from teleport_auth.presence import NodeHeartbeat
+from teleport_core.access import Identity, IdentityKind
+from teleport_core.backend import Item
+from teleport_core.errors import (
+    AccessDenied,
+    NotFound,
+)
+from teleport_core.nodes import NodeInfo
+
+
+class InventoryAPI(APIBase):
+    """Node and proxy routes."""
+
+    # -- nodes ------------------------------------------------------------------------------------------------
+
+    @endpoint("list", "node")
+    async def list_nodes(self, request: Request, identity: Identity | None) -> Any:
+        assert identity is not None
+        nodes = await self.service.presence.list_nodes()
+        if identity.kind is IdentityKind.USER:
+            roleset = await self.service.authorizer.roleset_for(identity)
+            nodes = [n for n in nodes if roleset.node_visible(n.labels)]
+        return [node_dict(n) for n in nodes]
+
+    @endpoint("update", "node", name_param="uuid")
+    async def upsert_node(self, request: Request, identity: Identity | None) -> Any:
+        body = await read_json(request)
+        uuid = request.path_params["uuid"]
+        heartbeat = NodeHeartbeat(
+            uuid=uuid,
+            nodename=field(body, "nodename"),
+            addr=field(body, "addr", required=False, default=""),
+            labels=field(body, "labels", dict, required=False, default={}),
+            cmd_labels=field(body, "cmd_labels", dict, required=False, default={}),
+            tunnel=field(body, "tunnel", bool, required=False, default=False),
+        )
+        assert identity is not None
+        await self.check_heartbeat(request, identity, "Node", uuid, heartbeat.nodename)
+        try:
+            stored = await self.service.presence.upsert_node(heartbeat)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return node_dict(stored.info())
+
+    async def check_heartbeat(self, request: Request, identity: Identity, role: str, uuid: str, nodename: str) -> None:
+        """A heartbeat comes from a host and names a registered host with ``role`` and its
+        recorded nodename (auth servers, which record every host, are trusted; users, whatever
+        their roles, do not heartbeat); a refusal is audited (T3007W)."""
+        from teleport_auth.hosts import UnknownHost
+
+        if identity.kind is IdentityKind.HOST and "Auth" in identity.roles:
+            return
+        problem = ""
+        try:
+            if identity.kind is not IdentityKind.HOST:
+                raise UnknownHost(f"only hosts send heartbeats, and only their own {role.lower()} entry")
+            record = await self.service.hosts.get(uuid)
+            if role not in record.roles:
+                problem = f"host {uuid} is not registered with role {role}"
+            elif nodename != record.nodename:
+                problem = (f"host {uuid} is registered as {json.dumps(record.nodename)}, "
+                           f"not {json.dumps(nodename)}: a host heartbeats under its own nodename")
+        except UnknownHost as exc:
+            problem = str(exc)
+        if problem:
+            reason = f"access denied to {identity.kind.value} {json.dumps(identity.name)}: {problem}"
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
+
+    @endpoint("delete", "node", name_param="uuid")
+    async def delete_node(self, request: Request, identity: Identity | None) -> Any:
+        """``tctl rm node/<uuid>``: the node's inventory entry and its host record go, which
+        frees its nodename; the host must join again with a token (see teleport_auth.hosts)."""
+        svc = self.service
+        uuid = request.path_params["uuid"]
+        removed = await svc.hosts.remove(uuid)
+        try:
+            await svc.presence.delete_node(uuid)
+        except NotFound:
+            if removed is None:
+                raise
+        return {"deleted": uuid, "nodename": removed.nodename if removed else ""}
+
+    # -- proxies ------------------------------------------------------------------------------------------
+
+    @endpoint("update", "proxy", name_param="uuid")
+    async def upsert_proxy(self, request: Request, identity: Identity | None) -> Any:
+        """A proxy's heartbeat: the addresses clients use (invite URLs name the proxy)."""
+        body = await read_json(request)
+        uuid = request.path_params["uuid"]
+        entry = {"uuid": uuid, "nodename": field(body, "nodename"), "public_addr": field(body, "public_addr"),
+                 "ssh_public_addr": field(body, "ssh_public_addr", required=False, default="")}
+        assert identity is not None
+        await self.check_heartbeat(request, identity, "Proxy", uuid, entry["nodename"])
+        expires = dt.datetime.now(dt.UTC) + PROXY_TTL
+        await self.service.backend.put(Item(PROXIES_PREFIX + uuid.encode(), json.dumps(entry).encode(), expires))
+        self._proxy_public = entry["public_addr"]
+        return entry
+
+    @endpoint("list", "proxy")
+    async def list_proxies(self, request: Request, identity: Identity | None) -> Any:
+        return [json.loads(item.value) for item in await self.service.backend.get_range(PROXIES_PREFIX, PROXIES_END)]
+
+
+def node_dict(node: NodeInfo) -> dict[str, Any]:
+    return {"uuid": node.uuid, "nodename": node.nodename, "addr": node.addr, "labels": dict(node.labels),
+            "tunnel": node.tunnel}
+
+
+ROUTES: list[Operation] = [
+    Operation("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see"),
+    Operation("/v1/nodes/{uuid}", "PUT", "upsert_node",
+              "Heartbeat of a node (its own entry only, its recorded nodename)"),
+    Operation("/v1/nodes/{uuid}", "DELETE", "delete_node", "Remove a node and its host record, freeing its nodename"),
+    Operation("/v1/proxies", "GET", "list_proxies",
+              "Proxies that sent a heartbeat recently, with their public addresses"),
+    Operation("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)"),
+]
+

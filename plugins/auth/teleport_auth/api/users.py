@@ -1,0 +1,260 @@
+"""The auth API, users: CRUD, invites and resets (user tokens), password login, user certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from teleport_auth.api.core import (
+    DELETED_USER_LOCK_TTL,
+    SMALL_BODY,
+    APIBase,
+    BadRequest,
+    Operation,
+    endpoint,
+    field,
+    read_json,
+    ttl_field,
+)
+from teleport_auth.authority import export_known_hosts
+from teleport_auth.issuer import (
+    issue_ssh_user_cert,
+    issue_tls_user_cert,
+)
+from teleport_auth.tokens import MAX_USER_TOKEN_TTL
+from teleport_auth.users import new_totp_secret, otp_uri
+from teleport_core import keys
+from teleport_core.access import Identity, IdentityKind, LoginRequest
+from teleport_core.config.values import format_duration
+from teleport_core.errors import (
+    AuthenticationFailed,
+    TeleportError,
+)
+from teleport_core.locks import LockTarget, new_lock
+from teleport_core.secret import Secret
+
+
+class UsersAPI(APIBase):
+    """User routes."""
+
+    # -- users ------------------------------------------------------------------------------------------------
+
+    @endpoint("list", "user")
+    async def list_users(self, request: Request, identity: Identity | None) -> Any:
+        return [u.to_dict() for u in await self.service.users.list()]
+
+    @endpoint("read", "user", name_param="name")
+    async def get_user(self, request: Request, identity: Identity | None) -> Any:
+        return (await self.service.users.get(request.path_params["name"])).to_dict()
+
+    async def check_roles_exist(self, roles: list[str]) -> None:
+        known = {r.name for r in await self.service.roles.list()}
+        missing = [r for r in roles if r not in known]
+        if missing:
+            raise BadRequest(f"roles: no such role {', '.join(json.dumps(m) for m in missing)}")
+
+    async def _invite(self, user: str, ttl: dt.timedelta | None, kind: str) -> dict[str, Any]:
+        await self.refresh_proxy_addr()
+        svc = self.service
+        await svc.user_tokens.delete_for_user(user)
+        secret = new_totp_secret() if svc.settings.second_factor == "otp" else None
+        token = await svc.user_tokens.create(user, ttl, kind, otp_secret=secret)
+        path = "invite" if kind == "invite" else "reset"
+        return {
+            "token": token.token.reveal(),
+            "expires": token.expires.isoformat(),
+            "ttl": format_duration(token.expires - token.created),
+            "url": f"https://{self.proxy_addr()}/web/{path}/{token.token.reveal()}",
+        }
+
+    @endpoint("create", "user")
+    async def create_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        name = field(body, "name")
+        roles = field(body, "roles", list)
+        traits = field(body, "traits", dict, required=False, default={})
+        ttl = ttl_field(body)
+        if ttl is not None and not dt.timedelta(0) < ttl <= MAX_USER_TOKEN_TTL:
+            # checked before the user exists: a refused invite must not leave a user behind
+            raise BadRequest(f"ttl: an invite lasts more than 0s and at most {format_duration(MAX_USER_TOKEN_TTL)}")
+        await self.check_roles_exist(roles)
+        try:
+            user = await svc.users.create(name, roles, traits, created_by=identity.name if identity else "")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        invite = await self._invite(name, ttl, "invite")
+        await svc.emit(self.event("user.create", name=name, roles=roles, user=identity.name if identity else ""))
+        return {"user": user.to_dict(), "invite": invite}
+
+    @endpoint("update", "user", name_param="name")
+    async def update_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        roles = field(body, "roles", list, required=False)
+        if roles is not None:
+            await self.check_roles_exist(roles)
+        traits = field(body, "traits", dict, required=False)
+        name = request.path_params["name"]
+        try:
+            user = await svc.users.update(name, roles=roles, traits=traits)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        svc.authorizer.invalidate()
+        await svc.emit(self.event("user.update", name=name, user=identity.name if identity else ""))
+        return user.to_dict()
+
+    @endpoint("delete", "user", name_param="name")
+    async def delete_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        name = request.path_params["name"]
+        await svc.users.delete(name)
+        await svc.user_tokens.delete_for_user(name)
+        actor = identity.name if identity else ""
+        await svc.emit(self.event("user.delete", name=name, user=actor))
+        # the certificates the user holds stay valid up to 30 h: a lock on them (only those issued
+        # until now, so a user re-created under this name later is not locked out) ends them now
+        now = dt.datetime.now(dt.UTC)
+        lock = new_lock(LockTarget(user=name, issued_before=now), f"user {json.dumps(name)} was deleted",
+                        expires=now + DELETED_USER_LOCK_TTL, created_by=actor, now=now)
+        await svc.locks.upsert(lock)
+        await svc.emit(self.lock_event("lock.created", lock, actor))
+        return {"deleted": name, "lock": lock.name}
+
+    @endpoint("update", "user", name_param="name")
+    async def reset_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        name = request.path_params["name"]
+        await svc.users.get(name)
+        body = await read_json(request)
+        return await self._invite(name, ttl_field(body), "reset")
+
+    @endpoint("read", "user_token")
+    async def lookup_user_token(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        token = await svc.user_tokens.get(Secret(field(body, "token")))
+        out: dict[str, Any] = {"user": token.user, "kind": token.kind, "expires": token.expires.isoformat()}
+        if token.otp_secret is not None:
+            out["otp_uri"] = otp_uri(svc.cluster_name, token.user, token.otp_secret)
+        return out
+
+    @endpoint("update", "user_token")
+    async def complete_user_token(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        token = Secret(field(body, "token"))
+        password = Secret(field(body, "password"))
+        code = field(body, "second_factor_token", required=False, default="")
+        info = await svc.user_tokens.get(token)
+        if info.otp_secret is not None and not code:
+            raise BadRequest("second_factor_token: required (the code from the authenticator app)")
+        from teleport_auth.users import check_password_policy
+
+        try:
+            check_password_policy(password)
+        except TeleportError as exc:
+            raise BadRequest(f"password: {exc}") from None
+        info = await svc.user_tokens.consume(token)  # once only, even when two requests race
+        await svc.users.set_password(info.user, password)
+        if info.otp_secret is not None:
+            await svc.users.set_totp(info.user, info.otp_secret, Secret(code))
+        await svc.emit(self.event("user.update", name=info.user, user=info.user, reason=f"{info.kind} completed"))
+        return {"user": info.user}
+
+    # -- login and certificates ----------------------------------------------------------------------------------
+
+    async def _certs_for(self, identity: Identity, public_key: str, ttl: dt.timedelta | None,
+                         client_ip: str = "") -> dict[str, Any]:
+        svc = self.service
+        roleset = await svc.authorizer.roleset_for(identity)
+        user = Identity(identity.name, IdentityKind.USER, roleset.names, identity.traits, tuple(roleset.all_logins),
+                        svc.cluster_name)
+        hook = svc.ctx.plugins.hook
+        try:
+            ssh = issue_ssh_user_cert(
+                svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+                max_session_ttl=roleset.max_session_ttl, permit_agent_forwarding=roleset.forward_agent,
+                permit_port_forwarding=roleset.port_forwarding, client_ip=client_ip or None,
+            )
+            tls = issue_tls_user_cert(svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+                                      max_session_ttl=roleset.max_session_ttl)
+        except keys.UnsupportedKey as exc:
+            raise BadRequest(f"public_key: {exc}") from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        valid_before = ssh.request.valid_before
+        await svc.emit(self.event("cert.create", user=user.name, cert_type="user",
+                                  identity={"user": user.name, "roles": list(user.roles), "logins": list(user.logins),
+                                            "expires": valid_before.isoformat()}))
+        return {
+            "username": user.name,
+            "roles": list(user.roles),
+            "logins": list(user.logins),
+            "ssh_cert": ssh.data.decode().strip(),
+            "tls_cert": tls.data.decode(),
+            "host_ca_pems": svc.host_ca_pems(),
+            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
+            "valid_before": valid_before.isoformat(),
+            "cluster_name": svc.cluster_name,
+        }
+
+    @endpoint("create", "login")
+    async def login(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        username = field(body, "user")
+        password = Secret(field(body, "password"))
+        otp_text = field(body, "otp", required=False, default="")
+        otp = Secret(otp_text) if otp_text else None
+        public_key = field(body, "public_key")
+        ttl = ttl_field(body)
+        client_ip = field(body, "client_ip", required=False, default="")
+        remote = {"addr.remote": client_ip}
+        try:
+            found = await asyncio.to_thread(
+                svc.ctx.plugins.hook.teleport_authenticate,
+                request=LoginRequest(username, password, otp, client_ip),
+            )
+            user = found if found is not None else await svc.users.authenticate(
+                username, password, otp, svc.settings.second_factor)
+        except AuthenticationFailed as exc:
+            await svc.emit(self.event("user.login", "failure", user=username, method="local", success=False,
+                                      error=str(exc), **remote))
+            raise
+        await self.refuse_locked(request, user, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
+        result = await self._certs_for(user, public_key, ttl, client_ip)
+        await svc.emit(self.event("user.login", user=username, method="local", success=True, **remote))
+        return result
+
+    @endpoint("create", "user_cert")
+    async def sign_user(self, request: Request, identity: Identity | None) -> Any:
+        svc = self.service
+        body = await read_json(request)
+        user = await svc.users.get(field(body, "user"))
+        target = user.identity(svc.cluster_name)
+        await self.refuse_locked(request, target, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
+        return await self._certs_for(target, field(body, "public_key"), ttl_field(body))
+
+
+ROUTES: list[Operation] = [
+    Operation("/v1/users", "GET", "list_users", "List users"),
+    Operation("/v1/users", "POST", "create_user", "Create a user and its signup invite"),
+    Operation("/v1/users/{name}", "GET", "get_user", "Read a user"),
+    Operation("/v1/users/{name}", "PUT", "update_user", "Change a user's roles or traits"),
+    Operation("/v1/users/{name}", "DELETE", "delete_user", "Delete a user"),
+    Operation("/v1/users/{name}/reset", "POST", "reset_user", "A password reset link for a user"),
+    Operation("/v1/usertokens/lookup", "POST", "lookup_user_token", "The user and OTP enrollment URI of an invite",
+              max_body=SMALL_BODY),
+    Operation("/v1/usertokens", "PUT", "complete_user_token", "Complete a signup or reset: password and OTP code",
+              max_body=SMALL_BODY),
+    Operation("/v1/login", "POST", "login", "Check a password login and sign the user's key (proxies)",
+              max_body=SMALL_BODY),
+    Operation("/v1/certs/user", "POST", "sign_user", "Certificates for a user without a login (tctl auth sign)",
+              max_body=SMALL_BODY),
+]
+
