@@ -30,14 +30,15 @@ check_installed() {  # the code under test must come from site-packages, not the
 
 echo "== teleport-core alone"
 "$PYTHON" -m venv "$WORK/core"
-"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko
+"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko hypothesis
 check_installed "$WORK/core"
 (cd "$WORK/tree" && "$WORK/core/bin/teleport" plugins --format=json > /dev/null)
 (cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider tests)
 
 echo "== every distribution"
 "$PYTHON" -m venv "$WORK/all"
-"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko "moto[server]>=5"
+"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko hypothesis schemathesis \
+  "moto[server]>=5"
 check_installed "$WORK/all"
 # Every test but the end-to-end ones (which `make test` already ran on the checkout), then one
 # end-to-end run from the wheels: a cluster of installed plugins, tsh login and tsh ssh.

@@ -332,8 +332,9 @@ def _label_values(value: Any, path: str) -> tuple[str, ...]:
         if text.startswith("^") and text.endswith("$"):
             try:
                 re.compile(text)
-            except re.error as exc:
-                raise _Fail(where, f"invalid regular expression {json.dumps(text)}: {exc}") from None
+            except (re.error, OverflowError, RecursionError) as exc:  # a huge repeat count, nested too deeply
+                reason = exc if isinstance(exc, re.error | OverflowError) else "nested too deeply"
+                raise _Fail(where, f"invalid regular expression {json.dumps(text)}: {reason}") from None
         out.append(text)
     return tuple(out)
 
@@ -500,6 +501,8 @@ def parse_roles_yaml(text: str, source: str = "") -> list[Role]:
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise InvalidRole("", "", f"invalid YAML: {exc}", source) from None
+    except RecursionError:
+        raise InvalidRole("", "", "invalid YAML: nested too deeply", source) from None
     roles: list[Role] = []
     seen: set[str] = set()
     present = [doc for doc in documents if doc is not None]

@@ -65,6 +65,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(str(path), f"invalid YAML at {where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(str(path), "invalid YAML: nested too deeply") from None
 
 
 def parse_labels_flag(text: str) -> dict[str, str]:

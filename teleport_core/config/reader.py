@@ -160,7 +160,12 @@ class SectionReader:
         def convert(value: Any) -> Path:
             if not isinstance(value, str) or not value:
                 raise TypeError("__")
-            return Path(value).expanduser()
+            if "\x00" in value:
+                raise ValueError("a file path cannot hold a NUL character")
+            try:
+                return Path(value).expanduser()
+            except RuntimeError:  # "~someone" names no user here
+                raise ValueError(f"cannot expand {value.split('/', 1)[0]}: no such user") from None
 
         if isinstance(default, str):
             default = Path(default)

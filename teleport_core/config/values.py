@@ -34,7 +34,10 @@ def parse_duration(text: str) -> dt.timedelta:
             raise ValueError(f"invalid duration {text!r}")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    return dt.timedelta(seconds=sign * total)
+    try:
+        return dt.timedelta(seconds=sign * total)
+    except OverflowError:  # more than a timedelta holds (999999999 days), or not finite
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 def format_duration(value: dt.timedelta) -> str:

@@ -261,14 +261,22 @@ def ssh(argv: list[str], cli: CliContext) -> int:
 
 
 def split_host_port(target: str, default: int = 0) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` -> (host, port); a bare host keeps ``default``."""
+    """``host:port`` / ``[v6]:port`` -> (host, port); a bare host keeps ``default``.
+
+    A port that is not a number from 0 to 65535 is a :class:`TeleportError`."""
+
+    def number(port: str) -> int:
+        if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+            raise TeleportError(f"invalid port {port!r} in {target!r}: expected a number from 0 to 65535")
+        return int(port)
+
     if target.startswith("[") and "]:" in target:
         host, _, port = target[1:].partition("]:")
-        return host, int(port)
+        return host, number(port)
     if target.count(":") == 1:
         host, _, port = target.partition(":")
         if port.isdigit():
-            return host, int(port)
+            return host, number(port)
     return target.strip("[]"), default
 
 

@@ -83,7 +83,7 @@ def _fields(spec: str) -> list[str]:
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise BadForwardSpec(f"invalid -L spec {spec!r}: port {text!r} is not a number from 1 to 65535")
     return int(text)
 

@@ -35,10 +35,11 @@ def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], princip
         raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
     try:
         cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
-        assert isinstance(cert, ssh.SSHCertificate)
+        if not isinstance(cert, ssh.SSHCertificate):
+            raise TypeError("not a certificate")
         signer = keys.public_key_der(cert.signature_key())
         cert.verify_cert_signature()
-    except (ValueError, TypeError, AssertionError, InvalidSignature, UnsupportedAlgorithm):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         raise AccessDenied("the server's host certificate does not verify") from None
     match = False
     for ca in trusted:
@@ -50,7 +51,7 @@ def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], princip
     now = dt.datetime.now(dt.UTC).timestamp()
     if not cert.valid_after - SKEW <= now < cert.valid_before:
         raise AccessDenied("the server's host certificate is not valid now")
-    if principal is not None and principal.encode() not in cert.valid_principals:
+    if principal is not None and principal.encode(errors="surrogateescape") not in cert.valid_principals:
         raise AccessDenied(f"the server's host certificate is not valid for {principal}")
     if role is not None:
         found = cert.extensions.get(b"x-teleport-role", b"").decode(errors="replace")

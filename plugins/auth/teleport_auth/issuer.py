@@ -536,7 +536,7 @@ def issue_tls_host_cert(
 def _parse_traits(raw: str) -> dict[str, tuple[str, ...]]:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidCertificate("certificate traits are not valid JSON") from None
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v) for k, v in value.items()
@@ -548,7 +548,7 @@ def _parse_traits(raw: str) -> dict[str, tuple[str, ...]]:
 def _parse_roles(raw: str) -> tuple[str, ...]:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidCertificate("certificate roles are not valid JSON") from None
     roles = value.get("roles") if isinstance(value, dict) else None
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -559,8 +559,8 @@ def _parse_roles(raw: str) -> tuple[str, ...]:
 def _load_x509(cert: x509.Certificate | bytes | str) -> x509.Certificate:
     if isinstance(cert, x509.Certificate):
         return cert
-    raw = cert.encode() if isinstance(cert, str) else cert
     try:
+        raw = cert.encode() if isinstance(cert, str) else cert
         if raw.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(raw)
         return x509.load_der_x509_certificate(raw)

@@ -145,14 +145,20 @@ def _check_fields(parsed: ssh.SSHCertificate, *, login: str, client_ip: str, now
 
 
 def _roles_traits(extensions: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The roles (``{"roles": [...]}``) and traits (``{name: [...]}``) the auth server wrote."""
     try:
-        roles_doc = json.loads(extensions.get("teleport-roles") or '{"roles": []}')
-        traits_doc = json.loads(extensions.get("teleport-traits") or "{}")
-        roles = tuple(str(r) for r in roles_doc.get("roles") or [])
-        traits = {str(k): tuple(str(v) for v in (vals or [])) for k, vals in (traits_doc or {}).items()}
-    except (ValueError, AttributeError, TypeError):
-        raise CertRefused("malformed teleport-roles or teleport-traits extension") from None
-    return roles, traits
+        roles = json.loads(extensions.get("teleport-roles") or '{"roles": []}').get("roles") or []
+        traits = json.loads(extensions.get("teleport-traits") or "{}") or {}
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply
+        roles = traits = None
+    if not _string_list(roles) or not isinstance(traits, dict) or not all(
+            _string_list(values or []) for values in traits.values()):
+        raise CertRefused("malformed teleport-roles or teleport-traits extension")
+    return tuple(roles), {name: tuple(values or ()) for name, values in traits.items()}
+
+
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 class HostCertKey(paramiko.PKey):  # type: ignore[misc]

@@ -71,26 +71,47 @@ def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = 
         raise InvalidCertificate("ssh: certificate is not yet valid")
     if when >= parsed.valid_before:
         raise InvalidCertificate("ssh: certificate has expired")
-    options = {k.decode(): v for k, v in parsed.critical_options.items()}
+    try:
+        options = {k.decode(): v for k, v in parsed.critical_options.items()}
+        ext = {k.decode(): v for k, v in parsed.extensions.items()}
+        user = parsed.key_id.decode()
+        principals = tuple(p.decode() for p in parsed.valid_principals)
+    except UnicodeDecodeError:
+        raise InvalidCertificate("ssh: certificate key ID, principals, options or extensions are not UTF-8") from None
     unknown = sorted(set(options) - {"source-address"})
     if unknown:
         raise InvalidCertificate(f"ssh: unsupported critical options {unknown}")
     if "source-address" in options:
         _check_source(options["source-address"], client_ip)
-    ext = {k.decode(): v for k, v in parsed.extensions.items()}
     try:
-        roles = tuple(json.loads(ext.get("teleport-roles", b'{"roles": []}'))["roles"])
-        traits = {str(k): tuple(v or ()) for k, v in json.loads(ext.get("teleport-traits", b"{}") or b"{}").items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise InvalidCertificate("ssh: malformed teleport-roles or teleport-traits extension") from None
+        roles = json.loads(ext.get("teleport-roles", b'{"roles": []}'))["roles"]
+        traits = json.loads(ext.get("teleport-traits", b"{}") or b"{}")
+    except (ValueError, KeyError, TypeError, RecursionError):
+        roles = traits = None
+    if not _strings(roles) or not isinstance(traits, dict) or not all(
+            isinstance(v, list | None) and _strings(v or []) for v in traits.values()):
+        raise InvalidCertificate("ssh: malformed teleport-roles or teleport-traits extension")
     return UserCert(
-        user=parsed.key_id.decode(),
-        roles=roles,
-        traits=traits,
-        principals=tuple(p.decode() for p in parsed.valid_principals),
-        valid_before=dt.datetime.fromtimestamp(parsed.valid_before, dt.UTC),
+        user=user,
+        roles=tuple(roles),
+        traits={str(k): tuple(v or ()) for k, v in traits.items()},
+        principals=principals,
+        valid_before=_moment(parsed.valid_before),
         issued=cert_issued(parsed.valid_after),
     )
+
+
+def _strings(value: object) -> bool:
+    """Whether ``value`` is a list of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _moment(timestamp: int) -> dt.datetime | None:
+    """A certificate time as a datetime; None past what a datetime holds (OpenSSH's "forever")."""
+    try:
+        return dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _check_source(value: bytes, client_ip: str) -> None:

@@ -73,15 +73,16 @@ def paramiko_key(key_pem: bytes) -> paramiko.PKey:
 
 
 def parse_subsystem(name: str) -> tuple[str, int, str] | None:
-    """``proxy:host:port@cluster`` -> (host, port, cluster); port 0 when absent."""
-    if not name.startswith("proxy:"):
+    """``proxy:host:port@cluster`` -> (host, port, cluster); port 0 when absent. None when
+    malformed: no host, a port that is not a number from 0 to 65535, or a control character."""
+    if not name.startswith("proxy:") or not name.isprintable():
         return None
     rest, _, cluster = name[len("proxy:"):].partition("@")
     host, _, port = rest.rpartition(":") if rest.count(":") == 1 or rest.startswith("[") else (rest, "", "0")
-    try:
-        return host.strip("[]"), int(port or 0), cluster
-    except ValueError:
+    host = host.strip("[]")
+    if not host or not (port == "" or (port.isascii() and port.isdigit() and int(port) <= 65535)):
         return None
+    return host, int(port or 0), cluster
 
 
 class Connection(paramiko.ServerInterface):  # type: ignore[misc]
