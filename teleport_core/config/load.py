@@ -20,6 +20,7 @@ import yaml
 from teleport_core.config.model import LOG_FIELDS, JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader, show
 from teleport_core.errors import ConfigError, UnknownNameError
+from teleport_core.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, install_hint
 from teleport_core.refs import resolve
 from teleport_core.secret import Secret
@@ -177,6 +178,7 @@ def _parse_teleport(r: SectionReader) -> dict[str, Any]:
         raise r.error("proxy_server", "set either auth_server or proxy_server, not both")
     out["diag_addr"] = r.addr("diag_addr", None)
     out["advertise_ip"] = r.string("advertise_ip", "")
+    out["connection_limits"] = parse_connection_limits(r, default=ConnectionLimits())
     log = r.section("log")
     output = log.string("output", "stderr")
     severity = log.string("severity", "INFO").upper()

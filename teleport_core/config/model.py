@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from teleport_core.config.values import NetAddr
+from teleport_core.limits import ConnectionLimits
 from teleport_core.secret import Secret
 
 # ``log.format.extra_fields`` names Teleport accepts; ``component`` is always printed.
@@ -76,6 +77,8 @@ class TeleportConfig:
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
     services: Mapping[str, ServiceSection] = attrs.field(factory=dict)
+    # teleport.connection_limits: every service's unless its own section sets connection_limits
+    connection_limits: ConnectionLimits = attrs.field(factory=ConnectionLimits)
     insecure: bool = False
     source: Path | None = None
 

@@ -109,7 +109,9 @@ class NodeService(Service):
         # paramiko logs every aborted handshake (port probes, scanners) as an ERROR traceback;
         # the node logs refusals and failures itself
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-        self.ssh = SSHServer(lambda: self.state, self._host_key(), None if self.tunnelled else self._listen(), self.log)
+        limits = self.settings.connection_limits or self.ctx.config.connection_limits
+        self.ssh = SSHServer(lambda: self.state, self._host_key(), None if self.tunnelled else self._listen(), self.log,
+                             limits)
         self.ssh.start()
         if self.tunnelled:
             await self._start_tunnel(cluster)

@@ -9,6 +9,7 @@ import attrs
 
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
+from teleport_core.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # The SSH listener (Teleport's default port is 3022).
@@ -23,6 +24,13 @@ commands:
   - name: arch
     command: [uname, -m]
     period: 1h0m0s
+# Limits of the SSH listener (default: teleport.connection_limits, else the built-in ones).
+# connection_limits:
+#   max_connections: 15000
+#   max_users: 250
+#   max_startups: "64:30:256"      # unauthenticated: start:rate:full (OpenSSH's MaxStartups)
+#   per_source_max_startups: 32    # unauthenticated, per client address
+#   login_grace_time: 30s
 """
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9/._:*-]{1,63}$")
@@ -44,6 +52,7 @@ class NodeSettings:
     public_addrs: tuple[NetAddr, ...]
     labels: dict[str, str]
     commands: tuple[CommandLabel, ...]
+    connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
 
 
 def parse_settings(reader: SectionReader) -> NodeSettings:
@@ -69,4 +78,5 @@ def parse_settings(reader: SectionReader) -> NodeSettings:
             raise item.error("period", "must be at least 1s")
         item.finish()
         commands.append(CommandLabel(name, argv, period))
-    return NodeSettings(listen, public, labels, tuple(commands))
+    limits = parse_connection_limits(reader)
+    return NodeSettings(listen, public, labels, tuple(commands), limits)

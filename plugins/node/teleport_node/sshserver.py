@@ -2,8 +2,14 @@
 
 Threads: one accept thread, one paramiko transport thread per connection (paramiko's
 design: key exchange, crypto and packet framing of that connection; connections are capped
-at :data:`MAX_CONNECTIONS`), and one :class:`~teleport_node.pump.Pump` thread moving every
+by ``connection_limits``), and one :class:`~teleport_node.pump.Pump` thread moving every
 session's bytes and watching every child. No thread per session or per stream.
+
+Before a connection gets a transport thread, a :class:`~teleport_core.limits.ConnectionGate`
+admits it (``connection_limits``): ``max_connections`` in all, unauthenticated ones capped
+apart from sessions (``max_startups`` with early random drop, ``per_source_max_startups``)
+and closed after ``login_grace_time``; ``max_users`` distinct users logged in. Refusals are
+audited (T3007W) once per source a minute, so a flood cannot fill the audit log.
 
 Everything the server needs from the cluster (user CA keys, roles, labels, recording mode)
 comes from a :class:`NodeState` the async service keeps fresh; audit events and finished
@@ -37,6 +43,7 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
+from teleport_core.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
 from teleport_core.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.pipes import grow_pipe
 from teleport_core.roles import Role, RoleSet
@@ -52,7 +59,6 @@ MAX_PACKET = 256 * 1024
 # paramiko has no chacha20 and aes-gcm is about 30 % faster than aes-ctr + HMAC in paramiko.
 # Every OpenSSH since 6.2 offers aes-gcm.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-MAX_CONNECTIONS = 1000
 ENV_ALLOWED = ("LANG", "LANGUAGE", "TERM")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -101,8 +107,10 @@ class SSHServer:
     """Listens and hands each connection to paramiko with the node's host certificate."""
 
     def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey, listen: tuple[str, int] | None,
-                 log: Any) -> None:
+                 log: Any, limits: ConnectionLimits | None = None) -> None:
         self.state = state
+        self.gate = ConnectionGate(limits or ConnectionLimits(), "ssh_service")
+        self._refusals = AuditThrottle()
         self.host_key = host_key
         self.log = log
         self.pump = Pump()
@@ -120,11 +128,13 @@ class SSHServer:
     def start(self) -> None:
         self.pump.start()
         self.pump.call(self._flush_recorders)
+        self.gate.start()
         if self.sock is not None:
             self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
+        self.gate.stop()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -151,16 +161,43 @@ class SSHServer:
 
     def serve_connection(self, sock: socket.socket, remote: tuple[str, int]) -> None:
         """Serve SSH on a connection that did not come through the listener (a reverse tunnel's)."""
-        with self._lock:
-            too_many = self._stopping or len(self.connections) >= MAX_CONNECTIONS
-        if too_many:
+        ticket = None if self._stopping else self._admit(sock, remote)
+        if ticket is None:
             sock.close()
             return
         try:
-            self._serve(sock, remote)
+            self._serve(sock, remote, ticket)
         except Exception as exc:  # as in the accept loop: one bad handshake, one closed socket
             self.log.warning("SSH connection failed", remote=f"{remote[0]}:{remote[1]}", error=str(exc))
+            ticket.close()
             sock.close()
+
+    def _admit(self, sock: socket.socket, remote: tuple[str, int]) -> Ticket | None:
+        """The gate's ticket for a new connection, or None (refusal logged and audited, throttled)."""
+
+        def expire() -> None:  # login grace time over: wake the transport thread, which then ends
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        try:
+            return self.gate.admit(str(remote[0]), expire)
+        except Refused as exc:
+            self.refused(str(remote[0]), f"{remote[0]}:{remote[1]}", str(exc))
+            return None
+
+    def refused(self, source: str, remote: str, reason: str, user: str = "", login: str = "") -> None:
+        """Audit (T3007W) and log a connection the limits refused, once per source a minute."""
+        held = self._refusals.allow(source)
+        if held is None:
+            return
+        state = self.state()
+        if held:
+            reason = f"{reason} ({held} more refused from {source} in the last minute)"
+        state.emit("auth", "failure", {
+            "user": user, "login": login, "error": reason, "success": False, "cluster_name": state.cluster_name,
+            "server_id": state.host_uuid, "server_hostname": state.nodename, "addr.remote": remote,
+            "addr.local": f"{self.addr[0]}:{self.addr[1]}", "proto": "ssh"})
+        self.log.info("SSH connection refused", remote=remote, reason=reason)
 
     def _accept_loop(self) -> None:
         assert self.sock is not None
@@ -171,28 +208,30 @@ class SSHServer:
                 if self._stopping:
                     return
                 continue
-            with self._lock:
-                too_many = len(self.connections) >= MAX_CONNECTIONS
-            if too_many:
+            ticket = self._admit(sock, remote)
+            if ticket is None:
                 sock.close()
                 continue
             try:
-                self._serve(sock, remote)
+                self._serve(sock, remote, ticket)
             except Exception as exc:  # a broken handshake must not stop the listener
                 self.log.warning("SSH connection failed", remote=f"{remote[0]}:{remote[1]}", error=str(exc))
+                ticket.close()
                 sock.close()
 
-    def _serve(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+    def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         options = transport.get_security_options()
         options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
         options.key_types = [self.host_key.get_name()]
         transport.add_server_key(self.host_key)
-        conn = Connection(self, transport, remote, sock.getsockname()[:2])
+        conn = Connection(self, transport, remote, sock.getsockname()[:2], ticket)
         with self._lock:
             self.connections.add(conn)
         transport.start_server(event=threading.Event(), server=conn)
+        # watched once started: before, is_active() is False and the watch would close it at once
+        self.pump.call(conn._watch_transport)
 
     def forget(self, conn: Connection) -> None:
         with self._lock:
@@ -221,9 +260,11 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
     """One client connection: its authentication and its channels."""
 
     def __init__(self, server: SSHServer, transport: paramiko.Transport, remote: tuple[str, int],
-                 local: tuple[str, int]) -> None:
+                 local: tuple[str, int], ticket: Ticket) -> None:
         self.server = server
         self.transport = transport
+        self.ticket = ticket
+        on_authenticated(transport, self._logged_in)
         self.remote = f"{remote[0]}:{remote[1]}"
         self.client_ip = remote[0]
         self.local = f"{local[0]}:{local[1]}"
@@ -241,7 +282,6 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         # every other request to paramiko unchanged
         transport._channel_handler_table = {**paramiko.Transport._channel_handler_table,
                                             MSG_CHANNEL_REQUEST: self._channel_request}
-        server.pump.call(self._watch_transport)
 
     # -- ordering: start a process only once the client has its request's reply -----------------
 
@@ -298,10 +338,21 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             return
         self.close()
 
+    def _logged_in(self) -> None:
+        """The client authenticated (transport thread): a session now, counted in max_users."""
+        try:
+            self.ticket.authenticated(self.cert.user if self.cert else None)
+        except Refused as exc:  # another user took the last place since check_auth_publickey
+            self.server.refused(self.client_ip, self.remote, str(exc), self.cert.user if self.cert else "",
+                                self.login)
+            self.cert = None
+            self.transport.close()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.ticket.close()
         for session in list(self.sessions.values()):
             self.server.pump.call(session.hangup)
         with contextlib.suppress(Exception):
@@ -371,6 +422,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             locked = _lock_reason(state, cert, username)
             if locked:
                 raise CertRefused(locked)
+            crowded = self.server.gate.user_may_connect(cert.user)
+            if crowded:
+                raise CertRefused(crowded)
             self._check_os_user(username)
         except CertRefused as exc:
             user = user or exc.user

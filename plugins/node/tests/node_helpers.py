@@ -115,7 +115,8 @@ class Node:
     """A ``teleport start`` process running the node service."""
 
     def __init__(self, auth: Auth, data_dir: Path, *, labels: dict[str, str] | None = None,
-                 nodename: str = "node1", commands: list[dict[str, Any]] | None = None) -> None:
+                 nodename: str = "node1", commands: list[dict[str, Any]] | None = None,
+                 connection_limits: dict[str, Any] | None = None) -> None:
         self.auth = auth
         self.data_dir = data_dir
         self.port = free_port()
@@ -125,6 +126,8 @@ class Node:
         ssh: dict[str, Any] = {"listen_addr": f"127.0.0.1:{self.port}", "labels": labels or {"env": "test"}}
         if commands:
             ssh["commands"] = commands
+        if connection_limits:
+            ssh["connection_limits"] = connection_limits
         self.config.write_text(yaml.safe_dump({
             "teleport": {"data_dir": str(data_dir / "data"), "nodename": nodename, "auth_server": auth.addr,
                          "auth_token": TOKEN, "ca_pin": auth.pin(), "log": {"output": str(data_dir / "node.log")}},

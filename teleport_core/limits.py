@@ -1,0 +1,387 @@
+"""Connection and rate limits shared by every listener (node and proxy SSH ports, the
+reverse-tunnel port, web logins and host registration).
+
+- :class:`ConnectionLimits` is ``connection_limits`` of ``teleport.yaml`` (Teleport's keys
+  ``max_connections``, ``max_users`` and ``rates``, plus OpenSSH's ``max_startups``,
+  ``per_source_max_startups`` and ``login_grace_time`` for the SSH listeners), read by
+  :func:`parse_connection_limits`.
+- :class:`ConnectionGate` admits SSH connections: a cap on all connections, a separate cap on
+  unauthenticated ones with early random drop (OpenSSH's ``MaxStartups start:rate:full``), a
+  per-source cap on unauthenticated ones, a login grace time, and ``max_users`` distinct users
+  with authenticated connections. Thread-safe (the SSH servers run a thread per connection).
+- :class:`RateLimiter` is a per-source token bucket (every rate of ``rates`` must allow);
+  it tells the caller when a source's burst of refusals begins, so one audit event per burst.
+- :class:`AuditThrottle` lets a refusal through to the audit log once per source and period.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from teleport_core.config.reader import SectionReader, show
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+
+MAX_SOURCES = 10_000  # sources a RateLimiter or AuditThrottle remembers (the oldest are forgotten)
+
+
+@attrs.frozen
+class Rate:
+    """``average`` requests per ``period`` seconds, ``burst`` at once (a token bucket)."""
+
+    period: float
+    average: int
+    burst: int
+
+
+@attrs.frozen
+class Startups:
+    """OpenSSH's ``MaxStartups start:rate:full``: from ``start`` unauthenticated connections on,
+    refuse a new one with probability ``rate`` %, rising linearly to 100 % at ``full``."""
+
+    start: int = 64
+    rate: int = 30
+    full: int = 256
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.rate}:{self.full}"
+
+
+# A password login or a host registration per source: 20 a minute on average, 40 at once.
+DEFAULT_RATES = (Rate(60.0, 20, 40),)
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """``connection_limits``: Teleport's defaults for ``max_connections`` and ``max_users``."""
+
+    max_connections: int = 15_000
+    max_users: int = 250
+    rates: tuple[Rate, ...] = DEFAULT_RATES
+    # OpenSSH's defaults are 10:30:100 and no per-source cap; every session through a proxy
+    # arrives from the proxy's address, and parallel tools (ansible forks) handshake at once:
+    # 32 per source, and random drop only from 64, so one flooding source alone never makes
+    # another source's connection a candidate for the drop
+    max_startups: Startups = Startups()
+    per_source_max_startups: int = 32
+    login_grace_time: float = 30.0
+
+
+def _startups(value: Any) -> Startups:
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, str):
+        try:
+            parts = [int(p) for p in value.split(":")]
+        except ValueError:
+            raise ValueError("__") from None
+    else:
+        raise TypeError("__")
+    if len(parts) == 1:  # OpenSSH: a single number is start = full, no random drop
+        return Startups(parts[0], 100, parts[0]) if parts[0] > 0 else _bad("start must be at least 1")
+    if len(parts) != 3:
+        raise ValueError("__")
+    start, rate, full = parts
+    if start < 1:
+        _bad("start must be at least 1")
+    if not 1 <= rate <= 100:
+        _bad("rate must be a percentage from 1 to 100")
+    if full < start:
+        _bad("full must be at least start")
+    return Startups(start, rate, full)
+
+
+def _bad(message: str) -> Any:
+    raise ValueError(message)
+
+
+def parse_connection_limits(reader: SectionReader, key: str = "connection_limits",
+                            default: ConnectionLimits | None = None) -> ConnectionLimits | None:
+    """Read ``key`` of ``reader``; ``default`` (returned unchanged) when the key is absent.
+
+    Keys left out of a present section take ``default``'s values (the built-in defaults
+    when ``default`` is None). Every error names its key path.
+    """
+    if not reader.has(key):
+        return default
+    base = default or ConnectionLimits()
+    r = reader.section(key)
+    max_connections = r.integer("max_connections", base.max_connections, minimum=1)
+    max_users = r.integer("max_users", base.max_users, minimum=1)
+    rates = base.rates
+    if r.has("rates"):
+        items = r.sections("rates")
+        if not items:
+            raise r.error("rates", "expected at least one rate (period, average, burst); leave rates out for "
+                                   "the defaults")
+        parsed = []
+        for item in items:
+            period = item.duration("period")
+            if period.total_seconds() <= 0:
+                raise item.error("period", f"must be a positive duration, got {show(item.data.get('period'))}")
+            average = item.integer("average", minimum=1)
+            burst = item.integer("burst", average, minimum=1)
+            item.finish()
+            parsed.append(Rate(period.total_seconds(), average, burst))
+        rates = tuple(parsed)
+    startups = r._get("max_startups", base.max_startups, _startups, 'start:rate:full like "10:30:100"')
+    per_source = r.integer("per_source_max_startups", base.per_source_max_startups, minimum=1)
+    grace = r.duration("login_grace_time", None)
+    grace_seconds = base.login_grace_time if grace is None else grace.total_seconds()
+    if grace_seconds <= 0:
+        raise r.error("login_grace_time", "must be a positive duration (unauthenticated connections must end)")
+    if startups.full > max_connections:
+        raise r.error("max_startups", f"full ({startups.full}) must not exceed max_connections ({max_connections})")
+    r.finish()
+    return ConnectionLimits(max_connections, max_users, rates, startups, per_source, grace_seconds)
+
+
+# -- SSH connections ------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A connection the gate does not admit; ``str()`` is the reason (for the log and audit)."""
+
+
+class Ticket:
+    """One admitted connection. :meth:`authenticated` once its login succeeded; :meth:`close`
+    (idempotent) when it ends."""
+
+    def __init__(self, gate: ConnectionGate, source: str, on_expire: Callable[[], None]) -> None:
+        self.gate = gate
+        self.source = source
+        self.on_expire = on_expire
+        self.deadline = time.monotonic() + gate.limits.login_grace_time
+        self.user: str | None = None
+        self.is_authenticated = False
+        self.closed = False
+
+    def authenticated(self, user: str | None = None) -> None:
+        """The connection logged in (``user``: counted in ``max_users``; None for a host).
+
+        :class:`Refused` when ``max_users`` distinct users are connected and ``user`` is not one of them.
+        """
+        self.gate._authenticated(self, user)
+
+    def close(self) -> None:
+        self.gate._close(self)
+
+
+class ConnectionGate:
+    """Admission of one listener's SSH connections (see the module docstring)."""
+
+    def __init__(self, limits: ConnectionLimits, name: str, *, rng: random.Random | None = None) -> None:
+        self.limits = limits
+        self.name = name
+        self._rng = rng or random.SystemRandom()
+        self._lock = threading.Lock()
+        self._unauthenticated: set[Ticket] = set()
+        self._per_source: collections.Counter[str] = collections.Counter()
+        self._users: collections.Counter[str] = collections.Counter()
+        self.total = 0
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    @property
+    def unauthenticated(self) -> int:
+        return len(self._unauthenticated)
+
+    @property
+    def users(self) -> int:
+        return len(self._users)
+
+    def start(self) -> None:
+        """Start the thread that ends connections past their login grace time."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name=f"{self.name}-grace", daemon=True)
+            self._reaper.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def admit(self, source: str, on_expire: Callable[[], None]) -> Ticket:
+        """A ticket for a new connection from ``source`` (an IP address), or :class:`Refused`.
+
+        ``on_expire`` closes the connection when it is still unauthenticated at the end of
+        the login grace time (called on the gate's thread; it must not block).
+        """
+        limits = self.limits
+        with self._lock:
+            unauth = len(self._unauthenticated)
+            if self.total >= limits.max_connections:
+                raise Refused(f"{self.name}: {limits.max_connections} connections (max_connections) are open")
+            if self._per_source[source] >= limits.per_source_max_startups:
+                raise Refused(f"{self.name}: {self._per_source[source]} unauthenticated connections from {source} "
+                              "(per_source_max_startups)")
+            startups = limits.max_startups
+            if unauth >= startups.full:
+                raise Refused(f"{self.name}: {unauth} unauthenticated connections (max_startups {startups})")
+            if unauth >= startups.start:
+                chance = startups.rate + (100 - startups.rate) * (unauth - startups.start) / max(
+                    1, startups.full - startups.start)
+                if self._rng.random() * 100 < chance:
+                    raise Refused(f"{self.name}: {unauth} unauthenticated connections, dropped at random "
+                                  f"(max_startups {startups})")
+            ticket = Ticket(self, source, on_expire)
+            self._unauthenticated.add(ticket)
+            self._per_source[source] += 1
+            self.total += 1
+        return ticket
+
+    def _authenticated(self, ticket: Ticket, user: str | None) -> None:
+        with self._lock:
+            if ticket.closed or ticket.is_authenticated:
+                return
+            if user is not None and user not in self._users and len(self._users) >= self.limits.max_users:
+                raise Refused(f"{self.name}: {len(self._users)} users are connected (max_users)")
+            self._leave_startup(ticket)
+            ticket.is_authenticated = True
+            ticket.user = user
+            if user is not None:
+                self._users[user] += 1
+
+    def user_may_connect(self, user: str) -> str:
+        """The reason ``user`` could not log in now (``max_users``), or ""."""
+        with self._lock:
+            if user in self._users or len(self._users) < self.limits.max_users:
+                return ""
+            return f"{self.name}: {len(self._users)} users are connected (max_users)"
+
+    def _leave_startup(self, ticket: Ticket) -> None:
+        if ticket in self._unauthenticated:
+            self._unauthenticated.discard(ticket)
+            self._per_source[ticket.source] -= 1
+            if self._per_source[ticket.source] <= 0:
+                del self._per_source[ticket.source]
+
+    def _close(self, ticket: Ticket) -> None:
+        with self._lock:
+            if ticket.closed:
+                return
+            ticket.closed = True
+            self.total -= 1
+            self._leave_startup(ticket)
+            if ticket.user is not None:
+                self._users[ticket.user] -= 1
+                if self._users[ticket.user] <= 0:
+                    del self._users[ticket.user]
+
+    def _reap(self) -> None:
+        while not self._stopping.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                expired = [t for t in self._unauthenticated if t.deadline <= now]
+            for ticket in expired:
+                ticket.close()
+                with contextlib.suppress(Exception):  # closing a socket that is already gone
+                    ticket.on_expire()
+
+
+def on_authenticated(transport: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on ``transport``'s thread once the paramiko server transport has
+    authenticated its client (after the signature was checked, never for a key query)."""
+    trigger = transport._auth_trigger
+
+    def wrapped() -> None:
+        trigger()
+        callback()
+
+    transport._auth_trigger = wrapped
+
+
+# -- rates ------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Per-source token buckets: each rate holds ``burst`` tokens, refilled at ``average`` per ``period``."""
+
+    def __init__(self, rates: tuple[Rate, ...], clock: Callable[[], float] = time.monotonic) -> None:
+        self.rates = rates
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: collections.OrderedDict[str, list[tuple[float, float]]] = collections.OrderedDict()
+        self._refusing: set[str] = set()
+
+    def take(self, source: str) -> tuple[float, bool]:
+        """Take one token for ``source``: (0, False) when allowed, else (seconds until a token
+        is back, whether this refusal begins a burst of refusals of ``source``)."""
+        now = self._clock()
+        with self._lock:
+            buckets = self._buckets.pop(source, None) or [(float(r.burst), now) for r in self.rates]
+            self._buckets[source] = buckets
+            while len(self._buckets) > MAX_SOURCES:
+                old, _ = self._buckets.popitem(last=False)
+                self._refusing.discard(old)
+            levels = []
+            wait = 0.0
+            for rate, (tokens, then) in zip(self.rates, buckets, strict=True):
+                per_second = rate.average / rate.period
+                tokens = min(float(rate.burst), tokens + (now - then) * per_second)
+                levels.append(tokens)
+                if tokens < 1.0:
+                    wait = max(wait, (1.0 - tokens) / per_second)
+            if wait > 0:
+                self._buckets[source] = [(t, now) for t in levels]
+                first = source not in self._refusing
+                self._refusing.add(source)
+                return wait, first
+            self._buckets[source] = [(t - 1.0, now) for t in levels]
+            self._refusing.discard(source)
+            return 0.0, False
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+async def rate_limited(limiter: RateLimiter, source: str, what: str,
+                       audit: Callable[[str], Awaitable[None]]) -> JSONResponse | None:
+    """None when ``source`` may go on; else a 429 response (starlette) with ``Retry-After``.
+
+    The first refusal of a burst is audited through ``audit(reason)``, the rest are not.
+    """
+    wait, first = limiter.take(source)
+    if not wait:
+        return None
+    from starlette.responses import JSONResponse
+
+    after = retry_after(wait)
+    reason = f"{what}: too many attempts from {source}, retry in {after}s (connection_limits.rates)"
+    if first:
+        await audit(reason)
+    return JSONResponse({"error": reason}, status_code=429, headers={"Retry-After": after})
+
+
+class AuditThrottle:
+    """Lets one refusal per source through every ``period`` seconds, counting the ones held back."""
+
+    def __init__(self, period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+
+    def allow(self, source: str) -> int | None:
+        """None to hold this refusal back; else how many were held back since the last one let through."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(source)
+            if last is not None and now - last[0] < self.period:
+                self._last[source] = (last[0], last[1] + 1)
+                return None
+            self._last.pop(source, None)
+            self._last[source] = (now, 0)
+            while len(self._last) > MAX_SOURCES:
+                self._last.popitem(last=False)
+            return last[1] if last else 0
