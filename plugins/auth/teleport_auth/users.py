@@ -4,7 +4,8 @@ Backend keys (all of a user's keys share the ``/users/<name>/`` prefix, so one r
 returns everything about a user and ``delete`` is one range delete):
 
 * ``/users/<name>/params``: ``{"name", "roles", "traits", "created", "created_by"}``
-* ``/users/<name>/pwd``: ``{"hash": "<bcrypt>"}`` (cost 12)
+* ``/users/<name>/pwd``: ``{"hash": "<bcrypt>"}`` (cost 12); ``"prehash": "sha256"`` when the
+  password was longer than bcrypt's 72 bytes (see below)
 * ``/users/<name>/totp``: ``{"secret": "<base32>", "last_step": <int>}``: the last accepted
   30-second time step, so a code is accepted once
 * ``/users/<name>/attempts/<id>``: ``{"time": ...}`` per failed login, expiring after 30 minutes
@@ -18,8 +19,10 @@ or password`` when the second factor is off), whichever factor failed and whethe
 user exists; an unknown user costs the same bcrypt check as a known one. As in Teleport, only
 existing users get locked, so the lockout message does reveal that the user exists.
 
-Password policy: Teleport's minimum of 6 characters; at most 72 bytes of UTF-8, bcrypt's limit
-(Teleport's nominal 128-character maximum cannot be hashed by bcrypt past 72 bytes either).
+Password policy (:func:`check_password_policy`, at invite and reset completion): Teleport's
+12 to 128 characters, no NUL. bcrypt reads at most 72 bytes, so a longer password (in UTF-8)
+is hashed as bcrypt over the base64 of its SHA-256 (passlib's ``bcrypt_sha256`` construction)
+and its record says ``"prehash": "sha256"``; every character then counts.
 
 Times are checked against the injected ``now`` clock (values hold them); backend expiries
 derived from it only garbage-collect, so the clock must not run behind the real time.
@@ -28,8 +31,10 @@ derived from it only garbage-collect, so the clock must not run behind the real 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import json
 import secrets
@@ -51,8 +56,9 @@ from teleport_core.secret import Secret
 
 USERS_PREFIX = b"/users/"
 BCRYPT_COST = 12
-MIN_PASSWORD_LENGTH = 6
-MAX_PASSWORD_BYTES = 72
+MIN_PASSWORD_LENGTH = 12  # characters, as Teleport
+MAX_PASSWORD_LENGTH = 128
+MAX_PASSWORD_BYTES = 72  # what bcrypt reads; longer passwords are pre-hashed with SHA-256
 MAX_LOGIN_ATTEMPTS = 5
 ATTEMPT_WINDOW = dt.timedelta(minutes=30)
 LOCK_DURATION = dt.timedelta(minutes=30)
@@ -120,16 +126,26 @@ def check_traits(traits: Any) -> dict[str, list[str]]:
 
 
 def check_password_policy(password: Secret) -> bytes:
-    """The password as bytes if it meets the policy, else :class:`PasswordPolicyError`."""
+    """The password as bytes (UTF-8) if it meets the policy, else :class:`PasswordPolicyError`."""
     text = password.reveal()
     if len(text) < MIN_PASSWORD_LENGTH:
         raise PasswordPolicyError(f"password is too short: use at least {MIN_PASSWORD_LENGTH} characters")
-    data = text.encode()
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise PasswordPolicyError(f"password is too long: use at most {MAX_PASSWORD_BYTES} bytes")
+    if len(text) > MAX_PASSWORD_LENGTH:
+        raise PasswordPolicyError(f"password is too long: use at most {MAX_PASSWORD_LENGTH} characters")
     if "\x00" in text:
         raise PasswordPolicyError("password must not contain NUL characters")
-    return data
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        raise PasswordPolicyError("password must be valid Unicode text") from None
+
+
+def _bcrypt_input(data: bytes) -> tuple[bytes, str | None]:
+    """What bcrypt hashes for a password and the pre-hash used: the password itself up to
+    72 bytes, else the base64 of its SHA-256 (44 bytes, no NUL)."""
+    if len(data) <= MAX_PASSWORD_BYTES:
+        return data, None
+    return base64.b64encode(hashlib.sha256(data).digest()), "sha256"
 
 
 def new_totp_secret() -> Secret:
@@ -380,11 +396,12 @@ class UserStore:
 
     async def set_password(self, name: str, password: Secret) -> None:
         """Hash (bcrypt, off the event loop) and store a new password that meets the policy."""
-        data = check_password_policy(password)
+        data, prehash = _bcrypt_input(check_password_policy(password))
         prefix = self._prefix(name)
         await self._require(name)
         hashed = await asyncio.to_thread(bcrypt.hashpw, data, bcrypt.gensalt(self.bcrypt_cost))
-        await self.backend.put(Item(prefix + b"pwd", _encode({"hash": hashed.decode()})))
+        record = {"hash": hashed.decode(), **({"prehash": prehash} if prehash else {})}
+        await self.backend.put(Item(prefix + b"pwd", _encode(record)))
 
     async def _dummy(self) -> bytes:
         if self._dummy_hash is None:
@@ -394,9 +411,13 @@ class UserStore:
 
     async def _check_password(self, pwd: Item | None, password: Secret) -> bool:
         """bcrypt check; a missing hash or an over-long password costs a dummy check and fails."""
-        hashed = _json(pwd)["hash"].encode() if pwd is not None else None
-        candidate = password.reveal().encode()
-        usable = hashed is not None and 0 < len(candidate) <= MAX_PASSWORD_BYTES
+        record = _json(pwd) if pwd is not None else {}
+        hashed = record["hash"].encode() if pwd is not None else None
+        text = password.reveal()
+        candidate = text.encode(errors="replace")
+        if record.get("prehash") == "sha256":
+            candidate = _bcrypt_input(candidate)[0] if len(candidate) > MAX_PASSWORD_BYTES else b""
+        usable = hashed is not None and 0 < len(candidate) <= MAX_PASSWORD_BYTES and len(text) <= MAX_PASSWORD_LENGTH
         if not usable or hashed is None:
             await asyncio.to_thread(bcrypt.checkpw, b"not the password", await self._dummy())
             return False
@@ -417,6 +438,11 @@ class UserStore:
             if hmac.compare_digest(totp.generate_otp(candidate).encode(), offered):
                 matched = candidate
         return matched
+
+    def totp_code_valid(self, secret: Secret, code: Secret) -> bool:
+        """Whether ``code`` is the app's code for ``secret`` now (±1 step), without using it:
+        an enrollment checks it before it spends the invite."""
+        return self._match_step(secret.reveal(), code, self._step(self._now())) is not None
 
     async def set_totp(self, name: str, secret: Secret, code: Secret | None = None) -> None:
         """Enroll a TOTP secret (:func:`new_totp_secret`); with ``code``, first prove the app has it.

@@ -161,22 +161,33 @@ def test_unknown_users_cost_a_bcrypt_check_too(with_backend: Any, monkeypatch: A
 @pytest.mark.parametrize(
     ("password", "message"),
     [
-        ("12345", "password is too short: use at least 6 characters"),
-        ("x" * 73, "password is too long: use at most 72 bytes"),
-        ("é" * 37, "password is too long: use at most 72 bytes"),
-        ("abcdef\x00", "password must not contain NUL characters"),
+        ("12345", "password is too short: use at least 12 characters"),
+        ("password", "password is too short: use at least 12 characters"),
+        ("x" * 11, "password is too short: use at least 12 characters"),
+        ("x" * 129, "password is too long: use at most 128 characters"),
+        ("é" * 129, "password is too long: use at most 128 characters"),
+        ("abcdefghijkl\x00", "password must not contain NUL characters"),
+        ("abcdefghijkl\udcff", "password must be valid Unicode text"),
     ],
 )
 def test_password_policy(with_backend: Any, password: str, message: str) -> None:
+    """Teleport's policy: 12 to 128 characters (every one counts, past bcrypt's 72 bytes too)."""
     async def body(backend: Any) -> None:
         store = UserStore(backend, bcrypt_cost=FAST)
         await store.create("joe")
         with pytest.raises(PasswordPolicyError) as info:
             await store.set_password("joe", Secret(password))
         assert str(info.value) == message
-        for ok in ("123456", "x" * 72, "é" * 36):
+        for ok in ("123456789012", "x" * 72, "x" * 128, "é" * 36, "é" * 128, "🔑" * 40):
             await store.set_password("joe", Secret(ok))
             await store.authenticate("joe", Secret(ok), second_factor="off")
+            if len(ok.encode()) > 72:  # a change past byte 72 is a wrong password, not the same one
+                with pytest.raises(AuthenticationFailed):
+                    await store.authenticate("joe", Secret(ok[:-1] + "y"), second_factor="off")
+                with pytest.raises(AuthenticationFailed):
+                    await store.authenticate("joe", Secret(ok[:36]), second_factor="off")
+        record = json.loads((await backend.get(b"/users/joe/pwd")).value)
+        assert record["prehash"] == "sha256" and record["hash"].startswith("$2b$04$")
 
     with_backend(body)
 
