@@ -6,7 +6,7 @@
   auth and returns SSH and TLS certificates and the host CA for known_hosts
 - ``GET /v1/webapi/users/password/token/{token}`` -> ``{"user", "otp_uri"}``;
   ``PUT /v1/webapi/users/password/token`` with ``{"token", "password", "second_factor_token"}``;
-  ``GET /web/invite/{token}``: a minimal HTML page doing the same
+  ``GET /web/invite/{token}``: a minimal HTML page doing the same (its script: ``GET /web/invite.js``)
 - ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
   authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
   optional for the other endpoints).
@@ -15,18 +15,19 @@
   proxy asks auth with its own certificate and forwards the caller's
   (``teleport_core.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
 
-Errors are ``{"error": reason}`` with the status auth gave (401, 403, 404 ...).
+Errors are ``{"error": reason}`` with the status auth gave (401, 403, 404 ...). Every response
+carries the security headers of :mod:`teleport_proxy.headers` (HSTS, a strict CSP, no framing).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_core import __version__
@@ -40,7 +41,9 @@ from teleport_core.errors import (
     TeleportError,
 )
 from teleport_core.tlsserver import client_certificate
+from teleport_proxy import pages
 from teleport_proxy.certs import UserCert, user_from_tls_cert
+from teleport_proxy.headers import SecurityHeaders
 
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
@@ -134,34 +137,13 @@ class WebAPI:
         return JSONResponse({"user": done["user"]})
 
     async def invite_page(self, request: Request) -> Response:
+        """The invite page; its script is ``/web/invite.js`` (no inline script under the CSP)."""
         token = request.path_params["token"]
         try:
             found = await self.proxy.auth.get_user_token(token)
         except TeleportError as exc:
-            return HTMLResponse(f"<!doctype html><title>Invite</title><p>{html.escape(str(exc))}</p>",
-                                status_code=error(exc).status_code)
-        otp = found.get("otp_uri", "")
-        token_js = json.dumps(token).replace("<", "\\u003c")  # safe inside <script>
-        otp_part = (f'<p>Add this to your authenticator app: <code>{html.escape(otp)}</code></p>'
-                    '<label>Authenticator code <input id="otp" autocomplete="one-time-code"></label>') if otp else ""
-        page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Set up {html.escape(found["user"])}</title></head>
-<body><h1>Welcome, {html.escape(found["user"])}</h1>
-<form id="f"><label>Password <input id="pw" type="password" autocomplete="new-password"></label>
-{otp_part}<button>Set password</button></form><p id="out"></p>
-<script>
-document.getElementById("f").onsubmit = async (e) => {{
-  e.preventDefault();
-  const otp = document.getElementById("otp");
-  const r = await fetch("/v1/webapi/users/password/token", {{method: "PUT",
-    headers: {{"Content-Type": "application/json"}},
-    body: JSON.stringify({{token: {token_js}, password: document.getElementById("pw").value,
-                          second_factor_token: otp ? otp.value : ""}})}});
-  const j = await r.json();
-  document.getElementById("out").textContent = r.ok ? "Done: log in with tsh login --user=" + j.user : j.error;
-}};
-</script></body></html>"""
-        return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+            return pages.error_page(str(exc), error(exc).status_code)
+        return pages.invite_page(found["user"], token, found.get("otp_uri", ""))
 
     def caller(self, request: Request) -> UserCert:
         """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
@@ -250,7 +232,7 @@ document.getElementById("f").onsubmit = async (e) => {{
 
 def build_app(proxy: ProxyService) -> Starlette:
     api = WebAPI(proxy)
-    return Starlette(routes=[
+    return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/webapi/ping", api.ping, methods=["GET"]),
         Route("/webapi/find", api.ping, methods=["GET"]),
         Route("/v1/webapi/ping", api.ping, methods=["GET"]),
@@ -258,6 +240,8 @@ def build_app(proxy: ProxyService) -> Starlette:
         Route("/v1/webapi/users/password/token/{token}", api.get_invite, methods=["GET"]),
         Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
         Route("/web/invite/{token}", api.invite_page, methods=["GET"]),
+        Route("/web/invite.js", pages.invite_js, methods=["GET"]),
+        Route("/favicon.ico", pages.favicon, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),

@@ -1,0 +1,69 @@
+"""Security headers on every response of the proxy's web port (an ASGI middleware).
+
+- ``Strict-Transport-Security``: browsers keep to HTTPS for a year (the port serves only HTTPS);
+- ``Content-Security-Policy``: scripts, styles, images and requests from this origin only, no
+  inline script, no plugins, no framing, no ``<base>``;
+- ``X-Frame-Options: DENY`` (older browsers), ``X-Content-Type-Options: nosniff``,
+  ``Referrer-Policy: no-referrer`` (an invite token in the URL never leaves in a Referer).
+
+The web API sets no cookie. Should one ever appear, :func:`cookie_allowed` holds it to the
+rule (``__Host-`` name, ``Secure``, ``HttpOnly``, ``SameSite=Strict``, ``Path=/``, no
+``Domain``): a ``Set-Cookie`` that breaks it is dropped and logged, never sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from teleport_core.logs import get_logger
+
+CSP = "default-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+_OURS = {name for name, _ in HEADERS}
+log = get_logger("proxy")
+
+
+def cookie_allowed(value: str) -> bool:
+    """Whether a ``Set-Cookie`` value is a ``__Host-`` cookie that is Secure, HttpOnly,
+    SameSite=Strict, for ``Path=/`` and without ``Domain``."""
+    name, _, rest = value.partition("=")
+    attributes = {part.strip().split("=", 1)[0].lower(): part.strip() for part in rest.split(";")[1:]}
+    return (name.strip().startswith("__Host-") and "secure" in attributes and "httponly" in attributes
+            and attributes.get("samesite", "").lower() == "samesite=strict"
+            and attributes.get("path", "") in ("Path=/", "path=/") and "domain" not in attributes)
+
+
+class SecurityHeaders:
+    """ASGI middleware: adds :data:`HEADERS` to each HTTP response (replacing any the app set)
+    and drops a ``Set-Cookie`` that :func:`cookie_allowed` refuses."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                kept = []
+                for name, value in message.get("headers", []):
+                    lowered = bytes(name).lower()
+                    if lowered in _OURS:
+                        continue
+                    if lowered == b"set-cookie" and not cookie_allowed(bytes(value).decode("latin-1")):
+                        log.error("dropped a cookie that is not __Host-, Secure, HttpOnly, SameSite=Strict",
+                                  path=scope.get("path", ""), cookie=bytes(value).decode("latin-1").split("=")[0])
+                        continue
+                    kept.append((name, value))
+                message = {**message, "headers": [*kept, *HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
