@@ -280,7 +280,7 @@ def test_calls_without_certificate_or_with_bad_body_are_refused(cluster):
         async with cluster.admin() as admin:
             for path, payload, message in [
                 ("/v1/users", {"name": "x"}, "roles: required"),
-                ("/v1/users", {"name": "x", "roles": "access"}, "roles: expected a list of strings"),
+                ("/v1/users", {"name": "x", "roles": "access"}, "roles: expected a list"),
                 ("/v1/users", {"name": "x", "roles": ["nope"]}, 'roles: no such role "nope"'),
                 ("/v1/tokens", {"roles": ["node"], "ttl": "forever"}, 'ttl: expected a duration like "30m"'),
                 ("/v1/tokens", {"roles": ["node"], "ttl": "2h"}, "exceeds"),

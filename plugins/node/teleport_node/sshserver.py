@@ -369,16 +369,27 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return _lock_reason(state, cert, self.login)
 
     def terminate(self, reason: str) -> None:
-        """A lock now matches: write ``reason`` to every session's stderr, end them, close (audited)."""
+        """A lock now matches: write ``reason`` to every session's stderr, end them, close (audited).
+
+        The message goes out on the pump thread, which owns the sessions' channels: a channel
+        closed from another thread closes paramiko's event pipe under the pump's feet, and a new
+        session reusing that descriptor number would lose its end. Closing the connection hangs
+        the sessions up (SIGHUP), and each then finishes on the pump as any session does."""
         self.emit("auth", "failure", error=reason, success=False)
         self.server.log.info("ending a locked connection", user=self.cert.user if self.cert else "",
                              login=self.login, remote=self.remote, reason=reason)
-        for session in list(self.sessions.values()):
-            channel = session.channel
-            with contextlib.suppress(Exception):  # a session's channel is non-blocking: a full window drops it
-                channel.send_stderr(f"\r\n{reason}\r\n".encode())
-                channel.send_exit_status(255)
-                channel.close()
+        told = threading.Event()
+
+        def tell() -> None:
+            try:
+                for session in list(self.sessions.values()):
+                    with contextlib.suppress(Exception):  # non-blocking channel: a full window drops it
+                        session.channel.send_stderr(f"\r\n{reason}\r\n".encode())
+            finally:
+                told.set()
+
+        self.server.pump.call(tell)
+        told.wait(5)
         self.close()
 
     def emit(self, event: str, outcome: str = "ok", **fields: Any) -> None:

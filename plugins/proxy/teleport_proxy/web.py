@@ -22,8 +22,9 @@ carries the security headers of :mod:`teleport_proxy.headers` (HSTS, a strict CS
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -40,19 +41,30 @@ from teleport_core.errors import (
     NotFound,
     TeleportError,
 )
+from teleport_core.schema import PayloadTooLarge, read_body, validate_body, validate_path, validate_query
 from teleport_core.tlsserver import client_certificate
 from teleport_proxy import pages
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.headers import SecurityHeaders
+from teleport_proxy.webmodels import (
+    OPENAPI_PATH,
+    PATH_PARAMS,
+    SMALL_BODY,
+    CompleteInviteBody,
+    LoginBody,
+    RecordingsQuery,
+    openapi_document,
+)
 
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
 
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthenticationFailed, 401), (AccessDenied, 403), (NotFound, 404), (AlreadyExists, 409),
-    (CompareFailed, 412), (ConnectionProblem, 502), (TeleportError, 400),
+    (CompareFailed, 412), (ConnectionProblem, 502), (PayloadTooLarge, 413), (TeleportError, 400),
 ]
-MAX_BODY = 64 * 1024
+MAX_BODY = SMALL_BODY
+M = TypeVar("M", bound=BaseModel)
 
 
 def error(exc: BaseException) -> JSONResponse:
@@ -62,24 +74,9 @@ def error(exc: BaseException) -> JSONResponse:
     return JSONResponse({"error": "internal error"}, status_code=500)
 
 
-async def body_of(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise TeleportError("request body too large")
-    try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
-        raise TeleportError("request body is not JSON (or nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise TeleportError("request body must be a JSON object")
-    return data
-
-
-def text(body: dict[str, Any], name: str, required: bool = True) -> str:
-    value = body.get(name, "")
-    if not isinstance(value, str) or (required and not value):
-        raise TeleportError(f"{name}: {'required' if required else 'expected a string'}")
-    return value
+async def body_of(request: Request, model: type[M]) -> M:
+    """The request body as ``model`` (:mod:`teleport_proxy.webmodels`): a 400 naming the field, a 413 over the limit."""
+    return validate_body(model, await read_body(request, MAX_BODY))
 
 
 class WebAPI:
@@ -102,12 +99,15 @@ class WebAPI:
         return JSONResponse(self._ping())
 
     async def login(self, request: Request) -> Response:
+        limited = await self.proxy.login_limited(request.client.host if request.client else "")
+        if limited is not None:  # 429 + Retry-After: too many attempts from this address
+            return limited
         try:
-            body = await body_of(request)
+            body = await body_of(request, LoginBody)
             client_ip = request.client.host if request.client else ""
-            answer = await self.proxy.auth.login(
-                text(body, "user"), text(body, "password"), text(body, "otp_token", required=False),
-                text(body, "pub_key"), text(body, "ttl", required=False), client_ip)
+            answer = await self.proxy.auth.login(body.user, body.password, body.otp_token, body.pub_key, body.ttl,
+                                                  client_ip)
+            self.proxy.login_rate.refund(client_ip)  # only failed attempts count
         except TeleportError as exc:
             return error(exc)
         return JSONResponse({
@@ -119,6 +119,7 @@ class WebAPI:
 
     async def get_invite(self, request: Request) -> Response:
         try:
+            validate_path(PATH_PARAMS, request.path_params)
             found = await self.proxy.auth.get_user_token(request.path_params["token"])
         except TeleportError as exc:
             return error(exc)
@@ -129,9 +130,8 @@ class WebAPI:
 
     async def complete_invite(self, request: Request) -> Response:
         try:
-            body = await body_of(request)
-            done = await self.proxy.auth.complete_user_token(
-                text(body, "token"), text(body, "password"), text(body, "second_factor_token", required=False))
+            body = await body_of(request, CompleteInviteBody)
+            done = await self.proxy.auth.complete_user_token(body.token, body.password, body.second_factor_token)
         except TeleportError as exc:
             return error(exc)
         return JSONResponse({"user": done["user"]})
@@ -140,6 +140,7 @@ class WebAPI:
         """The invite page; its script is ``/web/invite.js`` (no inline script under the CSP)."""
         token = request.path_params["token"]
         try:
+            validate_path(PATH_PARAMS, request.path_params)
             found = await self.proxy.auth.get_user_token(token)
         except TeleportError as exc:
             return pages.error_page(str(exc), error(exc).status_code)
@@ -149,7 +150,12 @@ class WebAPI:
         """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
         der = client_certificate(request.scope)
         if der is None:
-            raise AuthenticationFailed("a client certificate from tsh login is required")
+            reason = "a client certificate from tsh login is required"
+            client = request.client  # audited (T3007W), once per source and period
+            if self.proxy.web is not None:
+                self.proxy.web.refused(f"{client.host}:{client.port}" if client else "",
+                                       f"{request.method} {request.url.path}: {reason}")
+            raise AuthenticationFailed(reason)
         user = user_from_tls_cert(der)
         locked = self.proxy.lock_reason(user)
         if locked:
@@ -161,6 +167,7 @@ class WebAPI:
 
     async def nodes(self, request: Request) -> Response:
         try:
+            validate_path(PATH_PARAMS, request.path_params)
             user = self.caller(request)
             nodes = await self.proxy.visible_nodes(user)
         except TeleportError as exc:
@@ -180,6 +187,7 @@ class WebAPI:
         return der
 
     def _check_cluster(self, request: Request) -> None:
+        validate_path(PATH_PARAMS, request.path_params)
         cluster = request.path_params["cluster"]
         if cluster != self.proxy.cluster_name:
             raise NotFound(f"cluster {json.dumps(cluster)} is not found (this proxy serves {self.proxy.cluster_name})")
@@ -189,12 +197,9 @@ class WebAPI:
         try:
             self._check_cluster(request)
             der = self._user_cert(request)
-            params = request.query_params
-            limit = params.get("limit", "")
-            if limit and not limit.isdigit():
-                raise TeleportError("limit: expected a number")
+            params = validate_query(RecordingsQuery, request.query_params)
             sessions = await self.proxy.auth.list_recordings(
-                since=params.get("from", ""), until=params.get("to", ""), limit=int(limit or 0), user_cert=der)
+                since=params.since, until=params.until, limit=params.limit, user_cert=der)
         except TeleportError as exc:
             return error(exc)
         return JSONResponse(sessions)
@@ -230,6 +235,11 @@ class WebAPI:
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
 
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this API (:func:`teleport_proxy.webmodels.openapi_document`)."""
+    return JSONResponse(openapi_document())
+
+
 def build_app(proxy: ProxyService) -> Starlette:
     api = WebAPI(proxy)
     return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
@@ -245,4 +255,5 @@ def build_app(proxy: ProxyService) -> Starlette:
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),
+        Route(OPENAPI_PATH, openapi, methods=["GET"]),
     ])

@@ -19,47 +19,44 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_auth.api import changes, cluster, events, inventory, join, locks, roles, sessions, tokens, users
-from teleport_auth.api.core import MAX_BODY, BadRequest, Operation, endpoint, error_response
-from teleport_core import __version__
+from teleport_auth.api.core import MAX_BODY, PATH_PARAMS, BadRequest, Operation, endpoint, error_response
+from teleport_core import __version__, schema
 
 if TYPE_CHECKING:
     from teleport_auth.service import AuthService
 
-__all__ = ["API", "MAX_BODY", "ROUTES", "BadRequest", "Operation", "build_app", "endpoint", "error_response",
-           "openapi_document"]
+__all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation", "build_app", "endpoint",
+           "error_response", "openapi_document"]
 
 
 class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, users.UsersAPI, tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
+    operations = {op.handler: op for op in [
+        *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
+        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES]}
+
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
 
-ROUTES: list[Operation] = [
-    *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
-    *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES,
-]
+ROUTES: list[Operation] = list(API.operations.values())
+#: where the OpenAPI document is served (no certificate needed)
+OPENAPI_PATH = "/v1/openapi.json"
 
 
 def openapi_document() -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for op in ROUTES:
-        paths.setdefault(op.path, {})[op.method.lower()] = {
-            "operationId": op.handler,
-            "summary": op.summary,
-            "responses": {"200": {"description": "OK (JSON)"},
-                          "400": {"description": "bad request: {\"error\": reason}"},
-                          "401": {"description": "no or bad credentials"},
-                          "403": {"description": "access denied: {\"error\": reason}"},
-                          "404": {"description": "not found"}},
-        }
-    return {"openapi": "3.0.3", "info": {"title": "teleport-py auth API", "version": __version__}, "paths": paths}
+    """The OpenAPI 3.1 document of the auth API, generated from the routes' models."""
+    ops = [*ROUTES, Operation(OPENAPI_PATH, "GET", "openapi", "This document (OpenAPI 3.1)", response=dict[str, Any],
+                              anonymous=True, errors=())]
+    return schema.openapi_document(
+        "teleport-py auth API", __version__, ops, PATH_PARAMS,
+        description="JSON over mutual TLS. Errors are {\"error\": reason}; a 400 names the field.")
 
 
 def build_app(service: AuthService) -> Starlette:
     api = API(service)
     routes = [Route(op.path, getattr(api, op.handler), methods=[op.method]) for op in ROUTES]
-    routes.append(Route("/v1/openapi.json", api.openapi, methods=["GET"]))
+    routes.append(Route(OPENAPI_PATH, api.openapi, methods=["GET"]))
     return Starlette(routes=routes)

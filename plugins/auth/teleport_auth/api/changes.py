@@ -7,11 +7,24 @@ import contextlib
 import hashlib
 from typing import Any
 
+from pydantic import Field
 from starlette.requests import Request
 
-from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint
+from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint, query
 from teleport_core.access import Identity
 from teleport_core.backend import range_end
+from teleport_core.schema import Query, Reply, Word
+
+
+class ChangesQuery(Query):
+    kind: Word = Field("", description="role, cert_authority or lock (required)")
+    version: Word = Field("", description="the version the caller has; the call waits while it is current")
+    timeout: float = Field(30.0, allow_inf_nan=False, description="seconds to wait at most (0..60, clamped)")
+
+
+class ChangesReply(Reply):
+    kind: str
+    version: str
 
 
 class ChangesAPI(APIBase):
@@ -27,15 +40,13 @@ class ChangesAPI(APIBase):
         a round trip, without re-login and without polling the data itself.
         """
         assert identity is not None
-        kind = request.query_params.get("kind", "")
+        params = query(request, ChangesQuery)
+        kind = params.kind
         if kind not in CHANGE_PREFIXES:
             raise BadRequest(f"kind: expected one of {', '.join(sorted(CHANGE_PREFIXES))}")
         await self.authorize(request, identity, "read", kind)
-        try:
-            timeout = min(max(float(request.query_params.get("timeout", "30")), 0.0), 60.0)
-        except ValueError:
-            raise BadRequest("timeout: expected seconds") from None
-        seen = request.query_params.get("version", "")
+        timeout = min(max(params.timeout, 0.0), 60.0)
+        seen = params.version
         prefix = CHANGE_PREFIXES[kind]
         backend = self.service.backend
         async with backend.watch([prefix]) as watcher:
@@ -62,6 +73,7 @@ async def state_version(backend: Any, prefix: bytes) -> str:
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/changes", "GET", "changes", "Long poll until roles, CAs or locks change (kind, version, timeout)"),
+    Operation("/v1/changes", "GET", "changes", "Long poll until roles, CAs or locks change (kind, version, timeout)",
+              query=ChangesQuery, response=ChangesReply),
 ]
 

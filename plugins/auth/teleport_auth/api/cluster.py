@@ -4,16 +4,74 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
 from starlette.requests import Request
 
-from teleport_auth.api.core import APIBase, Operation, endpoint, field, read_json
+from teleport_auth.api.core import APIBase, Operation, body, endpoint
 from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
 from teleport_auth.rotation import RotateRequest, rotation_status
 from teleport_core import __version__
 from teleport_core.access import Identity
-from teleport_core.errors import (
-    NotFound,
-)
+from teleport_core.errors import NotFound
+from teleport_core.schema import Body, Duration, Reply, Word
+
+
+class RotateBody(Body):
+    """``tctl auth rotate``: the phase to move to (default ``init``), ``manual`` or ``auto``, the grace period."""
+
+    phase: Word = Field("", description="init, update_clients, update_servers, standby or rollback")
+    mode: Word = Field("", description="manual or auto")
+    grace_period: Duration = ""
+
+
+class AuthSettings(Reply):
+    type: str
+    second_factor: str
+
+
+class PingReply(Reply):
+    cluster_name: str
+    server_version: str
+    host_ca_pems: list[str]
+    auth: AuthSettings
+    session_recording: str
+    proxy_public_addr: str
+
+
+class RotationState(Reply):
+    """A CA's rotation: its phase, mode, state (``standby`` or ``in_progress``) and schedule."""
+
+    phase: str
+    mode: str
+    state: str
+    schedule: dict[str, str] | None = None
+
+
+class StatusReply(Reply):
+    cluster_name: str
+    version: str
+    ca_pin: str
+    ca_pins: list[str]
+    cas: dict[str, RotationState]
+
+
+class CAReply(Reply):
+    type: str
+    cluster_name: str
+    ssh_public_keys: list[str]
+    tls_certs: list[str]
+    known_hosts: str
+    rotation: RotationState
+
+
+class RotatedCA(RotationState):
+    type: str
+    previous_phase: str
+
+
+class RotateReply(Reply):
+    rotated: list[RotatedCA]
+    ca_pin: str
 
 
 class ClusterAPI(APIBase):
@@ -67,23 +125,23 @@ class ClusterAPI(APIBase):
         """``tctl auth rotate``: move the user, host or both (``all``) CAs to a rotation phase."""
         assert identity is not None
         svc = self.service
-        body = await read_json(request)
-        rotate = RotateRequest.parse(
-            request.path_params["ca_type"],
-            phase=field(body, "phase", required=False, default=""),
-            mode=field(body, "mode", required=False, default=""),
-            grace_period=field(body, "grace_period", required=False, default=""),
-        )
+        wanted = body(request, RotateBody)
+        rotate = RotateRequest.parse(request.path_params["ca_type"], phase=wanted.phase, mode=wanted.mode,
+                                     grace_period=wanted.grace_period)
         changes = await svc.rotation.rotate(rotate, actor=identity.name)
         return {"rotated": [change.to_dict() for change in changes], "ca_pin": ca_pin(svc.host_ca)}
 
 
 ROUTES: list[Operation] = [
     Operation("/v1/ping", "GET", "ping",
-              "Cluster name, version, host CA certificates, auth settings (no certificate needed)"),
-    Operation("/v1/status", "GET", "status", "Cluster status: CA pin and the rotation state of each CA"),
-    Operation("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA"),
+              "Cluster name, version, host CA certificates, auth settings (no certificate needed)",
+              response=PingReply, anonymous=True, errors=()),
+    Operation("/v1/status", "GET", "status", "Cluster status: CA pin and the rotation state of each CA",
+              response=StatusReply),
+    Operation("/v1/cas/{ca_type}", "GET", "get_ca", "Public keys and certificates of the user or host CA",
+              response=CAReply),
     Operation("/v1/cas/{ca_type}/rotate", "POST", "rotate_ca",
-     "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)"),
+              "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)",
+              body=RotateBody, response=RotateReply, errors=("401", "403", "404", "409", "412")),
 ]
 

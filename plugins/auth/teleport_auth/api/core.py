@@ -9,10 +9,10 @@ import functools
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import attrs
 from cryptography import x509
+from pydantic import BaseModel, StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,6 +33,20 @@ from teleport_core.errors import (
     TeleportError,
 )
 from teleport_core.locks import Lock, lock_message
+from teleport_core.schema import (
+    NAME_MAX,
+    NO_CONTROL,
+    InvalidRequest,
+    Name,
+    PayloadTooLarge,
+    read_body,
+    validate_body,
+    validate_path,
+    validate_query,
+)
+from teleport_core.schema import (
+    Operation as Operation,  # re-exported: the resource modules build their route tables from it
+)
 from teleport_core.tlsserver import client_certificate
 
 if TYPE_CHECKING:
@@ -42,6 +56,7 @@ if TYPE_CHECKING:
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthenticationFailed, 401),
     (AccessDenied, 403),
+    (PayloadTooLarge, 413),
     (NotFound, 404),
     (AlreadyExists, 409),
     (CompareFailed, 412),
@@ -55,8 +70,9 @@ PROXY_TTL = dt.timedelta(minutes=10)
 PROXY_TOKEN_KIND = "proxy_token"  # noqa: S105 - a resource kind, not a secret
 
 
-class BadRequest(TeleportError):
+class BadRequest(InvalidRequest):
     """A request body that is not what the endpoint takes."""
+
 
 def error_response(exc: BaseException) -> JSONResponse:
     for kind, status in STATUS:
@@ -76,45 +92,8 @@ async def drain_body(request: Request) -> None:
                 break
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise BadRequest(f"request body over {MAX_BODY} bytes")
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
-
-
-def field(body: dict[str, Any], name: str, kind: type = str, *, required: bool = True, default: Any = None) -> Any:
-    """``body[name]`` checked against ``kind``; a 400 naming the field otherwise."""
-    if name not in body or body[name] is None:
-        if required:
-            raise BadRequest(f"{name}: required")
-        return default
-    value = body[name]
-    if kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise BadRequest(f"{name}: expected a list of strings")
-        return value
-    if kind is dict:
-        if not isinstance(value, dict):
-            raise BadRequest(f"{name}: expected an object")
-        return value
-    if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool):
-        raise BadRequest(f"{name}: expected {kind.__name__}")
-    return value
-
-
-def ttl_field(body: dict[str, Any], name: str = "ttl") -> dt.timedelta | None:
-    text = field(body, name, required=False, default="")
+def duration(text: str, name: str = "ttl") -> dt.timedelta | None:
+    """A duration field's value ("" is None: the default); a 400 naming the field when it is not one."""
     if not text:
         return None
     try:
@@ -124,6 +103,29 @@ def ttl_field(body: dict[str, Any], name: str = "ttl") -> dt.timedelta | None:
 
 
 Handler = Callable[[Any, Request, Identity | None], Awaitable[Any]]
+M = TypeVar("M", bound=BaseModel)
+
+#: the type of each path parameter, checked before authorization (a name is used in the decision)
+PATH_PARAMS: dict[str, Any] = {
+    "name": Name,
+    "uuid": Name,
+    "sid": Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL)],
+    "ca_type": Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[a-z_]+$")],
+}
+
+
+def body(request: Request, model: type[M]) -> M:
+    """The request body, validated as ``model`` by :func:`endpoint` before the handler runs."""
+    value = request.state.body
+    assert isinstance(value, model)
+    return value
+
+
+def query(request: Request, model: type[M]) -> M:
+    """The query string, validated as ``model`` by :func:`endpoint`."""
+    value = request.state.query
+    assert isinstance(value, model)
+    return value
 
 
 def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, name_param: str = "") -> Callable[
@@ -143,9 +145,15 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                     raise AuthenticationFailed(reason)
                 if identity is not None:
                     await self.refuse_locked(request, identity, exempt=handler.__name__ in LOCKED_HOST_CALLS)
+                op = self.operations.get(handler.__name__)
+                validate_path(PATH_PARAMS, request.path_params)
+                if op is not None and op.query is not None:
+                    request.state.query = validate_query(op.query, request.query_params)
                 if verb is not None and kind is not None and identity is not None:
                     name = request.path_params.get(name_param, "") if name_param else ""
                     await self.authorize(request, identity, verb, kind, name)
+                if op is not None and op.body is not None:  # read only after authorization, within the limit
+                    request.state.body = validate_body(op.body, await read_body(request, op.max_body))
                 result = await handler(self, request, identity)
             except Exception as exc:
                 if not isinstance(exc, TeleportError):
@@ -175,20 +183,11 @@ SMALL_BODY = 64 * 1024
 RECORDING_MAX_BODY = 1 << 30
 
 
-@attrs.frozen
-class Operation:
-    """One route of the auth API: what the app, the OpenAPI document and the listener limits are built from."""
-
-    path: str
-    method: str
-    handler: str
-    summary: str
-    #: the largest request body this route takes (bytes); the HTTP listener may enforce it before reading
-    max_body: int = MAX_BODY
-
-
 class APIBase:
     """What every resource's routes share: the service, caller identification, authorization, auditing."""
+
+    #: the routes by handler name (set by the app): their models are validated before a handler runs
+    operations: dict[str, Operation] = {}
 
     def __init__(self, service: AuthService) -> None:
         self.service = service

@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field, model_validator
 from starlette.requests import Request
 
-from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint, read_json
+from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint, query
 from teleport_core.access import Identity
 from teleport_core.audit import AuditEvent, AuditQuery, parse_time
 from teleport_core.errors import (
     AccessDenied,
 )
+from teleport_core.schema import MAP_MAX, Body, Name, OptionalName, Query, Reply, Text, Timestamp, Word
+
+
+class EventBody(Body):
+    """An audit event a host emits: ``event``, ``code``, ``uid``, ``time`` and its fields (at most
+    128), checked and stamped by :mod:`teleport_auth.events_policy`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: Name
+    code: Word
+    uid: Name
+    time: Timestamp
+
+    @model_validator(mode="after")
+    def _few_fields(self) -> EventBody:
+        if len(self.model_extra or {}) > MAP_MAX:
+            raise ValueError(f"an event has at most {MAP_MAX} fields")
+        return self
+
+
+class EventsQuery(Query):
+    since: Timestamp = Field("", description="RFC 3339; default a day ago; no zone means UTC")
+    until: Timestamp = Field("", description="RFC 3339; default now")
+    type: Annotated[list[Word], Field(max_length=64, description="event types (repeat the parameter)")] = []
+    user: OptionalName = ""
+    sid: OptionalName = ""
+    limit: int = Field(500, description="events per page, 1..5000 (clamped)")
+    cursor: Text = Field("", description="next_cursor of the previous page")
+
+
+class StoredReply(Reply):
+    stored: str
+
+
+class EventsReply(Reply):
+    events: list[dict[str, Any]]
+    next_cursor: str
 
 
 class EventsAPI(APIBase):
@@ -26,9 +65,9 @@ class EventsAPI(APIBase):
         from teleport_auth import events_policy
         from teleport_auth.authz import host_uuid
 
-        body = await read_json(request)
+        sent = body(request, EventBody)
         try:
-            event = AuditEvent.from_dict(body)
+            event = AuditEvent.from_dict(sent.model_dump())
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         assert identity is not None
@@ -46,25 +85,24 @@ class EventsAPI(APIBase):
 
     @endpoint("list", "event")
     async def search_events(self, request: Request, identity: Identity | None) -> Any:
-        params = request.query_params
+        params = query(request, EventsQuery)
         now = dt.datetime.now(dt.UTC)
         try:
-            since_text, until_text = params.get("since", ""), params.get("until", "")
-            since = parse_time(since_text) if since_text else now - dt.timedelta(days=1)
-            until = parse_time(until_text) if until_text else now
-            limit = int(params.get("limit", "500"))
+            since = parse_time(params.since) if params.since else now - dt.timedelta(days=1)
+            until = parse_time(params.until) if params.until else now
         except ValueError as exc:
             raise BadRequest(f"bad query: {exc}") from None
-        query = AuditQuery(since=since, until=until, event_types=tuple(params.getlist("type")),
-                           user=params.get("user", ""), sid=params.get("sid", ""), limit=min(max(limit, 1), 5000),
-                           cursor=params.get("cursor", ""))
-        page = await self.service.audit.search(query)
+        wanted = AuditQuery(since=since, until=until, event_types=tuple(params.type), user=params.user, sid=params.sid,
+                            limit=min(max(params.limit, 1), 5000), cursor=params.cursor)
+        page = await self.service.audit.search(wanted)
         return {"events": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)"),
+    Operation("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)", body=EventBody,
+              response=StoredReply),
     Operation("/v1/events", "GET", "search_events",
-              "Search audit events (since, until, type, user, sid, limit, cursor)"),
+              "Search audit events (since, until, type, user, sid, limit, cursor)", query=EventsQuery,
+              response=EventsReply),
 ]
 

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from pydantic import Field
 from starlette.requests import Request
 
 from teleport_auth.api.core import (
@@ -15,9 +16,8 @@ from teleport_auth.api.core import (
     APIBase,
     BadRequest,
     Operation,
+    body,
     endpoint,
-    field,
-    read_json,
 )
 from teleport_auth.presence import NodeHeartbeat
 from teleport_core.access import Identity, IdentityKind
@@ -27,6 +27,47 @@ from teleport_core.errors import (
     NotFound,
 )
 from teleport_core.nodes import NodeInfo
+from teleport_core.schema import Body, Labels, Name, OptionalName, Reply, Text
+
+
+class NodeHeartbeatBody(Body):
+    """A node's heartbeat: its recorded nodename, address, static and command labels, whether tunnelled."""
+
+    nodename: Name
+    addr: Text = ""
+    labels: Labels = {}
+    cmd_labels: Labels = {}
+    tunnel: bool = False
+    uuid: OptionalName = Field("", description="ignored: the path names the node")
+
+
+class ProxyHeartbeatBody(Body):
+    """A proxy's heartbeat: its recorded nodename and the addresses clients use."""
+
+    nodename: Name
+    public_addr: Text
+    ssh_public_addr: Text = ""
+    uuid: OptionalName = Field("", description="ignored: the path names the proxy")
+
+
+class NodeReply(Reply):
+    uuid: str
+    nodename: str
+    addr: str
+    labels: dict[str, str]
+    tunnel: bool
+
+
+class DeletedNodeReply(Reply):
+    deleted: str
+    nodename: str
+
+
+class ProxyReply(Reply):
+    uuid: str
+    nodename: str
+    public_addr: str
+    ssh_public_addr: str = ""
 
 
 class InventoryAPI(APIBase):
@@ -45,16 +86,10 @@ class InventoryAPI(APIBase):
 
     @endpoint("update", "node", name_param="uuid")
     async def upsert_node(self, request: Request, identity: Identity | None) -> Any:
-        body = await read_json(request)
+        beat = body(request, NodeHeartbeatBody)
         uuid = request.path_params["uuid"]
-        heartbeat = NodeHeartbeat(
-            uuid=uuid,
-            nodename=field(body, "nodename"),
-            addr=field(body, "addr", required=False, default=""),
-            labels=field(body, "labels", dict, required=False, default={}),
-            cmd_labels=field(body, "cmd_labels", dict, required=False, default={}),
-            tunnel=field(body, "tunnel", bool, required=False, default=False),
-        )
+        heartbeat = NodeHeartbeat(uuid=uuid, nodename=beat.nodename, addr=beat.addr, labels=beat.labels,
+                                  cmd_labels=beat.cmd_labels, tunnel=beat.tunnel)
         assert identity is not None
         await self.check_heartbeat(request, identity, "Node", uuid, heartbeat.nodename)
         try:
@@ -107,10 +142,10 @@ class InventoryAPI(APIBase):
     @endpoint("update", "proxy", name_param="uuid")
     async def upsert_proxy(self, request: Request, identity: Identity | None) -> Any:
         """A proxy's heartbeat: the addresses clients use (invite URLs name the proxy)."""
-        body = await read_json(request)
+        beat = body(request, ProxyHeartbeatBody)
         uuid = request.path_params["uuid"]
-        entry = {"uuid": uuid, "nodename": field(body, "nodename"), "public_addr": field(body, "public_addr"),
-                 "ssh_public_addr": field(body, "ssh_public_addr", required=False, default="")}
+        entry = {"uuid": uuid, "nodename": beat.nodename, "public_addr": beat.public_addr,
+                 "ssh_public_addr": beat.ssh_public_addr}
         assert identity is not None
         await self.check_heartbeat(request, identity, "Proxy", uuid, entry["nodename"])
         expires = dt.datetime.now(dt.UTC) + PROXY_TTL
@@ -129,12 +164,14 @@ def node_dict(node: NodeInfo) -> dict[str, Any]:
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see"),
+    Operation("/v1/nodes", "GET", "list_nodes", "Registered nodes the caller may see", response=list[NodeReply]),
     Operation("/v1/nodes/{uuid}", "PUT", "upsert_node",
-              "Heartbeat of a node (its own entry only, its recorded nodename)"),
-    Operation("/v1/nodes/{uuid}", "DELETE", "delete_node", "Remove a node and its host record, freeing its nodename"),
+              "Heartbeat of a node (its own entry only, its recorded nodename)", body=NodeHeartbeatBody,
+              response=NodeReply),
+    Operation("/v1/nodes/{uuid}", "DELETE", "delete_node", "Remove a node and its host record, freeing its nodename",
+              response=DeletedNodeReply),
     Operation("/v1/proxies", "GET", "list_proxies",
-              "Proxies that sent a heartbeat recently, with their public addresses"),
-    Operation("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)"),
+              "Proxies that sent a heartbeat recently, with their public addresses", response=list[ProxyReply]),
+    Operation("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)",
+              body=ProxyHeartbeatBody, response=ProxyReply),
 ]
-

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, StringConstraints
 from starlette.requests import Request
 
-from teleport_auth.api.core import SMALL_BODY, APIBase, BadRequest, Operation, endpoint, field, read_json
+from teleport_auth.api.core import SMALL_BODY, APIBase, BadRequest, Operation, body, endpoint
 from teleport_auth.rotation import rotation_status
 from teleport_auth.tokens import system_role
 from teleport_core import keys
@@ -18,7 +19,46 @@ from teleport_core.errors import (
     AccessDenied,
     TeleportError,
 )
+from teleport_core.limits import rate_limited
+from teleport_core.schema import NO_CONTROL, Body, Name, NameList, OptionalName, PublicKey, Reply, Word
 from teleport_core.secret import Secret
+
+IPList = Annotated[list[Annotated[str, StringConstraints(max_length=64, pattern=NO_CONTROL)]], Field(max_length=64)]
+
+
+class RegisterBody(Body):
+    """A host joining: its name, system role, public key, extra names; a join token unless it
+    presents its certificate of another role. Auth assigns the host UUID."""
+
+    nodename: Name
+    role: Word = Field(description="node or proxy (auth servers do not join)")
+    public_key: PublicKey
+    token: Annotated[str, StringConstraints(max_length=253, pattern=NO_CONTROL)] = ""
+    host_uuid: OptionalName = Field("", description="must be absent: auth assigns it")
+    additional_principals: NameList = []
+    dns_names: NameList = []
+    ip_addresses: IPList = []
+
+
+class RenewBody(Body):
+    """A joined host renewing its certificates: only its new public key (its names are recorded)."""
+
+    public_key: PublicKey
+
+
+class HostIdentityReply(Reply):
+    host_uuid: str
+    ssh_cert: str
+    tls_cert: str
+    host_ca_pems: list[str]
+    user_ca_pems: list[str]
+    known_hosts: list[str]
+    user_ca_ssh_keys: list[str]
+    cluster_name: str
+
+
+class RenewReply(HostIdentityReply):
+    rotation: dict[str, Any]
 
 
 class JoinAPI(APIBase):
@@ -32,18 +72,23 @@ class JoinAPI(APIBase):
         presents a token and gets a new host UUID; a registered host adds a role by presenting
         its certificate of another role (no token). Every refusal is audited (``instance.join``
         failure, TJ002E)."""
-        body = await read_json(request)
-        nodename = field(body, "nodename")
-        role = field(body, "role")
+        wanted = body(request, RegisterBody)
+        nodename, role = wanted.nodename, wanted.role
         remote = request.client.host if request.client else ""
+        limited = await rate_limited(self.service.register_rate, remote, "join",
+                                     lambda reason: self.audit_denial(request, None, reason))
+        if limited is not None:  # 429 + Retry-After: too many failed joins from this address
+            return limited
         try:
-            return await self._join(body, identity, nodename, role, remote)
+            answer = await self._join(wanted, identity, nodename, role, remote)
+            self.service.register_rate.refund(remote)  # only failed attempts count
+            return answer
         except TeleportError as exc:
             await self.service.emit(self.event("instance.join", "failure", node_name=nodename, role=role,
                                                error=str(exc), **{"addr.remote": remote}))
             raise
 
-    async def _join(self, body: dict[str, Any], identity: Identity | None, nodename: str, role: str,
+    async def _join(self, wanted: RegisterBody, identity: Identity | None, nodename: str, role: str,
                     remote: str) -> Any:
         from teleport_auth.authz import host_uuid
         from teleport_auth.hosts import check_request
@@ -55,12 +100,11 @@ class JoinAPI(APIBase):
             raise BadRequest(f"role: {exc}") from None
         if system == "Auth":
             raise BadRequest("role: auth servers do not join with a token: they share the cluster's backend")
-        if field(body, "host_uuid", required=False, default=""):
+        if wanted.host_uuid:
             raise BadRequest("host_uuid: a joining host does not choose its UUID; auth assigns it (leave it out)")
-        public_key = field(body, "public_key")
-        names = check_request(nodename, field(body, "additional_principals", list, required=False, default=[]),
-                              field(body, "dns_names", list, required=False, default=[]),
-                              field(body, "ip_addresses", list, required=False, default=[]), svc.cluster_name)
+        public_key = wanted.public_key
+        names = check_request(nodename, wanted.additional_principals, wanted.dns_names, wanted.ip_addresses,
+                              svc.cluster_name)
         try:
             keys.load_public_key(public_key)  # a bad key is refused before the token is used up
             if identity is not None:  # a registered host adds a role with its certificate
@@ -70,7 +114,9 @@ class JoinAPI(APIBase):
                 method = "certificate"
             else:
                 await svc.hosts.conflict("", nodename, names, system)  # before the token is used up
-                token = await svc.tokens.consume(Secret(field(body, "token")), system, nodename)
+                if not wanted.token:
+                    raise BadRequest("token: required")
+                token = await svc.tokens.consume(Secret(wanted.token), system, nodename)
                 answer = await svc.register_host(nodename, system, public_key, names, token_roles=token.roles)
                 method = "token"
         except ValueError as exc:
@@ -95,8 +141,7 @@ class JoinAPI(APIBase):
         from teleport_auth.issuer import DEFAULT_HOST_CERT_TTL
 
         svc = self.service
-        body = await read_json(request)
-        public_key = field(body, "public_key")  # names in the body are ignored: auth recorded them at join
+        public_key = body(request, RenewBody).public_key  # names in the body are ignored: auth recorded them at join
         try:
             keys.load_public_key(public_key)
         except ValueError as exc:
@@ -118,10 +163,11 @@ class JoinAPI(APIBase):
 
 ROUTES: list[Operation] = [
     Operation("/v1/register", "POST", "register",
-     "Join with a token (or another role's host certificate): auth assigns the host UUID and records its names",
-              max_body=SMALL_BODY),
+              "Join with a token (or another role's host certificate): auth assigns the host UUID and records its "
+              "names", body=RegisterBody, response=HostIdentityReply, max_body=SMALL_BODY, anonymous=True,
+              errors=("401", "403", "404", "409", "429")),
     Operation("/v1/certs/host", "POST", "renew_host_certs",
-     "A host renews its own certificates, with the names auth recorded (e.g. during a CA rotation)",
-              max_body=SMALL_BODY),
+              "A host renews its own certificates, with the names auth recorded (e.g. during a CA rotation)",
+              body=RenewBody, response=RenewReply, max_body=SMALL_BODY),
 ]
 

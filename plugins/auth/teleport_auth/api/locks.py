@@ -6,14 +6,69 @@ import datetime as dt
 import json
 from typing import Any
 
+from pydantic import ConfigDict
 from starlette.requests import Request
 
-from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint, read_json
+from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint
 from teleport_core.access import Identity
 from teleport_core.errors import (
     NotFound,
 )
 from teleport_core.locks import Lock, lock_to_dict, parse_lock
+from teleport_core.schema import Body, Message, Name, OptionalName, Reply, Text, Timestamp, Word
+
+
+class LockMetadata(Body):
+    model_config = ConfigDict(extra="allow")
+
+    name: Name
+    expires: Timestamp = ""
+
+
+class LockTargetBody(Body):
+    """Whom the lock stops: one of user, role, login, node (``server_id``); optionally only
+    certificates issued before ``issued_before``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user: OptionalName = ""
+    role: OptionalName = ""
+    login: OptionalName = ""
+    node: OptionalName = ""
+    server_id: OptionalName = ""
+    issued_before: Timestamp = ""
+
+
+class LockSpec(Body):
+    model_config = ConfigDict(extra="allow")
+
+    target: LockTargetBody
+    message: Message = ""
+    expires: Timestamp = ""
+    created_at: Timestamp = ""
+    created_by: Text = ""
+
+
+class LockDocument(Body):
+    """A lock resource (``kind: lock``, ``version: v2``), checked in full by :func:`teleport_core.locks.parse_lock`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Word = "lock"
+    version: Word = "v2"
+    metadata: LockMetadata
+    spec: LockSpec
+
+
+class LockReply(Reply):
+    kind: str
+    version: str
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+
+class DeletedLockReply(Reply):
+    deleted: str
 
 
 class LocksAPI(APIBase):
@@ -30,7 +85,7 @@ class LocksAPI(APIBase):
         """``tctl lock``: create (or replace) a lock; ``created_at``/``created_by`` are set here."""
         assert identity is not None
         name = request.path_params["name"]
-        lock = parse_lock(await read_json(request), "request")
+        lock = parse_lock(body(request, LockDocument).model_dump(exclude_unset=True), "request")
         if lock.name != name:
             raise BadRequest(f"metadata.name {json.dumps(lock.name)} does not match the URL")
         now = dt.datetime.now(dt.UTC)
@@ -59,9 +114,10 @@ class LocksAPI(APIBase):
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/locks", "GET", "list_locks", "Locks in force (list on lock)"),
+    Operation("/v1/locks", "GET", "list_locks", "Locks in force (list on lock)", response=list[LockReply]),
     Operation("/v1/locks/{name}", "PUT", "upsert_lock",
-     "Create or replace a lock (a lock resource: target user, role, login or node; message; expires)"),
-    Operation("/v1/locks/{name}", "DELETE", "delete_lock", "Delete a lock: the identity it targeted is allowed again"),
+              "Create or replace a lock (a lock resource: target user, role, login or node; message; expires)",
+              body=LockDocument, response=LockReply),
+    Operation("/v1/locks/{name}", "DELETE", "delete_lock", "Delete a lock: the identity it targeted is allowed again",
+              response=DeletedLockReply),
 ]
-

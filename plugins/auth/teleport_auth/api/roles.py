@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field
 from starlette.requests import Request
 
-from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint, field, read_json
+from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint
 from teleport_core.access import Identity
 from teleport_core.backend import Item
 from teleport_core.errors import (
@@ -15,6 +16,58 @@ from teleport_core.errors import (
     NotFound,
 )
 from teleport_core.roles import parse_role, role_to_dict
+from teleport_core.schema import LIST_MAX, Body, JSONObject, Labels, Message, Name, Reply, Word
+
+
+class ResourceMetadata(Body):
+    """A resource's metadata: its name; other keys are checked by the resource's parser."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Name
+    description: Message = ""
+    labels: Labels = {}
+
+
+class RoleDocument(Body):
+    """A role resource (``kind: role``, ``version`` v4..v7, ``metadata``, ``spec``), checked in
+    full by :func:`teleport_core.roles.parse_role`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Word = "role"
+    version: Word = "v7"
+    metadata: ResourceMetadata
+    spec: JSONObject = {}
+
+
+def role_data(doc: RoleDocument) -> dict[str, Any]:
+    """The document as sent (what was not sent stays absent), for :func:`parse_role`."""
+    return doc.model_dump(exclude_unset=True)
+
+
+class CreateResourcesBody(Body):
+    """``tctl create [-f]``: resources (roles) written all or none; ``force`` overwrites."""
+
+    resources: Annotated[list[JSONObject], Field(min_length=1, max_length=LIST_MAX)]
+    force: bool = False
+
+
+class RoleReply(Reply):
+    kind: str
+    version: str
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+
+class CreatedResource(Reply):
+    kind: str
+    name: str
+    created: bool
+
+
+class Deleted(Reply):
+    deleted: str
 
 
 class RolesAPI(APIBase):
@@ -32,7 +85,7 @@ class RolesAPI(APIBase):
 
     @endpoint("create", "role")
     async def create_role(self, request: Request, identity: Identity | None) -> Any:
-        role = parse_role(await read_json(request), "request")
+        role = parse_role(role_data(body(request, RoleDocument)), "request")
         created = await self.service.roles.create(role)
         await self.service.emit(self.event("role.created", name=role.name, user=identity.name if identity else ""))
         return role_to_dict(created)
@@ -40,7 +93,7 @@ class RolesAPI(APIBase):
     @endpoint(None, None, name_param="name")
     async def upsert_role(self, request: Request, identity: Identity | None) -> Any:
         assert identity is not None
-        role = parse_role(await read_json(request), "request")
+        role = parse_role(role_data(body(request, RoleDocument)), "request")
         if role.name != request.path_params["name"]:
             raise BadRequest(f"metadata.name {json.dumps(role.name)} does not match the URL")
         svc = self.service
@@ -71,15 +124,12 @@ class RolesAPI(APIBase):
         from teleport_auth.rolestore import _encode_role, role_key
         from teleport_core.backend import Action, Condition
 
-        body = await read_json(request)
-        force = field(body, "force", bool, required=False, default=False)
-        docs = body.get("resources")
-        if not isinstance(docs, list) or not docs:
-            raise BadRequest("resources: expected a non-empty list of resources")
+        wanted = body(request, CreateResourcesBody)
+        force, docs = wanted.force, wanted.resources
         roles = []
         for index, doc in enumerate(docs):
-            if not isinstance(doc, dict) or doc.get("kind") != "role":
-                kind = doc.get("kind") if isinstance(doc, dict) else None
+            if doc.get("kind") != "role":
+                kind = doc.get("kind")
                 raise BadRequest(f"resources[{index}]: unsupported kind {json.dumps(kind)} (supported: role)")
             roles.append(parse_role(doc, f"resources[{index}]"))
         names = [r.name for r in roles]
@@ -101,11 +151,14 @@ class RolesAPI(APIBase):
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/roles", "GET", "list_roles", "List roles"),
-    Operation("/v1/roles", "POST", "create_role", "Create a role"),
-    Operation("/v1/roles/{name}", "GET", "get_role", "Read a role"),
-    Operation("/v1/roles/{name}", "PUT", "upsert_role", "Create or replace a role"),
-    Operation("/v1/roles/{name}", "DELETE", "delete_role", "Delete a role"),
-    Operation("/v1/resources", "POST", "create_resources", "Create several resources, all or nothing (tctl create)"),
+    Operation("/v1/roles", "GET", "list_roles", "List roles", response=list[RoleReply]),
+    Operation("/v1/roles", "POST", "create_role", "Create a role", body=RoleDocument, response=RoleReply,
+              errors=("401", "403", "409")),
+    Operation("/v1/roles/{name}", "GET", "get_role", "Read a role", response=RoleReply),
+    Operation("/v1/roles/{name}", "PUT", "upsert_role", "Create or replace a role", body=RoleDocument,
+              response=RoleReply),
+    Operation("/v1/roles/{name}", "DELETE", "delete_role", "Delete a role", response=Deleted),
+    Operation("/v1/resources", "POST", "create_resources", "Create several resources, all or nothing (tctl create)",
+              body=CreateResourcesBody, response=list[CreatedResource], errors=("401", "403", "409", "412")),
 ]
 

@@ -4,15 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
 from starlette.requests import Request
 
-from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, endpoint
+from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, endpoint, query
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
     NotFound,
 )
+from teleport_core.schema import Query, Reply, Timestamp
+
+
+class RecordingsQuery(Query):
+    since: Timestamp = Field("", description="RFC 3339; default a day before until; no zone means UTC")
+    until: Timestamp = Field("", description="RFC 3339; default now")
+    limit: int = Field(50, ge=1, le=1000, description="sessions at most, newest first")
+
+
+class UploadReply(Reply):
+    stored: str
+    size: int
+    unchanged: bool
+
+
+class SessionEntry(Reply):
+    """A session that ended: who, where, when, and whether its recording was uploaded."""
+
+    sid: str
+    proto: str
+    user: str
+    participants: list[str]
+    login: str
+    server_id: str
+    server_hostname: str
+    interactive: bool
+    command: str
+    session_recording: str
+    start: str
+    end: str
+    duration_seconds: float
+    recorded: bool
+    size: int
+
+
+class SessionsReply(Reply):
+    sessions: list[SessionEntry]
 
 
 class SessionsAPI(APIBase):
@@ -72,7 +110,7 @@ class SessionsAPI(APIBase):
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         await self.authorize(request, acting, "list", "session")
-        since, until, limit = recordings.window(request.query_params)
+        since, until, limit = recordings.window(query(request, RecordingsQuery).model_dump())
         return {"sessions": await recordings.list_sessions(self, since, until, limit)}
 
     @endpoint(None, None)
@@ -111,11 +149,12 @@ class SessionsAPI(APIBase):
 
 ROUTES: list[Operation] = [
     Operation("/v1/sessions/{sid}/recording", "PUT", "upload_recording",
-     "Upload a finished session recording (asciicast v2 body; only the node that started the session, once)",
-              max_body=RECORDING_MAX_BODY),
+              "Upload a finished session recording (asciicast v2 body; only the node that started the session, once)",
+              response=UploadReply, max_body=RECORDING_MAX_BODY, media="application/x-asciicast",
+              errors=("401", "403", "409")),
     Operation("/v1/sessions", "GET", "list_recordings",
-     "Sessions that ended in a window (since, until, limit), newest first (list on session)"),
+              "Sessions that ended in a window (since, until, limit), newest first (list on session)",
+              query=RecordingsQuery, response=SessionsReply),
     Operation("/v1/sessions/{sid}/recording", "GET", "read_recording",
-     "Download a session recording, asciicast v2 (read on session; audited)"),
+              "Download a session recording, asciicast v2 (read on session; audited)", media="application/x-asciicast"),
 ]
-

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from starlette.requests import Request
 
 from teleport_auth.api.core import (
@@ -13,17 +14,47 @@ from teleport_auth.api.core import (
     APIBase,
     BadRequest,
     Operation,
+    body,
+    duration,
     endpoint,
-    field,
-    read_json,
-    ttl_field,
 )
 from teleport_auth.authority import ca_pin, ca_pins
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.errors import (
     AccessDenied,
 )
+from teleport_core.schema import Body, Duration, Reply, TokenText, Word
 from teleport_core.secret import Secret
+
+
+class CreateTokenBody(Body):
+    """A join token for these system roles (default ``node``; ``proxy`` needs create on proxy_token)."""
+
+    roles: Annotated[list[Word], Field(min_length=1, max_length=8)] = ["node"]
+    ttl: Duration = ""
+
+
+class DeleteTokenBody(Body):
+    token: TokenText
+
+
+class TokenReply(Reply):
+    token: str
+    roles: list[str]
+    expires: str | None
+    static: bool
+
+
+class CreatedTokenReply(Reply):
+    token: str
+    roles: list[str]
+    expires: str
+    ca_pin: str
+    ca_pins: list[str]
+
+
+class DeletedTokenReply(Reply):
+    deleted: bool
 
 
 class TokensAPI(APIBase):
@@ -71,8 +102,8 @@ class TokensAPI(APIBase):
 
         assert identity is not None
         svc = self.service
-        body = await read_json(request)
-        roles = field(body, "roles", list, required=False, default=["node"])
+        asked = body(request, CreateTokenBody)
+        roles = asked.roles
         try:
             wanted = system_roles(roles)
         except ValueError as exc:
@@ -86,7 +117,7 @@ class TokensAPI(APIBase):
             await self.audit_denial(request, identity, reason)
             raise AccessDenied(reason)
         try:
-            token = await svc.tokens.create(wanted, ttl_field(body))
+            token = await svc.tokens.create(wanted, duration(asked.ttl))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         assert token.expires is not None
@@ -97,14 +128,14 @@ class TokensAPI(APIBase):
 
     @endpoint("delete", "token")
     async def delete_token(self, request: Request, identity: Identity | None) -> Any:
-        body = await read_json(request)
-        await self.service.tokens.remove(Secret(field(body, "token")))
+        await self.service.tokens.remove(Secret(body(request, DeleteTokenBody).token))
         return {"deleted": True}
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/tokens", "GET", "list_tokens", "List join tokens"),
-    Operation("/v1/tokens", "POST", "create_token", "Create a join token", max_body=SMALL_BODY),
-    Operation("/v1/tokens/delete", "POST", "delete_token", "Delete a join token", max_body=SMALL_BODY),
+    Operation("/v1/tokens", "GET", "list_tokens", "List join tokens", response=list[TokenReply]),
+    Operation("/v1/tokens", "POST", "create_token", "Create a join token", body=CreateTokenBody,
+              response=CreatedTokenReply, max_body=SMALL_BODY),
+    Operation("/v1/tokens/delete", "POST", "delete_token", "Delete a join token", body=DeleteTokenBody,
+              response=DeletedTokenReply, max_body=SMALL_BODY),
 ]
-

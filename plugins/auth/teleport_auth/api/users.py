@@ -15,10 +15,9 @@ from teleport_auth.api.core import (
     APIBase,
     BadRequest,
     Operation,
+    body,
+    duration,
     endpoint,
-    field,
-    read_json,
-    ttl_field,
 )
 from teleport_auth.authority import export_known_hosts
 from teleport_auth.issuer import (
@@ -35,7 +34,118 @@ from teleport_core.errors import (
     TeleportError,
 )
 from teleport_core.locks import LockTarget, new_lock
+from teleport_core.schema import (
+    Body,
+    Duration,
+    Name,
+    NameList,
+    OTPCode,
+    Password,
+    PublicKey,
+    Reply,
+    Text,
+    TokenText,
+    Traits,
+)
 from teleport_core.secret import Secret
+
+
+class CreateUserBody(Body):
+    """A new user (its roles must exist) and the TTL of its signup invite (default 1h, at most 48h)."""
+
+    name: Name
+    roles: NameList
+    traits: Traits = {}
+    ttl: Duration = ""
+
+
+class UpdateUserBody(Body):
+    """New roles and/or traits of a user (absent: unchanged)."""
+
+    roles: NameList | None = None
+    traits: Traits | None = None
+
+
+class ResetBody(Body):
+    ttl: Duration = ""
+
+
+class TokenBody(Body):
+    token: TokenText
+
+
+class CompleteTokenBody(Body):
+    """Completing a signup or reset: the invite token, the new password, the OTP code when enrolling."""
+
+    token: TokenText
+    password: Password
+    second_factor_token: OTPCode = ""
+
+
+class LoginBody(Body):
+    """A password (+ OTP) login; the user's public key is signed. Sent by proxies."""
+
+    user: Name
+    password: Password
+    otp: OTPCode = ""
+    public_key: PublicKey
+    ttl: Duration = ""
+    client_ip: Text = ""
+
+
+class SignBody(Body):
+    """``tctl auth sign``: certificates for ``user``'s public key."""
+
+    user: Name
+    public_key: PublicKey
+    ttl: Duration = ""
+
+
+class UserReply(Reply):
+    kind: str
+    version: str
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+
+class InviteReply(Reply):
+    token: str
+    expires: str
+    ttl: str
+    url: str
+
+
+class CreatedUserReply(Reply):
+    user: UserReply
+    invite: InviteReply
+
+
+class DeletedUserReply(Reply):
+    deleted: str
+    lock: str
+
+
+class TokenInfoReply(Reply):
+    user: str
+    kind: str
+    expires: str
+    otp_uri: str | None = None
+
+
+class UserNameReply(Reply):
+    user: str
+
+
+class CertsReply(Reply):
+    username: str
+    roles: list[str]
+    logins: list[str]
+    ssh_cert: str
+    tls_cert: str
+    host_ca_pems: list[str]
+    known_hosts: list[str]
+    valid_before: str
+    cluster_name: str
 
 
 class UsersAPI(APIBase):
@@ -74,11 +184,9 @@ class UsersAPI(APIBase):
     @endpoint("create", "user")
     async def create_user(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
-        body = await read_json(request)
-        name = field(body, "name")
-        roles = field(body, "roles", list)
-        traits = field(body, "traits", dict, required=False, default={})
-        ttl = ttl_field(body)
+        wanted = body(request, CreateUserBody)
+        name, roles, traits = wanted.name, wanted.roles, wanted.traits
+        ttl = duration(wanted.ttl)
         if ttl is not None and not dt.timedelta(0) < ttl <= MAX_USER_TOKEN_TTL:
             # checked before the user exists: a refused invite must not leave a user behind
             raise BadRequest(f"ttl: an invite lasts more than 0s and at most {format_duration(MAX_USER_TOKEN_TTL)}")
@@ -94,11 +202,11 @@ class UsersAPI(APIBase):
     @endpoint("update", "user", name_param="name")
     async def update_user(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
-        body = await read_json(request)
-        roles = field(body, "roles", list, required=False)
+        wanted = body(request, UpdateUserBody)
+        roles = wanted.roles
         if roles is not None:
             await self.check_roles_exist(roles)
-        traits = field(body, "traits", dict, required=False)
+        traits = wanted.traits
         name = request.path_params["name"]
         try:
             user = await svc.users.update(name, roles=roles, traits=traits)
@@ -130,14 +238,12 @@ class UsersAPI(APIBase):
         svc = self.service
         name = request.path_params["name"]
         await svc.users.get(name)
-        body = await read_json(request)
-        return await self._invite(name, ttl_field(body), "reset")
+        return await self._invite(name, duration(body(request, ResetBody).ttl), "reset")
 
     @endpoint("read", "user_token")
     async def lookup_user_token(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
-        body = await read_json(request)
-        token = await svc.user_tokens.get(Secret(field(body, "token")))
+        token = await svc.user_tokens.get(Secret(body(request, TokenBody).token))
         out: dict[str, Any] = {"user": token.user, "kind": token.kind, "expires": token.expires.isoformat()}
         if token.otp_secret is not None:
             out["otp_uri"] = otp_uri(svc.cluster_name, token.user, token.otp_secret)
@@ -145,21 +251,35 @@ class UsersAPI(APIBase):
 
     @endpoint("update", "user_token")
     async def complete_user_token(self, request: Request, identity: Identity | None) -> Any:
-        svc = self.service
-        body = await read_json(request)
-        token = Secret(field(body, "token"))
-        password = Secret(field(body, "password"))
-        code = field(body, "second_factor_token", required=False, default="")
-        info = await svc.user_tokens.get(token)
-        if info.otp_secret is not None and not code:
-            raise BadRequest("second_factor_token: required (the code from the authenticator app)")
+        wanted = body(request, CompleteTokenBody)
+        token = Secret(wanted.token)
+        password = Secret(wanted.password)
+        code = wanted.second_factor_token
+        return await self._complete_user_token(token, password, code)
+
+    async def _complete_user_token(self, token: Secret, password: Secret, code: str) -> dict[str, Any]:
+        """Set the password (and enroll the OTP app) of an invite or reset. Every check comes
+        before the token is spent; a refusal (unknown, expired or used token, a password the
+        policy refuses, a missing or wrong code) is audited: ``user.password_change`` T1005W."""
         from teleport_auth.users import check_password_policy
 
+        svc = self.service
+        info = None
         try:
-            check_password_policy(password)
+            info = await svc.user_tokens.get(token)
+            if info.otp_secret is not None and not code:
+                raise BadRequest("second_factor_token: required (the code from the authenticator app)")
+            try:
+                check_password_policy(password)
+            except TeleportError as exc:
+                raise BadRequest(f"password: {exc}") from None
+            if info.otp_secret is not None and not svc.users.totp_code_valid(info.otp_secret, Secret(code)):
+                raise AuthenticationFailed("invalid OTP code: check the authenticator app's clock")
+            info = await svc.user_tokens.consume(token)  # once only, even when two requests race
         except TeleportError as exc:
-            raise BadRequest(f"password: {exc}") from None
-        info = await svc.user_tokens.consume(token)  # once only, even when two requests race
+            await svc.emit(self.event("user.password_change", "failure", user=info.user if info else "",
+                                      token_kind=info.kind if info else "", success=False, error=str(exc)))
+            raise
         await svc.users.set_password(info.user, password)
         if info.otp_secret is not None:
             await svc.users.set_totp(info.user, info.otp_secret, Secret(code))
@@ -206,14 +326,14 @@ class UsersAPI(APIBase):
     @endpoint("create", "login")
     async def login(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
-        body = await read_json(request)
-        username = field(body, "user")
-        password = Secret(field(body, "password"))
-        otp_text = field(body, "otp", required=False, default="")
+        wanted = body(request, LoginBody)
+        username = wanted.user
+        password = Secret(wanted.password)
+        otp_text = wanted.otp
         otp = Secret(otp_text) if otp_text else None
-        public_key = field(body, "public_key")
-        ttl = ttl_field(body)
-        client_ip = field(body, "client_ip", required=False, default="")
+        public_key = wanted.public_key
+        ttl = duration(wanted.ttl)
+        client_ip = wanted.client_ip
         remote = {"addr.remote": client_ip}
         try:
             found = await asyncio.to_thread(
@@ -234,27 +354,29 @@ class UsersAPI(APIBase):
     @endpoint("create", "user_cert")
     async def sign_user(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
-        body = await read_json(request)
-        user = await svc.users.get(field(body, "user"))
+        wanted = body(request, SignBody)
+        user = await svc.users.get(wanted.user)
         target = user.identity(svc.cluster_name)
         await self.refuse_locked(request, target, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
-        return await self._certs_for(target, field(body, "public_key"), ttl_field(body))
+        return await self._certs_for(target, wanted.public_key, duration(wanted.ttl))
 
 
 ROUTES: list[Operation] = [
-    Operation("/v1/users", "GET", "list_users", "List users"),
-    Operation("/v1/users", "POST", "create_user", "Create a user and its signup invite"),
-    Operation("/v1/users/{name}", "GET", "get_user", "Read a user"),
-    Operation("/v1/users/{name}", "PUT", "update_user", "Change a user's roles or traits"),
-    Operation("/v1/users/{name}", "DELETE", "delete_user", "Delete a user"),
-    Operation("/v1/users/{name}/reset", "POST", "reset_user", "A password reset link for a user"),
+    Operation("/v1/users", "GET", "list_users", "List users", response=list[UserReply]),
+    Operation("/v1/users", "POST", "create_user", "Create a user and its signup invite", body=CreateUserBody,
+              response=CreatedUserReply, errors=("401", "403", "409")),
+    Operation("/v1/users/{name}", "GET", "get_user", "Read a user", response=UserReply),
+    Operation("/v1/users/{name}", "PUT", "update_user", "Change a user's roles or traits", body=UpdateUserBody,
+              response=UserReply, errors=("401", "403", "404", "412")),
+    Operation("/v1/users/{name}", "DELETE", "delete_user", "Delete a user", response=DeletedUserReply),
+    Operation("/v1/users/{name}/reset", "POST", "reset_user", "A password reset link for a user", body=ResetBody,
+              response=InviteReply),
     Operation("/v1/usertokens/lookup", "POST", "lookup_user_token", "The user and OTP enrollment URI of an invite",
-              max_body=SMALL_BODY),
+              body=TokenBody, response=TokenInfoReply, max_body=SMALL_BODY),
     Operation("/v1/usertokens", "PUT", "complete_user_token", "Complete a signup or reset: password and OTP code",
-              max_body=SMALL_BODY),
+              body=CompleteTokenBody, response=UserNameReply, max_body=SMALL_BODY),
     Operation("/v1/login", "POST", "login", "Check a password login and sign the user's key (proxies)",
-              max_body=SMALL_BODY),
+              body=LoginBody, response=CertsReply, max_body=SMALL_BODY),
     Operation("/v1/certs/user", "POST", "sign_user", "Certificates for a user without a login (tctl auth sign)",
-              max_body=SMALL_BODY),
+              body=SignBody, response=CertsReply, max_body=SMALL_BODY),
 ]
-

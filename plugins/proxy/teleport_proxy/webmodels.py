@@ -1,0 +1,167 @@
+"""The proxy web API's typed bodies and its route table (:data:`ROUTES`), from which the
+OpenAPI document (``GET /v1/webapi/openapi.json``, no certificate needed) is generated; the
+models are those of :mod:`teleport_core.schema` (pydantic v2), validated before a handler acts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
+
+from teleport_core import __version__, schema
+from teleport_core.schema import (
+    NAME_MAX,
+    NO_CONTROL,
+    Body,
+    Duration,
+    Name,
+    Operation,
+    OTPCode,
+    Password,
+    PublicKey,
+    Query,
+    Reply,
+    Timestamp,
+    TokenText,
+)
+
+#: where the document is served
+OPENAPI_PATH = "/v1/webapi/openapi.json"
+#: password logins and invite completions: a few short fields
+SMALL_BODY = 32 * 1024  # a public key may be 16 KiB
+
+
+class LoginBody(Body):
+    """``tsh login``: a password (+ OTP) login; ``pub_key`` is signed for SSH and TLS."""
+
+    user: Name
+    password: Password
+    otp_token: OTPCode = ""
+    pub_key: PublicKey
+    ttl: Duration = ""
+
+
+class CompleteInviteBody(Body):
+    """Completing an invite or reset: the token, the new password, the OTP code when enrolling."""
+
+    token: TokenText
+    password: Password
+    second_factor_token: OTPCode = ""
+
+
+class RecordingsQuery(Query):
+    since: Timestamp = Field("", alias="from", description="RFC 3339; default a day before to")
+    until: Timestamp = Field("", alias="to", description="RFC 3339; default now")
+    limit: int = Field(0, ge=0, le=1000, description="sessions at most (0: the server's default)")
+
+
+class ProxySSH(Reply):
+    listen_addr: str
+    public_addr: str
+    tunnel_listen_addr: str
+    ssh_tunnel_public_addr: str
+
+
+class ProxySettings(Reply):
+    ssh: ProxySSH
+    web_public_addr: str
+    tls_routing_enabled: bool
+
+
+class AuthSettings(Reply):
+    type: str
+    second_factor: str
+
+
+class PingReply(Reply):
+    cluster_name: str
+    server_version: str
+    auth: AuthSettings
+    proxy: ProxySettings
+
+
+class LoginReply(Reply):
+    username: str
+    roles: list[str]
+    logins: list[str]
+    cert: str
+    tls_cert: str
+    valid_before: str
+    cluster_name: str
+    host_ca_pems: list[str]
+    host_signers: list[str]
+
+
+class InviteReply(Reply):
+    user: str
+    otp_uri: str | None = None
+
+
+class DoneReply(Reply):
+    user: str
+
+
+class NodeReply(Reply):
+    uuid: str
+    nodename: str
+    addr: str
+    labels: dict[str, str]
+    tunnel: bool
+    logins: list[str]
+
+
+class SessionReply(Reply):
+    """A session that ended (see the auth API's ``GET /v1/sessions``)."""
+
+    sid: str
+    user: str
+    start: str
+    end: str
+    recorded: bool
+
+
+PATH_PARAMS: dict[str, Any] = {
+    "token": TokenText,
+    "cluster": Name,
+    "sid": Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL)],
+}
+
+ROUTES: list[Operation] = [
+    Operation("/webapi/ping", "GET", "ping", "Cluster name, proxy addresses, auth settings", response=PingReply,
+              anonymous=True, errors=()),
+    Operation("/webapi/find", "GET", "find", "The same as ping (Teleport's find)", response=PingReply,
+              anonymous=True, errors=()),
+    Operation("/v1/webapi/ping", "GET", "ping_v1", "The same as ping", response=PingReply, anonymous=True,
+              errors=()),
+    Operation("/v1/webapi/ssh/certs", "POST", "login",
+              "Password (+ OTP) login: signs pub_key, returns SSH and TLS certificates and the host CAs",
+              body=LoginBody, response=LoginReply, max_body=SMALL_BODY, anonymous=True, errors=("401", "403", "429")),
+    Operation("/v1/webapi/users/password/token/{token}", "GET", "get_invite",
+              "The user of an invite or reset token and its OTP enrollment URI", response=InviteReply,
+              anonymous=True, errors=("404",)),
+    Operation("/v1/webapi/users/password/token", "PUT", "complete_invite",
+              "Complete an invite or reset: the new password and the OTP code", body=CompleteInviteBody,
+              response=DoneReply, max_body=SMALL_BODY, anonymous=True, errors=("404",)),
+    Operation("/web/invite/{token}", "GET", "invite_page", "The invite page (HTML)", media="text/html",
+              anonymous=True, errors=("404",)),
+    Operation("/web/invite.js", "GET", "invite_js", "The invite page's script", media="text/javascript",
+              anonymous=True, errors=()),
+    Operation("/favicon.ico", "GET", "favicon", "No icon (an empty answer)", anonymous=True, errors=(), status=204),
+    Operation("/v1/webapi/sites/{cluster}/nodes", "GET", "nodes", "The nodes the caller may see, with their logins",
+              response=list[NodeReply]),
+    Operation("/v1/webapi/sites/{cluster}/events/search/sessions", "GET", "recordings",
+              "Sessions that ended in a window (from, to, limit), newest first; authorized at auth for the caller",
+              query=RecordingsQuery, response=list[SessionReply]),
+    Operation("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", "GET", "recording",
+              "A session recording (asciicast v2), authorized at auth for the caller", media="application/x-asciicast"),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the proxy web API, generated from :data:`ROUTES` and their models."""
+    ops = [*ROUTES, Operation(OPENAPI_PATH, "GET", "openapi", "This document (OpenAPI 3.1)",
+                              response=dict[str, Any], anonymous=True, errors=())]
+    return schema.openapi_document(
+        "teleport-py proxy web API", __version__, ops, PATH_PARAMS,
+        description="HTTPS; the routes under /v1/webapi/sites need the client certificate of tsh login. "
+                    "Errors are {\"error\": reason}; a 400 names the field.")
