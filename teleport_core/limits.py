@@ -8,9 +8,15 @@ reverse-tunnel port, web logins and host registration).
 - :class:`ConnectionGate` admits SSH connections: a cap on all connections, a separate cap on
   unauthenticated ones with early random drop (OpenSSH's ``MaxStartups start:rate:full``), a
   per-source cap on unauthenticated ones, a login grace time, and ``max_users`` distinct users
-  with authenticated connections. Thread-safe (the SSH servers run a thread per connection).
+  with authenticated connections. Unlike OpenSSH, the drop is fair between addresses: a
+  connection from an address holding fewer unauthenticated connections than the address
+  holding the most is never dropped at random, and at ``full`` the oldest connection of an
+  address holding the most is closed to make room for it. Thread-safe (the SSH servers run a
+  thread per connection).
 - :class:`RateLimiter` is a per-source token bucket (every rate of ``rates`` must allow);
   it tells the caller when a source's burst of refusals begins, so one audit event per burst.
+  Web logins and host registrations give their token back when they succeed: what is limited
+  is failed attempts (password or token guessing).
 - :class:`AuditThrottle` lets a refusal through to the audit log once per source and period.
 """
 
@@ -224,18 +230,31 @@ class ConnectionGate:
                 raise Refused(f"{self.name}: {self._per_source[source]} unauthenticated connections from {source} "
                               "(per_source_max_startups)")
             startups = limits.max_startups
-            if unauth >= startups.full:
-                raise Refused(f"{self.name}: {unauth} unauthenticated connections (max_startups {startups})")
+            evicted: Ticket | None = None
             if unauth >= startups.start:
-                chance = startups.rate + (100 - startups.rate) * (unauth - startups.start) / max(
-                    1, startups.full - startups.start)
-                if self._rng.random() * 100 < chance:
-                    raise Refused(f"{self.name}: {unauth} unauthenticated connections, dropped at random "
-                                  f"(max_startups {startups})")
+                most = self._per_source.most_common(1)[0][1]
+                if most > self._per_source[source]:
+                    # fair share: an address holding fewer is not dropped for another's crowd; at
+                    # full, the oldest connection of an address holding the most makes room
+                    if unauth >= startups.full:
+                        evicted = min((t for t in self._unauthenticated if self._per_source[t.source] == most),
+                                      key=lambda t: t.deadline)
+                        self._close_locked(evicted)
+                elif unauth >= startups.full:
+                    raise Refused(f"{self.name}: {unauth} unauthenticated connections (max_startups {startups})")
+                else:
+                    chance = startups.rate + (100 - startups.rate) * (unauth - startups.start) / max(
+                        1, startups.full - startups.start)
+                    if self._rng.random() * 100 < chance:
+                        raise Refused(f"{self.name}: {unauth} unauthenticated connections, dropped at random "
+                                      f"(max_startups {startups})")
             ticket = Ticket(self, source, on_expire)
             self._unauthenticated.add(ticket)
             self._per_source[source] += 1
             self.total += 1
+        if evicted is not None:
+            with contextlib.suppress(Exception):  # closing a socket that is already gone
+                evicted.on_expire()
         return ticket
 
     def _authenticated(self, ticket: Ticket, user: str | None) -> None:
@@ -266,15 +285,18 @@ class ConnectionGate:
 
     def _close(self, ticket: Ticket) -> None:
         with self._lock:
-            if ticket.closed:
-                return
-            ticket.closed = True
-            self.total -= 1
-            self._leave_startup(ticket)
-            if ticket.user is not None:
-                self._users[ticket.user] -= 1
-                if self._users[ticket.user] <= 0:
-                    del self._users[ticket.user]
+            self._close_locked(ticket)
+
+    def _close_locked(self, ticket: Ticket) -> None:
+        if ticket.closed:
+            return
+        ticket.closed = True
+        self.total -= 1
+        self._leave_startup(ticket)
+        if ticket.user is not None:
+            self._users[ticket.user] -= 1
+            if self._users[ticket.user] <= 0:
+                del self._users[ticket.user]
 
     def _reap(self) -> None:
         while not self._stopping.wait(0.5):
@@ -338,6 +360,15 @@ class RateLimiter:
             self._buckets[source] = [(t - 1.0, now) for t in levels]
             self._refusing.discard(source)
             return 0.0, False
+
+    def refund(self, source: str) -> None:
+        """Give back the token of an attempt that succeeded: the buckets count failed attempts,
+        so a busy legitimate client (a script joining many hosts) is never slowed down."""
+        with self._lock:
+            buckets = self._buckets.get(source)
+            if buckets is not None:
+                self._buckets[source] = [(min(float(rate.burst), tokens + 1.0), then)
+                                         for rate, (tokens, then) in zip(self.rates, buckets, strict=True)]
 
 
 def retry_after(seconds: float) -> str:

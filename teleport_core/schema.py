@@ -294,7 +294,7 @@ class Operation:
     #: the media type of a non-JSON request body (a recording upload) or response
     media: str = ""
     #: error statuses this route may answer (besides 400 and 413, which every route may)
-    errors: tuple[str, ...] = ("401", "403", "404")
+    errors: tuple[str, ...] = ("401", "403", "404", "409", "412")
     #: the success status; 204 has no body
     status: int = 200
 
@@ -352,8 +352,6 @@ def openapi_document(title: str, version: str, operations: list[Operation], path
             ok = {"description": "No content"}
         responses: dict[str, Any] = {str(op.status): ok}
         for status in sorted({"400", "413", *op.errors}):
-            if op.anonymous and status == "401":
-                continue
             responses[status] = {"$ref": f"#/components/responses/E{status}"}
         entry["responses"] = responses
         if mutual_tls and not op.anonymous:

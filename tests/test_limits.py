@@ -124,12 +124,28 @@ def test_gate_random_early_drop() -> None:
         except Refused:
             dropped += 1
     assert 0 < dropped < 200
-    full = gate(max_startups=Startups(3, 30, 3), per_source_max_startups=1000)
-    for _ in range(3):
-        full.admit("10.0.0.1", lambda: None)
-    for _ in range(20):  # at full every one is refused
+    for i in range(50):  # an address holding fewer than the crowd's is never dropped at random
+        g.admit(f"10.0.9.{i}", lambda: None)
+
+
+def test_gate_full_is_fair_between_addresses() -> None:
+    g = gate(max_startups=Startups(3, 30, 3), per_source_max_startups=1000)
+    expired: list[int] = []
+    for i in range(3):
+        g.admit("10.0.0.1", lambda i=i: expired.append(i))  # type: ignore[misc]
+    for _ in range(20):  # at full the crowding address gets nothing more
         with pytest.raises(Refused, match="max_startups"):
-            full.admit("10.0.0.2", lambda: None)
+            g.admit("10.0.0.1", lambda: None)
+    # another address gets in: the crowd's oldest connection is closed for it
+    newcomer = g.admit("10.0.0.2", lambda: None)
+    assert expired == [0] and g.unauthenticated == 3 and g.total == 3
+    newcomer.authenticated("bob")
+    assert g.unauthenticated == 2
+    with pytest.raises(Refused, match="max_startups"):  # equal shares at full: OpenSSH's refusal
+        full = gate(max_startups=Startups(2, 30, 2), per_source_max_startups=1000)
+        full.admit("10.0.0.1", lambda: None)
+        full.admit("10.0.0.2", lambda: None)
+        full.admit("10.0.0.2", lambda: None)
 
 
 def test_gate_max_users() -> None:
@@ -170,3 +186,14 @@ def test_audit_throttle() -> None:
     assert throttle.allow("b") == 0
     now[0] += 61
     assert throttle.allow("a") == 2
+
+
+def test_rate_limiter_refund_counts_only_failures() -> None:
+    now = [0.0]
+    limiter = RateLimiter((Rate(60.0, 1, 2),), clock=lambda: now[0])
+    for _ in range(10):  # ten successful attempts in a row: each gives its token back
+        assert limiter.take("a") == (0.0, False)
+        limiter.refund("a")
+    assert limiter.take("a")[0] == 0.0 and limiter.take("a")[0] == 0.0  # two failures: the burst
+    assert limiter.take("a")[0] > 0
+    limiter.refund("unknown")  # a source never seen: nothing to give back

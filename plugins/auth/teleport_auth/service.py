@@ -35,6 +35,7 @@ from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportE
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import LocalAuth
+from teleport_core.limits import RateLimiter
 from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 
@@ -62,6 +63,8 @@ class AuthService(Service):
         self.ctx = ctx
         self.settings: AuthSettings = ctx.settings
         self.log = ctx.log
+        # host registrations per client address (connection_limits.rates; failed attempts only)
+        self.register_rate = RateLimiter((self.settings.connection_limits or ctx.config.connection_limits).rates)
         self.server: TLSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.backend: Backend

@@ -7,6 +7,7 @@ import attrs
 from teleport_auth.tokens import TokenInfo, parse_static_tokens
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
+from teleport_core.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # Name of the cluster; it cannot change once the cluster is created.
@@ -42,6 +43,7 @@ class AuthSettings:
     session_recording: str
     proxy_public_addr: NetAddr | None
     ca_key_algorithm: str = "ed25519"
+    connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
 
     def __repr__(self) -> str:  # static tokens are secrets
         return f"AuthSettings(cluster_name={self.cluster_name!r}, listen_addr={self.listen_addr})"
@@ -67,4 +69,5 @@ def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
     recording = reader.string("session_recording", "node", choices=("node", "off"))
     proxy = reader.addr("proxy_public_addr", None, default_port=3080)
     algorithm = reader.string("ca_key_algorithm", "ed25519", choices=tuple(CA_KEY_ALGORITHMS))
-    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm)
+    limits = parse_connection_limits(reader)
+    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm, limits)

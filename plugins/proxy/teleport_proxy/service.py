@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teleport_core.audit import new_event
 from teleport_core.audit_spool import AuditSpool
@@ -25,6 +25,7 @@ from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.limits import RateLimiter, rate_limited
 from teleport_core.locks import Lock, lock_in_force, lock_message, parse_lock
 from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_core.renewal import HostCertRenewer
@@ -33,6 +34,9 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 from teleport_proxy.certs import UserCert, self_signed
 from teleport_proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 HEARTBEAT = 60.0
 NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds nothing refetches)
@@ -47,6 +51,9 @@ class ProxyService(Service):
         self.ctx = ctx
         self.settings: ProxySettings = ctx.settings
         self.log = ctx.log
+        # the SSH and tunnel listeners' limits and the web login rate (teleport_core.limits)
+        self.limits = self.settings.connection_limits or ctx.config.connection_limits
+        self.login_rate = RateLimiter(self.limits.rates)  # web logins per client address
         self.auth: AuthClient
         self.identity: LocalIdentity
         self.renewer: HostCertRenewer
@@ -344,6 +351,11 @@ class ProxyService(Service):
     def spawn_audit(self, user: str, reason: str, remote: str, **fields: Any) -> None:
         """:meth:`audit_denial` without waiting for it (from any thread)."""
         asyncio.run_coroutine_threadsafe(self.audit_denial(user, reason, remote, **fields), self.loop)
+
+    async def login_limited(self, client_ip: str) -> JSONResponse | None:
+        """None when ``client_ip`` may try a web login now; else the 429 to answer (audited once a burst)."""
+        return await rate_limited(self.login_rate, client_ip, "web login",
+                                  lambda reason: self.audit_denial("", reason, client_ip, kind="web_login"))
 
     async def audit_denial(self, user: str, reason: str, remote: str, **fields: Any) -> None:
         fields.update({"user": user, "error": reason, "cluster_name": self.cluster_name,

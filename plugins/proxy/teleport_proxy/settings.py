@@ -8,6 +8,7 @@ import attrs
 
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
+from teleport_core.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # HTTPS: web API, login (tsh login), invite pages.
@@ -25,6 +26,17 @@ tunnel_listen_addr: 0.0.0.0:3024
 # https_keypairs:
 #   - key_file: /etc/teleport/proxy.key
 #     cert_file: /etc/teleport/proxy.crt
+# Limits of the SSH and tunnel listeners and web logins (default: teleport.connection_limits).
+# connection_limits:
+#   max_connections: 15000
+#   max_users: 250
+#   rates:                         # web logins per client address (token bucket)
+#     - period: 1m
+#       average: 20
+#       burst: 40
+#   max_startups: "64:30:256"
+#   per_source_max_startups: 32
+#   login_grace_time: 30s
 """
 
 
@@ -43,6 +55,7 @@ class ProxySettings:
     https_keypairs: tuple[KeyPair, ...]
     tunnel_listen_addr: NetAddr = attrs.field(factory=lambda: NetAddr("0.0.0.0", 3024))  # noqa: S104
     tunnel_public_addrs: tuple[NetAddr, ...] = ()
+    connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
 
 
 def parse_settings(reader: SectionReader) -> ProxySettings:
@@ -57,4 +70,5 @@ def parse_settings(reader: SectionReader) -> ProxySettings:
     for item in reader.sections("https_keypairs"):
         pairs.append(KeyPair(item.path_value("key_file"), item.path_value("cert_file")))
         item.finish()
-    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs), tunnel, tunnel_public)
+    limits = parse_connection_limits(reader)
+    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs), tunnel, tunnel_public, limits)

@@ -10,6 +10,10 @@ bytes (the proxy never sees the inner session's plaintext; the node checks the u
 
 The target is resolved through the lookup hooks among the nodes the user's roles allow; a
 name ending in ``.<cluster>`` names the node without the suffix. Denials are audited (T3007W).
+
+Connections are admitted by a :class:`~teleport_core.limits.ConnectionGate` before they get a
+thread (``connection_limits``: unauthenticated ones capped apart from sessions, per source, and
+closed after ``login_grace_time``); refusals are audited once per source a minute.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import paramiko
 
 from teleport_core import keys
 from teleport_core.errors import TeleportError
+from teleport_core.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
 from teleport_core.nodes import NodeInfo
 from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
 from teleport_proxy.channelsplice import SplicingTransport, Upstream, splice
@@ -112,6 +117,10 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if username not in (cert.user, *cert.principals):
             self.audit(cert.user, f"ssh: login {username!r} is neither the user nor a principal of the certificate")
             return int(paramiko.AUTH_FAILED)
+        crowded = self.server.gate.user_may_connect(cert.user)
+        if crowded:
+            self.audit(cert.user, crowded)
+            return int(paramiko.AUTH_FAILED)
         self.user = cert
         return int(paramiko.AUTH_SUCCESSFUL)
 
@@ -177,10 +186,36 @@ def _fail_channel(channel: paramiko.Channel, message: str) -> None:
     channel.close()
 
 
-def accept_loop(sock: socket.socket, stopping: threading.Event, serve: Callable[[socket.socket, str], None],
-                name: str) -> None:
+class Refusals:
+    """Audits (T3007W) the connections a gate refused, once per source a minute."""
+
+    def __init__(self, proxy: ProxyService, **fields: Any) -> None:
+        self.proxy = proxy
+        self.fields = fields
+        self._throttle = AuditThrottle()
+
+    def __call__(self, source: str, remote: str, reason: str, user: str = "") -> None:
+        held = self._throttle.allow(source)
+        if held is None:
+            return
+        if held:
+            reason = f"{reason} ({held} more refused from {source} in the last minute)"
+        self.proxy.log.info("connection refused", remote=remote, reason=reason)
+        coro = self.proxy.audit_denial(user, reason, remote, **self.fields)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self.proxy.loop)
+        except RuntimeError:  # the loop is closed: the process is stopping
+            coro.close()
+
+
+def accept_loop(sock: socket.socket, stopping: threading.Event,
+                serve: Callable[[socket.socket, str, Ticket], None], name: str, gate: ConnectionGate,
+                refused: Callable[[str, str, str], None]) -> None:
     """Accept on ``sock`` (which has a timeout, so ``stopping`` is seen) until it is set or the
-    socket is closed; each connection gets ``serve(client, "host:port")`` in a thread ``name``."""
+    socket is closed; each connection ``gate`` admits gets ``serve(client, "host:port", ticket)``
+    in a thread ``name`` (which must close the ticket); a refused one is closed at once and
+    reported to ``refused(source, remote, reason)``."""
+    gate.start()
     while not stopping.is_set():
         try:
             client, addr = sock.accept()
@@ -188,7 +223,19 @@ def accept_loop(sock: socket.socket, stopping: threading.Event, serve: Callable[
             continue
         except OSError:
             return
-        threading.Thread(target=serve, args=(client, f"{addr[0]}:{addr[1]}"), name=name, daemon=True).start()
+        remote = f"{addr[0]}:{addr[1]}"
+
+        def expire(client: socket.socket = client) -> None:  # login grace time over: wake its thread
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+
+        try:
+            ticket = gate.admit(str(addr[0]), expire)
+        except Refused as exc:
+            client.close()
+            refused(str(addr[0]), remote, str(exc))
+            continue
+        threading.Thread(target=serve, args=(client, remote, ticket), name=name, daemon=True).start()
 
 
 class SSHProxyServer:
@@ -203,6 +250,8 @@ class SSHProxyServer:
         self._stopping = threading.Event()
         self._transports: set[paramiko.Transport] = set()
         self._connections: set[Connection] = set()
+        self.gate = ConnectionGate(proxy.limits, "proxy_service")
+        self.refused = Refusals(proxy, proto="ssh")
         self._thread = threading.Thread(target=self._accept_loop, name="proxy-ssh-accept", daemon=True)
         # paramiko logs every client that hangs up mid-handshake at ERROR; denials are audited instead
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -216,6 +265,7 @@ class SSHProxyServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.gate.stop()
         self._thread.join(5)
         self.sock.close()
         for transport in list(self._transports):
@@ -233,9 +283,15 @@ class SSHProxyServer:
         return cut
 
     def _accept_loop(self) -> None:
-        accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn")
+        accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn", self.gate, self.refused)
 
-    def _serve(self, client: socket.socket, remote: str) -> None:
+    def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
+        try:
+            self._serve_admitted(client, remote, ticket)
+        finally:
+            ticket.close()
+
+    def _serve_admitted(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.settimeout(None)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = SplicingTransport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
@@ -248,6 +304,16 @@ class SSHProxyServer:
         options.key_types = [self.host_key.get_name()]
         transport.add_server_key(self.host_key)
         conn = Connection(self, transport, remote)
+
+        def logged_in() -> None:  # counted in max_users from here on
+            user = conn.user.user if conn.user else ""
+            try:
+                ticket.authenticated(user)
+            except Refused as exc:  # another user took the last place since check_auth_publickey
+                self.refused(remote.rpartition(":")[0], remote, str(exc), user)
+                transport.close()
+
+        on_authenticated(transport, logged_in)
         self._transports.add(transport)
         self._connections.add(conn)
         try:

@@ -19,6 +19,9 @@ Two kinds of connections arrive on the tunnel port, told apart by their first by
   after :data:`DIAL_TIMEOUT`; an unknown token is refused and audited.
 
 Tunnel connects and disconnects are audited (``reverse_tunnel.connect``/``.disconnect``).
+Connections are admitted as on the proxy's SSH port (``connection_limits``, one
+:class:`~teleport_core.limits.ConnectionGate` for this port): a control connection counts as
+unauthenticated until the node logged in, a data connection until its token matched.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from cryptography.hazmat.primitives.serialization import ssh
 
 from teleport_core.audit import new_event
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.limits import ConnectionGate, Ticket, on_authenticated
 from teleport_core.tsh.hostcert import verify_host_cert
-from teleport_proxy.sshserver import accept_loop
+from teleport_proxy.sshserver import Refusals, accept_loop
 
 if TYPE_CHECKING:
     from teleport_proxy.service import ProxyService
@@ -208,6 +212,8 @@ class TunnelServer:
         self._audits: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.gate = ConnectionGate(proxy.limits, "proxy_service tunnel")
+        self.refused = Refusals(proxy, kind="reverse_tunnel")
         self._thread = threading.Thread(target=self._accept_loop, name="proxy-tunnel-accept", daemon=True)
 
     @property
@@ -220,6 +226,7 @@ class TunnelServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.gate.stop()
         self._thread.join(5)
         self.sock.close()
         with self._lock:
@@ -264,9 +271,15 @@ class TunnelServer:
     # -- connections -----------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        accept_loop(self.sock, self._stopping, self._serve, "proxy-tunnel-conn")
+        accept_loop(self.sock, self._stopping, self._serve, "proxy-tunnel-conn", self.gate, self.refused)
 
-    def _serve(self, client: socket.socket, remote: str) -> None:
+    def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
+        try:
+            self._serve_admitted(client, remote, ticket)
+        finally:
+            ticket.close()
+
+    def _serve_admitted(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         client.settimeout(HANDSHAKE_TIMEOUT)
@@ -280,15 +293,15 @@ class TunnelServer:
             client.close()
             return
         if head == b"SSH-":
-            self._serve_control(client, remote)
+            self._serve_control(client, remote, ticket)
         elif head == DATA_MAGIC[:4]:
-            self._serve_data(client, remote)
+            self._serve_data(client, remote, ticket)
         else:
             if head:
                 self.audit_denial("", "reverse tunnel: not an SSH or tunnel data connection", remote)
             client.close()
 
-    def _serve_data(self, client: socket.socket, remote: str) -> None:
+    def _serve_data(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         try:
             data = _read_exact(client, len(DATA_MAGIC) + TOKEN_BYTES)
         except OSError:
@@ -301,19 +314,21 @@ class TunnelServer:
             client.close()
             return
         client.settimeout(None)
+        ticket.authenticated()
         pending.sock = client
         pending.ready.set()
 
-    def _serve_control(self, client: socket.socket, remote: str) -> None:
+    def _serve_control(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.settimeout(None)
         self._controls.add(threading.current_thread())
         try:
-            self._control(client, remote)
+            self._control(client, remote, ticket)
         finally:
             self._controls.discard(threading.current_thread())
 
-    def _control(self, client: socket.socket, remote: str) -> None:
+    def _control(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         transport = paramiko.Transport(client, default_window_size=WINDOW)
+        on_authenticated(transport, ticket.authenticated)  # a node, not a user: not in max_users
         options = transport.get_security_options()
         options.key_types = [self.host_key.get_name()]
         transport.add_server_key(self.host_key)

@@ -27,6 +27,8 @@ from teleport_core.schema import (
 
 #: where the document is served
 OPENAPI_PATH = "/v1/webapi/openapi.json"
+#: what a route that asks auth may answer: auth's refusals pass through; 502 when auth cannot be reached
+AUTH_ERRORS = ("401", "403", "404", "409", "412", "502")
 #: password logins and invite completions: a few short fields
 SMALL_BODY = 32 * 1024  # a public key may be 16 KiB
 
@@ -135,25 +137,26 @@ ROUTES: list[Operation] = [
               errors=()),
     Operation("/v1/webapi/ssh/certs", "POST", "login",
               "Password (+ OTP) login: signs pub_key, returns SSH and TLS certificates and the host CAs",
-              body=LoginBody, response=LoginReply, max_body=SMALL_BODY, anonymous=True, errors=("401", "403", "429")),
+              body=LoginBody, response=LoginReply, max_body=SMALL_BODY, anonymous=True, errors=(*AUTH_ERRORS, "429")),
     Operation("/v1/webapi/users/password/token/{token}", "GET", "get_invite",
               "The user of an invite or reset token and its OTP enrollment URI", response=InviteReply,
-              anonymous=True, errors=("404",)),
+              anonymous=True, errors=AUTH_ERRORS),
     Operation("/v1/webapi/users/password/token", "PUT", "complete_invite",
               "Complete an invite or reset: the new password and the OTP code", body=CompleteInviteBody,
-              response=DoneReply, max_body=SMALL_BODY, anonymous=True, errors=("404",)),
+              response=DoneReply, max_body=SMALL_BODY, anonymous=True, errors=AUTH_ERRORS),
     Operation("/web/invite/{token}", "GET", "invite_page", "The invite page (HTML)", media="text/html",
-              anonymous=True, errors=("404",)),
+              anonymous=True, errors=AUTH_ERRORS),
     Operation("/web/invite.js", "GET", "invite_js", "The invite page's script", media="text/javascript",
               anonymous=True, errors=()),
     Operation("/favicon.ico", "GET", "favicon", "No icon (an empty answer)", anonymous=True, errors=(), status=204),
     Operation("/v1/webapi/sites/{cluster}/nodes", "GET", "nodes", "The nodes the caller may see, with their logins",
-              response=list[NodeReply]),
+              response=list[NodeReply], errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/events/search/sessions", "GET", "recordings",
               "Sessions that ended in a window (from, to, limit), newest first; authorized at auth for the caller",
-              query=RecordingsQuery, response=list[SessionReply]),
+              query=RecordingsQuery, response=list[SessionReply], errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", "GET", "recording",
-              "A session recording (asciicast v2), authorized at auth for the caller", media="application/x-asciicast"),
+              "A session recording (asciicast v2), authorized at auth for the caller", media="application/x-asciicast",
+              errors=AUTH_ERRORS),
 ]
 
 

@@ -142,6 +142,6 @@ ROUTES: list[Operation] = [
               response=CAReply),
     Operation("/v1/cas/{ca_type}/rotate", "POST", "rotate_ca",
               "Rotate the user, host or all CAs: phase, mode (manual or auto), grace_period (tctl auth rotate)",
-              body=RotateBody, response=RotateReply, errors=("401", "403", "404", "409", "412")),
+              body=RotateBody, response=RotateReply),
 ]
 

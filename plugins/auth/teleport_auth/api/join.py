@@ -165,7 +165,7 @@ ROUTES: list[Operation] = [
     Operation("/v1/register", "POST", "register",
               "Join with a token (or another role's host certificate): auth assigns the host UUID and records its "
               "names", body=RegisterBody, response=HostIdentityReply, max_body=SMALL_BODY, anonymous=True,
-              errors=("401", "403", "404", "409", "429")),
+              errors=("401", "403", "404", "409", "412", "429")),
     Operation("/v1/certs/host", "POST", "renew_host_certs",
               "A host renews its own certificates, with the names auth recorded (e.g. during a CA rotation)",
               body=RenewBody, response=RenewReply, max_body=SMALL_BODY),

@@ -152,13 +152,12 @@ class RolesAPI(APIBase):
 
 ROUTES: list[Operation] = [
     Operation("/v1/roles", "GET", "list_roles", "List roles", response=list[RoleReply]),
-    Operation("/v1/roles", "POST", "create_role", "Create a role", body=RoleDocument, response=RoleReply,
-              errors=("401", "403", "409")),
+    Operation("/v1/roles", "POST", "create_role", "Create a role", body=RoleDocument, response=RoleReply),
     Operation("/v1/roles/{name}", "GET", "get_role", "Read a role", response=RoleReply),
     Operation("/v1/roles/{name}", "PUT", "upsert_role", "Create or replace a role", body=RoleDocument,
               response=RoleReply),
     Operation("/v1/roles/{name}", "DELETE", "delete_role", "Delete a role", response=Deleted),
     Operation("/v1/resources", "POST", "create_resources", "Create several resources, all or nothing (tctl create)",
-              body=CreateResourcesBody, response=list[CreatedResource], errors=("401", "403", "409", "412")),
+              body=CreateResourcesBody, response=list[CreatedResource]),
 ]
 

@@ -150,8 +150,7 @@ class SessionsAPI(APIBase):
 ROUTES: list[Operation] = [
     Operation("/v1/sessions/{sid}/recording", "PUT", "upload_recording",
               "Upload a finished session recording (asciicast v2 body; only the node that started the session, once)",
-              response=UploadReply, max_body=RECORDING_MAX_BODY, media="application/x-asciicast",
-              errors=("401", "403", "409")),
+              response=UploadReply, max_body=RECORDING_MAX_BODY, media="application/x-asciicast"),
     Operation("/v1/sessions", "GET", "list_recordings",
               "Sessions that ended in a window (since, until, limit), newest first (list on session)",
               query=RecordingsQuery, response=SessionsReply),

@@ -364,10 +364,10 @@ class UsersAPI(APIBase):
 ROUTES: list[Operation] = [
     Operation("/v1/users", "GET", "list_users", "List users", response=list[UserReply]),
     Operation("/v1/users", "POST", "create_user", "Create a user and its signup invite", body=CreateUserBody,
-              response=CreatedUserReply, errors=("401", "403", "409")),
+              response=CreatedUserReply),
     Operation("/v1/users/{name}", "GET", "get_user", "Read a user", response=UserReply),
     Operation("/v1/users/{name}", "PUT", "update_user", "Change a user's roles or traits", body=UpdateUserBody,
-              response=UserReply, errors=("401", "403", "404", "412")),
+              response=UserReply),
     Operation("/v1/users/{name}", "DELETE", "delete_user", "Delete a user", response=DeletedUserReply),
     Operation("/v1/users/{name}/reset", "POST", "reset_user", "A password reset link for a user", body=ResetBody,
               response=InviteReply),
