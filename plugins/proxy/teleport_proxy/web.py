@@ -15,6 +15,10 @@
   proxy asks auth with its own certificate and forwards the caller's
   (``teleport_core.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
 
+- ``GET /v1/webapi/openapi.json``: this API as an OpenAPI 3.1 document; bodies, queries and path
+  parameters are the models of :mod:`teleport_proxy.webmodels`, validated before a handler acts
+  (a 400 naming the field).
+
 Errors are ``{"error": reason}`` with the status auth gave (401, 403, 404 ...). Every response
 carries the security headers of :mod:`teleport_proxy.headers` (HSTS, a strict CSP, no framing).
 """
