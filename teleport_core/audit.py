@@ -24,6 +24,9 @@ CODES: Mapping[tuple[str, str], str] = {
     ("user.create", "ok"): "T1002I",
     ("user.update", "ok"): "T1003I",
     ("user.delete", "ok"): "T1004I",
+    ("user.password_change", "ok"): "T1005I",
+    # ours (Teleport audits no failed invite or reset): a refused completion of one
+    ("user.password_change", "failure"): "T1005W",
     ("session.start", "ok"): "T2000I",
     ("session.join", "ok"): "T2001I",
     ("resize", "ok"): "T2002I",
