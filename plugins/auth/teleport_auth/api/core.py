@@ -152,7 +152,7 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                 if verb is not None and kind is not None and identity is not None:
                     name = request.path_params.get(name_param, "") if name_param else ""
                     await self.authorize(request, identity, verb, kind, name)
-                if op is not None and op.body is not None:  # read only after authorization, within the limit
+                if op is not None and op.body is not None:  # after the authorization above (if any), within the limit
                     request.state.body = validate_body(op.body, await read_body(request, op.max_body))
                 result = await handler(self, request, identity)
             except Exception as exc:
