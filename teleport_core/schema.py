@@ -130,6 +130,7 @@ class Error(Reply):
 _REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "missing": lambda ctx: "required",
     "string_type": lambda ctx: "expected a string",
+    "string_unicode": lambda ctx: "expected valid Unicode text (no lone surrogates)",
     "bool_type": lambda ctx: "expected true or false",
     "int_type": lambda ctx: "expected an integer",
     "int_parsing": lambda ctx: "expected an integer",
@@ -157,7 +158,8 @@ _REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 
 def _loc_part(part: Any) -> str:
-    text = _CONTROL.sub("?", str(part))
+    """A key path part as it is echoed in a message: control characters and lone surrogates as ``?``."""
+    text = _CONTROL.sub("?", str(part)).encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= 64 else text[:61] + "..."
 
 
@@ -187,7 +189,29 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidRequest(f"request body is not JSON: {exc}") from None
     if json_depth(data) > MAX_DEPTH:
         raise InvalidRequest("request body is nested too deeply")
+    if not unicode_ok(data):
+        raise InvalidRequest("request body is not valid Unicode: a string has a lone surrogate (\\udXXX)")
     return data
+
+
+def unicode_ok(value: Any) -> bool:
+    """Whether every string in ``value`` (parsed JSON, keys too) is valid Unicode: JSON's ``\\ud800``
+    escapes decode to lone surrogates, which no UTF-8 answer, log or database can carry."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def validate_body(model: type[M], raw: bytes) -> M:
@@ -353,6 +377,9 @@ def openapi_document(title: str, version: str, operations: list[Operation], path
         responses: dict[str, Any] = {str(op.status): ok}
         for status in sorted({"400", "413", *op.errors}):
             responses[status] = {"$ref": f"#/components/responses/E{status}"}
+            if op.media == "text/html":  # a page tells its errors in a page
+                responses[status] = {"description": ERROR_STATUSES[status],
+                                     "content": {"text/html": {"schema": {"type": "string"}}}}
         entry["responses"] = responses
         if mutual_tls and not op.anonymous:
             entry["security"] = [{"mutualTLS": []}]

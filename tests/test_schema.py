@@ -52,6 +52,7 @@ class SampleQuery(Query):
     (b"[]", "request body must be a JSON object"),
     (b"{", "request body is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     (b"[" * 100_000, "request body is nested too deeply"),
+    (b'{"name": "x", "spec": {"k": ["\\udc00"]}}', "request body is not valid Unicode: a string has a lone surrogate (\\udXXX)"),
     (b'{"name": "x", "spec": ' + b'{"a": ' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH + b"}",
      "request body is nested too deeply"),
 ])

@@ -175,7 +175,9 @@ def test_bodies_that_are_not_json_objects_and_oversized_bodies(auth: Any) -> Non
         async with admin(auth) as client:
             for content, message in [(b"[1, 2]", "request body must be a JSON object"),
                                      (b"{nope", "request body is not JSON"),
-                                     (b"[" * 50_000, "request body is nested too deeply")]:
+                                     (b"[" * 50_000, "request body is nested too deeply"),
+                                     (b'{"metadata": {"name": "ok"}, "spec": {"\\ud800": 1}}',
+                                      "request body is not valid Unicode")]:
                 answer = await client._request("POST", "/v1/roles", content=content,
                                                headers={"Content-Type": "application/json"})
                 assert answer.status_code == 400 and answer.json()["error"].startswith(message), answer.text

@@ -77,7 +77,9 @@ class BadRequest(InvalidRequest):
 def error_response(exc: BaseException) -> JSONResponse:
     for kind, status in STATUS:
         if isinstance(exc, kind):
-            return JSONResponse({"error": str(exc)}, status_code=status)
+            # a message may quote the caller's input: never let it make the answer unencodable
+            message = str(exc).encode("utf-8", "replace").decode("utf-8")
+            return JSONResponse({"error": message}, status_code=status)
     return JSONResponse({"error": "internal error"}, status_code=500)
 
 
