@@ -30,7 +30,8 @@ check_installed() {  # the code under test must come from site-packages, not the
 
 echo "== teleport-core alone"
 "$PYTHON" -m venv "$WORK/core"
-"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko hypothesis
+"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko hypothesis \
+  schemathesis
 check_installed "$WORK/core"
 (cd "$WORK/tree" && "$WORK/core/bin/teleport" plugins --format=json > /dev/null)
 (cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider tests)
