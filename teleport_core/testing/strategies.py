@@ -70,7 +70,7 @@ def ssh_user_certs(draw: st.DrawFn, ca: ed25519.Ed25519PrivateKey, *, principals
                .key_id(draw(st.sampled_from([b"alice", b"\xff"]) | st.binary(max_size=10)))
                .valid_after(after).valid_before(before))
     names = draw(st.lists(st.sampled_from(list(principals)) | st.binary(max_size=8), max_size=3, unique=True))
-    builder = builder.valid_principals(names) if names else builder.valid_for_all_principals()
+    builder = builder.valid_principals(names) if names else builder.valid_for_all_principals()  # type: ignore[no-untyped-call]
     for name, value in sorted(draw(st.dictionaries(_NAMES, _VALUES, max_size=2)).items()):
         builder = builder.add_critical_option(name, value)
     for name, value in sorted(draw(st.dictionaries(_NAMES, _VALUES, max_size=4)).items()):
