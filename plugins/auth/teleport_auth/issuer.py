@@ -564,7 +564,7 @@ def _load_x509(cert: x509.Certificate | bytes | str) -> x509.Certificate:
         if raw.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(raw)
         return x509.load_der_x509_certificate(raw)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise InvalidCertificate(f"cannot parse X.509 certificate: {exc}") from None
 
 
@@ -584,6 +584,14 @@ def identity_from_tls_cert(
     """
     leaf = _load_x509(cert)
     quiet_long_name_warnings()
+    try:
+        return _verified_identity(leaf, authorities, now)
+    except (ValueError, TypeError) as exc:  # a field parsed lazily (issuer, extensions ...) is malformed
+        raise InvalidCertificate(f"cannot parse X.509 certificate: {exc}") from None
+
+
+def _verified_identity(leaf: x509.Certificate, authorities: Iterable[CertAuthority],
+                       now: dt.datetime | None) -> Identity:
     issuer: CertAuthority | None = None
     for ca in authorities:
         for ca_cert in ca.tls_certs:

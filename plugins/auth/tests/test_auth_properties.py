@@ -52,6 +52,10 @@ def _sign(attributes: list[tuple[str, str]], *, host: bool = False, ca: bool = F
 GOOD = _sign([("cn", "alice"), ("o", "access"), ("postal", json.dumps({"logins": ["root"]}))])
 
 
+def _flip(blob: bytes, index: int) -> bytes:
+    return blob[:index] + bytes([blob[index] ^ 1]) + blob[index + 1:]
+
+
 def _check(cert: bytes | str) -> None:
     try:
         identity = identity_from_tls_cert(cert, [USER_CA, HOST_CA], now=NOW)
@@ -69,6 +73,8 @@ def test_good_certificate_is_accepted() -> None:
 @given(st.binary(max_size=600) | mutations(GOOD) | st.text(max_size=100).map(lambda t: "-----BEGIN CERTIFICATE-----\n" + t)
        | st.text(max_size=50))
 @example("\udcff")  # a str that is not encodable as UTF-8
+@example(_flip(GOOD, 11))  # the version's length: cryptography's InvalidVersion, not a ValueError
+@example(_flip(GOOD, 38))  # inside the issuer name: loads, then fails when .issuer is read
 @example(b"-----BEGIN CERTIFICATE-----\n\xff\n-----END CERTIFICATE-----\n")
 def test_any_bytes_are_an_identity_or_refused(blob: bytes | str) -> None:
     _check(blob)
