@@ -139,9 +139,12 @@ def user_from_tls_cert(der: bytes) -> UserCert:
     traits: dict[str, tuple[str, ...]] = {}
     for text in values(NameOID.POSTAL_CODE):
         try:
-            traits.update({str(k): tuple(v or ()) for k, v in json.loads(text).items()})
-        except (ValueError, AttributeError, TypeError):
-            raise InvalidCertificate("tls: malformed traits in the client certificate") from None
+            found = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
+            found = None
+        if not isinstance(found, dict) or not all(_strings(v or []) for v in found.values()):
+            raise InvalidCertificate("tls: malformed traits in the client certificate")
+        traits.update({str(k): tuple(v or ()) for k, v in found.items()})
     return UserCert(names[0], tuple(values(NameOID.ORGANIZATION_NAME)), traits,
                     valid_before=cert.not_valid_after_utc, issued=tls_cert_issued(cert.not_valid_before_utc))
 

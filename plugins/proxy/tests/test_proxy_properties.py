@@ -10,16 +10,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, ssh
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
+from teleport_proxy.certs import InvalidCertificate, UserCert, user_from_tls_cert, verify_user_ssh_cert
 from teleport_proxy.mux import MAX_DIAL_LINE
 from teleport_proxy.sshserver import parse_subsystem
 
 from teleport_core.testing.strategies import mutations, ssh_user_certs
 
+pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length:UserWarning")  # odd names on purpose
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CA = ed25519.Ed25519PrivateKey.generate()
 TRUSTED = [CA.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()]
@@ -85,6 +89,32 @@ def test_roles_and_traits_must_be_string_lists() -> None:
         else:
             raise AssertionError(f"accepted {ext}")
     assert verify_user_ssh_cert(GOOD, TRUSTED, now=NOW).roles == ("dev",)
+
+
+# -- the user in a (TLS-verified) client certificate ----------------------------------------------
+
+def _x509(attributes: list[tuple[str, str]]) -> bytes:
+    oids = {"cn": NameOID.COMMON_NAME, "o": NameOID.ORGANIZATION_NAME, "postal": NameOID.POSTAL_CODE}
+    subject = x509.Name([x509.NameAttribute(oids[k], v, _validate=False) for k, v in attributes])
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(CA.public_key())
+            .serial_number(1).not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(hours=1))
+            .sign(CA, None).public_bytes(Encoding.DER))
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["cn", "o", "postal"]),
+                          st.sampled_from(["alice", "{}", '{"logins": "ab"}', '{"logins": [1]}', "[" * 3000, "null",
+                                           '{"logins": ["root"]}']) | st.text(min_size=1, max_size=12)),
+                max_size=5))
+@example([("cn", "alice"), ("postal", "[" * 3000)])  # nested too deeply: RecursionError
+@example([("cn", "alice"), ("postal", '{"logins": "ab"}')])  # a string is not a list of logins
+def test_user_of_any_client_certificate_or_refused(attributes: list[tuple[str, str]]) -> None:
+    try:
+        user = user_from_tls_cert(_x509(attributes))
+    except InvalidCertificate as exc:
+        assert str(exc).startswith("tls: ")
+        return
+    assert all(isinstance(v, str) for values in user.traits.values() for v in values)
 
 
 # -- the proxy: subsystem and the TLS-routing dial line -----------------------------------------
