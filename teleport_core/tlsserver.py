@@ -17,12 +17,19 @@ extensions are parsed, no cryptography) and asks the router what to do with it: 
 returns a handler that takes the connection over (it may terminate TLS itself or pass the bytes
 through untouched), or None for the HTTPS app. Bytes that are not a TLS ClientHello close the
 connection.
+
+Every connection is bounded before the app sees a request (:mod:`teleport_core.httplimits`:
+body size per route, request head, body and idle timeouts, quiet protocol errors). A handshake
+refused for a certificate reason (foreign CA, self-signed, expired ...) is reported to
+``on_refused(peer, reason)``, at most once per source IP every :data:`REFUSAL_PERIOD` seconds
+(the reason then counts the refusals of that source held back since the last one reported).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import struct
@@ -32,6 +39,9 @@ from typing import Any
 import attrs
 
 from teleport_core.config.values import NetAddr
+from teleport_core.httplimits import ConnectionClock, GuardedApp, GuardedReader, HTTPLimits, configure
+from teleport_core.limits import AuditThrottle
+from teleport_core.logs import get_logger
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -39,6 +49,15 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its ClientHello
 MAX_HELLO = 16 * 1024 + 5  # one TLS record: a ClientHello longer than that is refused
 PARTIAL_WAIT = 0.005  # a ClientHello that arrived in part: poll for the rest this often
+HANDSHAKE_TIMEOUT = 10.0
+REFUSAL_PERIOD = 10.0  # seconds: at most one reported handshake refusal per source IP
+SWEEP_INTERVAL = 1.0  # seconds between checks of the connections' deadlines
+LINGER = 2.0  # seconds a connection refused with a 413 lives on, not read, for its answer to arrive
+#: reasons of a refused handshake that are about the client's certificate (other failures, such
+#: as a port scan or plain HTTP, are only logged at DEBUG)
+CERTIFICATE_ALERTS = frozenset({"PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED"})
+
+log = get_logger("tls")
 
 
 class NotClientHello(ValueError):
@@ -55,6 +74,32 @@ class ClientHello:
 
 Handler = Callable[[socket.socket, ClientHello], Awaitable[None]]
 Router = Callable[[ClientHello], Handler | None]
+#: ``on_refused(peer "host:port", reason)``
+RefusalHandler = Callable[[str, str], Awaitable[None]]
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in words ("client certificate: certificate has expired")."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    return str(exc) or type(exc).__name__
+
+
+def certificate_refusal(exc: BaseException) -> bool:
+    """Whether a handshake failed for a reason about the client's certificate."""
+    return isinstance(exc, ssl.SSLCertVerificationError) or (
+        isinstance(exc, ssl.SSLError) and str(exc.reason) in CERTIFICATE_ALERTS)
+
+
+def peer_of(sock: socket.socket) -> str:
+    """``host:port`` of the other end of ``sock`` ("" once it is gone)."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return ""
+    return f"{host}:{port}"
 
 
 def parse_client_hello(data: bytes) -> ClientHello | None:
@@ -166,6 +211,21 @@ def client_certificate(scope: Scope) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(chain[0]) if chain else None
 
 
+async def _refuse_rest(writer: asyncio.StreamWriter) -> None:
+    """After a 413: read nothing more, give the answer :data:`LINGER` seconds to reach the client
+    (a reset sent sooner can destroy it unread), then abort the connection.
+
+    The TCP transport under asyncio's TLS layer is paused: that layer would otherwise keep taking
+    the unwanted body, and while it waits for the peer's close_notify it buffers it, unbounded.
+    """
+    transport = writer.transport
+    raw = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    with contextlib.suppress(RuntimeError, AttributeError):
+        (raw if isinstance(raw, asyncio.Transport) else transport).pause_reading()
+    await asyncio.sleep(LINGER)
+    transport.abort()
+
+
 def bind_socket(addr: NetAddr) -> socket.socket:
     """A listening TCP socket on ``addr`` (port 0 picks a free port)."""
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
@@ -185,12 +245,16 @@ class TLSServer:
     """An HTTPS server for ``app`` on ``sock``; ``await start()``, then ``await stop()``."""
 
     def __init__(self, app: ASGIApp, sock: socket.socket, context: ssl.SSLContext, *,
-                 keep_alive_timeout: float = 60.0, graceful_timeout: float = 5.0, router: Router | None = None) -> None:
+                 limits: HTTPLimits | None = None, graceful_timeout: float = 5.0, router: Router | None = None,
+                 on_refused: RefusalHandler | None = None) -> None:
         from hypercorn.config import Config
 
         self.app = app
         self.sock = sock
         self.router = router
+        self.limits = limits or HTTPLimits()
+        self.on_refused = on_refused
+        self.refusals = AuditThrottle(REFUSAL_PERIOD)
         self._context = context
         # asyncio wraps every connection with one fixed context; its servername callback, which
         # OpenSSL calls on every ClientHello (with or without SNI), switches the connection to
@@ -200,15 +264,16 @@ class TLSServer:
         self._wrapper.verify_mode = context.verify_mode
         self._wrapper.sni_callback = self._pick_context
         self.config = Config()
-        self.config.keep_alive_timeout = keep_alive_timeout
+        configure(self.config, self.limits)
         self.config.keep_alive_max_requests = 1_000_000  # clients pool connections: keep them
         self.config.graceful_timeout = graceful_timeout
         self.config.include_server_header = False
         self.config.accesslog = None
-        self._server: asyncio.Server | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._context_obj: Any = None
+        self._sweeping: asyncio.Task[None] | None = None
+        self._clocks: dict[ConnectionClock, asyncio.Transport] = {}
 
     @property
     def address(self) -> NetAddr:
@@ -232,12 +297,38 @@ class TLSServer:
         from hypercorn.asyncio.worker_context import WorkerContext
 
         self._context_obj = WorkerContext(None)
-        if self.router is not None:
-            self._accepting = asyncio.create_task(self._accept_loop(), name="tls-accept")
+        self._accepting = asyncio.create_task(self._accept_loop(), name="tls-accept")
+        self._sweeping = asyncio.create_task(self._sweep(), name="tls-deadlines")
+
+    def refused(self, peer: str, reason: str) -> None:
+        """Report a refusal from ``peer`` to ``on_refused``, unless its source had one reported
+        in the last :data:`REFUSAL_PERIOD` seconds (then it is counted, and told with the next)."""
+        if self.on_refused is None:
             return
-        self._server = await asyncio.start_server(
-            self._connection, sock=self.sock, ssl=self._wrapper, ssl_handshake_timeout=10.0
-        )
+        source = peer.rpartition(":")[0].strip("[]") or peer
+        held_back = self.refusals.allow(source)
+        if held_back is None:
+            return
+        if held_back:
+            reason = f"{reason} ({held_back} more refused from {source} since the last one audited)"
+        self._spawn(self.on_refused(peer, reason))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        """Abort the connections past a deadline (:class:`~teleport_core.httplimits.ConnectionClock`)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            for clock, transport in list(self._clocks.items()):
+                why = clock.overdue()
+                if why:
+                    log.debug("closed a slow HTTP connection", peer=str(transport.get_extra_info("peername")),
+                              reason=why)
+                    self._clocks.pop(clock, None)
+                    transport.abort()
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -247,34 +338,44 @@ class TLSServer:
             except OSError:  # e.g. EMFILE: keep serving the connections there are
                 await asyncio.sleep(0.1)
                 continue
-            task = asyncio.create_task(self._routed(sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._routed(sock))
 
     async def _routed(self, sock: socket.socket) -> None:
-        """Peek at the ClientHello; hand the connection to the router's handler or serve HTTPS."""
-        assert self.router is not None
+        """With a router, peek at the ClientHello and hand the connection to the router's
+        handler; else (or when it has none) serve HTTPS, reporting a refused client certificate."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = peer_of(sock)
         try:
-            hello = await peek_client_hello(sock)
-            handler = self.router(hello)
-            if handler is not None:
-                await handler(sock, hello)
-                return
+            if self.router is not None:
+                hello = await peek_client_hello(sock)
+                handler = self.router(hello)
+                if handler is not None:
+                    await handler(sock, hello)
+                    return
             loop = asyncio.get_running_loop()
             reader = asyncio.StreamReader(limit=2 ** 16)
             protocol = asyncio.StreamReaderProtocol(reader, self._connection)
-            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._wrapper, ssl_handshake_timeout=10.0)
-        except (NotClientHello, TimeoutError, ssl.SSLError, OSError, ConnectionError):
+            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._wrapper,
+                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (NotClientHello, TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
             sock.close()
+            if certificate_refusal(exc):
+                self.refused(peer, f"tls handshake refused: {handshake_reason(exc)}")
+            else:
+                log.debug("connection ended before HTTP", peer=peer, reason=handshake_reason(exc))
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        with contextlib.suppress(asyncio.CancelledError):  # stop() cancels what outlives the grace period
+        peer = str(writer.get_extra_info("peername"))  # asked now: not once the TLS layer is gone
+        try:
             await self._serve_http(reader, writer)
+        except asyncio.CancelledError:  # stop() cancels what outlives the grace period
+            pass
+        except (OSError, ConnectionError) as exc:  # ssl.SSLError too: e.g. data after our close_notify
+            log.debug("HTTPS connection ended with an error", peer=peer, error=f"{type(exc).__name__}: {exc}")
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from hypercorn.app_wrappers import ASGIWrapper
@@ -287,7 +388,8 @@ class TLSServer:
             "tls_version": ssl_object.version() if ssl_object is not None else None,
             "cipher_suite": ssl_object.cipher()[0] if ssl_object is not None and ssl_object.cipher() else None,
         }
-        app = self.app
+        clock = ConnectionClock(self.limits)
+        app = GuardedApp(self.app, self.limits, clock, functools.partial(_refuse_rest, writer))
 
         async def with_tls(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] in ("http", "websocket"):
@@ -295,20 +397,26 @@ class TLSServer:
             await app(scope, receive, send)
 
         loop = asyncio.get_running_loop()
-        await TCPServer(ASGIWrapper(with_tls), loop, self.config, self._context_obj, {}, reader, writer)
+        self._clocks[clock] = writer.transport
+        try:
+            await TCPServer(ASGIWrapper(with_tls), loop, self.config, self._context_obj, {},
+                            GuardedReader(reader, clock), writer)  # type: ignore[arg-type]
+        finally:
+            self._clocks.pop(clock, None)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (up to ``graceful_timeout``), close."""
-        if self._server is None and self._accepting is None:
+        if self._accepting is None:
             return
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
         if self._accepting is not None:
             self._accepting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accepting
             self._accepting = None
             self.sock.close()
-        if self._server is not None:
-            self._server.close()
         if self._context_obj is not None:
             await self._context_obj.terminated.set()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -317,6 +425,3 @@ class TLSServer:
         for task in lingering:
             task.cancel()
         await asyncio.gather(*lingering, return_exceptions=True)  # collected, so nothing logs them
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None

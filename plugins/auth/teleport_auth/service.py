@@ -33,6 +33,7 @@ from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportError
 from teleport_core.files import write_private
+from teleport_core.httplimits import HTTPLimits, RouteLimit
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import LocalAuth
 from teleport_core.limits import RateLimiter
@@ -100,11 +101,14 @@ class AuthService(Service):
         self.hosts = HostRegistry(self.backend, self.cluster_name)
         await self._record_self()
 
-        from teleport_auth.api import build_app
+        from teleport_auth.api import ROUTES, build_app
 
         self._start_rotation()
         self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
-        self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context())
+        # each route's body limit, enforced by the listener before the API reads (or authenticates) anything
+        limits = HTTPLimits(routes=tuple(RouteLimit(op.method, op.path, op.max_body) for op in ROUTES))
+        self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context(),
+                                limits=limits, on_refused=self.audit_refusal)
         await self.server.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
@@ -321,6 +325,20 @@ class AuthService(Service):
         context = self.identity.server_context()
         context.load_verify_locations(cadata="".join(self.user_ca_pems()))
         return context
+
+    def refused(self, peer: str, reason: str) -> None:
+        """Audit a caller refused before any identity was known (no client certificate), at most
+        once per source and period, as the listener does for refused TLS handshakes."""
+        if self.server is not None:
+            self.server.refused(peer, reason)
+
+    async def audit_refusal(self, peer: str, reason: str) -> None:
+        """An ``auth`` failure event (T3007W) for a refusal below the API (a TLS handshake refused
+        for its client certificate) or before it knew the caller."""
+        from teleport_core.audit import new_event
+
+        await self.emit(new_event("auth", "failure", user="", error=reason, cluster_name=self.cluster_name,
+                                  server_id=self.host_uuid, **{"addr.remote": peer}))
 
     async def emit(self, event: AuditEvent) -> None:
         """Write an audit event; a failure to audit is logged loudly (the action already happened)."""

@@ -33,7 +33,7 @@ from teleport_core.client import AUTH_SERVER_NAME
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
 from teleport_core.join import auth_addresses
-from teleport_core.tlsserver import ClientHello, Handler
+from teleport_core.tlsserver import ClientHello, Handler, handshake_reason
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.sshserver import parse_subsystem
 
@@ -262,7 +262,8 @@ class WebMux:
                                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             sock.close()
-            await self.proxy.audit_denial("", f"tls routing ({ALPN_SSH}): handshake refused: {_reason(exc)}", remote)
+            if self.proxy.web is not None:  # audited once per source and period: a flood cannot fill the log
+                self.proxy.web.refused(remote, f"tls routing ({ALPN_SSH}): handshake refused: {handshake_reason(exc)}")
             return
         try:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -308,15 +309,6 @@ class WebMux:
                 upstream.transport.close()
             return
         upstream.link(client)
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a TLS handshake failed, in words ("client certificate: certificate has expired")."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"client certificate: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    return str(exc) or type(exc).__name__
 
 
 def _load_key_pair(context: ssl.SSLContext, identity: LocalIdentity) -> None:

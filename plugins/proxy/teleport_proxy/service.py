@@ -23,6 +23,7 @@ from teleport_core.client import AuthClient, Credentials
 from teleport_core.config.values import NetAddr, certificate_names
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
+from teleport_core.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.limits import RateLimiter, rate_limited
@@ -43,6 +44,9 @@ NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds
 MISS_REFRESH = 0.2  # a lookup that finds nothing refetches a list older than this
 VISIBLE_CACHE = 1024
 RETRY = 2.0
+#: the web port's body limits (64 KiB for the rest): logins and invites carry a few short fields
+WEB_LIMITS = HTTPLimits(routes=(RouteLimit("POST", "/v1/webapi/ssh/certs", LOGIN_MAX_BODY),
+                                RouteLimit("PUT", "/v1/webapi/users/password/token", LOGIN_MAX_BODY)))
 LOCK_CUT_GRACE = 2.0  # seconds nodes get to end a newly locked user's sessions (with the message) before the cut
 
 
@@ -124,7 +128,8 @@ class ProxyService(Service):
         # TLS routing: the web port also carries tsh's SSH (ALPN teleport-proxy-ssh) and the auth API
         self.mux = WebMux(self)
         self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context(),
-                             router=self.mux.route)
+                             router=self.mux.route, limits=WEB_LIMITS,
+                             on_refused=lambda peer, reason: self.audit_denial("", reason, peer))
         await self.web.start()
         await self._send_heartbeat()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="proxy-heartbeat"))

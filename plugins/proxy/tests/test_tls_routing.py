@@ -142,9 +142,9 @@ def _user_cert(ca_cert: x509.Certificate, ca_key: Any, user_key: Any, *, not_bef
     return cert.public_bytes(Encoding.PEM)
 
 
-def _dial_with(env: Env, cert_pem: bytes | None, key: Any, folder: Path) -> bytes:
-    """Connect to the web port with ALPN teleport-proxy-ssh and ``cert_pem``, ask for sshd-node;
-    what the proxy answers (b"" when it closed the connection or failed the handshake)."""
+def _dial_with(env: Env, cert_pem: bytes | None, key: Any, folder: Path, source: str = "127.0.0.1") -> bytes:
+    """Connect to the web port from ``source`` with ALPN teleport-proxy-ssh and ``cert_pem``, ask for
+    sshd-node; what the proxy answers (b"" when it closed the connection or failed the handshake)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -153,7 +153,7 @@ def _dial_with(env: Env, cert_pem: bytes | None, key: Any, folder: Path) -> byte
         write_private(folder / "cert.pem", cert_pem)
         write_private(folder / "key.pem", keys.private_key_pem(key))
         context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    raw = socket.create_connection(("127.0.0.1", env.proxy.web_address.port), timeout=10)
+    raw = socket.create_connection(("127.0.0.1", env.proxy.web_address.port), timeout=10, source_address=(source, 0))
     try:
         tls = context.wrap_socket(raw)
         tls.sendall(f"sshd-node:0@{CLUSTER}\n".encode())
@@ -177,12 +177,13 @@ def test_foreign_expired_and_missing_client_certificates_are_refused_and_audited
                   .sign(foreign_key, hashes.SHA256()))
     foreign = _user_cert(foreign_ca, foreign_key, user_key, not_before=now - dt.timedelta(minutes=1),
                          not_after=now + dt.timedelta(hours=1))
-    assert _dial_with(env, foreign, user_key, tmp_path) == b""
+    # each from its own address: refusals are audited once per source and period
+    assert _dial_with(env, foreign, user_key, tmp_path, "127.0.0.11") == b""
     # signed by the real user CA, expired an hour ago
     expired = _user_cert(real.tls_cert, real.tls_private_key, user_key, not_before=now - dt.timedelta(hours=3),
                          not_after=now - dt.timedelta(hours=1))
-    assert _dial_with(env, expired, user_key, tmp_path) == b""
-    assert _dial_with(env, None, user_key, tmp_path) == b""
+    assert _dial_with(env, expired, user_key, tmp_path, "127.0.0.12") == b""
+    assert _dial_with(env, None, user_key, tmp_path, "127.0.0.13") == b""
     # the same certificate, valid now, is let through: the refusals above were about the certificate
     valid = _user_cert(real.tls_cert, real.tls_private_key, user_key, not_before=now - dt.timedelta(minutes=1),
                        not_after=now + dt.timedelta(hours=1))
