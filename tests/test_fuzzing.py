@@ -23,7 +23,7 @@ DOC: dict[str, Any] = {
     "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
     "paths": {
         "/items/{n}": {"get": {"parameters": [{"name": "n", "in": "path", "required": True,
-                                               "schema": {"type": "integer", "minimum": 0, "maximum": 100}}],
+                                               "schema": {"type": "integer", "minimum": 0, "maximum": 1000}}],
                                "responses": {"200": {"description": "ok", "content": {"application/json": {
                                    "schema": {"type": "object", "properties": {"n": {"type": "integer"}},
                                               "required": ["n"]}}}}}}},
@@ -38,9 +38,9 @@ async def item(request: Request) -> JSONResponse:
     if not (text.isascii() and text.isdigit()):
         return JSONResponse({"error": "n: expected an integer"}, status_code=400)
     n = int(text)
-    if n == 0:
+    if n % 2 == 0:
         raise ZeroDivisionError("a bug")  # starlette answers 500
-    return JSONResponse({"n": "many" if n > 50 else n})  # breaks the declared integer past 50
+    return JSONResponse({"n": "many" if n > 10 else n})  # breaks the declared integer past 10
 
 
 async def ok(request: Request) -> JSONResponse:
@@ -76,7 +76,7 @@ def test_fuzz_reports_a_server_error_and_a_schema_violation(server: str) -> None
     assert report.operations == 2 and report.requests > 2
     assert report.server_errors >= 1 and not report.ok
     text = report.summary()
-    assert any(f.startswith("GET /items/0 ") and "-> 500" in f for f in report.failures), text  # the 5xx, its request
+    assert any(f.startswith("GET /items/") and "-> 500" in f for f in report.failures), text  # the 5xx, its request
     assert any("/items/" in f and "-> 200" in f for f in report.failures), text  # {"n": "many"}
 
 
