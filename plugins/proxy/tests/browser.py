@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -44,17 +45,15 @@ class Chromium:
         self.proc = subprocess.Popen(
             ["bash", "-c", f'exec "$@" 3<&{to_child} 4>&{from_child} {to_child}<&- {from_child}>&-', "bash", *args],
             pass_fds=(to_child, from_child), stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "chromium.log", "wb"))  # noqa: SIM115
+            stderr=open(self.folder / "chromium.log", "wb"))
         os.close(to_child)
         os.close(from_child)
         threading.Thread(target=self._reader, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing anyway
             self.call("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
