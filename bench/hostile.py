@@ -160,9 +160,13 @@ async def push(port: int, path: str, size: int, chunked: bool, answers: list[str
 
 
 async def pushes(port: int, path: str, size: int, chunked: bool, clients: int) -> list[str]:
+    """The clients' answers; "stuck" for those still pushing after 120 s (the server neither reads nor closes)."""
     answers: list[str] = []
-    await asyncio.gather(*(push(port, path, size, chunked, answers) for _ in range(clients)))
-    return answers
+    tasks = [asyncio.create_task(push(port, path, size, chunked, answers)) for _ in range(clients)]
+    _, pending = await asyncio.wait(tasks, timeout=120)
+    for task in pending:
+        task.cancel()
+    return answers + ["stuck"] * len(pending)
 
 
 def flood(pid: int, ports: dict[str, int], clients: int, size: int) -> list[dict[str, Any]]:

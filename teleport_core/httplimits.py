@@ -25,6 +25,7 @@ hypercorn's own limits are set by :func:`configure`: request head size
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -46,6 +47,8 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 DEFAULT_MAX_BODY = 64 * KiB
 LOGIN_MAX_BODY = 16 * KiB  # password logins, invites, registrations: a few short fields
+DRAIN_MAX = 64 * KiB  # unread body taken after an early answer so the connection stays usable
+ANSWER_TIMEOUT = 5.0  # seconds a 413 may take to be written before the connection is cut anyway
 MAX_HEAD = 16 * KiB  # request line and headers (HTTP/1.1), header list (HTTP/2)
 
 log = get_logger("http")
@@ -180,7 +183,7 @@ class GuardedReader:
         self._clock.read_started()
         data = b""
         try:
-            data = await self._reader.read(n)
+            data = bytes(await self._reader.read(n))
         finally:
             self._clock.read_done(len(data))
         return data
@@ -254,7 +257,7 @@ class GuardedApp:
             await self._quiet(send, limit)  # answered without reading a byte of the body
             return
         received = 0
-        started = over = left = False
+        started = sized = over = left = False
 
         async def limited_receive() -> Message:
             nonlocal received, over, left
@@ -276,16 +279,36 @@ class GuardedApp:
                 body.end()
             return message
 
+        async def drain() -> None:
+            nonlocal received
+            while body.pending and received <= min(limit, DRAIN_MAX):
+                message = await receive()
+                received += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    body.end()
+
         async def guarded_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, sized
             if over or self.send_failed:
                 return  # the 413 went out instead, or the connection is gone
             if message["type"] == "http.response.start":
                 started = True
+                sized = any(bytes(name).lower() == b"content-length" for name, _ in message.get("headers", ()))
+            # an answer given before the body was read (401, 429 ...): ended the usual way, the
+            # connection would start a TLS close while the body still comes, which fails or
+            # buffers it; instead the answer is left unended (whole by its length) and the
+            # connection is handled as after a 413
+            unread = (message["type"] == "http.response.body" and not message.get("more_body", False)
+                      and body.pending and sized and self.refuse_rest is not None)
+            if unread:
+                await drain()  # a small body (already here, mostly) keeps the connection usable
+                unread = body.pending
             try:
-                await send(message)
+                await send({**message, "more_body": True} if unread else message)
             except Exception as exc:  # the client closed or the protocol refuses: not a bug
                 self._send_failed(scope, exc)
+            if unread and self.refuse_rest is not None:
+                await self.refuse_rest()
 
         try:
             await self.app(scope, limited_receive, guarded_send)
@@ -300,8 +323,8 @@ class GuardedApp:
         # with refuse_rest, the connection is aborted once the answer had time to arrive: a
         # graceful TLS close now would fail on the body still coming and reset the connection
         # at once, destroying the answer before the client reads it
-        try:
-            await refuse_too_large(send, limit, end=self.refuse_rest is None)
+        try:  # bounded: the connection is aborted after the answer, whether it could be written or not
+            await asyncio.wait_for(refuse_too_large(send, limit, end=self.refuse_rest is None), ANSWER_TIMEOUT)
         except Exception as exc:
             self._send_failed({}, exc)
         if self.refuse_rest is not None:

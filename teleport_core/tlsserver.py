@@ -220,8 +220,10 @@ async def _refuse_rest(writer: asyncio.StreamWriter) -> None:
     """
     transport = writer.transport
     raw = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    reading = raw if isinstance(raw, asyncio.ReadTransport) else transport
     with contextlib.suppress(RuntimeError, AttributeError):
-        (raw if isinstance(raw, asyncio.Transport) else transport).pause_reading()
+        if isinstance(reading, asyncio.ReadTransport):
+            reading.pause_reading()
     await asyncio.sleep(LINGER)
     transport.abort()
 
@@ -273,7 +275,7 @@ class TLSServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._context_obj: Any = None
         self._sweeping: asyncio.Task[None] | None = None
-        self._clocks: dict[ConnectionClock, asyncio.Transport] = {}
+        self._clocks: dict[ConnectionClock, asyncio.WriteTransport] = {}
 
     @property
     def address(self) -> NetAddr:

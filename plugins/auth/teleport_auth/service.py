@@ -337,8 +337,9 @@ class AuthService(Service):
         for its client certificate) or before it knew the caller."""
         from teleport_core.audit import new_event
 
-        await self.emit(new_event("auth", "failure", user="", error=reason, cluster_name=self.cluster_name,
-                                  server_id=self.host_uuid, **{"addr.remote": peer}))
+        fields = {"user": "", "error": reason, "cluster_name": self.cluster_name, "server_id": self.host_uuid,
+                  "addr.remote": peer}
+        await self.emit(new_event("auth", "failure", **fields))
 
     async def emit(self, event: AuditEvent) -> None:
         """Write an audit event; a failure to audit is logged loudly (the action already happened)."""
