@@ -50,6 +50,7 @@ HELLO_TIMEOUT = 10.0  # seconds a new connection has to send its ClientHello
 MAX_HELLO = 16 * 1024 + 5  # one TLS record: a ClientHello longer than that is refused
 PARTIAL_WAIT = 0.005  # a ClientHello that arrived in part: poll for the rest this often
 HANDSHAKE_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 5.0  # seconds a closing connection waits for the peer's close_notify (asyncio: 30)
 REFUSAL_PERIOD = 10.0  # seconds: at most one reported handshake refusal per source IP
 SWEEP_INTERVAL = 1.0  # seconds between checks of the connections' deadlines
 LINGER = 2.0  # seconds a connection refused with a 413 lives on, not read, for its answer to arrive
@@ -211,7 +212,7 @@ def client_certificate(scope: Scope) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(chain[0]) if chain else None
 
 
-async def _refuse_rest(writer: asyncio.StreamWriter) -> None:
+async def _refuse_rest(writer: asyncio.StreamWriter, connection: asyncio.Task[Any] | None) -> None:
     """After a 413: read nothing more, give the answer :data:`LINGER` seconds to reach the client
     (a reset sent sooner can destroy it unread), then abort the connection.
 
@@ -226,6 +227,8 @@ async def _refuse_rest(writer: asyncio.StreamWriter) -> None:
             reading.pause_reading()
     await asyncio.sleep(LINGER)
     transport.abort()
+    if connection is not None:  # hypercorn may wait forever to hand the app body it will not take
+        asyncio.get_running_loop().call_soon(connection.cancel)
 
 
 def bind_socket(addr: NetAddr) -> socket.socket:
@@ -358,7 +361,8 @@ class TLSServer:
             reader = asyncio.StreamReader(limit=2 ** 16)
             protocol = asyncio.StreamReaderProtocol(reader, self._connection)
             await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._wrapper,
-                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                                               ssl_shutdown_timeout=SHUTDOWN_TIMEOUT)
         except (NotClientHello, TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
             sock.close()
             if certificate_refusal(exc):
@@ -391,7 +395,7 @@ class TLSServer:
             "cipher_suite": ssl_object.cipher()[0] if ssl_object is not None and ssl_object.cipher() else None,
         }
         clock = ConnectionClock(self.limits)
-        app = GuardedApp(self.app, self.limits, clock, functools.partial(_refuse_rest, writer))
+        app = GuardedApp(self.app, self.limits, clock, functools.partial(_refuse_rest, writer, asyncio.current_task()))
 
         async def with_tls(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] in ("http", "websocket"):

@@ -88,6 +88,13 @@ class Running:
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=30, source_address=(source, 0))
         return context.wrap_socket(raw, server_hostname="localhost")
 
+    def connections_end(self, wait: float = 20.0) -> bool:
+        """Whether every connection the server had ends within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while self.server._clocks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.server._clocks
+
     def url(self, path: str) -> str:
         return f"https://localhost:{self.port}{path}"
 
@@ -169,6 +176,7 @@ def test_chunked_body_over_the_limit_is_cut_with_a_413(server: Running) -> None:
             with contextlib.suppress(OSError, ssl.SSLError):
                 status, body = read_answer(sock)
                 assert (status, json.loads(body)) == (413, {"error": f"request body over {limit} bytes"})
+    assert server.connections_end()  # none of the refused connections is kept (they leaked once)
     assert server.get_ping() == 200
 
 
