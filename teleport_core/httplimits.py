@@ -87,6 +87,8 @@ class HTTPLimits:
     body_grace: float = 10.0
     min_body_rate: float = 1024.0
     keep_alive_timeout: float = 60.0
+    #: headers every answer of the listener itself (a 413) carries, e.g. the web port's security headers
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def body_limit(self, method: str, path: str) -> int:
         """The largest body a request for ``method path`` may carry (the first matching route's limit)."""
@@ -217,13 +219,14 @@ class _Body:
             self.clock.body_done()
 
 
-async def refuse_too_large(send: Send, limit: int, *, end: bool = True) -> None:
+async def refuse_too_large(send: Send, limit: int, *, end: bool = True,
+                           headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """The 413 (``end=False``: the response is whole on the wire, by its length, but not ended, so
-    the server does not start closing the connection yet)."""
+    the server does not start closing the connection yet), with the listener's ``headers``."""
     body = b'{"error": "request body over %d bytes"}' % limit
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body, "more_body": not end})
 
 
@@ -324,7 +327,8 @@ class GuardedApp:
         # graceful TLS close now would fail on the body still coming and reset the connection
         # at once, destroying the answer before the client reads it
         try:  # bounded: the connection is aborted after the answer, whether it could be written or not
-            await asyncio.wait_for(refuse_too_large(send, limit, end=self.refuse_rest is None), ANSWER_TIMEOUT)
+            await asyncio.wait_for(refuse_too_large(send, limit, end=self.refuse_rest is None,
+                                                    headers=self.limits.headers), ANSWER_TIMEOUT)
         except Exception as exc:
             self._send_failed({}, exc)
         if self.refuse_rest is not None:

@@ -34,6 +34,7 @@ from teleport_core.roles import Role, RoleSet, parse_role
 from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 from teleport_proxy.certs import UserCert, self_signed
+from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
 from teleport_proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ VISIBLE_CACHE = 1024
 RETRY = 2.0
 #: the web port's body limits (64 KiB for the rest): logins and invites carry a few short fields
 WEB_LIMITS = HTTPLimits(routes=(RouteLimit("POST", "/v1/webapi/ssh/certs", LOGIN_MAX_BODY),
-                                RouteLimit("PUT", "/v1/webapi/users/password/token", LOGIN_MAX_BODY)))
+                                RouteLimit("PUT", "/v1/webapi/users/password/token", LOGIN_MAX_BODY)),
+                        headers=SECURITY_HEADERS)  # the listener's own 413s carry them too
 LOCK_CUT_GRACE = 2.0  # seconds nodes get to end a newly locked user's sessions (with the message) before the cut
 
 

@@ -92,12 +92,16 @@ def tls(port: int, source: str = "127.0.0.1", cert: tuple[bytes, bytes] | None =
 
 
 def answer(sock: ssl.SSLSocket) -> tuple[int, dict[str, Any]]:
+    return answer_with_head(sock)[:2]  # type: ignore[return-value]
+
+
+def answer_with_head(sock: ssl.SSLSocket) -> tuple[int, dict[str, Any], bytes]:
     data = b""
     with contextlib.suppress(OSError, ssl.SSLError):
         while chunk := sock.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body)
+    return int(head.split(b" ", 2)[1]), json.loads(body), head.lower()
 
 
 def test_oversized_bodies_are_413s_before_reading_on_auth_and_web(cluster: Cluster) -> None:
@@ -107,8 +111,11 @@ def test_oversized_bodies_are_413s_before_reading_on_auth_and_web(cluster: Clust
         with tls(port) as sock:  # no client certificate, no body: only the head claiming 1 GiB
             sock.sendall(head + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                 b"Content-Length: 1073741824\r\n\r\n")
-            status, body = answer(sock)
+            status, body, answered = answer_with_head(sock)
             assert status == 413 and body["error"].startswith("request body over "), (head, body)
+            if port == cluster.web_port:  # the web port's security headers, on the listener's own answer too
+                assert b"content-security-policy: default-src 'self'" in answered, answered
+                assert b"x-frame-options: deny" in answered, answered
     with tls(cluster.web_port) as sock:  # chunked: cut once past the login limit
         sock.sendall(b"POST /v1/webapi/ssh/certs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         with contextlib.suppress(OSError, ssl.SSLError):
