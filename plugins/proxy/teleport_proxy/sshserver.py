@@ -213,7 +213,7 @@ def accept_loop(sock: socket.socket, stopping: threading.Event,
                 refused: Callable[[str, str, str], None]) -> None:
     """Accept on ``sock`` (which has a timeout, so ``stopping`` is seen) until it is set or the
     socket is closed; each connection ``gate`` admits gets ``serve(client, "host:port", ticket)``
-    in a thread ``name`` (which must close the ticket); a refused one is closed at once and
+    in a thread ``name``, which closes the ticket when ``serve`` returns; a refused one is closed at once and
     reported to ``refused(source, remote, reason)``."""
     gate.start()
     while not stopping.is_set():
@@ -235,7 +235,14 @@ def accept_loop(sock: socket.socket, stopping: threading.Event,
             client.close()
             refused(str(addr[0]), remote, str(exc))
             continue
-        threading.Thread(target=serve, args=(client, remote, ticket), name=name, daemon=True).start()
+
+        def run(client: socket.socket = client, remote: str = remote, ticket: Ticket = ticket) -> None:
+            try:
+                serve(client, remote, ticket)
+            finally:
+                ticket.close()
+
+        threading.Thread(target=run, name=name, daemon=True).start()
 
 
 class SSHProxyServer:
@@ -286,12 +293,6 @@ class SSHProxyServer:
         accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn", self.gate, self.refused)
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
-        try:
-            self._serve_admitted(client, remote, ticket)
-        finally:
-            ticket.close()
-
-    def _serve_admitted(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.settimeout(None)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = SplicingTransport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)

@@ -274,12 +274,6 @@ class TunnelServer:
         accept_loop(self.sock, self._stopping, self._serve, "proxy-tunnel-conn", self.gate, self.refused)
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
-        try:
-            self._serve_admitted(client, remote, ticket)
-        finally:
-            ticket.close()
-
-    def _serve_admitted(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         client.settimeout(HANDSHAKE_TIMEOUT)
