@@ -155,7 +155,12 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                     name = request.path_params.get(name_param, "") if name_param else ""
                     await self.authorize(request, identity, verb, kind, name)
                 if op is not None and op.body is not None:  # after the authorization above (if any), within the limit
-                    request.state.body = validate_body(op.body, await read_body(request, op.max_body))
+                    raw = await read_body(request, op.max_body)
+                    try:
+                        request.state.body = validate_body(op.body, raw)
+                    except InvalidRequest as exc:
+                        await self.audit_invalid(handler.__name__, request, raw, str(exc))
+                        raise
                 result = await handler(self, request, identity)
             except Exception as exc:
                 if not isinstance(exc, TeleportError):
@@ -273,6 +278,21 @@ class APIBase:
             "addr.remote": f"{client.host}:{client.port}" if client else "",
         }
         await self.service.emit(new_event("auth", "failure", **fields))
+
+    async def audit_invalid(self, handler: str, request: Request, raw: bytes, reason: str) -> None:
+        """A body its model refused, for a call whose refusals are audited: the handler's module
+        defines ``_invalid_<handler>(request, fields, reason)`` (``fields``: the body's top-level
+        string fields, whatever else it holds), e.g. a join or an invite completion."""
+        audit = getattr(self, f"_invalid_{handler}", None)
+        if audit is None:
+            return
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except (ValueError, RecursionError):
+            data = {}
+        fields = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(data, dict) else {}
+        await audit(request, fields, reason)
 
     def event(self, event: str, outcome: str = "ok", **fields: Any) -> AuditEvent:
         return new_event(event, outcome, cluster_name=self.service.cluster_name, **fields)

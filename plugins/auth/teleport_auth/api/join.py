@@ -88,6 +88,12 @@ class JoinAPI(APIBase):
                                                error=str(exc), **{"addr.remote": remote}))
             raise
 
+    async def _invalid_register(self, request: Request, fields: dict[str, str], reason: str) -> None:
+        """A join body the model refused is a refused join too (TJ002E)."""
+        remote = request.client.host if request.client else ""
+        await self.service.emit(self.event("instance.join", "failure", node_name=fields.get("nodename", ""),
+                                           role=fields.get("role", ""), error=reason, **{"addr.remote": remote}))
+
     async def _join(self, wanted: RegisterBody, identity: Identity | None, nodename: str, role: str,
                     remote: str) -> Any:
         from teleport_auth.authz import host_uuid

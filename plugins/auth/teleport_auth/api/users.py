@@ -257,6 +257,12 @@ class UsersAPI(APIBase):
         code = wanted.second_factor_token
         return await self._complete_user_token(token, password, code)
 
+    async def _invalid_complete_user_token(self, request: Request, fields: dict[str, str], reason: str) -> None:
+        """An invite or reset completion the model refused (e.g. a password over 128 characters)
+        is a failed completion too (``user.password_change`` T1005W), never with the password."""
+        await self.service.emit(self.event("user.password_change", "failure", user="", token_kind="",
+                                           success=False, error=reason))
+
     async def _complete_user_token(self, token: Secret, password: Secret, code: str) -> dict[str, Any]:
         """Set the password (and enroll the OTP app) of an invite or reset. Every check comes
         before the token is spent; a refusal (unknown, expired or used token, a password the
