@@ -53,6 +53,7 @@ import attrs
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
+    AuditUnavailable,
     AuthenticationFailed,
     CompareFailed,
     NotFound,
@@ -77,6 +78,7 @@ ERRORS: dict[int, type[TeleportError]] = {
     404: NotFound,
     409: AlreadyExists,
     412: CompareFailed,
+    503: AuditUnavailable,
 }
 
 

@@ -58,3 +58,12 @@ class WatcherClosed(TeleportError):
 
 class DataDirLocked(TeleportError):
     """Another teleport process holds the data directory."""
+
+
+class AuditUnavailable(TeleportError):
+    """The audit log cannot record events, so the action was refused (HTTP 503): no action goes
+    unaudited. ``str()`` starts with ``"audit log unavailable: "`` and names the cause."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"audit log unavailable: {cause}")
+        self.cause = cause

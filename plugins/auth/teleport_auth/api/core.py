@@ -26,6 +26,7 @@ from teleport_core.config.values import parse_duration
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
+    AuditUnavailable,
     AuthenticationFailed,
     CompareFailed,
     ConfigError,
@@ -60,6 +61,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (NotFound, 404),
     (AlreadyExists, 409),
     (CompareFailed, 412),
+    (AuditUnavailable, 503),
     (ConfigError, 400),
     (TeleportError, 400),
 ]
