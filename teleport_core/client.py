@@ -13,8 +13,7 @@ changes), ``load_key_pair(cert, key, cas)``, ``load_tls(ssl_context)``, and
 ``load_profile()`` (the profile ``tsh login`` writes). Errors the server sends back become
 typed exceptions: ``AccessDenied`` (403), ``NotFound`` (404), ``AlreadyExists`` (409),
 ``CompareFailed`` (412), ``AuthenticationFailed`` (401), ``AuditUnavailable`` (503), ``TeleportError``
-otherwise; the
-message is the server's reason. Connections are pooled and kept alive (a new mutual-TLS
+otherwise; the message is the server's reason. Connections are pooled and kept alive (a new mutual-TLS
 handshake costs milliseconds of server CPU).
 
 Through a proxy: give the proxy's web address (``AuthClient("proxy.example.com:3080", ...)``).
