@@ -1,4 +1,4 @@
-"""The plugin guide shows the example plugin's files exactly as they are."""
+"""The docs say what the code does: the plugin guide quotes the example files, the audit-event page lists every code."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ def test_guide_quotes_example_files():
 @pytest.mark.parametrize(("path", "text"), blocks(), ids=[p for p, _ in blocks()])
 def test_guide_block_matches_file(path, text):
     assert (ROOT / path).read_text() == text + "\n"
+
+
+def test_every_audit_code_is_documented():
+    """docs/audit-events.md has a row for every (event, outcome, code) in the one code table."""
+    from teleport_core.audit import CODES
+
+    text = (ROOT / "docs" / "audit-events.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_.]+)` \| ([a-z_]+) \| `(T[0-9A-Z]+)` \|", text, re.MULTILINE))
+    assert rows == {(event, outcome, code) for (event, outcome), code in CODES.items()}
