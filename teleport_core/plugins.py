@@ -71,6 +71,21 @@ class PluginInfo:
     def label(self) -> str:
         return f'plugin "{self.distribution}" {self.version} (entry point "{self.name}")'
 
+    @property
+    def fix(self) -> str:
+        """How to run without this plugin: uninstall or block it (or drop it from ``$TELEPORT_PLUGINS``)."""
+        if self.distribution.startswith(f"{EXTRA_ENV}:"):
+            return f"remove {self.name} from {EXTRA_ENV}, or set {DISABLE_ENV}={self.name}"
+        if self.distribution.startswith("(object)"):
+            return ""
+        return f"pip uninstall {self.distribution}, or set {DISABLE_ENV}={self.name}"
+
+    @property
+    def problem(self) -> str:
+        """The one line that reports this plugin broken, with what to do about it."""
+        fix = f" (to go on without it: {self.fix})" if self.fix else ""
+        return f"{self.label} is broken: {self.error}{fix}"
+
 
 class Plugins:
     """The loaded plugins and what they provide. Build with :func:`make_plugins`."""
@@ -93,7 +108,7 @@ class Plugins:
     def raise_if_broken(self) -> None:
         """Raise one :class:`PluginError` naming every broken plugin, one line each."""
         if self.broken:
-            raise PluginError("\n".join(f"{i.label} is broken: {i.error}" for i in self.broken))
+            raise PluginError("\n".join(info.problem for info in self.broken))
 
     def info_for(self, plugin_name: str) -> PluginInfo:
         """The plugin registered as ``plugin_name`` (one registered behind our back gets a bare record)."""
@@ -168,10 +183,16 @@ class Plugins:
             return table[name][1]
         choices = ", ".join(sorted(table)) or "none"
         package = KNOWN_PROVIDERS.get((kind, name))
+        for info in self.broken:
+            if package and normalize(info.distribution) == package:
+                raise UnknownNameError(f'{kind} "{name}" is provided by {info.problem}')
+        maybe = ("; broken plugins, which may provide it: " + "; ".join(i.problem for i in self.broken)
+                 if self.broken else "")
         if package:
-            raise UnknownNameError(f'{kind} "{name}" is not available: {install_hint(package)} (installed: {choices})')
+            raise UnknownNameError(
+                f'{kind} "{name}" is not available: {install_hint(package)} (installed: {choices}){maybe}')
         hint = did_you_mean(name, list(table)).replace("; valid keys:", "; installed:")
-        raise UnknownNameError(f'unknown {kind} "{name}"{hint or f"; installed: {choices}"}')
+        raise UnknownNameError(f'unknown {kind} "{name}"{hint or f"; installed: {choices}"}{maybe}')
 
     def backend(self, name: str) -> BackendSpec:
         return self.lookup("backend", name, self.backends())
@@ -211,6 +232,7 @@ class Plugins:
                 entry[key] = provided[info.name].get(key, [])
             if info.error:
                 entry["error"] = info.error
+                entry["fix"] = info.fix
             out.append(entry)
         return out
 

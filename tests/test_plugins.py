@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from teleport_core import hookimpl
 from teleport_core.discovery import entry_points
 from teleport_core.plugins import make_plugins
@@ -52,18 +54,26 @@ def test_broken_plugin_reported_by_distribution_without_traceback(fake_site, tmp
     make_distribution(fake_site, "teleport-broken", "1.2.3", {"broken": "broken_plugin"},
                       {"broken_plugin": "import nonexistent_dependency_xyz\n"})
     listed = run_cli("teleport", "plugins", site=fake_site)
-    assert listed.returncode == 0
+    assert listed.returncode == 1  # a script can tell a broken install
     assert "broken [BROKEN]  teleport-broken 1.2.3" in listed.stdout
     assert "error: failed to import: ModuleNotFoundError: No module named 'nonexistent_dependency_xyz'" in listed.stdout
+    assert "to go on without it: pip uninstall teleport-broken, or set TELEPORT_DISABLE_PLUGINS=broken" in listed.stdout
+    as_json = run_cli("teleport", "plugins", "--format=json", site=fake_site)
+    assert as_json.returncode == 1
+    entry = {p["name"]: p for p in json.loads(as_json.stdout)}["broken"]
+    assert entry["fix"] == "pip uninstall teleport-broken, or set TELEPORT_DISABLE_PLUGINS=broken"
     config = tmp_path / "t.yaml"
     config.write_text("auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
     started = run_cli("teleport", "start", "--config", str(config), site=fake_site)
     assert started.returncode == 1
     assert started.stderr.strip() == (
         'ERROR: plugin "teleport-broken" 1.2.3 (entry point "broken") is broken: failed to import: '
-        "ModuleNotFoundError: No module named 'nonexistent_dependency_xyz'"
+        "ModuleNotFoundError: No module named 'nonexistent_dependency_xyz' (to go on without it: "
+        "pip uninstall teleport-broken, or set TELEPORT_DISABLE_PLUGINS=broken)"
     )
     assert "Traceback" not in started.stderr
+    blocked = run_cli("teleport", "plugins", site=fake_site, env={"TELEPORT_DISABLE_PLUGINS": "broken"})
+    assert blocked.returncode == 0 and "broken [DISABLED]" in blocked.stdout
     helped = run_cli("tsh", "--help", site=fake_site)  # other commands warn and go on
     assert helped.returncode == 0 and 'warning: plugin "teleport-broken" 1.2.3' in helped.stdout
 
@@ -120,3 +130,36 @@ def test_first_distribution_on_path_wins(tmp_path):
     make_distribution(a, "teleport-dup", "1.0", {"dup": "dup_a"}, {"dup_a": GOOD})
     make_distribution(b, "teleport-dup", "2.0", {"dup": "dup_b"}, {"dup_b": GOOD})
     assert [(e.value, e.version) for e in entry_points("teleport", [str(a), str(b)])] == [("dup_a", "1.0")]
+
+
+def test_a_name_a_broken_plugin_provides_names_that_plugin():
+    """Asking for a backend of a broken plugin says which plugin and how to fix it, not just
+    "unknown backend" (the real teleport-storage-etcd is installed here, so the broken one is built
+    by hand)."""
+    import pluggy
+
+    from teleport_core.errors import UnknownNameError
+    from teleport_core.plugins import PluginInfo, Plugins
+
+    broken = PluginInfo("storage_etcd", "teleport-storage-etcd", "9.9", status="broken",
+                        error="failed to import: RuntimeError: needs a newer httpx")
+    plugins = Plugins(pluggy.PluginManager("teleport"), [broken])
+    with pytest.raises(UnknownNameError) as raised:
+        plugins.lookup("backend", "etcd", {})
+    assert str(raised.value) == (
+        'backend "etcd" is provided by plugin "teleport-storage-etcd" 9.9 (entry point "storage_etcd") is broken: '
+        "failed to import: RuntimeError: needs a newer httpx (to go on without it: pip uninstall "
+        "teleport-storage-etcd, or set TELEPORT_DISABLE_PLUGINS=storage_etcd)")
+
+
+def test_an_unknown_name_lists_the_broken_plugins(fake_site, tmp_path):
+    """``configure --test`` with a name no plugin provides lists the broken plugins that might."""
+    make_distribution(fake_site, "teleport-mystery", "1.0", {"mystery": "mystery_plugin"},
+                      {"mystery_plugin": "raise ImportError('no')\n"})
+    config = tmp_path / "t.yaml"
+    config.write_text("teleport:\n  storage:\n    type: lmdb\n"
+                      "auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
+    tested = run_cli("teleport", "configure", "--test", str(config), site=fake_site)
+    assert tested.returncode == 1
+    assert 'unknown backend "lmdb"' in tested.stderr
+    assert 'broken plugins, which may provide it: plugin "teleport-mystery" 1.0' in tested.stderr

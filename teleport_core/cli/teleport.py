@@ -95,9 +95,10 @@ def cmd_plugins(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     described = cli.plugins.describe()
+    broken = 1 if cli.plugins.broken else 0  # a script can tell a healthy install from a broken one
     if args.format == "json":
         print(json.dumps(described, indent=2))
-        return 0
+        return broken
     for entry in described:
         provides = []
         for key in ("services", "backends", "session_storages", "audit_sinks", "commands"):
@@ -107,10 +108,12 @@ def cmd_plugins(argv: list[str], cli: CliContext) -> int:
         print(f"{entry['name']}{status}  {entry['distribution']} {entry['version']}")
         if entry.get("error"):
             print(f"    error: {entry['error']}")
+            if entry.get("fix"):
+                print(f"    to go on without it: {entry['fix']}")
         print(f"    hooks: {', '.join(entry['hooks']) or '-'}")
         for line in provides:
             print(f"    {line}")
-    return 0
+    return broken
 
 
 def cmd_version(argv: list[str], cli: CliContext) -> int:
