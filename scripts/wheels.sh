@@ -45,3 +45,28 @@ check_installed "$WORK/all"
 # end-to-end run from the wheels: a cluster of installed plugins, tsh login and tsh ssh.
 (cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider -m "not e2e" tests plugins/*/tests examples/*/tests)
 (cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider plugins/proxy/tests/test_login_without_otp.py)
+
+# What the README's "Install as a user" says, exactly: the distributions by name (found among the
+# built wheels; their dependencies from the package index), then `teleport plugins` (non-zero
+# when any plugin is broken) and the services each set must bring.
+provides() {  # venv, then what `teleport plugins --format=json` must list
+  local venv=$1; shift
+  (cd "$WORK" && "$venv/bin/teleport" plugins --format=json) | "$venv/bin/python" -c '
+import json, sys
+listed = json.load(sys.stdin)
+have = {name for p in listed for key in ("services", "backends", "session_storages", "audit_sinks") for name in p[key]}
+missing = set(sys.argv[1:]) - have
+sys.exit(f"missing after the install: {sorted(missing)}" if missing else 0)' "$@"
+}
+echo "== a user's install: pip install teleport-core teleport-auth teleport-proxy teleport-node"
+"$PYTHON" -m venv "$WORK/user"
+"$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-core teleport-auth teleport-proxy teleport-node
+provides "$WORK/user" auth_service proxy_service ssh_service sqlite file stdout
+"$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-storage-etcd teleport-storage-s3
+provides "$WORK/user" etcd s3
+echo "== a laptop: pip install teleport-core (tsh only)"
+"$PYTHON" -m venv "$WORK/laptop"
+"$WORK/laptop/bin/pip" install -q --find-links "$WORK/wheels" teleport-core
+(cd "$WORK" && "$WORK/laptop/bin/tsh" version && "$WORK/laptop/bin/tsh" --help > /dev/null)
+provides "$WORK/laptop" sqlite
+echo "wheels: every check passed"
