@@ -10,9 +10,11 @@ has a bad hook signature is recorded as broken with its distribution name and ve
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -21,7 +23,7 @@ import pluggy
 from teleport_core import hookspecs
 from teleport_core.discovery import entry_points as find_entry_points
 from teleport_core.discovery import normalize
-from teleport_core.errors import PluginError, UnknownNameError
+from teleport_core.errors import PluginError, TeleportError, UnknownNameError
 from teleport_core.specs import AuditSinkSpec, BackendSpec, CliCommand, ServiceSpec, SessionStorageSpec
 from teleport_core.suggest import did_you_mean
 
@@ -178,9 +180,14 @@ class Plugins:
 
     def lookup(self, kind: str, name: str, table: dict[str, tuple[PluginInfo, S]]) -> S:
         """The spec called ``name`` or an :class:`UnknownNameError` listing the installed
-        choices and, for a well-known name, the package to install."""
+        choices and, for a well-known name, the package to install (or the broken plugin that
+        provides it)."""
+        return self.entry(kind, name, table)[1]
+
+    def entry(self, kind: str, name: str, table: dict[str, tuple[PluginInfo, S]]) -> tuple[PluginInfo, S]:
+        """:meth:`lookup`, with the plugin that provides the spec."""
         if name in table:
-            return table[name][1]
+            return table[name]
         choices = ", ".join(sorted(table)) or "none"
         package = KNOWN_PROVIDERS.get((kind, name))
         for info in self.broken:
@@ -235,6 +242,27 @@ class Plugins:
                 entry["fix"] = info.fix
             out.append(entry)
         return out
+
+
+@contextlib.contextmanager
+def blame(info: PluginInfo, what: str) -> Iterator[None]:
+    """Report a failure inside as ``info``'s: one :class:`PluginError` line naming the plugin,
+    ``what`` it was doing (say which config key selected it), the module and line that raised,
+    and how to go on without it. Errors a plugin raises on purpose (:class:`TeleportError`, e.g.
+    a ``ConfigError`` naming its key, or an unreachable server) pass through unchanged."""
+    fix = f" (to go on without it: {info.fix})" if info.fix else ""
+    try:
+        yield
+    except PluginError as exc:
+        if info.label in str(exc):
+            raise
+        raise PluginError(f"{info.label}: {what}: {exc}{fix}") from exc
+    except TeleportError:
+        raise
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise PluginError(f"{info.label}: {what} failed{where}: {type(exc).__name__}: {exc}{fix}") from exc
 
 
 def install_hint(package: str) -> str:

@@ -10,8 +10,8 @@ service is ready once its ``start()`` returns (it may later report itself degrad
 ``ctx.set_ready(False, reason)``). If a start fails, the services already started are
 stopped again and the process exits 1.
 
-Signals (under :func:`run_process`): SIGTERM and SIGINT stop the services in reverse order
-and exit 0 (a second SIGINT exits at once with 130); SIGUSR1 logs a diagnostics dump (each
+Signals (under :func:`run_process`): SIGTERM, SIGHUP and SIGINT stop the services in reverse
+order and exit 0 (a second SIGINT exits at once with 130; SIGHUP does not reload); SIGUSR1 logs a diagnostics dump (each
 service's state and ``diagnostics()``, the asyncio tasks, every thread's stack) and keeps
 running.
 """
@@ -42,7 +42,7 @@ from teleport_core.datadir import DataDirLock, lock_data_dir
 from teleport_core.diag import DiagServer, Readiness, ServiceHealth
 from teleport_core.errors import PluginError, TeleportError, UnknownNameError
 from teleport_core.logs import debug_enabled, get_logger
-from teleport_core.plugins import PluginInfo, Plugins
+from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.resources import ProcessResources
 from teleport_core.service import Service, ServiceContext
@@ -278,9 +278,10 @@ class TeleportProcess:
         )
         self.log.info("starting service", service=name, plugin=unit.plugin.distribution)
         try:
-            service = resolve(unit.spec.factory)(ctx)
-            if inspect.isawaitable(service):
-                service = await service
+            with blame(unit.plugin, f"creating the {name} service ({name}.enabled)"):
+                service = resolve(unit.spec.factory)(ctx)
+                if inspect.isawaitable(service):
+                    service = await service
             if not isinstance(service, Service):
                 raise PluginError(
                     f"{unit.plugin.label}: the factory of {name} returned {type(service).__name__}, not a Service"
@@ -460,7 +461,7 @@ class TeleportProcess:
 
 
 def run_process(config: TeleportConfig, plugins: Plugins) -> int:
-    """Run ``teleport start`` until SIGTERM/SIGINT: 0 after a clean stop, 1 when start-up failed.
+    """Run ``teleport start`` until SIGTERM/SIGHUP/SIGINT: 0 after a clean stop, 1 when start-up failed.
 
     Call from the main thread after :func:`~teleport_core.logs.configure_logging`. Errors
     are logged (and also printed to stderr when the log goes to a file).
@@ -491,7 +492,7 @@ async def _main(config: TeleportConfig, plugins: Plugins) -> int:
             log.info("already shutting down", signal=name)
 
     installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
         try:
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)

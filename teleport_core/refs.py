@@ -24,8 +24,8 @@ def resolve(ref: Ref) -> Callable[..., Any]:
         raise PluginError(f"bad reference {ref!r}: expected 'package.module:attribute'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PluginError(f"cannot import {module_name!r} (from {ref!r}): {exc}") from exc
+    except Exception as exc:  # not only ImportError: a module may fail at import in any way
+        raise PluginError(f"cannot import {module_name!r} (from {ref!r}): {type(exc).__name__}: {exc}") from exc
     target: Any = module
     for part in attr.split("."):
         try:

@@ -17,15 +17,18 @@ from teleport_core.backend import Backend
 from teleport_core.config.model import StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader
 from teleport_core.errors import ConfigError, TeleportError, UnknownNameError
-from teleport_core.plugins import Plugins
+from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.service import Resources
 from teleport_core.sessions import SessionStorage
+from teleport_core.specs import AuditSinkSpec, SessionStorageSpec
 
 
-async def _call(factory: Any, *args: Any) -> Any:
-    result = resolve(factory)(*args)
-    return await result if inspect.isawaitable(result) else result
+async def _call(info: PluginInfo, what: str, factory: Any, *args: Any) -> Any:
+    """Call a plugin's factory; a failure inside is reported as that plugin's (:func:`blame`)."""
+    with blame(info, what):
+        result = resolve(factory)(*args)
+        return await result if inspect.isawaitable(result) else result
 
 
 def scheme_of(uri: str) -> str:
@@ -47,32 +50,58 @@ def storage_config(plugins: Plugins, raw: dict[str, Any], path: str = "teleport.
     return StorageConfig(kind, options)
 
 
+def _session_storage(plugins: Plugins, uri: str) -> tuple[PluginInfo, SessionStorageSpec]:
+    try:
+        return plugins.entry("session storage", scheme_of(uri), plugins.session_storages())
+    except UnknownNameError as exc:
+        raise ConfigError("teleport.storage.audit_sessions_uri", str(exc)) from None
+
+
+def _audit_sink(plugins: Plugins, uri: str, key: str) -> tuple[PluginInfo, AuditSinkSpec]:
+    try:
+        return plugins.entry("audit sink", scheme_of(uri), plugins.audit_sinks())
+    except UnknownNameError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def check_storage_uris(plugins: Plugins, storage: StorageConfig) -> None:
+    """Validate ``audit_events_uri`` and ``audit_sessions_uri`` (defaults included) through the
+    plugins that serve their schemes, opening nothing (``teleport configure --test``)."""
+    for index, uri in enumerate(storage.audit_events_uri):
+        key = f"teleport.storage.audit_events_uri[{index}]"
+        info, spec = _audit_sink(plugins, uri, key)
+        if spec.check_uri is not None:
+            with blame(info, f"checking {uri} ({key})"):
+                resolve(spec.check_uri)(uri)
+    uri = storage.audit_sessions_uri
+    info, session_spec = _session_storage(plugins, uri)
+    if session_spec.check_uri is not None:
+        with blame(info, f"checking {uri} (teleport.storage.audit_sessions_uri)"):
+            resolve(session_spec.check_uri)(uri)
+
+
 async def open_backend(plugins: Plugins, storage: StorageConfig, data_dir: Path) -> Backend:
     """The backend of ``storage.type``; an unreachable server raises with its address."""
-    spec = plugins.backend(storage.type)
-    backend = await _call(spec.factory, storage.options, data_dir)
+    info, spec = plugins.entry("backend", storage.type, plugins.backends())
+    backend = await _call(info, f'opening backend "{storage.type}" (teleport.storage.type)', spec.factory,
+                          storage.options, data_dir)
     if not isinstance(backend, Backend):
         raise TeleportError(f"backend {storage.type!r} factory returned {type(backend).__name__}, not a Backend")
     return backend
 
 
 async def open_session_storage(plugins: Plugins, uri: str, data_dir: Path) -> SessionStorage:
-    try:
-        spec = plugins.session_storage(scheme_of(uri))
-    except UnknownNameError as exc:
-        raise ConfigError("teleport.storage.audit_sessions_uri", str(exc)) from None
-    storage = await _call(spec.factory, uri, data_dir)
+    info, spec = _session_storage(plugins, uri)
+    storage = await _call(info, f"opening {uri} (teleport.storage.audit_sessions_uri)", spec.factory, uri, data_dir)
     if not isinstance(storage, SessionStorage):
         raise TeleportError(f"session storage {uri!r} factory returned {type(storage).__name__}")
     return storage
 
 
 async def open_audit_sink(plugins: Plugins, uri: str, data_dir: Path, key: str = "") -> AuditSink:
-    try:
-        spec = plugins.audit_sink(scheme_of(uri))
-    except UnknownNameError as exc:
-        raise ConfigError(key or "teleport.storage.audit_events_uri", str(exc)) from None
-    sink = await _call(spec.factory, uri, data_dir)
+    key = key or "teleport.storage.audit_events_uri"
+    info, spec = _audit_sink(plugins, uri, key)
+    sink = await _call(info, f"opening {uri} ({key})", spec.factory, uri, data_dir)
     if not isinstance(sink, AuditSink):
         raise TeleportError(f"audit sink {uri!r} factory returned {type(sink).__name__}")
     return sink

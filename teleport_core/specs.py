@@ -51,12 +51,15 @@ class SessionStorageSpec:
     """Session-recording storage selected by the scheme of ``teleport.storage.audit_sessions_uri``.
 
     ``factory(uri: str, data_dir: pathlib.Path) -> SessionStorage`` (may be a coroutine
-    function); it raises ``ConfigError`` for a URI it cannot use.
+    function); it raises ``ConfigError`` for a URI it cannot use. ``check_uri(uri: str) -> Any``
+    validates a URI without opening anything (``teleport configure --test``): it raises
+    ``ConfigError`` for a URI the factory would refuse.
     """
 
     scheme: str
     factory: Ref
     description: str = ""
+    check_uri: Ref | None = None
 
 
 @attrs.frozen
@@ -64,11 +67,14 @@ class AuditSinkSpec:
     """An audit sink selected by the scheme of an entry of ``teleport.storage.audit_events_uri``.
 
     ``factory(uri: str, data_dir: pathlib.Path) -> AuditSink`` (may be a coroutine function).
+    ``check_uri(uri: str) -> Any`` validates a URI without opening anything (``teleport
+    configure --test``): it raises ``ConfigError`` for a URI the factory would refuse.
     """
 
     scheme: str
     factory: Ref
     description: str = ""
+    check_uri: Ref | None = None
 
 
 @attrs.frozen

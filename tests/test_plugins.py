@@ -163,3 +163,70 @@ def test_an_unknown_name_lists_the_broken_plugins(fake_site, tmp_path):
     assert tested.returncode == 1
     assert 'unknown backend "lmdb"' in tested.stderr
     assert 'broken plugins, which may provide it: plugin "teleport-mystery" 1.0' in tested.stderr
+
+
+BAD_FACTORY_PLUGIN = '''
+from teleport_core import hookimpl
+from teleport_core.specs import BackendSpec
+
+@hookimpl
+def teleport_storage_backends():
+    return [BackendSpec(name="lmdb", factory="lmdb_impl:open_backend")]
+'''
+
+
+def test_a_factory_module_that_fails_names_plugin_module_key_and_fix(fake_site, tmp_path):
+    """Any exception in a factory's module (here a RuntimeError at import, not an ImportError)
+    is reported on one line with the plugin, the module, the config key and how to go on."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    make_distribution(fake_site, "teleport-lmdb", "0.3", {"lmdb": "lmdb_plugin"},
+                      {"lmdb_plugin": BAD_FACTORY_PLUGIN, "lmdb_impl": "raise RuntimeError('liblmdb.so.0 missing')\n"})
+    script = (
+        "import asyncio, pathlib, sys\n"
+        "from teleport_core.config.model import StorageConfig\n"
+        "from teleport_core.plugins import make_plugins\n"
+        "from teleport_core.resources import open_backend\n"
+        "from teleport_core.errors import PluginError\n"
+        "try:\n"
+        "    asyncio.run(open_backend(make_plugins(), StorageConfig('lmdb', None), pathlib.Path(sys.argv[1])))\n"
+        "except PluginError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{fake_site}:{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                          check=False, timeout=60)
+    assert done.stdout.strip() == (
+        'plugin "teleport-lmdb" 0.3 (entry point "lmdb"): opening backend "lmdb" (teleport.storage.type): '
+        "cannot import 'lmdb_impl' (from 'lmdb_impl:open_backend'): RuntimeError: liblmdb.so.0 missing "
+        "(to go on without it: pip uninstall teleport-lmdb, or set TELEPORT_DISABLE_PLUGINS=lmdb)"), done.stderr
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("audit_events_uri: ['file://var/log/teleport']",
+     "teleport.storage.audit_events_uri: expected file:///absolute/directory"),
+    ("audit_events_uri: ['file:///var/lib/teleport/log', 'stdout://x']",
+     "teleport.storage.audit_events_uri: expected stdout:// (nothing after the slashes), got 'stdout://x'"),
+    ("audit_events_uri: ['syslog://localhost']",
+     'teleport.storage.audit_events_uri[0]: unknown audit sink "syslog"'),
+    ("audit_sessions_uri: 's3://Bad_Bucket/x'", "is not a valid S3 bucket name"),
+    ("audit_sessions_uri: 'file://relative'", "expected file:///absolute/directory"),
+])
+def test_configure_test_checks_audit_and_session_uris(tmp_path, storage, expected):
+    """``teleport configure --test`` asks the plugin of each URI's scheme to check it, so a bad
+    URI is found before ``teleport start``."""
+    pytest.importorskip("teleport_audit_json")
+    pytest.importorskip("teleport_storage_s3")
+    config = tmp_path / "t.yaml"
+    config.write_text(f"teleport:\n  data_dir: {tmp_path}\n  storage:\n    {storage}\n"
+                      "auth_service: {enabled: yes}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
+    tested = run_cli("teleport", "configure", "--test", str(config))
+    assert tested.returncode == 1
+    assert expected in tested.stderr, tested.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(f"teleport:\n  data_dir: {tmp_path}\n  storage:\n    audit_events_uri: ['file://{tmp_path}/a']\n"
+                    "auth_service: {enabled: yes}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
+    assert run_cli("teleport", "configure", "--test", str(good)).returncode == 0

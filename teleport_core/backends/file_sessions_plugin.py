@@ -12,6 +12,7 @@ def teleport_session_storages() -> list[SessionStorageSpec]:
         SessionStorageSpec(
             scheme="file",
             factory="teleport_core.backends.file_sessions:open_storage",
+            check_uri="teleport_core.backends.file_sessions:parse_uri",
             description="recordings as files on local disk, written atomically (temp, fsync, rename)",
         )
     ]

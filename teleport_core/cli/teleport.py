@@ -69,7 +69,11 @@ def cmd_configure(argv: list[str], cli: CliContext) -> int:
     from teleport_core.config.load import load_config
 
     if args.test:
-        load_config(Path(args.test), cli.plugins)
+        config = load_config(Path(args.test), cli.plugins)
+        if any(s.name == "auth_service" for s in config.enabled_services()):
+            from teleport_core.resources import check_storage_uris
+
+            check_storage_uris(cli.plugins, config.storage)  # only auth opens the audit log and recordings
         print(f"{args.test}: OK")
         return 0
     from teleport_core.config.sample import SampleOptions, render_sample

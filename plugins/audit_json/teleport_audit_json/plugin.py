@@ -15,11 +15,13 @@ def teleport_audit_sinks() -> list[AuditSinkSpec]:
         AuditSinkSpec(
             scheme="file",
             factory="teleport_audit_json.filelog:open_sink",
+            check_uri="teleport_audit_json.filelog:parse_uri",
             description="JSON lines on disk, <dir>/<server-id>/YYYY-MM-DD.00:00:00.log, searchable",
         ),
         AuditSinkSpec(
             scheme="stdout",
             factory="teleport_audit_json.stdout:open_sink",
+            check_uri="teleport_audit_json.stdout:check_uri",
             description="JSON lines on standard output (not searchable)",
         ),
     ]

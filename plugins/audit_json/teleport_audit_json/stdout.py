@@ -33,11 +33,16 @@ NOT_SEARCHABLE = (
 )
 
 
-async def open_sink(uri: str, data_dir: Path) -> StdoutAuditSink:
-    """Factory of the ``stdout`` scheme; the only valid URI is ``stdout://``."""
+def check_uri(uri: str) -> None:
+    """The only valid URI is ``stdout://``; ``ConfigError`` for anything else."""
     parts = urlsplit(uri)
     if uri != "stdout://" or parts.scheme != "stdout":
         raise ConfigError(CONFIG_KEY, f"expected stdout:// (nothing after the slashes), got {uri!r}")
+
+
+async def open_sink(uri: str, data_dir: Path) -> StdoutAuditSink:
+    """Factory of the ``stdout`` scheme."""
+    check_uri(uri)
     return StdoutAuditSink()
 
 

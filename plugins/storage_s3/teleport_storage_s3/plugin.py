@@ -17,6 +17,7 @@ def teleport_session_storages() -> list[SessionStorageSpec]:
         SessionStorageSpec(
             scheme="s3",
             factory="teleport_storage_s3.storage:open_storage",
+            check_uri="teleport_storage_s3.uri:parse_uri",
             description="recordings in S3 or an S3-compatible store: resumable multipart uploads, SSE requested",
         )
     ]
