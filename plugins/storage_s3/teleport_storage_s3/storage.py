@@ -24,6 +24,11 @@ At open the bucket is checked with HeadBucket: an unreachable endpoint raises
 :class:`StorageUnavailable` naming the URL and the failure; a missing bucket is created as
 Teleport does (private, versioning on, default encryption unless ``disablesse``); access
 denied on HeadBucket is logged and tolerated (write-only credentials), as in Teleport.
+
+A bucket that vanishes later (S3 emptied or restored without it: ``NoSuchBucket``) is re-created
+the same way by the next upload, with a WARN each time, and that upload is tried once more; when
+it cannot be re-created the upload fails with :class:`StorageUnavailable` naming the bucket (the
+callers keep the recording and retry with backoff).
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ class StorageUnavailable(TeleportError):
     """
 
 
+class BucketGone(StorageUnavailable):
+    """S3 answered NoSuchBucket: the bucket vanished (an emptied or restored S3, a deletion).
+    An upload re-creates it (:meth:`S3SessionStorage.heal_bucket`) and tries once more."""
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
@@ -126,7 +136,10 @@ def _s3_errors(what: str, where: str) -> Iterator[None]:
             f"{what} in {where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
             "AWS_PROFILE, ~/.aws/credentials, or give the host an instance or task role)"
         ) from None
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, urllib3.exceptions.HTTPError) as exc:
+    except botocore.exceptions.ClientError as exc:
+        kind = BucketGone if _error_code(exc) == "NoSuchBucket" else StorageUnavailable
+        raise kind(f"{what} in {where} failed: {_describe(exc)}") from exc
+    except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError) as exc:
         raise StorageUnavailable(f"{what} in {where} failed: {_describe(exc)}") from exc
 
 
@@ -305,9 +318,30 @@ class S3SessionStorage(SessionStorage):
                 raise StorageUnavailable(f"checking bucket {bucket!r} at {endpoint} failed: {_describe(exc)}") from exc
         self._create_bucket()
 
-    def _create_bucket(self) -> None:
+    def heal_bucket(self, failure: BucketGone) -> None:
+        """Re-create the bucket an upload found gone, as :meth:`ensure_bucket` creates a missing
+        one at open (versioning, default encryption); a WARN each time. When it cannot be
+        re-created (credentials without ``s3:CreateBucket``, S3 down), :class:`StorageUnavailable`
+        naming the bucket: the recording stays in the caller's spool and is retried."""
+        bucket, endpoint = self.location.bucket, self.location.endpoint or "AWS"
+        log.warning("bucket %r is gone from %s (%s): re-creating it (versioning on%s), then uploading again",
+                    bucket, endpoint, failure, "" if self.location.disable_sse else ", default encryption")
+        try:
+            self._create_bucket(announce=False)
+        except StorageUnavailable as exc:
+            denied = isinstance(exc.__cause__, botocore.exceptions.ClientError) and _status(exc.__cause__) == 403
+            hint = (f"these credentials may not create it (s3:CreateBucket): create bucket {bucket!r} with "
+                    "versioning on" if denied else "S3 refused or did not answer")
+            log.warning("bucket %r is gone from %s and could not be re-created: %s; recordings wait and are retried",
+                        bucket, endpoint, exc)
+            raise StorageUnavailable(f"bucket {bucket!r} is gone from {endpoint} and could not be re-created "
+                                     f"({hint}): {exc}") from exc
+        log.warning("re-created bucket %r at %s; uploads resume", bucket, endpoint)
+
+    def _create_bucket(self, *, announce: bool = True) -> None:
         bucket = self.location.bucket
-        log.warning("bucket %r does not exist at %s: creating it", bucket, self.location.endpoint or "AWS")
+        if announce:
+            log.warning("bucket %r does not exist at %s: creating it", bucket, self.location.endpoint or "AWS")
         args: dict[str, Any] = {"Bucket": bucket}
         region = self.location.region or self.client.meta.region_name
         if region and region != "us-east-1":
@@ -343,6 +377,13 @@ class S3SessionStorage(SessionStorage):
         await asyncio.to_thread(self._upload, key, Path(source))
 
     def _upload(self, key: str, source: Path) -> None:
+        try:
+            self._upload_once(key, source)
+        except BucketGone as gone:  # S3 emptied or restored without it: re-create it, try once more
+            self.heal_bucket(gone)
+            self._upload_once(key, source)
+
+    def _upload_once(self, key: str, source: Path) -> None:
         with open(source, "rb") as src:
             info = os.fstat(src.fileno())
             if not stat.S_ISREG(info.st_mode):
@@ -548,6 +589,21 @@ class S3SessionStorage(SessionStorage):
                         continue
                     found.append(RecordingInfo(session_id, int(item["Size"]), item["LastModified"]))
         return found
+
+    async def stat(self, session_id: str) -> RecordingInfo | None:
+        """The recording's size and time (HeadObject), None when the object (or the bucket) is absent."""
+        key = self.key(session_id)
+        return await asyncio.to_thread(self._stat, key, session_id)
+
+    def _stat(self, key: str, session_id: str) -> RecordingInfo | None:
+        with _s3_errors(f"checking {key}", self.where):
+            try:
+                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404:
+                    return None
+                raise
+        return RecordingInfo(session_id, int(answer["ContentLength"]), answer["LastModified"])
 
     async def close(self) -> None:
         """Close the client's connections; later calls raise."""

@@ -6,9 +6,9 @@ While S3 is down the recordings stay in the node's spool (``data_dir/log/upload/
 ``teleport_recordings_pending`` in the node's ``/metrics`` shows the backlog and the node logs a
 WARN with it; once S3 is back every recording is uploaded and the spool is empty.
 
-moto keeps its state in memory: the server started again on the same port is empty, so the
-test creates the bucket again (what an operator restoring S3 would have) and checks the
-recordings of the outage arrive, complete.
+moto keeps its state in memory: the server started again on the same port is empty, the bucket
+gone. The S3 plugin re-creates it at the first upload (a WARN in auth's log naming the bucket),
+and every recording of the outage arrives, complete: none is lost or refused.
 """
 
 from __future__ import annotations
@@ -186,16 +186,20 @@ def test_recordings_wait_in_the_node_spool_while_s3_is_down_and_none_is_lost(clu
     assert "Could not connect to the endpoint URL" in warning[-1], warning[-1]
     assert node.alive and cluster.auth.alive
 
-    # S3 is back: everything in the spool is uploaded, complete
+    # S3 is back, empty (the bucket gone): auth re-creates the bucket, everything in the spool is uploaded
     cluster.moto = MotoServer(port=cluster.moto.port)
-    s3(cluster.moto).create_bucket(Bucket=BUCKET)
     wait_for(lambda: pending(node) == 0, "the backlog uploaded", timeout=180)
+    healed = [line for line in cluster.auth.log().splitlines() if f"bucket '{BUCKET}' is gone from" in line]
+    assert healed and "WARN" in healed[0] and "NoSuchBucket" in healed[0], cluster.logs()
+    assert "re-creating it (versioning on, default encryption)" in healed[0], healed[0]
+    assert s3(cluster.moto).get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
     stored = recordings(cluster.moto)
     assert {name.removesuffix(".cast") for name in casts} == set(stored), (casts, list(stored))
     bodies = b"".join(stored.values())
     for marker in (b"two-start", b"two-end", b"during-outage"):
         assert marker in bodies
     assert not [p for p in spool.iterdir() if p.name.endswith(".cast")]
+    assert not [p for p in spool.iterdir() if p.name.endswith(".refused")], "no recording was refused"
 
 
 def test_s3_unreachable_at_start_is_reported_and_stops_nothing(tmp_path: Path) -> None:
