@@ -203,7 +203,10 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         try:
             if name == "etcd":
                 peers = start_etcd(procs, folder, args.etcd_members)
-                storage = {"type": "etcd", "peers": peers, "prefix": "/bench-heartbeats"}
+                # several auth servers must share their audit destinations (teleport_auth.ha)
+                storage = {"type": "etcd", "peers": peers, "prefix": "/bench-heartbeats",
+                           "audit_events_uri": [f"file://{folder / 'shared' / 'audit'}"],
+                           "audit_sessions_uri": f"file://{folder / 'shared' / 'records'}"}
                 auths = [start_auth(procs, folder, "auth-1", storage)]
                 auths.append(start_auth(procs, folder, "auth-2", storage))
                 layout = f"2 auth servers, etcd ({args.etcd_members} members)"

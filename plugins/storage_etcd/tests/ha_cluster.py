@@ -36,12 +36,21 @@ class ProxyProcess(TeleportProcess):
     web = ""
 
 
+def shared_storage(root: Path) -> dict[str, Any]:
+    """Audit events and recordings in directories every auth server of ``root`` shares (outside
+    their data_dirs): several auth servers on one cluster state are refused without it."""
+    return {"audit_events_uri": [f"file://{root / 'shared' / 'audit'}"],
+            "audit_sessions_uri": f"file://{root / 'shared' / 'records'}"}
+
+
 def auth_process(root: Path, name: str, peers: list[str], prefix: str, *, second_factor: str = "off",
-                 extra: dict[str, Any] | None = None) -> AuthProcess:
-    """An auth server (only) on etcd ``peers``, with static proxy and node tokens."""
+                 extra: dict[str, Any] | None = None, storage: dict[str, Any] | None = None) -> AuthProcess:
+    """An auth server (only) on etcd ``peers``, with static proxy and node tokens; audit events and
+    recordings go to ``storage`` (default: :func:`shared_storage`)."""
     port = free_port()
+    audit = shared_storage(root) if storage is None else storage
     config = {
-        "teleport": {"storage": {"type": "etcd", "peers": peers, "prefix": prefix}, **(extra or {})},
+        "teleport": {"storage": {"type": "etcd", "peers": peers, "prefix": prefix, **audit}, **(extra or {})},
         "auth_service": {"cluster_name": CLUSTER, "listen_addr": f"127.0.0.1:{port}",
                          "tokens": [f"proxy:{PROXY_TOKEN}", f"node:{NODE_TOKEN}"],
                          "authentication": {"second_factor": second_factor}},

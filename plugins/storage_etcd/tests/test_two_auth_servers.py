@@ -29,12 +29,17 @@ ROLE = {
 
 
 def auth_config(data_dir: Path, peers: list[str], prefix: str, nodename: str) -> dict[str, Any]:
+    """An auth server on etcd; audit events and recordings in directories shared with the other
+    auth server (beside both data_dirs): several auth servers with local ones are refused."""
+    shared = data_dir.parent / "shared"
     return {
         "version": "v3",
         "teleport": {
             "data_dir": str(data_dir),
             "nodename": nodename,
-            "storage": {"type": "etcd", "peers": peers, "prefix": prefix},
+            "storage": {"type": "etcd", "peers": peers, "prefix": prefix,
+                        "audit_events_uri": [f"file://{shared / 'audit'}"],
+                        "audit_sessions_uri": f"file://{shared / 'records'}"},
         },
         "auth_service": {"cluster_name": "ha.example.com", "listen_addr": "127.0.0.1:0"},
         "proxy_service": {"enabled": False},
