@@ -56,6 +56,15 @@ class SessionStorage(abc.ABC):
     async def list(self) -> list[RecordingInfo]:
         """Every stored recording, in no particular order."""
 
+    async def stat(self, session_id: str) -> RecordingInfo | None:
+        """The stored recording of ``session_id`` (size, modified), None when there is none.
+
+        This default lists every recording (slow with many): storages implement it directly
+        (a file ``stat``, an S3 ``HEAD``).
+        """
+        check_session_id(session_id)
+        return next((info for info in await self.list() if info.session_id == session_id), None)
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release resources."""

@@ -203,5 +203,17 @@ class FileSessionStorage(SessionStorage):
                 found.append(RecordingInfo(session_id, info.st_size, modified))
         return found
 
+    async def stat(self, session_id: str) -> RecordingInfo | None:
+        return await asyncio.to_thread(self._stat, self._path(session_id))
+
+    def _stat(self, path: Path) -> RecordingInfo | None:
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return RecordingInfo(path.name[: -len(SUFFIX)], info.st_size, dt.datetime.fromtimestamp(info.st_mtime, dt.UTC))
+
     async def close(self) -> None:
         self._closed = True

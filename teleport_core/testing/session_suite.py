@@ -148,6 +148,26 @@ class SessionStorageConformance:
 
         self.with_storage(teleport_sessions_uri, tmp_path, body)
 
+    def test_stat_finds_exactly_the_stored_recording(
+        self, teleport_sessions_uri: str, tmp_path: Path, work_dir: Path
+    ) -> None:
+        source = work_dir / "src"
+        source.write_bytes(_cast("stat me"))
+        before = dt.datetime.now(dt.UTC)
+
+        async def body(storage: SessionStorage) -> None:
+            assert await storage.stat("sess-s") is None
+            await storage.upload("sess-s", source)
+            await storage.upload("sess-other", source)
+            info = await storage.stat("sess-s")
+            assert info is not None and (info.session_id, info.size) == ("sess-s", len(_cast("stat me")))
+            assert info.modified.tzinfo is not None and abs(info.modified - before) < dt.timedelta(hours=1)
+            assert await storage.stat("sess-never") is None
+            with pytest.raises(InvalidSessionID):
+                await storage.stat("../sess-s")
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)
+
     def test_missing_session_is_not_found(self, teleport_sessions_uri: str, tmp_path: Path, work_dir: Path) -> None:
         dest = work_dir / "never"
 

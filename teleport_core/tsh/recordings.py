@@ -8,6 +8,10 @@ Recordings are asciicast v2: a JSON header line, then one ``[seconds, "o", text]
 line. ``tsh play`` replays the output with its timing on a terminal (``--speed`` scales it);
 when stdout is not a terminal it writes the output at once, without the pauses, so
 ``tsh play SID > file`` or a pipe gets the text immediately.
+
+``tsh recordings ls`` shows where each recording is (``uploaded``, ``pending``: not uploaded yet,
+``missing``: recorded as uploaded but absent from the session storage, ``off``: not recorded);
+``tsh play`` of a recording that is not there says which of these it is (auth's answer).
 """
 
 from __future__ import annotations
@@ -198,10 +202,19 @@ def _when(text: str) -> str:
     return parse_time(text).strftime("%b %d %H:%M:%S UTC")
 
 
+def _recording(session: dict[str, Any]) -> str:
+    """The recording status of a listing entry (``recorded`` alone from an older auth server)."""
+    status = str(session.get("recording", ""))
+    return status or ("uploaded" if session.get("recorded") else "pending")
+
+
 def table(sessions: list[dict[str, Any]]) -> list[str]:
-    head = ("ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration")
+    """The text listing: one row per session, with its recording's status (``uploaded``,
+    ``pending``, ``missing`` from the session storage, ``off``)."""
+    head = ("ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration", "Recording")
     rows = [(s["sid"], s.get("proto", "ssh"), ", ".join(s.get("participants", [])), s.get("login", ""),
-             s.get("server_hostname", ""), _when(s["start"]), _duration(float(s.get("duration_seconds", 0))))
+             s.get("server_hostname", ""), _when(s["start"]), _duration(float(s.get("duration_seconds", 0))),
+             _recording(s))
             for s in sessions]
     widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),

@@ -60,4 +60,6 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
         CliCommand("lock", "lock a user, role, login or node: refused everywhere, sessions ended",
                    "teleport_auth.tctl_locks:lock"),
         CliCommand("auth", "CAs: export, sign credentials for a user, rotate", "teleport_auth.tctl_auth:auth"),
+        CliCommand("recordings", "list recorded sessions, or (--refused) recordings auth refused",
+                   "teleport_auth.tctl_recordings:recordings"),
     ]

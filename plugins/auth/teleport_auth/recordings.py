@@ -1,10 +1,13 @@
 """Reading session recordings through the auth API (``tsh recordings ls``, ``tsh play``).
 
-* ``GET /v1/sessions``: the sessions that ended in a time window, from the audit log
-  (``session.start``, ``session.end`` and ``session.upload`` events joined by session ID),
-  newest first. Needs ``list`` on ``session`` (the preset ``auditor`` role has it).
+* ``GET /v1/sessions``: the sessions that ended in a time window, newest first, from the session
+  records in cluster state (:mod:`teleport_auth.session_records`; never the audit log, so every
+  auth server lists alike), each with how it ended (``end_reason``) and where its recording is
+  (``recording``: ``uploaded``, ``pending``, ``missing`` from the session storage, or ``off``).
+  Needs ``list`` on ``session`` (the preset ``auditor`` role has it).
 * ``GET /v1/sessions/{sid}/recording``: the asciicast v2 recording, streamed from the session
   storage. Needs ``read`` on ``session``; every read is audited (``session.recording.access``).
+  A recording the storage lacks is explained from the record (missing, pending, not recorded).
 
 Users reach both through the proxy's web API: the proxy calls auth with its own certificate and
 forwards the certificate the user presented to it in :data:`FORWARDED_USER_CERT`. Auth verifies
@@ -19,6 +22,7 @@ user certificate, a node not at all (it uploads its own sessions' recordings:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -26,7 +30,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.access import Identity, IdentityKind
-from teleport_core.audit import AuditEvent, AuditQuery, format_time, parse_time
+from teleport_core.audit import format_time, parse_time
 from teleport_core.client import FORWARDED_USER_CERT
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
 
@@ -34,13 +38,14 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from teleport_auth.api.core import APIBase
+    from teleport_auth.session_records import SessionRecord
 
-SESSION_EVENTS = ("session.start", "session.end", "session.upload")
 DEFAULT_WINDOW = dt.timedelta(days=1)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_SCAN = 50_000  # audit events read for one listing at most
-PAGE = 5000
+MISSING = "missing"
+#: the recording statuses of a listing entry
+STATUSES = ("uploaded", "pending", MISSING, "off")
 
 
 async def acting_identity(api: APIBase, request: Request, identity: Identity) -> Identity:
@@ -100,69 +105,66 @@ def window(params: Any) -> tuple[dt.datetime, dt.datetime, int]:
 
 
 async def list_sessions(api: APIBase, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
-    """Sessions that ended in ``[since, until)``, newest first, at most ``limit``."""
-    audit = api.service.audit
-    # a session that ended in the window may have started (and been uploaded) around it
-    query = AuditQuery(since=since - dt.timedelta(days=1), until=until + dt.timedelta(hours=1),
-                       event_types=SESSION_EVENTS, limit=PAGE)
-    found: dict[str, list[AuditEvent]] = {}
-    seen = 0
-    while True:
-        page = await audit.search(query)
-        for event in page.events:
-            sid = event.sid
-            if not sid:
-                continue
-            found.setdefault(sid, []).append(event)
-        seen += len(page.events)
-        if not page.next_cursor or seen >= MAX_SCAN:
-            break
-        query = AuditQuery(since=query.since, until=query.until, event_types=SESSION_EVENTS, limit=PAGE,
-                           cursor=page.next_cursor)
-    out = [entry for events in found.values() if (entry := session_entry(events, since, until)) is not None]
-    out.sort(key=lambda s: (s["end"], s["sid"]), reverse=True)
-    return out[:limit]
+    """Sessions that ended in ``[since, until)``, newest first, at most ``limit``, from the session
+    records; the recordings the records call uploaded are checked in the session storage (this page
+    only), and one it lacks is listed as ``missing``."""
+    from teleport_auth.session_records import UPLOADED, records_of
+
+    found = await records_of(api.service).ended(since, until, limit)
+    storage = await api.service.ctx.resources.session_storage()
+
+    async def status(record: SessionRecord) -> str:
+        if record.recording.state != UPLOADED:
+            return record.recording.state
+        try:
+            return UPLOADED if await storage.stat(record.sid) is not None else MISSING
+        except TeleportError as exc:  # storage away: the record's word, and a warning
+            api.service.log.warning("cannot check a recording in the session storage", sid=record.sid,
+                                    error=str(exc))
+            return UPLOADED
+
+    statuses = await asyncio.gather(*(status(record) for record in found))
+    return [session_entry(record, state) for record, state in zip(found, statuses, strict=True)]
 
 
-def session_entry(events: list[AuditEvent], since: dt.datetime, until: dt.datetime) -> dict[str, Any] | None:
-    """The listing entry of one session from its ``session.start``, ``session.end`` and
-    ``session.upload`` events (oldest first), or None when it did not end in ``[since, until)``.
-
-    A session belongs to the host that emitted its first ``session.start`` (auth stamps
-    ``server_id`` on every host event from the caller's certificate): end and upload events from
-    another host are ignored, so one node cannot end, rename, hide or mark as recorded a session
-    another node ran.
-    """
-
-    def first(kind: str, server: str | None) -> AuditEvent | None:
-        for event in events:
-            if event.event == kind and (server is None or str(event.fields.get("server_id", "")) == server):
-                return event
-        return None
-
-    start = first("session.start", None)
-    owner = str(start.fields.get("server_id", "")) if start is not None else None
-    end = first("session.end", owner)
-    if end is None or not since <= end.time < until or end.fields.get("session_recording") == "off":
-        return None
-    upload = first("session.upload", str(end.fields.get("server_id", "")))
-    began = start.time if start is not None else end.time
-    fields = end.fields
-    command = fields.get("initial_command") or [""]
+def session_entry(record: SessionRecord, status: str) -> dict[str, Any]:
+    """The listing entry of an ended session (``status``: its recording's, see :data:`STATUSES`)."""
+    assert record.end is not None
     return {
-        "sid": end.sid,
-        "proto": str(fields.get("proto", "ssh")),
-        "user": end.user,
-        "participants": [end.user] if end.user else [],
-        "login": str(fields.get("login", "")),
-        "server_id": str(fields.get("server_id", "")),
-        "server_hostname": str(fields.get("server_hostname", "")),
-        "interactive": bool(fields.get("interactive", False)),
-        "command": str(command[0] if isinstance(command, list) and command else command),
-        "session_recording": str(fields.get("session_recording", "")),
-        "start": format_time(began),
-        "end": format_time(end.time),
-        "duration_seconds": round((end.time - began).total_seconds(), 3),
-        "recorded": upload is not None,
-        "size": int(upload.fields.get("size", 0)) if upload is not None else 0,
+        "sid": record.sid,
+        "proto": record.proto,
+        "user": record.user,
+        "participants": [record.user] if record.user else [],
+        "login": record.login,
+        "server_id": record.server_id,
+        "server_hostname": record.server_hostname,
+        "interactive": record.interactive,
+        "command": record.command,
+        "session_recording": record.session_recording,
+        "start": format_time(record.start),
+        "end": format_time(record.end),
+        "duration_seconds": round(max(0.0, (record.end - record.start).total_seconds()), 3),
+        "recorded": status == "uploaded",
+        "size": record.recording.size,
+        "end_reason": record.end_reason,
+        "recording": status,
     }
+
+
+async def not_stored(api: APIBase, sid: str) -> str:
+    """Why the session storage has no recording of ``sid``, from its session record."""
+    from teleport_auth.session_records import OFF, UPLOADED, records_of
+
+    record = await records_of(api.service).get(sid)
+    if record is None:
+        return f"no recording of session {sid}: auth has no record of such a session"
+    state = record.recording
+    if state.state == UPLOADED:
+        when = format_time(state.uploaded_at) if state.uploaded_at else "?"
+        return (f"the recording of session {sid} is missing from the session storage (it was uploaded at {when}, "
+                f"{state.size} bytes, sha256 {state.sha256}; check the storage at audit_sessions_uri)")
+    if state.state == OFF:
+        return f"no recording of session {sid}: the session was not recorded (session_recording: off)"
+    if record.end is None:
+        return f"no recording of session {sid}: the session is still running"
+    return f"no recording of session {sid} yet: the node has not uploaded it (it retries until auth takes it)"

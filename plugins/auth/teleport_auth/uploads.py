@@ -1,16 +1,25 @@
-"""Who may upload a session recording (``PUT /v1/sessions/{sid}/recording``), and how often.
+"""Who may upload a session recording (``PUT /v1/sessions/{sid}/recording``), and what a refusal leaves.
 
-A recording belongs to the node that ran the session: the one whose ``session.start`` audit
-event (``server_id``) names the session ID. Only that host (the host UUID of its certificate)
-may upload it, and only once: an upload for a session another host started, or for a session
-with no ``session.start`` in the audit log, is refused (403, audited); a second upload with
-different content is refused too (409, audited), so a stored recording is never replaced.
-Uploading the same bytes again answers 200 without writing (``"unchanged": true``): a node
-that crashed after its upload but before deleting its local copy re-uploads it at its next
-start, and that must succeed.
+A recording belongs to the node that ran the session: the owner of its session record in
+cluster state (:mod:`teleport_auth.session_records`, written when auth accepted the node's
+``session.start``), so every auth server sharing the backend decides alike. Answers:
 
-Nodes emit audit events only with their own ``server_id`` (checked by the events endpoint),
-so a host cannot claim another host's session by forging its ``session.start``.
+* **200** stored, or ``"unchanged": true`` for the same bytes again (a node that crashed after its
+  upload but before deleting its local copy re-uploads it at its next start; an identical
+  re-upload also restores a recording the storage lost). The record is marked uploaded (size,
+  SHA-256).
+* **404** no record of the session has reached auth yet (the node's ``session.start`` may still
+  be in its spool): *transient*, the node retries with backoff.
+* **403** the caller is not a host, or another host owns the session: *permanent*.
+* **409** a different recording of the session is stored: *permanent*; a stored recording is
+  never replaced.
+
+Permanent refusals are audited (``auth`` failure, T3007W) and, for a host, kept under
+``/upload_refusals/<host uuid>/<sid>`` (reason, status, time, size; the newest
+:data:`MAX_REFUSALS_PER_HOST` per host), listed by ``tctl recordings ls --refused``.
+
+Nodes emit audit events only with their own ``server_id`` (checked by the events endpoint), so a
+host cannot claim another host's session by forging its ``session.start``.
 """
 
 from __future__ import annotations
@@ -23,66 +32,103 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from teleport_core.audit import AuditLog, AuditQuery
-from teleport_core.errors import AlreadyExists, NotFound
+import attrs
+
+from teleport_auth.session_records import SessionRecord
+from teleport_core.audit import format_time, parse_time
+from teleport_core.backend import Backend, Item, range_end
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound
 from teleport_core.sessions import SessionStorage
 
-OWNER_WINDOW = dt.timedelta(days=31)
-"""How far back the ``session.start`` of an uploaded session is looked for (sessions longer than
-this cannot upload; certificates live at most 30h, but a session may outlive its certificate)."""
+REFUSALS_PREFIX = b"/upload_refusals/"
+MAX_REFUSALS_PER_HOST = 1000
 
 
-AROUND_START = dt.timedelta(hours=1)
-"""The window searched around the session start the recording's header gives (both come from
-the node's clock, so an hour is generous)."""
-HEADER_MAX = 64 * 1024
+def no_record(sid: str) -> NotFound:
+    """The transient 404 of an upload whose session record is not in cluster state (yet)."""
+    return NotFound(f"no record of session {sid} has reached auth yet: its session.start may still be on "
+                    "its way (retry later)")
 
 
-def header_start(head: bytes) -> dt.datetime | None:
-    """The ``timestamp`` of an asciicast v2 header line at the start of ``head`` (None if absent).
-
-    Only narrows the audit search: a wrong value makes the uploader's own upload fail, nothing else.
-    """
-    line = head.split(b"\n", 1)[0]
-    try:
-        value = json.loads(line).get("timestamp")
-        return dt.datetime.fromtimestamp(float(value), dt.UTC) if value is not None else None
-    except (ValueError, TypeError, AttributeError, OverflowError, OSError):
-        return None
-
-
-async def session_hosts(audit: AuditLog, sid: str, started: dt.datetime | None = None,
-                        now: dt.datetime | None = None) -> set[str]:
-    """The ``server_id`` of every ``session.start`` event of ``sid`` (normally exactly one),
-    searched within an hour of ``started`` when known, else over the last :data:`OWNER_WINDOW`."""
-    moment = now or dt.datetime.now(dt.UTC)
-    if started is not None:
-        since, until = started - AROUND_START, started + AROUND_START
-    else:
-        since, until = moment - OWNER_WINDOW, moment + dt.timedelta(minutes=5)
-    query = AuditQuery(since=since, until=until, event_types=("session.start",), sid=sid, limit=100)
-    page = await audit.search(query)
-    return {str(event.fields.get("server_id", "")) for event in page.events}
-
-
-def upload_refusal(hosts: set[str], uploader: str, sid: str) -> str:
-    """Why ``uploader`` (a host UUID, empty for a non-host identity) may not upload ``sid``, or ""."""
+def upload_refusal(record: SessionRecord | None, uploader: str, sid: str) -> str:
+    """Why ``uploader`` (a host UUID, empty for a non-host identity) may not upload ``sid`` (whose
+    record is ``record``), or ""."""
     if not uploader:
         return f"only the node that ran session {sid} may upload its recording"
-    if not hosts:
-        return f"no session.start of session {sid} is in the audit log: nothing to upload a recording for"
-    if hosts != {uploader}:
+    if record is None or record.server_id != uploader:
         return f"session {sid} was not started by host {uploader}: only the node that ran it may upload its recording"
     return ""
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
+    """The SHA-256 of a file, hex."""
     sha = hashlib.sha256()
     with open(path, "rb") as source:
         while chunk := source.read(1 << 20):
             sha.update(chunk)
     return sha.hexdigest()
+
+
+@attrs.frozen
+class UploadRefusal:
+    """A permanent refusal of a host's upload."""
+
+    host: str
+    sid: str
+    reason: str
+    status: int
+    time: dt.datetime
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "sid": self.sid, "reason": self.reason, "status": self.status,
+                "time": format_time(self.time), "size": self.size}
+
+    @classmethod
+    def decode(cls, item: Item) -> UploadRefusal:
+        data = json.loads(item.value)
+        return cls(str(data["host"]), str(data["sid"]), str(data.get("reason", "")), int(data.get("status", 0)),
+                   parse_time(str(data["time"])), int(data.get("size", 0)))
+
+
+def _host_prefix(host: str) -> bytes:
+    return REFUSALS_PREFIX + host.encode() + b"/"
+
+
+class UploadRefusals:
+    """The permanent upload refusals in cluster state, per host (the newest
+    :data:`MAX_REFUSALS_PER_HOST`; older ones are dropped)."""
+
+    def __init__(self, backend: Backend, cap: int = MAX_REFUSALS_PER_HOST) -> None:
+        self.backend = backend
+        self.cap = cap
+
+    async def add(self, refusal: UploadRefusal) -> None:
+        prefix = _host_prefix(refusal.host)
+        await self.backend.put(Item(prefix + refusal.sid.encode(), json.dumps(refusal.to_dict()).encode()))
+        items = await self.backend.get_range(prefix, range_end(prefix))
+        if len(items) <= self.cap:
+            return
+        items.sort(key=lambda item: (UploadRefusal.decode(item).time, item.key))
+        for item in items[: len(items) - self.cap]:
+            with contextlib.suppress(NotFound, CompareFailed):
+                await self.backend.conditional_delete(item.key, item.revision)
+
+    async def list(self, host: str = "") -> list[UploadRefusal]:
+        """Every kept refusal (of ``host`` when given), newest first."""
+        prefix = _host_prefix(host) if host else REFUSALS_PREFIX
+        found: list[UploadRefusal] = []
+        start = prefix
+        while True:
+            page = await self.backend.get_range(start, range_end(prefix), limit=1000)
+            found.extend(UploadRefusal.decode(item) for item in page)
+            if len(page) < 1000:
+                break
+            start = page[-1].key + b"\x00"
+        found.sort(key=lambda r: (r.time, r.host, r.sid), reverse=True)
+        return found
 
 
 class UploadGate:
@@ -99,16 +145,16 @@ class UploadGate:
         with tempfile.TemporaryDirectory(prefix="teleport-upload-check-") as tmp:
             yield Path(tmp)
 
-    async def store(self, storage: SessionStorage, sid: str, path: Path) -> bool:
-        """Store ``path`` as ``sid``'s recording; False when the same bytes were already stored.
-
-        Raises :class:`AlreadyExists` when a different recording of ``sid`` is stored.
+    async def store(self, storage: SessionStorage, sid: str, path: Path, sha256: str) -> bool:
+        """Store ``path`` (whose SHA-256 is ``sha256``) as ``sid``'s recording; False when the same
+        bytes were already stored. Raises :class:`AlreadyExists` when a different recording of
+        ``sid`` is stored.
         """
         lock, users = self._locks.get(sid, (asyncio.Lock(), 0))
         self._locks[sid] = (lock, users + 1)
         try:
             async with lock:
-                return await self._store(storage, sid, path)
+                return await self._store(storage, sid, path, sha256)
         finally:
             lock, users = self._locks[sid]
             if users == 1:
@@ -116,8 +162,7 @@ class UploadGate:
             else:
                 self._locks[sid] = (lock, users - 1)
 
-    async def _store(self, storage: SessionStorage, sid: str, path: Path) -> bool:
-        digest = await asyncio.to_thread(_digest, path)
+    async def _store(self, storage: SessionStorage, sid: str, path: Path, sha256: str) -> bool:
         with self._tmpdir() as tmp:
             existing = tmp / "existing.cast"
             try:
@@ -125,6 +170,6 @@ class UploadGate:
             except NotFound:
                 await storage.upload(sid, path)
                 return True
-            if await asyncio.to_thread(_digest, existing) == digest:
+            if await asyncio.to_thread(digest, existing) == sha256:
                 return False
         raise AlreadyExists(f"a different recording of session {sid} is already stored: recordings are never replaced")

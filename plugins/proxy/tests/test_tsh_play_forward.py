@@ -165,10 +165,12 @@ def test_recordings_ls_lists_the_session(env: Env, audrey: Path, recorded: dict[
     text = tsh(audrey, "recordings", "ls")
     assert text.returncode == 0, text.stderr
     header, rule, *rows = text.stdout.splitlines()
-    assert header.split() == ["ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration"]
+    assert header.split() == ["ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration", "Recording"]
     assert set(rule.replace(" ", "")) == {"-"}
     row = next(r for r in rows if r.startswith(recorded["sid"]))
     assert row.split()[1:5] == ["ssh", "audrey", LOGIN, NODENAME]
+    assert row.split()[-1] == "uploaded" and recorded["recording"] == "uploaded"
+    assert recorded["end_reason"] == "exit"
     # a window that ends before the session excludes it
     old = tsh(audrey, "recordings", "ls", "--format=json", "--to-utc=2001-01-02T00:00:00Z")
     assert old.returncode == 0 and json.loads(old.stdout) == []

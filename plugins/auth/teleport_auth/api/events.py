@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, model_validator
@@ -80,8 +81,28 @@ class EventsAPI(APIBase):
         if "Auth" not in roles:
             hostname = await self._host_names.get(roles[0], host_uuid(identity))
             event = events_policy.stamp(event, identity, hostname, self.service.cluster_name)
-        await self.service.audit.emit(event)  # durable before we answer: the emitter may drop its copy
+            if not await self._session_record(request, identity, event):
+                return {"stored": event.uid}  # a second end of an ended session: answered, not logged
+        await self.service.emit(event)  # durable (auth's audit spool) before we answer: the emitter drops its copy
         return {"stored": event.uid}
+
+    async def _session_record(self, request: Request, identity: Identity, event: AuditEvent) -> bool:
+        """Write a host's session event into the session records (:mod:`teleport_auth.session_records`)
+        before it is logged, on every delivery; False for a duplicate ``session.end``. A session event for
+        another host's session, or with a malformed ``sid``, is refused (audited)."""
+        from teleport_auth.session_records import SessionNotOwned, records_of
+        from teleport_core.sessions import InvalidSessionID
+
+        try:
+            return await records_of(self.service).accept(event)
+        except SessionNotOwned as exc:
+            reason = f"access denied to host {json.dumps(identity.name)}: {exc}"
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason) from None
+        except InvalidSessionID as exc:
+            reason = f"event {json.dumps(event.event)} from host {json.dumps(identity.name)}: {exc}"
+            await self.audit_denial(request, identity, reason)
+            raise BadRequest(reason) from None
 
     @endpoint("list", "event")
     async def search_events(self, request: Request, identity: Identity | None) -> Any:

@@ -14,7 +14,7 @@ from teleport_core.errors import (
     AlreadyExists,
     NotFound,
 )
-from teleport_core.schema import Query, Reply, Timestamp
+from teleport_core.schema import OptionalName, Query, Reply, Timestamp
 
 
 class RecordingsQuery(Query):
@@ -47,10 +47,33 @@ class SessionEntry(Reply):
     duration_seconds: float
     recorded: bool
     size: int
+    end_reason: str = Field(description="exit, interrupted (the node stopped) or node_restart (a crash cut it)")
+    recording: str = Field(description="uploaded, pending (not uploaded yet), missing (uploaded, but the session "
+                                       "storage has no such recording) or off (not recorded)")
 
 
 class SessionsReply(Reply):
     sessions: list[SessionEntry]
+
+
+class RefusalsQuery(Query):
+    host: OptionalName = Field("", description="only this host's refusals (a host UUID)")
+    limit: int = Field(1000, ge=1, le=100_000, description="refusals at most, newest first")
+
+
+class UploadRefusalEntry(Reply):
+    """A recording auth refused for good: which host, which session, when, why."""
+
+    host: str
+    sid: str
+    reason: str
+    status: int
+    time: str
+    size: int
+
+
+class RefusalsReply(Reply):
+    refusals: list[UploadRefusalEntry]
 
 
 class SessionsAPI(APIBase):
@@ -62,44 +85,72 @@ class SessionsAPI(APIBase):
     async def upload_recording(self, request: Request, identity: Identity | None) -> Any:
         """A node streams a finished recording (asciicast v2); stored through the session storage.
 
-        Only the host that emitted the session's ``session.start`` may upload it, once (an
-        identical re-upload is a no-op): see :mod:`teleport_auth.uploads`."""
+        Only the host that owns the session's record (its ``session.start``) may upload it, once (an
+        identical re-upload is a no-op): see :mod:`teleport_auth.uploads` for the answers."""
+        import asyncio
         import tempfile
         from pathlib import Path
 
         from teleport_auth.authz import host_uuid
-        from teleport_auth.uploads import HEADER_MAX, header_start, session_hosts, upload_refusal
+        from teleport_auth.session_records import UPLOADED, records_of
+        from teleport_auth.uploads import digest, no_record, upload_refusal
         from teleport_core.sessions import check_session_id
 
         assert identity is not None
         sid = check_session_id(request.path_params["sid"])
         uploader = host_uuid(identity) if identity.kind is IdentityKind.HOST else ""
-        stream = request.stream()
-        head = b""
-        async for chunk in stream:  # the header line first: its timestamp narrows the audit search
-            head += chunk
-            if b"\n" in head or len(head) >= HEADER_MAX:
-                break
-        hosts = await session_hosts(self.service.audit, sid, header_start(head))
-        reason = upload_refusal(hosts, uploader, sid)
+        records = records_of(self.service)
+        record = await records.get(sid) if uploader else None
+        if uploader and record is None:
+            raise no_record(sid)  # transient: the node retries
+        reason = upload_refusal(record, uploader, sid)
         if reason:
-            await self.audit_denial(request, identity, reason)
+            await self._refuse_upload(request, identity, uploader, sid, reason, 403, 0)
             raise AccessDenied(reason)
+        assert record is not None
         storage = await self.service.ctx.resources.session_storage()
-        size = len(head)
+        size = 0
         with tempfile.TemporaryDirectory(prefix="teleport-upload-") as tmp:
             path = Path(tmp) / f"{sid}.cast"
             with open(path, "wb") as out:
-                out.write(head)
-                async for chunk in stream:
+                async for chunk in request.stream():
                     size += len(chunk)
                     out.write(chunk)
+            sha256 = await asyncio.to_thread(digest, path)
             try:
-                stored = await self._upload_gate.store(storage, sid, path)
+                state = record.recording
+                if state.state == UPLOADED and state.sha256 != sha256:
+                    raise AlreadyExists(f"a different recording of session {sid} is already stored: "
+                                        "recordings are never replaced")
+                if state.state == UPLOADED and await storage.stat(sid) is not None:
+                    return {"stored": sid, "size": size, "unchanged": True}
+                stored = await self._upload_gate.store(storage, sid, path, sha256)
+                await records.uploaded(sid, size, sha256)
             except AlreadyExists as exc:
-                await self.audit_denial(request, identity, str(exc))
+                await self._refuse_upload(request, identity, uploader, sid, str(exc), 409, size)
                 raise
         return {"stored": sid, "size": size, "unchanged": not stored}
+
+    async def _refuse_upload(self, request: Request, identity: Identity, uploader: str, sid: str, reason: str,
+                             status: int, size: int) -> None:
+        """Audit a permanent upload refusal and keep it under ``/upload_refusals`` (a host's only)."""
+        import datetime as dt
+
+        from teleport_auth.uploads import UploadRefusal, UploadRefusals
+
+        await self.audit_denial(request, identity, reason)
+        if uploader:
+            refusal = UploadRefusal(uploader, sid, reason, status, dt.datetime.now(dt.UTC), size)
+            await UploadRefusals(self.service.backend).add(refusal)
+
+    @endpoint("list", "session")
+    async def list_upload_refusals(self, request: Request, identity: Identity | None) -> Any:
+        """The recordings auth refused for good (``tctl recordings ls --refused``), newest first."""
+        from teleport_auth.uploads import UploadRefusals
+
+        params = query(request, RefusalsQuery)
+        found = await UploadRefusals(self.service.backend).list(params.host)
+        return {"refusals": [r.to_dict() for r in found[:params.limit]]}
 
     @endpoint(None, None)
     async def list_recordings(self, request: Request, identity: Identity | None) -> Any:
@@ -138,7 +189,7 @@ class SessionsAPI(APIBase):
             await storage.download(sid, path)
         except NotFound:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise NotFound(f"no recording of session {sid} (unknown, still running or not uploaded yet)") from None
+            raise NotFound(await recordings.not_stored(self, sid)) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -156,4 +207,7 @@ ROUTES: list[Operation] = [
               query=RecordingsQuery, response=SessionsReply),
     Operation("/v1/sessions/{sid}/recording", "GET", "read_recording",
               "Download a session recording, asciicast v2 (read on session; audited)", media="application/x-asciicast"),
+    Operation("/v1/upload_refusals", "GET", "list_upload_refusals",
+              "Recordings refused for good (403/409), newest first (host, limit; list on session)",
+              query=RefusalsQuery, response=RefusalsReply),
 ]
