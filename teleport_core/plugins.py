@@ -6,6 +6,11 @@ name; ``TELEPORT_PLUGINS=mod1,mod2`` adds modules that are not installed as dist
 for development and tests). A plugin that fails to import, implements an unknown hook or
 has a bad hook signature is recorded as broken with its distribution name and version;
 :meth:`Plugins.raise_if_broken` turns that into one error line per plugin.
+
+``TELEPORT_TRACE_HOOKS=1`` logs every hook call (component ``hooks``): the hook, the plugins
+whose implementations run, the arguments, and each result or exception (as
+``DATASETTE_TRACE_PLUGINS`` does). Arguments are shown by ``repr``, which never shows a
+:class:`~teleport_core.secret.Secret`.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import reprlib
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -31,6 +37,7 @@ ENTRY_POINT_GROUP = "teleport"
 PROJECT = "teleport"
 DISABLE_ENV = "TELEPORT_DISABLE_PLUGINS"
 EXTRA_ENV = "TELEPORT_PLUGINS"
+TRACE_ENV = "TELEPORT_TRACE_HOOKS"
 
 # Where well-known names come from, so an error can say what to install.
 KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
@@ -124,13 +131,20 @@ class Plugins:
         item of every returned list. A plugin whose hook raises is reported by name."""
         out: list[tuple[PluginInfo, Any]] = []
         caller = getattr(self.pm.hook, hook_name)
+        tracer = _tracer()
         for impl in caller.get_hookimpls():  # registration order (tryfirst/trylast sorted in)
             info = self.info_for(impl.plugin_name)
             args = {name: kwargs[name] for name in impl.argnames}
             try:
                 result = impl.function(**args)
             except Exception as exc:
+                if tracer:
+                    tracer.info("hook raised", hook=hook_name, plugin=impl.plugin_name, args=_shown(args),
+                                error=f"{type(exc).__name__}: {exc}")
                 raise PluginError(f"{info.label}: hook {hook_name} failed: {type(exc).__name__}: {exc}") from exc
+            if tracer:
+                tracer.info("hook called", hook=hook_name, plugin=impl.plugin_name, args=_shown(args),
+                            result=_shown(result))
             for item in result or ():
                 out.append((info, item))
         return out
@@ -265,6 +279,40 @@ def blame(info: PluginInfo, what: str) -> Iterator[None]:
         raise PluginError(f"{info.label}: {what} failed{where}: {type(exc).__name__}: {exc}{fix}") from exc
 
 
+def _tracer() -> Any:
+    """The ``hooks`` logger when ``TELEPORT_TRACE_HOOKS`` is set, else None."""
+    if os.environ.get(TRACE_ENV, "").lower() in ("", "0", "false", "no"):
+        return None
+    from teleport_core.logs import get_logger  # late: the logging module needs the config model
+
+    return get_logger("hooks")
+
+
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 200, 300, 20, 20
+
+
+def _shown(value: Any) -> str:
+    """``repr`` cut to a log line's size."""
+    return _REPR.repr(value)
+
+
+def _trace_calls(pm: pluggy.PluginManager, tracer: Any) -> None:
+    """Log every call made through ``plugins.hook`` (``collect`` logs its own)."""
+
+    def before(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        tracer.info("hook call", hook=hook_name, plugins=[impl.plugin_name for impl in impls],
+                    args={name: _shown(value) for name, value in kwargs.items()})
+
+    def after(outcome: Any, hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        if outcome.exception is not None:
+            tracer.info("hook raised", hook=hook_name, error=f"{type(outcome.exception).__name__}: {outcome.exception}")
+        else:
+            tracer.info("hook returned", hook=hook_name, result=_shown(outcome.get_result()))
+
+    pm.add_hookcall_monitoring(before, after)
+
+
 def install_hint(package: str) -> str:
     """What to tell a user who needs ``package``: install it, unblock it, or upgrade it."""
     from importlib import metadata
@@ -350,4 +398,7 @@ def make_plugins(
         infos.append(info)
         _register(pm, info, lambda obj=obj: obj)  # type: ignore[misc]
     pm.check_pending()
+    tracer = _tracer()
+    if tracer:
+        _trace_calls(pm, tracer)
     return Plugins(pm, infos)

@@ -230,3 +230,33 @@ def test_configure_test_checks_audit_and_session_uris(tmp_path, storage, expecte
     good.write_text(f"teleport:\n  data_dir: {tmp_path}\n  storage:\n    audit_events_uri: ['file://{tmp_path}/a']\n"
                     "auth_service: {enabled: yes}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
     assert run_cli("teleport", "configure", "--test", str(good)).returncode == 0
+
+
+def test_trace_hooks_logs_every_call_and_result(monkeypatch, caplog):
+    """TELEPORT_TRACE_HOOKS=1 logs each hook call: through ``plugins.hook`` (with the plugins that
+    run and the result) and through ``collect`` (per plugin); a Secret argument stays masked."""
+    import logging
+
+    from teleport_core.access import LoginRequest
+    from teleport_core.secret import Secret
+    from tests.conftest import kernel_plugins
+
+    class Denier:
+        @hookimpl
+        def teleport_authenticate(self, request):
+            raise ValueError("no logins on Sundays")
+
+    monkeypatch.setenv("TELEPORT_TRACE_HOOKS", "1")
+    caplog.set_level(logging.INFO, logger="teleport.hooks")
+    plugins = kernel_plugins(Denier())
+    plugins.backends()
+    with pytest.raises(ValueError, match="Sundays"):
+        plugins.hook.teleport_authenticate(request=LoginRequest("joe", Secret("hunter2-password")))
+    text = "\n".join(str(record.msg) for record in caplog.records)
+    assert "teleport_storage_backends" in text and "sqlite" in text  # collect: per plugin, with its result
+    assert "teleport_authenticate" in text and "no logins on Sundays" in text
+    assert "joe" in text and "hunter2" not in text
+    monkeypatch.delenv("TELEPORT_TRACE_HOOKS")
+    caplog.clear()
+    kernel_plugins(Denier()).backends()
+    assert not [r for r in caplog.records if r.name == "teleport.hooks"]
