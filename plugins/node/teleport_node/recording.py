@@ -9,19 +9,31 @@ memory stays bounded whatever the output. JSON encoding happens when the session
 event per frame, UTF-8 decoded across frame boundaries) off the session's thread, and the
 service uploads it, then deletes it. :func:`recover` converts what a crash left (a torn last
 frame is dropped). Files are 0600 in a 0700 directory.
+
+Every live session also has a sidecar ``<sid>.session.json`` (written atomically at its start,
+before ``session.start`` is emitted; removed once its ``session.end`` is on disk and its
+recording handed to the uploader): what a ``session.end`` needs. At start the node ends every
+session a crash left a sidecar for (:func:`recover_sessions`): ``end_reason`` ``node_restart``,
+stopped when its recording's last complete frame was written.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime as dt
 import json
 import os
 import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import attrs
+
+from teleport_core.audit import format_time, parse_time
+from teleport_core.files import write_private
 from teleport_core.sessions import check_session_id
 
 PART = ".raw.part"
@@ -29,6 +41,8 @@ FINAL = ".cast"
 BUFFER = 256 * 1024
 FLUSH_INTERVAL = 0.5
 FRAME = struct.Struct(">dI")
+SIDECAR = ".session.json"
+SIDECAR_VERSION = 1
 
 
 def prepare_spool(directory: Path) -> Path:
@@ -41,7 +55,8 @@ class Recorder:
     """Spools one session's output (call from one thread at a time)."""
 
     def __init__(self, spool: Path, session_id: str, *, width: int, height: int, env: Mapping[str, str],
-                 title: str = "", command: str = "") -> None:
+                 title: str = "", command: str = "", started: float | None = None) -> None:
+        """``started``: the session's start (Unix time; default now), the header's ``timestamp``."""
         self.session_id = check_session_id(session_id)
         self.path = spool / (session_id + PART)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -51,7 +66,8 @@ class Recorder:
         self.bytes = 0
         self.closed = False
         header: dict[str, object] = {"version": 2, "width": max(width, 1), "height": max(height, 1),
-                                     "timestamp": int(time.time()), "env": dict(env)}
+                                     "timestamp": int(time.time() if started is None else started),
+                                     "env": dict(env)}
         if title:
             header["title"] = title
         if command:
@@ -81,8 +97,23 @@ class Recorder:
         return self.path
 
 
+@attrs.frozen
+class Frames:
+    """What a recording holds: its header's ``timestamp`` (Unix seconds), the output bytes of its
+    complete frames, and the offset (seconds) of the last one (None: no frame)."""
+
+    timestamp: float | None = None
+    recorded_bytes: int = 0
+    last_offset: float | None = None
+
+
 def finalize(part: Path) -> Path:
     """Convert a spool file to ``<sid>.cast`` (fsynced, renamed atomically) and delete the spool."""
+    return convert(part)[0]
+
+
+def convert(part: Path) -> tuple[Path, Frames]:
+    """:func:`finalize`, also returning what the recording held (a torn last frame is dropped)."""
     sid = part.name[: -len(PART)]
     final = part.with_name(sid + FINAL)
     temp = part.with_name(sid + ".cast.tmp")
@@ -90,9 +121,9 @@ def finalize(part: Path) -> Path:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with open(part, "rb") as src, os.fdopen(fd, "wb", buffering=BUFFER) as out:
         header = src.readline()
-        json.loads(header)  # a spool whose header is torn is not a recording
+        timestamp = _header_timestamp(json.loads(header))  # a spool whose header is torn is not a recording
         out.write(header)
-        stamp = 0.0
+        stamp, total, last = 0.0, 0, None
         while True:
             head = src.read(FRAME.size)
             if len(head) < FRAME.size:
@@ -100,19 +131,153 @@ def finalize(part: Path) -> Path:
             stamp, length = FRAME.unpack(head)
             data = src.read(length)
             if len(data) < length:
-                data = b""  # a frame a crash cut: dropped
-                break
+                break  # a frame a crash cut: dropped
+            total, last = total + length, stamp
             text = decoder.decode(data)
             if text:
                 out.write((json.dumps([round(stamp, 6), "o", text]) + "\n").encode())
         tail = decoder.decode(b"", final=True)
         if tail:
-            out.write((json.dumps([round(stamp, 6), "o", tail]) + "\n").encode())
+            out.write((json.dumps([round(last or 0.0, 6), "o", tail]) + "\n").encode())
         out.flush()
         os.fsync(out.fileno())
     os.rename(temp, final)
     part.unlink()
-    return final
+    return final, Frames(timestamp, total, last)
+
+
+def _header_timestamp(header: Any) -> float | None:
+    if not isinstance(header, dict):
+        raise ValueError("the recording's header is not a JSON object")
+    value = header.get("timestamp")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def cast_frames(path: Path) -> Frames:
+    """What a finished asciicast file holds (bytes counted as the UTF-8 of its output events)."""
+    with open(path, "rb") as src:
+        timestamp = _header_timestamp(json.loads(src.readline()))
+        total, last = 0, None
+        for line in src:
+            try:
+                stamp, kind, text = json.loads(line)
+            except ValueError:
+                break
+            if kind == "o":
+                total, last = total + len(str(text).encode()), float(stamp)
+    return Frames(timestamp, total, last)
+
+
+# -- session sidecars ------------------------------------------------------------------------------
+
+
+def sidecar_path(spool: Path, session_id: str) -> Path:
+    return spool / (check_session_id(session_id) + SIDECAR)
+
+
+def write_sidecar(spool: Path, session_id: str, started: float, fields: Mapping[str, Any]) -> Path:
+    """Write ``<sid>.session.json`` (0600, atomically): the session's start (Unix time) and the
+    fields its ``session.end`` carries (what its ``session.start`` said about it)."""
+    path = sidecar_path(spool, session_id)
+    doc = {"version": SIDECAR_VERSION, "sid": session_id, "started": started,
+           "session_start": format_time(dt.datetime.fromtimestamp(started, dt.UTC)), "fields": dict(fields)}
+    write_private(path, json.dumps(doc, separators=(",", ":")))
+    return path
+
+
+def remove_sidecar(spool: Path, session_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        sidecar_path(spool, session_id).unlink()
+
+
+@attrs.frozen
+class EndedSession:
+    """A session a crash cut off, recovered from its sidecar: the ``session.end`` it gets."""
+
+    session_id: str
+    fields: dict[str, Any]  # the session.end fields, end_reason "node_restart"
+    stop: dt.datetime  # the recording's real end: the event's time
+    recording: Path | None  # its finished recording awaiting upload (None: nothing was recorded)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict) or not isinstance(doc.get("fields"), dict):
+            return None
+        check_session_id(str(doc["sid"]))
+        parse_time(str(doc["session_start"]))
+        float(doc["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc
+
+
+def session_stop(started: float, frames: Frames, written: float | None) -> float:
+    """When a recovered session really ended (Unix time): the header's timestamp (the precise
+    start when it is the same second) plus the last frame's offset; the start if no frame;
+    never later than ``written`` (the spool file's mtime), never before the start."""
+    if frames.last_offset is None:
+        return started
+    base = frames.timestamp if frames.timestamp is not None else started
+    if int(base) == int(started):
+        base = started
+    stop = base + frames.last_offset
+    if written is not None:
+        stop = min(stop, written)
+    return max(stop, started)
+
+
+def recover_sessions(spool: Path, live: set[str]) -> tuple[list[EndedSession], list[Path]]:
+    """End every session whose sidecar a crash left (not in ``live``): finalize its spool file,
+    work out its real end. Returns the ended sessions (oldest first; their sidecars are still
+    there: remove each once its ``session.end`` is stored) and the sidecars that could not be
+    read (removed: nothing can be built from them)."""
+    for stale in spool.glob(".*" + SIDECAR + ".*.tmp"):  # write_private's temp file of a crash
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    ended: list[EndedSession] = []
+    unreadable: list[Path] = []
+    for path in sorted(spool.glob("*" + SIDECAR)):
+        sid = path.name[: -len(SIDECAR)]
+        if sid in live:
+            continue
+        doc = _read_sidecar(path)
+        if doc is None or doc["sid"] != sid:
+            unreadable.append(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        started = float(doc["started"])
+        frames, written, recording = Frames(), None, None
+        part = spool / (sid + PART)
+        cast = spool / (sid + FINAL)
+        if part.exists():
+            written = part.stat().st_mtime
+            try:
+                recording, frames = convert(part)
+            except ValueError:  # not even a header: nothing was recorded
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+            except OSError:  # left for the next start
+                pass
+        else:
+            # finalized before the crash (its end may have been emitted too: auth drops a duplicate)
+            for done in (cast, cast.with_name(cast.name + ".refused")):
+                if done.exists():
+                    written = done.stat().st_mtime
+                    with contextlib.suppress(OSError, ValueError):
+                        frames = cast_frames(done)
+                    recording = done if done == cast else None
+                    break
+        stop = session_stop(started, frames, written)
+        when = dt.datetime.fromtimestamp(stop, dt.UTC)
+        fields = {**doc["fields"], "sid": sid, "end_reason": "node_restart",
+                  "session_start": str(doc["session_start"]), "session_stop": format_time(when),
+                  "recorded_bytes": frames.recorded_bytes}
+        ended.append(EndedSession(sid, fields, when, recording))
+    ended.sort(key=lambda e: e.stop)
+    return ended, unreadable
 
 
 def recover(spool: Path, live: set[str]) -> list[Path]:

@@ -5,7 +5,12 @@ locks from auth, refreshed as soon as auth reports a change (long poll; a new lo
 connections it matches), and the node's labels
 (static plus command output) — and carries what they produce back to auth: audit events
 (in order, retried until stored) and finished recordings (uploaded, then deleted locally;
-``session.upload`` audited). Recordings a crash cut off are completed and uploaded at start.
+``session.upload`` audited). Sessions a crash cut off get their ``session.end`` at the next
+start (``end_reason`` ``node_restart``) and their recordings are completed and uploaded.
+
+Uploads (``PUT /v1/sessions/{sid}/recording``): a 404 (auth has no record of the session yet)
+is retried with backoff for up to :data:`UPLOAD_UNKNOWN_FOR`; a 403 or 409 is final: the file is
+kept as ``<sid>.cast.refused``, logged as an ERROR and counted in ``teleport_recordings_refused``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import io
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +31,9 @@ import paramiko
 
 from teleport_core import keys
 from teleport_core.audit import AuditEvent, new_event
-from teleport_core.audit_spool import AuditSpool
+from teleport_core.audit_spool import AuditSpool, export_pending
 from teleport_core.client import AuthClient, Credentials
-from teleport_core.errors import AccessDenied, AlreadyExists, TeleportError
+from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.locks import parse_lock
@@ -35,7 +41,7 @@ from teleport_core.renewal import HostCertRenewer
 from teleport_core.roles import Role, parse_role
 from teleport_core.service import Service, ServiceContext
 from teleport_node.certs import HostCertKey, load_ca_keys
-from teleport_node.recording import prepare_spool, recover
+from teleport_node.recording import prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.tunnel import TunnelAgent
@@ -45,7 +51,8 @@ RETRY = 2.0
 MAX_RETRY = 30.0
 LABEL_TIMEOUT = 10.0
 UPLOAD_AUDIT_WAIT = 30.0  # seconds an upload waits for this node's audit backlog (its session.start)
-UPLOAD_REFUSALS = 5  # refused uploads (403) retried before the recording is kept as .refused
+UPLOAD_UNKNOWN_FOR = 3600.0  # seconds a 404 upload (auth has no record of the session yet) is retried
+REFUSED = ".cast.refused"  # a recording auth refused for good, kept in the spool
 
 
 class NodeService(Service):
@@ -64,6 +71,9 @@ class NodeService(Service):
         self._emitting: set[asyncio.Task[None]] = set()
         self._uploads: asyncio.Queue[tuple[str, Path]] = asyncio.Queue()
         self._uploading: str | None = None  # the session whose recording is being sent (or retried)
+        self._unknown: dict[str, tuple[float, float]] = {}  # sid -> (its first 404, the next delay)
+        self._waiting: set[str] = set()  # recordings waiting to be queued again (after a 404)
+        self._ending: set[asyncio.Task[None]] = set()  # sidecar removals waiting for their session.end
         self._tasks: list[asyncio.Task[None]] = []
         self.spool = ctx.config.data_dir / "log" / "upload" / "sessions"
         # teleport.proxy_server set: no listener, reached through a reverse tunnel to that proxy
@@ -101,6 +111,7 @@ class NodeService(Service):
         await self._retrying("load roles", self._load_roles)
         await self._retrying("load locks", self._load_locks)
         await self._run_commands(self.settings.commands)
+        await self._recover_sessions()  # before serving: no session is live yet
         if os.geteuid() != 0:
             import pwd
 
@@ -119,6 +130,10 @@ class NodeService(Service):
             sid = path.name.removesuffix(".cast")
             self.log.info("uploading a recording left by an earlier run", sid=sid)
             self._uploads.put_nowait((sid, path))
+        refused = self._recordings_refused()
+        if refused:
+            self.log.error("recordings refused by auth are kept in the spool", recordings_refused=refused,
+                           path=str(self.spool))
         self._spawn(self.audit.run(), "node-audit")
         self._spawn(self._send_uploads(), "node-uploads")
         self._spawn(self._heartbeat(), "node-heartbeat")
@@ -133,6 +148,10 @@ class NodeService(Service):
                       cluster=cluster, session_recording=recording)
 
     async def stop(self) -> None:
+        if self.ssh is not None:  # first: the sessions' clients are told while their connections last
+            ended = await asyncio.to_thread(self.ssh.end_sessions)
+            if ended:
+                self.log.info("the node is stopping: ended its sessions", sessions=ended)
         if self.tunnel is not None:
             await asyncio.to_thread(self.tunnel.stop)
         if self.ssh is not None:
@@ -152,21 +171,32 @@ class NodeService(Service):
             return
         while True:
             backlog = await asyncio.to_thread(self.audit.backlog)
-            if not (self._emitting or backlog or not self._uploads.empty()):
+            if not (self._emitting or self._ending or backlog or not self._uploads.empty()
+                    or self._uploading is not None):
                 return
             await asyncio.sleep(0.05)
 
     def _export_metrics(self) -> None:
         from prometheus_client import Gauge
 
-        Gauge("teleport_audit_events_pending", "Audit events on disk not yet delivered to auth",
-              registry=self.ctx.metrics).set_function(self.audit.backlog)
+        export_pending(self.ctx.metrics, "node", self.audit)  # teleport_audit_events_pending{service="node"}
         Gauge("teleport_recordings_pending", "Session recordings kept in the local spool, not yet uploaded",
               registry=self.ctx.metrics).set_function(self._recordings_pending)
+        Gauge("teleport_recordings_refused", "Session recordings auth refused for good, kept in the local "
+              "spool as <sid>.cast.refused", registry=self.ctx.metrics).set_function(self._recordings_refused)
 
     def _recordings_pending(self) -> int:
-        """Finished recordings not uploaded yet: queued, plus the one being sent (or retried)."""
-        return self._uploads.qsize() + (self._uploading is not None)
+        """Finished recordings not uploaded yet: queued, the one being sent (or retried), and
+        those auth did not know the session of yet (retried later)."""
+        return self._uploads.qsize() + (self._uploading is not None) + len(self._waiting)
+
+    def _recordings_refused(self) -> int:
+        """Recordings auth refused for good: the ``.cast.refused`` files in the spool (so the
+        count survives restarts; an operator deletes one once dealt with)."""
+        try:
+            return sum(1 for _ in self.spool.glob("*" + REFUSED))
+        except OSError:
+            return 0
 
     def diagnostics(self) -> dict[str, Any]:
         ssh = self.ssh
@@ -177,6 +207,7 @@ class NodeService(Service):
             "connections": len(ssh.connections) if ssh else 0,
             "pending_audit_events": self.audit.backlog(),
             "pending_uploads": self._recordings_pending(),
+            "refused_recordings": self._recordings_refused(),
         }
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -328,52 +359,105 @@ class NodeService(Service):
         if not task.cancelled() and task.exception() is not None:
             self.log.error("audit event not stored on disk", error=str(task.exception()))
 
-    def _recorded_threadsafe(self, sid: str, path: Path) -> None:
-        self.loop.call_soon_threadsafe(self._uploads.put_nowait, (sid, path))
+    def _recorded_threadsafe(self, sid: str, path: Path | None) -> None:
+        self.loop.call_soon_threadsafe(self._session_ended, sid, path)
+
+    def _session_ended(self, sid: str, path: Path | None) -> None:
+        """A session ended (its session.end handed to the spool just before): queue its recording,
+        and remove its sidecar once that session.end is on disk."""
+        if path is not None:
+            self._uploads.put_nowait((sid, path))
+        task = asyncio.create_task(self._forget_session(sid, set(self._emitting)))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _forget_session(self, sid: str, emitting: set[asyncio.Task[None]]) -> None:
+        results = await asyncio.gather(*emitting, return_exceptions=True)
+        if any(isinstance(result, BaseException) for result in results):
+            return  # an event may not be on disk: the sidecar stays, the next start ends the session
+        await asyncio.to_thread(remove_sidecar, self.spool, sid)
+
+    async def _recover_sessions(self) -> None:
+        """Emit the ``session.end`` of every session an earlier run left unended (a crash, a stop
+        that ran out of time): ``end_reason`` ``node_restart``, dated at the recording's real end."""
+        ended, unreadable = await asyncio.to_thread(recover_sessions, self.spool, set())
+        for path in unreadable:
+            self.log.error("removed an unreadable session sidecar: that session gets no session.end",
+                           path=str(path))
+        for session in ended:
+            await self.audit.emit(new_event("session.end", "ok", when=session.stop, **session.fields))
+            await asyncio.to_thread(remove_sidecar, self.spool, session.session_id)
+            self.log.info("ended a session an earlier run left", sid=session.session_id, end_reason="node_restart",
+                          session_stop=session.fields["session_stop"],
+                          recorded_bytes=session.fields["recorded_bytes"])
 
     async def _send_uploads(self) -> None:
         while True:
             sid, path = await self._uploads.get()
             self._uploading = sid
-            if not await self._upload(sid, path):
+            try:
+                if await self._upload(sid, path):
+                    size = path.stat().st_size
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    self._emit_threadsafe("session.upload", "ok", {
+                        "sid": sid, "cluster_name": self.state.cluster_name, "server_id": self.identity.host_uuid,
+                        "server_hostname": self.ctx.config.nodename, "size": size})
+            finally:
                 self._uploading = None
                 self._uploads.task_done()
-                continue
-            size = path.stat().st_size
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._emit_threadsafe("session.upload", "ok", {
-                "sid": sid, "cluster_name": self.state.cluster_name, "server_id": self.identity.host_uuid,
-                "server_hostname": self.ctx.config.nodename, "size": size})
-            self._uploading = None
-            self._uploads.task_done()
 
     async def _upload(self, sid: str, path: Path) -> bool:
-        """Upload one recording, retrying while auth is away. Auth takes a recording only from
-        the node whose ``session.start`` it stored, once: wait for this node's audit backlog
-        first (the ``session.start`` may still be on its way), retry a refusal a few times, then
-        keep the file as ``<sid>.cast.refused`` (not retried; auth audited the refusal)."""
+        """Upload one recording; True once stored. Retried with backoff while auth is away. Auth
+        takes a recording only from the node that started the session, once: wait for this
+        node's audit backlog first (its ``session.start`` may still be on its way). A 404 (auth
+        has no record of the session yet) is retried later, apart from the queue, for up to
+        :data:`UPLOAD_UNKNOWN_FOR`; a 403 or 409 (or a 404 past that) is final: the file is kept
+        as ``<sid>.cast.refused`` (auth audited and recorded the refusal)."""
         waited = 0.0
         while waited < UPLOAD_AUDIT_WAIT and await asyncio.to_thread(self.audit.backlog) > 0:
             await asyncio.sleep(0.2)
             waited += 0.2
-        delay, refusals = RETRY, 0
+        delay = RETRY
         while True:
             try:
                 await self.auth.upload_recording(sid, path)
+                self._unknown.pop(sid, None)
                 return True
-            except (AccessDenied, AlreadyExists) as exc:
-                refusals += 1
-                if isinstance(exc, AlreadyExists) or refusals >= UPLOAD_REFUSALS:
-                    kept = path.with_name(path.name + ".refused")
-                    with contextlib.suppress(FileNotFoundError):
-                        path.rename(kept)
-                    self.log.error("auth refused the recording, kept locally", sid=sid, error=str(exc),
-                                   path=str(kept))
+            except NotFound as exc:
+                first, later = self._unknown.get(sid, (time.monotonic(), RETRY))
+                if time.monotonic() - first >= UPLOAD_UNKNOWN_FOR:
+                    self._unknown.pop(sid, None)
+                    self._refused(sid, path, f"{exc} (for {UPLOAD_UNKNOWN_FOR / 60:.0f} minutes)")
                     return False
-                self.log.warning("auth refused the recording, will retry", sid=sid, error=str(exc))
+                self._unknown[sid] = (first, min(MAX_RETRY, later * 2))
+                self.log.warning("auth has no record of the session yet, will retry the upload", sid=sid,
+                                 error=str(exc), retry_in=f"{later:.0f}s")
+                self._waiting.add(sid)
+                self.loop.call_later(later, self._queue_again, sid, path)
+                return False
+            except (AccessDenied, AlreadyExists) as exc:
+                self._unknown.pop(sid, None)
+                self._refused(sid, path, str(exc))
+                return False
             except (TeleportError, OSError) as exc:
+                if not path.exists():
+                    self._unknown.pop(sid, None)
+                    self.log.error("recording vanished from the spool before its upload", sid=sid, path=str(path))
+                    return False
                 self.log.warning("cannot upload recording, kept in the spool, will retry", sid=sid, error=str(exc),
                                  recordings_pending=self._recordings_pending(), retry_in=f"{delay:.0f}s")
             await asyncio.sleep(delay)
             delay = min(MAX_RETRY, delay * 2)
+
+    def _queue_again(self, sid: str, path: Path) -> None:
+        self._waiting.discard(sid)
+        self._uploads.put_nowait((sid, path))
+
+    def _refused(self, sid: str, path: Path, reason: str) -> None:
+        """Keep a recording auth refused for good as ``<sid>.cast.refused`` (never retried)."""
+        kept = path.with_name(sid + REFUSED)
+        with contextlib.suppress(FileNotFoundError):
+            path.rename(kept)
+        self.log.error("auth refused the recording for good, kept locally", sid=sid, error=reason, path=str(kept),
+                       recordings_refused=self._recordings_refused())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import termios
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,13 +45,14 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
+from teleport_core.audit import format_time
 from teleport_core.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
 from teleport_core.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.pipes import grow_pipe
 from teleport_core.roles import Role, RoleSet
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
-from teleport_node.recording import Recorder, finalize
+from teleport_node.recording import Recorder, finalize, write_sidecar
 
 # 4 MiB, not more: an OpenSSH client buffers up to the window of input and then spends its CPU
 # moving and zeroing that buffer (ssh -J to the node: 0.70 of sshd's speed at 16 MiB, 1.04 at 4)
@@ -72,6 +75,9 @@ OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
 # (``exit-signal``; any other signal is reported as "SIG@openssh.com", as sshd does)
 SIGNALS: dict[str, int] = {name: int(getattr(signal, "SIG" + name)) for name in (
     "ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2")}
+STOP_GRACE = 2.0  # seconds a stopping node's sessions get after SIGHUP, before SIGKILL
+STOP_KILL_WAIT = 1.5  # and after SIGKILL, to end through the normal path
+STOP_FINALIZE_WAIT = 3.0  # and for their recordings to be finalized and handed over
 
 
 @attrs.define
@@ -87,7 +93,8 @@ class NodeState:
     recording: str  # "node" or "off"
     spool: Path
     emit: Callable[[str, str, dict[str, Any]], None]  # (event, outcome, fields): thread-safe
-    recorded: Callable[[str, Path], None]  # a recording finished: (session id, path); thread-safe
+    # a session ended, its session.end emitted: (session id, its finished recording or None); thread-safe
+    recorded: Callable[[str, Path | None], None]
     locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.locks), followed from auth
 
 
@@ -124,6 +131,8 @@ class SSHServer:
         self._stopping = False
         self._thread = threading.Thread(target=self._accept_loop, name="teleport-node-accept", daemon=True)
         self.recorders: set[Recorder] = set()
+        self._interrupted: set[Session] = set()  # sessions a stop is ending
+        self._finalizing: set[concurrent.futures.Future[None]] = set()  # recordings being finalized
 
     def start(self) -> None:
         self.pump.start()
@@ -132,8 +141,67 @@ class SSHServer:
         if self.sock is not None:
             self._thread.start()
 
-    def stop(self) -> None:
+    def end_sessions(self, grace: float = STOP_GRACE) -> int:
+        """The node is stopping: end every live session through its normal path; how many.
+
+        Each session's client is told on its channel (stderr, or the terminal of a PTY), its
+        process group gets SIGHUP (SIGKILL after ``grace`` seconds), and it ends as any session
+        does (``session.end`` with ``end_reason`` "interrupted", recording finalized and handed
+        to the uploader). Bounded: what has not ended after a few seconds is left to the
+        connection close, and its sidecar to the next start. New sessions are refused from now."""
         self._stopping = True
+        told = threading.Event()
+
+        def tell() -> None:
+            try:
+                with self._lock:
+                    connections = list(self.connections)
+                for conn in connections:
+                    for session in list(conn.sessions.values()):
+                        session.interrupt()
+            finally:
+                told.set()
+
+        self.pump.call(tell)
+        told.wait(5)
+        if not self._wait_ended(grace):
+            self.pump.call(lambda: [s.kill() for s in self._live_interrupted()])
+            self._wait_ended(STOP_KILL_WAIT)
+        with self._lock:
+            finalizing = list(self._finalizing)
+            ended = len(self._interrupted)
+        concurrent.futures.wait(finalizing, timeout=STOP_FINALIZE_WAIT)
+        return ended
+
+    def _live_interrupted(self) -> list[Session]:
+        with self._lock:
+            return [s for s in self._interrupted if not s.finished]
+
+    def _wait_ended(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._live_interrupted():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def interrupting(self, session: Session) -> None:
+        with self._lock:
+            self._interrupted.add(session)
+
+    def finalizing(self, future: concurrent.futures.Future[None]) -> None:
+        """Track a recording's finalization (a stop waits for it)."""
+        with self._lock:
+            self._finalizing.add(future)
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            with self._lock:
+                self._finalizing.discard(f)
+
+        future.add_done_callback(done)
+
+    def stop(self) -> None:
+        self.end_sessions()
         self.gate.stop()
         if self.sock is not None:
             with contextlib.suppress(OSError):
@@ -394,12 +462,16 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     def emit(self, event: str, outcome: str = "ok", **fields: Any) -> None:
         state = self.server.state()
-        base: dict[str, Any] = {"cluster_name": state.cluster_name, "server_id": state.host_uuid,
-                                "server_hostname": state.nodename, "server_labels": dict(state.labels),
-                                "addr.remote": self.remote, "addr.local": self.local,
-                                "user": self.cert.user if self.cert else "", "login": self.login}
+        base = self.base_fields(state)
         base.update(fields)
         state.emit(event, outcome, base)
+
+    def base_fields(self, state: NodeState) -> dict[str, Any]:
+        """The fields every event of this connection carries (server, addresses, user, login)."""
+        return {"cluster_name": state.cluster_name, "server_id": state.host_uuid,
+                "server_hostname": state.nodename, "server_labels": dict(state.labels),
+                "addr.remote": self.remote, "addr.local": self.local,
+                "user": self.cert.user if self.cert else "", "login": self.login}
 
     # -- authentication -----------------------------------------------------------------------------
 
@@ -647,11 +719,14 @@ class Session:
         self.pidfd: int | None = None
         self.agent = False
         self.agent_listener: AgentListener | None = None
+        self.started_at = 0.0  # Unix time the process started (session_start)
+        self.end_fields: dict[str, Any] = {}  # what session.start said, repeated by session.end
+        self.end_reason = "exit"  # "interrupted": the node's stop ended it
 
     # -- request handling (transport thread) ----------------------------------------------------
 
     def request(self, command: str | None, subsystem: str | None) -> bool:
-        if self.started:
+        if self.started or self.conn.server._stopping:
             return False
         self.started = True
         self.command, self.subsystem = command, subsystem
@@ -755,14 +830,24 @@ class Session:
             self.conn.server.log.warning("cannot start session process", login=self.conn.login, error=str(exc))
             self._failed_start(str(exc))
             return
+        self.started_at = time.time()
         if state.recording != "off" and self.subsystem is None:
             try:
                 self.recorder = Recorder(state.spool, self.id, width=self.size[0], height=self.size[1],
                                          env={"TERM": env.get("TERM", ""), "SHELL": env["SHELL"]},
                                          title=f"{self.conn.login}@{state.nodename}",
-                                         command=self.command or "")
+                                         command=self.command or "", started=self.started_at)
             except OSError as exc:
                 self.conn.server.log.error("cannot record session", sid=self.id, error=str(exc))
+        self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
+                           "initial_command": [self.command or ""], "session_recording": state.recording,
+                           "session_start": _rfc3339(self.started_at)}
+        try:  # what a session.end needs, should the node crash before it ends the session
+            write_sidecar(state.spool, self.id, self.started_at,
+                          {**self.conn.base_fields(state), **self.end_fields})
+        except OSError as exc:
+            self.conn.server.log.error("cannot write the session's sidecar: a crash would leave it without "
+                                       "a session.end", sid=self.id, error=str(exc))
         self.conn.emit("session.start", "ok", sid=self.id, proto="ssh", initial_command=[self.command or ""],
                        size=f"{self.size[0]}:{self.size[1]}", session_recording=state.recording)
         self.conn.server.pump.call(lambda: self._attach(fds))
@@ -797,6 +882,8 @@ class Session:
             stream.start()
         self.pidfd = os.pidfd_open(self.process.pid)
         pump.watch(self.pidfd, 1, self._child_exited)
+        if self.conn.server._stopping:  # started while the node's stop was ending the others
+            self.interrupt()
 
     def _client_eof(self) -> None:
         if self.channel.closed:
@@ -829,9 +916,32 @@ class Session:
 
     def hangup(self) -> None:
         """The client went away: signal the process group, finish the session."""
+        self._signal_group(signal.SIGHUP)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
         if self.process is not None and not self.exited:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGHUP)
+                os.killpg(self.process.pid, signum)
+
+    def interrupt(self) -> None:
+        """The node is stopping (pump thread): tell the client, hang the process group up; the
+        session then ends as any does, with ``end_reason`` "interrupted"."""
+        if self.process is None or self.finished or self.end_reason == "interrupted":
+            return
+        self.end_reason = "interrupted"
+        self.conn.server.interrupting(self)
+        line = f"\r\nteleport: the node is shutting down; this session ends (session {self.id})\r\n".encode()
+        with contextlib.suppress(Exception):  # a full window drops it: the session ends anyway
+            if self.pty:
+                self.channel.send(line)
+                if self.recorder is not None:
+                    self.recorder.write(line)
+            else:
+                self.channel.send_stderr(line)
+        self.hangup()
 
     def _maybe_finish(self) -> None:
         if self.finished or not self.exited or self.open_outputs > 0:
@@ -879,8 +989,9 @@ class Session:
                 conn.emit("exec", "ok" if code == 0 else "failure", sid=self.id, command=self.command,
                           exitCode=exit_code)
         conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
-        conn.emit("session.end", "ok", sid=self.id, proto="ssh", interactive=self.pty,
-                  initial_command=[self.command or ""], session_recording=state.recording)
+        conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
+                  session_stop=_rfc3339(time.time()),
+                  recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
         if self.recorder is not None:
             conn.server.recorders.discard(self.recorder)
             try:
@@ -888,16 +999,25 @@ class Session:
             except OSError as exc:
                 conn.server.log.warning("cannot close recording", sid=self.id, error=str(exc))
             else:
-                FINALIZERS.submit(self._finalize, part, state)
+                conn.server.finalizing(FINALIZERS.submit(self._finalize, part, state))
+                return
+        state.recorded(self.id, None)
 
     def _finalize(self, part: Path, state: NodeState) -> None:
         """Convert the spool to asciicast off the pump thread, then hand it to the uploader."""
         try:
-            path = finalize(part)
-        except (OSError, ValueError) as exc:
+            path: Path | None = finalize(part)
+        except ValueError as exc:  # a torn header: nothing to upload
+            self.conn.server.log.warning("cannot finalize recording", sid=self.id, error=str(exc))
+            path = None
+        except OSError as exc:  # the spool and the sidecar stay: the next start completes them
             self.conn.server.log.warning("cannot finalize recording", sid=self.id, error=str(exc))
             return
         state.recorded(self.id, path)
+
+
+def _rfc3339(unix: float) -> str:
+    return format_time(dt.datetime.fromtimestamp(unix, dt.UTC))
 
 
 def _scp_action(command: str) -> tuple[str, str] | None:
