@@ -120,6 +120,8 @@ class SessionReply(Reply):
     start: str
     end: str
     recorded: bool
+    end_reason: str = ""
+    recording: str = Field("", description="uploaded, pending, missing (from the session storage) or off")
 
 
 PATH_PARAMS: dict[str, Any] = {

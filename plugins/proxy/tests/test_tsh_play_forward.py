@@ -256,6 +256,32 @@ def test_play_and_ls_flag_errors(env: Env, audrey: Path) -> None:
         assert result.returncode == 2 and "invalid choice" in result.stderr, result.stderr
 
 
+def test_a_recording_missing_from_the_storage_is_listed_missing(env: Env, audrey: Path) -> None:
+    """A recording the session storage lost: ``tsh recordings ls`` says ``missing``, ``tsh play`` says why."""
+    result = tsh(audrey, "ssh", f"{LOGIN}@{NODENAME}", "echo soon-lost")
+    assert result.returncode == 0, result.stderr
+    entry: dict[str, Any] = {}
+
+    def uploaded() -> bool:
+        listing = tsh(audrey, "recordings", "ls", "--format=json")
+        found = [s for s in json.loads(listing.stdout) if s["command"] == "echo soon-lost"]
+        entry.update(found[0] if found else {})
+        return bool(found) and found[0]["recording"] == "uploaded"
+
+    wait_for(uploaded, timeout=60, interval=0.3, what="the recording to be uploaded")
+    sid = entry["sid"]
+    [stored] = [p for p in (env.root / "auth").rglob(f"{sid}.cast") if "upload" not in p.parts]
+    stored.unlink()
+    listing = tsh(audrey, "recordings", "ls", "--format=json")
+    [again] = [s for s in json.loads(listing.stdout) if s["sid"] == sid]
+    assert (again["recording"], again["recorded"]) == ("missing", False)
+    [row] = [r for r in tsh(audrey, "recordings", "ls").stdout.splitlines() if r.startswith(sid)]
+    assert row.split()[-1] == "missing"
+    played = tsh(audrey, "play", sid)
+    assert played.returncode == 1
+    assert f"the recording of session {sid} is missing from the session storage" in played.stderr
+
+
 # -- forwarding -------------------------------------------------------------------------------------------
 
 
