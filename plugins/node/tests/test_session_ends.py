@@ -3,13 +3,15 @@ its next start (``end_reason`` ``node_restart``, dated at the recording's real e
 with SIGTERM or SIGHUP tells the client, ends it (``interrupted``) and delivers its end and its
 recording before it exits. Either way the session is listed by auth and its recording plays
 (``tsh play``) with what was typed before. A recording auth refuses for good is kept as
-``<sid>.cast.refused`` and counted in the node's ``/metrics``.
+``<sid>.cast.refused`` and counted in the node's ``/metrics``; one auth has no record of yet
+(404) is retried until it has.
 
 Real processes: an auth server (in process), a ``teleport start`` node and the OpenSSH client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import select
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ import pytest
 import yaml
 from node_helpers import Auth, Node, free_port, ssh_argv
 
-from teleport_core.audit import parse_time
+from teleport_core.audit import new_event, parse_time
+from teleport_core.client import AuthClient, load_identity_dir
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -148,6 +152,7 @@ def test_kill_9_mid_session_then_restart_ends_the_session(auth: Auth, tmp_path: 
         assert end["time"] == end["session_stop"]  # dated at the recording's real end, not the restart
         assert start <= stop and stop.timestamp() <= killed_at
         assert entry["user"] == "kim" and entry["server_hostname"] == "killnode"
+        assert entry["end_reason"] == "node_restart" and entry["end"] == end["session_stop"]
         assert "typed-42-before-kill" in play(auth, sid, tmp_path)
         wait_for(lambda: not list(spool(node).iterdir()), what="an empty spool", timeout=30)
     finally:
@@ -186,7 +191,8 @@ def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Pa
             assert end["user"] == "sam" and end["recorded_bytes"] > 0
             assert parse_time(end["session_start"]) <= parse_time(end["session_stop"])
             assert [e for e in auth.events(type="session.upload") if e.get("sid") == sid]
-        assert listed(auth, shell_sid, timeout=5)["server_hostname"] == name
+        entry = listed(auth, shell_sid, timeout=5)
+        assert entry["server_hostname"] == name and entry["end_reason"] == "interrupted"
         played = play(auth, shell_sid, tmp_path)
         assert "typed-42-before-stop" in played and SHUTDOWN_LINE.format(sid=shell_sid) in played
         assert not list(spool(node).iterdir())  # nothing left for the next start
@@ -231,5 +237,40 @@ def test_a_recording_refused_for_good_is_kept_and_counted(auth: Auth, tmp_path: 
         metrics = urllib.request.urlopen(f"{diag}/metrics", timeout=10).read().decode()
         assert re.search(r"^teleport_recordings_refused 1\.0$", metrics, re.MULTILINE), metrics
         assert refused.exists() and not (spool(node) / f"{sid}.cast").exists()
+    finally:
+        node.stop()
+
+
+def test_an_upload_auth_has_no_record_for_yet_is_retried(auth: Auth, tmp_path: Path) -> None:
+    """404 (no session.start of it has reached auth yet): transient, retried with backoff, counted
+    pending, never refused; once the session.start arrives the next try stores it."""
+    node = Node(auth, tmp_path / "node", nodename="latenode")
+    diag = with_diag(node)
+    node.start()
+    node.stop()
+    sid = str(uuid.uuid4())
+    (spool(node) / f"{sid}.cast").write_text(
+        f'{{"version": 2, "width": 80, "height": 24, "timestamp": {int(time.time())}}}\n[0.1, "o", "late-start"]\n')
+    node.start()
+    try:
+        wait_for(lambda: "auth has no record of the session yet, will retry the upload" in node.log(),
+                 what="the 404 logged as transient", timeout=30)
+        metrics = urllib.request.urlopen(f"{diag}/metrics", timeout=10).read().decode()
+        assert re.search(r"^teleport_recordings_pending 1\.0$", metrics, re.MULTILINE), metrics
+        assert re.search(r"^teleport_recordings_refused 0\.0$", metrics, re.MULTILINE), metrics
+        # the session.start reaches auth late (as from another auth server, or a long outage)
+        start = new_event("session.start", "ok", sid=sid, proto="ssh", user="lee", login="root",
+                          initial_command=[""], session_recording="node")
+
+        async def emit() -> None:
+            identity = load_identity_dir(node.data_dir / "data" / "keys" / "node")
+            async with AuthClient(auth.addr, [identity]) as client:
+                await client.emit_event(start.to_dict())
+
+        asyncio.run(emit())
+        wait_for(lambda: [e for e in auth.events(type="session.upload") if e.get("sid") == sid],
+                 what="the upload stored once auth knows the session", timeout=60)
+        assert not (spool(node) / f"{sid}.cast.refused").exists()
+        assert "late-start" in play(auth, sid, tmp_path)
     finally:
         node.stop()
