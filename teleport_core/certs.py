@@ -83,14 +83,16 @@ def merge_additions(
     return extensions, options
 
 
-def check_veto(reason: str | None) -> None:
-    """Raise :class:`CertificateVetoed` when the veto hook returned a reason."""
+def check_veto(reason: str | None, request: CertRequest | None = None) -> None:
+    """Raise :class:`CertificateVetoed` (carrying the request's identity) when the veto hook
+    returned a reason."""
     if reason:
-        raise CertificateVetoed(f"certificate issuance refused: {reason}")
+        raise CertificateVetoed(f"certificate issuance refused: {reason}",
+                                request.identity if request is not None else None)
 
 
 def apply_plugins(hook: Any, request: CertRequest) -> tuple[dict[str, str], dict[str, str]]:
     """Run the veto hook, then merge every plugin's additions: the extensions and critical
     options to sign. Raises ``CertificateVetoed`` or ``PluginError``."""
-    check_veto(hook.teleport_certificate_veto(request=request))
+    check_veto(hook.teleport_certificate_veto(request=request), request)
     return merge_additions(request, hook.teleport_certificate_extensions(request=request))

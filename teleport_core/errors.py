@@ -49,7 +49,13 @@ class AuthenticationFailed(TeleportError):
 
 
 class CertificateVetoed(TeleportError):
-    """A plugin vetoed a certificate issuance; the message is its reason."""
+    """A plugin vetoed a certificate issuance; the message is its reason. ``identity`` is the
+    :class:`~teleport_core.access.Identity` the certificate was for (the auth API audits the
+    refusal under that name and answers 403)."""
+
+    def __init__(self, message: str, identity: object = None) -> None:
+        super().__init__(message)
+        self.identity = identity
 
 
 class WatcherClosed(TeleportError):
@@ -64,6 +70,9 @@ class AuditUnavailable(TeleportError):
     """The audit log cannot record events, so the action was refused (HTTP 503): no action goes
     unaudited. ``str()`` starts with ``"audit log unavailable: "`` and names the cause."""
 
+    PREFIX = "audit log unavailable: "
+
     def __init__(self, cause: str) -> None:
-        super().__init__(f"audit log unavailable: {cause}")
+        cause = cause.removeprefix(self.PREFIX)  # the client rebuilds it from the server's message
+        super().__init__(self.PREFIX + cause)
         self.cause = cause

@@ -186,7 +186,7 @@ def _validity(now: dt.datetime, ttl: dt.timedelta) -> tuple[int, int]:
 
 def _run_hooks(hook: Any, request: CertRequest) -> CertRequest:
     """Veto, then merge plugin additions; returns the request as it will be signed."""
-    check_veto(hook.teleport_certificate_veto(request=request))
+    check_veto(hook.teleport_certificate_veto(request=request), request)
     results = hook.teleport_certificate_extensions(request=request) or []
     for item in results:
         if item is not None and not isinstance(item, CertAdditions):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from teleport_core import keys
+from teleport_core import hookimpl, keys
 from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
 from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed, TeleportError
 from teleport_core.identity import LocalIdentity
@@ -67,6 +67,14 @@ class Cluster:
         return joined, identity
 
 
+class VetoErin:
+    """A certificate-veto plugin installed in the running auth service (see the veto test)."""
+
+    @hookimpl
+    def teleport_certificate_veto(self, request):
+        return "erin is on leave" if request.identity.name == "erin" else None
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
@@ -79,7 +87,7 @@ def cluster(tmp_path_factory):
         "proxy_service": {"enabled": False},
         "ssh_service": {"enabled": False},
     }
-    with start_cluster(config, make_plugins(), timeout=60) as handle:
+    with start_cluster(config, make_plugins(objects=[("veto_erin", VetoErin())]), timeout=60) as handle:
         c = Cluster(handle, data_dir)
         listen = c.addr
         (root / "teleport.yaml").write_text(json.dumps({**config, "auth_service": {**config["auth_service"],
@@ -233,6 +241,27 @@ def test_five_bad_passwords_lock_the_user_and_logins_are_audited(cluster):
     codes = [e["code"] for e in page["events"]]
     assert codes.count("T1000W") == 6
     assert all("wrong-password" not in json.dumps(e) for e in page["events"])  # never the password
+
+
+def test_a_vetoed_certificate_refuses_the_login_and_is_audited(cluster):
+    """teleport_certificate_veto at its real call site: a plugin in the running auth service
+    refuses erin's login certificates; the login answers 403 with the plugin's reason, and the
+    refusal is in the audit log (T3007W) under erin's name."""
+    totp = signup(cluster, "erin", "erins-password-123456")
+    public = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+
+    async def body():
+        async with await proxy_client(cluster) as proxy:
+            with pytest.raises(AccessDenied, match="^certificate issuance refused: erin is on leave$"):
+                await proxy.login("erin", "erins-password-123456", totp.at(time.time() + 30), public)
+        async with cluster.admin() as admin:
+            now = dt.datetime.now(dt.UTC)
+            return await admin.search_events(type="auth", user="erin",
+                                             since=(now - dt.timedelta(minutes=5)).isoformat(), until=now.isoformat())
+
+    page = cluster.run(body)
+    refusals = [e for e in page["events"] if "erin is on leave" in e.get("error", "")]
+    assert len(refusals) == 1 and refusals[0]["code"] == "T3007W" and refusals[0]["success"] is False
 
 
 def test_read_only_identity_reads_a_role_and_cannot_create_one(cluster, tmp_path):

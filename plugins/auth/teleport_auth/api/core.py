@@ -28,6 +28,7 @@ from teleport_core.errors import (
     AlreadyExists,
     AuditUnavailable,
     AuthenticationFailed,
+    CertificateVetoed,
     CompareFailed,
     ConfigError,
     NotFound,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthenticationFailed, 401),
     (AccessDenied, 403),
+    (CertificateVetoed, 403),
     (PayloadTooLarge, 413),
     (NotFound, 404),
     (AlreadyExists, 409),
@@ -164,6 +166,11 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                         await self.audit_invalid(handler.__name__, request, raw, str(exc))
                         raise
                 result = await handler(self, request, identity)
+            except CertificateVetoed as exc:  # a plugin refused: audited under the certificate's subject
+                subject = exc.identity if isinstance(exc.identity, Identity) else self.identify(request)
+                await self.audit_denial(request, subject, str(exc))
+                await drain_body(request)
+                return error_response(exc)
             except Exception as exc:
                 if not isinstance(exc, TeleportError):
                     self.service.log.error("API call failed", path=request.url.path, error=repr(exc))
@@ -274,6 +281,7 @@ class APIBase:
         fields: dict[str, Any] = {
             "user": identity.name if identity else "",
             "error": reason,
+            "success": False,
             "method": request.method,
             "path": request.url.path,
             "cluster_name": self.service.cluster_name,
