@@ -165,13 +165,17 @@ class SSHServer:
         self.pump.call(tell)
         told.wait(5)
         if not self._wait_ended(grace):
-            self.pump.call(lambda: [s.kill() for s in self._live_interrupted()])
+            self.pump.call(self._kill_interrupted)
             self._wait_ended(STOP_KILL_WAIT)
         with self._lock:
             finalizing = list(self._finalizing)
             ended = len(self._interrupted)
         concurrent.futures.wait(finalizing, timeout=STOP_FINALIZE_WAIT)
         return ended
+
+    def _kill_interrupted(self) -> None:
+        for session in self._live_interrupted():
+            session.kill()
 
     def _live_interrupted(self) -> list[Session]:
         with self._lock:

@@ -170,7 +170,8 @@ def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Pa
         shell.stdin.flush()
         read_until(shell.stdout, b"typed-42-before-stop")
         shell_sid = flushed_sid(node, b"typed-42-before-stop")
-        command = open_session(auth, node, tmp_path, "sam", "echo exec-started; sleep 600")
+        # a command that ignores SIGHUP: killed (SIGKILL) after the grace
+        command = open_session(auth, node, tmp_path, "sam", "trap '' HUP; echo exec-started; sleep 600")
         assert command.stdout is not None and command.stderr is not None
         read_until(command.stdout, b"exec-started")
         exec_sid = flushed_sid(node, b"exec-started")
