@@ -182,3 +182,39 @@ def test_unknown_scheme_lists_installed_schemes(tmp_path: Path) -> None:
 def test_file_scheme_is_registered_by_the_kernel(tmp_path: Path) -> None:
     storage = asyncio.run(open_session_storage(make_plugins(), f"file://{tmp_path}/rec", tmp_path))
     assert isinstance(storage, FileSessionStorage)
+
+
+def test_the_default_stat_finds_a_recording_through_list(tmp_path: Path) -> None:
+    """``SessionStorage.stat``'s default (for storages that do not implement it) answers from ``list()``."""
+    from teleport_core.sessions import InvalidSessionID, RecordingInfo, SessionStorage
+
+    class ListOnly(SessionStorage):
+        def __init__(self, inner: FileSessionStorage) -> None:
+            self.inner = inner
+
+        async def upload(self, session_id: str, source: Path) -> None:
+            await self.inner.upload(session_id, source)
+
+        async def download(self, session_id: str, dest: Path) -> None:
+            await self.inner.download(session_id, dest)
+
+        async def list(self) -> list[RecordingInfo]:
+            return await self.inner.list()
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+    source = tmp_path / "src.cast"
+    source.write_bytes(b'{"version": 2}\n')
+
+    async def main() -> None:
+        storage = ListOnly(await open_storage(f"file://{tmp_path}/records", tmp_path))
+        assert await storage.stat("s-1") is None
+        await storage.upload("s-1", source)
+        info = await storage.stat("s-1")
+        assert info is not None and (info.session_id, info.size) == ("s-1", source.stat().st_size)
+        with pytest.raises(InvalidSessionID):
+            await storage.stat("../s-1")
+        await storage.close()
+
+    asyncio.run(main())

@@ -23,6 +23,7 @@ from teleport_core.audit import new_event
 from teleport_core.client import AuthClient, Credentials, register
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound
 from teleport_core.identity import LocalIdentity
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,13 +96,25 @@ def run_session(cluster: Cluster, host: LocalIdentity, sid: str, **end: Any) -> 
 
 
 def denials(cluster: Cluster, reason: str) -> list[dict[str, Any]]:
-    page = call(cluster.admin(), lambda c: c.search_events(type="auth", limit=5000))
-    return [e for e in page["events"] if reason in e.get("error", "")]
+    """The ``auth`` failure events naming ``reason`` (waiting for the first: auth's events reach the
+    audit log through its spool)."""
+
+    def found() -> list[dict[str, Any]]:
+        page = call(cluster.admin(), lambda c: c.search_events(type="auth", limit=5000))
+        return [e for e in page["events"] if reason in e.get("error", "")]
+
+    return wait_for(found, what=f"an audited refusal: {reason}", timeout=30, interval=0.2)
 
 
 def session_events(cluster: Cluster, sid: str) -> list[dict[str, Any]]:
     page = call(cluster.admin(), lambda c: c.search_events(sid=sid, limit=5000))
     return list(page["events"])
+
+
+def logged_through(cluster: Cluster, sid: str, last: str) -> list[dict[str, Any]]:
+    """The audit events of ``sid`` once its ``last`` event is in the log (events reach it in order)."""
+    return wait_for(lambda: (lambda found: found if any(e["event"] == last for e in found) else None)(
+        session_events(cluster, sid)), what=f"the {last} event of session {sid}", timeout=30, interval=0.2)
 
 
 def upload(who: AuthClient, sid: str, path: Path) -> dict[str, Any]:
@@ -193,11 +206,11 @@ def test_a_host_reusing_another_hosts_sid_is_refused(cluster: Cluster, tmp_path:
         emit(cluster, attacker, session_event("session.end", attacker, sid, user="mallory"))
     assert denials(cluster, f"host {attacker.host_uuid} may not end it")
     assert sid not in listing(cluster)  # still running: the attacker's end did not complete it
-    logged = session_events(cluster, sid)
-    assert all(e["server_id"] == victim.host_uuid for e in logged), logged  # nothing of the attacker's logged
 
     # the victim still works: ends its session and uploads; the attacker cannot upload it
     emit(cluster, victim, session_event("session.end", victim, sid, interactive=True, end_reason="exit"))
+    logged = logged_through(cluster, sid, "session.end")
+    assert all(e["server_id"] == victim.host_uuid for e in logged), logged  # nothing of the attacker's logged
     recording = cast(tmp_path, "victim.cast", "victim typed this")
     with pytest.raises(AccessDenied, match="was not started by host"):
         upload(cluster.as_host(attacker), sid, recording)
@@ -215,7 +228,8 @@ def test_a_second_end_of_an_ended_session_is_not_logged(cluster: Cluster) -> Non
     run_session(cluster, node, sid)
     # after a crash the node emits a node_restart end although its normal end got through
     emit(cluster, node, session_event("session.end", node, sid, end_reason="node_restart"))
-    ends = [e for e in session_events(cluster, sid) if e["event"] == "session.end"]
+    emit(cluster, node, session_event("session.data", node, sid, tx=1, rx=1))  # logged after it, if it were
+    ends = [e for e in logged_through(cluster, sid, "session.data") if e["event"] == "session.end"]
     assert [e["end_reason"] for e in ends] == ["exit"]
     assert listing(cluster)[sid]["end_reason"] == "exit"
 
