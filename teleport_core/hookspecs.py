@@ -95,11 +95,16 @@ def teleport_config_section(section: str, reader: SectionReader) -> Any:
     """Parse and validate the plugin's own config section.
 
     Called for every service section the plugin announced (enabled or not, so typos are
-    caught either way), after the kernel has read ``enabled``. Read keys with ``reader``'s
-    typed getters (``reader.addr("listen_addr", "0.0.0.0:3022")``), which raise
-    ``ConfigError`` naming the key path; the kernel rejects keys left unread. Return the
-    parsed settings (an attrs instance), handed to the service as ``ctx.settings``; return
-    None for a section that is not yours. First result wins.
+    caught either way), after the kernel has read ``enabled``; and, on this plugin alone, with
+    ``section="plugins.<name>"`` for its entry under the top-level ``plugins:`` mapping
+    (``<name>`` is the plugin's entry-point name; an empty mapping when absent, so defaults
+    apply). Read keys with ``reader``'s typed getters (``reader.addr("listen_addr",
+    "0.0.0.0:3022")``), which raise ``ConfigError`` naming the key path; the kernel rejects keys
+    left unread. Return the parsed settings (an attrs instance): a service's are handed to it as
+    ``ctx.settings``, a plugin's own are ``config.plugin("<name>")`` (read them in
+    ``teleport_config_loaded``). Return None for a section that is not yours; a ``plugins:``
+    entry whose plugin returns None is refused. First result wins. Called by
+    ``teleport_core.config.load.parse_config`` in every process that loads a config.
     """
 
 

@@ -149,6 +149,22 @@ class Plugins:
                 out.append((info, item))
         return out
 
+    def call_one(self, plugin_name: str, hook_name: str, **kwargs: Any) -> tuple[bool, Any]:
+        """Call ``hook_name`` on one plugin only: ``(True, result)``, or ``(False, None)`` when
+        that plugin does not implement it. A failure inside is reported as the plugin's."""
+        tracer = _tracer()
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            if impl.plugin_name != plugin_name:
+                continue
+            args = {name: kwargs[name] for name in impl.argnames}
+            with blame(self.info_for(plugin_name), f"hook {hook_name}"):
+                result = impl.function(**args)
+            if tracer:
+                tracer.info("hook called", hook=hook_name, plugin=plugin_name, args=_shown(args),
+                            result=_shown(result))
+            return True, result
+        return False, None
+
     def _unique(self, kind: str, hook_name: str, key: Callable[[Any], Iterable[str]]) -> dict[str, Any]:
         if hook_name in self._cache:
             return self._cache[hook_name]  # type: ignore[no-any-return]

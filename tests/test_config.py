@@ -360,3 +360,52 @@ def test_reader_getters_and_unknown_keys():
         reader.integer("n", minimum=5)
     with pytest.raises(ConfigError, match=r"^my_service\.k: expected a mapping of keys"):
         SectionReader(["x"], "my_service.k")
+
+
+# -- the plugins: section (hook-only plugins' own configuration) ----------------------------------
+
+
+class office_hours:  # registered under its class name: the name teleport.yaml uses
+    """A hook-only plugin with a ``plugins.office_hours`` section."""
+
+    @hookimpl
+    def teleport_config_section(self, section, reader):
+        if section != "plugins.office_hours":
+            return None
+        return {"start": reader.integer("start", 8), "end": reader.integer("end", 18),
+                "timezone": reader.string("timezone", "UTC")}
+
+
+class no_config:
+    @hookimpl
+    def teleport_authorize(self, request):
+        return None
+
+
+def plugin_config(plugins_section):
+    data = {"teleport": {"data_dir": "/tmp/x"}, "auth_service": {"enabled": False},
+            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    if plugins_section is not None:
+        data["plugins"] = plugins_section
+    return parse_config(data, kernel_plugins(office_hours(), no_config()))
+
+
+def test_plugins_section_is_read_by_the_plugin_with_typed_getters():
+    config = plugin_config({"office_hours": {"start": 7, "timezone": "Europe/Paris"}})
+    assert config.plugin("office_hours") == {"start": 7, "end": 18, "timezone": "Europe/Paris"}
+    assert plugin_config(None).plugin("office_hours") == {"start": 8, "end": 18, "timezone": "UTC"}  # defaults
+    assert plugin_config(None).plugin("no_config") is None
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"office_hours": {"start": "early"}}, "plugins.office_hours.start: expected an integer"),
+    ({"office_hours": {"strat": 7}}, 'plugins.office_hours.strat: unknown key (did you mean "start"?)'),
+    ({"ofice_hours": {}}, "plugins.ofice_hours: no installed plugin is called 'ofice_hours' (did you mean \"office_hours\"?)"),
+    ({"no_config": {"x": 1}}, "plugins.no_config: its plugin takes no configuration"),
+    ({"sqlite": {"x": 1}}, "plugins.sqlite: its plugin takes no configuration"),
+    (["office_hours"], "plugins: expected a mapping"),
+])
+def test_plugins_section_errors_name_the_key(section, message):
+    with pytest.raises(ConfigError) as raised:
+        plugin_config(section)
+    assert str(raised.value).startswith(message), str(raised.value)

@@ -241,6 +241,37 @@ def _parse_sections(
     return sections
 
 
+def _parse_plugin_sections(r: SectionReader, plugins: Plugins, origins: dict[str, str]) -> dict[str, Any]:
+    """The ``plugins:`` section, keyed by plugin name (``teleport plugins`` lists them, as
+    datasette's ``plugins:`` is keyed): each plugin's ``teleport_config_section`` reads its own
+    mapping under section ``plugins.<name>``. A plugin with no mapping here is asked too (with an
+    empty one) so its defaults apply; one that returns None takes no configuration."""
+    loaded = {info.name: info for info in plugins.infos if info.status == "loaded"}
+    for name in r.data:
+        if name in loaded:
+            continue
+        known = {info.name: info for info in plugins.infos}
+        if name in known:
+            info = known[name]
+            raise r.error(name, f"{info.label} is {info.status}" + (f": {info.error}" if info.error else ""))
+        hint = did_you_mean(name, list(loaded)).replace("; valid keys:", "; installed plugins:")
+        raise r.error(name, f"no installed plugin is called {name!r}{hint or f'; installed plugins: {sorted(loaded)}'}")
+    out: dict[str, Any] = {}
+    for name in loaded:
+        section = f"plugins.{name}"
+        reader = r.section(name)
+        implemented, settings = plugins.call_one(name, "teleport_config_section", section=section, reader=reader)
+        if settings is None:
+            if name in r.data:
+                why = "its plugin reads no plugins: section" if implemented else "its plugin takes no configuration"
+                raise r.error(name, f"{why} (it implements no teleport_config_section for {section!r})")
+            continue
+        reader.finish()
+        out[name] = settings
+    r.finish()
+    return out
+
+
 def _role_of(section: str) -> str:
     return {v: k for k, v in STANDARD_ROLES.items()}.get(section, section)
 
@@ -266,6 +297,7 @@ def parse_config(
     teleport.finish()
     sections = _parse_sections(data, plugins, flags, origins)
     top.read.update(sections)
+    plugin_settings = _parse_plugin_sections(top.section("plugins"), plugins, origins)
     for key in data:
         if key.endswith("_service") and key not in sections:
             # match on the name before "_service": kube_service is not a typo of auth_service
@@ -280,6 +312,7 @@ def parse_config(
         services=sections,
         insecure=flags.insecure,
         source=source,
+        plugin_settings=plugin_settings,
         **fields,
     )
     plugins.hook.teleport_config_loaded(config=config)

@@ -81,6 +81,8 @@ class TeleportConfig:
     connection_limits: ConnectionLimits = attrs.field(factory=ConnectionLimits)
     insecure: bool = False
     source: Path | None = None
+    # the ``plugins:`` section: plugin name -> what its teleport_config_section returned
+    plugin_settings: Mapping[str, Any] = attrs.field(factory=dict)
 
     def enabled_services(self) -> list[ServiceSection]:
         return [s for s in self.services.values() if s.enabled]
@@ -89,6 +91,10 @@ class TeleportConfig:
         """The parsed settings of ``section`` (None when it was not parsed)."""
         found = self.services.get(section)
         return found.settings if found else None
+
+    def plugin(self, name: str) -> Any:
+        """The parsed ``plugins.<name>`` settings of a hook-only plugin (None when it has none)."""
+        return self.plugin_settings.get(name)
 
     @property
     def join_token(self) -> Secret | None:
