@@ -91,8 +91,28 @@ def check_veto(reason: str | None, request: CertRequest | None = None) -> None:
                                 request.identity if request is not None else None)
 
 
-def apply_plugins(hook: Any, request: CertRequest) -> tuple[dict[str, str], dict[str, str]]:
-    """Run the veto hook, then merge every plugin's additions: the extensions and critical
-    options to sign. Raises ``CertificateVetoed`` or ``PluginError``."""
+def apply_plugins(hook: Any, request: CertRequest) -> CertRequest:
+    """The certificate hooks at their one call site (the auth service's issuer, for every
+    certificate it signs): the veto first, then every plugin's additions merged in. Returns the
+    request as it will be signed. Raises ``CertificateVetoed`` or ``PluginError`` (an addition
+    that is not a :class:`CertAdditions` of strings, that changes a value, or that puts
+    extensions on an X.509 certificate, which carries none)."""
     check_veto(hook.teleport_certificate_veto(request=request), request)
-    return merge_additions(request, hook.teleport_certificate_extensions(request=request))
+    results = hook.teleport_certificate_extensions(request=request) or []
+    for item in results:
+        if item is None:
+            continue
+        if not isinstance(item, CertAdditions):
+            raise PluginError(
+                f"teleport_certificate_extensions returned {type(item).__name__}, expected CertAdditions or None")
+        for mapping in (item.extensions, item.critical_options):
+            for key, value in mapping.items():
+                if not isinstance(key, str) or not key or not isinstance(value, str):
+                    raise PluginError(f"certificate extension {key!r}: names and values must be strings")
+    extensions, options = merge_additions(request, results)
+    if request.cert_format is CertFormat.TLS and (extensions or options):
+        raise PluginError(
+            "plugins added extensions to an X.509 certificate, which carries none "
+            f"({', '.join(sorted({**extensions, **options}))}); check request.cert_format"
+        )
+    return attrs.evolve(request, extensions=extensions, critical_options=options)

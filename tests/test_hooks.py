@@ -330,9 +330,9 @@ def test_hook_teleport_certificate_extensions():
         def teleport_certificate_extensions(self, request):
             return CertAdditions(extensions={"permit-pty": "x"})
 
-    extensions, options = apply_plugins(with_plugins(AddsTicket()).hook, cert_request())
-    assert extensions == {"permit-pty": "", "ticket@example.com": "T-1"}
-    assert options == {"force-command": "id"}
+    signed = apply_plugins(with_plugins(AddsTicket()).hook, cert_request())
+    assert signed.extensions == {"permit-pty": "", "ticket@example.com": "T-1"}
+    assert signed.critical_options == {"force-command": "id"}
     with pytest.raises(PluginError, match="certificate extension 'permit-pty' set twice with different values"):
         apply_plugins(with_plugins(Widens()).hook, cert_request())
 
@@ -350,7 +350,7 @@ def test_hook_teleport_certificate_veto():
 
     with pytest.raises(CertificateVetoed, match="^certificate issuance refused: root logins need a ticket$"):
         apply_plugins(with_plugins(Never(), NoRoot()).hook, cert_request())
-    assert apply_plugins(with_plugins().hook, cert_request())[0] == {"permit-pty": ""}
+    assert apply_plugins(with_plugins().hook, cert_request()).extensions == {"permit-pty": ""}
 
 
 # -- node lookup -------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ from teleport_auth.authority import (
 )
 from teleport_core import keys
 from teleport_core.access import Identity, IdentityKind
-from teleport_core.certs import CertAdditions, CertFormat, CertRequest, CertType, check_veto, merge_additions
-from teleport_core.errors import AuthenticationFailed, PluginError
+from teleport_core.certs import CertFormat, CertRequest, CertType, apply_plugins
+from teleport_core.errors import AuthenticationFailed
 from teleport_core.keys import PublicKey
 
 DEFAULT_USER_CERT_TTL = dt.timedelta(hours=12)
@@ -184,30 +184,6 @@ def _validity(now: dt.datetime, ttl: dt.timedelta) -> tuple[int, int]:
 # -- hooks ---------------------------------------------------------------------------------------------
 
 
-def _run_hooks(hook: Any, request: CertRequest) -> CertRequest:
-    """Veto, then merge plugin additions; returns the request as it will be signed."""
-    check_veto(hook.teleport_certificate_veto(request=request), request)
-    results = hook.teleport_certificate_extensions(request=request) or []
-    for item in results:
-        if item is not None and not isinstance(item, CertAdditions):
-            raise PluginError(
-                f"teleport_certificate_extensions returned {type(item).__name__}, expected CertAdditions or None"
-            )
-        if item is None:
-            continue
-        for mapping in (item.extensions, item.critical_options):
-            for key, value in mapping.items():
-                if not isinstance(key, str) or not key or not isinstance(value, str):
-                    raise PluginError(f"certificate extension {key!r}: names and values must be strings")
-    extensions, options = merge_additions(request, results)
-    if request.cert_format is CertFormat.TLS and (extensions or options):
-        raise PluginError(
-            "plugins added extensions to an X.509 certificate, which carries none "
-            f"({', '.join(sorted({**extensions, **options}))}); check request.cert_format"
-        )
-    return attrs.evolve(request, extensions=extensions, critical_options=options)
-
-
 # -- SSH issuance --------------------------------------------------------------------------------------
 
 
@@ -312,7 +288,7 @@ def issue_ssh_user_cert(
         extensions=extensions,
         critical_options=options,
     )
-    request = _run_hooks(hook, request)
+    request = apply_plugins(hook, request)
     serial = secrets.randbits(64)
     return IssuedCert(_sign_ssh(user_ca, request, subject, ssh.SSHCertificateType.USER, serial), request, serial)
 
@@ -379,7 +355,7 @@ def issue_ssh_host_cert(
         public_key=keys.public_key_openssh(subject),
         extensions={EXT_HOST_ROLE: role, EXT_HOST_AUTHORITY: cluster},
     )
-    request = _run_hooks(hook, request)
+    request = apply_plugins(hook, request)
     serial = secrets.randbits(64)
     return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
 
@@ -481,7 +457,7 @@ def issue_tls_user_cert(
         valid_before=_from_ts(before),
         public_key=keys.public_key_openssh(subject),
     )
-    request = _run_hooks(hook, request)
+    request = apply_plugins(hook, request)
     data, serial = _sign_tls(user_ca, request, subject, _subject_name(request.identity, route, logins), ())
     return IssuedCert(data, request, serial)
 
@@ -525,7 +501,7 @@ def issue_tls_host_cert(
         valid_before=_from_ts(before),
         public_key=keys.public_key_openssh(subject),
     )
-    request = _run_hooks(hook, request)
+    request = apply_plugins(hook, request)
     data, serial = _sign_tls(host_ca, request, subject, _subject_name(identity, host_ca.cluster_name, ()), sans)
     return IssuedCert(data, request, serial)
 
