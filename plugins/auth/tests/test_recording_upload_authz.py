@@ -222,6 +222,17 @@ def test_a_host_reusing_another_hosts_sid_is_refused(cluster: Cluster, tmp_path:
     assert stored(cluster, sid, tmp_path) == recording.read_bytes()
 
 
+def test_a_session_event_with_a_malformed_sid_is_refused(cluster: Cluster) -> None:
+    node = cluster.join("malformed")
+    with pytest.raises(AccessDenied, match="invalid session ID"):
+        emit(cluster, node, session_event("session.start", node, "../../etc"))
+    event = denials(cluster, f"access denied to host \"{node.host_uuid}.{CLUSTER}\": event \"session.start\"")[-1]
+    assert event["code"] == "T3007W"
+    sid = str(uuid.uuid4())
+    run_session(cluster, node, sid)  # the node still works
+    assert listing(cluster)[sid]["server_id"] == node.host_uuid
+
+
 def test_a_second_end_of_an_ended_session_is_not_logged(cluster: Cluster) -> None:
     node = cluster.join("twice")
     sid = str(uuid.uuid4())

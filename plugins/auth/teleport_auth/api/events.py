@@ -89,7 +89,7 @@ class EventsAPI(APIBase):
     async def _session_record(self, request: Request, identity: Identity, event: AuditEvent) -> bool:
         """Write a host's session event into the session records (:mod:`teleport_auth.session_records`)
         before it is logged, on every delivery; False for a duplicate ``session.end``. A session event for
-        another host's session, or with a malformed ``sid``, is refused (audited)."""
+        another host's session, or with a malformed ``sid``, is refused (403, audited: the emitter drops it)."""
         from teleport_auth.session_records import SessionNotOwned, records_of
         from teleport_core.sessions import InvalidSessionID
 
@@ -99,10 +99,10 @@ class EventsAPI(APIBase):
             reason = f"access denied to host {json.dumps(identity.name)}: {exc}"
             await self.audit_denial(request, identity, reason)
             raise AccessDenied(reason) from None
-        except InvalidSessionID as exc:
-            reason = f"event {json.dumps(event.event)} from host {json.dumps(identity.name)}: {exc}"
+        except InvalidSessionID as exc:  # refused for good (403): the emitter's spool drops it, not retries it
+            reason = f"access denied to host {json.dumps(identity.name)}: event {json.dumps(event.event)}: {exc}"
             await self.audit_denial(request, identity, reason)
-            raise BadRequest(reason) from None
+            raise AccessDenied(reason) from None
 
     @endpoint("list", "event")
     async def search_events(self, request: Request, identity: Identity | None) -> Any:
