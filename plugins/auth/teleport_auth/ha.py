@@ -190,16 +190,7 @@ class AuthServers:
 
     async def live(self) -> list[Announcement]:
         """Every announced auth server whose announcement has not expired, this one included."""
-        now = self.now()
-        found = []
-        for item in await self.backend.get_range(AUTH_SERVERS_PREFIX, range_end(AUTH_SERVERS_PREFIX)):
-            try:
-                entry = Announcement.from_json(item.value)
-            except (ValueError, KeyError, TypeError):
-                continue  # not one of ours (or a later version's): not comparable
-            if entry.expires > now:
-                found.append(entry)
-        return found
+        return await live_auth_servers(self.backend, self.now())
 
     async def announce(self) -> Announcement:
         mine = self.mine()
@@ -246,9 +237,24 @@ class AuthServers:
             raise
 
 
+async def live_auth_servers(backend: Backend, now: dt.datetime | None = None) -> list[Announcement]:
+    """Every auth server whose announcement has not expired (``tctl status`` lists them)."""
+    moment = now or utcnow()
+    found = []
+    for item in await backend.get_range(AUTH_SERVERS_PREFIX, range_end(AUTH_SERVERS_PREFIX)):
+        try:
+            entry = Announcement.from_json(item.value)
+        except (ValueError, KeyError, TypeError):
+            continue  # not one of ours (or a later version's): not comparable
+        if entry.expires > moment:
+            found.append(entry)
+    return found
+
+
 async def join_auth_servers(service: AuthService) -> asyncio.Task[None]:
     """Called by :meth:`AuthService.start` once the backend is open: announce, check, refresh."""
-    listen = str(service.settings.listen_addr)
+    settings = service.settings
+    listen = str(settings.public_addrs[0] if settings.public_addrs else settings.listen_addr)
     servers = AuthServers(service.backend, service.ctx.config, service.host_uuid or _host_uuid(service),
                           listen, service.log)
     return await servers.join()

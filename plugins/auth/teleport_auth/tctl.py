@@ -188,6 +188,10 @@ def status(argv: list[str], cli: CliContext) -> int:
         # every trusted host CA's pin (two during a host CA rotation), the active one first
         pins = [info["ca_pin"], *(pin for pin in info.get("ca_pins") or () if pin != info["ca_pin"])]
         rows.extend(("CA pin", pin) for pin in pins)
+        # the live auth servers (several on a shared backend) and where each writes the audit
+        rows.extend(("Auth", f"{a['nodename']} at {a['addr']} ({a['host_uuid']}): audit "
+                             f"{', '.join(a['audit_events_uri'])}, recordings {a['audit_sessions_uri']}")
+                    for a in info.get("auth_servers") or ())
         for name, value in rows:
             print(f"{name:<8} {value}")
         return 0

@@ -44,9 +44,10 @@ def shared_storage(root: Path) -> dict[str, Any]:
 
 
 def auth_process(root: Path, name: str, peers: list[str], prefix: str, *, second_factor: str = "off",
-                 extra: dict[str, Any] | None = None, storage: dict[str, Any] | None = None) -> AuthProcess:
+                 extra: dict[str, Any] | None = None, storage: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> AuthProcess:
     """An auth server (only) on etcd ``peers``, with static proxy and node tokens; audit events and
-    recordings go to ``storage`` (default: :func:`shared_storage`)."""
+    recordings go to ``storage`` (default: :func:`shared_storage`); ``env`` adds to its environment."""
     port = free_port()
     audit = shared_storage(root) if storage is None else storage
     config = {
@@ -57,9 +58,36 @@ def auth_process(root: Path, name: str, peers: list[str], prefix: str, *, second
         "proxy_service": {"enabled": False},
         "ssh_service": {"enabled": False},
     }
-    process = AuthProcess(root, name, config)
+    process = AuthProcess(root, name, config, env={**os.environ, **env} if env else None)
     process.addr = f"127.0.0.1:{port}"
     return process
+
+
+#: Dummy AWS credentials from the environment only (the S3 server is moto), no profile files of the host.
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def moto_server() -> Any:
+    """A moto S3 server on loopback (teleport-storage-s3's test helper ``MotoServer``); skips the
+    test when moto or the S3 plugin is not installed (CI installs both: there it fails)."""
+    from teleport_core.testing.prerequisites import missing
+
+    for module, package in (("moto", "moto[server]"), ("teleport_storage_s3", "plugins/storage_s3[test]")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing(f"{module} is not installed (pip install -e '{package}')")
+    helpers = str(Path(__file__).resolve().parents[2] / "storage_s3" / "tests")
+    if helpers not in sys.path:
+        sys.path.append(helpers)
+    from storage_s3_helpers import MotoServer
+
+    return MotoServer()
+
+
+def s3_uri(bucket: str, endpoint: str) -> str:
+    return f"s3://{bucket}/records?region=us-east-1&endpoint={endpoint}&insecure=true&path_style=true"
 
 
 def admin(auth_servers: list[AuthProcess], identity_of: AuthProcess | None = None) -> AuthClient:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from teleport_auth.api.core import APIBase, Operation, body, endpoint
 from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
+from teleport_auth.ha import live_auth_servers
 from teleport_auth.rotation import RotateRequest, rotation_status
 from teleport_core import __version__
 from teleport_core.access import Identity
@@ -47,12 +48,23 @@ class RotationState(Reply):
     schedule: dict[str, str] | None = None
 
 
+class AuthServerEntry(Reply):
+    """A live auth server of the cluster and where it writes audit events and recordings."""
+
+    host_uuid: str
+    nodename: str
+    addr: str
+    audit_events_uri: list[str]
+    audit_sessions_uri: str
+
+
 class StatusReply(Reply):
     cluster_name: str
     version: str
     ca_pin: str
     ca_pins: list[str]
     cas: dict[str, RotationState]
+    auth_servers: list[AuthServerEntry] = []
 
 
 class CAReply(Reply):
@@ -102,6 +114,9 @@ class ClusterAPI(APIBase):
             "ca_pin": ca_pin(svc.host_ca),
             "ca_pins": ca_pins(svc.host_ca),  # every trusted host CA: two during a rotation
             "cas": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
+            "auth_servers": [{"host_uuid": a.host_uuid, "nodename": a.nodename, "addr": a.addr,
+                              "audit_events_uri": [d.uri for d in a.events], "audit_sessions_uri": a.sessions.uri}
+                             for a in await live_auth_servers(svc.backend)],
         }
 
     @endpoint("read", "cert_authority")
