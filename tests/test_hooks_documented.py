@@ -60,3 +60,25 @@ def test_spec_docstring_says_arguments_and_return(name):
     doc = inspect.getdoc(getattr(hookspecs, name)) or ""
     assert len(doc) > 80
     assert "Return" in doc or "return" in doc
+
+
+def _section(name: str) -> str:
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    return docs.split(f"### `{signature_text(name)}`", 1)[1].split("\n### ", 1)[0]
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_doc_says_who_calls_it_and_where_its_types_live(name):
+    """Each hook's section says which code calls it, in which process, and gives an import path
+    for every type a plugin author needs; each of those imports works."""
+    import importlib
+    import re
+
+    section = _section(name)
+    assert "**Called by**" in section and "process" in section.split("**Types:**")[0]
+    imports = re.findall(r"`from ([\w.]+) import ([\w, ]+)`", section.split("**Types:**", 1)[1])
+    assert imports
+    for module_name, names in imports:
+        module = importlib.import_module(module_name)
+        for attr in names.split(","):
+            assert hasattr(module, attr.strip()), f"{module_name}.{attr.strip()} (docs/hooks.md, {name})"
