@@ -99,6 +99,17 @@ def flushed_sid(node: Node, marker: bytes, exclude: set[str] = frozenset()) -> s
     return str(wait_for(find, what="the recording flushed to the spool", timeout=10))
 
 
+def typed_shell(auth: Auth, node: Node, tmp: Path, user: str, word: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A PTY shell in which ``echo typed-$((40+2))-<word>`` was typed and shown, once the
+    recorder flushed it to the spool: the client and the session ID."""
+    client = open_session(auth, node, tmp, user, "-tt")
+    assert client.stdin is not None and client.stdout is not None
+    client.stdin.write(f"echo typed-$((40+2))-{word}\n".encode())
+    client.stdin.flush()
+    read_until(client.stdout, f"typed-42-{word}".encode())
+    return client, flushed_sid(node, f"typed-42-{word}".encode())
+
+
 def session_end(auth: Auth, sid: str) -> dict[str, Any]:
     [end] = [e for e in auth.events(type="session.end") if e.get("sid") == sid]
     return end
@@ -129,12 +140,7 @@ def play(auth: Auth, sid: str, tmp: Path) -> str:
 def test_kill_9_mid_session_then_restart_ends_the_session(auth: Auth, tmp_path: Path) -> None:
     node = Node(auth, tmp_path / "node", nodename="killnode").start()
     try:
-        client = open_session(auth, node, tmp_path, "kim", "-tt")
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(b"echo typed-$((40+2))-before-kill\n")
-        client.stdin.flush()
-        read_until(client.stdout, b"typed-42-before-kill")
-        sid = flushed_sid(node, b"typed-42-before-kill")
+        client, sid = typed_shell(auth, node, tmp_path, "kim", "before-kill")
         assert (spool(node) / f"{sid}.session.json").exists()  # the live session's sidecar
         time.sleep(0.6)  # a recorder flush interval: the spool holds what was typed
         node.kill()
@@ -164,12 +170,7 @@ def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Pa
     name = f"stopnode-{signal.Signals(signum).name.lower()}"
     node = Node(auth, tmp_path / "node", nodename=name).start()
     try:
-        shell = open_session(auth, node, tmp_path, "sam", "-tt")
-        assert shell.stdin is not None and shell.stdout is not None
-        shell.stdin.write(b"echo typed-$((40+2))-before-stop\n")
-        shell.stdin.flush()
-        read_until(shell.stdout, b"typed-42-before-stop")
-        shell_sid = flushed_sid(node, b"typed-42-before-stop")
+        shell, shell_sid = typed_shell(auth, node, tmp_path, "sam", "before-stop")
         # a command that ignores SIGHUP: killed (SIGKILL) after the grace
         command = open_session(auth, node, tmp_path, "sam", "trap '' HUP; echo exec-started; sleep 600")
         assert command.stdout is not None and command.stderr is not None
@@ -179,6 +180,7 @@ def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Pa
         assert node.proc is not None
         node.proc.send_signal(signum)
         # each client is told, on its terminal or its stderr, then its session ends
+        assert shell.stdout is not None
         seen = read_to_end(shell.stdout).decode(errors="replace")
         assert SHUTDOWN_LINE.format(sid=shell_sid) in seen
         told = read_to_end(command.stderr).decode(errors="replace")
