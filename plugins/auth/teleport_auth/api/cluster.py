@@ -114,9 +114,11 @@ class ClusterAPI(APIBase):
             "ca_pin": ca_pin(svc.host_ca),
             "ca_pins": ca_pins(svc.host_ca),  # every trusted host CA: two during a rotation
             "cas": {ca.kind.value: rotation_status(ca.rotation) for ca in (svc.user_ca, svc.host_ca)},
+            # the live auth servers, for callers who may list them (list on auth_server)
             "auth_servers": [{"host_uuid": a.host_uuid, "nodename": a.nodename, "addr": a.addr,
                               "audit_events_uri": [d.uri for d in a.events], "audit_sessions_uri": a.sessions.uri}
-                             for a in await live_auth_servers(svc.backend)],
+                             for a in await live_auth_servers(svc.backend)]
+            if identity is not None and (await self.decision(identity, "list", "auth_server")).allowed else [],
         }
 
     @endpoint("read", "cert_authority")
