@@ -1,34 +1,52 @@
-"""A durable outbox for audit events emitted away from the auth server (nodes, proxies).
+"""A durable outbox for audit events: the nodes' and proxies' (delivered to the auth server) and
+the auth server's own (delivered to its audit sinks).
 
-``await spool.emit(event)`` returns once the event is on the emitter's disk (appended and
-fsynced, with concurrent emits sharing one fsync). A sender task delivers events in order to
-the auth server and records progress; while auth is unreachable events accumulate on disk and
-:meth:`AuditSpool.backlog` says how many. Delivery is at least once (a crash between sending
-and recording progress resends), and the audit log stores each ``uid`` once, so every event
-appears in the log exactly once. An event the auth server refuses (403: a host may emit only
-its own event types, see ``teleport_auth.events_policy``) is logged once and dropped, so it
-never blocks the events behind it; any other failure is retried with backoff.
+``await spool.emit(event)`` returns once the event is on this host's disk (appended and
+fsynced, with concurrent emits sharing one fsync); an append that cannot be written (ENOSPC,
+EIO, a read-only filesystem ...) raises :class:`OSError` and is cut back off the file, so no
+partial line stays behind. ``emit(event, wait_delivered=1.0)`` also waits, at most that long
+and only while deliveries succeed, until the event was delivered (read-your-writes for the
+auth server's callers). A sender task (:meth:`AuditSpool.run`) delivers events in order and
+records progress; while the destination fails events accumulate on disk, the sender retries
+with backoff and a WARN, and :meth:`AuditSpool.backlog` says how many wait (exported as
+``teleport_audit_events_pending`` by :func:`export_pending`). Delivery is at least once (a
+crash between sending and recording progress resends), and the audit log stores each ``uid``
+once, so every event appears in the log exactly once. An event the auth server refuses (403:
+a host may emit only its own event types, see ``teleport_auth.events_policy``) is logged once
+and dropped, so it never blocks the events behind it; any other failure is retried.
 
 Layout in ``directory`` (0700): ``events.jsonl`` (one event per line, 0600) and ``sent``
-(how many bytes of it were delivered, replaced atomically).
+(how many bytes of it were delivered, replaced atomically). A torn last line (a crash
+mid-append, never acknowledged) is cut off when the spool is opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from teleport_core.audit import AuditEvent
 from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 COMPACT_AT = 4 << 20  # once everything is delivered, start a new file past this size
+MARK_EVERY = 64  # delivered lines between progress marks (and one after each pass)
+PENDING_METRIC = "teleport_audit_events_pending"
 
 
 class AuditSpool:
@@ -39,50 +57,116 @@ class AuditSpool:
         self.send = send
         self.log = log
         self.retry, self.max_retry = retry, max_retry
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._nudged = asyncio.Event()
         self._lock = asyncio.Lock()
         self.refused = 0  # events the auth server refused (403): dropped, each logged once
+        self.failing = False  # the last delivery attempt failed (the sender is backing off)
+        # positions count bytes across compactions: ``_base`` is what earlier files held
+        self._base = 0
+        self._delivered = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         if not self.path.exists():
             write_private(self.path, b"")
+        self._committed = _cut_torn_tail(self.path)  # bytes of whole, acknowledged lines
 
     # -- emitting ------------------------------------------------------------------------------------
 
-    async def emit(self, event: AuditEvent) -> None:
-        """Append ``event``; returns once it is durable on this host."""
+    async def emit(self, event: AuditEvent, *, wait_delivered: float = 0.0) -> None:
+        """Append ``event``; returns once it is durable on this host (:class:`OSError` if it
+        cannot be written). With ``wait_delivered`` (seconds), then also wait that long at most
+        for its delivery, unless deliveries are failing."""
         line = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((line, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        await future
+        end = await future
+        if wait_delivered > 0 and not self.failing:
+            await self.wait_delivered(end, wait_delivered)
+
+    async def wait_delivered(self, position: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until everything up to ``position`` (what :meth:`emit`
+        wrote) was delivered; whether it was."""
+        if self._delivered >= position:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (position, next(self._order), waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()  # dropped from the heap when the delivery passes it
+        return True
+
+    def _advance(self, position: int) -> None:
+        self._delivered = max(self._delivered, position)
+        while self._waiters and self._waiters[0][0] <= self._delivered:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 async with self._lock:
-                    await asyncio.to_thread(self._append, b"".join(line for line, _ in batch))
+                    start = self._base + await asyncio.to_thread(self._append, b"".join(line for line, _ in batch))
             except OSError as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for _, future in batch:
+            for line, future in batch:
+                start += len(line)
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(start)
             self._wake.set()
 
-    def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    def _append(self, data: bytes) -> int:
+        """Append ``data`` and fsync; where it starts. On failure the file is cut back to its
+        whole lines, so a partial write never stays behind (nor merges into the next line)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            start, size = self._committed, os.fstat(fd).st_size
+            if size > start:  # an earlier failed append whose cut failed too
+                os.ftruncate(fd, start)
+            start = min(start, size)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # tried again before the next append
+                    os.ftruncate(fd, start)
+                    os.fsync(fd)
+                raise
+            self._committed = start + len(data)
+            return start
+        finally:
+            os.close(fd)
+
+    def probe(self) -> None:
+        """Check that the spool can take an event now: write, fsync and remove a page-sized
+        file beside it (:class:`OSError` when it cannot). Blocking: call in a thread."""
+        path = self.directory / ".probe"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\n" * 4096)
             os.fsync(fd)
         finally:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # -- delivering ----------------------------------------------------------------------------------
 
@@ -94,13 +178,13 @@ class AuditSpool:
 
     def backlog(self) -> int:
         """Events on disk not yet delivered."""
-        sent = self._sent()
+        sent, end = self._sent(), self._committed
         with open(self.path, "rb") as handle:
-            handle.seek(min(sent, self.path.stat().st_size))
-            return sum(1 for line in handle if line.endswith(b"\n"))
+            handle.seek(min(sent, end))
+            return sum(1 for line in _lines(handle, end - min(sent, end)))
 
     async def run(self) -> None:
-        """Deliver events until cancelled; retries with backoff while the auth server is away."""
+        """Deliver events until cancelled; retries with backoff while the destination fails."""
         delay = self.retry
         while True:
             try:
@@ -108,53 +192,146 @@ class AuditSpool:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.failing = True
                 self.log.warning("audit events not delivered, will retry", error=str(exc),
                                  backlog=await asyncio.to_thread(self.backlog), retry_in=f"{delay:.1f}s")
-                await asyncio.sleep(delay)
+                self._nudged.clear()
+                await _wait(self._nudged, delay)
                 delay = min(self.max_retry, delay * 2)
                 continue
+            self.failing = False
             delay = self.retry
             if not delivered:
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                await _wait(self._wake, 5.0)
+
+    def nudge(self) -> None:
+        """Deliver now (say, once the destination is back, or on stop) instead of after the backoff."""
+        self._nudged.set()
+        self._wake.set()
 
     async def deliver(self) -> int:
-        """Send every undelivered complete line, recording progress after each; how many were sent."""
+        """Send every undelivered line, recording progress; how many were sent."""
         sent = self._sent()
-        size = self.path.stat().st_size
+        size = self._committed
         if sent > size:  # the file was restarted after a compaction whose progress mark was not written
             sent = 0
-        count = 0
-        if sent < size:
-            with open(self.path, "rb") as handle:
-                handle.seek(sent)
-                for line in handle:
-                    if not line.endswith(b"\n"):
-                        break  # a torn last line of a crash: never acknowledged, skip it for good below
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        self.log.warning("skipping a corrupt line in the audit spool", offset=sent)
-                    else:
-                        try:
-                            await self.send(event)
-                        except AccessDenied as exc:  # refused for good (auth audited it): never retried
-                            self.refused += 1
-                            self.log.error("audit event refused by the auth server, dropped", reason=str(exc),
-                                           event_type=str(event.get("event", "")), uid=str(event.get("uid", "")))
-                        else:
-                            count += 1
-                    sent += len(line)
-                    write_private(self.sent_path, f"{sent}\n")
+        marked, count = sent, 0
+        try:
+            if sent < size:
+                with open(self.path, "rb") as handle:
+                    handle.seek(sent)
+                    for line in _lines(handle, size - sent):
+                        await self._deliver_line(line, sent)
+                        count += 1
+                        sent += len(line)
+                        self._advance(self._base + sent)
+                        if count % MARK_EVERY == 0:
+                            self._mark(sent)
+                            marked = sent
+        finally:
+            if sent != marked:
+                self._mark(sent)
         await self._compact(sent)
         return count
+
+    def _mark(self, sent: int) -> None:
+        try:
+            write_private(self.sent_path, f"{sent}\n")
+        except OSError as exc:  # delivered, but resent later (the uid keeps it once in the log)
+            raise OSError(exc.errno, f"cannot record delivery progress in {self.sent_path}: "
+                                     f"{exc.strerror or exc}") from exc
+
+    async def _deliver_line(self, line: bytes, offset: int) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.log.warning("skipping a corrupt line in the audit spool", offset=offset)
+            return
+        try:
+            await self.send(event)
+        except AccessDenied as exc:  # refused for good (auth audited it): never retried
+            self.refused += 1
+            self.log.error("audit event refused by the auth server, dropped", reason=str(exc),
+                           event_type=str(event.get("event", "")), uid=str(event.get("uid", "")))
 
     async def _compact(self, sent: int) -> None:
         """Start the file anew once everything in it was delivered and it grew large."""
         async with self._lock:
-            size = self.path.stat().st_size
+            size = self._committed
             if sent < size or size < COMPACT_AT:
                 return
             write_private(self.path, b"")
             write_private(self.sent_path, "0\n")
+            self._base += size
+            self._committed = 0
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passed. (Not ``asyncio.wait_for``: on Python
+    3.11 it loses a cancellation that arrives as the event is set, and a stop then hangs.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+def _lines(handle: Any, limit: int) -> Iterator[bytes]:
+    """The whole lines in the next ``limit`` bytes of ``handle``."""
+    while limit > 0:
+        line = handle.readline(limit)
+        if not line.endswith(b"\n"):
+            return
+        limit -= len(line)
+        yield line
+
+
+def _cut_torn_tail(path: Path) -> int:
+    """Cut a torn last line (a crash mid-append: never acknowledged) off ``path``; its new size."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end != size:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return end
+
+
+# -- the pending gauge -------------------------------------------------------------------------------
+
+_SPOOLS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, AuditSpool]] = weakref.WeakKeyDictionary()
+
+
+class _PendingCollector(Collector):
+    def __init__(self, spools: dict[str, AuditSpool]) -> None:
+        self.spools = spools
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(PENDING_METRIC, "Audit events on this host's disk not yet delivered "
+                                   "(node, proxy: to auth; auth: to its audit sinks)", labels=["service"])
+        for service, spool in sorted(self.spools.items()):
+            with contextlib.suppress(OSError):
+                family.add_metric([service], spool.backlog())
+        yield family
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def export_pending(registry: CollectorRegistry, service: str, spool: AuditSpool) -> None:
+    """Export ``spool``'s backlog as ``teleport_audit_events_pending{service="<service>"}`` in
+    ``registry`` (one gauge per registry: the services of one process share it)."""
+    spools = _SPOOLS.get(registry)
+    if spools is None:
+        spools = _SPOOLS[registry] = {}
+        registry.register(_PendingCollector(spools))
+    spools[service] = spool

@@ -294,6 +294,7 @@ ERROR_STATUSES = {
     "413": "Request body over the route's limit",
     "429": "Too many attempts from this address: retry after the Retry-After header's seconds",
     "502": "The auth server could not be reached",
+    "503": "The audit log cannot record events (audit log unavailable: ...): nothing was changed",
 }
 
 

@@ -16,7 +16,9 @@ its day file with one ``write`` and one ``fsync`` (group commit), and only then 
 fsync, so throughput grows with concurrency, and no file I/O runs on the event loop. A crash
 can leave at most a torn (newline-less) last line: readers skip it with a warning naming
 file and line, and the next append first terminates it with a newline, so later events
-never merge into it. Writers of the same file (one per server id) serialise on ``flock``.
+never merge into it. An append that fails (a full disk, an I/O error) is cut back off the
+file, so it leaves no partial line behind: the events are retried whole once space returns.
+Writers of the same file (one per server id) serialise on ``flock``.
 
 Dedup: an event is a duplicate when its day file already holds the same ``uid`` at the same
 millisecond. A re-emitted event carries its original ``time``, so this check is exact for
@@ -668,6 +670,9 @@ class FileAuditLog(AuditSink):
             os.fsync(fd)
         except BaseException:
             state.unsynced = True
+            # a failed append (disk full, I/O error) leaves no partial line: cut back to the size before
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
             self._forget(path)
             raise
         offset = end + len(prefix)

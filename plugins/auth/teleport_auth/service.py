@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from teleport_auth import ha
 from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_hosts, generate_authority
 from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.hosts import HostNames, HostRecord, HostRegistry, check_request
@@ -29,9 +31,10 @@ from teleport_auth.tokens import TokenStore, UserTokenStore
 from teleport_auth.users import UserStore
 from teleport_core import keys
 from teleport_core.audit import AuditEvent, AuditLog
+from teleport_core.audit_spool import AuditSpool, export_pending
 from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.config.values import certificate_names
-from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportError
+from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
 from teleport_core.files import write_private
 from teleport_core.httplimits import HTTPLimits, RouteLimit
 from teleport_core.identity import LocalIdentity
@@ -43,6 +46,11 @@ from teleport_core.tlsserver import TLSServer, bind_socket
 CLUSTER_NAME_KEY = b"/cluster_configuration/name"
 AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")
 RENEW_BEFORE = dt.timedelta(days=30)
+AUDIT_SPOOL_DIR = "auth-audit-spool"  # under data_dir/log: auth's events, durable before an action is answered
+AUDIT_DELIVERY_WAIT = 1.0  # seconds an emit waits for its event to reach the sinks (while they work)
+AUDIT_PROBE_EVERY = 1.0  # seconds between checks that an unwritable audit spool can write again
+AUDIT_DRAIN_ON_STOP = 5.0  # seconds a stop waits for the spool to reach the sinks; the rest waits on disk
+AUDIT_RETRY, AUDIT_MAX_RETRY = 0.5, 5.0  # backoff of deliveries to a failing sink
 
 
 def ca_key(kind: CAType, cluster: str) -> bytes:
@@ -75,12 +83,18 @@ class AuthService(Service):
         self.now: Callable[[], dt.datetime] = utcnow  # the clock of CA rotations (tests replace it)
         self.rotation: Rotator
         self._ca_lock = asyncio.Lock()
+        self.audit_spool: AuditSpool | None = None
+        self._audit_down: str | None = None  # why the audit spool cannot write (then actions are refused)
+        self._audit_probed = 0.0
+        self._audit_broken = asyncio.Event()
 
     # -- start and stop ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.backend = await self.ctx.resources.backend()
+        self._tasks.append(await ha.join_auth_servers(self))  # refuses a split of audit/recordings between auths
         self.audit = await self.ctx.resources.audit_log()
+        self._open_audit_spool()
         await self._claim_cluster_name()
         self.user_ca = await self._load_or_create_ca(CAType.USER)
         self.host_ca = await self._load_or_create_ca(CAType.HOST)
@@ -124,6 +138,7 @@ class AuthService(Service):
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        await self._drain_audit()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -299,6 +314,7 @@ class AuthService(Service):
         from teleport_auth.tokens import system_role
         from teleport_core.audit import new_event
 
+        await self.check_audit()  # a join issues certificates: not while its event cannot be recorded
         role = system_role(body["role"])
         nodename = body["nodename"]
         try:
@@ -339,11 +355,104 @@ class AuthService(Service):
 
         fields = {"user": "", "error": reason, "cluster_name": self.cluster_name, "server_id": self.host_uuid,
                   "addr.remote": peer}
-        await self.emit(new_event("auth", "failure", **fields))
+        try:
+            await self.emit(new_event("auth", "failure", **fields))
+        except AuditUnavailable as exc:  # the connection was refused anyway; nobody to answer
+            self.log.error("refusal not audited", peer=peer, reason=reason, error=str(exc))
+
+    # -- audit: durable before acknowledged, fails closed -------------------------------------------
+
+    def _open_audit_spool(self) -> None:
+        """Auth's events (its own and the hosts') go to ``data_dir/log/auth-audit-spool`` first; a
+        sender delivers them in order to the sinks, retrying with backoff while a sink fails."""
+        self.audit_spool = AuditSpool(self.ctx.data_dir / "log" / AUDIT_SPOOL_DIR, self._to_sinks, self.log,
+                                      retry=AUDIT_RETRY, max_retry=AUDIT_MAX_RETRY)
+        export_pending(self.ctx.metrics, "auth", self.audit_spool)
+        self._tasks.append(asyncio.create_task(self.audit_spool.run(), name="auth-audit-spool"))
+        self._tasks.append(asyncio.create_task(self._watch_audit(), name="auth-audit-probe"))
+
+    async def _to_sinks(self, data: dict[str, Any]) -> None:
+        try:
+            event = AuditEvent.from_dict(data)
+        except ValueError as exc:  # never written by us: drop it rather than block the events behind it
+            self.log.error("skipping an unreadable event in the audit spool", error=str(exc))
+            return
+        await self.audit.emit(event)
 
     async def emit(self, event: AuditEvent) -> None:
-        """Write an audit event; a failure to audit is logged loudly (the action already happened)."""
+        """Write an audit event: returns once it is durable in the audit spool (and, while the sinks
+        work, in the log; bounded wait). :class:`AuditUnavailable` when the spool cannot write: the
+        action is then not acknowledged, and auth refuses state-changing calls until it can."""
+        if self.audit_spool is None:
+            raise AuditUnavailable("the auth service has not opened its audit spool")
         try:
-            await self.audit.emit(event)
-        except Exception as exc:
-            self.log.error("audit event lost", audit_event=event.event, code=event.code, error=str(exc))
+            await self.audit_spool.emit(event, wait_delivered=AUDIT_DELIVERY_WAIT)
+        except OSError as exc:
+            raise self._audit_failed(exc) from exc
+        if self._audit_down is not None:
+            self._audit_recovered()
+
+    async def check_audit(self) -> None:
+        """Refuse (:class:`AuditUnavailable`) while the audit spool cannot write; checks again
+        at most once every :data:`AUDIT_PROBE_EVERY` seconds. Called before state-changing calls."""
+        if self._audit_down is None:
+            return
+        if time.monotonic() - self._audit_probed >= AUDIT_PROBE_EVERY:
+            await self._probe_audit()
+        if self._audit_down is not None:
+            raise AuditUnavailable(self._audit_down)
+
+    def _audit_failed(self, exc: OSError) -> AuditUnavailable:
+        assert self.audit_spool is not None
+        cause = f"cannot write the audit spool {self.audit_spool.directory}: {exc.strerror or exc}"
+        error = AuditUnavailable(cause)
+        if self._audit_down is None:
+            self.log.error("audit log unavailable: refusing state-changing calls until it can write",
+                           error=str(error))
+        self._audit_down = cause
+        self._audit_probed = time.monotonic()
+        self.ctx.set_ready(False, str(error))
+        self._audit_broken.set()
+        return error
+
+    def _audit_recovered(self) -> None:
+        self._audit_down = None
+        self._audit_broken.clear()
+        self.ctx.set_ready(True)
+        self.log.info("audit log available again: accepting state-changing calls")
+        if self.audit_spool is not None:
+            self.audit_spool.nudge()
+
+    async def _probe_audit(self) -> None:
+        assert self.audit_spool is not None
+        self._audit_probed = time.monotonic()
+        try:
+            await asyncio.to_thread(self.audit_spool.probe)
+        except OSError as exc:
+            self._audit_failed(exc)
+        else:
+            self._audit_recovered()
+
+    async def _watch_audit(self) -> None:
+        """While the spool cannot write, check it every second, so auth is ready again without a caller."""
+        while True:
+            await self._audit_broken.wait()
+            await asyncio.sleep(AUDIT_PROBE_EVERY)
+            if self._audit_down is not None and time.monotonic() - self._audit_probed >= AUDIT_PROBE_EVERY:
+                await self._probe_audit()
+
+    async def _drain_audit(self) -> None:
+        """On stop: give the sender up to :data:`AUDIT_DRAIN_ON_STOP` seconds to empty the spool;
+        what is left stays on disk and is delivered at the next start."""
+        spool = self.audit_spool
+        if spool is None:
+            return
+        spool.nudge()
+        deadline = time.monotonic() + AUDIT_DRAIN_ON_STOP
+        backlog = await asyncio.to_thread(spool.backlog)
+        while backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            backlog = await asyncio.to_thread(spool.backlog)
+        if backlog:
+            self.log.warning("audit events kept in the spool, delivered at the next start", backlog=backlog,
+                             spool=str(spool.directory))

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.audit import new_event
-from teleport_core.audit_spool import AuditSpool
+from teleport_core.audit_spool import AuditSpool, export_pending
 from teleport_core.client import AuthClient, Credentials
 from teleport_core.config.values import NetAddr, certificate_names
 from teleport_core.errors import AccessDenied, TeleportError
@@ -100,6 +100,7 @@ class ProxyService(Service):
                                        additional_principals=dns + ips)
         # denials wait on this host's disk while auth is unreachable; delivered in order, once each
         self.audit = AuditSpool(self.ctx.config.data_dir / "log" / "proxy-audit-spool", self.auth.emit_event, self.log)
+        export_pending(self.ctx.metrics, "proxy", self.audit)  # teleport_audit_events_pending{service="proxy"}
         self._tasks.append(asyncio.create_task(self.audit.run(), name="proxy-audit"))
         ping = await self.auth.ping()
         self.cluster_name = str(ping["cluster_name"])

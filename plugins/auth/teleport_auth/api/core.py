@@ -68,6 +68,8 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (TeleportError, 400),
 ]
 MAX_BODY = 1 << 20
+#: calls that change nothing; every other call is refused while the audit log cannot record (503)
+READ_METHODS = frozenset({"GET", "HEAD"})
 PROXIES_PREFIX = b"/proxies/"
 PROXIES_END = range_end(PROXIES_PREFIX)
 PROXY_TTL = dt.timedelta(minutes=10)
@@ -142,6 +144,8 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
         @functools.wraps(handler)
         async def run(self: APIBase, request: Request) -> Response:
             try:
+                if request.method not in READ_METHODS:  # no action auth could not audit: refused up front
+                    await self.service.check_audit()
                 identity = self.identify(request)
                 if identity is None and not anonymous:
                     reason = "this call needs a client certificate from the cluster"
