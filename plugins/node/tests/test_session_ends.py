@@ -111,8 +111,12 @@ def typed_shell(auth: Auth, node: Node, tmp: Path, user: str, word: str) -> tupl
 
 
 def session_end(auth: Auth, sid: str) -> dict[str, Any]:
-    [end] = [e for e in auth.events(type="session.end") if e.get("sid") == sid]
-    return end
+    """The one ``session.end`` of ``sid`` in auth's audit log (auth's log is written through its
+    spool: an event it accepted shows within a moment)."""
+    ends = wait_for(lambda: [e for e in auth.events(type="session.end") if e.get("sid") == sid],
+                    what=f"the session.end of {sid}", timeout=10)
+    [end] = ends
+    return dict(end)
 
 
 def listed(auth: Auth, sid: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -193,7 +197,8 @@ def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Pa
             assert end["end_reason"] == "interrupted" and end["interactive"] is interactive
             assert end["user"] == "sam" and end["recorded_bytes"] > 0
             assert parse_time(end["session_start"]) <= parse_time(end["session_stop"])
-            assert [e for e in auth.events(type="session.upload") if e.get("sid") == sid]
+            wait_for(lambda sid=sid: [e for e in auth.events(type="session.upload") if e.get("sid") == sid],
+                     what="its session.upload", timeout=10)
         entry = listed(auth, shell_sid, timeout=5)
         assert entry["server_hostname"] == name and entry["end_reason"] == "interrupted"
         played = play(auth, shell_sid, tmp_path)
