@@ -40,6 +40,7 @@ from teleport_core.client import ConnectionProblem
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
+    AuditUnavailable,
     AuthenticationFailed,
     CompareFailed,
     NotFound,
@@ -65,7 +66,8 @@ if TYPE_CHECKING:
 
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthenticationFailed, 401), (AccessDenied, 403), (NotFound, 404), (AlreadyExists, 409),
-    (CompareFailed, 412), (ConnectionProblem, 502), (PayloadTooLarge, 413), (TeleportError, 400),
+    (CompareFailed, 412), (ConnectionProblem, 502), (AuditUnavailable, 503), (PayloadTooLarge, 413),
+    (TeleportError, 400),
 ]
 MAX_BODY = SMALL_BODY
 M = TypeVar("M", bound=BaseModel)

@@ -27,8 +27,9 @@ from teleport_core.schema import (
 
 #: where the document is served
 OPENAPI_PATH = "/v1/webapi/openapi.json"
-#: what a route that asks auth may answer: auth's refusals pass through; 502 when auth cannot be reached
-AUTH_ERRORS = ("401", "403", "404", "409", "412", "502")
+#: what a route that asks auth may answer: auth's refusals pass through (503 while its audit log
+#: cannot record); 502 when auth cannot be reached
+AUTH_ERRORS = ("401", "403", "404", "409", "412", "502", "503")
 #: password logins and invite completions: a few short fields
 SMALL_BODY = 32 * 1024  # a public key may be 16 KiB
 
