@@ -8,7 +8,8 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd examples/audit-sink-sqlite)
+DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd examples/audit-sink-sqlite
+  examples/storage-lmdb)
 
 "$PYTHON" -m venv "$WORK/build-venv"
 "$WORK/build-venv/bin/pip" install -q build

@@ -1,0 +1,1 @@
+"""teleport-storage-lmdb: a teleport-py cluster-state backend over LMDB."""
