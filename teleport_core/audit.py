@@ -10,7 +10,7 @@ import abc
 import datetime as dt
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -164,12 +164,20 @@ class AuditPage:
 
 
 class AuditSink(abc.ABC):
-    """Where audit events go. Run :mod:`teleport_core.testing.audit_suite` against yours."""
+    """Where audit events go. Run :mod:`teleport_core.testing.audit_suite` against yours.
+
+    ``searchable`` (a class attribute) says whether :meth:`search` works. A write-only sink (a
+    webhook, syslog or SIEM forwarder) sets it False and raises :class:`AuditError` from
+    ``search``; the audit log then searches the first searchable sink.
+    """
+
+    searchable: ClassVar[bool] = True
 
     @abc.abstractmethod
     async def emit(self, event: AuditEvent) -> None:
         """Store ``event``; durable when this returns. An event whose ``uid`` was already
-        stored is not stored twice."""
+        stored is not stored twice (a write-only sink: not twice in one process's life; its
+        receiver de-duplicates by ``uid`` across restarts)."""
 
     @abc.abstractmethod
     async def search(self, query: AuditQuery) -> AuditPage:
@@ -186,7 +194,8 @@ class AuditError(TeleportError):
 
 
 class AuditLog:
-    """Fans each event out to every configured sink; searches the first (as Teleport does)."""
+    """Fans each event out to every configured sink; searches the first searchable one (Teleport
+    searches the first)."""
 
     def __init__(self, sinks: Sequence[AuditSink]) -> None:
         if not sinks:
@@ -205,7 +214,11 @@ class AuditLog:
             raise AuditError(f"audit event {event.event} ({event.uid}) not stored: " + "; ".join(failures))
 
     async def search(self, query: AuditQuery) -> AuditPage:
-        return await self.sinks[0].search(query)
+        for sink in self.sinks:
+            if sink.searchable:
+                return await sink.search(query)
+        raise AuditError("no sink of teleport.storage.audit_events_uri can be searched: add a file:// URI "
+                         f"(configured: {', '.join(type(s).__name__ for s in self.sinks)})")
 
     async def close(self) -> None:
         for sink in self.sinks:

@@ -13,6 +13,27 @@ The suite opens the sink exactly as ``teleport start`` does (installed plugins,
 :func:`~teleport_core.resources.open_audit_sink`, ``data_dir`` = ``tmp_path``), so the
 plugin must be installed (``pip install -e .``) or listed in ``$TELEPORT_PLUGINS``.
 Event times are whole milliseconds, the precision of an event's ``time`` field.
+
+Capabilities, as devpi's test markers select tests: a sink whose class says
+``searchable = False`` (a webhook, syslog or SIEM forwarder) cannot be searched, so the suite
+reads what it stored through a second fixture, ``teleport_audit_delivered``: a callable
+returning the events the sink has delivered so far (as event dicts, in delivery order), for
+example by reading what your test receiver got::
+
+    class TestWebhookSink(AuditSinkConformance):
+        @pytest.fixture
+        def teleport_audit_uri(self, receiver):
+            return f"webhook://127.0.0.1:{receiver.port}/events"
+
+        @pytest.fixture
+        def teleport_audit_delivered(self, receiver):
+            return receiver.events
+
+Every sink runs the tests of emitting (every field), ordering, de-duplication, durability
+across reopening and concurrency; only searchable sinks run the search tests (time range,
+filters, paging), and a write-only sink must refuse ``search`` with an ``AuditError``. A
+write-only sink de-duplicates within one process's life; across a restart its receiver
+de-duplicates by ``uid``.
 """
 
 from __future__ import annotations
@@ -28,7 +49,7 @@ from typing import Any
 import attrs
 import pytest
 
-from teleport_core.audit import AuditEvent, AuditQuery, AuditSink, new_event
+from teleport_core.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
 
@@ -61,8 +82,32 @@ async def search_all(sink: AuditSink, query: AuditQuery, max_pages: int = 10_000
     pytest.fail(f"paging did not end after {max_pages} pages")
 
 
+Delivered = Callable[[], list[dict[str, Any]]]
+
+
 class AuditSinkConformance:
-    """Behaviour every ``AuditSink`` must have. Define the ``teleport_audit_uri`` fixture."""
+    """Behaviour every ``AuditSink`` must have. Define the ``teleport_audit_uri`` fixture (and
+    ``teleport_audit_delivered`` for a sink that is not searchable)."""
+
+    @pytest.fixture
+    def teleport_audit_delivered(self) -> Delivered | None:
+        """What a write-only sink delivered; searchable sinks need not define it."""
+        return None
+
+    @staticmethod
+    async def stored(sink: AuditSink, delivered: Delivered | None) -> list[dict[str, Any]]:
+        """Everything the sink holds: searched (oldest first) or, for a write-only sink, as delivered."""
+        if sink.searchable:
+            return _dicts(await search_all(sink, EVERYTHING))
+        if delivered is None:
+            pytest.fail(f"{type(sink).__name__} is not searchable: define the teleport_audit_delivered fixture "
+                        "to say what it delivered")
+        return delivered()
+
+    @staticmethod
+    def needs_search(sink: AuditSink) -> None:
+        if not sink.searchable:
+            pytest.skip(f"{type(sink).__name__} declares searchable = False")
 
     @asynccontextmanager
     async def opened(self, uri: str, data_dir: Path) -> AsyncIterator[AuditSink]:
@@ -84,14 +129,23 @@ class AuditSinkConformance:
 
     # -- tests ------------------------------------------------------------------------------------
 
-    def test_empty_sink_finds_nothing(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+    def test_empty_sink_finds_nothing(self, teleport_audit_uri: str, tmp_path: Path,
+                                      teleport_audit_delivered: Delivered | None) -> None:
+        """A new sink holds nothing; a write-only one refuses to search, saying so."""
+
         async def body(sink: AuditSink) -> None:
+            if not sink.searchable:
+                with pytest.raises(AuditError):
+                    await sink.search(EVERYTHING)
+                assert await self.stored(sink, teleport_audit_delivered) == []
+                return
             page = await sink.search(EVERYTHING)
             assert (page.events, page.next_cursor) == ((), "")
 
         self.with_sink(teleport_audit_uri, tmp_path, body)
 
-    def test_emit_then_search_returns_every_field(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+    def test_emit_then_search_returns_every_field(self, teleport_audit_uri: str, tmp_path: Path,
+                                                  teleport_audit_delivered: Delivered | None) -> None:
         event = _event(
             "user.login",
             BASE + 123 * MS,
@@ -109,6 +163,9 @@ class AuditSinkConformance:
 
         async def body(sink: AuditSink) -> None:
             await sink.emit(event)
+            if not sink.searchable:
+                assert await self.stored(sink, teleport_audit_delivered) == [event.to_dict()]
+                return
             page = await sink.search(EVERYTHING)
             assert _dicts(page.events) == [event.to_dict()]
             assert page.next_cursor == ""
@@ -121,6 +178,7 @@ class AuditSinkConformance:
         events = [_event("session.start", BASE + i * MINUTE, user="bob", sid=f"s{i}") for i in range(10)]
 
         async def body(sink: AuditSink) -> None:
+            self.needs_search(sink)
             for event in reversed(events):
                 await sink.emit(event)
             query = AuditQuery(since=BASE + 2 * MINUTE, until=BASE + 5 * MINUTE)
@@ -141,6 +199,7 @@ class AuditSinkConformance:
         ]
 
         async def body(sink: AuditSink) -> None:
+            self.needs_search(sink)
             await asyncio.gather(*(sink.emit(e) for e in events))
 
             async def found(**filters: Any) -> list[dict[str, Any]]:
@@ -173,6 +232,7 @@ class AuditSinkConformance:
         by_uid = {e.uid: e for e in events}
 
         async def body(sink: AuditSink) -> None:
+            self.needs_search(sink)
             for start in range(0, len(shuffled), 100):
                 await asyncio.gather(*(sink.emit(e) for e in shuffled[start : start + 100]))
             for limit in (100, 7, 5000):
@@ -189,33 +249,57 @@ class AuditSinkConformance:
 
         self.with_sink(teleport_audit_uri, tmp_path, body)
 
-    def test_same_uid_is_stored_once(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+    def test_same_uid_is_stored_once(self, teleport_audit_uri: str, tmp_path: Path,
+                                     teleport_audit_delivered: Delivered | None) -> None:
         event = _event("user.login", BASE, user="alice")
 
         async def body(sink: AuditSink) -> None:
             await sink.emit(event)
             await sink.emit(event)
             await asyncio.gather(sink.emit(event), sink.emit(event))
-            assert _dicts((await sink.search(EVERYTHING)).events) == [event.to_dict()]
+            assert await self.stored(sink, teleport_audit_delivered) == [event.to_dict()]
 
         async def reopened(sink: AuditSink) -> None:
+            if not sink.searchable:
+                return  # across a restart a write-only sink's receiver de-duplicates (see the module doc)
             await sink.emit(event)
             assert _dicts(await search_all(sink, EVERYTHING)) == [event.to_dict()]
 
         self.with_sink(teleport_audit_uri, tmp_path, body)
         self.with_sink(teleport_audit_uri, tmp_path, reopened)
 
-    def test_concurrent_emits_are_all_stored(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+    def test_concurrent_emits_are_all_stored(self, teleport_audit_uri: str, tmp_path: Path,
+                                             teleport_audit_delivered: Delivered | None) -> None:
         events = [_event("session.start", BASE + (i % 10) * MS, user=f"user-{i}", sid=f"c-{i}") for i in range(200)]
 
         async def body(sink: AuditSink) -> None:
             await asyncio.gather(*(sink.emit(e) for e in events))
-            found = await search_all(sink, attrs.evolve(EVERYTHING, limit=50))
-            assert sorted(e.uid for e in found) == sorted(e.uid for e in events)
+            if sink.searchable:
+                found = _dicts(await search_all(sink, attrs.evolve(EVERYTHING, limit=50)))
+            else:
+                found = await self.stored(sink, teleport_audit_delivered)
+            assert sorted(e["uid"] for e in found) == sorted(e.uid for e in events)
+            assert all(e in found for e in _dicts(events))  # whole, not torn by concurrent writes
 
         self.with_sink(teleport_audit_uri, tmp_path, body)
 
-    def test_acknowledged_events_survive_reopening(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+    def test_ordering(self, teleport_audit_uri: str, tmp_path: Path,
+                      teleport_audit_delivered: Delivered | None) -> None:
+        """Emitted one after another with times out of order: a searchable sink returns them oldest
+        first, a write-only one delivers them in the order they were emitted."""
+        events = [_event("exec", BASE + ((i * 7) % 20) * MS, user="ordered", sid=f"o-{i}") for i in range(20)]
+
+        async def body(sink: AuditSink) -> None:
+            for event in events:
+                await sink.emit(event)
+            found = await self.stored(sink, teleport_audit_delivered)
+            expected = sorted(events, key=lambda e: e.time) if sink.searchable else events
+            assert [e["uid"] for e in found] == [e.uid for e in expected]
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_acknowledged_events_survive_reopening(self, teleport_audit_uri: str, tmp_path: Path,
+                                                   teleport_audit_delivered: Delivered | None) -> None:
         events = [_event("user.login", BASE + i * MINUTE, user="alice", sid=f"p-{i}") for i in range(3)]
         later = _event("session.end", BASE + 10 * MINUTE, user="alice")
 
@@ -224,11 +308,11 @@ class AuditSinkConformance:
                 await sink.emit(event)
 
         async def second(sink: AuditSink) -> None:
-            assert _dicts(await search_all(sink, EVERYTHING)) == _dicts(events)
+            assert await self.stored(sink, teleport_audit_delivered) == _dicts(events)
             await sink.emit(later)
 
         async def third(sink: AuditSink) -> None:
-            assert _dicts(await search_all(sink, EVERYTHING)) == _dicts([*events, later])
+            assert await self.stored(sink, teleport_audit_delivered) == _dicts([*events, later])
 
         self.with_sink(teleport_audit_uri, tmp_path, first)
         self.with_sink(teleport_audit_uri, tmp_path, second)

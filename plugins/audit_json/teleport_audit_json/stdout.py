@@ -23,13 +23,13 @@ from urllib.parse import urlsplit
 
 from teleport_audit_json.lines import encode
 from teleport_core.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
-from teleport_core.errors import ConfigError, TeleportError
+from teleport_core.errors import ConfigError
 
 CONFIG_KEY = "teleport.storage.audit_events_uri"
 RECENT_UIDS = 65_536
 NOT_SEARCHABLE = (
-    "the stdout:// audit sink cannot be searched: list a file:// URI first in "
-    "teleport.storage.audit_events_uri (searches use the first sink)"
+    "the stdout:// audit sink cannot be searched: add a file:// URI to "
+    "teleport.storage.audit_events_uri (searches use the first searchable sink)"
 )
 
 
@@ -57,7 +57,9 @@ def _sync(stream: BinaryIO) -> None:
 
 
 class StdoutAuditSink(AuditSink):
-    """Writes JSON lines to ``stream`` (default: ``sys.stdout``'s binary buffer)."""
+    """Writes JSON lines to ``stream`` (default: ``sys.stdout``'s binary buffer). Write-only."""
+
+    searchable = False
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self._stream = stream
@@ -94,7 +96,7 @@ class StdoutAuditSink(AuditSink):
                 self._recent.popitem(last=False)
 
     async def search(self, query: AuditQuery) -> AuditPage:
-        raise TeleportError(NOT_SEARCHABLE)
+        raise AuditError(NOT_SEARCHABLE)
 
     async def close(self) -> None:
         def close() -> None:

@@ -131,11 +131,15 @@ def test_output_is_complete_across_pages(tmp_path):
     assert [e["uid"] for e in u1] == [e.uid for e in events if e.user == "u1"]
 
 
-def test_stdout_first_cannot_be_searched(tmp_path):
+def test_stdout_first_searches_the_file_sink_and_stdout_alone_cannot_be_searched(tmp_path):
+    """The log searches its first searchable sink, wherever stdout:// is listed."""
     config = write_config(tmp_path, ["stdout://", f"file://{tmp_path}/audit"])
     result = tctl("audit", "events", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    alone = write_config(tmp_path, ["stdout://"])
+    result = tctl("audit", "events", "-c", str(alone))
     assert result.returncode == 1
-    assert "ERROR: the stdout:// audit sink cannot be searched: list a file:// URI first" in result.stderr
+    assert "ERROR: no sink of teleport.storage.audit_events_uri can be searched: add a file:// URI" in result.stderr
 
 
 def test_config_errors_are_one_line(tmp_path):

@@ -1,6 +1,9 @@
 """The kernel's audit-sink conformance suite against the file:// sink."""
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,3 +22,22 @@ class TestFileAuditLogDefaultServerId(AuditSinkConformance):
     @pytest.fixture
     def teleport_audit_uri(self, tmp_path: Path) -> str:
         return f"file://{tmp_path}/audit"
+
+
+class TestStdoutAuditSinkConformance(AuditSinkConformance):
+    """``stdout://`` is write-only (``searchable = False``): the suite reads what it wrote to
+    standard output (captured by pytest)."""
+
+    @pytest.fixture
+    def teleport_audit_uri(self) -> str:
+        return "stdout://"
+
+    @pytest.fixture
+    def teleport_audit_delivered(self, capsysbinary: pytest.CaptureFixture[bytes]) -> Callable[[], list[dict[str, Any]]]:
+        lines: list[bytes] = []
+
+        def delivered() -> list[dict[str, Any]]:
+            lines.extend(capsysbinary.readouterr().out.splitlines())
+            return [json.loads(line) for line in lines]
+
+        return delivered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 import textwrap
@@ -13,7 +14,7 @@ from teleport_audit_json import stdout
 from teleport_audit_json.stdout import NOT_SEARCHABLE, StdoutAuditSink
 
 from teleport_core.audit import AuditError, AuditQuery, new_event
-from teleport_core.errors import ConfigError, TeleportError
+from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
 
@@ -52,7 +53,7 @@ def test_stdout_sink_writes_json_lines_and_refuses_search():
     result = python("-c", CHILD)
     assert result.returncode == 0, result.stderr
     error, expected = result.stderr.strip().splitlines()
-    assert error == f"TeleportError: {NOT_SEARCHABLE}"
+    assert error == f"AuditError: {NOT_SEARCHABLE}"
     lines = result.stdout.splitlines()
     assert len(lines) == 22
     assert [json.loads(line) for line in lines[:2]] == json.loads(expected)
@@ -60,11 +61,27 @@ def test_stdout_sink_writes_json_lines_and_refuses_search():
     assert all(line.isascii() for line in lines)
 
 
-def test_search_error_names_the_fix():
+def test_search_error_names_the_fix_and_the_log_searches_the_first_searchable_sink(tmp_path):
+    """stdout:// is write-only: searching it says what to add; an audit log that lists it first
+    searches the next, searchable sink; a log of write-only sinks alone says none can be searched."""
+    from teleport_audit_json.filelog import open_sink
+
+    from teleport_core.audit import AuditLog
+
     async def main() -> None:
-        sink = StdoutAuditSink(io.BytesIO())
-        with pytest.raises(TeleportError, match="list a file:// URI first in teleport.storage.audit_events_uri"):
-            await sink.search(AuditQuery(since=new_event("exec").time, until=new_event("exec").time))
+        event = new_event("exec", user="alice")
+        query = AuditQuery(since=event.time - dt.timedelta(seconds=1), until=event.time + dt.timedelta(seconds=1))
+        out = StdoutAuditSink(io.BytesIO())
+        assert out.searchable is False
+        with pytest.raises(AuditError, match="add a file:// URI to teleport.storage.audit_events_uri"):
+            await out.search(query)
+        file_sink = await open_sink(f"file://{tmp_path}/log", tmp_path)
+        log = AuditLog([out, file_sink])
+        await log.emit(event)
+        assert [e.uid for e in (await log.search(query)).events] == [event.uid]
+        with pytest.raises(AuditError, match="no sink of teleport.storage.audit_events_uri can be searched"):
+            await AuditLog([out]).search(query)
+        await log.close()
 
     asyncio.run(main())
 
