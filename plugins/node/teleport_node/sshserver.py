@@ -843,8 +843,11 @@ class Session:
                                          command=self.command or "", started=self.started_at)
             except OSError as exc:
                 self.conn.server.log.error("cannot record session", sid=self.id, error=str(exc))
+        # what this session's record says: "off" when nothing is recorded (recording off, a subsystem
+        # such as sftp, or a recorder that could not start), so no upload is ever awaited for it
+        recording = state.recording if self.recorder is not None else "off"
         self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
-                           "initial_command": [self.command or ""], "session_recording": state.recording,
+                           "initial_command": [self.command or ""], "session_recording": recording,
                            "session_start": _rfc3339(self.started_at)}
         try:  # what a session.end needs, should the node crash before it ends the session
             write_sidecar(state.spool, self.id, self.started_at,
@@ -853,7 +856,7 @@ class Session:
             self.conn.server.log.error("cannot write the session's sidecar: a crash would leave it without "
                                        "a session.end", sid=self.id, error=str(exc))
         self.conn.emit("session.start", "ok", sid=self.id, proto="ssh", initial_command=[self.command or ""],
-                       size=f"{self.size[0]}:{self.size[1]}", session_recording=state.recording)
+                       size=f"{self.size[0]}:{self.size[1]}", session_recording=recording)
         self.conn.server.pump.call(lambda: self._attach(fds))
 
     def _failed_start(self, reason: str) -> None:

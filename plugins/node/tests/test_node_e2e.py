@@ -4,6 +4,7 @@ real OpenSSH client (``ssh``, ``scp``, ``sftp``) trusting the host CA only throu
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import subprocess
 import threading
@@ -107,6 +108,27 @@ def test_scp_both_ways_legacy_and_sftp_modes(node: Node, alice: tuple[Path, str]
     sftp = run(["sftp", *scp_opts, "-b", str(batch), "root@127.0.0.1"])
     assert sftp.returncode == 0, sftp.stderr
     assert (tmp_path / "sftp.bin").read_bytes() == payload.read_bytes() and (remote_dir / "newdir").is_dir()
+
+
+def test_an_sftp_session_is_recorded_as_off_never_pending(auth: Auth, node: Node, alice: tuple[Path, str],
+                                                           tmp_path: Path) -> None:
+    """A subsystem session (sftp) records nothing, so its session.start/end say
+    session_recording "off" and the listing shows it "off", not forever "pending" an upload."""
+    key, tmp = alice
+    opts = [o if o != "-p" else "-P" for o in ssh_argv(Path(tmp), node.port, key, "root")[1:-1]]
+    batch = tmp_path / "batch"
+    batch.write_text("pwd\n")
+    since = dt.datetime.now(dt.UTC).isoformat()
+    sftp = run(["sftp", *opts, "-b", str(batch), "root@127.0.0.1"])
+    assert sftp.returncode == 0, sftp.stderr
+    ends = wait_for(lambda: [e for e in auth.events(type="session.end", since=since)
+                             if not e["interactive"] and e["initial_command"] == [""]], what="the sftp session.end")
+    assert [e["session_recording"] for e in ends] == ["off"]
+    sid = ends[0]["sid"]
+    [start] = auth.events(type="session.start", sid=sid, since=since)
+    assert start["session_recording"] == "off"
+    [entry] = [e for e in auth.run(lambda admin: admin.list_recordings(limit=1000)) if e["sid"] == sid]
+    assert entry["recording"] == "off"
 
 
 def test_scp_is_audited(auth: Auth, node: Node, alice: tuple[Path, str], tmp_path: Path) -> None:
