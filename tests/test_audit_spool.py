@@ -175,3 +175,51 @@ def test_a_refused_event_is_dropped_once_and_does_not_block_the_queue(tmp_path):
     assert [(m, kw["uid"], kw["event_type"]) for m, kw in log.errors] == [
         ("audit event refused by the auth server, dropped", forged.uid, "user.login")]
     assert "user.login" in log.errors[0][1]["reason"] and not log.warnings
+
+
+def test_emit_can_wait_for_delivery_and_the_pending_gauge_is_shared(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from teleport_core.audit_spool import export_pending
+
+    auth = Auth()
+    auth.up = True
+
+    async def scenario():
+        spool = AuditSpool(tmp_path / "a", auth.send, Log(), retry=0.05, max_retry=0.1)
+        other = AuditSpool(tmp_path / "b", auth.send, Log())
+        registry = CollectorRegistry()
+        export_pending(registry, "auth", spool)
+        export_pending(registry, "node", other)  # a second service of the same process: one gauge
+        runner = asyncio.create_task(spool.run())
+        for i in range(5):
+            event = new_event("exec", command=str(i))
+            await spool.emit(event, wait_delivered=30)
+            assert event.uid in auth.stored  # read-your-writes: delivered when emit returns
+        await other.emit(new_event("exec", command="waiting"))  # no sender: stays pending
+        text = generate_latest(registry).decode()
+        runner.cancel()
+        return text
+
+    text = asyncio.run(scenario())
+    assert 'teleport_audit_events_pending{service="auth"} 0.0' in text
+    assert 'teleport_audit_events_pending{service="node"} 1.0' in text
+
+
+def test_a_torn_tail_is_cut_at_open_so_later_events_stay_whole(tmp_path):
+    auth = Auth()
+    auth.up = True
+
+    async def scenario():
+        spool = AuditSpool(tmp_path / "spool", auth.send, Log())
+        await spool.emit(new_event("exec", command="before"))
+        with open(tmp_path / "spool" / "events.jsonl", "ab") as handle:
+            handle.write(b'{"event":"exec","comm')  # a crash mid-append: never acknowledged
+        again = AuditSpool(tmp_path / "spool", auth.send, Log())  # the next start
+        await again.emit(new_event("exec", command="after"))
+        assert await again.deliver() == 2
+
+    asyncio.run(scenario())
+    lines = (tmp_path / "spool" / "events.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["command"] for line in lines] == ["before", "after"]
+    assert [e["command"] for e in auth.stored.values()] == ["before", "after"]
