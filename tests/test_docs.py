@@ -32,3 +32,13 @@ def test_every_audit_code_is_documented():
     text = (ROOT / "docs" / "audit-events.md").read_text()
     rows = set(re.findall(r"^\| `([a-z_.]+)` \| ([a-z_]+) \| `(T[0-9A-Z]+)` \|", text, re.MULTILINE))
     assert rows == {(event, outcome, code) for (event, outcome), code in CODES.items()}
+
+
+def test_every_backend_conformance_test_is_listed():
+    """docs/storage-backends.md lists each BackendConformance test once, in the suite's order, and nothing else."""
+    from teleport_core.testing.backend_suite import BackendConformance
+
+    text = (ROOT / "docs" / "storage-backends.md").read_text()
+    listed = re.findall(r"^- `(test_\w+)`: \S", text, re.MULTILINE)
+    suite = [name for name in vars(BackendConformance) if name.startswith("test_")]
+    assert listed == suite
