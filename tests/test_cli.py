@@ -68,9 +68,9 @@ START_ERRORS = [
 def test_start_with_bad_config_gives_one_line(tmp_path, monkeypatch, text, message):
     from teleport_core.plugins import install_hint
 
-    # the etcd plugin may be installed (development) or not (teleport-core alone): block it either way
-    env = {"TELEPORT_DISABLE_PLUGINS": "storage_etcd"}
-    monkeypatch.setenv("TELEPORT_DISABLE_PLUGINS", "storage_etcd")
+    # the etcd and example lmdb plugins may be installed (development) or not (teleport-core alone): block them
+    env = {"TELEPORT_DISABLE_PLUGINS": "storage_etcd,storage_lmdb"}
+    monkeypatch.setenv("TELEPORT_DISABLE_PLUGINS", "storage_etcd,storage_lmdb")
     message = message.replace("{hint}", install_hint("teleport-storage-etcd"))
     config = tmp_path / "teleport.yaml"
     config.write_text(text + "auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")

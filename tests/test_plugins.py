@@ -159,7 +159,9 @@ def test_an_unknown_name_lists_the_broken_plugins(fake_site, tmp_path):
     config = tmp_path / "t.yaml"
     config.write_text("teleport:\n  storage:\n    type: lmdb\n"
                       "auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
-    tested = run_cli("teleport", "configure", "--test", str(config), site=fake_site)
+    # the example teleport-storage-lmdb (examples/storage-lmdb) may be installed: block it
+    tested = run_cli("teleport", "configure", "--test", str(config), site=fake_site,
+                     env={"TELEPORT_DISABLE_PLUGINS": "storage_lmdb"})
     assert tested.returncode == 1
     assert 'unknown backend "lmdb"' in tested.stderr
     assert 'broken plugins, which may provide it: plugin "teleport-mystery" 1.0' in tested.stderr
@@ -196,7 +198,8 @@ def test_a_factory_module_that_fails_names_plugin_module_key_and_fix(fake_site, 
         "except PluginError as exc:\n"
         "    print(exc)\n"
     )
-    env = {**__import__("os").environ, "PYTHONPATH": f"{fake_site}:{ROOT}"}
+    env = {**__import__("os").environ, "PYTHONPATH": f"{fake_site}:{ROOT}",
+           "TELEPORT_DISABLE_PLUGINS": "storage_lmdb"}  # the example teleport-storage-lmdb also provides "lmdb"
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
                           check=False, timeout=60)
     assert done.stdout.strip() == (
