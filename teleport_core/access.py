@@ -143,10 +143,28 @@ def authenticate(hook: Any, request: LoginRequest) -> Identity:
     return identity
 
 
-def check_access(hook: Any, request: AccessRequest) -> Decision:
-    """Ask every ``teleport_authorize`` plugin and :func:`decide`; a plugin error denies."""
-    try:
-        decisions = hook.teleport_authorize(request=request)
-    except Exception as exc:
-        return Decision.deny(f"authorization failed: {type(exc).__name__}: {exc}")
+#: the verbs of the SSH decision points (``kind`` is ``node``; see :func:`check_access`)
+SSH = "ssh"
+PORT_FORWARD = "port_forward"
+AGENT_FORWARD = "forward_agent"
+
+
+def check_access(hook: Any, request: AccessRequest, *own: Decision | None) -> Decision:
+    """The one access decision, made the same way at every decision point: the caller's ``own``
+    decisions (its roles' answer, a lock in force as a deny, a certificate permission) plus every
+    ``teleport_authorize`` plugin's, combined by :func:`decide`: any deny wins, then any allow;
+    with no allow the request is denied; a plugin that raises denies. ``hook`` is
+    ``plugins.hook`` (None: no plugins). May block (plugins): call it off the event loop.
+
+    Where it is called (verb on kind; see docs/hooks.md): the auth API, every resource verb; the
+    node, ``ssh`` (a login, ``login`` and the node's labels set), ``port_forward`` (``name`` is
+    the destination ``host:port``) and ``forward_agent``; the proxy, ``ssh`` when it routes a
+    connection to a node for a known login (``tsh ssh``, the web API).
+    """
+    decisions: list[Decision | None] = list(own)
+    if hook is not None:
+        try:
+            decisions.extend(hook.teleport_authorize(request=request))
+        except Exception as exc:
+            decisions.append(Decision.deny(f"authorization plugin failed: {type(exc).__name__}: {exc}"))
     return decide(request, decisions)

@@ -106,7 +106,7 @@ class NodeService(Service):
         self.state = NodeState(
             cluster_name=cluster, host_uuid=self.identity.host_uuid, nodename=config.nodename, ca_keys=[],
             roles={}, labels=dict(self.settings.labels), recording=recording, spool=self.spool,
-            emit=self._emit_threadsafe, recorded=self._recorded_threadsafe)
+            emit=self._emit_threadsafe, hook=self.ctx.plugins.hook, recorded=self._recorded_threadsafe)
         await self._retrying("load the user CA", self._load_cas)
         await self._retrying("load roles", self._load_roles)
         await self._retrying("load locks", self._load_locks)

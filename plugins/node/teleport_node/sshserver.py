@@ -45,6 +45,16 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
+from teleport_core.access import (
+    AGENT_FORWARD,
+    PORT_FORWARD,
+    SSH,
+    AccessRequest,
+    Decision,
+    Identity,
+    IdentityKind,
+    check_access,
+)
 from teleport_core.audit import format_time
 from teleport_core.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
 from teleport_core.locks import Lock, cert_issued, lock_in_force, lock_message
@@ -96,6 +106,7 @@ class NodeState:
     # a session ended, its session.end emitted: (session id, its finished recording or None); thread-safe
     recorded: Callable[[str, Path | None], None]
     locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.locks), followed from auth
+    hook: Any = None  # plugins.hook: the teleport_authorize plugins installed where the node runs
 
 
 def sftp_server_path() -> str | None:
@@ -503,12 +514,13 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
                 raise CertRefused(f"certificate is for cluster {json.dumps(route)}, "
                                   f"this node is in cluster {json.dumps(state.cluster_name)}")
             roleset = self._roleset(cert, state.roles)
-            decision = roleset.check_login(username, state.labels)
+            locked = _lock_reason(state, cert, username)
+            # roles, then a lock in force, then every teleport_authorize plugin: deny wins
+            decision = check_access(state.hook, self._request(state, cert, SSH, username),
+                                    roleset.check_login(username, state.labels),
+                                    Decision.deny(locked) if locked else None)
             if not decision.allowed:
                 raise CertRefused(decision.reason)
-            locked = _lock_reason(state, cert, username)
-            if locked:
-                raise CertRefused(locked)
             crowded = self.server.gate.user_may_connect(cert.user)
             if crowded:
                 raise CertRefused(crowded)
@@ -525,6 +537,23 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             return AUTH_FAILED
         self.cert, self.login, self.roleset = cert, username, roleset
         return AUTH_OK
+
+    @staticmethod
+    def _request(state: NodeState, cert: UserCert, verb: str, login: str, name: str = "") -> AccessRequest:
+        """What :func:`~teleport_core.access.check_access` decides at this node: ``verb`` on ``node``."""
+        identity = Identity(cert.user, IdentityKind.USER, roles=cert.roles, traits=cert.traits,
+                            cluster=state.cluster_name)
+        return AccessRequest(identity, verb, "node", name or state.host_uuid, state.labels, login)
+
+    def _forwarding(self, verb: str, option: str, extension: str, what: str, name: str = "") -> Decision:
+        """Port or agent forwarding: the roles' ``option``, the certificate's ``extension`` and the plugins."""
+        if self.cert is None:
+            return Decision.deny("no authenticated user")
+        state = self.server.state()
+        by_cert = None if self.cert.permits(extension) else Decision.deny(f"the certificate does not permit {what}")
+        permitted = self.roleset is not None and bool(getattr(self.roleset, option))
+        by_roles = Decision.allow() if permitted else Decision.deny(f"{option} is not allowed by the roles")
+        return check_access(state.hook, self._request(state, self.cert, verb, self.login, name), by_cert, by_roles)
 
     @staticmethod
     def _roleset(cert: UserCert, roles: Mapping[str, Role]) -> RoleSet:
@@ -596,16 +625,12 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return self._session(channel).request(None, "sftp")
 
     def check_channel_forward_agent_request(self, channel: paramiko.Channel) -> bool:
-        allowed = (self.cert is not None and self.roleset is not None and self.roleset.forward_agent
-                   and self.cert.permits("permit-agent-forwarding"))
-        if allowed:
+        decision = self._forwarding(AGENT_FORWARD, "forward_agent", "permit-agent-forwarding", "agent forwarding")
+        if decision.allowed:
             self._session(channel).agent = True
         else:  # a denial like any other: audited (T3007W), as the proxy audits refused routes
-            by_cert = self.cert is not None and not self.cert.permits("permit-agent-forwarding")
-            why = ("the certificate does not permit agent forwarding" if by_cert
-                   else "forward_agent is not allowed by the roles")
-            self.emit("auth", "failure", error=f"agent forwarding refused: {why}")
-        return bool(allowed)
+            self.emit("auth", "failure", error=f"agent forwarding refused: {decision.reason}")
+        return decision.allowed
 
     def check_port_forward_request(self, address: str, port: int) -> int | bool:
         return False  # remote forwarding (ssh -R) is not offered
@@ -613,10 +638,10 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
         dest = f"{destination[0]}:{destination[1]}"
-        allowed = (self.cert is not None and self.roleset is not None and self.roleset.port_forwarding
-                   and self.cert.permits("permit-port-forwarding"))
-        if not allowed:
-            self.emit("port", "failure", **{"addr.local": dest, "error": "port forwarding is not allowed"})
+        decision = self._forwarding(PORT_FORWARD, "port_forwarding", "permit-port-forwarding", "port forwarding", dest)
+        if not decision.allowed:
+            self.emit("port", "failure", **{"addr.local": dest,
+                                            "error": f"port forwarding is not allowed: {decision.reason}"})
             return OPEN_PROHIBITED
         try:
             sock = socket.create_connection((destination[0], destination[1]), timeout=FORWARD_CONNECT_TIMEOUT)

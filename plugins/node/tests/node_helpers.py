@@ -116,8 +116,11 @@ class Node:
 
     def __init__(self, auth: Auth, data_dir: Path, *, labels: dict[str, str] | None = None,
                  nodename: str = "node1", commands: list[dict[str, Any]] | None = None,
-                 connection_limits: dict[str, Any] | None = None) -> None:
+                 connection_limits: dict[str, Any] | None = None, top: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``top``: more top-level config sections (``plugins:``); ``env``: more environment."""
         self.auth = auth
+        self.env = {**os.environ, **(env or {})}
         self.data_dir = data_dir
         self.port = free_port()
         self.nodename = nodename
@@ -131,13 +134,14 @@ class Node:
         self.config.write_text(yaml.safe_dump({
             "teleport": {"data_dir": str(data_dir / "data"), "nodename": nodename, "auth_server": auth.addr,
                          "auth_token": TOKEN, "ca_pin": auth.pin(), "log": {"output": str(data_dir / "node.log")}},
-            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False}, "ssh_service": ssh}))
+            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False}, "ssh_service": ssh,
+            **(top or {})}))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
         with open(self.data_dir / "stderr.log", "ab") as stderr:
             self.proc = subprocess.Popen([TELEPORT, "start", "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=stderr)
+                                         stdout=subprocess.DEVNULL, stderr=stderr, env=self.env)
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
-from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, decide
+from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, check_access
 from teleport_core.audit import AuditEvent, new_event
 from teleport_core.backend import range_end
 from teleport_core.config.values import parse_duration
@@ -252,12 +252,7 @@ class APIBase:
         svc = self.service
         if identity.kind is IdentityKind.USER:
             await svc.authorizer.load(identity)
-        decisions: list[Decision | None] = [svc.authorizer.decide(request)]
-        try:
-            decisions.extend(svc.ctx.plugins.hook.teleport_authorize(request=request))
-        except Exception as exc:
-            decisions.append(Decision.deny(f"authorization plugin failed: {type(exc).__name__}: {exc}"))
-        return decide(request, decisions)
+        return check_access(svc.ctx.plugins.hook, request, svc.authorizer.decide(request))
 
     async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "") -> None:
         result = await self.decision(identity, verb, kind, name)
