@@ -74,6 +74,7 @@ class AuditSpool:
         if not self.path.exists():
             write_private(self.path, b"")
         self._committed = _cut_torn_tail(self.path)  # bytes of whole, acknowledged lines
+        self._uncut: int | None = None  # where a failed append began, until it is cut back
 
     # -- emitting ------------------------------------------------------------------------------------
 
@@ -136,20 +137,26 @@ class AuditSpool:
         whole lines, so a partial write never stays behind (nor merges into the next line)."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            start, size = self._committed, os.fstat(fd).st_size
-            if size > start:  # an earlier failed append whose cut failed too
-                os.ftruncate(fd, start)
-            start = min(start, size)
+            size = os.fstat(fd).st_size
+            if self._uncut is not None and size > self._uncut:  # an earlier failed append whose cut failed too
+                os.ftruncate(fd, self._uncut)
+                size = self._uncut
+            # anything else past our last append was written by someone else: it stays and is
+            # delivered like our lines (auth decides what a host may emit)
+            start = size
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
             except OSError:
-                with contextlib.suppress(OSError):  # tried again before the next append
+                self._uncut = start
+                with contextlib.suppress(OSError):  # else tried again before the next append
                     os.ftruncate(fd, start)
                     os.fsync(fd)
+                    self._uncut = None
                 raise
+            self._uncut = None
             self._committed = start + len(data)
             return start
         finally:
