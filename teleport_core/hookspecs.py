@@ -141,9 +141,11 @@ def teleport_authorize(request: AccessRequest) -> Decision | None:
 
     Return :meth:`Decision.allow() <teleport_core.access.Decision.allow>`,
     :meth:`Decision.deny(reason) <teleport_core.access.Decision.deny>` or None (no
-    opinion). All results are collected and combined by
-    :func:`teleport_core.access.decide`: any deny wins, then any allow; with no allow the
-    request is denied. An exception also denies.
+    opinion). All results are collected and combined, with the caller's own decisions (roles,
+    locks), by :func:`teleport_core.access.check_access`: any deny wins, then any allow; with no
+    allow the request is denied. An exception also denies. Called at every decision point, in
+    the process that decides: the auth API (resource verbs), the node (``ssh`` logins,
+    ``port_forward``, ``forward_agent``) and the proxy (``ssh`` routing); see docs/hooks.md.
     """
 
 
