@@ -29,6 +29,7 @@ class EntryPoint:
     value: str  # "package.module" or "package.module:attribute"
     distribution: str
     version: str
+    path: str = ""  # the distribution's metadata directory (*.dist-info or *.egg-info)
 
     def load(self) -> object:
         import importlib
@@ -99,5 +100,6 @@ def entry_points(group: str, path: list[str] | None = None) -> list[EntryPoint]:
                 continue
             name, version = _read_metadata(entry.path)
             for ep_name, value in _parse_entry_points(text, group):
-                found.append(EntryPoint(ep_name, value, name or stem.split("-")[0], version or "unknown"))
+                found.append(EntryPoint(ep_name, value, name or stem.split("-")[0], version or "unknown",
+                                        os.path.abspath(entry.path)))
     return found

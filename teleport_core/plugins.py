@@ -75,6 +75,7 @@ class PluginInfo:
     error: str = ""
     hooks: list[str] = attrs.field(factory=list)
     builtin: bool = False
+    location: str = ""  # where an installed plugin's metadata was found (its *.dist-info or *.egg-info)
 
     @property
     def label(self) -> str:
@@ -263,6 +264,7 @@ class Plugins:
                 "version": info.version,
                 "status": info.status,
                 "builtin": info.builtin,
+                "location": info.location,
                 "hooks": sorted(info.hooks),
             }
             for key in ("services", "backends", "session_storages", "audit_sinks", "commands"):
@@ -353,12 +355,33 @@ def _hook_names(pm: pluggy.PluginManager, module: object) -> list[str]:
     return sorted(name for name in dir(module) if pm.parse_hookimpl_opts(module, name) is not None)
 
 
-def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any]) -> None:
+def _found_in(info: PluginInfo, which: str = "") -> str:
+    return f" ({which + ': ' if which else ''}{info.location})" if info.location else ""
+
+
+def _loaded_twice(first: PluginInfo) -> str:
+    """Why a module is refused: ``first`` (an installed plugin) already registered it."""
+    text = f"its module is already loaded as {first.label}{_found_in(first)}"
+    if first.location.endswith(".egg-info"):  # what `pip install -e .` leaves in the source folder
+        return (f"{text}; that .egg-info makes its folder look installed whenever the folder is on "
+                f"sys.path (PYTHONPATH=., python -m pytest): if {first.distribution} is not installed "
+                f"(pip uninstall leaves the .egg-info behind), delete it: rm -r {first.location}")
+    return f"{text}; load it one way: drop it from {EXTRA_ENV}, or pip uninstall {first.distribution}"
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any],
+              infos: Sequence[PluginInfo] = ()) -> None:
     """Import and register one plugin, recording any failure on ``info`` in one line."""
     try:
         module = load()
     except Exception as exc:
         info.status, info.error = "broken", f"failed to import: {type(exc).__name__}: {exc}"
+        return
+    registered = pm.get_name(module)
+    if registered is not None:  # the same module through an entry point and $TELEPORT_PLUGINS
+        first = next((i for i in infos if i.name == registered), PluginInfo(registered, registered, "-"))
+        info.hooks = _hook_names(pm, module)
+        info.status, info.error = "broken", _loaded_twice(first)
         return
     info.hooks = _hook_names(pm, module)
     unknown = [name for name in info.hooks if not hasattr(hookspecs, name)]
@@ -392,27 +415,31 @@ def make_plugins(
     if entry_points:
         for ep in sorted(find_entry_points(ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist_name, version = ep.distribution, ep.version
-            info = PluginInfo(ep.name, dist_name, version, builtin=normalize(dist_name) == "teleport-core")
+            info = PluginInfo(ep.name, dist_name, version, builtin=normalize(dist_name) == "teleport-core",
+                              location=ep.path)
             infos.append(info)
             if ep.name in blocked or dist_name in blocked:
                 info.status = "disabled"
                 pm.set_blocked(ep.name)
                 continue
-            if ep.name in {i.name for i in infos[:-1]}:
-                info.status, info.error = "broken", f'entry point name "{ep.name}" is used twice'
+            first = next((i for i in infos[:-1] if i.name == ep.name), None)
+            if first is not None:
+                info.status, info.error = "broken", (
+                    f'entry point name "{ep.name}" is used twice: {first.label} has it too'
+                    + _found_in(first) + _found_in(info, "and this one"))
                 continue
-            _register(pm, info, ep.load)
+            _register(pm, info, ep.load, infos)
     for module_name in _env_list(EXTRA_ENV) if extra is None else extra:
         info = PluginInfo(module_name, f"{EXTRA_ENV}:{module_name}", "-")
         infos.append(info)
         if module_name in blocked:
             info.status = "disabled"
             continue
-        _register(pm, info, lambda name=module_name: importlib.import_module(name))  # type: ignore[misc]
+        _register(pm, info, lambda name=module_name: importlib.import_module(name), infos)  # type: ignore[misc]
     for name, obj in objects:
         info = PluginInfo(name, f"(object) {name}", "-")
         infos.append(info)
-        _register(pm, info, lambda obj=obj: obj)  # type: ignore[misc]
+        _register(pm, info, lambda obj=obj: obj, infos)  # type: ignore[misc]
     pm.check_pending()
     tracer = _tracer()
     if tracer:

@@ -263,3 +263,51 @@ def test_trace_hooks_logs_every_call_and_result(monkeypatch, caplog):
     caplog.clear()
     kernel_plugins(Denier()).backends()
     assert not [r for r in caplog.records if r.name == "teleport.hooks"]
+
+
+def test_a_leftover_egg_info_and_teleport_plugins_name_the_egg_info_and_the_fix(tmp_path):
+    """The development loop of docs/writing-plugins.md: ``pip install -e .`` leaves
+    ``<pkg>.egg-info`` in the plugin's folder, and ``pip uninstall`` leaves it there. With the folder
+    on sys.path (``PYTHONPATH=.``) that egg-info looks installed, so ``TELEPORT_PLUGINS`` loads the
+    same hook module a second time: the report names the egg-info and says to delete it."""
+    folder = tmp_path / "teleport-good"
+    info = folder / "good_pkg.egg-info"  # what setuptools writes for ``pip install -e .``
+    info.mkdir(parents=True)
+    (info / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: teleport-good\nVersion: 0.3.0\n\n")
+    (info / "entry_points.txt").write_text("[teleport]\ngood = good_pkg.plugin\n")
+    (folder / "good_pkg").mkdir()
+    (folder / "good_pkg" / "__init__.py").write_text("")
+    (folder / "good_pkg" / "plugin.py").write_text(GOOD)
+    found = [e for e in entry_points("teleport", [str(folder)])]
+    assert [(e.name, e.distribution, e.path) for e in found] == [("good", "teleport-good", str(info))]
+    result = run_cli("teleport", "plugins", site=folder, env={"TELEPORT_PLUGINS": "good_pkg.plugin"})
+    assert result.returncode == 1
+    assert "good_pkg.plugin [BROKEN]" in result.stdout
+    assert (f'error: its module is already loaded as plugin "teleport-good" 0.3.0 (entry point "good") ({info}); '
+            "that .egg-info makes its folder look installed whenever the folder is on sys.path") in result.stdout
+    assert f"delete it: rm -r {info}" in result.stdout
+    assert "Plugin already registered" not in result.stdout  # not pluggy's dump of its registry
+    as_json = {p["name"]: p for p in json.loads(run_cli("teleport", "plugins", "--format=json", site=folder).stdout)}
+    assert as_json["good"]["location"] == str(info) and as_json["good"]["status"] == "loaded"
+
+
+def test_an_installed_plugin_also_in_teleport_plugins_says_load_it_one_way(fake_site):
+    make_distribution(fake_site, "teleport-good", "2.0.1", {"good": "good_plugin"}, {"good_plugin": GOOD})
+    result = run_cli("teleport", "plugins", site=fake_site, env={"TELEPORT_PLUGINS": "good_plugin"})
+    assert result.returncode == 1
+    assert ('error: its module is already loaded as plugin "teleport-good" 2.0.1 (entry point "good") '
+            f"({fake_site / 'teleport_good-2.0.1.dist-info'}); load it one way: drop it from TELEPORT_PLUGINS, "
+            "or pip uninstall teleport-good") in result.stdout
+
+
+def test_an_entry_point_name_used_twice_names_both_distributions(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_distribution(a, "teleport-one", "1.0", {"dup": "dup_one"}, {"dup_one": GOOD})
+    make_distribution(b, "teleport-two", "2.0", {"dup": "dup_two"}, {"dup_two": GOOD.replace("syslogish", "other")})
+    monkeypatch.syspath_prepend(str(b))
+    monkeypatch.syspath_prepend(str(a))
+    first, second = [i for i in make_plugins().infos if i.name == "dup"]
+    assert first.status == "loaded" and second.status == "broken"
+    assert second.error == (
+        'entry point name "dup" is used twice: plugin "teleport-one" 1.0 (entry point "dup") has it too '
+        f"({a / 'teleport_one-1.0.dist-info'}) (and this one: {b / 'teleport_two-2.0.dist-info'})")
