@@ -88,6 +88,9 @@ class PluginInfo:
             return f"remove {self.name} from {EXTRA_ENV}, or set {DISABLE_ENV}={self.name}"
         if self.distribution.startswith("(object)"):
             return ""
+        if self.location.endswith(".egg-info"):  # perhaps what `pip install -e .` left in a source folder
+            return (f"pip uninstall {self.distribution} (if pip says it is not installed, delete the leftover "
+                    f"{self.location}), or set {DISABLE_ENV}={self.name}")
         return f"pip uninstall {self.distribution}, or set {DISABLE_ENV}={self.name}"
 
     @property

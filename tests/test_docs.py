@@ -42,3 +42,26 @@ def test_every_backend_conformance_test_is_listed():
     listed = re.findall(r"^- `(test_\w+)`: \S", text, re.MULTILINE)
     suite = [name for name in vars(BackendConformance) if name.startswith("test_")]
     assert listed == suite
+
+
+def test_the_test_extra_has_what_the_conformance_suites_import():
+    """writing-plugins.md: the suites need ``pip install "teleport-core[test]"``; that extra (with the
+    kernel's own dependencies) declares every third-party module ``teleport_core.testing`` imports."""
+    import ast
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower()
+                for spec in [*project["dependencies"], *project["optional-dependencies"]["test"]]}
+    distribution = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+    imported = set()
+    for path in (ROOT / "teleport_core" / "testing").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"teleport_core"}
+    assert {"pytest", "attrs"} <= third_party  # what the audit, session and backend suites use
+    assert {distribution.get(name, name) for name in third_party} <= declared

@@ -289,6 +289,12 @@ def test_a_leftover_egg_info_and_teleport_plugins_name_the_egg_info_and_the_fix(
     assert "Plugin already registered" not in result.stdout  # not pluggy's dump of its registry
     as_json = {p["name"]: p for p in json.loads(run_cli("teleport", "plugins", "--format=json", site=folder).stdout)}
     assert as_json["good"]["location"] == str(info) and as_json["good"]["status"] == "loaded"
+    # an older egg-info names a hook module that was renamed since: the fix names the leftover too
+    (info / "entry_points.txt").write_text("[teleport]\ngood = good_pkg.hooks\n")
+    stale = run_cli("teleport", "plugins", site=folder)
+    assert stale.returncode == 1 and "No module named 'good_pkg.hooks'" in stale.stdout
+    assert (f"to go on without it: pip uninstall teleport-good (if pip says it is not installed, delete the "
+            f"leftover {info}), or set TELEPORT_DISABLE_PLUGINS=good") in stale.stdout
 
 
 def test_an_installed_plugin_also_in_teleport_plugins_says_load_it_one_way(fake_site):
