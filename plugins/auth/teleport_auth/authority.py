@@ -50,6 +50,11 @@ class CAType(enum.Enum):
     HOST = "host"
 
 
+def ca_key(kind: CAType, cluster: str) -> bytes:
+    """Where a cluster's CA of ``kind`` is kept in cluster state."""
+    return f"/authorities/{kind.value}/{cluster}".encode()
+
+
 class RotationPhase(enum.Enum):
     STANDBY = "standby"
     INIT = "init"

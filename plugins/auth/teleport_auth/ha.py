@@ -27,14 +27,13 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import attrs
 
+from teleport_auth.state import AuthState, host_uuid
 from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.config.model import TeleportConfig
 from teleport_core.errors import ConfigError, NotFound, TeleportError
 
 if TYPE_CHECKING:
     import structlog
-
-    from teleport_auth.service import AuthService
 
 AUTH_SERVERS_PREFIX = b"/auth_servers/"
 ANNOUNCE_TTL = dt.timedelta(seconds=60)
@@ -251,16 +250,10 @@ async def live_auth_servers(backend: Backend, now: dt.datetime | None = None) ->
     return found
 
 
-async def join_auth_servers(service: AuthService) -> asyncio.Task[None]:
+async def join_auth_servers(service: AuthState) -> asyncio.Task[None]:
     """Called by :meth:`AuthService.start` once the backend is open: announce, check, refresh."""
     settings = service.settings
     listen = str(settings.public_addrs[0] if settings.public_addrs else settings.listen_addr)
-    servers = AuthServers(service.backend, service.ctx.config, service.host_uuid or _host_uuid(service),
+    servers = AuthServers(service.backend, service.ctx.config, service.host_uuid or host_uuid(service.ctx.data_dir),
                           listen, service.log)
     return await servers.join()
-
-
-def _host_uuid(service: AuthService) -> str:
-    from teleport_auth.service import host_uuid
-
-    return host_uuid(service.ctx.data_dir)

@@ -27,8 +27,10 @@ import base64
 import binascii
 import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from teleport_auth.issuer import identity_from_tls_cert
+from teleport_auth.session_records import OFF, UPLOADED, SessionRecord, records_of
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.audit import format_time, parse_time
 from teleport_core.client import FORWARDED_USER_CERT
@@ -37,8 +39,7 @@ from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportErr
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from teleport_auth.api.core import APIBase
-    from teleport_auth.session_records import SessionRecord
+    from teleport_auth.state import AuthState
 
 DEFAULT_WINDOW = dt.timedelta(days=1)
 DEFAULT_LIMIT = 50
@@ -48,7 +49,15 @@ MISSING = "missing"
 STATUSES = ("uploaded", "pending", MISSING, "off")
 
 
-async def acting_identity(api: APIBase, request: Request, identity: Identity) -> Identity:
+class RecordingsAPI(Protocol):
+    """What these functions use of the API object that calls them (:class:`teleport_auth.api.core.APIBase`)."""
+
+    service: AuthState
+
+    async def audit_denial(self, request: Request, identity: Identity | None, reason: str) -> None: ...
+
+
+async def acting_identity(api: RecordingsAPI, request: Request, identity: Identity) -> Identity:
     """The identity a call acts as: the caller's, or the user's whose certificate a proxy forwarded."""
     header = request.headers.get(FORWARDED_USER_CERT, "")
     who = f"{identity.kind.value} {json.dumps(identity.name)}"
@@ -62,8 +71,6 @@ async def acting_identity(api: APIBase, request: Request, identity: Identity) ->
         reason = f"access denied to {who}: only a proxy may forward a user's certificate"
         await api.audit_denial(request, identity, reason)
         raise AccessDenied(reason)
-    from teleport_auth.issuer import identity_from_tls_cert
-
     try:
         der = base64.b64decode(header, validate=True)
         user = identity_from_tls_cert(der, [api.service.user_ca])
@@ -104,12 +111,10 @@ def window(params: Any) -> tuple[dt.datetime, dt.datetime, int]:
     return since, until, limit
 
 
-async def list_sessions(api: APIBase, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
+async def list_sessions(api: RecordingsAPI, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
     """Sessions that ended in ``[since, until)``, newest first, at most ``limit``, from the session
     records; the recordings the records call uploaded are checked in the session storage (this page
     only), and one it lacks is listed as ``missing``."""
-    from teleport_auth.session_records import UPLOADED, records_of
-
     found = await records_of(api.service).ended(since, until, limit)
     storage = await api.service.ctx.resources.session_storage()
 
@@ -151,10 +156,8 @@ def session_entry(record: SessionRecord, status: str) -> dict[str, Any]:
     }
 
 
-async def not_stored(api: APIBase, sid: str) -> str:
+async def not_stored(api: RecordingsAPI, sid: str) -> str:
     """Why the session storage has no recording of ``sid``, from its session record."""
-    from teleport_auth.session_records import OFF, UPLOADED, records_of
-
     record = await records_of(api.service).get(sid)
     if record is None:
         return f"no recording of session {sid}: auth has no record of such a session"

@@ -70,6 +70,7 @@ from teleport_auth.authority import (
     Rotation,
     RotationMode,
     RotationPhase,
+    ca_key,
 )
 from teleport_core import keys
 from teleport_core.audit import AuditEvent, new_event
@@ -327,12 +328,6 @@ def rotation_status(rotation: Rotation) -> dict[str, Any]:
 # -- applying changes to the backend -----------------------------------------------------------------------
 
 
-def _ca_key(kind: CAType, cluster_name: str) -> bytes:
-    from teleport_auth.service import ca_key
-
-    return ca_key(kind, cluster_name)
-
-
 class Rotator:
     """Runs rotations of one cluster's CAs in the cluster-state backend.
 
@@ -359,7 +354,7 @@ class Rotator:
         self.max_wait = max_wait
         self.log = get_logger("auth")
         self._wake = asyncio.Event()
-        self._keys = {kind: _ca_key(kind, cluster_name) for kind in CAType}
+        self._keys = {kind: ca_key(kind, cluster_name) for kind in CAType}
 
     async def load(self, kind: CAType) -> tuple[Item, CertAuthority]:
         item = await self.backend.get(self._keys[kind])

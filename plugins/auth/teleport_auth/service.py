@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from teleport_auth import ha
-from teleport_auth.authority import CAType, CertAuthority, ca_pin, export_known_hosts, generate_authority
+from teleport_auth.api import ROUTES, build_app
+from teleport_auth.authority import CAType, CertAuthority, ca_key, ca_pin, export_known_hosts, generate_authority
 from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.hosts import HostNames, HostRecord, HostRegistry, check_request
 from teleport_auth.issuer import DEFAULT_HOST_CERT_TTL, issue_ssh_host_cert, issue_tls_host_cert
@@ -27,15 +26,15 @@ from teleport_auth.presence import Presence
 from teleport_auth.rolestore import RoleStore
 from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, signed_by
 from teleport_auth.settings import CA_KEY_ALGORITHMS, AuthSettings
-from teleport_auth.tokens import TokenStore, UserTokenStore
+from teleport_auth.state import host_uuid
+from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.users import UserStore
 from teleport_core import keys
-from teleport_core.audit import AuditEvent, AuditLog
+from teleport_core.audit import AuditEvent, AuditLog, new_event
 from teleport_core.audit_spool import AuditSpool, export_pending
 from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
-from teleport_core.files import write_private
 from teleport_core.httplimits import HTTPLimits, RouteLimit
 from teleport_core.identity import LocalIdentity
 from teleport_core.join import LocalAuth
@@ -51,20 +50,6 @@ AUDIT_DELIVERY_WAIT = 1.0  # seconds an emit waits for its event to reach the si
 AUDIT_PROBE_EVERY = 1.0  # seconds between checks that an unwritable audit spool can write again
 AUDIT_DRAIN_ON_STOP = 5.0  # seconds a stop waits for the spool to reach the sinks; the rest waits on disk
 AUDIT_RETRY, AUDIT_MAX_RETRY = 0.5, 5.0  # backoff of deliveries to a failing sink
-
-
-def ca_key(kind: CAType, cluster: str) -> bytes:
-    return f"/authorities/{kind.value}/{cluster}".encode()
-
-
-def host_uuid(data_dir: Path) -> str:
-    """This server's host UUID, created once and kept in ``data_dir/host_uuid``."""
-    path = data_dir / "host_uuid"
-    if path.exists():
-        return path.read_text().strip()
-    value = str(uuidlib.uuid4())
-    write_private(path, value + "\n")
-    return value
 
 
 class AuthService(Service):
@@ -114,9 +99,6 @@ class AuthService(Service):
         self.identity = await self._own_identity()
         self.hosts = HostRegistry(self.backend, self.cluster_name)
         await self._record_self()
-
-        from teleport_auth.api import ROUTES, build_app
-
         self._start_rotation()
         self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
         # each route's body limit, enforced by the listener before the API reads (or authenticates) anything
@@ -311,9 +293,6 @@ class AuthService(Service):
         """Join a server running in this same process: no token or pin (the process trusts
         itself). It gets this auth server's host UUID (one process, one host, as in Teleport)
         and the names are checked as for ``/v1/register``; the same audit event."""
-        from teleport_auth.tokens import system_role
-        from teleport_core.audit import new_event
-
         await self.check_audit()  # a join issues certificates: not while its event cannot be recorded
         role = system_role(body["role"])
         nodename = body["nodename"]
@@ -351,8 +330,6 @@ class AuthService(Service):
     async def audit_refusal(self, peer: str, reason: str) -> None:
         """An ``auth`` failure event (T3007W) for a refusal below the API (a TLS handshake refused
         for its client certificate) or before it knew the caller."""
-        from teleport_core.audit import new_event
-
         fields = {"user": "", "error": reason, "cluster_name": self.cluster_name, "server_id": self.host_uuid,
                   "addr.remote": peer}
         try:

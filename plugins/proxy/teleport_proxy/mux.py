@@ -39,7 +39,7 @@ from teleport_proxy.sshserver import parse_subsystem
 
 if TYPE_CHECKING:
     from teleport_core.identity import LocalIdentity
-    from teleport_proxy.service import ProxyService
+    from teleport_proxy.state import ProxyState
 
 ALPN_SSH = "teleport-proxy-ssh"
 ALPN_AUTH_PREFIX = "teleport-auth@"
@@ -197,7 +197,7 @@ class DialingPipe(Pipe):
 class WebMux:
     """Routes connections on the web port (see the module docstring)."""
 
-    def __init__(self, proxy: ProxyService) -> None:
+    def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
         self.live: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -252,8 +252,6 @@ class WebMux:
         return context
 
     async def serve_ssh(self, sock: socket.socket, hello: ClientHello) -> None:
-        from teleport_proxy.service import peer_addr
-
         remote = peer_addr(sock)
         pipe = DialingPipe(self, remote)
         loop = asyncio.get_running_loop()
@@ -319,3 +317,11 @@ def _load_key_pair(context: ssl.SSLContext, identity: LocalIdentity) -> None:
         write_private(key, identity.key_pem)
         context.load_cert_chain(cert, key)
 
+
+def peer_addr(sock: socket.socket) -> str:
+    """``host:port`` of the socket's peer ("" when it is gone)."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return ""
+    return f"{host}:{port}"

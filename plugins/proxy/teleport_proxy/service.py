@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -36,7 +35,11 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.tlsserver import TLSServer, bind_socket
 from teleport_proxy.certs import UserCert, self_signed
 from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
+from teleport_proxy.mux import WebMux
 from teleport_proxy.settings import ProxySettings
+from teleport_proxy.sshserver import CertHostKey, SSHProxyServer, paramiko_key
+from teleport_proxy.tunnel import TunnelServer
+from teleport_proxy.web import build_app
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
@@ -114,21 +117,14 @@ class ProxyService(Service):
             task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
             self._tasks.append(task)
 
-        from teleport_proxy.sshserver import SSHProxyServer
-        from teleport_proxy.web import build_app
-
         self.ssh = SSHProxyServer(self, bind_socket(self.settings.listen_addr))
         self.ssh.start()
-        from teleport_proxy.tunnel import TunnelServer
-
         self.tunnel = TunnelServer(self, bind_socket(self.settings.tunnel_listen_addr), self.ssh.host_key)
         self.tunnel.start()
         from prometheus_client import Gauge
 
         Gauge("reverse_tunnels_connected", "Nodes connected to this proxy through a reverse tunnel",
               registry=self.ctx.metrics).set_function(lambda: len(self.tunnel.tunnels))
-        from teleport_proxy.mux import WebMux
-
         # TLS routing: the web port also carries tsh's SSH (ALPN teleport-proxy-ssh) and the auth API
         self.mux = WebMux(self)
         self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context(),
@@ -230,8 +226,6 @@ class ProxyService(Service):
 
     async def _renewed(self, identity: LocalIdentity) -> None:
         """New host certificates (host CA rotation): new SSH connections get the new one."""
-        from teleport_proxy.sshserver import CertHostKey, paramiko_key
-
         self.identity = identity
         host_key = CertHostKey(paramiko_key(identity.key_pem), identity.ssh_cert)
         for server in (self.ssh, self.tunnel):
@@ -406,11 +400,3 @@ class ProxyService(Service):
                          "clients need --insecure", cert=str(cert_path))
         self._web_cert = (str(cert_path), str(key_path))
         return self._web_cert
-
-
-def peer_addr(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return ""
-    return f"{host}:{port}"

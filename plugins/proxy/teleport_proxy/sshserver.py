@@ -37,7 +37,7 @@ from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_c
 from teleport_proxy.channelsplice import SplicingTransport, Upstream, splice
 
 if TYPE_CHECKING:
-    from teleport_proxy.service import ProxyService
+    from teleport_proxy.state import ProxyState
 
 WINDOW = 4 * 1024 * 1024  # not more: see the node's WINDOW (OpenSSH clients churn larger buffers)
 MAX_PACKET = 256 * 1024
@@ -138,6 +138,8 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         future = asyncio.run_coroutine_threadsafe(self.proxy.route(self.user, "", target, port), self.proxy.loop)
         node = future.result(LOOKUP_TIMEOUT)
         if node.tunnel or not node.addr:  # the node dials back through its reverse tunnel: a plain socket too
+            if self.proxy.tunnel is None:  # the proxy is starting or stopping
+                raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
             return node, self.proxy.tunnel.dial(node.uuid, node.nodename)
         host, _, node_port = node.addr.rpartition(":")
         sock = socket.create_connection((host.strip("[]"), int(node_port)), timeout=CONNECT_TIMEOUT)
@@ -189,7 +191,7 @@ def _fail_channel(channel: paramiko.Channel, message: str) -> None:
 class Refusals:
     """Audits (T3007W) the connections a gate refused, once per source a minute."""
 
-    def __init__(self, proxy: ProxyService, **fields: Any) -> None:
+    def __init__(self, proxy: ProxyState, **fields: Any) -> None:
         self.proxy = proxy
         self.fields = fields
         self._throttle = AuditThrottle()
@@ -248,7 +250,7 @@ def accept_loop(sock: socket.socket, stopping: threading.Event,
 class SSHProxyServer:
     """Accepts SSH connections on ``sock`` in a thread; one paramiko transport per client."""
 
-    def __init__(self, proxy: ProxyService, sock: socket.socket) -> None:
+    def __init__(self, proxy: ProxyState, sock: socket.socket) -> None:
         self.proxy = proxy
         self.sock = sock
         sock.setblocking(True)

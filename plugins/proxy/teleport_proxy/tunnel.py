@@ -49,7 +49,7 @@ from teleport_core.tsh.hostcert import verify_host_cert
 from teleport_proxy.sshserver import Refusals, accept_loop
 
 if TYPE_CHECKING:
-    from teleport_proxy.service import ProxyService
+    from teleport_proxy.state import ProxyState
 
 CONTROL_CHANNEL = "teleport-tunnel@teleport-py"
 DATA_MAGIC = b"TPY-TUNNEL-DATA\n"
@@ -200,7 +200,7 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
 class TunnelServer:
     """Accepts tunnel connections on ``sock`` (threads, like the proxy's SSH listener)."""
 
-    def __init__(self, proxy: ProxyService, sock: socket.socket, host_key: paramiko.PKey) -> None:
+    def __init__(self, proxy: ProxyState, sock: socket.socket, host_key: paramiko.PKey) -> None:
         self.proxy = proxy
         self.sock = sock
         sock.setblocking(True)

@@ -62,7 +62,7 @@ from teleport_proxy.webmodels import (
 )
 
 if TYPE_CHECKING:
-    from teleport_proxy.service import ProxyService
+    from teleport_proxy.state import ProxyState
 
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthenticationFailed, 401), (AccessDenied, 403), (NotFound, 404), (AlreadyExists, 409),
@@ -88,7 +88,7 @@ async def body_of(request: Request, model: type[M]) -> M:
 
 
 class WebAPI:
-    def __init__(self, proxy: ProxyService) -> None:
+    def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
 
     def _ping(self) -> dict[str, Any]:
@@ -248,7 +248,7 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
-def build_app(proxy: ProxyService) -> Starlette:
+def build_app(proxy: ProxyState) -> Starlette:
     api = WebAPI(proxy)
     return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/webapi/ping", api.ping, methods=["GET"]),

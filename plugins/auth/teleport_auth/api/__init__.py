@@ -32,7 +32,7 @@ from teleport_auth.api.core import (
 from teleport_core import __version__, schema
 
 if TYPE_CHECKING:
-    from teleport_auth.service import AuthService
+    from teleport_auth.state import AuthState
 
 __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation", "build_app", "endpoint",
            "error_response", "openapi_document"]
@@ -66,7 +66,7 @@ def openapi_document() -> dict[str, Any]:
         description="JSON over mutual TLS. Errors are {\"error\": reason}; a 400 names the field.")
 
 
-def build_app(service: AuthService) -> Starlette:
+def build_app(service: AuthState) -> Starlette:
     api = API(service)
     routes = [Route(op.path, getattr(api, op.handler), methods=[op.method]) for op in ROUTES]
     routes.append(Route(OPENAPI_PATH, api.openapi, methods=["GET"]))

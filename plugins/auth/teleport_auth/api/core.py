@@ -52,7 +52,7 @@ from teleport_core.schema import (
 from teleport_core.tlsserver import client_certificate
 
 if TYPE_CHECKING:
-    from teleport_auth.service import AuthService
+    from teleport_auth.state import AuthState
 
 
 STATUS: list[tuple[type[BaseException], int]] = [
@@ -209,7 +209,7 @@ class APIBase:
     #: the routes by handler name (set by the app): their models are validated before a handler runs
     operations: dict[str, Operation] = {}
 
-    def __init__(self, service: AuthService) -> None:
+    def __init__(self, service: AuthState) -> None:
         self.service = service
         # verified client certificates: der -> (identity, not_after, the CA objects it was checked against)
         self._identities: OrderedDict[bytes, tuple[Identity, dt.datetime, tuple[object, object]]] = OrderedDict()

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 from starlette.requests import Request
 
+from teleport_auth import recordings
 from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, endpoint, query
 from teleport_core.access import Identity, IdentityKind
 from teleport_core.errors import (
@@ -156,8 +157,6 @@ class SessionsAPI(APIBase):
     async def list_recordings(self, request: Request, identity: Identity | None) -> Any:
         """Sessions that ended in a window (``since``, ``until``, ``limit``): ``list`` on ``session``
         for the caller, or for the user whose certificate a proxy forwarded (teleport_auth.recordings)."""
-        from teleport_auth import recordings
-
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         await self.authorize(request, acting, "list", "session")
@@ -175,7 +174,6 @@ class SessionsAPI(APIBase):
         from starlette.background import BackgroundTask
         from starlette.responses import FileResponse
 
-        from teleport_auth import recordings
         from teleport_core.sessions import check_session_id
 
         assert identity is not None
