@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -15,6 +16,12 @@ from teleport_proxy.certs import InvalidCertificate, self_signed, user_from_tls_
 from teleport_proxy.sshserver import parse_subsystem
 
 NOW = int(dt.datetime.now(dt.UTC).timestamp())
+
+
+def verify(text: str, trusted: list[str], **kw: Any) -> Any:
+    """Checked as of ``NOW`` (taken at import: the suite may run many minutes after collection)."""
+    kw.setdefault("now", dt.datetime.fromtimestamp(NOW, dt.UTC))
+    return verify_user_ssh_cert(text, trusted, **kw)
 
 
 def line(key: ed25519.Ed25519PublicKey) -> str:
@@ -40,7 +47,7 @@ def ca() -> ed25519.Ed25519PrivateKey:
 
 
 def test_valid_user_certificate(ca: ed25519.Ed25519PrivateKey) -> None:
-    cert = verify_user_ssh_cert(user_cert(ca), [line(ca.public_key())])
+    cert = verify(user_cert(ca), [line(ca.public_key())])
     assert (cert.user, cert.roles, dict(cert.traits), cert.principals) == ("alice", ("dev",), {"logins": ("root",)},
                                                                           ("root",))
 
@@ -58,22 +65,22 @@ def test_refusals(ca: ed25519.Ed25519PrivateKey) -> None:
     ]
     for text, reason in cases:
         with pytest.raises(InvalidCertificate, match=reason):
-            verify_user_ssh_cert(text, trusted)
+            verify(text, trusted)
 
 
 def test_clock_skew_of_one_minute_is_accepted(ca: ed25519.Ed25519PrivateKey) -> None:
-    verify_user_ssh_cert(user_cert(ca, after=NOW + 30), [line(ca.public_key())])
+    verify(user_cert(ca, after=NOW + 30), [line(ca.public_key())])
 
 
 def test_source_address_pins_the_client(ca: ed25519.Ed25519PrivateKey) -> None:
     pinned = user_cert(ca, options={b"source-address": b"10.0.0.0/8,192.0.2.7"})
     trusted = [line(ca.public_key())]
-    verify_user_ssh_cert(pinned, trusted, client_ip="10.1.2.3")
-    verify_user_ssh_cert(pinned, trusted, client_ip="192.0.2.7")
+    verify(pinned, trusted, client_ip="10.1.2.3")
+    verify(pinned, trusted, client_ip="192.0.2.7")
     with pytest.raises(InvalidCertificate, match="source-address"):
-        verify_user_ssh_cert(pinned, trusted, client_ip="127.0.0.1")
+        verify(pinned, trusted, client_ip="127.0.0.1")
     with pytest.raises(InvalidCertificate, match="source-address"):
-        verify_user_ssh_cert(pinned, trusted, client_ip="")
+        verify(pinned, trusted, client_ip="")
 
 
 def test_user_from_tls_certificate() -> None:
