@@ -158,8 +158,8 @@ def check_access(hook: Any, request: AccessRequest, *own: Decision | None) -> De
 
     Where it is called (verb on kind; see docs/hooks.md): the auth API, every resource verb; the
     node, ``ssh`` (a login, ``login`` and the node's labels set), ``port_forward`` (``name`` is
-    the destination ``host:port``) and ``forward_agent``; the proxy, ``ssh`` when it routes a
-    connection to a node for a known login (``tsh ssh``, the web API).
+    the destination ``host:port``) and ``forward_agent``; the proxy, ``ssh`` whenever it routes a
+    connection to a node (``login`` empty when only the node learns it: ``tsh ssh``, ``ssh -J``).
     """
     decisions: list[Decision | None] = list(own)
     if hook is not None:

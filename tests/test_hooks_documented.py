@@ -82,3 +82,30 @@ def test_hook_doc_says_who_calls_it_and_where_its_types_live(name):
         module = importlib.import_module(module_name)
         for attr in names.split(","):
             assert hasattr(module, attr.strip()), f"{module_name}.{attr.strip()} (docs/hooks.md, {name})"
+
+
+def _call_site_tests() -> dict[str, list[str]]:
+    """hook -> the tests marked ``@pytest.mark.hook_call_site(hook, ...)``."""
+    found: dict[str, list[str]] = {}
+    for path in [*ROOT.glob("tests/**/*.py"), *ROOT.glob("plugins/*/tests/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            for deco in node.decorator_list:
+                if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute)
+                        and deco.func.attr == "hook_call_site"):
+                    for arg in deco.args:
+                        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                            found.setdefault(arg.value, []).append(f"{path.relative_to(ROOT)}::{node.name}")
+    return found
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hook_is_driven_through_its_real_call_site(name):
+    """Besides its unit test, each hook has a test marked ``hook_call_site`` that runs a service
+    (a ``teleport start`` process, or the process object with its services) with a plugin
+    implementing the hook and checks what the service did with the result, through the CLI or the
+    API, as datasette tests its hooks where they are called."""
+    sites = _call_site_tests()
+    assert set(sites) <= set(HOOKS), f"marked for unknown hooks: {sorted(set(sites) - set(HOOKS))}"
+    assert sites.get(name), f"no test is marked @pytest.mark.hook_call_site({name!r})"

@@ -512,6 +512,7 @@ class HookRecorder:
         self.stopping.append((config, {name: unit.state for name, unit in self.process.units.items()}))
 
 
+@pytest.mark.hook_call_site("teleport_services", "teleport_process_started")
 def test_hook_teleport_process_started(tmp_path: Path) -> None:
     plugins = sample_plugins()
     recorder = HookRecorder()
@@ -535,6 +536,7 @@ def test_hook_teleport_process_started(tmp_path: Path) -> None:
     assert "hook started sample_service,sample_after" in events(tmp_path / "data")  # the failing hook ran too
 
 
+@pytest.mark.hook_call_site("teleport_process_stopping")
 def test_hook_teleport_process_stopping(tmp_path: Path) -> None:
     plugins = sample_plugins()
     recorder = HookRecorder()

@@ -62,6 +62,7 @@ def ok(*args: str) -> str:
     return str(result.stdout)
 
 
+@pytest.mark.hook_call_site("teleport_cli_commands")
 def test_text_defaults_to_the_last_24_hours(cluster):
     config, events = cluster
     out = ok("audit", "events", "-c", str(config))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import json
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pyotp
 import pytest
 
 from teleport_core import hookimpl, keys
+from teleport_core.access import Identity, IdentityKind
+from teleport_core.certs import CertAdditions, CertFormat
 from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
 from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed, TeleportError
 from teleport_core.identity import LocalIdentity
@@ -68,11 +71,26 @@ class Cluster:
 
 
 class VetoErin:
-    """A certificate-veto plugin installed in the running auth service (see the veto test)."""
+    """Plugins installed in the running auth service: a certificate veto (erin), an extension on
+    robot certificates, and an authenticator for robots that live in another directory."""
 
     @hookimpl
     def teleport_certificate_veto(self, request):
         return "erin is on leave" if request.identity.name == "erin" else None
+
+    @hookimpl
+    def teleport_certificate_extensions(self, request):
+        if request.identity.name.startswith("robot-") and request.cert_format is CertFormat.SSH:
+            return CertAdditions(extensions={"robot@example.com": "fleet-7"})
+        return None
+
+    @hookimpl
+    def teleport_authenticate(self, request):
+        if not request.username.startswith("robot-"):
+            return None  # not ours: the local users are checked
+        if not hmac.compare_digest(request.password.reveal(), "robot-directory-secret"):
+            raise AuthenticationFailed("invalid username, password or second factor")
+        return Identity(request.username, IdentityKind.USER, roles=("access",), traits={"logins": ["robot"]})
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +236,7 @@ def test_signup_login_and_certificates_read_by_openssh_and_openssl(cluster, tmp_
     assert dt.timedelta(hours=1, minutes=55) < valid_before - dt.datetime.now(dt.UTC) <= dt.timedelta(hours=2)
 
 
+@pytest.mark.hook_call_site("teleport_audit_sinks")
 def test_five_bad_passwords_lock_the_user_and_logins_are_audited(cluster):
     totp = signup(cluster, "bob", "bobs-password-123456")
     public = keys.public_key_openssh(keys.generate_private_key("ed25519"))
@@ -243,6 +262,40 @@ def test_five_bad_passwords_lock_the_user_and_logins_are_audited(cluster):
     assert all("wrong-password" not in json.dumps(e) for e in page["events"])  # never the password
 
 
+@pytest.mark.hook_call_site("teleport_authenticate", "teleport_certificate_extensions")
+def test_a_plugin_authenticates_a_login_and_extends_its_certificate(cluster, tmp_path):
+    """teleport_authenticate and teleport_certificate_extensions at their real call sites: a
+    robot no local user store knows logs in through the API with the plugin's password, gets
+    the plugin's roles and logins, and its SSH certificate carries the plugin's extension (read
+    by ssh-keygen); a wrong password is refused and audited like any failed login."""
+    public = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+
+    async def body():
+        async with await proxy_client(cluster) as proxy:
+            with pytest.raises(AuthenticationFailed, match="^invalid username, password or second factor$"):
+                await proxy.login("robot-1", "wrong-robot-password", "", public)
+            return await proxy.login("robot-1", "robot-directory-secret", "", public)
+
+    certs = cluster.run(body)
+    assert certs["username"] == "robot-1" and certs["roles"] == ["access"] and certs["logins"] == ["robot"]
+    cert_file = tmp_path / "robot-cert.pub"
+    cert_file.write_text(certs["ssh_cert"] + "\n")
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert_file)], capture_output=True, text=True,
+                           check=True).stdout
+    extension = next(line for line in shown.splitlines() if "robot@example.com" in line)
+    assert b"fleet-7".hex() in extension  # ssh-keygen prints an extension it does not know as hex
+
+    async def failures():
+        async with cluster.admin() as admin:
+            now = dt.datetime.now(dt.UTC)
+            return await admin.search_events(type="user.login", user="robot-1",
+                                             since=(now - dt.timedelta(minutes=5)).isoformat(), until=now.isoformat())
+
+    codes = sorted(e["code"] for e in cluster.run(failures)["events"])
+    assert codes == ["T1000I", "T1000W"]
+
+
+@pytest.mark.hook_call_site("teleport_certificate_veto")
 def test_a_vetoed_certificate_refuses_the_login_and_is_audited(cluster):
     """teleport_certificate_veto at its real call site: a plugin in the running auth service
     refuses erin's login certificates; the login answers 403 with the plugin's reason, and the

@@ -26,6 +26,7 @@ def policed(auth: Auth, tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     node.stop()
 
 
+@pytest.mark.hook_call_site("teleport_authorize", "teleport_config_section", "teleport_config_loaded")
 def test_a_plugin_where_the_node_runs_denies_a_login_the_roles_allow(
         auth: Auth, policed: Node, tmp_path: Path, os_user: str) -> None:
     mallory = auth.user(tmp_path, "mallory", ["access"], ["root", os_user])

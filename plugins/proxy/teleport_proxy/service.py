@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from teleport_core.access import SSH, AccessRequest, Identity, IdentityKind, check_access
+from teleport_core.access import SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
 from teleport_core.audit import new_event
 from teleport_core.audit_spool import AuditSpool, export_pending
 from teleport_core.client import AuthClient, Credentials
@@ -345,14 +345,16 @@ class ProxyService(Service):
         locked = self.lock_reason(user, login, node.uuid)
         if locked:
             raise AccessDenied(locked)
-        if login:  # without a login (ssh -J) the node decides alone, as it always does
-            identity = Identity(user.user, IdentityKind.USER, roles=user.roles, traits=user.traits,
-                                cluster=self.cluster_name, issued=user.issued)
-            request = AccessRequest(identity, SSH, "node", node.uuid, node.labels, login)
-            decision = await asyncio.to_thread(check_access, hook, request,
-                                               self.roleset(user).check_login(login, node.labels))
-            if not decision.allowed:
-                raise AccessDenied(f"access denied to {user.user} connecting to {node.nodename}: {decision.reason}")
+        # the roles (for a known login; without one, tsh ssh and ssh -J, the roles let the user see this
+        # node and the login is the node's to check) and every teleport_authorize plugin: deny wins
+        roles = (self.roleset(user).check_login(login, node.labels) if login
+                 else Decision.allow("the roles let the user see this node"))
+        identity = Identity(user.user, IdentityKind.USER, roles=user.roles, traits=user.traits,
+                            cluster=self.cluster_name, issued=user.issued)
+        request = AccessRequest(identity, SSH, "node", node.uuid, node.labels, login)
+        decision = await asyncio.to_thread(check_access, hook, request, roles)
+        if not decision.allowed:
+            raise AccessDenied(f"access denied to {user.user} connecting to {node.nodename}: {decision.reason}")
         return node
 
     def spawn_audit(self, user: str, reason: str, remote: str, **fields: Any) -> None:

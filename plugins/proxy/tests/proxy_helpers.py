@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,10 @@ def profile_ssh_config(home: Path, path: Path, *extra: str) -> Path:
     return path
 
 @contextlib.contextmanager
-def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "otp") -> Iterator[Env]:
+def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "otp",
+                plugin_objects: Sequence[tuple[str, object]] = ()) -> Iterator[Env]:
+    """Auth and proxy (each its own process object), two OpenSSH sshd nodes; ``plugin_objects``
+    are registered as plugins in both (``(name, module-like object)``)."""
     if not Path(SSHD).exists():
         missing("OpenSSH sshd is not installed (apt-get install openssh-server)")
     root = tmp_path_factory.mktemp("proxy")
@@ -209,7 +212,7 @@ def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "
                          "authentication": {"second_factor": second_factor}},
         "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False},
     }
-    plugins = make_plugins()
+    plugins = make_plugins(objects=plugin_objects)
     with start_cluster(auth_config, plugins, timeout=60) as auth:
         addr = auth.process.services["auth_service"].address
 

@@ -54,6 +54,7 @@ async def join(addr: str, token: str, nodename: str) -> dict[str, Any]:
     return dict(joined.answer)
 
 
+@pytest.mark.hook_call_site("teleport_storage_backends")
 def test_two_auth_servers_share_state(tmp_path: Path, etcd: EtcdMember) -> None:
     prefix = f"/ha-{uuid.uuid4().hex}"
     dirs = [tmp_path / "auth1", tmp_path / "auth2"]

@@ -152,6 +152,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         started.moto.stop()
 
 
+@pytest.mark.hook_call_site("teleport_session_storages")
 def test_recordings_wait_in_the_node_spool_while_s3_is_down_and_none_is_lost(cluster: Cluster) -> None:
     assert cluster.node is not None
     node = cluster.node
