@@ -197,10 +197,14 @@ class AuditLog:
     """Fans each event out to every configured sink; searches the first searchable one (Teleport
     searches the first)."""
 
-    def __init__(self, sinks: Sequence[AuditSink]) -> None:
+    def __init__(self, sinks: Sequence[AuditSink], names: Sequence[str] = ()) -> None:
+        """``names``: how each sink is named in logs and spools (its URI; default: its class)."""
         if not sinks:
             raise ValueError("an audit log needs at least one sink")
         self.sinks = tuple(sinks)
+        self.names = tuple(names) if names else tuple(f"{type(s).__name__}[{i}]" for i, s in enumerate(sinks))
+        if len(self.names) != len(self.sinks):
+            raise ValueError("an audit log needs one name per sink")
 
     async def emit(self, event: AuditEvent) -> None:
         """Write ``event`` to every sink; raise :class:`AuditError` if any failed (after trying all)."""

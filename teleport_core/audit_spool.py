@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import itertools
 import json
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -323,13 +324,93 @@ def _cut_torn_tail(path: Path) -> int:
         return end
 
 
+class FanOutSpool:
+    """One :class:`AuditSpool` per destination (auth's audit sinks), so each sink gets every event
+    in order from its own durable queue and sender: a failing sink is retried alone, its WARN
+    names it, and it holds back no other sink. Layout: ``<directory>/<key>/`` per destination,
+    where ``key`` is a digest of the destination's name (its URI), so a reordered config keeps
+    each sink's queue. Events an older single-queue spool left in ``<directory>/events.jsonl``
+    are delivered to every destination first.
+
+    Offers what callers use of :class:`AuditSpool`: :meth:`emit` (durable in every queue; waits for
+    delivery only to ``primary``, the sink searches read), :meth:`run`, :meth:`nudge`,
+    :meth:`backlog`, :meth:`probe`, ``directory`` and ``failing``.
+    """
+
+    def __init__(self, directory: Path, destinations: Mapping[str, Send], log: Any, *, primary: str,
+                 retry: float = 1.0, max_retry: float = 30.0) -> None:
+        if primary not in destinations:
+            raise ValueError(f"the primary destination {primary!r} is not one of {sorted(destinations)}")
+        self.directory = directory
+        self.primary = primary
+        self.spools: dict[str, AuditSpool] = {
+            name: AuditSpool(directory / destination_key(name), send, _bound(log, name), retry=retry,
+                             max_retry=max_retry)
+            for name, send in destinations.items()
+        }
+        self.legacy: AuditSpool | None = None
+        if (directory / "events.jsonl").exists():
+            sends = list(destinations.values())
+
+            async def to_all(event: dict[str, Any]) -> None:
+                for send in sends:
+                    await send(event)
+
+            self.legacy = AuditSpool(directory, to_all, _bound(log, "every sink (left by an older version)"),
+                                     retry=retry, max_retry=max_retry)
+
+    @property
+    def _all(self) -> list[AuditSpool]:
+        return [*self.spools.values(), *([self.legacy] if self.legacy is not None else [])]
+
+    @property
+    def failing(self) -> bool:
+        return any(spool.failing for spool in self._all)
+
+    async def emit(self, event: AuditEvent, *, wait_delivered: float = 0.0) -> None:
+        """Append ``event`` to every destination's queue (:class:`OSError` when one cannot be
+        written); then wait up to ``wait_delivered`` for its delivery to the primary destination."""
+        results = await asyncio.gather(*(
+            spool.emit(event, wait_delivered=wait_delivered if name == self.primary else 0.0)
+            for name, spool in self.spools.items()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def run(self) -> None:
+        """Deliver to every destination until cancelled."""
+        await asyncio.gather(*(spool.run() for spool in self._all))
+
+    def nudge(self) -> None:
+        for spool in self._all:
+            spool.nudge()
+
+    def backlog(self) -> int:
+        """Deliveries waiting: an event two sinks still lack counts twice."""
+        return sum(spool.backlog() for spool in self._all)
+
+    def probe(self) -> None:
+        for spool in self.spools.values():
+            spool.probe()
+
+
+def destination_key(name: str) -> str:
+    """The folder of a destination's queue: a digest of its name (a URI may hold any character)."""
+    return "to-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def _bound(log: Any, destination: str) -> Any:
+    bind = getattr(log, "bind", None)
+    return bind(destination=destination) if bind is not None else log
+
+
 # -- the pending gauge -------------------------------------------------------------------------------
 
-_SPOOLS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, AuditSpool]] = weakref.WeakKeyDictionary()
+_SPOOLS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, AuditSpool | FanOutSpool]] = weakref.WeakKeyDictionary()
 
 
 class _PendingCollector(Collector):
-    def __init__(self, spools: dict[str, AuditSpool]) -> None:
+    def __init__(self, spools: dict[str, AuditSpool | FanOutSpool]) -> None:
         self.spools = spools
 
     def collect(self) -> Iterator[Metric]:
@@ -344,7 +425,7 @@ class _PendingCollector(Collector):
         return []
 
 
-def export_pending(registry: CollectorRegistry, service: str, spool: AuditSpool) -> None:
+def export_pending(registry: CollectorRegistry, service: str, spool: AuditSpool | FanOutSpool) -> None:
     """Export ``spool``'s backlog as ``teleport_audit_events_pending{service="<service>"}`` in
     ``registry`` (one gauge per registry: the services of one process share it)."""
     spools = _SPOOLS.get(registry)

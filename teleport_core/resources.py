@@ -116,7 +116,7 @@ async def open_audit_log(plugins: Plugins, uris: tuple[str, ...], data_dir: Path
         for sink in sinks:
             await sink.close()
         raise
-    return AuditLog(sinks)
+    return AuditLog(sinks, uris)
 
 
 class ProcessResources(Resources):

@@ -223,3 +223,60 @@ def test_a_torn_tail_is_cut_at_open_so_later_events_stay_whole(tmp_path):
     lines = (tmp_path / "spool" / "events.jsonl").read_bytes().splitlines()
     assert [json.loads(line)["command"] for line in lines] == ["before", "after"]
     assert [e["command"] for e in auth.stored.values()] == ["before", "after"]
+
+
+class BoundLog(Log):
+    """A log with structlog's bind: what each destination's WARN is bound with."""
+
+    def __init__(self, bound=None, parent=None):
+        super().__init__()
+        self.bound = bound or {}
+        self.parent = parent
+
+    def bind(self, **kw):
+        return BoundLog({**self.bound, **kw}, self)
+
+    def warning(self, message, **kw):
+        (self.parent or self).warnings.append((message, {**self.bound, **kw}))
+
+
+def test_fan_out_one_queue_per_sink_a_failing_sink_holds_back_no_other(tmp_path):
+    """Auth's spool: each sink has its own durable queue and sender. While one sink fails, the
+    other gets every event at once; the failing one is reported by its name, keeps its events on
+    disk, and gets them in order, exactly once, when it works again. Events an older single-queue
+    spool left go to both."""
+    from teleport_core.audit_spool import FanOutSpool, destination_key
+
+    good, bad, log = Auth(), Auth(), BoundLog()
+    good.up = True
+    leftover = new_event("exec", user="joe", command="left by an older version")
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "events.jsonl").write_bytes(json.dumps(leftover.to_dict()).encode() + b"\n")
+
+    async def scenario():
+        spool = FanOutSpool(tmp_path / "spool", {"file:///var/log/a": good.send, "syslog://siem": bad.send}, log,
+                            primary="file:///var/log/a", retry=0.05, max_retry=0.1)
+        runner = asyncio.create_task(spool.run())
+        events = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(30)]
+        for event in events:
+            await spool.emit(event, wait_delivered=2.0)  # waits for the primary only
+        assert [uid for uid in good.order if uid != leftover.uid] == [e.uid for e in events]
+        await asyncio.sleep(0.3)
+        assert not bad.stored and spool.backlog() >= 30 and spool.failing
+        assert (tmp_path / "spool" / destination_key("syslog://siem") / "events.jsonl").stat().st_size > 0
+        bad.up = True
+        spool.nudge()
+        for _ in range(100):
+            if spool.backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        runner.cancel()
+        return events
+
+    events = asyncio.run(scenario())
+    assert sorted(bad.order) == sorted([leftover.uid, *(e.uid for e in events)])
+    assert [u for u in bad.order if u != leftover.uid] == [e.uid for e in events]  # in order, once each
+    assert leftover.uid in good.stored
+    warned = [kw for message, kw in log.warnings if message == "audit events not delivered, will retry"]
+    assert "syslog://siem" in {kw["destination"] for kw in warned}  # the failure is that sink's
+    assert "file:///var/log/a" not in {kw["destination"] for kw in warned}

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from teleport_auth import ha
@@ -30,8 +30,8 @@ from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.users import UserStore
 from teleport_core import keys
-from teleport_core.audit import AuditEvent, AuditLog, new_event
-from teleport_core.audit_spool import AuditSpool, export_pending
+from teleport_core.audit import AuditEvent, AuditLog, AuditSink, new_event
+from teleport_core.audit_spool import FanOutSpool, export_pending
 from teleport_core.backend import Backend, Item, utcnow
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
@@ -68,7 +68,7 @@ class AuthService(Service):
         self.now: Callable[[], dt.datetime] = utcnow  # the clock of CA rotations (tests replace it)
         self.rotation: Rotator
         self._ca_lock = asyncio.Lock()
-        self.audit_spool: AuditSpool | None = None
+        self.audit_spool: FanOutSpool | None = None
         self._audit_down: str | None = None  # why the audit spool cannot write (then actions are refused)
         self._audit_probed = 0.0
         self._audit_broken = asyncio.Event()
@@ -340,21 +340,28 @@ class AuthService(Service):
     # -- audit: durable before acknowledged, fails closed -------------------------------------------
 
     def _open_audit_spool(self) -> None:
-        """Auth's events (its own and the hosts') go to ``data_dir/log/auth-audit-spool`` first; a
-        sender delivers them in order to the sinks, retrying with backoff while a sink fails."""
-        self.audit_spool = AuditSpool(self.ctx.data_dir / "log" / AUDIT_SPOOL_DIR, self._to_sinks, self.log,
-                                      retry=AUDIT_RETRY, max_retry=AUDIT_MAX_RETRY)
+        """Auth's events (its own and the hosts') go to ``data_dir/log/auth-audit-spool`` first, one
+        durable queue per sink; each sink's sender delivers them in order, retrying with backoff
+        while that sink fails (the others go on). Calls wait for the first searchable sink."""
+        names, sinks = self.audit.names, self.audit.sinks
+        primary = next((name for name, sink in zip(names, sinks, strict=True) if sink.searchable), names[0])
+        self.audit_spool = FanOutSpool(self.ctx.data_dir / "log" / AUDIT_SPOOL_DIR,
+                                       {name: self._to_sink(sink) for name, sink in zip(names, sinks, strict=True)},
+                                       self.log, primary=primary, retry=AUDIT_RETRY, max_retry=AUDIT_MAX_RETRY)
         export_pending(self.ctx.metrics, "auth", self.audit_spool)
         self._tasks.append(asyncio.create_task(self.audit_spool.run(), name="auth-audit-spool"))
         self._tasks.append(asyncio.create_task(self._watch_audit(), name="auth-audit-probe"))
 
-    async def _to_sinks(self, data: dict[str, Any]) -> None:
-        try:
-            event = AuditEvent.from_dict(data)
-        except ValueError as exc:  # never written by us: drop it rather than block the events behind it
-            self.log.error("skipping an unreadable event in the audit spool", error=str(exc))
-            return
-        await self.audit.emit(event)
+    def _to_sink(self, sink: AuditSink) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def send(data: dict[str, Any]) -> None:
+            try:
+                event = AuditEvent.from_dict(data)
+            except ValueError as exc:  # never written by us: drop it rather than block the events behind it
+                self.log.error("skipping an unreadable event in the audit spool", error=str(exc))
+                return
+            await sink.emit(event)
+
+        return send
 
     async def emit(self, event: AuditEvent) -> None:
         """Write an audit event: returns once it is durable in the audit spool (and, while the sinks
