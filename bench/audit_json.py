@@ -29,9 +29,9 @@ from typing import Any
 
 import attrs
 
-from teleport_core.audit import AuditQuery, AuditSink, new_event
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import AuditQuery, AuditSink, new_event
 
 KINDS = ("user.login", "session.start", "session.end", "exec", "session.join", "port", "scp", "cert.create")
 OUTCOMES = {"scp": "upload"}

@@ -78,11 +78,11 @@ def main() -> int:
     from teleport_auth.authority import generate_authority
     from teleport_auth.issuer import issue_ssh_user_cert
 
-    from teleport_core import keys
-    from teleport_core.access import Identity
-    from teleport_core.client import AuthClient, load_identity_dir, load_tls, register
-    from teleport_core.identity import LocalIdentity
+    from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
+    from teleport_core.pki import keys
+    from teleport_core.pki.identity import LocalIdentity
     from teleport_core.plugins import make_plugins
+    from teleport_core.policy.access import Identity
 
     results: dict[str, Any] = {}
     signer = ed25519.Ed25519PrivateKey.generate()

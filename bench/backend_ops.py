@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_core.backend import Backend, Item, range_end
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import Backend, Item, range_end
 
 ROOT = b"/bench/"
 VALUE = os.urandom(256)

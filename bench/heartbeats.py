@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 import yaml
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.errors import TeleportError
 
 TELEPORT = str(Path(sys.executable).with_name("teleport"))

@@ -64,7 +64,7 @@ def timed(cmd: list[str], *, stdin_bytes: int = 0, env: dict[str, str] | None = 
 
 
 def main() -> int:
-    from teleport_core.allocator import keep_large_blocks
+    from teleport_core.net.allocator import keep_large_blocks
 
     keep_large_blocks()  # the proxy runs in this process: tune it as ``teleport start`` does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private, write_public
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

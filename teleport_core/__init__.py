@@ -8,5 +8,9 @@ __version__ = "0.1.0"
 
 import pluggy as _pluggy
 
+from teleport_core import _moved as _moved_paths
+
 hookimpl = _pluggy.HookimplMarker("teleport")
 """Decorator marking a plugin's hook implementations (``@hookimpl``, ``@hookimpl(trylast=True)``)."""
+
+_moved_paths.install()  # the paths the 2026-12 regrouping moved keep working, with a warning

@@ -50,7 +50,7 @@ class AuthenticationFailed(TeleportError):
 
 class CertificateVetoed(TeleportError):
     """A plugin vetoed a certificate issuance; the message is its reason. ``identity`` is the
-    :class:`~teleport_core.access.Identity` the certificate was for (the auth API audits the
+    :class:`~teleport_core.policy.access.Identity` the certificate was for (the auth API audits the
     refusal under that name and answers 403)."""
 
     def __init__(self, message: str, identity: object = None) -> None:

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from teleport_core.access import AccessRequest, Decision, Identity, LoginRequest
-    from teleport_core.certs import CertAdditions, CertRequest
     from teleport_core.config.model import TeleportConfig
     from teleport_core.config.reader import SectionReader
-    from teleport_core.nodes import NodeInfo, NodeMatch
+    from teleport_core.pki.certs import CertAdditions, CertRequest
+    from teleport_core.policy.access import AccessRequest, Decision, Identity, LoginRequest
     from teleport_core.specs import AuditSinkSpec, BackendSpec, CliCommand, ServiceSpec, SessionStorageSpec
+    from teleport_core.state.nodes import NodeInfo, NodeMatch
 
 hookspec = pluggy.HookspecMarker("teleport")
 
@@ -127,7 +127,7 @@ def teleport_config_loaded(config: TeleportConfig) -> None:
 def teleport_authenticate(request: LoginRequest) -> Identity | None:
     """Check a login's credentials.
 
-    Return the authenticated :class:`~teleport_core.access.Identity` (user, roles,
+    Return the authenticated :class:`~teleport_core.policy.access.Identity` (user, roles,
     traits) when the user is yours and the credentials are right; raise
     :class:`~teleport_core.errors.AuthenticationFailed` when the user is yours and they are
     wrong; return None when the user is not yours, so the next plugin is asked. Local users
@@ -139,10 +139,10 @@ def teleport_authenticate(request: LoginRequest) -> Identity | None:
 def teleport_authorize(request: AccessRequest) -> Decision | None:
     """Decide whether ``request.identity`` may perform ``request.verb`` on a resource.
 
-    Return :meth:`Decision.allow() <teleport_core.access.Decision.allow>`,
-    :meth:`Decision.deny(reason) <teleport_core.access.Decision.deny>` or None (no
+    Return :meth:`Decision.allow() <teleport_core.policy.access.Decision.allow>`,
+    :meth:`Decision.deny(reason) <teleport_core.policy.access.Decision.deny>` or None (no
     opinion). All results are collected and combined, with the caller's own decisions (roles,
-    locks), by :func:`teleport_core.access.check_access`: any deny wins, then any allow; with no
+    locks), by :func:`teleport_core.policy.access.check_access`: any deny wins, then any allow; with no
     allow the request is denied. An exception also denies. Called at every decision point, in
     the process that decides: the auth API (resource verbs), the node (``ssh`` logins,
     ``port_forward``, ``forward_agent``) and the proxy (``ssh`` routing); see docs/hooks.md.
@@ -154,7 +154,7 @@ def teleport_certificate_extensions(request: CertRequest) -> CertAdditions | Non
     """Add extensions or critical options to a user or host certificate about to be signed.
 
     ``request`` describes the certificate (type, format, identity, principals, validity and
-    the issuer's own extensions). Return :class:`~teleport_core.certs.CertAdditions` or
+    the issuer's own extensions). Return :class:`~teleport_core.pki.certs.CertAdditions` or
     None. All results are merged; changing a value already set is an error.
     """
 
@@ -179,9 +179,9 @@ def teleport_node_candidates(target: str, nodes: Sequence[NodeInfo]) -> Sequence
     """Propose nodes that ``target`` (the host part of ``login@target``) may mean.
 
     ``nodes`` is the inventory the caller may see. Return
-    :class:`~teleport_core.nodes.NodeMatch` objects with a strength (``UUID``, ``STRONG``,
+    :class:`~teleport_core.state.nodes.NodeMatch` objects with a strength (``UUID``, ``STRONG``,
     ``WEAK``, ``LABEL``) or None. All results are collected and resolved by
-    :func:`teleport_core.nodes.resolve_nodes` (strongest wins; ties are ambiguous except for
+    :func:`teleport_core.state.nodes.resolve_nodes` (strongest wins; ties are ambiguous except for
     label selectors). May block (DNS): callers run it off the event loop.
     """
 

@@ -10,7 +10,7 @@
 Every line names its component: the one bound by :func:`get_logger`, or for records of
 other libraries the first part of their logger name (``hypercorn``, ``asyncio``). Values
 of keys that look secret (``password``, ``token``, ``secret``, ``private_key`` ...) are
-replaced by ``***`` and :class:`~teleport_core.secret.Secret` values print as
+replaced by ``***`` and :class:`~teleport_core.pki.secret.Secret` values print as
 ``Secret(***)``. Text lines escape control characters, so a logged value cannot forge a line.
 """
 

@@ -10,7 +10,7 @@ has a bad hook signature is recorded as broken with its distribution name and ve
 ``TELEPORT_TRACE_HOOKS=1`` logs every hook call (component ``hooks``): the hook, the plugins
 whose implementations run, the arguments, and each result or exception (as
 ``DATASETTE_TRACE_PLUGINS`` does). Arguments are shown by ``repr``, which never shows a
-:class:`~teleport_core.secret.Secret`.
+:class:`~teleport_core.pki.secret.Secret`.
 """
 
 from __future__ import annotations

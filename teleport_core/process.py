@@ -36,12 +36,12 @@ from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, Proce
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from teleport_core import __version__
-from teleport_core.allocator import keep_large_blocks
 from teleport_core.config.model import TeleportConfig
 from teleport_core.datadir import DataDirLock, lock_data_dir
-from teleport_core.diag import DiagServer, Readiness, ServiceHealth
 from teleport_core.errors import PluginError, TeleportError, UnknownNameError
 from teleport_core.logs import debug_enabled, get_logger
+from teleport_core.net.allocator import keep_large_blocks
+from teleport_core.net.diag import DiagServer, Readiness, ServiceHealth
 from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.resources import ProcessResources

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from teleport_core.audit import AuditLog, AuditSink
-from teleport_core.backend import Backend
 from teleport_core.config.model import StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader
 from teleport_core.errors import ConfigError, TeleportError, UnknownNameError
 from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.service import Resources
-from teleport_core.sessions import SessionStorage
 from teleport_core.specs import AuditSinkSpec, SessionStorageSpec
+from teleport_core.state.audit import AuditLog, AuditSink
+from teleport_core.state.backend import Backend
+from teleport_core.state.sessions import SessionStorage
 
 
 async def _call(info: PluginInfo, what: str, factory: Any, *args: Any) -> Any:

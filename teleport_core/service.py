@@ -13,11 +13,11 @@ if TYPE_CHECKING:
     import structlog
     from prometheus_client import CollectorRegistry
 
-    from teleport_core.audit import AuditLog
-    from teleport_core.backend import Backend
     from teleport_core.config.model import TeleportConfig
     from teleport_core.plugins import Plugins
-    from teleport_core.sessions import SessionStorage
+    from teleport_core.state.audit import AuditLog
+    from teleport_core.state.backend import Backend
+    from teleport_core.state.sessions import SessionStorage
 
 
 class Service(abc.ABC):
@@ -45,7 +45,7 @@ class Resources(abc.ABC):
 
     ``shared`` holds objects a service publishes for the others in the same process, under
     well-known names (the auth service publishes ``"auth"``, a
-    :class:`teleport_core.join.LocalAuth`, so a node or proxy beside it joins without a token).
+    :class:`teleport_core.api.join.LocalAuth`, so a node or proxy beside it joins without a token).
     """
 
     shared: dict[str, Any]

@@ -46,9 +46,9 @@ def run_cli(*args: str, site: Path | None = None, env: dict[str, str] | None = N
 
 def kernel_plugins(*objects: object, extra: list[str] | None = None):
     """The kernel's built-in plugins plus test ``objects``, whatever else is installed."""
-    from teleport_core import lookup_plugin
-    from teleport_core.backends import file_sessions_plugin, sqlite_plugin
     from teleport_core.plugins import make_plugins
+    from teleport_core.state import lookup_plugin
+    from teleport_core.state.backends import file_sessions_plugin, sqlite_plugin
 
     builtins = [("sqlite", sqlite_plugin), ("file_sessions", file_sessions_plugin), ("node_lookup", lookup_plugin)]
     return make_plugins(entry_points=False, extra=extra or [],

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from teleport_core.audit import new_event
-from teleport_core.audit_spool import AuditSpool
+from teleport_core.state.audit import new_event
+from teleport_core.state.audit_spool import AuditSpool
 from teleport_core.testing.fulldisk import fill, free_bytes, small_tmpfs
 
 

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-from teleport_core.audit import new_event
-from teleport_core.audit_spool import AuditSpool
-from teleport_core.client import ConnectionProblem
+from teleport_core.api.client import ConnectionProblem
 from teleport_core.errors import AccessDenied
+from teleport_core.state.audit import new_event
+from teleport_core.state.audit_spool import AuditSpool
 from tests.conftest import ROOT
 
 
@@ -77,8 +77,8 @@ def test_acknowledged_events_survive_kill_9(tmp_path):
     child = textwrap.dedent(f"""
         import asyncio, sys
         from pathlib import Path
-        from teleport_core.audit import new_event
-        from teleport_core.audit_spool import AuditSpool
+        from teleport_core.state.audit import new_event
+        from teleport_core.state.audit_spool import AuditSpool
 
         async def never(event):
             raise OSError("auth is down")
@@ -180,7 +180,7 @@ def test_a_refused_event_is_dropped_once_and_does_not_block_the_queue(tmp_path):
 def test_emit_can_wait_for_delivery_and_the_pending_gauge_is_shared(tmp_path):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from teleport_core.audit_spool import export_pending
+    from teleport_core.state.audit_spool import export_pending
 
     auth = Auth()
     auth.up = True
@@ -245,7 +245,7 @@ def test_fan_out_one_queue_per_sink_a_failing_sink_holds_back_no_other(tmp_path)
     other gets every event at once; the failing one is reported by its name, keeps its events on
     disk, and gets them in order, exactly once, when it works again. Events an older single-queue
     spool left go to both."""
-    from teleport_core.audit_spool import FanOutSpool, destination_key
+    from teleport_core.state.audit_spool import FanOutSpool, destination_key
 
     good, bad, log = Auth(), Auth(), BoundLog()
     good.up = True

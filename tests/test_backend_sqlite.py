@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from teleport_core.backend import Action, Item, range_end, utcnow
-from teleport_core.backends.sqlite import DB_NAME, SqliteBackend, SqliteOptions, open_backend
 from teleport_core.errors import (
     AlreadyExists,
     ConfigError,
@@ -25,6 +23,8 @@ from teleport_core.errors import (
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend as open_configured
 from teleport_core.resources import storage_config
+from teleport_core.state.backend import Action, Item, range_end, utcnow
+from teleport_core.state.backends.sqlite import DB_NAME, SqliteBackend, SqliteOptions, open_backend
 from teleport_core.testing.backend_suite import BackendConformance
 
 

@@ -1,5 +1,5 @@
 """The allocator thresholds and pipe capacity that bulk-data processes (``teleport start``,
-``tsh``) set for themselves: teleport_core/allocator.py and teleport_core/pipes.py."""
+``tsh``) set for themselves: teleport_core/net/allocator.py and teleport_core/net/pipes.py."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import textwrap
 
 import pytest
 
-from teleport_core.pipes import PIPE_SIZE, grow_pipe
+from teleport_core.net.pipes import PIPE_SIZE, grow_pipe
 
 F_GETPIPE_SZ = 1032
 
 # a 1 MiB block from C malloc: how many more blocks glibc serves with mmap (mallinfo2.hblks) after it
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from teleport_core.allocator import keep_large_blocks
+    from teleport_core.net.allocator import keep_large_blocks
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in

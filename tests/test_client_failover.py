@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from teleport_core.client import AUTH_SERVER_NAME, AuthClient, ConnectionProblem, Credentials
+from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, ConnectionProblem, Credentials
 from teleport_core.errors import NotFound
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from teleport_core.client import AuthClient, ConnectionProblem, Credentials
+from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials
 
 
 class Log:

@@ -13,7 +13,7 @@ from teleport_core.config.load import Flags, load_config, parse_config, parse_la
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr, format_duration, parse_addr, parse_duration
 from teleport_core.errors import ConfigError
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
 from teleport_core.specs import ServiceSpec
 from tests.conftest import kernel_plugins
 

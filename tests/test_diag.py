@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from teleport_core.config.model import LogConfig
 from teleport_core.config.values import NetAddr
-from teleport_core.diag import DiagServer, Readiness, ServiceHealth
 from teleport_core.errors import TeleportError
 from teleport_core.logs import configure_logging, get_logger, reset_logging
+from teleport_core.net.diag import DiagServer, Readiness, ServiceHealth
 from tests.process_helpers import REPO, connect_refused
 
 pytestmark = pytest.mark.timeout(60)
@@ -152,7 +152,7 @@ def test_readiness_json() -> None:
 
 def test_importing_the_process_does_not_import_the_web_stack() -> None:
     code = (
-        "import sys, teleport_core.process, teleport_core.diag; "
+        "import sys, teleport_core.process, teleport_core.net.diag; "
         "print(sorted(m for m in ('starlette', 'hypercorn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

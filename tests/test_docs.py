@@ -27,7 +27,7 @@ def test_guide_block_matches_file(path, text):
 
 def test_every_audit_code_is_documented():
     """docs/audit-events.md has a row for every (event, outcome, code) in the one code table."""
-    from teleport_core.audit import CODES
+    from teleport_core.state.audit import CODES
 
     text = (ROOT / "docs" / "audit-events.md").read_text()
     rows = set(re.findall(r"^\| `([a-z_.]+)` \| ([a-z_]+) \| `(T[0-9A-Z]+)` \|", text, re.MULTILINE))

@@ -12,10 +12,10 @@ from typing import BinaryIO
 
 import pytest
 
-from teleport_core.backends.file_sessions import FileSessionStorage, open_storage
 from teleport_core.errors import ConfigError, TeleportError
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_session_storage
+from teleport_core.state.backends.file_sessions import FileSessionStorage, open_storage
 from teleport_core.testing.session_suite import SessionStorageConformance
 
 KEY = "teleport.storage.audit_sessions_uri"
@@ -186,7 +186,7 @@ def test_file_scheme_is_registered_by_the_kernel(tmp_path: Path) -> None:
 
 def test_the_default_stat_finds_a_recording_through_list(tmp_path: Path) -> None:
     """``SessionStorage.stat``'s default (for storages that do not implement it) answers from ``list()``."""
-    from teleport_core.sessions import InvalidSessionID, RecordingInfo, SessionStorage
+    from teleport_core.state.sessions import InvalidSessionID, RecordingInfo, SessionStorage
 
     class ListOnly(SessionStorage):
         def __init__(self, inner: FileSessionStorage) -> None:

@@ -13,9 +13,6 @@ import pytest
 import yaml
 
 from teleport_core import hookimpl
-from teleport_core.access import AccessRequest, Decision, Identity, LoginRequest, authenticate, check_access
-from teleport_core.audit import AuditError, AuditPage, AuditQuery, AuditSink, new_event
-from teleport_core.certs import CertAdditions, CertFormat, CertRequest, CertType, apply_plugins
 from teleport_core.cli.tctl import main as tctl
 from teleport_core.config.load import Flags, parse_config
 from teleport_core.config.sample import SampleOptions, render_sample
@@ -26,11 +23,14 @@ from teleport_core.errors import (
     PluginError,
     UnknownNameError,
 )
-from teleport_core.nodes import AmbiguousHost, MatchStrength, NodeInfo, NodeMatch, NodeNotFound, find_nodes
+from teleport_core.pki.certs import CertAdditions, CertFormat, CertRequest, CertType, apply_plugins
+from teleport_core.pki.secret import Secret
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import AccessRequest, Decision, Identity, LoginRequest, authenticate, check_access
 from teleport_core.resources import open_audit_log, open_session_storage, storage_config
-from teleport_core.secret import Secret
 from teleport_core.specs import AuditSinkSpec, BackendSpec, ServiceSpec, SessionStorageSpec
+from teleport_core.state.audit import AuditError, AuditPage, AuditQuery, AuditSink, new_event
+from teleport_core.state.nodes import AmbiguousHost, MatchStrength, NodeInfo, NodeMatch, NodeNotFound, find_nodes
 from tests.conftest import kernel_plugins
 
 

@@ -1,4 +1,4 @@
-"""Bounds before authentication on the kernel's HTTPS listener (TLSServer + teleport_core.httplimits),
+"""Bounds before authentication on the kernel's HTTPS listener (TLSServer + teleport_core.net.httplimits),
 played by an attacker against a real server on loopback: oversized and streamed bodies, slow
 request heads and bodies, refused client certificates, answers the client no longer takes."""
 
@@ -28,9 +28,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from teleport_core.config.values import NetAddr
-from teleport_core.httplimits import GuardedApp, HTTPLimits, RouteLimit
-from teleport_core.limits import AuditThrottle
-from teleport_core.tlsserver import TLSServer, bind_socket
+from teleport_core.net.httplimits import GuardedApp, HTTPLimits, RouteLimit
+from teleport_core.net.limits import AuditThrottle
+from teleport_core.net.tlsserver import TLSServer, bind_socket
 from tests.test_tlsserver import client_context, issue, make_ca, server_context
 
 LIMITS = HTTPLimits(max_body=64 * 1024, routes=(RouteLimit("PUT", "/upload/{name}", 4 * 1024 * 1024),
@@ -184,7 +184,7 @@ SERVER_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
 from teleport_core.config.values import NetAddr
-from teleport_core.tlsserver import TLSServer, bind_socket
+from teleport_core.net.tlsserver import TLSServer, bind_socket
 from tests.test_httplimits import APP, LIMITS
 from tests.test_tlsserver import make_ca, server_context
 
@@ -353,7 +353,7 @@ def test_a_405_and_answers_the_client_left_log_nothing_above_debug(server: Runni
 
 
 def test_a_send_the_connection_refuses_is_logged_once_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    from teleport_core.httplimits import ConnectionClock
+    from teleport_core.net.httplimits import ConnectionClock
 
     caplog.set_level(logging.DEBUG)
     sent: list[Any] = []

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
-from teleport_core import keys
 from teleport_core.files import write_private, write_public
-from teleport_core.keys import KeyAlgorithm, UnsupportedKey
+from teleport_core.pki import keys
+from teleport_core.pki.keys import KeyAlgorithm, UnsupportedKey
 
 ALGS = ["ed25519", "ecdsa-p256", "rsa2048"]
 

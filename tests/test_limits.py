@@ -1,4 +1,4 @@
-"""teleport_core.limits: the connection_limits config (every wrong value a clear error), the
+"""teleport_core.net.limits: the connection_limits config (every wrong value a clear error), the
 gate's accounting and the per-source token bucket (fake clocks, no sleeps)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from teleport_core.config.load import parse_config
 from teleport_core.errors import ConfigError
-from teleport_core.limits import (
+from teleport_core.net.limits import (
     AuditThrottle,
     ConnectionGate,
     ConnectionLimits,

@@ -1,4 +1,4 @@
-"""teleport_core.locks: the lock resource and the matching every component uses."""
+"""teleport_core.policy.locks: the lock resource and the matching every component uses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from teleport_core.locks import (
+from teleport_core.policy.locks import (
     InvalidLock,
     Lock,
     LockTarget,

@@ -15,7 +15,7 @@ import pytest
 from teleport_core.config.model import LogConfig
 from teleport_core.errors import ConfigError
 from teleport_core.logs import component_of, configure_logging, debug_enabled, get_logger, reset_logging
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
 
 
 class Point(NamedTuple):

@@ -240,8 +240,8 @@ def test_trace_hooks_logs_every_call_and_result(monkeypatch, caplog):
     run and the result) and through ``collect`` (per plugin); a Secret argument stays masked."""
     import logging
 
-    from teleport_core.access import LoginRequest
-    from teleport_core.secret import Secret
+    from teleport_core.pki.secret import Secret
+    from teleport_core.policy.access import LoginRequest
     from tests.conftest import kernel_plugins
 
     class Denier:

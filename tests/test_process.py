@@ -612,7 +612,7 @@ def test_service_can_request_stop_from_another_thread(tmp_path):
 
 
 def _builtin_objects():
-    from teleport_core import lookup_plugin
-    from teleport_core.backends import file_sessions_plugin, sqlite_plugin
+    from teleport_core.state import lookup_plugin
+    from teleport_core.state.backends import file_sessions_plugin, sqlite_plugin
 
     return [("sqlite", sqlite_plugin), ("files", file_sessions_plugin), ("lookup", lookup_plugin)]

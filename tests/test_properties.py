@@ -24,9 +24,9 @@ from teleport_core.config.load import parse_config, read_yaml
 from teleport_core.config.model import TeleportConfig
 from teleport_core.config.values import parse_addr, parse_duration
 from teleport_core.errors import AccessDenied, ConfigError, TeleportError
-from teleport_core.nodes import is_label_selector, parse_label_selector
 from teleport_core.plugins import make_plugins
-from teleport_core.roles import InvalidRole, Role, parse_role, parse_roles_yaml
+from teleport_core.policy.roles import InvalidRole, Role, parse_role, parse_roles_yaml
+from teleport_core.state.nodes import is_label_selector, parse_label_selector
 from teleport_core.testing.strategies import documents, mutations, scalars
 from teleport_core.tsh.commands import split_host_port
 from teleport_core.tsh.forward import BadForwardSpec, parse_local_forward
@@ -145,7 +145,7 @@ def test_role_any_document_is_a_role_or_invalid_role(doc: Any) -> None:
         assert str(exc).startswith("role")
     else:
         assert isinstance(role, Role)
-        from teleport_core.roles import role_to_dict
+        from teleport_core.policy.roles import role_to_dict
 
         assert parse_role(role_to_dict(role)) == role  # what we accept we can write back and read again
 

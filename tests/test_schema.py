@@ -1,4 +1,4 @@
-"""teleport_core.schema: the messages of refused input, JSON depth, body limits, the generated document."""
+"""teleport_core.api.schema: the messages of refused input, JSON depth, body limits, the generated document."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import pytest
 from pydantic import Field
 
-from teleport_core.schema import (
+from teleport_core.api.schema import (
     MAX_DEPTH,
     Body,
     InvalidRequest,

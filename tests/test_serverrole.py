@@ -1,4 +1,4 @@
-"""teleport_core.serverrole against real TLS servers on loopback: the system-role check fails the
+"""teleport_core.pki.serverrole against real TLS servers on loopback: the system-role check fails the
 handshake on every way a client opens TLS (a plain socket, asyncio, httpx sync and async) before
 anything is sent, lets the wanted role through, and with ``only_from`` judges only certificates
 of those CAs."""
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from teleport_core.serverrole import ServerRoleError, find_role_error, require_server_role, system_role
+from teleport_core.pki.serverrole import ServerRoleError, find_role_error, require_server_role, system_role
 from teleport_core.testing.impostor import RecordingTLSServer, forge_tls_host_cert, http_json_answer
 
 NAME = "teleport.cluster.local"

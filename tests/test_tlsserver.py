@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from teleport_core.config.values import NetAddr
-from teleport_core.tlsserver import (
+from teleport_core.net.tlsserver import (
     ClientHello,
     NotClientHello,
     TLSServer,

@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, ssh
 
-from teleport_core import keys
-from teleport_core.client import load_profile
+from teleport_core.api.client import load_profile
 from teleport_core.errors import AccessDenied
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.tsh.commands import _known_hosts, split_host_port
 from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
 from teleport_core.tsh.profile import EXPIRED, NotLoggedIn, Profile, normalize_addr, remove

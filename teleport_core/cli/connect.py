@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from teleport_core.client import AuthClient, load_identity_dir, load_identity_file
+from teleport_core.api.client import AuthClient, load_identity_dir, load_identity_file
 from teleport_core.errors import TeleportError
 from teleport_core.plugins import Plugins
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from teleport_core.allocator import keep_large_blocks
 from teleport_core.cli.common import Builtin, run_tool
 from teleport_core.cli.teleport import cmd_version
+from teleport_core.net.allocator import keep_large_blocks
 
 if TYPE_CHECKING:
     from teleport_core.cli.common import CliContext, Handler

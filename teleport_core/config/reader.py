@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from teleport_core.config.values import NetAddr, parse_addr, parse_duration
 from teleport_core.errors import ConfigError
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
 from teleport_core.suggest import did_you_mean
 
 T = TypeVar("T")

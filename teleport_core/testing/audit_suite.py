@@ -49,9 +49,9 @@ from typing import Any
 import attrs
 import pytest
 
-from teleport_core.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
 
 BASE = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))

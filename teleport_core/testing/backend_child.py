@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from teleport_core.backend import Item
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import Item
 
 KEY_PREFIX = b"/durability/"
 

@@ -44,7 +44,10 @@ from typing import IO, Any
 
 import pytest
 
-from teleport_core.backend import (
+from teleport_core.errors import AlreadyExists, CompareFailed, ConfigError, NotFound, WatcherClosed
+from teleport_core.plugins import make_plugins
+from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import (
     Action,
     Backend,
     Condition,
@@ -55,9 +58,6 @@ from teleport_core.backend import (
     range_end,
     utcnow,
 )
-from teleport_core.errors import AlreadyExists, CompareFailed, ConfigError, NotFound, WatcherClosed
-from teleport_core.plugins import make_plugins
-from teleport_core.resources import open_backend, storage_config
 from teleport_core.testing import backend_child
 
 TEST_TIMEOUT = 60.0  # seconds one test's coroutine may take before it is failed (a hang, not slowness)

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from teleport_core import keys
 from teleport_core.files import write_private
+from teleport_core.pki import keys
 
 
 def forge_tls_host_cert(ca_cert: x509.Certificate, ca_key: Any, *, role: str, cluster: str,

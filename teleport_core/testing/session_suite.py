@@ -29,7 +29,7 @@ import pytest
 from teleport_core.errors import NotFound
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_session_storage
-from teleport_core.sessions import InvalidSessionID, SessionStorage
+from teleport_core.state.sessions import InvalidSessionID, SessionStorage
 
 MiB = 1 << 20
 HEADER = b'{"version": 2, "width": 80, "height": 24, "timestamp": 1700000000}\n'

@@ -64,8 +64,8 @@ def login(argv: list[str], cli: CliContext) -> int:
     args = parser.parse_args(argv)
     if not args.proxy:
         raise TeleportError("--proxy=HOST[:PORT] is required")
-    from teleport_core import keys
-    from teleport_core.identity import LocalIdentity
+    from teleport_core.pki import keys
+    from teleport_core.pki.identity import LocalIdentity
     from teleport_core.tsh.web import call
 
     web = normalize_addr(args.proxy, 3080)
@@ -99,7 +99,7 @@ def login(argv: list[str], cli: CliContext) -> int:
 
 def _known_host_cas(web: str) -> tuple[bytes, ...]:
     """The host CA certificates of an earlier profile of the proxy at ``web`` (even expired)."""
-    from teleport_core.identity import IdentityError
+    from teleport_core.pki.identity import IdentityError
 
     try:
         earlier = Profile.load(home(), web.rpartition(":")[0].strip("[]"))
@@ -109,8 +109,8 @@ def _known_host_cas(web: str) -> tuple[bytes, ...]:
 
 
 def _write_out(identity: Any, path: Path, fmt: str, key: Any) -> int:
-    from teleport_core import keys
     from teleport_core.files import write_private
+    from teleport_core.pki import keys
 
     if fmt == "file":
         identity.write_identity_file(path)
@@ -241,7 +241,7 @@ def ssh(argv: list[str], cli: CliContext) -> int:
         raise TeleportError("no login given (login@host or -l) and the certificate allows none")
     command = " ".join(args.command)
     tty = args.tty or (not command and not args.no_tty and sys.stdin.isatty())
-    from teleport_core.nodes import is_label_selector
+    from teleport_core.state.nodes import is_label_selector
     from teleport_core.tsh import sshclient
 
     if is_label_selector(host):
@@ -282,7 +282,7 @@ def split_host_port(target: str, default: int = 0) -> tuple[str, int]:
 
 def _run_on_matches(profile: Profile, login_name: str, selector: str, port: int, command: str) -> int:
     """Run ``command`` on every node matching the label selector, output prefixed by node."""
-    from teleport_core.nodes import parse_label_selector
+    from teleport_core.state.nodes import parse_label_selector
 
     if not command:
         raise TeleportError("a label selector runs a command on every match: give a command")

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
 
-from teleport_core import keys
 from teleport_core.errors import AccessDenied
+from teleport_core.pki import keys
 
 SKEW = 60
 

@@ -4,7 +4,7 @@ Layout under ``$TELEPORT_HOME`` (default ``~/.tsh``), directories 0700, files 06
 
     current-profile               the name of the active profile (the proxy host)
     profiles/<name>/identity      key, SSH and TLS certificates, CAs (LocalIdentity; what
-                                  teleport_core.client.load_profile reads), plus key, tls.crt,
+                                  teleport_core.api.client.load_profile reads), plus key, tls.crt,
                                   ca.pem, ssh-cert.pub, known_hosts
     profiles/<name>/id            the private key in OpenSSH format, id-cert.pub its
                                   certificate (for ssh -i / IdentityFile, ssh-add)
@@ -24,7 +24,7 @@ import attrs
 
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki.identity import LocalIdentity
 
 EXPIRED = "your session has expired, run tsh login"
 
@@ -78,7 +78,7 @@ class Profile:
         os.chmod(root, 0o700)
         folder = root / "profiles" / self.name
         self.identity.save(folder)
-        from teleport_core import keys
+        from teleport_core.pki import keys
 
         write_private(folder / "id", keys.private_key_openssh(keys.load_private_key(self.identity.key_pem)))
         write_private(folder / "id-cert.pub", self.identity.ssh_cert + "\n")

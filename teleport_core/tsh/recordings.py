@@ -108,8 +108,8 @@ def download(profile: Profile, sid: str, dest: Path, timeout: float = 300.0) -> 
     """Stream the recording of ``sid`` from the proxy into ``dest``."""
     import httpx
 
-    from teleport_core.client import ConnectionProblem, raise_for_status
-    from teleport_core.sessions import check_session_id
+    from teleport_core.api.client import ConnectionProblem, raise_for_status
+    from teleport_core.state.sessions import check_session_id
     from teleport_core.tsh.web import tls_context
 
     check_session_id(sid)
@@ -197,7 +197,7 @@ def _duration(seconds: float) -> str:
 
 
 def _when(text: str) -> str:
-    from teleport_core.audit import parse_time
+    from teleport_core.state.audit import parse_time
 
     return parse_time(text).strftime("%b %d %H:%M:%S UTC")
 
@@ -257,7 +257,7 @@ def play(argv: list[str], cli: CliContext) -> int:
     local = Path(args.session)
     if args.session.endswith(".cast") and local.is_file():
         return _play_file(local, args.format, speed)
-    from teleport_core.sessions import InvalidSessionID, check_session_id
+    from teleport_core.state.sessions import InvalidSessionID, check_session_id
     from teleport_core.tsh.commands import current
 
     try:

@@ -32,10 +32,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from teleport_core import keys
 from teleport_core.errors import AccessDenied, TeleportError
-from teleport_core.pipes import grow_pipe
-from teleport_core.serverrole import PROXY, ServerRoleError, require_server_role
+from teleport_core.net.pipes import grow_pipe
+from teleport_core.pki import keys
+from teleport_core.pki.serverrole import PROXY, ServerRoleError, require_server_role
 from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
 from teleport_core.tsh.profile import Profile
 
@@ -316,8 +316,8 @@ def target_node(profile: Profile, host: str, port: int = 0) -> str:
     nodename or UUID. Raises ``NodeNotFound`` / ``AmbiguousHost`` with the proxy's messages."""
     if _is_uuid(host):
         return host
-    from teleport_core.lookup_plugin import teleport_node_candidates
-    from teleport_core.nodes import AmbiguousHost, NodeInfo, resolve_nodes
+    from teleport_core.state.lookup_plugin import teleport_node_candidates
+    from teleport_core.state.nodes import AmbiguousHost, NodeInfo, resolve_nodes
     from teleport_core.tsh.web import call
 
     listed = call(profile.web_addr, "GET", f"/v1/webapi/sites/{profile.cluster}/nodes", insecure=profile.insecure,
@@ -372,7 +372,7 @@ def connect_node(profile: Profile, login: str, host: str, port: int = 0) -> tupl
         except BaseException:
             stream.close()
             raise
-    from teleport_core.nodes import AmbiguousHost, NodeNotFound
+    from teleport_core.state.nodes import AmbiguousHost, NodeNotFound
 
     try:
         uuid = target_node(profile, host, port)

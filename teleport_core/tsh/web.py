@@ -6,8 +6,8 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from teleport_core.client import ConnectionProblem, raise_for_status
-from teleport_core.serverrole import PROXY, find_role_error, require_server_role
+from teleport_core.api.client import ConnectionProblem, raise_for_status
+from teleport_core.pki.serverrole import PROXY, find_role_error, require_server_role
 from teleport_core.tsh.profile import Profile
 
 

@@ -30,7 +30,7 @@ from teleport_core import hookimpl
 from teleport_core.config.model import TeleportConfig
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
 from teleport_core.service import Service, ServiceContext
 from teleport_core.specs import ServiceSpec
 

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from teleport_core.audit import AuditEvent, AuditPage, AuditQuery, AuditSink
 from teleport_core.errors import ConfigError
+from teleport_core.state.audit import AuditEvent, AuditPage, AuditQuery, AuditSink
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

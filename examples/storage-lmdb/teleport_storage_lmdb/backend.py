@@ -44,7 +44,8 @@ from typing import Any, TypeVar
 import attrs
 import lmdb
 
-from teleport_core.backend import (
+from teleport_core.errors import AlreadyExists, CompareFailed, DataDirLocked, NotFound, TeleportError
+from teleport_core.state.backend import (
     DEFAULT_WATCHER_QUEUE,
     Action,
     Backend,
@@ -56,7 +57,6 @@ from teleport_core.backend import (
     OpType,
     Watcher,
 )
-from teleport_core.errors import AlreadyExists, CompareFailed, DataDirLocked, NotFound, TeleportError
 
 from .options import DEFAULT_DIR, LmdbOptions
 

@@ -6,10 +6,10 @@ import stat
 
 import pytest
 
-from teleport_core.backend import Item, utcnow
 from teleport_core.errors import ConfigError, DataDirLocked, TeleportError
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import Item, utcnow
 from teleport_core.testing.backend_suite import BackendConformance
 
 

@@ -28,11 +28,11 @@ from typing import Any, TextIO
 
 import attrs
 
-from teleport_core.audit import AuditEvent, AuditQuery, format_time
 from teleport_core.cli.common import GLOBAL_OPTIONS, CliContext
 from teleport_core.config.load import load_config
 from teleport_core.config.values import parse_duration
 from teleport_core.resources import open_audit_log
+from teleport_core.state.audit import AuditEvent, AuditQuery, format_time
 
 PAGE = 1000
 DEFAULT_SINCE = dt.timedelta(hours=24)

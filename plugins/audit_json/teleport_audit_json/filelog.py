@@ -72,8 +72,8 @@ from teleport_audit_json.lines import (
     tc_from_ms,
     uid_of,
 )
-from teleport_core.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 from teleport_core.errors import ConfigError, TeleportError
+from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 
 log = logging.getLogger("teleport.audit")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from teleport_core.audit import AuditError, AuditEvent, AuditQuery
+from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery
 
 DAY_MS = 86_400_000
 RESERVED = ("event", "code", "uid", "time")

@@ -22,8 +22,8 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from teleport_audit_json.lines import encode
-from teleport_core.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 from teleport_core.errors import ConfigError
+from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 
 CONFIG_KEY = "teleport.storage.audit_events_uri"
 RECENT_UIDS = 65_536

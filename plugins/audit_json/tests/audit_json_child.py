@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from teleport_core.audit import new_event
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import new_event
 
 
 async def main(uri: str) -> None:

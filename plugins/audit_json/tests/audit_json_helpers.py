@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from teleport_core.audit import AuditEvent, AuditQuery, AuditSink, new_event
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import AuditEvent, AuditQuery, AuditSink, new_event
 
 T = TypeVar("T")
 EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))

@@ -13,7 +13,7 @@ import pytest
 from audit_json_helpers import emit_all, python
 from teleport_audit_json.cli import CSV_COLUMNS
 
-from teleport_core.audit import AuditEvent, format_time, new_event
+from teleport_core.state.audit import AuditEvent, format_time, new_event
 
 NOW = dt.datetime.now(dt.UTC)
 HOUR = dt.timedelta(hours=1)

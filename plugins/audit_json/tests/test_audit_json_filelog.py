@@ -21,10 +21,10 @@ from audit_json_helpers import BASE, EVERYTHING, MS, ROOT, emit_all, event, sear
 from teleport_audit_json import filelog
 from teleport_audit_json.filelog import CONFIG_KEY, FileAuditLog, InvalidCursor, Position
 
-from teleport_core.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
 from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
 
 DAY = dt.timedelta(days=1)
 

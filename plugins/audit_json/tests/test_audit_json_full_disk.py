@@ -11,8 +11,8 @@ from pathlib import Path
 
 from teleport_audit_json.filelog import FileAuditLog
 
-from teleport_core.audit import AuditEvent, AuditQuery, new_event
-from teleport_core.audit_spool import AuditSpool
+from teleport_core.state.audit import AuditEvent, AuditQuery, new_event
+from teleport_core.state.audit_spool import AuditSpool
 from teleport_core.testing.fulldisk import fill, free_bytes, small_tmpfs
 
 

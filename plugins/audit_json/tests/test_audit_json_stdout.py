@@ -13,16 +13,16 @@ from audit_json_helpers import python
 from teleport_audit_json import stdout
 from teleport_audit_json.stdout import NOT_SEARCHABLE, StdoutAuditSink
 
-from teleport_core.audit import AuditError, AuditQuery, new_event
 from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
+from teleport_core.state.audit import AuditError, AuditQuery, new_event
 
 CHILD = textwrap.dedent(
     """
     import asyncio, datetime as dt, json, sys
     from pathlib import Path
-    from teleport_core.audit import AuditQuery, new_event
+    from teleport_core.state.audit import AuditQuery, new_event
     from teleport_core.plugins import make_plugins
     from teleport_core.resources import open_audit_sink
 
@@ -66,7 +66,7 @@ def test_search_error_names_the_fix_and_the_log_searches_the_first_searchable_si
     searches the next, searchable sink; a log of write-only sinks alone says none can be searched."""
     from teleport_audit_json.filelog import open_sink
 
-    from teleport_core.audit import AuditLog
+    from teleport_core.state.audit import AuditLog
 
     async def main() -> None:
         event = new_event("exec", user="alice")

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from teleport_core import keys
-from teleport_core.keys import KeyAlgorithm, PrivateKey, PublicKey
-from teleport_core.pins import CAPinMismatch as CAPinMismatch
-from teleport_core.pins import check_ca_pin as check_ca_pin
-from teleport_core.pins import normalize_pin as normalize_pin
-from teleport_core.pins import pin_of_cert
+from teleport_core.pki import keys
+from teleport_core.pki.keys import KeyAlgorithm, PrivateKey, PublicKey
+from teleport_core.pki.pins import CAPinMismatch as CAPinMismatch
+from teleport_core.pki.pins import check_ca_pin as check_ca_pin
+from teleport_core.pki.pins import normalize_pin as normalize_pin
+from teleport_core.pki.pins import pin_of_cert
 
 CA_VALIDITY = dt.timedelta(days=3650)
 """Lifetime of a CA's self-signed TLS certificate (10 years)."""

@@ -26,10 +26,10 @@ import attrs
 
 from teleport_auth.rolestore import ROLES_PREFIX, RoleStore
 from teleport_auth.watching import invalidate_on_change
-from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind
 from teleport_core.errors import AccessDenied
 from teleport_core.logs import get_logger
-from teleport_core.roles import WILDCARD, Role, RoleSet
+from teleport_core.policy.access import AccessRequest, Decision, Identity, IdentityKind
+from teleport_core.policy.roles import WILDCARD, Role, RoleSet
 
 SSH_VERB = "ssh"
 

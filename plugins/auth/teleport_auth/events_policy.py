@@ -1,13 +1,13 @@
 """Which audit events a cluster host may emit (``POST /v1/events``), and what auth stamps on them.
 
 Nodes and proxies deliver their audit events to auth through their spool
-(:mod:`teleport_core.audit_spool`). Auth trusts nothing in such an event about *who* emitted it:
+(:mod:`teleport_core.state.audit_spool`). Auth trusts nothing in such an event about *who* emitted it:
 
 * **Who may emit.** Only cluster hosts (host certificates with a system role), as in Teleport;
   a user certificate is refused even with a role allowing ``create`` on ``event``.
 * **Which types.** Each system role may emit only the event types it produces
   (:data:`HOST_EVENTS`), each with one of the codes Teleport defines for that type
-  (:data:`teleport_core.audit.CODES`): a Node its sessions, commands, forwards and SSH refusals;
+  (:data:`teleport_core.state.audit.CODES`): a Node its sessions, commands, forwards and SSH refusals;
   a Proxy its refusals and reverse tunnels. ``Auth`` (another auth server of the cluster) may
   emit anything, unchanged.
 * **Stamped by auth.** ``server_id`` (the host UUID of the certificate), ``server_role`` (its
@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import attrs
 
 from teleport_auth.authz import host_uuid
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.audit import CODES, AuditEvent
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.state.audit import CODES, AuditEvent
 
 SERVER_ROLE = "server_role"
 """The field auth stamps with the emitting host's system role (``Node``, ``Proxy``)."""

@@ -28,9 +28,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import attrs
 
 from teleport_auth.state import AuthState, host_uuid
-from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.config.model import TeleportConfig
 from teleport_core.errors import ConfigError, NotFound, TeleportError
+from teleport_core.state.backend import Backend, Item, range_end, utcnow
 
 if TYPE_CHECKING:
     import structlog

@@ -43,8 +43,8 @@ from typing import Any
 
 import attrs
 
-from teleport_core.backend import Action, Backend, Condition, Item, range_end, utcnow
 from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, NotFound, TeleportError
+from teleport_core.state.backend import Action, Backend, Condition, Item, range_end, utcnow
 
 HOSTS_PREFIX = b"/hosts/"
 HOSTNAMES_PREFIX = b"/hostnames/"

@@ -1,6 +1,6 @@
 """Issuing SSH and X.509 certificates from the cluster CAs, and verifying them.
 
-Every issuance builds a :class:`~teleport_core.certs.CertRequest`, asks the plugins'
+Every issuance builds a :class:`~teleport_core.pki.certs.CertRequest`, asks the plugins'
 ``teleport_certificate_veto`` hook (any reason refuses), merges what
 ``teleport_certificate_extensions`` adds (a plugin may add, never change), and only then signs.
 
@@ -39,11 +39,11 @@ from teleport_auth.authority import (
     random_serial,
     signature_hash,
 )
-from teleport_core import keys
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.certs import CertFormat, CertRequest, CertType, apply_plugins
 from teleport_core.errors import AuthenticationFailed
-from teleport_core.keys import PublicKey
+from teleport_core.pki import keys
+from teleport_core.pki.certs import CertFormat, CertRequest, CertType, apply_plugins
+from teleport_core.pki.keys import PublicKey
+from teleport_core.policy.access import Identity, IdentityKind
 
 DEFAULT_USER_CERT_TTL = dt.timedelta(hours=12)
 MIN_USER_CERT_TTL = dt.timedelta(minutes=1)

@@ -13,11 +13,11 @@ import json
 from collections.abc import Sequence
 
 from teleport_auth.watching import invalidate_on_change
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.backend import Backend, Item, range_end
 from teleport_core.errors import NotFound
-from teleport_core.locks import InvalidLock, Lock, lock_in_force, lock_to_dict, parse_lock
 from teleport_core.logs import get_logger
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.policy.locks import InvalidLock, Lock, lock_in_force, lock_to_dict, parse_lock
+from teleport_core.state.backend import Backend, Item, range_end
 
 LOCKS_PREFIX = b"/locks/"
 

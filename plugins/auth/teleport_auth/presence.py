@@ -18,9 +18,9 @@ from typing import Any
 
 import attrs
 
-from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.errors import NotFound, TeleportError
-from teleport_core.nodes import NodeInfo
+from teleport_core.state.backend import Backend, Item, range_end, utcnow
+from teleport_core.state.nodes import NodeInfo
 
 NODES_PREFIX = b"/nodes/"
 NODE_TTL = dt.timedelta(minutes=10)

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from teleport_auth.issuer import identity_from_tls_cert
 from teleport_auth.session_records import OFF, UPLOADED, SessionRecord, records_of
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.audit import format_time, parse_time
-from teleport_core.client import FORWARDED_USER_CERT
+from teleport_core.api.client import FORWARDED_USER_CERT
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.state.audit import format_time, parse_time
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -6,9 +6,9 @@ import builtins
 import json
 from collections.abc import Callable
 
-from teleport_core.backend import Backend, Item, range_end
 from teleport_core.errors import AlreadyExists, NotFound
-from teleport_core.roles import InvalidRole, Role, _quote, builtin_roles, check_name, parse_role, role_to_dict
+from teleport_core.policy.roles import InvalidRole, Role, _quote, builtin_roles, check_name, parse_role, role_to_dict
+from teleport_core.state.backend import Backend, Item, range_end
 
 ROLES_PREFIX = b"/roles/"
 

@@ -72,13 +72,13 @@ from teleport_auth.authority import (
     RotationPhase,
     ca_key,
 )
-from teleport_core import keys
-from teleport_core.audit import AuditEvent, new_event
-from teleport_core.backend import Action, Backend, Condition, Item, OpType
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import CompareFailed, TeleportError, WatcherClosed
-from teleport_core.keys import KeyAlgorithm, PublicKey
 from teleport_core.logs import get_logger
+from teleport_core.pki import keys
+from teleport_core.pki.keys import KeyAlgorithm, PublicKey
+from teleport_core.state.audit import AuditEvent, new_event
+from teleport_core.state.backend import Action, Backend, Condition, Item, OpType
 
 EVENT = "cert_authority.rotate"
 """The audit event of a phase change (code ``TCA01I``)."""

@@ -29,18 +29,18 @@ from teleport_auth.settings import CA_KEY_ALGORITHMS, AuthSettings
 from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.users import UserStore
-from teleport_core import keys
-from teleport_core.audit import AuditEvent, AuditLog, AuditSink, new_event
-from teleport_core.audit_spool import FanOutSpool, export_pending
-from teleport_core.backend import Backend, Item, utcnow
+from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
-from teleport_core.httplimits import HTTPLimits, RouteLimit
-from teleport_core.identity import LocalIdentity
-from teleport_core.join import LocalAuth
-from teleport_core.limits import RateLimiter
+from teleport_core.net.httplimits import HTTPLimits, RouteLimit
+from teleport_core.net.limits import RateLimiter
+from teleport_core.net.tlsserver import TLSServer, bind_socket
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.service import Service, ServiceContext
-from teleport_core.tlsserver import TLSServer, bind_socket
+from teleport_core.state.audit import AuditEvent, AuditLog, AuditSink, new_event
+from teleport_core.state.audit_spool import FanOutSpool, export_pending
+from teleport_core.state.backend import Backend, Item, utcnow
 
 CLUSTER_NAME_KEY = b"/cluster_configuration/name"
 AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")

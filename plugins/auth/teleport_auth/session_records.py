@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
-from teleport_core.audit import AuditEvent, format_time, parse_time
-from teleport_core.backend import Action, Backend, Condition, Item
 from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, NotFound
-from teleport_core.sessions import check_session_id
+from teleport_core.state.audit import AuditEvent, format_time, parse_time
+from teleport_core.state.backend import Action, Backend, Condition, Item
+from teleport_core.state.sessions import check_session_id
 
 RECORDS_PREFIX = b"/session_records/"
 ENDS_PREFIX = b"/session_ends/"

@@ -26,11 +26,11 @@ from teleport_auth.rotation import Rotator
 from teleport_auth.settings import AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore
 from teleport_auth.users import UserStore
-from teleport_core.audit import AuditEvent, AuditLog
-from teleport_core.backend import Backend
 from teleport_core.files import write_private
-from teleport_core.limits import RateLimiter
+from teleport_core.net.limits import RateLimiter
 from teleport_core.service import ServiceContext
+from teleport_core.state.audit import AuditEvent, AuditLog
+from teleport_core.state.backend import Backend
 
 
 def host_uuid(data_dir: Path) -> str:

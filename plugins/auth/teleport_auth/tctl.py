@@ -16,9 +16,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import GLOBAL_OPTIONS, CliContext, add_global_options
 from teleport_core.cli.connect import auth_client
-from teleport_core.client import AuthClient
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import TeleportError
 

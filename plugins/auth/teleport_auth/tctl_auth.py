@@ -26,13 +26,13 @@ from teleport_auth.authority import (
     export_tls_pem,
 )
 from teleport_auth.tctl import UsageError, check_ttl, command_parser, human_time, run, subcommands, warn
-from teleport_core import keys
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 from teleport_core.config.values import parse_duration
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 
 EXPORT_TYPES = ("user", "host", "tls-user", "tls-host")
 SIGN_FORMATS = ("file", "openssh", "tls")

@@ -9,10 +9,10 @@ import datetime as dt
 import json
 
 from teleport_auth.tctl import UsageError, check_ttl, command_parser, run
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 from teleport_core.config.values import parse_duration
-from teleport_core.locks import TARGET_KINDS, InvalidLock, LockTarget, lock_to_dict, new_lock, parse_time
+from teleport_core.policy.locks import TARGET_KINDS, InvalidLock, LockTarget, lock_to_dict, new_lock, parse_time
 
 
 def lock_target(values: dict[str, str | None]) -> LockTarget:

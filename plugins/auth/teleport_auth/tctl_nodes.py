@@ -19,8 +19,8 @@ from teleport_auth.tctl import (
     subcommands,
     table,
 )
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 
 
 def _roles(text: str, flag: str) -> list[str]:

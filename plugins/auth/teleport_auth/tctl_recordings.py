@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from teleport_auth.tctl import FORMATS, UsageError, command_parser, print_json, printable, run, subcommands, table
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 from teleport_core.tsh.recordings import MAX_LIMIT, listing_window
 from teleport_core.tsh.recordings import table as sessions_table
 

@@ -17,10 +17,10 @@ import attrs
 import yaml
 
 from teleport_auth.tctl import UsageError, command_parser, print_json, printable, run, table
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 from teleport_core.errors import NotFound, TeleportError
-from teleport_core.roles import InvalidRole, parse_role, role_to_dict
+from teleport_core.policy.roles import InvalidRole, parse_role, role_to_dict
 from teleport_core.suggest import did_you_mean
 
 # resource kinds tctl get/rm know, with the names they may be given by

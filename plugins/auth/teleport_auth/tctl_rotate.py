@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from teleport_auth.authority import RotationPhase
 from teleport_auth.tctl import CommandParser, UsageError, run
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext, add_global_options
-from teleport_core.client import AuthClient
 from teleport_core.config.values import parse_duration
 
 HELP = "Rotate certificate authorities in the cluster."

@@ -21,8 +21,8 @@ from teleport_auth.tctl import (
     table,
 )
 from teleport_auth.tokens import MAX_USER_TOKEN_TTL
+from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
-from teleport_core.client import AuthClient
 from teleport_core.config.values import parse_duration
 from teleport_core.errors import AlreadyExists
 

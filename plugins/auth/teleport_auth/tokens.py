@@ -42,11 +42,11 @@ from typing import Any
 
 import attrs
 
-from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.config.values import format_duration
 from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, ConfigError, NotFound, TeleportError
-from teleport_core.roles import check_name
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.roles import check_name
+from teleport_core.state.backend import Backend, Item, range_end, utcnow
 
 TOKENS_PREFIX = b"/tokens/"
 USER_TOKENS_PREFIX = b"/usertokens/"

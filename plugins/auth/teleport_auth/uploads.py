@@ -37,10 +37,10 @@ from typing import Any
 import attrs
 
 from teleport_auth.session_records import SessionRecord
-from teleport_core.audit import format_time, parse_time
-from teleport_core.backend import Backend, Item, range_end
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound
-from teleport_core.sessions import SessionStorage
+from teleport_core.state.audit import format_time, parse_time
+from teleport_core.state.backend import Backend, Item, range_end
+from teleport_core.state.sessions import SessionStorage
 
 REFUSALS_PREFIX = b"/upload_refusals/"
 MAX_REFUSALS_PER_HOST = 1000

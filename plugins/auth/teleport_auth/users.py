@@ -48,11 +48,11 @@ import attrs
 import bcrypt
 import pyotp
 
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.backend import Backend, Item, range_end, utcnow
 from teleport_core.errors import AlreadyExists, AuthenticationFailed, CompareFailed, NotFound, TeleportError
-from teleport_core.roles import check_name
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.policy.roles import check_name
+from teleport_core.state.backend import Backend, Item, range_end, utcnow
 
 USERS_PREFIX = b"/users/"
 BCRYPT_COST = 12

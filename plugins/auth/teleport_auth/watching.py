@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from teleport_core.backend import Backend, OpType
 from teleport_core.errors import WatcherClosed
+from teleport_core.state.backend import Backend, OpType
 
 
 async def invalidate_on_change(backend: Backend, prefix: bytes, invalidate: Callable[[], None],

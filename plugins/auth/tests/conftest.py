@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from teleport_core.backend import Backend
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import Backend
 
 
 class Clock:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

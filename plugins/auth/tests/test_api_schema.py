@@ -17,7 +17,7 @@ import pytest
 from starlette.routing import Route
 from teleport_auth.api import ROUTES, build_app, openapi_document
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from tctl_helpers import TctlCluster
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.errors import AuditUnavailable, NotFound
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster

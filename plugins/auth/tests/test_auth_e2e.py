@@ -16,13 +16,14 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from teleport_core import hookimpl, keys
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.certs import CertAdditions, CertFormat
-from teleport_core.client import AuthClient, Joined, load_identity_dir, load_tls, register
+from teleport_core import hookimpl
+from teleport_core.api.client import AuthClient, Joined, load_identity_dir, load_tls, register
 from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed, TeleportError
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.certs import CertAdditions, CertFormat
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.testing.cluster import start_cluster
 
 pytestmark = pytest.mark.e2e  # real processes end to end

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from teleport_auth.authority import generate_authority
 from teleport_auth.issuer import InvalidCertificate, identity_from_tls_cert
 
-from teleport_core.access import Identity
+from teleport_core.policy.access import Identity
 from teleport_core.testing.strategies import mutations
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length:UserWarning")  # CA-signed odd names

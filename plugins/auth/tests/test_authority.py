@@ -33,7 +33,7 @@ from teleport_auth.authority import (
     generate_authority,
 )
 
-from teleport_core import keys
+from teleport_core.pki import keys
 
 CLUSTER = "example.com"
 HOST_UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"
@@ -317,7 +317,7 @@ def test_check_ca_pin_compares_every_pin_in_constant_time(host_ca: CertAuthority
         calls.append((a, b))
         return real(a, b)
 
-    from teleport_core import pins
+    from teleport_core.pki import pins
 
     monkeypatch.setattr(pins.hmac, "compare_digest", spy)
     pin = ca_pin(host_ca)

@@ -8,8 +8,8 @@ from typing import Any
 from teleport_auth.authz import HOST_POLICIES, RoleAuthorizer, decide_host, host_uuid
 from teleport_auth.rolestore import RoleStore
 
-from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, decide
-from teleport_core.roles import parse_role
+from teleport_core.policy.access import AccessRequest, Decision, Identity, IdentityKind, decide
+from teleport_core.policy.roles import parse_role
 
 CLUSTER = "example.com"
 NODE_UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"

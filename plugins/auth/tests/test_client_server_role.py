@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, NotAuthServer, load_identity_dir, register
-from teleport_core.identity import LocalIdentity
+from teleport_core.api.client import AuthClient, NotAuthServer, load_identity_dir, register
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.impostor import RecordingTLSServer, forge_tls_host_cert, http_json_answer

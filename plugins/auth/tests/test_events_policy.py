@@ -10,8 +10,8 @@ from pathlib import Path
 from teleport_auth.authz import decide_host
 from teleport_auth.events_policy import HOST_EVENTS, NODE_EVENTS, PROXY_EVENTS, SERVER_ROLE, codes_of, refusal, stamp
 
-from teleport_core.access import AccessRequest, Identity, IdentityKind
-from teleport_core.audit import CODES, AuditEvent, new_event
+from teleport_core.policy.access import AccessRequest, Identity, IdentityKind
+from teleport_core.state.audit import CODES, AuditEvent, new_event
 
 CLUSTER = "example.com"
 UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"

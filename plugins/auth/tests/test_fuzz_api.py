@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.fuzzing import FuzzReport, fuzz

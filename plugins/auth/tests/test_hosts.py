@@ -17,8 +17,8 @@ from teleport_auth.hosts import (
     nodename_key,
 )
 
-from teleport_core.backend import Backend, utcnow
 from teleport_core.errors import AccessDenied, NotFound
+from teleport_core.state.backend import Backend, utcnow
 
 CLUSTER = "example.com"
 UUID = "0f6f4c1e-3f9a-4a64-9d0c-6d2f0b9d5b71"

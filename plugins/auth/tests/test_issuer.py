@@ -30,12 +30,13 @@ from teleport_auth.issuer import (
     verify_ssh_cert,
 )
 
-from teleport_core import hookimpl, keys
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.certs import CertAdditions, CertFormat, CertRequest, CertType
+from teleport_core import hookimpl
 from teleport_core.errors import AuthenticationFailed, CertificateVetoed, PluginError
 from teleport_core.files import write_private
+from teleport_core.pki import keys
+from teleport_core.pki.certs import CertAdditions, CertFormat, CertRequest, CertType
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import Identity, IdentityKind
 
 CLUSTER = "example.com"
 HOST_UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"

@@ -1,4 +1,4 @@
-"""teleport_core.join against a real auth server: join once, reuse the stored identity, refuse a
+"""teleport_core.api.join against a real auth server: join once, reuse the stored identity, refuse a
 wrong pin, wait for an auth server that is not up yet."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import socket
 
 import pytest
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.api.join import JoinError, JoinRequest, identity_dir, obtain_identity
 from teleport_core.config.load import parse_config
 from teleport_core.errors import AccessDenied
-from teleport_core.join import JoinError, JoinRequest, identity_dir, obtain_identity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 
@@ -100,7 +100,7 @@ def test_no_pin_warns_and_no_token_is_an_error(tmp_path):
 
 
 def test_unreachable_auth_server_is_retried_until_it_comes_up(tmp_path, monkeypatch):
-    from teleport_core import join
+    from teleport_core.api import join
 
     monkeypatch.setattr(join, "FIRST_RETRY", 0.2)
     port = free_port()

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from tctl_helpers import tctl_cluster
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_tls
+from teleport_core.api.client import AuthClient, load_tls
 from teleport_core.errors import AccessDenied
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 
@@ -158,7 +158,7 @@ def test_deleted_user_outstanding_certificates_fail_and_a_recreated_user_works(c
 def test_locked_node_is_refused_by_the_api_but_still_follows_locks(cluster):
     from tctl_helpers import STATIC_TOKEN
 
-    from teleport_core.client import register
+    from teleport_core.api.client import register
 
     async def body() -> tuple[str, list[Any], str]:
         async with cluster.admin() as admin:

@@ -9,8 +9,8 @@ from typing import Any
 
 from teleport_auth.locks import LockStore
 
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.locks import LockTarget, new_lock
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.policy.locks import LockTarget, new_lock
 
 
 def test_snapshot_follows_another_auth_servers_writes(with_backend: Any) -> None:

@@ -21,11 +21,11 @@ import pytest
 from teleport_auth.authority import CertAuthority, export_known_hosts, generate_authority
 from teleport_auth.issuer import InvalidCertificate, issue_ssh_host_cert, issue_ssh_user_cert, verify_ssh_cert
 
-from teleport_core import keys
-from teleport_core.access import Identity
-from teleport_core.certs import CertType
 from teleport_core.files import write_private, write_public
+from teleport_core.pki import keys
+from teleport_core.pki.certs import CertType
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import Identity
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 

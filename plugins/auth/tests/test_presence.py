@@ -10,7 +10,7 @@ import pytest
 from teleport_auth.presence import InvalidNode, NodeHeartbeat, Presence
 
 from teleport_core.errors import NotFound
-from teleport_core.nodes import NodeInfo
+from teleport_core.state.nodes import NodeInfo
 
 
 def beat(i: int, **kw: Any) -> NodeHeartbeat:

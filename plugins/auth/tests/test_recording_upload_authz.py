@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from tctl_helpers import STATIC_TOKEN, TctlCluster, tctl_cluster
 
-from teleport_core import keys
-from teleport_core.audit import new_event
-from teleport_core.client import AuthClient, Credentials, register
+from teleport_core.api.client import AuthClient, Credentials, register
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.state.audit import new_event
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)

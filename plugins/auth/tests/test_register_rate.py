@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from teleport_core import keys
-from teleport_core.client import AUTH_SERVER_NAME, AuthClient, load_identity_dir
+from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, load_identity_dir
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 

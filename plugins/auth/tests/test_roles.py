@@ -11,7 +11,7 @@ import pytest
 from teleport_auth.rolestore import RoleStore
 
 from teleport_core.errors import AlreadyExists, ConfigError, NotFound
-from teleport_core.roles import (
+from teleport_core.policy.roles import (
     Conditions,
     InvalidRole,
     Role,

@@ -35,12 +35,12 @@ from teleport_auth.rotation import (
 from teleport_auth.service import ca_key
 from teleport_auth.tctl import UsageError
 
-from teleport_core import keys
-from teleport_core.access import Identity
-from teleport_core.audit import AuditEvent
-from teleport_core.backend import Backend, Item
 from teleport_core.cli.common import CliContext
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import Identity
+from teleport_core.state.audit import AuditEvent
+from teleport_core.state.backend import Backend, Item
 
 CLUSTER = "example.com"
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -17,11 +17,11 @@ from teleport_auth.authority import CAKeys
 from teleport_auth.issuer import CertType, InvalidCertificate, identity_from_tls_cert, verify_ssh_cert
 from teleport_auth.rotation import RotateRequest, Rotator, signed_by
 
-from teleport_core import keys
-from teleport_core.audit import AuditEvent
-from teleport_core.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir
+from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.state.audit import AuditEvent
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 from teleport_core.testing.waiting import wait_for
 

@@ -13,10 +13,10 @@ import pytest
 from teleport_auth.recordings import session_entry
 from teleport_auth.session_records import SessionNotOwned, SessionRecords, record_key
 
-from teleport_core.audit import new_event
-from teleport_core.backend import Backend
 from teleport_core.errors import AlreadyExists
-from teleport_core.sessions import InvalidSessionID
+from teleport_core.state.audit import new_event
+from teleport_core.state.backend import Backend
+from teleport_core.state.sessions import InvalidSessionID
 
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
 

@@ -15,11 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tctl_helpers import TctlCluster, tctl_cluster
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_file, load_key_pair
+from teleport_core.api.client import AuthClient, load_identity_file, load_key_pair
 from teleport_core.errors import AccessDenied
-from teleport_core.identity import LocalIdentity
-from teleport_core.pins import pin_of_cert
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.pki.pins import pin_of_cert
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 

@@ -9,10 +9,10 @@ import re
 import pytest
 from tctl_helpers import STATIC_TOKEN, TctlCluster, tctl_cluster
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_tls, register
+from teleport_core.api.client import AuthClient, load_tls, register
 from teleport_core.errors import AccessDenied
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 

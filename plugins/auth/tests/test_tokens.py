@@ -19,9 +19,9 @@ from teleport_auth.tokens import (
     system_roles,
 )
 
-from teleport_core.backend import range_end
 from teleport_core.errors import AccessDenied, ConfigError, NotFound
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
+from teleport_core.state.backend import range_end
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 NOT_VALID = '"node01" can not join the cluster with role Node, the token is not valid'

@@ -23,10 +23,10 @@ from teleport_auth.users import (
     otp_uri,
 )
 
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.backend import range_end
 from teleport_core.errors import AlreadyExists, AuthenticationFailed, NotFound
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.state.backend import range_end
 
 PASSWORD = Secret("correct horse battery")
 WRONG = Secret("wrong horse battery")

@@ -32,9 +32,9 @@ from typing import Any
 
 import attrs
 
-from teleport_core.audit import format_time, parse_time
 from teleport_core.files import write_private
-from teleport_core.sessions import check_session_id
+from teleport_core.state.audit import format_time, parse_time
+from teleport_core.state.sessions import check_session_id
 
 PART = ".raw.part"
 FINAL = ".cast"

@@ -29,17 +29,17 @@ from typing import Any
 import attrs
 import paramiko
 
-from teleport_core import keys
-from teleport_core.audit import AuditEvent, new_event
-from teleport_core.audit_spool import AuditSpool, export_pending
-from teleport_core.client import AuthClient, Credentials
+from teleport_core.api.client import AuthClient, Credentials
+from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
-from teleport_core.identity import LocalIdentity
-from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
-from teleport_core.locks import parse_lock
-from teleport_core.renewal import HostCertRenewer
-from teleport_core.roles import Role, parse_role
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.policy.locks import parse_lock
+from teleport_core.policy.roles import Role, parse_role
 from teleport_core.service import Service, ServiceContext
+from teleport_core.state.audit import AuditEvent, new_event
+from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node.certs import HostCertKey, load_ca_keys
 from teleport_node.recording import prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_node.settings import CommandLabel, NodeSettings

@@ -5,7 +5,7 @@ design: key exchange, crypto and packet framing of that connection; connections 
 by ``connection_limits``), and one :class:`~teleport_node.pump.Pump` thread moving every
 session's bytes and watching every child. No thread per session or per stream.
 
-Before a connection gets a transport thread, a :class:`~teleport_core.limits.ConnectionGate`
+Before a connection gets a transport thread, a :class:`~teleport_core.net.limits.ConnectionGate`
 admits it (``connection_limits``): ``max_connections`` in all, unauthenticated ones capped
 apart from sessions (``max_startups`` with early random drop, ``per_source_max_startups``)
 and closed after ``login_grace_time``; ``max_users`` distinct users logged in. Refusals are
@@ -45,7 +45,9 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
-from teleport_core.access import (
+from teleport_core.net.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
+from teleport_core.net.pipes import grow_pipe
+from teleport_core.policy.access import (
     AGENT_FORWARD,
     PORT_FORWARD,
     SSH,
@@ -55,11 +57,9 @@ from teleport_core.access import (
     IdentityKind,
     check_access,
 )
-from teleport_core.audit import format_time
-from teleport_core.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
-from teleport_core.locks import Lock, cert_issued, lock_in_force, lock_message
-from teleport_core.pipes import grow_pipe
-from teleport_core.roles import Role, RoleSet
+from teleport_core.policy.locks import Lock, cert_issued, lock_in_force, lock_message
+from teleport_core.policy.roles import Role, RoleSet
+from teleport_core.state.audit import format_time
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.recording import Recorder, finalize, write_sidecar
@@ -105,7 +105,7 @@ class NodeState:
     emit: Callable[[str, str, dict[str, Any]], None]  # (event, outcome, fields): thread-safe
     # a session ended, its session.end emitted: (session id, its finished recording or None); thread-safe
     recorded: Callable[[str, Path | None], None]
-    locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.locks), followed from auth
+    locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.policy.locks), followed from auth
     hook: Any = None  # plugins.hook: the teleport_authorize plugins installed where the node runs
 
 
@@ -540,7 +540,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     @staticmethod
     def _request(state: NodeState, cert: UserCert, verb: str, login: str, name: str = "") -> AccessRequest:
-        """What :func:`~teleport_core.access.check_access` decides at this node: ``verb`` on ``node``."""
+        """What :func:`~teleport_core.policy.access.check_access` decides at this node: ``verb`` on ``node``."""
         identity = Identity(cert.user, IdentityKind.USER, roles=cert.roles, traits=cert.traits,
                             cluster=state.cluster_name)
         return AccessRequest(identity, verb, "node", name or state.host_uuid, state.labels, login)

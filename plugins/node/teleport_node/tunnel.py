@@ -31,10 +31,10 @@ from typing import Any
 import paramiko
 from cryptography.hazmat.primitives.serialization import ssh
 
-from teleport_core import keys
 from teleport_core.config.values import NetAddr, parse_addr
 from teleport_core.errors import AccessDenied, TeleportError
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.tsh.hostcert import verify_host_cert
 
 CONTROL_CHANNEL = "teleport-tunnel@teleport-py"

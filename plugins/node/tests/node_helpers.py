@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private, write_public
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 from teleport_core.testing.prerequisites import missing

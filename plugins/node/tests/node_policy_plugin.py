@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from teleport_core import hookimpl
-from teleport_core.access import PORT_FORWARD, SSH, AccessRequest, Decision
 from teleport_core.config.model import TeleportConfig
 from teleport_core.config.reader import SectionReader
+from teleport_core.policy.access import PORT_FORWARD, SSH, AccessRequest, Decision
 
 NAME = "node_policy_plugin"  # the module's name: its entry under plugins:
 POLICY: dict[str, tuple[str, ...]] = {"no_root": (), "no_forwarding": ()}

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh
 from node_helpers import CLUSTER, TELEPORT, Auth, Node, auth_config, free_port, run, ssh_argv, wait_port
 
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.waiting import wait_for

@@ -65,8 +65,8 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 @pytest.mark.skipif(not os.path.exists(SSHD), reason="needs OpenSSH sshd (apt-get install openssh-server)")
 def test_openssh_sshd_trusting_the_user_ca_accepts_our_certificates(auth: Auth, tmp_path: Path) -> None:
-    from teleport_core import keys
     from teleport_core.files import write_private
+    from teleport_core.pki import keys
 
     ca = auth.run(lambda admin: admin.get_cert_authority("user"))
     (tmp_path / "user_ca.pub").write_text("\n".join(ca["ssh_public_keys"]) + "\n")

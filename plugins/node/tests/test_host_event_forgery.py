@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from node_helpers import CLUSTER, Auth, Node, run, ssh_argv
 
-from teleport_core.audit import AuditEvent, new_event
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.errors import AccessDenied
+from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -101,14 +101,14 @@ def test_a_user_certificate_cannot_emit_events(auth: Auth, node: Node, tmp_path:
     auth.user(tmp_path, "wendy", ["event-writer"], [])
 
     async def sign(admin: AuthClient) -> dict[str, Any]:
-        from teleport_core import keys
+        from teleport_core.pki import keys
 
         key = keys.generate_private_key("ed25519")
         answer = await admin.sign_user_cert("wendy", keys.public_key_openssh(key))
         return {"key": keys.private_key_pem(key), **answer}
 
-    from teleport_core.client import Credentials
-    from teleport_core.identity import LocalIdentity
+    from teleport_core.api.client import Credentials
+    from teleport_core.pki.identity import LocalIdentity
 
     answer = auth.run(sign)
     identity = LocalIdentity(answer["key"], answer["tls_cert"].encode(),

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from teleport_core.client import AuthClient, load_identity_dir
-from teleport_core.identity import LocalIdentity
+from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import node_policy_plugin
 import pytest
 
-from teleport_core.access import PORT_FORWARD, SSH, AccessRequest, Decision, Identity, check_access
 from teleport_core.config.load import parse_config
 from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
+from teleport_core.policy.access import PORT_FORWARD, SSH, AccessRequest, Decision, Identity, check_access
 
 DISABLED = {"auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
             "ssh_service": {"enabled": False}}

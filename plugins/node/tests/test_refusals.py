@@ -96,8 +96,8 @@ def paramiko_refused(auth: Auth, node: Node, key: Path, *, user: str, reason: st
 def test_host_certificate_presented_as_user_certificate(auth: Auth, node: Node, tmp_path: Path) -> None:
     # the node's own host certificate (host CA)
     folder = node.data_dir / "data" / "keys" / "node"
-    from teleport_core import keys
     from teleport_core.files import write_private, write_public
+    from teleport_core.pki import keys
 
     private = keys.load_private_key((folder / "key").read_bytes())
     write_private(tmp_path / "hostkey", keys.private_key_openssh(private))

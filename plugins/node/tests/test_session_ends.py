@@ -28,8 +28,8 @@ import pytest
 import yaml
 from node_helpers import Auth, Node, free_port, ssh_argv
 
-from teleport_core.audit import new_event, parse_time
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.state.audit import new_event, parse_time
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

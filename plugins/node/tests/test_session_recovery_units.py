@@ -19,7 +19,7 @@ from teleport_node.recording import (
     write_sidecar,
 )
 
-from teleport_core.audit import format_time, parse_time
+from teleport_core.state.audit import format_time, parse_time
 
 FIELDS = {"sid": "s", "proto": "ssh", "user": "ann", "login": "root", "server_id": "host-1",
           "server_hostname": "n1", "interactive": True, "initial_command": [""], "session_recording": "node"}

@@ -18,8 +18,8 @@ from node_helpers import CLUSTER, Auth, Node, run, ssh_argv
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from test_refusals import refused
 
-from teleport_core import keys
 from teleport_core.files import write_private, write_public
+from teleport_core.pki import keys
 
 
 def craft(tmp: Path, name: str, auth: Auth, *, extensions: dict[str, str]) -> Path:

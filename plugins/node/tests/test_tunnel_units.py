@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, ssh
 from teleport_node.tunnel import ADDR_ENV, find_tunnel_addr, verify_proxy_cert
 
+from teleport_core.api.join import JoinError, auth_addresses
 from teleport_core.config.load import parse_config
 from teleport_core.config.values import NetAddr
 from teleport_core.errors import AccessDenied, TeleportError
-from teleport_core.join import JoinError, auth_addresses
 from teleport_core.plugins import make_plugins
 
 CLUSTER = "example.com"

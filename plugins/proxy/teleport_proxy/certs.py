@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import ssh
 from cryptography.x509.oid import NameOID
 
-from teleport_core import keys
 from teleport_core.errors import AccessDenied
-from teleport_core.locks import cert_issued, tls_cert_issued
+from teleport_core.pki import keys
+from teleport_core.policy.locks import cert_issued, tls_cert_issued
 
 CLOCK_SKEW = dt.timedelta(minutes=1)
 

@@ -1,6 +1,6 @@
 """TLS routing on the proxy's web port: one port for HTTPS, SSH and the auth API.
 
-:class:`teleport_core.tlsserver.TLSServer` peeks at each connection's ClientHello and asks
+:class:`teleport_core.net.tlsserver.TLSServer` peeks at each connection's ClientHello and asks
 :meth:`WebMux.route`, which picks by ALPN and SNI:
 
 - ALPN ``teleport-proxy-ssh``: the proxy terminates TLS with its host certificate (signed by
@@ -29,16 +29,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from teleport_core.client import AUTH_SERVER_NAME
+from teleport_core.api.client import AUTH_SERVER_NAME
+from teleport_core.api.join import auth_addresses
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
-from teleport_core.join import auth_addresses
-from teleport_core.tlsserver import ClientHello, Handler, handshake_reason
+from teleport_core.net.tlsserver import ClientHello, Handler, handshake_reason
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.sshserver import parse_subsystem
 
 if TYPE_CHECKING:
-    from teleport_core.identity import LocalIdentity
+    from teleport_core.pki.identity import LocalIdentity
     from teleport_proxy.state import ProxyState
 
 ALPN_SSH = "teleport-proxy-ssh"

@@ -16,23 +16,23 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from teleport_core.access import SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
-from teleport_core.audit import new_event
-from teleport_core.audit_spool import AuditSpool, export_pending
-from teleport_core.client import AuthClient, Credentials
+from teleport_core.api.client import AuthClient, Credentials
+from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
+from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.config.values import NetAddr, certificate_names
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
-from teleport_core.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
-from teleport_core.identity import LocalIdentity
-from teleport_core.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
-from teleport_core.limits import RateLimiter, rate_limited
-from teleport_core.locks import Lock, lock_in_force, lock_message, parse_lock
-from teleport_core.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
-from teleport_core.renewal import HostCertRenewer
-from teleport_core.roles import Role, RoleSet, parse_role
+from teleport_core.net.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
+from teleport_core.net.limits import RateLimiter, rate_limited
+from teleport_core.net.tlsserver import TLSServer, bind_socket
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.policy.access import SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
+from teleport_core.policy.locks import Lock, lock_in_force, lock_message, parse_lock
+from teleport_core.policy.roles import Role, RoleSet, parse_role
 from teleport_core.service import Service, ServiceContext
-from teleport_core.tlsserver import TLSServer, bind_socket
+from teleport_core.state.audit import new_event
+from teleport_core.state.audit_spool import AuditSpool, export_pending
+from teleport_core.state.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_proxy.certs import UserCert, self_signed
 from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
 from teleport_proxy.mux import WebMux
@@ -61,7 +61,7 @@ class ProxyService(Service):
         self.ctx = ctx
         self.settings: ProxySettings = ctx.settings
         self.log = ctx.log
-        # the SSH and tunnel listeners' limits and the web login rate (teleport_core.limits)
+        # the SSH and tunnel listeners' limits and the web login rate (teleport_core.net.limits)
         self.limits = self.settings.connection_limits or ctx.config.connection_limits
         self.login_rate = RateLimiter(self.limits.rates)  # web logins per client address
         self.auth: AuthClient

@@ -11,7 +11,7 @@ bytes (the proxy never sees the inner session's plaintext; the node checks the u
 The target is resolved through the lookup hooks among the nodes the user's roles allow; a
 name ending in ``.<cluster>`` names the node without the suffix. Denials are audited (T3007W).
 
-Connections are admitted by a :class:`~teleport_core.limits.ConnectionGate` before they get a
+Connections are admitted by a :class:`~teleport_core.net.limits.ConnectionGate` before they get a
 thread (``connection_limits``: unauthenticated ones capped apart from sessions, per source, and
 closed after ``login_grace_time``); refusals are audited once per source a minute.
 """
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
-from teleport_core import keys
 from teleport_core.errors import TeleportError
-from teleport_core.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
-from teleport_core.nodes import NodeInfo
+from teleport_core.net.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
+from teleport_core.pki import keys
+from teleport_core.state.nodes import NodeInfo
 from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
 from teleport_proxy.channelsplice import SplicingTransport, Upstream, splice
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from teleport_core.audit_spool import AuditSpool
-from teleport_core.client import AuthClient
-from teleport_core.identity import LocalIdentity
-from teleport_core.limits import ConnectionLimits, RateLimiter
-from teleport_core.nodes import NodeInfo
-from teleport_core.roles import RoleSet
+from teleport_core.api.client import AuthClient
+from teleport_core.net.limits import ConnectionLimits, RateLimiter
+from teleport_core.net.tlsserver import TLSServer
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.policy.roles import RoleSet
 from teleport_core.service import ServiceContext
-from teleport_core.tlsserver import TLSServer
+from teleport_core.state.audit_spool import AuditSpool
+from teleport_core.state.nodes import NodeInfo
 from teleport_proxy.certs import UserCert
 from teleport_proxy.settings import ProxySettings
 

@@ -20,7 +20,7 @@ Two kinds of connections arrive on the tunnel port, told apart by their first by
 
 Tunnel connects and disconnects are audited (``reverse_tunnel.connect``/``.disconnect``).
 Connections are admitted as on the proxy's SSH port (``connection_limits``, one
-:class:`~teleport_core.limits.ConnectionGate` for this port): a control connection counts as
+:class:`~teleport_core.net.limits.ConnectionGate` for this port): a control connection counts as
 unauthenticated until the node logged in, a data connection until its token matched.
 """
 
@@ -42,9 +42,9 @@ import paramiko
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
 
-from teleport_core.audit import new_event
 from teleport_core.errors import AccessDenied, TeleportError
-from teleport_core.limits import ConnectionGate, Ticket, on_authenticated
+from teleport_core.net.limits import ConnectionGate, Ticket, on_authenticated
+from teleport_core.state.audit import new_event
 from teleport_core.tsh.hostcert import verify_host_cert
 from teleport_proxy.sshserver import Refusals, accept_loop
 

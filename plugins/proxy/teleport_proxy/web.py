@@ -13,7 +13,7 @@
 - ``GET /v1/webapi/sites/{cluster}/events/search/sessions?from=&to=&limit=``: ended sessions;
   ``GET /v1/webapi/sites/{cluster}/sessions/{sid}/recording``: a recording (asciicast v2). The
   proxy asks auth with its own certificate and forwards the caller's
-  (``teleport_core.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
+  (``teleport_core.api.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
 
 - ``GET /v1/webapi/openapi.json``: this API as an OpenAPI 3.1 document; bodies, queries and path
   parameters are the models of :mod:`teleport_proxy.webmodels`, validated before a handler acts
@@ -36,7 +36,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_core import __version__
-from teleport_core.client import ConnectionProblem
+from teleport_core.api.client import ConnectionProblem
+from teleport_core.api.schema import PayloadTooLarge, read_body, validate_body, validate_path, validate_query
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
@@ -46,8 +47,7 @@ from teleport_core.errors import (
     NotFound,
     TeleportError,
 )
-from teleport_core.schema import PayloadTooLarge, read_body, validate_body, validate_path, validate_query
-from teleport_core.tlsserver import client_certificate
+from teleport_core.net.tlsserver import client_certificate
 from teleport_proxy import pages
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.headers import SecurityHeaders
@@ -221,7 +221,7 @@ class WebAPI:
         from starlette.background import BackgroundTask
         from starlette.responses import FileResponse
 
-        from teleport_core.sessions import check_session_id
+        from teleport_core.state.sessions import check_session_id
 
         tmp = ""
         try:

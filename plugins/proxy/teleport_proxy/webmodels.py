@@ -1,6 +1,6 @@
 """The proxy web API's typed bodies and its route table (:data:`ROUTES`), from which the
 OpenAPI document (``GET /v1/webapi/openapi.json``, no certificate needed) is generated; the
-models are those of :mod:`teleport_core.schema` (pydantic v2), validated before a handler acts."""
+models are those of :mod:`teleport_core.api.schema` (pydantic v2), validated before a handler acts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from teleport_core import __version__, schema
-from teleport_core.schema import (
+from teleport_core import __version__
+from teleport_core.api import schema
+from teleport_core.api.schema import (
     NAME_MAX,
     NO_CONTROL,
     Body,

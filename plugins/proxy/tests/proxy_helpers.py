@@ -21,10 +21,10 @@ import httpx
 import pyotp
 import pytest
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir, load_tls, register
+from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
 from teleport_core.files import write_private, write_public
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing

@@ -12,8 +12,8 @@ import pytest
 from proxy_helpers import LOGIN, Env, running_env
 
 from teleport_core import hookimpl
-from teleport_core.access import SSH, AccessRequest, Decision
-from teleport_core.nodes import MatchStrength, NodeInfo, NodeMatch
+from teleport_core.policy.access import SSH, AccessRequest, Decision
+from teleport_core.state.nodes import MatchStrength, NodeInfo, NodeMatch
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from proxy_helpers import CLUSTER, LOGIN, Env, running_env
 
-from teleport_core import keys
 from teleport_core.files import write_private
+from teleport_core.pki import keys
 from teleport_core.testing.fuzzing import FuzzReport, fuzz
 
 MAX_EXAMPLES = 25

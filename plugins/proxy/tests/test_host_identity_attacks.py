@@ -20,10 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, PROXY_TOKEN, Env, running_env
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, Credentials, register
+from teleport_core.api.client import AuthClient, Credentials, register
 from teleport_core.errors import AccessDenied, TeleportError
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from proxy_helpers import CLUSTER
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from proxy_helpers import CLUSTER, LOGIN, Env, free_port
 
-from teleport_core.client import AuthClient, load_profile
+from teleport_core.api.client import AuthClient, load_profile
 from teleport_core.errors import AccessDenied
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster

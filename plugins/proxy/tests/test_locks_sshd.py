@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from proxy_helpers import CLUSTER, LOGIN, Env, profile_ssh_config, running_env
 
-from teleport_core.locks import LockTarget, lock_to_dict, new_lock
+from teleport_core.policy.locks import LockTarget, lock_to_dict, new_lock
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from proxy_helpers import LOGIN, Env, one_process_config
 
-from teleport_core import keys
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from proxy_helpers import CLUSTER, LOGIN, Env, one_process_config
 
-from teleport_core.audit import new_event
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.errors import AccessDenied
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
+from teleport_core.state.audit import new_event
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.waiting import wait_for
 

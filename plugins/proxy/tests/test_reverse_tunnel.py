@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
 from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, PROXY_TOKEN, SSHD, Env, free_port, profile_ssh_config
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 from teleport_core.testing.prerequisites import missing

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from proxy_helpers import CLUSTER, LOGIN, Env
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_tls
+from teleport_core.api.client import AuthClient, load_tls
 from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 
 pytestmark = pytest.mark.e2e
 

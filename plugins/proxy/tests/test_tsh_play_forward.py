@@ -223,8 +223,8 @@ def test_a_host_cannot_forward_a_user_certificate_unless_it_is_a_proxy(env: Env,
 
     import httpx
 
-    from teleport_core.client import FORWARDED_USER_CERT
-    from teleport_core.identity import LocalIdentity
+    from teleport_core.api.client import FORWARDED_USER_CERT
+    from teleport_core.pki.identity import LocalIdentity
 
     node = LocalIdentity.load(env.root / "auth" / "keys" / "node")
     user = LocalIdentity.load(audrey / "profiles" / "127.0.0.1")

@@ -35,7 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from teleport_core.backend import (
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
+from teleport_core.state.backend import (
     DEFAULT_WATCHER_QUEUE,
     Action,
     Backend,
@@ -48,7 +49,6 @@ from teleport_core.backend import (
     Watcher,
     range_end,
 )
-from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
 
 from .client import EtcdClient, EtcdError, b64, unb64
 from .config import EtcdOptions

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.testing.processes import TeleportProcess, free_port
 
 CLUSTER = "ha.example.com"

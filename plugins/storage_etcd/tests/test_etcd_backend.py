@@ -20,10 +20,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from etcd_server import EtcdMember, etcd_fixture, free_port, leader_first, start_cluster
 from teleport_storage_etcd.backend import EtcdWatcher
 
-from teleport_core.backend import Backend, Event, Item, OpType, range_end
 from teleport_core.errors import ConfigError, NotFound, TeleportError, WatcherClosed
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_backend, storage_config
+from teleport_core.state.backend import Backend, Event, Item, OpType, range_end
 from teleport_core.testing.backend_suite import next_event
 
 TEST_TIMEOUT = 120.0

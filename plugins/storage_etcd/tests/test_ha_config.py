@@ -16,9 +16,9 @@ import pytest
 from etcd_server import EtcdMember, etcd_fixture
 from ha_cluster import admin, auth_process, shared_storage
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_tls
-from teleport_core.identity import LocalIdentity
+from teleport_core.api.client import AuthClient, load_tls
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.testing.processes import TeleportProcess
 
 pytest.importorskip("teleport_auth", reason="the auth plugin is not installed")

@@ -50,9 +50,9 @@ from ha_cluster import (
     tsh,
 )
 
-from teleport_core import keys
-from teleport_core.client import register
+from teleport_core.api.client import register
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.pki import keys
 from teleport_core.testing.waiting import wait_for
 
 for _plugin in ("teleport_auth", "teleport_proxy", "teleport_node"):

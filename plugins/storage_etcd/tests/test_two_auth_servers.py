@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from etcd_server import EtcdMember, etcd_fixture
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir, register
+from teleport_core.api.client import AuthClient, load_identity_dir, register
 from teleport_core.errors import AccessDenied
+from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 

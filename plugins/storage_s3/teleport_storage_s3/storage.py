@@ -56,7 +56,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from teleport_core.errors import ConfigError, NotFound, TeleportError
-from teleport_core.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
+from teleport_core.state.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
 
 from .uri import CONFIG_KEY, S3Location, parse_uri
 

@@ -25,9 +25,9 @@ import boto3
 import pytest
 from storage_s3_helpers import MotoServer
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private, write_public
+from teleport_core.pki import keys
 from teleport_core.testing.processes import TeleportProcess, free_port
 from teleport_core.testing.waiting import wait_for
 

@@ -416,7 +416,7 @@ def test_part_size_grows_for_huge_files() -> None:
 
 
 def test_storage_class_is_the_kernel_interface() -> None:
-    from teleport_core.sessions import SessionStorage
+    from teleport_core.state.sessions import SessionStorage
 
     assert issubclass(S3SessionStorage, SessionStorage)
 

@@ -29,7 +29,8 @@ from teleport_auth.api.core import (
     endpoint,
     error_response,
 )
-from teleport_core import __version__, schema
+from teleport_core import __version__
+from teleport_core.api import schema
 
 if TYPE_CHECKING:
     from teleport_auth.state import AuthState

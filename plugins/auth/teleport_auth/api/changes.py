@@ -11,9 +11,9 @@ from pydantic import Field
 from starlette.requests import Request
 
 from teleport_auth.api.core import APIBase, BadRequest, Operation, endpoint, query
-from teleport_core.access import Identity
-from teleport_core.backend import range_end
-from teleport_core.schema import Query, Reply, Word
+from teleport_core.api.schema import Query, Reply, Word
+from teleport_core.policy.access import Identity
+from teleport_core.state.backend import range_end
 
 
 class ChangesQuery(Query):

@@ -12,9 +12,9 @@ from teleport_auth.authority import ca_pin, ca_pins, export_known_hosts
 from teleport_auth.ha import live_auth_servers
 from teleport_auth.rotation import RotateRequest, rotation_status
 from teleport_core import __version__
-from teleport_core.access import Identity
+from teleport_core.api.schema import Body, Duration, Reply, Word
 from teleport_core.errors import NotFound
-from teleport_core.schema import Body, Duration, Reply, Word
+from teleport_core.policy.access import Identity
 
 
 class RotateBody(Body):

@@ -19,9 +19,20 @@ from starlette.responses import JSONResponse, Response
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
-from teleport_core.access import AccessRequest, Decision, Identity, IdentityKind, check_access
-from teleport_core.audit import AuditEvent, new_event
-from teleport_core.backend import range_end
+from teleport_core.api.schema import (
+    NAME_MAX,
+    NO_CONTROL,
+    InvalidRequest,
+    Name,
+    PayloadTooLarge,
+    read_body,
+    validate_body,
+    validate_path,
+    validate_query,
+)
+from teleport_core.api.schema import (
+    Operation as Operation,  # re-exported: the resource modules build their route tables from it
+)
 from teleport_core.config.values import parse_duration
 from teleport_core.errors import (
     AccessDenied,
@@ -34,22 +45,11 @@ from teleport_core.errors import (
     NotFound,
     TeleportError,
 )
-from teleport_core.locks import Lock, lock_message
-from teleport_core.schema import (
-    NAME_MAX,
-    NO_CONTROL,
-    InvalidRequest,
-    Name,
-    PayloadTooLarge,
-    read_body,
-    validate_body,
-    validate_path,
-    validate_query,
-)
-from teleport_core.schema import (
-    Operation as Operation,  # re-exported: the resource modules build their route tables from it
-)
-from teleport_core.tlsserver import client_certificate
+from teleport_core.net.tlsserver import client_certificate
+from teleport_core.policy.access import AccessRequest, Decision, Identity, IdentityKind, check_access
+from teleport_core.policy.locks import Lock, lock_message
+from teleport_core.state.audit import AuditEvent, new_event
+from teleport_core.state.backend import range_end
 
 if TYPE_CHECKING:
     from teleport_auth.state import AuthState

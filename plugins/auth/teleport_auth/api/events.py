@@ -10,12 +10,12 @@ from pydantic import ConfigDict, Field, model_validator
 from starlette.requests import Request
 
 from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint, query
-from teleport_core.access import Identity
-from teleport_core.audit import AuditEvent, AuditQuery, parse_time
+from teleport_core.api.schema import MAP_MAX, Body, Name, OptionalName, Query, Reply, Text, Timestamp, Word
 from teleport_core.errors import (
     AccessDenied,
 )
-from teleport_core.schema import MAP_MAX, Body, Name, OptionalName, Query, Reply, Text, Timestamp, Word
+from teleport_core.policy.access import Identity
+from teleport_core.state.audit import AuditEvent, AuditQuery, parse_time
 
 
 class EventBody(Body):
@@ -91,7 +91,7 @@ class EventsAPI(APIBase):
         before it is logged, on every delivery; False for a duplicate ``session.end``. A session event for
         another host's session, or with a malformed ``sid``, is refused (403, audited: the emitter drops it)."""
         from teleport_auth.session_records import SessionNotOwned, records_of
-        from teleport_core.sessions import InvalidSessionID
+        from teleport_core.state.sessions import InvalidSessionID
 
         try:
             return await records_of(self.service).accept(event)

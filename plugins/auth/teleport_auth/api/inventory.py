@@ -20,14 +20,14 @@ from teleport_auth.api.core import (
     endpoint,
 )
 from teleport_auth.presence import NodeHeartbeat
-from teleport_core.access import Identity, IdentityKind
-from teleport_core.backend import Item
+from teleport_core.api.schema import Body, Labels, Name, OptionalName, Reply, Text
 from teleport_core.errors import (
     AccessDenied,
     NotFound,
 )
-from teleport_core.nodes import NodeInfo
-from teleport_core.schema import Body, Labels, Name, OptionalName, Reply, Text
+from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.state.backend import Item
+from teleport_core.state.nodes import NodeInfo
 
 
 class NodeHeartbeatBody(Body):

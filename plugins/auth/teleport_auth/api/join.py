@@ -13,15 +13,15 @@ from starlette.requests import Request
 from teleport_auth.api.core import SMALL_BODY, APIBase, BadRequest, Operation, body, endpoint
 from teleport_auth.rotation import rotation_status
 from teleport_auth.tokens import system_role
-from teleport_core import keys
-from teleport_core.access import Identity, IdentityKind
+from teleport_core.api.schema import NO_CONTROL, Body, Name, NameList, OptionalName, PublicKey, Reply, Word
 from teleport_core.errors import (
     AccessDenied,
     TeleportError,
 )
-from teleport_core.limits import rate_limited
-from teleport_core.schema import NO_CONTROL, Body, Name, NameList, OptionalName, PublicKey, Reply, Word
-from teleport_core.secret import Secret
+from teleport_core.net.limits import rate_limited
+from teleport_core.pki import keys
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.access import Identity, IdentityKind
 
 IPList = Annotated[list[Annotated[str, StringConstraints(max_length=64, pattern=NO_CONTROL)]], Field(max_length=64)]
 

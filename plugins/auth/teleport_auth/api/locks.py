@@ -10,12 +10,12 @@ from pydantic import ConfigDict
 from starlette.requests import Request
 
 from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint
-from teleport_core.access import Identity
+from teleport_core.api.schema import Body, Message, Name, OptionalName, Reply, Text, Timestamp, Word
 from teleport_core.errors import (
     NotFound,
 )
-from teleport_core.locks import Lock, lock_to_dict, parse_lock
-from teleport_core.schema import Body, Message, Name, OptionalName, Reply, Text, Timestamp, Word
+from teleport_core.policy.access import Identity
+from teleport_core.policy.locks import Lock, lock_to_dict, parse_lock
 
 
 class LockMetadata(Body):
@@ -50,7 +50,8 @@ class LockSpec(Body):
 
 
 class LockDocument(Body):
-    """A lock resource (``kind: lock``, ``version: v2``), checked in full by :func:`teleport_core.locks.parse_lock`."""
+    """A lock resource (``kind: lock``, ``version: v2``), checked in full by
+    :func:`teleport_core.policy.locks.parse_lock`."""
 
     model_config = ConfigDict(extra="allow")
 

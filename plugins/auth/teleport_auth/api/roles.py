@@ -9,14 +9,14 @@ from pydantic import ConfigDict, Field
 from starlette.requests import Request
 
 from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint
-from teleport_core.access import Identity
-from teleport_core.backend import Item
+from teleport_core.api.schema import LIST_MAX, Body, JSONObject, Labels, Message, Name, Reply, Word
 from teleport_core.errors import (
     AlreadyExists,
     NotFound,
 )
-from teleport_core.roles import parse_role, role_to_dict
-from teleport_core.schema import LIST_MAX, Body, JSONObject, Labels, Message, Name, Reply, Word
+from teleport_core.policy.access import Identity
+from teleport_core.policy.roles import parse_role, role_to_dict
+from teleport_core.state.backend import Item
 
 
 class ResourceMetadata(Body):
@@ -31,7 +31,7 @@ class ResourceMetadata(Body):
 
 class RoleDocument(Body):
     """A role resource (``kind: role``, ``version`` v4..v7, ``metadata``, ``spec``), checked in
-    full by :func:`teleport_core.roles.parse_role`."""
+    full by :func:`teleport_core.policy.roles.parse_role`."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -122,7 +122,7 @@ class RolesAPI(APIBase):
         """``tctl create [-f]``: every document is validated first; then all are written, or none."""
         assert identity is not None
         from teleport_auth.rolestore import _encode_role, role_key
-        from teleport_core.backend import Action, Condition
+        from teleport_core.state.backend import Action, Condition
 
         wanted = body(request, CreateResourcesBody)
         force, docs = wanted.force, wanted.resources

@@ -9,13 +9,13 @@ from starlette.requests import Request
 
 from teleport_auth import recordings
 from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, endpoint, query
-from teleport_core.access import Identity, IdentityKind
+from teleport_core.api.schema import OptionalName, Query, Reply, Timestamp
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
     NotFound,
 )
-from teleport_core.schema import OptionalName, Query, Reply, Timestamp
+from teleport_core.policy.access import Identity, IdentityKind
 
 
 class RecordingsQuery(Query):
@@ -95,7 +95,7 @@ class SessionsAPI(APIBase):
         from teleport_auth.authz import host_uuid
         from teleport_auth.session_records import UPLOADED, records_of
         from teleport_auth.uploads import digest, no_record, upload_refusal
-        from teleport_core.sessions import check_session_id
+        from teleport_core.state.sessions import check_session_id
 
         assert identity is not None
         sid = check_session_id(request.path_params["sid"])
@@ -174,7 +174,7 @@ class SessionsAPI(APIBase):
         from starlette.background import BackgroundTask
         from starlette.responses import FileResponse
 
-        from teleport_core.sessions import check_session_id
+        from teleport_core.state.sessions import check_session_id
 
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)

@@ -19,12 +19,12 @@ from teleport_auth.api.core import (
     endpoint,
 )
 from teleport_auth.authority import ca_pin, ca_pins
-from teleport_core.access import Identity, IdentityKind
+from teleport_core.api.schema import Body, Duration, Reply, TokenText, Word
 from teleport_core.errors import (
     AccessDenied,
 )
-from teleport_core.schema import Body, Duration, Reply, TokenText, Word
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.access import Identity, IdentityKind
 
 
 class CreateTokenBody(Body):

@@ -26,15 +26,7 @@ from teleport_auth.issuer import (
 )
 from teleport_auth.tokens import MAX_USER_TOKEN_TTL
 from teleport_auth.users import new_totp_secret, otp_uri
-from teleport_core import keys
-from teleport_core.access import Identity, IdentityKind, LoginRequest
-from teleport_core.config.values import format_duration
-from teleport_core.errors import (
-    AuthenticationFailed,
-    TeleportError,
-)
-from teleport_core.locks import LockTarget, new_lock
-from teleport_core.schema import (
+from teleport_core.api.schema import (
     Body,
     Duration,
     Name,
@@ -47,7 +39,15 @@ from teleport_core.schema import (
     TokenText,
     Traits,
 )
-from teleport_core.secret import Secret
+from teleport_core.config.values import format_duration
+from teleport_core.errors import (
+    AuthenticationFailed,
+    TeleportError,
+)
+from teleport_core.pki import keys
+from teleport_core.pki.secret import Secret
+from teleport_core.policy.access import Identity, IdentityKind, LoginRequest
+from teleport_core.policy.locks import LockTarget, new_lock
 
 
 class CreateUserBody(Body):

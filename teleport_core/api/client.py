@@ -2,7 +2,7 @@
 
 ::
 
-    from teleport_core.client import AuthClient, load_identity_file
+    from teleport_core.api.client import AuthClient, load_identity_file
 
     async with AuthClient("auth.example.com:3025", [load_identity_file("admin.pem")]) as client:
         role = await client.get_role("access")
@@ -23,7 +23,7 @@ auth untouched (TLS routing), so auth sees and authorizes this client's own cert
 
 The server must prove it is the auth server: its certificate must carry the system role
 ``Auth`` (Subject O), checked inside the TLS handshake before any request byte is sent
-(:mod:`teleport_core.serverrole`). A node's or proxy's certificate from the same host CA is
+(:mod:`teleport_core.pki.serverrole`). A node's or proxy's certificate from the same host CA is
 refused with :class:`NotAuthServer` (``the server at ADDR presented a Node certificate, not
 the auth server's``); the client then tries the next auth address, as for any connection
 error. This applies to every credential loader (a context given with :func:`load_tls` is
@@ -59,8 +59,8 @@ from teleport_core.errors import (
     NotFound,
     TeleportError,
 )
-from teleport_core.identity import IdentityError, LocalIdentity
-from teleport_core.serverrole import AUTH, find_role_error, require_server_role
+from teleport_core.pki.identity import IdentityError, LocalIdentity
+from teleport_core.pki.serverrole import AUTH, find_role_error, require_server_role
 
 if TYPE_CHECKING:
     import httpx
@@ -477,7 +477,7 @@ class AuthClient:
     async def get_proxies(self) -> list[dict[str, Any]]:
         return await self.call("GET", "/v1/proxies")  # type: ignore[no-any-return]
 
-    # -- locks (teleport_core.locks) -----------------------------------------------------------------
+    # -- locks (teleport_core.policy.locks) -----------------------------------------------------------------
 
     async def get_locks(self) -> list[dict[str, Any]]:
         """Every lock that has not expired, as resources (``lock_to_dict``)."""
@@ -626,7 +626,7 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
     """
     import httpx
 
-    from teleport_core.pins import check_ca_pin
+    from teleport_core.pki.pins import check_ca_pin
 
     if isinstance(ca_pins, str):
         raise TypeError("ca_pins is a list of pins, not one string")

@@ -52,10 +52,10 @@ from typing import Any
 import attrs
 import yaml
 
-from teleport_core.access import Decision
 from teleport_core.config.reader import show
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import ConfigError
+from teleport_core.policy.access import Decision
 from teleport_core.suggest import did_you_mean
 
 KIND = "role"

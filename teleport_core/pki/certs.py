@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from teleport_core.access import Identity
 from teleport_core.errors import CertificateVetoed, PluginError
+from teleport_core.policy.access import Identity
 
 
 class CertType(enum.Enum):

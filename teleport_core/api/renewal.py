@@ -32,10 +32,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from teleport_core import keys
-from teleport_core.client import AuthClient, Credentials
+from teleport_core.api.client import AuthClient, Credentials
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 
 OnRenewed = Callable[[LocalIdentity], Awaitable[None]]
 

@@ -12,8 +12,8 @@ def teleport_storage_backends() -> list[BackendSpec]:
         BackendSpec(
             name="sqlite",
             aliases=("dir",),
-            factory="teleport_core.backends.sqlite:open_backend",
-            parse_options="teleport_core.backends.sqlite:parse_options",
+            factory="teleport_core.state.backends.sqlite:open_backend",
+            parse_options="teleport_core.state.backends.sqlite:parse_options",
             description="embedded SQLite in data_dir (WAL, durable on return); single auth server",
         )
     ]

@@ -18,7 +18,7 @@ returns a handler that takes the connection over (it may terminate TLS itself or
 through untouched), or None for the HTTPS app. Bytes that are not a TLS ClientHello close the
 connection.
 
-Every connection is bounded before the app sees a request (:mod:`teleport_core.httplimits`:
+Every connection is bounded before the app sees a request (:mod:`teleport_core.net.httplimits`:
 body size per route, request head, body and idle timeouts, quiet protocol errors). A handshake
 refused for a certificate reason (foreign CA, self-signed, expired ...) is reported to
 ``on_refused(peer, reason)``, at most once per source IP every :data:`REFUSAL_PERIOD` seconds
@@ -39,9 +39,9 @@ from typing import Any
 import attrs
 
 from teleport_core.config.values import NetAddr
-from teleport_core.httplimits import ConnectionClock, GuardedApp, GuardedReader, HTTPLimits, configure
-from teleport_core.limits import AuditThrottle
 from teleport_core.logs import get_logger
+from teleport_core.net.httplimits import ConnectionClock, GuardedApp, GuardedReader, HTTPLimits, configure
+from teleport_core.net.limits import AuditThrottle
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -324,7 +324,7 @@ class TLSServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _sweep(self) -> None:
-        """Abort the connections past a deadline (:class:`~teleport_core.httplimits.ConnectionClock`)."""
+        """Abort the connections past a deadline (:class:`~teleport_core.net.httplimits.ConnectionClock`)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             for clock, transport in list(self._clocks.items()):

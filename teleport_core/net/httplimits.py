@@ -1,6 +1,6 @@
 """Bounds on every HTTPS request before the app (and authentication) sees it.
 
-:class:`teleport_core.tlsserver.TLSServer` applies these to each connection:
+:class:`teleport_core.net.tlsserver.TLSServer` applies these to each connection:
 
 - **Body size**, per route (:class:`HTTPLimits`): a ``Content-Length`` over the route's limit
   is answered 413 ``{"error": "request body over N bytes"}`` before a byte of the body is

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from teleport_core.audit import AuditEvent
 from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
+from teleport_core.state.audit import AuditEvent
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

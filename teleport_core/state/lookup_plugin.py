@@ -1,6 +1,6 @@
 """Built-in node lookup: host UUID, nodename, registered address, DNS (weak), label selector.
 
-The rules are Teleport's (see ``teleport_core.nodes``); another plugin can add candidates
+The rules are Teleport's (see ``teleport_core.state.nodes``); another plugin can add candidates
 (from a CMDB, say) through the same hook.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from teleport_core import hookimpl
-from teleport_core.nodes import (
+from teleport_core.state.nodes import (
     MatchStrength,
     NodeInfo,
     NodeMatch,

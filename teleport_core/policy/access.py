@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from teleport_core.secret import Secret
+from teleport_core.pki.secret import Secret
 
 
 def _frozen_traits(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:

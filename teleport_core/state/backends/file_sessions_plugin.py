@@ -11,8 +11,8 @@ def teleport_session_storages() -> list[SessionStorageSpec]:
     return [
         SessionStorageSpec(
             scheme="file",
-            factory="teleport_core.backends.file_sessions:open_storage",
-            check_uri="teleport_core.backends.file_sessions:parse_uri",
+            factory="teleport_core.state.backends.file_sessions:open_storage",
+            check_uri="teleport_core.state.backends.file_sessions:parse_uri",
             description="recordings as files on local disk, written atomically (temp, fsync, rename)",
         )
     ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from teleport_core.errors import ConfigError, NotFound, TeleportError
-from teleport_core.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
+from teleport_core.state.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
 
 CONFIG_KEY = "teleport.storage.audit_sessions_uri"
 SUFFIX = ".cast"

@@ -40,7 +40,15 @@ from typing import Any, TypeVar
 
 import attrs
 
-from teleport_core.backend import (
+from teleport_core.config.reader import SectionReader
+from teleport_core.errors import (
+    AlreadyExists,
+    CompareFailed,
+    DataDirLocked,
+    NotFound,
+    TeleportError,
+)
+from teleport_core.state.backend import (
     DEFAULT_WATCHER_QUEUE,
     Action,
     Backend,
@@ -51,14 +59,6 @@ from teleport_core.backend import (
     Item,
     OpType,
     Watcher,
-)
-from teleport_core.config.reader import SectionReader
-from teleport_core.errors import (
-    AlreadyExists,
-    CompareFailed,
-    DataDirLocked,
-    NotFound,
-    TeleportError,
 )
 
 __all__ = ["SqliteBackend", "SqliteOptions", "SqliteWatcher", "open_backend", "parse_options"]

@@ -18,11 +18,11 @@ from typing import Any
 
 import attrs
 
-from teleport_core.client import ConnectionProblem, register
+from teleport_core.api.client import ConnectionProblem, register
 from teleport_core.config.model import TeleportConfig
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
-from teleport_core.identity import LocalIdentity
+from teleport_core.pki.identity import LocalIdentity
 
 SYSTEM_ROLES = {"node": "Node", "proxy": "Proxy", "auth": "Auth"}
 FIRST_RETRY, MAX_RETRY = 1.0, 30.0
@@ -101,7 +101,7 @@ async def obtain_identity(config: TeleportConfig, request: JoinRequest, log: Any
     if token is None and local is None and sibling is None:
         raise JoinError(f"this {request.role} has not joined the cluster yet and no join token is set "
                         "(teleport.auth_token or --token)")
-    from teleport_core import keys
+    from teleport_core.pki import keys
 
     key = keys.generate_private_key("ed25519")  # generated here: the private key never leaves this host
     body = {
@@ -154,7 +154,7 @@ def sibling_identity(config: TeleportConfig, role: str) -> LocalIdentity | None:
 
 
 async def _register_as(identity: LocalIdentity, addrs: Sequence[str], body: dict[str, Any]) -> dict[str, Any]:
-    from teleport_core.client import AuthClient, Credentials
+    from teleport_core.api.client import AuthClient, Credentials
 
     async with AuthClient(addrs, credentials=Credentials(identity.client_context(), identity)) as client:
         answer = await client.call("POST", "/v1/register", {**body, "token": ""})
