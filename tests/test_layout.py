@@ -1,10 +1,11 @@
-"""The import graph of our packages: the auth and proxy plugins have no import circle.
+"""The import graph of our packages: the kernel and the auth and proxy plugins have no import circle.
 
 Every import between a package's modules counts: at module level, inside a function, and under
 ``if TYPE_CHECKING:`` (a type hint naming the service class from a part it wires is a circle by
 design; the parts see the service through ``teleport_auth.state`` / ``teleport_proxy.state``).
 Importing ``a.b.c`` from outside ``a.b`` also runs ``a/b/__init__.py``: that counts as an import
-of ``a.b``. The kernel's circles are only reported (``teleport_core`` may be regrouped later).
+of ``a.b``. The kernel has no circle either, and its folders (``pki``, ``policy``, ``state``,
+``net``, ``api``, ``config``) import one another one way only (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -189,8 +190,27 @@ def test_graph_finds_circles_of_every_kind(tmp_path: Path) -> None:
     assert found == [["pkg.a", "pkg.b", "pkg.c", "pkg.sub", "pkg.sub.leaf"]]
 
 
-def test_kernel_circles_reported() -> None:
-    """Not asserted (the kernel may be regrouped): the kernel's circles, shown with ``pytest -s``."""
+def test_kernel_has_no_import_circle() -> None:
     modules, edges = imports(ROOT, "teleport_core")
     assert "teleport_core.service" in modules
-    print(f"teleport_core import circles:\n{describe(cycles(modules, edges), edges) or 'none'}")
+    found = cycles(modules, edges)
+    assert not found, f"import circles in teleport_core:\n{describe(found, edges)}"
+
+
+#: the kernel's folders whose imports must run one way (docs/architecture.md)
+FOLDERS = ("api", "config", "net", "pki", "policy", "state")
+
+
+def test_kernel_folders_import_one_way() -> None:
+    """Between the kernel's folders imports run one way: no folder imports one that imports it."""
+    _, edges = imports(ROOT, "teleport_core")
+
+    def folder(module: str) -> str:
+        part = module.split(".")[1] if module.count(".") else ""
+        return f"teleport_core.{part}" if part in FOLDERS else ""
+
+    between = [Import(folder(e.source), folder(e.target), e.kind, e.line) for e in edges
+               if folder(e.source) and folder(e.target) and folder(e.source) != folder(e.target)]
+    found = cycles({f"teleport_core.{name}" for name in FOLDERS}, between)
+    examples = [e for e in edges if any({folder(e.source), folder(e.target)} <= set(c) for c in found)]
+    assert not found, f"folders importing each other: {found}\n" + "\n".join(map(str, examples))

@@ -8,18 +8,10 @@ from typing import Any
 
 import pytest
 
+from teleport_core.config.limits import ConnectionLimits, Rate, Startups
 from teleport_core.config.load import parse_config
 from teleport_core.errors import ConfigError
-from teleport_core.net.limits import (
-    AuditThrottle,
-    ConnectionGate,
-    ConnectionLimits,
-    Rate,
-    RateLimiter,
-    Refused,
-    Startups,
-    retry_after,
-)
+from teleport_core.net.limits import AuditThrottle, ConnectionGate, RateLimiter, Refused, retry_after
 from teleport_core.plugins import make_plugins
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import attrs
 import yaml
 
+from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.model import LOG_FIELDS, JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader, show
 from teleport_core.errors import ConfigError, UnknownNameError
-from teleport_core.net.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.pki.secret import Secret
 from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, install_hint
 from teleport_core.refs import resolve

@@ -8,8 +8,8 @@ from typing import Any
 
 import attrs
 
+from teleport_core.config.limits import ConnectionLimits
 from teleport_core.config.values import NetAddr
-from teleport_core.net.limits import ConnectionLimits
 from teleport_core.pki.secret import Secret
 
 # ``log.format.extra_fields`` names Teleport accepts; ``component`` is always printed.

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from teleport_core.errors import CertificateVetoed, PluginError
-from teleport_core.policy.access import Identity
+from teleport_core.pki.principal import Identity
 
 
 class CertType(enum.Enum):

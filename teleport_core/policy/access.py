@@ -6,7 +6,6 @@ none denies it.
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -14,45 +13,13 @@ from typing import Any
 
 import attrs
 
+from teleport_core.pki.principal import Identity as Identity  # re-exported: the public path of the type
+from teleport_core.pki.principal import IdentityKind as IdentityKind
 from teleport_core.pki.secret import Secret
-
-
-def _frozen_traits(value: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
-    return MappingProxyType({k: tuple(v) for k, v in value.items()})
-
-
-def _strings(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
 
 
 def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
-
-
-class IdentityKind(enum.Enum):
-    """Who holds a certificate: a person or bot (``user``), or a cluster server (``host``)."""
-
-    USER = "user"
-    HOST = "host"
-
-
-@attrs.frozen
-class Identity:
-    """An authenticated principal.
-
-    For users: ``name`` is the Teleport username, ``roles`` their role names and ``traits``
-    their traits (``{"logins": ["root"]}``). For hosts: ``name`` is ``<hostUUID>.<cluster>``
-    and ``roles`` holds the system role (``Node``, ``Proxy``, ``Auth``). ``issued``: when the
-    certificate it came from was issued (None when unknown), which locks on deleted users check.
-    """
-
-    name: str
-    kind: IdentityKind = IdentityKind.USER
-    roles: tuple[str, ...] = attrs.field(default=(), converter=_strings)
-    traits: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_frozen_traits)
-    logins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
-    cluster: str = ""
-    issued: dt.datetime | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(repr=False)

@@ -163,23 +163,6 @@ def logout(argv: list[str], cli: CliContext) -> int:
     return 0
 
 
-def current(args: argparse.Namespace) -> Profile:
-    """The valid profile to act as: ``-i FILE --proxy`` or the stored profile."""
-    if args.identity:
-        if not args.proxy:
-            raise TeleportError("-i requires --proxy=HOST[:PORT]")
-        profile = Profile.from_identity_file(Path(args.identity), args.proxy).check_valid()
-        from teleport_core.tsh.web import call
-
-        ping = call(profile.web_addr, "GET", "/webapi/ping", insecure=args.insecure, profile=profile)  # Proxy check
-        import attrs
-
-        return attrs.evolve(profile, ssh_addr=ping["proxy"]["ssh"]["public_addr"],
-                            tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)),
-                            cluster=profile.cluster or ping["cluster_name"], insecure=args.insecure)
-    return Profile.load(home()).check_valid()
-
-
 def list_nodes(profile: Profile) -> list[dict[str, Any]]:
     from teleport_core.tsh.web import call
 
@@ -200,7 +183,7 @@ def ls(argv: list[str], cli: CliContext) -> int:
             if not eq:
                 raise TeleportError(f"expected label=value, got {part!r}")
             selector[key] = value
-    nodes = [n for n in list_nodes(current(args)) if all(n["labels"].get(k) == v for k, v in selector.items())]
+    nodes = [n for n in list_nodes(_current(args)) if all(n["labels"].get(k) == v for k, v in selector.items())]
     if args.format == "json":
         print(json.dumps(nodes, indent=2))
         return 0
@@ -234,7 +217,7 @@ def ssh(argv: list[str], cli: CliContext) -> int:
     specs = [forward.parse_local_forward(spec) for spec in args.forwards]  # bad specs fail before anything else
     if args.no_command and (args.command or not specs):
         raise TeleportError("-N runs no command: give -L forwards and no command")
-    profile = current(args)
+    profile = _current(args)
     login_name, at, host = args.target.rpartition("@")
     login_name = args.login or (login_name if at else "") or (profile.logins[0] if profile.logins else "")
     if not login_name:
@@ -311,7 +294,7 @@ def scp(argv: list[str], cli: CliContext) -> int:
     remote_src, remote_dst = _remote(args.source), _remote(args.dest)
     if (remote_src is None) == (remote_dst is None):
         raise TeleportError("exactly one of source and destination must be remote ([login@]node:path)")
-    profile = current(args)
+    profile = _current(args)
     login_name, host, path = remote_src or remote_dst  # type: ignore[misc]
     login_name = login_name or (profile.logins[0] if profile.logins else "")
     from teleport_core.tsh import sshclient
@@ -368,7 +351,7 @@ def proxy(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("kind", choices=("ssh",))
     parser.add_argument("target")
     args = parser.parse_args(argv)
-    profile = current(args)
+    profile = _current(args)
     _, _, hostport = args.target.rpartition("@")
     host, port = split_host_port(hostport)
     from teleport_core.tsh import sshclient
@@ -386,3 +369,9 @@ def play(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import recordings as rec
 
     return rec.play(argv, cli)
+
+
+def _current(args: argparse.Namespace) -> Profile:
+    from teleport_core.tsh.web import current
+
+    return current(args)

@@ -235,7 +235,7 @@ def recordings(argv: list[str], cli: CliContext) -> int:
     if not args.limit.isdigit() or not 1 <= int(args.limit) <= MAX_LIMIT:
         raise TeleportError(f"--limit: expected a number from 1 to {MAX_LIMIT}, got {args.limit!r}")
     since, until = listing_window(args.from_utc, args.to_utc, args.last)
-    from teleport_core.tsh.commands import current
+    from teleport_core.tsh.web import current
 
     sessions = list_recordings(current(args), since, until, int(args.limit))
     if args.format == "json":
@@ -258,7 +258,7 @@ def play(argv: list[str], cli: CliContext) -> int:
     if args.session.endswith(".cast") and local.is_file():
         return _play_file(local, args.format, speed)
     from teleport_core.state.sessions import InvalidSessionID, check_session_id
-    from teleport_core.tsh.commands import current
+    from teleport_core.tsh.web import current
 
     try:
         check_session_id(args.session)

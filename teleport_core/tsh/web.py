@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from teleport_core.api.client import ConnectionProblem, raise_for_status
+from teleport_core.errors import TeleportError
 from teleport_core.pki.serverrole import PROXY, find_role_error, require_server_role
-from teleport_core.tsh.profile import Profile
+from teleport_core.tsh.profile import Profile, home
 
 
 def tls_context(insecure: bool, profile: Profile | None = None, host_cas: Sequence[bytes] = ()) -> ssl.SSLContext:
@@ -60,3 +63,18 @@ def call(web_addr: str, method: str, path: str, *, insecure: bool, profile: Prof
         raise ConnectionProblem(f"proxy at {web_addr}: {exc}") from None
     raise_for_status(response)
     return response.json() if response.content else None
+
+
+def current(args: argparse.Namespace) -> Profile:
+    """The valid profile to act as: ``-i FILE --proxy`` or the stored profile."""
+    if args.identity:
+        if not args.proxy:
+            raise TeleportError("-i requires --proxy=HOST[:PORT]")
+        profile = Profile.from_identity_file(Path(args.identity), args.proxy).check_valid()
+        ping = call(profile.web_addr, "GET", "/webapi/ping", insecure=args.insecure, profile=profile)  # Proxy check
+        import attrs
+
+        return attrs.evolve(profile, ssh_addr=ping["proxy"]["ssh"]["public_addr"],
+                            tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)),
+                            cluster=profile.cluster or ping["cluster_name"], insecure=args.insecure)
+    return Profile.load(home()).check_valid()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 
 from teleport_auth.tokens import TokenInfo, parse_static_tokens
+from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
-from teleport_core.net.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # Name of the cluster; it cannot change once the cluster is created.

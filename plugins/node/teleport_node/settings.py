@@ -7,9 +7,9 @@ import re
 
 import attrs
 
+from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
-from teleport_core.net.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # The SSH listener (Teleport's default port is 3022).

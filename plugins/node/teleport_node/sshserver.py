@@ -45,7 +45,8 @@ import attrs
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
-from teleport_core.net.limits import AuditThrottle, ConnectionGate, ConnectionLimits, Refused, Ticket, on_authenticated
+from teleport_core.config.limits import ConnectionLimits
+from teleport_core.net.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
 from teleport_core.net.pipes import grow_pipe
 from teleport_core.policy.access import (
     AGENT_FORWARD,

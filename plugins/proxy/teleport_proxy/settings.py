@@ -6,9 +6,9 @@ from pathlib import Path
 
 import attrs
 
+from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
-from teleport_core.net.limits import ConnectionLimits, parse_connection_limits
 
 SAMPLE = """\
 # HTTPS: web API, login (tsh login), invite pages.

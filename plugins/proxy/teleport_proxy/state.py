@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from teleport_core.api.client import AuthClient
-from teleport_core.net.limits import ConnectionLimits, RateLimiter
+from teleport_core.config.limits import ConnectionLimits
+from teleport_core.net.limits import RateLimiter
 from teleport_core.net.tlsserver import TLSServer
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.roles import RoleSet
