@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import enum
 from collections.abc import AsyncIterator, Sequence
@@ -190,6 +191,27 @@ class BufferedWatcher(Watcher):
 
     def _on_shut(self) -> None:
         """Called once when the watcher closes, on its loop."""
+
+    def _push_threadsafe(self, events: list[Event]) -> bool:
+        """:meth:`_push` from any thread (a backend's writer thread); False when the watcher's
+        loop is closed (the backend then forgets the watcher)."""
+        try:
+            self._loop.call_soon_threadsafe(self._push, events)
+        except RuntimeError:
+            return False
+        return True
+
+    def _shut_threadsafe(self, reason: str) -> None:
+        """Close the watcher (dropping what it buffered) from its loop or any other thread."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._shut(reason, drain=False)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits on the watcher
+            self._loop.call_soon_threadsafe(self._shut, reason, False)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

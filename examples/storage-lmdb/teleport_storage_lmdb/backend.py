@@ -256,27 +256,14 @@ class LmdbWatcher(BufferedWatcher):
 
     def _deliver(self, events: list[Event]) -> None:
         """Hand events to the watcher's loop (called from the writer thread)."""
-        try:
-            self._loop.call_soon_threadsafe(self._push, events)
-        except RuntimeError:  # the watcher's loop is closed
+        if not self._push_threadsafe(events):  # the watcher's loop is closed
             self._backend._unregister(self)
-
-    def _close_from_anywhere(self, reason: str) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._shut(reason, drain=False)
-        else:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._shut, reason, False)
 
     def _on_shut(self) -> None:
         self._backend._unregister(self)
 
     async def close(self) -> None:
-        self._close_from_anywhere("watcher closed")
+        self._shut_threadsafe("watcher closed")
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -679,7 +666,7 @@ class LmdbBackend(Backend):
             with self._lock:
                 watchers, self._watchers = list(self._watchers), set()
             for watcher in watchers:
-                watcher._close_from_anywhere("backend closed")
+                watcher._shut_threadsafe("backend closed")
             await asyncio.to_thread(self._readers.shutdown, True)
             self._env.close()
         finally:

@@ -289,27 +289,14 @@ class SqliteWatcher(BufferedWatcher):
 
     # Called from the writer thread.
     def _deliver(self, events: list[Event]) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._push, events)
-        except RuntimeError:  # the watcher's loop is closed
+        if not self._push_threadsafe(events):  # the watcher's loop is closed
             self._backend._unregister(self)
-
-    def _close_threadsafe(self, reason: str) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._shut(reason, drain=False)
-            return
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._shut, reason, False)
 
     def _on_shut(self) -> None:
         self._backend._unregister(self)
 
     async def close(self) -> None:
-        self._close_threadsafe("watcher closed")
+        self._shut_threadsafe("watcher closed")
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -757,7 +744,7 @@ class SqliteBackend(Backend):
                 watchers = list(self._watchers)
                 self._watchers.clear()
             for watcher in watchers:
-                watcher._close_threadsafe("backend closed")
+                watcher._shut_threadsafe("backend closed")
             await asyncio.to_thread(self._readers.shutdown, True)
             with self._watch_lock:
                 conns, self._reader_conns = self._reader_conns, []
