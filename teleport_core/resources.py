@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from teleport_core.config.load import backend_options
 from teleport_core.config.model import StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader
 from teleport_core.errors import ConfigError, TeleportError, UnknownNameError
@@ -38,14 +39,9 @@ def scheme_of(uri: str) -> str:
 def storage_config(plugins: Plugins, raw: dict[str, Any], path: str = "teleport.storage") -> StorageConfig:
     """Parse a ``teleport.storage`` mapping on its own (used by tests and tools)."""
     reader = SectionReader(raw, path)
-    kind = reader.string("type", "sqlite")
+    kind, options = backend_options(reader, plugins)
     reader.strings("audit_events_uri")
     reader.raw("audit_sessions_uri")
-    try:
-        spec = plugins.backend(kind)
-    except UnknownNameError as exc:
-        raise reader.error("type", str(exc)) from None
-    options = resolve(spec.parse_options)(reader) if spec.parse_options else None
     reader.finish()
     return StorageConfig(kind, options)
 

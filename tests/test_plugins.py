@@ -317,3 +317,33 @@ def test_an_entry_point_name_used_twice_names_both_distributions(tmp_path, monke
     assert second.error == (
         'entry point name "dup" is used twice: plugin "teleport-one" 1.0 (entry point "dup") has it too '
         f"({a / 'teleport_one-1.0.dist-info'}) (and this one: {b / 'teleport_two-2.0.dist-info'})")
+
+
+BAD_OPTIONS_PLUGIN = """
+from teleport_core import hookimpl
+from teleport_core.specs import BackendSpec
+
+@hookimpl
+def teleport_storage_backends():
+    return [BackendSpec(name="lmdb2", factory="x:y", parse_options="lmdb2_plugin:parse")]
+
+def parse(reader):
+    return {"size": int(reader.raw("map_size"))}  # a bug: raw None -> TypeError
+"""
+
+
+def test_a_failing_option_parser_names_plugin_key_and_fix(fake_site, tmp_path):
+    """A backend's parse_options that raises (a bug, not a ConfigError) is reported on one line as
+    that plugin's, with the section it was reading and how to go on without it."""
+    make_distribution(fake_site, "teleport-lmdb2", "0.1", {"lmdb2": "lmdb2_plugin"},
+                      {"lmdb2_plugin": BAD_OPTIONS_PLUGIN})
+    config = tmp_path / "t.yaml"
+    config.write_text("teleport:\n  storage:\n    type: lmdb2\n"
+                      "auth_service: {enabled: no}\nproxy_service: {enabled: no}\nssh_service: {enabled: no}\n")
+    tested = run_cli("teleport", "configure", "--test", str(config), site=fake_site)
+    assert tested.returncode == 1 and "Traceback" not in tested.stderr
+    line = tested.stderr.strip()
+    assert line.startswith('ERROR: plugin "teleport-lmdb2" 0.1 (entry point "lmdb2"): reading the options of backend '
+                           '"lmdb2" (teleport.storage) failed at '), line
+    assert "lmdb2_plugin.py:" in line and "TypeError" in line
+    assert line.endswith("(to go on without it: pip uninstall teleport-lmdb2, or set TELEPORT_DISABLE_PLUGINS=lmdb2)")

@@ -22,7 +22,7 @@ from teleport_core.config.model import LOG_FIELDS, JoinParams, LogConfig, Servic
 from teleport_core.config.reader import SectionReader, show
 from teleport_core.errors import ConfigError, UnknownNameError
 from teleport_core.pki.secret import Secret
-from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, install_hint
+from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, blame, install_hint
 from teleport_core.refs import resolve
 from teleport_core.suggest import did_you_mean
 
@@ -197,18 +197,28 @@ def _parse_teleport(r: SectionReader) -> dict[str, Any]:
     return out
 
 
-def _parse_storage(r: SectionReader, plugins: Plugins, data_dir: Path) -> StorageConfig:
+def backend_options(r: SectionReader, plugins: Plugins) -> tuple[str, Any]:
+    """``type`` and the backend's own keys of ``teleport.storage``, read by its plugin's
+    ``parse_options``: a failure inside it (other than the ``ConfigError`` it raises on purpose)
+    is reported as that plugin's."""
     kind = r.string("type", "sqlite")
+    try:
+        info, spec = plugins.entry("backend", kind, plugins.backends())
+    except UnknownNameError as exc:
+        raise r.error("type", str(exc)) from None
+    if spec.parse_options is None:
+        return kind, None
+    with blame(info, f'reading the options of backend "{kind}" ({r.path})'):
+        return kind, resolve(spec.parse_options)(r)
+
+
+def _parse_storage(r: SectionReader, plugins: Plugins, data_dir: Path) -> StorageConfig:
+    kind, options = backend_options(r, plugins)
     events = r.strings("audit_events_uri") or (f"file://{data_dir / 'log'}",)
     sessions = r.string("audit_sessions_uri", f"file://{data_dir / 'log' / 'records'}")
     for key, uri in [*((f"audit_events_uri[{i}]", u) for i, u in enumerate(events)), ("audit_sessions_uri", sessions)]:
         if "://" not in uri:
             raise r.error(key, f"expected a URI like file:///var/lib/teleport/log, got {show(uri)}")
-    try:
-        spec = plugins.backend(kind)
-    except UnknownNameError as exc:
-        raise r.error("type", str(exc)) from None
-    options = resolve(spec.parse_options)(r) if spec.parse_options else None
     r.finish()
     return StorageConfig(kind, options, events, sessions)
 
