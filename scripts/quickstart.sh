@@ -12,7 +12,7 @@ CONFIG="$DATA/teleport.yaml"
 DIAG=${TELEPORT_DIAG_ADDR:-127.0.0.1:3000}
 if [ ! -f "$CONFIG" ]; then
   "$BIN/teleport" configure --data-dir "$DATA/state" --cluster-name "${CLUSTER_NAME:-quickstart}" \
-    --nodename "${NODENAME:-$(hostname)}" -o "$CONFIG"
+    --nodename "${NODENAME:-$(hostname)}" --public-addr "${PUBLIC_ADDR:-127.0.0.1:3080}" -o "$CONFIG"
 fi
 cat <<EOT
 
@@ -23,8 +23,8 @@ teleport-py quick start
   metrics      curl -s http://$DIAG/metrics
   plugins      $BIN/teleport plugins
   admin        $BIN/tctl -c $CONFIG status
-  add a user   $BIN/tctl -c $CONFIG users add joe --roles=access --logins=\$USER
-  log in       $BIN/tsh login --proxy=127.0.0.1:3080 --insecure --user=joe
+  add a user   $BIN/tctl -c $CONFIG users add joe --roles=access --logins=\$(whoami)
+  log in       $BIN/tsh login --proxy=${PUBLIC_ADDR:-127.0.0.1:3080} --insecure --user=joe
 Stop with Ctrl-C.
 
 EOT

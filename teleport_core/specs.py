@@ -18,8 +18,9 @@ class ServiceSpec:
     ``factory(ctx: ServiceContext) -> Service``. ``role`` is the ``--roles`` name that turns
     it on (``auth``, ``proxy``, ``node``). ``after`` lists sections that must be started
     (and ready) first when enabled in the same process. ``sample`` is a commented YAML block
-    for ``teleport configure``; ``$data_dir``, ``$cluster_name`` and ``$nodename`` are
-    substituted.
+    for ``teleport configure``; ``$data_dir``, ``$cluster_name``, ``$nodename`` and
+    ``$public_addr_setting`` (``public_addr: HOST:PORT`` from ``teleport configure
+    --public-addr``, else a commented example) are substituted.
     """
 
     section: str

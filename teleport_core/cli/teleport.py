@@ -62,6 +62,8 @@ def cmd_configure(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("--data-dir", default="/var/lib/teleport", help="data directory")
     parser.add_argument("--nodename", default="", help="node name (default: hostname)")
     parser.add_argument("--roles", default="", help="only enable these services: auth, proxy, node")
+    parser.add_argument("--public-addr", default="", metavar="HOST[:PORT]",
+                        help="the proxy's public address (invite links, tsh login --proxy); port 3080 by default")
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout")
     parser.add_argument("--test", metavar="FILE", help="validate FILE and exit")
     args = parser.parse_args(argv)
@@ -78,8 +80,14 @@ def cmd_configure(argv: list[str], cli: CliContext) -> int:
         return 0
     from teleport_core.config.sample import SampleOptions, render_sample
 
+    from teleport_core.config.values import parse_addr
+
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-    options = SampleOptions(args.cluster_name, Path(args.data_dir).absolute(), args.nodename, roles)
+    try:
+        public_addr = str(parse_addr(args.public_addr, default_port=3080)) if args.public_addr else ""
+    except ValueError as exc:
+        return fail(f"--public-addr: {exc}")
+    options = SampleOptions(args.cluster_name, Path(args.data_dir).absolute(), args.nodename, roles, public_addr)
     text = render_sample(cli.plugins, options)
     if args.output:
         out = Path(args.output)

@@ -42,6 +42,7 @@ class SampleOptions:
     data_dir: Path = Path("/var/lib/teleport")
     nodename: str = ""
     roles: tuple[str, ...] = ()  # empty: every installed service
+    public_addr: str = ""  # the proxy's public address (invite links, tsh login), HOST[:PORT]
 
 
 def render_sample(plugins: Plugins, options: SampleOptions) -> str:
@@ -52,6 +53,8 @@ def render_sample(plugins: Plugins, options: SampleOptions) -> str:
         "nodename": nodename,
         "data_dir": str(options.data_dir),
         "cluster_name": options.cluster_name or nodename,
+        "public_addr_setting": f"public_addr: {options.public_addr}" if options.public_addr
+        else "# public_addr: proxy.example.com:3080",
     }
     parts = [string.Template(HEADER).safe_substitute(values)]
     installed = plugins.services()

@@ -17,8 +17,9 @@ web_listen_addr: 0.0.0.0:3080
 listen_addr: 0.0.0.0:3023
 # Reverse tunnels: nodes behind firewalls (teleport.proxy_server set) dial out to this port.
 tunnel_listen_addr: 0.0.0.0:3024
-# Addresses clients use to reach this proxy (default: the listen address, or this host's name).
-# public_addr: proxy.example.com:3080
+# Addresses clients use to reach this proxy (default: the listen address, or this host's name);
+# invite and reset links name the first.
+$public_addr_setting
 # ssh_public_addr: proxy.example.com:3023
 # tunnel_public_addr: proxy.example.com:3024
 # Certificate (full chain) and key for HTTPS; without them a self-signed certificate is used

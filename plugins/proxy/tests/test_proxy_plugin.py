@@ -31,3 +31,27 @@ def test_tunnel_listen_addr_defaults_to_3024_and_is_validated():
     with pytest.raises(ConfigError) as err:
         parse_config({"proxy_service": {"tunnel_public_addr": ["ok.example.com", "bad:port:x"]}}, plugins)
     assert str(err.value).startswith("proxy_service.tunnel_public_addr[1]: expected host:port")
+
+
+def test_configure_public_addr_sets_the_proxy_address(tmp_path):
+    """``teleport configure --public-addr`` becomes the proxy's ``public_addr``: what invite links and
+    ``tsh login`` name (the quick start passes 127.0.0.1:3080, not the machine's hostname)."""
+    from teleport_core.cli.teleport import main
+    from teleport_core.config.load import load_config
+
+    path = tmp_path / "teleport.yaml"
+    assert main(["configure", "--data-dir", str(tmp_path / "data"), "--public-addr", "127.0.0.1",
+                 "-o", str(path)]) == 0
+    config = load_config(path, make_plugins())
+    assert [str(a) for a in config.settings("proxy_service").public_addrs] == ["127.0.0.1:3080"]
+    other = tmp_path / "other.yaml"
+    assert main(["configure", "--data-dir", str(tmp_path / "data"), "-o", str(other)]) == 0
+    assert "\n  # public_addr: proxy.example.com:3080\n" in other.read_text()
+    assert load_config(other, make_plugins()).settings("proxy_service").public_addrs == ()
+
+
+def test_configure_bad_public_addr_is_named(capsys):
+    from teleport_core.cli.teleport import main
+
+    assert main(["configure", "--public-addr", "[::1"]) == 1
+    assert capsys.readouterr().err.strip() == "ERROR: --public-addr: unclosed '['"
