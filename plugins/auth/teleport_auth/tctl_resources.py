@@ -16,17 +16,24 @@ from typing import Any
 import attrs
 import yaml
 
-from teleport_auth.tctl import UsageError, command_parser, print_json, printable, run, table
+from teleport_auth.tctl import UsageError, command_parser, labels_text, print_json, printable, run, table
 from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
 from teleport_core.errors import NotFound, TeleportError
 from teleport_core.policy.roles import InvalidRole, parse_role, role_to_dict
 from teleport_core.suggest import did_you_mean
 
-# resource kinds tctl get/rm know, with the names they may be given by
+# resource kinds tctl get/rm know, with the names they may be given by (Teleport's, plural and short forms)
 KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users": "user", "lock": "lock",
-                         "locks": "lock", "node": "node", "nodes": "node"}
-SUPPORTED = ("role", "user", "lock")
+                         "locks": "lock", "node": "node", "nodes": "node", "token": "token", "tokens": "token",
+                         "cert_authority": "cert_authority", "cert_authorities": "cert_authority",
+                         "cert_authoritys": "cert_authority", "ca": "cert_authority", "cas": "cert_authority",
+                         "all": "all"}
+SUPPORTED = ("role", "user", "lock", "node", "token", "cert_authority", "all")
+#: what ``tctl get all`` prints, in this order (every kind the cluster has)
+ALL_KINDS = ("cert_authority", "role", "user", "token", "node", "lock")
+#: kinds ``tctl rm`` deletes
+REMOVABLE = ("role", "user", "lock", "node", "token")
 # kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
 CREATABLE = ("role",)
 YAML_FORMATS = ("yaml", "json", "text")
@@ -56,9 +63,16 @@ def parse_ref(text: str, *, need_name: bool = False) -> Ref:
         )
     if need_name and not name:
         raise UsageError(f"expected KIND/NAME like {kind}/NAME, got {json.dumps(text)}")
+    if kind == "all" and name:
+        raise UsageError(f"invalid resource reference {json.dumps(text)}: all takes no name")
     if "/" in name:
         raise UsageError(f"invalid resource reference {json.dumps(text)}: expected KIND/NAME")
     return Ref(kind, name)
+
+
+def ref_kind_needs_name(text: str) -> bool:
+    """``tctl rm all`` is refused as a kind rm does not delete, not as a missing name."""
+    return KINDS.get(text.strip().partition("/")[0].lower()) != "all"
 
 
 def parse_refs(text: str) -> list[Ref]:
@@ -72,14 +86,30 @@ def parse_refs(text: str) -> list[Ref]:
 # -- tctl get -------------------------------------------------------------------------------------------
 
 
-async def fetch(client: AuthClient, ref: Ref) -> list[dict[str, Any]]:
-    """The resources ``ref`` names, in their resource form (``kind``, ``version``, ``metadata``, ``spec``)."""
+async def fetch(client: AuthClient, ref: Ref, *, with_secrets: bool = False) -> list[dict[str, Any]]:
+    """The resources ``ref`` names, in their resource form (``kind``, ``version``, ``metadata``, ``spec``).
+
+    Every read is an auth API call, authorized there with the caller's roles. Join token values
+    are masked unless ``with_secrets``; certificate authorities are public keys and certificates
+    only (the API never returns a CA's private keys).
+    """
+    if ref.kind == "all":
+        return [doc for kind in ALL_KINDS for doc in await fetch(client, Ref(kind), with_secrets=with_secrets)]
     if ref.kind == "role":
         if ref.name:
             return [await client.get_role(ref.name)]
         return sorted(await client.get_roles(), key=lambda r: r["metadata"]["name"])
     if ref.kind == "node":
-        raise UsageError("tctl get does not print nodes: use tctl nodes ls")
+        return _pick_node([node_resource(n) for n in await client.get_nodes()], ref.name)
+    if ref.kind == "token":
+        tokens = await client.get_tokens()
+        if ref.name:
+            tokens = [t for t in tokens if t["token"] == ref.name and not t.get("static")]
+            if not tokens:
+                raise NotFound("token not found (give its value, as tctl tokens ls prints it)")
+        return [token_resource(t, with_secrets=with_secrets) for t in tokens]
+    if ref.kind == "cert_authority":
+        return await _fetch_cas(client, ref.name)
     if ref.kind == "lock":
         locks = await client.get_locks()
         if ref.name:
@@ -91,6 +121,67 @@ async def fetch(client: AuthClient, ref: Ref) -> list[dict[str, Any]]:
     if ref.name:
         return [await client.get_user(ref.name)]
     return sorted(await client.get_users(), key=lambda u: u["metadata"]["name"])
+
+
+def _pick_node(nodes: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Every node, or the one whose UUID is ``name`` (or, when unique, whose hostname is)."""
+    nodes = sorted(nodes, key=lambda n: (n["spec"]["hostname"], n["metadata"]["name"]))
+    if not name:
+        return nodes
+    found = [n for n in nodes if n["metadata"]["name"] == name] or [n for n in nodes if n["spec"]["hostname"] == name]
+    if not found:
+        raise NotFound(f"node {json.dumps(name)} not found (give its UUID or hostname, as tctl nodes ls prints them)")
+    if len(found) > 1:
+        uuids = ", ".join(n["metadata"]["name"] for n in found)
+        raise UsageError(f"{len(found)} nodes are named {json.dumps(name)}; give one's UUID: {uuids}")
+    return found
+
+
+def node_resource(node: dict[str, Any]) -> dict[str, Any]:
+    """A node of ``/v1/nodes`` in Teleport's resource form (``metadata.name`` is the host UUID)."""
+    return {"kind": "node", "sub_kind": "teleport", "version": "v2",
+            "metadata": {"name": node["uuid"], "labels": dict(node.get("labels") or {})},
+            "spec": {"addr": node.get("addr", ""), "hostname": node["nodename"],
+                     "use_tunnel": bool(node.get("tunnel", False))}}
+
+
+def token_resource(token: dict[str, Any], *, with_secrets: bool) -> dict[str, Any]:
+    """A join token in Teleport's resource form; its value (``metadata.name``) masked unless ``with_secrets``."""
+    from teleport_auth.tokens import MASKED
+
+    metadata: dict[str, Any] = {"name": token["token"] if with_secrets else MASKED}
+    if token.get("expires"):
+        metadata["expires"] = token["expires"]
+    if token.get("static"):
+        metadata["labels"] = {"teleport.dev/origin": "config-file"}
+    return {"kind": "token", "version": "v2", "metadata": metadata,
+            "spec": {"roles": list(token["roles"]), "join_method": "token"}}
+
+
+def ca_resource(answer: dict[str, Any]) -> dict[str, Any]:
+    """A CA of ``/v1/cas/<type>`` in Teleport's resource form: public keys and certificates only."""
+    pairs = [{"ssh": [{"public_key": ssh}], "tls": [{"cert": tls}]}
+             for ssh, tls in zip(answer["ssh_public_keys"], answer["tls_certs"], strict=True)]
+    spec: dict[str, Any] = {"type": answer["type"], "cluster_name": answer["cluster_name"],
+                            "active_keys": pairs[0] if pairs else {"ssh": [], "tls": []}}
+    if len(pairs) > 1:
+        spec["additional_trusted_keys"] = {"ssh": [k for p in pairs[1:] for k in p["ssh"]],
+                                           "tls": [k for p in pairs[1:] for k in p["tls"]]}
+    spec["rotation"] = answer.get("rotation", {})
+    return {"kind": "cert_authority", "sub_kind": answer["type"], "version": "v2",
+            "metadata": {"name": answer["cluster_name"]}, "spec": spec}
+
+
+CA_TYPES = ("host", "user")
+
+
+async def _fetch_cas(client: AuthClient, name: str) -> list[dict[str, Any]]:
+    """``cert_authority`` (both), ``cert_authority/host``, ``/user`` or ``/<cluster name>`` (both)."""
+    types = [name] if name in CA_TYPES else list(CA_TYPES)
+    docs = [ca_resource(await client.get_cert_authority(t)) for t in types]
+    if name and name not in CA_TYPES and not any(d["metadata"]["name"] == name for d in docs):
+        raise NotFound(f"cert_authority {json.dumps(name)} not found: expected host, user or the cluster's name")
+    return docs
 
 
 def _node_labels_text(labels: dict[str, Any]) -> str:
@@ -132,20 +223,57 @@ def resources_text(docs: list[dict[str, Any]]) -> str:
                  printable(lock["spec"].get("message", "")), printable(lock["metadata"].get("expires", "never"))]
                 for lock in locks]
         parts.append(table(["ID", "Target", "Message", "Expires"], rows))
+    parts.extend(_more_tables(docs))
     return "\n\n".join(parts)
 
 
+def _ca_fingerprint(public_key: str) -> str:
+    from teleport_core.pki import keys
+
+    try:
+        return keys.ssh_fingerprint(keys.load_public_key(public_key))
+    except ValueError:
+        return "-"
+
+
+def _more_tables(docs: list[dict[str, Any]]) -> list[str]:
+    """The text tables of nodes, join tokens and certificate authorities."""
+    parts = []
+    nodes = [d for d in docs if d.get("kind") == "node"]
+    if nodes:
+        rows = [[printable(n["spec"]["hostname"]), printable(n["metadata"]["name"]),
+                 "⟵ Tunnel" if n["spec"].get("use_tunnel") else printable(n["spec"].get("addr", "")),
+                 labels_text(n["metadata"].get("labels", {}))] for n in nodes]
+        parts.append(table(["Host", "UUID", "Public Address", "Labels"], rows))
+    tokens = [d for d in docs if d.get("kind") == "token"]
+    if tokens:
+        rows = [[printable(t["metadata"]["name"]), ",".join(t["spec"]["roles"]),
+                 labels_text(t["metadata"].get("labels", {})), printable(t["metadata"].get("expires") or "never")]
+                for t in tokens]
+        parts.append(table(["Token", "Type", "Labels", "Expiry Time (UTC)"], rows))
+    cas = [d for d in docs if d.get("kind") == "cert_authority"]
+    if cas:
+        rows = [[printable(ca["metadata"]["name"]), ca["spec"]["type"],
+                 ",".join(_ca_fingerprint(k["public_key"]) for k in ca["spec"]["active_keys"].get("ssh", []))]
+                for ca in cas]
+        parts.append(table(["Cluster Name", "CA Type", "Fingerprint"], rows))
+    return parts
+
+
 def get(argv: list[str], cli: CliContext) -> int:
-    """``tctl get roles|role/NAME|users|user/NAME|locks|lock/NAME [--format=yaml|json|text]``."""
+    """``tctl get KIND[/NAME][,...] [--format=yaml|json|text] [--with-secrets]``: roles, users, locks,
+    nodes, tokens, cert authorities, or ``all`` of them."""
     parser = command_parser(cli, "Print resources (YAML that tctl create -f reads back).")
     parser.add_argument("resource", metavar="RESOURCE",
                         help=f"KIND or KIND/NAME, comma-separated (kinds: {', '.join(SUPPORTED)})")
     parser.add_argument("--format", choices=YAML_FORMATS, default="yaml")
+    parser.add_argument("--with-secrets", action="store_true",
+                        help="show join token values (CA private keys never leave the auth server)")
     args = parser.parse(argv)
     refs = parse_refs(args.resource)
 
     async def body(client: AuthClient) -> int:
-        docs = [doc for ref in refs for doc in await fetch(client, ref)]
+        docs = [doc for ref in refs for doc in await fetch(client, ref, with_secrets=args.with_secrets)]
         if args.format == "json":
             print_json(docs)
         elif args.format == "text":
@@ -240,21 +368,25 @@ def create(argv: list[str], cli: CliContext) -> int:
 
 
 def rm(argv: list[str], cli: CliContext) -> int:
-    """``tctl rm role/NAME`` / ``tctl rm user/NAME`` / ``tctl rm lock/NAME``."""
+    """``tctl rm role/NAME`` / ``user/NAME`` / ``lock/NAME`` / ``node/UUID`` / ``token/VALUE``."""
     parser = command_parser(cli, "Delete a resource.")
-    parser.add_argument("resource", metavar="KIND/NAME", help=f"e.g. role/NAME (kinds: {', '.join(SUPPORTED)})")
+    parser.add_argument("resource", metavar="KIND/NAME", help=f"e.g. role/NAME (kinds: {', '.join(REMOVABLE)})")
     args = parser.parse(argv)
-    ref = parse_ref(args.resource, need_name=True)
+    ref = parse_ref(args.resource, need_name=ref_kind_needs_name(args.resource))
+    if ref.kind not in REMOVABLE:
+        raise UsageError(f"tctl rm does not delete {ref.kind} resources (it deletes {', '.join(REMOVABLE)})")
     deleters: dict[str, Callable[[AuthClient, str], Awaitable[None]]] = {
         "role": lambda client, name: client.delete_role(name),
         "user": lambda client, name: client.delete_user(name),
         "lock": lambda client, name: client.delete_lock(name),
         "node": lambda client, name: client.delete_node(name),  # and its host record: frees the nodename
+        "token": lambda client, name: client.delete_token(name),
     }
 
     async def body(client: AuthClient) -> int:
         await deleters[ref.kind](client, ref.name)
-        print(f"{ref.kind} {json.dumps(ref.name)} has been deleted")
+        shown = "" if ref.kind == "token" else f" {json.dumps(ref.name)}"  # a token's value stays off the screen
+        print(f"{ref.kind}{shown} has been deleted")
         return 0
 
     return run(cli, args, body)
