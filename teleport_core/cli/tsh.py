@@ -25,16 +25,42 @@ def _lazy(name: str) -> Handler:
     return run
 
 
+def cmd_help(argv: list[str], cli: CliContext) -> int:
+    """``tsh help [COMMAND]``: what ``tsh --help`` / ``tsh COMMAND --help`` print (as Teleport's)."""
+    parser = cli.parser("show the commands, or one command's options")
+    parser.add_argument("topic", nargs="?", metavar="COMMAND", help="the command to explain")
+    args, _ = parser.parse_known_args(argv)
+    return run_tool("tsh", DESCRIPTION, BUILTINS, [args.topic, "--help"] if args.topic else ["--help"])
+
+
+def cmd_tsh_version(argv: list[str], cli: CliContext) -> int:
+    """``tsh version [--format=text|json|yaml]`` (text and json as ``teleport version``'s)."""
+    from teleport_core.tsh import output
+
+    parser = cli.parser("Print the version.")
+    output.add_format(parser)
+    args = parser.parse_args(argv)
+    if args.format != "yaml":
+        return cmd_version(argv, cli)
+    from teleport_core import __version__
+
+    output.emit({"version": __version__, "python": ".".join(map(str, sys.version_info[:3]))}, "yaml")
+    return 0
+
+
 BUILTINS = {
-    "version": Builtin("print the version", cmd_version),
-    "login": Builtin("log in through the proxy: --proxy=HOST[:PORT] [--user] [--ttl] [--out]", _lazy("login")),
-    "status": Builtin("show the current profile (user, cluster, roles, logins, expiry)", _lazy("status")),
+    "help": Builtin("show the commands, or a command's options: help [COMMAND]", cmd_help),
+    "version": Builtin("print the version [--format=text|json|yaml]", cmd_tsh_version),
+    "login": Builtin("log in through the proxy: [--proxy=HOST[:PORT]] (default: the current profile's) [--user] "
+                     "[--ttl] [--out]", _lazy("login")),
+    "status": Builtin("show the current profile (user, cluster, roles, logins, expiry) [--format=text|json|yaml]",
+                      _lazy("status")),
     "logout": Builtin("delete the current profile's key and certificates", _lazy("logout")),
-    "ls": Builtin("list the nodes you may reach [label=value] [--format=text|json]", _lazy("ls")),
+    "ls": Builtin("list the nodes you may reach [label=value] [-v] [--format=text|json|yaml]", _lazy("ls")),
     "ssh": Builtin("run a command or shell on a node through the proxy: [-L spec] [-A] [login@]target [cmd]",
                    _lazy("ssh")),
-    "scp": Builtin("copy files to or from a node: [-r] src dst with [login@]node:path", _lazy("scp")),
-    "recordings": Builtin("recordings ls [--format=text|json]: list recorded sessions you may replay",
+    "scp": Builtin("copy files to or from a node: [-r] [-p] src... dst with [login@]node:path", _lazy("scp")),
+    "recordings": Builtin("recordings ls [--format=text|json|yaml]: list recorded sessions you may replay",
                           _lazy("recordings")),
     "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast]", _lazy("play")),
     "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),

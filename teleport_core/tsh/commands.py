@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
-import json
 import os
 import shlex
 import subprocess
@@ -62,16 +61,14 @@ def login(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-o", "--out", metavar="FILE", help="write an identity file instead of the profile")
     parser.add_argument("--format", choices=("file", "openssh"), default="file", help="format of --out")
     args = parser.parse_args(argv)
-    if not args.proxy:
-        raise TeleportError("--proxy=HOST[:PORT] is required")
+    web, user, insecure = _login_target(args)
     from teleport_core.pki import keys
     from teleport_core.pki.identity import LocalIdentity
     from teleport_core.tsh.web import call
 
-    web = normalize_addr(args.proxy, 3080)
+    args.insecure = insecure
     known_cas = _known_host_cas(web)  # a node of the cluster never passes as its proxy, even with --insecure
     ping = call(web, "GET", "/webapi/ping", insecure=args.insecure, host_cas=known_cas)
-    user = args.user or getpass.getuser()
     ttl = args.ttl + "m" if args.ttl.isdigit() else args.ttl
     password = _prompt(f"Enter password for Teleport user {user}:")
     otp = ""
@@ -95,6 +92,40 @@ def login(argv: list[str], cli: CliContext) -> int:
     _agent_add(folder, profile)
     _print_status(Profile.load(home()))
     return 0
+
+
+def _stored(name: str) -> Profile | None:
+    """The stored profile ``name`` (even expired); None when there is none or it is unreadable."""
+    from teleport_core.pki.identity import IdentityError
+
+    if not name:
+        return None
+    try:
+        return Profile.load(home(), name)
+    except (TeleportError, IdentityError, OSError, KeyError, ValueError):
+        return None
+
+
+def _login_target(args: argparse.Namespace) -> tuple[str, str, bool]:
+    """(proxy web address, user, insecure) of ``tsh login``: ``--proxy`` if given, else the current
+    profile's proxy (as Teleport remembers it), with that profile's user and ``--insecure``
+    unless given again; a clear error when there is neither."""
+    from teleport_core.tsh.profile import current_name
+
+    if args.proxy:
+        web = normalize_addr(args.proxy, 3080)
+        earlier = _stored(web.rpartition(":")[0].strip("[]"))
+        if earlier is not None and earlier.web_addr != web:
+            earlier = None
+    else:
+        earlier = _stored(current_name(home()))
+        if earlier is None:
+            raise TeleportError("--proxy=HOST[:PORT] is required: there is no earlier profile to log in to again "
+                                "(tsh login --proxy=proxy.example.com)")
+        web = earlier.web_addr
+    user = args.user or (earlier.user if earlier is not None else "") or getpass.getuser()
+    insecure = bool(args.insecure or (earlier is not None and not args.proxy and earlier.insecure))
+    return web, user, insecure
 
 
 def _known_host_cas(web: str) -> tuple[bytes, ...]:
@@ -132,8 +163,16 @@ def _agent_add(folder: Path, profile: Profile) -> None:
                        capture_output=True)
 
 
-def _print_status(profile: Profile) -> None:
-    print(f"> Profile URL:        https://{profile.web_addr}")
+def _status_record(profile: Profile) -> dict[str, Any]:
+    """A profile as Teleport's ``tsh status --format=json`` shows it."""
+    return {"profile_url": f"https://{profile.web_addr}", "username": profile.user, "cluster": profile.cluster,
+            "roles": list(profile.roles), "logins": list(profile.logins),
+            "valid_until": profile.valid_before.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "expired": profile.expired, "ssh_proxy": profile.ssh_addr, "insecure": profile.insecure}
+
+
+def _print_status(profile: Profile, current: bool = True) -> None:
+    print(f"{'>' if current else ' '} Profile URL:        https://{profile.web_addr}")
     print(f"  Logged in as:       {profile.user}")
     print(f"  Cluster:            {profile.cluster}")
     print(f"  Roles:              {', '.join(profile.roles)}")
@@ -143,8 +182,26 @@ def _print_status(profile: Profile) -> None:
 
 
 def status(argv: list[str], cli: CliContext) -> int:
-    cli.parser("show the current profile").parse_args(argv)
-    _print_status(Profile.load(home()))
+    from teleport_core.tsh import output
+    from teleport_core.tsh.profile import NotLoggedIn, current_name, profile_names
+
+    parser = cli.parser("show the current profile and the other profiles stored (one per proxy)")
+    output.add_format(parser)
+    args = parser.parse_args(argv)
+    name = current_name(home())
+    active = _stored(name)
+    others = [p for p in (_stored(n) for n in profile_names(home()) if n != name) if p is not None]
+    if args.format != "text":
+        output.emit({"active": _status_record(active) if active is not None else None,
+                     "profiles": [_status_record(p) for p in others]}, args.format)
+        return 0
+    if active is None and not others:
+        raise NotLoggedIn("not logged in (run tsh login --proxy=HOST)")
+    if active is not None:
+        _print_status(active)
+    for other in others:
+        print()
+        _print_status(other, current=False)
     return 0
 
 
@@ -171,10 +228,30 @@ def list_nodes(profile: Profile) -> list[dict[str, Any]]:
     return nodes
 
 
+def node_record(node: dict[str, Any]) -> dict[str, Any]:
+    """A node of ``tsh ls --format=json|yaml``: Teleport's node resource (``kind``, ``version``,
+    ``metadata.name`` = host UUID, ``metadata.labels``, ``spec.hostname``, ``spec.addr``,
+    ``spec.use_tunnel``), then the proxy's flat fields (``uuid``, ``nodename``, ``addr``, ``labels``,
+    ``tunnel``, ``logins``: the logins your roles allow there) kept for earlier scripts."""
+    labels = dict(node.get("labels") or {})
+    record: dict[str, Any] = {
+        "kind": "node", "version": "v2",
+        "metadata": {"name": node["uuid"], "labels": labels},
+        "spec": {"hostname": node["nodename"], "addr": node.get("addr") or "",
+                 "use_tunnel": bool(node.get("tunnel"))},
+    }
+    record.update(node)
+    return record
+
+
 def ls(argv: list[str], cli: CliContext) -> int:
+    from teleport_core.tsh import output
+
     parser = cli.parser("list the nodes you may reach")
     parser.add_argument("labels", nargs="*", help="label=value filters")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show each node's ID (host UUID), and its labels in full")
+    output.add_format(parser)
     args = parser.parse_args(argv)
     selector = {}
     for item in args.labels:
@@ -184,17 +261,16 @@ def ls(argv: list[str], cli: CliContext) -> int:
                 raise TeleportError(f"expected label=value, got {part!r}")
             selector[key] = value
     nodes = [n for n in list_nodes(_current(args)) if all(n["labels"].get(k) == v for k, v in selector.items())]
-    if args.format == "json":
-        print(json.dumps(nodes, indent=2))
+    if args.format != "text":
+        output.emit([node_record(n) for n in nodes], args.format)
         return 0
-    rows = [(n["nodename"], n["addr"] or "⟵ Tunnel", ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())))
-            for n in nodes]
-    head = ("Node Name", "Address", "Labels")
-    widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(3)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    labels = [",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) for n in nodes]
+    if args.verbose:
+        rows = [(n["nodename"], n["uuid"], n["addr"] or "⟵ Tunnel", lab) for n, lab in zip(nodes, labels, strict=True)]
+        print("\n".join(output.table(("Node Name", "Node ID", "Address", "Labels"), rows)))
+    else:
+        rows = [(n["nodename"], n["addr"] or "⟵ Tunnel", lab) for n, lab in zip(nodes, labels, strict=True)]
+        print("\n".join(output.table(("Node Name", "Address", "Labels"), rows, truncate=2)))
     return 0
 
 
@@ -285,36 +361,23 @@ def _run_on_matches(profile: Profile, login_name: str, selector: str, port: int,
 
 
 def scp(argv: list[str], cli: CliContext) -> int:
-    parser = cli.parser("copy files to or from a node through the proxy (SFTP): [login@]node:path")
+    parser = cli.parser("copy files to or from a node through the proxy (SFTP), as OpenSSH's scp: "
+                        "SOURCE... DEST, with [login@]node:path on one side")
     parser.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    parser.add_argument("-p", "--preserve", action="store_true", help="keep modification times and modes")
     parser.add_argument("-P", "--port", type=int, default=0, help="node SSH port (the registered one by default)")
-    parser.add_argument("source")
-    parser.add_argument("dest")
+    parser.add_argument("paths", nargs="*", metavar="SOURCE... DEST",
+                        help="sources, then the destination (a directory when there are several sources)")
     args = parser.parse_args(argv)
-    remote_src, remote_dst = _remote(args.source), _remote(args.dest)
-    if (remote_src is None) == (remote_dst is None):
-        raise TeleportError("exactly one of source and destination must be remote ([login@]node:path)")
+    from teleport_core.tsh import scp as scp_files
+
+    job = scp_files.plan(args.paths)  # a wrong path fails before anything else
+    if job.upload:
+        scp_files.check_local_sources(job.sources, args.recursive)
     profile = _current(args)
-    login_name, host, path = remote_src or remote_dst  # type: ignore[misc]
-    login_name = login_name or (profile.logins[0] if profile.logins else "")
-    from teleport_core.tsh import sshclient
-
-    if remote_src is not None:
-        sshclient.copy(profile, login_name, host, args.port, path, args.dest, upload=False,
-                       recursive=args.recursive)
-    else:
-        sshclient.copy(profile, login_name, host, args.port, args.source, path, upload=True,
-                       recursive=args.recursive)
+    job = scp_files.with_login(job, profile.logins[0] if profile.logins else "")
+    scp_files.copy(profile, job, args.port, recursive=args.recursive, preserve=args.preserve)
     return 0
-
-
-def _remote(spec: str) -> tuple[str, str, str] | None:
-    """``[login@]host:path`` -> (login, host, path); None for a local path."""
-    if spec.startswith(("/", "./", "../")) or ":" not in spec:
-        return None
-    user_host, _, path = spec.partition(":")
-    login_name, _, host = user_host.rpartition("@")
-    return login_name, host, path or "."
 
 
 def _tsh_command() -> list[str]:

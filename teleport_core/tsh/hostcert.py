@@ -14,6 +14,39 @@ from teleport_core.errors import AccessDenied
 from teleport_core.pki import keys
 
 SKEW = 60
+OLD_CA = "your certificates were issued by an old CA: run tsh login again"
+
+
+class UnknownHostCA(AccessDenied):
+    """A host certificate signed by none of the trusted CAs; ``authority`` is the cluster its
+    ``x-teleport-authority`` extension names (a cluster whose host CA rotated names itself)."""
+
+    def __init__(self, message: str, authority: str = "") -> None:
+        super().__init__(message)
+        self.authority = authority
+
+
+def from_rotated_tls_ca(der: bytes, known_ca_pems: Iterable[bytes]) -> bool:
+    """Whether the X.509 certificate ``der`` names as its issuer one of ``known_ca_pems`` (the
+    cluster's host CA as the profile knows it) but is not signed by it: the cluster rotated its
+    host CA since the profile was written. Only for choosing an error message, never for trust."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cas = [x509.load_pem_x509_certificate(pem) for pem in known_ca_pems]
+    except ValueError:
+        return False
+    named = [ca for ca in cas if ca.subject == cert.issuer]
+    if not named:
+        return False
+    for ca in named:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return False
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+    return True
 
 
 def host_ca_keys(known_hosts: Iterable[str]) -> list[str]:
@@ -45,7 +78,8 @@ def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], princip
     for ca in trusted:
         match |= hmac.compare_digest(keys.public_key_der(keys.load_public_key(ca)), signer)
     if not match:
-        raise AccessDenied("the server's host certificate is not signed by the cluster's host CA")
+        raise UnknownHostCA("the server's host certificate is not signed by the cluster's host CA",
+                            cert.extensions.get(b"x-teleport-authority", b"").decode(errors="replace"))
     if cert.type is not ssh.SSHCertificateType.HOST:
         raise AccessDenied("the server presented a user certificate as its host key")
     now = dt.datetime.now(dt.UTC).timestamp()

@@ -123,6 +123,33 @@ class Profile:
                    dt.datetime.fromtimestamp(cert.valid_before, dt.UTC), False, identity, None)
 
 
+def refused_login(profile: Profile, login: str, role: str | None = None) -> str:
+    """What to say when a server refuses the certificate for ``login``: on a node hop (``role``
+    None) with a login the certificate does not carry, which logins the user's roles allow."""
+    allowed = [p for p in profile.logins if not p.startswith("-teleport")]  # internal principals
+    if role is None and login not in profile.logins:
+        return (f"login {login} is not allowed: your roles allow {', '.join(allowed)}" if allowed
+                else f"login {login} is not allowed: your roles allow no logins")
+    return f"access denied to {login}: the server refused the certificate"
+
+
+def profile_names(root: Path | None = None) -> list[str]:
+    """The names of the profiles stored under ``root`` (one per proxy logged in to), sorted."""
+    folder = (root or home()) / "profiles"
+    try:
+        return sorted(p.name for p in folder.iterdir() if (p / "profile.json").is_file())
+    except OSError:
+        return []
+
+
+def current_name(root: Path | None = None) -> str:
+    """The current profile's name ('' when there is none)."""
+    try:
+        return ((root or home()) / "current-profile").read_text().strip()
+    except OSError:
+        return ""
+
+
 def normalize_addr(addr: str, default_port: int) -> str:
     """``host`` -> ``host:port``; ``host:port`` and ``[v6]:port`` unchanged."""
     addr = addr.strip()

@@ -226,7 +226,9 @@ def table(sessions: list[dict[str, Any]]) -> list[str]:
 def recordings(argv: list[str], cli: CliContext) -> int:
     parser = cli.parser("list recorded sessions you may replay (list on session: the auditor role)")
     parser.add_argument("action", choices=("ls",), help="ls: list recorded sessions")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    from teleport_core.tsh import output
+
+    output.add_format(parser)
     parser.add_argument("--from-utc", default="", help="start of the window, RFC 3339 (default: 24h ago)")
     parser.add_argument("--to-utc", default="", help="end of the window, RFC 3339 (default: now)")
     parser.add_argument("--last", default="", help="the window is this long, up to --to-utc (e.g. 2h)")
@@ -238,8 +240,8 @@ def recordings(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh.web import current
 
     sessions = list_recordings(current(args), since, until, int(args.limit))
-    if args.format == "json":
-        print(json.dumps(sessions, indent=2))
+    if args.format != "text":
+        output.emit(sessions, args.format)
     else:
         print("\n".join(table(sessions)))
     return 0
