@@ -21,6 +21,10 @@ class ServiceSpec:
     for ``teleport configure``; ``$data_dir``, ``$cluster_name``, ``$nodename`` and
     ``$public_addr_setting`` (``public_addr: HOST:PORT`` from ``teleport configure
     --public-addr``, else a commented example) are substituted.
+    ``listeners(config, settings) -> Mapping[str, NetAddr]`` names the addresses the service
+    will listen on, keyed by config key (``ssh_service.listen_addr``); ``teleport start``
+    checks each can be bound before any service starts. None: every ``NetAddr`` attribute of
+    the settings whose name ends in ``listen_addr``.
     """
 
     section: str
@@ -29,6 +33,7 @@ class ServiceSpec:
     after: tuple[str, ...] = ()
     description: str = ""
     sample: str = ""
+    listeners: Ref | None = None
 
 
 @attrs.frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -12,22 +13,55 @@ from teleport_core.cli.common import Builtin, CliContext, fail, run_tool
 DESCRIPTION = "teleport-py daemon: runs the auth, proxy and node services that teleport.yaml enables."
 
 
-def cmd_start(argv: list[str], cli: CliContext) -> int:
+# Teleport's ``teleport start`` flags for services or modes teleport-py does not have: refused
+# with the reason (docs/config.md) instead of argparse's "unrecognized arguments".
+UNSUPPORTED_START_FLAGS = {
+    "--fips": "FedRAMP/FIPS 140 mode needs a FIPS-validated crypto module; teleport-py has none",
+    "--insecure-no-tls": "the proxy's web port always speaks TLS (it also carries SSH and the auth API)",
+    "--skip-version-check": "teleport-py does not check versions between client and server, so there is "
+                            "nothing to skip",
+    "--permit-user-env": "the node does not read ~/.tsh/environment",
+    "--bootstrap": "not supported: create roles, users and tokens with tctl create after the first start",
+    "--apply-on-startup": "not supported: apply resources with tctl create -f",
+}
+
+
+def _start_parser(cli: CliContext) -> argparse.ArgumentParser:
     parser = cli.parser("Start the services enabled by the config (and --roles), in one process.")
-    parser.add_argument("-c", "--config", metavar="FILE", help="config file (default /etc/teleport.yaml)")
-    parser.add_argument("--roles", help="comma-separated services to run: auth, proxy, node")
-    parser.add_argument("--token", help="join token, or the path of a file holding it (keeps it out of ps)")
-    parser.add_argument("--ca-pin", action="append", default=[], metavar="PIN", help="sha256:<hex> CA pin")
-    parser.add_argument("--auth-server", action="append", default=[], metavar="HOST:PORT", help="auth server")
-    parser.add_argument("--nodename", help="name of this node (default: hostname)")
-    parser.add_argument("--labels", help="node labels: key=value[,key=value]")
-    parser.add_argument("--diag-addr", metavar="HOST:PORT", help="serve /healthz, /readyz, /metrics here")
-    parser.add_argument("--insecure", action="store_true", help="skip TLS verification of the proxy (testing)")
-    parser.add_argument("--pid-file", metavar="FILE", help="write the process ID to this file")
-    args = parser.parse_args(argv)
+    add = parser.add_argument
+    add("-c", "--config", metavar="FILE", help="config file (default /etc/teleport.yaml)")
+    add("--config-string", metavar="BASE64", default=os.environ.get("TELEPORT_CONFIG"),
+        help="the whole teleport.yaml, base64-encoded, instead of a file (env TELEPORT_CONFIG)")
+    add("-r", "--roles", help="comma-separated services to run: auth, proxy, node")
+    add("--token", help="join token, or the path of a file holding it (keeps it out of ps)")
+    add("--ca-pin", action="append", default=[], metavar="PIN", help="sha256:<hex> CA pin (repeatable)")
+    add("--auth-server", action="append", default=[], metavar="HOST:PORT",
+        help="auth server, or a proxy's web address (repeatable)")
+    add("--proxy", metavar="HOST:PORT", help="join and serve through this proxy (teleport.proxy_server): "
+        "the node opens no port and is reached through a reverse tunnel")
+    add("--nodename", help="name of this node (default: hostname)")
+    add("--labels", help="node labels: key=value[,key=value]")
+    add("-l", "--listen-ip", metavar="IP", help="IP address every service binds, keeping each port [0.0.0.0]")
+    add("--advertise-ip", metavar="HOST[:PORT]", help="address other servers reach this one at (behind NAT)")
+    add("--data-dir", metavar="DIR", help="data directory (teleport.data_dir), e.g. for a second process "
+        "on this host")
+    add("--diag-addr", metavar="HOST:PORT", help="serve /healthz, /readyz, /metrics here")
+    add("--insecure", action="store_true", help="skip TLS verification of the proxy (testing)")
+    add("--pid-file", metavar="FILE", help="write the process ID to this file")
+    for flag in UNSUPPORTED_START_FLAGS:
+        add(flag, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_start(argv: list[str], cli: CliContext) -> int:
+    args = _start_parser(cli).parse_args(argv)
+    for flag, reason in UNSUPPORTED_START_FLAGS.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")) is not None:
+            return fail(f"{flag}: {reason}")
 
     from teleport_core.config.load import Flags, load_config
 
+    explicit = any(a == "--config-string" or a.startswith("--config-string=") for a in argv)
     flags = Flags(
         roles=args.roles,
         token=args.token,
@@ -38,6 +72,12 @@ def cmd_start(argv: list[str], cli: CliContext) -> int:
         diag_addr=args.diag_addr,
         insecure=args.insecure,
         debug=args.debug,
+        proxy_server=args.proxy,
+        listen_ip=args.listen_ip,
+        advertise_ip=args.advertise_ip,
+        data_dir=args.data_dir,
+        config_string=args.config_string,
+        config_string_origin="--config-string" if explicit else "TELEPORT_CONFIG",
     )
     plugins = cli.plugins
     plugins.raise_if_broken()
@@ -47,13 +87,9 @@ def cmd_start(argv: list[str], cli: CliContext) -> int:
     from teleport_core.process import run_process
 
     configure_logging(config.log)
-    if args.pid_file:
-        Path(args.pid_file).write_text(f"{os.getpid()}\n", encoding="utf-8")
-    try:
-        return run_process(config, plugins)
-    finally:
-        if args.pid_file:
-            Path(args.pid_file).unlink(missing_ok=True)
+    # the pid file names the serving process: written at start (by the new process of a reload:
+    # once ready), removed on exit while it still names this one (teleport_core.process)
+    return run_process(config, plugins, pid_file=Path(args.pid_file).absolute() if args.pid_file else None)
 
 
 def cmd_configure(argv: list[str], cli: CliContext) -> int:
@@ -79,7 +115,6 @@ def cmd_configure(argv: list[str], cli: CliContext) -> int:
         print(f"{args.test}: OK")
         return 0
     from teleport_core.config.sample import SampleOptions, render_sample
-
     from teleport_core.config.values import parse_addr
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
@@ -99,6 +134,49 @@ def cmd_configure(argv: list[str], cli: CliContext) -> int:
         print(f"Wrote config to {out}. Start with: teleport start --config {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_install(argv: list[str], cli: CliContext) -> int:
+    from teleport_core.cli import systemd
+
+    parser = cli.parser("Install helpers: `teleport install systemd` prints a systemd unit for teleport start.")
+    parser.add_argument("what", choices=("systemd",), help="what to install")
+    parser.add_argument("--teleport-path", default=systemd.DEFAULT_TELEPORT_PATH, metavar="PATH",
+                        help=f"full path of the teleport program [{systemd.DEFAULT_TELEPORT_PATH}]")
+    parser.add_argument("-c", "--config", default=systemd.DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the config file teleport start reads [{systemd.DEFAULT_CONFIG}]")
+    parser.add_argument("--pid-file", default=systemd.DEFAULT_PID_FILE, metavar="FILE",
+                        help=f"full path of the PID file [{systemd.DEFAULT_PID_FILE}]")
+    parser.add_argument("--env-file", default=systemd.DEFAULT_ENV_FILE, metavar="FILE",
+                        help=f"full path of the environment file [{systemd.DEFAULT_ENV_FILE}]")
+    parser.add_argument("--fd-limit", type=int, default=systemd.DEFAULT_FD_LIMIT, metavar="N",
+                        help=f"maximum number of open file descriptors [{systemd.DEFAULT_FD_LIMIT}]")
+    parser.add_argument("-o", "--output", default="stdout", metavar="DEST",
+                        help="stdout (default), file:///path or a path (not overwritten)")
+    parser.add_argument("--fips", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.fips:
+        return fail(f"--fips: {UNSUPPORTED_START_FLAGS['--fips']}")
+    options = systemd.UnitOptions(args.teleport_path, args.config, args.pid_file, args.env_file, args.fd_limit)
+    text = systemd.render_unit(options)
+    out = systemd.output_path(args.output)
+    if not Path(args.teleport_path).exists() and Path(systemd.running_teleport()).exists():
+        print(f"note: {args.teleport_path} does not exist; this teleport is {systemd.running_teleport()} "
+              "(pass --teleport-path)", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return fail(f"{out} exists; remove it or choose another --output")
+    except OSError as exc:
+        return fail(f"cannot write {out}: {exc.strerror or exc}")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"Wrote the systemd unit to {out}. Then: systemctl daemon-reload && systemctl enable --now teleport",
+          file=sys.stderr)
     return 0
 
 
@@ -145,6 +223,7 @@ def cmd_version(argv: list[str], cli: CliContext) -> int:
 BUILTINS = {
     "start": Builtin("start the services enabled by teleport.yaml", cmd_start),
     "configure": Builtin("print a sample teleport.yaml (or --test one)", cmd_configure),
+    "install": Builtin("install helpers: `teleport install systemd` prints a systemd unit", cmd_install),
     "plugins": Builtin("list installed plugins and what they provide", cmd_plugins),
     "version": Builtin("print the version", cmd_version),
 }

@@ -1,13 +1,18 @@
 """Load ``teleport.yaml`` plus command-line flags into a :class:`TeleportConfig`.
 
 Flags override the file as in Teleport (``--roles``, ``--token``, ``--ca-pin``,
-``--auth-server``, ``--nodename``, ``--labels``, ``--diag-addr``, ``--insecure``,
-``--debug``); an error in a flag's value names the flag.
+``--auth-server``, ``--proxy``, ``--nodename``, ``--labels``, ``--listen-ip``,
+``--advertise-ip``, ``--data-dir``, ``--diag-addr``, ``--insecure``, ``--debug``);
+``--config-string`` (base64 YAML, or ``TELEPORT_CONFIG``) replaces the file. An error in a
+flag's value names the flag.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import ipaddress
 import re
 import socket
 from collections.abc import Mapping
@@ -20,6 +25,7 @@ import yaml
 from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.model import LOG_FIELDS, JoinParams, LogConfig, ServiceSection, StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader, show
+from teleport_core.config.values import NetAddr, parse_addr
 from teleport_core.errors import ConfigError, UnknownNameError
 from teleport_core.pki.secret import Secret
 from teleport_core.plugins import KNOWN_PROVIDERS, STANDARD_ROLES, Plugins, blame, install_hint
@@ -48,6 +54,12 @@ class Flags:
     diag_addr: str | None = None
     insecure: bool = False
     debug: bool = False
+    proxy_server: str | None = None  # --proxy
+    listen_ip: str | None = None  # --listen-ip: the IP every service's *listen_addr binds, ports kept
+    advertise_ip: str | None = None  # --advertise-ip: host[:port] other servers reach this one at
+    data_dir: str | None = None  # --data-dir
+    config_string: str | None = None  # --config-string / TELEPORT_CONFIG: base64-encoded YAML
+    config_string_origin: str = "--config-string"  # or "TELEPORT_CONFIG", for its errors
 
 
 def read_yaml(path: Path) -> Any:
@@ -58,16 +70,73 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "config file is not UTF-8 text") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; errors name ``where`` (a file or a flag), line and column."""
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(str(path), f"invalid YAML at {where}: {exc.problem}") from None
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(where, f"invalid YAML at {at}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"invalid YAML: {exc}") from None
+        raise ConfigError(where, f"invalid YAML: {exc}") from None
     except RecursionError:
-        raise ConfigError(str(path), "invalid YAML: nested too deeply") from None
+        raise ConfigError(where, "invalid YAML: nested too deeply") from None
+
+
+def decode_config_string(value: str, origin: str = "--config-string") -> Any:
+    """Teleport's ``--config-string`` (``TELEPORT_CONFIG``): base64 of a whole ``teleport.yaml``."""
+    try:
+        raw = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(origin, "expected a base64-encoded teleport.yaml (base64 -w0 teleport.yaml)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(origin, "the decoded config is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(origin, "the decoded config is empty")
+    return parse_yaml(text, origin)
+
+
+def parse_listen_ip(value: str) -> str:
+    """``--listen-ip``: an IPv4 or IPv6 address (as Teleport's, not a host name)."""
+    try:
+        return str(ipaddress.ip_address(value.strip().strip("[]")))
+    except ValueError:
+        raise ConfigError("--listen-ip", f"expected an IP address like 10.0.0.5 or ::, got {show(value)}") from None
+
+
+def parse_advertise_ip(value: str, where: str) -> str:
+    """``advertise_ip``: ``host`` or ``host:port`` (Teleport's ``ParseAdvertiseAddr``)."""
+    text = value.strip()
+    try:
+        if text.count(":") > 1 and not text.startswith("["):
+            text = f"[{ipaddress.ip_address(text)}]"  # a bare IPv6 address
+        addr = parse_addr(text, default_port=0)
+    except ValueError as exc:
+        raise ConfigError(where, f"expected an IP address or host[:port], got {show(value)} ({exc})") from None
+    if addr.host in ("", "0.0.0.0", "::"):  # noqa: S104
+        raise ConfigError(where, f"expected an address other servers can reach, got {show(value)}")
+    return str(addr) if addr.port else str(addr).rsplit(":", 1)[0]  # "host", "[v6]" or with the port
+
+
+class ListenIPReader(SectionReader):
+    """A service section read under ``--listen-ip``: every ``*listen_addr`` key (given or
+    defaulted) binds that IP and keeps its port, as Teleport's ``applyListenIP``."""
+
+    def __init__(self, data: Any, path: str, *, origins: Mapping[str, str], listen_ip: str) -> None:
+        super().__init__(data, path, origins=origins)
+        self.listen_ip = listen_ip
+
+    def addr(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        value = super().addr(key, *args, **kwargs)
+        if key.endswith("listen_addr") and isinstance(value, NetAddr):
+            return attrs.evolve(value, host=self.listen_ip)
+        return value
 
 
 def parse_labels_flag(text: str) -> dict[str, str]:
@@ -105,13 +174,20 @@ def _apply_flags(data: dict[str, Any], flags: Flags, origins: dict[str, str]) ->
         teleport.pop("join_params", None)
     if flags.ca_pins:
         put("ca_pin", list(flags.ca_pins), "--ca-pin")
-    if flags.auth_servers:
+    if flags.auth_servers or flags.proxy_server is not None:
         for key in ("auth_server", "auth_servers", "proxy_server"):
             teleport.pop(key, None)
-        if len(flags.auth_servers) == 1:
+    if flags.proxy_server is not None:
+        put("proxy_server", flags.proxy_server, "--proxy")
+    if flags.auth_servers:
+        if len(flags.auth_servers) == 1 and flags.proxy_server is None:
             put("auth_server", flags.auth_servers[0], "--auth-server")
-        else:
+        else:  # with --proxy: a tunnelled node that calls auth directly (auth_server excludes proxy_server)
             put("auth_servers", list(flags.auth_servers), "--auth-server")
+    if flags.data_dir is not None:
+        put("data_dir", str(Path(flags.data_dir).expanduser().absolute()) if flags.data_dir else "", "--data-dir")
+    if flags.advertise_ip is not None:
+        put("advertise_ip", flags.advertise_ip, "--advertise-ip")
     if flags.nodename is not None:
         put("nodename", flags.nodename, "--nodename")
     if flags.diag_addr is not None:
@@ -177,7 +253,8 @@ def _parse_teleport(r: SectionReader) -> dict[str, Any]:
     if out["proxy_server"] and r.has("auth_server"):
         raise r.error("proxy_server", "set either auth_server or proxy_server, not both")
     out["diag_addr"] = r.addr("diag_addr", None)
-    out["advertise_ip"] = r.string("advertise_ip", "")
+    advertise = r.string("advertise_ip", "")
+    out["advertise_ip"] = parse_advertise_ip(advertise, r.error("advertise_ip", "").path) if advertise else ""
     out["connection_limits"] = parse_connection_limits(r, default=ConnectionLimits())
     log = r.section("log")
     output = log.string("output", "stderr")
@@ -230,8 +307,10 @@ def _parse_sections(
     names = list(STANDARD_ROLES.values()) + [s for s in installed if s not in STANDARD_ROLES.values()]
     roles = _roles(flags, plugins)
     sections: dict[str, ServiceSection] = {}
+    listen_ip = parse_listen_ip(flags.listen_ip) if flags.listen_ip is not None else None
     for name in names:
-        reader = SectionReader(data.get(name), name, origins=origins)
+        reader = (SectionReader(data.get(name), name, origins=origins) if listen_ip is None
+                  else ListenIPReader(data.get(name), name, origins=origins, listen_ip=listen_ip))
         enabled = reader.boolean("enabled", True)
         if roles is not None:
             enabled = roles.get(name, False)
@@ -330,7 +409,13 @@ def parse_config(
 
 
 def load_config(path: Path | None, plugins: Plugins, flags: Flags | None = None) -> TeleportConfig:
-    """Read ``path`` (default ``/etc/teleport.yaml`` when it exists, else built-in defaults)."""
+    """Read ``path`` (default ``/etc/teleport.yaml`` when it exists, else built-in defaults);
+    ``flags.config_string`` instead of any file (naming both is an error)."""
+    if flags is not None and flags.config_string is not None:
+        if path is not None:
+            raise ConfigError(flags.config_string_origin, "give either --config or --config-string (TELEPORT_CONFIG), "
+                              "not both")
+        return parse_config(decode_config_string(flags.config_string, flags.config_string_origin), plugins, flags)
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     data = read_yaml(path) if path is not None else None

@@ -28,6 +28,7 @@ def teleport_services() -> list[ServiceSpec]:
             after=("auth_service",),
             description="node service: SSH server with certificate auth, RBAC and session recording",
             sample=SAMPLE,
+            listeners="teleport_node.settings:listeners",
         )
     ]
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 import attrs
 
 from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
+
+if TYPE_CHECKING:
+    from teleport_core.config.model import TeleportConfig
 
 SAMPLE = """\
 # The SSH listener (Teleport's default port is 3022).
@@ -80,3 +84,9 @@ def parse_settings(reader: SectionReader) -> NodeSettings:
         commands.append(CommandLabel(name, argv, period))
     limits = parse_connection_limits(reader)
     return NodeSettings(listen, public, labels, tuple(commands), limits)
+
+
+def listeners(config: TeleportConfig, settings: NodeSettings) -> dict[str, NetAddr]:
+    """What ``teleport start`` checks can be bound before any service starts: the SSH port, or
+    nothing for a node reached through a reverse tunnel (``teleport.proxy_server``)."""
+    return {} if config.proxy_server is not None else {"ssh_service.listen_addr": settings.listen_addr}
