@@ -360,6 +360,44 @@ def issue_ssh_host_cert(
     return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
 
 
+def issue_openssh_host_cert(
+    host_ca: CertAuthority,
+    hook: Any,
+    *,
+    public_key: str | bytes | PublicKey,
+    principals: Sequence[str],
+    ttl: dt.timedelta = DEFAULT_HOST_CERT_TTL,
+    now: dt.datetime | None = None,
+) -> IssuedCert:
+    """Sign an SSH host certificate for a plain OpenSSH server (``tctl auth sign --host``).
+
+    Principals are exactly ``principals``; key id ``<first principal>``; the only extension is
+    ``x-teleport-authority``. There is no ``x-teleport-role``, so the certificate never passes
+    for a Teleport node, proxy or auth server (tsh, the proxy and tunnels require that role).
+    """
+    _require_kind(host_ca, CAType.HOST)
+    names = tuple(dict.fromkeys(_check_name("principal", p) for p in principals))
+    if not names:
+        raise ValueError("a host certificate needs at least one principal")
+    cluster = host_ca.cluster_name
+    identity = _identity(name=names[0], kind=IdentityKind.HOST, roles=(), cluster=cluster)
+    subject = _subject_key(public_key)
+    after, before = _validity(_utc_now(now), _host_ttl(ttl))
+    request = CertRequest(
+        cert_type=CertType.HOST,
+        cert_format=CertFormat.SSH,
+        identity=identity,
+        principals=names,
+        valid_after=_from_ts(after),
+        valid_before=_from_ts(before),
+        public_key=keys.public_key_openssh(subject),
+        extensions={EXT_HOST_AUTHORITY: cluster},
+    )
+    request = apply_plugins(hook, request)
+    serial = secrets.randbits(64)
+    return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
+
+
 # -- X.509 issuance ------------------------------------------------------------------------------------
 
 

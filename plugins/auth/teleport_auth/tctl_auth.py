@@ -1,9 +1,11 @@
-"""``tctl auth``: ``export`` the public CAs, ``sign`` credentials for a user, ``rotate`` the CAs.
+"""``tctl auth``: ``export`` the public CAs, ``sign`` credentials for a user or an OpenSSH server,
+``rotate`` the CAs.
 
-``tctl auth export --type=user|host|tls-user|tls-host`` prints what OpenSSH and TLS clients
+``tctl auth export --type=user|host|tls-user|tls-host|tls`` prints what OpenSSH and TLS clients
 need to trust the cluster (public keys and certificates only). ``tctl auth sign`` generates
 the key pair here, sends only the public key to be signed, and writes the private key with
-mode 0600: the private key never leaves this machine.
+mode 0600: the private key never leaves this machine. ``--host=NAME[,NAME] --format=openssh``
+signs a host certificate for a plain OpenSSH server (``HostKey``/``HostCertificate``).
 """
 
 from __future__ import annotations
@@ -25,16 +27,27 @@ from teleport_auth.authority import (
     export_known_hosts,
     export_tls_pem,
 )
-from teleport_auth.tctl import UsageError, check_ttl, command_parser, human_time, run, subcommands, warn
+from teleport_auth.tctl import (
+    UsageError,
+    check_ttl,
+    command_parser,
+    human_time,
+    run,
+    split_list,
+    subcommands,
+    warn,
+)
 from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import CliContext
 from teleport_core.config.values import parse_duration
 from teleport_core.errors import TeleportError
-from teleport_core.files import write_private
+from teleport_core.files import write_private, write_public
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 
-EXPORT_TYPES = ("user", "host", "tls-user", "tls-host")
+EXPORT_TYPES = ("user", "host", "tls-user", "tls-host", "tls")
+#: Teleport's aliases of export types: ``--type=tls`` is the host CA's TLS certificate (``tls-host``)
+EXPORT_ALIASES = {"tls": "tls-host"}
 SIGN_FORMATS = ("file", "openssh", "tls")
 DEFAULT_SIGN_TTL = "12h"
 KEY_ALGORITHM = "ed25519"
@@ -71,13 +84,13 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--type", choices=EXPORT_TYPES,
         help="user: cert-authority lines for authorized_keys (sshd trusting user certificates); "
-             "host: @cert-authority lines for known_hosts; tls-user, tls-host: the TLS CA certificates (PEM). "
-             "Default: host then user",
+             "host: @cert-authority lines for known_hosts; tls-user, tls-host: the TLS CA certificates (PEM); "
+             "tls: the same as tls-host (Teleport's name). Default: host then user",
     )
 
 
 def _export(args: argparse.Namespace, cli: CliContext) -> int:
-    wanted = [args.type] if args.type else ["host", "user"]
+    wanted = [EXPORT_ALIASES.get(args.type, args.type)] if args.type else ["host", "user"]
 
     async def body(client: AuthClient) -> int:
         for ca_type in wanted:
@@ -89,9 +102,12 @@ def _export(args: argparse.Namespace, cli: CliContext) -> int:
 
 
 def _add_sign_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--user", required=True, help="Teleport user to issue the credentials for")
-    parser.add_argument("-o", "--out", required=True, metavar="FILE", help="where to write (see --format)")
-    parser.add_argument("--ttl", default=DEFAULT_SIGN_TTL, help="how long the certificates stay valid (default 12h)")
+    parser.add_argument("--user", help="Teleport user to issue the credentials for")
+    parser.add_argument("--host", metavar="NAME[,NAME]",
+                        help="a host certificate for a plain OpenSSH server, valid for these names (--format=openssh)")
+    parser.add_argument("-o", "--out", metavar="FILE",
+                        help="where to write (see --format); with --host, default: the first name")
+    parser.add_argument("--ttl", help="how long the certificates stay valid (default 12h; host certificates: 8760h)")
     parser.add_argument(
         "--format", choices=SIGN_FORMATS, default="file",
         help="file: one identity file (tctl -i, tsh -i); openssh: FILE (private key) and FILE-cert.pub; "
@@ -133,18 +149,18 @@ def write_credentials(out: Path, output: str, key: keys.PrivateKey, answer: dict
 
 
 def _sign(args: argparse.Namespace, cli: CliContext) -> int:
-    ttl = check_ttl(args.ttl)
+    if bool(args.user) == bool(args.host):
+        raise UsageError("--user or --host must be specified (one of them)")
+    if args.host:
+        return _sign_host(args, cli)
+    if not args.out:
+        raise UsageError('tctl auth sign: the following arguments are required: -o/--out (see "tctl auth sign --help")')
+    ttl = check_ttl(args.ttl or DEFAULT_SIGN_TTL)
     out = Path(args.out)
     if not out.name or args.out.endswith("/"):
         raise UsageError(f"--out: expected a file name, got {json.dumps(args.out)}")
     paths = sign_outputs(out, args.format)
-    if not args.overwrite:
-        existing = [str(p) for p in paths if p.exists()]
-        if existing:
-            raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
-    for path in paths:
-        if path.is_dir():
-            raise UsageError(f"--out: {path} is a directory")
+    _check_outputs(paths, args.overwrite)
 
     async def body(client: AuthClient) -> int:
         key = keys.generate_private_key(KEY_ALGORITHM)
@@ -161,9 +177,54 @@ def _sign(args: argparse.Namespace, cli: CliContext) -> int:
     return run(cli, args, body)
 
 
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    if not overwrite:
+        existing = [str(p) for p in paths if p.exists()]
+        if existing:
+            raise UsageError(f"{', '.join(existing)} already exists; pass --overwrite to replace it")
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"--out: {path} is a directory")
+
+
+def host_outputs(out: Path) -> list[Path]:
+    """What ``--host --format=openssh -o FILE`` writes: FILE (private key), FILE.pub, FILE-cert.pub."""
+    return [out, out.with_name(out.name + ".pub"), out.with_name(out.name + "-cert.pub")]
+
+
+def _sign_host(args: argparse.Namespace, cli: CliContext) -> int:
+    """``tctl auth sign --host=NAME[,NAME] --format=openssh [-o FILE]``: an OpenSSH server's host key and
+    certificate; the private key is made here and never leaves this machine."""
+    if args.format != "openssh":
+        raise UsageError(f'invalid --format flag "{args.format}", only "openssh" is supported with --host')
+    principals = split_list(args.host, "--host")
+    ttl = check_ttl(args.ttl) if args.ttl else ""
+    out = Path(args.out or principals[0])
+    if not out.name or (args.out or "").endswith("/"):
+        raise UsageError(f"--out: expected a file name, got {json.dumps(args.out)}")
+    paths = host_outputs(out)
+    _check_outputs(paths, args.overwrite)
+
+    async def body(client: AuthClient) -> int:
+        key = keys.generate_private_key(KEY_ALGORITHM)
+        public = keys.public_key_openssh(key)
+        answer = await client.call("POST", "/v1/certs/openssh-host",
+                                   {"public_key": public, "principals": principals, "ttl": ttl})
+        write_private(paths[0], keys.private_key_openssh(key))
+        write_public(paths[1], public.strip() + "\n")
+        write_public(paths[2], answer["ssh_cert"].strip() + "\n")
+        print(f"The credentials have been written to {', '.join(str(p) for p in paths)}")
+        until = human_time(dt.datetime.fromisoformat(answer["valid_before"]))
+        print(f"The host certificate is valid for {', '.join(answer['principals'])} until {until}")
+        return 0
+
+    return run(cli, args, body)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "export": ("Print the cluster's public CA keys or certificates.", _add_export_args, _export),
-    "sign": ("Create credentials for a user (identity file, OpenSSH or TLS files).", _add_sign_args, _sign),
+    "sign": ("Create credentials for a user (identity file, OpenSSH or TLS files) or an OpenSSH server (--host).",
+             _add_sign_args, _sign),
     "rotate": tctl_rotate.SUBCOMMAND,
 }
 

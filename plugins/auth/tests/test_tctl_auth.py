@@ -195,8 +195,7 @@ def test_signed_identity_of_an_editor_cannot_sign_for_others_without_rights(clus
 
 
 BAD_SIGN = [
-    (("auth", "sign", "--out=x.pem"), 'ERROR: tctl auth sign: the following arguments are required: --user '
-                                      '(see "tctl auth sign --help")'),
+    (("auth", "sign", "--out=x.pem"), "ERROR: --user or --host must be specified (one of them)"),
     (("auth", "sign", "--user=ed"), 'ERROR: tctl auth sign: the following arguments are required: -o/--out '
                                     '(see "tctl auth sign --help")'),
     (("auth", "sign", "--user=ed", "--out=x", "--format=pkcs12"),
@@ -206,7 +205,7 @@ BAD_SIGN = [
      'ERROR: --ttl: expected a duration like "30m" or "1h", got "forever"'),
     (("auth", "sign", "--user=ed", "--out=sub/"), 'ERROR: --out: expected a file name, got "sub/"'),
     (("auth", "export", "--type=db"), "ERROR: tctl auth export: argument --type: invalid choice: 'db' (choose from "
-                                      "'user', 'host', 'tls-user', 'tls-host') (see \"tctl auth export --help\")"),
+                                      "'user', 'host', 'tls-user', 'tls-host', 'tls') (see \"tctl auth export --help\")"),
     (("auth", "export", "extra"), 'ERROR: tctl auth export: unrecognized arguments: extra '
                                   '(see "tctl auth export --help")'),
 ]

@@ -19,7 +19,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from teleport_auth.api import changes, cluster, events, inventory, join, locks, roles, sessions, tokens, users
+from teleport_auth.api import (
+    changes,
+    cluster,
+    events,
+    hostcerts,
+    inventory,
+    join,
+    locks,
+    roles,
+    sessions,
+    tokens,
+    users,
+)
 from teleport_auth.api.core import (
     MAX_BODY,
     PATH_PARAMS,
@@ -40,12 +52,13 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
 
 
 class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, users.UsersAPI, tokens.TokensAPI,
-          inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI):
+          inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
+          hostcerts.HostCertsAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
-        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES]}
+        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
