@@ -22,6 +22,10 @@ def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+def _frozen_attributes(value: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({str(k): MappingProxyType(dict(v)) for k, v in value.items()})
+
+
 @attrs.frozen(repr=False)
 class LoginRequest:
     """Credentials offered at login. ``repr`` never shows the password or OTP code."""
@@ -43,6 +47,12 @@ class AccessRequest:
     ``verb`` is ``list``/``read``/``create``/``update``/``delete`` on a resource ``kind``
     (``role``, ``user``, ``token``, ``node``, ``event``, ``session`` ...), or ``ssh`` on a
     ``node`` with ``login`` set. ``labels`` are the resource's labels (node labels for ``ssh``).
+
+    ``attributes``: the item's fields that role ``where:`` predicates read, by namespace
+    (``{"session": {"participants": [...], "login": ...}}``; see
+    :mod:`teleport_core.policy.predicate`); empty when the request is not about one item.
+    ``filtered``: a listing whose caller then checks each item on its own (one request per
+    item, with its ``attributes``), so a rule allowing only some items allows the call.
     """
 
     identity: Identity
@@ -51,6 +61,8 @@ class AccessRequest:
     name: str = ""
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_labels)
     login: str = ""
+    attributes: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, converter=_frozen_attributes)
+    filtered: bool = False
 
 
 class Effect(enum.Enum):

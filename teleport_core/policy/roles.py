@@ -9,7 +9,9 @@ A role::
       allow:
         logins: ["{{internal.logins}}", ubuntu]    # templates expand from the user's traits
         node_labels: {"*": "*"}                     # or env: prod, region: ["^eu-.*$", "us-*"]
-        rules: [{resources: [role], verbs: [read, list]}]
+        rules:
+          - {resources: [role], verbs: [read, list]}
+          - {resources: [session], verbs: [list, read], where: "contains(session.participants, user.metadata.name)"}
       deny: {node_labels: {env: prod}, logins: [root], rules: [...]}
       options: {max_session_ttl: 30h, forward_agent: false, port_forwarding: true}
 
@@ -27,6 +29,10 @@ Semantics (Teleport's):
   both read the user's traits (local users keep theirs in ``traits``); a missing trait yields
   no login, and expanded values that are not valid logins are dropped.
 * Rules: ``resources`` x ``verbs``, ``*`` matching any. Verbs: list, read, create, update, delete.
+  A rule with ``where:`` (:mod:`teleport_core.policy.predicate`) applies only where its predicate
+  holds for the item asked about: an allow rule allows only those items, a deny rule denies only
+  those; deny still wins. A listing the caller filters item by item (``filtered``) is allowed
+  by a ``where`` allow rule, and each item is then checked on its own.
 * Options: ``max_session_ttl`` is the minimum over the user's roles; ``forward_agent`` and
   ``port_forwarding`` are granted when *any* role enables them (``port_forwarding`` defaults
   to true, ``forward_agent`` to false, as in Teleport).
@@ -56,6 +62,8 @@ from teleport_core.config.reader import show
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import ConfigError
 from teleport_core.policy.access import Decision
+from teleport_core.policy.predicate import ITEM_KINDS, Predicate, PredicateError, environment
+from teleport_core.policy.predicate import parse as parse_predicate
 from teleport_core.suggest import did_you_mean
 
 KIND = "role"
@@ -149,15 +157,29 @@ def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _predicate(rule: Rule) -> Predicate | None:
+    return parse_predicate(rule.where) if rule.where else None
+
+
 @attrs.frozen
 class Rule:
-    """Allows (or denies) ``verbs`` on ``resources``; ``*`` in either matches anything."""
+    """Allows (or denies) ``verbs`` on ``resources``; ``*`` in either matches anything.
+
+    ``where``: a predicate (:mod:`teleport_core.policy.predicate`) the item must satisfy for the
+    rule to apply; parsed here (``PredicateError`` when invalid)."""
 
     resources: tuple[str, ...] = attrs.field(converter=_strings)
     verbs: tuple[str, ...] = attrs.field(converter=_strings)
+    where: str = ""
+    predicate: Predicate | None = attrs.field(
+        init=False, repr=False, eq=False, default=attrs.Factory(_predicate, takes_self=True))
 
     def matches(self, kind: str, verb: str) -> bool:
         return (WILDCARD in self.resources or kind in self.resources) and (WILDCARD in self.verbs or verb in self.verbs)
+
+    def holds(self, env: Mapping[str, Any]) -> bool:
+        """Whether the rule applies to the item described by ``env`` (always, without ``where``)."""
+        return self.predicate is None or self.predicate(env)
 
 
 def _rule_tuple(value: Iterable[Rule]) -> tuple[Rule, ...]:
@@ -180,6 +202,10 @@ class Conditions:
 
     def rule_for(self, kind: str, verb: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.matches(kind, verb)), None)
+
+    def rules_for(self, kind: str, verb: str) -> list[Rule]:
+        """Every rule that names ``verb`` on ``kind`` (with or without ``where``)."""
+        return [rule for rule in self.rules if rule.matches(kind, verb)]
 
 
 @attrs.frozen
@@ -364,7 +390,7 @@ def _rules(value: Any, path: str) -> list[Rule]:
     rules = []
     for index, raw in enumerate(value):
         where = f"{path}[{index}]"
-        data = _mapping(raw, where, ("resources", "verbs"))
+        data = _mapping(raw, where, ("resources", "verbs", "where"))
         resources = _string_list(data.get("resources"), f"{where}.resources")
         verbs = _string_list(data.get("verbs"), f"{where}.verbs")
         if not resources:
@@ -380,8 +406,26 @@ def _rules(value: Any, path: str) -> list[Rule]:
         for i, verb in enumerate(verbs):
             if verb != WILDCARD and verb not in VERBS:
                 raise _Fail(f"{where}.verbs[{i}]", f"unknown verb {json.dumps(verb)}" + _suggest(verb, (*VERBS, "*")))
-        rules.append(Rule(resources, verbs))
+        condition = _string(data.get("where"), f"{where}.where") if "where" in data else ""
+        if "where" in data:
+            _check_where(condition, resources, f"{where}.where")
+        rules.append(Rule(resources, verbs, condition))
     return rules
+
+
+def _check_where(text: str, resources: Sequence[str], path: str) -> None:
+    """Parse a rule's ``where``; its item fields (``session.*``, ``event.*``) must fit every resource named."""
+    try:
+        predicate = parse_predicate(text)
+    except PredicateError as exc:
+        raise _Fail(path, f"invalid predicate {json.dumps(text)}: {exc}") from None
+    if WILDCARD in resources:
+        return
+    for namespace in sorted(predicate.namespaces & ITEM_KINDS.keys()):
+        others = [kind for kind in resources if kind not in ITEM_KINDS[namespace]]
+        if others:
+            raise _Fail(path, f"{namespace}.* fields describe {' and '.join(ITEM_KINDS[namespace])} items, "
+                              f"but this rule also names {', '.join(others)}: put those in a rule of their own")
 
 
 def _conditions(value: Any, path: str) -> Conditions:
@@ -523,6 +567,13 @@ def _labels_out(labels: Mapping[str, tuple[str, ...]]) -> dict[str, str | list[s
     return {key: values[0] if len(values) == 1 else list(values) for key, values in labels.items()}
 
 
+def _rule_out(rule: Rule) -> dict[str, Any]:
+    out: dict[str, Any] = {"resources": list(rule.resources), "verbs": list(rule.verbs)}
+    if rule.where:
+        out["where"] = rule.where
+    return out
+
+
 def _conditions_out(cond: Conditions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if cond.logins:
@@ -530,7 +581,7 @@ def _conditions_out(cond: Conditions) -> dict[str, Any]:
     if cond.node_labels:
         out["node_labels"] = _labels_out(cond.node_labels)
     if cond.rules:
-        out["rules"] = [{"resources": list(r.resources), "verbs": list(r.verbs)} for r in cond.rules]
+        out["rules"] = [_rule_out(r) for r in cond.rules]
     return out
 
 
@@ -575,11 +626,16 @@ EDITOR_RESOURCES = (
 )
 
 
+#: the preset ``access`` role's rule on sessions: the user's own (Teleport's)
+OWN_SESSIONS = "contains(session.participants, user.metadata.name)"
+
+
 def builtin_roles() -> list[Role]:
     """Teleport's preset roles, created at first start (:meth:`RoleStore.ensure_builtin`).
 
     * ``access``: the user's own logins (``{{internal.logins}}``) on every node, listing and
-      reading nodes, agent and port forwarding.
+      reading nodes, listing and playing the sessions the user took part in (Teleport's
+      ``where: contains(session.participants, user.metadata.name)``), agent and port forwarding.
     * ``editor``: every verb on the cluster's configuration resources (roles, users, tokens,
       nodes, CAs ...), no logins, no audit events or recordings.
     * ``auditor``: list and read audit events and session recordings.
@@ -590,7 +646,7 @@ def builtin_roles() -> list[Role]:
         allow=Conditions(
             logins=("{{internal.logins}}",),
             node_labels={WILDCARD: (WILDCARD,)},
-            rules=(Rule(("node",), ("list", "read")),),
+            rules=(Rule(("node",), ("list", "read")), Rule(("session",), ("list", "read"), OWN_SESSIONS)),
         ),
         options=RoleOptions(forward_agent=True, port_forwarding=True),
     )
@@ -606,6 +662,15 @@ def builtin_roles() -> list[Role]:
         allow=Conditions(rules=(Rule(("event", "session"), ("list", "read")),)),
     )
     return [access, editor, auditor]
+
+
+def superseded_presets() -> dict[str, Role]:
+    """Preset roles as earlier releases created them, by name: a cluster still holding one unedited
+    gets the current preset at start (:meth:`teleport_auth.rolestore.RoleStore.ensure_builtin`).
+    The ``access`` role before it let users list and play their own sessions."""
+    access = next(role for role in builtin_roles() if role.name == "access")
+    rules = tuple(rule for rule in access.allow.rules if rule.where != OWN_SESSIONS)
+    return {"access": attrs.evolve(access, allow=attrs.evolve(access.allow, rules=rules))}
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -695,15 +760,37 @@ class RoleSet:
             out.extend(login for login in allowed if login not in denied and login not in out)
         return out
 
-    def check_rule(self, kind: str, verb: str) -> Decision:
-        """May the user ``verb`` resources of ``kind``? Deny rules win."""
+    def check_rule(self, kind: str, verb: str, env: Mapping[str, Any] | None = None, *,
+                   filtered: bool = False) -> Decision:
+        """May the user ``verb`` resources of ``kind``? Deny rules win.
+
+        ``env`` (:func:`teleport_core.policy.predicate.environment`): the user and the item that
+        rules with ``where`` are evaluated against (none: every field empty). ``filtered``: the
+        caller checks each item of a listing afterwards, so ``where`` deny rules wait for the items
+        and ``where`` allow rules allow the call."""
+        fields = env if env is not None else environment(roles=self.names, traits=self.traits)
         for role in self.roles:
-            if role.deny.rule_for(kind, verb) is not None:
-                return Decision.deny(f"role {_quote(role.name)} denies {verb} on {kind}")
+            for rule in role.deny.rules_for(kind, verb):
+                if rule.predicate is None:
+                    return Decision.deny(f"role {_quote(role.name)} denies {verb} on {kind}")
+                if not filtered and rule.predicate(fields):
+                    return Decision.deny(f"role {_quote(role.name)} denies {verb} on {kind} where {rule.where}")
+        conditional: list[tuple[Role, Rule]] = []
         for role in self.roles:
-            if role.allow.rule_for(kind, verb) is not None:
-                return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind}")
-        return Decision.deny(f"no role allows {verb} on {kind} ({_names(self.roles)})")
+            for rule in role.allow.rules_for(kind, verb):
+                if rule.predicate is None:
+                    return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind}")
+                if filtered:
+                    return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind} where {rule.where} "
+                                          "(each item is checked)")
+                if rule.predicate(fields):
+                    return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind} where {rule.where}")
+                conditional.append((role, rule))
+        reason = f"no role allows {verb} on {kind} ({_names(self.roles)})"
+        if conditional:
+            only = "; ".join(f"role {_quote(role.name)} only where {rule.where}" for role, rule in conditional)
+            reason += f": {only}"
+        return Decision.deny(reason)
 
     @property
     def max_session_ttl(self) -> dt.timedelta:

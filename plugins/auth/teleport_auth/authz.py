@@ -14,7 +14,9 @@ auth API does it per request); it re-reads the roles only when the snapshot may 
 Hosts (``IdentityKind.HOST``, system role ``Node``/``Proxy``/``Auth`` in ``identity.roles``)
 get :data:`HOST_POLICIES`, like Teleport's built-in system roles; hosts never get SSH logins.
 A user whose role does not exist is denied everything, so deleting a deny role cannot widen
-anyone's access by accident. Every returned decision carries its reason.
+anyone's access by accident. Every returned decision carries its reason. Rules with ``where:``
+are evaluated against the user and the request's item (``name``, ``labels``, ``attributes``);
+a ``filtered`` listing is allowed by them and its caller checks each item.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from teleport_auth.watching import invalidate_on_change
 from teleport_core.errors import AccessDenied
 from teleport_core.logs import get_logger
 from teleport_core.policy.access import AccessRequest, Decision, Identity, IdentityKind
+from teleport_core.policy.predicate import environment
 from teleport_core.policy.roles import WILDCARD, Role, RoleSet
 
 SSH_VERB = "ssh"
@@ -216,7 +219,9 @@ class RoleAuthorizer:
             else:
                 decision = roleset.check_login(request.login, request.labels)
         else:
-            decision = roleset.check_rule(request.kind, request.verb)
+            env = environment(user=identity.name, roles=identity.roles, traits=identity.traits, name=request.name,
+                              labels=request.labels, item=request.attributes)
+            decision = roleset.check_rule(request.kind, request.verb, env, filtered=request.filtered)
         if decision.allowed:
             return decision
         return Decision.deny(f"access denied to user {_q(identity.name)}: {decision.reason}")

@@ -4,9 +4,12 @@
   records in cluster state (:mod:`teleport_auth.session_records`; never the audit log, so every
   auth server lists alike), each with how it ended (``end_reason``) and where its recording is
   (``recording``: ``uploaded``, ``pending``, ``missing`` from the session storage, or ``off``).
-  Needs ``list`` on ``session`` (the preset ``auditor`` role has it).
+  Needs ``list`` on ``session`` (the preset ``auditor`` role has it); a rule with ``where:`` (the
+  preset ``access`` role's ``contains(session.participants, user.metadata.name)``) lists only the
+  sessions it allows, each checked with its record's fields (:func:`session_attributes`).
 * ``GET /v1/sessions/{sid}/recording``: the asciicast v2 recording, streamed from the session
-  storage. Needs ``read`` on ``session``; every read is audited (``session.recording.access``).
+  storage. Needs ``read`` on ``session``, checked with the session's record (so ``where:`` rules
+  see its participants); every read is audited (``session.recording.access``).
   A recording the storage lacks is explained from the record (missing, pending, not recorded).
 
 Users reach both through the proxy's web API: the proxy calls auth with its own certificate and
@@ -27,6 +30,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from teleport_auth.issuer import identity_from_tls_cert
@@ -111,11 +115,20 @@ def window(params: Any) -> tuple[dt.datetime, dt.datetime, int]:
     return since, until, limit
 
 
-async def list_sessions(api: RecordingsAPI, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
+def session_attributes(record: SessionRecord | None) -> dict[str, dict[str, Any]]:
+    """What role ``where:`` predicates read of a session (none when auth has no record of it)."""
+    if record is None:
+        return {}
+    return {"session": {"participants": list(record.participants), "user": record.user, "login": record.login,
+                        "server_id": record.server_id}}
+
+
+async def list_sessions(api: RecordingsAPI, since: dt.datetime, until: dt.datetime, limit: int,
+                        keep: Callable[[SessionRecord], bool] | None = None) -> list[dict[str, Any]]:
     """Sessions that ended in ``[since, until)``, newest first, at most ``limit``, from the session
-    records; the recordings the records call uploaded are checked in the session storage (this page
-    only), and one it lacks is listed as ``missing``."""
-    found = await records_of(api.service).ended(since, until, limit)
+    records (only those ``keep`` accepts); the recordings the records call uploaded are checked in
+    the session storage (this page only), and one it lacks is listed as ``missing``."""
+    found = await records_of(api.service).ended(since, until, limit, keep)
     storage = await api.service.ctx.resources.session_storage()
 
     async def status(record: SessionRecord) -> str:
@@ -139,7 +152,7 @@ def session_entry(record: SessionRecord, status: str) -> dict[str, Any]:
         "sid": record.sid,
         "proto": record.proto,
         "user": record.user,
-        "participants": [record.user] if record.user else [],
+        "participants": list(record.participants),
         "login": record.login,
         "server_id": record.server_id,
         "server_hostname": record.server_hostname,

@@ -6,8 +6,17 @@ import builtins
 import json
 from collections.abc import Callable
 
-from teleport_core.errors import AlreadyExists, NotFound
-from teleport_core.policy.roles import InvalidRole, Role, _quote, builtin_roles, check_name, parse_role, role_to_dict
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound
+from teleport_core.policy.roles import (
+    InvalidRole,
+    Role,
+    _quote,
+    builtin_roles,
+    check_name,
+    parse_role,
+    role_to_dict,
+    superseded_presets,
+)
 from teleport_core.state.backend import Backend, Item, range_end
 
 ROLES_PREFIX = b"/roles/"
@@ -77,6 +86,17 @@ class RoleStore:
         items = await self.backend.get_range(ROLES_PREFIX, range_end(ROLES_PREFIX))
         return [_decode_role(item) for item in items]
 
+    async def _upgrade(self, role: Role, earlier: Role) -> bool:
+        """Replace the stored ``role`` by the current preset when it is still ``earlier``, unedited."""
+        try:
+            item = await self.backend.get(role_key(role.name))
+            if _decode_role(item) != earlier:
+                return False
+            await self.backend.conditional_update(Item(item.key, _encode_role(role), revision=item.revision))
+        except (NotFound, CompareFailed, InvalidRole):
+            return False
+        return True
+
     async def delete(self, name: str) -> None:
         try:
             await self.backend.delete(role_key(name))
@@ -86,14 +106,18 @@ class RoleStore:
             self._changed()
 
     async def ensure_builtin(self) -> builtins.list[str]:
-        """Create the built-in roles that do not exist yet (never overwrites); their names."""
+        """Create the built-in roles that do not exist yet; their names. A stored preset is never
+        overwritten unless it is exactly an earlier release's (:func:`superseded_presets`): that one
+        is brought up to date (compare-and-swap, so an edit made meanwhile wins)."""
         created = []
+        earlier = superseded_presets()
         for role in builtin_roles():
             try:
                 await self.backend.create(Item(role_key(role.name), _encode_role(role)))
                 created.append(role.name)
             except AlreadyExists:
-                continue
+                if role.name in earlier and await self._upgrade(role, earlier[role.name]):
+                    created.append(role.name)
         if created:
             self._changed()
         return created

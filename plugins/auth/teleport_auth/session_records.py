@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -40,6 +41,9 @@ RECORDS_PREFIX = b"/session_records/"
 ENDS_PREFIX = b"/session_ends/"
 WRITE_ATTEMPTS = 20
 FIELD_MAX = 1024
+PARTICIPANTS_MAX = 64
+#: at most this many ended sessions are read for one filtered listing (:meth:`SessionRecords.ended`)
+SCAN_MAX = 10_000
 COMMAND_MAX = 4096
 END_REASONS = frozenset({"exit", "interrupted", "node_restart"})
 _MAX_MICROS = 10**19 - 1  # inverted end times sort newest first (20 digits, zero-padded)
@@ -80,6 +84,22 @@ def _command(fields: Any) -> str:
     if isinstance(value, list):
         value = value[0] if value else ""
     return _text(value, COMMAND_MAX)
+
+
+def _participants(*sources: Any) -> tuple[str, ...]:
+    """The user names of ``sources`` (strings or lists of strings), in order, once each, at most
+    :data:`PARTICIPANTS_MAX`."""
+    out: list[str] = []
+    for source in sources:
+        values: Iterable[Any] = [source] if isinstance(source, str) else source if isinstance(source, list) else ()
+        for value in values:
+            if isinstance(value, str) and value and len(value) <= FIELD_MAX and value not in out:
+                out.append(value)
+    return tuple(out[:PARTICIPANTS_MAX])
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -123,12 +143,16 @@ class RecordingState:
 
 @attrs.frozen
 class SessionRecord:
-    """One session: who ran what where, when it started and ended, and its recording's state."""
+    """One session: who ran what where, when it started and ended, and its recording's state.
+
+    ``participants``: the users who took part (the session's ``user`` first; the ``participants``
+    of its ``session.start`` and ``session.end`` events), what role ``where:`` predicates read."""
 
     sid: str
     server_id: str
     server_hostname: str = ""
     user: str = ""
+    participants: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     login: str = ""
     proto: str = "ssh"
     interactive: bool = False
@@ -149,6 +173,7 @@ class SessionRecord:
         out["start"] = format_time(self.start)
         out["end"] = format_time(self.end) if self.end else None
         out["recording"] = self.recording.to_dict()
+        out["participants"] = list(self.participants)
         return out
 
     def encode(self) -> bytes:
@@ -158,8 +183,10 @@ class SessionRecord:
     def decode(cls, item: Item) -> SessionRecord:
         data = json.loads(item.value)
         start = _time(data.get("start")) or dt.datetime.fromtimestamp(0, dt.UTC)
+        user = str(data.get("user", ""))
         return cls(sid=str(data["sid"]), server_id=str(data["server_id"]),
-                   server_hostname=str(data.get("server_hostname", "")), user=str(data.get("user", "")),
+                   server_hostname=str(data.get("server_hostname", "")), user=user,
+                   participants=_participants(user, data.get("participants") or []),
                    login=str(data.get("login", "")), proto=str(data.get("proto", "ssh")),
                    interactive=bool(data.get("interactive", False)), command=str(data.get("command", "")),
                    session_recording=str(data.get("session_recording", "")), start=start,
@@ -172,9 +199,11 @@ class SessionRecord:
 def _from_start(event: AuditEvent, sid: str) -> SessionRecord:
     fields = event.fields
     recording = str(fields.get("session_recording", ""))
+    user = _text(fields.get("user"))
     return SessionRecord(
         sid=sid, server_id=_text(fields.get("server_id")), server_hostname=_text(fields.get("server_hostname")),
-        user=_text(fields.get("user")), login=_text(fields.get("login")), proto=_text(fields.get("proto")) or "ssh",
+        user=user, participants=_participants(user, fields.get("participants")),
+        login=_text(fields.get("login")), proto=_text(fields.get("proto")) or "ssh",
         interactive=bool(fields.get("interactive", False)), command=_command(fields),
         session_recording=_text(recording), start=event.time, start_uid=event.uid,
         recording=RecordingState(OFF if recording == "off" else PENDING))
@@ -188,11 +217,13 @@ def _ended(record: SessionRecord, event: AuditEvent) -> SessionRecord:
     state = record.recording
     if recording == "off" and state.state == PENDING:
         state = attrs.evolve(state, state=OFF)
+    user = record.user or _text(fields.get("user"))
     return attrs.evolve(
         record, end=event.time, end_reason=reason if reason in END_REASONS else "exit",
         recorded_bytes=_count(fields.get("recorded_bytes")), end_uid=event.uid,
         interactive=bool(fields.get("interactive", record.interactive)),
-        user=record.user or _text(fields.get("user")), login=record.login or _text(fields.get("login")),
+        user=user, participants=_participants(user, list(record.participants), fields.get("participants")),
+        login=record.login or _text(fields.get("login")),
         command=record.command or _command(fields), session_recording=_text(recording),
         server_hostname=record.server_hostname or _text(fields.get("server_hostname")), recording=state)
 
@@ -306,13 +337,30 @@ class SessionRecords:
             return attrs.evolve(done, revision=stored.revision)
         raise CompareFailed(f"session record {sid} changed concurrently; try again")
 
-    async def ended(self, since: dt.datetime, until: dt.datetime, limit: int) -> list[SessionRecord]:
-        """The sessions that ended in ``[since, until)``, newest first, at most ``limit``."""
+    async def ended(self, since: dt.datetime, until: dt.datetime, limit: int,
+                    keep: Callable[[SessionRecord], bool] | None = None) -> list[SessionRecord]:
+        """The sessions that ended in ``[since, until)``, newest first, at most ``limit``.
+
+        ``keep``: only the sessions it accepts (a caller's access to each); the index is read page by
+        page until ``limit`` are kept or :data:`SCAN_MAX` sessions were read."""
         if since >= until:
             return []
-        items = await self.backend.get_range(_end_bound(until - dt.timedelta(microseconds=1)),
-                                             _end_bound(since - dt.timedelta(microseconds=1)), limit=limit)
-        sids = [item.value.decode() for item in items]
-        found = await asyncio.gather(*(self.get(sid) for sid in sids))
-        return [record for record in found if record is not None and record.end is not None]
+        start = _end_bound(until - dt.timedelta(microseconds=1))
+        end = _end_bound(since - dt.timedelta(microseconds=1))
+        out: list[SessionRecord] = []
+        scanned = 0
+        while len(out) < limit and scanned < SCAN_MAX:
+            page = limit if keep is None else min(max(limit, 100), SCAN_MAX - scanned)
+            items = await self.backend.get_range(start, end, limit=page)
+            scanned += len(items)
+            found = await asyncio.gather(*(self.get(item.value.decode()) for item in items))
+            for record in found:
+                if record is not None and record.end is not None and (keep is None or keep(record)):
+                    out.append(record)
+                    if len(out) == limit:
+                        break
+            if keep is None or len(items) < page:
+                break
+            start = items[-1].key + b"\x00"
+        return out
 

@@ -228,3 +228,50 @@ def test_authorizer_routes_hosts_to_the_host_policy(with_backend: Any) -> None:
         assert not authz.decide(req(fake, "create", "role")).allowed
 
     with_backend(body)
+
+
+def test_where_rules_read_the_request_item(with_backend: Any) -> None:
+    """The preset access role: a user's own sessions only (participants from the request's attributes);
+    a filtered listing is allowed and each item decided; a deny rule with where refuses only its items."""
+
+    async def body(backend: Any) -> None:
+        store = RoleStore(backend)
+        await store.ensure_builtin()
+        await store.create(make_role("no-root-sessions", deny={"rules": [
+            {"resources": ["session"], "verbs": ["read"], "where": 'equals(session.login, "root")'}]}))
+        authz = RoleAuthorizer(store)
+        alice = user("alice")
+        await authz.load(alice)
+
+        def item(*participants: str, login: str = "ubuntu") -> dict[str, Any]:
+            return {"session": {"participants": list(participants), "login": login}}
+
+        assert authz.decide(req(alice, "read", "session", "s1", attributes=item("alice"))).allowed
+        theirs = authz.decide(req(alice, "read", "session", "s2", attributes=item("bob")))
+        assert theirs.reason == ('access denied to user "alice": no role allows read on session (access): '
+                                 'role "access" only where contains(session.participants, user.metadata.name)')
+        assert not authz.decide(req(alice, "read", "session", "s3")).allowed  # no record: no participants
+        assert authz.decide(req(alice, "list", "session", filtered=True)).allowed
+        assert not authz.decide(req(alice, "list", "session")).allowed  # an unfiltered listing: refused
+        assert not authz.decide(req(alice, "list", "event", filtered=True)).allowed
+        # a deny rule with where: only the matching item
+        both = user("alice", roles=("access", "no-root-sessions"))
+        await authz.load(both)
+        assert authz.decide(req(both, "read", "session", attributes=item("alice"))).allowed
+        assert authz.decide(req(both, "read", "session", attributes=item("alice", login="root"))).reason == (
+            'access denied to user "alice": role "no-root-sessions" denies read on session where '
+            'equals(session.login, "root")')
+        # the user's own fields: traits and roles
+        await store.create(make_role("team-events", allow={"rules": [
+            {"resources": ["event"], "verbs": ["list"],
+             "where": 'contains(user.spec.traits["teams"], "sec") && equals(event.type, "user.login")'}]}))
+        sec, dev = user("s", roles=("team-events",), teams=["sec"]), user("d", roles=("team-events",), teams=["dev"])
+        await authz.load(sec)
+        login_event = {"event": {"type": "user.login", "code": "T1000I", "user": "x"}}
+        assert authz.decide(req(sec, "list", "event", attributes=login_event)).allowed
+        assert not authz.decide(req(dev, "list", "event", attributes=login_event)).allowed
+        assert not authz.decide(req(sec, "list", "event", attributes={"event": {"type": "session.start"}})).allowed
+        # hosts keep their fixed policy
+        assert authz.decide(req(host("Auth"), "list", "session", filtered=True)).allowed
+
+    with_backend(body)

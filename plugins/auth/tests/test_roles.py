@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import attrs
 import pytest
 from teleport_auth.rolestore import RoleStore
 
@@ -23,6 +24,7 @@ from teleport_core.policy.roles import (
     parse_role,
     parse_roles_yaml,
     role_to_dict,
+    superseded_presets,
 )
 
 BASE: dict[str, Any] = {
@@ -157,8 +159,13 @@ INVALID = [
     ),
     (doc(spec__allow__rules=["role"]), 'role "x": spec.allow.rules[0]: expected a mapping, got "role"'),
     (
-        doc(spec__allow__rules=rules({"resources": ["role"], "verbs": ["read"], "where": "x"})),
-        'role "x": spec.allow.rules[0].where: unknown key; valid keys: resources, verbs',
+        doc(spec__allow__rules=rules({"resources": ["role"], "verbs": ["read"], "wher": "x"})),
+        'role "x": spec.allow.rules[0].wher: unknown key (did you mean "where"?)',
+    ),
+    (
+        doc(spec__allow__rules=rules({"resources": ["session"], "verbs": ["read"], "where": "x"})),
+        'role "x": spec.allow.rules[0].where: invalid predicate "x": expected a condition such as contains(...) '
+        'or equals(...), got "x" (fields are the arguments of contains and equals) at character 1',
     ),
     (
         doc(spec__allow__rules=rules({"verbs": ["read"]})),
@@ -461,6 +468,9 @@ def test_builtin_roles_behave() -> None:
     assert user.check_rule("node", "list").allowed
     assert not user.check_rule("role", "read").allowed
     assert not user.check_rule("event", "list").allowed
+    # sessions: only those the user took part in (Teleport's preset rule)
+    assert user.check_rule("session", "list", filtered=True).allowed
+    assert not user.check_rule("session", "read").allowed and not user.check_rule("session", "delete").allowed
     ed = RoleSet([editor], {"logins": ["root"]})
     assert ed.all_logins == [] and not ed.check_login("root", {}).allowed
     for kind in ("role", "user", "token", "node", "cert_authority"):
@@ -519,5 +529,23 @@ def test_role_store_crud(with_backend: Any) -> None:
         assert len(changes) >= 5
         raw = await backend.get(b"/roles/editor")
         assert parse_role(json.loads(raw.value)) == builtin_roles()[1]
+
+    with_backend(body)
+
+
+def test_an_unedited_preset_of_an_earlier_release_is_brought_up_to_date(with_backend: Any) -> None:
+    """A cluster created before the access role's own-sessions rule gets it at the next start; an
+    edited access role is left alone."""
+
+    async def body(backend: Any) -> None:
+        store = RoleStore(backend)
+        await store.upsert(superseded_presets()["access"])
+        assert await store.ensure_builtin() == ["access", "editor", "auditor"]
+        assert await store.get("access") == builtin_roles()[0]
+        assert await store.ensure_builtin() == []
+        edited = attrs.evolve(superseded_presets()["access"], description="ours")
+        await store.upsert(edited)
+        assert await store.ensure_builtin() == []
+        assert await store.get("access") == edited
 
     with_backend(body)

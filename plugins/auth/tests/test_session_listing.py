@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
+import attrs
 import pytest
 from teleport_auth.recordings import session_entry
 from teleport_auth.session_records import SessionNotOwned, SessionRecords, record_key
@@ -36,8 +38,8 @@ def end(sid: str, server: str = "victim", minutes: float = 5, **fields: Any):
     return event("session.end", sid, server, minutes, **values)
 
 
-def window(records: SessionRecords, hours: float = 3, limit: int = 50):
-    return records.ended(T0 - dt.timedelta(hours=hours), T0 + dt.timedelta(hours=hours), limit)
+def window(records: SessionRecords, hours: float = 3, limit: int = 50, keep: Any = None):
+    return records.ended(T0 - dt.timedelta(hours=hours), T0 + dt.timedelta(hours=hours), limit, keep)
 
 
 def test_the_owners_start_and_end_make_the_record(with_backend) -> None:
@@ -165,5 +167,42 @@ def test_two_stores_on_one_backend_agree_under_concurrent_redeliveries(with_back
         assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
         assert [r.sid for r in a] == list(reversed(sids))
         assert all(r.end_uid == e.uid for r, e in zip(reversed(a), ends, strict=True))
+
+    with_backend(body)
+
+
+def test_participants_and_a_filtered_listing_that_pages(with_backend) -> None:
+    """The record keeps who took part (the user, then the events' participants; an old record without the
+    field counts its user); a listing with ``keep`` reads page after page until ``limit`` are kept."""
+    mine = [str(uuid.uuid4()) for _ in range(3)]
+    others = [str(uuid.uuid4()) for _ in range(250)]
+
+    async def body(backend: Backend) -> None:
+        records = SessionRecords(backend)
+        shared = str(uuid.uuid4())
+        await records.accept(start(shared, user="bob", participants=["bob", "carol", 7, "x" * 5000]))
+        await records.accept(end(shared, minutes=1, user="bob", participants=["alice", "bob"]))
+        record = await records.get(shared)
+        assert record is not None and record.participants == ("bob", "carol", "alice")
+        assert session_entry(record, "pending")["participants"] == ["bob", "carol", "alice"]
+        # a record stored before the field existed: its user is the participant
+        legacy = record.to_dict()
+        legacy.pop("participants")
+        item = await backend.get(record_key(shared))
+        await backend.put(attrs.evolve(item, value=json.dumps(legacy).encode()))
+        assert (await records.get(shared)).participants == ("bob",)  # type: ignore[union-attr]
+
+        # alice's three sessions are the oldest, behind 250 of bob's: the listing pages past them
+        for n, sid in enumerate(mine):
+            await records.accept(start(sid, minutes=n + 2))
+            await records.accept(end(sid, minutes=n + 3))
+        for n, sid in enumerate(others):
+            await records.accept(start(sid, user="bob", minutes=10))
+            await records.accept(end(sid, user="bob", minutes=10 + n / 100))
+        own = await window(records, limit=2, keep=lambda r: "alice" in r.participants)
+        assert [r.sid for r in own] == [mine[2], mine[1]]
+        own = await window(records, limit=50, keep=lambda r: "alice" in r.participants)
+        assert [r.sid for r in own] == [mine[2], mine[1], mine[0]]  # not the shared one: now only bob's
+        assert len(await window(records, limit=50)) == 50  # unfiltered: one page
 
     with_backend(body)

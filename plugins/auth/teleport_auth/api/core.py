@@ -247,15 +247,25 @@ class APIBase:
         return identity
 
     async def decision(self, identity: Identity, verb: str, kind: str, name: str = "", labels: Any = None,
-                       login: str = "") -> Decision:
-        request = AccessRequest(identity, verb, kind, name, labels or {}, login)
+                       login: str = "", *, attributes: Any = None, filtered: bool = False) -> Decision:
+        request = AccessRequest(identity, verb, kind, name, labels or {}, login, attributes or {}, filtered)
         svc = self.service
         if identity.kind is IdentityKind.USER:
             await svc.authorizer.load(identity)
         return check_access(svc.ctx.plugins.hook, request, svc.authorizer.decide(request))
 
-    async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "") -> None:
-        result = await self.decision(identity, verb, kind, name)
+    def item_decision(self, identity: Identity, verb: str, kind: str, name: str = "",
+                      attributes: Any = None) -> Decision:
+        """The decision on one item of a ``filtered`` listing (after :meth:`authorize` loaded the roles)."""
+        request = AccessRequest(identity, verb, kind, name, {}, "", attributes or {})
+        svc = self.service
+        return check_access(svc.ctx.plugins.hook, request, svc.authorizer.decide(request))
+
+    async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "", *,
+                        attributes: Any = None, filtered: bool = False) -> None:
+        """403 (audited) unless ``identity`` may ``verb`` on ``kind``; ``attributes``: the item's fields
+        for ``where:`` rules; ``filtered``: the caller checks each item of its listing (:meth:`item_decision`)."""
+        result = await self.decision(identity, verb, kind, name, attributes=attributes, filtered=filtered)
         if not result.allowed:
             await self.audit_denial(request, identity, result.reason)
             raise AccessDenied(result.reason)

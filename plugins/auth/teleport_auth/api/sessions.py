@@ -156,12 +156,20 @@ class SessionsAPI(APIBase):
     @endpoint(None, None)
     async def list_recordings(self, request: Request, identity: Identity | None) -> Any:
         """Sessions that ended in a window (``since``, ``until``, ``limit``): ``list`` on ``session``
-        for the caller, or for the user whose certificate a proxy forwarded (teleport_auth.recordings)."""
+        for the caller, or for the user whose certificate a proxy forwarded (teleport_auth.recordings);
+        with a ``where:`` rule, only the sessions it allows (each checked with its record)."""
+        from teleport_auth.session_records import SessionRecord
+
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
-        await self.authorize(request, acting, "list", "session")
+        await self.authorize(request, acting, "list", "session", filtered=True)
         since, until, limit = recordings.window(query(request, RecordingsQuery).model_dump())
-        return {"sessions": await recordings.list_sessions(self, since, until, limit)}
+
+        def keep(record: SessionRecord) -> bool:
+            return self.item_decision(acting, "list", "session", record.sid,
+                                      recordings.session_attributes(record)).allowed
+
+        return {"sessions": await recordings.list_sessions(self, since, until, limit, keep)}
 
     @endpoint(None, None)
     async def read_recording(self, request: Request, identity: Identity | None) -> Any:
@@ -174,12 +182,15 @@ class SessionsAPI(APIBase):
         from starlette.background import BackgroundTask
         from starlette.responses import FileResponse
 
+        from teleport_auth.session_records import records_of
         from teleport_core.state.sessions import check_session_id
 
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         sid = check_session_id(request.path_params["sid"])
-        await self.authorize(request, acting, "read", "session", sid)
+        record = await records_of(self.service).get(sid)
+        await self.authorize(request, acting, "read", "session", sid,
+                             attributes=recordings.session_attributes(record))
         storage = await self.service.ctx.resources.session_storage()
         tmp = tempfile.mkdtemp(prefix="teleport-recording-")
         path = Path(tmp) / f"{sid}.cast"
