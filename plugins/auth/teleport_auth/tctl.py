@@ -18,9 +18,9 @@ from typing import Any, NoReturn
 
 from teleport_core.api.client import AuthClient
 from teleport_core.cli.common import GLOBAL_OPTIONS, CliContext, add_global_options
-from teleport_core.cli.connect import auth_client
+from teleport_core.cli.connect import auth_client, from_profile
 from teleport_core.config.values import format_duration, parse_duration
-from teleport_core.errors import TeleportError
+from teleport_core.errors import AccessDenied, TeleportError
 
 FORMATS = ("text", "json")
 
@@ -75,7 +75,13 @@ def run(cli: CliContext, args: Any, body: Callable[[AuthClient], Awaitable[int]]
 
     async def main() -> int:
         async with auth_client(args, cli.plugins) as client:
-            return await body(client)
+            try:
+                return await body(client)
+            except AccessDenied as exc:
+                if not from_profile(client):
+                    raise
+                raise AccessDenied(f"{exc} (tctl used your tsh login: log in as a user whose roles allow this, "
+                                   "or run tctl on the auth server)") from None
 
     return asyncio.run(main())
 
