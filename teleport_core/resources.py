@@ -9,20 +9,25 @@ from __future__ import annotations
 import asyncio
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from teleport_core.config.load import backend_options
 from teleport_core.config.model import StorageConfig, TeleportConfig
 from teleport_core.config.reader import SectionReader
 from teleport_core.errors import ConfigError, TeleportError, UnknownNameError
+from teleport_core.metrics import metrics_for
 from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.service import Resources
 from teleport_core.specs import AuditSinkSpec, SessionStorageSpec
 from teleport_core.state.audit import AuditLog, AuditSink
 from teleport_core.state.backend import Backend
+from teleport_core.state.metered import MeteredBackend
 from teleport_core.state.sessions import SessionStorage
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 async def _call(info: PluginInfo, what: str, factory: Any, *args: Any) -> Any:
@@ -116,11 +121,14 @@ async def open_audit_log(plugins: Plugins, uris: tuple[str, ...], data_dir: Path
 
 
 class ProcessResources(Resources):
-    """Opens each resource once, on first use, and closes them all at shutdown."""
+    """Opens each resource once, on first use, and closes them all at shutdown. With
+    ``metrics`` (the process's registry) the backend's requests are counted and timed there
+    (:class:`~teleport_core.state.metered.MeteredBackend`, whatever the backend)."""
 
-    def __init__(self, config: TeleportConfig, plugins: Plugins) -> None:
+    def __init__(self, config: TeleportConfig, plugins: Plugins, metrics: CollectorRegistry | None = None) -> None:
         self.config = config
         self.plugins = plugins
+        self.metrics = metrics
         self._lock = asyncio.Lock()
         self._backend: Backend | None = None
         self._sessions: SessionStorage | None = None
@@ -130,7 +138,10 @@ class ProcessResources(Resources):
     async def backend(self) -> Backend:
         async with self._lock:
             if self._backend is None:
-                self._backend = await open_backend(self.plugins, self.config.storage, self.config.data_dir)
+                backend = await open_backend(self.plugins, self.config.storage, self.config.data_dir)
+                if self.metrics is not None:
+                    backend = MeteredBackend(backend, metrics_for(self.metrics))
+                self._backend = backend
             return self._backend
 
     async def session_storage(self) -> SessionStorage:

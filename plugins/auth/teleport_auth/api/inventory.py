@@ -19,12 +19,13 @@ from teleport_auth.api.core import (
     body,
     endpoint,
 )
-from teleport_auth.presence import NodeHeartbeat
+from teleport_auth.presence import NODE_TTL, NodeHeartbeat
 from teleport_core.api.schema import Body, Labels, Name, OptionalName, Reply, Text
 from teleport_core.errors import (
     AccessDenied,
     NotFound,
 )
+from teleport_core.metrics import metrics_for
 from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.state.backend import Item
 from teleport_core.state.nodes import NodeInfo
@@ -96,6 +97,9 @@ class InventoryAPI(APIBase):
             stored = await self.service.presence.upsert_node(heartbeat)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        metrics = metrics_for(self.service.ctx.metrics)
+        metrics.heartbeats_received.labels(type="node").inc()
+        metrics.connected.seen("node", uuid, NODE_TTL.total_seconds())
         return node_dict(stored.info())
 
     async def check_heartbeat(self, request: Request, identity: Identity, role: str, uuid: str, nodename: str) -> None:
@@ -151,6 +155,9 @@ class InventoryAPI(APIBase):
         expires = dt.datetime.now(dt.UTC) + PROXY_TTL
         await self.service.backend.put(Item(PROXIES_PREFIX + uuid.encode(), json.dumps(entry).encode(), expires))
         self._proxy_public = entry["public_addr"]
+        metrics = metrics_for(self.service.ctx.metrics)
+        metrics.heartbeats_received.labels(type="proxy").inc()
+        metrics.connected.seen("proxy", uuid, PROXY_TTL.total_seconds())
         return entry
 
     @endpoint("list", "proxy")

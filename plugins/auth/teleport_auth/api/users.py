@@ -44,6 +44,7 @@ from teleport_core.errors import (
     AuthenticationFailed,
     TeleportError,
 )
+from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys
 from teleport_core.pki.secret import Secret
 from teleport_core.policy.access import Identity, IdentityKind, LoginRequest
@@ -314,6 +315,9 @@ class UsersAPI(APIBase):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         valid_before = ssh.request.valid_before
+        issued = metrics_for(svc.ctx.metrics).certificates_issued
+        issued.labels(kind="user", format="ssh").inc()
+        issued.labels(kind="user", format="tls").inc()
         await svc.emit(self.event("cert.create", user=user.name, cert_type="user",
                                   identity={"user": user.name, "roles": list(user.roles), "logins": list(user.logins),
                                             "expires": valid_before.isoformat()}))
@@ -349,12 +353,14 @@ class UsersAPI(APIBase):
             user = found if found is not None else await svc.users.authenticate(
                 username, password, otp, svc.settings.second_factor)
         except AuthenticationFailed as exc:
+            metrics_for(svc.ctx.metrics).failed_login.inc()
             await svc.emit(self.event("user.login", "failure", user=username, method="local", success=False,
                                       error=str(exc), **remote))
             raise
         await self.refuse_locked(request, user, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
         result = await self._certs_for(user, public_key, ttl, client_ip)
         await svc.emit(self.event("user.login", user=username, method="local", success=True, **remote))
+        metrics_for(svc.ctx.metrics).user_login.inc()
         return result
 
     @endpoint("create", "user_cert")
