@@ -46,6 +46,8 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_FAILURE, cMSG_CHANNEL_REQUEST, cMSG_CHANNEL_SUCCESS
 
 from teleport_core.config.limits import ConnectionLimits
+from teleport_core.metrics import Metrics, metrics_for
+from teleport_core.net import sshalgos
 from teleport_core.net.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
 from teleport_core.net.pipes import grow_pipe
 from teleport_core.policy.access import (
@@ -71,8 +73,8 @@ WINDOW = 4 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 # Only AES-GCM: OpenSSH clients list chacha20 and aes-ctr first, and the client's order wins;
 # paramiko has no chacha20 and aes-gcm is about 30 % faster than aes-ctr + HMAC in paramiko.
-# Every OpenSSH since 6.2 offers aes-gcm.
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# Every OpenSSH since 6.2 offers aes-gcm, and every hardening guide lists it.
+CIPHERS = sshalgos.AEAD_CIPHERS
 ENV_ALLOWED = ("LANG", "LANGUAGE", "TERM")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -86,6 +88,7 @@ OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
 # (``exit-signal``; any other signal is reported as "SIG@openssh.com", as sshd does)
 SIGNALS: dict[str, int] = {name: int(getattr(signal, "SIG" + name)) for name in (
     "ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2")}
+ACCEPT_POLL = 0.5  # seconds the accept loop waits before looking at its stop flag again
 STOP_GRACE = 2.0  # seconds a stopping node's sessions get after SIGHUP, before SIGKILL
 STOP_KILL_WAIT = 1.5  # and after SIGKILL, to end through the normal path
 STOP_FINALIZE_WAIT = 3.0  # and for their recordings to be finalized and handed over
@@ -125,9 +128,11 @@ def _winsize(fd: int, width: int, height: int, px: int = 0, py: int = 0) -> None
 class SSHServer:
     """Listens and hands each connection to paramiko with the node's host certificate."""
 
-    def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey, listen: tuple[str, int] | None,
-                 log: Any, limits: ConnectionLimits | None = None) -> None:
+    def __init__(self, state: Callable[[], NodeState], host_key: paramiko.PKey,
+                 listen: tuple[str, int] | socket.socket | None, log: Any, limits: ConnectionLimits | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.state = state
+        self.metrics = metrics or metrics_for(None)  # teleport_core.metrics: sessions by kind
         self.gate = ConnectionGate(limits or ConnectionLimits(), "ssh_service")
         self._refusals = AuditThrottle()
         self.host_key = host_key
@@ -137,10 +142,18 @@ class SSHServer:
         self._lock = threading.Lock()
         # no listener (``listen`` None) for a node reached only through a reverse tunnel, which
         # hands its connections to serve_connection
-        self.sock = socket.create_server(listen, backlog=512, reuse_port=False) if listen else None
+        # ``listen`` may be a socket (ctx.listen: inherited across a graceful reload): accepted with a
+        # timeout, so the loop sees a stop, and another process taking a connection is just a retry
+        if isinstance(listen, socket.socket):
+            self.sock: socket.socket | None = listen
+        else:
+            self.sock = socket.create_server(listen, backlog=512, reuse_port=False) if listen else None
+        if self.sock is not None:
+            self.sock.settimeout(ACCEPT_POLL)
         host, port = self.sock.getsockname()[:2] if self.sock else ("", 0)
         self.addr: tuple[str, int] = (str(host), int(port))
         self._stopping = False
+        self._accepting = True  # False: the accept loop ends (stop, graceful reload)
         self._thread = threading.Thread(target=self._accept_loop, name="teleport-node-accept", daemon=True)
         self.recorders: set[Recorder] = set()
         self._interrupted: set[Session] = set()  # sessions a stop is ending
@@ -216,13 +229,19 @@ class SSHServer:
 
         future.add_done_callback(done)
 
+    def stop_accepting(self) -> None:
+        """Stop the accept loop and close our listening descriptor (never ``shutdown()``: the new
+        process of a graceful reload accepts on the same socket); sessions carry on."""
+        self._accepting = False
+        if self._thread.is_alive():
+            self._thread.join(ACCEPT_POLL * 4 + 1)
+        if self.sock is not None:
+            self.sock.close()
+
     def stop(self) -> None:
         self.end_sessions()
         self.gate.stop()
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
+        self.stop_accepting()
         with self._lock:
             connections = list(self.connections)
         for conn in connections:
@@ -285,13 +304,17 @@ class SSHServer:
 
     def _accept_loop(self) -> None:
         assert self.sock is not None
-        while not self._stopping:
+        while not self._stopping and self._accepting:
             try:
                 sock, remote = self.sock.accept()
-            except OSError:
-                if self._stopping:
-                    return
+            except TimeoutError:
                 continue
+            except OSError:
+                if self._stopping or not self._accepting:
+                    return
+                time.sleep(0.05)  # EMFILE and the like: keep serving the connections there are
+                continue
+            sock.settimeout(None)
             ticket = self._admit(sock, remote)
             if ticket is None:
                 sock.close()
@@ -306,9 +329,7 @@ class SSHServer:
     def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
-        options = transport.get_security_options()
-        options.ciphers = tuple(c for c in CIPHERS if c in options.ciphers)
-        options.key_types = [self.host_key.get_name()]
+        sshalgos.configure(transport, ciphers=CIPHERS, key_types=[self.host_key.get_name()])
         transport.add_server_key(self.host_key)
         conn = Connection(self, transport, remote, sock.getsockname()[:2], ticket)
         with self._lock:
@@ -671,6 +692,7 @@ class Forward:
         self.fd = sock.detach()
         self.channel: paramiko.Channel | None = None
         self.ends = 0
+        self.metered = False  # counted in teleport_sessions_active until closed
 
     def wait_for_channel(self) -> None:
         # paramiko creates the channel object right after the check returns
@@ -690,6 +712,8 @@ class Forward:
         """Splice the socket and ``channel`` on the pump (pump thread)."""
         self.channel = channel
         pump = self.conn.server.pump
+        self.conn.server.metrics.session_started("node", "port-forward")
+        self.metered = True
         out_fd = os.dup(self.fd)
         self.inbound = ChannelToFd(pump, channel, self.fd, self._client_eof)
         self.outbound = FdToChannel(pump, out_fd, channel, self._remote_eof)
@@ -716,6 +740,9 @@ class Forward:
 
     def _maybe_close(self) -> None:
         if self.ends >= 2 or (self.channel is not None and self.channel.closed):
+            if self.metered:
+                self.metered = False
+                self.conn.server.metrics.session_ended("node", "port-forward")
             self.inbound.stop()
             self.outbound.stop()
             assert self.channel is not None
@@ -752,6 +779,7 @@ class Session:
         self.started_at = 0.0  # Unix time the process started (session_start)
         self.end_fields: dict[str, Any] = {}  # what session.start said, repeated by session.end
         self.end_reason = "exit"  # "interrupted": the node's stop ended it
+        self.kind = ""  # once started: its kind in teleport_sessions_active (interactive, exec, sftp)
 
     # -- request handling (transport thread) ----------------------------------------------------
 
@@ -883,6 +911,11 @@ class Session:
                                        "a session.end", sid=self.id, error=str(exc))
         self.conn.emit("session.start", "ok", sid=self.id, proto="ssh", initial_command=[self.command or ""],
                        size=f"{self.size[0]}:{self.size[1]}", session_recording=recording)
+        self.kind = "sftp" if self.subsystem == "sftp" else "interactive" if self.pty else "exec"
+        metrics = self.conn.server.metrics
+        metrics.session_started("node", self.kind)
+        if self.pty:
+            metrics.interactive_sessions.inc()
         self.conn.server.pump.call(lambda: self._attach(fds))
 
     def _failed_start(self, reason: str) -> None:
@@ -1010,6 +1043,11 @@ class Session:
     def _report(self, code: int | None) -> None:
         conn = self.conn
         state = conn.server.state()
+        if self.kind:
+            conn.server.metrics.session_ended("node", self.kind)
+            if self.pty:
+                conn.server.metrics.interactive_sessions.dec()
+            self.kind = ""
         exit_code = str(code if code is not None and code >= 0 else 255)
         if self.command is not None:
             scp = _scp_action(self.command)

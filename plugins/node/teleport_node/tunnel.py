@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import ssh
 
 from teleport_core.config.values import NetAddr, parse_addr
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.net import sshalgos
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.tsh.hostcert import verify_host_cert
@@ -168,8 +169,7 @@ class TunnelAgent:
         transport = paramiko.Transport(sock)
         self._transport = transport
         try:
-            options = transport.get_security_options()
-            options.key_types = list(HOST_CERT_TYPES)  # only certificates from the cluster's host CA
+            sshalgos.configure(transport, key_types=HOST_CERT_TYPES)  # only certificates from the cluster's host CA
             transport.start_client(timeout=CONNECT_TIMEOUT)
             blob = transport.get_remote_server_key().public_blob
             if blob is None:

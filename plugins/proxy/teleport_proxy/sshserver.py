@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from teleport_core.errors import TeleportError
+from teleport_core.metrics import metrics_for
+from teleport_core.net import sshalgos
 from teleport_core.net.limits import AuditThrottle, ConnectionGate, Refused, Ticket, on_authenticated
 from teleport_core.pki import keys
 from teleport_core.state.nodes import NodeInfo
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 WINDOW = 4 * 1024 * 1024  # not more: see the node's WINDOW (OpenSSH clients churn larger buffers)
 MAX_PACKET = 256 * 1024
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 LOOKUP_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 IDLE_POLL = 1.0
@@ -134,6 +135,15 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     def _connect(self, target: str, port: int) -> tuple[NodeInfo, socket.socket]:
         """Resolve ``target`` for this user and connect to the node (raises TeleportError/OSError)."""
+        metrics = self.server.metrics
+        metrics.connect_attempts.inc()
+        try:
+            return self._dial(target, port)
+        except BaseException:
+            metrics.connect_failures.inc()
+            raise
+
+    def _dial(self, target: str, port: int) -> tuple[NodeInfo, socket.socket]:
         assert self.user is not None
         future = asyncio.run_coroutine_threadsafe(self.proxy.route(self.user, "", target, port), self.proxy.loop)
         node = future.result(LOOKUP_TIMEOUT)
@@ -155,7 +165,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         except (TeleportError, OSError) as exc:
             self.audit(self.user.user if self.user else "", f"{host}:{port}: {exc}", target=host)
             return int(paramiko.OPEN_FAILED_CONNECT_FAILED)
-        upstream = Upstream(sock)
+        upstream = Upstream(sock, self.server.metrics.rx.inc)
         self.pending[chanid] = upstream
         self.transport.upstreams[chanid] = upstream  # takes the channel's input from its first message
         return int(paramiko.OPEN_SUCCEEDED)
@@ -174,9 +184,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             self.audit(self.user.user if self.user else "", message, target=host)
             threading.Thread(target=_fail_channel, args=(channel, message), daemon=True).start()
             return True
-        upstream = Upstream(sock)
+        upstream = Upstream(sock, self.server.metrics.rx.inc)
         upstream.adopt(channel)  # on the transport's thread, before the client hears of success
-        splice(channel, upstream)
+        self.server.splice_session(channel, upstream, "subsystem")
         return True
 
 
@@ -257,9 +267,11 @@ class SSHProxyServer:
         sock.settimeout(0.5)
         self.host_key = CertHostKey(paramiko_key(proxy.identity.key_pem), proxy.identity.ssh_cert)
         self._stopping = threading.Event()
+        self._accepting = threading.Event()  # set: the accept loop ends (stop, graceful reload)
         self._transports: set[paramiko.Transport] = set()
         self._connections: set[Connection] = set()
         self.gate = ConnectionGate(proxy.limits, "proxy_service")
+        self.metrics = metrics_for(proxy.ctx.metrics)
         self.refused = Refusals(proxy, proto="ssh")
         self._thread = threading.Thread(target=self._accept_loop, name="proxy-ssh-accept", daemon=True)
         # paramiko logs every client that hangs up mid-handshake at ERROR; denials are audited instead
@@ -272,11 +284,30 @@ class SSHProxyServer:
     def start(self) -> None:
         self._thread.start()
 
+    def splice_session(self, channel: paramiko.Channel, upstream: Upstream, kind: str) -> None:
+        """Splice a routed connection, counted as a proxy session of ``kind`` until it ends."""
+        metrics = self.metrics
+        metrics.session_started("proxy", kind)
+        metrics.proxy_sessions.inc()
+
+        def ended() -> None:
+            metrics.session_ended("proxy", kind)
+            metrics.proxy_sessions.dec()
+
+        splice(channel, upstream, sent=metrics.tx.inc, ended=ended)
+
+    def stop_accepting(self) -> None:
+        """Stop the accept loop and close our listening descriptor (never ``shutdown()``: the new
+        process of a graceful reload accepts on the same socket); connections carry on."""
+        self._accepting.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sock.close()
+
     def stop(self) -> None:
         self._stopping.set()
+        self.stop_accepting()
         self.gate.stop()
-        self._thread.join(5)
-        self.sock.close()
         for transport in list(self._transports):
             transport.close()
 
@@ -292,7 +323,7 @@ class SSHProxyServer:
         return cut
 
     def _accept_loop(self) -> None:
-        accept_loop(self.sock, self._stopping, self._serve, "proxy-ssh-conn", self.gate, self.refused)
+        accept_loop(self.sock, self._accepting, self._serve, "proxy-ssh-conn", self.gate, self.refused)
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.settimeout(None)
@@ -302,9 +333,7 @@ class SSHProxyServer:
         # 5,000 wake-ups a second (each taking the GIL) with 500 idle sessions; 1 s is enough
         transport._active_check_timeout = IDLE_POLL
         client.settimeout(IDLE_POLL)
-        options = transport.get_security_options()
-        options.ciphers = [c for c in CIPHERS if c in options.ciphers]
-        options.key_types = [self.host_key.get_name()]
+        sshalgos.configure(transport, key_types=[self.host_key.get_name()])
         transport.add_server_key(self.host_key)
         conn = Connection(self, transport, remote)
 
@@ -327,7 +356,7 @@ class SSHProxyServer:
                     continue
                 upstream = conn.pending.pop(channel.get_id(), None)
                 if upstream is not None:
-                    splice(channel, upstream)
+                    self.splice_session(channel, upstream, "direct-tcpip")
         except (paramiko.SSHException, EOFError, OSError):
             pass
         finally:

@@ -43,6 +43,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import ssh
 
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.net import sshalgos
 from teleport_core.net.limits import ConnectionGate, Ticket, on_authenticated
 from teleport_core.state.audit import new_event
 from teleport_core.tsh.hostcert import verify_host_cert
@@ -212,6 +213,7 @@ class TunnelServer:
         self._audits: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._accepting = threading.Event()  # set: the accept loop ends (stop, graceful reload)
         self.gate = ConnectionGate(proxy.limits, "proxy_service tunnel")
         self.refused = Refusals(proxy, kind="reverse_tunnel")
         self._thread = threading.Thread(target=self._accept_loop, name="proxy-tunnel-accept", daemon=True)
@@ -224,15 +226,24 @@ class TunnelServer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self.gate.stop()
-        self._thread.join(5)
+    def stop_accepting(self) -> None:
+        """Graceful reload: stop the accept loop, close our listening descriptor (never
+        ``shutdown()``: the new process accepts on it) and the tunnels' control connections,
+        so each node dials again and reaches the new proxy. Data connections of sessions
+        already routed carry on."""
+        self._accepting.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.sock.close()
         with self._lock:
             tunnels = list(self.tunnels.values())
         for tunnel in tunnels:
             tunnel.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.gate.stop()
+        self.stop_accepting()
         deadline = time.monotonic() + 5
         for thread in list(self._controls):  # each audits its tunnel's end before the process stops
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -271,7 +282,7 @@ class TunnelServer:
     # -- connections -----------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
-        accept_loop(self.sock, self._stopping, self._serve, "proxy-tunnel-conn", self.gate, self.refused)
+        accept_loop(self.sock, self._accepting, self._serve, "proxy-tunnel-conn", self.gate, self.refused)
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -323,8 +334,7 @@ class TunnelServer:
     def _control(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         transport = paramiko.Transport(client, default_window_size=WINDOW)
         on_authenticated(transport, ticket.authenticated)  # a node, not a user: not in max_users
-        options = transport.get_security_options()
-        options.key_types = [self.host_key.get_name()]
+        sshalgos.configure(transport, key_types=[self.host_key.get_name()])
         transport.add_server_key(self.host_key)
         conn = TunnelConnection(self, remote)
         try:
