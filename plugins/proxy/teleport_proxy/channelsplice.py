@@ -28,6 +28,7 @@ import collections
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -43,9 +44,10 @@ class Upstream:
     ``read_ready``, ``read``, ``set_event``, ``len``); ``read`` always finds nothing, since
     the bytes went to the node."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, received: Callable[[int], None] | None = None) -> None:
         sock.settimeout(None)  # blocking: a send with MSG_DONTWAIT must not wait for a timeout
         self.sock = sock
+        self.received = received  # told the size of each packet from the client (the rx metric)
         self.channel: paramiko.Channel | None = None
         self._cv = threading.Condition(threading.Lock())
         self._queue: collections.deque[bytes | memoryview] = collections.deque()
@@ -70,6 +72,8 @@ class Upstream:
     # -- BufferedPipe's interface (transport thread) ---------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self.received is not None:
+            self.received(len(data))
         with self._cv:
             if self._failed or self._closed:
                 return
@@ -194,10 +198,12 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
             self.upstreams.clear()
 
 
-def splice(channel: paramiko.Channel, upstream: Upstream) -> None:
+def splice(channel: paramiko.Channel, upstream: Upstream, sent: Callable[[int], None] | None = None,
+           ended: Callable[[], None] | None = None) -> None:
     """Copy bytes both ways between ``channel`` and ``upstream.sock`` until both directions end
     (in two threads; returns at once). ``upstream`` already adopted the channel, or will on
-    its first message."""
+    its first message. ``sent`` is told the size of each chunk from the node to the client;
+    ``ended`` is called once both directions ended."""
     sock = upstream.sock
     writer = threading.Thread(target=upstream.run, name="proxy-up", daemon=True)
 
@@ -207,6 +213,8 @@ def splice(channel: paramiko.Channel, upstream: Upstream) -> None:
                 data = sock.recv(CHUNK)
                 if not data:
                     break
+                if sent is not None:
+                    sent(len(data))
                 channel.sendall(data)
         except (OSError, EOFError):
             pass
@@ -216,6 +224,8 @@ def splice(channel: paramiko.Channel, upstream: Upstream) -> None:
         with contextlib.suppress(OSError, EOFError):  # the client's transport may already be gone
             channel.close()
         sock.close()
+        if ended is not None:
+            ended()
 
     writer.start()
     threading.Thread(target=downstream, name="proxy-down", daemon=True).start()
