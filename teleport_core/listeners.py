@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any, cast
 
 import attrs
 
@@ -43,7 +44,7 @@ def default_listeners(section: str, settings: object) -> dict[str, NetAddr]:
     if not attrs.has(type(settings)):
         return {}
     found = {}
-    for field in attrs.fields(type(settings)):
+    for field in attrs.fields(cast(Any, type(settings))):
         value = getattr(settings, field.name, None)
         if field.name.endswith("listen_addr") and isinstance(value, NetAddr):
             found[f"{section}.{field.name}"] = value
