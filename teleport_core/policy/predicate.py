@@ -351,8 +351,7 @@ class _Parser:
             parts.append(self.take("name", "a field name after \".\"").text)
         name = ".".join(parts)
         if name not in FIELDS:
-            raise PredicateError(f'unknown field "{name}"' + did_you_mean(name, list(FIELDS)).replace(
-                "valid keys", "known fields"), token.position)
+            raise PredicateError(f'unknown field "{name}"' + _suggest_field(parts), token.position)
         key: str | None = None
         if self.token.kind == "[":
             if FIELDS[name] not in (Type.STRING_MAP, Type.LIST_MAP):
@@ -365,6 +364,14 @@ class _Parser:
             raise PredicateError(f'"{name}" is {FIELDS[name].value}: pick one with {name}["key"]', token.position)
         self.fields.add(name)
         return Field(name, key)
+
+
+def _suggest_field(parts: Sequence[str]) -> str:
+    """A close field name (``user.name`` -> ``user.metadata.name``), else the list of fields."""
+    same_end = [f for f in FIELDS if f.split(".")[0] == parts[0] and f.split(".")[-1] == parts[-1]]
+    if len(same_end) == 1:
+        return f' (did you mean "{same_end[0]}"?)'
+    return did_you_mean(".".join(parts), list(FIELDS)).replace("valid keys", "known fields")
 
 
 def _show(value: Value) -> str:

@@ -193,8 +193,13 @@ def _node_labels_text(labels: dict[str, Any]) -> str:
     )
 
 
+def _rule_text(rule: dict[str, Any]) -> str:
+    text = f"{','.join(rule['resources'])}:{','.join(rule['verbs'])}"
+    return f"{text} where {rule['where']}" if rule.get("where") else text
+
+
 def _rules_text(rules: list[dict[str, Any]]) -> str:
-    return ",".join(f"{','.join(r['resources'])}:{','.join(r['verbs'])}" for r in rules)
+    return ",".join(_rule_text(r) for r in rules)
 
 
 def resources_text(docs: list[dict[str, Any]]) -> str:

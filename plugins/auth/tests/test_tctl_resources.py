@@ -210,3 +210,17 @@ BAD_ARGS = [
 @pytest.mark.parametrize(("args", "message"), BAD_ARGS)
 def test_bad_arguments_are_one_clear_line(cluster, args, message):
     assert cluster.error(*args) == message
+
+
+def test_a_rule_with_where_round_trips_and_shows_in_text(cluster):
+    access = yaml.safe_load(cluster.ok("get", "role/access"))
+    assert {"resources": ["session"], "verbs": ["list", "read"],
+            "where": "contains(session.participants, user.metadata.name)"} in access["spec"]["allow"]["rules"]
+    text = cluster.ok("get", "role/access", "--format=text")
+    assert "session:list,read where contains(session.participants, user.metadata.name)" in text
+    bad = "kind: role\nversion: v5\nmetadata: {name: bad-where}\nspec: {allow: {rules: [{resources: [session], " \
+          "verbs: [read], where: 'contains(session.participants, user.name)'}]}}\n"
+    assert cluster.error("create", input=bad) == (
+        'ERROR: stdin: role "bad-where": spec.allow.rules[0].where: invalid predicate '
+        '"contains(session.participants, user.name)": unknown field "user.name" (did you mean "user.metadata.name"?) '
+        "at character 32")
