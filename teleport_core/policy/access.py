@@ -125,6 +125,7 @@ def authenticate(hook: Any, request: LoginRequest) -> Identity:
 #: the verbs of the SSH decision points (``kind`` is ``node``; see :func:`check_access`)
 SSH = "ssh"
 PORT_FORWARD = "port_forward"
+REMOTE_PORT_FORWARD = "remote_port_forward"  # ssh -R: the node listens; ``name`` is its listen address
 AGENT_FORWARD = "forward_agent"
 
 
@@ -137,7 +138,8 @@ def check_access(hook: Any, request: AccessRequest, *own: Decision | None) -> De
 
     Where it is called (verb on kind; see docs/hooks.md): the auth API, every resource verb; the
     node, ``ssh`` (a login, ``login`` and the node's labels set), ``port_forward`` (``name`` is
-    the destination ``host:port``) and ``forward_agent``; the proxy, ``ssh`` whenever it routes a
+    the destination ``host:port``), ``remote_port_forward`` (``name`` is the ``host:port`` the
+    node would listen on) and ``forward_agent``; the proxy, ``ssh`` whenever it routes a
     connection to a node (``login`` empty when only the node learns it: ``tsh ssh``, ``ssh -J``).
     """
     decisions: list[Decision | None] = list(own)

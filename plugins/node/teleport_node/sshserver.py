@@ -53,6 +53,7 @@ from teleport_core.net.pipes import grow_pipe
 from teleport_core.policy.access import (
     AGENT_FORWARD,
     PORT_FORWARD,
+    REMOTE_PORT_FORWARD,
     SSH,
     AccessRequest,
     Decision,
@@ -79,6 +80,8 @@ ENV_ALLOWED = ("LANG", "LANGUAGE", "TERM")
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARD_CONNECT_TIMEOUT = 10.0
+MAX_REMOTE_FORWARDS = 32  # tcpip-forward listeners one connection may hold (ssh -R)
+PRIVILEGED_PORTS = 1024  # below: only a root login may listen (as sshd)
 AUTH_OK: int = int(paramiko.AUTH_SUCCESSFUL)
 AUTH_FAILED: int = int(paramiko.AUTH_FAILED)
 OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
@@ -377,6 +380,8 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.login = ""
         self.roleset: RoleSet | None = None
         self.sessions: dict[int, Session] = {}
+        # ssh -R listeners by (the address the client asked for, the port listening)
+        self.remote_forwards: dict[tuple[str, int], RemoteForward] = {}
         self._after_reply: list[Callable[[], None]] = []
         self._closed = False
         self.terminating = False  # a lock ends this connection
@@ -460,6 +465,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.ticket.close()
         for session in list(self.sessions.values()):
             self.server.pump.call(session.hangup)
+        for forward in list(self.remote_forwards.values()):
+            forward.close()
+        self.remote_forwards.clear()
         with contextlib.suppress(Exception):
             self.transport.close()
         self.server.forget(self)
@@ -655,7 +663,44 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return decision.allowed
 
     def check_port_forward_request(self, address: str, port: int) -> int | bool:
-        return False  # remote forwarding (ssh -R) is not offered
+        """``tcpip-forward`` (``ssh -R``, transport thread): listen on the node's loopback and
+        send each connection back as a ``forwarded-tcpip`` channel; the bound port, or False.
+
+        Loopback only, whatever address the client names (as sshd with ``GatewayPorts no``):
+        ``::1`` for an IPv6 loopback request, ``127.0.0.1`` otherwise. Allowed as ``-L`` is (the
+        certificate, the roles' ``port_forwarding`` and the plugins, verb ``remote_port_forward``);
+        a port below 1024 only for a root login. Audited as ``port`` (``forward: remote``)."""
+        bind = "::1" if address == "::1" else "127.0.0.1"
+        where = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+        decision = self._forwarding(REMOTE_PORT_FORWARD, "port_forwarding", "permit-port-forwarding",
+                                    "port forwarding", where)
+        refusal = "" if decision.allowed else f"port forwarding is not allowed: {decision.reason}"
+        if not refusal and len(self.remote_forwards) >= MAX_REMOTE_FORWARDS:
+            refusal = f"at most {MAX_REMOTE_FORWARDS} remote forwards per connection"
+        if not refusal and not 0 <= port <= 65535:
+            refusal = f"invalid port {port}"
+        if not refusal and 0 < port < PRIVILEGED_PORTS and _login_uid(self.login) != 0:
+            refusal = f"port {port} is privileged: only a root login may listen on it"
+        if refusal:
+            self.emit("port", "failure", **{"addr.local": where, "forward": "remote", "error": refusal})
+            self.server.log.info("remote forward refused", login=self.login, remote=self.remote, addr=where,
+                                 reason=refusal)
+            return False
+        try:
+            forward = RemoteForward(self, address, bind, port)
+        except OSError as exc:
+            self.emit("port", "failure", **{"addr.local": where, "forward": "remote",
+                                            "error": f"cannot listen: {exc.strerror or exc}"})
+            return False
+        self.remote_forwards[(address, forward.port)] = forward
+        self.emit("port", "ok", **{"addr.local": forward.where, "forward": "remote"})
+        return forward.port
+
+    def cancel_port_forward_request(self, address: str, port: int) -> None:
+        """``cancel-tcpip-forward``: stop listening (transport thread); unknown ones are ignored."""
+        forward = self.remote_forwards.pop((address, port), None)
+        if forward is not None:
+            forward.close()
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
@@ -673,6 +718,69 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.emit("port", "ok", **{"addr.local": dest})
         Forward(self, chanid, sock).wait_for_channel()
         return OPEN_OK
+
+
+def _login_uid(login: str) -> int | None:
+    try:
+        return pwd.getpwnam(login).pw_uid
+    except KeyError:
+        return None
+
+
+class RemoteForward:
+    """One ``tcpip-forward`` listener (``ssh -R``) on the node: each connection it accepts
+    becomes a ``forwarded-tcpip`` channel to the client, spliced on the pump. Closed on
+    ``cancel-tcpip-forward`` and when the connection ends."""
+
+    def __init__(self, conn: Connection, requested: str, bind: str, port: int) -> None:
+        self.conn = conn
+        self.requested = requested  # the client matches channels by the address it asked for
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((bind, port))
+            self.sock.listen(64)
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        self.port = int(self.sock.getsockname()[1])
+        self.where = f"[{bind}]:{self.port}" if ":" in bind else f"{bind}:{self.port}"
+        self.closed = False
+        pump = conn.server.pump
+        pump.call(lambda: pump.watch(self.sock.fileno(), 1, self._accept))
+
+    def _accept(self) -> None:
+        try:
+            client, origin = self.sock.accept()
+        except (BlockingIOError, OSError):
+            return
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        AGENT_OPENERS.submit(self._open, client, (str(origin[0]), int(origin[1])))
+
+    def _open(self, client: socket.socket, origin: tuple[str, int]) -> None:
+        try:
+            channel = self.conn.transport.open_forwarded_tcpip_channel(origin, (self.requested, self.port))
+        except Exception:  # the client refused or went away
+            client.close()
+            return
+        forward = Forward(self.conn, channel.get_id(), client)
+        self.conn.server.pump.call(lambda: forward.attach(channel))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        pump = self.conn.server.pump
+        sock = self.sock
+
+        def forget() -> None:  # on the pump, which owns the watch
+            pump.forget(sock.fileno())
+            sock.close()
+
+        pump.call(forget)
 
 
 def _lock_reason(state: NodeState, cert: UserCert, login: str) -> str:
