@@ -224,7 +224,8 @@ def table(sessions: list[dict[str, Any]]) -> list[str]:
 
 
 def recordings(argv: list[str], cli: CliContext) -> int:
-    parser = cli.parser("list recorded sessions you may replay (list on session: the auditor role)")
+    parser = cli.parser("list recorded sessions you may replay (list on session: yours with the access role, "
+                        "every one with auditor)")
     parser.add_argument("action", choices=("ls",), help="ls: list recorded sessions")
     from teleport_core.tsh import output
 
@@ -248,7 +249,8 @@ def recordings(argv: list[str], cli: CliContext) -> int:
 
 
 def play(argv: list[str], cli: CliContext) -> int:
-    parser = cli.parser("replay a recorded session (read on session: the auditor role), or a local .cast file")
+    parser = cli.parser("replay a recorded session (read on session: yours with the access role, every one "
+                        "with auditor), or a local .cast file")
     parser.add_argument("session", help="session ID (from tsh recordings ls) or the path of a .cast file")
     parser.add_argument("--speed", default="1", help=f"playback speed factor, e.g. 2 or 0.5x ({MIN_SPEED:g} to "
                         f"{MAX_SPEED:g}); timing applies when stdout is a terminal")
