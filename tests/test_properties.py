@@ -111,7 +111,10 @@ def role_docs() -> st.SearchStrategy[Any]:
         "logins": documents(ROLE_KEYS), "node_labels": documents(ROLE_KEYS),
         "rules": st.lists(st.fixed_dictionaries({}, optional={
             "resources": st.lists(st.sampled_from(["node", "role", "*", "user", "nope"]) | st.text(max_size=5)),
-            "verbs": st.lists(st.sampled_from(["list", "read", "*", "zap"]) | st.text(max_size=5))}), max_size=3)
+            "verbs": st.lists(st.sampled_from(["list", "read", "*", "zap"]) | st.text(max_size=5)),
+            "where": st.sampled_from(["contains(session.participants, user.metadata.name)",
+                                      'equals(resource.metadata.name, "x")', "!(", ""])
+            | st.text(max_size=40) | scalars}), max_size=3)
         | documents(ROLE_KEYS)})
     options = st.fixed_dictionaries({}, optional={
         "max_session_ttl": scalars, "forward_agent": scalars, "port_forwarding": scalars})
