@@ -375,6 +375,29 @@ class UserStore:
             return self._user(attrs.evolve(records, params=stored))
         raise CompareFailed(f"user {_q(name)} is being changed concurrently; try again")
 
+    async def get_with_revision(self, name: str) -> tuple[User, str]:
+        """The user and the revision of its record (what :meth:`update_if` compares)."""
+        records = await self._require(name)
+        assert records.params is not None
+        return self._user(records), records.params.revision
+
+    async def update_if(self, name: str, revision: str, *, roles: Iterable[str],
+                        traits: Mapping[str, Iterable[str]]) -> User:
+        """Replace the user's roles and traits only if its record is still at ``revision``
+        (``tctl edit``); else :class:`CompareFailed`, nothing written."""
+        new_roles = self._check_roles(roles)
+        new_traits = check_traits(traits)
+        records = await self._require(name)
+        assert records.params is not None
+        if records.params.revision != revision:
+            raise CompareFailed(f"user {_q(name)} was changed since revision {revision}")
+        data = {**_json(records.params), "roles": new_roles, "traits": new_traits}
+        try:
+            stored = await self.backend.conditional_update(attrs.evolve(records.params, value=_encode(data)))
+        except (CompareFailed, NotFound):
+            raise CompareFailed(f"user {_q(name)} was changed since revision {revision}") from None
+        return self._user(attrs.evolve(records, params=stored))
+
     async def delete(self, name: str) -> None:
         """Delete the user and everything stored for them; ``NotFound`` when absent."""
         prefix = self._prefix(name)

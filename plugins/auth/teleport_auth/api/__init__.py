@@ -22,6 +22,7 @@ from starlette.routing import Route
 from teleport_auth.api import (
     changes,
     cluster,
+    edit,
     events,
     hostcerts,
     inventory,
@@ -53,12 +54,12 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
 
 class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, users.UsersAPI, tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
-          hostcerts.HostCertsAPI):
+          hostcerts.HostCertsAPI, edit.EditAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
-        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES]}
+        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
