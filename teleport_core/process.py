@@ -8,26 +8,49 @@ Start-up: refuse broken plugins, order the enabled services by ``ServiceSpec.aft
 ``data_dir``, open the diagnostics endpoint, then create and start each service in turn. A
 service is ready once its ``start()`` returns (it may later report itself degraded with
 ``ctx.set_ready(False, reason)``). If a start fails, the services already started are
-stopped again and the process exits 1.
+stopped again and the process exits 1. Services get their listening sockets from
+``ctx.listen(name, addr)`` (:mod:`teleport_core.net.inherit`).
 
-Signals (under :func:`run_process`): SIGTERM, SIGHUP and SIGINT stop the services in reverse
-order and exit 0 (a second SIGINT exits at once with 130; SIGHUP does not reload); SIGUSR1 logs a diagnostics dump (each
-service's state and ``diagnostics()``, the asyncio tasks, every thread's stack) and keeps
-running.
+Signals (under :func:`run_process`), as Teleport's:
+
+* ``SIGHUP``: graceful reload. Start a new ``teleport start`` with the same command line (it
+  reads the config file again) that inherits every listening socket, the ``data_dir`` lock and
+  the reload generation (``TELEPORT_OS_FILES`` ...). Once it reports ``teleport is ready`` over
+  a pipe, this process stops accepting (closes its own copies of the listeners), drains (live
+  SSH sessions, web terminals, reverse tunnels and requests in flight run to their end; new
+  connections go to the new process) and exits 0. If the new process fails (broken config,
+  failed start, exit, not ready within :data:`RELOAD_TIMEOUT`) the error is logged and this
+  one keeps serving as if nothing happened.
+* ``SIGUSR2``: the same new process, but this one keeps serving too (send ``SIGQUIT`` or
+  ``SIGTERM`` to one of them later).
+* ``SIGQUIT``: stop accepting, drain, exit 0.
+* ``SIGTERM``, ``SIGINT``: stop now: services stop in reverse order (the node tells its
+  sessions' clients they end) and the process exits 0 (a second SIGINT exits at once with 130);
+  also during a drain.
+* ``SIGUSR1``: log a diagnostics dump (each service's state and ``diagnostics()``, the asyncio
+  tasks, every thread's stack) and keep running.
+
+Children are reaped (no zombies). The ``--pid-file`` names the process that serves: the new
+process of a reload writes it once ready, and a process removes it on exit only while it
+still names that process. ``teleport_reload_generation`` is 0 for the first process and one
+more for each new process a reload started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -39,9 +62,21 @@ from teleport_core import __version__
 from teleport_core.config.model import TeleportConfig
 from teleport_core.datadir import DataDirLock, lock_data_dir
 from teleport_core.errors import PluginError, TeleportError, UnknownNameError
+from teleport_core.listeners import check_can_listen, planned_listeners
 from teleport_core.logs import debug_enabled, get_logger
 from teleport_core.net.allocator import keep_large_blocks
-from teleport_core.net.diag import DiagServer, Readiness, ServiceHealth
+from teleport_core.net.diag import DiagServer, Readiness, ServiceHealth, listen_socket
+from teleport_core.net.inherit import (
+    ENV_FILES,
+    ENV_GENERATION,
+    ENV_LOCK_FD,
+    ENV_READY_FD,
+    ERROR_PREFIX,
+    READY,
+    Listeners,
+    report_ready,
+    take_int,
+)
 from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.resources import ProcessResources
@@ -50,12 +85,14 @@ from teleport_core.specs import ServiceSpec
 
 DEFAULT_STOP_TIMEOUT = 10.0
 FORCED_EXIT_CODE = 130
+RELOAD_TIMEOUT = 180.0  # seconds the new process of a reload has to report ready
 _STARTING = (False, "starting")
 _WAITING = (False, "waiting to start")
 _STATUS = {
     "new": "teleport is starting",
     "starting": "teleport is starting",
     "running": "degraded",
+    "draining": "teleport is draining",
     "stopping": "teleport is shutting down",
     "stopped": "teleport is stopped",
 }
@@ -143,8 +180,15 @@ class TeleportProcess:
     ``loop.call_soon_threadsafe(process.request_stop)``.
     """
 
-    def __init__(self, config: TeleportConfig, plugins: Plugins, *, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+    def __init__(self, config: TeleportConfig, plugins: Plugins, *, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+                 listeners: Listeners | None = None, generation: int = 0, inherited_lock: int | None = None) -> None:
         self.config = config
+        self.listeners = listeners if listeners is not None else Listeners()
+        self.generation = generation
+        self._inherited_lock = inherited_lock
+        self.children: list[subprocess.Popen[bytes]] = []
+        self._reloading = False
+        self._draining: asyncio.Task[None] | None = None
         self.plugins = plugins
         self.stop_timeout = stop_timeout
         self.log = get_logger("process")
@@ -207,6 +251,11 @@ class TeleportProcess:
         self._start_time = Gauge(
             "teleport_start_time_seconds", "When teleport started, in seconds since the epoch", registry=registry
         )
+        Gauge(
+            "teleport_reload_generation",
+            "0 for the first teleport process; one more for each new process a reload (SIGHUP, SIGUSR2) started",
+            registry=registry,
+        ).set(self.generation)
         registry.register(_ServiceReadyCollector(self))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -226,8 +275,14 @@ class TeleportProcess:
         try:
             self.plugins.raise_if_broken()
             order = start_order(self.config, self.plugins)
-            self._lock = lock_data_dir(self.config.data_dir)
+            inherited, self._inherited_lock = self._inherited_lock, None
+            self._lock = lock_data_dir(self.config.data_dir, inherited)
+            # every address binds before any service starts: a node would spend its join token first
+            check_can_listen(planned_listeners(self.config, order), self._inherited_addresses())
         except BaseException as exc:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
             self.state, self.failure = "stopped", describe_error(exc)
             self._stopped.set()
             raise
@@ -248,8 +303,8 @@ class TeleportProcess:
         try:
             if self.config.diag_addr is not None:
                 self.diag = DiagServer(self.config.diag_addr, self.registry, self.readiness, get_logger("diag"))
-                await self.diag.start()
-            self.resources = ProcessResources(self.config, self.plugins)
+                await self.diag.start(self.listeners.listen("diag", self.config.diag_addr, listen_socket))
+            self.resources = ProcessResources(self.config, self.plugins, metrics=self.registry)
             for unit in self.units.values():
                 await self._start_unit(unit)
         except BaseException as exc:
@@ -257,8 +312,17 @@ class TeleportProcess:
             await self.stop()
             raise
         self.state = "running"
+        unused = self.listeners.close_unused()
+        if unused:
+            self.log.info("closed inherited listeners the config no longer has", listeners=unused)
         await self._call_hook("teleport_process_started", config=self.config, services=self.services)
-        self.log.info("teleport is ready", services=list(self.units), diag_addr=self.diag_addr)
+        self.log.info("teleport is ready", services=list(self.units), diag_addr=self.diag_addr,
+                      pid=os.getpid(), generation=self.generation)
+
+    def _inherited_addresses(self) -> set[str]:
+        """The addresses of listening sockets a graceful reload handed down (the old process
+        holds them, so the pre-start bind check skips them)."""
+        return {item.address for item in self.listeners.inherited}
 
     async def _start_unit(self, unit: ServiceUnit) -> None:
         name = unit.name
@@ -275,6 +339,7 @@ class TeleportProcess:
             metrics=self.registry,
             health=self.health,
             stopper=self._threadsafe_stop,
+            listeners=self.listeners,
         )
         self.log.info("starting service", service=name, plugin=unit.plugin.distribution)
         try:
@@ -397,10 +462,124 @@ class TeleportProcess:
                 self.log.error(f"closing storage failed: {describe_error(exc)}", exc_info=debug_enabled())
         if self.diag is not None:
             await self.diag.stop()
+        self.listeners.close_all()
         self._lock.close()
         self.state = "stopped"
         self._stopped.set()
         self.log.info("teleport stopped")
+
+    # -- graceful reload and drain ------------------------------------------------------------------
+
+    @property
+    def reloading(self) -> bool:
+        return self._reloading
+
+    @property
+    def draining(self) -> bool:
+        return self._draining is not None
+
+    async def reload(self, *, drain: bool, timeout: float = RELOAD_TIMEOUT) -> bool:
+        """Start a new process that inherits the listeners and the data_dir lock; wait until it
+        is ready. With ``drain``, then drain this one and request its stop. False (logged, this
+        process serving on) when the new process failed."""
+        if self._reloading or self.draining or self.state != "running" or self._lock is None:
+            return False
+        self._reloading = True
+        try:
+            ok = await self._start_successor(timeout)
+        finally:
+            self._reloading = False
+        if ok and drain:
+            await self.drain_and_stop("reloaded: the new process serves")
+        return ok
+
+    async def _start_successor(self, timeout: float) -> bool:
+        assert self._lock is not None and self._lock.fd is not None
+        generation = self.generation + 1
+        files, fds = self.listeners.export()
+        read_end, write_end = os.pipe()
+        env = dict(os.environ)
+        env.update({ENV_FILES: files, ENV_READY_FD: str(write_end), ENV_GENERATION: str(generation),
+                    ENV_LOCK_FD: str(self._lock.fd)})
+        argv = _own_argv()
+        self.log.info("starting the new process", generation=generation, argv=argv, listeners=len(fds))
+        self._lock.shared = True  # from now on never unlocked explicitly: the new process may hold it too
+        try:
+            child = subprocess.Popen(argv, env=env, pass_fds=(*fds, write_end, self._lock.fd), cwd=os.getcwd())
+        except OSError as exc:
+            os.close(read_end)
+            self.log.error("reload failed: cannot start the new process", error=describe_error(exc))
+            self._lock.shared = any(c.poll() is None for c in self.children)
+            return False
+        finally:
+            os.close(write_end)
+        self.children.append(child)
+        threading.Thread(target=_reap, args=(child,), name=f"teleport-reap-{child.pid}", daemon=True).start()
+        try:
+            answer = await asyncio.wait_for(asyncio.to_thread(_read_answer, read_end), timeout)
+        except TimeoutError:
+            answer = b"error not ready within %d s" % timeout
+            with contextlib.suppress(OSError):
+                child.terminate()
+        if answer == READY:
+            self.log.info("new process ready", pid=child.pid, generation=generation)
+            return True
+        reason = answer[len(ERROR_PREFIX):].decode("utf-8", "replace").strip() if answer.startswith(
+            ERROR_PREFIX) else ""
+        code = await asyncio.to_thread(_exit_code, child, 10.0)
+        if not reason:
+            reason = f"it exited with code {code}" if code is not None else "it closed its ready pipe"
+        self.log.error(f"reload failed: the new process did not start: {reason}; this process keeps serving",
+                       pid=child.pid, exit_code=code)
+        self._lock.shared = any(c.poll() is None for c in self.children)
+        return False
+
+    async def drain_and_stop(self, reason: str) -> None:
+        """Stop accepting, wait for the live work to end, then request the stop (``SIGQUIT``,
+        and after a reload). A ``SIGTERM`` meanwhile cancels the drain and stops now."""
+        if self._draining is not None or self.state != "running":
+            return
+        self._draining = asyncio.current_task()
+        self.state = "draining"
+        self.log.info("draining", reason=reason)
+        try:
+            await self.stop_accepting()
+            started = time.monotonic()
+            running = [u for u in self.units.values() if u.service is not None and u.state == "running"]
+            results = await asyncio.gather(*(u.service.drain() for u in running if u.service is not None),
+                                           return_exceptions=True)
+            for unit, result in zip(running, results, strict=True):
+                if isinstance(result, Exception):
+                    self.log.error(f"{unit.name} failed to drain: {describe_error(result)}", service=unit.name)
+            self.log.info("drained", seconds=round(time.monotonic() - started, 3))
+        except asyncio.CancelledError:
+            self.log.info("drain cut short: stopping now")
+        finally:
+            self._draining = None
+        self.request_stop(reason)
+
+    async def stop_accepting(self) -> None:
+        """Every service stops accepting, then the kernel closes its copies of the listeners
+        and the diagnostics endpoint (the new process answers there)."""
+        for unit in reversed(list(self.units.values())):
+            if unit.service is None or unit.state != "running":
+                continue
+            try:
+                await unit.service.stop_accepting()
+            except Exception as exc:
+                self.log.error(f"{unit.name} failed to stop accepting: {describe_error(exc)}", service=unit.name)
+        if self.diag is not None:
+            await self.diag.stop()
+            self.diag = None
+        self.listeners.close_all()
+        self.log.info("stopped accepting new connections")
+
+    def cancel_drain(self) -> bool:
+        """Cut a drain short (``SIGTERM``); whether one was running."""
+        if self._draining is None:
+            return False
+        self._draining.cancel()
+        return True
 
     async def _call_hook(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation of a process hook; a failing one is logged and skipped."""
@@ -457,33 +636,129 @@ class TeleportProcess:
         log.warning("diagnostics dump end")
 
 
+# -- the new process of a reload --------------------------------------------------------------------
+
+
+def _own_argv() -> list[str]:
+    """This process's command line (``/proc/self/cmdline``: ``python -m ...`` included), run by
+    this interpreter."""
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:
+            args = [a.decode() for a in handle.read().split(b"\0") if a]
+    except OSError:
+        args = []
+    if len(args) < 2:
+        args = [sys.executable, *sys.argv]
+    return [sys.executable, *args[1:]]
+
+
+def _read_answer(fd: int) -> bytes:
+    """The new process's first line on the ready pipe (b"" when it closed it unsaid)."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(Exception):
+        child.wait()
+
+
+def _exit_code(child: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 # -- the ``teleport start`` entry point -----------------------------------------------------------
 
 
-def run_process(config: TeleportConfig, plugins: Plugins) -> int:
-    """Run ``teleport start`` until SIGTERM/SIGHUP/SIGINT: 0 after a clean stop, 1 when start-up failed.
+def run_process(config: TeleportConfig, plugins: Plugins, *, pid_file: Path | None = None) -> int:
+    """Run ``teleport start`` until SIGTERM/SIGINT (or a drain's end): 0 after a clean stop, 1 when
+    start-up failed. See the module docstring for the signals.
 
     Call from the main thread after :func:`~teleport_core.logs.configure_logging`. Errors
-    are logged (and also printed to stderr when the log goes to a file).
+    are logged (and also printed to stderr when the log goes to a file). ``pid_file`` names
+    this process while it serves (written at start, or once ready when a reload started it).
     """
     keep_large_blocks()  # SSH, TLS and recordings move bulk data through 256 KiB buffers
     try:
-        return asyncio.run(_main(config, plugins))
+        return asyncio.run(_main(config, plugins, pid_file))
     except KeyboardInterrupt:  # SIGINT before the handlers were installed
         return FORCED_EXIT_CODE
 
 
-async def _main(config: TeleportConfig, plugins: Plugins) -> int:
-    process = TeleportProcess(config, plugins)
+def write_pid_file(path: Path) -> None:
+    """Write this process's pid to ``path`` (atomically: a reader never sees it half written)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+def remove_pid_file(path: Path) -> None:
+    """Remove ``path`` if it still names this process (after a reload it names the new one)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text(encoding="utf-8").strip() or 0) == os.getpid():
+            path.unlink()
+
+
+async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None = None) -> int:
+    listeners = Listeners.from_environ()
+    generation = take_int(ENV_GENERATION) or 0
+    ready_pipe = [fd for fd in (take_int(ENV_READY_FD),) if fd is not None]  # emptied once answered
+    lock_fd = take_int(ENV_LOCK_FD)
+    process = TeleportProcess(config, plugins, listeners=listeners, generation=generation, inherited_lock=lock_fd)
     log = process.log
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+    if pid_file is not None and not ready_pipe:
+        write_pid_file(pid_file)
+
+    def answer(message: bytes) -> None:
+        """Tell the old process of a reload (once) that we are ready, or why not."""
+        if ready_pipe:
+            report_ready(ready_pipe.pop(), message)
+
+    def spawn(coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGUSR1:
             process.dump_diagnostics()
+        elif signum in (signal.SIGHUP, signal.SIGUSR2):
+            if process.stop_requested or process.draining:
+                log.info("reload ignored: this process is stopping", signal=name)
+            elif process.reloading:
+                log.info("reload ignored: a reload is in progress", signal=name)
+            elif process.state != "running":
+                log.info("reload ignored: this process is not ready yet", signal=name)
+            else:
+                drain = signum == signal.SIGHUP
+                log.info("reload requested", signal=name, drain=drain)
+                spawn(process.reload(drain=drain), "teleport-reload")
+        elif signum == signal.SIGQUIT:
+            if process.stop_requested or process.draining:
+                log.info("already stopping", signal=name)
+            elif process.state != "running":
+                log.info("shutting down", signal=name)
+                process.request_stop(f"received {name}")
+            else:
+                log.info("graceful shutdown requested", signal=name)
+                spawn(process.drain_and_stop(f"received {name}"), "teleport-drain")
         elif not process.stop_requested:
             log.info("shutting down", signal=name)
+            process.cancel_drain()
             process.request_stop(f"received {name}")
         elif signum == signal.SIGINT:
             log.warning("second interrupt: exiting without a clean shutdown", signal=name)
@@ -491,19 +766,25 @@ async def _main(config: TeleportConfig, plugins: Plugins) -> int:
         else:
             log.info("already shutting down", signal=name)
 
+    def on_ready() -> None:
+        if ready_pipe and pid_file is not None:
+            write_pid_file(pid_file)
+        answer(READY)
+
     installed = []
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         try:
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
         except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread
             log.warning("cannot handle signal", signal=signal.Signals(signum).name, error=str(exc))
     try:
-        await process.run()
+        await process.run(on_ready)
     except Exception as exc:
         # A TeleportError may hold several lines (one per broken plugin); anything else is one.
         lines = str(exc).splitlines() if isinstance(exc, TeleportError) else []
         lines = [" ".join(line.split()) for line in lines if line.strip()] or [describe_error(exc)]
+        answer(ERROR_PREFIX + "; ".join(lines).encode("utf-8", "replace")[:4000] + b"\n")
         if not isinstance(exc, StartError):  # a failing service was logged where it failed
             for line in lines:
                 log.error(line, exc_info=debug_enabled() and not isinstance(exc, TeleportError))
@@ -512,6 +793,11 @@ async def _main(config: TeleportConfig, plugins: Plugins) -> int:
                 print(f"ERROR: {line}", file=sys.stderr)
         return 1
     finally:
+        for task in list(tasks):
+            task.cancel()
         for signum in installed:
             loop.remove_signal_handler(signum)
+        answer(ERROR_PREFIX + b"stopped before it was ready\n")
+        if pid_file is not None:
+            remove_pid_file(pid_file)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from teleport_core.config.model import TeleportConfig
+    from teleport_core.config.values import NetAddr
+    from teleport_core.net.inherit import Listeners
     from teleport_core.plugins import Plugins
     from teleport_core.state.audit import AuditLog
     from teleport_core.state.backend import Backend
@@ -38,6 +41,19 @@ class Service(abc.ABC):
     def diagnostics(self) -> dict[str, Any]:
         """State for the SIGUSR1 dump (connections, sessions, queue depths ...)."""
         return {}
+
+    async def stop_accepting(self) -> None:
+        """A graceful reload or ``SIGQUIT``: stop taking new connections (close the listeners this
+        service got from ``ctx.listen``, without ``shutdown()``: the new process serves on them),
+        keep serving the live ones. The default does nothing (the kernel closes its own copies
+        of the listeners)."""
+        return None
+
+    async def drain(self) -> None:
+        """After :meth:`stop_accepting`: return once the live work (sessions, tunnels, requests
+        in flight) has ended by itself; :meth:`stop` follows. May be cancelled (``SIGTERM``
+        during a drain). The default returns at once."""
+        return None
 
 
 class Resources(abc.ABC):
@@ -83,6 +99,7 @@ class ServiceContext:
     metrics: CollectorRegistry
     _health: dict[str, tuple[bool, str]] = attrs.field(alias="health")
     _stopper: Callable[[str], None] | None = attrs.field(default=None, alias="stopper")
+    _listeners: Listeners | None = attrs.field(default=None, alias="listeners")
 
     @property
     def data_dir(self) -> Path:
@@ -90,6 +107,17 @@ class ServiceContext:
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         self._health[self.name] = (ready, reason)
+
+    def listen(self, name: str, addr: NetAddr) -> socket.socket:
+        """A listening socket for ``name`` (stable across reloads: ``proxy:web``, ``node`` ...) on
+        ``addr``: the one the old process of a graceful reload handed over when it has that name
+        and address, else a new one (non-blocking). Use it with a timeout or non-blocking, and
+        never ``shutdown()`` it (:mod:`teleport_core.net.inherit`)."""
+        if self._listeners is None:
+            from teleport_core.net.inherit import bind
+
+            return bind(addr, name)
+        return self._listeners.listen(name, addr)
 
     def request_stop(self, reason: str) -> None:
         if self._stopper is None:

@@ -125,6 +125,9 @@ def run_tool(tool: str, description: str, builtins: Mapping[str, Builtin], argv:
     except TeleportError as exc:
         if debug:
             traceback.print_exc()
+        from teleport_core.net.inherit import report_start_failure
+
+        report_start_failure(str(exc))  # a reload's new process (broken config): tell the old one
         return fail(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -131,20 +131,23 @@ class DiagServer:
             ]
         )
 
-    async def start(self) -> NetAddr:
-        """Bind and start serving; returns the bound address. Raises TeleportError if it cannot listen."""
+    async def start(self, sock: socket.socket | None = None) -> NetAddr:
+        """Bind (or serve on ``sock``, which stays the caller's) and start serving; returns the
+        bound address. Raises TeleportError if it cannot listen."""
         import logging
 
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
-        sock = listen_socket(self.requested)
+        own = sock is None
+        sock = listen_socket(self.requested) if sock is None else sock
         host, port = sock.getsockname()[:2]
         self.addr = NetAddr(str(host), int(port))
         # hypercorn takes ownership of the descriptor it is given: hand it a duplicate and
         # close ours, so the listener closes exactly when hypercorn closes it.
         fd = os.dup(sock.fileno())
-        sock.close()
+        if own:
+            sock.close()
         config = Config()
         config.bind = [f"fd://{fd}"]
         config.accesslog = None

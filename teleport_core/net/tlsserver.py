@@ -410,19 +410,25 @@ class TLSServer:
         finally:
             self._clocks.pop(clock, None)
 
-    async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish (up to ``graceful_timeout``), close."""
-        if self._accepting is None:
-            return
-        if self._sweeping is not None:
-            self._sweeping.cancel()
-            self._sweeping = None
+    async def stop_accepting(self) -> None:
+        """Stop accepting new connections and close this process's listening descriptor (never
+        ``shutdown()``: after a graceful reload the new process accepts on the same socket);
+        the connections already accepted are served on until :meth:`stop`."""
         if self._accepting is not None:
             self._accepting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accepting
             self._accepting = None
             self.sock.close()
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (up to ``graceful_timeout``), close."""
+        if self._accepting is None and self._sweeping is None:
+            return
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
+        await self.stop_accepting()
         if self._context_obj is not None:
             await self._context_obj.terminated.set()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class SampleService(Service):
         self.server: asyncio.Server | None = None
         self.addr: NetAddr | None = None
         self.connections = 0
+        self.live = 0  # open echo connections
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -126,8 +128,9 @@ class SampleService(Service):
             raise RuntimeError(f"{ctx.name} was told to fail")
         if ctx.name == "sample_after":
             await self._check_upstream()
-        listen = self.settings.listen_addr
-        self.server = await asyncio.start_server(self._echo, listen.host, listen.port)
+        # through the kernel: a graceful reload hands the socket to the new process
+        sock = ctx.listen(f"sample:{ctx.name}", self.settings.listen_addr)
+        self.server = await asyncio.start_server(self._echo, sock=sock)
         host, port = self.server.sockets[0].getsockname()[:2]
         self.addr = NetAddr(host, port)
         (ctx.data_dir / f"{ctx.name}.addr").write_text(str(self.addr), encoding="utf-8")
@@ -159,14 +162,26 @@ class SampleService(Service):
 
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.live += 1
         try:
             while line := await reader.readline():
-                writer.write(line)
+                writer.write(f"{os.getpid()}\n".encode() if line == b"pid\n" else line)  # "pid": who serves
                 await writer.drain()
         except OSError:
             pass
         finally:
+            self.live -= 1
             writer.close()
+
+    async def stop_accepting(self) -> None:
+        record(self.ctx.data_dir, f"stop accepting {self.ctx.name}")
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self) -> None:
+        """Wait until every echo connection was closed by its client."""
+        while self.live:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         record(self.ctx.data_dir, f"stop {self.ctx.name}")

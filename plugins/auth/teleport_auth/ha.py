@@ -29,7 +29,7 @@ import attrs
 
 from teleport_auth.state import AuthState, host_uuid
 from teleport_core.config.model import TeleportConfig
-from teleport_core.errors import ConfigError, NotFound, TeleportError
+from teleport_core.errors import CompareFailed, ConfigError, NotFound, TeleportError
 from teleport_core.state.backend import Backend, Item, range_end, utcnow
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class AuthServers:
         self.log = log
         self.now = now
         self._warned: dict[str, str] = {}  # peer uuid -> reasons already logged
+        self._revision = ""  # of our last announcement
 
     @property
     def key(self) -> bytes:
@@ -193,12 +194,15 @@ class AuthServers:
 
     async def announce(self) -> Announcement:
         mine = self.mine()
-        await self.backend.put(Item(self.key, mine.to_json(), expires=mine.expires))
+        stored = await self.backend.put(Item(self.key, mine.to_json(), expires=mine.expires))
+        self._revision = stored.revision
         return mine
 
     async def withdraw(self) -> None:
-        with contextlib.suppress(NotFound):
-            await self.backend.delete(self.key)
+        """Delete the announcement unless another process announced under this host's uuid
+        since (the new process of a graceful reload shares the data_dir and the uuid)."""
+        with contextlib.suppress(NotFound, CompareFailed):
+            await self.backend.conditional_delete(self.key, self._revision)
 
     async def join(self) -> asyncio.Task[None]:
         """Announce this auth server, refuse to start (:class:`ConfigError`, announcement

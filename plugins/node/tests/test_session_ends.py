@@ -1,6 +1,6 @@
 """Every session ends in the record: a node process killed with SIGKILL mid-session ends it at
 its next start (``end_reason`` ``node_restart``, dated at the recording's real end); one stopped
-with SIGTERM or SIGHUP tells the client, ends it (``interrupted``) and delivers its end and its
+with SIGTERM or SIGINT tells the client, ends it (``interrupted``) and delivers its end and its
 recording before it exits. Either way the session is listed by auth and its recording plays
 (``tsh play``) with what was typed before. A recording auth refuses for good is kept as
 ``<sid>.cast.refused`` and counted in the node's ``/metrics``; one auth has no record of yet
@@ -169,7 +169,7 @@ def test_kill_9_mid_session_then_restart_ends_the_session(auth: Auth, tmp_path: 
         node.stop()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_tells_the_clients_and_ends_their_sessions(auth: Auth, tmp_path: Path, signum: int) -> None:
     name = f"stopnode-{signal.Signals(signum).name.lower()}"
     node = Node(auth, tmp_path / "node", nodename=name).start()
