@@ -7,8 +7,8 @@ Teleport's where it has one (docs/metrics.md lists every metric, its labels and 
 
 Teleport exports a few counters without the ``_total`` suffix (``backend_requests``,
 ``teleport_audit_emit_events``, ``audit_failed_emit_events``, ``rx``, ``tx``). The Python
-client appends ``_total`` to every counter it exposes, so these are :class:`ExactCounter`: a
-counter exposed as ``untyped`` under exactly Teleport's name (``rate()`` treats it the same).
+client appends ``_total`` to every counter it exposes, so these are exposed as ``untyped``
+under exactly Teleport's name (:class:`ExactCounter`; ``rate()`` treats them the same).
 
 Labels are bounded: operations, kinds and directions, never user names, hosts or session IDs.
 Increments are per request, session or read chunk (never per byte); the client's counters are
@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
 #: latency buckets (seconds) of the request histograms: from a cached read to a slow etcd quorum
@@ -73,6 +73,58 @@ class ExactCounter(Collector):
                 if sample.name.endswith("_total"):
                     family.samples.append(sample._replace(name=self.name))
         yield family
+
+
+#: backend operation -> (its group, whether it reads or deletes a range of keys): ``get`` is a read,
+#: ``get_range`` a batch read, ``delete_range`` and ``atomic_write`` batch writes, the rest writes
+BACKEND_OPERATIONS: dict[str, tuple[str, bool]] = {
+    "get": ("read", False),
+    "put": ("write", False),
+    "create": ("write", False),
+    "update": ("write", False),
+    "compare_and_swap": ("write", False),
+    "conditional_update": ("write", False),
+    "delete": ("write", False),
+    "conditional_delete": ("write", False),
+    "keep_alive": ("write", False),
+    "get_range": ("batch_read", True),
+    "delete_range": ("batch_write", True),
+    "atomic_write": ("batch_write", False),
+}
+BACKEND_GROUPS = {"read": "reads", "write": "writes", "batch_read": "range reads",
+                  "batch_write": "range deletes and atomic writes"}
+
+
+class _BackendCounts(Collector):
+    """``backend_requests{req,range}`` (exposed untyped, Teleport's exact name) and
+    ``backend_<group>_requests_total``: the counts of the latency histograms, read at each scrape."""
+
+    def __init__(self, histograms: dict[str, Histogram]) -> None:
+        self.histograms = histograms
+
+    def describe(self) -> Iterator[Metric]:
+        yield UnknownMetricFamily("backend_requests", "")
+        for group in self.histograms:
+            yield CounterMetricFamily(f"backend_{group}_requests", "")
+
+    def collect(self) -> Iterator[Metric]:
+        requests = UnknownMetricFamily("backend_requests", "Requests to the cluster-state backend",
+                                       labels=["req", "range"])
+        groups = []
+        for group, histogram in self.histograms.items():
+            count = 0.0
+            for metric in histogram.collect():
+                for sample in metric.samples:
+                    if sample.name.endswith("_count"):
+                        operation = sample.labels["req"]
+                        ranged = str(BACKEND_OPERATIONS.get(operation, (group, False))[1]).lower()
+                        requests.add_metric([operation, ranged], sample.value)
+                        count += sample.value
+            family = CounterMetricFamily(f"backend_{group}_requests", f"Backend {BACKEND_GROUPS[group]}")
+            family.add_metric([], count)
+            groups.append(family)
+        yield requests
+        yield from groups
 
 
 class _ConnectedResources(Collector):
@@ -136,19 +188,18 @@ class Metrics:
         self.audit_emit_seconds = Histogram("teleport_audit_emit_seconds",
                                             "Latency of emitting an audit event at auth (spool write, bounded "
                                             "wait for the sinks)", buckets=LATENCY_BUCKETS, registry=r)
-        # -- backend (every backend, through MeteredBackend) ----------------------------------------------
-        self.backend_requests = ExactCounter("backend_requests", "Requests to the cluster-state backend",
-                                             ["req", "range"], registry=r)
-        self.backend_counts: dict[str, tuple[Counter, Counter, Histogram]] = {}
-        for group, what in (("read", "reads"), ("write", "writes"), ("batch_read", "range reads"),
-                            ("batch_write", "range deletes and atomic writes")):
-            self.backend_counts[group] = (
-                Counter(f"backend_{group}_requests_total", f"Backend {what}", registry=r),
-                Counter(f"backend_{group}_requests_failed_total", f"Backend {what} that failed (not found and "
-                        "compare failures included)", registry=r),
-                Histogram(f"backend_{group}_seconds", f"Latency of backend {what}, by operation", ["req"],
-                          buckets=LATENCY_BUCKETS, registry=r),
-            )
+        # -- backend (every backend, through MeteredBackend): a request costs one histogram observation;
+        # backend_requests and backend_<group>_requests_total are the histograms' counts, read at scrape
+        self.backend_seconds: dict[str, Histogram] = {}
+        self.backend_failed: dict[str, Counter] = {}
+        for group, what in BACKEND_GROUPS.items():
+            self.backend_seconds[group] = Histogram(f"backend_{group}_seconds", f"Latency of backend {what}, "
+                                                    "by operation", ["req"], buckets=LATENCY_BUCKETS, registry=r)
+            self.backend_failed[group] = Counter(f"backend_{group}_requests_failed_total", f"Backend {what} "
+                                                 "that failed (not found and compare failures included)", registry=r)
+        for operation, (group, _) in BACKEND_OPERATIONS.items():
+            self.backend_seconds[group].labels(req=operation)  # every series from the start
+        r.register(_BackendCounts(self.backend_seconds))
         # -- sessions (node and proxy) --------------------------------------------------------------------
         self.sessions_active = Gauge("teleport_sessions_active", "Sessions in progress, by service and kind",
                                      ["service", "kind"], registry=r)

@@ -15,10 +15,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from teleport_core.errors import CompareFailed, NotFound
+from teleport_core.metrics import BACKEND_OPERATIONS as OPERATIONS
 from teleport_core.metrics import NODE_SESSION_KINDS, PROXY_SESSION_KINDS, Metrics, metrics_for
 from teleport_core.state.backend import Action, Condition, Item
 from teleport_core.state.backends.sqlite import open_backend
-from teleport_core.state.metered import OPERATIONS, MeteredBackend
+from teleport_core.state.metered import MeteredBackend
 from teleport_core.testing.metrics import (
     base_name,
     dashboard_expressions,
@@ -49,7 +50,7 @@ def families(registry: CollectorRegistry) -> dict[str, str]:
 def test_teleport_counters_without_total_keep_their_exact_names() -> None:
     registry = CollectorRegistry()
     metrics = metrics_for(registry)
-    metrics.backend_requests.labels(req="get", range="false").inc()
+    metrics.backend_seconds["read"].labels(req="get").observe(0.001)  # backend_requests counts it
     metrics.audit_emit.inc()
     metrics.audit_failed.inc(2)
     metrics.rx.inc(4096)
@@ -60,6 +61,8 @@ def test_teleport_counters_without_total_keep_their_exact_names() -> None:
         assert f"{name}_total" not in text, f"{name} must not get the _total suffix"
     samples = parse(text)
     assert samples[("backend_requests", (("range", "false"), ("req", "get")))] == 1
+    assert samples[("backend_requests", (("range", "true"), ("req", "get_range")))] == 0  # there from the start
+    assert total(samples, "backend_read_requests_total") == 1
     assert total(samples, "rx") == 4096
     assert total(samples, "audit_failed_emit_events") == 2
     assert metrics.rx.value() == 4096

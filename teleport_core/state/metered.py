@@ -2,9 +2,10 @@
 ``teleport.storage.type`` opened (``teleport_core.resources`` wraps it once per process), so no
 backend plugin measures itself.
 
-Each call counts in ``backend_requests{req, range}`` and in its group's counters and latency
-histogram (Teleport's names): ``get`` is a read; ``get_range`` a batch read; ``delete_range`` and
-``atomic_write`` batch writes; every other write (and ``keep_alive``) a write. A call that raises
+Each call is one observation in its group's latency histogram (``backend_read_seconds{req}``
+...; the groups are :data:`teleport_core.metrics.BACKEND_OPERATIONS`), whose counts are exported
+as ``backend_requests{req, range}`` and ``backend_<group>_requests_total`` (Teleport's names)
+at each scrape, so a request costs one observation (about 3 µs). A call that raises
 (``NotFound`` and ``CompareFailed`` included: the backend answered, but not with success) also
 counts in ``backend_<group>_requests_failed_total``.
 """
@@ -16,45 +17,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from teleport_core.metrics import Metrics
+from teleport_core.metrics import BACKEND_OPERATIONS, Metrics
 from teleport_core.state.backend import DEFAULT_WATCHER_QUEUE, Action, Backend, Condition, Item, Watcher
 
 T = TypeVar("T")
-
-#: operation -> (group, whether it reads or writes a range of keys)
-OPERATIONS: dict[str, tuple[str, bool]] = {
-    "get": ("read", False),
-    "put": ("write", False),
-    "create": ("write", False),
-    "update": ("write", False),
-    "compare_and_swap": ("write", False),
-    "conditional_update": ("write", False),
-    "delete": ("write", False),
-    "conditional_delete": ("write", False),
-    "keep_alive": ("write", False),
-    "get_range": ("batch_read", True),
-    "delete_range": ("batch_write", True),
-    "atomic_write": ("batch_write", False),
-}
 
 
 class _Meter:
     """The pre-resolved metric children of one operation (no label lookup per call)."""
 
-    __slots__ = ("failed", "latency", "requests", "total")
+    __slots__ = ("failed", "latency")
 
     def __init__(self, metrics: Metrics, operation: str) -> None:
-        group, ranged = OPERATIONS[operation]
-        total, failed, histogram = metrics.backend_counts[group]
-        self.requests = metrics.backend_requests.labels(req=operation, range=str(ranged).lower())
-        self.total = total
-        self.failed = failed
-        self.latency = histogram.labels(req=operation)
+        group, _ = BACKEND_OPERATIONS[operation]
+        self.failed = metrics.backend_failed[group]
+        self.latency = metrics.backend_seconds[group].labels(req=operation)
 
     async def run(self, call: Awaitable[T]) -> T:
         start = time.perf_counter()
-        self.requests.inc()
-        self.total.inc()
         try:
             return await call
         except BaseException:
@@ -70,7 +50,7 @@ class MeteredBackend(Backend):
 
     def __init__(self, inner: Backend, metrics: Metrics) -> None:
         self.inner = inner
-        self._meters = {operation: _Meter(metrics, operation) for operation in OPERATIONS}
+        self._meters = {operation: _Meter(metrics, operation) for operation in BACKEND_OPERATIONS}
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (copying, unpickling): no recursion
