@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +21,7 @@ from teleport_core.metrics import NODE_SESSION_KINDS, PROXY_SESSION_KINDS, Metri
 from teleport_core.state.backend import Action, Condition, Item
 from teleport_core.state.backends.sqlite import open_backend
 from teleport_core.state.metered import MeteredBackend
+from teleport_core.testing.backend_suite import BackendConformance
 from teleport_core.testing.metrics import (
     base_name,
     dashboard_expressions,
@@ -150,6 +152,15 @@ def test_metered_backend_counts_and_times_every_operation(tmp_path: Path) -> Non
     assert total(samples, "backend_batch_read_requests_total") == 1
     assert sum(v for (name, _), v in samples.items() if name == "backend_requests") == 15
     assert total(samples, "backend_write_seconds_bucket", req="put", le="+Inf") == 1
+
+
+class TestMeteredBackendConformance(BackendConformance):
+    """The whole backend suite through the wrapper: it changes nothing a backend does."""
+
+    @pytest.fixture
+    def teleport_backend_config(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+        monkeypatch.setenv("TELEPORT_PLUGINS", "tests.plugins.metered_sqlite")  # the kill -9 child's too
+        return {"type": "metered-sqlite"}
 
 
 def test_docs_list_every_metric_the_kernel_defines() -> None:
