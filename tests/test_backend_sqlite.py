@@ -302,3 +302,60 @@ def test_expired_rows_not_yet_reaped_are_invisible(tmp_path: Path) -> None:
             await b.close()
 
     asyncio.run(main())
+
+
+_OTHER_PROCESS = """
+import asyncio, datetime as dt, sys
+from pathlib import Path
+from teleport_core.state.backend import Item
+from teleport_core.state.backends.sqlite import open_backend
+
+async def main():
+    b = await open_backend(None, Path(sys.argv[1]))
+    try:
+        for i in range(5):
+            print((await b.put(Item(b"/locks/other-%d" % i, b"v%d" % i))).revision, flush=True)
+        await b.delete(b"/locks/other-0")
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        await b.put(Item(b"/locks/expiring", b"x", soon))
+    finally:
+        await b.close()
+
+asyncio.run(main())
+"""
+
+
+def test_writes_of_another_process_reach_the_watchers(tmp_path: Path) -> None:
+    """Both processes of a graceful reload open the database: a write in one reaches the other's
+    watchers (through the events table), revisions stay unique, and an item the other process
+    wrote expires here (after it exited) with a DELETE event."""
+    import subprocess
+    import sys
+
+    async def main() -> None:
+        b = await open_backend(None, tmp_path)
+        try:
+            watcher = b.watch([b"/locks/"])
+            assert (await asyncio.wait_for(watcher.__anext__(), 10)).type.value == "init"
+            mine = await b.put(Item(b"/locks/mine", b"here"))
+            other = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-c", _OTHER_PROCESS, str(tmp_path)],
+                capture_output=True, text=True, timeout=60, check=False)
+            assert other.returncode == 0, other.stderr
+            theirs = [int(line) for line in other.stdout.split()]
+            after = await b.put(Item(b"/locks/after", b"later"))
+            revisions = [int(mine.revision), *theirs, int(after.revision)]
+            assert revisions == sorted(set(revisions))  # unique and increasing across both
+            seen: list[tuple[str, bytes, bytes]] = []
+            async with asyncio.timeout(20):
+                while (ev := await watcher.__anext__()).item.key != b"/locks/expiring" or ev.type.value != "delete":
+                    seen.append((ev.type.value, ev.item.key, ev.item.value))
+            assert ("put", b"/locks/mine", b"here") in seen
+            assert [s for s in seen if s[1].startswith(b"/locks/other-")] == [
+                *(("put", b"/locks/other-%d" % i, b"v%d" % i) for i in range(5)), ("delete", b"/locks/other-0", b"")]
+            assert ("put", b"/locks/expiring", b"x") in seen and ("put", b"/locks/after", b"later") in seen
+            await watcher.close()
+        finally:
+            await b.close()
+
+    asyncio.run(main())

@@ -17,8 +17,25 @@ How it works:
 * Watchers get events in commit order on the asyncio loop that created them
   (``loop.call_soon_threadsafe`` from the writer thread). A write's events are queued to the
   watchers before the write itself is acknowledged.
-* An exclusive ``flock`` on ``<path>/sqlite.lock`` keeps a second process (or a second open
-  in this one) from writing behind the watchers' back; it raises ``DataDirLocked``.
+* Every write also records its events in the ``events`` table (seq, writer, op, key, value,
+  expires, revision, time) in the same transaction, as Teleport's SQLite ("lite") backend
+  does. A poller thread per backend checks ``PRAGMA data_version`` every
+  :data:`POLL_INTERVAL` seconds (it changes only when another connection committed) and hands
+  the watchers the rows other processes wrote (a row names its writer; this process's own
+  were delivered already). The writer prunes rows older than :data:`EVENTS_KEEP` seconds; a
+  poller that finds rows it never saw pruned closes its watchers (they re-read and watch
+  again, as after any watcher loss).
+
+Both processes of a graceful reload (``SIGHUP``: the old one drains while the new one serves,
+:mod:`teleport_core.process`) open the same database, and share it safely: SQLite's WAL locks
+let one writer commit at a time (``BEGIN IMMEDIATE``, waiting up to :data:`BUSY_TIMEOUT_MS`)
+while readers go on; the writer re-reads the revision counter inside each transaction, so
+revisions stay unique and increasing across both; expired rows are reaped by whichever
+writer sees them first (a delete finds the row or not, inside its transaction); and a write
+in one process reaches the other's watchers through the events table (a ``tctl lock``
+handled by the new auth server ends a session on the draining old node). Two unrelated
+``teleport start`` cannot get there: the data_dir lock refuses the second. Within one process
+the database is opened once (a second open raises ``DataDirLocked``).
 """
 
 from __future__ import annotations
@@ -27,7 +44,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import os
 import pathlib
@@ -35,6 +51,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -67,7 +84,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DB_NAME = "sqlite.db"
-LOCK_NAME = "sqlite.lock"
 DEFAULT_DIR = "backend"
 SCHEMA_VERSION = 1
 MAX_BATCH = 256  # writes committed together at most
@@ -76,6 +92,14 @@ REAP_RETRY_US = 1_000_000  # after a failed reap, try again this much later
 MAX_REAP_WAIT = 1.0  # seconds; the writer re-reads the wall clock at least this often
 READER_THREADS = 2
 BUSY_TIMEOUT_MS = 30_000
+POLL_INTERVAL = 0.1  # seconds between the poller's looks at PRAGMA data_version
+EVENTS_KEEP = 600  # seconds the events table keeps a row (another process's poller reads it)
+PRUNE_EVERY = 60  # seconds between prunes of the events table
+IDLE_WAIT = 1.0  # seconds an idle writer waits before looking at expiries other processes wrote
+_OP_CODE = {OpType.PUT: 1, OpType.DELETE: 2}
+_CODE_OP = {code: op for op, code in _OP_CODE.items()}
+_OPEN: set[str] = set()  # databases open in this process
+_OPEN_LOCK = threading.Lock()
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -93,6 +117,17 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    writer TEXT NOT NULL,
+    op INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB,
+    expires INTEGER,
+    revision INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_created ON events (created);
 """
 
 
@@ -305,11 +340,17 @@ class SqliteWatcher(BufferedWatcher):
 class SqliteBackend(Backend):
     """Cluster state in one SQLite database. Open with :func:`open_backend`."""
 
-    def __init__(self, directory: pathlib.Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(self, directory: pathlib.Path, conn: sqlite3.Connection, open_key: str) -> None:
         self.directory = directory
         self.db_path = directory / DB_NAME
         self._conn = conn
-        self._lock_fd = lock_fd
+        self._open_key = open_key
+        self._writer_id = uuid.uuid4().hex  # names this backend's rows in the events table
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._seen_seq: int = int(seq[0]) if seq else 0  # the last events row the poller looked at
+        self._last_prune = 0
+        self._foreign_lock = threading.Lock()
+        self._foreign_expiry: int | None = None  # the earliest expiry another process wrote
         row = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
         top = conn.execute("SELECT max(revision) FROM kv").fetchone()[0]
         self._revision: int = max(int(row[0]), int(top or 0))
@@ -327,6 +368,9 @@ class SqliteBackend(Backend):
         self._readers = concurrent.futures.ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-read")
         self._writer = threading.Thread(target=self._writer_main, name=f"sqlite-writer {directory}", daemon=True)
         self._writer.start()
+        self._stop_poll = threading.Event()
+        self._poller = threading.Thread(target=self._poll_main, name=f"sqlite-poll {directory}", daemon=True)
+        self._poller.start()
 
     @classmethod
     def open_sync(cls, directory: pathlib.Path) -> SqliteBackend:
@@ -335,23 +379,21 @@ class SqliteBackend(Backend):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if created:
             os.chmod(directory, 0o700)
-        lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        key = str(directory.resolve())
+        with _OPEN_LOCK:
+            if key in _OPEN:
+                raise DataDirLocked(f"sqlite backend {directory} is in use: it is already open in this process")
+            _OPEN.add(key)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DataDirLocked(
-                    f"sqlite backend {directory} is in use by another process (or is already open in this one)"
-                ) from None
             conn = cls._prepare(directory)
+            try:
+                return cls(directory, conn, key)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            os.close(lock_fd)
-            raise
-        try:
-            return cls(directory, conn, lock_fd)
-        except BaseException:
-            conn.close()
-            os.close(lock_fd)
+            with _OPEN_LOCK:
+                _OPEN.discard(key)
             raise
 
     @staticmethod
@@ -424,6 +466,57 @@ class SqliteBackend(Backend):
                 self._reader_conns.append(conn)
         return fn(conn, _now_us())
 
+    # -- the poller thread: other processes' writes ----------------------------------------------
+
+    def _poll_main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        version = None
+        while not self._stop_poll.wait(POLL_INTERVAL):
+            try:
+                if conn is None:
+                    conn = _connect(self.db_path)
+                    conn.execute("PRAGMA query_only = ON")
+                current = conn.execute("PRAGMA data_version").fetchone()[0]
+                if current == version:
+                    continue
+                version = current
+                self._poll_events(conn)
+            except sqlite3.Error as exc:
+                log.warning("sqlite backend %s: reading other processes' events failed: %s", self.directory, exc)
+        if conn is not None:
+            conn.close()
+
+    def _poll_events(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            "SELECT seq, writer, op, key, value, expires, revision FROM events WHERE seq > ? ORDER BY seq",
+            (self._seen_seq,),
+        ).fetchall()
+        if not rows:
+            return
+        if rows[0][0] > self._seen_seq + 1:  # pruned before we read them: the watchers missed writes
+            oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+            if oldest is not None and oldest > self._seen_seq + 1:
+                with self._watch_lock:
+                    watchers = list(self._watchers)
+                    self._watchers.clear()
+                for watcher in watchers:
+                    watcher._shut_threadsafe("events written by another process were pruned before they were read")
+        self._seen_seq = int(rows[-1][0])
+        foreign: list[Event] = []
+        earliest: int | None = None
+        for _, writer, op, key, value, expires, revision in rows:
+            if writer == self._writer_id:
+                continue  # ours: delivered by the writer already
+            item = Item(bytes(key), bytes(value or b""), _from_us(expires), str(revision))
+            foreign.append(Event(_CODE_OP[int(op)], item))
+            if expires is not None and (earliest is None or expires < earliest):
+                earliest = expires
+        if earliest is not None:
+            with self._foreign_lock:
+                if self._foreign_expiry is None or earliest < self._foreign_expiry:
+                    self._foreign_expiry = earliest
+        self._dispatch(foreign)
+
     def _unregister(self, watcher: SqliteWatcher) -> None:
         with self._watch_lock:
             self._watchers.discard(watcher)
@@ -447,7 +540,9 @@ class SqliteBackend(Backend):
                 try:
                     job = self._jobs.get(timeout=self._reap_wait())
                 except queue.Empty:
-                    self._reap()
+                    self._merge_foreign_expiry()
+                    if self._next_expiry is not None and self._next_expiry <= _now_us():
+                        self._reap()
                     continue
                 if job is None:
                     break
@@ -467,10 +562,35 @@ class SqliteBackend(Backend):
         finally:
             self._conn.close()
 
-    def _reap_wait(self) -> float | None:
+    def _reap_wait(self) -> float:
         if self._next_expiry is None:
-            return None
+            return IDLE_WAIT  # then look at what other processes wrote
         return min(MAX_REAP_WAIT, max(0.0, (self._next_expiry - _now_us()) / 1e6))
+
+    def _merge_foreign_expiry(self) -> None:
+        with self._foreign_lock:
+            foreign, self._foreign_expiry = self._foreign_expiry, None
+        if foreign is not None and (self._next_expiry is None or foreign < self._next_expiry):
+            self._next_expiry = foreign
+
+    def _sync_revision(self, conn: sqlite3.Connection) -> None:
+        """Inside a write transaction: catch up with revisions another process allocated."""
+        row = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        if row is not None and int(row[0]) > self._revision:
+            self._revision = int(row[0])
+
+    def _record(self, conn: sqlite3.Connection, events: list[Event]) -> None:
+        """Inside the write transaction: the events table rows of ``events``; prune old rows."""
+        now = _now_us()
+        if events:
+            conn.executemany(
+                "INSERT INTO events (writer, op, key, value, expires, revision, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(self._writer_id, _OP_CODE[e.type], e.item.key, e.item.value if e.type is OpType.PUT else None,
+                  _to_us(e.item.expires), int(e.item.revision), now) for e in events],
+            )
+        if now - self._last_prune >= PRUNE_EVERY * 1_000_000:
+            conn.execute("DELETE FROM events WHERE created < ?", (now - EVENTS_KEEP * 1_000_000,))
+            self._last_prune = now
 
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
@@ -480,6 +600,8 @@ class SqliteBackend(Backend):
         earliest: int | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._sync_revision(conn)
+            start_revision = self._revision
             for job in batch:
                 tx = _Tx(conn, self)
                 conn.execute("SAVEPOINT job")
@@ -498,6 +620,7 @@ class SqliteBackend(Backend):
                     earliest = tx.earliest
             if self._revision != start_revision:
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self._revision,))
+            self._record(conn, events)
             conn.execute("COMMIT")
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -521,6 +644,8 @@ class SqliteBackend(Backend):
         start_revision = self._revision
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._sync_revision(conn)
+            start_revision = self._revision
             rows = conn.execute(
                 "SELECT key FROM kv WHERE expires IS NOT NULL AND expires <= ? ORDER BY expires LIMIT ?",
                 (now, REAP_BATCH),
@@ -532,6 +657,7 @@ class SqliteBackend(Backend):
                 conn.executemany("DELETE FROM kv WHERE key = ?", rows)
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self._revision,))
                 events = [Event(OpType.DELETE, Item(bytes(row[0]), b"", revision=revision)) for row in rows]
+                self._record(conn, events)
             following = conn.execute("SELECT min(expires) FROM kv WHERE expires IS NOT NULL").fetchone()[0]
             conn.execute("COMMIT")
         except Exception as exc:
@@ -739,6 +865,8 @@ class SqliteBackend(Backend):
 
     async def _release(self) -> None:
         try:
+            self._stop_poll.set()
+            await asyncio.to_thread(self._poller.join)
             await asyncio.to_thread(self._writer.join)
             with self._watch_lock:
                 watchers = list(self._watchers)
@@ -751,5 +879,6 @@ class SqliteBackend(Backend):
             for conn in conns:
                 conn.close()
         finally:
-            os.close(self._lock_fd)
+            with _OPEN_LOCK:
+                _OPEN.discard(self._open_key)
             self._close_done.set()
