@@ -64,6 +64,8 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
                    "teleport_auth.tctl_locks:lock"),
         CliCommand("auth", "CAs: export, sign credentials for a user or an OpenSSH server, rotate",
                    "teleport_auth.tctl_auth:auth"),
+        CliCommand("top", "live view of a process's diagnostics (/metrics): tctl top [DIAG_ADDR] [REFRESH]",
+                   "teleport_auth.tctl_top:top"),
         CliCommand("recordings", "list recorded sessions, or (--refused) recordings auth refused",
                    "teleport_auth.tctl_recordings:recordings"),
     ]
