@@ -187,3 +187,57 @@ def test_a_bad_inherited_listener_list_is_a_clear_error() -> None:
                            ('[{"type": "node"}]', "TELEPORT_OS_FILES is invalid")):
         with pytest.raises(TeleportError, match=message):
             Listeners.from_environ({ENV_FILES: value})
+
+
+_SPOOLING_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from teleport_core.state.audit import new_event
+from teleport_core.state.audit_spool import AuditSpool
+
+async def main():
+    async def send(event):
+        raise RuntimeError("the other process delivers nothing here")
+    spool = AuditSpool(Path(sys.argv[1]), send, None)
+    print(spool.directory, flush=True)
+    for i in range(3):
+        await spool.emit(new_event("user.login", "ok", n=i))
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_never_share_an_audit_spool_folder(tmp_path: Path) -> None:
+    """The new process of a reload spools into <folder>.<pid> while the old one owns <folder>;
+    once it is gone its events are delivered (in order) by the owner, and its folder removed."""
+    import asyncio
+    import subprocess
+    import sys
+
+    import structlog
+
+    from teleport_core.state.audit import new_event
+    from teleport_core.state.audit_spool import AuditSpool
+
+    folder = tmp_path / "audit-spool"
+    delivered: list[dict[str, object]] = []
+
+    async def send(event: dict[str, object]) -> None:
+        delivered.append(event)
+
+    async def main() -> None:
+        spool = AuditSpool(folder, send, structlog.get_logger())
+        assert spool.directory == folder
+        await spool.emit(new_event("user.login", "ok", n=-1))
+        other = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", _SPOOLING_PROCESS, str(folder)],
+                                        capture_output=True, text=True, timeout=60, check=False)
+        assert other.returncode == 0, other.stderr
+        theirs = Path(other.stdout.strip())
+        assert theirs != folder and theirs.name.startswith("audit-spool.")
+        assert (folder / "events.jsonl").read_bytes().count(b"\n") == 1  # ours alone: not touched
+        assert await spool.deliver() == 1
+        assert await spool.adopt() == 3
+        assert [e["n"] for e in delivered] == [-1, 0, 1, 2]
+        assert not theirs.exists()
+
+    asyncio.run(main())

@@ -18,19 +18,29 @@ and dropped, so it never blocks the events behind it; any other failure is retri
 Layout in ``directory`` (0700): ``events.jsonl`` (one event per line, 0600) and ``sent`` (how
 many bytes of it were delivered; overwritten in place, see :meth:`AuditSpool._mark`). A torn
 last line (a crash mid-append, never acknowledged) is cut off when the spool is opened.
+
+One process owns a spool directory (an ``flock`` on its ``.owner.lock``). During a graceful
+reload both processes run: the new one finds the directory owned and spools into its own
+``<directory>.<pid>`` instead, so neither cuts, compacts or re-sends the other's file. Every
+spool looks for folders whose owner is gone (``<directory>`` and ``<directory>.*``) at start
+and every :data:`ADOPT_EVERY` seconds, delivers what they hold in order, and removes the
+``.<pid>`` ones once delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import heapq
 import itertools
 import json
 import os
+import shutil
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +58,40 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 COMPACT_AT = 4 << 20  # once everything is delivered, start a new file past this size
 MARK_EVERY = 64  # delivered lines between progress marks (and one after each pass)
 PENDING_METRIC = "teleport_audit_events_pending"
+OWNER_LOCK = ".owner.lock"
+ADOPT_EVERY = 10.0  # seconds between looks for spool folders a stopped process left
+_OWNED: dict[Path, int] = {}  # spool folders this process owns -> the descriptor holding the lock
+
+
+def _own(directory: Path) -> bool:
+    """Take ownership of ``directory`` (created if missing); False when another process has it."""
+    key = directory.absolute()
+    if key in _OWNED:  # opened again in this process (a test's restart): shared, as before
+        return True
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _OWNED[key] = fd
+    return True
+
+
+def _disown(directory: Path) -> None:
+    fd = _OWNED.pop(directory.absolute(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 class AuditSpool:
     def __init__(self, directory: Path, send: Send, log: Any, *, retry: float = 1.0, max_retry: float = 30.0) -> None:
+        self.home = directory  # the configured folder; ``directory`` is where this process spools
+        if not _own(directory):  # the other process of a graceful reload spools there
+            directory = directory.with_name(f"{directory.name}.{os.getpid()}")
+            if not _own(directory):
+                raise OSError(f"audit spool {directory} is in use by another process")
         self.directory = directory
         self.path = directory / "events.jsonl"
         self.sent_path = directory / "sent"
@@ -192,7 +232,51 @@ class AuditSpool:
             return sum(1 for line in _lines(handle, end - min(sent, end)))
 
     async def run(self) -> None:
-        """Deliver events until cancelled; retries with backoff while the destination fails."""
+        """Deliver events until cancelled; retries with backoff while the destination fails.
+        Also delivers what spool folders of stopped processes hold (:meth:`adopt`)."""
+        adopting = asyncio.create_task(self._adopt_forever(), name=f"audit-spool-adopt {self.home.name}")
+        try:
+            await self._run()
+        finally:
+            adopting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await adopting
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            await self.adopt()
+            await asyncio.sleep(ADOPT_EVERY)
+
+    async def adopt(self) -> int:
+        """Deliver the events spool folders of stopped processes hold (``home`` and
+        ``home.<pid>``, owned by nobody now); remove the ``.<pid>`` ones once empty. How many
+        events were delivered."""
+        delivered = 0
+        name = self.home.name
+        left = [p for p in self.home.parent.glob(glob_escape(name) + ".*") if p.name[len(name) + 1:].isdigit()]
+        for folder in [self.home, *sorted(left)]:
+            if folder.absolute() in _OWNED or not folder.is_dir():
+                continue
+            if not _own(folder):
+                continue
+            try:
+                orphan = AuditSpool(folder, self.send, self.log, retry=self.retry, max_retry=self.max_retry)
+                count = await orphan.deliver()
+                delivered += count
+                if count:
+                    self.log.info("delivered audit events a stopped process left", folder=str(folder), events=count)
+                if folder != self.home and await asyncio.to_thread(orphan.backlog) == 0:
+                    await asyncio.to_thread(shutil.rmtree, folder, True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("cannot deliver audit events a stopped process left, will retry",
+                                 folder=str(folder), error=str(exc))
+            finally:
+                _disown(folder)
+        return delivered
+
+    async def _run(self) -> None:
         delay = self.retry
         while True:
             try:

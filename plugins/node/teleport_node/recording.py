@@ -15,6 +15,12 @@ before ``session.start`` is emitted; removed once its ``session.end`` is on disk
 recording handed to the uploader): what a ``session.end`` needs. At start the node ends every
 session a crash left a sidecar for (:func:`recover_sessions`): ``end_reason`` ``node_restart``,
 stopped when its recording's last complete frame was written.
+
+The process that runs a session holds an ``flock`` on its sidecar until the sidecar is
+removed. During a graceful reload the old process's sessions go on while the new process
+starts: its recovery skips every sidecar that is locked (:func:`sidecar_live`), and with it
+that session's recording in progress. A crash drops the lock with the process. An upload
+holds an ``flock`` on its ``.cast`` (:func:`claim`), so the two processes never send one twice.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import struct
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +51,8 @@ FLUSH_INTERVAL = 0.5
 FRAME = struct.Struct(">dI")
 SIDECAR = ".session.json"
 SIDECAR_VERSION = 1
+_HELD: dict[Path, int] = {}  # sidecar -> the descriptor holding its lock (this process's live sessions)
+_HELD_LOCK = threading.Lock()
 
 
 def prepare_spool(directory: Path) -> Path:
@@ -182,12 +192,73 @@ def write_sidecar(spool: Path, session_id: str, started: float, fields: Mapping[
     doc = {"version": SIDECAR_VERSION, "sid": session_id, "started": started,
            "session_start": format_time(dt.datetime.fromtimestamp(started, dt.UTC)), "fields": dict(fields)}
     write_private(path, json.dumps(doc, separators=(",", ":")))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # ours alone: held until remove_sidecar (or this process's end)
+    with _HELD_LOCK:
+        previous = _HELD.pop(path, None)
+        _HELD[path] = fd
+    if previous is not None:
+        os.close(previous)
     return path
 
 
 def remove_sidecar(spool: Path, session_id: str) -> None:
+    path = sidecar_path(spool, session_id)
     with contextlib.suppress(FileNotFoundError):
-        sidecar_path(spool, session_id).unlink()
+        path.unlink()
+    with _HELD_LOCK:
+        fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def release_sidecar(path: Path) -> None:
+    """Drop this process's lock on a sidecar and keep the file: what a crash leaves (tests)."""
+    with _HELD_LOCK:
+        fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def sidecar_live(path: Path) -> bool:
+    """Whether a running process holds this sidecar's session (its lock is taken)."""
+    with _HELD_LOCK:
+        if path in _HELD:
+            return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock we just took
+    return False
+
+
+def live_sessions(spool: Path) -> set[str]:
+    """The sessions a running process (this one or another: a reload) holds the sidecar of."""
+    return {p.name[: -len(SIDECAR)] for p in spool.glob("*" + SIDECAR) if sidecar_live(p)}
+
+
+def claim(path: Path) -> int | None:
+    """Lock a finished recording for upload: its descriptor (close it when done), or None when
+    another process is uploading it or it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if not path.exists():  # uploaded and deleted by the other process between open and lock
+        os.close(fd)
+        return None
+    return fd
 
 
 @attrs.frozen
@@ -240,7 +311,7 @@ def recover_sessions(spool: Path, live: set[str]) -> tuple[list[EndedSession], l
     unreadable: list[Path] = []
     for path in sorted(spool.glob("*" + SIDECAR)):
         sid = path.name[: -len(SIDECAR)]
-        if sid in live:
+        if sid in live or sidecar_live(path):  # still running (in the old process of a reload)
             continue
         doc = _read_sidecar(path)
         if doc is None or doc["sid"] != sid:
@@ -282,8 +353,11 @@ def recover_sessions(spool: Path, live: set[str]) -> tuple[list[EndedSession], l
 
 def recover(spool: Path, live: set[str]) -> list[Path]:
     """Convert crash leftovers (not in ``live``) and list every recording awaiting upload."""
+    live = live | live_sessions(spool)  # the old process of a reload records these
     for stale in spool.glob("*.cast.tmp"):
-        stale.unlink()
+        if stale.name[: -len(".cast.tmp")] not in live:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     for entry in sorted(spool.glob("*" + PART)):
         sid = entry.name[: -len(PART)]
         if sid in live:

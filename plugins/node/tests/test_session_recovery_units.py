@@ -13,6 +13,7 @@ from teleport_node.recording import (
     finalize,
     recover,
     recover_sessions,
+    release_sidecar,
     remove_sidecar,
     session_stop,
     sidecar_path,
@@ -26,7 +27,10 @@ FIELDS = {"sid": "s", "proto": "ssh", "user": "ann", "login": "root", "server_id
 
 
 def sidecar(spool: Path, sid: str, started: float) -> Path:
-    return write_sidecar(spool, sid, started, {**FIELDS, "sid": sid})
+    """A sidecar as a crash leaves it (its process, which held its lock, is gone)."""
+    path = write_sidecar(spool, sid, started, {**FIELDS, "sid": sid})
+    release_sidecar(path)
+    return path
 
 
 def test_sidecar_is_private_and_atomic(tmp_path: Path) -> None:
@@ -85,7 +89,7 @@ def test_no_frames_ends_at_the_start(tmp_path: Path) -> None:
 
 def test_no_part_file_recording_off(tmp_path: Path) -> None:
     started = time.time() - 5
-    write_sidecar(tmp_path, "off", started, {**FIELDS, "sid": "off", "session_recording": "off"})
+    release_sidecar(write_sidecar(tmp_path, "off", started, {**FIELDS, "sid": "off", "session_recording": "off"}))
     [ended], _ = recover_sessions(tmp_path, live=set())
     assert ended.recording is None and ended.fields["recorded_bytes"] == 0
     assert ended.fields["session_recording"] == "off"
@@ -127,3 +131,27 @@ def test_stop_never_after_the_mtime_nor_before_the_start() -> None:
     assert session_stop(1000.4, frames, written=1020.0) == 1020.0
     assert session_stop(1003.0, Frames(1000.0, 5, 1.0), written=None) == 1003.0
     assert session_stop(1000.0, Frames(), written=900.0) == 1000.0
+
+
+def test_a_session_still_running_elsewhere_is_not_recovered(tmp_path: Path) -> None:
+    """Graceful reload: the old process still runs the session (it holds the sidecar's lock); the
+    new process's recovery leaves it, and its recording in progress, alone."""
+    import subprocess
+    import sys
+
+    from teleport_node.recording import PART, recover
+
+    path = sidecar(tmp_path, "running", time.time() - 5)
+    part = tmp_path / ("running" + PART)
+    part.write_bytes(b'{"version": 2, "width": 80, "height": 24}\n')
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert recover_sessions(tmp_path, live=set()) == ([], [])
+        assert recover(tmp_path, set()) == [] and part.exists() and path.exists()
+    finally:
+        holder.communicate(b"", timeout=10)
+    [ended], _ = recover_sessions(tmp_path, live=set())  # its process is gone: a crash leftover now
+    assert ended.session_id == "running"
