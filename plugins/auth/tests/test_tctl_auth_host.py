@@ -164,3 +164,20 @@ BAD_HOST = [
 def test_bad_host_sign_arguments_are_one_clear_line(cluster, args, message):
     assert cluster.error(*args) == message
     assert not (cluster.root / "srv").exists() and not (cluster.root / "x").exists()
+
+
+BAD_BODIES = [
+    ({"public_key": "ssh-ed25519 AAAA", "principals": ["srv"]}, "public_key: "),
+    ({"public_key": "ssh-ed25519 AAAA", "principals": []}, "principals: at least 1 item"),
+    ({"principals": ["srv"]}, "public_key: required"),
+    ({"public_key": "x", "principals": ["srv"], "ttl": "forever"}, 'ttl: expected a duration like "30m"'),
+]
+
+
+@pytest.mark.parametrize(("payload", "message"), BAD_BODIES)
+def test_bad_host_cert_bodies_are_400_naming_the_field(cluster, payload, message):
+    from teleport_core.errors import TeleportError
+
+    with pytest.raises(TeleportError) as caught:
+        cluster.call("call", "POST", "/v1/certs/openssh-host", payload)
+    assert message in str(caught.value)

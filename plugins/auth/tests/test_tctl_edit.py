@@ -144,3 +144,37 @@ BAD = [
 def test_bad_edit_arguments_are_one_clear_line(cluster, editor, args, message):
     editor("true")
     assert cluster.error(*args) == message
+
+
+BAD_BODIES = [
+    ("/v1/edit/roles/ed-role", {"resource": {**ROLE, "kind": "user"}, "revision": "1"},
+     'kind: expected role, got "user"'),
+    ("/v1/edit/roles/ed-role", {"resource": {**ROLE, "metadata": {"name": "x"}}, "revision": "1"},
+     'metadata.name: must stay "ed-role" (tctl edit does not rename)'),
+    ("/v1/edit/roles/ed-role", {"resource": ROLE}, "revision: required"),
+    ("/v1/edit/roles/ed-role", {"resource": ROLE, "revision": ""}, "revision: must not be empty"),
+    ("/v1/edit/users/eve", {"resource": {"kind": "user", "metadata": {"name": "eve"}, "spec": []}, "revision": "1"},
+     "spec: expected a mapping with roles and traits"),
+]
+
+
+@pytest.mark.parametrize(("path", "payload", "message"), BAD_BODIES)
+def test_bad_edit_bodies_are_400_naming_the_field(cluster, path, payload, message):
+    from teleport_core.errors import TeleportError
+
+    with pytest.raises(TeleportError) as caught:
+        cluster.call("call", "PUT", path, payload)
+    assert message in str(caught.value)
+
+
+def test_a_stale_revision_is_412_and_writes_nothing(cluster):
+    from teleport_core.errors import CompareFailed
+
+    current = cluster.call("call", "GET", "/v1/edit/roles/ed-role")
+    changed = {**current["resource"], "spec": {"allow": {"logins": ["stale"]}}}
+    with pytest.raises(CompareFailed, match='role "ed-role" was changed by someone else since it was read'):
+        cluster.call("call", "PUT", "/v1/edit/roles/ed-role", {"resource": changed, "revision": "not-the-revision"})
+    assert cluster.call("get_role", "ed-role")["spec"]["allow"]["logins"] != ["stale"]
+    done = cluster.call("call", "PUT", "/v1/edit/roles/ed-role", {"resource": changed,
+                                                                  "revision": current["revision"]})
+    assert done["resource"]["spec"]["allow"]["logins"] == ["stale"] and done["revision"] != current["revision"]
