@@ -379,6 +379,9 @@ def issue_openssh_host_cert(
     names = tuple(dict.fromkeys(_check_name("principal", p) for p in principals))
     if not names:
         raise ValueError("a host certificate needs at least one principal")
+    for name in names:
+        if "*" in name or "?" in name:  # OpenSSH matches host principals as patterns: one cert for many hosts
+            raise ValueError(f"invalid principal {name!r}: wildcards are not allowed; name each host")
     cluster = host_ca.cluster_name
     identity = _identity(name=names[0], kind=IdentityKind.HOST, roles=(), cluster=cluster)
     subject = _subject_key(public_key)

@@ -155,6 +155,8 @@ BAD_HOST = [
     (("auth", "sign", "--host=a,,b", "--format=openssh"),
      'ERROR: --host: expected a comma-separated list like "a,b", got "a,,b"'),
     (("auth", "sign", "--host=srv", "--format=openssh", "--ttl=0s"), 'ERROR: --ttl: must be positive, got "0s"'),
+    (("auth", "sign", "--host=*.example.com", "--format=openssh", "-o", "x"),
+     "ERROR: invalid principal '*.example.com': wildcards are not allowed; name each host"),
     (("auth", "sign", "--host=bad name", "--format=openssh", "-o", "x"),
      "ERROR: invalid principal 'bad name': must be non-empty, without spaces, commas or control characters"),
 ]
