@@ -62,6 +62,18 @@ def test_table_columns_and_rule() -> None:
     assert lines == ["Node Name  Address", "---------  --------------", "a          127.0.0.1:3022", "long-name"]
 
 
+def test_table_cuts_one_column_to_the_terminal_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    rows = [("node-1", "a=1,b=2,c=3,d=4,e=5,f=6")]
+    assert output.table(("Name", "Labels"), rows, truncate=1)[2] == "node-1  a=1,b=2,c=3,d=4,e=5,f=6"  # a pipe
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((20, 24)))
+    _head, rule, row = output.table(("Name", "Labels"), rows, truncate=1)
+    assert row == "node-1  a=1,b=2,c..." and len(row) == 20 and rule == "------  ------------"
+    assert output.table(("Name", "Labels"), rows)[2].endswith("f=6")  # no column to cut: -v
+
+
 def test_node_record_has_teleports_fields_and_the_flat_ones() -> None:
     node = {"uuid": "u-1", "nodename": "db", "addr": "", "labels": {"env": "prod"}, "tunnel": True,
             "logins": ["ubuntu"]}

@@ -42,17 +42,17 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, truncate: int |
     """Teleport's plain table: a header, a dashed rule, left-aligned columns two spaces apart.
     ``truncate`` (a column index) cuts that column's cells so each line fits the terminal, when
     stdout is one (``tsh ls`` without ``-v``, as Teleport's)."""
-    rows = [list(r) for r in rows]
-    widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(len(head))]
+    cells = [list(r) for r in rows]
+    widths = [max([len(head[i]), *(len(r[i]) for r in cells)]) for i in range(len(head))]
     if truncate is not None and sys.stdout.isatty():
         room = shutil.get_terminal_size().columns - sum(w + 2 for i, w in enumerate(widths) if i != truncate)
         room = max(room, len(head[truncate]), 10)
         if widths[truncate] > room:
             widths[truncate] = room
-            for r in rows:
+            for r in cells:
                 if len(r[truncate]) > room:
                     r[truncate] = r[truncate][: room - 3] + "..."
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
     return lines

@@ -33,18 +33,18 @@ import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.net import sshalgos
 from teleport_core.net.pipes import grow_pipe
 from teleport_core.pki import keys
 from teleport_core.pki.serverrole import PROXY, ServerRoleError, require_server_role
-from teleport_core.tsh.hostcert import host_ca_keys, verify_host_cert
-from teleport_core.tsh.profile import Profile
+from teleport_core.tsh.hostcert import OLD_CA, UnknownHostCA, from_rotated_tls_ca, host_ca_keys, verify_host_cert
+from teleport_core.tsh.profile import Profile, refused_login
 
 if TYPE_CHECKING:
     import paramiko
 
 WINDOW = 16 * 1024 * 1024
 MAX_PACKET = 256 * 1024
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
               "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com")
 TIMEOUT = 30.0
@@ -97,9 +97,8 @@ def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
 
     quiet_paramiko()
     transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
-    options = transport.get_security_options()
-    options.ciphers = [c for c in CIPHERS if c in options.ciphers]
-    options.key_types = list(CERT_TYPES)  # only certificates from the cluster's host CA are accepted
+    # only certificates from the cluster's host CA are accepted
+    sshalgos.configure(transport, key_types=CERT_TYPES)
     try:
         transport.start_client(timeout=TIMEOUT)
         remote = transport.get_remote_server_key()
@@ -109,6 +108,13 @@ def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
         try:
             verify_host_cert(blob.key_type, blob.key_blob, host_ca_keys(profile.identity.known_hosts), principal,
                              role=role)
+        except UnknownHostCA as exc:
+            if exc.authority and exc.authority == profile.cluster:  # the cluster's host CA rotated
+                raise AccessDenied(f"{OLD_CA} ({about or 'the server'} presents a host certificate of "
+                                   f"{profile.cluster} from a host CA your profile does not know)") from None
+            if not about:
+                raise
+            raise AccessDenied(f"refusing {about}: {exc}") from None
         except AccessDenied as exc:
             if not about:
                 raise
@@ -116,7 +122,7 @@ def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
         transport.auth_publickey(login, user_key(profile))
     except paramiko.AuthenticationException:
         transport.close()
-        raise AccessDenied(f"access denied to {login}: the server refused the certificate") from None
+        raise AccessDenied(refused_login(profile, login, role)) from None
     except (paramiko.SSHException, EOFError) as exc:
         transport.close()
         raise SSHFailure(f"ssh: {exc or type(exc).__name__}") from None
@@ -262,6 +268,9 @@ def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
         raise AccessDenied(f"{exc.at(profile.web_addr)}; nothing was sent") from None
     except ssl.SSLCertVerificationError as exc:
         raw.close()
+        if exc.verify_code == UNKNOWN_ISSUER and _rotated(profile, web_host, int(web_port)):
+            raise AccessDenied(f"{OLD_CA} (the proxy at {profile.web_addr} presents a certificate from a host CA "
+                               f"of {profile.cluster} your profile does not know)") from None
         raise AccessDenied(f"the proxy at {profile.web_addr} is not a proxy of this cluster "
                            f"({exc.verify_message})") from None
     except (ssl.SSLError, OSError) as exc:
@@ -295,6 +304,26 @@ def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
         raise TeleportError(f"lost the connection to the proxy at {profile.web_addr}")
     tls.settimeout(None)
     return TLSStream(tls, routed)
+
+
+UNKNOWN_ISSUER = 20  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: signed by a CA we lack (not self-signed)
+
+
+def _rotated(profile: Profile, host: str, port: int) -> bool:
+    """(after a failed verification) Whether the proxy's TLS certificate, fetched again without
+    verification, names the profile's host CA as issuer but is not signed by it (a rotated CA).
+    It only picks the error message: the connection was refused either way."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols([ALPN_SSH])  # the certificate the proxy shows for SSH, not its web one
+    try:
+        with socket.create_connection((host, port), timeout=5.0) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return False
+    return bool(der) and from_rotated_tls_ca(der or b"", profile.identity.tls_ca_pems)
 
 
 def _is_uuid(text: str) -> bool:
@@ -537,72 +566,3 @@ def bridge(profile: Profile, host: str, port: int) -> int:
     proxy.close()
     return 0
 
-
-def copy(profile: Profile, login: str, host: str, port: int, source: str, dest: str, *, upload: bool,
-         recursive: bool) -> None:
-    """``tsh scp``: copy files (with ``recursive``, directories) to or from the node over SFTP."""
-    import stat
-
-    proxy, node = connect_node(profile, login, host, port)
-    try:
-        import paramiko
-
-        sftp = paramiko.SFTPClient.from_transport(node, window_size=WINDOW, max_packet_size=32768)
-        if sftp is None:
-            raise TeleportError(f"{host} refused the sftp subsystem")
-        if upload:
-            _upload(sftp, source, dest, recursive)
-        else:
-            try:
-                mode = sftp.stat(source).st_mode or 0
-            except OSError as exc:
-                raise TeleportError(f"{host}:{source}: {exc.strerror or exc}") from None
-            if stat.S_ISDIR(mode) and not recursive:
-                raise TeleportError(f"{source} is a directory (use -r)")
-            _download(sftp, source, dest, stat.S_ISDIR(mode))
-        sftp.close()
-    finally:
-        node.close()
-        proxy.close()
-
-
-def _upload(sftp: Any, source: str, dest: str, recursive: bool) -> None:
-    import posixpath
-    import stat as st
-
-    local = os.path.abspath(source)
-    if os.path.isdir(local) and not recursive:
-        raise TeleportError(f"{source} is a directory (use -r)")
-    try:
-        remote_is_dir = st.S_ISDIR(sftp.stat(dest).st_mode or 0)
-    except OSError:
-        remote_is_dir = False
-    target = posixpath.join(dest, os.path.basename(local.rstrip("/"))) if remote_is_dir else dest
-    if not os.path.isdir(local):
-        sftp.put(local, target)
-        sftp.chmod(target, os.stat(local).st_mode & 0o777)
-        return
-    for folder, _dirs, files in os.walk(local):
-        rel = os.path.relpath(folder, local)
-        remote = target if rel == "." else posixpath.join(target, *rel.split(os.sep))
-        with contextlib.suppress(OSError):
-            sftp.mkdir(remote)
-        for name in files:
-            sftp.put(os.path.join(folder, name), posixpath.join(remote, name))
-
-
-def _download(sftp: Any, source: str, dest: str, is_dir: bool) -> None:
-    import posixpath
-    import stat as st
-
-    target = os.path.join(dest, posixpath.basename(source.rstrip("/"))) if os.path.isdir(dest) else dest
-    if not is_dir:
-        sftp.get(source, target)
-        return
-    os.makedirs(target, exist_ok=True)
-    for entry in sftp.listdir_attr(source):
-        path = posixpath.join(source, entry.filename)
-        if st.S_ISDIR(entry.st_mode or 0):
-            _download(sftp, path, os.path.join(target, entry.filename), True)
-        else:
-            sftp.get(path, os.path.join(target, entry.filename))
