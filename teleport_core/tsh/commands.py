@@ -264,13 +264,11 @@ def ls(argv: list[str], cli: CliContext) -> int:
     if args.format != "text":
         output.emit([node_record(n) for n in nodes], args.format)
         return 0
-    labels = [",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) for n in nodes]
-    if args.verbose:
-        rows = [(n["nodename"], n["uuid"], n["addr"] or "⟵ Tunnel", lab) for n, lab in zip(nodes, labels, strict=True)]
-        print("\n".join(output.table(("Node Name", "Node ID", "Address", "Labels"), rows)))
-    else:
-        rows = [(n["nodename"], n["addr"] or "⟵ Tunnel", lab) for n, lab in zip(nodes, labels, strict=True)]
-        print("\n".join(output.table(("Node Name", "Address", "Labels"), rows, truncate=2)))
+    rows: list[list[str]] = [[str(n["nodename"]), *([str(n["uuid"])] if args.verbose else []),
+                              str(n["addr"] or "⟵ Tunnel"),
+                              ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))] for n in nodes]
+    head = ("Node Name", "Node ID", "Address", "Labels") if args.verbose else ("Node Name", "Address", "Labels")
+    print("\n".join(output.table(head, rows, truncate=None if args.verbose else 2)))
     return 0
 
 
@@ -282,33 +280,55 @@ def ssh(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-T", dest="no_tty", action="store_true", help="no terminal")
     parser.add_argument("-L", dest="forwards", action="append", default=[], metavar="[BIND:]PORT:HOST:HOSTPORT",
                         help="forward a local port to HOST:HOSTPORT as seen from the node (repeatable)")
+    parser.add_argument("-R", dest="remote_forwards", action="append", default=[], metavar="[BIND:]PORT:HOST:HOSTPORT",
+                        help="forward a port on the node's loopback to HOST:HOSTPORT as seen from here (repeatable)")
+    parser.add_argument("-D", dest="dynamic_forwards", action="append", default=[], metavar="[BIND:]PORT",
+                        help="a local SOCKS5/SOCKS4 proxy whose connections leave from the node (repeatable)")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION=VALUE",
+                        help="an OpenSSH option (ForwardAgent, RequestTTY, ServerAliveInterval, LocalForward, "
+                             "RemoteForward, DynamicForward, User, Port, ConnectTimeout ...; repeatable)")
     parser.add_argument("-A", dest="agent", action="store_true", help="forward the local ssh-agent to the node")
     parser.add_argument("-N", dest="no_command", action="store_true",
-                        help="run no command: only forward ports (-L) until interrupted")
+                        help="run no command: only forward ports (-L, -R, -D) until interrupted")
     parser.add_argument("target", help="[login@]nodename, host UUID, address or label=value")
     parser.add_argument("command", nargs="*")
     args = parser.parse_args(argv)
-    from teleport_core.tsh import forward
+    from teleport_core.tsh import forward, sshopts
 
-    specs = [forward.parse_local_forward(spec) for spec in args.forwards]  # bad specs fail before anything else
+    options = sshopts.parse_options(args.options)  # bad options and specs fail before anything else
+    local_specs, remote_specs = [*args.forwards, *options.local], [*args.remote_forwards, *options.remote]
+    dynamic_specs = [*args.dynamic_forwards, *options.dynamic]
+    specs: list[Any] = [forward.parse_local_forward(spec) for spec in local_specs]
+    specs += [forward.parse_remote_forward(spec) for spec in remote_specs]
+    specs += [forward.parse_dynamic_forward(spec) for spec in dynamic_specs]
     if args.no_command and (args.command or not specs):
-        raise TeleportError("-N runs no command: give -L forwards and no command")
+        raise TeleportError("-N runs no command: give -L, -R or -D forwards and no command")
+    for warning in options.warnings:
+        sys.stderr.write(f"tsh: warning: {warning}\n")
     profile = _current(args)
     login_name, at, host = args.target.rpartition("@")
-    login_name = args.login or (login_name if at else "") or (profile.logins[0] if profile.logins else "")
+    login_name = (args.login or options.user or (login_name if at else "")
+                  or (profile.logins[0] if profile.logins else ""))
     if not login_name:
         raise TeleportError("no login given (login@host or -l) and the certificate allows none")
     command = " ".join(args.command)
-    tty = args.tty or (not command and not args.no_tty and sys.stdin.isatty())
+    wants = {"yes": True, "force": True, "no": False}.get(options.request_tty or "auto")
+    tty = args.tty or (not args.no_tty and (wants if wants is not None else not command and sys.stdin.isatty()))
+    agent = args.agent or bool(options.forward_agent)
     from teleport_core.state.nodes import is_label_selector
     from teleport_core.tsh import sshclient
 
+    if options.connect_timeout:
+        sshclient.TIMEOUT = float(options.connect_timeout)  # this process runs one command
     if is_label_selector(host):
-        if specs or args.agent:
-            raise TeleportError("-L and -A need a single node, not a label selector")
-        return _run_on_matches(profile, login_name, host, args.port, command)
-    host, port = split_host_port(host, args.port)
-    forwarding = forward.setup(profile, args.forwards, args.agent)
+        if specs or agent:
+            raise TeleportError("-L, -R, -D and -A need a single node, not a label selector")
+        return _run_on_matches(profile, login_name, host, args.port or options.port or 0, command)
+    host, port = split_host_port(host, args.port or options.port or 0)
+    keepalive = (forward.Keepalive(options.server_alive_interval, options.server_alive_count_max)
+                 if options.server_alive_interval else None)
+    forwarding = forward.setup(profile, local_specs, agent, remote=remote_specs, dynamic=dynamic_specs,
+                               keepalive=keepalive, host=host)
     if forwarding is None:
         return sshclient.run(profile, login_name, host, port, command, tty)
     try:

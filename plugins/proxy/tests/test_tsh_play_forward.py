@@ -466,8 +466,8 @@ def test_forwarding_flag_errors(env: Env, alice: Path) -> None:
             (("-L", "8080:host:99999", target), "port '99999' is not a number from 1 to 65535"),
             (("-L", "[::1:8080:host:80", target), "unbalanced '['"),
             (("-L", "8080::80", target), "the host is empty"),
-            (("-N", target), "-N runs no command: give -L forwards and no command"),
-            (("-L", "8080:h:80", f"{LOGIN}@env=test", "true"), "-L and -A need a single node"),
+            (("-N", target), "-N runs no command: give -L, -R or -D forwards and no command"),
+            (("-L", "8080:h:80", f"{LOGIN}@env=test", "true"), "-L, -R, -D and -A need a single node"),
             (("-A", target, "true"), "needs a running ssh-agent: SSH_AUTH_SOCK is not set")):
         result = tsh(alice, "ssh", *args)
         assert result.returncode == 1, (args, result.stderr)
