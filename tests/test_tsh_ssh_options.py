@@ -191,3 +191,61 @@ def test_a_stalled_socks_client_is_closed(socks_server: tuple[int, list[object]]
         assert sock.recv(10) == b""  # closed by the server
     error = wait_result(results)
     assert isinstance(error, socks.SocksError) and "timed out" in str(error)
+
+
+# -- ServerAliveInterval ---------------------------------------------------------------------------------------
+
+
+def test_keepalive_gives_up_on_a_silent_server() -> None:
+    """A real paramiko server behind a relay that stops passing the server's bytes: after
+    ServerAliveCountMax unanswered keepalives tsh closes the connection; while the server answers,
+    nothing happens."""
+    import time
+
+    import paramiko
+
+    key = paramiko.ECDSAKey.generate()
+    listener = socket.create_server(("127.0.0.1", 0))
+    silent = threading.Event()
+
+    class Anyone(paramiko.ServerInterface):  # type: ignore[misc]
+        def get_allowed_auths(self, username: str) -> str:
+            return "none"
+
+        def check_auth_none(self, username: str) -> int:
+            return int(paramiko.AUTH_SUCCESSFUL)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        server = paramiko.Transport(conn)
+        server.add_server_key(key)
+        server.start_server(event=threading.Event(), server=Anyone())
+
+    threading.Thread(target=serve, daemon=True).start()
+    upstream = socket.create_connection(listener.getsockname())
+    near, far = socket.socketpair()
+
+    def pump(src: socket.socket, dst: socket.socket, muted: threading.Event | None) -> None:
+        while data := src.recv(65536):
+            if muted is None or not muted.is_set():
+                dst.sendall(data)
+
+    threading.Thread(target=pump, args=(far, upstream, None), daemon=True).start()
+    threading.Thread(target=pump, args=(upstream, far, silent), daemon=True).start()
+    client = paramiko.Transport(near)
+    try:
+        client.start_client(timeout=30)
+        client.auth_none("anyone")
+        keepalive = forward.Keepalive(interval=1, count_max=2)
+        keepalive.start(client, "node-x")
+        time.sleep(2.5)  # answered keepalives: the connection stays
+        assert client.is_active() and not keepalive.timed_out
+        silent.set()
+        deadline = time.monotonic() + 30
+        while client.is_active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert keepalive.timed_out and not client.is_active()
+    finally:
+        client.close()
+        listener.close()
+        upstream.close()

@@ -321,3 +321,32 @@ def test_option_errors(env: Env, rae: Path) -> None:
         taken = busy.getsockname()[1]
         result = env.tsh(rae, "ssh", "-N", "-D", str(taken), TARGET)
     assert result.returncode == 1 and f"-D 127.0.0.1:{taken}: cannot listen on 127.0.0.1:{taken}" in result.stderr
+
+
+def test_the_node_refuses_after_the_role_changed(env: Env, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The certificate still permits forwarding, the node's current roles do not: a -D connection
+    gets SOCKS "not allowed" (audited T3003E) and -R stops tsh (audited T3003E, forward: remote)."""
+    env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "fwd-later"},
+                             "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
+                                      "options": {"port_forwarding": True}}})
+    env.signup("lena", ["fwd-later"], [LOGIN], PASSWORD)
+    home = logged_in(env, tmp_path_factory, "lena")
+    env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "fwd-later"},
+                             "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
+                                      "options": {"port_forwarding": False}}})
+    # the node follows role changes through auth's long poll: retry -R until it is refused
+    refused = wait_for(lambda: (r := env.tsh(home, "ssh", "-R", f"{free_port()}:127.0.0.1:9", TARGET, "true"))
+                       .returncode == 1 and r, what="-R refused after the role change", interval=0.5)
+    assert "the node refused remote port forwarding" in refused.stderr
+    port = free_port()
+    with http_server() as web, background_tsh(home, "ssh", "-N", "-D", str(port), TARGET) as proc:
+        up(proc, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + web.to_bytes(2, "big"))
+            answer = b""
+            while len(answer) < 12 and (data := sock.recv(1024)):
+                answer += data
+        assert answer[:4] == b"\x05\x00\x05\x02"  # no-auth chosen, then "connection not allowed by ruleset"
+    refusals = wait_for(lambda: [e for e in events(env, "lena") if e["code"] == "T3003E"], what="audited refusals")
+    assert {e.get("forward", "local") for e in refusals} == {"remote", "local"}
+    assert any(e["addr.local"] == f"127.0.0.1:{web}" for e in refusals)
