@@ -32,7 +32,9 @@ import paramiko
 from teleport_core.api.client import AuthClient, Credentials
 from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.api.renewal import HostCertRenewer
+from teleport_core.config.values import parse_addr
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
+from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.locks import parse_lock
@@ -41,7 +43,7 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node.certs import HostCertKey, load_ca_keys
-from teleport_node.recording import prepare_spool, recover, recover_sessions, remove_sidecar
+from teleport_node.recording import claim, prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.tunnel import TunnelAgent
@@ -121,8 +123,10 @@ class NodeService(Service):
         # the node logs refusals and failures itself
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
         limits = self.settings.connection_limits or self.ctx.config.connection_limits
-        self.ssh = SSHServer(lambda: self.state, self._host_key(), None if self.tunnelled else self._listen(), self.log,
-                             limits)
+        # the listener is inherited across a graceful reload (ctx.listen)
+        listener = None if self.tunnelled else self.ctx.listen("node", self.settings.listen_addr)
+        self.ssh = SSHServer(lambda: self.state, self._host_key(), listener, self.log,
+                             limits, metrics=metrics_for(self.ctx.metrics))
         self.ssh.start()
         if self.tunnelled:
             await self._start_tunnel(cluster)
@@ -146,6 +150,20 @@ class NodeService(Service):
         where = f"reverse tunnel through {self.ctx.config.proxy_server}" if self.tunnelled else f"{host}:{port}"
         self.log.info("node SSH service is ready", addr=where, host_uuid=self.identity.host_uuid,
                       cluster=cluster, session_recording=recording)
+
+    async def stop_accepting(self) -> None:
+        """Graceful reload: new connections go to the new process. A tunnelled node closes its
+        reverse tunnel (the new process keeps its own; one per node at the proxy); its sessions'
+        data connections carry on."""
+        if self.ssh is not None and not self.tunnelled:
+            await asyncio.to_thread(self.ssh.stop_accepting)
+        if self.tunnel is not None:
+            await asyncio.to_thread(self.tunnel.stop)
+
+    async def drain(self) -> None:
+        """Wait until every SSH connection to this node has ended (sessions, scp, forwards)."""
+        while self.ssh is not None and self.ssh.connections:
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         if self.ssh is not None:  # first: the sessions' clients are told while their connections last
@@ -233,12 +251,15 @@ class NodeService(Service):
         if self.settings.public_addrs:
             return str(self.settings.public_addrs[0])
         host, port = self.ssh_addr
+        advertise = self.ctx.config.advertise_ip  # host or host:port (--advertise-ip), as Teleport's
+        if advertise:
+            return str(parse_addr(advertise, default_port=port))
         try:
             unspecified = ipaddress.ip_address(host).is_unspecified
         except ValueError:
             unspecified = False
         if unspecified:
-            host = self.ctx.config.advertise_ip or "127.0.0.1"
+            host = "127.0.0.1"
         return f"{host}:{port}"
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -305,12 +326,15 @@ class NodeService(Service):
             node = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
                     "addr": self._advertised_addr(), "labels": dict(self.settings.labels),
                     "cmd_labels": dict(self.cmd_labels), "tunnel": self.tunnelled}
+            metrics = metrics_for(self.ctx.metrics)
             try:
                 await self.auth.upsert_node(node)
             except TeleportError as exc:
+                metrics.heartbeats_missed.labels(type="node").inc()
                 self.log.warning("heartbeat failed, will retry", error=str(exc))
                 await asyncio.sleep(RETRY)
                 continue
+            metrics.heartbeats_sent.labels(type="node").inc()
             await asyncio.sleep(HEARTBEAT)
 
     async def _run_commands(self, commands: tuple[CommandLabel, ...]) -> None:
@@ -395,8 +419,9 @@ class NodeService(Service):
         while True:
             sid, path = await self._uploads.get()
             self._uploading = sid
+            claimed = await asyncio.to_thread(claim, path)  # None: the other process of a reload sends it
             try:
-                if await self._upload(sid, path):
+                if claimed is not None and await self._upload(sid, path):
                     size = path.stat().st_size
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
@@ -404,6 +429,8 @@ class NodeService(Service):
                         "sid": sid, "cluster_name": self.state.cluster_name, "server_id": self.identity.host_uuid,
                         "server_hostname": self.ctx.config.nodename, "size": size})
             finally:
+                if claimed is not None:
+                    os.close(claimed)
                 self._uploading = None
                 self._uploads.task_done()
 
