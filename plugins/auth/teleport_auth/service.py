@@ -32,9 +32,10 @@ from teleport_auth.users import UserStore
 from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
+from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter
-from teleport_core.net.tlsserver import TLSServer, bind_socket
+from teleport_core.net.tlsserver import TLSServer
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.service import Service, ServiceContext
@@ -103,7 +104,9 @@ class AuthService(Service):
         self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
         # each route's body limit, enforced by the listener before the API reads (or authenticates) anything
         limits = HTTPLimits(routes=tuple(RouteLimit(op.method, op.path, op.max_body) for op in ROUTES))
-        self.server = TLSServer(build_app(self), bind_socket(self.settings.listen_addr), self.server_context(),
+        sock = self.ctx.listen("auth", self.settings.listen_addr)  # inherited across a graceful reload
+        sock.setblocking(False)
+        self.server = TLSServer(build_app(self), sock, self.server_context(),
                                 limits=limits, on_refused=self.audit_refusal)
         await self.server.start()
         # services started after us in this process join through here, without a token
@@ -116,6 +119,12 @@ class AuthService(Service):
             listen_addr=str(self.server.address),
             ca_pin=ca_pin(self.host_ca),
         )
+
+    async def stop_accepting(self) -> None:
+        """Graceful reload: new API connections go to the new process; requests in flight here
+        finish when :meth:`stop` follows (watch streams end, their clients reconnect there)."""
+        if self.server is not None:
+            await self.server.stop_accepting()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -273,11 +282,17 @@ class AuthService(Service):
         names = record.roles[role]
         hook = self.ctx.plugins.hook
         signer = server_signing_ca(self.host_ca)  # the keys servers' certificates come from in this phase
-        ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid,
-                                  nodename=record.nodename, role=role,
-                                  additional_principals=[*names.principals, *names.dns_names, *names.ip_addresses])
-        tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid, role=role,
-                                  dns_names=names.dns_names, ip_addresses=names.ip_addresses)
+        metrics = metrics_for(self.ctx.metrics)
+        metrics.generate_requests.inc()
+        with metrics.generate_seconds.time():
+            ssh = issue_ssh_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid,
+                                      nodename=record.nodename, role=role,
+                                      additional_principals=[*names.principals, *names.dns_names,
+                                                             *names.ip_addresses])
+            tls = issue_tls_host_cert(signer, hook, public_key=public_key, host_uuid=record.uuid, role=role,
+                                      dns_names=names.dns_names, ip_addresses=names.ip_addresses)
+        metrics.certificates_issued.labels(kind="host", format="ssh").inc()
+        metrics.certificates_issued.labels(kind="host", format="tls").inc()
         return {
             "host_uuid": record.uuid,
             "ssh_cert": ssh.data.decode().strip(),
@@ -367,12 +382,17 @@ class AuthService(Service):
         """Write an audit event: returns once it is durable in the audit spool (and, while the sinks
         work, in the log; bounded wait). :class:`AuditUnavailable` when the spool cannot write: the
         action is then not acknowledged, and auth refuses state-changing calls until it can."""
+        metrics = metrics_for(self.ctx.metrics)
         if self.audit_spool is None:
+            metrics.audit_failed.inc()
             raise AuditUnavailable("the auth service has not opened its audit spool")
         try:
-            await self.audit_spool.emit(event, wait_delivered=AUDIT_DELIVERY_WAIT)
+            with metrics.audit_emit_seconds.time():
+                await self.audit_spool.emit(event, wait_delivered=AUDIT_DELIVERY_WAIT)
         except OSError as exc:
+            metrics.audit_failed.inc()
             raise self._audit_failed(exc) from exc
+        metrics.audit_emit.inc()
         if self._audit_down is not None:
             self._audit_recovered()
 

@@ -26,6 +26,7 @@ import asyncio
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from teleport_core.api.client import AUTH_SERVER_NAME
 from teleport_core.api.join import auth_addresses
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
+from teleport_core.metrics import metrics_for
 from teleport_core.net.tlsserver import ClientHello, Handler, handshake_reason
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.sshserver import parse_subsystem
@@ -58,7 +60,9 @@ class Pipe(asyncio.Protocol):
         self.peer: Pipe | None = None
         self.pending: list[bytes] = []  # received before the peer was linked
         self.lost = False
+        self.ended: Callable[[], None] | None = None  # called once when the connection is lost
         self.tls = False  # TLS cannot half-close: an end of input closes the peer
+        self.count: Callable[[int], None] | None = None  # told each chunk's size (a session's rx or tx)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -76,6 +80,8 @@ class Pipe(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.count is not None:
+            self.count(len(data))
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
@@ -93,6 +99,9 @@ class Pipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
         if self.transport is not None:
             self.mux.live.discard(self.transport)
         if self.peer is not None and self.peer.transport is not None:
@@ -147,7 +156,9 @@ class DialingPipe(Pipe):
         if self.transport.is_closing():
             return
         proxy = self.mux.proxy
+        metrics = self.mux.metrics
         parsed = parse_subsystem("proxy:" + request)
+        metrics.connect_attempts.inc()
         try:
             if parsed is None:
                 raise TeleportError(f"malformed dial request {request[:100]!r} (want host:port@cluster)")
@@ -172,6 +183,7 @@ class DialingPipe(Pipe):
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or "timed out")
                 raise TeleportError(f"cannot reach {host}: {reason}") from None
         except TeleportError as exc:
+            metrics.connect_failures.inc()
             self.refuse(str(exc), target=parsed[0] if parsed else "")
             return
         if self.transport.is_closing():
@@ -179,6 +191,15 @@ class DialingPipe(Pipe):
                 upstream.transport.close()
             return
         self.transport.write(f"OK {node.uuid}\n".encode())  # the client checks the node's certificate names it
+        metrics.session_started("proxy", "tls-routing")
+        metrics.proxy_sessions.inc()
+
+        def ended() -> None:
+            metrics.session_ended("proxy", "tls-routing")
+            metrics.proxy_sessions.dec()
+
+        self.ended = ended
+        self.count, upstream.count = metrics.rx.inc, metrics.tx.inc
         upstream.link(self)
         self.link(upstream)
         if upstream.lost:
@@ -199,6 +220,7 @@ class WebMux:
 
     def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
+        self.metrics = metrics_for(proxy.ctx.metrics)
         self.live: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ssh_context: tuple[Any, Any, ssl.SSLContext] | None = None
@@ -227,6 +249,10 @@ class WebMux:
                     self.spawn(self.proxy.audit_denial(pipe.user.user, reason, pipe.remote))
                     cut += 1
         return cut
+
+    def ssh_connections(self) -> list[asyncio.Transport]:
+        """The live users' SSH connections routed on the web port (a drain waits for them)."""
+        return [t for t in list(self.live) if isinstance(t.get_protocol(), DialingPipe)]
 
     def close(self) -> None:
         for transport in list(self.live):

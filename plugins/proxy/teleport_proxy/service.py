@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from teleport_core.api.client import AuthClient, Credentials
 from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.api.renewal import HostCertRenewer
-from teleport_core.config.values import NetAddr, certificate_names
+from teleport_core.config.values import NetAddr, certificate_names, parse_addr
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
+from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter, rate_limited
-from teleport_core.net.tlsserver import TLSServer, bind_socket
+from teleport_core.net.tlsserver import TLSServer
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.access import SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
 from teleport_core.policy.locks import Lock, lock_in_force, lock_message, parse_lock
@@ -117,17 +118,23 @@ class ProxyService(Service):
             task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
             self._tasks.append(task)
 
-        self.ssh = SSHProxyServer(self, bind_socket(self.settings.listen_addr))
+        # the listeners are inherited across a graceful reload (ctx.listen)
+        self.ssh = SSHProxyServer(self, self.ctx.listen("proxy:ssh", self.settings.listen_addr))
         self.ssh.start()
-        self.tunnel = TunnelServer(self, bind_socket(self.settings.tunnel_listen_addr), self.ssh.host_key)
+        self.tunnel = TunnelServer(self, self.ctx.listen("proxy:tunnel", self.settings.tunnel_listen_addr),
+                                   self.ssh.host_key)
         self.tunnel.start()
         from prometheus_client import Gauge
 
-        Gauge("reverse_tunnels_connected", "Nodes connected to this proxy through a reverse tunnel",
+        Gauge("reverse_tunnels_connected", "Nodes connected to this proxy through a reverse tunnel (the name "
+              "before teleport_reverse_tunnels_connected; kept as an alias)",
               registry=self.ctx.metrics).set_function(lambda: len(self.tunnel.tunnels))
+        metrics_for(self.ctx.metrics).reverse_tunnels.labels(type="node").set_function(lambda: len(self.tunnel.tunnels))
         # TLS routing: the web port also carries tsh's SSH (ALPN teleport-proxy-ssh) and the auth API
         self.mux = WebMux(self)
-        self.web = TLSServer(build_app(self), bind_socket(self.settings.web_listen_addr), self._web_context(),
+        web_sock = self.ctx.listen("proxy:web", self.settings.web_listen_addr)
+        web_sock.setblocking(False)
+        self.web = TLSServer(build_app(self), web_sock, self._web_context(),
                              router=self.mux.route, limits=WEB_LIMITS,
                              on_refused=lambda peer, reason: self.audit_denial("", reason, peer))
         await self.web.start()
@@ -135,6 +142,27 @@ class ProxyService(Service):
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="proxy-heartbeat"))
         self.log.info("proxy service is ready", cluster=self.cluster_name, web_addr=str(self.web.address),
                       ssh_addr=str(self.ssh_address), tunnel_addr=str(self.tunnel_address))
+
+    async def stop_accepting(self) -> None:
+        """Graceful reload: new connections go to the new process. The reverse tunnels' control
+        connections are closed, so their nodes dial again and land on the new proxy; sessions
+        already routed (their own data connections) carry on."""
+        if self.web is not None:
+            await self.web.stop_accepting()
+        if self.ssh is not None:
+            await asyncio.to_thread(self.ssh.stop_accepting)
+        if self.tunnel is not None:
+            await asyncio.to_thread(self.tunnel.stop_accepting)
+
+    def live_sessions(self) -> int:
+        """SSH connections through this proxy: on the SSH port and routed on the web port."""
+        routed = len(self.mux.ssh_connections()) if self.mux is not None else 0
+        return (self.ssh.connections if self.ssh is not None else 0) + routed
+
+    async def drain(self) -> None:
+        """Wait until the users' SSH connections through this proxy have ended."""
+        while self.live_sessions():
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         if self.web is not None:
@@ -187,28 +215,34 @@ class ProxyService(Service):
         if self.settings.tunnel_public_addrs:
             return str(self.settings.tunnel_public_addrs[0])
         addr = self.tunnel_address
-        host = self.settings.public_addrs[0].host if self.settings.public_addrs else (
-            self.ctx.config.nodename if addr.host in ("0.0.0.0", "::") else addr.host)  # noqa: S104
+        host = self.settings.public_addrs[0].host if self.settings.public_addrs else self._default_host(addr)
         return str(NetAddr(host, addr.port))
 
     def public_web_addr(self) -> str:
         if self.settings.public_addrs:
             return str(self.settings.public_addrs[0])
         addr = self.web_address
-        return f"{self.ctx.config.nodename if addr.host in ('0.0.0.0', '::') else addr.host}:{addr.port}"  # noqa: S104
+        return str(NetAddr(self._default_host(addr), addr.port))
 
     def public_ssh_addr(self) -> str:
         if self.settings.ssh_public_addrs:
             return str(self.settings.ssh_public_addrs[0])
         addr = self.ssh_address
-        host = self.settings.public_addrs[0].host if self.settings.public_addrs else (
-            self.ctx.config.nodename if addr.host in ("0.0.0.0", "::") else addr.host)  # noqa: S104
-        return f"{host}:{addr.port}"
+        host = self.settings.public_addrs[0].host if self.settings.public_addrs else self._default_host(addr)
+        return str(NetAddr(host, addr.port))
+
+    def _default_host(self, addr: NetAddr) -> str:
+        """The host clients reach ``addr`` at when no public address is set: ``--advertise-ip``
+        (``teleport.advertise_ip``, its host), else the listen host, else (a wildcard) the nodename."""
+        if self.ctx.config.advertise_ip:
+            return parse_addr(self.ctx.config.advertise_ip, default_port=addr.port).host
+        return self.ctx.config.nodename if addr.host in ("0.0.0.0", "::") else addr.host  # noqa: S104
 
     def _names(self) -> tuple[list[str], list[str]]:
         s = self.settings
+        advertise = self.ctx.config.advertise_ip
         return certificate_names((s.web_listen_addr, s.listen_addr, *s.public_addrs, *s.ssh_public_addrs,
-                                  *s.tunnel_public_addrs),
+                                  *s.tunnel_public_addrs, *([parse_addr(advertise, 0)] if advertise else [])),
                                  ("localhost",), ("127.0.0.1", "::1"))
 
     # -- state from auth --------------------------------------------------------------------------
@@ -269,10 +303,14 @@ class ProxyService(Service):
         """Tell auth the addresses clients use (invite URLs name this proxy)."""
         entry = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
                  "public_addr": self.public_web_addr(), "ssh_public_addr": self.public_ssh_addr()}
+        metrics = metrics_for(self.ctx.metrics)
         try:
             await self.auth.upsert_proxy(entry)
         except TeleportError as exc:
+            metrics.heartbeats_missed.labels(type="proxy").inc()
             self.log.warning("proxy heartbeat failed, will retry", error=str(exc))
+        else:
+            metrics.heartbeats_sent.labels(type="proxy").inc()
 
     async def _heartbeat(self) -> None:
         while True:
