@@ -6,11 +6,14 @@ every metric docs/metrics.md lists and examples/grafana/teleport.json queries is
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy_helpers import LOGIN, Env, one_process_config
+from proxy_helpers import CLUSTER, LOGIN, Env, one_process_config, profile_ssh_config
 
 from teleport_core.metrics import Metrics
 from teleport_core.plugins import make_plugins
@@ -25,6 +28,7 @@ from teleport_core.testing.metrics import (
     scrape,
     total,
 )
+from teleport_core.testing.prerequisites import missing
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -122,6 +126,43 @@ def test_logins_sessions_bytes_backend_and_audit_move(env: Env, tmp_path: Path) 
     assert moved(before, after, "teleport_audit_emit_seconds_count") == moved(before, after,
                                                                               "teleport_audit_emit_events")
     assert total(after, "audit_failed_emit_events") == 0
+
+
+def test_openssh_sftp_and_port_forward_through_the_proxy(env: Env, tmp_path: Path) -> None:
+    """OpenSSH's sftp and ``ssh -W`` (a direct-tcpip channel to the node) through ``-J`` the
+    proxy's SSH port: the node counts an sftp and a port-forward session, the proxy two
+    direct-tcpip ones."""
+    if not (shutil.which("ssh") and shutil.which("sftp")):
+        missing("OpenSSH ssh and sftp are not installed (apt-get install openssh-client)")
+    url = diag(env)
+    home = tmp_path / "tsh"
+    logged_in = env.tsh(home, "login", f"--proxy={env.web}", f"--user={USER}", "--insecure",
+                        stdin=f"{PASSWORD}\n")
+    assert logged_in.returncode == 0, logged_in.stderr
+    config = profile_ssh_config(home, tmp_path / "ssh_config")
+    jump = ["-F", str(config), "-J", f"{USER}@127.0.0.1:{env.ssh_port}"]
+    target = f"{LOGIN}@{NODENAME}.{CLUSTER}"
+    plain_env = {**os.environ, "SSH_AUTH_SOCK": ""}
+    before = scrape(url)
+    (tmp_path / "batch").write_text("ls /\n")
+    listed = subprocess.run(["sftp", *jump, "-b", str(tmp_path / "batch"), target], capture_output=True, text=True,
+                            timeout=60, check=False, env=plain_env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    port = url.rpartition(":")[2]  # the diag endpoint is the port forward's destination
+    forwarded = subprocess.run(["ssh", *jump, "-W", f"127.0.0.1:{port}", target],
+                               input="GET /healthz HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=60,
+                               check=False, env=plain_env)
+    assert '{"status":"ok"}' in forwarded.stdout, forwarded.stderr[-2000:]
+
+    def sessions_over() -> Scrape | None:
+        samples = scrape(url)
+        return samples if total(samples, "teleport_sessions_active") == 0 else None
+
+    after = wait_for(sessions_over, "every session gauge back to 0", timeout=30, interval=0.2)
+    assert moved(before, after, "teleport_sessions_total", service="node", kind="sftp") == 1
+    assert moved(before, after, "teleport_sessions_total", service="node", kind="port-forward") == 1
+    assert moved(before, after, "teleport_sessions_total", service="proxy", kind="direct-tcpip") == 2
+    assert moved(before, after, "teleport_sessions_total", service="proxy") == 2
 
 
 def test_every_documented_and_dashboard_metric_is_exported(env: Env) -> None:
