@@ -6,7 +6,7 @@ sockets and data_dir, which reports ready; the old one stops accepting, drains (
 it holds is served to its end) and exits 0; the pid file names the new one. A broken config
 leaves the old one serving. ``SIGUSR2`` leaves both serving; ``SIGQUIT`` drains one. An
 unrelated process is still refused the data_dir. The full cluster (SSH sessions, scp, tsh, locks
-across processes) is in ``plugins/proxy/tests/test_reload_cluster.py``.
+across processes) is in ``tests/test_reload_cluster.py``.
 """
 
 from __future__ import annotations
