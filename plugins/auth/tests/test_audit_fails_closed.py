@@ -32,6 +32,7 @@ from teleport_core.errors import AuditUnavailable, NotFound
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.fulldisk import fill, small_tmpfs
+from teleport_core.testing.metrics import scrape, total
 from teleport_core.testing.waiting import wait_for
 
 PENDING = re.compile(r'^teleport_audit_events_pending\{service="auth"\} (\S+)$', re.MULTILINE)
@@ -119,6 +120,7 @@ def test_no_action_is_acknowledged_without_its_event(tmp_path: Path) -> None:
             exactly_once(events, "user.create", name="before")
 
             # (b) the spool's disk is full too: nothing state-changing is acknowledged
+            assert total(scrape(str(cluster.handle.diag_url)), "audit_failed_emit_events") == 0  # none so far
             fill(spool_fs)
             for _attempt in range(200):  # what still fits in the spool file's last page is written
                 created = cluster.tctl("tokens", "add", "--type=node")
@@ -138,6 +140,8 @@ def test_no_action_is_acknowledged_without_its_event(tmp_path: Path) -> None:
             reason = ready.json()["services"]["auth_service"]["reason"]
             assert reason.startswith("audit log unavailable: cannot write the audit spool "), reason
             assert "No space left on device" in reason
+            # the event that could not be written is counted (docs/metrics.md)
+            assert total(scrape(str(cluster.handle.diag_url)), "audit_failed_emit_events") >= 1
             with pytest.raises(NotFound):  # reads still work, and nothing was changed
                 cluster.call("get_user", "bob")
             with pytest.raises(NotFound):
