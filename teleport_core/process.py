@@ -502,7 +502,8 @@ class TeleportProcess:
         env.update({ENV_FILES: files, ENV_READY_FD: str(write_end), ENV_GENERATION: str(generation),
                     ENV_LOCK_FD: str(self._lock.fd)})
         argv = _own_argv()
-        self.log.info("starting the new process", generation=generation, argv=argv, listeners=len(fds))
+        # not the whole command line: --token may carry a secret
+        self.log.info("starting the new process", generation=generation, executable=argv[0], listeners=len(fds))
         self._lock.shared = True  # from now on never unlocked explicitly: the new process may hold it too
         try:
             child = subprocess.Popen(argv, env=env, pass_fds=(*fds, write_end, self._lock.fd), cwd=os.getcwd())

@@ -241,3 +241,23 @@ def test_two_processes_never_share_an_audit_spool_folder(tmp_path: Path) -> None
         assert not theirs.exists()
 
     asyncio.run(main())
+
+
+def test_usr2_then_quit_on_the_old_process_hands_over_for_good(daemon: Daemon) -> None:
+    port = daemon.port  # type: ignore[attr-defined]
+    old = daemon.first_pid
+    held = EchoConnection(port)
+    assert held.ask(b"pid\n") == f"{old}\n".encode()
+    new = daemon.reload(signal.SIGUSR2)
+    assert daemon.pid() == new  # the new process wrote the pid file once ready
+    os.kill(old, signal.SIGQUIT)
+    daemon.wait_log(r"stopped accepting new connections")
+    wait_for(lambda: all(echo_pid(port) == new for _ in range(5)), "only the new process answers", 30)
+    assert held.ask(b"pid\n") == f"{old}\n".encode()  # the old one drains what it holds
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    held.close()
+    assert daemon.proc.wait(30) == 0
+    assert daemon.pid() == new and alive(new) and echo_pid(port) == new
+    os.kill(new, signal.SIGTERM)  # the last process removes the pid file it names
+    wait_for(lambda: not alive(new), "the new process stops", 30)
+    assert not daemon.pid_file.exists()
