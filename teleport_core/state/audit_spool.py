@@ -241,6 +241,7 @@ class AuditSpool:
             adopting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await adopting
+            _disown(self.directory)  # the sender has stopped (a stopping service): the next process owns it
 
     async def _adopt_forever(self) -> None:
         while True:
