@@ -700,8 +700,13 @@ def run_process(config: TeleportConfig, plugins: Plugins, *, pid_file: Path | No
 def write_pid_file(path: Path) -> None:
     """Write this process's pid to ``path`` (atomically: a reader never sees it half written)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(f"{os.getpid()}\n", encoding="utf-8")
-    os.replace(temp, path)
+    try:
+        temp.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise TeleportError(f"cannot write --pid-file {path}: {exc.strerror or exc}") from None
 
 
 def remove_pid_file(path: Path) -> None:
@@ -769,7 +774,10 @@ async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None 
 
     def on_ready() -> None:
         if ready_pipe and pid_file is not None:
-            write_pid_file(pid_file)
+            try:
+                write_pid_file(pid_file)
+            except TeleportError as exc:  # serving matters more than the pid file: say so, go on
+                log.error(str(exc))
         answer(READY)
 
     installed = []

@@ -261,3 +261,21 @@ def test_usr2_then_quit_on_the_old_process_hands_over_for_good(daemon: Daemon) -
     os.kill(new, signal.SIGTERM)  # the last process removes the pid file it names
     wait_for(lambda: not alive(new), "the new process stops", 30)
     assert not daemon.pid_file.exists()
+
+
+def test_a_pid_file_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.process_helpers import REPO
+
+    config = tmp_path / "teleport.yaml"
+    config.write_text(yaml.safe_dump(sample_config(tmp_path / "data", diag=False)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TELEPORT_PLUGINS": "tests.plugins.sample_service"}
+    done = subprocess.run([sys.executable, "-m", "teleport_core.cli.teleport", "start", "-c", str(config),
+                           "--pid-file", str(tmp_path / "no-such-dir" / "teleport.pid")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert f"cannot write --pid-file {tmp_path / 'no-such-dir' / 'teleport.pid'}: No such file or directory" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
