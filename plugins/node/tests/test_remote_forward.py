@@ -94,16 +94,26 @@ def background(command: list[str]) -> Iterator[subprocess.Popen[str]]:
         proc.communicate(timeout=30)
 
 
+def allocated(proc: subprocess.Popen[str]) -> int:
+    """The port of ssh's ``Allocated port N for remote forward to HOST:PORT`` (``-R 0:...``)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("Allocated port ") or len(seen) > 20:
+            break
+    assert seen and seen[-1].startswith("Allocated port "), "".join(seen)
+    return int(seen[-1].split()[2])
+
+
 def port_events(auth: Auth, user: str) -> list[dict[str, Any]]:
     return [e for e in auth.events(type="port") if e.get("user") == user and e.get("forward") == "remote"]
 
 
 def test_remote_forward_carries_connections_back_to_the_client(auth: Auth, node: Node, users: dict[str, Path]) -> None:
-    port = free_port()
     with echo_server() as echo, background(argv(node, users["rita"], "-N", "-o", "ExitOnForwardFailure=yes",
-                                                "-R", f"{port}:127.0.0.1:{echo}")) as proc:
-        wait_for(lambda: listening(port) or proc.poll() is not None, what="the node's -R listener")
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                                                "-R", f"0:127.0.0.1:{echo}")) as proc:
+        port = allocated(proc)  # the node picks: no other process here can take the port first
         payload = os.urandom(500_000)
         assert roundtrip(port, payload) == payload
         threads = [threading.Thread(target=lambda: roundtrip(port, b"x" * 1000)) for _ in range(8)]
@@ -120,11 +130,7 @@ def test_remote_forward_carries_connections_back_to_the_client(auth: Auth, node:
 def test_port_zero_is_allocated_and_reported(node: Node, users: dict[str, Path]) -> None:
     with echo_server() as echo, background(argv(node, users["rita"], "-N", "-o", "ExitOnForwardFailure=yes",
                                                 "-R", f"0:127.0.0.1:{echo}")) as proc:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # "Allocated port N for remote forward to 127.0.0.1:ECHO"
-        assert line.startswith("Allocated port "), line
-        port = int(line.split()[2])
-        assert roundtrip(port, b"allocated") == b"allocated"
+        assert roundtrip(allocated(proc), b"allocated") == b"allocated"
 
 
 def test_any_requested_address_listens_on_loopback_only(auth: Auth, node: Node, users: dict[str, Path]) -> None:

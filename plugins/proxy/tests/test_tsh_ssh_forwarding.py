@@ -154,6 +154,20 @@ def background_tsh(home: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
         proc.communicate(timeout=30)
 
 
+def allocated(proc: subprocess.Popen[str]) -> int:
+    """The port of ``Allocated port N for remote forward to ...`` on the stderr of ssh or tsh (``-R 0:...``:
+    the node picks a free port, so no other process on this machine can take it first)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        words = line.removeprefix("tsh: ").split()
+        if words[:2] == ["Allocated", "port"] or len(seen) > 20:
+            break
+    assert seen and "Allocated port" in seen[-1], "".join(seen)
+    return int(seen[-1].removeprefix("tsh: ").split()[2])
+
+
 def up(proc: subprocess.Popen[str], port: int) -> None:
     wait_for(lambda: listening(port) or proc.poll() is not None, what=f"port {port} to listen")
     if proc.poll() is not None:
@@ -164,8 +178,8 @@ def up(proc: subprocess.Popen[str], port: int) -> None:
 
 
 def test_remote_forward_brings_node_connections_back(env: Env, rae: Path) -> None:
-    port = free_port()
-    with echo_server() as echo, background_tsh(rae, "ssh", "-N", "-R", f"{port}:127.0.0.1:{echo}", TARGET) as proc:
+    with echo_server() as echo, background_tsh(rae, "ssh", "-N", "-R", f"0:127.0.0.1:{echo}", TARGET) as proc:
+        port = allocated(proc)
         up(proc, port)  # the node listens on its loopback (this machine's)
         payload = os.urandom(300_000)
         assert roundtrip(port, payload) == payload
@@ -184,10 +198,7 @@ def test_remote_forward_with_a_command_and_as_an_option(env: Env, rae: Path) -> 
         assert result.returncode == 0, result.stderr
         assert result.stdout == "through-R\n"
         with background_tsh(rae, "ssh", "-N", "-R", f"0:127.0.0.1:{echo}", TARGET) as proc:
-            assert proc.stderr is not None
-            line = proc.stderr.readline()
-            assert line.startswith("tsh: Allocated port ") and line.rstrip().endswith(f"127.0.0.1:{echo}"), line
-            assert roundtrip(int(line.split()[3]), b"allocated") == b"allocated"
+            assert roundtrip(allocated(proc), b"allocated") == b"allocated"
 
 
 def test_remote_forward_refused_by_the_role(env: Env, nofwd: Path) -> None:
@@ -198,13 +209,13 @@ def test_remote_forward_refused_by_the_role(env: Env, nofwd: Path) -> None:
 
 def test_openssh_jump_with_remote_forward_to_our_node(env: Env, rae: Path, tmp_path: Path) -> None:
     config = profile_ssh_config(rae, tmp_path / "ssh_config", "ExitOnForwardFailure yes")
-    port = free_port()
     with echo_server() as echo:
         proc = subprocess.Popen(["ssh", "-F", str(config), "-J", f"rae@127.0.0.1:{env.ssh_port}", "-N",
-                                 "-R", f"{port}:127.0.0.1:{echo}", f"{LOGIN}@{NODENAME}.{CLUSTER}"],
+                                 "-R", f"0:127.0.0.1:{echo}", f"{LOGIN}@{NODENAME}.{CLUSTER}"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "SSH_AUTH_SOCK": ""}, start_new_session=True)
         try:
+            port = allocated(proc)
             up(proc, port)
             assert roundtrip(port, b"openssh -R through the proxy") == b"openssh -R through the proxy"
         finally:
