@@ -273,3 +273,35 @@ def test_a_broken_config_leaves_the_cluster_serving(cluster: Cluster) -> None:
     finally:
         daemon.write_config(text=good)
     assert re.search(r"reload requested signal=SIGHUP", daemon.log())
+
+
+def test_usr2_two_clusters_serve_side_by_side_then_quit_drains_the_old(cluster: Cluster) -> None:
+    """Two whole processes (two auth servers on one SQLite file, two proxies, two nodes) serve the
+    same sockets; SIGQUIT drains the old one while the new one serves on."""
+    daemon = cluster.daemon
+    old = daemon.pid()
+    home = cluster.signup("usr2")
+    term = Terminal(cluster, home)
+    try:
+        term.ready("U")
+        new = daemon.reload(signal.SIGUSR2)
+        assert alive(old) and alive(new)
+        for i in range(10):  # whichever process takes each one, every login works
+            done = cluster.tsh(home, "ssh", f"{LOGIN}@{NODE}", "echo", f"both-{i}")
+            assert done.returncode == 0 and done.stdout.strip() == f"both-{i}", done.stderr
+        created = cluster.tctl("users", "add", "made-during-usr2", "--roles=access", f"--logins={LOGIN}")
+        assert created.returncode == 0, created.stderr
+        os.kill(old, signal.SIGQUIT)
+        daemon.wait_log(r"graceful shutdown requested signal=SIGQUIT")
+        term.type("echo U$((40+77))X")  # the old process still serves the session it holds
+        term.expect(b"U117X")
+        assert alive(old)
+        term.type("exit")
+        term.rest()
+        wait_for(lambda: not alive(old), "the old process drained and exited", 60)
+        assert daemon.pid() == new
+        done = cluster.tsh(home, "ssh", f"{LOGIN}@{NODE}", "echo", "after-quit")
+        assert done.returncode == 0 and done.stdout.strip() == "after-quit", done.stderr
+        assert "made-during-usr2" in str(cluster.call("get_user", "made-during-usr2"))  # one cluster state
+    finally:
+        term.close()
