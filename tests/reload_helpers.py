@@ -47,7 +47,8 @@ class Daemon:
     """``teleport start -c CONFIG --pid-file FILE`` logging to ``teleport.log`` in ``folder``."""
 
     def __init__(self, folder: Path, config: dict[str, Any], *, plugins: str = SAMPLE_PLUGIN,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.args = args  # more flags for teleport start
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.config = config
@@ -72,7 +73,7 @@ class Daemon:
         with open(self.folder / "stderr.log", "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "teleport_core.cli.teleport", "start", "-c", str(self.config_path),
-                 "--pid-file", str(self.pid_file)],
+                 "--pid-file", str(self.pid_file), *self.args],
                 cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         self.pids.add(self.proc.pid)
         proc, ready = self.proc, re.compile(rf"teleport is ready.*pid={self.proc.pid}")

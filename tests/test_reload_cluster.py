@@ -105,9 +105,9 @@ class Cluster:
 class Terminal:
     """``tsh ssh -t`` on a pseudo-terminal: type lines, wait for what the shell prints."""
 
-    def __init__(self, cluster: Cluster, home: Path) -> None:
+    def __init__(self, cluster: Cluster, home: Path, node: str = NODE) -> None:
         self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(cluster.tsh_argv("ssh", "-t", f"{LOGIN}@{NODE}"), stdin=slave, stdout=slave,
+        self.proc = subprocess.Popen(cluster.tsh_argv("ssh", "-t", f"{LOGIN}@{node}"), stdin=slave, stdout=slave,
                                      stderr=slave, env=cluster.tsh_env(home), start_new_session=True)
         os.close(slave)
         self.seen = b""
@@ -305,3 +305,54 @@ def test_usr2_two_clusters_serve_side_by_side_then_quit_drains_the_old(cluster: 
         assert "made-during-usr2" in str(cluster.call("get_user", "made-during-usr2"))  # one cluster state
     finally:
         term.close()
+
+
+NODE_TOKEN = "reload-node-token-0123456789abcdef"
+HIDDEN = "hidden-node"
+
+
+def test_a_reverse_tunnel_moves_to_the_new_proxy(tmp_path: Path) -> None:
+    """Auth and proxy in one reloaded process, a node behind a reverse tunnel in another: a
+    session through the tunnel started before the HUP runs to its end on the old proxy, the node
+    dials the new proxy (the old one closed the tunnel's control connection when it began to
+    drain), and new sessions reach it there."""
+    c = Cluster(tmp_path / "tunnel")
+    c.daemon.config["ssh_service"] = {"enabled": False}
+    c.daemon.config["auth_service"]["tokens"] = [f"node:{NODE_TOKEN}"]
+    c.daemon.write_config()
+    c.daemon.start()
+    node: Daemon | None = None
+    term: Terminal | None = None
+    try:
+        pin = str(c.call("status")["ca_pin"])
+        node = Daemon(tmp_path / "node", {"version": "v3", "teleport": {
+            "data_dir": str(tmp_path / "node" / "data"), "nodename": HIDDEN, "auth_token": NODE_TOKEN,
+            "ca_pin": pin, "proxy_server": f"127.0.0.1:{c.web_port}"},
+            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
+            "ssh_service": {"enabled": True}}, plugins="", args=("--insecure",))  # the proxy's self-signed HTTPS
+        node.start()
+        home = c.signup("tunnel-user")
+
+        def reachable() -> bool:
+            return c.tsh(home, "ssh", f"{LOGIN}@{HIDDEN}", "true").returncode == 0
+
+        wait_for(reachable, "the tunnelled node is reachable", 60)
+        term = Terminal(c, home, HIDDEN)
+        term.ready("H")
+        old = c.daemon.pid()
+        c.daemon.reload(signal.SIGHUP)
+        node.wait_log(r"reverse tunnel connected", count=2)  # it dialed again: the new proxy took it
+        wait_for(reachable, "the node through the new proxy", 60)
+        term.type("echo H$((40+55))X")  # the session on the old proxy goes on
+        term.expect(b"H95X")
+        assert alive(old)
+        term.type("exit")
+        term.rest()
+        wait_for(lambda: not alive(old), "the old process drained and exited", 60)
+        assert reachable()
+    finally:
+        if term is not None:
+            term.close()
+        if node is not None:
+            node.stop()
+        c.daemon.stop()
