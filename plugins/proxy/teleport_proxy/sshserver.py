@@ -263,7 +263,8 @@ class SSHProxyServer:
     def __init__(self, proxy: ProxyState, sock: socket.socket) -> None:
         self.proxy = proxy
         self.sock = sock
-        sock.setblocking(True)
+        # a timeout, never blocking mode: O_NONBLOCK is shared with the other process of a graceful
+        # reload, and one that took the connection first is just a retry here
         sock.settimeout(0.5)
         self.host_key = CertHostKey(paramiko_key(proxy.identity.key_pem), proxy.identity.ssh_cert)
         self._stopping = threading.Event()

@@ -204,7 +204,8 @@ class TunnelServer:
     def __init__(self, proxy: ProxyState, sock: socket.socket, host_key: paramiko.PKey) -> None:
         self.proxy = proxy
         self.sock = sock
-        sock.setblocking(True)
+        # a timeout, never blocking mode: O_NONBLOCK is shared with the other process of a graceful
+        # reload, and one that took the connection first is just a retry here
         sock.settimeout(0.5)
         self.host_key = host_key
         self.tunnels: dict[str, NodeTunnel] = {}
