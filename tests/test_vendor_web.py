@@ -1,0 +1,121 @@
+"""``scripts/vendor-web.sh --check``: the vendored browser libraries are the files VERSIONS.json names.
+
+Network-free: ``--check`` runs with a PATH that holds only bash, dirname and python3 (no npm, no curl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "vendor-web.sh"
+VENDOR = REPO / "plugins" / "web" / "teleport_web" / "static" / "vendor"
+
+
+def check(tmp_path: Path, vendor: Path = VENDOR, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the script (``--check`` unless ``args``) with no network tool on PATH."""
+    bin_dir = tmp_path / "bin"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        for tool in ("bash", "dirname"):
+            found = shutil.which(tool)
+            assert found, f"{tool} is needed"
+            (bin_dir / tool).symlink_to(found)
+        (bin_dir / "python3").symlink_to(Path(sys.executable).resolve())  # the interpreter, not a shim
+    env = {"PATH": str(bin_dir), "VENDOR_WEB_DIR": str(vendor), "HOME": str(tmp_path)}
+    return subprocess.run([str(bin_dir / "bash"), str(SCRIPT), *(args or ("--check",))], capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+
+
+def versions() -> list[dict]:
+    return list(json.loads((VENDOR / "VERSIONS.json").read_text())["packages"])
+
+
+def test_committed_files_match_versions_json(tmp_path):
+    result = check(tmp_path)
+    assert result.returncode == 0, result.stderr
+    files = sum(len(package["files"]) for package in versions())
+    assert f"{files} files of 4 packages match VERSIONS.json" in result.stdout
+
+
+def test_pinned_packages_and_licences():
+    packages = {package["name"]: package for package in versions()}
+    assert sorted(packages) == ["@xterm/addon-fit", "@xterm/addon-web-links", "@xterm/xterm", "asciinema-player"]
+    assert packages["@xterm/xterm"]["version"].startswith("5.")
+    assert packages["asciinema-player"]["version"].startswith("3.")
+    for package in packages.values():
+        assert package["integrity"].startswith("sha512-")
+        assert package["license"] in ("MIT", "Apache-2.0")
+        folder = package["files"][0]["path"].split("/")[0]
+        licence = (VENDOR / folder / "LICENSE").read_text()
+        assert ("Apache License" in licence) == (package["license"] == "Apache-2.0")
+        assert ("Permission is hereby granted, free of charge" in licence) == (package["license"] == "MIT")
+
+
+def _edit_byte(vendor: Path) -> None:
+    path = vendor / "xterm" / "xterm.js"
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _edit_json(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(vendor: Path) -> None:
+        document = json.loads((vendor / "VERSIONS.json").read_text())
+        change(document)
+        (vendor / "VERSIONS.json").write_text(json.dumps(document))
+    return edit
+
+
+def _set_version(document: dict) -> None:
+    document["packages"][3]["version"] = "3.17.0"
+
+
+def _set_licence(document: dict) -> None:
+    document["packages"][0]["license"] = "GPL-3.0-only"
+
+
+def _drop_package(document: dict) -> None:
+    del document["packages"][1]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_edit_byte, "xterm/xterm.js: sha256 "),
+    (lambda vendor: (vendor / "asciinema-player" / "asciinema-player.css").unlink(),
+     "asciinema-player/asciinema-player.css: missing"),
+    (lambda vendor: (vendor / "xterm" / "xterm.js.map").write_text("{}"), "xterm/xterm.js.map: not listed"),
+    (lambda vendor: (vendor / "xterm-addon-fit" / "LICENSE").write_text("MIT\n"), "xterm-addon-fit/LICENSE: sha256 "),
+    (_edit_json(_set_version), "asciinema-player: VERSIONS.json has 3.17.0, the pin is 3.18.0"),
+    (_edit_json(_set_licence), "@xterm/xterm: licence 'GPL-3.0-only' is not one of"),
+    (_edit_json(_drop_package), "@xterm/addon-fit: pinned in scripts/vendor-web.sh but not in VERSIONS.json"),
+    (lambda vendor: (vendor / "VERSIONS.json").write_text("{not json"), "cannot read"),
+], ids=["edited", "missing", "extra", "licence-edited", "version", "licence", "unlisted-pin", "bad-json"])
+def test_check_fails_on_a_changed_tree(tmp_path, edit, message):
+    vendor = tmp_path / "vendor"
+    shutil.copytree(VENDOR, vendor)
+    assert check(tmp_path, vendor).returncode == 0
+    edit(vendor)
+    result = check(tmp_path, vendor)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [("--chek",), ("--check", "extra")])
+def test_bad_arguments_are_refused(tmp_path, args):
+    result = check(tmp_path, VENDOR, *args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "unknown argument '--chek'" in result.stderr or "one argument at most" in result.stderr
+
+
+def test_script_is_executable():
+    assert os.access(SCRIPT, os.X_OK)
