@@ -1,15 +1,20 @@
-"""``scripts/vendor-web.sh --check``: the vendored browser libraries are the files VERSIONS.json names.
+"""``scripts/vendor-web.sh``: the vendored browser libraries are the files VERSIONS.json names.
 
-Network-free: ``--check`` runs with a PATH that holds only bash, dirname and python3 (no npm, no curl).
+Network-free: ``--check`` runs with a PATH that holds only bash, dirname and python3 (no npm, no
+curl); the refresh runs against an ``npm`` stand-in serving tarballs the test builds.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,3 +124,89 @@ def test_bad_arguments_are_refused(tmp_path, args):
 
 def test_script_is_executable():
     assert os.access(SCRIPT, os.X_OK)
+
+
+FAKE_NPM = """#!PYTHON
+# npm stand-in: `npm view NAME@VERSION dist.integrity license --json` and `npm pack --silent NAME@VERSION`
+# answer from the tarballs and metadata the test wrote to $FAKE_NPM_DIR.
+import json, os, shutil, sys
+folder = os.environ["FAKE_NPM_DIR"]
+args = sys.argv[1:]
+spec = next(arg for arg in args[1:] if "@" in arg[1:])
+key = spec.replace("/", "_")
+if args[0] == "view":
+    print(open(os.path.join(folder, key + ".json")).read())
+elif args[0] == "pack":
+    shutil.copy(os.path.join(folder, key + ".tgz"), os.getcwd())
+    print(key + ".tgz")
+else:
+    sys.exit("fake npm: " + " ".join(args))
+"""
+
+
+def fake_registry(tmp_path: Path, licence: str = "", bad_integrity: str = "") -> dict[str, str]:
+    """Tarballs of the pinned packages holding the committed files, and an ``npm`` on PATH that
+    serves them: the environment for a refresh with no network."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    for package in versions():
+        key = f"{package['name']}@{package['version']}".replace("/", "_")
+        manifest = {"name": package["name"], "version": package["version"],
+                    "license": licence if licence and package["name"] == "@xterm/xterm" else package["license"]}
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            members = [("package/package.json", json.dumps(manifest).encode())]
+            members += [(f"package/{entry['from']}", (VENDOR / entry["path"]).read_bytes()) for entry in package["files"]]
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        (registry / f"{key}.tgz").write_bytes(buffer.getvalue())
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(buffer.getvalue()).digest()).decode()
+        if bad_integrity == package["name"]:
+            integrity = integrity[:-6] + "AAAAA="
+        (registry / f"{key}.json").write_text(json.dumps({"dist.integrity": integrity, "license": manifest["license"]}))
+    check(tmp_path, VENDOR)  # makes bin/
+    npm = tmp_path / "bin" / "npm"
+    npm.write_text(FAKE_NPM.replace("PYTHON", str(Path(sys.executable).resolve())))
+    npm.chmod(0o755)
+    for tool in ("mktemp", "rm", "tr"):
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool) or tool)
+    return {"PATH": str(tmp_path / "bin"), "FAKE_NPM_DIR": str(registry), "HOME": str(tmp_path)}
+
+
+def refresh(env: dict[str, str], vendor: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, check=False,
+                          env={**env, "VENDOR_WEB_DIR": str(vendor)})
+
+
+def test_refresh_writes_the_pinned_files_and_versions_json(tmp_path):
+    vendor = tmp_path / "vendor"
+    shutil.copytree(VENDOR, vendor)
+    (vendor / "xterm" / "old-file.js").write_text("gone after a refresh")
+    result = refresh(fake_registry(tmp_path), vendor)
+    assert result.returncode == 0, result.stderr
+    assert "4 packages" in result.stdout
+    for package in versions():
+        for entry in package["files"]:
+            assert (vendor / entry["path"]).read_bytes() == (VENDOR / entry["path"]).read_bytes()
+    assert not (vendor / "xterm" / "old-file.js").exists()
+    assert (vendor / "README.md").read_text() == (VENDOR / "README.md").read_text()  # ours: kept
+    written = json.loads((vendor / "VERSIONS.json").read_text())["packages"]
+    assert [(p["name"], p["version"], p["files"]) for p in written] == [
+        (p["name"], p["version"], p["files"]) for p in versions()]
+    assert check(tmp_path, vendor).returncode == 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"bad_integrity": "asciinema-player"}, "asciinema-player@3.18.0: tarball sha512-"),
+    ({"licence": "GPL-3.0-only"}, "@xterm/xterm@5.5.0: licence 'GPL-3.0-only' is not one of"),
+], ids=["integrity", "licence"])
+def test_refresh_refuses_a_bad_tarball_and_leaves_the_files(tmp_path, kwargs, message):
+    vendor = tmp_path / "vendor"
+    shutil.copytree(VENDOR, vendor)
+    before = {path: path.read_bytes() for path in vendor.rglob("*") if path.is_file()}
+    result = refresh(fake_registry(tmp_path, **kwargs), vendor)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert {path: path.read_bytes() for path in vendor.rglob("*") if path.is_file()} == before
