@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from teleport_core.policy.access import AccessRequest, Decision, Identity, LoginRequest
     from teleport_core.specs import AuditSinkSpec, BackendSpec, CliCommand, ServiceSpec, SessionStorageSpec
     from teleport_core.state.nodes import NodeInfo, NodeMatch
+    from teleport_core.webui import WebProxy
 
 hookspec = pluggy.HookspecMarker("teleport")
 
@@ -187,7 +188,26 @@ def teleport_node_candidates(target: str, nodes: Sequence[NodeInfo]) -> Sequence
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Process: called by ``teleport start`` around the services' lifetime.
+# 5. Web UI: called by the proxy while it builds its HTTPS app.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def teleport_web_routes(proxy: WebProxy) -> Sequence[Any] | None:
+    """Add pages to the proxy's web port (the web UI, ``teleport-web``).
+
+    ``proxy`` is the proxy service as a :class:`~teleport_core.webui.WebProxy` (cluster name,
+    logins and web sessions, an auth client acting for a session's user, the nodes a user may
+    see, audit). Return a list of Starlette routes (``Route``, ``WebSocketRoute``, ``Mount``)
+    or None. All results are collected; they are matched before the proxy's own JSON API
+    routes, in plugin order. Called once by the proxy service
+    (``teleport_proxy.web.build_app``) in the process running ``proxy_service``, when it
+    starts serving HTTPS; a proxy without such a plugin serves no ``/web`` pages (404).
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Process: called by ``teleport start`` around the services' lifetime.
 # --------------------------------------------------------------------------------------------
 
 

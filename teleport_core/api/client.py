@@ -435,6 +435,27 @@ class AuthClient:
                 "client_ip": client_ip}
         return await self.call("POST", "/v1/login", body)  # type: ignore[no-any-return]
 
+    async def create_web_session(self, user: str, password: str, otp: str, client_ip: str = "") -> dict[str, Any]:
+        """A web UI login (proxies): checked as :meth:`login`; auth keeps the key and certificates
+        in a new web session record, returned (``id``, ``csrf_token``, ``expires`` ...)."""
+        body = {"user": user, "password": password, "otp": otp, "client_ip": client_ip}
+        return await self.call("POST", "/v1/websessions", body)  # type: ignore[no-any-return]
+
+    async def get_web_session(self, session_id: str, user: str) -> dict[str, Any]:
+        """The live web session ``session_id`` of ``user`` (proxies); its idle timer restarts."""
+        return await self.call("GET", f"/v1/websessions/{session_id}",  # type: ignore[no-any-return]
+                               params={"user": user})
+
+    async def delete_web_session(self, session_id: str) -> None:
+        """Log a web session out (proxies)."""
+        await self.call("DELETE", f"/v1/websessions/{session_id}")
+
+    def for_user(self, user_cert: bytes) -> AuthClient:
+        """A client acting for the user whose TLS certificate (DER) this proxy holds: each call
+        forwards it (:data:`FORWARDED_USER_CERT`) and auth authorizes the user, not the proxy.
+        Shares this client's connections; closing it closes nothing."""
+        return _ForwardingClient(self, user_cert)
+
     async def sign_user_cert(self, user: str, public_key: str, ttl: str = "") -> dict[str, Any]:
         """Certificates for ``user`` without a login (``tctl auth sign``; admins only)."""
         body = {"user": user, "public_key": public_key, "ttl": ttl}
@@ -577,6 +598,47 @@ class AuthClient:
     async def search_events(self, **query: Any) -> dict[str, Any]:
         params = {k: v for k, v in query.items() if v not in (None, "", ())}
         return await self.call("GET", "/v1/events", params=params)  # type: ignore[no-any-return]
+
+
+class _ForwardingClient(AuthClient):
+    """:meth:`AuthClient.for_user`: the parent's connections and failover, every request with the
+    user's certificate forwarded."""
+
+    def __init__(self, parent: AuthClient, user_cert: bytes) -> None:
+        self._parent = parent
+        self._user_cert = user_cert
+        self.addrs = parent.addrs
+        self._timeout = parent._timeout
+
+    @property
+    def credentials(self) -> Credentials:  # type: ignore[override]
+        return self._parent.credentials
+
+    @property
+    def addr(self) -> str:
+        return self._parent.addr
+
+    async def _client(self) -> httpx.AsyncClient:
+        return await self._parent._client()
+
+    async def _failover(self, method: str, send: Callable[[str], Awaitable[T]]) -> T:
+        return await self._parent._failover(method, send)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), **_forwarded(self._user_cert)}
+        return await self._parent._request(method, path, **kwargs)
+
+    async def download_recording(self, session_id: str, dest: str | os.PathLike[str], *,
+                                 user_cert: bytes = b"") -> int:
+        return await self._parent.download_recording(session_id, dest, user_cert=user_cert or self._user_cert)
+
+    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0,
+                              user_cert: bytes = b"") -> list[dict[str, Any]]:
+        return await self._parent.list_recordings(since=since, until=until, limit=limit,
+                                                  user_cert=user_cert or self._user_cert)
+
+    async def close(self) -> None:
+        """The connections are the parent's: nothing to close."""
 
 
 def _forwarded(user_cert: bytes) -> dict[str, str]:

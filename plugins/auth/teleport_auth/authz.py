@@ -68,6 +68,7 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule((*_CLUSTER_READ, "user_token"), ("list", "read")),
         HostRule(("user_token",), ("update",)),  # complete a signup from the invite page
         HostRule(("login",), ("create",)),  # forward users' password logins
+        HostRule(("web_session",), ("create", "read", "delete")),  # the web UI's sessions (api/websessions.py)
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
         # no session rule: it lists and reads recordings only for a user whose certificate it

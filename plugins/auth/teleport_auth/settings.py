@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import attrs
 
 from teleport_auth.tokens import TokenInfo, parse_static_tokens
@@ -23,6 +25,8 @@ session_recording: node     # node or off
 # Key types of new CAs (used once, when the cluster is created): ed25519 (SSH Ed25519, TLS
 # ECDSA P-256), ecdsa (both ECDSA P-256) or rsa2048 (both RSA-2048, for old clients).
 ca_key_algorithm: ed25519
+# A web UI session with no request for this long ends (0: never).
+web_idle_timeout: 10m
 """
 
 # ca_key_algorithm -> (SSH key algorithm, TLS key algorithm) of new CAs
@@ -44,6 +48,8 @@ class AuthSettings:
     proxy_public_addr: NetAddr | None
     ca_key_algorithm: str = "ed25519"
     connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
+    #: a web session with no request for this long ends (Teleport's name and default; 0: never)
+    web_idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
 
     def __repr__(self) -> str:  # static tokens are secrets
         return f"AuthSettings(cluster_name={self.cluster_name!r}, listen_addr={self.listen_addr})"
@@ -70,4 +76,8 @@ def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
     proxy = reader.addr("proxy_public_addr", None, default_port=3080)
     algorithm = reader.string("ca_key_algorithm", "ed25519", choices=tuple(CA_KEY_ALGORITHMS))
     limits = parse_connection_limits(reader)
-    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm, limits)
+    idle = reader.duration("web_idle_timeout", "10m")
+    if idle < dt.timedelta(0):
+        raise reader.error("web_idle_timeout", "must not be negative")
+    return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm, limits,
+                        web_idle_timeout=idle)

@@ -249,8 +249,15 @@ async def openapi(request: Request) -> Response:
 
 
 def build_app(proxy: ProxyState) -> Starlette:
+    """The web port's app: the pages of every ``teleport_web_routes`` plugin (the web UI; matched
+    first), then this JSON API."""
+    from teleport_proxy.webui import ProxyWebUI
+
     api = WebAPI(proxy)
+    pages_routes = [route for found in proxy.ctx.plugins.hook.teleport_web_routes(proxy=ProxyWebUI(proxy))
+                    for route in found or ()]
     return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
+        *pages_routes,
         Route("/webapi/ping", api.ping, methods=["GET"]),
         Route("/webapi/find", api.ping, methods=["GET"]),
         Route("/v1/webapi/ping", api.ping, methods=["GET"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
-from browser import CHROMIUM, Chromium
+from teleport_core.testing.browser import CHROMIUM, Chromium
 from proxy_helpers import LOGIN, Env
 from starlette.applications import Starlette
 from starlette.responses import Response

@@ -32,6 +32,7 @@ from teleport_auth.api import (
     sessions,
     tokens,
     users,
+    websessions,
 )
 from teleport_auth.api.core import (
     MAX_BODY,
@@ -52,14 +53,16 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
            "error_response", "openapi_document"]
 
 
-class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, users.UsersAPI, tokens.TokensAPI,
+class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessionsAPI, users.UsersAPI,
+          tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
           hostcerts.HostCertsAPI, edit.EditAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
-        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES]}
+        *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES,
+        *websessions.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
+from teleport_core.api.client import FORWARDED_USER_CERT
 from teleport_core.api.schema import (
     NAME_MAX,
     NO_CONTROL,
@@ -153,6 +154,8 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                     self.service.refused(f"{client.host}:{client.port}" if client else "",
                                          f"{request.method} {request.url.path}: {reason}")
                     raise AuthenticationFailed(reason)
+                if identity is not None and request.headers.get(FORWARDED_USER_CERT):
+                    identity = await self.forwarded_identity(request, identity)  # the user a proxy acts for
                 if identity is not None:
                     await self.refuse_locked(request, identity, exempt=handler.__name__ in LOCKED_HOST_CALLS)
                 op = self.operations.get(handler.__name__)
@@ -245,6 +248,33 @@ class APIBase:
         if len(self._identities) > IDENTITY_CACHE_SIZE:
             self._identities.popitem(last=False)
         return identity
+
+    async def forwarded_identity(self, request: Request, caller: Identity) -> Identity:
+        """The user whose TLS certificate a proxy forwarded (:data:`FORWARDED_USER_CERT`): the call
+        is authorized, lock-checked and audited as that user. Only a host with the ``Proxy``
+        system role may forward, and only a certificate of the user CA valid now (403/401, audited).
+        ``request.state.forwarded_by`` names the proxy."""
+        import base64
+        import binascii
+
+        who = f"{caller.kind.value} {json.dumps(caller.name)}"
+        if caller.kind is not IdentityKind.HOST or "Proxy" not in caller.roles:
+            reason = f"access denied to {who}: only a proxy may forward a user's certificate"
+            await self.audit_denial(request, caller, reason)
+            raise AccessDenied(reason)
+        try:
+            der = base64.b64decode(request.headers[FORWARDED_USER_CERT], validate=True)
+            user = identity_from_tls_cert(der, [self.service.user_ca])
+        except (ValueError, binascii.Error, AuthenticationFailed) as exc:
+            reason = f"the user certificate forwarded by {who} is not valid: {exc}"
+            await self.audit_denial(request, caller, reason)
+            raise AuthenticationFailed(reason) from None
+        if user.kind is not IdentityKind.USER:
+            reason = f"the certificate forwarded by {who} is not a user certificate"
+            await self.audit_denial(request, caller, reason)
+            raise AccessDenied(reason)
+        request.state.forwarded_by = caller.name
+        return user
 
     async def decision(self, identity: Identity, verb: str, kind: str, name: str = "", labels: Any = None,
                        login: str = "", *, attributes: Any = None, filtered: bool = False) -> Decision:

@@ -337,13 +337,20 @@ class UsersAPI(APIBase):
     async def login(self, request: Request, identity: Identity | None) -> Any:
         svc = self.service
         wanted = body(request, LoginBody)
-        username = wanted.user
-        password = Secret(wanted.password)
-        otp_text = wanted.otp
+        user = await self.password_login(request, wanted.user, wanted.password, wanted.otp, wanted.client_ip)
+        result = await self._certs_for(user, wanted.public_key, duration(wanted.ttl), wanted.client_ip)
+        await svc.emit(self.event("user.login", user=wanted.user, method="local", success=True,
+                                  **{"addr.remote": wanted.client_ip}))
+        metrics_for(svc.ctx.metrics).user_login.inc()
+        return result
+
+    async def password_login(self, request: Request, username: str, password_text: str, otp_text: str,
+                             client_ip: str) -> Identity:
+        """Check a password (+ OTP) login (plugins first, then local users; lockout), refusing a
+        locked user; a failure is audited (``user.login`` T1000W). The caller audits the success."""
+        svc = self.service
+        password = Secret(password_text)
         otp = Secret(otp_text) if otp_text else None
-        public_key = wanted.public_key
-        ttl = duration(wanted.ttl)
-        client_ip = wanted.client_ip
         remote = {"addr.remote": client_ip}
         try:
             found = await asyncio.to_thread(
@@ -358,10 +365,7 @@ class UsersAPI(APIBase):
                                       error=str(exc), **remote))
             raise
         await self.refuse_locked(request, user, issued=dt.datetime.now(dt.UTC))  # no certificates while locked
-        result = await self._certs_for(user, public_key, ttl, client_ip)
-        await svc.emit(self.event("user.login", user=username, method="local", success=True, **remote))
-        metrics_for(svc.ctx.metrics).user_login.inc()
-        return result
+        return user
 
     @endpoint("create", "user_cert")
     async def sign_user(self, request: Request, identity: Identity | None) -> Any:

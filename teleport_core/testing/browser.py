@@ -1,13 +1,22 @@
 """Headless Debian ``chromium`` driven over the DevTools protocol on a pipe
-(``--remote-debugging-pipe``: NUL-terminated JSON on fds 3 and 4, no websocket library).
+(``--remote-debugging-pipe``: NUL-terminated JSON on fds 3 and 4, no websocket library): the
+one browser driver of every web UI test (docs/web.md).
 
 ::
 
     with Chromium(tmp_path) as browser:
-        page = browser.open("https://127.0.0.1:3080/web/invite/abc")
-        page.evaluate("document.title")
-        page.screenshot(tmp_path / "page.png")
+        page = browser.open("https://127.0.0.1:3080/web/login")
+        page.type("#user", "alice")
+        page.type("#password", "secret")
+        page.click("#submit", navigates=True)
+        page.wait_for_selector("table.resources")
+        page.text("h1")                   # "Resources"
+        page.cookies()                    # [{"name": "__Host-session", "httpOnly": True, ...}]
+        page.back(); page.forward()
+        page.screenshot(tmp_path / "resources.png")
         page.console  # every console entry, exception and CSP report seen so far
+
+``CHROMIUM`` is "" when no browser is installed: skip the test then.
 """
 
 from __future__ import annotations
@@ -105,7 +114,7 @@ class Chromium:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
-        for domain in ("Page", "Runtime", "Log"):
+        for domain in ("Page", "Runtime", "Log", "Network"):
             page.call(f"{domain}.enable")
         page.navigate(url)
         return page
@@ -148,6 +157,112 @@ class Page:
             time.sleep(0.1)
         raise TimeoutError(f"{expression} stayed false for {timeout} s")
 
+    def goto(self, url: str, timeout: float = 30) -> None:
+        """Load ``url`` (waits for its load event)."""
+        self.navigate(url, timeout)
+
+    def _load_mark(self) -> int:
+        return len(self.browser.events)
+
+    def _wait_load(self, mark: int, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == self.session
+                   for e in self.browser.events[mark:]):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{what}: no page loaded within {timeout} s")
+
+    @property
+    def url(self) -> str:
+        return str(self.evaluate("location.href"))
+
+    def _element(self, selector: str) -> str:
+        return f"document.querySelector({json.dumps(selector)})"
+
+    def wait_for_selector(self, selector: str, timeout: float = 30) -> None:
+        """Wait until an element matches ``selector``."""
+        self.wait_for(f"!!{self._element(selector)}", timeout)
+
+    def text(self, selector: str) -> str:
+        """The text of the first element matching ``selector`` (RuntimeError when there is none)."""
+        value = self.evaluate(f"(e => e ? e.textContent : null)({self._element(selector)})")
+        if value is None:
+            raise RuntimeError(f"no element matches {selector!r}")
+        return str(value).strip()
+
+    def exists(self, selector: str) -> bool:
+        return bool(self.evaluate(f"!!{self._element(selector)}"))
+
+    def type(self, selector: str, text: str) -> None:
+        """Focus the element and type ``text`` into it as keyboard input (what is there is replaced)."""
+        if not self.evaluate(f"(e => {{ if (!e) return false; e.focus(); if ('select' in e) e.select(); "
+                             f"return true; }})({self._element(selector)})"):
+            raise RuntimeError(f"no element matches {selector!r}")
+        self.call("Input.insertText", {"text": text})
+
+    def press(self, key: str) -> None:
+        """Press and release a key (``Enter``, ``Tab``, ``Escape``, a character) in the focused element."""
+        codes = {"Enter": 13, "Tab": 9, "Escape": 27, "Backspace": 8}
+        params: dict[str, Any] = {"key": key, "windowsVirtualKeyCode": codes.get(key, 0)}
+        if key == "Enter":
+            params["text"] = "\r"
+        elif len(key) == 1:
+            params["text"] = key
+        self.call("Input.dispatchKeyEvent", {"type": "keyDown", **params})
+        self.call("Input.dispatchKeyEvent", {"type": "keyUp", "key": key})
+
+    def click(self, selector: str, *, navigates: bool = False, timeout: float = 30) -> None:
+        """Click the element (a real mouse click at its centre); with ``navigates``, wait for the
+        page it loads."""
+        box = self.evaluate(f"(e => {{ if (!e) return null; e.scrollIntoView({{block: 'center'}}); "
+                            f"const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})"
+                            f"({self._element(selector)})")
+        if box is None:
+            raise RuntimeError(f"no element matches {selector!r}")
+        mark = self._load_mark()
+        x, y = box
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+        if navigates:
+            self._wait_load(mark, timeout, f"click on {selector}")
+
+    def submit(self, selector: str, timeout: float = 30) -> None:
+        """Submit the form ``selector`` (as its submit button would) and wait for the next page."""
+        mark = self._load_mark()
+        self.evaluate(f"{self._element(selector)}.requestSubmit()")
+        self._wait_load(mark, timeout, f"submit {selector}")
+
+    def back(self, timeout: float = 30) -> None:
+        """The browser's back button; waits for the page it shows to load."""
+        self._history(-1, timeout)
+
+    def forward(self, timeout: float = 30) -> None:
+        self._history(1, timeout)
+
+    def _history(self, step: int, timeout: float) -> None:
+        history = self.call("Page.getNavigationHistory")
+        index = history["currentIndex"] + step
+        entries = history["entries"]
+        if not 0 <= index < len(entries):
+            raise RuntimeError("no page to go to in the history")
+        mark = self._load_mark()
+        self.call("Page.navigateToHistoryEntry", {"entryId": entries[index]["id"]})
+        self._wait_load(mark, timeout, "history navigation")
+
+    def cookies(self) -> list[dict[str, Any]]:
+        """The cookies the browser holds for this page's URL (name, value, secure, httpOnly, sameSite ...)."""
+        return list(self.call("Network.getCookies", {"urls": [self.url]})["cookies"])
+
+    def set_viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Emulate a screen (a phone: 390x844, mobile) for the following screenshots."""
+        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
+                                                          "deviceScaleFactor": 1, "mobile": mobile})
+
+    def color_scheme(self, scheme: str) -> None:
+        """Emulate ``prefers-color-scheme`` (``light`` or ``dark``)."""
+        self.call("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"]))
         return path
@@ -169,3 +284,6 @@ class Page:
             elif event["method"] == "Runtime.consoleAPICalled":
                 out.append(f"console.{params.get('type')}: {[a.get('value') for a in params.get('args', [])]}")
         return out
+
+
+Browser = Chromium  # the name docs/web.md uses

@@ -1,0 +1,115 @@
+"""The proxy as a web UI plugin sees it: :class:`ProxyWebUI` implements
+:class:`teleport_core.webui.WebProxy` over the proxy's shared state, and is what
+:func:`teleport_proxy.web.build_app` hands to the ``teleport_web_routes`` hook.
+
+Web sessions live at auth (``/v1/websessions``): the proxy creates one from the login form,
+looks it up on each page (auth checks expiry, idle time, locks and deletion) and deletes it at
+logout. Calls for a user go through :meth:`AuthClient.for_user` with the session's certificate,
+so auth authorizes the user and never the proxy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from teleport_core.api.client import AuthClient
+from teleport_core.config.values import parse_duration
+from teleport_core.errors import AccessDenied
+from teleport_core.net.limits import retry_after
+from teleport_core.state.audit import AuditEvent
+from teleport_core.state.nodes import NodeInfo
+from teleport_core.webui import TooManyAttempts, WebSession
+from teleport_proxy.certs import UserCert, user_from_tls_cert
+
+if TYPE_CHECKING:
+    from teleport_proxy.state import ProxyState
+
+CERT_CACHE = 1024
+
+
+def session_from(record: dict[str, Any]) -> WebSession:
+    """A :class:`WebSession` from auth's record."""
+    idle = str(record.get("idle_timeout", "") or "0s")
+    return WebSession(
+        id=str(record["id"]), user=str(record["user"]), roles=tuple(record.get("roles", ())),
+        logins=tuple(record.get("logins", ())), expires=dt.datetime.fromisoformat(record["expires"]),
+        idle_timeout=parse_duration(idle), csrf_token=str(record["csrf_token"]), tls_cert=str(record["tls_cert"]),
+        ssh_cert=str(record["ssh_cert"]), private_key=str(record["private_key"]))
+
+
+class ProxyWebUI:
+    """:class:`teleport_core.webui.WebProxy` for one proxy service."""
+
+    def __init__(self, proxy: ProxyState) -> None:
+        self._proxy = proxy
+        self._certs: dict[str, tuple[bytes, UserCert]] = {}  # PEM -> (DER, what it says)
+
+    @property
+    def cluster_name(self) -> str:
+        return self._proxy.cluster_name
+
+    @property
+    def second_factor(self) -> str:
+        return self._proxy.second_factor
+
+    def public_web_addr(self) -> str:
+        return self._proxy.public_web_addr()
+
+    async def login(self, user: str, password: str, otp: str, client_ip: str) -> WebSession:
+        proxy = self._proxy
+        wait, first = proxy.login_rate.take(client_ip)
+        if wait:
+            after = retry_after(wait)
+            reason = f"web login: too many attempts from {client_ip}, retry in {after}s"
+            if first:
+                await proxy.audit_denial(user, reason, client_ip, kind="web_login", client="web")
+            raise TooManyAttempts(reason, after)
+        record = await proxy.auth.create_web_session(user, password, otp, client_ip)
+        proxy.login_rate.refund(client_ip)  # only failed attempts count
+        return session_from(record)
+
+    async def web_session(self, session_id: str, user: str) -> WebSession:
+        return session_from(await self._proxy.auth.get_web_session(session_id, user))
+
+    async def logout(self, session: WebSession) -> None:
+        await self._proxy.auth.delete_web_session(session.id)
+
+    def _cert(self, session: WebSession) -> tuple[bytes, UserCert]:
+        found = self._certs.get(session.tls_cert)
+        if found is None:
+            der = x509.load_pem_x509_certificate(session.tls_cert.encode()).public_bytes(Encoding.DER)
+            found = (der, user_from_tls_cert(der))
+            if len(self._certs) >= CERT_CACHE:
+                self._certs.clear()
+            self._certs[session.tls_cert] = found
+        return found
+
+    def user_auth(self, session: WebSession) -> AuthClient:
+        return self._proxy.auth.for_user(self._cert(session)[0])
+
+    async def nodes(self, session: WebSession) -> list[NodeInfo]:
+        user = self._cert(session)[1]
+        locked = self._proxy.lock_reason(user)
+        if locked:
+            raise AccessDenied(locked)
+        return await self._proxy.visible_nodes(user)
+
+    def logins_for(self, session: WebSession, node: NodeInfo) -> list[str]:
+        return self._proxy.roleset(self._cert(session)[1]).logins_for(node.labels)
+
+    def may(self, session: WebSession, verb: str, kind: str) -> bool:
+        try:
+            roleset = self._proxy.roleset(self._cert(session)[1])
+        except AccessDenied:
+            return False
+        return roleset.check_rule(kind, verb, filtered=True).allowed
+
+    async def emit(self, event: AuditEvent) -> None:
+        await self._proxy.audit.emit(event)
+
+    async def audit_denial(self, user: str, reason: str, remote: str, **fields: object) -> None:
+        await self._proxy.audit_denial(user, reason, remote, **fields)

@@ -1,0 +1,1 @@
+"""teleport-web: the web UI the proxy serves on its HTTPS port (docs/web.md)."""
