@@ -298,7 +298,11 @@ def test_usr2_two_clusters_serve_side_by_side_then_quit_drains_the_old(cluster: 
         assert alive(old)
         term.type("exit")
         term.rest()
-        wait_for(lambda: not alive(old), "the old process drained and exited", 60)
+        try:
+            wait_for(lambda: not alive(old), "the old process drained and exited", 60)
+        except BaseException:
+            print(daemon.log()[-6000:])  # what the drain waits for
+            raise
         assert daemon.pid() == new
         done = cluster.tsh(home, "ssh", f"{LOGIN}@{NODE}", "echo", "after-quit")
         assert done.returncode == 0 and done.stdout.strip() == "after-quit", done.stderr

@@ -162,8 +162,13 @@ class NodeService(Service):
 
     async def drain(self) -> None:
         """Wait until every SSH connection to this node has ended (sessions, scp, forwards)."""
+        waited = 0
         while self.ssh is not None and self.ssh.connections:
+            if waited % 50 == 0:  # every 10 s
+                self.log.info("draining: waiting for SSH connections to this node",
+                              connections=len(self.ssh.connections))
             await asyncio.sleep(0.2)
+            waited += 1
 
     async def stop(self) -> None:
         if self.ssh is not None:  # first: the sessions' clients are told while their connections last

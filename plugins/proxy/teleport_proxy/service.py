@@ -161,8 +161,12 @@ class ProxyService(Service):
 
     async def drain(self) -> None:
         """Wait until the users' SSH connections through this proxy have ended."""
-        while self.live_sessions():
+        waited = 0
+        while live := self.live_sessions():
+            if waited % 50 == 0:  # every 10 s
+                self.log.info("draining: waiting for SSH connections through this proxy", connections=live)
             await asyncio.sleep(0.2)
+            waited += 1
 
     async def stop(self) -> None:
         if self.web is not None:
