@@ -106,13 +106,14 @@ class WebCluster:
         return web.post("/web/login", data={"login_csrf": token, "user": user, "password": password, "otp": otp,
                                             "next": next_url})
 
-    def logged_in(self, user: str, password: str = PASSWORD) -> httpx.Client:
+    @contextlib.contextmanager
+    def logged_in(self, user: str, password: str = PASSWORD) -> Iterator[httpx.Client]:
         """A client holding ``user``'s session cookie."""
-        web = self.client()
-        answer = self.login(web, user, password)
-        assert answer.status_code == 303, answer.text
-        assert web.cookies.get(SESSION_COOKIE)
-        return web
+        with self.client() as web:
+            answer = self.login(web, user, password)
+            assert answer.status_code == 303, answer.text
+            assert web.cookies.get(SESSION_COOKIE)
+            yield web
 
     def csrf(self, web: httpx.Client) -> str:
         """The session's CSRF token, as the pages carry it."""
@@ -123,21 +124,23 @@ class WebCluster:
 
     def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
         """Audit events of type ``event`` whose fields include ``match``."""
-        found = self.call("search_events", event=event, limit=1000)
+        found = self.call("search_events", type=[event], limit=1000)
         return [e for e in found.get("events", []) if all(e.get(k) == v for k, v in match.items())]
 
 
 @contextlib.contextmanager
 def running_cluster(root: Path, *, second_factor: str = "off", idle_timeout: str = "10m",
-                    plugin_objects: Sequence[tuple[str, object]] = ()) -> Iterator[WebCluster]:
-    """Auth and the proxy in one process (teleport-web loaded from its entry point)."""
+                    plugin_objects: Sequence[tuple[str, object]] = (), node: bool = False) -> Iterator[WebCluster]:
+    """Auth and the proxy in one process (teleport-web loaded from its entry point); with ``node``,
+    our SSH service too (nodename ``web-auth``, label ``env=test``, recording sessions)."""
     config = {
         "teleport": {"data_dir": str(root), "nodename": "web-auth"},
         "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "web_idle_timeout": idle_timeout,
                          "authentication": {"second_factor": second_factor}},
         "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                           "tunnel_listen_addr": "127.0.0.1:0"},
-        "ssh_service": {"enabled": False},
+        "ssh_service": ({"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "test"}} if node
+                        else {"enabled": False}),
     }
     with start_cluster(config, make_plugins(objects=plugin_objects), timeout=60) as handle:
         cluster = WebCluster(root, handle)
