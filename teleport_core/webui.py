@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 
 #: the browser's cookie: ``__Host-`` (Secure, Path=/, no Domain), HttpOnly, SameSite=Strict
 SESSION_COOKIE = "__Host-session"
+#: a page answering with this header (a random nonce, 16 to 64 URL-safe characters) gets
+#: ``style-src 'self' 'nonce-<value>'`` in its Content-Security-Policy; the proxy removes the
+#: header. For libraries that create ``<style>`` elements (xterm.js): a script stamps the nonce
+#: on them (``static/style-nonce.js``), markup still cannot style itself.
+STYLE_NONCE_HEADER = "X-Teleport-Style-Nonce"
+#: a page answering with this header (any value) gets ``script-src 'self' 'wasm-unsafe-eval'`` in
+#: its Content-Security-Policy (WebAssembly only: JavaScript ``eval`` stays forbidden); the proxy
+#: removes the header. For the recording player, whose terminal emulator is WebAssembly.
+WASM_HEADER = "X-Teleport-Wasm"
 
 
 class TooManyAttempts(TeleportError):
@@ -36,6 +45,28 @@ class TooManyAttempts(TeleportError):
     def __init__(self, message: str, retry_after: str) -> None:
         super().__init__(message)
         self.retry_after = retry_after  # seconds, as the Retry-After header says it
+
+
+class TerminalChannel(Protocol):
+    """An interactive SSH session the proxy opened to a node for a web user
+    (:meth:`WebProxy.open_ssh_session`): a shell on a PTY, recorded and audited by the node."""
+
+    node: NodeInfo  # the node it reached
+
+    async def recv(self) -> bytes:
+        """The next output of the session (stdout and stderr, as a PTY merges them); ``b""`` once it ended."""
+
+    async def send(self, data: bytes) -> None:
+        """Input for the session (keystrokes, paste)."""
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """The terminal's new size (an SSH ``window-change``)."""
+
+    async def close(self) -> None:
+        """End the session (the node ends and records it); safe to call twice."""
+
+    def end_reason(self) -> str:
+        """Why it ended, for the user (``exit status 0``, the connection lost ...); "" while it runs."""
 
 
 @attrs.frozen(repr=False)
@@ -87,6 +118,15 @@ class WebProxy(Protocol):
     async def logout(self, session: WebSession) -> None:
         """End ``session``: auth deletes its record (every proxy stops serving it)."""
 
+    async def user_token(self, token: str) -> dict[str, object]:
+        """An invite or reset token (before any login): ``user``, ``kind`` (``invite`` or
+        ``reset``), ``expires`` and, when the user enrolls an authenticator app, ``otp_uri``.
+        ``AccessDenied`` when the token is unknown, spent or expired."""
+
+    async def complete_user_token(self, token: str, password: str, otp: str) -> str:
+        """Set the password (and enroll the OTP app) of an invite or reset: auth checks the
+        policy and the code and audits a refusal (``user.password_change`` T1005W). The user's name."""
+
     def user_auth(self, session: WebSession) -> AuthClient:
         """An auth API client acting for the session's user: auth verifies the forwarded user
         certificate and authorizes every call with the user's roles (403 and audited as for tctl)."""
@@ -99,6 +139,15 @@ class WebProxy(Protocol):
 
     def may(self, session: WebSession, verb: str, kind: str) -> bool:
         """Whether the user's roles allow ``verb`` on ``kind`` (to show or hide a link; auth decides the call)."""
+
+    async def open_ssh_session(self, session: WebSession, node: str, login: str, cols: int, rows: int,
+                               remote: str) -> TerminalChannel:
+        """A shell as ``login`` on ``node`` (its UUID or name) for the session's user, as ``tsh ssh``
+        does it: the node looked up among those the user may see, the login checked against the
+        user's roles, locks and ``teleport_authorize`` hooks, reached directly or through its reverse
+        tunnel, and the SSH connection made with the user's certificate (the node checks it again,
+        records and audits the session). Refusals (``NodeNotFound``, ``AccessDenied`` ...) carry
+        ``tsh ssh``'s messages and are audited with ``remote`` (the browser's ``ip:port``)."""
 
     async def emit(self, event: AuditEvent) -> None:
         """Record an audit event (the proxy's durable spool, delivered to auth)."""

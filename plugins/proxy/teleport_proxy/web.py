@@ -5,8 +5,8 @@
 - ``POST /v1/webapi/ssh/certs``: password (+ OTP) login; signs the client's public key through
   auth and returns SSH and TLS certificates and the host CA for known_hosts
 - ``GET /v1/webapi/users/password/token/{token}`` -> ``{"user", "otp_uri"}``;
-  ``PUT /v1/webapi/users/password/token`` with ``{"token", "password", "second_factor_token"}``;
-  ``GET /web/invite/{token}``: a minimal HTML page doing the same (its script: ``GET /web/invite.js``)
+  ``PUT /v1/webapi/users/password/token`` with ``{"token", "password", "second_factor_token"}``
+  (the pages ``/web/invite/{token}`` and ``/web/reset/{token}`` are teleport-web's)
 - ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
   authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
   optional for the other endpoints).
@@ -144,16 +144,6 @@ class WebAPI:
             return error(exc)
         return JSONResponse({"user": done["user"]})
 
-    async def invite_page(self, request: Request) -> Response:
-        """The invite page; its script is ``/web/invite.js`` (no inline script under the CSP)."""
-        token = request.path_params["token"]
-        try:
-            validate_path(PATH_PARAMS, request.path_params)
-            found = await self.proxy.auth.get_user_token(token)
-        except TeleportError as exc:
-            return pages.error_page(str(exc), error(exc).status_code)
-        return pages.invite_page(found["user"], token, found.get("otp_uri", ""))
-
     def caller(self, request: Request) -> UserCert:
         """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
         der = client_certificate(request.scope)
@@ -264,8 +254,6 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/ssh/certs", api.login, methods=["POST"]),
         Route("/v1/webapi/users/password/token/{token}", api.get_invite, methods=["GET"]),
         Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
-        Route("/web/invite/{token}", api.invite_page, methods=["GET"]),
-        Route("/web/invite.js", pages.invite_js, methods=["GET"]),
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),

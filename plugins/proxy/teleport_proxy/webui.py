@@ -22,7 +22,7 @@ from teleport_core.errors import AccessDenied
 from teleport_core.net.limits import retry_after
 from teleport_core.state.audit import AuditEvent
 from teleport_core.state.nodes import NodeInfo
-from teleport_core.webui import TooManyAttempts, WebSession
+from teleport_core.webui import TerminalChannel, TooManyAttempts, WebSession
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 
 if TYPE_CHECKING:
@@ -78,6 +78,12 @@ class ProxyWebUI:
     async def logout(self, session: WebSession) -> None:
         await self._proxy.auth.delete_web_session(session.id)
 
+    async def user_token(self, token: str) -> dict[str, object]:
+        return await self._proxy.auth.get_user_token(token)
+
+    async def complete_user_token(self, token: str, password: str, otp: str) -> str:
+        return str((await self._proxy.auth.complete_user_token(token, password, otp))["user"])
+
     def _cert(self, session: WebSession) -> tuple[bytes, UserCert]:
         found = self._certs.get(session.tls_cert)
         if found is None:
@@ -107,6 +113,12 @@ class ProxyWebUI:
         except AccessDenied:
             return False
         return roleset.check_rule(kind, verb, filtered=True).allowed
+
+    async def open_ssh_session(self, session: WebSession, node: str, login: str, cols: int, rows: int,
+                               remote: str) -> TerminalChannel:
+        from teleport_proxy.webterminal import open_ssh_session
+
+        return await open_ssh_session(self._proxy, session, self._cert(session)[1], node, login, cols, rows, remote)
 
     async def emit(self, event: AuditEvent) -> None:
         await self._proxy.audit.emit(event)
