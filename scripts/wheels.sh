@@ -8,7 +8,8 @@ ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd examples/audit-sink-sqlite
+DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd plugins/web
+  examples/audit-sink-sqlite
   examples/storage-lmdb)
 
 "$PYTHON" -m venv "$WORK/build-venv"
@@ -64,10 +65,14 @@ have = {name for p in listed for key in ("services", "backends", "session_storag
 missing = set(sys.argv[1:]) - have
 sys.exit(f"missing after the install: {sorted(missing)}" if missing else 0)' "$@"
 }
-echo "== a user's install: pip install teleport-core teleport-auth teleport-proxy teleport-node"
+echo "== a user's install: pip install teleport-core teleport-auth teleport-proxy teleport-node teleport-web"
 "$PYTHON" -m venv "$WORK/user"
-"$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-core teleport-auth teleport-proxy teleport-node
+"$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-core teleport-auth teleport-proxy teleport-node \
+  teleport-web
 provides "$WORK/user" auth_service proxy_service ssh_service sqlite file stdout
+# the web UI's templates and static files are in its wheel
+"$WORK/user/bin/python" -c 'from importlib import resources; r = resources.files("teleport_web"); assert (r / "templates" / "base.html").is_file() and (r / "static" / "style.css").is_file()'
+
 "$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-storage-etcd teleport-storage-s3
 provides "$WORK/user" etcd s3
 echo "== a laptop: pip install teleport-core (tsh only)"
