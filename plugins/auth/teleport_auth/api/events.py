@@ -42,6 +42,7 @@ class EventsQuery(Query):
     type: Annotated[list[Word], Field(max_length=64, description="event types (repeat the parameter)")] = []
     user: OptionalName = ""
     sid: OptionalName = ""
+    node: OptionalName = Field("", description="only events of this node: its server_hostname or server_id")
     limit: int = Field(500, description="events per page, 1..5000 (clamped)")
     cursor: Text = Field("", description="next_cursor of the previous page")
 
@@ -108,7 +109,9 @@ class EventsAPI(APIBase):
     async def search_events(self, request: Request, identity: Identity | None) -> Any:
         """A page of audit events: ``list`` on ``event``; with a ``where:`` rule, only the events it
         allows (each checked with its ``event.type``, ``event.code``, ``event.user``), so a page may
-        hold fewer than ``limit`` events: follow ``next_cursor``."""
+        hold fewer than ``limit`` events: follow ``next_cursor``. ``node`` (ours: Teleport's search has
+        no node filter) keeps the events whose ``server_hostname`` or ``server_id`` is that node, after
+        the search, the same way."""
         assert identity is not None
         await self.authorize(request, identity, "list", "event", filtered=True)
         params = query(request, EventsQuery)
@@ -121,9 +124,14 @@ class EventsAPI(APIBase):
         wanted = AuditQuery(since=since, until=until, event_types=tuple(params.type), user=params.user, sid=params.sid,
                             limit=min(max(params.limit, 1), 5000), cursor=params.cursor)
         page = await self.service.audit.search(wanted)
-        kept = [e for e in page.events
-                if self.item_decision(identity, "list", "event", e.uid, event_attributes(e)).allowed]
+        kept = [e for e in page.events if (not params.node or of_node(e, params.node))
+                and self.item_decision(identity, "list", "event", e.uid, event_attributes(e)).allowed]
         return {"events": [e.to_dict() for e in kept], "next_cursor": page.next_cursor}
+
+
+def of_node(event: AuditEvent, node: str) -> bool:
+    """Whether ``event`` happened on ``node`` (its ``server_hostname`` or ``server_id``)."""
+    return node in (event.fields.get("server_hostname"), event.fields.get("server_id"))
 
 
 def event_attributes(event: AuditEvent) -> dict[str, dict[str, Any]]:
@@ -135,7 +143,7 @@ ROUTES: list[Operation] = [
     Operation("/v1/events", "POST", "emit_event", "Store an audit event (durable when answered)", body=EventBody,
               response=StoredReply),
     Operation("/v1/events", "GET", "search_events",
-              "Search audit events (since, until, type, user, sid, limit, cursor)", query=EventsQuery,
+              "Search audit events (since, until, type, user, sid, node, limit, cursor)", query=EventsQuery,
               response=EventsReply),
 ]
 
