@@ -242,6 +242,13 @@ class GuardedApp:
         self.send_failed = False  # once per connection: later failures are not logged again
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # a long-lived upgraded connection: no request-head deadline while it runs
+            self.clock.request_started(False)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.clock.request_done()
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -77,6 +77,7 @@ MAX_PACKET = 256 * 1024
 # Every OpenSSH since 6.2 offers aes-gcm, and every hardening guide lists it.
 CIPHERS = sshalgos.AEAD_CIPHERS
 ENV_ALLOWED = ("LANG", "LANGUAGE", "TERM")
+WEB_CLIENT_ENV = "TELEPORT_WEB_CLIENT"  # sent by the proxy's web terminal: events say client: web
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARD_CONNECT_TIMEOUT = 10.0
@@ -634,6 +635,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if key in ENV_ALLOWED or key.startswith("LC_"):
             self._session(channel).env[key] = text
             return True
+        if key == WEB_CLIENT_ENV and text == "1":  # the proxy's web terminal (a claim, shown, never trusted)
+            self._session(channel).client = "web"
+            return True
         return False
 
     def check_channel_window_change_request(self, channel: paramiko.Channel, width: int, height: int,
@@ -888,6 +892,7 @@ class Session:
         self.end_fields: dict[str, Any] = {}  # what session.start said, repeated by session.end
         self.end_reason = "exit"  # "interrupted": the node's stop ended it
         self.kind = ""  # once started: its kind in teleport_sessions_active (interactive, exec, sftp)
+        self.client = ""  # "web": opened by the proxy's web terminal (its events say so)
 
     # -- request handling (transport thread) ----------------------------------------------------
 
@@ -1010,7 +1015,8 @@ class Session:
         recording = state.recording if self.recorder is not None else "off"
         self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
                            "initial_command": [self.command or ""], "session_recording": recording,
-                           "session_start": _rfc3339(self.started_at)}
+                           "session_start": _rfc3339(self.started_at),
+                           **({"client": self.client} if self.client else {})}
         try:  # what a session.end needs, should the node crash before it ends the session
             write_sidecar(state.spool, self.id, self.started_at,
                           {**self.conn.base_fields(state), **self.end_fields})
@@ -1018,7 +1024,8 @@ class Session:
             self.conn.server.log.error("cannot write the session's sidecar: a crash would leave it without "
                                        "a session.end", sid=self.id, error=str(exc))
         self.conn.emit("session.start", "ok", sid=self.id, proto="ssh", initial_command=[self.command or ""],
-                       size=f"{self.size[0]}:{self.size[1]}", session_recording=recording)
+                       size=f"{self.size[0]}:{self.size[1]}", session_recording=recording,
+                       **({"client": self.client} if self.client else {}))
         self.kind = "sftp" if self.subsystem == "sftp" else "interactive" if self.pty else "exec"
         metrics = self.conn.server.metrics
         metrics.session_started("node", self.kind)

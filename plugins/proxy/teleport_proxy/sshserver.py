@@ -147,15 +147,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         assert self.user is not None
         future = asyncio.run_coroutine_threadsafe(self.proxy.route(self.user, "", target, port), self.proxy.loop)
         node = future.result(LOOKUP_TIMEOUT)
-        if node.tunnel or not node.addr:  # the node dials back through its reverse tunnel: a plain socket too
-            if self.proxy.tunnel is None:  # the proxy is starting or stopping
-                raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
-            return node, self.proxy.tunnel.dial(node.uuid, node.nodename)
-        host, _, node_port = node.addr.rpartition(":")
-        sock = socket.create_connection((host.strip("[]"), int(node_port)), timeout=CONNECT_TIMEOUT)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return node, sock
+        return node, dial_node(self.proxy, node)
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
@@ -188,6 +180,20 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         upstream.adopt(channel)  # on the transport's thread, before the client hears of success
         self.server.splice_session(channel, upstream, "subsystem")
         return True
+
+
+def dial_node(proxy: ProxyState, node: NodeInfo) -> socket.socket:
+    """A connected socket to ``node``'s SSH port: directly, or through its reverse tunnel when it
+    has one (raises TeleportError/OSError). Blocking; call it from a thread."""
+    if node.tunnel or not node.addr:  # the node dials back through its reverse tunnel: a plain socket too
+        if proxy.tunnel is None:  # the proxy is starting or stopping
+            raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
+        return proxy.tunnel.dial(node.uuid, node.nodename)
+    host, _, node_port = node.addr.rpartition(":")
+    sock = socket.create_connection((host.strip("[]"), int(node_port)), timeout=CONNECT_TIMEOUT)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _fail_channel(channel: paramiko.Channel, message: str) -> None:

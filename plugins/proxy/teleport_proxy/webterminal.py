@@ -1,0 +1,168 @@
+"""The web terminal's SSH session: the proxy is the SSH client of a web user
+(:meth:`teleport_core.webui.WebProxy.open_ssh_session`, implemented by
+:class:`teleport_proxy.webui.ProxyWebUI`).
+
+The way to the node is ``tsh ssh``'s: :meth:`ProxyState.route` (lookup among the nodes the user
+may see, the login against the roles, locks, ``teleport_authorize`` hooks), then
+:func:`~teleport_proxy.sshserver.dial_node` (direct, or the node's reverse tunnel), then tsh's
+own handshake (:func:`teleport_core.tsh.sshclient.handshake`) with the user's key and SSH
+certificate from the web session, checking the node's host certificate against the cluster's
+host CA and the node's UUID. The node checks the user again, records the session and audits it,
+as for any client; the proxy sends ``TELEPORT_WEB_CLIENT=1`` with the session so the node's
+``session.start`` says ``client: web``.
+
+The paramiko channel is blocking: a thread reads it into an :class:`asyncio.Queue`; writes and
+window changes go through :func:`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from teleport_core.errors import TeleportError
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.state.nodes import NodeInfo
+from teleport_core.tsh.profile import Profile
+from teleport_core.tsh.sshclient import TIMEOUT, handshake
+from teleport_core.webui import WebSession
+from teleport_proxy.sshserver import dial_node
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from teleport_proxy.state import ProxyState
+
+TERM = "xterm-256color"
+CHUNK = 64 * 1024
+WEB_CLIENT_ENV = "TELEPORT_WEB_CLIENT"  # the node stamps client: web on the session's events
+
+
+def web_profile(proxy: ProxyState, session: WebSession) -> Profile:
+    """The web session's certificates as a tsh profile (what :func:`handshake` reads)."""
+    identity = LocalIdentity(key_pem=session.private_key.encode(), tls_cert_pem=session.tls_cert.encode(),
+                             tls_ca_pems=(), ssh_cert=session.ssh_cert,
+                             known_hosts=tuple(f"@cert-authority * {key}" for key in proxy.host_ca_keys))
+    return Profile("web", proxy.public_web_addr(), "", session.user, proxy.cluster_name, session.roles,
+                   session.logins, session.expires, False, identity)
+
+
+class WebTerminal:
+    """:class:`teleport_core.webui.TerminalChannel` over a paramiko session channel."""
+
+    def __init__(self, node: NodeInfo, sock: socket.socket, transport: paramiko.Transport,
+                 channel: paramiko.Channel, loop: asyncio.AbstractEventLoop) -> None:
+        self.node = node
+        self._sock = sock
+        self._transport = transport
+        self._channel = channel
+        self._loop = loop
+        self._output: asyncio.Queue[bytes] = asyncio.Queue()
+        self._reason = ""
+        self._closed = False
+        threading.Thread(target=self._read, name="web-terminal-read", daemon=True).start()
+
+    def _read(self) -> None:
+        channel = self._channel
+        try:
+            while True:
+                data = channel.recv(CHUNK)
+                if not data:
+                    break
+                self._loop.call_soon_threadsafe(self._output.put_nowait, data)
+        except (OSError, EOFError):
+            pass
+        reason = "the connection to the node was lost"
+        if channel.exit_status_ready():
+            status = channel.recv_exit_status()
+            reason = f"exit status {status}" if status >= 0 else "the session was closed by the node"
+        elif self._closed:
+            reason = "closed"
+        self._reason = reason
+        self._loop.call_soon_threadsafe(self._output.put_nowait, b"")
+        self._shut()
+
+    async def recv(self) -> bytes:
+        data = await self._output.get()
+        if not data:
+            self._output.put_nowait(b"")  # every later call sees the end too
+        return data
+
+    async def send(self, data: bytes) -> None:
+        if data:
+            await asyncio.to_thread(self._guarded, self._channel.sendall, data)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await asyncio.to_thread(self._guarded, self._channel.resize_pty, cols, rows)
+
+    @staticmethod
+    def _guarded(call: Any, *args: Any) -> None:
+        import paramiko
+
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the session ended meanwhile
+            call(*args)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._shut)
+
+    def end_reason(self) -> str:
+        return self._reason
+
+    def _shut(self) -> None:
+        with contextlib.suppress(Exception):  # closing anyway
+            self._channel.close()
+        with contextlib.suppress(Exception):
+            self._transport.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+def connect(proxy: ProxyState, session: WebSession, node: NodeInfo, login: str, cols: int, rows: int,
+            loop: asyncio.AbstractEventLoop) -> WebTerminal:
+    """(blocking) An interactive shell as ``login`` on ``node`` (already routed for the user)."""
+    import paramiko
+
+    try:
+        sock = dial_node(proxy, node)
+    except OSError as exc:
+        raise TeleportError(f"cannot reach {node.nodename}: {exc.strerror or exc}") from None
+    try:
+        sock.settimeout(TIMEOUT)
+        transport = handshake(sock, web_profile(proxy, session), login, node.uuid,
+                              about=f"the server reached for {node.nodename} (host {node.uuid})")
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        sock.settimeout(None)
+        channel = transport.open_session(timeout=TIMEOUT)
+        with contextlib.suppress(paramiko.SSHException):  # a node that does not know it refuses it
+            channel.set_environment_variable(WEB_CLIENT_ENV, "1")
+        channel.set_combine_stderr(True)  # the node's messages (a lock's) on stderr: one stream, as a PTY shows it
+        channel.get_pty(TERM, cols, rows)
+        channel.invoke_shell()
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        transport.close()
+        sock.close()
+        raise TeleportError(f"{node.nodename} refused the session: {exc or type(exc).__name__}") from None
+    return WebTerminal(node, sock, transport, channel, loop)
+
+
+async def open_ssh_session(proxy: ProxyState, session: WebSession, user: Any, target: str, login: str,
+                           cols: int, rows: int, remote: str) -> WebTerminal:
+    """Route ``target`` for ``user`` (the session's :class:`~teleport_proxy.certs.UserCert`) and
+    open the shell; refusals are audited (T3007W, ``client: web``) and raised."""
+    try:
+        if dt.datetime.now(dt.UTC) >= session.expires:
+            raise TeleportError("your web session has expired: log in again")
+        node = await proxy.route(user, login, target)
+        return await asyncio.to_thread(connect, proxy, session, node, login, cols, rows, asyncio.get_running_loop())
+    except TeleportError as exc:
+        await proxy.audit_denial(session.user, str(exc), remote, target=target, login=login, client="web",
+                                 proto="ssh")
+        raise

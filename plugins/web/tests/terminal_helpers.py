@@ -1,0 +1,127 @@
+"""What the web terminal's tests and bench/web_terminal.py share: a real cluster with our node, a
+browser login, reading and typing in the xterm.js terminal, a raw WebSocket client (wsproto over
+TLS) for the handshake refusals, and ``tsh`` as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import wsproto
+import wsproto.events as wse
+from web_helpers import CLUSTER, LOGIN, PASSWORD, WebCluster
+
+from teleport_core.testing.browser import Page
+from teleport_core.testing.waiting import wait_for
+from teleport_core.webui import SESSION_COOKIE
+
+WS_PATH = f"/v1/webapi/sites/{CLUSTER}/connect/ws"
+NODENAME = "web-auth"  # the in-process node (the process's nodename)
+
+#: the terminal's whole buffer as text, one line per row
+BUFFER = """(() => { const b = window.teleportTerminal.buffer.active; const out = [];
+  for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+  return out.join("\\n"); })()"""
+
+
+def node_uuid(cluster: WebCluster) -> str:
+    return str(wait_for(lambda: next((n["uuid"] for n in cluster.call("get_nodes") if n["nodename"] == NODENAME),
+                                     None), what="the node's heartbeat"))
+
+
+def console_url(cluster: WebCluster, node: str, login: str = LOGIN) -> str:
+    return f"{cluster.url}/web/cluster/{CLUSTER}/console/node/{node}/{login}"
+
+
+def browser_login(page: Page, user: str, password: str = PASSWORD) -> None:
+    page.wait_for_selector("#user")
+    page.type("#user", user)
+    page.type("#password", password)
+    page.submit("#login")
+
+
+def screen(page: Page) -> str:
+    return str(page.evaluate(BUFFER))
+
+
+def type_line(page: Page, text: str) -> None:
+    """Type ``text`` into the terminal as keyboard input, then Enter."""
+    page.type(".xterm-helper-textarea", text)
+    page.press("Enter")
+
+
+def wait_screen(page: Page, needle: str, timeout: float = 30) -> str:
+    """The terminal's text once one of its lines is ``needle`` (output, not the typed command)."""
+    page.wait_for(f"({BUFFER}).split('\\n').some(l => l.trim() === {json.dumps(needle)})", timeout)
+    return screen(page)
+
+
+def ws_handshake(cluster: WebCluster, *, cookie: str = "", origin: str | None = None,
+                 query: dict[str, str] | None = None, read: bool = True) -> tuple[int, list[Any]]:
+    """Open the terminal's WebSocket by hand: (HTTP status of the upgrade, the JSON messages and
+    bytes received until the proxy closed it)."""
+    host, port = cluster.web.split(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection((host, int(port)), timeout=30)
+    tls = context.wrap_socket(raw, server_hostname=host)
+    conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    headers = [(b"origin", (origin if origin is not None else cluster.url).encode())] if origin != "" else []
+    if cookie:
+        headers.append((b"cookie", f"{SESSION_COOKIE}={cookie}".encode()))
+    target = WS_PATH + ("?" + urllib.parse.urlencode(query) if query else "")
+    tls.sendall(conn.send(wse.Request(host=cluster.web, target=target, extra_headers=headers)))
+    status = 0
+    out: list[Any] = []
+    try:
+        while True:
+            data = tls.recv(65536)
+            conn.receive_data(data or None)
+            for event in conn.events():
+                if isinstance(event, wse.AcceptConnection):
+                    status = 101
+                    if not read:
+                        return status, out
+                elif isinstance(event, wse.RejectConnection):
+                    return event.status_code, out
+                elif isinstance(event, wse.TextMessage):
+                    out.append(json.loads(event.data))
+                elif isinstance(event, wse.BytesMessage):
+                    out.append(bytes(event.data))
+                elif isinstance(event, wse.CloseConnection):
+                    out.append(("close", event.code, event.reason))
+                    return status, out
+            if not data:
+                return status, out
+    finally:
+        tls.close()
+
+
+def session_cookie(web: Any) -> str:
+    return str(web.cookies[SESSION_COOKIE])
+
+
+def tsh(home: Path, *args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TELEPORT_HOME": str(home)}
+    env.pop("SSH_AUTH_SOCK", None)
+    return subprocess.run([sys.executable, "-m", "teleport_core.cli.tsh", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+def tsh_login(cluster: WebCluster, home: Path, user: str, password: str = PASSWORD) -> None:
+    result = tsh(home, "login", f"--proxy={cluster.web}", f"--user={user}", "--insecure", stdin=f"{password}\n")
+    assert result.returncode == 0, result.stderr
+
+
+def recordings(home: Path) -> list[dict[str, Any]]:
+    result = tsh(home, "recordings", "ls", "--format=json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
