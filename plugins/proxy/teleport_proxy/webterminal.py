@@ -77,11 +77,11 @@ class WebTerminal:
         except (OSError, EOFError):
             pass
         reason = "the connection to the node was lost"
-        if channel.exit_status_ready():
+        if self._closed:
+            reason = "closed by the proxy"
+        elif channel.exit_status_ready():
             status = channel.recv_exit_status()
             reason = f"exit status {status}" if status >= 0 else "the session was closed by the node"
-        elif self._closed:
-            reason = "closed"
         self._reason = reason
         self._loop.call_soon_threadsafe(self._output.put_nowait, b"")
         self._shut()

@@ -125,3 +125,69 @@ def recordings(home: Path) -> list[dict[str, Any]]:
     result = tsh(home, "recordings", "ls", "--format=json")
     assert result.returncode == 0, result.stderr
     return list(json.loads(result.stdout))
+
+
+class WSClient:
+    """A terminal's WebSocket held open by hand (wsproto over TLS): send bytes and JSON, read
+    messages (bytes, dicts, and ``("close", code, reason)`` at the end)."""
+
+    def __init__(self, cluster: WebCluster, cookie: str, query: dict[str, str]) -> None:
+        host, port = cluster.web.split(":")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.tls = context.wrap_socket(socket.create_connection((host, int(port)), timeout=30), server_hostname=host)
+        self.conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        headers = [(b"origin", cluster.url.encode()), (b"cookie", f"{SESSION_COOKIE}={cookie}".encode())]
+        self.tls.sendall(self.conn.send(wse.Request(host=cluster.web, target=WS_PATH + "?" + urllib.parse.urlencode(
+            query), extra_headers=headers)))
+        self.pending: list[Any] = []
+        self.accepted = False
+        while not self.accepted:
+            self._pump()
+
+    def _pump(self) -> None:
+        data = self.tls.recv(65536)
+        self.conn.receive_data(data or None)
+        for event in self.conn.events():
+            if isinstance(event, wse.AcceptConnection):
+                self.accepted = True
+            elif isinstance(event, wse.RejectConnection):
+                raise AssertionError(f"the upgrade was refused: {event.status_code}")
+            elif isinstance(event, wse.TextMessage):
+                self.pending.append(json.loads(event.data))
+            elif isinstance(event, wse.BytesMessage):
+                self.pending.append(bytes(event.data))
+            elif isinstance(event, wse.CloseConnection):
+                self.pending.append(("close", event.code, event.reason))
+            elif isinstance(event, wse.Ping):
+                self.tls.sendall(self.conn.send(event.response()))
+        if not data:
+            self.pending.append(("close", 1006, "lost"))
+
+    def next(self) -> Any:
+        while not self.pending:
+            self._pump()
+        return self.pending.pop(0)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.tls.sendall(self.conn.send(wse.BytesMessage(data=data)))
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.tls.sendall(self.conn.send(wse.TextMessage(data=json.dumps(message))))
+
+    def output_until(self, needle: bytes, *, pong: bool = True) -> bytes:
+        """The terminal's bytes until ``needle`` came (answering pings on the way)."""
+        seen = b""
+        while needle not in seen:
+            message = self.next()
+            if isinstance(message, bytes):
+                seen += message
+            elif isinstance(message, dict) and message.get("type") == "ping" and pong:
+                self.send_json({"type": "pong"})
+            elif isinstance(message, tuple):
+                raise AssertionError(f"closed before {needle!r}: {message} after {seen!r}")
+        return seen
+
+    def close(self) -> None:
+        self.tls.close()

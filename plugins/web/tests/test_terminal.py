@@ -8,6 +8,7 @@ open terminal with its message. Screenshots are saved under each test's tmp_path
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from terminal_helpers import (
     NODENAME,
+    WSClient,
     browser_login,
     console_url,
     node_uuid,
@@ -193,3 +195,59 @@ def test_a_bad_query_gets_a_clear_error(term_cluster: WebCluster, query: dict[st
         status, messages = ws_handshake(term_cluster, cookie=session_cookie(web), query=query)
     assert status == 101
     assert messages[0] == {"type": "end", "reason": reason} and messages[-1][:2] == ("close", 1008), messages
+
+
+def test_pings_keep_an_idle_terminal_and_a_silent_browser_is_dropped(
+        term_cluster: WebCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from teleport_web.pages import console
+
+    monkeypatch.setattr(console, "PING_INTERVAL", 1.0)
+    with term_cluster.logged_in("alice") as web:
+        cookie = session_cookie(web)
+    query = {"node": NODENAME, "login": LOGIN, "cols": "100", "rows": "30"}
+    answering = WSClient(term_cluster, cookie, query)
+    silent = WSClient(term_cluster, cookie, query)
+    try:
+        assert answering.next()["type"] == "session"
+        pings = 0
+        deadline = time.monotonic() + 12  # past the web port's 10 s request-head deadline
+        while time.monotonic() < deadline:
+            message = answering.next()
+            if isinstance(message, dict) and message.get("type") == "ping":
+                pings += 1
+                answering.send_json({"type": "pong"})
+        assert pings >= 5
+        answering.send_json({"type": "resize", "cols": 90, "rows": 20})
+        answering.send_bytes("stty size; echo idle-$((6*7)) héllo-ü\r".encode())
+        seen = answering.output_until("idle-42 héllo-ü\r\n".encode())
+        assert b"20 90" in seen  # the resize reached the PTY; UTF-8 both ways
+        ends = []
+        while not ends:
+            message = silent.next()
+            if isinstance(message, dict) and message.get("type") == "end":
+                ends.append(message)
+        assert ends[0]["reason"] == "session ended: the browser stopped answering pings"
+    finally:
+        answering.close()
+        silent.close()
+
+
+def test_the_console_page_allows_only_its_own_style_nonce(term_cluster: WebCluster) -> None:
+    node = node_uuid(term_cluster)
+    with term_cluster.logged_in("alice") as web:
+        answer = web.get(f"/web/cluster/{CLUSTER}/console/node/{node}/{LOGIN}")
+        other = web.get(f"/web/cluster/{CLUSTER}/resources")
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    csp = answer.headers["content-security-policy"]
+    nonce = csp.split("'nonce-")[1].split("'")[0]
+    assert csp.endswith(f"; style-src 'self' 'nonce-{nonce}'") and "script-src 'self';" in csp
+    assert f'nonce="{nonce}"' in answer.text and "x-teleport-style-nonce" not in answer.headers
+    assert f'data-node="{node}"' in answer.text and f"{LOGIN}@{NODENAME}" in answer.text
+    assert "nonce" not in other.headers["content-security-policy"]  # other pages keep the strict CSP
+
+
+def test_a_malformed_style_nonce_keeps_the_strict_csp() -> None:
+    from teleport_proxy.headers import HEADERS, with_style_nonce
+
+    assert with_style_nonce("x'; script-src *") == HEADERS
+    assert with_style_nonce("short") == HEADERS

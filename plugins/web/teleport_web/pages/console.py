@@ -162,9 +162,9 @@ async def _run(ws: WebSocket, terminal: TerminalChannel) -> None:
             with contextlib.suppress(BaseException):
                 await task
         await terminal.close()
-    ended = terminal.end_reason()
+    ended = reason or terminal.end_reason() or "closed"  # ours (the browser's side) or the node's
     with contextlib.suppress(Exception):  # the browser may be gone
-        await _send_json(ws, {"type": "end", "reason": f"session ended: {ended or reason or 'closed'}"})
+        await _send_json(ws, {"type": "end", "reason": f"session ended: {ended}"})
         await ws.close(code=1000)
 
 
