@@ -534,14 +534,20 @@ class AuthClient:
         raise_for_status(response)
         return response.json()  # type: ignore[no-any-return]
 
-    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0,
-                              user_cert: bytes = b"") -> list[dict[str, Any]]:
-        """Sessions that ended in a window, newest first; with ``user_cert`` (DER) a proxy asks
-        on behalf of that user (see :data:`FORWARDED_USER_CERT`)."""
-        params = {k: v for k, v in (("since", since), ("until", until), ("limit", limit)) if v}
+    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0, user: str = "",
+                              node: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
+        """Sessions that ended in a window, newest first (only ``user``'s, only on ``node``: its
+        hostname or UUID, when given); with ``user_cert`` (DER) a proxy asks on behalf of that user
+        (see :data:`FORWARDED_USER_CERT`)."""
+        params = {k: v for k, v in (("since", since), ("until", until), ("limit", limit), ("user", user),
+                                    ("node", node)) if v}
         response = await self._request("GET", "/v1/sessions", params=params, headers=_forwarded(user_cert))
         raise_for_status(response)
         return list(response.json()["sessions"])
+
+    async def list_active_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Sessions running now (started, not ended) the caller may see, newest start first."""
+        return list((await self.call("GET", "/v1/sessions/active", params={"limit": limit}))["sessions"])
 
     async def download_recording(self, session_id: str, dest: str | os.PathLike[str], *,
                                  user_cert: bytes = b"") -> int:
@@ -632,9 +638,9 @@ class _ForwardingClient(AuthClient):
                                  user_cert: bytes = b"") -> int:
         return await self._parent.download_recording(session_id, dest, user_cert=user_cert or self._user_cert)
 
-    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0,
-                              user_cert: bytes = b"") -> list[dict[str, Any]]:
-        return await self._parent.list_recordings(since=since, until=until, limit=limit,
+    async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0, user: str = "",
+                              node: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
+        return await self._parent.list_recordings(since=since, until=until, limit=limit, user=user, node=node,
                                                   user_cert=user_cert or self._user_cert)
 
     async def close(self) -> None:

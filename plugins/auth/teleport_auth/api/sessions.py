@@ -22,6 +22,8 @@ class RecordingsQuery(Query):
     since: Timestamp = Field("", description="RFC 3339; default a day before until; no zone means UTC")
     until: Timestamp = Field("", description="RFC 3339; default now")
     limit: int = Field(50, ge=1, le=1000, description="sessions at most, newest first")
+    user: OptionalName = Field("", description="only the sessions of this user (a participant)")
+    node: OptionalName = Field("", description="only the sessions on this node (its hostname or UUID)")
 
 
 class UploadReply(Reply):
@@ -75,6 +77,29 @@ class UploadRefusalEntry(Reply):
 
 class RefusalsReply(Reply):
     refusals: list[UploadRefusalEntry]
+
+
+class ActiveQuery(Query):
+    limit: int = Field(100, ge=1, le=1000, description="sessions at most, newest start first")
+
+
+class ActiveSessionEntry(Reply):
+    """A session that started and has not ended: who, where, since when."""
+
+    sid: str
+    proto: str
+    user: str
+    participants: list[str]
+    login: str
+    server_id: str
+    server_hostname: str
+    interactive: bool
+    command: str
+    start: str
+
+
+class ActiveSessionsReply(Reply):
+    sessions: list[ActiveSessionEntry]
 
 
 class SessionsAPI(APIBase):
@@ -163,13 +188,44 @@ class SessionsAPI(APIBase):
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         await self.authorize(request, acting, "list", "session", filtered=True)
-        since, until, limit = recordings.window(query(request, RecordingsQuery).model_dump())
+        params = query(request, RecordingsQuery)
+        since, until, limit = recordings.window(params.model_dump())
 
         def keep(record: SessionRecord) -> bool:
+            if params.user and params.user != record.user and params.user not in record.participants:
+                return False
+            if params.node and params.node not in (record.server_hostname, record.server_id):
+                return False
             return self.item_decision(acting, "list", "session", record.sid,
                                       recordings.session_attributes(record)).allowed
 
         return {"sessions": await recordings.list_sessions(self, since, until, limit, keep)}
+
+    @endpoint(None, None)
+    async def list_active_sessions(self, request: Request, identity: Identity | None) -> Any:
+        """Sessions running now (started, no ``session.end`` yet) the caller may see: their own
+        (a participant) and those their ``list`` rules on ``session`` allow (``where:`` sees each
+        record), for the caller or the user a proxy forwarded. Never a 403: a listing filtered."""
+        from teleport_auth.session_records import SessionRecord, records_of
+        from teleport_core.state.audit import format_time
+
+        assert identity is not None
+        acting = await recordings.acting_identity(self, request, identity)
+        limit = query(request, ActiveQuery).limit
+        rules = (await self.decision(acting, "list", "session", filtered=True)).allowed
+        user = acting.name if acting.kind is IdentityKind.USER else None
+
+        def keep(record: SessionRecord) -> bool:
+            if user is not None and user in record.participants:
+                return True
+            return rules and self.item_decision(acting, "list", "session", record.sid,
+                                                recordings.session_attributes(record)).allowed
+
+        found = await records_of(self.service).running(limit, keep)
+        return {"sessions": [
+            {"sid": r.sid, "proto": r.proto, "user": r.user, "participants": list(r.participants), "login": r.login,
+             "server_id": r.server_id, "server_hostname": r.server_hostname, "interactive": r.interactive,
+             "command": r.command, "start": format_time(r.start)} for r in found]}
 
     @endpoint(None, None)
     async def read_recording(self, request: Request, identity: Identity | None) -> Any:
@@ -212,8 +268,11 @@ ROUTES: list[Operation] = [
               "Upload a finished session recording (asciicast v2 body; only the node that started the session, once)",
               response=UploadReply, max_body=RECORDING_MAX_BODY, media="application/x-asciicast"),
     Operation("/v1/sessions", "GET", "list_recordings",
-              "Sessions that ended in a window (since, until, limit), newest first (list on session)",
+              "Sessions that ended in a window (since, until, limit; user, node), newest first (list on session)",
               query=RecordingsQuery, response=SessionsReply),
+    Operation("/v1/sessions/active", "GET", "list_active_sessions",
+              "Sessions running now the caller may see (its own, and those list on session allows)",
+              query=ActiveQuery, response=ActiveSessionsReply),
     Operation("/v1/sessions/{sid}/recording", "GET", "read_recording",
               "Download a session recording, asciicast v2 (read on session; audited)", media="application/x-asciicast"),
     Operation("/v1/upload_refusals", "GET", "list_upload_refusals",
