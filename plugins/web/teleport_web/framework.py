@@ -201,6 +201,7 @@ class Web:
         ("Users", "users", "users", ("list", "user")),
         ("Roles", "roles", "roles", ("list", "role")),
         ("Join tokens", "tokens", "tokens", ("list", "token")),
+        ("Nodes", "nodes", "nodes", ("list", "node")),
     )
 
     def __init__(self, proxy: WebProxy) -> None:
