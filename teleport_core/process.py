@@ -62,7 +62,6 @@ from teleport_core import __version__
 from teleport_core.config.model import TeleportConfig
 from teleport_core.datadir import DataDirLock, lock_data_dir
 from teleport_core.errors import PluginError, TeleportError, UnknownNameError
-from teleport_core.listeners import check_can_listen, planned_listeners
 from teleport_core.logs import debug_enabled, get_logger
 from teleport_core.net.allocator import keep_large_blocks
 from teleport_core.net.diag import DiagServer, Readiness, ServiceHealth, listen_socket
@@ -77,6 +76,7 @@ from teleport_core.net.inherit import (
     report_ready,
     take_int,
 )
+from teleport_core.net.listeners import check_can_listen, planned_listeners
 from teleport_core.plugins import PluginInfo, Plugins, blame
 from teleport_core.refs import resolve
 from teleport_core.resources import ProcessResources

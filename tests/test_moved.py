@@ -41,5 +41,5 @@ def test_the_kernel_top_level_holds_only_the_kernel_proper():
     assert teleport_core.__file__ is not None
     top = sorted(p.name for p in Path(teleport_core.__file__).parent.iterdir() if p.suffix == ".py")
     assert top == ["__init__.py", "_moved.py", "datadir.py", "discovery.py", "errors.py", "files.py",
-                   "hookspecs.py", "logs.py", "plugins.py", "process.py", "refs.py", "resources.py",
-                   "service.py", "specs.py", "suggest.py"]
+                   "hookspecs.py", "logs.py", "metrics.py", "plugins.py", "process.py", "refs.py",
+                   "resources.py", "service.py", "specs.py", "suggest.py", "webui.py"]

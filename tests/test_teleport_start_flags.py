@@ -299,7 +299,7 @@ def test_listen_ip_rewrites_given_and_default_listen_addrs_only() -> None:
 
 def test_bind_check_names_the_key_and_the_cause() -> None:
     from teleport_core.config.values import NetAddr
-    from teleport_core.listeners import ListenError, PlannedListener, check_can_listen
+    from teleport_core.net.listeners import ListenError, PlannedListener, check_can_listen
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         addr = NetAddr("127.0.0.1", taken.getsockname()[1])
