@@ -97,11 +97,13 @@ def _socks5(sock: socket.socket) -> Request:
         length = _read(sock, 1)[0]
         if length == 0:
             raise SocksError("empty SOCKS5 domain name")
-        host = _name(_read(sock, length))
+        raw_name = _read(sock, length)
     else:
         reply(sock, 5, ADDRESS_NOT_SUPPORTED)
         raise SocksError(f"SOCKS5 address type {kind} is not supported")
     (port,) = struct.unpack("!H", _read(sock, 2))
+    if kind == 0x03:  # judged once the whole request is read: closing with unread bytes would reset
+        host = _name(raw_name)
     if command != 0x01:
         reply(sock, 5, COMMAND_NOT_SUPPORTED)
         raise SocksError(f"SOCKS5 command {command} is not supported (CONNECT only)")
