@@ -22,6 +22,7 @@ from teleport_web.framework import (
 )
 
 LOGGED_OUT = "you have logged out"
+NOTICES = (LOGGED_OUT, "log in to continue")  # shown as notices, not errors
 
 
 def safe_next(target: str, default: str) -> str:
@@ -51,7 +52,8 @@ async def show_login(page: Page) -> Response:
         except TeleportError:
             pass
     flash = urllib.parse.unquote(request.cookies.get(FLASH_COOKIE, ""))[:300]
-    response = await login_form(page, message=flash, failed=bool(flash) and flash != LOGGED_OUT, next_url=next_url)
+    response = await login_form(page, message=flash, failed=bool(flash) and flash not in NOTICES,
+                                next_url=next_url)
     if flash:
         response.headers.append("set-cookie", cookie_header(FLASH_COOKIE, "", max_age=0))
     return response
