@@ -204,17 +204,30 @@ def test_play_shows_what_was_typed(env: Env, audrey: Path, recorded: dict[str, A
     assert any(e["sid"] == sid and e["user"] == "audrey" and e["code"] == "T2012I" for e in audits)
 
 
-def test_user_without_the_rule_is_refused_and_audited(env: Env, alice: Path, recorded: dict[str, Any]) -> None:
-    listing = tsh(alice, "recordings", "ls")
+def test_user_without_the_rule_is_refused_and_audited(env: Env, recorded: dict[str, Any],
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A role with no ``session`` rule at all: listing and playing are refused and audited. (The
+    preset ``access`` role lists and plays the user's own sessions only: test_recordings_own_sessions.)"""
+    nofwd = logged_in(env, tmp_path_factory, "nofwd")
+    listing = tsh(nofwd, "recordings", "ls")
     assert listing.returncode == 1
-    assert 'access denied to user "alice": no role allows list on session' in listing.stderr
-    played = tsh(alice, "play", recorded["sid"])
+    assert 'access denied to user "nofwd": no role allows list on session' in listing.stderr
+    played = tsh(nofwd, "play", recorded["sid"])
     assert played.returncode == 1
-    assert 'access denied to user "alice": no role allows read on session' in played.stderr
-    failures = [e for e in events(env) if e["event"] == "auth" and e.get("user") == "alice"]
+    assert 'access denied to user "nofwd": no role allows read on session' in played.stderr
+    failures = [e for e in events(env) if e["event"] == "auth" and e.get("user") == "nofwd"]
     paths = {e["path"] for e in failures}
     assert "/v1/sessions" in paths and f"/v1/sessions/{recorded['sid']}/recording" in paths
     assert all(e["code"] == "T3007W" for e in failures)
+
+
+def test_access_role_does_not_list_or_play_another_users_session(env: Env, alice: Path,
+                                                                 recorded: dict[str, Any]) -> None:
+    listing = tsh(alice, "recordings", "ls", "--format=json")
+    assert listing.returncode == 0, listing.stderr
+    assert recorded["sid"] not in listing.stdout
+    played = tsh(alice, "play", recorded["sid"])
+    assert played.returncode == 1 and "access denied" in played.stderr
 
 
 def test_a_host_cannot_forward_a_user_certificate_unless_it_is_a_proxy(env: Env, audrey: Path) -> None:
