@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.parse
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +69,25 @@ class Recordings:
         self.kept: dict[tuple[str, str], Kept] = {}
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    def _drop(self, key: tuple[str, str]) -> None:
+    def _drop(self, key: tuple[str, str], *, forget: bool = False) -> None:
         kept = self.kept.pop(key, None)
         if kept is not None:
             kept.path.unlink(missing_ok=True)
+        lock = self.locks.get(key)
+        if forget and lock is not None and not lock.locked():
+            del self.locks[key]
 
     def _trim(self, now: float, keep: tuple[str, str]) -> None:
         for key, kept in list(self.kept.items()):
             if now - kept.used > KEEP_IDLE and key != keep:
-                self._drop(key)
+                self._drop(key, forget=True)
         total = sum(k.index.size for k in self.kept.values())
         for key, kept in sorted(self.kept.items(), key=lambda item: item[1].used):
             if total <= KEEP_BYTES:
                 break
             if key != keep:
                 total -= kept.index.size
-                self._drop(key)
+                self._drop(key, forget=True)
 
     async def read(self, page: Page, sid: str, *, fresh: bool) -> Kept:
         """The recording of ``sid`` for this web session: read at auth as the user (``fresh``, or
@@ -264,7 +268,7 @@ async def download(page: Page) -> Response:
 def routes(web: Web) -> list[BaseRoute]:
     store = Recordings()
 
-    def bound(handler: Any) -> Any:
+    def bound(handler: Callable[[Page, Recordings], Awaitable[Response]]) -> Callable[[Page], Awaitable[Response]]:
         async def run(page: Page) -> Response:
             return await handler(page, store)
 
