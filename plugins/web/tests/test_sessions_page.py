@@ -105,3 +105,21 @@ def test_active_sessions_api_refuses_a_bad_limit(node_cluster: WebCluster) -> No
     with pytest.raises(TeleportError, match="limit"):
         node_cluster.call("list_active_sessions", 1001)
     assert node_cluster.call("list_active_sessions", 1000) == []  # auth's own identity: none running
+
+
+def test_active_sessions_api_refuses_hosts_but_auth(node_cluster: WebCluster) -> None:
+    """A node may not list sessions (403, audited); a proxy only for a user it forwards."""
+    import asyncio
+
+    from teleport_core.api.client import AuthClient, load_identity_dir
+    from teleport_core.errors import AccessDenied
+
+    async def as_host(name: str) -> None:
+        async with AuthClient(node_cluster.auth_addr, [load_identity_dir(node_cluster.root / "keys" / name)]) as c:
+            await c.list_active_sessions()
+
+    for host in ("node", "proxy"):
+        with pytest.raises(AccessDenied):
+            asyncio.run(as_host(host))
+    reasons = [str(e.get("error")) for e in node_cluster.events("auth")]
+    assert any("list on session" in r or "sessions" in r for r in reasons if "host" in r), reasons[-5:]

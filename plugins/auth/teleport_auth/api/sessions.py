@@ -205,15 +205,20 @@ class SessionsAPI(APIBase):
     async def list_active_sessions(self, request: Request, identity: Identity | None) -> Any:
         """Sessions running now (started, no ``session.end`` yet) the caller may see: their own
         (a participant) and those their ``list`` rules on ``session`` allow (``where:`` sees each
-        record), for the caller or the user a proxy forwarded. Never a 403: a listing filtered."""
+        record), for the caller or the user a proxy forwarded. A user gets a filtered listing, never a
+        403; a host whose system role may not list sessions (a node) is refused (403, audited)."""
         from teleport_auth.session_records import SessionRecord, records_of
         from teleport_core.state.audit import format_time
 
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         limit = query(request, ActiveQuery).limit
-        rules = (await self.decision(acting, "list", "session", filtered=True)).allowed
+        decision = await self.decision(acting, "list", "session", filtered=True)
+        rules = decision.allowed
         user = acting.name if acting.kind is IdentityKind.USER else None
+        if user is None and not rules:  # a host lists only what its system role allows (a node: nothing)
+            await self.audit_denial(request, acting, decision.reason)
+            raise AccessDenied(decision.reason)
 
         def keep(record: SessionRecord) -> bool:
             if user is not None and user in record.participants:
