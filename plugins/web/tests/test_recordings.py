@@ -336,6 +336,14 @@ def test_list_player_and_share_link_in_the_browser(rec: dict[str, Any], tmp_path
                       " s.dispatchEvent(new Event('change')); })()")
         page.wait_for("document.querySelector('#player .ap-player') !== null")
         assert _csp_violations(page) == []
+        page.set_viewport(390, 844, mobile=True)  # a phone, in dark mode: nothing wider than the screen
+        page.color_scheme("dark")
+        page.goto(c.url + page_url(sid))
+        page.wait_for("window.recordingPlayer && window.recordingPlayer.ended", timeout=60)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        page.screenshot(tmp_path / "player-phone-dark.png")
+        page.goto(c.url + f"/web/cluster/{CLUSTER}/recordings")
+        page.screenshot(tmp_path / "recordings-phone-dark.png")
     with _browser(tmp_path / "audrey") as browser:  # the share link, opened by an auditor
         page = _login_at(browser, c, page_url(sid), "audrey")
         page.wait_for("window.recordingPlayer && window.recordingPlayer.ended", timeout=60)
