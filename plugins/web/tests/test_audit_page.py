@@ -64,8 +64,18 @@ def session_start(user: str, node: str, when: dt.datetime, sid: str = "") -> Aud
                      **{"addr.remote": "127.0.0.1:5555"})
 
 
+_WRITTEN: dict[int, AuditData] = {}
+
+
 @pytest.fixture(scope="module")
 def data(cluster: WebCluster) -> AuditData:
+    """The users and events of these tests, written once a cluster (the browser tests share them)."""
+    if id(cluster) not in _WRITTEN:
+        _WRITTEN[id(cluster)] = write_data(cluster)
+    return _WRITTEN[id(cluster)]
+
+
+def write_data(cluster: WebCluster) -> AuditData:
     cluster.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "own-events"},
                                  "spec": {"allow": {"rules": [{"resources": ["event"], "verbs": ["list", "read"],
                                                                "where": "equals(event.user, user.metadata.name)"}]}}})
@@ -101,7 +111,7 @@ def uids(html: str) -> list[str]:
 
 
 def types_of(html: str) -> list[str]:
-    return re.findall(r'<tr data-event="([^"]+)"', html)
+    return re.findall(r'<tr class="event" data-event="([^"]+)"', html)
 
 
 def next_link(html: str) -> str:
@@ -145,7 +155,7 @@ def test_default_range_shows_recent_events_with_their_json(ada: httpx.Client, da
     assert "user.login" in types_of(answer.text)  # ada's own login, by the web
     # each event's JSON, escaped, in a <details>
     event = data.recent[3]
-    row = answer.text.split(f'data-uid="{event.uid}"', 1)[1].split("</tr>", 1)[0]
+    row = answer.text.split(f'data-uid="{event.uid}"', 1)[1].split('<tr class="event"', 1)[0]
     pre = re.search(r"<pre>(.*?)</pre>", row, re.S)
     assert pre and "<details" in row
     assert json.loads(html.unescape(pre.group(1))) == event.to_dict()
