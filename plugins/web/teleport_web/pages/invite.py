@@ -13,7 +13,6 @@ refusal itself (``auth`` failure T3007W: a proxy may not write ``user.password_c
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import secrets
 import urllib.parse
@@ -23,6 +22,7 @@ from starlette.routing import BaseRoute
 
 from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
 from teleport_web.framework import Page, Web, cookie_header, same_token
+from teleport_web.pages.admin import when
 
 INVITE_CSRF_COOKIE = "__Host-invite_csrf"
 #: the password policy auth enforces (teleport_auth.users.check_password_policy; Teleport's)
@@ -35,14 +35,6 @@ TITLES = {"invite": "Welcome, {user}", "reset": "Reset the password of {user}"}
 def _binding(token: str) -> str:
     """The part of the CSRF cookie that ties it to one token page (never the token itself)."""
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def _when(value: object) -> str:
-    """An ISO time as people read it (UTC, to the minute)."""
-    try:
-        return dt.datetime.fromisoformat(str(value)).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    except ValueError:
-        return str(value)
 
 
 def otp_secret(uri: str) -> str:
@@ -69,7 +61,7 @@ async def _form(page: Page, token: str, info: dict[str, object], *, message: str
         "invite.html", status=status, kind=kind, title=TITLES[kind].format(user=user), account=user,
         token=token, form_csrf=csrf, message=message, policy=POLICY, min_password=MIN_PASSWORD,
         max_password=MAX_PASSWORD, otp_uri=uri, secret=otp_secret(uri) if uri else "",
-        qr=qr_svg(uri) if uri else "", expires=str(info.get("expires", "")), expires_text=_when(info.get("expires")))
+        qr=qr_svg(uri) if uri else "", expires=str(info.get("expires", "")), expires_text=when(info.get("expires")))
     response.headers.append("set-cookie", cookie_header(INVITE_CSRF_COOKIE, f"{_binding(token)}.{csrf}",
                                                         max_age=3600))
     return response
