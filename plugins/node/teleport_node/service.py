@@ -43,7 +43,7 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node.certs import HostCertKey, load_ca_keys
-from teleport_node.recording import claim, prepare_spool, recover, recover_sessions, remove_sidecar
+from teleport_node.recording import FINAL, claim, prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.tunnel import TunnelAgent
@@ -55,6 +55,7 @@ LABEL_TIMEOUT = 10.0
 UPLOAD_AUDIT_WAIT = 30.0  # seconds an upload waits for this node's audit backlog (its session.start)
 UPLOAD_UNKNOWN_FOR = 3600.0  # seconds a 404 upload (auth has no record of the session yet) is retried
 REFUSED = ".cast.refused"  # a recording auth refused for good, kept in the spool
+SPOOL_RESCAN = 60.0  # seconds between looks for finished recordings no upload holds (a reload's leftovers)
 
 
 class NodeService(Service):
@@ -75,6 +76,7 @@ class NodeService(Service):
         self._uploading: str | None = None  # the session whose recording is being sent (or retried)
         self._unknown: dict[str, tuple[float, float]] = {}  # sid -> (its first 404, the next delay)
         self._waiting: set[str] = set()  # recordings waiting to be queued again (after a 404)
+        self._queued: set[str] = set()  # sessions whose recording is in the queue, not yet taken
         self._ending: set[asyncio.Task[None]] = set()  # sidecar removals waiting for their session.end
         self._tasks: list[asyncio.Task[None]] = []
         self.spool = ctx.config.data_dir / "log" / "upload" / "sessions"
@@ -133,13 +135,14 @@ class NodeService(Service):
         for path in await asyncio.to_thread(recover, self.spool, set()):
             sid = path.name.removesuffix(".cast")
             self.log.info("uploading a recording left by an earlier run", sid=sid)
-            self._uploads.put_nowait((sid, path))
+            self._queue_upload(sid, path)
         refused = self._recordings_refused()
         if refused:
             self.log.error("recordings refused by auth are kept in the spool", recordings_refused=refused,
                            path=str(self.spool))
         self._spawn(self.audit.run(), "node-audit")
         self._spawn(self._send_uploads(), "node-uploads")
+        self._spawn(self._rescan_spool(), "node-spool-rescan")
         self._spawn(self._heartbeat(), "node-heartbeat")
         self._spawn(self.auth.follow("cert_authority", self._load_cas, self.log), "node-ca-watch")
         self._spawn(self.auth.follow("role", self._load_roles, self.log), "node-role-watch")
@@ -395,7 +398,7 @@ class NodeService(Service):
         """A session ended (its session.end handed to the spool just before): queue its recording,
         and remove its sidecar once that session.end is on disk."""
         if path is not None:
-            self._uploads.put_nowait((sid, path))
+            self._queue_upload(sid, path)
         task = asyncio.create_task(self._forget_session(sid, set(self._emitting)))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
@@ -423,6 +426,7 @@ class NodeService(Service):
     async def _send_uploads(self) -> None:
         while True:
             sid, path = await self._uploads.get()
+            self._queued.discard(sid)
             self._uploading = sid
             claimed = await asyncio.to_thread(claim, path)  # None: the other process of a reload sends it
             try:
@@ -438,6 +442,23 @@ class NodeService(Service):
                     os.close(claimed)
                 self._uploading = None
                 self._uploads.task_done()
+
+    def _queue_upload(self, sid: str, path: Path) -> None:
+        if sid not in self._queued:  # once in the queue at a time
+            self._queued.add(sid)
+            self._uploads.put_nowait((sid, path))
+
+    async def _rescan_spool(self, every: float = SPOOL_RESCAN) -> None:
+        """Queue the finished recordings in the spool that nothing here is sending or waiting to
+        send: those the other process of a graceful reload finished but could not upload before it
+        exited. A recording queued twice is sent once (:func:`claim`)."""
+        while True:
+            await asyncio.sleep(every)
+            found = await asyncio.to_thread(lambda: sorted(self.spool.glob("*" + FINAL)))
+            for path in found:
+                sid = path.name.removesuffix(FINAL)
+                if sid != self._uploading and sid not in self._waiting:
+                    self._queue_upload(sid, path)
 
     async def _upload(self, sid: str, path: Path) -> bool:
         """Upload one recording; True once stored. Retried with backoff while auth is away. Auth
@@ -484,7 +505,7 @@ class NodeService(Service):
 
     def _queue_again(self, sid: str, path: Path) -> None:
         self._waiting.discard(sid)
-        self._uploads.put_nowait((sid, path))
+        self._queue_upload(sid, path)
 
     def _refused(self, sid: str, path: Path, reason: str) -> None:
         """Keep a recording auth refused for good as ``<sid>.cast.refused`` (never retried)."""

@@ -155,3 +155,29 @@ def test_a_session_still_running_elsewhere_is_not_recovered(tmp_path: Path) -> N
         holder.communicate(b"", timeout=10)
     [ended], _ = recover_sessions(tmp_path, live=set())  # its process is gone: a crash leftover now
     assert ended.session_id == "running"
+
+
+def test_the_spool_rescan_queues_leftover_recordings_once(tmp_path: Path) -> None:
+    """A finished recording the other process of a graceful reload left in the spool is queued by
+    the periodic rescan, once however many scans pass; refused ones and those already being sent
+    or waiting after a 404 are not."""
+    import asyncio
+
+    from teleport_node.service import NodeService
+
+    for name in ("left.cast", "refused.cast.refused", "sending.cast", "waiting.cast", "live.raw.part"):
+        (tmp_path / name).write_bytes(b"{}\n")
+    node = object.__new__(NodeService)  # only the upload bookkeeping the rescan reads
+    node.spool = tmp_path
+    node._uploads = asyncio.Queue()
+    node._queued = set()
+    node._uploading = "sending"
+    node._waiting = {"waiting"}
+
+    async def scan() -> list[tuple[str, Path]]:
+        task = asyncio.create_task(node._rescan_spool(every=0.01))
+        await asyncio.sleep(0.2)  # many scans
+        task.cancel()
+        return [node._uploads.get_nowait() for _ in range(node._uploads.qsize())]
+
+    assert asyncio.run(scan()) == [("left", tmp_path / "left.cast")]
