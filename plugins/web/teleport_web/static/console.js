@@ -17,6 +17,7 @@
     cols: String(term.cols), rows: String(term.rows)});
   const ws = new WebSocket(`wss://${location.host}${box.dataset.ws}?${query}`);
   ws.binaryType = "arraybuffer";
+  window.teleportSocket = ws;  // for tests and the bench
   const encoder = new TextEncoder();
   let ended = false;
 
