@@ -10,7 +10,9 @@ so auth authorizes the user and never the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from teleport_proxy.state import ProxyState
 
 CERT_CACHE = 1024
+FRESH = 2.0  # seconds a node list is served as it is (the proxy's own node cache)
+STALE = 30.0  # seconds an older one is still served while a newer one is fetched
+WAIT = 0.15  # seconds a page waits for the newer one before it is served the older one
 
 
 def session_from(record: dict[str, Any]) -> WebSession:
@@ -47,6 +52,8 @@ class ProxyWebUI:
     def __init__(self, proxy: ProxyState) -> None:
         self._proxy = proxy
         self._certs: dict[str, tuple[bytes, UserCert]] = {}  # PEM -> (DER, what it says)
+        self._lists: dict[tuple[Any, ...], tuple[float, list[NodeInfo]]] = {}  # (roles, traits) -> (when, nodes)
+        self._refreshing: dict[tuple[Any, ...], asyncio.Task[list[NodeInfo]]] = {}
 
     @property
     def cluster_name(self) -> str:
@@ -98,11 +105,37 @@ class ProxyWebUI:
         return self._proxy.auth.for_user(self._cert(session)[0])
 
     async def nodes(self, session: WebSession) -> list[NodeInfo]:
+        """The user's visible nodes. A list younger than :data:`FRESH` seconds is served as it is;
+        an older one is refreshed, and served meanwhile (up to :data:`STALE` seconds old) when the
+        refresh takes longer than :data:`WAIT`: a page of a 10,000-node cluster does not wait for
+        auth's listing, except the first. Connecting checks the node again (:meth:`ProxyState.route`)."""
         user = self._cert(session)[1]
         locked = self._proxy.lock_reason(user)
         if locked:
             raise AccessDenied(locked)
-        return await self._proxy.visible_nodes(user)
+        key = (user.roles, tuple(sorted(user.traits.items())))
+        cached = self._lists.get(key)
+        age = time.monotonic() - cached[0] if cached is not None else STALE
+        if cached is not None and age < FRESH:
+            return cached[1]
+        task = self._refreshing.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refresh(key, user))
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        if cached is None or age >= STALE:
+            return await asyncio.shield(task)
+        try:  # a quick listing is waited for; a slow one (a big cluster) is not
+            return await asyncio.wait_for(asyncio.shield(task), WAIT)
+        except TimeoutError:
+            return cached[1]
+
+    async def _refresh(self, key: tuple[Any, ...], user: UserCert) -> list[NodeInfo]:
+        found = await self._proxy.visible_nodes(user)
+        if len(self._lists) >= CERT_CACHE:
+            self._lists.clear()
+        self._lists[key] = (time.monotonic(), found)
+        return found
 
     def logins_for(self, session: WebSession, node: NodeInfo) -> list[str]:
         return self._proxy.roleset(self._cert(session)[1]).logins_for(node.labels)

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -184,9 +185,9 @@ class Page:
         await self.proxy.emit(new_event(event, outcome, cluster_name=self.cluster, **fields))
 
 
-def csrf_input(page: Page) -> str:
-    """The hidden form field carrying the session's CSRF token (markup; already escaped)."""
-    return f'<input type="hidden" name="{CSRF_FIELD}" value="{jinja2.utils.markupsafe.escape(page.csrf_token)}">'
+def csrf_input(page: Page) -> markupsafe.Markup:
+    """The hidden form field carrying the session's CSRF token (markup; the token escaped)."""
+    return markupsafe.Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, page.csrf_token)
 
 
 class Web:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 from web_helpers import CLUSTER, LOGIN, WebCluster
 
+from teleport_core.testing.waiting import wait_for
+
 RESOURCES = f"/web/cluster/{CLUSTER}/resources"
 
 
@@ -26,6 +28,9 @@ def nodes(cluster: WebCluster) -> Iterator[dict[str, str]]:
     made["dev-db"] = cluster.add_node("dev-db", {"env": "dev", "team": "storage"})
     made["prod-db"] = cluster.add_node("prod-db", {"env": "prod"})
     made["tun-1"] = cluster.add_node("tun-1", {"env": "test", "rack": "tunnel"}, tunnel=True)
+    with cluster.logged_in("alice") as web:  # the proxy may serve a list of a few seconds ago meanwhile
+        wait_for(lambda: set(made) - {"prod-db"} <= set(hostnames(web.get(RESOURCES, params={"limit": "200"}).text)),
+                 "the new nodes listed", interval=0.3)
     yield made
 
 
