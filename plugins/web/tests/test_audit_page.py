@@ -25,6 +25,7 @@ import pytest
 from teleport_web.pages.audit import CSV_COLUMNS, csv_line
 from web_helpers import CLUSTER, WebCluster
 
+from teleport_core.errors import TeleportError
 from teleport_core.state.audit import AuditEvent, format_time, new_event
 from teleport_core.testing.waiting import wait_for
 
@@ -311,3 +312,13 @@ def test_bad_queries_get_a_clear_400(ada: httpx.Client, query: dict[str, str], m
 def test_bad_exports_get_a_clear_400(ada: httpx.Client, query: dict[str, str], message: str) -> None:
     answer = ada.get(EXPORT, params=query)
     assert answer.status_code == 400 and message in answer.text, answer.text
+
+
+def test_the_auth_api_node_filter(cluster: WebCluster, data: AuditData) -> None:
+    found = search_all(cluster, since=format_time(data.bulk_since), until=format_time(data.bulk_until),
+                       node=f"uuid-{NODES[1]}")
+    assert [e["uid"] for e in found] == data.bulk_uids[1::2]
+    with pytest.raises(TeleportError, match="node"):
+        cluster.call("search_events", node="a\x01b")
+    with pytest.raises(TeleportError, match="node"):
+        cluster.call("search_events", node="n" * 300)
