@@ -88,7 +88,7 @@ def test_wrong_credentials_are_refused_and_audited(otp_cluster: WebCluster, pass
         assert message in shown.group(1).lower()
         assert SESSION_COOKIE not in web.cookies
     failures = cluster.events("user.login", user="alice", code="T1000W")
-    assert len(failures) == before + 1 and failures[-1]["method"] == "local"
+    assert len(failures) == before + 1 and failures[-1]["method"] == "local" and failures[-1]["client"] == "web"
 
 
 def test_login_with_otp(otp_cluster: WebCluster) -> None:

@@ -345,13 +345,14 @@ class UsersAPI(APIBase):
         return result
 
     async def password_login(self, request: Request, username: str, password_text: str, otp_text: str,
-                             client_ip: str) -> Identity:
+                             client_ip: str, client: str = "") -> Identity:
         """Check a password (+ OTP) login (plugins first, then local users; lockout), refusing a
-        locked user; a failure is audited (``user.login`` T1000W). The caller audits the success."""
+        locked user; a failure is audited (``user.login`` T1000W, with ``client``: ``web`` for the
+        web UI). The caller audits the success."""
         svc = self.service
         password = Secret(password_text)
         otp = Secret(otp_text) if otp_text else None
-        remote = {"addr.remote": client_ip}
+        remote: dict[str, str] = {"addr.remote": client_ip, **({"client": client} if client else {})}
         try:
             found = await asyncio.to_thread(
                 svc.ctx.plugins.hook.teleport_authenticate,

@@ -92,7 +92,8 @@ class WebSessionsAPI(UsersAPI):
         await self._proxy_only(request, identity)
         svc = self.service
         wanted = body(request, WebSessionBody)
-        user = await self.password_login(request, wanted.user, wanted.password, wanted.otp, wanted.client_ip)
+        user = await self.password_login(request, wanted.user, wanted.password, wanted.otp, wanted.client_ip,
+                                         client="web")
         key = keys.generate_private_key("ed25519")
         certs = await self._certs_for(user, keys.public_key_openssh(key), None, wanted.client_ip)
         now = _now()
