@@ -254,10 +254,13 @@ class Web:
         return await self.proxy.web_session(sid, user)
 
     def to_login(self, request: Request, reason: str) -> Response:
-        """Back to the login page (GET: with ``next``; the reason shown once there); others: 401."""
+        """Back to the login page (GET: with ``next``; a form's POST from a browser: without; the
+        reason shown once there); other requests (``fetch``): 401 JSON."""
         clear = cookie_header(SESSION_COOKIE, "", max_age=0)
-        if request.method not in SAFE_METHODS:
-            response: Response = JSONResponse({"error": reason}, status_code=401, headers=NO_STORE)
+        if request.method not in SAFE_METHODS and "text/html" in request.headers.get("accept", ""):
+            response: Response = RedirectResponse("/web/login", status_code=303, headers=NO_STORE)
+        elif request.method not in SAFE_METHODS:
+            response = JSONResponse({"error": reason}, status_code=401, headers=NO_STORE)
         else:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             response = RedirectResponse("/web/login?" + urllib.parse.urlencode({"next": target}), status_code=303,

@@ -37,8 +37,10 @@ def test_no_cookie_redirects_to_login(cluster: WebCluster) -> None:
         assert answer.headers["cache-control"] == "no-store"
         for start in ("/", "/web", "/web/"):
             assert web.get(start).headers["location"] == RESOURCES
-        post = web.post("/web/logout")
+        post = web.post("/web/logout")  # a script's fetch: JSON
         assert post.status_code == 401 and post.json()["error"] == "log in to continue"
+        form = web.post("/web/logout", headers={"Accept": "text/html,*/*"})  # a browser's form: the login page
+        assert form.status_code == 303 and form.headers["location"] == "/web/login"
         login = web.get("/web/login")
         assert 'id="password"' in login.text and 'id="otp"' not in login.text  # second_factor: off
 
