@@ -9,11 +9,14 @@ import json
 import urllib.parse
 from pathlib import Path
 
+import pytest
+from terminal_helpers import NODENAME, node_uuid, tsh, tsh_login
 from test_audit_page import AUDIT, NODES, AuditData, data  # noqa: F401  (the module fixture)
-from web_helpers import CLUSTER, PASSWORD, WebCluster
+from web_helpers import CLUSTER, LOGIN, PASSWORD, WebCluster, running_cluster
 
 from teleport_core.testing.browser import CHROMIUM, Chromium
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.waiting import wait_for
 
 ROWS = "Array.from(document.querySelectorAll('#events tbody tr.event')).map(r => r.dataset.event)"
 UIDS = "Array.from(document.querySelectorAll('#events tbody tr.event')).map(r => r.dataset.uid)"
@@ -115,3 +118,41 @@ def test_a_refused_user_sees_a_clear_403_page(cluster: WebCluster, data: AuditDa
         page.wait_for_selector(".error")
         assert "your roles do not allow reading audit events" in page.text(".error")
         page.screenshot(tmp_path / "audit-refused.png")
+
+
+@pytest.mark.slow
+def test_a_real_sessions_events_in_the_browser(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A real node and ``tsh ssh``: the audit page lists the session's session.start (and, by its
+    session ID, its end) beside the user's login, as auth stored them."""
+    if not CHROMIUM:
+        missing("chromium is not installed (apt-get install chromium)")
+    with running_cluster(tmp_path_factory.mktemp("audit-node"), node=True) as real:
+        real.signup("alice", ["dev", "auditor"])
+        node_uuid(real)
+        home = tmp_path / "tsh"
+        tsh_login(real, home, "alice")
+        ran = tsh(home, "ssh", f"{LOGIN}@{NODENAME}", "echo audit-$((6*7))")
+        assert ran.returncode == 0 and "audit-42" in ran.stdout, ran.stderr
+        start = wait_for(lambda: real.events("session.start", user="alice"), what="session.start")[0]
+        wait_for(lambda: real.events("session.end", sid=start["sid"]), what="session.end")
+        with Chromium(tmp_path) as browser:
+            page = browser.open(f"{real.url}{AUDIT}?type=session.start,user.login")
+            page.wait_for_selector("#user")
+            page.type("#user", "alice")
+            page.type("#password", PASSWORD)
+            page.submit("#login")
+            page.wait_for_selector("#events")
+            assert {"session.start", "user.login"} <= set(page.evaluate(ROWS))
+            assert start["uid"] in page.evaluate(UIDS)
+            page.click(f"tr[data-uid='{start['uid']}'] td.esid a", navigates=True)  # narrows to that session
+            assert page.evaluate(ROWS) == ["session.start"]
+            page.goto(f"{real.url}{AUDIT}?sid={start['sid']}")  # its every event
+            rows = page.evaluate(ROWS)
+            assert rows[0] == "session.start" and "session.end" in rows, rows
+            assert page.text("#events td.enode") == NODENAME
+            page.click("details.eventjson summary")
+            assert json.loads(page.text("details.eventjson pre")) == start
+            page.screenshot(tmp_path / "audit-real-session.png")
+            assert page.evaluate("document.querySelector('#events').scrollWidth <= "
+                                 "document.querySelector('.tablewrap').clientWidth")  # the JSON fits the page
+            assert page.console == [], page.console
