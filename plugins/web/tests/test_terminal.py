@@ -1,5 +1,5 @@
 """The web terminal in headless Chromium against a real cluster (auth, the proxy with teleport-web
-and our node in one process): a normal session (typed, resized, exited, recorded, listed by
+and our node in one process): a normal session (typed, Ctrl-C, pasted, resized, exited, recorded, listed by
 ``tsh recordings ls``, played by ``tsh play``, audited with ``client: web``), the WebSocket's
 refusals before the upgrade (no cookie, a foreign Origin, another user's session ID), refusals
 after it with tsh's reasons (login, unknown node, bad query: audited), and a lock closing an
@@ -8,6 +8,7 @@ open terminal with its message. Screenshots are saved under each test's tmp_path
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,23 @@ def test_a_web_terminal_is_a_normal_recorded_session(term_cluster: WebCluster, t
         assert styles and all(styles)  # xterm.js's <style> elements applied under the CSP's nonce
         page.screenshot(tmp_path / "terminal.png")
 
+        type_line(page, "sleep 3017")  # Ctrl-C as a key press interrupts it, once it runs
+        wait_for(lambda: subprocess.run(["pgrep", "-fx", "sleep 3017"], capture_output=True).returncode == 0,
+                 what="sleep on the node")
+        page.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": "c", "code": "KeyC", "modifiers": 2,
+                                             "windowsVirtualKeyCode": 67})
+        page.call("Input.dispatchKeyEvent", {"type": "keyUp", "key": "c", "code": "KeyC", "modifiers": 2,
+                                             "windowsVirtualKeyCode": 67})
+        type_line(page, "echo after-$((6*7))")
+        assert "^C" in wait_screen(page, "after-42")
+        page.evaluate("""(() => { const data = new DataTransfer();
+            data.setData("text/plain", "echo pasted-$((6*7)) ünï");
+            document.querySelector(".xterm-helper-textarea").dispatchEvent(
+                new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true}));
+            return true; })()""")
+        page.press("Enter")  # bash's bracketed paste inserts a pasted newline without running it
+        wait_screen(page, "pasted-42 ünï")
+        page.screenshot(tmp_path / "terminal-ctrl-c-paste.png")
         type_line(page, "stty size")
         before = wait_for(lambda: _stty(screen(page)), what="stty size")
         page.set_viewport(700, 420)

@@ -9,6 +9,7 @@
     fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace'});
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
+  term.loadAddon(new WebLinksAddon.WebLinksAddon());  // URLs in the output open in a new tab
   term.open(document.getElementById("terminal"));
   fit.fit();
   window.teleportTerminal = term;  // for tests and the bench
