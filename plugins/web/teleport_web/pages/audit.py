@@ -19,7 +19,7 @@ import io
 import json
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -233,8 +233,8 @@ async def audit(page: Page) -> Response:
         next_url=_link(base, {**first, "cursor": cursor, "page": str(number + 1)}) if cursor else "")
 
 
-def csv_line(event: Mapping[str, Any]) -> str:
-    """One CSV row of ``event`` (:data:`CSV_COLUMNS`); a cell that would start a spreadsheet
+def csv_cells(event: Mapping[str, Any]) -> list[str]:
+    """The CSV cells of ``event`` (:data:`CSV_COLUMNS`); a cell that would start a spreadsheet
     formula gets a leading ``'`` (OWASP's advice), the ``json`` cell is the event as it is."""
     cells = []
     for column in CSV_COLUMNS:
@@ -246,15 +246,27 @@ def csv_line(event: Mapping[str, Any]) -> str:
             if cell.startswith(FORMULA_START):
                 cell = "'" + cell
         cells.append(cell)
+    return cells
+
+
+def csv_text(rows: Iterable[Sequence[str]]) -> str:
+    """CSV lines (RFC 4180: CRLF, quoted where needed) of ``rows``."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue()
 
 
-def _header() -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(CSV_COLUMNS)
-    return out.getvalue()
+def csv_line(event: Mapping[str, Any]) -> str:
+    """One CSV line of ``event``."""
+    return csv_text([csv_cells(event)])
+
+
+def csv_events(events: Iterable[Mapping[str, Any]]) -> str:
+    return csv_text(csv_cells(e) for e in events)
+
+
+def jsonl_text(events: Iterable[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events)
 
 
 async def export(page: Page) -> Response:
@@ -274,14 +286,14 @@ async def export(page: Page) -> Response:
         return page.error(400, str(exc))
     auth = page.auth
     first = await auth.search_events(**wanted.search(), limit=EXPORT_BATCH)
-    line = csv_line if kind == "csv" else (lambda e: json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n")
+    text = csv_events if kind == "csv" else jsonl_text
 
     async def lines() -> AsyncIterator[bytes]:
         reply, count = first, 0
         if kind == "csv":
-            yield _header().encode()
+            yield csv_text([CSV_COLUMNS]).encode()
         while True:
-            chunk = "".join(line(event) for event in reply.get("events", []))
+            chunk = text(reply.get("events", []))
             count += len(reply.get("events", []))
             if chunk:
                 yield chunk.encode()
