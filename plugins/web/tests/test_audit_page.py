@@ -297,6 +297,8 @@ def test_a_user_without_read_on_event_is_refused_and_audited(cluster: WebCluster
     ({"limit": "many"}, "limit: expected a number"),
     ({"page": "-1"}, "page: expected 1 to"),
     ({"cursor": "not-a-cursor!"}, "invalid audit search cursor"),
+    ({"cursor": "x" * 5000}, "cursor: not a cursor of this audit log: start from the first page"),
+    ({"type": ",".join(f"t{i}" for i in range(65))}, "type: at most 64 event types"),
 ])
 def test_bad_queries_get_a_clear_400(ada: httpx.Client, query: dict[str, str], message: str) -> None:
     answer = ada.get(AUDIT, params=query)
