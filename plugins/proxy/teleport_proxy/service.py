@@ -41,6 +41,7 @@ from teleport_proxy.settings import ProxySettings
 from teleport_proxy.sshserver import CertHostKey, SSHProxyServer, paramiko_key
 from teleport_proxy.tunnel import TunnelServer
 from teleport_proxy.web import build_app
+from teleport_proxy.webterminal import WebTerminals
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
@@ -79,6 +80,7 @@ class ProxyService(Service):
         self.locks: tuple[Lock, ...] = ()  # the cluster's locks, followed from auth
         self._cutting: asyncio.Task[None] | None = None
         self.web: TLSServer | None = None
+        self.web_terminals = WebTerminals()  # the web UI's open terminals (cut when locked, drained)
         self.mux: Any = None  # teleport_proxy.mux.WebMux
         self.ssh: Any = None
         self.loop: asyncio.AbstractEventLoop
@@ -155,9 +157,9 @@ class ProxyService(Service):
             await asyncio.to_thread(self.tunnel.stop_accepting)
 
     def live_sessions(self) -> int:
-        """SSH connections through this proxy: on the SSH port and routed on the web port."""
+        """SSH connections through this proxy: on the SSH port, routed on the web port, web terminals."""
         routed = len(self.mux.ssh_connections()) if self.mux is not None else 0
-        return (self.ssh.connections if self.ssh is not None else 0) + routed
+        return (self.ssh.connections if self.ssh is not None else 0) + routed + len(self.web_terminals)
 
     async def drain(self) -> None:
         """Wait until the users' SSH connections through this proxy have ended."""
@@ -295,6 +297,7 @@ class ProxyService(Service):
             await asyncio.to_thread(self.ssh.cut_locked)
         if self.mux is not None:
             self.mux.cut_locked()
+        self.web_terminals.cut_locked(self)
 
     def lock_reason(self, user: UserCert, login: str = "", node: str = "") -> str:
         """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""."""

@@ -57,6 +57,7 @@ class ProxyState(Protocol):
     host_ca_keys: tuple[str, ...]
     tunnel: Dialer | None  # the reverse tunnel server, once started
     web: TLSServer | None  # the HTTPS listener, once started
+    web_terminals: Any  # the web UI's open terminals (teleport_proxy.webterminal.WebTerminals)
 
     def public_web_addr(self) -> str: ...
 

@@ -57,6 +57,10 @@ class WebTerminal:
     def __init__(self, node: NodeInfo, sock: socket.socket, transport: paramiko.Transport,
                  channel: paramiko.Channel, loop: asyncio.AbstractEventLoop) -> None:
         self.node = node
+        self.user: Any = None  # the UserCert it runs for, and its login (locks are checked against them)
+        self.login = ""
+        self.remote = ""  # the browser's ip:port
+        self.registry: WebTerminals | None = None
         self._sock = sock
         self._transport = transport
         self._channel = channel
@@ -64,6 +68,7 @@ class WebTerminal:
         self._output: asyncio.Queue[bytes] = asyncio.Queue()
         self._reason = ""
         self._closed = False
+        self._closed_why = "closed by the proxy"
         threading.Thread(target=self._read, name="web-terminal-read", daemon=True).start()
 
     def _read(self) -> None:
@@ -78,7 +83,7 @@ class WebTerminal:
             pass
         reason = "the connection to the node was lost"
         if self._closed:
-            reason = "closed by the proxy"
+            reason = self._closed_why
         elif channel.exit_status_ready():
             status = channel.recv_exit_status()
             reason = f"exit status {status}" if status >= 0 else "the session was closed by the node"
@@ -108,7 +113,15 @@ class WebTerminal:
 
     async def close(self) -> None:
         self._closed = True
+        if self.registry is not None:
+            self.registry.live.discard(self)
         await asyncio.to_thread(self._shut)
+
+    def cut(self, reason: str) -> None:
+        """(event loop) A lock now matches: show ``reason`` and end the session."""
+        self._closed, self._closed_why = True, reason
+        self._output.put_nowait(f"\r\n{reason}\r\n".encode())
+        self._shut()
 
     def end_reason(self) -> str:
         return self._reason
@@ -120,6 +133,30 @@ class WebTerminal:
             self._transport.close()
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+class WebTerminals:
+    """The web terminals open on this proxy: cut when a lock matches their user (a node that does
+    not know locks, OpenSSH's sshd, would leave them open), counted by a graceful reload's drain."""
+
+    def __init__(self) -> None:
+        self.live: set[WebTerminal] = set()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def cut_locked(self, proxy: ProxyState) -> int:
+        """(event loop) End the terminals of users a lock now matches, audited; how many."""
+        cut = 0
+        for terminal in list(self.live):
+            reason = proxy.lock_reason(terminal.user, terminal.login, terminal.node.uuid)
+            if reason:
+                self.live.discard(terminal)
+                terminal.cut(reason)
+                proxy.spawn_audit(terminal.user.user, reason, terminal.remote, target=terminal.node.uuid,
+                                  login=terminal.login, client="web")
+                cut += 1
+        return cut
 
 
 def connect(proxy: ProxyState, session: WebSession, node: NodeInfo, login: str, cols: int, rows: int,
@@ -161,8 +198,13 @@ async def open_ssh_session(proxy: ProxyState, session: WebSession, user: Any, ta
         if dt.datetime.now(dt.UTC) >= session.expires:
             raise TeleportError("your web session has expired: log in again")
         node = await proxy.route(user, login, target)
-        return await asyncio.to_thread(connect, proxy, session, node, login, cols, rows, asyncio.get_running_loop())
+        terminal = await asyncio.to_thread(connect, proxy, session, node, login, cols, rows,
+                                           asyncio.get_running_loop())
     except TeleportError as exc:
         await proxy.audit_denial(session.user, str(exc), remote, target=target, login=login, client="web",
                                  proto="ssh")
         raise
+    terminal.user, terminal.login, terminal.remote = user, login, remote
+    terminal.registry = proxy.web_terminals
+    proxy.web_terminals.live.add(terminal)
+    return terminal

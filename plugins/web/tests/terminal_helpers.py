@@ -131,7 +131,7 @@ class WSClient:
     """A terminal's WebSocket held open by hand (wsproto over TLS): send bytes and JSON, read
     messages (bytes, dicts, and ``("close", code, reason)`` at the end)."""
 
-    def __init__(self, cluster: WebCluster, cookie: str, query: dict[str, str]) -> None:
+    def __init__(self, cluster: WebCluster, cookie: str, query: dict[str, str], path: str = WS_PATH) -> None:
         host, port = cluster.web.split(":")
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -139,7 +139,7 @@ class WSClient:
         self.tls = context.wrap_socket(socket.create_connection((host, int(port)), timeout=30), server_hostname=host)
         self.conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         headers = [(b"origin", cluster.url.encode()), (b"cookie", f"{SESSION_COOKIE}={cookie}".encode())]
-        self.tls.sendall(self.conn.send(wse.Request(host=cluster.web, target=WS_PATH + "?" + urllib.parse.urlencode(
+        self.tls.sendall(self.conn.send(wse.Request(host=cluster.web, target=path + "?" + urllib.parse.urlencode(
             query), extra_headers=headers)))
         self.pending: list[Any] = []
         self.accepted = False
