@@ -222,3 +222,21 @@ def test_web_sessions_are_for_proxies_only(cluster: WebCluster) -> None:
     with pytest.raises(AccessDenied, match="only proxies handle web sessions"):
         cluster.handle.call(as_root)
     assert any("only proxies handle web sessions" in e.get("error", "") for e in cluster.events("auth", user="root"))
+
+
+def test_bad_login_bodies_are_clear_errors(cluster: WebCluster) -> None:
+    """The form without a user or password (400, the form again), a body that is not UTF-8 (400),
+    and auth's web session call with a bad body (400 naming the field)."""
+    from teleport_core.errors import TeleportError
+
+    with cluster.client() as web:
+        token = cluster.login_form(web)
+        empty = web.post("/web/login", data={"login_csrf": token, "user": "alice", "password": ""})
+        assert empty.status_code == 400 and "enter your username and password" in empty.text
+        binary = web.post("/web/login", content=b"user=\xff\xfe", headers={"Content-Type":
+                                                                           "application/x-www-form-urlencoded"})
+        assert binary.status_code == 400 and "the form is not UTF-8" in binary.text
+    with pytest.raises(TeleportError, match="user"):
+        cluster.call("create_web_session", "", "some-password-123", "")
+    with pytest.raises(TeleportError, match="user"):
+        cluster.call("get_web_session", "x" * 43, "")
