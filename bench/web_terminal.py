@@ -44,9 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "web" /
 from terminal_helpers import (
     NODENAME,
     WSClient,
-    browser_login,
-    console_url,
     node_uuid,
+    open_console,
     session_cookie,
     tsh,
     tsh_login,
@@ -104,11 +103,7 @@ def web_latency(cluster: Any, folder: Path, keys: int) -> tuple[list[float], lis
     """(keys typed in the page, keys pressed through DevTools) latencies in ms."""
     node = node_uuid(cluster)
     with Chromium(folder) as browser:
-        page = browser.open(f"{cluster.url}/web/login")
-        browser_login(page, "alice")
-        page.wait_for_selector("table.resources")
-        page.goto(console_url(cluster, node))
-        page.wait_for("document.getElementById('console').dataset.connected === '1'")
+        page = open_console(browser, cluster, "alice", node)
         type_line(page, "cat > /dev/null")
         time.sleep(1.0)  # the shell runs cat; its output is over
         typed = [float(x) for x in page.evaluate(f"{LOOP}({keys})")]

@@ -18,7 +18,7 @@ import wsproto
 import wsproto.events as wse
 from web_helpers import CLUSTER, LOGIN, PASSWORD, WebCluster
 
-from teleport_core.testing.browser import Page
+from teleport_core.testing.browser import Chromium, Page
 from teleport_core.testing.waiting import wait_for
 from teleport_core.webui import SESSION_COOKIE
 
@@ -45,6 +45,16 @@ def browser_login(page: Page, user: str, password: str = PASSWORD) -> None:
     page.type("#user", user)
     page.type("#password", password)
     page.submit("#login")
+
+
+def open_console(browser: Chromium, cluster: WebCluster, user: str, node: str) -> Page:
+    """Log ``user`` in in ``browser`` and open the terminal to ``node``; the page once connected."""
+    page = browser.open(f"{cluster.url}/web/login")
+    browser_login(page, user)
+    page.wait_for_selector("table.resources")
+    page.goto(console_url(cluster, node))
+    page.wait_for("document.getElementById('console').dataset.connected === '1'")
+    return page
 
 
 def screen(page: Page) -> str:

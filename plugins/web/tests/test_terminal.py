@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from terminal_helpers import (
     NODENAME,
     WSClient,
     browser_login,
-    console_url,
     node_uuid,
+    open_console,
     recordings,
     screen,
     session_cookie,
@@ -138,11 +139,7 @@ def test_a_lock_closes_the_open_terminal_with_its_message(term_cluster: WebClust
     _chromium()
     node = node_uuid(term_cluster)
     with Chromium(tmp_path) as browser:
-        page = browser.open(f"{term_cluster.url}/web/login")
-        browser_login(page, "carol")
-        page.wait_for_selector("table.resources")
-        page.goto(console_url(term_cluster, node))
-        page.wait_for("document.getElementById('console').dataset.connected === '1'")
+        page = open_console(browser, term_cluster, "carol", node)
         type_line(page, "echo before-$((6*7))")
         wait_screen(page, "before-42")
         term_cluster.call("upsert_lock", {"kind": "lock", "version": "v2", "metadata": {"name": "carol-term"},
@@ -269,3 +266,12 @@ def test_a_malformed_style_nonce_keeps_the_strict_csp() -> None:
 
     assert with_style_nonce("x'; script-src *") == HEADERS
     assert with_style_nonce("short") == HEADERS
+
+
+def test_the_bench_refuses_a_bad_key_count() -> None:
+    bench = Path(__file__).resolve().parents[3] / "bench" / "web_terminal.py"
+    for value in ("0", "many"):
+        result = subprocess.run([sys.executable, str(bench), "--keys", value], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 2, result.stderr
+        assert ("--keys must be at least 1" if value == "0" else "invalid int value: 'many'") in result.stderr
