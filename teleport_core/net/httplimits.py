@@ -14,7 +14,9 @@
   ``body_timeout`` for its next bytes, and, after ``body_grace`` seconds of waiting, the body
   must come at ``min_body_rate`` bytes a second over the time spent waiting for it (time the
   app spends not reading does not count). Idle keep-alive connections end after
-  ``keep_alive_timeout`` (hypercorn's own timer). A connection past a deadline is aborted.
+  ``keep_alive_timeout`` (hypercorn's own timer). A connection past a deadline is aborted. An
+  upgraded WebSocket (the web terminal) counts as a request being answered while the app holds
+  it, so no head deadline applies; the app decides how long it lives (its pings).
 - **Quiet protocol errors**: an answer that cannot be sent (the client closed, or the HTTP
   state machine refuses it, as for a 405 after the client's TLS close_notify) is logged once at
   DEBUG, without a traceback, and the app's further sends are dropped.
