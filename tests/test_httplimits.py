@@ -377,3 +377,23 @@ def test_a_send_the_connection_refuses_is_logged_once_at_debug(caplog: pytest.Lo
     assert [(r.levelno, r.exc_info) for r in records] == [(logging.DEBUG, None)]
     assert "HTTP answer not sent" in records[0].getMessage()
 
+
+
+def test_an_upgraded_websocket_has_no_request_head_deadline() -> None:
+    """A WebSocket the app holds (the web terminal) is a request being answered: however long it
+    stays quiet, the head deadline does not cut it; once the app lets it go, the clock runs again."""
+    from teleport_core.net.httplimits import ConnectionClock
+
+    now = [0.0]
+    clock = ConnectionClock(LIMITS, clock=lambda: now[0])
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        now[0] += LIMITS.header_timeout * 10  # a long idle terminal
+        seen.append(clock.overdue())
+
+    asyncio.run(GuardedApp(app, LIMITS, clock)({"type": "websocket", "path": "/ws", "headers": []}, None, None))
+    assert seen == [""] and clock.active == 0
+    clock.read_done(10)  # the next request's first bytes start the head timer again
+    now[0] += LIMITS.header_timeout + 1
+    assert clock.overdue().startswith("no complete request head")
