@@ -100,6 +100,21 @@ def parse_form(body: bytes) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=200))
 
 
+def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """The whole number ``params[name]`` (``default`` when absent or empty), from ``low`` to ``high``;
+    anything else is a :class:`TeleportError` naming the parameter."""
+    text = params.get(name, "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise TeleportError(f"{name}: expected a number, got {text[:20]!r}") from None
+    if not low <= value <= high:
+        raise TeleportError(f"{name}: expected {low} to {high}")
+    return value
+
+
 @attrs.define
 class NavItem:
     label: str

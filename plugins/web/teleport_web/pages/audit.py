@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 from teleport_core.errors import TeleportError
 from teleport_core.logs import get_logger
 from teleport_core.state.audit import CODES, format_time, parse_time
-from teleport_web.framework import Page, Web
+from teleport_web.framework import Page, Web, query_int
 
 log = get_logger("web")
 
@@ -142,19 +142,6 @@ def parse_filter(params: QueryParams, now: dt.datetime) -> Filter:
                   _name(params, "sid"), pinned)
 
 
-def _int(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
-    text = params.get(name, "")
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise TeleportError(f"{name}: expected a number, got {text[:20]!r}") from None
-    if not low <= value <= high:
-        raise TeleportError(f"{name}: expected {low} to {high}")
-    return value
-
-
 def summary(event: Mapping[str, Any]) -> str:
     """A few words on what happened, beside the type (the JSON has everything)."""
     parts = []
@@ -198,8 +185,8 @@ async def audit(page: Page) -> Response:
     params = page.request.query_params
     try:
         wanted = parse_filter(params, dt.datetime.now(dt.UTC))
-        limit = _int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
-        number = _int(params, "page", 1, 1, 10**9)
+        limit = query_int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        number = query_int(params, "page", 1, 1, 10**9)
         cursor = params.get("cursor", "")
         if len(cursor) > MAX_CURSOR or CONTROL.search(cursor):
             raise TeleportError("cursor: not a cursor of this audit log: start from the first page")

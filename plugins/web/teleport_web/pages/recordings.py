@@ -38,8 +38,7 @@ from teleport_core.state.audit import format_time, parse_time
 from teleport_core.state.sessions import check_session_id
 from teleport_core.webui import WASM_HEADER
 from teleport_web import castsegments
-from teleport_web.framework import NO_STORE, Page, Web
-from teleport_web.pages.resources import _int
+from teleport_web.framework import NO_STORE, Page, Web, query_int
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -155,7 +154,7 @@ async def listing(page: Page) -> Response:
     after = params.get("after", "")[:256]
     now = dt.datetime.now(dt.UTC)
     try:
-        limit = _int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        limit = query_int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         until = _when(params.get("to", ""), "to") or now
         since = _when(params.get("from", ""), "from") or until - DEFAULT_RANGE
         cursor = _when(params.get("until", ""), "until")

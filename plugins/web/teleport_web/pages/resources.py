@@ -9,7 +9,7 @@ substring of the hostname, address, UUID or a label), ``label`` (``key=value``, 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -18,24 +18,11 @@ from starlette.routing import BaseRoute
 
 from teleport_core.errors import TeleportError
 from teleport_core.state.nodes import NodeInfo
-from teleport_web.framework import Page, Web
+from teleport_web.framework import Page, Web, query_int
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_SEARCH = 256
-
-
-def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = params.get(name, "")
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise TeleportError(f"{name}: expected a number, got {text[:20]!r}") from None
-    if not low <= value <= high:
-        raise TeleportError(f"{name}: expected {low} to {high}")
-    return value
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -77,8 +64,8 @@ async def resources(page: Page) -> Response:
     search = params.get("search", "")[:MAX_SEARCH]
     label_text = params.get("label", "")[:MAX_SEARCH]
     try:
-        start = _int(params, "start", 0, 0, 10**9)
-        limit = _int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        start = query_int(params, "start", 0, 0, 10**9)
+        limit = query_int(params, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         label = _pair(label_text, "label") if label_text else None
     except TeleportError as exc:
         return page.error(400, str(exc))
