@@ -309,6 +309,34 @@ def _host_ttl(ttl: dt.timedelta) -> dt.timedelta:
     return ttl
 
 
+def _issue_ssh_host(
+    host_ca: CertAuthority,
+    hook: Any,
+    identity: Identity,
+    principals: tuple[str, ...],
+    public_key: str | bytes | PublicKey,
+    ttl: dt.timedelta,
+    now: dt.datetime | None,
+    extensions: dict[str, str],
+) -> IssuedCert:
+    """Sign an SSH host certificate request (after the issuance plugins) with a fresh serial."""
+    subject = _subject_key(public_key)
+    after, before = _validity(_utc_now(now), _host_ttl(ttl))
+    request = CertRequest(
+        cert_type=CertType.HOST,
+        cert_format=CertFormat.SSH,
+        identity=identity,
+        principals=principals,
+        valid_after=_from_ts(after),
+        valid_before=_from_ts(before),
+        public_key=keys.public_key_openssh(subject),
+        extensions=extensions,
+    )
+    request = apply_plugins(hook, request)
+    serial = secrets.randbits(64)
+    return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
+
+
 def issue_ssh_host_cert(
     host_ca: CertAuthority,
     hook: Any,
@@ -342,22 +370,8 @@ def issue_ssh_host_cert(
         "::1",
         *(_check_name("principal", p) for p in additional_principals),
     ]
-    principals = tuple(dict.fromkeys(candidates))
-    subject = _subject_key(public_key)
-    after, before = _validity(_utc_now(now), _host_ttl(ttl))
-    request = CertRequest(
-        cert_type=CertType.HOST,
-        cert_format=CertFormat.SSH,
-        identity=identity,
-        principals=principals,
-        valid_after=_from_ts(after),
-        valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
-        extensions={EXT_HOST_ROLE: role, EXT_HOST_AUTHORITY: cluster},
-    )
-    request = apply_plugins(hook, request)
-    serial = secrets.randbits(64)
-    return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
+    return _issue_ssh_host(host_ca, hook, identity, tuple(dict.fromkeys(candidates)), public_key, ttl, now,
+                           {EXT_HOST_ROLE: role, EXT_HOST_AUTHORITY: cluster})
 
 
 def issue_openssh_host_cert(
@@ -384,21 +398,7 @@ def issue_openssh_host_cert(
             raise ValueError(f"invalid principal {name!r}: wildcards are not allowed; name each host")
     cluster = host_ca.cluster_name
     identity = _identity(name=names[0], kind=IdentityKind.HOST, roles=(), cluster=cluster)
-    subject = _subject_key(public_key)
-    after, before = _validity(_utc_now(now), _host_ttl(ttl))
-    request = CertRequest(
-        cert_type=CertType.HOST,
-        cert_format=CertFormat.SSH,
-        identity=identity,
-        principals=names,
-        valid_after=_from_ts(after),
-        valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
-        extensions={EXT_HOST_AUTHORITY: cluster},
-    )
-    request = apply_plugins(hook, request)
-    serial = secrets.randbits(64)
-    return IssuedCert(_sign_ssh(host_ca, request, subject, ssh.SSHCertificateType.HOST, serial), request, serial)
+    return _issue_ssh_host(host_ca, hook, identity, names, public_key, ttl, now, {EXT_HOST_AUTHORITY: cluster})
 
 
 # -- X.509 issuance ------------------------------------------------------------------------------------
