@@ -731,6 +731,18 @@ def _login_uid(login: str) -> int | None:
         return None
 
 
+def open_to_client(conn: Connection, client: socket.socket, open_channel: Callable[[], paramiko.Channel]) -> None:
+    """Open a channel to the SSH client (``open_channel``, blocking: call it off the pump) for a
+    local connection ``client`` and splice the two on the pump; if the client refuses, close ``client``."""
+    try:
+        channel = open_channel()
+    except Exception:  # the client refused or went away
+        client.close()
+        return
+    forward = Forward(conn, channel.get_id(), client)
+    conn.server.pump.call(lambda: forward.attach(channel))
+
+
 class RemoteForward:
     """One ``tcpip-forward`` listener (``ssh -R``) on the node: each connection it accepts
     becomes a ``forwarded-tcpip`` channel to the client, spliced on the pump. Closed on
@@ -765,13 +777,8 @@ class RemoteForward:
         AGENT_OPENERS.submit(self._open, client, (str(origin[0]), int(origin[1])))
 
     def _open(self, client: socket.socket, origin: tuple[str, int]) -> None:
-        try:
-            channel = self.conn.transport.open_forwarded_tcpip_channel(origin, (self.requested, self.port))
-        except Exception:  # the client refused or went away
-            client.close()
-            return
-        forward = Forward(self.conn, channel.get_id(), client)
-        self.conn.server.pump.call(lambda: forward.attach(channel))
+        open_to_client(self.conn, client,
+                       lambda: self.conn.transport.open_forwarded_tcpip_channel(origin, (self.requested, self.port)))
 
     def close(self) -> None:
         if self.closed:
@@ -1256,13 +1263,7 @@ class AgentListener:
         AGENT_OPENERS.submit(self._open, client)
 
     def _open(self, client: socket.socket) -> None:
-        try:
-            channel = self.conn.transport.open_forward_agent_channel()
-        except Exception:  # the client refused or went away
-            client.close()
-            return
-        forward = Forward(self.conn, channel.get_id(), client)
-        self.conn.server.pump.call(lambda: forward.attach(channel))
+        open_to_client(self.conn, client, self.conn.transport.open_forward_agent_channel)
 
     def close(self) -> None:
         if self.closed:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from node_helpers import Auth, Node, free_port, run, ssh_argv
 
+from teleport_core.testing.sockets import echo_server, listening, roundtrip
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,51 +33,6 @@ def users(auth: Auth, tmp_path_factory: pytest.TempPathFactory, os_user: str) ->
     (tmp / "known_hosts").write_text(auth.known_hosts())
     return {"rita": auth.user(tmp, "rita", ["access"], ["root", os_user]),
             "nora": auth.user(tmp, "nora", ["no-forwarding"], ["root"])}
-
-
-@contextlib.contextmanager
-def echo_server() -> Iterator[int]:
-    """A TCP echo server on 127.0.0.1 on the client's side (where ssh -R sends connections)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        listener.close()
-
-
-def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
-    with socket.create_connection((host, port), timeout=60) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)),
-                                  daemon=True)
-        sender.start()
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-        sender.join(30)
-    return b"".join(chunks)
-
-
-def listening(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-    except OSError:
-        return False
-    return True
 
 
 def argv(node: Node, key: Path, *args: str, login: str = "root") -> list[str]:
