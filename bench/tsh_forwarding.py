@@ -32,18 +32,11 @@ from proxy_helpers import LOGIN, Env, free_port, one_process_config
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.sockets import listening
 from teleport_core.testing.waiting import wait_for
 
 PASSWORD = "a long enough password 123"
 NODE = "bench-node"
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import paramiko
 import pytest
 
 from teleport_core.net import sshalgos
+from teleport_core.testing.sockets import tcp_server
 
 
 def test_configure_offers_the_standard_names_and_nothing_weak() -> None:
@@ -52,27 +53,20 @@ class _NoAuth(paramiko.ServerInterface):  # type: ignore[misc]
 def paramiko_server() -> Iterator[tuple[int, list[paramiko.Transport]]]:
     """A paramiko SSH server configured by sshalgos (no login succeeds): (port, its transports)."""
     key = paramiko.ECDSAKey.generate()
-    listener = socket.create_server(("127.0.0.1", 0))
     transports: list[paramiko.Transport] = []
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            transport = paramiko.Transport(conn)
-            sshalgos.configure(transport, key_types=[key.get_name()])
-            transport.add_server_key(key)
-            transports.append(transport)
-            try:
-                transport.start_server(event=threading.Event(), server=_NoAuth())
-            except (paramiko.SSHException, EOFError):
-                transport.close()
+    def serve(conn: socket.socket) -> None:
+        transport = paramiko.Transport(conn)
+        sshalgos.configure(transport, key_types=[key.get_name()])
+        transport.add_server_key(key)
+        transports.append(transport)
+        try:
+            transport.start_server(event=threading.Event(), server=_NoAuth())
+        except (paramiko.SSHException, EOFError):
+            transport.close()
 
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1], transports
-    listener.close()
+    with tcp_server(serve) as port:
+        yield port, transports
     for transport in transports:
         transport.close()
 

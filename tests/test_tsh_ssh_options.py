@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from teleport_core.testing.sockets import tcp_server
 from teleport_core.tsh import forward, socks, sshopts
 
 
@@ -96,7 +97,6 @@ def test_remote_and_dynamic_specs() -> None:
 def socks_server() -> Iterator[tuple[int, list[object]]]:
     """A listener whose connections run :func:`socks.handshake`, answer success, then close;
     the results (a Request or the SocksError) are collected."""
-    listener = socket.create_server(("127.0.0.1", 0))
     results: list[object] = []
 
     def serve(conn: socket.socket) -> None:
@@ -109,17 +109,8 @@ def socks_server() -> Iterator[tuple[int, list[object]]]:
             results.append(request)
             socks.reply(conn, request.version, socks.SUCCEEDED)
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1], results
-    listener.close()
+    with tcp_server(serve) as port:
+        yield port, results
 
 
 def exchange(port: int, data: bytes) -> bytes:

@@ -270,18 +270,8 @@ class LocalForwarder:
     @staticmethod
     def _open(transport: paramiko.Transport, forward: LocalForward, client: socket.socket,
               origin: tuple[Any, ...]) -> None:
-        import paramiko
-
-        try:
-            channel = transport.open_channel("direct-tcpip", (forward.host, forward.port), (origin[0], origin[1]),
-                                             timeout=OPEN_TIMEOUT)
-        except paramiko.ChannelException as exc:
-            reason = OPEN_FAILURES.get(exc.code, exc.text or f"code {exc.code}")
-            _warn(f"-L {forward}: the node refused to connect to {forward.host}:{forward.port}: {reason}")
-            client.close()
-            return
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            _warn(f"-L {forward}: cannot open a channel to {forward.host}:{forward.port}: {exc or type(exc).__name__}")
+        channel, _ = _open_direct(transport, f"-L {forward}", forward.host, forward.port, origin)
+        if channel is None:
             client.close()
             return
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -292,6 +282,27 @@ class LocalForwarder:
         for _forward, listener in self.listeners:
             with contextlib.suppress(OSError):
                 listener.close()
+
+
+def _open_direct(transport: paramiko.Transport, what: str, host: str, port: int,
+                 origin: tuple[Any, ...]) -> tuple[paramiko.Channel | None, int]:
+    """Open a ``direct-tcpip`` channel to ``host:port`` for a local connection from ``origin`` (-L, -D):
+    the channel and SOCKS ``SUCCEEDED``, or None and the SOCKS reply code that fits the failure,
+    which is warned about on stderr (``what`` names the forward)."""
+    import paramiko
+
+    from teleport_core.tsh import socks
+
+    try:
+        channel = transport.open_channel("direct-tcpip", (host, port), (origin[0], origin[1]), timeout=OPEN_TIMEOUT)
+    except paramiko.ChannelException as exc:
+        reason = OPEN_FAILURES.get(exc.code, exc.text or f"code {exc.code}")
+        _warn(f"{what}: the node refused to connect to {host}:{port}: {reason}")
+        return None, socks.NOT_ALLOWED if exc.code == 1 else socks.HOST_UNREACHABLE
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        _warn(f"{what}: cannot open a channel to {host}:{port}: {exc or type(exc).__name__}")
+        return None, socks.GENERAL_FAILURE
+    return channel, socks.SUCCEEDED
 
 
 def _warn(message: str) -> None:
@@ -382,8 +393,6 @@ class DynamicForwarder(LocalForwarder):
 
     @staticmethod
     def _open(transport: paramiko.Transport, forward: Any, client: socket.socket, origin: tuple[Any, ...]) -> None:
-        import paramiko
-
         from teleport_core.tsh import socks
 
         try:
@@ -391,21 +400,10 @@ class DynamicForwarder(LocalForwarder):
         except socks.SocksError:
             client.close()  # garbage or a stalled client: closed, nothing opened
             return
-        try:
-            channel = transport.open_channel("direct-tcpip", (request.host, request.port), (origin[0], origin[1]),
-                                             timeout=OPEN_TIMEOUT)
-        except paramiko.ChannelException as exc:
-            reason = OPEN_FAILURES.get(exc.code, exc.text or f"code {exc.code}")
-            _warn(f"-D {forward}: the node refused to connect to {request.host}:{request.port}: {reason}")
-            code = socks.NOT_ALLOWED if exc.code == 1 else socks.HOST_UNREACHABLE
+        channel, code = _open_direct(transport, f"-D {forward}", request.host, request.port, origin)
+        if channel is None:
             with contextlib.suppress(OSError):
                 socks.reply(client, request.version, code)
-            client.close()
-            return
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            _warn(f"-D {forward}: cannot open a channel to {request.host}:{request.port}: {exc or type(exc).__name__}")
-            with contextlib.suppress(OSError):
-                socks.reply(client, request.version, socks.GENERAL_FAILURE)
             client.close()
             return
         try:

@@ -25,6 +25,7 @@ from proxy_helpers import LOGIN, Env, free_port, one_process_config
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.sockets import echo_server
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -296,32 +297,6 @@ def test_a_recording_missing_from_the_storage_is_listed_missing(env: Env, audrey
 
 
 # -- forwarding -------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def echo_server() -> Iterator[int]:
-    """A TCP echo server on 127.0.0.1 (what the node forwards to)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield port
-    finally:
-        listener.close()
 
 
 def connect(port: int, timeout: float = 120) -> socket.socket:

@@ -23,6 +23,7 @@ from proxy_helpers import CLUSTER, LOGIN, Env, free_port, one_process_config, pr
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.sockets import echo_server, listening, roundtrip
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -75,30 +76,6 @@ def events(env: Env, user: str, event: str = "port") -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[int]:
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        listener.close()
-
-
-@contextlib.contextmanager
 def http_server() -> Iterator[int]:
     """A local HTTP server answering every GET with a fixed body."""
 
@@ -120,25 +97,6 @@ def http_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def roundtrip(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)), daemon=True)
-        sender.start()
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-        sender.join(30)
-    return b"".join(chunks)
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
