@@ -6,21 +6,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import socket
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from tctl_helpers import TctlCluster, tctl_cluster
 
-from teleport_core.testing.processes import free_port
+from teleport_core.testing import openssh
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-needs_openssh = pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen")),
+needs_openssh = pytest.mark.skipif(not (os.path.exists(openssh.SSHD) and shutil.which("ssh")
+                                        and shutil.which("ssh-keygen")),
                                    reason="needs OpenSSH sshd, ssh and ssh-keygen")
 
 
@@ -40,35 +38,7 @@ def start_sshd(folder: Path, cluster: TctlCluster, key: Path) -> tuple[subproces
     """OpenSSH sshd with ``key`` and ``key``-cert.pub as its host key and certificate, trusting the user CA."""
     user_ca = cluster.call("get_cert_authority", "user")["ssh_public_keys"]
     (folder / "user_ca.pub").write_text("".join(line + "\n" for line in user_ca))
-    port = free_port()
-    config = folder / "sshd_config"
-    config.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {key}
-HostCertificate {key}-cert.pub
-TrustedUserCAKeys {folder / 'user_ca.pub'}
-AuthorizedKeysFile none
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-PidFile {folder / 'sshd.pid'}
-""")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)
-    with open(folder / "sshd.log", "wb") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("sshd did not start: " + (folder / "sshd.log").read_text()) from None
-            time.sleep(0.05)
+    return openssh.start_sshd(folder, host_key=key, host_cert=Path(f"{key}-cert.pub"), user_ca=folder / "user_ca.pub")
 
 
 def ssh(tmp_path: Path, port: int, user_key: Path, known_hosts: Path, alias: str) -> subprocess.CompletedProcess[str]:

@@ -8,11 +8,9 @@ import asyncio
 import contextlib
 import getpass
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from teleport_core.files import write_private, write_public
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
+from teleport_core.testing import openssh, otp
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
 
@@ -33,7 +32,7 @@ CLUSTER = "example.com"
 PROXY_TOKEN = "proxy-token-0123456789abcdef"
 NODE_TOKEN = "node-token-0123456789abcdef"
 LOGIN = getpass.getuser()
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSHD = openssh.SSHD
 
 
 def free_port() -> int:
@@ -83,16 +82,8 @@ class Env:
         return httpx.Client(base_url=f"https://{self.web}", verify=False, timeout=30)
 
     def fresh_code(self, user: str) -> str:
-        """A TOTP code not used before (a code is accepted once): this step's, else the next
-        step's (auth accepts one step of skew), else wait."""
-        totp = self.totps[user]
-        used = self.used_codes.setdefault(user, set())
-        while True:
-            for code in (totp.now(), totp.at(time.time() + 30)):
-                if code not in used:
-                    used.add(code)
-                    return code
-            time.sleep(1)
+        """A TOTP code of ``user`` not used before (auth accepts each code once)."""
+        return otp.fresh_code(self.totps[user], self.used_codes.setdefault(user, set()))
 
     def signup(self, user: str, roles: list[str], logins: list[str], password: str) -> None:
         created = self.call("create_user", user, roles, {"logins": logins})
@@ -151,34 +142,10 @@ class Sshd:
         write_private(folder / "host_key", keys.private_key_openssh(key))
         write_public(folder / "host_key-cert.pub", identity.ssh_cert + "\n")
         write_public(folder / "user_ca.pub", "".join(line + "\n" for line in user_ca))
-        config = folder / "sshd_config"
-        config.write_text(f"""Port {self.port}
-ListenAddress 127.0.0.1
-HostKey {folder / 'host_key'}
-HostCertificate {folder / 'host_key-cert.pub'}
-TrustedUserCAKeys {folder / 'user_ca.pub'}
-AuthorizedKeysFile none
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-PidFile {folder / 'sshd.pid'}
-LogLevel VERBOSE
-MaxStartups 1000
-Subsystem sftp internal-sftp
-""")
-        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=open(folder / "sshd.log", "wb"))  # noqa: SIM115
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not start: " + (folder / "sshd.log").read_text())
+        self.proc, _ = openssh.start_sshd(folder, host_key=folder / "host_key",
+                                          host_cert=folder / "host_key-cert.pub", user_ca=folder / "user_ca.pub",
+                                          port=port, extra=["LogLevel VERBOSE", "MaxStartups 1000",
+                                                            "Subsystem sftp internal-sftp"])
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import getpass
 import re
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pyotp
 
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
+from teleport_core.testing import otp
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.webui import SESSION_COOKIE
 
@@ -55,14 +55,7 @@ class WebCluster:
 
     def fresh_code(self, user: str) -> str:
         """A TOTP code not used before (auth accepts each once): this step's or the next one's."""
-        totp = self.totps[user]
-        used = self.used_codes.setdefault(user, set())
-        while True:
-            for code in (totp.now(), totp.at(time.time() + 30)):
-                if code not in used:
-                    used.add(code)
-                    return code
-            time.sleep(1)
+        return otp.fresh_code(self.totps[user], self.used_codes.setdefault(user, set()))
 
     def signup(self, user: str, roles: Sequence[str], logins: Sequence[str] = (LOGIN,),
                password: str = PASSWORD) -> None:

@@ -32,8 +32,8 @@ class UploadReply(Reply):
     unchanged: bool
 
 
-class SessionEntry(Reply):
-    """A session that ended: who, where, when, and whether its recording was uploaded."""
+class _SessionFacts(Reply):
+    """Who ran a session, where, and what (the fields of ended and active sessions alike)."""
 
     sid: str
     proto: str
@@ -44,6 +44,11 @@ class SessionEntry(Reply):
     server_hostname: str
     interactive: bool
     command: str
+
+
+class SessionEntry(_SessionFacts):
+    """A session that ended: who, where, when, and whether its recording was uploaded."""
+
     session_recording: str
     start: str
     end: str
@@ -83,18 +88,9 @@ class ActiveQuery(Query):
     limit: int = Field(100, ge=1, le=1000, description="sessions at most, newest start first")
 
 
-class ActiveSessionEntry(Reply):
+class ActiveSessionEntry(_SessionFacts):
     """A session that started and has not ended: who, where, since when."""
 
-    sid: str
-    proto: str
-    user: str
-    participants: list[str]
-    login: str
-    server_id: str
-    server_hostname: str
-    interactive: bool
-    command: str
     start: str
 
 
