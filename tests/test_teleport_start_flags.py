@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from teleport_core.testing.processes import free_port, teleport_executable
+from teleport_core.testing.processes import free_port, stop_process, teleport_executable
 from teleport_core.testing.waiting import wait_for
 
 LISTEN_IP = "127.0.0.2"  # all of 127/8 is this host on Linux
@@ -137,13 +137,7 @@ class Proc:
         wait_for(ready, "teleport to be ready", timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop_process(self.proc)
 
 
 class Cluster:

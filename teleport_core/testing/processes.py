@@ -18,11 +18,13 @@ chosen here; ``diag_url``) answers 200. Use it where a test needs what an in-pro
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -36,6 +38,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM ``proc`` (a graceful stop), SIGKILL it after ``timeout`` seconds; idempotent."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+@contextlib.contextmanager
+def background(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run ``argv`` for the block (stdin closed; stdout and stderr text pipes the test may read),
+    then SIGTERM it and collect what is left of its output."""
+    proc = subprocess.Popen(list(argv), env=None if env is None else dict(env), text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def teleport_executable() -> str:
@@ -127,10 +153,5 @@ class TeleportProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a graceful stop), SIGKILL after ``timeout`` seconds; idempotent."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)

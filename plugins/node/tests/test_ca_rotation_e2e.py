@@ -20,6 +20,7 @@ from node_helpers import CLUSTER, TELEPORT, Auth, Node, auth_config, free_port, 
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.processes import stop_process
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -57,13 +58,7 @@ class Proxy:
         wait_port(self.ssh_port, proc=self.proc)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop_process(self.proc)
 
 
 def host_cert_signer(port: int) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from teleport_core.api.client import AuthClient, load_profile
 from teleport_core.errors import AccessDenied
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.processes import stop_process
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -88,12 +88,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockEnv]:
                 e.signup(user, ["access"], [LOGIN], PASSWORD)
             yield e
         finally:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(30)
+            stop_process(node)
 
 
 def tctl(env: LockEnv, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,6 @@ it through the tunnel, as for ``tsh ssh``; the node records the session with ``c
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import yaml
 from terminal_helpers import WSClient, session_cookie
 from web_helpers import LOGIN, WebCluster, running_cluster
 
+from teleport_core.testing.processes import stop_process
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -50,12 +50,7 @@ def tunnelled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WebClu
                      what="the reverse tunnel", timeout=120)
             yield cluster, str(found["uuid"])
         finally:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(10)
+            stop_process(node)
 
 
 def test_a_web_terminal_reaches_a_node_through_its_reverse_tunnel(tunnelled: tuple[WebCluster, str]) -> None:
