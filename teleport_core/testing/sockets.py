@@ -44,21 +44,26 @@ def echo_server(host: str = "127.0.0.1") -> Iterator[int]:
         yield port
 
 
-def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1", timeout: float = 60) -> bytes:
-    """Send ``payload`` then EOF to ``host:port`` while reading the answer until EOF (a sender thread,
+def exchange(sock: socket.socket, payload: bytes) -> bytes:
+    """Send ``payload`` then EOF on ``sock`` while reading the answer until EOF (a sender thread,
     so an echo larger than the socket buffers cannot deadlock)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        def send() -> None:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
+    def send() -> None:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
 
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-        sender.join(30)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    sender.join(30)
     return b"".join(chunks)
+
+
+def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1", timeout: float = 60) -> bytes:
+    """:func:`exchange` ``payload`` on a new connection to ``host:port``."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        return exchange(sock, payload)
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -5,18 +5,17 @@ role's ``port_forwarding`` decides, refusals are audited (``port``, T3003E)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from node_helpers import Auth, Node, free_port, run, ssh_argv
 
+from teleport_core.testing.processes import background
 from teleport_core.testing.sockets import echo_server, listening, roundtrip
 from teleport_core.testing.waiting import wait_for
 
@@ -37,17 +36,6 @@ def users(auth: Auth, tmp_path_factory: pytest.TempPathFactory, os_user: str) ->
 
 def argv(node: Node, key: Path, *args: str, login: str = "root") -> list[str]:
     return ssh_argv(key.parent, node.port, key, login, *args)
-
-
-@contextlib.contextmanager
-def background(command: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 def allocated(proc: subprocess.Popen[str]) -> int:

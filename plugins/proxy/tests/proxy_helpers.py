@@ -113,6 +113,13 @@ class Env:
         stdin = f"{self.passwords[user]}\n{code}\n" if code else f"{self.passwords[user]}\n"
         return self.tsh(home, "login", f"--proxy={self.web}", f"--user={user}", "--insecure", *extra, stdin=stdin)
 
+    def logged_in(self, factory: pytest.TempPathFactory, user: str) -> Path:
+        """A fresh tsh home where ``user`` has logged in (asserted)."""
+        home = factory.mktemp(f"{user}-tsh")
+        result = self.login(home, user)
+        assert result.returncode == 0, result.stderr
+        return home
+
     def join_node(self, nodename: str, addr: str, labels: dict[str, str]) -> tuple[LocalIdentity, Any]:
         """Join as a node with the node token and register ``addr``; (identity, private key)."""
         key = keys.generate_private_key("ed25519")

@@ -55,10 +55,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 @pytest.fixture(scope="module")
 def alice(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("alice-tsh")
-    result = env.login(home, "alice")
-    assert result.returncode == 0, result.stderr
-    return home
+    return env.logged_in(tmp_path_factory, "alice")
 
 
 def negotiated(stderr: str) -> list[dict[str, str]]:

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from proxy_helpers import LOGIN, Env, free_port, one_process_config
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
-from teleport_core.testing.sockets import echo_server
+from teleport_core.testing.sockets import echo_server, exchange
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -55,21 +54,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield e
 
 
-def logged_in(env: Env, tmp_path_factory: pytest.TempPathFactory, user: str) -> Path:
-    home = tmp_path_factory.mktemp(f"{user}-tsh")
-    result = tsh(home, "login", f"--proxy={env.web}", f"--user={user}", "--insecure", stdin=f"{PASSWORD}\n")
-    assert result.returncode == 0, result.stderr
-    return home
-
-
 @pytest.fixture(scope="module")
 def audrey(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return logged_in(env, tmp_path_factory, "audrey")
+    return env.logged_in(tmp_path_factory, "audrey")
 
 
 @pytest.fixture(scope="module")
 def alice(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return logged_in(env, tmp_path_factory, "alice")
+    return env.logged_in(tmp_path_factory, "alice")
 
 
 def tsh(home: Path, *args: str, stdin: str = "", timeout: float = 300, agent: str = "",
@@ -209,7 +201,7 @@ def test_user_without_the_rule_is_refused_and_audited(env: Env, recorded: dict[s
                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
     """A role with no ``session`` rule at all: listing and playing are refused and audited. (The
     preset ``access`` role lists and plays the user's own sessions only: test_recordings_own_sessions.)"""
-    nofwd = logged_in(env, tmp_path_factory, "nofwd")
+    nofwd = env.logged_in(tmp_path_factory, "nofwd")
     listing = tsh(nofwd, "recordings", "ls")
     assert listing.returncode == 1
     assert 'access denied to user "nofwd": no role allows list on session' in listing.stderr
@@ -313,17 +305,7 @@ def connect(port: int, timeout: float = 120) -> socket.socket:
 def roundtrip(port: int, payload: bytes) -> bytes:
     """Send ``payload`` (then EOF) while reading the answer until EOF."""
     with connect(port) as sock:
-        def send() -> None:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-        sender.join(30)
-        return b"".join(chunks)
+        return exchange(sock, payload)
 
 
 def closed_at_once(port: int) -> bool:
@@ -366,7 +348,7 @@ def test_local_forward_reaches_an_echo_server_through_the_node(env: Env, alice: 
 
 
 def test_local_forward_refused_by_the_role(env: Env, tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = logged_in(env, tmp_path_factory, "nofwd")
+    home = env.logged_in(tmp_path_factory, "nofwd")
     result = tsh(home, "ssh", "-N", "-L", f"{free_port()}:127.0.0.1:9", f"{LOGIN}@{NODENAME}")
     assert result.returncode == 1
     assert "port forwarding (-L) is not allowed" in result.stderr and "port_forwarding" in result.stderr
@@ -374,7 +356,7 @@ def test_local_forward_refused_by_the_role(env: Env, tmp_path_factory: pytest.Te
 
 def test_node_refuses_forwarding_after_the_role_changed(env: Env, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The certificate still permits forwarding, the node's current roles do not: both refused."""
-    home = logged_in(env, tmp_path_factory, "later")
+    home = env.logged_in(tmp_path_factory, "later")
     env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "forwarding"},
                              "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
                                       "options": {"forward_agent": False, "port_forwarding": False}}})
@@ -438,7 +420,7 @@ def test_agent_forwarding_lists_the_key_on_the_node(env: Env, alice: Path) -> No
 
 
 def test_agent_forwarding_refused_by_the_role(env: Env, tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = logged_in(env, tmp_path_factory, "nofwd")
+    home = env.logged_in(tmp_path_factory, "nofwd")
     with ssh_agent() as (sock, _fingerprint):
         result = tsh(home, "ssh", "-A", f"{LOGIN}@{NODENAME}", "ssh-add -l", agent=sock)
     assert result.returncode == 1

@@ -23,6 +23,7 @@ from proxy_helpers import CLUSTER, LOGIN, Env, free_port, one_process_config, pr
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.processes import background
 from teleport_core.testing.sockets import echo_server, listening, roundtrip
 from teleport_core.testing.waiting import wait_for
 
@@ -47,21 +48,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield e
 
 
-def logged_in(env: Env, tmp_path_factory: pytest.TempPathFactory, user: str) -> Path:
-    home = tmp_path_factory.mktemp(f"{user}-tsh")
-    result = env.tsh(home, "login", f"--proxy={env.web}", f"--user={user}", "--insecure", stdin=f"{PASSWORD}\n")
-    assert result.returncode == 0, result.stderr
-    return home
-
-
 @pytest.fixture(scope="module")
 def rae(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return logged_in(env, tmp_path_factory, "rae")
+    return env.logged_in(tmp_path_factory, "rae")
 
 
 @pytest.fixture(scope="module")
 def nofwd(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return logged_in(env, tmp_path_factory, "nofwd")
+    return env.logged_in(tmp_path_factory, "nofwd")
 
 
 def events(env: Env, user: str, event: str = "port") -> list[dict[str, Any]]:
@@ -103,13 +97,8 @@ def http_server() -> Iterator[int]:
 def background_tsh(home: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "TELEPORT_HOME": str(home)}
     env.pop("SSH_AUTH_SOCK", None)
-    proc = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", *args], env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with background([sys.executable, "-m", "teleport_core.cli.tsh", *args], env) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 def allocated(proc: subprocess.Popen[str]) -> int:
@@ -299,7 +288,7 @@ def test_the_node_refuses_after_the_role_changed(env: Env, tmp_path_factory: pyt
                              "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
                                       "options": {"port_forwarding": True}}})
     env.signup("lena", ["fwd-later"], [LOGIN], PASSWORD)
-    home = logged_in(env, tmp_path_factory, "lena")
+    home = env.logged_in(tmp_path_factory, "lena")
     env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "fwd-later"},
                              "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}},
                                       "options": {"port_forwarding": False}}})
