@@ -26,17 +26,15 @@ user certificate, a node not at all (it uploads its own sessions' recordings:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from teleport_auth.issuer import identity_from_tls_cert
+from teleport_auth.forwarded import forwarded_user
 from teleport_auth.session_records import OFF, UPLOADED, SessionRecord, records_of
 from teleport_core.api.client import FORWARDED_USER_CERT
-from teleport_core.errors import AccessDenied, AuthenticationFailed, TeleportError
+from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.state.audit import format_time, parse_time
 
@@ -73,22 +71,7 @@ async def acting_identity(api: RecordingsAPI, request: Request, identity: Identi
             await api.audit_denial(request, identity, reason)
             raise AccessDenied(reason)
         return identity
-    if identity.kind is not IdentityKind.HOST or "Proxy" not in identity.roles:
-        reason = f"access denied to {who}: only a proxy may forward a user's certificate"
-        await api.audit_denial(request, identity, reason)
-        raise AccessDenied(reason)
-    try:
-        der = base64.b64decode(header, validate=True)
-        user = identity_from_tls_cert(der, [api.service.user_ca])
-    except (ValueError, binascii.Error, AuthenticationFailed) as exc:
-        reason = f"the user certificate forwarded by {who} is not valid: {exc}"
-        await api.audit_denial(request, identity, reason)
-        raise AuthenticationFailed(reason) from None
-    if user.kind is not IdentityKind.USER:
-        reason = f"the certificate forwarded by {who} is not a user certificate"
-        await api.audit_denial(request, identity, reason)
-        raise AccessDenied(reason)
-    return user
+    return await forwarded_user(api, request, identity, header)
 
 
 def _time(params: Any, name: str, default: dt.datetime) -> dt.datetime:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, StringConstraints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from teleport_auth.forwarded import forwarded_user
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
@@ -254,25 +255,7 @@ class APIBase:
         is authorized, lock-checked and audited as that user. Only a host with the ``Proxy``
         system role may forward, and only a certificate of the user CA valid now (403/401, audited).
         ``request.state.forwarded_by`` names the proxy."""
-        import base64
-        import binascii
-
-        who = f"{caller.kind.value} {json.dumps(caller.name)}"
-        if caller.kind is not IdentityKind.HOST or "Proxy" not in caller.roles:
-            reason = f"access denied to {who}: only a proxy may forward a user's certificate"
-            await self.audit_denial(request, caller, reason)
-            raise AccessDenied(reason)
-        try:
-            der = base64.b64decode(request.headers[FORWARDED_USER_CERT], validate=True)
-            user = identity_from_tls_cert(der, [self.service.user_ca])
-        except (ValueError, binascii.Error, AuthenticationFailed) as exc:
-            reason = f"the user certificate forwarded by {who} is not valid: {exc}"
-            await self.audit_denial(request, caller, reason)
-            raise AuthenticationFailed(reason) from None
-        if user.kind is not IdentityKind.USER:
-            reason = f"the certificate forwarded by {who} is not a user certificate"
-            await self.audit_denial(request, caller, reason)
-            raise AccessDenied(reason)
+        user = await forwarded_user(self, request, caller, request.headers[FORWARDED_USER_CERT])
         request.state.forwarded_by = caller.name
         return user
 
