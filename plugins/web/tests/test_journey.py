@@ -96,6 +96,7 @@ def test_the_whole_journey(tmp_path: Path) -> None:
             page.type("#otp", cluster.fresh_code("june"))
             page.submit("#invite")
             page.wait_for_selector("#done")
+            assert page.text("#tsh-login") == f"tsh login --proxy={cluster.web} --user=june"
             shot(page, "invite-done")
             _no_errors(page)
 
@@ -154,8 +155,8 @@ def test_the_whole_journey(tmp_path: Path) -> None:
             page.wait_for(f"{PLAYER_TEXT}.split('\\n').some(l => l.trim() === 'web-42')", timeout=60)
             shot(page, "player")
             page.wait_for("window.recordingPlayer && window.recordingPlayer.ended", timeout=60)
-            played = [line.strip() for line in page.evaluate(PLAYER_TEXT).split("\n")]
-            assert "web-42" in played and "logout" in played, played  # the session's last screen
+            last = f"{PLAYER_TEXT}.split('\\n').map(l => l.trim())"  # the session's last screen, once drawn
+            page.wait_for(f"{last}.includes('web-42') && {last}.includes('logout')", timeout=10)
             shot(page, "player-ended")
             _no_errors(page)
 
