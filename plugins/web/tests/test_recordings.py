@@ -8,16 +8,14 @@ queries; plus :mod:`teleport_web.castsegments` on generated files."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from teleport_web import castsegments
+from terminal_helpers import recordings, tsh, tsh_login
 from web_helpers import CLUSTER, LOGIN, PASSWORD, WebCluster, running_cluster
 
 from teleport_core.testing.browser import CHROMIUM, Chromium, Page
@@ -26,24 +24,6 @@ from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e]
 NODENAME = "web-auth"  # the in-process node (the process's nodename)
-
-
-def tsh(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TELEPORT_HOME": str(home)}
-    env.pop("SSH_AUTH_SOCK", None)
-    return subprocess.run([sys.executable, "-m", "teleport_core.cli.tsh", *args], input=stdin, capture_output=True,
-                          text=True, timeout=120, env=env, check=False)
-
-
-def tsh_login(cluster: WebCluster, home: Path, user: str) -> None:
-    done = tsh(home, "login", f"--proxy={cluster.web}", f"--user={user}", "--insecure", stdin=f"{PASSWORD}\n")
-    assert done.returncode == 0, done.stderr
-
-
-def recordings(home: Path) -> list[dict[str, Any]]:
-    done = tsh(home, "recordings", "ls", "--format=json")
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout))
 
 
 # -- castsegments on generated files ---------------------------------------------------------------------
@@ -151,7 +131,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             tsh_login(c, homes[user], user)
         wait_for(lambda: any(n["nodename"] == NODENAME for n in c.call("get_nodes")), what="the node")
         for command in ("echo rec-$((6*7))", "echo second-$((6*7))"):
-            done = tsh(homes["alice"], "ssh", f"{LOGIN}@{NODENAME}", command)
+            done = tsh(homes["alice"], "ssh", f"{LOGIN}@{NODENAME}", command, timeout=120)
             assert done.returncode == 0, done.stderr
         listed = wait_for(lambda: (lambda found: found if len(found) >= 2 else None)(
             [s for s in recordings(homes["alice"]) if s["recorded"]]), what="two uploaded recordings")
@@ -248,7 +228,7 @@ def test_player_index_and_segments_carry_the_session(rec: dict[str, Any]) -> Non
 def test_download_is_what_tsh_play_writes(rec: dict[str, Any]) -> None:
     c: WebCluster = rec["cluster"]
     sid = rec["sid"]
-    played = tsh(rec["homes"]["alice"], "play", sid, "--format=cast")
+    played = tsh(rec["homes"]["alice"], "play", sid, "--format=cast", timeout=120)
     assert played.returncode == 0, played.stderr
     with c.logged_in("alice") as web:
         got = web.get(page_url(sid, "/download"))
