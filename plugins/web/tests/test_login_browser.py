@@ -55,8 +55,9 @@ def test_login_resources_logout_back(cluster: WebCluster, tmp_path: Path) -> Non
 
         page.type("#search", "team=web env=dev")
         page.press("Enter")
-        page.wait_for("location.search.includes('search=')")
-        page.wait_for_selector("table.resources")
+        # the page was opened with ?search=web-: wait for the new query's page, not the old one's
+        page.wait_for("location.search.includes('team%3Dweb') || location.search.includes('team=web')")
+        page.wait_for("[...document.querySelectorAll('td.host')].map(e => e.textContent).join() === 'web-api-1'")
         assert page.evaluate("[...document.querySelectorAll('td.host')].map(e => e.textContent)") == ["web-api-1"]
         page.click("details.connect summary")
         assert page.evaluate("document.querySelector('details.connect a').getAttribute('href')").startswith(
