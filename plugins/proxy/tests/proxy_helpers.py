@@ -27,6 +27,7 @@ from teleport_core.plugins import make_plugins
 from teleport_core.testing import openssh, otp
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.processes import background
 
 CLUSTER = "example.com"
 PROXY_TOKEN = "proxy-token-0123456789abcdef"
@@ -158,6 +159,15 @@ class Sshd:
         self.proc.terminate()
         self.proc.wait(10)
 
+
+
+@contextlib.contextmanager
+def background_tsh(home: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``tsh *args`` with the profile in ``home`` (no SSH agent) for the block; text pipes."""
+    env = {**os.environ, "TELEPORT_HOME": str(home)}
+    env.pop("SSH_AUTH_SOCK", None)
+    with background([sys.executable, "-m", "teleport_core.cli.tsh", *args], env) as proc:
+        yield proc
 
 
 def profile_ssh_config(home: Path, path: Path, *extra: str) -> Path:

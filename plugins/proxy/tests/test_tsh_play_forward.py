@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy_helpers import LOGIN, Env, free_port, one_process_config
+from proxy_helpers import LOGIN, Env, background_tsh, free_port, one_process_config
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
@@ -317,19 +317,6 @@ def closed_at_once(port: int) -> bool:
             return True
 
 
-@contextlib.contextmanager
-def background_tsh(home: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "TELEPORT_HOME": str(home)}
-    env.pop("SSH_AUTH_SOCK", None)
-    proc = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", *args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
-
-
 def test_local_forward_reaches_an_echo_server_through_the_node(env: Env, alice: Path) -> None:
     with echo_server() as echo:
         first, second = free_port(), free_port()
@@ -371,7 +358,7 @@ def test_node_refuses_forwarding_after_the_role_changed(env: Env, tmp_path_facto
             assert closed_at_once(port)  # the node refused the channel
             proc.terminate()
             _out, err = proc.communicate(timeout=30)
-    assert b"administratively prohibited" in err
+    assert "administratively prohibited" in err
     ports = wait_for(lambda: [e for e in events(env) if e["event"] == "port" and e.get("user") == "later"
                               and e["code"] == "T3003E"], what="audited port refusal", interval=0.5)
     assert ports[0]["code"] == "T3003E"

@@ -11,19 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy_helpers import CLUSTER, LOGIN, Env, free_port, one_process_config, profile_ssh_config
+from proxy_helpers import CLUSTER, LOGIN, Env, background_tsh, free_port, one_process_config, profile_ssh_config
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
-from teleport_core.testing.processes import background
 from teleport_core.testing.sockets import echo_server, listening, roundtrip
 from teleport_core.testing.waiting import wait_for
 
@@ -91,14 +89,6 @@ def http_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@contextlib.contextmanager
-def background_tsh(home: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "TELEPORT_HOME": str(home)}
-    env.pop("SSH_AUTH_SOCK", None)
-    with background([sys.executable, "-m", "teleport_core.cli.tsh", *args], env) as proc:
-        yield proc
 
 
 def allocated(proc: subprocess.Popen[str]) -> int:
