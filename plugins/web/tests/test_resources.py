@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from web_helpers import CLUSTER, LOGIN, WebCluster
+from web_helpers import CLUSTER, LOGIN, WebCluster, running_cluster
 
 from teleport_core.testing.waiting import wait_for
 
@@ -16,6 +16,16 @@ RESOURCES = f"/web/cluster/{CLUSTER}/resources"
 
 def hostnames(html: str) -> list[str]:
     return re.findall(r'<td class="host">([^<]+)</td>', html)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebCluster]:
+    """This module's own cluster (alice: dev, bob: no node access): the counts and exact lists
+    below must not see the nodes other modules add to the shared one."""
+    with running_cluster(tmp_path_factory.mktemp("web-resources"), second_factor="off") as c:
+        c.signup("alice", ["dev"])
+        c.signup("bob", ["nothing"])
+        yield c
 
 
 @pytest.fixture(scope="module")
