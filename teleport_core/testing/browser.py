@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -36,6 +37,15 @@ from typing import Any
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
 
 
+def _above_4(fd: int) -> int:
+    """``fd`` moved to a descriptor number above 4 (the old one closed)."""
+    if fd > 4:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+    os.close(fd)
+    return moved
+
+
 class Chromium:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -47,6 +57,8 @@ class Chromium:
     def __enter__(self) -> Chromium:
         to_child, self._write = os.pipe()
         self._read, from_child = os.pipe()
+        # the child's ends must not be fds 3 or 4 themselves, or the redirections below close them
+        to_child, from_child = (_above_4(fd) for fd in (to_child, from_child))
         args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--ignore-certificate-errors", "--remote-debugging-pipe", f"--user-data-dir={self.folder / 'profile'}",
                 "--window-size=900,700", "about:blank"]
@@ -111,7 +123,8 @@ class Chromium:
         return dict(reply.get("result", {}))
 
     def open(self, url: str) -> Page:
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        # the first call waits for Chromium to start: slow on a loaded machine
+        target = self.call("Target.createTarget", {"url": "about:blank"}, timeout=90)["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
         for domain in ("Page", "Runtime", "Log", "Network"):

@@ -148,14 +148,15 @@ def test_host_key_algorithm_certificate_only(env: Env, alice: Path, tmp_path: Pa
     (("Ciphers aes256-cbc",), "no matching cipher found"),
     (("MACs hmac-sha1",), "no matching MAC found"),
     # paramiko wants a common MAC even for AES-GCM, which uses none: the server closes the connection
-    (("Ciphers aes256-gcm@openssh.com", "MACs umac-128-etm@openssh.com"), "Connection closed by 127.0.0.1"),
+    # (a reset when it closes before reading all the client sent: which one is a matter of timing)
+    (("Ciphers aes256-gcm@openssh.com", "MACs umac-128-etm@openssh.com"), "Connection (closed|reset) by 127.0.0.1"),
 ])
 def test_what_paramiko_lacks_fails_clearly(env: Env, alice: Path, tmp_path: Path, lines: tuple[str, ...],
                                            message: str) -> None:
     """What docs/security.md says a client must allow: without it, OpenSSH's own clear message."""
     result = ssh(env, alice, tmp_path, proxy=lines)
     assert result.returncode == 255
-    assert message in result.stderr, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr[-2000:]
 
 
 def test_the_node_offers_only_aes_gcm(env: Env, alice: Path, tmp_path: Path) -> None:
