@@ -167,8 +167,10 @@ class WebSessionsAPI(UsersAPI):
         except AccessDenied:
             await self._end(sid)
             raise
-        record["last_active"] = now.isoformat()
-        await svc.backend.put(Item(item.key, json.dumps(record).encode(), expires=item.expires))
+        # restart the idle timer; a write per page view is not needed: only once a tenth of it has passed
+        if idle and now - dt.datetime.fromisoformat(record["last_active"]) >= idle / 10:
+            record["last_active"] = now.isoformat()
+            await svc.backend.put(Item(item.key, json.dumps(record).encode(), expires=item.expires))
         return record
 
     @endpoint("delete", "web_session")
