@@ -39,11 +39,11 @@ from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.locks import parse_lock
 from teleport_core.policy.roles import Role, parse_role
+from teleport_core.recording.spool import FINAL, claim, prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node.certs import HostCertKey, load_ca_keys
-from teleport_node.recording import FINAL, claim, prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.tunnel import TunnelAgent

@@ -63,10 +63,10 @@ from teleport_core.policy.access import (
 )
 from teleport_core.policy.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.policy.roles import Role, RoleSet
+from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.state.audit import format_time
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
-from teleport_node.recording import Recorder, finalize, write_sidecar
 
 # 4 MiB, not more: an OpenSSH client buffers up to the window of input and then spends its CPU
 # moving and zeroing that buffer (ssh -J to the node: 0.70 of sshd's speed at 16 MiB, 1.04 at 4)

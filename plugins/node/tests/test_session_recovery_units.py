@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from teleport_node.recording import (
+from teleport_core.recording.spool import (
     FRAME,
     Frames,
     Recorder,
@@ -19,7 +19,6 @@ from teleport_node.recording import (
     sidecar_path,
     write_sidecar,
 )
-
 from teleport_core.state.audit import format_time, parse_time
 
 FIELDS = {"sid": "s", "proto": "ssh", "user": "ann", "login": "root", "server_id": "host-1",
@@ -139,7 +138,7 @@ def test_a_session_still_running_elsewhere_is_not_recovered(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from teleport_node.recording import PART, recover
+    from teleport_core.recording.spool import PART, recover
 
     path = sidecar(tmp_path, "running", time.time() - 5)
     part = tmp_path / ("running" + PART)

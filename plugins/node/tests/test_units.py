@@ -12,12 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, ssh
 from teleport_node.certs import CertRefused, check_user_cert, load_ca_keys
-from teleport_node.recording import FRAME, Recorder, finalize, recover
 from teleport_node.sshserver import _scp_action
 
 from teleport_core.config.load import parse_config
 from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
+from teleport_core.recording.spool import FRAME, Recorder, finalize, recover
 
 
 def config(section: dict[str, object]) -> object:
