@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from teleport_core.errors import NotFound
+from teleport_core.errors import AlreadyExists, NotFound
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_session_storage
-from teleport_core.state.sessions import InvalidSessionID, SessionStorage
+from teleport_core.state.sessions import ChunkInfo, InvalidSessionID, SessionStorage, StreamingUnsupported
 
 MiB = 1 << 20
 HEADER = b'{"version": 2, "width": 80, "height": 24, "timestamp": 1700000000}\n'
@@ -247,3 +247,90 @@ class SessionStorageConformance:
         self.with_storage(teleport_sessions_uri, tmp_path, first)
         self.with_storage(teleport_sessions_uri, tmp_path, second)
         assert dest.read_bytes() == _cast("durable")
+
+    # -- chunks of recordings in progress (sync recording modes) --------------------------------------
+
+    def test_storage_without_chunks_says_so(self, teleport_sessions_uri: str, tmp_path: Path) -> None:
+        async def body(storage: SessionStorage) -> None:
+            if storage.streaming:
+                return
+            with pytest.raises(StreamingUnsupported, match="does not store recordings in chunks"):
+                await storage.put_chunk("sess-c", 0, HEADER)
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)
+
+    def test_chunks_complete_into_the_recording(self, teleport_sessions_uri: str, tmp_path: Path,
+                                                work_dir: Path) -> None:
+        parts = [HEADER, b'[0.1, "o", "one\\r\\n"]\n', b'[0.2, "o", "two"]\n[0.3, "o", "three"]\n']
+        dest = work_dir / "dest"
+
+        async def body(storage: SessionStorage) -> None:
+            if not storage.streaming:  # test_storage_without_chunks_says_so checks it
+                return
+            assert await storage.list_chunks("sess-c") == []
+            for index, data in enumerate(parts):
+                assert await storage.put_chunk("sess-c", index, data) is True
+            assert await storage.list_chunks("sess-c") == [ChunkInfo(n, len(d)) for n, d in enumerate(parts)]
+            assert await storage.read_chunk("sess-c", 1) == parts[1]
+            assert await storage.list() == [], "chunks are not recordings"
+            assert await storage.stat("sess-c") is None
+            done = await storage.complete("sess-c", work_dir)
+            whole = b"".join(parts)
+            assert (done.size, done.sha256, done.chunks) == (len(whole), hashlib.sha256(whole).hexdigest(), 3)
+            assert await storage.list_chunks("sess-c") == []
+            assert [(i.session_id, i.size) for i in await storage.list()] == [("sess-c", len(whole))]
+            again = await storage.complete("sess-c", work_dir)  # a retried completion
+            assert (again.size, again.chunks) == (len(whole), 0)
+            await storage.download("sess-c", dest)
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)
+        if dest.exists():
+            assert dest.read_bytes() == b"".join(parts)
+
+    def test_chunk_retry_is_not_duplicated_and_never_replaced(self, teleport_sessions_uri: str,
+                                                              tmp_path: Path) -> None:
+        async def body(storage: SessionStorage) -> None:
+            if not storage.streaming:  # test_storage_without_chunks_says_so checks it
+                return
+            assert await storage.put_chunk("sess-i", 0, HEADER) is True
+            assert await storage.put_chunk("sess-i", 0, HEADER) is False, "a retried chunk is a no-op"
+            with pytest.raises(AlreadyExists, match="never replaced"):
+                await storage.put_chunk("sess-i", 0, HEADER + b"x")
+            assert await storage.list_chunks("sess-i") == [ChunkInfo(0, len(HEADER))]
+            assert await storage.read_chunk("sess-i", 0) == HEADER
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)
+
+    def test_complete_stops_at_the_first_gap(self, teleport_sessions_uri: str, tmp_path: Path,
+                                             work_dir: Path) -> None:
+        async def body(storage: SessionStorage) -> None:
+            if not storage.streaming:  # test_storage_without_chunks_says_so checks it
+                return
+            await storage.put_chunk("sess-g", 0, HEADER)
+            await storage.put_chunk("sess-g", 1, b'[1.0, "o", "a"]\n')
+            await storage.put_chunk("sess-g", 3, b'[3.0, "o", "lost"]\n')
+            done = await storage.complete("sess-g", work_dir)
+            assert (done.size, done.chunks) == (len(HEADER) + 16, 2)
+            with pytest.raises(NotFound):
+                await storage.complete("sess-never", work_dir)
+            with pytest.raises(NotFound):
+                await storage.read_chunk("sess-never", 0)
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)
+
+    @pytest.mark.parametrize("bad_id", ["../x", "a/b", ""])
+    def test_chunks_refuse_invalid_ids_and_indexes(self, teleport_sessions_uri: str, tmp_path: Path,
+                                                   bad_id: str) -> None:
+        async def body(storage: SessionStorage) -> None:
+            if not storage.streaming:  # test_storage_without_chunks_says_so checks it
+                return
+            with pytest.raises(InvalidSessionID):
+                await storage.put_chunk(bad_id, 0, HEADER)
+            with pytest.raises(InvalidSessionID):
+                await storage.list_chunks(bad_id)
+            for index in (-1, 10**9, True):
+                with pytest.raises(ValueError, match="invalid chunk index"):
+                    await storage.put_chunk("sess-x", index, HEADER)  # type: ignore[arg-type]
+            assert await storage.list() == []
+
+        self.with_storage(teleport_sessions_uri, tmp_path, body)

@@ -19,6 +19,12 @@ Each recording is the object ``<prefix>/<session_id>.cast``.
   local spool file. Invalid session IDs raise ``InvalidSessionID``; a missing recording on
   download raises ``NotFound``.
 * boto3 calls block; they run in worker threads (``asyncio.to_thread``).
+* Chunks of a recording in progress (sync recording modes) are the objects
+  ``<prefix>/<session_id>.chunks/<index, nine digits>`` (one PutObject each, with Content-MD5; a
+  stored chunk is compared by its ETag, never replaced); completing a recording reads them in
+  order into a temp file under ``<data_dir>/s3-uploads/``, uploads it as any recording, and
+  deletes them (DeleteObjects). Listing recordings does not see them (the listing stops at
+  ``/``).
 
 At open the bucket is checked with HeadBucket: an unreachable endpoint raises
 :class:`StorageUnavailable` naming the URL and the failure; a missing bucket is created as
@@ -55,8 +61,16 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
-from teleport_core.errors import ConfigError, NotFound, TeleportError
-from teleport_core.state.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
+from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportError
+from teleport_core.state.sessions import (
+    ChunkInfo,
+    Completed,
+    InvalidSessionID,
+    RecordingInfo,
+    SessionStorage,
+    check_session_id,
+    chunk_name,
+)
 
 from .uri import CONFIG_KEY, S3Location, parse_uri
 
@@ -64,6 +78,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 SUFFIX = ".cast"
+CHUNKS_SUFFIX = ".chunks"
 #: Files at least this big are sent as multipart uploads.
 MULTIPART_THRESHOLD = 8 * MiB
 #: The smallest part size (S3's minimum is 5 MiB; every part but the last has this size).
@@ -604,6 +619,85 @@ class S3SessionStorage(SessionStorage):
                     return None
                 raise
         return RecordingInfo(session_id, int(answer["ContentLength"]), answer["LastModified"])
+
+    # -- chunks (sync recording modes) -------------------------------------------------------------
+
+    streaming = True
+
+    def _chunks_prefix(self, session_id: str) -> str:
+        if self._closed:
+            raise TeleportError(f"session storage {self.where} is closed")
+        name = check_session_id(session_id) + CHUNKS_SUFFIX + "/"
+        return f"{self.location.prefix}/{name}" if self.location.prefix else name
+
+    async def put_chunk(self, session_id: str, index: int, data: bytes) -> bool:
+        key = self._chunks_prefix(session_id) + chunk_name(index)
+        return await asyncio.to_thread(self._put_chunk, key, bytes(data))
+
+    def _put_chunk(self, key: str, data: bytes) -> bool:
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        with _s3_errors(f"storing chunk {key}", self.where):
+            try:
+                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if not (_error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404):
+                    raise
+            else:
+                if str(answer.get("ETag", "")).strip('"') != md5 or int(answer["ContentLength"]) != len(data):
+                    raise AlreadyExists(f"chunk {key} is stored with other bytes: chunks are never replaced")
+                return False
+            self.client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentMD5=_md5_b64(data),
+                                   **self._object_args())
+        return True
+
+    async def list_chunks(self, session_id: str) -> builtins.list[ChunkInfo]:
+        prefix = self._chunks_prefix(session_id)
+        return await asyncio.to_thread(self._list_chunks, prefix)
+
+    def _list_chunks(self, prefix: str) -> builtins.list[ChunkInfo]:
+        found: builtins.list[ChunkInfo] = []
+        with _s3_errors("listing chunks", self.where):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(prefix):]
+                    if len(name) == 9 and name.isdigit():
+                        found.append(ChunkInfo(int(name), int(item["Size"])))
+        return sorted(found, key=lambda c: c.index)
+
+    async def read_chunk(self, session_id: str, index: int) -> bytes:
+        key = self._chunks_prefix(session_id) + chunk_name(index)
+        return await asyncio.to_thread(self._read_chunk, key, session_id, index)
+
+    def _read_chunk(self, key: str, session_id: str, index: int) -> bytes:
+        with _s3_errors(f"reading chunk {key}", self.where):
+            try:
+                answer = self.client.get_object(Bucket=self.location.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
+                    raise NotFound(f"no chunk {index} of session {session_id} in {self.where}") from None
+                raise
+            body = answer["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
+
+    async def delete_chunks(self, session_id: str) -> None:
+        prefix = self._chunks_prefix(session_id)
+        await asyncio.to_thread(self._delete_chunks, prefix)
+
+    def _delete_chunks(self, prefix: str) -> None:
+        keys = [prefix + chunk_name(c.index) for c in self._list_chunks(prefix)]
+        with _s3_errors("deleting chunks", self.where):
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[start:start + 1000]]
+                self.client.delete_objects(Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    async def complete(self, session_id: str, work_dir: Path | None = None) -> Completed:
+        """Assemble the chunks (the generic way) in the upload state directory: S3 uploads of a
+        file, resumable as any."""
+        return await super().complete(session_id, work_dir or self.state_dir)
 
     async def close(self) -> None:
         """Close the client's connections; later calls raise."""

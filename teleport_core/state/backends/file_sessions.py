@@ -7,6 +7,11 @@ download ignore. A writer holds an exclusive ``flock`` on its temp file; temp fi
 holds (left by a crashed process) are removed when the storage is opened. The directory is
 created 0700 and every recording is 0600. All file I/O runs in a worker thread and streams
 in chunks: recordings can be GiBs.
+
+Chunks of a recording in progress (sync recording modes) are ``<dir>/<session_id>.chunks/
+<index, nine digits>.chunk`` (0600 in a 0700 directory), each written to a temp file, fsynced
+and hard-linked to its name (a chunk is never replaced: a second writer of the same index finds
+it and compares); :meth:`FileSessionStorage.complete` concatenates them into the recording.
 """
 
 from __future__ import annotations
@@ -23,14 +28,23 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from teleport_core.errors import ConfigError, NotFound, TeleportError
-from teleport_core.state.sessions import InvalidSessionID, RecordingInfo, SessionStorage, check_session_id
+from teleport_core.errors import AlreadyExists, ConfigError, NotFound, TeleportError
+from teleport_core.state.sessions import (
+    ChunkInfo,
+    InvalidSessionID,
+    RecordingInfo,
+    SessionStorage,
+    check_session_id,
+    chunk_name,
+)
 
 CONFIG_KEY = "teleport.storage.audit_sessions_uri"
 SUFFIX = ".cast"
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20
+CHUNKS_SUFFIX = ".chunks"
+CHUNK_SUFFIX = ".chunk"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -217,3 +231,77 @@ class FileSessionStorage(SessionStorage):
 
     async def close(self) -> None:
         self._closed = True
+
+    # -- chunks (sync recording modes) -------------------------------------------------------------
+
+    streaming = True
+
+    def _chunks_dir(self, session_id: str) -> Path:
+        if self._closed:
+            raise TeleportError(f"session storage {self.directory} is closed")
+        return self.directory / (check_session_id(session_id) + CHUNKS_SUFFIX)
+
+    async def put_chunk(self, session_id: str, index: int, data: bytes) -> bool:
+        directory = self._chunks_dir(session_id)
+        return await asyncio.to_thread(self._put_chunk, directory, chunk_name(index), bytes(data))
+
+    def _put_chunk(self, directory: Path, name: str, data: bytes) -> bool:
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=DIR_MODE)
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            raise TeleportError(f"{directory} is not a directory")
+        final = directory / (name + CHUNK_SUFFIX)
+        fd, temp = tempfile.mkstemp(prefix=".chunk-", suffix=TEMP_SUFFIX, dir=directory)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(temp, final)  # never over an existing chunk
+            except FileExistsError:
+                if self._read(final) != data:
+                    raise AlreadyExists(f"chunk {name} of this recording is stored with other bytes: "
+                                        "chunks are never replaced") from None
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        _fsync_dir(directory)
+        return True
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd, "rb") as src:
+            return src.read()
+
+    async def list_chunks(self, session_id: str) -> builtins.list[ChunkInfo]:
+        return await asyncio.to_thread(self._list_chunks, self._chunks_dir(session_id))
+
+    @staticmethod
+    def _list_chunks(directory: Path) -> builtins.list[ChunkInfo]:
+        found: builtins.list[ChunkInfo] = []
+        try:
+            entries = builtins.list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for entry in entries:
+            stem = entry.name[: -len(CHUNK_SUFFIX)]
+            if entry.name.endswith(CHUNK_SUFFIX) and len(stem) == 9 and stem.isdigit():
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode):
+                    found.append(ChunkInfo(int(stem), info.st_size))
+        return sorted(found, key=lambda c: c.index)
+
+    async def read_chunk(self, session_id: str, index: int) -> bytes:
+        path = self._chunks_dir(session_id) / (chunk_name(index) + CHUNK_SUFFIX)
+        try:
+            return await asyncio.to_thread(self._read, path)
+        except FileNotFoundError:
+            raise NotFound(f"no chunk {index} of session {session_id} in {self.directory}") from None
+
+    async def delete_chunks(self, session_id: str) -> None:
+        directory = self._chunks_dir(session_id)
+        await asyncio.to_thread(shutil.rmtree, directory, True)
