@@ -56,6 +56,10 @@ FIELDS: Mapping[str, Type] = {
     "user.metadata.name": Type.STRING,
     "user.spec.roles": Type.LIST,
     "user.spec.traits": Type.LIST_MAP,
+    # Teleport's names in require_session_join filters (the same values)
+    "user.name": Type.STRING,
+    "user.roles": Type.LIST,
+    "user.traits": Type.LIST_MAP,
     "resource.metadata.name": Type.STRING,
     "resource.metadata.labels": Type.STRING_MAP,
     "session.participants": Type.LIST,
@@ -65,9 +69,21 @@ FIELDS: Mapping[str, Type] = {
     "event.type": Type.STRING,
     "event.code": Type.STRING,
     "event.user": Type.STRING,
+    # a live session's tracker (Teleport's RFD 82 names), for rules on session_tracker
+    "tracker.session_id": Type.STRING,
+    "tracker.kind": Type.STRING,
+    "tracker.participants": Type.LIST,
+    "tracker.state": Type.STRING,
+    "tracker.hostname": Type.STRING,
+    "tracker.address": Type.STRING,
+    "tracker.login": Type.STRING,
+    "tracker.cluster": Type.STRING,
+    "tracker.host_user": Type.STRING,
+    "tracker.host_roles": Type.LIST,
 }
 #: Namespaces that describe one kind of item: a rule using them must name only these resources.
-ITEM_KINDS: Mapping[str, tuple[str, ...]] = {"session": ("session",), "event": ("event",)}
+ITEM_KINDS: Mapping[str, tuple[str, ...]] = {"session": ("session",), "event": ("event",),
+                                              "tracker": ("session_tracker",)}
 
 
 class PredicateError(ValueError):
@@ -421,6 +437,9 @@ def environment(*, user: str = "", roles: Iterable[str] = (), traits: Mapping[st
         "user.metadata.name": user,
         "user.spec.roles": tuple(roles),
         "user.spec.traits": {k: tuple(v) for k, v in (traits or {}).items()},
+        "user.name": user,
+        "user.roles": tuple(roles),
+        "user.traits": {k: tuple(v) for k, v in (traits or {}).items()},
         "resource.metadata.name": name,
         "resource.metadata.labels": dict(labels or {}),
     }

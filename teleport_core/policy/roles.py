@@ -62,6 +62,8 @@ from teleport_core.config.reader import show
 from teleport_core.config.values import format_duration, parse_duration
 from teleport_core.errors import ConfigError
 from teleport_core.policy.access import Decision
+from teleport_core.policy.moderation import BadPolicy, RequirePolicy
+from teleport_core.policy.moderation import parse_policies as parse_require_policies
 from teleport_core.policy.predicate import ITEM_KINDS, Predicate, PredicateError, environment
 from teleport_core.policy.predicate import parse as parse_predicate
 from teleport_core.suggest import did_you_mean
@@ -87,6 +89,7 @@ KNOWN_RESOURCES: set[str] = {
     "proxy_token",  # join tokens admitting proxies: only an explicit rule grants it, never "*"
     "role",
     "session",
+    "session_tracker",  # live sessions (teleport_core.state.trackers): list and read
     "token",
     "user",
     "user_token",
@@ -186,6 +189,28 @@ def _rule_tuple(value: Iterable[Rule]) -> tuple[Rule, ...]:
     return tuple(value)
 
 
+#: participant modes of a live session (Teleport's RFD 43): view; view and type; view and terminate
+SESSION_MODES = ("observer", "peer", "moderator")
+#: session kinds a ``join_sessions`` policy may name (Teleport's; this implementation runs ``ssh`` only)
+SESSION_KINDS = ("ssh", "k8s")
+
+
+@attrs.frozen
+class JoinPolicy:
+    """One ``join_sessions`` entry: sessions of users holding a role matching ``roles`` (globs,
+    ``*`` any run of characters), of ``kinds`` (``*``: any), may be joined in ``modes``.
+    Evaluated by :mod:`teleport_core.policy.joining`."""
+
+    name: str = ""
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    kinds: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    modes: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+
+
+def _join_tuple(value: Iterable[JoinPolicy]) -> tuple[JoinPolicy, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Conditions:
     """One side (``allow`` or ``deny``) of a role."""
@@ -193,6 +218,9 @@ class Conditions:
     logins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     node_labels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_freeze_labels)
     rules: tuple[Rule, ...] = attrs.field(default=(), converter=_rule_tuple)
+    join_sessions: tuple[JoinPolicy, ...] = attrs.field(default=(), converter=_join_tuple)
+    # moderated sessions (teleport_core.policy.moderation), read under allow only
+    require_session_join: tuple[RequirePolicy, ...] = attrs.field(default=(), converter=tuple)
     _selector: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = attrs.field(
         init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _compile_selector(self.node_labels), True)
     )
@@ -428,8 +456,45 @@ def _check_where(text: str, resources: Sequence[str], path: str) -> None:
                               f"but this rule also names {', '.join(others)}: put those in a rule of their own")
 
 
+def _join_sessions(value: Any, path: str) -> list[JoinPolicy]:
+    """``join_sessions``: a list of ``{name, roles, kinds, modes}`` (roles, kinds and modes required)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Fail(path, f"expected a list of join policies ({{name, roles, kinds, modes}}), got {show(value)}")
+    out = []
+    for index, raw in enumerate(value):
+        where = f"{path}[{index}]"
+        data = _mapping(raw, where, ("name", "roles", "kinds", "modes"))
+        if not data:
+            raise _Fail(where, "expected a join policy: {name, roles, kinds, modes}")
+        name = _string(data.get("name"), f"{where}.name")
+        roles = _string_list(data.get("roles"), f"{where}.roles")
+        kinds = _string_list(data.get("kinds"), f"{where}.kinds")
+        modes = _string_list(data.get("modes"), f"{where}.modes")
+        if not roles:
+            raise _Fail(f"{where}.roles", "required: the roles (names or globs) of the session owners it covers")
+        for i, role in enumerate(roles):
+            if not role or _BAD_NAME.search(role.replace("*", "a")):
+                raise _Fail(f"{where}.roles[{i}]", f"invalid role name or glob {json.dumps(role)}")
+        if not kinds:
+            raise _Fail(f"{where}.kinds", "required: expected a list of session kinds (ssh, k8s or *)")
+        for i, kind in enumerate(kinds):
+            if kind != WILDCARD and kind not in SESSION_KINDS:
+                raise _Fail(f"{where}.kinds[{i}]", f"unknown session kind {json.dumps(kind)}"
+                            + _suggest(kind, (*SESSION_KINDS, WILDCARD)))
+        if not modes:
+            raise _Fail(f"{where}.modes", "required: expected a list of modes (observer, peer, moderator)")
+        for i, mode in enumerate(modes):
+            if mode not in SESSION_MODES:
+                raise _Fail(f"{where}.modes[{i}]", f"unknown mode {json.dumps(mode)}" + _suggest(mode, SESSION_MODES))
+        out.append(JoinPolicy(name, tuple(dict.fromkeys(roles)), tuple(dict.fromkeys(kinds)),
+                              tuple(dict.fromkeys(modes))))
+    return out
+
+
 def _conditions(value: Any, path: str) -> Conditions:
-    data = _mapping(value, path, ("logins", "node_labels", "rules"))
+    data = _mapping(value, path, ("logins", "node_labels", "rules", "join_sessions", "require_session_join"))
     logins_path = _join(path, "logins")
     raw_logins = _string_list(data.get("logins"), logins_path)
     logins = [_check_login(v, f"{logins_path}[{i}]") for i, v in enumerate(raw_logins)]
@@ -437,7 +502,19 @@ def _conditions(value: Any, path: str) -> Conditions:
         logins=tuple(dict.fromkeys(logins)),
         node_labels=_node_labels(data.get("node_labels"), _join(path, "node_labels")),
         rules=tuple(_rules(data.get("rules"), _join(path, "rules"))),
+        join_sessions=tuple(_join_sessions(data.get("join_sessions"), _join(path, "join_sessions"))),
+        require_session_join=_require_session_join(data.get("require_session_join"),
+                                                   _join(path, "require_session_join")),
     )
+
+
+def _require_session_join(value: Any, path: str) -> tuple[RequirePolicy, ...]:
+    if value is not None and path.split(".")[-2:-1] == ["deny"]:
+        raise _Fail(path, "require_session_join is read under allow only (as Teleport)")
+    try:
+        return parse_require_policies(value, path)
+    except BadPolicy as exc:
+        raise _Fail(exc.path, exc.message) from None
 
 
 def _boolean(value: Any, path: str, default: bool) -> bool:
@@ -582,6 +659,11 @@ def _conditions_out(cond: Conditions) -> dict[str, Any]:
         out["node_labels"] = _labels_out(cond.node_labels)
     if cond.rules:
         out["rules"] = [_rule_out(r) for r in cond.rules]
+    if cond.join_sessions:
+        out["join_sessions"] = [{**({"name": p.name} if p.name else {}), "roles": list(p.roles),
+                                 "kinds": list(p.kinds), "modes": list(p.modes)} for p in cond.join_sessions]
+    if cond.require_session_join:
+        out["require_session_join"] = [p.to_dict() for p in cond.require_session_join]
     return out
 
 

@@ -194,7 +194,7 @@ INVALID = [
     (
         doc(spec__allow__rules=rules({"resources": ["zzz"], "verbs": ["read"]})),
         'role "x": spec.allow.rules[0].resources[0]: unknown resource "zzz"; valid: access_request, auth_server, '
-        "cert_authority, cluster_auth_preference, cluster_name, event, lock, node, proxy, proxy_token, role, session, token, "
+        "cert_authority, cluster_auth_preference, cluster_name, event, lock, node, proxy, proxy_token, role, session, session_tracker, token, "
         "user, user_token",
     ),
     (
