@@ -1,0 +1,286 @@
+"""Streaming (sync) session recording: a live session's recording sent to auth in chunks.
+
+With ``session_recording: node-sync`` (or ``proxy-sync``) the host that runs a session keeps no
+recording on its disk: :class:`StreamRecorder` takes the session's output in memory and sends
+it to auth while the session runs, as numbered chunks of the final asciicast v2 file (chunk 0
+starts with the header; every chunk ends at the end of an event line, so the chunks received so
+far are always a playable recording). The bytes are the same as the spool recorder's
+(:mod:`teleport_core.recording.spool`) for the same output at the same times: one
+``[t, "o", text]`` event per write, UTF-8 decoded across writes.
+
+* **The data path never blocks.** :meth:`StreamRecorder.write` (the session's thread: the node's
+  pump) appends to an in-memory buffer under a lock; the sending runs on an asyncio loop
+  (:meth:`StreamRecorder.run`), which encodes in a worker thread and sends one chunk at a time.
+* **Chunks** go out every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`CHUNK_BYTES` of
+  output are waiting, so a follower sees output within about a second. A chunk holds at most
+  :data:`CHUNK_BYTES` of output (its JSON at most six times that: auth's limit is 8 MiB).
+* **Bounded memory.** Output not yet acknowledged by auth (waiting or in flight) is at most
+  ``buffer_limit`` bytes (:data:`BUFFER_LIMIT`). When it is full, :attr:`StreamRecorder.accepting`
+  turns False and the host stops reading the session's output (the process blocks on its
+  terminal or pipe, the user sees the session pause) until auth catches up: output is never
+  shown unrecorded.
+* **Deny wins.** A failed send (auth unreachable, slow, or answering 5xx or 404) is retried with
+  backoff. When output has waited for auth longer than ``stall_limit`` seconds
+  (:data:`STALL_LIMIT`), or auth refused a chunk for good (403, 409, 400), the recorder gives up:
+  :attr:`StreamRecorder.failure` says why and the host's ``on_give_up`` callback ends the session
+  with a message (Teleport's strict recording mode, its RFD 68: "Session terminating due to
+  ... error"). What auth received stays, and is completed (``partial``) when the session ends.
+* **Completion.** Once the session ended and every chunk is acknowledged, ``complete(count,
+  partial)`` tells auth to assemble the recording (retried until auth answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import contextlib
+import functools
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from teleport_core.errors import AccessDenied, AlreadyExists, TeleportError
+from teleport_core.state.sessions import check_session_id
+
+#: seconds between chunks while output keeps coming
+FLUSH_INTERVAL = 0.5
+#: output bytes that make a chunk go at once, and the most one chunk holds
+CHUNK_BYTES = 1 << 20
+#: output bytes not yet acknowledged by auth before the session's output pauses
+BUFFER_LIMIT = 8 << 20
+#: seconds output may wait for auth before the session ends
+STALL_LIMIT = 30.0
+RETRY_FIRST = 0.25
+RETRY_MAX = 2.0
+#: seconds a session that ended (or was ended) keeps trying to send what is left
+DRAIN_FOR = 600.0
+#: the modes that stream
+SYNC_MODES = frozenset({"node-sync", "proxy-sync"})
+
+
+class RecordingRefused(TeleportError):
+    """Auth refused a chunk or a completion as malformed (a 400 or 413): never retried."""
+
+
+#: errors auth gives for good: a refused chunk is never retried
+PERMANENT = (AccessDenied, AlreadyExists, RecordingRefused)
+
+SendChunk = Callable[[int, bytes], Awaitable[Any]]
+Complete = Callable[[int, bool], Awaitable[Any]]
+
+
+def header_line(*, width: int, height: int, started: float, env: Mapping[str, str], title: str = "",
+                command: str = "") -> bytes:
+    """The asciicast v2 header line, as the spool recorder writes it."""
+    header: dict[str, object] = {"version": 2, "width": max(width, 1), "height": max(height, 1),
+                                 "timestamp": int(started), "env": dict(env)}
+    if title:
+        header["title"] = title
+    if command:
+        header["command"] = command
+    return (json.dumps(header) + "\n").encode()
+
+
+def event_line(stamp: float, text: str) -> bytes:
+    return (json.dumps([round(stamp, 6), "o", text]) + "\n").encode()
+
+
+class StreamRecorder:
+    """Records one live session into chunks sent to auth (see the module docstring).
+
+    ``write``/``flush``/``accepting`` are for the session's thread; ``run`` is a coroutine for
+    the host's event loop, which it needs to wake (``loop``)."""
+
+    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop, send_chunk: SendChunk,
+                 complete: Complete, *, width: int, height: int, env: Mapping[str, str], title: str = "",
+                 command: str = "", started: float | None = None, buffer_limit: int = BUFFER_LIMIT,
+                 stall_limit: float = STALL_LIMIT, drain_for: float = DRAIN_FOR,
+                 on_give_up: Callable[[str], None] | None = None,
+                 log: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.session_id = check_session_id(session_id)
+        self.loop = loop
+        self.send_chunk = send_chunk
+        self.complete = complete
+        self.buffer_limit = buffer_limit
+        self.stall_limit = stall_limit
+        self.drain_for = drain_for
+        self.on_give_up = on_give_up
+        self.log = log
+        self.clock = clock
+        self._start = clock()
+        self._header = header_line(width=width, height=height, env=env, title=title, command=command,
+                                   started=time.time() if started is None else started)
+        self._lock = threading.Lock()
+        self._frames: collections.deque[tuple[float, float, bytes]] = collections.deque()  # (stamp, queued, data)
+        self._queued = 0  # output bytes in _frames (not taken for a chunk yet)
+        self._deadline: float | None = None  # once ended or given up: when to stop trying to send
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._last_stamp = 0.0
+        self._wake = asyncio.Event()
+        self._signalled = False
+        self.bytes = 0  # output recorded (given to write)
+        self.unacked = 0  # output bytes waiting or in flight
+        self._oldest_unacked: float | None = None  # when the oldest unacknowledged output was written
+        self.chunks_sent = 0
+        self.closed = False
+        self.failure = ""  # why the recorder gave up ("" while it has not)
+        self._gave_up = False
+        self.done = asyncio.Event()  # set by run() once everything is sent and completed (or given up)
+
+    # -- the session's thread ------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """False while the buffer is full (or the recorder gave up): the host stops reading output."""
+        return self.unacked < self.buffer_limit and not self._gave_up
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self._gave_up or not data:
+            return
+        now = self.clock()
+        with self._lock:
+            self._frames.append((now - self._start, now, bytes(data)))
+            self.bytes += len(data)
+            self.unacked += len(data)
+            self._queued += len(data)
+            if self._oldest_unacked is None:
+                self._oldest_unacked = now
+            queued = self._queued
+        if queued >= CHUNK_BYTES:
+            self._signal()
+
+    def stalled_for(self) -> float:
+        """Seconds the oldest output not yet acknowledged by auth has waited (0: none waits)."""
+        with self._lock:
+            oldest = self._oldest_unacked
+        return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+
+    def flush(self) -> None:
+        """The host's periodic tick: check that auth keeps up, give up when it does not."""
+        if self._gave_up:
+            return
+        stalled = self.stalled_for()
+        if not self.failure and stalled > self.stall_limit:
+            self.failure = (f"the session recording could not reach auth for {stalled:.0f}s "
+                            f"({self.unacked} bytes waiting)")
+        if self.failure:
+            self._give_up()
+
+    def close(self) -> None:
+        """The session ended: send what is left (for up to :data:`DRAIN_FOR` seconds), then
+        complete the recording."""
+        if not self.closed:
+            self.closed = True
+            if self._deadline is None:
+                self._deadline = self.clock() + self.drain_for
+            self._signal(force=True)
+
+    def _give_up(self) -> None:
+        """Stop taking output and end the session (``on_give_up``: called on the thread that
+        noticed, the session's or the loop's); what was written is still sent while it can be."""
+        if self._gave_up:
+            return
+        self._gave_up = True
+        if self._deadline is None:
+            self._deadline = self.clock() + self.drain_for
+        if self.log is not None:
+            self.log.error("session recording failed: ending the session", sid=self.session_id, error=self.failure)
+        if self.on_give_up is not None:
+            self.on_give_up(self.failure)
+        self._signal(force=True)
+
+    def _signal(self, force: bool = False) -> None:
+        if self._signalled and not force:
+            return
+        self._signalled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the host is going away
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    # -- the event loop ------------------------------------------------------------------------------
+
+    def _take(self) -> list[tuple[float, float, bytes]]:
+        taken: list[tuple[float, float, bytes]] = []
+        size = 0
+        with self._lock:
+            while self._frames and (not taken or size + len(self._frames[0][2]) <= CHUNK_BYTES):
+                frame = self._frames.popleft()
+                taken.append(frame)
+                size += len(frame[2])
+            self._queued -= size
+            self._signalled = False
+        return taken
+
+    def _encode(self, frames: list[tuple[float, float, bytes]], final: bool) -> bytes:
+        out = bytearray(self._header if self.chunks_sent == 0 else b"")
+        for stamp, _, data in frames:
+            text = self._decoder.decode(data)
+            self._last_stamp = stamp
+            if text:
+                out += event_line(stamp, text)
+        if final:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                out += event_line(self._last_stamp, tail)
+        return bytes(out)
+
+    def _acked(self, frames: list[tuple[float, float, bytes]]) -> None:
+        with self._lock:
+            self.unacked -= sum(len(f[2]) for f in frames)
+            self._oldest_unacked = self._frames[0][1] if self._frames else None
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> bool:
+        """Run ``call`` until it succeeds (True); False when auth refused it for good (:attr:`failure`
+        says why) or the deadline after the session's end passed."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await call()
+                return True
+            except PERMANENT as exc:
+                self.failure = self.failure or f"auth refused the session recording ({what}): {exc}"
+                return False
+            except (TeleportError, OSError) as exc:
+                if self.log is not None:
+                    self.log.warning("cannot stream the session recording to auth, will retry", sid=self.session_id,
+                                     what=what, error=str(exc), waiting_bytes=self.unacked)
+            if self._deadline is not None and self.clock() >= self._deadline:
+                self.failure = self.failure or f"auth was unreachable for the session recording ({what})"
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def run(self) -> None:
+        """Send chunks while the session runs; once it ended (or the recorder gave up) send what is
+        left, then complete the recording (``partial`` when something could not be sent)."""
+        try:
+            while True:
+                if not (self.closed or self._gave_up) and self._queued < CHUNK_BYTES:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
+                self._wake.clear()
+                ending = self.closed or self._gave_up
+                frames = self._take()
+                with self._lock:
+                    final = ending and not self._frames
+                if frames or (final and self.chunks_sent == 0):
+                    data = await asyncio.to_thread(self._encode, frames, final)
+                    index = self.chunks_sent
+                    if data:
+                        if not await self._retrying(f"chunk {index}", functools.partial(self.send_chunk, index, data)):
+                            break
+                        self.chunks_sent += 1
+                    self._acked(frames)
+                if final:
+                    break
+            if self.failure and not self._gave_up:  # refused for good while running: end the session
+                self._give_up()
+            if self.chunks_sent:
+                partial = bool(self.failure)
+                if self._deadline is None:
+                    self._deadline = self.clock() + self.drain_for
+                await self._retrying("completion", lambda: self.complete(self.chunks_sent, partial))
+        finally:
+            self.done.set()
