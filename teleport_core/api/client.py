@@ -535,12 +535,13 @@ class AuthClient:
         return response.json()  # type: ignore[no-any-return]
 
     async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0, user: str = "",
-                              node: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
+                              node: str = "", search: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
         """Sessions that ended in a window, newest first (only ``user``'s, only on ``node``: its
-        hostname or UUID, when given); with ``user_cert`` (DER) a proxy asks on behalf of that user
+        hostname or UUID, when given; only those whose recording shows ``search``, each with a
+        ``snippet``); with ``user_cert`` (DER) a proxy asks on behalf of that user
         (see :data:`FORWARDED_USER_CERT`)."""
         params = {k: v for k, v in (("since", since), ("until", until), ("limit", limit), ("user", user),
-                                    ("node", node)) if v}
+                                    ("node", node), ("search", search)) if v}
         response = await self._request("GET", "/v1/sessions", params=params, headers=_forwarded(user_cert))
         raise_for_status(response)
         return list(response.json()["sessions"])
@@ -548,6 +549,27 @@ class AuthClient:
     async def list_active_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
         """Sessions running now (started, not ended) the caller may see, newest start first."""
         return list((await self.call("GET", "/v1/sessions/active", params={"limit": limit}))["sessions"])
+
+    # -- live sessions' trackers (teleport_core.state.trackers: the resource form; a host writes its own) ----
+
+    async def create_session_tracker(self, tracker: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", "/v1/session_trackers", tracker)  # type: ignore[no-any-return]
+
+    async def get_session_tracker(self, sid: str) -> dict[str, Any]:
+        return await self.call("GET", f"/v1/session_trackers/{sid}")  # type: ignore[no-any-return]
+
+    async def update_session_tracker(self, tracker: dict[str, Any]) -> dict[str, Any]:
+        """Compare-and-swap on ``metadata.revision``: ``CompareFailed`` when it moved (read again)."""
+        sid = tracker["spec"]["session_id"]
+        return await self.call("PUT", f"/v1/session_trackers/{sid}", tracker)  # type: ignore[no-any-return]
+
+    async def delete_session_tracker(self, sid: str) -> None:
+        await self.call("DELETE", f"/v1/session_trackers/{sid}")
+
+    async def list_session_trackers(self, *, kind: str = "", state: str = "") -> list[dict[str, Any]]:
+        """The live sessions the caller (or the user a forwarding client acts for) may see."""
+        params = {k: v for k, v in (("kind", kind), ("state", state)) if v}
+        return list((await self.call("GET", "/v1/session_trackers", params=params))["trackers"])
 
     async def download_recording(self, session_id: str, dest: str | os.PathLike[str], *,
                                  user_cert: bytes = b"") -> int:
@@ -574,6 +596,33 @@ class AuthClient:
             return size
 
         return await self._failover("GET", download)
+
+    async def put_recording_chunk(self, session_id: str, index: int, data: bytes) -> dict[str, Any]:
+        """Send chunk ``index`` of a recording in progress (sync recording modes; the host running
+        the session). A 400 or 413 raises ``RecordingRefused`` (never retried)."""
+        response = await self._request("PUT", f"/v1/sessions/{session_id}/recording/chunks",
+                                       params={"index": index}, content=data,
+                                       headers={"Content-Type": "application/x-asciicast"})
+        _raise_refused(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    async def complete_recording(self, session_id: str, chunks: int, partial: bool = False) -> dict[str, Any]:
+        """Tell auth a streamed recording's session ended (``partial``: its host lost it): auth
+        assembles the chunks into the recording."""
+        response = await self._request("POST", f"/v1/sessions/{session_id}/recording/complete",
+                                       json={"chunks": chunks, "partial": partial})
+        _raise_refused(response)
+        return response.json()  # type: ignore[no-any-return]
+
+    async def read_recording_stream(self, session_id: str, offset: int = 0, *,
+                                    user_cert: bytes = b"") -> tuple[bytes, dict[str, str]]:
+        """The recording of ``session_id`` from byte ``offset``, while it runs or after, and auth's
+        headers (``X-Teleport-Recording``: streaming/complete, ``X-Teleport-Session``: running/ended)."""
+        response = await self._request("GET", f"/v1/sessions/{session_id}/recording/stream",
+                                       params={"offset": offset}, headers=_forwarded(user_cert))
+        raise_for_status(response)
+        return response.content, {k.lower(): v for k, v in response.headers.items()
+                                  if k.lower().startswith("x-teleport-")}
 
     async def follow(self, kind: str, reload: Callable[[], Awaitable[object]], log: Any, *,
                      poll: float = 30.0, retry: float = 2.0) -> None:
@@ -639,9 +688,9 @@ class _ForwardingClient(AuthClient):
         return await self._parent.download_recording(session_id, dest, user_cert=user_cert or self._user_cert)
 
     async def list_recordings(self, *, since: str = "", until: str = "", limit: int = 0, user: str = "",
-                              node: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
+                              node: str = "", search: str = "", user_cert: bytes = b"") -> list[dict[str, Any]]:
         return await self._parent.list_recordings(since=since, until=until, limit=limit, user=user, node=node,
-                                                  user_cert=user_cert or self._user_cert)
+                                                  search=search, user_cert=user_cert or self._user_cert)
 
     async def close(self) -> None:
         """The connections are the parent's: nothing to close."""
@@ -651,6 +700,19 @@ def _forwarded(user_cert: bytes) -> dict[str, str]:
     import base64
 
     return {FORWARDED_USER_CERT: base64.b64encode(user_cert).decode()} if user_cert else {}
+
+
+def _raise_refused(response: httpx.Response) -> None:
+    """:func:`raise_for_status`, with a 400 or 413 as ``RecordingRefused`` (malformed: never retried)."""
+    if response.status_code in (400, 413):
+        from teleport_core.recording.stream import RecordingRefused
+
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {response.status_code}"
+        raise RecordingRefused(message)
+    raise_for_status(response)
 
 
 def raise_for_status(response: httpx.Response) -> None:

@@ -250,13 +250,14 @@ class SessionTracker:
 
 
 class TrackerClient(Protocol):
-    """What the keeper needs from auth (:class:`teleport_core.api.client.AuthClient` has it)."""
+    """What the keeper needs from auth, trackers in their resource form
+    (:class:`teleport_core.api.client.AuthClient` has it)."""
 
-    async def create_session_tracker(self, tracker: SessionTracker) -> SessionTracker: ...
+    async def create_session_tracker(self, tracker: dict[str, Any]) -> dict[str, Any]: ...
 
-    async def get_session_tracker(self, sid: str) -> SessionTracker: ...
+    async def get_session_tracker(self, sid: str) -> dict[str, Any]: ...
 
-    async def update_session_tracker(self, tracker: SessionTracker) -> SessionTracker: ...
+    async def update_session_tracker(self, tracker: dict[str, Any]) -> dict[str, Any]: ...
 
     async def delete_session_tracker(self, sid: str) -> None: ...
 
@@ -466,7 +467,7 @@ class TrackerKeeper:
             local = attrs.evolve(local, expires=_now() + self.ttl)
             self.writes += 1
             try:
-                await self.client.create_session_tracker(local)
+                await self.client.create_session_tracker(local.to_dict())
             except Exception:
                 session._put_back([])
                 raise
@@ -481,10 +482,10 @@ class TrackerKeeper:
             for _attempt in range(self.conflicts):
                 try:
                     self.writes += 1
-                    current = await self.client.get_session_tracker(session.session_id)
+                    current = SessionTracker.from_dict(await self.client.get_session_tracker(session.session_id))
                 except NotFound:  # expired while auth was away (or removed): the local copy is the truth
                     self.writes += 1
-                    await self.client.create_session_tracker(attrs.evolve(local, expires=expires))
+                    await self.client.create_session_tracker(attrs.evolve(local, expires=expires).to_dict())
                     break
                 updated = current
                 for fn in changes:
@@ -492,7 +493,7 @@ class TrackerKeeper:
                 updated = attrs.evolve(updated, expires=expires, revision=current.revision)
                 try:
                     self.writes += 1
-                    await self.client.update_session_tracker(updated)
+                    await self.client.update_session_tracker(updated.to_dict())
                     break
                 except CompareFailed:
                     continue

@@ -63,6 +63,8 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule(("node",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
         HostRule(("session",), ("create", "update")),  # upload its own recordings, never list or read them
+        # its own sessions' trackers only (server_id: its UUID; teleport_auth.api.trackers checks each)
+        HostRule(("session_tracker",), ("create", "update", "delete", "read", "list")),
     ),
     "Proxy": (
         HostRule((*_CLUSTER_READ, "user_token"), ("list", "read")),
@@ -71,6 +73,8 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule(("web_session",), ("create", "read", "delete")),  # the web UI's sessions (api/websessions.py)
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
+        # live sessions: reads all; writes only for agentless OpenSSH nodes (teleport_auth.api.trackers)
+        HostRule(("session_tracker",), ("create", "update", "delete", "read", "list")),
         # no session rule: it lists and reads recordings only for a user whose certificate it
         # forwards (teleport_auth.recordings.acting_identity), never as itself
     ),
