@@ -19,6 +19,7 @@ from types import TracebackType
 import attrs
 
 from teleport_core.errors import WatcherClosed
+from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
 
 def utcnow() -> dt.datetime:
@@ -302,3 +303,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release resources; open watchers are closed."""
+
+    def recording_index(self) -> RecordingIndex:
+        """The full-text index of session recordings this backend keeps, shared by every process
+        on it (:mod:`teleport_core.state.recording_index`). A backend that keeps none (the default)
+        raises :class:`~teleport_core.state.recording_index.SearchUnsupported` saying why; an
+        override that keeps one closes it in :meth:`close`."""
+        raise SearchUnsupported(f"recordings cannot be searched: the cluster-state backend "
+                                f"{type(self).__name__} keeps no full-text index of their text")

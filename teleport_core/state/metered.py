@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from teleport_core.metrics import BACKEND_OPERATIONS, Metrics
 from teleport_core.state.backend import DEFAULT_WATCHER_QUEUE, Action, Backend, Condition, Item, Watcher
+from teleport_core.state.recording_index import RecordingIndex
 
 T = TypeVar("T")
 
@@ -98,6 +99,9 @@ class MeteredBackend(Backend):
 
     def watch(self, prefixes: Sequence[bytes], queue_size: int = DEFAULT_WATCHER_QUEUE) -> Watcher:
         return self.inner.watch(prefixes, queue_size)
+
+    def recording_index(self) -> RecordingIndex:
+        return self.inner.recording_index()
 
     async def close(self) -> None:
         await self.inner.close()

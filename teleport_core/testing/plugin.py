@@ -41,6 +41,7 @@ pytest.register_assert_rewrite(
     "teleport_core.testing.backend_suite",
     "teleport_core.testing.audit_suite",
     "teleport_core.testing.session_suite",
+    "teleport_core.testing.recording_index_suite",
 )
 
 STANDARD_SECTIONS = ("auth_service", "proxy_service", "ssh_service")

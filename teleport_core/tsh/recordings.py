@@ -92,12 +92,16 @@ def listing_window(from_utc: str, to_utc: str, last: str) -> tuple[dt.datetime, 
 # -- talking to the proxy ----------------------------------------------------------------------------
 
 
-def list_recordings(profile: Profile, since: dt.datetime, until: dt.datetime, limit: int) -> list[dict[str, Any]]:
+def list_recordings(profile: Profile, since: dt.datetime, until: dt.datetime, limit: int,
+                    search: str = "") -> list[dict[str, Any]]:
     from urllib.parse import urlencode
 
     from teleport_core.tsh.web import call
 
-    query = urlencode({"from": since.isoformat(), "to": until.isoformat(), "limit": limit})
+    params: dict[str, Any] = {"from": since.isoformat(), "to": until.isoformat(), "limit": limit}
+    if search:
+        params["search"] = search
+    query = urlencode(params)
     found: list[dict[str, Any]] = call(profile.web_addr, "GET",
                                        f"/v1/webapi/sites/{profile.cluster}/events/search/sessions?{query}",
                                        insecure=profile.insecure, profile=profile)
@@ -208,14 +212,20 @@ def _recording(session: dict[str, Any]) -> str:
     return status or ("uploaded" if session.get("recorded") else "pending")
 
 
-def table(sessions: list[dict[str, Any]]) -> list[str]:
+def table(sessions: list[dict[str, Any]], search: bool = False) -> list[str]:
     """The text listing: one row per session, with its recording's status (``uploaded``,
-    ``pending``, ``missing`` from the session storage, ``off``)."""
-    head = ("ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration", "Recording")
-    rows = [(s["sid"], s.get("proto", "ssh"), ", ".join(s.get("participants", [])), s.get("login", ""),
-             s.get("server_hostname", ""), _when(s["start"]), _duration(float(s.get("duration_seconds", 0))),
-             _recording(s))
-            for s in sessions]
+    ``pending``, ``missing`` from the session storage, ``off``); with ``search``, the text around
+    the match too."""
+    head: tuple[str, ...] = ("ID", "Type", "Participants", "Login", "Hostname", "Started", "Duration", "Recording")
+    rows: list[tuple[str, ...]] = [
+        (s["sid"], s.get("proto", "ssh"), ", ".join(s.get("participants", [])), s.get("login", ""),
+         s.get("server_hostname", ""), _when(s["start"]), _duration(float(s.get("duration_seconds", 0))),
+         _recording(s))
+        for s in sessions]
+    if search:  # the text around the match, on one line
+        head = (*head, "Match")
+        rows = [(*row, " ⏎ ".join(str(s.get("snippet", "")).split("\n")))
+                for row, s in zip(rows, sessions, strict=True)]
     widths = [max([len(head[i]), *(len(r[i]) for r in rows)]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -234,17 +244,25 @@ def recordings(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("--to-utc", default="", help="end of the window, RFC 3339 (default: now)")
     parser.add_argument("--last", default="", help="the window is this long, up to --to-utc (e.g. 2h)")
     parser.add_argument("--limit", default="50", help=f"at most this many sessions (1 to {MAX_LIMIT})")
+    parser.add_argument("--search", default="", metavar="TEXT",
+                        help="only sessions whose recording shows this text (a phrase, case-insensitive, 3 to 256 "
+                             "characters; needs read on session too)")
     args = parser.parse_args(argv)
     if not args.limit.isdigit() or not 1 <= int(args.limit) <= MAX_LIMIT:
         raise TeleportError(f"--limit: expected a number from 1 to {MAX_LIMIT}, got {args.limit!r}")
     since, until = listing_window(args.from_utc, args.to_utc, args.last)
+    from teleport_core.state.recording_index import BadSearch, search_phrase
     from teleport_core.tsh.web import current
 
-    sessions = list_recordings(current(args), since, until, int(args.limit))
+    try:
+        search = search_phrase(args.search) if args.search else ""
+    except BadSearch as exc:
+        raise TeleportError(f"--{exc}") from None
+    sessions = list_recordings(current(args), since, until, int(args.limit), search)
     if args.format != "text":
         output.emit(sessions, args.format)
     else:
-        print("\n".join(table(sessions)))
+        print("\n".join(table(sessions, bool(search))))
     return 0
 
 

@@ -10,7 +10,8 @@
 - ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
   authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
   optional for the other endpoints).
-- ``GET /v1/webapi/sites/{cluster}/events/search/sessions?from=&to=&limit=``: ended sessions;
+- ``GET /v1/webapi/sites/{cluster}/events/search/sessions?from=&to=&limit=&search=``: ended sessions;
+  ``GET /v1/webapi/sites/{cluster}/sessions``: live sessions (``session_tracker`` resources);
   ``GET /v1/webapi/sites/{cluster}/sessions/{sid}/recording``: a recording (asciicast v2). The
   proxy asks auth with its own certificate and forwards the caller's
   (``teleport_core.api.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
@@ -173,7 +174,7 @@ class WebAPI:
         roleset = self.proxy.roleset(user)
         return JSONResponse([
             {"uuid": n.uuid, "nodename": n.nodename, "addr": n.addr, "labels": dict(n.labels), "tunnel": n.tunnel,
-             "logins": roleset.logins_for(n.labels)}
+             "logins": roleset.logins_for(n.labels), "sub_kind": n.sub_kind}
             for n in sorted(nodes, key=lambda n: (n.nodename, n.uuid))
         ])
 
@@ -197,10 +198,20 @@ class WebAPI:
             der = self._user_cert(request)
             params = validate_query(RecordingsQuery, request.query_params)
             sessions = await self.proxy.auth.list_recordings(
-                since=params.since, until=params.until, limit=params.limit, user_cert=der)
+                since=params.since, until=params.until, limit=params.limit, search=params.search, user_cert=der)
         except TeleportError as exc:
             return error(exc)
         return JSONResponse(sessions)
+
+    async def active_sessions(self, request: Request) -> Response:
+        """``tsh sessions ls``: the live sessions' trackers the caller may see, authorized at auth for the caller."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            trackers = await self.proxy.auth.for_user(der).list_session_trackers()
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse({"sessions": trackers})
 
     async def recording(self, request: Request) -> Response:
         """``tsh play``: the asciicast v2 recording of a session, authorized at auth for the caller."""
@@ -257,6 +268,7 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/sessions", api.active_sessions, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
     ])

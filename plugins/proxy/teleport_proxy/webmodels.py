@@ -57,6 +57,7 @@ class RecordingsQuery(Query):
     since: Timestamp = Field("", alias="from", description="RFC 3339; default a day before to")
     until: Timestamp = Field("", alias="to", description="RFC 3339; default now")
     limit: int = Field(0, ge=0, le=1000, description="sessions at most (0: the server's default)")
+    search: str = Field("", max_length=1024, description="only sessions whose recording shows this text (a phrase)")
 
 
 class ProxySSH(Reply):
@@ -112,6 +113,7 @@ class NodeReply(Reply):
     labels: dict[str, str]
     tunnel: bool
     logins: list[str]
+    sub_kind: str = "teleport"  # "openssh": an agentless sshd the proxy speaks for
 
 
 class SessionReply(Reply):
@@ -124,6 +126,13 @@ class SessionReply(Reply):
     recorded: bool
     end_reason: str = ""
     recording: str = Field("", description="uploaded, pending, missing (from the session storage) or off")
+    snippet: str = Field("", description="with search: the recording's text around the first match")
+
+
+class ActiveSessionsReply(Reply):
+    """The live sessions the caller may see: ``session_tracker`` resources (kind, version, metadata, spec)."""
+
+    sessions: list[dict[str, Any]]
 
 
 PATH_PARAMS: dict[str, Any] = {
@@ -152,8 +161,13 @@ ROUTES: list[Operation] = [
     Operation("/v1/webapi/sites/{cluster}/nodes", "GET", "nodes", "The nodes the caller may see, with their logins",
               response=list[NodeReply], errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/events/search/sessions", "GET", "recordings",
-              "Sessions that ended in a window (from, to, limit), newest first; authorized at auth for the caller",
+              "Sessions that ended in a window (from, to, limit; search: only those whose recording shows the "
+              "text), newest first; authorized at auth for the caller",
               query=RecordingsQuery, response=list[SessionReply], errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/sessions", "GET", "active_sessions",
+              "Live sessions (session trackers) the caller may see: its own, those its join_sessions allow, "
+              "all with list on session_tracker; authorized at auth for the caller",
+              response=ActiveSessionsReply, errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", "GET", "recording",
               "A session recording (asciicast v2), authorized at auth for the caller", media="application/x-asciicast",
               errors=AUTH_ERRORS),

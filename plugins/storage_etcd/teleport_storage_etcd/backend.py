@@ -49,6 +49,7 @@ from teleport_core.state.backend import (
     Watcher,
     range_end,
 )
+from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
 from .client import EtcdClient, EtcdError, b64, unb64
 from .config import EtcdOptions
@@ -612,6 +613,13 @@ class EtcdBackend(Backend):
         watcher = EtcdWatcher(self, tuple(prefixes), queue_size, self._client.revision + 1)
         self._watchers.add(watcher)
         return watcher
+
+    def recording_index(self) -> RecordingIndex:
+        """None: etcd has no full-text search, and an index kept beside each auth server would
+        answer differently on each (docs/sessions.md, "Searching recordings by their text")."""
+        raise SearchUnsupported(
+            "recordings cannot be searched: the etcd backend keeps no full-text index of their text (etcd has no "
+            "full-text search); listing recordings without search works")
 
     async def close(self) -> None:
         """Close every watcher and the connections (idempotent)."""

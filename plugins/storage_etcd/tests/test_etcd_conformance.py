@@ -10,6 +10,7 @@ import pytest
 from etcd_server import EtcdMember, etcd_fixture
 
 from teleport_core.testing.backend_suite import BackendConformance
+from teleport_core.testing.recording_index_suite import NoRecordingIndexConformance
 
 
 class TestEtcdConformance(BackendConformance):
@@ -17,6 +18,14 @@ class TestEtcdConformance(BackendConformance):
 
     @pytest.fixture
     def teleport_backend_config(self, tmp_path: Path, etcd: EtcdMember) -> dict[str, Any]:
+        return {"type": "etcd", "peers": [etcd.url], "prefix": f"/test-{uuid.uuid4().hex}"}
+
+
+class TestEtcdNoRecordingIndex(NoRecordingIndexConformance):
+    reason_contains = "etcd"
+
+    @pytest.fixture
+    def teleport_backend_config(self, etcd: EtcdMember) -> dict[str, Any]:
         return {"type": "etcd", "peers": [etcd.url], "prefix": f"/test-{uuid.uuid4().hex}"}
 
 

@@ -77,6 +77,7 @@ from teleport_core.state.backend import (
     OpType,
     Watcher,
 )
+from teleport_core.state.backends.sqlite_index import SqliteRecordingIndex
 
 __all__ = ["SqliteBackend", "SqliteOptions", "SqliteWatcher", "open_backend", "parse_options"]
 
@@ -850,8 +851,21 @@ class SqliteBackend(Backend):
             self._watchers.add(watcher)
         return watcher
 
+    def recording_index(self) -> SqliteRecordingIndex:
+        """The FTS5 index of recordings beside the database (opened on first use; closed with the
+        backend): :mod:`teleport_core.state.backends.sqlite_index`."""
+        self._check_open()
+        with self._submit_lock:
+            index: SqliteRecordingIndex | None = getattr(self, "_recording_index", None)
+            if index is None:
+                index = self._recording_index = SqliteRecordingIndex(self.directory)
+            return index
+
     async def close(self) -> None:
         """Finish queued writes, close every watcher and the connections (idempotent)."""
+        index: SqliteRecordingIndex | None = getattr(self, "_recording_index", None)
+        if index is not None:
+            await index.close()
         with self._submit_lock:
             first = not self._closed
             self._closed = True

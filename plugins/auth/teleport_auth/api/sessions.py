@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import Field
 from starlette.requests import Request
 
-from teleport_auth import recordings
-from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, endpoint, query
-from teleport_core.api.schema import OptionalName, Query, Reply, Timestamp
+from teleport_auth import recording_search, recordings
+from teleport_auth.api.core import RECORDING_MAX_BODY, APIBase, Operation, body, endpoint, query
+from teleport_core.api.schema import Body, Name, OptionalName, Query, Reply, Timestamp
 from teleport_core.errors import (
     AccessDenied,
     AlreadyExists,
@@ -24,6 +24,8 @@ class RecordingsQuery(Query):
     limit: int = Field(50, ge=1, le=1000, description="sessions at most, newest first")
     user: OptionalName = Field("", description="only the sessions of this user (a participant)")
     node: OptionalName = Field("", description="only the sessions on this node (its hostname or UUID)")
+    search: str = Field("", max_length=1024, description="only the sessions whose recording shows this text (a "
+                        "phrase, case-insensitive, 3 to 256 characters; needs read on session too)")
 
 
 class UploadReply(Reply):
@@ -58,6 +60,11 @@ class SessionEntry(_SessionFacts):
     end_reason: str = Field(description="exit, interrupted (the node stopped) or node_restart (a crash cut it)")
     recording: str = Field(description="uploaded, pending (not uploaded yet), missing (uploaded, but the session "
                                        "storage has no such recording) or off (not recorded)")
+    snippet: str = Field("", description="with search: the recording's text around the first match")
+    highlights: list[list[int]] = Field(default_factory=list,
+                                        description="with search: [start, end) of each match in snippet")
+    recording_partial: bool = Field(False, description="a streamed recording (node-sync, proxy-sync) completed as "
+                                    "far as auth received it: its host was lost mid-session")
 
 
 class SessionsReply(Reply):
@@ -82,6 +89,28 @@ class UploadRefusalEntry(Reply):
 
 class RefusalsReply(Reply):
     refusals: list[UploadRefusalEntry]
+
+
+class ReindexBody(Body):
+    """Which recordings to index again: ``sids``, or with ``all`` the next ``limit`` stored
+    recordings after ``after`` (by session ID)."""
+
+    sids: list[Name] = Field(default_factory=list, max_length=100)
+    all: bool = False
+    after: str = Field("", max_length=256)
+    limit: int = Field(20, ge=1, le=100)
+
+
+class ReindexFailure(Reply):
+    sid: str
+    error: str
+
+
+class ReindexReply(Reply):
+    indexed: int
+    truncated: int = Field(description="recordings whose text was cut at the cap (the first MAX_TEXT characters)")
+    failed: list[ReindexFailure]
+    next: str = Field(description="with all: the after of the next call; empty when done")
 
 
 class ActiveQuery(Query):
@@ -148,6 +177,8 @@ class SessionsAPI(APIBase):
                     return {"stored": sid, "size": size, "unchanged": True}
                 stored = await self._upload_gate.store(storage, sid, path, sha256)
                 await records.uploaded(sid, size, sha256)
+                if stored:  # searchable by its text (teleport_auth.recording_search), in the background
+                    recording_search.index_later(self.service, sid, path)
             except AlreadyExists as exc:
                 await self._refuse_upload(request, identity, uploader, sid, str(exc), 409, size)
                 raise
@@ -178,24 +209,70 @@ class SessionsAPI(APIBase):
     async def list_recordings(self, request: Request, identity: Identity | None) -> Any:
         """Sessions that ended in a window (``since``, ``until``, ``limit``): ``list`` on ``session``
         for the caller, or for the user whose certificate a proxy forwarded (teleport_auth.recordings);
-        with a ``where:`` rule, only the sessions it allows (each checked with its record)."""
+        with a ``where:`` rule, only the sessions it allows (each checked with its record). With
+        ``search``, only those whose recording shows the text and that the caller may also ``read``,
+        each with a snippet (teleport_auth.recording_search)."""
         from teleport_auth.session_records import SessionRecord
+        from teleport_core.state.recording_index import search_phrase
 
         assert identity is not None
         acting = await recordings.acting_identity(self, request, identity)
         await self.authorize(request, acting, "list", "session", filtered=True)
         params = query(request, RecordingsQuery)
         since, until, limit = recordings.window(params.model_dump())
+        phrase = search_phrase(params.search) if params.search else ""
+        matches: set[str] | None = None
+        if phrase:
+            index = recording_search.recording_index(self.service)  # SearchUnsupported (400) naming why
+            matches = set(await index.search(phrase, recording_search.MATCH_MAX))
 
         def keep(record: SessionRecord) -> bool:
+            if matches is not None and record.sid not in matches:
+                return False
             if params.user and params.user != record.user and params.user not in record.participants:
                 return False
             if params.node and params.node not in (record.server_hostname, record.server_id):
                 return False
-            return self.item_decision(acting, "list", "session", record.sid,
-                                      recordings.session_attributes(record)).allowed
+            attributes = recordings.session_attributes(record)
+            if matches is not None and not self.item_decision(acting, "read", "session", record.sid,
+                                                              attributes).allowed:
+                return False  # a match shows the recording's text: reading it must be allowed too
+            return self.item_decision(acting, "list", "session", record.sid, attributes).allowed
 
-        return {"sessions": await recordings.list_sessions(self, since, until, limit, keep)}
+        found = await recordings.list_sessions(self, since, until, limit, keep) if matches != set() else []
+        if phrase and found:
+            await recording_search.snippets_for(self.service, phrase, found)
+        return {"sessions": found}
+
+    @endpoint("update", "session")
+    async def reindex_recordings(self, request: Request, identity: Identity | None) -> Any:
+        """Index recordings again for search (``tctl recordings reindex``), from the session storage,
+        a batch per call; :class:`SearchUnsupported` (400) when the backend keeps no index."""
+        from teleport_core.errors import TeleportError
+        from teleport_core.state.sessions import check_session_id
+
+        params = body(request, ReindexBody)
+        recording_search.recording_index(self.service)
+        if params.all == bool(params.sids):
+            raise TeleportError("reindex: give either sids or all")
+        sids = [check_session_id(sid) for sid in params.sids]
+        following = ""
+        if params.all:
+            storage = await self.service.ctx.resources.session_storage()
+            stored = sorted(info.session_id for info in await storage.list() if info.session_id > params.after)
+            sids = stored[:params.limit]
+            following = sids[-1] if len(stored) > params.limit else ""
+        indexed = truncated = 0
+        failed = []
+        for sid in sids:
+            try:
+                _, cut = await recording_search.index_stored(self.service, sid)
+            except (TeleportError, ValueError, OSError) as exc:
+                failed.append({"sid": sid, "error": str(exc)})
+                continue
+            indexed += 1
+            truncated += int(cut)
+        return {"indexed": indexed, "truncated": truncated, "failed": failed, "next": following}
 
     @endpoint(None, None)
     async def list_active_sessions(self, request: Request, identity: Identity | None) -> Any:
@@ -271,6 +348,9 @@ ROUTES: list[Operation] = [
     Operation("/v1/sessions", "GET", "list_recordings",
               "Sessions that ended in a window (since, until, limit; user, node), newest first (list on session)",
               query=RecordingsQuery, response=SessionsReply),
+    Operation("/v1/sessions/reindex", "POST", "reindex_recordings",
+              "Index stored recordings again for text search (update on session; a batch per call)",
+              body=ReindexBody, response=ReindexReply),
     Operation("/v1/sessions/active", "GET", "list_active_sessions",
               "Sessions running now the caller may see (its own, and those list on session allows)",
               query=ActiveQuery, response=ActiveSessionsReply),
