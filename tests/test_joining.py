@@ -95,6 +95,16 @@ def test_tracker_round_trip_and_bad_fields() -> None:
     ]:
         doc = tracker.to_dict()
         doc["spec"][field] = value
-        with pytest.raises(ValueError, match="") as err:
+        with pytest.raises(ValueError) as err:
             SessionTracker.from_dict(doc)
         assert message in str(err.value), (field, str(err.value))
+
+
+def test_auditor_preset_lists_live_sessions_and_an_unedited_one_is_upgraded() -> None:
+    from teleport_core.policy.roles import builtin_roles, superseded_presets
+
+    auditor = {r.name: r for r in builtin_roles()}["auditor"]
+    assert RoleSet([auditor]).check_rule("session_tracker", "list").allowed
+    earlier = superseded_presets()["auditor"]
+    assert not RoleSet([earlier]).check_rule("session_tracker", "list").allowed
+    assert RoleSet([earlier]).check_rule("session", "read").allowed

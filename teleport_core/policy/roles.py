@@ -720,7 +720,7 @@ def builtin_roles() -> list[Role]:
       ``where: contains(session.participants, user.metadata.name)``), agent and port forwarding.
     * ``editor``: every verb on the cluster's configuration resources (roles, users, tokens,
       nodes, CAs ...), no logins, no audit events or recordings.
-    * ``auditor``: list and read audit events and session recordings.
+    * ``auditor``: list and read audit events and session recordings, list live sessions.
     """
     access = Role(
         name="access",
@@ -741,7 +741,9 @@ def builtin_roles() -> list[Role]:
     auditor = Role(
         name="auditor",
         description="Review cluster events and replay sessions",
-        allow=Conditions(rules=(Rule(("event", "session"), ("list", "read")),)),
+        # live sessions too, without joining them (Teleport's RFD 82 preset)
+        allow=Conditions(rules=(Rule(("event", "session"), ("list", "read")),
+                                Rule(("session_tracker",), ("list", "read")))),
     )
     return [access, editor, auditor]
 
@@ -749,10 +751,14 @@ def builtin_roles() -> list[Role]:
 def superseded_presets() -> dict[str, Role]:
     """Preset roles as earlier releases created them, by name: a cluster still holding one unedited
     gets the current preset at start (:meth:`teleport_auth.rolestore.RoleStore.ensure_builtin`).
-    The ``access`` role before it let users list and play their own sessions."""
-    access = next(role for role in builtin_roles() if role.name == "access")
+    The ``access`` role before it let users list and play their own sessions; the ``auditor`` role
+    before it listed live sessions (``session_tracker``)."""
+    presets = {role.name: role for role in builtin_roles()}
+    access, auditor = presets["access"], presets["auditor"]
     rules = tuple(rule for rule in access.allow.rules if rule.where != OWN_SESSIONS)
-    return {"access": attrs.evolve(access, allow=attrs.evolve(access.allow, rules=rules))}
+    watching = tuple(rule for rule in auditor.allow.rules if "session_tracker" not in rule.resources)
+    return {"access": attrs.evolve(access, allow=attrs.evolve(access.allow, rules=rules)),
+            "auditor": attrs.evolve(auditor, allow=attrs.evolve(auditor.allow, rules=watching))}
 
 
 # -- evaluation ------------------------------------------------------------------------------------
