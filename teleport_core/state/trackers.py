@@ -203,7 +203,7 @@ class SessionTracker:
         spec = data.get("spec")
         if not isinstance(spec, Mapping):
             raise ValueError("spec: expected a mapping")
-        meta = data.get("metadata") if isinstance(data.get("metadata"), Mapping) else {}
+        meta: Mapping[str, Any] = data["metadata"] if isinstance(data.get("metadata"), Mapping) else {}
         raw_participants = spec.get("participants") or []
         if not isinstance(raw_participants, list) or len(raw_participants) > MAX_PARTICIPANTS:
             raise ValueError(f"spec.participants: expected a list of at most {MAX_PARTICIPANTS}")
@@ -276,6 +276,8 @@ class TrackedSession:
         self._pending: list[Change] = []
         self._activity: dict[str, dt.datetime] = {}
         self.ended = False
+        self.owner_id = ""  # the owner's participant ID (set by the host that registered it)
+        self.touched = 0.0  # monotonic time the host last passed on the owner's activity
         self.created = False  # auth has it
         self.removed = False  # auth removed it (the session ended)
 

@@ -235,7 +235,7 @@ def node_record(node: dict[str, Any]) -> dict[str, Any]:
     ``tunnel``, ``logins``: the logins your roles allow there) kept for earlier scripts."""
     labels = dict(node.get("labels") or {})
     record: dict[str, Any] = {
-        "kind": "node", "version": "v2",
+        "kind": "node", "sub_kind": node.get("sub_kind") or "teleport", "version": "v2",
         "metadata": {"name": node["uuid"], "labels": labels},
         "spec": {"hostname": node["nodename"], "addr": node.get("addr") or "",
                  "use_tunnel": bool(node.get("tunnel"))},
@@ -448,10 +448,37 @@ def recordings(argv: list[str], cli: CliContext) -> int:
     return rec.recordings(argv, cli)
 
 
+def sessions(argv: list[str], cli: CliContext) -> int:
+    """``tsh sessions ls [--kind=ssh] [--format=text|json|yaml]`` (teleport_core/tsh/sessions.py)."""
+    from teleport_core.tsh import sessions as live
+
+    return live.sessions(argv, cli)
+
+
 def play(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import recordings as rec
 
     return rec.play(argv, cli)
+
+
+def join(argv: list[str], cli: CliContext) -> int:
+    """``tsh join [--mode=observer|peer|moderator] SESSION_ID`` (teleport_core/tsh/join.py)."""
+    from teleport_core.tsh import join as joining
+
+    parser = cli.parser("Join the active SSH session.")
+    parser.add_argument("-m", "--mode", default=joining.DEFAULT_MODE, choices=joining.MODES,
+                        help="mode of joining the session: observer (default), peer or moderator")
+    parser.add_argument("-c", "--cluster", help="the cluster of the session (the profile's)")
+    parser.add_argument("session_id", metavar="SESSION_ID", help="the session to join (tsh sessions ls)")
+    args = parser.parse_args(argv)
+    from teleport_core.state.sessions import check_session_id
+
+    check_session_id(args.session_id)  # InvalidSessionID: says what a session ID looks like
+    profile = _current(args)
+    if args.cluster and args.cluster != profile.cluster:
+        raise TeleportError(f"the profile is for cluster {profile.cluster}, not {args.cluster}: "
+                            "joining sessions of leaf clusters is not supported")
+    return joining.run(profile, args.session_id, args.mode)
 
 
 def _current(args: argparse.Namespace) -> Profile:
