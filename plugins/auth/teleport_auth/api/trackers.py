@@ -41,7 +41,7 @@ class TrackerMetadata(Body):
     model_config = ConfigDict(extra="allow")
 
     name: OptionalName = ""
-    revision: OptionalName = Field("", description="the revision read: an update applies only if it is current")
+    revision: OptionalName = Field(default="", description="the revision read: an update applies only if it is current")
 
 
 class TrackerDocument(Body):
