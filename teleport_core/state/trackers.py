@@ -398,6 +398,13 @@ class TrackerKeeper:
         self.wake(session)
         return session
 
+    def remove(self, sid: str) -> None:
+        """Remove a tracker this host left in auth (a session an earlier run's crash cut short)."""
+        session = TrackedSession(self, SessionTracker(sid, "", "", ""))
+        session.created = session.ended = True
+        self.sessions[sid] = session
+        self.wake(session)
+
     def wake(self, session: TrackedSession) -> None:
         self.loop.call_soon_threadsafe(self._mark, session.session_id)
 
