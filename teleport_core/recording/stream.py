@@ -18,7 +18,8 @@ far are always a playable recording). The bytes are the same as the spool record
   ``buffer_limit`` bytes (:data:`BUFFER_LIMIT`). When it is full, :attr:`StreamRecorder.accepting`
   turns False and the host stops reading the session's output (the process blocks on its
   terminal or pipe, the user sees the session pause) until auth catches up: output is never
-  shown unrecorded.
+  shown unrecorded. A writer that ignores ``accepting`` cannot grow it past twice the limit:
+  the recorder gives up (the next :meth:`StreamRecorder.flush` ends the session).
 * **Deny wins.** A failed send (auth unreachable, slow, or answering 5xx or 404) is retried with
   backoff. When output has waited for auth longer than ``stall_limit`` seconds
   (:data:`STALL_LIMIT`), or auth refused a chunk for good (403, 409, 400), the recorder gives up:
@@ -138,7 +139,7 @@ class StreamRecorder:
         return self.unacked < self.buffer_limit and not self._gave_up
 
     def write(self, data: bytes) -> None:
-        if self.closed or self._gave_up or not data:
+        if self.closed or self._gave_up or not data or self.unacked > 2 * self.buffer_limit:
             return
         now = self.clock()
         with self._lock:
@@ -149,6 +150,9 @@ class StreamRecorder:
             if self._oldest_unacked is None:
                 self._oldest_unacked = now
             queued = self._queued
+            overflow = self.unacked > 2 * self.buffer_limit
+        if overflow and not self.failure:  # a writer that ignored ``accepting``: memory stays bounded
+            self.failure = f"the session recording buffer overflowed ({self.unacked} bytes not sent to auth)"
         if queued >= CHUNK_BYTES:
             self._signal()
 

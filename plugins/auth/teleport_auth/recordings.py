@@ -151,6 +151,7 @@ def session_entry(record: SessionRecord, status: str) -> dict[str, Any]:
         "size": record.recording.size,
         "end_reason": record.end_reason,
         "recording": status,
+        "recording_partial": record.recording.partial,
     }
 
 

@@ -130,15 +130,18 @@ class RecordingState:
     size: int = 0
     sha256: str = ""
     uploaded_at: dt.datetime | None = None
+    #: streamed (sync modes) and completed as far as received: the host was lost mid-session
+    partial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "size": self.size, "sha256": self.sha256,
-                "uploaded_at": format_time(self.uploaded_at) if self.uploaded_at else None}
+                "uploaded_at": format_time(self.uploaded_at) if self.uploaded_at else None,
+                **({"partial": True} if self.partial else {})}
 
     @classmethod
     def from_dict(cls, data: Any) -> RecordingState:
         return cls(str(data.get("state", PENDING)), int(data.get("size", 0)), str(data.get("sha256", "")),
-                   _time(data.get("uploaded_at")))
+                   _time(data.get("uploaded_at")), bool(data.get("partial", False)))
 
 
 @attrs.frozen
@@ -314,7 +317,8 @@ class SessionRecords:
             return True
         raise CompareFailed(f"session record {sid} changed concurrently; try again")
 
-    async def uploaded(self, sid: str, size: int, sha256: str, when: dt.datetime | None = None) -> SessionRecord:
+    async def uploaded(self, sid: str, size: int, sha256: str, when: dt.datetime | None = None, *,
+                       partial: bool = False) -> SessionRecord:
         """Mark the recording of ``sid`` stored (idempotent for the same SHA-256); :class:`AlreadyExists`
         when a different recording is recorded as uploaded, ``NotFound`` when there is no record."""
         for _ in range(WRITE_ATTEMPTS):
@@ -328,7 +332,7 @@ class SessionRecords:
                                         "recordings are never replaced")
                 return record
             done = attrs.evolve(record, recording=RecordingState(UPLOADED, size, sha256,
-                                                                 when or dt.datetime.now(dt.UTC)))
+                                                                 when or dt.datetime.now(dt.UTC), partial))
             try:
                 stored = await self.backend.conditional_update(Item(record_key(sid), done.encode(),
                                                                     revision=record.revision))
@@ -384,4 +388,3 @@ class SessionRecords:
             start = items[-1].key + b"\x00"
         out.sort(key=lambda r: r.start, reverse=True)
         return out[:limit]
-

@@ -31,7 +31,15 @@ PARKED_POLL = 0.005
 
 
 class Sink(Protocol):
+    """Where output is copied (a recorder). A sink with an ``accepting`` attribute that is False
+    (a streaming recorder whose buffer is full) pauses the stream: nothing is read from the
+    descriptor, so nothing reaches the client unrecorded, until it is True again."""
+
     def write(self, data: bytes) -> None: ...
+
+
+def _sink_accepting(sink: Sink | None) -> bool:
+    return sink is None or bool(getattr(sink, "accepting", True))
 
 
 def set_nonblocking(fd: int) -> None:
@@ -281,14 +289,14 @@ class FdToChannel:
         if self.channel.closed:
             self._eof()
             return True
-        if self.channel.out_window_size > 0:
+        if self.channel.out_window_size > 0 and _sink_accepting(self.sink):
             self.pump.watch(self.fd, selectors.EVENT_READ, self._readable)
             return True
         return False
 
     def _readable(self) -> None:
         window = self.channel.out_window_size
-        if window <= 0 and not self.channel.closed:
+        if (window <= 0 and not self.channel.closed) or not _sink_accepting(self.sink):
             self.pump.watch(self.fd, selectors.EVENT_READ, None)
             self.pump.park(self._retry)
             return

@@ -40,12 +40,14 @@ from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.locks import parse_lock
 from teleport_core.policy.roles import Role, parse_role
 from teleport_core.recording.spool import FINAL, claim, prepare_spool, recover, recover_sessions, remove_sidecar
+from teleport_core.recording.stream import SYNC_MODES
 from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node.certs import HostCertKey, load_ca_keys
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
+from teleport_node.streaming import Streamer
 from teleport_node.tunnel import TunnelAgent
 
 HEARTBEAT = 30.0
@@ -110,7 +112,8 @@ class NodeService(Service):
         self.state = NodeState(
             cluster_name=cluster, host_uuid=self.identity.host_uuid, nodename=config.nodename, ca_keys=[],
             roles={}, labels=dict(self.settings.labels), recording=recording, spool=self.spool,
-            emit=self._emit_threadsafe, hook=self.ctx.plugins.hook, recorded=self._recorded_threadsafe)
+            emit=self._emit_threadsafe, hook=self.ctx.plugins.hook, recorded=self._recorded_threadsafe,
+            streamer=Streamer(self.loop, self.auth, self.log))
         await self._retrying("load the user CA", self._load_cas)
         await self._retrying("load roles", self._load_roles)
         await self._retrying("load locks", self._load_locks)
@@ -197,8 +200,9 @@ class NodeService(Service):
             return
         while True:
             backlog = await asyncio.to_thread(self.audit.backlog)
+            streaming = self.state.streamer.pending if hasattr(self, "state") else 0
             if not (self._emitting or self._ending or backlog or not self._uploads.empty()
-                    or self._uploading is not None):
+                    or self._uploading is not None or streaming):
                 return
             await asyncio.sleep(0.05)
 
@@ -419,6 +423,8 @@ class NodeService(Service):
         for session in ended:
             await self.audit.emit(new_event("session.end", "ok", when=session.stop, **session.fields))
             await asyncio.to_thread(remove_sidecar, self.spool, session.session_id)
+            if session.fields.get("session_recording") in SYNC_MODES:  # streamed: auth completes what it has
+                self.state.streamer.complete_lost(session.session_id)
             self.log.info("ended a session an earlier run left", sid=session.session_id, end_reason="node_restart",
                           session_stop=session.fields["session_stop"],
                           recorded_bytes=session.fields["recorded_bytes"])

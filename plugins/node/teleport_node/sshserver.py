@@ -64,9 +64,11 @@ from teleport_core.policy.access import (
 from teleport_core.policy.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.policy.roles import Role, RoleSet
 from teleport_core.recording.spool import Recorder, finalize, write_sidecar
+from teleport_core.recording.stream import StreamRecorder
 from teleport_core.state.audit import format_time
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
+from teleport_node.streaming import close_stream, stream_recorder
 
 # 4 MiB, not more: an OpenSSH client buffers up to the window of input and then spends its CPU
 # moving and zeroing that buffer (ssh -J to the node: 0.70 of sshd's speed at 16 MiB, 1.04 at 4)
@@ -108,13 +110,14 @@ class NodeState:
     ca_keys: list[bytes]
     roles: dict[str, Role]
     labels: dict[str, str]
-    recording: str  # "node" or "off"
+    recording: str  # "node", "node-sync" or "off"
     spool: Path
     emit: Callable[[str, str, dict[str, Any]], None]  # (event, outcome, fields): thread-safe
     # a session ended, its session.end emitted: (session id, its finished recording or None); thread-safe
     recorded: Callable[[str, Path | None], None]
     locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.policy.locks), followed from auth
     hook: Any = None  # plugins.hook: the teleport_authorize plugins installed where the node runs
+    streamer: Any = None  # node-sync: the service's Streamer of sessions' recordings to auth (streaming.py)
 
 
 def sftp_server_path() -> str | None:
@@ -159,7 +162,7 @@ class SSHServer:
         self._stopping = False
         self._accepting = True  # False: the accept loop ends (stop, graceful reload)
         self._thread = threading.Thread(target=self._accept_loop, name="teleport-node-accept", daemon=True)
-        self.recorders: set[Recorder] = set()
+        self.recorders: set[Recorder | StreamRecorder] = set()
         self._interrupted: set[Session] = set()  # sessions a stop is ending
         self._finalizing: set[concurrent.futures.Future[None]] = set()  # recordings being finalized
 
@@ -888,7 +891,7 @@ class Session:
         self.open_outputs = 0
         self.exited = False
         self.finished = False
-        self.recorder: Recorder | None = None
+        self.recorder: Recorder | StreamRecorder | None = None
         self.tx = 0
         self.rx = 0
         self.streams: list[Any] = []
@@ -1011,7 +1014,8 @@ class Session:
         self.started_at = time.time()
         if state.recording != "off" and self.subsystem is None:
             try:
-                self.recorder = Recorder(state.spool, self.id, width=self.size[0], height=self.size[1],
+                self.recorder = stream_recorder(self, state, env) or Recorder(
+                                         state.spool, self.id, width=self.size[0], height=self.size[1],
                                          env={"TERM": env.get("TERM", ""), "SHELL": env["SHELL"]},
                                          title=f"{self.conn.login}@{state.nodename}",
                                          command=self.command or "", started=self.started_at)
@@ -1185,6 +1189,9 @@ class Session:
         conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
                   session_stop=_rfc3339(time.time()),
                   recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
+        if isinstance(self.recorder, StreamRecorder):  # node-sync: streamed to auth, nothing to upload
+            close_stream(self, state)
+            return
         if self.recorder is not None:
             conn.server.recorders.discard(self.recorder)
             try:

@@ -30,6 +30,7 @@ from teleport_auth.api import (
     locks,
     roles,
     sessions,
+    streaming,
     tokens,
     users,
     websessions,
@@ -56,13 +57,13 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
 class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessionsAPI, users.UsersAPI,
           tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
-          hostcerts.HostCertsAPI, edit.EditAPI):
+          hostcerts.HostCertsAPI, edit.EditAPI, streaming.StreamingAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
         *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES,
-        *websessions.ROUTES]}
+        *websessions.ROUTES, *streaming.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

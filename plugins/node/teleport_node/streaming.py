@@ -1,0 +1,142 @@
+"""Sync recording on the node (``session_recording: node-sync``): sessions stream to auth.
+
+The kernel's :class:`~teleport_core.recording.stream.StreamRecorder` does the work; this module
+wires it into the node:
+
+* :class:`Streamer` (the service's side, on its event loop): makes a recorder per session whose
+  chunks go to auth (``PUT /v1/sessions/{sid}/recording/chunks``) and runs its sending as a
+  task; after a crash, completes the recordings of the sessions the restart recovery ended
+  (:meth:`Streamer.complete_lost`: ``partial``, what auth received).
+* :func:`stream_recorder` / :func:`close_stream` (the session's side, called from
+  ``sshserver.Session``): the recorder of a new session, and its end (no spool file, no
+  upload: the sidecar is removed once ``session.end`` is on disk, as for any session).
+* :func:`end_session` (the pump thread): the recording gave up (auth unreachable for
+  ``STALL_LIMIT`` seconds, or it refused a chunk): the user is told, the session's output stops
+  (nothing more is shown unrecorded) and its process group is killed; ``session.end`` carries
+  ``end_reason`` ``interrupted`` and ``recording_error``.
+
+The session's output pauses while the recorder's buffer is full (``pump.FdToChannel`` reads its
+sink's ``accepting``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from teleport_core.api.client import AuthClient
+from teleport_core.errors import NotFound, TeleportError
+from teleport_core.recording.stream import SYNC_MODES, StreamRecorder
+from teleport_node.pump import FdToChannel
+
+if TYPE_CHECKING:
+    from teleport_node.sshserver import NodeState, Session
+
+LOST_RETRY = 5.0
+LOST_ATTEMPTS = 60
+
+
+class Streamer:
+    """Makes the stream recorders of a node's sessions and runs their sending (the event loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, auth: AuthClient, log: Any) -> None:
+        self.loop = loop
+        self.auth = auth
+        self.log = log
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def recorder(self, session_id: str, **kwargs: Any) -> StreamRecorder:
+        """A recorder for a new session (any thread); its sending starts on the loop."""
+
+        async def send(index: int, data: bytes) -> None:
+            await self.auth.put_recording_chunk(session_id, index, data)
+
+        async def complete(chunks: int, partial: bool) -> None:
+            await self.auth.complete_recording(session_id, chunks, partial)
+
+        recorder = StreamRecorder(session_id, self.loop, send, complete, log=self.log, **kwargs)
+        self.loop.call_soon_threadsafe(self._run, recorder)
+        return recorder
+
+    def _run(self, recorder: StreamRecorder) -> None:
+        task = self.loop.create_task(recorder.run(), name=f"node-stream-{recorder.session_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        """Streamed recordings still sending or completing."""
+        return len(self.tasks)
+
+    def complete_lost(self, session_id: str) -> None:
+        """A session an earlier run of this node lost (kill -9, crash): have auth complete its
+        recording from what it received (``partial``), retried while auth is away."""
+        task = self.loop.create_task(self._complete_lost(session_id), name=f"node-stream-lost-{session_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _complete_lost(self, session_id: str) -> None:
+        for _ in range(LOST_ATTEMPTS):
+            try:
+                answer = await self.auth.complete_recording(session_id, 1, partial=True)
+            except NotFound as exc:  # nothing of it reached auth, or its record has not (yet)
+                self.log.warning("cannot complete the streamed recording of a lost session", sid=session_id,
+                                 error=str(exc))
+            except TeleportError as exc:
+                self.log.warning("cannot complete the streamed recording of a lost session, will retry",
+                                 sid=session_id, error=str(exc))
+            else:
+                self.log.info("completed the streamed recording of a session an earlier run lost", sid=session_id,
+                              size=answer.get("size"), partial=answer.get("partial"))
+                return
+            await asyncio.sleep(LOST_RETRY)
+
+
+def stream_recorder(session: Session, state: NodeState, env: dict[str, str]) -> StreamRecorder | None:
+    """The stream recorder of a session starting (None unless the node records in a sync mode)."""
+    streamer: Streamer | None = getattr(state, "streamer", None)
+    if state.recording not in SYNC_MODES or streamer is None:
+        return None
+    pump = session.conn.server.pump
+
+    def give_up(reason: str) -> None:
+        pump.call(lambda: end_session(session, reason))
+
+    return streamer.recorder(session.id, width=session.size[0], height=session.size[1],
+                             env={"TERM": env.get("TERM", ""), "SHELL": env["SHELL"]},
+                             title=f"{session.conn.login}@{state.nodename}", command=session.command or "",
+                             started=session.started_at, on_give_up=give_up)
+
+
+def close_stream(session: Session, state: NodeState) -> bool:
+    """End a streamed session's recording (the pump thread, after its ``session.end``): True when
+    the session streams (nothing left to finalize or upload)."""
+    recorder = session.recorder
+    if not isinstance(recorder, StreamRecorder):
+        return False
+    session.conn.server.recorders.discard(recorder)  # type: ignore[arg-type]
+    recorder.close()
+    state.recorded(session.id, None)
+    return True
+
+
+def end_session(session: Session, reason: str) -> None:
+    """The recording gave up (pump thread): tell the user, stop the output, kill the processes."""
+    if session.finished or session.process is None:
+        return
+    session.end_reason = "interrupted"
+    session.end_fields["recording_error"] = reason
+    line = (f"\r\nteleport: Session terminating due to recording error: {reason}. "
+            f"Closing session...\r\n").encode()
+    with contextlib.suppress(Exception):
+        if session.pty:
+            session.channel.send(line)
+        else:
+            session.channel.send_stderr(line)
+    session.conn.server.log.error("ending a session its recording cannot keep up with", sid=session.id,
+                                  error=reason)
+    for stream in session.streams:
+        if isinstance(stream, FdToChannel):
+            stream.stop()
+    session.kill()
