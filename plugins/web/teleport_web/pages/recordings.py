@@ -1,7 +1,8 @@
 """Session recordings: the list, the player, the download (docs/web.md, "Recordings").
 
 - ``/web/cluster/{cluster}/recordings``: the sessions that ended in a time range (default the
-  last 24 hours), newest first, filtered by ``user`` and ``node`` at auth, 50 a page (``limit`` up
+  last 24 hours), newest first, filtered by ``user``, ``node`` and ``search`` (the text the
+  recording shows; each row then shows where, the match marked) at auth, 50 a page (``limit`` up
   to 200), *Older* pages through a cursor (``until`` + ``after``: the last row's end and ID).
   Auth lists with the user's roles: the preset ``access`` role's ``where:`` shows a user only the
   sessions they took part in, ``auditor`` every one.
@@ -147,10 +148,27 @@ def _local(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
+def marked(snippet: str, highlights: list[list[int]]) -> list[tuple[str, bool]]:
+    """A search snippet as parts (text, is a match) for the template to escape and mark."""
+    parts: list[tuple[str, bool]] = []
+    at = 0
+    for start, end in sorted((int(a), int(b)) for a, b in highlights):
+        if not at <= start < end <= len(snippet):
+            continue
+        if start > at:
+            parts.append((snippet[at:start], False))
+        parts.append((snippet[start:end], True))
+        at = end
+    if at < len(snippet):
+        parts.append((snippet[at:], False))
+    return parts
+
+
 async def listing(page: Page) -> Response:
     params = page.request.query_params
     user = params.get("user", "").strip()[:256]
     node = params.get("node", "").strip()[:256]
+    search = params.get("search", "")[:1024]  # auth checks it (3 to 256 characters) and says what is wrong
     after = params.get("after", "")[:256]
     now = dt.datetime.now(dt.UTC)
     try:
@@ -163,14 +181,23 @@ async def listing(page: Page) -> Response:
     if since >= until:
         return page.error(400, "from must be before to")
     upper = min(until, cursor) if cursor else until
-    found = await page.auth.list_recordings(since=format_time(since), until=format_time(upper), user=user,
-                                            node=node, limit=min(1000, limit + 1 + (20 if after else 0)))
+    try:
+        found = await page.auth.list_recordings(since=format_time(since), until=format_time(upper), user=user,
+                                                node=node, search=search.strip(),
+                                                limit=min(1000, limit + 1 + (20 if after else 0)))
+    except TeleportError as exc:  # bad search text, or a backend that cannot search: said on the page
+        if not search.strip() or type(exc) is not TeleportError:
+            raise
+        return page.render("recordings.html", status=400, nav="recordings", rows=[], user_filter=user,
+                           node_filter=node, search=search, search_error=str(exc), since=_local(since),
+                           until=_local(until), newest="", older="", presets=[])
     if after:  # the cursor's end is in milliseconds: skip what the previous page showed
         ids = [s["sid"] for s in found]
         if after in ids:
             found = found[ids.index(after) + 1:]
     shown = found[:limit]
-    base = {"user": user, "node": node, "from": params.get("from", ""), "to": params.get("to", ""),
+    base = {"user": user, "node": node, "search": search.strip(), "from": params.get("from", ""),
+            "to": params.get("to", ""),
             "limit": str(limit) if limit != PAGE_SIZE else ""}
 
     def link(**extra: str) -> str:
@@ -186,10 +213,15 @@ async def listing(page: Page) -> Response:
     rows = [{**s, "start_text": time_text(s["start"]), "duration_text": duration_text(s["duration_seconds"]),
              "state_text": STATES.get(s["recording"], s["recording"]),
              "play": page.url(f"session/{urllib.parse.quote(s['sid'], safe='')}"),
-             "download": page.url(f"session/{urllib.parse.quote(s['sid'], safe='')}/download")} for s in shown]
+             "download": page.url(f"session/{urllib.parse.quote(s['sid'], safe='')}/download"),
+             "match": marked(str(s.get("snippet", "")), s.get("highlights") or [])} for s in shown]
     return page.render(
-        "recordings.html", nav="recordings", rows=rows, user_filter=user, node_filter=node,
-        since=_local(since), until=_local(until), newest=link() if cursor else "", older=older,
+        "recordings.html", nav="recordings", rows=rows, user_filter=user, node_filter=node, search=search.strip(),
+        search_error="",
+        # "now" as the form's To is the next minute: the form has minutes, and a session that ended
+        # this minute must stay listed when the form is sent again (a text search, say)
+        since=_local(since), until=_local(until if params.get("to") else until + dt.timedelta(minutes=1)),
+        newest=link() if cursor else "", older=older,
         presets=[(label, link(**{"from": _local(until - span), "to": params.get("to", "")}))
                  for label, span in (("Last hour", dt.timedelta(hours=1)), ("Last 24 hours", dt.timedelta(days=1)),
                                      ("Last 7 days", dt.timedelta(days=7)), ("Last 30 days", dt.timedelta(days=30)))])
