@@ -65,7 +65,7 @@ BUILTINS = {
     "join": Builtin("join a live session: [--mode=observer|peer|moderator] SESSION_ID", _lazy("join")),
     "sessions": Builtin("sessions ls [--kind=ssh] [--format=text|json|yaml]: list the active sessions you may see",
                         _lazy("sessions")),
-    "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast]", _lazy("play")),
+    "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast] [--follow]", _lazy("play")),
     "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),
     "proxy": Builtin("proxy ssh [user@]host[:port]: stdin/stdout bridge for ProxyCommand", _lazy("proxy")),
 }

@@ -131,6 +131,90 @@ def download(profile: Profile, sid: str, dest: Path, timeout: float = 300.0) -> 
         raise ConnectionProblem(f"proxy at {profile.web_addr}: {exc}") from None
 
 
+#: seconds between reads of a followed session's recording
+FOLLOW_POLL = 0.5
+#: seconds a follower waits for a session auth does not know yet (its session.start on its way)
+FOLLOW_UNKNOWN = 15.0
+#: seconds a follower waits for more of a session that ended without its recording completing (a lost host)
+FOLLOW_ENDED_GRACE = 10.0
+
+
+def read_stream(profile: Profile, sid: str, offset: int, timeout: float = 60.0) -> tuple[bytes, dict[str, str]]:
+    """The recording of ``sid`` from byte ``offset`` and auth's ``x-teleport-*`` headers, via the proxy."""
+    import httpx
+
+    from teleport_core.api.client import ConnectionProblem, raise_for_status
+    from teleport_core.tsh.web import tls_context
+
+    url = f"https://{profile.web_addr}/v1/webapi/sites/{profile.cluster}/sessions/{sid}/stream"
+    try:
+        with httpx.Client(verify=tls_context(profile.insecure, profile), timeout=timeout) as client:
+            response = client.get(url, params={"offset": offset})
+    except httpx.TransportError as exc:
+        raise ConnectionProblem(f"proxy at {profile.web_addr}: {exc}") from None
+    raise_for_status(response)
+    return response.content, {k.lower(): v for k, v in response.headers.items()}
+
+
+def follow(profile: Profile, sid: str, out: BinaryIO, *, raw: bool = False, poll: float = FOLLOW_POLL,
+           sleep: Any = time.sleep, clock: Any = time.monotonic) -> int:
+    """``tsh play --follow``: print a session's output as auth receives it (``raw``: the asciicast
+    bytes), until its recording is complete (or it ended and nothing more came for
+    :data:`FOLLOW_ENDED_GRACE` seconds: a host lost mid-session). Returns the bytes written."""
+    from teleport_core.errors import NotFound
+    from teleport_core.state.sessions import check_session_id
+
+    check_session_id(sid)
+    offset, written, pending = 0, 0, b""
+    header_seen = raw
+    started = last_new = clock()
+    while True:
+        try:
+            data, headers = read_stream(profile, sid, offset)
+        except NotFound:
+            if offset or clock() - started > FOLLOW_UNKNOWN:
+                raise
+            sleep(poll)
+            continue
+        offset += len(data)
+        if data:
+            last_new = clock()
+            if raw:
+                out.write(data)
+                written += len(data)
+            else:
+                pending += data
+                lines = pending.split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not header_seen:
+                        header_seen = True
+                        continue
+                    text = _event_text(line)
+                    if text:
+                        chunk = text.encode()
+                        out.write(chunk)
+                        written += len(chunk)
+            out.flush()
+        complete = headers.get("x-teleport-recording") == "complete"
+        ended = headers.get("x-teleport-session") == "ended"
+        if not data and (complete or (ended and clock() - last_new > FOLLOW_ENDED_GRACE)):
+            return written
+        if not data:
+            sleep(poll)
+
+
+def _event_text(line: bytes) -> str:
+    """The output of one asciicast event line ("" for other events and blank lines)."""
+    if not line.strip():
+        return ""
+    try:
+        _stamp, kind, data = json.loads(line)
+    except (ValueError, TypeError):
+        raise BadRecording("the followed recording holds a line that is not an asciicast event") from None
+    return str(data) if kind == "o" else ""
+
+
 # -- asciicast ---------------------------------------------------------------------------------------------
 
 
@@ -274,10 +358,17 @@ def play(argv: list[str], cli: CliContext) -> int:
                         f"{MAX_SPEED:g}); timing applies when stdout is a terminal")
     parser.add_argument("--format", choices=PLAY_FORMATS, default="text",
                         help="text (pty): the output as typed; json: header and events; cast: the asciicast file")
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help="follow a running session (session_recording: node-sync): print its output as it "
+                        "arrives, until the session ends (text or cast)")
     args = parser.parse_args(argv)
     speed = parse_speed(args.speed)
     local = Path(args.session)
+    if args.follow and args.format == "json":
+        raise TeleportError("--follow prints the output as it arrives: use --format=text or --format=cast")
     if args.session.endswith(".cast") and local.is_file():
+        if args.follow:
+            raise TeleportError("--follow follows a session by its ID, not a local .cast file")
         return _play_file(local, args.format, speed)
     from teleport_core.state.sessions import InvalidSessionID, check_session_id
     from teleport_core.tsh.web import current
@@ -287,6 +378,10 @@ def play(argv: list[str], cli: CliContext) -> int:
     except InvalidSessionID:
         raise TeleportError(f"{args.session!r} is neither a session ID nor a .cast file") from None
     profile = current(args)
+    if args.follow:
+        with contextlib.suppress(BrokenPipeError):
+            follow(profile, args.session, sys.stdout.buffer, raw=args.format == "cast")
+        return 0
     with tempfile.TemporaryDirectory(prefix="tsh-play-") as tmp:
         path = Path(tmp) / "session.cast"
         download(profile, args.session, path)

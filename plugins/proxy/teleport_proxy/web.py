@@ -244,6 +244,27 @@ class WebAPI:
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
 
+    async def recording_stream(self, request: Request) -> Response:
+        """``tsh play --follow``, the web player: the recording from an offset, authorized at auth."""
+        from teleport_core.state.sessions import check_session_id
+        from teleport_proxy.webmodels import StreamQuery
+
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            sid = check_session_id(request.path_params["sid"])
+            offset = validate_query(StreamQuery, request.query_params).offset
+            data, headers = await self.proxy.auth.read_recording_stream(sid, offset, user_cert=der)
+        except TeleportError as exc:
+            return error(exc)
+        passed = {k: v for k, v in headers.items() if k in STREAM_HEADERS}
+        return Response(data, media_type="application/x-asciicast", headers=passed)
+
+
+#: auth's answers about a recording in progress, passed on (lower case: httpx's)
+STREAM_HEADERS = frozenset({"x-teleport-recording", "x-teleport-session", "x-teleport-next-offset"})
+
+
 async def openapi(request: Request) -> Response:
     """The OpenAPI document of this API (:func:`teleport_proxy.webmodels.openapi_document`)."""
     return JSONResponse(openapi_document())
@@ -270,5 +291,6 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions", api.active_sessions, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/sessions/{sid}/stream", api.recording_stream, methods=["GET"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
     ])

@@ -60,6 +60,10 @@ class RecordingsQuery(Query):
     search: str = Field("", max_length=1024, description="only sessions whose recording shows this text (a phrase)")
 
 
+class StreamQuery(Query):
+    offset: int = Field(0, ge=0, description="the first byte wanted (what the caller has so far)")
+
+
 class ProxySSH(Reply):
     listen_addr: str
     public_addr: str
@@ -171,6 +175,11 @@ ROUTES: list[Operation] = [
     Operation("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", "GET", "recording",
               "A session recording (asciicast v2), authorized at auth for the caller", media="application/x-asciicast",
               errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/sessions/{sid}/stream", "GET", "recording_stream",
+              "A session's recording from a byte offset while it runs (sync recording modes) or after: tsh play "
+              "--follow and the web player; X-Teleport-Recording (streaming, complete), X-Teleport-Session "
+              "(running, ended) and X-Teleport-Next-Offset headers; authorized at auth for the caller",
+              query=StreamQuery, media="application/x-asciicast", errors=AUTH_ERRORS),
 ]
 
 
