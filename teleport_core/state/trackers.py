@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from teleport_core.errors import CompareFailed, NotFound
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound
 
 KIND = "session_tracker"
 VERSION = "v1"
@@ -477,9 +477,9 @@ class TrackerKeeper:
             self.writes += 1
             try:
                 await self.client.create_session_tracker(local.to_dict())
-            except Exception:
-                session._put_back([])
-                raise
+            except AlreadyExists:  # an earlier try got through (its answer was lost): make it ours again
+                session._put_back([lambda _current: local])
+                self.wake(session)
             session.created = True
             self._extended[session.session_id] = _now()
             return
