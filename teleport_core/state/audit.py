@@ -29,6 +29,7 @@ CODES: Mapping[tuple[str, str], str] = {
     ("user.password_change", "failure"): "T1005W",
     ("session.start", "ok"): "T2000I",
     ("session.join", "ok"): "T2001I",
+    ("session.join", "failure"): "T2001W",  # ours: a refused join (Teleport audits none)
     ("resize", "ok"): "T2002I",
     ("session.leave", "ok"): "T2003I",
     ("session.end", "ok"): "T2004I",

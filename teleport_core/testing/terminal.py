@@ -32,7 +32,7 @@ class Terminal:
         self.proc = subprocess.Popen(list(argv), stdin=slave, stdout=slave, stderr=slave, env=dict(env or os.environ),
                                      start_new_session=True, preexec_fn=_controlling)
         os.close(slave)
-        self.seen = b""
+        self.seen = bytearray()
         self.closed = False
 
     def type(self, line: str) -> None:
@@ -61,18 +61,20 @@ class Terminal:
     def expect(self, needle: bytes, timeout: float = 60.0, since: int = 0) -> int:
         """Wait until ``needle`` shows (after offset ``since``); the offset just after it."""
         deadline = time.monotonic() + timeout
-        while needle not in self.seen[since:]:
+        start = since
+        while (found := self.seen.find(needle, start)) < 0:
+            start = max(since, len(self.seen) - len(needle))  # scan only what is new (bulk output stays linear)
             left = deadline - time.monotonic()
             assert left > 0, f"{needle!r} not seen in {self.seen[-2000:]!r}"
             assert self._read(left), f"the terminal closed before {needle!r}: {self.seen[-2000:]!r}"
-        return self.seen.index(needle, since) + len(needle)
+        return found + len(needle)
 
     def rest(self, timeout: float = 30.0) -> bytes:
         """Read until the terminal closes (or ``timeout``); everything seen."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._read(deadline - time.monotonic()):
             pass
-        return self.seen
+        return bytes(self.seen)
 
     def wait(self, timeout: float = 30.0) -> int:
         self.rest(timeout)

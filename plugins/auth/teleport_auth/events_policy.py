@@ -33,6 +33,7 @@ import attrs
 from teleport_auth.authz import host_uuid
 from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.state.audit import CODES, AuditEvent
+from teleport_core.state.nodes import NodeInfo
 
 SERVER_ROLE = "server_role"
 """The field auth stamps with the emitting host's system role (``Node``, ``Proxy``)."""
@@ -40,10 +41,14 @@ SERVER_ROLE = "server_role"
 #: What a node emits (plugins/node): its SSH sessions and what happened in them, and its refusals.
 NODE_EVENTS = frozenset({
     "session.start", "session.end", "session.data", "session.upload", "resize",
+    "session.join", "session.leave",  # joiners of its live sessions (party.py)
     "exec", "scp", "port", "client.disconnect", "auth",
 })
 #: What a proxy emits (plugins/proxy): its refusals and the reverse tunnels nodes open to it.
 PROXY_EVENTS = frozenset({"auth", "reverse_tunnel.connect", "reverse_tunnel.disconnect"})
+#: What a proxy emits for an agentless (``sub_kind: openssh``) node it runs sessions for: the node's
+#: session events, with ``server_id`` naming that node (auth stamps ``forwarded_by`` with the proxy).
+AGENTLESS_EVENTS = frozenset({"session.start", "session.end", "session.data", "exec", "scp", "port"})
 #: The event types each system role may emit; ``None``: anything (auth servers).
 HOST_EVENTS: Mapping[str, frozenset[str] | None] = {"Node": NODE_EVENTS, "Proxy": PROXY_EVENTS, "Auth": None}
 
@@ -61,8 +66,19 @@ def system_roles(identity: Identity) -> list[str]:
     return [role for role in identity.roles if role in HOST_EVENTS] if identity.kind is IdentityKind.HOST else []
 
 
-def refusal(identity: Identity, event: AuditEvent) -> str:
-    """Why ``identity`` may not emit ``event``, or "" when it may."""
+def speaks_for(identity: Identity, event: AuditEvent) -> str:
+    """The agentless node a proxy's ``event`` claims to be about (its ``server_id``), or "" when the
+    event is not an agentless node's session event from a proxy. The caller checks the node is a
+    registered ``openssh`` node and passes the result to :func:`refusal` and :func:`stamp`."""
+    if "Proxy" not in system_roles(identity) or event.event not in AGENTLESS_EVENTS:
+        return ""
+    server_id = str(event.fields.get("server_id", ""))
+    return server_id if server_id and server_id != host_uuid(identity) else ""
+
+
+def refusal(identity: Identity, event: AuditEvent, agentless: str = "") -> str:
+    """Why ``identity`` may not emit ``event``, or "" when it may. ``agentless``: the registered
+    openssh node a proxy emits this session event for (:func:`speaks_for`, checked by the caller)."""
     if identity.kind is not IdentityKind.HOST:
         return (f"access denied to user {_q(identity.name)}: only cluster hosts (Node, Proxy, Auth) "
                 f"emit audit events")
@@ -73,6 +89,8 @@ def refusal(identity: Identity, event: AuditEvent) -> str:
     if "Auth" in roles:
         return ""
     allowed = frozenset().union(*(HOST_EVENTS[role] or () for role in roles))
+    if agentless and "Proxy" in roles and event.event in AGENTLESS_EVENTS:
+        allowed = allowed | AGENTLESS_EVENTS
     role = "/".join(roles)
     if event.event not in allowed:
         return (f"{who}: a {role} may not emit {_q(event.event)} events "
@@ -82,19 +100,30 @@ def refusal(identity: Identity, event: AuditEvent) -> str:
                 f"(its codes: {', '.join(sorted(codes_of(event.event)))})")
     server_id = event.fields.get("server_id", "")
     own = host_uuid(identity)
-    if server_id and server_id != own:
+    if server_id and server_id != own and server_id != agentless:
         # a host speaks for itself only (recording uploads trust session.start's server_id)
         return f"{who}: an event with server_id {_q(server_id)} is not its own ({_q(own)})"
     return ""
 
 
-def stamp(event: AuditEvent, identity: Identity, hostname: str, cluster_name: str) -> AuditEvent:
+def stamp(event: AuditEvent, identity: Identity, hostname: str, cluster_name: str,
+          agentless: NodeInfo | None = None) -> AuditEvent:
     """``event`` with the emitting host's ``server_id``, ``server_role``, ``server_hostname`` and
-    ``cluster_name`` set by auth (auth servers' events are returned unchanged)."""
+    ``cluster_name`` set by auth (auth servers' events are returned unchanged). A proxy's session
+    event for the agentless node ``agentless`` keeps that node as ``server_id`` and
+    ``server_hostname``, with ``server_sub_kind: openssh`` and ``forwarded_by`` (the proxy's UUID,
+    Teleport's field), which owns the session's record and recording."""
     roles = system_roles(identity)
     if "Auth" in roles:
         return event
     fields = dict(event.fields)
+    if agentless is not None:
+        fields.update({"server_id": agentless.uuid, SERVER_ROLE: "/".join(roles), "server_hostname": agentless.nodename,
+                       "server_sub_kind": agentless.sub_kind, "forwarded_by": host_uuid(identity),
+                       "cluster_name": cluster_name})
+        return attrs.evolve(event, fields=fields)
+    fields.pop("forwarded_by", None)  # only auth says a host forwarded an event
+    fields.pop("server_sub_kind", None)
     fields.update({"server_id": host_uuid(identity), SERVER_ROLE: "/".join(roles),
                    "server_hostname": hostname, "cluster_name": cluster_name})
     return attrs.evolve(event, fields=fields)

@@ -90,9 +90,10 @@ def _source_allowed(value: str, client_ip: str) -> bool:
     return False
 
 
-def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, login: str, client_ip: str,
+def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, login: str | None, client_ip: str,
                     now: dt.datetime | None = None) -> UserCert:
-    """Verify a user certificate (wire blob) for ``login``; :class:`CertRefused` says why not."""
+    """Verify a user certificate (wire blob) for ``login``; :class:`CertRefused` says why not.
+    ``login`` None: no principal is required (the join principal: the session checks the joiner)."""
     try:
         parsed = ssh.load_ssh_public_identity(key_type.encode() + b" " + base64.b64encode(blob))
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -118,7 +119,8 @@ def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, log
         raise CertRefused(str(exc), parsed.key_id.decode(errors="replace")) from None
 
 
-def _check_fields(parsed: ssh.SSHCertificate, *, login: str, client_ip: str, now: dt.datetime | None) -> UserCert:
+def _check_fields(parsed: ssh.SSHCertificate, *, login: str | None, client_ip: str,
+                  now: dt.datetime | None) -> UserCert:
     if parsed.type is not ssh.SSHCertificateType.USER:
         raise CertRefused("a host certificate was presented as a user certificate")
     moment = int((now or dt.datetime.now(dt.UTC)).timestamp())
@@ -127,7 +129,7 @@ def _check_fields(parsed: ssh.SSHCertificate, *, login: str, client_ip: str, now
     if parsed.valid_before != INFINITY and moment >= parsed.valid_before:
         raise CertRefused("certificate has expired")
     principals = tuple(_text(p, "principal") for p in parsed.valid_principals)
-    if login not in principals:
+    if login is not None and login not in principals:
         raise CertRefused(f"login {json.dumps(login)} is not a principal of the certificate")
     options = {_text(k, "critical option"): _text(v, "critical option") for k, v in parsed.critical_options.items()}
     for name, value in options.items():

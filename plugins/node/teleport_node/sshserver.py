@@ -66,6 +66,8 @@ from teleport_core.policy.roles import Role, RoleSet
 from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.recording.stream import StreamRecorder
 from teleport_core.state.audit import format_time
+from teleport_core.state.trackers import TrackedSession
+from teleport_node import party, tracking
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.streaming import close_stream, stream_recorder
@@ -117,6 +119,7 @@ class NodeState:
     recorded: Callable[[str, Path | None], None]
     locks: tuple[Lock, ...] = ()  # the cluster's locks (teleport_core.policy.locks), followed from auth
     hook: Any = None  # plugins.hook: the teleport_authorize plugins installed where the node runs
+    trackers: Any = None  # the TrackerKeeper of its live sessions' trackers in auth (tracking.py)
     streamer: Any = None  # node-sync: the service's Streamer of sessions' recordings to auth (streaming.py)
 
 
@@ -426,14 +429,16 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         """A CHANNEL_REQUEST (transport thread): ``signal`` here, the rest to paramiko."""
         start = message.packet.tell()
         kind = message.get_text()
-        if kind != "signal":
+        if kind not in ("signal", party.FORCE_TERMINATE):
             message.packet.seek(start)
             channel._handle_request(message)
             return
         want_reply = message.get_boolean()
-        name = message.get_text()
+        name = message.get_text() if kind == "signal" else kind
         session = self.sessions.get(channel.get_id())
-        if session is None:
+        if session is not None and kind == party.FORCE_TERMINATE:
+            ok, why = party.force_terminate(session)
+        elif session is None:
             ok, why = False, "no session on this channel"
         else:
             ok, why = session.deliver_signal(name)
@@ -540,7 +545,8 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         try:
             if blob is None:
                 raise CertRefused("a plain public key was offered, only certificates from the user CA are accepted")
-            cert = check_user_cert(blob.key_blob, blob.key_type, state.ca_keys, login=username,
+            joining = username == party.JOIN_PRINCIPAL  # join-only: no login, checked per join (party.py)
+            cert = check_user_cert(blob.key_blob, blob.key_type, state.ca_keys, login=None if joining else username,
                                    client_ip=self.client_ip)
             user = cert.user
             route = cert.extensions.get("teleport-route-to-cluster", "")
@@ -551,14 +557,15 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             locked = _lock_reason(state, cert, username)
             # roles, then a lock in force, then every teleport_authorize plugin: deny wins
             decision = check_access(state.hook, self._request(state, cert, SSH, username),
-                                    roleset.check_login(username, state.labels),
+                                    Decision.allow() if joining else roleset.check_login(username, state.labels),
                                     Decision.deny(locked) if locked else None)
             if not decision.allowed:
                 raise CertRefused(decision.reason)
             crowded = self.server.gate.user_may_connect(cert.user)
             if crowded:
                 raise CertRefused(crowded)
-            self._check_os_user(username)
+            if not joining:
+                self._check_os_user(username)
         except CertRefused as exc:
             user = user or exc.user
             fields = {"user": user, "login": username, "error": str(exc), "success": False,
@@ -584,7 +591,8 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if self.cert is None:
             return Decision.deny("no authenticated user")
         state = self.server.state()
-        by_cert = None if self.cert.permits(extension) else Decision.deny(f"the certificate does not permit {what}")
+        by_cert = party.refuse_join_only(self, what) or (
+            None if self.cert.permits(extension) else Decision.deny(f"the certificate does not permit {what}"))
         permitted = self.roleset is not None and bool(getattr(self.roleset, option))
         by_roles = Decision.allow() if permitted else Decision.deny(f"{option} is not allowed by the roles")
         return check_access(state.hook, self._request(state, self.cert, verb, self.login, name), by_cert, by_roles)
@@ -637,6 +645,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         text = value.decode(errors="replace") if isinstance(value, bytes) else value
         if key in ENV_ALLOWED or key.startswith("LC_"):
             self._session(channel).env[key] = text
+            return True
+        if key in party.JOIN_ENV:  # tsh join: the session and the mode (never passed to a process)
+            self._session(channel).join_env[key] = text
             return True
         if key == WEB_CLIENT_ENV and text == "1":  # the proxy's web terminal (a claim, shown, never trusted)
             self._session(channel).client = "web"
@@ -903,24 +914,33 @@ class Session:
         self.end_reason = "exit"  # "interrupted": the node's stop ended it
         self.kind = ""  # once started: its kind in teleport_sessions_active (interactive, exec, sftp)
         self.client = ""  # "web": opened by the proxy's web terminal (its events say so)
+        self.tracker: TrackedSession | None = None  # its session_tracker in auth (tracking.py)
+        self.join_env: dict[str, str] = {}  # TELEPORT_SESSION, TELEPORT_SSH_JOIN_MODE (party.py)
+        self.party: party.Party | None = None  # an interactive session's participants (party.py)
+        self.member: party.Member | None = None  # this channel joined another session (party.py)
 
     # -- request handling (transport thread) ----------------------------------------------------
 
     def request(self, command: str | None, subsystem: str | None) -> bool:
         if self.started or self.conn.server._stopping:
             return False
+        if party.is_join(self):
+            return party.join(self, command, subsystem)
         self.started = True
         self.command, self.subsystem = command, subsystem
         self.conn.after_reply(self._start)
         return True
 
     def resize(self) -> None:
+        if self.member is not None:  # a joiner's terminal size is its own
+            return
         if self.master is not None:
             with contextlib.suppress(OSError):
                 _winsize(self.master, *self.size)
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.killpg(self.process.pid, signal.SIGWINCH)
         self.conn.emit("resize", "ok", sid=self.id, size=f"{self.size[0]}:{self.size[1]}")
+        tracking.resized(self)
 
     def deliver_signal(self, name: str) -> tuple[bool, str]:
         """A client's ``signal`` request: send it to the session's process group, as sshd does
@@ -966,6 +986,8 @@ class Session:
 
     def _start(self) -> None:
         """Spawn the process as the login (called right after the request's reply was sent)."""
+        if party.hold(self):  # pending until its required participants joined (or refused)
+            return
         state = self.conn.server.state()
         try:
             entry = pwd.getpwnam(self.conn.login)
@@ -1038,6 +1060,7 @@ class Session:
                        size=f"{self.size[0]}:{self.size[1]}", session_recording=recording,
                        **({"client": self.client} if self.client else {}))
         self.kind = "sftp" if self.subsystem == "sftp" else "interactive" if self.pty else "exec"
+        tracking.started(self, state, recording)
         metrics = self.conn.server.metrics
         metrics.session_started("node", self.kind)
         if self.pty:
@@ -1054,6 +1077,7 @@ class Session:
 
     def _count_rx(self, n: int) -> None:
         self.rx += n
+        tracking.active(self)
 
     def _count_tx(self, n: int) -> None:
         self.tx += n
@@ -1063,7 +1087,7 @@ class Session:
         if self.recorder is not None:
             self.conn.server.recorders.add(self.recorder)
         self.stdin = ChannelToFd(pump, self.channel, fds["in"], self._client_eof, counter=self._count_rx)
-        outputs = [FdToChannel(pump, fds["out"], self.channel, self._output_eof, sink=self.recorder,
+        outputs = [FdToChannel(pump, fds["out"], self.channel, self._output_eof, sink=self.party or self.recorder,
                                counter=self._count_tx)]
         if "err" in fds:
             outputs.append(FdToChannel(pump, fds["err"], self.channel, self._output_eof, stderr=True,
@@ -1074,6 +1098,8 @@ class Session:
             stream.start()
         self.pidfd = os.pidfd_open(self.process.pid)
         pump.watch(self.pidfd, 1, self._child_exited)
+        if self.party is not None:
+            self.party.attached()
         if self.conn.server._stopping:  # started while the node's stop was ending the others
             self.interrupt()
 
@@ -1108,6 +1134,7 @@ class Session:
 
     def hangup(self) -> None:
         """The client went away: signal the process group, finish the session."""
+        party.gone(self)
         self._signal_group(signal.SIGHUP)
 
     def kill(self) -> None:
@@ -1149,6 +1176,8 @@ class Session:
             self.channel.shutdown_write()
             self.channel.close()
         self.conn.sessions.pop(self.channel.get_id(), None)
+        if self.party is not None:
+            self.party.ended(code)
         if self.agent_listener is not None:
             self.agent_listener.close()
         self._report(code)
@@ -1167,6 +1196,7 @@ class Session:
         self.channel.transport._send_user_message(message)
 
     def _report(self, code: int | None) -> None:
+        tracking.ended(self)
         conn = self.conn
         state = conn.server.state()
         if self.kind:
@@ -1187,6 +1217,7 @@ class Session:
                           exitCode=exit_code)
         conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
         conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
+                  **(self.party.end_fields() if self.party is not None else {}),
                   session_stop=_rfc3339(time.time()),
                   recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
         if isinstance(self.recorder, StreamRecorder):  # node-sync: streamed to auth, nothing to upload
