@@ -17,6 +17,10 @@ import attrs
 
 from teleport_core.errors import TeleportError
 
+#: ``sub_kind`` of a plain OpenSSH server registered without our node service (Teleport's name)
+OPENSSH = "openssh"
+SUB_KINDS = ("teleport", OPENSSH)
+
 
 class NodeNotFound(TeleportError):
     """No registered node matches the target."""
@@ -35,7 +39,9 @@ class NodeInfo:
     """A registered SSH server as auth's inventory holds it.
 
     ``addr`` is the registered ``host:port`` (empty for nodes reached only through a reverse
-    tunnel); ``labels`` holds static and dynamic (command) labels together.
+    tunnel); ``labels`` holds static and dynamic (command) labels together. ``sub_kind`` is
+    Teleport's: ``teleport`` (our node service, heartbeating) or ``openssh`` (an agentless plain
+    ``sshd`` registered with ``tctl create``: the proxy terminates SSH for it and records it).
     """
 
     uuid: str
@@ -43,6 +49,12 @@ class NodeInfo:
     addr: str = ""
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=_ro)
     tunnel: bool = False
+    sub_kind: str = "teleport"
+
+    @property
+    def agentless(self) -> bool:
+        """Whether this is a plain OpenSSH server (``sub_kind: openssh``) the proxy speaks for."""
+        return self.sub_kind == OPENSSH
 
     @property
     def host(self) -> str:

@@ -75,8 +75,10 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule(("event",), ("create",)),
         # live sessions: reads all; writes only for agentless OpenSSH nodes (teleport_auth.api.trackers)
         HostRule(("session_tracker",), ("create", "update", "delete", "read", "list")),
-        # no session rule: it lists and reads recordings only for a user whose certificate it
-        # forwards (teleport_auth.recordings.acting_identity), never as itself
+        # upload the recordings of the agentless OpenSSH nodes' sessions it ran (only those whose
+        # record it owns: teleport_auth.uploads); it lists and reads recordings only for a user
+        # whose certificate it forwards (teleport_auth.recordings.acting_identity), never as itself
+        HostRule(("session",), ("create",)),
     ),
     "Auth": (HostRule((WILDCARD,), (WILDCARD,)),),
 }

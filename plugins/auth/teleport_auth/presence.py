@@ -20,7 +20,7 @@ import attrs
 
 from teleport_core.errors import NotFound, TeleportError
 from teleport_core.state.backend import Backend, Item, range_end, utcnow
-from teleport_core.state.nodes import NodeInfo
+from teleport_core.state.nodes import OPENSSH, SUB_KINDS, NodeInfo
 
 NODES_PREFIX = b"/nodes/"
 NODE_TTL = dt.timedelta(minutes=10)
@@ -46,9 +46,11 @@ class NodeHeartbeat:
     cmd_labels: Mapping[str, str] = attrs.field(factory=dict, converter=_ro)
     tunnel: bool = False
     expires: dt.datetime | None = None
+    sub_kind: str = "teleport"  # "openssh": an agentless sshd created with tctl create (no heartbeat, no expiry)
 
     def info(self) -> NodeInfo:
-        return NodeInfo(self.uuid, self.nodename, self.addr, {**self.labels, **self.cmd_labels}, self.tunnel)
+        return NodeInfo(self.uuid, self.nodename, self.addr, {**self.labels, **self.cmd_labels}, self.tunnel,
+                        self.sub_kind)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class NodeHeartbeat:
             "cmd_labels": dict(self.cmd_labels),
             "tunnel": self.tunnel,
             "expires": self.expires.astimezone(dt.UTC).isoformat() if self.expires else None,
+            "sub_kind": self.sub_kind,
         }
 
 
@@ -67,6 +70,11 @@ def _check(heartbeat: NodeHeartbeat) -> None:
         raise InvalidNode(f"invalid node uuid {json.dumps(heartbeat.uuid)}")
     if not heartbeat.nodename:
         raise InvalidNode("a node needs a nodename")
+    if heartbeat.sub_kind not in SUB_KINDS:
+        raise InvalidNode(f"sub_kind: expected one of {', '.join(SUB_KINDS)}, got {json.dumps(heartbeat.sub_kind)}")
+    if heartbeat.sub_kind == OPENSSH and (heartbeat.tunnel or not heartbeat.addr):
+        raise InvalidNode(f"node {json.dumps(heartbeat.nodename)}: an openssh node needs spec.addr (host:port of its "
+                          "sshd) and no reverse tunnel")
     if not heartbeat.addr and not heartbeat.tunnel:
         raise InvalidNode(f"node {json.dumps(heartbeat.nodename)} has neither an address nor a reverse tunnel")
     for labels in (heartbeat.labels, heartbeat.cmd_labels):
@@ -78,7 +86,8 @@ def _check(heartbeat: NodeHeartbeat) -> None:
 def _decode(data: dict[str, Any]) -> NodeInfo:
     labels = data["labels"]
     cmd = data["cmd_labels"]
-    return NodeInfo(data["uuid"], data["nodename"], data["addr"], {**labels, **cmd} if cmd else labels, data["tunnel"])
+    return NodeInfo(data["uuid"], data["nodename"], data["addr"], {**labels, **cmd} if cmd else labels, data["tunnel"],
+                    data.get("sub_kind", "teleport"))
 
 
 class Presence:
@@ -95,7 +104,7 @@ class Presence:
     async def upsert_node(self, heartbeat: NodeHeartbeat, ttl: dt.timedelta = NODE_TTL) -> NodeHeartbeat:
         """Store a heartbeat; without ``expires`` it expires ``ttl`` from now. Returns what was stored."""
         _check(heartbeat)
-        if heartbeat.expires is None:
+        if heartbeat.expires is None and heartbeat.sub_kind != OPENSSH:  # an agentless node never heartbeats
             heartbeat = attrs.evolve(heartbeat, expires=self._now() + ttl)
         value = json.dumps(heartbeat.to_dict(), separators=(",", ":")).encode()
         await self.backend.put(Item(self._key(heartbeat.uuid), value, expires=heartbeat.expires))
@@ -115,7 +124,8 @@ class Presence:
         data = json.loads(item.value)
         expires = dt.datetime.fromisoformat(data["expires"]) if data.get("expires") else None
         return NodeHeartbeat(
-            data["uuid"], data["nodename"], data["addr"], data["labels"], data["cmd_labels"], data["tunnel"], expires
+            data["uuid"], data["nodename"], data["addr"], data["labels"], data["cmd_labels"], data["tunnel"], expires,
+            data.get("sub_kind", "teleport"),
         )
 
     async def list_nodes(self) -> list[NodeInfo]:
@@ -131,3 +141,39 @@ class Presence:
             await self.backend.delete(self._key(uuid))
         except NotFound:
             raise NotFound(f"node {json.dumps(uuid)} not found") from None
+
+
+def parse_node_resource(doc: Mapping[str, Any], label: str) -> NodeHeartbeat:
+    """A ``kind: node`` resource of ``tctl create`` (Teleport's form): only ``sub_kind: openssh``,
+    a plain sshd registered by hand (our node service registers itself when it joins).
+
+    ``metadata.name`` (the node's UUID: what tsh and the host certificate name it by),
+    ``metadata.labels``, ``spec.addr`` (``host:port`` of its sshd) and ``spec.hostname``."""
+    if doc.get("sub_kind") != OPENSSH:
+        raise InvalidNode(f"{label}: sub_kind: tctl create makes only agentless nodes (sub_kind: {OPENSSH}); "
+                          f"got {json.dumps(doc.get('sub_kind'))} (a Teleport node registers itself when it joins)")
+    if doc.get("version", "v2") != "v2":
+        raise InvalidNode(f"{label}: version: expected v2, got {json.dumps(doc.get('version'))}")
+    metadata, spec = doc.get("metadata"), doc.get("spec")
+    if not isinstance(metadata, Mapping) or not isinstance(spec, Mapping):
+        raise InvalidNode(f"{label}: metadata and spec: required mappings")
+    name, addr, hostname = metadata.get("name"), spec.get("addr"), spec.get("hostname")
+    labels = metadata.get("labels") or {}
+    for key, value in (("metadata.name", name), ("spec.addr", addr), ("spec.hostname", hostname)):
+        if not isinstance(value, str) or not value:
+            raise InvalidNode(f"{label}: {key}: required (a string)")
+    assert isinstance(addr, str)
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidNode(f"{label}: spec.addr: expected host:port of the sshd, got {json.dumps(addr)}")
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidNode(f"{label}: metadata.labels: must map names to strings")
+    unknown = sorted(set(spec) - {"addr", "hostname", "use_tunnel", "public_addrs"})
+    if unknown or spec.get("use_tunnel"):
+        raise InvalidNode(f"{label}: spec: unsupported {', '.join(unknown) or 'use_tunnel'} for an openssh node")
+    beat = NodeHeartbeat(uuid=str(name), nodename=str(hostname), addr=addr, labels=dict(labels), sub_kind=OPENSSH)
+    try:
+        _check(beat)
+    except InvalidNode as exc:
+        raise InvalidNode(f"{label}: {exc}") from None
+    return beat

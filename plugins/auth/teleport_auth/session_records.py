@@ -169,6 +169,13 @@ class SessionRecord:
     end_uid: str = ""
     recording: RecordingState = attrs.field(factory=RecordingState)
     revision: str = attrs.field(default="", eq=False)
+    #: the proxy that ran the session for an agentless node (``server_id``): the record's owner then
+    forwarded_by: str = ""
+
+    @property
+    def owner(self) -> str:
+        """The host that ran the session and owns its record and recording."""
+        return self.forwarded_by or self.server_id
 
     def to_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self, recurse=False)
@@ -196,7 +203,8 @@ class SessionRecord:
                    end=_time(data.get("end")), end_reason=str(data.get("end_reason", "")),
                    recorded_bytes=int(data.get("recorded_bytes", 0)), start_uid=str(data.get("start_uid", "")),
                    end_uid=str(data.get("end_uid", "")),
-                   recording=RecordingState.from_dict(data.get("recording") or {}), revision=item.revision)
+                   recording=RecordingState.from_dict(data.get("recording") or {}), revision=item.revision,
+                   forwarded_by=str(data.get("forwarded_by", "")))
 
 
 def _from_start(event: AuditEvent, sid: str) -> SessionRecord:
@@ -209,7 +217,8 @@ def _from_start(event: AuditEvent, sid: str) -> SessionRecord:
         login=_text(fields.get("login")), proto=_text(fields.get("proto")) or "ssh",
         interactive=bool(fields.get("interactive", False)), command=_command(fields),
         session_recording=_text(recording), start=event.time, start_uid=event.uid,
-        recording=RecordingState(OFF if recording == "off" else PENDING))
+        recording=RecordingState(OFF if recording == "off" else PENDING),
+        forwarded_by=_text(fields.get("forwarded_by")))
 
 
 def _ended(record: SessionRecord, event: AuditEvent) -> SessionRecord:
@@ -229,6 +238,12 @@ def _ended(record: SessionRecord, event: AuditEvent) -> SessionRecord:
         login=record.login or _text(fields.get("login")),
         command=record.command or _command(fields), session_recording=_text(recording),
         server_hostname=record.server_hostname or _text(fields.get("server_hostname")), recording=state)
+
+
+def event_owner(event: AuditEvent) -> str:
+    """The host that emitted a stamped session event: the proxy that ``forwarded_by`` names for an
+    agentless node's session, else ``server_id``."""
+    return str(event.fields.get("forwarded_by") or event.fields.get("server_id", ""))
 
 
 def event_sid(event: AuditEvent) -> str:
@@ -271,12 +286,12 @@ class SessionRecords:
     async def started(self, event: AuditEvent) -> SessionRecord:
         """Create the record of a ``session.start`` (idempotent; the first start of a session wins)."""
         sid = event_sid(event)
-        owner = str(event.fields.get("server_id", ""))
+        owner = event_owner(event)
         for _ in range(WRITE_ATTEMPTS):
             record = await self.get(sid)
             if record is not None:
-                if record.server_id != owner:
-                    raise SessionNotOwned(f"session {sid} belongs to host {record.server_id}: host {owner} "
+                if record.owner != owner:
+                    raise SessionNotOwned(f"session {sid} belongs to host {record.owner}: host {owner} "
                                           "may not start a session with its ID")
                 return record
             fresh = _from_start(event, sid)
@@ -291,11 +306,11 @@ class SessionRecords:
         """Complete the record with a ``session.end`` (see :meth:`accept`). An end whose start never
         reached auth creates the record (its ``session_start`` field, else its time, as the start)."""
         sid = event_sid(event)
-        owner = str(event.fields.get("server_id", ""))
+        owner = event_owner(event)
         for _ in range(WRITE_ATTEMPTS):
             record = await self.get(sid)
-            if record is not None and record.server_id != owner:
-                raise SessionNotOwned(f"session {sid} belongs to host {record.server_id}: host {owner} "
+            if record is not None and record.owner != owner:
+                raise SessionNotOwned(f"session {sid} belongs to host {record.owner}: host {owner} "
                                       "may not end it")
             if record is not None and record.end is not None:
                 return record.end_uid == event.uid  # a redelivery is audited (again); another end is not
@@ -388,3 +403,4 @@ class SessionRecords:
             start = items[-1].key + b"\x00"
         out.sort(key=lambda r: r.start, reverse=True)
         return out[:limit]
+

@@ -35,7 +35,7 @@ ALL_KINDS = ("cert_authority", "role", "user", "token", "node", "lock")
 #: kinds ``tctl rm`` deletes
 REMOVABLE = ("role", "user", "lock", "node", "token")
 # kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
-CREATABLE = ("role",)
+CREATABLE = ("role", "node")  # node: sub_kind openssh only (an agentless sshd: docs/sessions.md)
 YAML_FORMATS = ("yaml", "json", "text")
 
 
@@ -139,7 +139,7 @@ def _pick_node(nodes: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def node_resource(node: dict[str, Any]) -> dict[str, Any]:
     """A node of ``/v1/nodes`` in Teleport's resource form (``metadata.name`` is the host UUID)."""
-    return {"kind": "node", "sub_kind": "teleport", "version": "v2",
+    return {"kind": "node", "sub_kind": node.get("sub_kind") or "teleport", "version": "v2",
             "metadata": {"name": node["uuid"], "labels": dict(node.get("labels") or {})},
             "spec": {"addr": node.get("addr", ""), "hostname": node["nodename"],
                      "use_tunnel": bool(node.get("tunnel", False))}}
@@ -329,7 +329,7 @@ def load_documents(text: str, source: str) -> list[dict[str, Any]]:
             raise ResourceError(f"{label}: kind: tctl create does not support {json.dumps(kind)} "
                                 f"(supported: {', '.join(CREATABLE)}){hint}")
         try:
-            resource = role_to_dict(parse_role(doc, label))
+            resource = _openssh_node(doc, label) if kind == "node" else role_to_dict(parse_role(doc, label))
         except InvalidRole as exc:
             raise ResourceError(str(exc)) from None
         key = (kind, resource["metadata"]["name"])
@@ -338,6 +338,17 @@ def load_documents(text: str, source: str) -> list[dict[str, Any]]:
         seen.add(key)
         out.append(resource)
     return out
+
+
+def _openssh_node(doc: dict[str, Any], label: str) -> dict[str, Any]:
+    """A ``kind: node`` document checked here (``sub_kind: openssh``), in its resource form."""
+    from teleport_auth.presence import InvalidNode, parse_node_resource
+
+    try:
+        beat = parse_node_resource(doc, label)
+    except InvalidNode as exc:
+        raise ResourceError(str(exc)) from None
+    return node_resource(beat.to_dict())
 
 
 def _read_source(path: str) -> tuple[str, str]:

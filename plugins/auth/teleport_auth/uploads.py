@@ -57,7 +57,7 @@ def upload_refusal(record: SessionRecord | None, uploader: str, sid: str) -> str
     record is ``record``), or ""."""
     if not uploader:
         return f"only the node that ran session {sid} may upload its recording"
-    if record is None or record.server_id != uploader:
+    if record is None or record.owner != uploader:  # the proxy that forwarded an agentless node's session
         return f"session {sid} was not started by host {uploader}: only the node that ran it may upload its recording"
     return ""
 

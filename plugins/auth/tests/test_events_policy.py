@@ -8,7 +8,17 @@ import importlib
 from pathlib import Path
 
 from teleport_auth.authz import decide_host
-from teleport_auth.events_policy import HOST_EVENTS, NODE_EVENTS, PROXY_EVENTS, SERVER_ROLE, codes_of, refusal, stamp
+from teleport_auth.events_policy import (
+    AGENTLESS_EVENTS,
+    HOST_EVENTS,
+    NODE_EVENTS,
+    PROXY_EVENTS,
+    SERVER_ROLE,
+    codes_of,
+    refusal,
+    speaks_for,
+    stamp,
+)
 
 from teleport_core.policy.access import AccessRequest, Identity, IdentityKind
 from teleport_core.state.audit import CODES, AuditEvent, new_event
@@ -40,7 +50,10 @@ def test_allow_lists_are_exactly_what_nodes_and_proxies_emit() -> None:
     proxy = emitted("teleport_proxy")
     assert {"session.start", "exec", "auth"} <= node and "reverse_tunnel.connect" in proxy  # the scan works
     assert node == NODE_EVENTS, f"teleport_node emits {sorted(node)}: update NODE_EVENTS in events_policy"
-    assert proxy == PROXY_EVENTS, f"teleport_proxy emits {sorted(proxy)}: update PROXY_EVENTS in events_policy"
+    # with the session events of the agentless OpenSSH nodes it speaks for (teleport_proxy.forwarder)
+    assert proxy == PROXY_EVENTS | AGENTLESS_EVENTS, \
+        f"teleport_proxy emits {sorted(proxy)}: update PROXY_EVENTS or AGENTLESS_EVENTS in events_policy"
+    assert AGENTLESS_EVENTS <= NODE_EVENTS
     assert set(HOST_EVENTS) == {"Node", "Proxy", "Auth"} and HOST_EVENTS["Auth"] is None
     assert all(codes_of(kind) for kind in NODE_EVENTS | PROXY_EVENTS)
 
@@ -81,5 +94,27 @@ def test_hosts_never_list_or_read_recordings_as_themselves() -> None:
             decision = decide_host(AccessRequest(host(role), verb, "session"))
             assert not decision.allowed and f"system role {role} does not allow {verb} on session" in decision.reason
     assert decide_host(AccessRequest(host("Node"), "create", "session")).allowed  # its own uploads
-    assert not decide_host(AccessRequest(host("Proxy"), "create", "session")).allowed
+    # a proxy uploads the recordings of agentless sessions it ran (teleport_auth.uploads checks the owner)
+    assert decide_host(AccessRequest(host("Proxy"), "create", "session")).allowed
+    assert not decide_host(AccessRequest(host("Proxy"), "update", "session")).allowed
     assert decide_host(AccessRequest(host("Auth"), "read", "session")).allowed
+
+
+def test_a_proxy_emits_session_events_only_for_a_registered_agentless_node() -> None:
+    from teleport_core.state.nodes import NodeInfo
+
+    proxy, node = host("Proxy"), host("Node")
+    agentless = NodeInfo("plain-uuid", "plain", "10.0.0.1:22", sub_kind="openssh")
+    start = new_event("session.start", sid="s", server_id="plain-uuid", forwarded_by="forged", user="alice")
+    assert speaks_for(proxy, start) == "plain-uuid" and speaks_for(node, start) == ""
+    # without the caller's check that plain-uuid is a registered openssh node: refused
+    assert 'a Proxy may not emit "session.start"' in refusal(proxy, start)
+    assert refusal(proxy, start, "plain-uuid") == ""
+    assert "is not its own" in refusal(proxy, new_event("session.start", sid="s", server_id="other"), "plain-uuid")
+    assert "may not emit" in refusal(proxy, new_event("resize", server_id="plain-uuid"), "plain-uuid")
+    stamped = stamp(start, proxy, "proxy1", CLUSTER, agentless)
+    assert stamped.fields["server_id"] == "plain-uuid" and stamped.fields["server_hostname"] == "plain"
+    assert stamped.fields["forwarded_by"] == UUID and stamped.fields["server_sub_kind"] == "openssh"
+    # a node cannot claim it forwarded an event
+    own = stamp(new_event("exec", forwarded_by="someone", server_sub_kind="openssh"), node, "node1", CLUSTER)
+    assert "forwarded_by" not in own.fields and "server_sub_kind" not in own.fields

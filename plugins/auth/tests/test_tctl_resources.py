@@ -154,10 +154,10 @@ BAD_FILES = [
     ("", "{path}: no resources found"),
     ("---\n---\n", "{path}: no resources found"),
     ("- a\n- b\n", "{path}: expected a resource (a mapping with kind, version, metadata, spec), got list"),
-    ("version: v5\nmetadata: {name: x}\n", "{path}: kind: required (supported: role)"),
-    ("kind: rolez\n", '{path}: kind: tctl create does not support "rolez" (supported: role)'),
+    ("version: v5\nmetadata: {name: x}\n", "{path}: kind: required (supported: role, node)"),
+    ("kind: rolez\n", '{path}: kind: tctl create does not support "rolez" (supported: role, node)'),
     ("kind: user\nversion: v2\nmetadata: {name: u}\nspec: {roles: [access]}\n",
-     '{path}: kind: tctl create does not support "user" (supported: role) '
+     '{path}: kind: tctl create does not support "user" (supported: role, node) '
      '(change users with "tctl users add" and "tctl users update")'),
     ("kind: role\nversion: v3\nmetadata: {name: old}\n",
      '{path}: role "old": version: unsupported version "v3": expected one of "v4", "v5", "v6", "v7" '
@@ -166,6 +166,14 @@ BAD_FILES = [
      '{path} (document 2): metadata.name: role "a" appears twice in the file'),
     ("kind: role\nversion: v5\nmetadata: {name: lbl}\nspec: {allow: {node_labels: {env: [prod, {x: 1}]}}}\n",
      '{path}: role "lbl": spec.allow.node_labels.env[1]: expected a string, got a dict'),
+    # agentless OpenSSH nodes (docs/sessions.md): only sub_kind openssh, with the sshd's host:port
+    ("kind: node\nsub_kind: teleport\nversion: v2\nmetadata: {name: n1}\nspec: {addr: 'h:22', hostname: h}\n",
+     '{path}: sub_kind: tctl create makes only agentless nodes (sub_kind: openssh); got "teleport" '
+     "(a Teleport node registers itself when it joins)"),
+    ("kind: node\nsub_kind: openssh\nversion: v2\nmetadata: {name: n1}\nspec: {addr: 'h', hostname: h}\n",
+     '{path}: spec.addr: expected host:port of the sshd, got "h"'),
+    ("kind: node\nsub_kind: openssh\nversion: v2\nmetadata: {name: n1}\nspec: {addr: 'h:22'}\n",
+     "{path}: spec.hostname: required (a string)"),
 ]
 
 

@@ -169,7 +169,13 @@ class DialingPipe(Pipe):
             upstream = Pipe(self.mux)  # holds what the node sends (its banner) until "OK" is written
             loop = asyncio.get_running_loop()
             try:
-                if node.tunnel or not node.addr:  # the node connects back through its reverse tunnel
+                if node.agentless:  # this proxy speaks for a plain sshd (teleport_proxy.forwarder)
+                    if proxy.agentless is None:
+                        raise TeleportError(f"agentless node {node.nodename}: the proxy is starting or stopping")
+                    sock = proxy.agentless.dial(node, self.remote)
+                    sock.setblocking(False)
+                    await loop.create_connection(lambda: upstream, sock=sock)
+                elif node.tunnel or not node.addr:  # the node connects back through its reverse tunnel
                     if proxy.tunnel is None:
                         raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
                     sock = await asyncio.to_thread(proxy.tunnel.dial, node.uuid, node.nodename)

@@ -35,6 +35,7 @@ from teleport_core.state.audit import new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_core.state.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_proxy.certs import UserCert, self_signed
+from teleport_proxy.forwarder import Forwarder
 from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
 from teleport_proxy.mux import WebMux
 from teleport_proxy.settings import ProxySettings
@@ -83,6 +84,7 @@ class ProxyService(Service):
         self.web_terminals = WebTerminals()  # the web UI's open terminals (cut when locked, drained)
         self.mux: Any = None  # teleport_proxy.mux.WebMux
         self.ssh: Any = None
+        self.agentless: Forwarder | None = None  # teleport_proxy.forwarder: agentless OpenSSH nodes
         self.loop: asyncio.AbstractEventLoop
         self._web_cert: tuple[str, str] = ("", "")
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,6 +122,9 @@ class ProxyService(Service):
             task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
             self._tasks.append(task)
 
+        # agentless OpenSSH nodes: this proxy terminates, records and forwards their sessions
+        self.agentless = Forwarder(self, config.data_dir / "log" / "upload" / "proxy-sessions")
+        self._tasks.extend(await self.agentless.start())
         # the listeners are inherited across a graceful reload (ctx.listen)
         self.ssh = SSHProxyServer(self, self.ctx.listen("proxy:ssh", self.settings.listen_addr))
         self.ssh.start()
@@ -179,6 +184,8 @@ class ProxyService(Service):
             await asyncio.to_thread(self.ssh.stop)
         if self.tunnel is not None:
             await asyncio.to_thread(self.tunnel.stop)
+        if self.agentless is not None:
+            await asyncio.to_thread(self.agentless.stop)
         if self._cutting is not None:
             self._tasks.append(self._cutting)
         for task in self._tasks:
@@ -351,7 +358,8 @@ class ProxyService(Service):
             fetched, nodes = self._nodes
             if time.monotonic() - fetched >= max_age or not nodes:
                 nodes = [NodeInfo(n["uuid"], n["nodename"], n.get("addr", ""), n.get("labels", {}),
-                                  n.get("tunnel", False)) for n in await self.auth.get_nodes()]
+                                  n.get("tunnel", False), n.get("sub_kind", "teleport"))
+                         for n in await self.auth.get_nodes()]
                 self._nodes = (time.monotonic(), nodes)
                 self._visible.clear()
             return nodes

@@ -147,7 +147,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         assert self.user is not None
         future = asyncio.run_coroutine_threadsafe(self.proxy.route(self.user, "", target, port), self.proxy.loop)
         node = future.result(LOOKUP_TIMEOUT)
-        return node, dial_node(self.proxy, node)
+        return node, dial_node(self.proxy, node, self.remote)
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: tuple[str, int],
                                            destination: tuple[str, int]) -> int:
@@ -182,9 +182,15 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return True
 
 
-def dial_node(proxy: ProxyState, node: NodeInfo) -> socket.socket:
+def dial_node(proxy: ProxyState, node: NodeInfo, remote: str = "") -> socket.socket:
     """A connected socket to ``node``'s SSH port: directly, or through its reverse tunnel when it
-    has one (raises TeleportError/OSError). Blocking; call it from a thread."""
+    has one; for an agentless OpenSSH node, to this proxy's own SSH server speaking for it
+    (:mod:`teleport_proxy.forwarder`; ``remote``: the user's address). Raises TeleportError/OSError.
+    Blocking; call it from a thread."""
+    if node.agentless:
+        if proxy.agentless is None:
+            raise TeleportError(f"agentless node {node.nodename}: the proxy is starting or stopping")
+        return proxy.agentless.dial(node, remote)  # type: ignore[no-any-return]
     if node.tunnel or not node.addr:  # the node dials back through its reverse tunnel: a plain socket too
         if proxy.tunnel is None:  # the proxy is starting or stopping
             raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")

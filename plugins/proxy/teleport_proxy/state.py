@@ -58,6 +58,7 @@ class ProxyState(Protocol):
     tunnel: Dialer | None  # the reverse tunnel server, once started
     web: TLSServer | None  # the HTTPS listener, once started
     web_terminals: Any  # the web UI's open terminals (teleport_proxy.webterminal.WebTerminals)
+    agentless: Any  # agentless OpenSSH nodes (teleport_proxy.forwarder.Forwarder), once started
 
     def public_web_addr(self) -> str: ...
 

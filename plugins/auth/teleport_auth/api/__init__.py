@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_auth.api import (
+    agentless,
     changes,
     cluster,
     edit,
@@ -32,6 +33,7 @@ from teleport_auth.api import (
     sessions,
     streaming,
     tokens,
+    trackers,
     users,
     websessions,
 )
@@ -57,13 +59,14 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
 class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessionsAPI, users.UsersAPI,
           tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
-          hostcerts.HostCertsAPI, edit.EditAPI, streaming.StreamingAPI):
+          hostcerts.HostCertsAPI, edit.EditAPI, trackers.TrackersAPI, agentless.AgentlessAPI,
+          streaming.StreamingAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
         *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES,
-        *websessions.ROUTES, *streaming.ROUTES]}
+        *websessions.ROUTES, *trackers.ROUTES, *agentless.ROUTES, *streaming.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

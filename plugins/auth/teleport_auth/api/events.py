@@ -13,9 +13,11 @@ from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoin
 from teleport_core.api.schema import MAP_MAX, Body, Name, OptionalName, Query, Reply, Text, Timestamp, Word
 from teleport_core.errors import (
     AccessDenied,
+    NotFound,
 )
 from teleport_core.policy.access import Identity
 from teleport_core.state.audit import AuditEvent, AuditQuery, parse_time
+from teleport_core.state.nodes import OPENSSH, NodeInfo
 
 
 class EventBody(Body):
@@ -74,18 +76,32 @@ class EventsAPI(APIBase):
             raise BadRequest(str(exc)) from None
         assert identity is not None
         # only hosts emit, each only its system role's event types, stamped by us: teleport_auth.events_policy
-        reason = events_policy.refusal(identity, event)
+        node = await self._agentless_subject(identity, event)  # a proxy's event for an agentless node
+        reason = events_policy.refusal(identity, event, node.uuid if node else "")
         if reason:
             await self.audit_denial(request, identity, reason)
             raise AccessDenied(reason)
         roles = events_policy.system_roles(identity)
         if "Auth" not in roles:
             hostname = await self._host_names.get(roles[0], host_uuid(identity))
-            event = events_policy.stamp(event, identity, hostname, self.service.cluster_name)
+            event = events_policy.stamp(event, identity, hostname, self.service.cluster_name, node)
             if not await self._session_record(request, identity, event):
                 return {"stored": event.uid}  # a second end of an ended session: answered, not logged
         await self.service.emit(event)  # durable (auth's audit spool) before we answer: the emitter drops its copy
         return {"stored": event.uid}
+
+    async def _agentless_subject(self, identity: Identity, event: AuditEvent) -> NodeInfo | None:
+        """The registered openssh node a proxy's session event names as ``server_id``, else None."""
+        from teleport_auth import events_policy
+
+        uuid = events_policy.speaks_for(identity, event)
+        if not uuid:
+            return None
+        try:
+            held = await self.service.presence.get_node(uuid)
+        except NotFound:
+            return None
+        return held.info() if held.sub_kind == OPENSSH else None
 
     async def _session_record(self, request: Request, identity: Identity, event: AuditEvent) -> bool:
         """Write a host's session event into the session records (:mod:`teleport_auth.session_records`)

@@ -57,6 +57,7 @@ class NodeReply(Reply):
     addr: str
     labels: dict[str, str]
     tunnel: bool
+    sub_kind: str = "teleport"
 
 
 class DeletedNodeReply(Reply):
@@ -167,7 +168,7 @@ class InventoryAPI(APIBase):
 
 def node_dict(node: NodeInfo) -> dict[str, Any]:
     return {"uuid": node.uuid, "nodename": node.nodename, "addr": node.addr, "labels": dict(node.labels),
-            "tunnel": node.tunnel}
+            "tunnel": node.tunnel, "sub_kind": node.sub_kind}
 
 
 ROUTES: list[Operation] = [

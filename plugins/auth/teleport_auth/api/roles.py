@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field
 from starlette.requests import Request
 
+from teleport_auth.api.agentless import check_openssh_nodes, parse_node_doc, write_openssh_nodes
 from teleport_auth.api.core import APIBase, BadRequest, Operation, body, endpoint
 from teleport_core.api.schema import LIST_MAX, Body, JSONObject, Labels, Message, Name, Reply, Word
 from teleport_core.errors import (
@@ -127,11 +128,18 @@ class RolesAPI(APIBase):
         wanted = body(request, CreateResourcesBody)
         force, docs = wanted.force, wanted.resources
         roles = []
+        nodes = []
         for index, doc in enumerate(docs):
+            if doc.get("kind") == "node":  # an agentless OpenSSH node (teleport_auth.agentless)
+                nodes.append(parse_node_doc(doc, f"resources[{index}]"))
+                continue
             if doc.get("kind") != "role":
                 kind = doc.get("kind")
-                raise BadRequest(f"resources[{index}]: unsupported kind {json.dumps(kind)} (supported: role)")
+                raise BadRequest(f"resources[{index}]: unsupported kind {json.dumps(kind)} (supported: role, node)")
             roles.append(parse_role(doc, f"resources[{index}]"))
+        planned = await check_openssh_nodes(self, request, identity, nodes, force=force)  # before any write
+        if not roles:
+            return await write_openssh_nodes(self, identity, planned)
         names = [r.name for r in roles]
         if len(set(names)) != len(names):
             raise BadRequest("the same role appears twice")
@@ -147,7 +155,8 @@ class RolesAPI(APIBase):
         for role in roles:
             event = "role.updated" if role.name in existing else "role.created"
             await svc.emit(self.event(event, name=role.name, user=identity.name))
-        return [{"kind": "role", "name": r.name, "created": r.name not in existing} for r in roles]
+        created_nodes = await write_openssh_nodes(self, identity, planned)
+        return [{"kind": "role", "name": r.name, "created": r.name not in existing} for r in roles] + created_nodes
 
 
 ROUTES: list[Operation] = [

@@ -1,0 +1,335 @@
+"""Agentless OpenSSH nodes, end to end: Debian's real ``sshd`` registered with ``tctl create``
+(``sub_kind: openssh``; host certificate from ``tctl auth sign --host --format=openssh``), reached
+through the proxy, which terminates SSH for it, checks the user as a node does, records the
+session and dials sshd with a per-session certificate from auth. Clients: ``tsh ssh`` and
+OpenSSH ``ssh -J`` / ``scp -J`` / ``sftp -J``. One cluster and one sshd for the module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+import yaml
+from proxy_helpers import CLUSTER, LOGIN, Env, free_port, profile_ssh_config
+from test_tsh_play_forward import on_a_terminal
+
+from teleport_core.api.client import AuthClient, load_tls
+from teleport_core.pki import keys
+from teleport_core.plugins import make_plugins
+from teleport_core.policy.locks import LockTarget, lock_to_dict, new_lock
+from teleport_core.state.nodes import NodeInfo
+from teleport_core.testing import openssh
+from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.sockets import echo_server, exchange
+from teleport_core.testing.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PASSWORD = "a long enough password 123"
+NODE_UUID = "5f0f1c1e-6a53-4a55-9d8a-0c0ffee00001"
+NODENAME = "plain-sshd"
+
+
+def tctl(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "teleport_core.cli.tctl", "-c", str(config), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    if not (Path(openssh.SSHD).exists() and shutil.which("ssh") and shutil.which("scp") and shutil.which("sftp")):
+        missing("OpenSSH sshd, ssh, scp and sftp are needed (apt-get install openssh-server openssh-client)")
+    root = tmp_path_factory.mktemp("agentless")
+    config = {
+        "teleport": {"data_dir": str(root / "auth"), "nodename": "agentless-proxy"},
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
+                         "authentication": {"second_factor": "off"}},
+        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                          "tunnel_listen_addr": "127.0.0.1:0"},
+        "ssh_service": {"enabled": False},
+    }
+    with start_cluster(config, make_plugins(), timeout=120) as cluster:
+        e = Env(root, cluster, cluster)
+        config_file = root / "teleport.yaml"
+        config_file.write_text(yaml.safe_dump({**config, "auth_service": {**config["auth_service"],
+                                                                          "listen_addr": e.auth_addr}}))
+        for name, labels, options in (("dev", {"env": "plain"}, {"port_forwarding": True}),
+                                      ("nofwd", {"env": "plain"}, {"port_forwarding": False}),
+                                      ("prod", {"env": "prod"}, {})):
+            e.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": name},
+                                   "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": labels,
+                                                      "rules": [{"resources": ["node"], "verbs": ["list", "read"]}]},
+                                            "options": options}})
+        e.signup("alice", ["dev", "auditor"], [LOGIN], PASSWORD)
+        e.signup("nofwd", ["nofwd"], [LOGIN], PASSWORD)
+        e.signup("prodder", ["prod"], [LOGIN], PASSWORD)
+        # the manual steps of docs/sessions.md: a host certificate for sshd, the user CA trusted, tctl create
+        folder = root / "sshd"
+        folder.mkdir()
+        key = folder / "host"
+        port = free_port()
+        signed = tctl(config_file, "auth", "sign", f"--host={NODENAME},127.0.0.1,{NODE_UUID}", "--format=openssh",
+                      f"--out={key}")
+        assert signed.returncode == 0, signed.stderr
+        exported = tctl(config_file, "auth", "export", "--type=user")
+        assert exported.returncode == 0, exported.stderr
+        ca_lines = [" ".join(line.split()[1:]) if line.startswith("cert-authority") else line
+                    for line in exported.stdout.splitlines() if line.strip()]
+        (folder / "user_ca.pub").write_text("".join(line + "\n" for line in ca_lines))
+        proc, _ = openssh.start_sshd(folder, host_key=key, host_cert=Path(f"{key}-cert.pub"),
+                                     user_ca=folder / "user_ca.pub", port=port,
+                                     extra=["LogLevel VERBOSE", "Subsystem sftp internal-sftp",
+                                            "AllowTcpForwarding yes"])
+        resource = {"kind": "node", "sub_kind": "openssh", "version": "v2",
+                    "metadata": {"name": NODE_UUID, "labels": {"env": "plain"}},
+                    "spec": {"addr": f"127.0.0.1:{port}", "hostname": NODENAME}}
+        (root / "node.yaml").write_text(yaml.safe_dump(resource))
+        created = tctl(config_file, "create", str(root / "node.yaml"))
+        assert created.returncode == 0, created.stderr
+        assert created.stdout == f'node "{NODE_UUID}" has been created\n'
+        e.config_file = config_file  # type: ignore[attr-defined]
+        e.sshd_folder = folder  # type: ignore[attr-defined]
+        try:
+            yield e
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def alice(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return env.logged_in(tmp_path_factory, "alice")
+
+
+def events(env: Env, **query: Any) -> list[dict[str, Any]]:
+    async def body() -> list[dict[str, Any]]:
+        async with env.admin() as admin:
+            page = await admin.search_events(limit=5000, **query)
+        return list(page["events"])
+
+    return asyncio.run(body())
+
+
+def ssh_argv(config: Path, env: Env, user: str, *rest: str, tool: str = "ssh") -> list[str]:
+    return [tool, "-F", str(config), "-J", f"{user}@127.0.0.1:{env.ssh_port}", *rest]
+
+
+def run(argv: list[str], home: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    proc_env = {**os.environ, "TELEPORT_HOME": str(home)}
+    proc_env.pop("SSH_AUTH_SOCK", None)
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, env=proc_env, check=False)
+
+
+def uploaded(env: Env, home: Path, sid: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        listing = env.tsh(home, "recordings", "ls", "--format=json")
+        assert listing.returncode == 0, listing.stderr
+        return next((s for s in json.loads(listing.stdout) if s["sid"] == sid and s["recorded"]), None)
+
+    return wait_for(find, "the recording uploaded by the proxy", timeout=60)
+
+
+def test_the_node_is_listed_without_a_heartbeat(env: Env, alice: Path) -> None:
+    listed = env.tsh(alice, "ls", "--format=json")
+    assert listed.returncode == 0, listed.stderr
+    node = next(n for n in json.loads(listed.stdout) if n["metadata"]["name"] == NODE_UUID)
+    assert node["sub_kind"] == "openssh" and node["spec"]["hostname"] == NODENAME
+    shown = tctl(env.config_file, "nodes", "ls")  # type: ignore[attr-defined]
+    assert shown.returncode == 0 and NODENAME in shown.stdout, shown.stderr
+    got = yaml.safe_load(tctl(env.config_file, "get", f"node/{NODE_UUID}").stdout)  # type: ignore[attr-defined]
+    assert got["sub_kind"] == "openssh" and got["spec"]["addr"].startswith("127.0.0.1:")
+
+
+def test_tsh_ssh_is_recorded_at_the_proxy_and_plays(env: Env, alice: Path, tmp_path: Path) -> None:
+    result = env.tsh(alice, "ssh", "-t", f"{LOGIN}@{NODENAME}", stdin="echo typed-$((6*7))-here\nexit\n")
+    assert result.returncode == 0, result.stderr
+    assert "typed-42-here" in result.stdout
+    start = wait_for(lambda: [e for e in events(env, type="session.start") if e.get("server_id") == NODE_UUID
+                              and e.get("interactive") is not False], "the session.start", timeout=30)[-1]
+    proxy_uuid = env.proxy.identity.host_uuid
+    assert start["forwarded_by"] == proxy_uuid and start["server_sub_kind"] == "openssh"
+    assert start["server_hostname"] == NODENAME and start["user"] == "alice" and start["login"] == LOGIN
+    assert start["session_recording"] == "proxy"
+    sid = start["sid"]
+    record = uploaded(env, alice, sid)
+    assert record["server_hostname"] == NODENAME and record["end_reason"] == "exit"
+    played = env.tsh(alice, "play", sid)
+    assert played.returncode == 0 and "typed-42-here" in played.stdout, played.stderr
+    cast = subprocess.run([sys.executable, "-m", "teleport_core.cli.tsh", "play", "--format=cast", sid],
+                          capture_output=True, timeout=60, check=False, env={**os.environ, "TELEPORT_HOME": str(alice)})
+    assert cast.returncode == 0
+    path = tmp_path / "session.cast"
+    path.write_bytes(cast.stdout)
+    reference = on_a_terminal(["asciinema", "cat", str(path)], stdout_too=False)
+    assert b"typed-42-here" in reference
+    # the per-session certificate auth minted for the proxy: principals [login], audited
+    certs = [e for e in events(env, type="cert.create") if e.get("cert_type") == "openssh_session"]
+    assert certs and certs[-1]["login"] == LOGIN and certs[-1]["identity"]["logins"] == [LOGIN]
+    assert certs[-1]["forwarded_by"].startswith(proxy_uuid)
+
+
+def test_openssh_jump_exec_scp_and_sftp(env: Env, alice: Path, tmp_path: Path) -> None:
+    config = profile_ssh_config(alice, tmp_path / "ssh_config")
+    # strict host key checking against the cluster's host CA: the proxy presents the node's identity
+    ok = run(ssh_argv(config, env, "alice", f"{LOGIN}@{NODENAME}.{CLUSTER}", "echo exec-$((6*7)); exit 3"), alice)
+    assert ok.returncode == 3 and ok.stdout == "exec-42\n", ok.stderr
+    execs = [e for e in events(env, type="exec") if e.get("server_id") == NODE_UUID]
+    assert any(e["command"] == "echo exec-$((6*7)); exit 3" and e["exitCode"] == "3" for e in execs)
+    source = tmp_path / "up.txt"
+    source.write_text("scp through the proxy\n")
+    remote = tmp_path / "remote.txt"
+    # -O: the scp protocol over exec (audited as scp); without it OpenSSH's scp speaks sftp
+    up = run(ssh_argv(config, env, "alice", "-O", str(source), f"{LOGIN}@{NODENAME}.{CLUSTER}:{remote}",
+                      tool="scp"), alice)
+    assert up.returncode == 0, up.stderr
+    assert remote.read_text() == "scp through the proxy\n"
+    got = tmp_path / "back.txt"
+    sftp = run(ssh_argv(config, env, "alice", "-b", "-", f"{LOGIN}@{NODENAME}.{CLUSTER}", tool="sftp"),
+               alice, stdin=f"get {remote} {got}\n")
+    assert sftp.returncode == 0, sftp.stderr
+    assert got.read_text() == "scp through the proxy\n"
+    assert wait_for(lambda: [e for e in events(env, type="scp") if e.get("server_id") == NODE_UUID
+                             and e["action"] == "upload"], "the scp event", timeout=30)
+
+
+def test_local_port_forwarding_as_the_role_allows(env: Env, alice: Path, tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    config = profile_ssh_config(alice, tmp_path / "ssh_config")
+    with echo_server() as target:
+        local = free_port()
+        argv = ssh_argv(config, env, "alice", "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{target}",
+                        f"{LOGIN}@{NODENAME}.{CLUSTER}")
+        proc_env = {**os.environ}
+        proc_env.pop("SSH_AUTH_SOCK", None)
+        with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=proc_env) as proc:
+            try:
+                def answered() -> bytes | None:
+                    try:
+                        with socket.create_connection(("127.0.0.1", local), timeout=5) as sock:
+                            return exchange(sock, b"forwarded") or None
+                    except OSError:
+                        return None
+
+                assert wait_for(answered, "the forwarded port", timeout=30) == b"forwarded"
+            finally:
+                proc.terminate()
+        # a role without port_forwarding: refused and audited, the shell still works
+        nofwd = env.logged_in(tmp_path_factory, "nofwd")
+        config2 = profile_ssh_config(nofwd, tmp_path / "ssh_config2")
+        refused = run(ssh_argv(config2, env, "nofwd", "-o", "ExitOnForwardFailure=yes", "-W", f"127.0.0.1:{target}",
+                               f"{LOGIN}@{NODENAME}.{CLUSTER}"), nofwd)
+        assert refused.returncode != 0
+    denied = wait_for(lambda: [e for e in events(env, type="port") if e.get("user") == "nofwd"
+                               and e["code"] == "T3003E"], "the refused forward", timeout=30)
+    assert "port forwarding is not allowed" in denied[-1]["error"]
+
+
+def test_refusals_are_audited(env: Env, alice: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    wrong = env.tsh(alice, "ssh", f"nobody-else@{NODENAME}", "true")
+    assert wrong.returncode != 0
+    prodder = env.logged_in(tmp_path_factory, "prodder")  # a role without the node's labels
+    hidden = env.tsh(prodder, "ssh", f"{LOGIN}@{NODENAME}", "true")
+    assert hidden.returncode != 0 and "does not exist" in hidden.stderr
+    lock = new_lock(LockTarget(user="alice"), "agentless drill")
+    env.call("upsert_lock", lock_to_dict(lock))
+    try:
+        wait_for(lambda: env.proxy.locks, "the proxy to see the lock", timeout=30)
+        locked = env.tsh(alice, "ssh", f"{LOGIN}@{NODENAME}", "true")
+        assert locked.returncode != 0 and "agentless drill" in locked.stderr
+    finally:
+        env.call("delete_lock", lock.name)
+    def refusals() -> str:
+        errors = " | ".join(str(e.get("error")) for e in events(env, type="auth")
+                            if e.get("target") in (NODE_UUID, NODENAME) or "agentless drill" in str(e.get("error")))
+        return errors if "nobody-else" in errors and "agentless drill" in errors else ""
+
+    errors = wait_for(refusals, "audited refusals (wrong login, lock)", timeout=30)
+    assert "not in the set of valid principals" in errors
+
+
+def _forwarder_handshake(env: Env, key: paramiko.PKey, login: str) -> bool:
+    """Authenticate to the proxy's SSH server for the node directly (no outer proxy hop): True if accepted."""
+    node = NodeInfo(NODE_UUID, NODENAME, "127.0.0.1:1", {"env": "plain"}, sub_kind="openssh")
+    sock = env.proxy.agentless.dial(node, "127.0.0.1:40000")
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=30)
+        try:
+            transport.auth_publickey(login, key)
+        except paramiko.AuthenticationException:
+            return False
+        return transport.is_authenticated()
+    finally:
+        transport.close()
+
+
+def test_a_certificate_from_another_ca_is_refused(env: Env, tmp_path: Path) -> None:
+    """The attacker talks to the node's SSH server at the proxy with a user certificate signed by a
+    CA of their own naming alice and the right login: refused and audited."""
+    ca = keys.generate_private_key("ed25519")
+    user = keys.generate_private_key("ed25519")
+    (tmp_path / "ca").write_bytes(keys.private_key_openssh(ca))
+    (tmp_path / "ca").chmod(0o600)
+    (tmp_path / "user.pub").write_text(keys.public_key_openssh(user) + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "alice", "-n", LOGIN, "-V", "+1h",
+                    "-O", "extension:teleport-roles={\"roles\":[\"dev\"]}", str(tmp_path / "user.pub")], check=True)
+    import io
+
+    pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(keys.private_key_openssh(user).decode()))
+    pkey.load_certificate(str(tmp_path / "user-cert.pub"))
+    assert not _forwarder_handshake(env, pkey, LOGIN)
+    refusals = wait_for(lambda: [e for e in events(env, type="auth") if "unrecognized authority" in str(e.get("error"))
+                                 and e.get("target") == NODE_UUID], "the audited refusal", timeout=30)
+    assert refusals[-1]["code"] == "T3007W"
+
+
+def test_only_a_proxy_gets_agentless_certificates(env: Env, alice: Path) -> None:
+    """A user (even with a valid certificate) asking auth for a session or host certificate of the
+    agentless node is refused (403) and audited; so is a proxy naming a node that is not openssh."""
+    folder = alice / "profiles" / "127.0.0.1"
+    profile_cert = (folder / "id-cert.pub").read_text().strip()
+    key = keys.generate_private_key("ed25519")
+    tls = load_tls_from_profile(alice)
+
+    async def ask() -> list[int]:
+        statuses = []
+        async with AuthClient(env.auth_addr, [tls]) as client:
+            for path, body in (("/v1/agentless/session-cert",
+                                {"node": NODE_UUID, "login": LOGIN, "user_cert": profile_cert,
+                                 "public_key": keys.public_key_openssh(key)}),
+                               ("/v1/agentless/host-cert", {"node": NODE_UUID, "public_key": keys.public_key_openssh(key)})):
+                response = await client._request("POST", path, json=body)
+                statuses.append(response.status_code)
+        return statuses
+
+    assert asyncio.run(ask()) == [403, 403]
+    proxy = env.proxy
+
+    async def as_proxy() -> int:
+        response = await proxy.auth._request("POST", "/v1/agentless/host-cert",
+                                             json={"node": proxy.identity.host_uuid,
+                                                   "public_key": keys.public_key_openssh(key)})
+        return int(response.status_code)
+
+    assert asyncio.run_coroutine_threadsafe(as_proxy(), proxy.loop).result(30) == 403
+    denials = [e for e in events(env, type="auth") if "only a proxy gets certificates" in str(e.get("error"))
+               or "is not a registered openssh node" in str(e.get("error"))]
+    assert len(denials) >= 3
+
+
+def load_tls_from_profile(home: Path) -> Any:
+    """The TLS client context of a tsh profile (its key and user certificate)."""
+    from teleport_core.tsh.profile import Profile
+
+    return load_tls(Profile.load(home).identity.client_context())
