@@ -124,14 +124,14 @@ class WebCluster:
 @contextlib.contextmanager
 def running_cluster(root: Path, *, second_factor: str = "off", idle_timeout: str = "10m",
                     plugin_objects: Sequence[tuple[str, object]] = (), node: bool = False,
-                    proxy: dict[str, Any] | None = None) -> Iterator[WebCluster]:
+                    proxy: dict[str, Any] | None = None, recording: str = "node") -> Iterator[WebCluster]:
     """Auth and the proxy in one process (teleport-web loaded from its entry point); with ``node``,
     our SSH service too (nodename ``web-auth``, label ``env=test``, recording sessions); ``proxy``:
-    more ``proxy_service`` settings."""
+    more ``proxy_service`` settings; ``recording``: ``auth_service.session_recording``."""
     config = {
         "teleport": {"data_dir": str(root), "nodename": "web-auth"},
         "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "web_idle_timeout": idle_timeout,
-                         "authentication": {"second_factor": second_factor}},
+                         "authentication": {"second_factor": second_factor}, "session_recording": recording},
         "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                           "tunnel_listen_addr": "127.0.0.1:0", **(proxy or {})},
         "ssh_service": ({"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "test"}} if node

@@ -14,12 +14,19 @@
   ``.../session/{sid}/index.json`` and ``.../session/{sid}/segment/{n}.json``.
 - ``/web/cluster/{cluster}/session/{sid}/download``: the ``.cast`` file as an attachment (another
   read at auth, audited; the bytes ``tsh play --format=cast`` writes).
+- ``/web/cluster/{cluster}/session/{sid}/live``: follow a running session (``session_recording:
+  node-sync``): a read-only terminal (xterm.js, ``static/live.js``) writes the output as auth
+  receives it, polling ``.../session/{sid}/stream?offset=N`` (auth's recording from a byte
+  offset, ``read`` on ``session`` as for the player; the first read audited), until the recording
+  is complete; then it links the player. The player of a session still streaming sends its viewer
+  here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import shutil
 import tempfile
 import time
@@ -31,13 +38,13 @@ from typing import Any
 
 import attrs
 from starlette.background import BackgroundTask
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute
 
 from teleport_core.errors import NotFound, TeleportError
 from teleport_core.state.audit import format_time, parse_time
 from teleport_core.state.sessions import check_session_id
-from teleport_core.webui import WASM_HEADER
+from teleport_core.webui import STYLE_NONCE_HEADER, WASM_HEADER
 from teleport_web import castsegments
 from teleport_web.framework import NO_STORE, Page, Web, query_int
 
@@ -237,6 +244,10 @@ async def player(page: Page, store: Recordings) -> Response:
         kept = await store.read(page, sid, fresh=True)
     except castsegments.NotPlayable as exc:
         return page.error(422, f"session {sid} cannot be played: {exc}")
+    except NotFound:
+        if await _streaming(page, sid):  # a session still running (node-sync): follow it live
+            return RedirectResponse(page.url(f"session/{urllib.parse.quote(sid, safe='')}/live"), status_code=303)
+        raise
     base = page.url(f"session/{urllib.parse.quote(sid, safe='')}")
     params = page.request.query_params
     start = params.get("t", "")
@@ -282,6 +293,39 @@ async def segment(page: Page, store: Recordings) -> Response:
     return Response(content=body, media_type="application/json", headers=NO_STORE)
 
 
+#: an offset past any recording: asking auth there returns its headers and no bytes (and is not audited)
+STREAM_PROBE = 1 << 50
+
+
+async def _streaming(page: Page, sid: str) -> bool:
+    """Whether auth streams the recording of ``sid`` (sync recording modes) and it is not complete."""
+    try:
+        _data, headers = await page.auth.read_recording_stream(sid, STREAM_PROBE)
+    except TeleportError:
+        return False
+    return headers.get("x-teleport-recording") == "streaming"
+
+
+async def live(page: Page) -> Response:
+    """Follow a running session: the page (``static/live.js`` reads ``stream``)."""
+    sid = _sid(page)
+    base = page.url(f"session/{urllib.parse.quote(sid, safe='')}")
+    nonce = secrets.token_urlsafe(16)  # xterm.js creates <style> elements
+    return page.render("live.html", nav="recordings", sid=sid, stream_url=f"{base}/stream", player_url=base,
+                       style_nonce=nonce, headers={STYLE_NONCE_HEADER: nonce})
+
+
+async def stream(page: Page) -> Response:
+    """The recording of a session from ``offset`` (bytes), as auth answers it, headers included."""
+    sid = _sid(page)
+    text = page.request.query_params.get("offset", "0")
+    if not text.isdigit() or len(text) > 15:
+        return page.error(400, f"offset: expected a byte offset (0 or more), got {text[:20]!r}")
+    data, headers = await page.auth.read_recording_stream(sid, int(text))
+    passed = {k: v for k, v in headers.items() if k.startswith("x-teleport-")}
+    return Response(content=data, media_type="application/x-asciicast", headers={**NO_STORE, **passed})
+
+
 async def download(page: Page) -> Response:
     sid = _sid(page)
     folder = tempfile.mkdtemp(prefix="teleport-web-download-")
@@ -310,4 +354,6 @@ def routes(web: Web) -> list[BaseRoute]:
             web.page("/web/cluster/{cluster}/session/{sid}", bound(player)),
             web.page("/web/cluster/{cluster}/session/{sid}/index.json", bound(index)),
             web.page("/web/cluster/{cluster}/session/{sid}/segment/{n:int}.json", bound(segment)),
-            web.page("/web/cluster/{cluster}/session/{sid}/download", download)]
+            web.page("/web/cluster/{cluster}/session/{sid}/download", download),
+            web.page("/web/cluster/{cluster}/session/{sid}/live", live),
+            web.page("/web/cluster/{cluster}/session/{sid}/stream", stream)]
