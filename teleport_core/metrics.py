@@ -200,6 +200,12 @@ class Metrics:
         for operation, (group, _) in BACKEND_OPERATIONS.items():
             self.backend_seconds[group].labels(req=operation)  # every series from the start
         r.register(_BackendCounts(self.backend_seconds))
+        # -- recordings text search (auth) ------------------------------------------------------------
+        self.recordings_indexed = Counter("teleport_recordings_indexed_total",
+                                          "Recordings auth indexed for text search, by result (ok, failed)",
+                                          ["result"], registry=r)
+        for result in ("ok", "failed"):
+            self.recordings_indexed.labels(result=result)
         # -- sessions (node and proxy) --------------------------------------------------------------------
         self.sessions_active = Gauge("teleport_sessions_active", "Sessions in progress, by service and kind",
                                      ["service", "kind"], registry=r)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from teleport_core.metrics import metrics_for
 from teleport_core.recording.text import cast_text
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
@@ -63,6 +64,11 @@ async def index_stored(service: AuthState, sid: str) -> tuple[int, bool]:
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
+def counted(service: AuthState, ok: bool) -> None:
+    """Count an indexing in ``teleport_recordings_indexed_total``."""
+    metrics_for(service.ctx.metrics).recordings_indexed.labels(result="ok" if ok else "failed").inc()
+
+
 class Indexer:
     """The background indexing of one auth service (:func:`indexer_of`)."""
 
@@ -97,10 +103,12 @@ class Indexer:
                 else:
                     chars, truncated = await index_file(recording_index(self.service), sid, path)
             self.service.log.debug("recording indexed", sid=sid, chars=chars, truncated=truncated)
+            counted(self.service, True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # logged and counted: tctl recordings reindex repairs it
             self.failed += 1
+            counted(self.service, False)
             self.service.log.warning("cannot index a recording for search (tctl recordings reindex retries)",
                                      sid=sid, error=str(exc))
         finally:

@@ -175,3 +175,9 @@ def test_tctl_reindexes_the_stored_recordings(env: Env, homes: dict[str, Path], 
     assert bad.returncode != 0 and "invalid session ID" in bad.stderr, bad.stderr
     missing = tctl("recordings", "reindex", "no-such-session")
     assert missing.returncode == 1 and "failed: no-such-session" in missing.stdout, missing.stdout
+    # counted at auth: the two uploads, the reindexing, the failure
+    from teleport_core.metrics import metrics_for
+
+    counter = metrics_for(env.auth_handle.process.services["auth_service"].ctx.metrics).recordings_indexed
+    assert counter.labels(result="ok")._value.get() >= 2 + report["indexed"] + 1
+    assert counter.labels(result="failed")._value.get() >= 1

@@ -113,20 +113,6 @@ class ReindexReply(Reply):
     next: str = Field(description="with all: the after of the next call; empty when done")
 
 
-class ActiveQuery(Query):
-    limit: int = Field(100, ge=1, le=1000, description="sessions at most, newest start first")
-
-
-class ActiveSessionEntry(_SessionFacts):
-    """A session that started and has not ended: who, where, since when."""
-
-    start: str
-
-
-class ActiveSessionsReply(Reply):
-    sessions: list[ActiveSessionEntry]
-
-
 class SessionsAPI(APIBase):
     """Session recording routes."""
 
@@ -269,41 +255,12 @@ class SessionsAPI(APIBase):
                 _, cut = await recording_search.index_stored(self.service, sid)
             except (TeleportError, ValueError, OSError) as exc:
                 failed.append({"sid": sid, "error": str(exc)})
+                recording_search.counted(self.service, False)
                 continue
+            recording_search.counted(self.service, True)
             indexed += 1
             truncated += int(cut)
         return {"indexed": indexed, "truncated": truncated, "failed": failed, "next": following}
-
-    @endpoint(None, None)
-    async def list_active_sessions(self, request: Request, identity: Identity | None) -> Any:
-        """Sessions running now (started, no ``session.end`` yet) the caller may see: their own
-        (a participant) and those their ``list`` rules on ``session`` allow (``where:`` sees each
-        record), for the caller or the user a proxy forwarded. A user gets a filtered listing, never a
-        403; a host whose system role may not list sessions (a node) is refused (403, audited)."""
-        from teleport_auth.session_records import SessionRecord, records_of
-        from teleport_core.state.audit import format_time
-
-        assert identity is not None
-        acting = await recordings.acting_identity(self, request, identity)
-        limit = query(request, ActiveQuery).limit
-        decision = await self.decision(acting, "list", "session", filtered=True)
-        rules = decision.allowed
-        user = acting.name if acting.kind is IdentityKind.USER else None
-        if user is None and not rules:  # a host lists only what its system role allows (a node: nothing)
-            await self.audit_denial(request, acting, decision.reason)
-            raise AccessDenied(decision.reason)
-
-        def keep(record: SessionRecord) -> bool:
-            if user is not None and user in record.participants:
-                return True
-            return rules and self.item_decision(acting, "list", "session", record.sid,
-                                                recordings.session_attributes(record)).allowed
-
-        found = await records_of(self.service).running(limit, keep)
-        return {"sessions": [
-            {"sid": r.sid, "proto": r.proto, "user": r.user, "participants": list(r.participants), "login": r.login,
-             "server_id": r.server_id, "server_hostname": r.server_hostname, "interactive": r.interactive,
-             "command": r.command, "start": format_time(r.start)} for r in found]}
 
     @endpoint(None, None)
     async def read_recording(self, request: Request, identity: Identity | None) -> Any:
@@ -351,9 +308,6 @@ ROUTES: list[Operation] = [
     Operation("/v1/sessions/reindex", "POST", "reindex_recordings",
               "Index stored recordings again for text search (update on session; a batch per call)",
               body=ReindexBody, response=ReindexReply),
-    Operation("/v1/sessions/active", "GET", "list_active_sessions",
-              "Sessions running now the caller may see (its own, and those list on session allows)",
-              query=ActiveQuery, response=ActiveSessionsReply),
     Operation("/v1/sessions/{sid}/recording", "GET", "read_recording",
               "Download a session recording, asciicast v2 (read on session; audited)", media="application/x-asciicast"),
     Operation("/v1/upload_refusals", "GET", "list_upload_refusals",
