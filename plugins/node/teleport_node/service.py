@@ -44,6 +44,7 @@ from teleport_core.recording.stream import SYNC_MODES
 from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
+from teleport_node import tracking
 from teleport_node.certs import HostCertKey, load_ca_keys
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
@@ -113,7 +114,7 @@ class NodeService(Service):
             cluster_name=cluster, host_uuid=self.identity.host_uuid, nodename=config.nodename, ca_keys=[],
             roles={}, labels=dict(self.settings.labels), recording=recording, spool=self.spool,
             emit=self._emit_threadsafe, hook=self.ctx.plugins.hook, recorded=self._recorded_threadsafe,
-            streamer=Streamer(self.loop, self.auth, self.log))
+            trackers=tracking.keeper(self.auth, self.loop, self.log), streamer=Streamer(self.loop, self.auth, self.log))
         await self._retrying("load the user CA", self._load_cas)
         await self._retrying("load roles", self._load_roles)
         await self._retrying("load locks", self._load_locks)
@@ -144,6 +145,7 @@ class NodeService(Service):
             self.log.error("recordings refused by auth are kept in the spool", recordings_refused=refused,
                            path=str(self.spool))
         self._spawn(self.audit.run(), "node-audit")
+        self._spawn(self.state.trackers.run(), "node-session-trackers")
         self._spawn(self._send_uploads(), "node-uploads")
         self._spawn(self._rescan_spool(), "node-spool-rescan")
         self._spawn(self._heartbeat(), "node-heartbeat")
@@ -187,6 +189,9 @@ class NodeService(Service):
             await asyncio.to_thread(self.ssh.stop)
         with contextlib.suppress(asyncio.TimeoutError):  # deliver what the last sessions produced
             await asyncio.wait_for(self._drain(), 5)
+        keeper = getattr(getattr(self, "state", None), "trackers", None)
+        if keeper is not None:  # the ended sessions' trackers go from auth
+            await keeper.stop(timeout=3)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -423,6 +428,7 @@ class NodeService(Service):
         for session in ended:
             await self.audit.emit(new_event("session.end", "ok", when=session.stop, **session.fields))
             await asyncio.to_thread(remove_sidecar, self.spool, session.session_id)
+            self.state.trackers.remove(session.session_id)  # its tracker, if auth still has it
             if session.fields.get("session_recording") in SYNC_MODES:  # streamed: auth completes what it has
                 self.state.streamer.complete_lost(session.session_id)
             self.log.info("ended a session an earlier run left", sid=session.session_id, end_reason="node_restart",

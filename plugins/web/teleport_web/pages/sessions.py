@@ -1,8 +1,7 @@
-"""``/web/cluster/{cluster}/sessions``: the sessions running now (started, not ended: auth's
-session records, ``GET /v1/sessions/active``) that the user may see: their own, and those their
-roles' ``list`` rules on ``session`` allow. Refreshed every few seconds (no script). Joining a
-running session is issue 16's (session trackers, moderated sessions): the page says so, and shows
-no join button until it exists.
+"""``/web/cluster/{cluster}/sessions``: the sessions running now (their ``session_tracker`` records at
+auth, ``GET /v1/session_trackers``) that the user may see: their own, those their roles'
+``join_sessions`` let them join, and every one a ``list`` rule on ``session_tracker`` allows (the
+preset ``auditor`` role). Refreshed every few seconds (no script).
 """
 
 from __future__ import annotations
@@ -25,15 +24,19 @@ def _age(start: dt.datetime, now: dt.datetime) -> str:
 
 
 async def sessions(page: Page) -> Response:
-    found = await page.auth.list_active_sessions()
+    found = await page.auth.list_session_trackers()
     now = dt.datetime.now(dt.UTC)
     rows = []
-    for s in found:
-        start = dt.datetime.fromisoformat(str(s["start"]).replace("Z", "+00:00"))
-        rows.append({"sid": s["sid"], "user": s["user"], "participants": s.get("participants", []),
-                     "node": s.get("server_hostname") or s.get("server_id", ""), "login": s.get("login", ""),
+    for tracker in found:
+        s = tracker["spec"]
+        start = dt.datetime.fromisoformat(str(s["created"]).replace("Z", "+00:00"))
+        users = list(dict.fromkeys(str(p["user"]) for p in s.get("participants") or []))
+        owner = str(s.get("host_user", ""))
+        rows.append({"sid": s["session_id"], "user": owner, "participants": [owner, *(u for u in users if u != owner)],
+                     "node": s.get("hostname") or s.get("server_id", ""), "login": s.get("login", ""),
                      "kind": "interactive" if s.get("interactive") else (s.get("command") or "command"),
-                     "started": start.strftime("%Y-%m-%d %H:%M:%S UTC"), "started_iso": s["start"],
+                     "state": s.get("state", ""), "web": s.get("client") == "web",
+                     "started": start.strftime("%Y-%m-%d %H:%M:%S UTC"), "started_iso": s["created"],
                      "age": _age(start, now)})
     return page.render("sessions.html", nav="sessions", rows=rows, refresh=REFRESH_SECONDS)
 
