@@ -98,3 +98,14 @@ def test_search_text_checks() -> None:
                          ("nee\x00dle", "NUL")):
         with pytest.raises(BadSearch, match=message):
             search_phrase(bad)
+
+
+def test_oversized_event_lines_are_skipped(tmp_path: Path) -> None:
+    """An event line over the bound is skipped whole (memory stays bounded); the next one is read."""
+    import io
+
+    from teleport_core.recording.text import output_events
+
+    lines = [json.dumps({"version": 2}), json.dumps([0.1, "o", "x" * 5000]), json.dumps([0.2, "o", "after"])]
+    source = io.BytesIO(("\n".join(lines) + "\n").encode())
+    assert list(output_events(source, max_line=1024)) == ["after"]

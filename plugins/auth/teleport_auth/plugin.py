@@ -66,6 +66,6 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
                    "teleport_auth.tctl_auth:auth"),
         CliCommand("top", "live view of a process's diagnostics (/metrics): tctl top [DIAG_ADDR] [REFRESH]",
                    "teleport_auth.tctl_top:top"),
-        CliCommand("recordings", "list recorded sessions, or (--refused) recordings auth refused",
+        CliCommand("recordings", "list recorded sessions, or (--refused) recordings auth refused; reindex for search",
                    "teleport_auth.tctl_recordings:recordings"),
     ]
