@@ -23,7 +23,8 @@ one end of a socket pair whose other end is served here, on a thread, by a param
   ``sftp`` subsystem) and ``direct-tcpip`` (``-L``), and records shells and commands with the
   kernel's spool recorder (:mod:`teleport_core.recording.spool`: sidecars, crash recovery),
   emitting the node's session events (``server_id`` the node; auth stamps ``forwarded_by``)
-  and uploading the recording, which this proxy owns.
+  and uploading the recording, which this proxy owns; each shell and command has its
+  ``session_tracker`` (:mod:`teleport_core.state.trackers`, ``server_id`` the node) while it runs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from teleport_core.recording.spool import (
 )
 from teleport_core.state.audit import format_time, new_event
 from teleport_core.state.nodes import NodeInfo
+from teleport_core.state.trackers import SessionTracker, TrackedSession, TrackerKeeper
 from teleport_core.tsh.hostcert import verify_host_cert
 from teleport_core.tsh.sshclient import CERT_TYPES
 from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
@@ -154,6 +156,7 @@ class Forwarder:
         self._uploads: asyncio.Queue[tuple[str, Path]] | None = None
         self._queued: set[str] = set()
         self._stopping = threading.Event()
+        self.trackers: TrackerKeeper | None = None  # the live sessions' session_trackers in auth
 
     # -- service life ----------------------------------------------------------------------------
 
@@ -171,7 +174,9 @@ class Forwarder:
             self.queue_upload(path.name.removesuffix(FINAL), path)
         threading.Thread(target=self._flush_loop, name="proxy-agentless-flush", daemon=True).start()
         loop = asyncio.get_running_loop()
-        return [loop.create_task(self._send_uploads(), name="proxy-agentless-uploads")]
+        self.trackers = TrackerKeeper(self.proxy.auth, loop, self.proxy.log)
+        return [loop.create_task(self._send_uploads(), name="proxy-agentless-uploads"),
+                loop.create_task(self.trackers.run(), name="proxy-agentless-trackers")]
 
     def stop(self) -> None:
         self._stopping.set()
@@ -179,6 +184,11 @@ class Forwarder:
             connections = list(self.connections)
         for conn in connections:
             conn.close()
+
+    async def close(self) -> None:
+        """After :meth:`stop`: the ended sessions' trackers go from auth (bounded)."""
+        if self.trackers is not None:
+            await self.trackers.stop(timeout=3)
 
     def _flush_loop(self) -> None:
         while not self._stopping.wait(FLUSH_EVERY):
@@ -594,6 +604,7 @@ class ForwardedSession:
         self.tx = self.rx = 0
         self.end_fields: dict[str, Any] = {}
         self.started_at = 0.0
+        self.tracker: TrackedSession | None = None  # its session_tracker in auth (not for sftp)
 
     def request(self, command: str | None, subsystem: str | None) -> bool:
         """Shell, exec or subsystem: open the node's channel with the same requests (transport thread)."""
@@ -645,6 +656,7 @@ class ForwardedSession:
                   size=f"{self.size[0]}:{self.size[1]}", session_recording=recording)
         with forwarder._lock:
             forwarder.sessions.add(self)
+        self._track(recording)
         outputs = [threading.Thread(target=self._down, args=(False,), daemon=True, name="proxy-agentless-out")]
         if not self.pty:
             outputs.append(threading.Thread(target=self._down, args=(True,), daemon=True, name="proxy-agentless-err"))
@@ -652,6 +664,20 @@ class ForwardedSession:
             thread.start()
         threading.Thread(target=self._up, daemon=True, name="proxy-agentless-in").start()
         threading.Thread(target=self._finish, args=(outputs,), daemon=True, name="proxy-agentless-end").start()
+
+    def _track(self, recording: str) -> None:
+        """Register the session's tracker (shells and commands; sftp is a file transfer)."""
+        conn, keeper = self.conn, self.conn.forwarder.trackers
+        if keeper is None or self.subsystem is not None or conn.user is None:
+            return
+        node = conn.node
+        tracker = SessionTracker(
+            session_id=self.id, server_id=node.uuid, owner=conn.user.user, login=conn.login, hostname=node.nodename,
+            address=node.addr, cluster=conn.proxy.cluster_name, owner_roles=conn.user.roles,
+            terminal_size=f"{self.size[0]}:{self.size[1]}" if self.pty else "", interactive=self.pty,
+            command=self.command or "", recording=recording)
+        self.tracker = keeper.start_session(tracker)
+        self.tracker.add_participant(conn.user.user, "peer")
 
     def _record(self, data: bytes) -> None:
         if self.recorder is not None:
@@ -725,6 +751,8 @@ class ForwardedSession:
                   recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
         with forwarder._lock:
             forwarder.sessions.discard(self)
+        if self.tracker is not None:
+            self.tracker.end()
         path: Path | None = None
         if self.recorder is not None:
             with self._record_lock:
@@ -737,6 +765,8 @@ class ForwardedSession:
 
     def resize(self, width: int, height: int, pixelwidth: int, pixelheight: int) -> None:
         self.size = (width, height, pixelwidth, pixelheight)
+        if self.tracker is not None:
+            self.tracker.resize(width, height)
         if self.upstream is not None:
             with contextlib.suppress(Exception):
                 self.upstream.resize_pty(width, height, pixelwidth, pixelheight)

@@ -186,6 +186,7 @@ class ProxyService(Service):
             await asyncio.to_thread(self.tunnel.stop)
         if self.agentless is not None:
             await asyncio.to_thread(self.agentless.stop)
+            await self.agentless.close()
         if self._cutting is not None:
             self._tasks.append(self._cutting)
         for task in self._tasks:

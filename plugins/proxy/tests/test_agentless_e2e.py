@@ -179,6 +179,27 @@ def test_tsh_ssh_is_recorded_at_the_proxy_and_plays(env: Env, alice: Path, tmp_p
     assert certs[-1]["forwarded_by"].startswith(proxy_uuid)
 
 
+def test_a_live_session_has_a_tracker_until_it_ends(env: Env, alice: Path) -> None:
+    proc_env = {**os.environ, "TELEPORT_HOME": str(alice)}
+    proc_env.pop("SSH_AUTH_SOCK", None)
+    argv = [sys.executable, "-m", "teleport_core.cli.tsh", "ssh", "-t", f"{LOGIN}@{NODENAME}"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=proc_env) as proc:
+        assert proc.stdin is not None
+        try:
+            live = wait_for(lambda: [t for t in env.call("list_session_trackers")
+                                     if t["spec"]["server_id"] == NODE_UUID], "the session's tracker", timeout=30)
+            spec = live[0]["spec"]
+            assert spec["hostname"] == NODENAME and spec["login"] == LOGIN and spec["interactive"] is True
+            assert [p["user"] for p in spec["participants"]] == ["alice"]
+        finally:
+            proc.stdin.write(b"exit\n")
+            proc.stdin.close()
+            proc.wait(30)
+    wait_for(lambda: not [t for t in env.call("list_session_trackers") if t["spec"]["server_id"] == NODE_UUID],
+             "the tracker removed at the end", timeout=30)
+
+
 def test_openssh_jump_exec_scp_and_sftp(env: Env, alice: Path, tmp_path: Path) -> None:
     config = profile_ssh_config(alice, tmp_path / "ssh_config")
     # strict host key checking against the cluster's host CA: the proxy presents the node's identity
@@ -326,6 +347,42 @@ def test_only_a_proxy_gets_agentless_certificates(env: Env, alice: Path) -> None
     denials = [e for e in events(env, type="auth") if "only a proxy gets certificates" in str(e.get("error"))
                or "is not a registered openssh node" in str(e.get("error"))]
     assert len(denials) >= 3
+
+
+def test_auth_checks_what_a_proxy_forwards(env: Env, alice: Path, tmp_path: Path) -> None:
+    """Even a proxy (compromised, or buggy) gets a session certificate only for a user certificate of
+    the user CA naming the login: another CA's, or another login, is refused (403, audited); a
+    malformed body is a 400 naming the field."""
+    proxy = env.proxy
+    key = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+    real = (alice / "profiles" / "127.0.0.1" / "id-cert.pub").read_text().strip()
+    ca = keys.generate_private_key("ed25519")
+    (tmp_path / "ca").write_bytes(keys.private_key_openssh(ca))
+    (tmp_path / "ca").chmod(0o600)
+    (tmp_path / "u.pub").write_text(key + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "alice", "-n", LOGIN, "-V", "+1h",
+                    str(tmp_path / "u.pub")], check=True)
+    forged = (tmp_path / "u-cert.pub").read_text().strip()
+
+    async def ask(body: dict[str, Any]) -> tuple[int, str]:
+        response = await proxy.auth._request("POST", "/v1/agentless/session-cert", json=body)
+        return int(response.status_code), str(response.json().get("error", ""))
+
+    def asked(**fields: Any) -> tuple[int, str]:
+        body = {"node": NODE_UUID, "login": LOGIN, "user_cert": real, "public_key": key, **fields}
+        return asyncio.run_coroutine_threadsafe(ask(body), proxy.loop).result(30)
+
+    assert asked()[0] == 200  # what the proxy does for alice's sessions
+    status, error = asked(user_cert=forged)
+    assert status == 403 and "unrecognized authority" in error
+    status, error = asked(login="someone-else")
+    assert status == 403 and "not in the set of valid principals" in error
+    status, error = asked(public_key="not a key")
+    assert status == 400 and "public_key" in error
+    status, error = asked(login="")
+    assert status == 400 and "login" in error
+    audited = [e for e in events(env, type="auth") if "agentless session to" in str(e.get("error"))]
+    assert len(audited) >= 2 and {e["code"] for e in audited} == {"T3007W"}
 
 
 def load_tls_from_profile(home: Path) -> Any:
