@@ -193,6 +193,20 @@ def test_proxy_writes_only_for_agentless_nodes(cluster: Cluster) -> None:
     node = cluster.join("node-p")
     with pytest.raises(AccessDenied, match="a proxy writes only the trackers of sessions on agentless OpenSSH"):
         call(cluster.client(proxy), lambda c: c.create_session_tracker(tracker(node.host_uuid).to_dict()))
+    sshd = str(uuid.uuid4())  # an agentless OpenSSH node (tctl create): the proxy runs its sessions
+    call(cluster.admin(), lambda c: c.create_resources([{
+        "kind": "node", "sub_kind": "openssh", "version": "v2", "metadata": {"name": sshd},
+        "spec": {"addr": "127.0.0.1:22", "hostname": "plain-sshd"}}]))
+    theirs = tracker(sshd)
+
+    async def relay(c: AuthClient) -> None:
+        created = SessionTracker.from_dict(await c.create_session_tracker(theirs.to_dict()))
+        await c.update_session_tracker(attrs.evolve(created, state="terminated").to_dict())
+        await c.delete_session_tracker(theirs.session_id)
+
+    call(cluster.client(proxy), relay)
+    with pytest.raises(AccessDenied):  # a node may not write for the agentless node
+        call(cluster.client(node), lambda c: c.create_session_tracker(tracker(sshd).to_dict()))
 
 
 def test_who_sees_which_session(cluster: Cluster) -> None:
