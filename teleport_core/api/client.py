@@ -546,10 +546,6 @@ class AuthClient:
         raise_for_status(response)
         return list(response.json()["sessions"])
 
-    async def list_active_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Sessions running now (started, not ended) the caller may see, newest start first."""
-        return list((await self.call("GET", "/v1/sessions/active", params={"limit": limit}))["sessions"])
-
     # -- live sessions' trackers (teleport_core.state.trackers: the resource form; a host writes its own) ----
 
     async def create_session_tracker(self, tracker: dict[str, Any]) -> dict[str, Any]:
