@@ -34,7 +34,7 @@ import attrs
 
 from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, NotFound
 from teleport_core.state.audit import AuditEvent, format_time, parse_time
-from teleport_core.state.backend import Action, Backend, Condition, Item, range_end
+from teleport_core.state.backend import Action, Backend, Condition, Item
 from teleport_core.state.sessions import check_session_id
 
 RECORDS_PREFIX = b"/session_records/"
@@ -382,25 +382,3 @@ class SessionRecords:
                 break
             start = items[-1].key + b"\x00"
         return out
-
-    async def running(self, limit: int, keep: Callable[[SessionRecord], bool] | None = None) -> list[SessionRecord]:
-        """Sessions that started and have not ended (no ``session.end`` yet), newest start first, at
-        most ``limit`` (only those ``keep`` accepts). Reads the records page by page, at most
-        :data:`SCAN_MAX` (issue 16's session trackers replace this listing)."""
-        start, end = RECORDS_PREFIX, range_end(RECORDS_PREFIX)
-        out: list[SessionRecord] = []
-        scanned = 0
-        while scanned < SCAN_MAX:
-            page = min(1000, SCAN_MAX - scanned)
-            items = await self.backend.get_range(start, end, limit=page)
-            scanned += len(items)
-            for item in items:
-                record = SessionRecord.decode(item)
-                if record.end is None and (keep is None or keep(record)):
-                    out.append(record)
-            if len(items) < page:
-                break
-            start = items[-1].key + b"\x00"
-        out.sort(key=lambda r: r.start, reverse=True)
-        return out[:limit]
-
