@@ -181,3 +181,27 @@ def test_tctl_reindexes_the_stored_recordings(env: Env, homes: dict[str, Path], 
     counter = metrics_for(env.auth_handle.process.services["auth_service"].ctx.metrics).recordings_indexed
     assert counter.labels(result="ok")._value.get() >= 2 + report["indexed"] + 1
     assert counter.labels(result="failed")._value.get() >= 1
+
+
+@pytest.mark.parametrize("role", ["node", "proxy"])
+def test_hosts_may_not_reindex(env: Env, role: str) -> None:
+    """A node may update sessions (its uploads), a proxy forwards users: neither reindexes (403, audited)."""
+    import asyncio
+
+    from teleport_core.api.client import AuthClient, load_identity_dir
+    from teleport_core.errors import AccessDenied
+
+    async def body() -> None:
+        async with AuthClient(env.auth_addr, [load_identity_dir(env.root / "auth" / "keys" / role)]) as host:
+            await host.call("POST", "/v1/sessions/reindex", {"all": True})
+
+    reason = "may reindex recordings" if role == "node" else "system role Proxy does not allow update on session"
+    with pytest.raises(AccessDenied, match=reason):
+        asyncio.run(body())
+
+    async def audited() -> list[dict[str, Any]]:
+        async with env.admin() as admin:
+            found = (await admin.search_events(limit=5000, type="auth"))["events"]
+        return [e for e in found if reason in e.get("error", "") and e.get("path") == "/v1/sessions/reindex"]
+
+    assert asyncio.run(audited())

@@ -233,10 +233,18 @@ class SessionsAPI(APIBase):
     @endpoint("update", "session")
     async def reindex_recordings(self, request: Request, identity: Identity | None) -> Any:
         """Index recordings again for search (``tctl recordings reindex``), from the session storage,
-        a batch per call; :class:`SearchUnsupported` (400) when the backend keeps no index."""
+        a batch per call; :class:`SearchUnsupported` (400) when the backend keeps no index. Hosts
+        other than auth servers are refused (403, audited): a node's ``update`` on ``session`` is
+        for its own uploads."""
         from teleport_core.errors import TeleportError
         from teleport_core.state.sessions import check_session_id
 
+        assert identity is not None
+        if identity.kind is IdentityKind.HOST and "Auth" not in identity.roles:  # a node may update sessions
+            reason = (f"access denied to host {identity.name!r}: only auth servers and users whose roles allow "
+                      "update on session may reindex recordings")
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
         params = body(request, ReindexBody)
         recording_search.recording_index(self.service)
         if params.all == bool(params.sids):
