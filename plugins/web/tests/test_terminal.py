@@ -103,6 +103,11 @@ def test_a_web_terminal_is_a_normal_recorded_session(term_cluster: WebCluster, t
         after = wait_for(lambda: (s := _stty(screen(page))) and s != before and s, what="a new stty size")
         assert after == (page.evaluate("window.teleportTerminal.rows"), page.evaluate("window.teleportTerminal.cols"))
         page.screenshot(tmp_path / "terminal-resized.png")
+        size = f"{after[1]}:{after[0]}"  # its session_tracker: the web's, resized with it
+        [tracker] = wait_for(lambda: [t["spec"] for t in term_cluster.call("list_session_trackers")
+                                      if t["spec"]["client"] == "web" and t["spec"]["terminal_size"] == size],
+                             what="the web terminal's session tracker, resized")
+        assert tracker["host_user"] == "alice" and tracker["interactive"] and tracker["state"] == "running"
 
         type_line(page, "exit")
         page.wait_for("document.getElementById('console').dataset.ended")
@@ -116,6 +121,9 @@ def test_a_web_terminal_is_a_normal_recorded_session(term_cluster: WebCluster, t
     start = wait_for(lambda: term_cluster.events("session.start", user="alice", client="web"), what="session.start")
     assert start[0]["login"] == LOGIN and start[0]["server_hostname"] == NODENAME and start[0]["proto"] == "ssh"
     sid = start[0]["sid"]
+    assert sid == tracker["session_id"]
+    wait_for(lambda: all(t["spec"]["session_id"] != sid for t in term_cluster.call("list_session_trackers")),
+             what="the ended session's tracker to go")
     home = tmp_path / "tsh"
     tsh_login(term_cluster, home, "alice")
     listed = wait_for(lambda: [s for s in recordings(home) if s["sid"] == sid and s["recorded"]], what="the upload",
