@@ -464,7 +464,8 @@ def hold(session: Session) -> bool:
         party.state = "pending"
         from teleport_node import tracking
 
-        tracking.started(session, conn.server.state(), "off")  # listed (pending) so that joiners find it
+        state = conn.server.state()
+        tracking.started(session, state, state.recording)  # listed (pending) so that joiners find it
         tracked = _tracked(session)
         if tracked is not None:
             tracked.set_state("pending")
