@@ -211,6 +211,10 @@ def _join_tuple(value: Iterable[JoinPolicy]) -> tuple[JoinPolicy, ...]:
     return tuple(value)
 
 
+def _require_tuple(value: Iterable[RequirePolicy]) -> tuple[RequirePolicy, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Conditions:
     """One side (``allow`` or ``deny``) of a role."""
@@ -220,7 +224,7 @@ class Conditions:
     rules: tuple[Rule, ...] = attrs.field(default=(), converter=_rule_tuple)
     join_sessions: tuple[JoinPolicy, ...] = attrs.field(default=(), converter=_join_tuple)
     # moderated sessions (teleport_core.policy.moderation), read under allow only
-    require_session_join: tuple[RequirePolicy, ...] = attrs.field(default=(), converter=tuple)
+    require_session_join: tuple[RequirePolicy, ...] = attrs.field(default=(), converter=_require_tuple)
     _selector: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = attrs.field(
         init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _compile_selector(self.node_labels), True)
     )
