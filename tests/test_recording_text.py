@@ -109,3 +109,27 @@ def test_oversized_event_lines_are_skipped(tmp_path: Path) -> None:
     lines = [json.dumps({"version": 2}), json.dumps([0.1, "o", "x" * 5000]), json.dumps([0.2, "o", "after"])]
     source = io.BytesIO(("\n".join(lines) + "\n").encode())
     assert list(output_events(source, max_line=1024)) == ["after"]
+
+
+def test_any_output_gives_plain_bounded_text() -> None:
+    """Whatever a session prints (hostile escape sequences included), the text has no control
+    character but newlines, no line longer than the line cap and no more than the text cap."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    alphabet = st.sampled_from(["\x1b", "[", "]", "P", "\\", "\x07", "\r", "\n", "\b", "\t", "\x9b", "\x9d", "1",
+                                ";", "?", "m", "K", "H", "J", "C", "D", "a", "é", "\x00", "\x7f", " "])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(alphabet=alphabet, max_size=60), max_size=8))
+    def check(pieces: list[str]) -> None:
+        extractor = TextExtractor(max_text=200, max_line=40)
+        for piece in pieces:
+            extractor.feed(piece)
+        text = extractor.text()
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", text), repr(text)
+        assert len(text) <= 200 and all(len(line) <= 40 for line in text.split("\n"))
+
+    check()
