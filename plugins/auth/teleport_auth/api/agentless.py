@@ -143,7 +143,8 @@ class AgentlessAPI(APIBase):
 
     @endpoint(None, None)
     async def session_cert(self, request: Request, identity: Identity | None) -> Any:
-        from teleport_auth.issuer import CertType, issue_ssh_user_cert, verify_ssh_cert
+        from teleport_auth.issuer import issue_ssh_user_cert, verify_ssh_cert
+        from teleport_core.pki.certs import CertType
 
         wanted = body(request, SessionCertBody)
         node = await self._agentless_node(request, identity, wanted.node)
