@@ -131,7 +131,8 @@ def cluster(work: Path, recording: str, login: str) -> Iterator[dict[str, Any]]:
             user_ca = admin_call(auth_dir, addr, lambda a: a.get_cert_authority("user"))["ssh_public_keys"]
             (work / f"known-{recording}").write_text(known)
             yield {"port": node_port, "key": key_path, "known_hosts": work / f"known-{recording}",
-                   "alias": f"node.{CLUSTER}", "user_ca": user_ca, "pid": node.pid}
+                   "alias": f"node.{CLUSTER}", "user_ca": user_ca, "pid": node.pid, "addr": addr,
+                   "auth_dir": auth_dir}
         finally:
             node.terminate()
             node.wait(30)

@@ -12,8 +12,9 @@ far are always a playable recording). The bytes are the same as the spool record
   pump) appends to an in-memory buffer under a lock; the sending runs on an asyncio loop
   (:meth:`StreamRecorder.run`), which encodes in a worker thread and sends one chunk at a time.
 * **Chunks** go out every :data:`FLUSH_INTERVAL` seconds, or as soon as :data:`CHUNK_BYTES` of
-  output are waiting, so a follower sees output within about a second. A chunk holds at most
-  :data:`CHUNK_BYTES` of output (its JSON at most six times that: auth's limit is 8 MiB).
+  output are waiting, so a follower sees output within about a second; one at a time (auth takes
+  them in order), each with what waits, up to :data:`CHUNK_MAX` bytes of JSON plus one write
+  (auth's limit is 8 MiB): a fast session's backlog goes in few big chunks.
 * **Bounded memory.** Output not yet acknowledged by auth (waiting or in flight) is at most
   ``buffer_limit`` bytes (:data:`BUFFER_LIMIT`). When it is full, :attr:`StreamRecorder.accepting`
   turns False and the host stops reading the session's output (the process blocks on its
@@ -48,10 +49,12 @@ from teleport_core.state.sessions import check_session_id
 
 #: seconds between chunks while output keeps coming
 FLUSH_INTERVAL = 0.5
-#: output bytes that make a chunk go at once, and the most one chunk holds
+#: output bytes waiting that make a chunk go at once
 CHUNK_BYTES = 1 << 20
+#: the most one chunk holds (its JSON; auth takes up to 8 MiB): a backlog goes in big chunks
+CHUNK_MAX = 6 << 20
 #: output bytes not yet acknowledged by auth before the session's output pauses
-BUFFER_LIMIT = 8 << 20
+BUFFER_LIMIT = 16 << 20
 #: seconds output may wait for auth before the session ends
 STALL_LIMIT = 30.0
 RETRY_FIRST = 0.25
@@ -206,10 +209,12 @@ class StreamRecorder:
     # -- the event loop ------------------------------------------------------------------------------
 
     def _take(self) -> list[tuple[float, float, bytes]]:
+        """The frames waiting (at most what fits a chunk: their encoding stops at :data:`CHUNK_MAX`,
+        and the rest is put back by :meth:`_encode`)."""
         taken: list[tuple[float, float, bytes]] = []
         size = 0
         with self._lock:
-            while self._frames and (not taken or size + len(self._frames[0][2]) <= CHUNK_BYTES):
+            while self._frames and (not taken or size + len(self._frames[0][2]) <= CHUNK_MAX):
                 frame = self._frames.popleft()
                 taken.append(frame)
                 size += len(frame[2])
@@ -217,18 +222,29 @@ class StreamRecorder:
             self._signalled = False
         return taken
 
-    def _encode(self, frames: list[tuple[float, float, bytes]], final: bool) -> bytes:
+    def _encode(self, frames: list[tuple[float, float, bytes]], final: bool) -> tuple[bytes, int]:
+        """The chunk of ``frames`` (the header first in chunk 0): its bytes and how many frames it
+        holds; frames past :data:`CHUNK_MAX` bytes of JSON go back to the front of the queue."""
         out = bytearray(self._header if self.chunks_sent == 0 else b"")
+        used = 0
         for stamp, _, data in frames:
+            if used and len(out) >= CHUNK_MAX:
+                break
             text = self._decoder.decode(data)
             self._last_stamp = stamp
+            used += 1
             if text:
                 out += event_line(stamp, text)
-        if final:
+        rest = frames[used:]
+        if rest:
+            with self._lock:
+                self._frames.extendleft(reversed(rest))
+                self._queued += sum(len(f[2]) for f in rest)
+        elif final:
             tail = self._decoder.decode(b"", final=True)
             if tail:
                 out += event_line(self._last_stamp, tail)
-        return bytes(out)
+        return bytes(out), used
 
     def _acked(self, frames: list[tuple[float, float, bytes]]) -> None:
         with self._lock:
@@ -270,7 +286,9 @@ class StreamRecorder:
                 with self._lock:
                     final = ending and not self._frames
                 if frames or (final and self.chunks_sent == 0):
-                    data = await asyncio.to_thread(self._encode, frames, final)
+                    data, used = await asyncio.to_thread(self._encode, frames, final)
+                    if used < len(frames):
+                        frames, final = frames[:used], False
                     index = self.chunks_sent
                     if data:
                         if not await self._retrying(f"chunk {index}", functools.partial(self.send_chunk, index, data)):

@@ -8,7 +8,8 @@ Streaming (``session_recording: node-sync``/``proxy-sync``): while a session run
 recording arrives in numbered chunks (byte ranges of the final ``.cast`` file, in order, from
 index 0). A storage that supports it sets :attr:`SessionStorage.streaming` and implements
 :meth:`~SessionStorage.put_chunk`, :meth:`~SessionStorage.list_chunks`,
-:meth:`~SessionStorage.read_chunk` and :meth:`~SessionStorage.delete_chunks`;
+:meth:`~SessionStorage.read_chunk` and :meth:`~SessionStorage.delete_chunks` (and, for speed,
+:meth:`~SessionStorage.stat_chunk`);
 :meth:`~SessionStorage.complete` (generic) concatenates the chunks into the recording, as an
 upload would store it, and deletes them. Chunks never show in :meth:`~SessionStorage.list`.
 """
@@ -134,6 +135,11 @@ class SessionStorage(abc.ABC):
     async def list_chunks(self, session_id: str) -> builtins.list[ChunkInfo]:
         """The stored chunks of ``session_id``, by index (empty when there are none)."""
         raise StreamingUnsupported(f"{type(self).__name__} does not store recordings in chunks")
+
+    async def stat_chunk(self, session_id: str, index: int) -> ChunkInfo | None:
+        """Chunk ``index`` of ``session_id`` if it is stored (None if not). This default lists every
+        chunk: storages implement it directly (a file ``stat``, an S3 ``HEAD``)."""
+        return next((c for c in await self.list_chunks(session_id) if c.index == index), None)
 
     async def read_chunk(self, session_id: str, index: int) -> bytes:
         """The bytes of one chunk; ``NotFound`` when it is not stored."""

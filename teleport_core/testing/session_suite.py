@@ -272,6 +272,8 @@ class SessionStorageConformance:
                 assert await storage.put_chunk("sess-c", index, data) is True
             assert await storage.list_chunks("sess-c") == [ChunkInfo(n, len(d)) for n, d in enumerate(parts)]
             assert await storage.read_chunk("sess-c", 1) == parts[1]
+            assert await storage.stat_chunk("sess-c", 2) == ChunkInfo(2, len(parts[2]))
+            assert await storage.stat_chunk("sess-c", 3) is None
             assert await storage.list() == [], "chunks are not recordings"
             assert await storage.stat("sess-c") is None
             done = await storage.complete("sess-c", work_dir)

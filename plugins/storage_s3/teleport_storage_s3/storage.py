@@ -665,6 +665,20 @@ class S3SessionStorage(SessionStorage):
                         found.append(ChunkInfo(int(name), int(item["Size"])))
         return sorted(found, key=lambda c: c.index)
 
+    async def stat_chunk(self, session_id: str, index: int) -> ChunkInfo | None:
+        key = self._chunks_prefix(session_id) + chunk_name(index)
+        return await asyncio.to_thread(self._stat_chunk, key, index)
+
+    def _stat_chunk(self, key: str, index: int) -> ChunkInfo | None:
+        with _s3_errors(f"checking chunk {key}", self.where):
+            try:
+                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404:
+                    return None
+                raise
+        return ChunkInfo(index, int(answer["ContentLength"]))
+
     async def read_chunk(self, session_id: str, index: int) -> bytes:
         key = self._chunks_prefix(session_id) + chunk_name(index)
         return await asyncio.to_thread(self._read_chunk, key, session_id, index)

@@ -295,6 +295,14 @@ class FileSessionStorage(SessionStorage):
                     found.append(ChunkInfo(int(stem), info.st_size))
         return sorted(found, key=lambda c: c.index)
 
+    async def stat_chunk(self, session_id: str, index: int) -> ChunkInfo | None:
+        path = self._chunks_dir(session_id) / (chunk_name(index) + CHUNK_SUFFIX)
+        try:
+            info = await asyncio.to_thread(os.stat, path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return ChunkInfo(index, info.st_size) if stat.S_ISREG(info.st_mode) else None
+
     async def read_chunk(self, session_id: str, index: int) -> bytes:
         path = self._chunks_dir(session_id) / (chunk_name(index) + CHUNK_SUFFIX)
         try:

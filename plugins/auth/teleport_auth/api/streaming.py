@@ -130,11 +130,9 @@ class StreamingAPI(APIBase):
         data = await read_body(request, CHUNK_MAX_BODY)
         check_chunk(index, data)
         storage = await self.service.ctx.resources.session_storage()
-        if index > 0:
-            have = [c.index for c in await storage.list_chunks(sid)]
-            if index - 1 not in have:
-                raise AlreadyExists(f"chunk {index} of session {sid} arrived before chunk {index - 1}: "
-                                    "send the chunks in order")
+        if index > 0 and await storage.stat_chunk(sid, index - 1) is None:
+            raise AlreadyExists(f"chunk {index} of session {sid} arrived before chunk {index - 1}: "
+                                "send the chunks in order")
         stored = await storage.put_chunk(sid, index, data)
         return {"index": index, "size": len(data), "unchanged": not stored}
 
