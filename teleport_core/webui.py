@@ -149,6 +149,13 @@ class WebProxy(Protocol):
         records and audits the session). Refusals (``NodeNotFound``, ``AccessDenied`` ...) carry
         ``tsh ssh``'s messages and are audited with ``remote`` (the browser's ``ip:port``)."""
 
+    async def join_ssh_session(self, session: WebSession, sid: str, mode: str, cols: int, rows: int,
+                               remote: str) -> TerminalChannel:
+        """Join the live session ``sid`` in ``mode`` (observer, peer, moderator) for the session's user,
+        as ``tsh join`` does: the session looked up among the live sessions the user may see, its
+        node reached as for :meth:`open_ssh_session`, the join principal and the user's certificate
+        (the node decides with the roles' ``join_sessions`` and audits). Refusals are raised and audited."""
+
     async def emit(self, event: AuditEvent) -> None:
         """Record an audit event (the proxy's durable spool, delivered to auth)."""
 

@@ -160,8 +160,9 @@ class WebTerminals:
 
 
 def connect(proxy: ProxyState, session: WebSession, node: NodeInfo, login: str, cols: int, rows: int,
-            loop: asyncio.AbstractEventLoop) -> WebTerminal:
-    """(blocking) An interactive shell as ``login`` on ``node`` (already routed for the user)."""
+            loop: asyncio.AbstractEventLoop, join: dict[str, str] | None = None) -> WebTerminal:
+    """(blocking) An interactive shell as ``login`` on ``node`` (already routed for the user);
+    ``join``: the environment that asks the node to join a live session instead (tsh join's)."""
     import paramiko
 
     try:
@@ -180,13 +181,20 @@ def connect(proxy: ProxyState, session: WebSession, node: NodeInfo, login: str, 
         channel = transport.open_session(timeout=TIMEOUT)
         with contextlib.suppress(paramiko.SSHException):  # a node that does not know it refuses it
             channel.set_environment_variable(WEB_CLIENT_ENV, "1")
+        for name, value in (join or {}).items():
+            channel.set_environment_variable(name, value)
         channel.set_combine_stderr(True)  # the node's messages (a lock's) on stderr: one stream, as a PTY shows it
         channel.get_pty(TERM, cols, rows)
         channel.invoke_shell()
     except (paramiko.SSHException, EOFError, OSError) as exc:
+        said = b""
+        with contextlib.suppress(Exception):
+            while channel.recv_ready():  # stderr is combined: the node's reason for a refused join
+                said += channel.recv(4096)
         transport.close()
         sock.close()
-        raise TeleportError(f"{node.nodename} refused the session: {exc or type(exc).__name__}") from None
+        reason = said.decode(errors="replace").strip().removeprefix("teleport: ")
+        raise TeleportError(reason or f"{node.nodename} refused the session: {exc or type(exc).__name__}") from None
     return WebTerminal(node, sock, transport, channel, loop)
 
 
@@ -205,6 +213,40 @@ async def open_ssh_session(proxy: ProxyState, session: WebSession, user: Any, ta
                                  proto="ssh")
         raise
     terminal.user, terminal.login, terminal.remote = user, login, remote
+    terminal.registry = proxy.web_terminals
+    proxy.web_terminals.live.add(terminal)
+    return terminal
+
+
+JOIN_PRINCIPAL = "-teleport-internal-join"  # Teleport's (the node's teleport_node.party)
+JOIN_MODES = ("observer", "peer", "moderator")
+
+
+async def join_ssh_session(proxy: ProxyState, session: WebSession, user: Any, auth: Any, sid: str, mode: str,
+                           cols: int, rows: int, remote: str) -> WebTerminal:
+    """Join the live session ``sid`` for ``user`` (``auth``: the auth client acting for the user):
+    found among the trackers the user may see, its node routed as for ``tsh join``, then the
+    join principal with ``TELEPORT_SESSION`` and ``TELEPORT_SSH_JOIN_MODE``; refusals audited."""
+    try:
+        if dt.datetime.now(dt.UTC) >= session.expires:
+            raise TeleportError("your web session has expired: log in again")
+        if mode not in JOIN_MODES:
+            raise TeleportError(f"mode: expected observer, peer or moderator, got {mode[:20]!r}")
+        trackers = await auth.list_session_trackers()
+        spec = next((t.get("spec", {}) for t in trackers if t.get("spec", {}).get("session_id") == sid), None)
+        if spec is None:
+            raise TeleportError(f"session {sid} not found: it ended, or your roles do not let you join it")
+        if not spec.get("interactive", True):
+            raise TeleportError(f"session {sid} is not interactive: only interactive sessions can be joined")
+        node = await proxy.route(user, "", str(spec.get("server_id", "")))
+        env = {"TELEPORT_SESSION": sid, "TELEPORT_SSH_JOIN_MODE": mode}
+        terminal = await asyncio.to_thread(connect, proxy, session, node, JOIN_PRINCIPAL, cols, rows,
+                                           asyncio.get_running_loop(), env)
+    except TeleportError as exc:
+        await proxy.audit_denial(session.user, str(exc), remote, sid=sid, participant_mode=mode, client="web",
+                                 proto="ssh")
+        raise
+    terminal.user, terminal.login, terminal.remote = user, JOIN_PRINCIPAL, remote
     terminal.registry = proxy.web_terminals
     proxy.web_terminals.live.add(terminal)
     return terminal

@@ -153,6 +153,14 @@ class ProxyWebUI:
 
         return await open_ssh_session(self._proxy, session, self._cert(session)[1], node, login, cols, rows, remote)
 
+    async def join_ssh_session(self, session: WebSession, sid: str, mode: str, cols: int, rows: int,
+                               remote: str) -> TerminalChannel:
+        from teleport_proxy.webterminal import join_ssh_session
+
+        der, user = self._cert(session)
+        return await join_ssh_session(self._proxy, session, user, self._proxy.auth.for_user(der), sid, mode, cols,
+                                      rows, remote)
+
     async def emit(self, event: AuditEvent) -> None:
         await self._proxy.audit.emit(event)
 

@@ -65,7 +65,7 @@ def test_running_session_is_listed_then_dropped(node_cluster: WebCluster, tmp_pa
             node_cluster.logged_in("bob") as bob:
         assert "No active sessions." in listed(alice)
         empty = listed(alice)
-        assert 'id="join-note"' in empty and "issue 16" in empty
+        assert 'id="join-note"' in empty and "tsh join" in empty
         assert "<button" not in empty.split("<main", 1)[1]  # no (fake) join button
         proc = subprocess.Popen(
             tsh(home, "ssh", f"{LOGIN}@{NODENAME}", f"while [ ! -e {stop} ]; do sleep 0.2; done; echo done"),

@@ -72,6 +72,17 @@ async def console(page: Page) -> Response:
                        style_nonce=nonce, headers={STYLE_NONCE_HEADER: nonce})
 
 
+async def join_console(page: Page) -> Response:
+    """``/web/cluster/{cluster}/console/session/{sid}?mode=observer|peer|moderator``: join a live session."""
+    assert page.session is not None
+    sid = page.request.path_params["sid"]
+    mode = page.request.query_params.get("mode") or "observer"  # tsh join's default
+    nonce = secrets.token_urlsafe(16)
+    ws = f"/v1/webapi/sites/{urllib.parse.quote(page.cluster, safe='')}/connect/ws"
+    return page.render("console.html", nav="sessions", node="", login=mode, hostname=f"session {sid}", ws_path=ws,
+                       session_id=sid, mode=mode, style_nonce=nonce, headers={STYLE_NONCE_HEADER: nonce})
+
+
 async def _send_json(ws: WebSocket, message: dict[str, object]) -> None:
     await ws.send_text(json.dumps(message))
 
@@ -87,6 +98,9 @@ async def connect(ws: WebSocket, page: Page) -> None:
     assert page.session is not None
     params = ws.query_params
     await ws.accept()
+    if params.get("session"):
+        await _join(ws, page)
+        return
     try:
         node = _name(params.get("node", ""), "node")
         login = _name(params.get("login", ""), "login")
@@ -102,6 +116,24 @@ async def connect(ws: WebSocket, page: Page) -> None:
         return
     await _send_json(ws, {"type": "session", "node": terminal.node.uuid, "hostname": terminal.node.nodename,
                           "login": login})
+    await _run(ws, terminal)
+
+
+async def _join(ws: WebSocket, page: Page) -> None:
+    """``?session=<sid>&mode=<mode>``: join a live session (the node decides, as for tsh join)."""
+    assert page.session is not None
+    params = ws.query_params
+    try:
+        sid = _name(params.get("session", ""), "session")
+        mode = params.get("mode") or "observer"
+        cols = _size(params.get("cols", ""), "cols", TERM_COLS)
+        rows = _size(params.get("rows", ""), "rows", TERM_ROWS)
+        terminal = await page.proxy.join_ssh_session(page.session, sid, mode, cols, rows, page.remote)
+    except TeleportError as exc:
+        await _refuse(ws, str(exc))
+        return
+    await _send_json(ws, {"type": "session", "node": terminal.node.uuid, "hostname": terminal.node.nodename,
+                          "login": mode, "session": sid})
     await _run(ws, terminal)
 
 
@@ -170,4 +202,5 @@ async def _run(ws: WebSocket, terminal: TerminalChannel) -> None:
 
 def routes(web: Web) -> list[BaseRoute]:
     return [web.page("/web/cluster/{cluster}/console/node/{node}/{login}", console),
+            web.page("/web/cluster/{cluster}/console/session/{sid}", join_console),
             web.websocket("/v1/webapi/sites/{cluster}/connect/ws", connect)]

@@ -7,6 +7,7 @@ preset ``auditor`` role). Refreshed every few seconds (no script).
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -37,7 +38,11 @@ async def sessions(page: Page) -> Response:
                      "kind": "interactive" if s.get("interactive") else (s.get("command") or "command"),
                      "state": s.get("state", ""), "web": s.get("client") == "web",
                      "started": start.strftime("%Y-%m-%d %H:%M:%S UTC"), "started_iso": s["created"],
-                     "age": _age(start, now)})
+                     "age": _age(start, now),
+                     # joining (console/session/<sid>, pages/console.py): interactive sessions only
+                     "join": (f"/web/cluster/{urllib.parse.quote(page.cluster, safe='')}/console/session/"
+                              f"{urllib.parse.quote(str(s['session_id']), safe='')}")
+                     if s.get("interactive") else ""})
     return page.render("sessions.html", nav="sessions", rows=rows, refresh=REFRESH_SECONDS)
 
 

@@ -14,8 +14,10 @@
   fit.fit();
   window.teleportTerminal = term;  // for tests and the bench
 
-  const query = new URLSearchParams({node: box.dataset.node, login: box.dataset.login,
-    cols: String(term.cols), rows: String(term.rows)});
+  // a live session to join (console/session/<sid>), or a new shell on a node as a login
+  const query = new URLSearchParams(box.dataset.session
+    ? {session: box.dataset.session, mode: box.dataset.mode, cols: String(term.cols), rows: String(term.rows)}
+    : {node: box.dataset.node, login: box.dataset.login, cols: String(term.cols), rows: String(term.rows)});
   const ws = new WebSocket(`wss://${location.host}${box.dataset.ws}?${query}`);
   ws.binaryType = "arraybuffer";
   window.teleportSocket = ws;  // for tests and the bench
