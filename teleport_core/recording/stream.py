@@ -129,6 +129,7 @@ class StreamRecorder:
         self.unacked = 0  # output bytes waiting or in flight
         self._oldest_unacked: float | None = None  # when the oldest unacknowledged output was written
         self.chunks_sent = 0
+        self._encoded_header = False  # chunk 0 (with the header) was encoded
         self.closed = False
         self.failure = ""  # why the recorder gave up ("" while it has not)
         self._gave_up = False
@@ -225,7 +226,7 @@ class StreamRecorder:
     def _encode(self, frames: list[tuple[float, float, bytes]], final: bool) -> tuple[bytes, int]:
         """The chunk of ``frames`` (the header first in chunk 0): its bytes and how many frames it
         holds; frames past :data:`CHUNK_MAX` bytes of JSON go back to the front of the queue."""
-        out = bytearray(self._header if self.chunks_sent == 0 else b"")
+        out = bytearray(self._header if not self._encoded_header else b"")
         used = 0
         for stamp, _, data in frames:
             if used and len(out) >= CHUNK_MAX:
@@ -272,29 +273,50 @@ class StreamRecorder:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
+    async def _next_chunk(self) -> tuple[bytes, list[tuple[float, float, bytes]], bool] | None:
+        """Take what waits and encode it: (chunk bytes, its frames, whether it is the last), or None
+        when there is nothing to send."""
+        ending = self.closed or self._gave_up
+        frames = self._take()
+        with self._lock:
+            final = ending and not self._frames
+        if not frames and not (final and self.chunks_sent == 0 and not self._encoded_header):
+            return None if not final else (b"", [], True)
+        data, used = await asyncio.to_thread(self._encode, frames, final)
+        self._encoded_header = True
+        if used < len(frames):
+            frames, final = frames[:used], False
+        return data, frames, final
+
     async def run(self) -> None:
         """Send chunks while the session runs; once it ended (or the recorder gave up) send what is
-        left, then complete the recording (``partial`` when something could not be sent)."""
+        left, then complete the recording (``partial`` when something could not be sent). The next
+        chunk is encoded while the current one is on its way."""
+        ready: asyncio.Task[tuple[bytes, list[tuple[float, float, bytes]], bool] | None] | None = None
         try:
             while True:
-                if not (self.closed or self._gave_up) and self._queued < CHUNK_BYTES:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
-                self._wake.clear()
-                ending = self.closed or self._gave_up
-                frames = self._take()
-                with self._lock:
-                    final = ending and not self._frames
-                if frames or (final and self.chunks_sent == 0):
-                    data, used = await asyncio.to_thread(self._encode, frames, final)
-                    if used < len(frames):
-                        frames, final = frames[:used], False
+                if ready is not None:
+                    chunk = await ready
+                    ready = None
+                else:
+                    if not (self.closed or self._gave_up) and self._queued < CHUNK_BYTES:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
+                    self._wake.clear()
+                    chunk = await self._next_chunk()
+                if chunk is None:
+                    continue
+                data, frames, final = chunk
+                if data:
                     index = self.chunks_sent
-                    if data:
-                        if not await self._retrying(f"chunk {index}", functools.partial(self.send_chunk, index, data)):
-                            break
-                        self.chunks_sent += 1
-                    self._acked(frames)
+                    sending = asyncio.ensure_future(self._retrying(f"chunk {index}",
+                                                                   functools.partial(self.send_chunk, index, data)))
+                    if not final and self._queued >= CHUNK_BYTES:  # a backlog: encode the next meanwhile
+                        ready = asyncio.ensure_future(self._next_chunk())
+                    if not await sending:
+                        break
+                    self.chunks_sent += 1
+                self._acked(frames)
                 if final:
                     break
             if self.failure and not self._gave_up:  # refused for good while running: end the session
@@ -305,4 +327,6 @@ class StreamRecorder:
                     self._deadline = self.clock() + self.drain_for
                 await self._retrying("completion", lambda: self.complete(self.chunks_sent, partial))
         finally:
+            if ready is not None:
+                ready.cancel()
             self.done.set()
