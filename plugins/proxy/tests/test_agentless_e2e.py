@@ -90,7 +90,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         proc, _ = openssh.start_sshd(folder, host_key=key, host_cert=Path(f"{key}-cert.pub"),
                                      user_ca=folder / "user_ca.pub", port=port,
                                      extra=["LogLevel VERBOSE", "Subsystem sftp internal-sftp",
-                                            "AllowTcpForwarding yes"])
+                                            "AllowTcpForwarding yes", "AcceptEnv LANG LC_*"])
         resource = {"kind": "node", "sub_kind": "openssh", "version": "v2",
                     "metadata": {"name": NODE_UUID, "labels": {"env": "plain"}},
                     "spec": {"addr": f"127.0.0.1:{port}", "hostname": NODENAME}}
@@ -99,6 +99,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         assert created.returncode == 0, created.stderr
         assert created.stdout == f'node "{NODE_UUID}" has been created\n'
         e.config_file = config_file  # type: ignore[attr-defined]
+        e.sshd_port = port  # type: ignore[attr-defined]
         e.sshd_folder = folder  # type: ignore[attr-defined]
         try:
             yield e
@@ -273,9 +274,10 @@ def test_refusals_are_audited(env: Env, alice: Path, tmp_path_factory: pytest.Te
     def refusals() -> str:
         errors = " | ".join(str(e.get("error")) for e in events(env, type="auth")
                             if e.get("target") in (NODE_UUID, NODENAME) or "agentless drill" in str(e.get("error")))
-        return errors if "nobody-else" in errors and "agentless drill" in errors else ""
+        wanted = ("nobody-else", "agentless drill", f"target host {NODENAME} is offline or does not exist")
+        return errors if all(w in errors for w in wanted) else ""
 
-    errors = wait_for(refusals, "audited refusals (wrong login, lock)", timeout=30)
+    errors = wait_for(refusals, "audited refusals (wrong login, lock, a role without the labels)", timeout=30)
     assert "not in the set of valid principals" in errors
 
 
@@ -291,6 +293,65 @@ def _forwarder_handshake(env: Env, key: paramiko.PKey, login: str) -> bool:
         except paramiko.AuthenticationException:
             return False
         return transport.is_authenticated()
+    finally:
+        transport.close()
+
+
+def _alice_key(home: Path) -> paramiko.PKey:
+    import io
+
+    folder = home / "profiles" / "127.0.0.1"
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO((folder / "id").read_text()))
+    key.load_certificate(str(folder / "id-cert.pub"))
+    return key
+
+
+def _read_until(channel: paramiko.Channel, text: bytes, timeout: float = 30) -> bytes:
+    out = b""
+    channel.settimeout(timeout)
+    while text not in out:
+        chunk = channel.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_pty_window_changes_env_signals_and_exit_status_reach_sshd(env: Env, alice: Path) -> None:
+    """A client speaking straight to the node's SSH server at the proxy: the PTY size and its
+    changes, LANG, the exit status, and (for a login other than root: sshd delivers no signal to
+    a root session) a signal all reach the real sshd and back."""
+    node = NodeInfo(NODE_UUID, NODENAME, f"127.0.0.1:{env.sshd_port}", {"env": "plain"},  # type: ignore[attr-defined]
+                    sub_kind="openssh")
+    transport = paramiko.Transport(env.proxy.agentless.dial(node, "127.0.0.1:40001"))
+    try:
+        transport.start_client(timeout=30)
+        transport.auth_publickey(LOGIN, _alice_key(alice))
+        shell = transport.open_session(timeout=30)
+        shell.update_environment({"LANG": "C.UTF-8"})
+        shell.get_pty("xterm", 80, 24)
+        shell.invoke_shell()
+        shell.sendall(b"stty size; echo lang=$LANG\n")
+        assert b"lang=C.UTF-8" in _read_until(shell, b"lang=C.UTF-8")
+        shell.resize_pty(width=132, height=43)
+        shell.sendall(b"echo size=$(stty size)\n")
+        assert b"size=43 132" in _read_until(shell, b"size=43 132")
+        shell.sendall(b"exit 5\n")
+        assert shell.recv_exit_status() == 5
+        if LOGIN == "root":  # sshd refuses signals to root sessions ("requires privilege separation")
+            return
+        job = transport.open_session(timeout=30)
+        job.exec_command("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done")
+        assert b"ready" in _read_until(job, b"ready")
+        message = paramiko.Message()
+        message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+        message.add_int(job.remote_chanid)
+        message.add_string("signal")
+        message.add_boolean(False)
+        message.add_string("TERM")
+        transport._send_user_message(message)
+        assert b"got-term" in _read_until(job, b"got-term")
+        assert job.recv_exit_status() == 7
     finally:
         transport.close()
 
