@@ -73,7 +73,7 @@ def test_streamed_recording_equals_the_async_one(tmp_path: Path) -> None:
             seen.append(data)
             return await original(sid, index, data)
 
-        storage.put_chunk = put_chunk  # type: ignore[method-assign]
+        setattr(storage, "put_chunk", put_chunk)  # noqa: B010 - spy on what the recorder sends
         recorder = await _stream(storage, Clock(), stamps)
         assert recorder.chunks_sent == len(seen) > 1, "chunks go while the session runs"
         assert seen[0].startswith(b'{"version": 2'), "chunk 0 starts with the header"

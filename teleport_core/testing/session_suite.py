@@ -332,7 +332,7 @@ class SessionStorageConformance:
                 await storage.list_chunks(bad_id)
             for index in (-1, 10**9, True):
                 with pytest.raises(ValueError, match="invalid chunk index"):
-                    await storage.put_chunk("sess-x", index, HEADER)  # type: ignore[arg-type]
+                    await storage.put_chunk("sess-x", index, HEADER)
             assert await storage.list() == []
 
         self.with_storage(teleport_sessions_uri, tmp_path, body)

@@ -115,7 +115,7 @@ def close_stream(session: Session, state: NodeState) -> bool:
     recorder = session.recorder
     if not isinstance(recorder, StreamRecorder):
         return False
-    session.conn.server.recorders.discard(recorder)  # type: ignore[arg-type]
+    session.conn.server.recorders.discard(recorder)
     recorder.close()
     state.recorded(session.id, None)
     return True

@@ -168,7 +168,7 @@ class StreamingAPI(APIBase):
         from teleport_auth.session_records import UPLOADED, records_of
 
         assert identity is not None
-        acting = await recordings.acting_identity(self, request, identity)  # type: ignore[arg-type]
+        acting = await recordings.acting_identity(self, request, identity)
         sid = check_session_id(request.path_params["sid"])
         offset = query(request, StreamQuery).offset
         record = await records_of(self.service).get(sid)
