@@ -1068,6 +1068,8 @@ class Session:
         self.conn.server.pump.call(lambda: self._attach(fds))
 
     def _failed_start(self, reason: str) -> None:
+        if self.party is not None:  # nobody may join a session that never ran
+            self.conn.server.pump.call(lambda: self.party.ended(255) if self.party is not None else None)
         with contextlib.suppress(Exception):
             self.channel.send_stderr(b"teleport: cannot start the session\r\n")
             self.channel.send_exit_status(255)

@@ -238,10 +238,12 @@ def _node_join(home: Path, sid: str, mode: str) -> tuple[bool, str]:
             while channel.recv_stderr_ready():
                 said += channel.recv_stderr(4096)
             return False, said.decode()
-        # a join-only connection may do nothing else
+        # a join-only connection may do nothing else: no command, no port forwarding
         other = node.open_session(timeout=30)
         with pytest.raises(paramiko.SSHException):
             other.exec_command("id")
+        with pytest.raises(paramiko.ChannelException):
+            node.open_channel("direct-tcpip", ("127.0.0.1", 22), ("127.0.0.1", 0), timeout=30)
         return True, ""
     finally:
         node.close()
@@ -368,3 +370,28 @@ def test_an_observer_that_stops_reading_is_removed_not_the_owner_stalled(env: En
         alice.close()
     left = wait_events(env, "session.leave", sid)
     assert left[0]["reason"] == "fell behind"
+
+
+def test_a_lock_ends_an_observer_and_refuses_its_join(env: Env, homes: dict[str, Path]) -> None:
+    alice = shell(homes["alice"])
+    try:
+        sid = session_id(alice)
+        bob = join(homes["bob"], sid, "observer")
+        try:
+            mark = alice.expect(b"User bob joined the session")
+            env.call("upsert_lock", {"kind": "lock", "version": "v2", "metadata": {"name": "stop-bob"},
+                                     "spec": {"target": {"user": "bob"}, "message": "bob is locked"}})
+            bob.wait(60)
+            assert bob.closed and b"bob is locked" in bob.seen
+            alice.expect(b"Teleport > User bob left the session.", since=mark)
+        finally:
+            bob.close()
+        refused = env.tsh(homes["bob"], "join", sid)
+        assert refused.returncode != 0
+        alice.type("echo alice-still-$((9*9))")
+        alice.expect(b"alice-still-81\r", since=mark)  # the owner carries on
+        alice.type("exit")
+        alice.wait()
+    finally:
+        alice.close()
+        env.call("delete_lock", "stop-bob")
