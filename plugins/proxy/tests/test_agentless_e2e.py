@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,41 @@ def test_pty_window_changes_env_signals_and_exit_status_reach_sshd(env: Env, ali
         assert job.recv_exit_status() == 7
     finally:
         transport.close()
+
+
+def test_a_session_a_crash_cut_is_ended_and_its_recording_uploaded(env: Env, alice: Path, tmp_path: Path) -> None:
+    """What a proxy crash leaves in its spool (a sidecar, a recording in progress) is ended
+    (``session.end``, ``end_reason: node_restart``) and uploaded by the next start, as on our nodes."""
+    import uuid as uuidlib
+
+    from teleport_proxy.forwarder import Forwarder
+
+    from teleport_core.recording.spool import Recorder, prepare_spool, release_sidecar, write_sidecar
+
+    spool = prepare_spool(tmp_path / "proxy-sessions")
+    sid = str(uuidlib.uuid4())
+    started = time.time() - 5
+    recorder = Recorder(spool, sid, width=80, height=24, env={"TERM": "xterm"}, started=started)
+    recorder.write(b"typed before the crash\r\n")
+    recorder.close()  # the file as a crash leaves it: not finalized
+    fields = {"cluster_name": CLUSTER, "server_id": NODE_UUID, "server_hostname": NODENAME, "user": "alice",
+              "login": LOGIN, "sid": sid, "proto": "ssh", "interactive": True, "session_recording": "proxy"}
+    release_sidecar(write_sidecar(spool, sid, started, fields))  # the crash drops the sidecar's lock
+    proxy = env.proxy
+    forwarder = Forwarder(proxy, spool)
+    tasks = asyncio.run_coroutine_threadsafe(forwarder.start(), proxy.loop).result(60)
+    try:
+        record = uploaded(env, alice, sid)
+        assert record["end_reason"] == "node_restart" and record["server_hostname"] == NODENAME
+        played = env.tsh(alice, "play", sid)
+        assert played.returncode == 0 and "typed before the crash" in played.stdout, played.stderr
+        end = next(e for e in events(env, type="session.end") if e.get("sid") == sid)
+        assert end["forwarded_by"] == proxy.identity.host_uuid and end["server_id"] == NODE_UUID
+        assert not list(spool.glob(sid + "*"))  # sidecar and recording gone once handed over
+    finally:
+        forwarder.stop()
+        for task in tasks:
+            proxy.loop.call_soon_threadsafe(task.cancel)
 
 
 def test_a_certificate_from_another_ca_is_refused(env: Env, tmp_path: Path) -> None:
