@@ -1,6 +1,7 @@
 """A policy plugin a stranger might write, installed where the node runs (the authorize-hook
 tests load it with ``TELEPORT_PLUGINS``). Its ``plugins:`` entry names users who may not log in
-as root and users who may not forward ports; everything else it leaves to the roles."""
+as root, users who may not forward ports and users who may not join live sessions; everything
+else it leaves to the roles."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from teleport_core.config.reader import SectionReader
 from teleport_core.policy.access import PORT_FORWARD, SSH, AccessRequest, Decision
 
 NAME = "node_policy_plugin"  # the module's name: its entry under plugins:
-POLICY: dict[str, tuple[str, ...]] = {"no_root": (), "no_forwarding": ()}
+POLICY: dict[str, tuple[str, ...]] = {"no_root": (), "no_forwarding": (), "no_join": ()}
 
 
 @hookimpl
 def teleport_config_section(section: str, reader: SectionReader) -> Any:
     if section != f"plugins.{NAME}":
         return None
-    return {"no_root": tuple(reader.strings("no_root")), "no_forwarding": tuple(reader.strings("no_forwarding"))}
+    return {"no_root": tuple(reader.strings("no_root")), "no_forwarding": tuple(reader.strings("no_forwarding")),
+            "no_join": tuple(reader.strings("no_join"))}
 
 
 @hookimpl
@@ -34,4 +36,6 @@ def teleport_authorize(request: AccessRequest) -> Decision | None:
         return Decision.deny(f"policy: {user} may not log in as root")
     if request.verb == PORT_FORWARD and user in POLICY["no_forwarding"]:
         return Decision.deny(f"policy: {user} may not forward to {request.name}")
+    if request.verb == "join_session" and user in POLICY["no_join"]:  # teleport_node.party's verb
+        return Decision.deny(f"policy: {user} may not join session {request.name}")
     return None
