@@ -231,3 +231,45 @@ def test_session_recording_takes_node_sync_and_refuses_what_is_not_built() -> No
     with pytest.raises(ConfigError, match=r'^auth_service.session_recording: expected .*"node-sync".*, '
                                           r'got "proxy-sync"$'):
         settings("proxy-sync")  # the proxy does not stream its recordings yet (docs/sessions.md)
+
+
+@pytest.mark.slow
+def test_auth_unreachable_ends_the_session_and_nothing_goes_unrecorded(sync_auth: Auth, tmp_path: Path) -> None:
+    """The attacker cuts the node off from auth to work unrecorded: the output waits in memory, the
+    session ends after STALL_LIMIT with a message, and what was shown reaches auth once it is back."""
+    import yaml
+
+    from teleport_core.recording.stream import STALL_LIMIT
+    from teleport_core.testing.sockets import CuttableProxy
+
+    link = CuttableProxy(int(sync_auth.addr.rsplit(":", 1)[1]))
+    node = Node(sync_auth, tmp_path / "cut", nodename="synccut")
+    config = yaml.safe_load(node.config.read_text())
+    config["teleport"]["auth_server"] = f"127.0.0.1:{link.port}"
+    node.config.write_text(yaml.safe_dump(config))
+    node.start()
+    try:
+        shell = Shell(tmp_path, sync_auth, node, "mia")
+        sid = shell.sid()
+        _wait_stream(sync_auth, sid, b"SID=")
+        link.cut()
+        started = time.monotonic()
+        shell.type("echo after-cut-$((1+1))")
+        shell.wait_for(b"after-cut-2")  # buffered in memory, shown
+        shell.wait_for(b"Session terminating due to recording error")
+        assert time.monotonic() - started >= STALL_LIMIT - 1
+        shell.wait_for(b"Closing session...")
+        assert shell.proc.wait(30) is not None
+        link.restore()
+        record = _wait_complete(sync_auth, sid, timeout=120)
+        assert record.recording.partial and record.end_reason == "interrupted"
+        final, _ = _stream(sync_auth, sid)
+        assert b"after-cut-2" in final, "what the user saw reached auth once it was back"
+        deadline = time.monotonic() + 30
+        while not (ends := [e for e in sync_auth.events(type="session.end") if e.get("sid") == sid]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "could not reach auth" in ends[0]["recording_error"]
+    finally:
+        node.stop()
+        link.close()
