@@ -291,9 +291,10 @@ def _when(text: str) -> str:
 
 
 def _recording(session: dict[str, Any]) -> str:
-    """The recording status of a listing entry (``recorded`` alone from an older auth server)."""
-    status = str(session.get("recording", ""))
-    return status or ("uploaded" if session.get("recorded") else "pending")
+    """The recording status of a listing entry (``recorded`` alone from an older auth server);
+    "(partial)": a streamed recording completed as far as auth received it (its host was lost)."""
+    status = str(session.get("recording", "")) or ("uploaded" if session.get("recorded") else "pending")
+    return f"{status} (partial)" if session.get("recording_partial") else status
 
 
 def table(sessions: list[dict[str, Any]], search: bool = False) -> list[str]:

@@ -168,5 +168,8 @@ async def not_stored(api: RecordingsAPI, sid: str) -> str:
     if state.state == OFF:
         return f"no recording of session {sid}: the session was not recorded (session_recording: off)"
     if record.end is None:
+        if record.session_recording in ("node-sync", "proxy-sync"):
+            return (f"no recording of session {sid} yet: the session is still running and its recording streams "
+                    f"to auth (follow it: tsh play --follow {sid})")
         return f"no recording of session {sid}: the session is still running"
     return f"no recording of session {sid} yet: the node has not uploaded it (it retries until auth takes it)"

@@ -74,6 +74,8 @@ def test_tsh_play_follow_prints_a_running_session_and_ends_with_it(env: Env,
         with background_tsh(alice, "play", "--follow", sid) as follower:
             _read_until(follower, "follow-42")
             assert session.poll() is None, "the follower saw the output while the session runs"
+            plain = env.tsh(alice, "play", sid)  # no recording yet: says how to follow it
+            assert plain.returncode != 0 and f"tsh play --follow {sid}" in plain.stderr, plain.stderr
             refused = env.tsh(bob, "play", "--follow", sid)  # not bob's session: the access role plays one's own
             assert refused.returncode != 0 and "access denied" in refused.stderr.lower(), refused.stderr
             session.terminate()  # the session ends (tsh's connection goes)
@@ -92,3 +94,11 @@ def test_tsh_play_follow_of_an_unknown_session_says_so(env: Env, tmp_path: Path,
     assert result.returncode != 0 and "access denied" in result.stderr, "no record: no participant, deny"
     escape = env.tsh(alice, "play", "--follow", "../etc")
     assert escape.returncode != 0 and "neither a session ID" in escape.stderr
+
+
+def test_the_listing_marks_a_partial_recording() -> None:
+    from teleport_core.tsh.recordings import _recording
+
+    entry = {"recording": "uploaded", "recorded": True, "recording_partial": True}
+    assert _recording(entry) == "uploaded (partial)"
+    assert _recording({**entry, "recording_partial": False}) == "uploaded"
