@@ -372,6 +372,29 @@ def test_an_observer_that_stops_reading_is_removed_not_the_owner_stalled(env: En
     assert left[0]["reason"] == "fell behind"
 
 
+def test_a_command_session_cannot_be_joined(env: Env, homes: dict[str, Path]) -> None:
+    import json
+    import subprocess
+
+    command = subprocess.Popen(tsh_argv("ssh", f"{LOGIN}@{NODENAME}", "sleep 30"), env=tsh_env(homes["alice"]),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        found: list[dict[str, Any]] = []
+        while not found and time.monotonic() < deadline:
+            listed = env.tsh(homes["bob"], "sessions", "ls", "--format=json")
+            found = [t["spec"] for t in json.loads(listed.stdout or "[]")
+                     if t["spec"].get("command") == "sleep 30"]
+            time.sleep(0.3)
+        assert found, "the command's session was not listed"
+        refused = env.tsh(homes["bob"], "join", found[0]["session_id"])
+        assert refused.returncode != 0 and "is not interactive" in refused.stderr
+        ok, why = _node_join(homes["bob"], found[0]["session_id"], "observer")  # and at the node
+        assert not ok and "no such interactive session" in why
+    finally:
+        command.kill()
+        command.wait()
+
 def test_a_lock_ends_an_observer_and_refuses_its_join(env: Env, homes: dict[str, Path]) -> None:
     alice = shell(homes["alice"])
     try:
@@ -395,3 +418,4 @@ def test_a_lock_ends_an_observer_and_refuses_its_join(env: Env, homes: dict[str,
     finally:
         alice.close()
         env.call("delete_lock", "stop-bob")
+
