@@ -99,6 +99,18 @@ def _strings(value: Any, path: str) -> list[str]:
     return list(value)
 
 
+def _choices(value: Any, where: str, valid: Sequence[str], what: str, required: str) -> list[str]:
+    """A required, non-empty list whose items are all in ``valid``."""
+    items = _strings(value, where)
+    if not items:
+        raise BadPolicy(where, f"required: {required}")
+    for i, item in enumerate(items):
+        if item not in valid:
+            raise BadPolicy(f"{where}[{i}]", f"unknown {what} {json.dumps(item)}"
+                            + did_you_mean(item, list(valid)).replace("valid keys", f"valid {what}s"))
+    return items
+
+
 def _one(raw: Any, where: str) -> RequirePolicy:
     if not isinstance(raw, Mapping) or not raw:
         raise BadPolicy(where, "expected a policy: {name, filter, kinds, modes, count, on_leave}")
@@ -117,20 +129,10 @@ def _one(raw: Any, where: str) -> RequirePolicy:
             parse_predicate(text)
         except PredicateError as exc:
             raise BadPolicy(f"{where}.filter", str(exc)) from None
-    kinds = _strings(raw.get("kinds"), f"{where}.kinds")
-    if not kinds:
-        raise BadPolicy(f"{where}.kinds", "required: the session kinds it applies to (ssh, k8s)")
-    for i, kind in enumerate(kinds):
-        if kind not in KINDS:
-            raise BadPolicy(f"{where}.kinds[{i}]", f"unknown session kind {json.dumps(kind)}"
-                            + did_you_mean(kind, list(KINDS)).replace("valid keys", "valid kinds"))
-    modes = _strings(raw.get("modes"), f"{where}.modes")
-    if not modes:
-        raise BadPolicy(f"{where}.modes", "required: the modes participants must join in (observer, peer, moderator)")
-    for i, mode in enumerate(modes):
-        if mode not in MODES:
-            raise BadPolicy(f"{where}.modes[{i}]", f"unknown mode {json.dumps(mode)}"
-                            + did_you_mean(mode, list(MODES)).replace("valid keys", "valid modes"))
+    kinds = _choices(raw.get("kinds"), f"{where}.kinds", KINDS, "session kind",
+                     "the session kinds it applies to (ssh, k8s)")
+    modes = _choices(raw.get("modes"), f"{where}.modes", MODES, "mode",
+                     "the modes participants must join in (observer, peer, moderator)")
     count = raw.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
         raise BadPolicy(f"{where}.count", f"expected a whole number from 1 to {MAX_COUNT}, "

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from teleport_core.errors import TeleportError
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.state.nodes import NodeInfo
+from teleport_core.tsh.join import JOIN_PRINCIPAL, MODE_ENV, SESSION_ENV
+from teleport_core.tsh.join import MODES as JOIN_MODES
 from teleport_core.tsh.profile import Profile
 from teleport_core.tsh.sshclient import TIMEOUT, handshake
 from teleport_core.webui import WebSession
@@ -212,14 +214,15 @@ async def open_ssh_session(proxy: ProxyState, session: WebSession, user: Any, ta
         await proxy.audit_denial(session.user, str(exc), remote, target=target, login=login, client="web",
                                  proto="ssh")
         raise
+    return _opened(proxy, terminal, user, login, remote)
+
+
+def _opened(proxy: ProxyState, terminal: WebTerminal, user: Any, login: str, remote: str) -> WebTerminal:
+    """Register an open terminal (a lock then closes it: :meth:`WebTerminals.cut_locked`)."""
     terminal.user, terminal.login, terminal.remote = user, login, remote
     terminal.registry = proxy.web_terminals
     proxy.web_terminals.live.add(terminal)
     return terminal
-
-
-JOIN_PRINCIPAL = "-teleport-internal-join"  # Teleport's (the node's teleport_node.party)
-JOIN_MODES = ("observer", "peer", "moderator")
 
 
 async def join_ssh_session(proxy: ProxyState, session: WebSession, user: Any, auth: Any, sid: str, mode: str,
@@ -239,14 +242,11 @@ async def join_ssh_session(proxy: ProxyState, session: WebSession, user: Any, au
         if not spec.get("interactive", True):
             raise TeleportError(f"session {sid} is not interactive: only interactive sessions can be joined")
         node = await proxy.route(user, "", str(spec.get("server_id", "")))
-        env = {"TELEPORT_SESSION": sid, "TELEPORT_SSH_JOIN_MODE": mode}
+        env = {SESSION_ENV: sid, MODE_ENV: mode}
         terminal = await asyncio.to_thread(connect, proxy, session, node, JOIN_PRINCIPAL, cols, rows,
                                            asyncio.get_running_loop(), env)
     except TeleportError as exc:
         await proxy.audit_denial(session.user, str(exc), remote, sid=sid, participant_mode=mode, client="web",
                                  proto="ssh")
         raise
-    terminal.user, terminal.login, terminal.remote = user, JOIN_PRINCIPAL, remote
-    terminal.registry = proxy.web_terminals
-    proxy.web_terminals.live.add(terminal)
-    return terminal
+    return _opened(proxy, terminal, user, JOIN_PRINCIPAL, remote)

@@ -217,19 +217,27 @@ def test_moderated_user_cannot_run_an_unwatched_command(env: Env, homes: dict[st
     assert "unwatched" not in result.stdout
 
 
+def _join_channel(node: paramiko.Transport, sid: str, mode: str, window: int | None = None) -> paramiko.Channel:
+    """A session channel on ``node`` asking to join ``sid`` in ``mode`` (as tsh join does), before its shell."""
+    from teleport_core.tsh.join import MODE_ENV, SESSION_ENV
+
+    channel = node.open_session(window_size=window, timeout=30)
+    channel.set_environment_variable(SESSION_ENV, sid)
+    channel.set_environment_variable(MODE_ENV, mode)
+    channel.get_pty("xterm", 80, 24)
+    return channel
+
+
 def _node_join(home: Path, sid: str, mode: str) -> tuple[bool, str]:
     """Join as the attacker would: straight to the node with the join principal (no listing)."""
     from teleport_core.tsh import sshclient
-    from teleport_core.tsh.join import JOIN_PRINCIPAL, MODE_ENV, SESSION_ENV
+    from teleport_core.tsh.join import JOIN_PRINCIPAL
     from teleport_core.tsh.profile import Profile
 
     profile = Profile.load(home)
     proxy, node = sshclient.connect_node(profile, JOIN_PRINCIPAL, NODENAME)
     try:
-        channel = node.open_session(timeout=30)
-        channel.set_environment_variable(SESSION_ENV, sid)
-        channel.set_environment_variable(MODE_ENV, mode)
-        channel.get_pty("xterm", 80, 24)
+        channel = _join_channel(node, sid, mode)
         try:
             channel.invoke_shell()
         except (paramiko.SSHException, EOFError):
@@ -345,18 +353,14 @@ def test_moderator_leaving_pauses_or_terminates(env: Env, homes: dict[str, Path]
 
 def test_an_observer_that_stops_reading_is_removed_not_the_owner_stalled(env: Env, homes: dict[str, Path]) -> None:
     from teleport_core.tsh import sshclient
-    from teleport_core.tsh.join import JOIN_PRINCIPAL, MODE_ENV, SESSION_ENV
+    from teleport_core.tsh.join import JOIN_PRINCIPAL
     from teleport_core.tsh.profile import Profile
 
     alice = shell(homes["alice"])
     proxy, node = sshclient.connect_node(Profile.load(homes["bob"]), JOIN_PRINCIPAL, NODENAME)
     try:
         sid = session_id(alice)
-        channel = node.open_session(window_size=65536, timeout=30)
-        channel.set_environment_variable(SESSION_ENV, sid)
-        channel.set_environment_variable(MODE_ENV, "observer")
-        channel.get_pty("xterm", 80, 24)
-        channel.invoke_shell()  # and never read
+        _join_channel(node, sid, "observer", window=65536).invoke_shell()  # and never read
         mark = alice.expect(b"User bob joined the session")
         # more than the observer's window and its 1 MiB buffer: the owner gets all of it regardless
         alice.type("head -c 3000000 /dev/zero | tr '\\0' x | fold -w 100000; echo bulk-$((5*9))-done")
