@@ -48,7 +48,8 @@ NODE_EVENTS = frozenset({
 PROXY_EVENTS = frozenset({"auth", "reverse_tunnel.connect", "reverse_tunnel.disconnect"})
 #: What a proxy emits for an agentless (``sub_kind: openssh``) node it runs sessions for: the node's
 #: session events, with ``server_id`` naming that node (auth stamps ``forwarded_by`` with the proxy).
-AGENTLESS_EVENTS = frozenset({"session.start", "session.end", "session.data", "exec", "scp", "port"})
+AGENTLESS_EVENTS = frozenset({"session.start", "session.end", "session.data", "session.upload", "exec", "scp",
+                              "port"})
 #: The event types each system role may emit; ``None``: anything (auth servers).
 HOST_EVENTS: Mapping[str, frozenset[str] | None] = {"Node": NODE_EVENTS, "Proxy": PROXY_EVENTS, "Auth": None}
 

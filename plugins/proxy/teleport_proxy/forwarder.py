@@ -157,6 +157,7 @@ class Forwarder:
         self._queued: set[str] = set()
         self._stopping = threading.Event()
         self.trackers: TrackerKeeper | None = None  # the live sessions' session_trackers in auth
+        self._node_of: dict[str, str] = {}  # session ID -> its node's UUID, until its recording is uploaded
 
     # -- service life ----------------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Forwarder:
         self._uploads = asyncio.Queue()
         ended, _ = await asyncio.to_thread(recover_sessions, self.spool, set())
         for session in ended:
+            self._node_of[session.session_id] = str(session.fields.get("server_id", ""))
             await self.proxy.audit.emit(new_event("session.end", "ok", when=session.stop, **session.fields))
             await asyncio.to_thread(remove_sidecar, self.spool, session.session_id)
         for path in await asyncio.to_thread(recover, self.spool, set()):
@@ -271,10 +273,11 @@ class Forwarder:
             self._queued.add(sid)
             self._uploads.put_nowait((sid, path))
 
-    def recorded(self, sid: str, path: Path | None) -> None:
-        """(thread) A session's end is on disk: queue its recording, forget its sidecar."""
+    def recorded(self, sid: str, node: str, path: Path | None) -> None:
+        """(thread) A session on ``node`` ended (on disk): queue its recording, forget its sidecar."""
         with contextlib.suppress(RuntimeError):
             if path is not None:
+                self._node_of[sid] = node
                 self.proxy.loop.call_soon_threadsafe(self.queue_upload, sid, path)
         remove_sidecar(self.spool, sid)
 
@@ -289,6 +292,10 @@ class Forwarder:
                     size = path.stat().st_size
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
+                    node = self._node_of.pop(sid, "")
+                    if node:  # as the node does (unknown for a recording found without its sidecar)
+                        await self.proxy.audit.emit(new_event("session.upload", "ok", sid=sid, size=size,
+                                                              cluster_name=self.proxy.cluster_name, server_id=node))
                     self.proxy.log.info("agentless session recording uploaded", sid=sid, size=size)
             finally:
                 if claimed is not None:
@@ -763,7 +770,7 @@ class ForwardedSession:
                 path = finalize(part)
             except (OSError, ValueError) as exc:
                 forwarder.proxy.log.warning("cannot finalize recording", sid=self.id, error=str(exc))
-        forwarder.recorded(self.id, path)
+        forwarder.recorded(self.id, conn.node.uuid, path)
 
     def resize(self, width: int, height: int, pixelwidth: int, pixelheight: int) -> None:
         self.size = (width, height, pixelwidth, pixelheight)

@@ -176,8 +176,9 @@ def test_tsh_ssh_is_recorded_at_the_proxy_and_plays(env: Env, alice: Path, tmp_p
     reference = on_a_terminal(["asciinema", "cat", str(path)], stdout_too=False)
     assert b"typed-42-here" in reference
     # the per-session certificate auth minted for the proxy: principals [login], audited
-    certs = [e for e in events(env, type="cert.create") if e.get("cert_type") == "openssh_session"]
-    assert certs and certs[-1]["login"] == LOGIN and certs[-1]["identity"]["logins"] == [LOGIN]
+    certs = wait_for(lambda: [e for e in events(env, type="cert.create") if e.get("cert_type") == "openssh_session"],
+                     "the session certificate's cert.create", timeout=30)
+    assert certs[-1]["login"] == LOGIN and certs[-1]["identity"]["logins"] == [LOGIN]
     assert certs[-1]["forwarded_by"].startswith(proxy_uuid)
 
 
@@ -207,8 +208,9 @@ def test_openssh_jump_exec_scp_and_sftp(env: Env, alice: Path, tmp_path: Path) -
     # strict host key checking against the cluster's host CA: the proxy presents the node's identity
     ok = run(ssh_argv(config, env, "alice", f"{LOGIN}@{NODENAME}.{CLUSTER}", "echo exec-$((6*7)); exit 3"), alice)
     assert ok.returncode == 3 and ok.stdout == "exec-42\n", ok.stderr
-    execs = [e for e in events(env, type="exec") if e.get("server_id") == NODE_UUID]
-    assert any(e["command"] == "echo exec-$((6*7)); exit 3" and e["exitCode"] == "3" for e in execs)
+    assert wait_for(lambda: [e for e in events(env, type="exec") if e.get("server_id") == NODE_UUID
+                             and e["command"] == "echo exec-$((6*7)); exit 3" and e["exitCode"] == "3"],
+                    "the exec event", timeout=30)
     source = tmp_path / "up.txt"
     source.write_text("scp through the proxy\n")
     remote = tmp_path / "remote.txt"
@@ -383,9 +385,13 @@ def test_a_session_a_crash_cut_is_ended_and_its_recording_uploaded(env: Env, ali
         assert record["end_reason"] == "node_restart" and record["server_hostname"] == NODENAME
         played = env.tsh(alice, "play", sid)
         assert played.returncode == 0 and "typed before the crash" in played.stdout, played.stderr
-        end = next(e for e in events(env, type="session.end") if e.get("sid") == sid)
+        end = wait_for(lambda: [e for e in events(env, type="session.end") if e.get("sid") == sid],
+                       "the session.end event", timeout=30)[0]
         assert end["forwarded_by"] == proxy.identity.host_uuid and end["server_id"] == NODE_UUID
         assert not list(spool.glob(sid + "*"))  # sidecar and recording gone once handed over
+        upload = wait_for(lambda: [e for e in events(env, type="session.upload") if e.get("sid") == sid],
+                          "the session.upload event", timeout=30)[0]
+        assert upload["server_id"] == NODE_UUID and upload["forwarded_by"] == proxy.identity.host_uuid
     finally:
         forwarder.stop()
         for task in tasks:
@@ -441,9 +447,9 @@ def test_only_a_proxy_gets_agentless_certificates(env: Env, alice: Path) -> None
         return int(response.status_code)
 
     assert asyncio.run_coroutine_threadsafe(as_proxy(), proxy.loop).result(30) == 403
-    denials = [e for e in events(env, type="auth") if "only a proxy gets certificates" in str(e.get("error"))
-               or "is not a registered openssh node" in str(e.get("error"))]
-    assert len(denials) >= 3
+    wait_for(lambda: len([e for e in events(env, type="auth") if "only a proxy gets certificates" in str(e.get("error"))
+                          or "is not a registered openssh node" in str(e.get("error"))]) >= 3,
+             "the three audited refusals", timeout=30)
 
 
 def test_auth_checks_what_a_proxy_forwards(env: Env, alice: Path, tmp_path: Path) -> None:
@@ -478,8 +484,12 @@ def test_auth_checks_what_a_proxy_forwards(env: Env, alice: Path, tmp_path: Path
     assert status == 400 and "public_key" in error
     status, error = asked(login="")
     assert status == 400 and "login" in error
-    audited = [e for e in events(env, type="auth") if "agentless session to" in str(e.get("error"))]
-    assert len(audited) >= 2 and {e["code"] for e in audited} == {"T3007W"}
+    def refused() -> list[dict[str, Any]]:
+        found = [e for e in events(env, type="auth") if "agentless session to" in str(e.get("error"))]
+        return found if len(found) >= 2 else []
+
+    audited = wait_for(refused, "the audited refusals", timeout=30)
+    assert {e["code"] for e in audited} == {"T3007W"}
 
 
 def load_tls_from_profile(home: Path) -> Any:
