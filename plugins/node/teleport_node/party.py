@@ -244,6 +244,11 @@ class Party:
 
     # -- output (pump thread) -----------------------------------------------------------------------
 
+    @property
+    def accepting(self) -> bool:
+        """False while a streaming recorder's buffer is full (``pump.Sink``): the PTY's output pauses."""
+        return bool(getattr(self.session.recorder, "accepting", True))
+
     def write(self, data: bytes) -> None:
         """The PTY stream's sink: the recording, then every member's buffer."""
         recorder = self.session.recorder

@@ -22,7 +22,7 @@ sink's ``accepting``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.api.client import AuthClient
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 LOST_RETRY = 5.0
 LOST_ATTEMPTS = 60
+MESSAGE_WAIT = 5.0  # seconds the message that ends a session waits for the client's window
 
 
 class Streamer:
@@ -122,21 +123,37 @@ def close_stream(session: Session, state: NodeState) -> bool:
 
 
 def end_session(session: Session, reason: str) -> None:
-    """The recording gave up (pump thread): tell the user, stop the output, kill the processes."""
-    if session.finished or session.process is None:
+    """The recording gave up (pump thread): tell the user (the output is paused, so the message is
+    the next thing they read; sent as the client's window allows, for up to
+    :data:`MESSAGE_WAIT` seconds), then stop the output and kill the processes."""
+    if session.finished or session.process is None or session.end_fields.get("recording_error"):
         return
     session.end_reason = "interrupted"
     session.end_fields["recording_error"] = reason
-    line = (f"\r\nteleport: Session terminating due to recording error: {reason}. "
-            f"Closing session...\r\n").encode()
-    with contextlib.suppress(Exception):
-        if session.pty:
-            session.channel.send(line)
-        else:
-            session.channel.send_stderr(line)
     session.conn.server.log.error("ending a session its recording cannot keep up with", sid=session.id,
                                   error=reason)
-    for stream in session.streams:
-        if isinstance(stream, FdToChannel):
-            stream.stop()
-    session.kill()
+    pending = [(f"\r\nteleport: Session terminating due to recording error: {reason}. "
+                f"Closing session...\r\n").encode()]
+    send = session.channel.send if session.pty else session.channel.send_stderr
+    deadline = time.monotonic() + MESSAGE_WAIT
+
+    def told() -> bool:
+        try:
+            while pending[0] and not session.channel.closed and time.monotonic() < deadline:
+                sent = send(pending[0])
+                if sent <= 0:
+                    return False
+                pending[0] = pending[0][sent:]
+        except TimeoutError:  # the window is full: later
+            if time.monotonic() < deadline:
+                return False
+        except (OSError, EOFError):
+            pass
+        for stream in session.streams:
+            if isinstance(stream, FdToChannel):
+                stream.stop()
+        session.kill()
+        return True
+
+    if not told():
+        session.conn.server.pump.park(told)

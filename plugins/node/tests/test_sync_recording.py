@@ -57,6 +57,14 @@ def _stream(auth: Auth, sid: str, offset: int = 0) -> tuple[bytes, dict[str, str
     return auth.run(lambda admin: admin.read_recording_stream(sid, offset))  # type: ignore[no-any-return]
 
 
+def _stream_all(auth: Auth, sid: str) -> bytes:
+    """Everything auth has of the recording (a read returns at most 4 MiB)."""
+    out = b""
+    while data := _stream(auth, sid, len(out))[0]:
+        out += data
+    return out
+
+
 def _record(auth: Auth, sid: str) -> Any:
     from teleport_auth.session_records import records_of
 
@@ -81,9 +89,11 @@ class Shell:
 
     def wait_for(self, text: bytes) -> None:
         assert self.proc.stdout is not None
-        while text not in self.seen:
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            assert chunk, f"session ended early: {self.seen!r}"
+        looked = 0  # where the search starts again (only what is new is searched)
+        while text not in self.seen[looked:]:
+            looked = max(0, len(self.seen) - len(text))
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            assert chunk, f"session ended early: {self.seen[-2000:]!r}"
             self.seen += chunk
 
     def sid(self) -> str:
@@ -256,6 +266,7 @@ def test_auth_unreachable_ends_the_session_and_nothing_goes_unrecorded(sync_auth
         started = time.monotonic()
         shell.type("echo after-cut-$((1+1))")
         shell.wait_for(b"after-cut-2")  # buffered in memory, shown
+        shell.type("head -c 40000000 /dev/zero | base64 -w 76; echo never-$((2+2))")  # ~54 MB of output
         shell.wait_for(b"Session terminating due to recording error")
         assert time.monotonic() - started >= STALL_LIMIT - 1
         shell.wait_for(b"Closing session...")
@@ -263,8 +274,12 @@ def test_auth_unreachable_ends_the_session_and_nothing_goes_unrecorded(sync_auth
         link.restore()
         record = _wait_complete(sync_auth, sid, timeout=120)
         assert record.recording.partial and record.end_reason == "interrupted"
-        final, _ = _stream(sync_auth, sid)
+        final = _stream_all(sync_auth, sid)
         assert b"after-cut-2" in final, "what the user saw reached auth once it was back"
+        shown = shell.seen.count(b"A")
+        assert 0 < shown < 30_000_000, "the output paused once the buffer was full"
+        assert final.count(b"A") >= shown, "every byte the user saw is in the recording"
+        assert b"never-4" not in shell.seen
         deadline = time.monotonic() + 30
         while not (ends := [e for e in sync_auth.events(type="session.end") if e.get("sid") == sid]):
             assert time.monotonic() < deadline
