@@ -42,9 +42,9 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from teleport_core.errors import AccessDenied, AlreadyExists, TeleportError
+from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
 from teleport_core.state.sessions import check_session_id
 
 #: seconds between chunks while output keeps coming
@@ -61,6 +61,9 @@ RETRY_FIRST = 0.25
 RETRY_MAX = 2.0
 #: seconds a session that ended (or was ended) keeps trying to send what is left
 DRAIN_FOR = 600.0
+#: a lost session's completion: attempts and the seconds between them
+LOST_RETRY = 5.0
+LOST_ATTEMPTS = 60
 #: the modes that stream
 SYNC_MODES = frozenset({"node-sync", "proxy-sync"})
 
@@ -330,3 +333,68 @@ class StreamRecorder:
             if ready is not None:
                 ready.cancel()
             self.done.set()
+
+
+class ChunkClient(Protocol):
+    """What a :class:`Streamer` needs of auth (``teleport_core.api.client.AuthClient`` has it)."""
+
+    async def put_recording_chunk(self, session_id: str, index: int, data: bytes) -> Any: ...
+
+    async def complete_recording(self, session_id: str, chunks: int, partial: bool = False) -> Any: ...
+
+
+class Streamer:
+    """Makes the stream recorders of a host's sessions and runs their sending on ``loop``: what a
+    node (``teleport_node/streaming.py``) or a proxy recording in a sync mode creates once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, auth: ChunkClient, log: Any) -> None:
+        self.loop = loop
+        self.auth = auth
+        self.log = log
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def recorder(self, session_id: str, **kwargs: Any) -> StreamRecorder:
+        """A recorder for a new session (any thread); its sending starts on the loop."""
+
+        async def send(index: int, data: bytes) -> None:
+            await self.auth.put_recording_chunk(session_id, index, data)
+
+        async def complete(chunks: int, partial: bool) -> None:
+            await self.auth.complete_recording(session_id, chunks, partial)
+
+        recorder = StreamRecorder(session_id, self.loop, send, complete, log=self.log, **kwargs)
+        self.loop.call_soon_threadsafe(self._run, recorder)
+        return recorder
+
+    def _run(self, recorder: StreamRecorder) -> None:
+        task = self.loop.create_task(recorder.run(), name=f"stream-{recorder.session_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        """Streamed recordings still sending or completing."""
+        return len(self.tasks)
+
+    def complete_lost(self, session_id: str) -> None:
+        """A session an earlier run of this host lost (kill -9, crash): have auth complete its
+        recording from what it received (``partial``), retried while auth is away."""
+        task = self.loop.create_task(self._complete_lost(session_id), name=f"stream-lost-{session_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _complete_lost(self, session_id: str) -> None:
+        for _ in range(LOST_ATTEMPTS):
+            try:
+                answer = await self.auth.complete_recording(session_id, 1, partial=True)
+            except NotFound as exc:  # nothing of it reached auth, or its record has not (yet)
+                self.log.warning("cannot complete the streamed recording of a lost session", sid=session_id,
+                                 error=str(exc))
+            except TeleportError as exc:
+                self.log.warning("cannot complete the streamed recording of a lost session, will retry",
+                                 sid=session_id, error=str(exc))
+            else:
+                self.log.info("completed the streamed recording of a session an earlier run lost", sid=session_id,
+                              size=answer.get("size"), partial=answer.get("partial"))
+                return
+            await asyncio.sleep(LOST_RETRY)

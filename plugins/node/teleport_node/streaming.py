@@ -3,10 +3,10 @@
 The kernel's :class:`~teleport_core.recording.stream.StreamRecorder` does the work; this module
 wires it into the node:
 
-* :class:`Streamer` (the service's side, on its event loop): makes a recorder per session whose
-  chunks go to auth (``PUT /v1/sessions/{sid}/recording/chunks``) and runs its sending as a
-  task; after a crash, completes the recordings of the sessions the restart recovery ended
-  (:meth:`Streamer.complete_lost`: ``partial``, what auth received).
+* :class:`~teleport_core.recording.stream.Streamer` (the kernel's; the service makes one on its
+  event loop with its auth client): a recorder per session whose chunks go to auth, its sending
+  run as a task; after a crash, the completion of the recordings of the sessions the restart
+  recovery ended (``complete_lost``: ``partial``, what auth received).
 * :func:`stream_recorder` / :func:`close_stream` (the session's side, called from
   ``sshserver.Session``): the recorder of a new session, and its end (no spool file, no
   upload: the sidecar is removed once ``session.end`` is on disk, as for any session).
@@ -21,77 +21,17 @@ sink's ``accepting``).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from teleport_core.api.client import AuthClient
-from teleport_core.errors import NotFound, TeleportError
 from teleport_core.recording.stream import SYNC_MODES, StreamRecorder
+from teleport_core.recording.stream import Streamer as Streamer  # the service makes one (re-exported)
 from teleport_node.pump import FdToChannel
 
 if TYPE_CHECKING:
     from teleport_node.sshserver import NodeState, Session
 
-LOST_RETRY = 5.0
-LOST_ATTEMPTS = 60
 MESSAGE_WAIT = 5.0  # seconds the message that ends a session waits for the client's window
-
-
-class Streamer:
-    """Makes the stream recorders of a node's sessions and runs their sending (the event loop)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, auth: AuthClient, log: Any) -> None:
-        self.loop = loop
-        self.auth = auth
-        self.log = log
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def recorder(self, session_id: str, **kwargs: Any) -> StreamRecorder:
-        """A recorder for a new session (any thread); its sending starts on the loop."""
-
-        async def send(index: int, data: bytes) -> None:
-            await self.auth.put_recording_chunk(session_id, index, data)
-
-        async def complete(chunks: int, partial: bool) -> None:
-            await self.auth.complete_recording(session_id, chunks, partial)
-
-        recorder = StreamRecorder(session_id, self.loop, send, complete, log=self.log, **kwargs)
-        self.loop.call_soon_threadsafe(self._run, recorder)
-        return recorder
-
-    def _run(self, recorder: StreamRecorder) -> None:
-        task = self.loop.create_task(recorder.run(), name=f"node-stream-{recorder.session_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    @property
-    def pending(self) -> int:
-        """Streamed recordings still sending or completing."""
-        return len(self.tasks)
-
-    def complete_lost(self, session_id: str) -> None:
-        """A session an earlier run of this node lost (kill -9, crash): have auth complete its
-        recording from what it received (``partial``), retried while auth is away."""
-        task = self.loop.create_task(self._complete_lost(session_id), name=f"node-stream-lost-{session_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _complete_lost(self, session_id: str) -> None:
-        for _ in range(LOST_ATTEMPTS):
-            try:
-                answer = await self.auth.complete_recording(session_id, 1, partial=True)
-            except NotFound as exc:  # nothing of it reached auth, or its record has not (yet)
-                self.log.warning("cannot complete the streamed recording of a lost session", sid=session_id,
-                                 error=str(exc))
-            except TeleportError as exc:
-                self.log.warning("cannot complete the streamed recording of a lost session, will retry",
-                                 sid=session_id, error=str(exc))
-            else:
-                self.log.info("completed the streamed recording of a session an earlier run lost", sid=session_id,
-                              size=answer.get("size"), partial=answer.get("partial"))
-                return
-            await asyncio.sleep(LOST_RETRY)
 
 
 def stream_recorder(session: Session, state: NodeState, env: dict[str, str]) -> StreamRecorder | None:
