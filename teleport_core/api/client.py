@@ -738,7 +738,8 @@ class Joined:
     pinned: bool
 
 
-async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, timeout: float = 30.0) -> Joined:
+async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, timeout: float = 30.0,
+                   path: str = "/v1/register") -> Joined:
     """Join the cluster with a token, before having any certificate.
 
     1. Fetch the host CA certificates from ``/v1/ping`` (nothing secret is sent).
@@ -749,6 +750,8 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
        requires the server's certificate to be for system role ``Auth`` (checked in the TLS
        handshake), so neither an impostor at the auth server's address nor another host of
        the same cluster (a node's certificate) ever sees the token: :class:`NotAuthServer`.
+
+    ``path``: ``/v1/agentless/join`` for ``teleport join openssh`` (the same checks).
     """
     import httpx
 
@@ -786,7 +789,7 @@ async def register(addr: str, body: dict[str, Any], ca_pins: Sequence[str], *, t
     async with httpx.AsyncClient(base_url=_base_url(addr), verify=trusting, timeout=timeout,
                                  headers={"Host": AUTH_SERVER_NAME}) as client:
         try:
-            response = await client.post("/v1/register", json=body, extensions={"sni_hostname": AUTH_SERVER_NAME})
+            response = await client.post(path, json=body, extensions={"sni_hostname": AUTH_SERVER_NAME})
         except httpx.TransportError as exc:
             wrong = find_role_error(exc)
             if wrong is not None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from teleport_core.cli.common import Builtin, CliContext, fail, run_tool
+from teleport_core.cli.joinopenssh import cmd_join
 
 DESCRIPTION = "teleport-py daemon: runs the auth, proxy and node services that teleport.yaml enables."
 
@@ -226,6 +227,7 @@ BUILTINS = {
     "install": Builtin("install helpers: `teleport install systemd` prints a systemd unit", cmd_install),
     "plugins": Builtin("list installed plugins and what they provide", cmd_plugins),
     "version": Builtin("print the version", cmd_version),
+    "join": Builtin("`teleport join openssh`: register this host's sshd as an agentless node", cmd_join),
 }
 
 

@@ -398,6 +398,56 @@ def test_a_session_a_crash_cut_is_ended_and_its_recording_uploaded(env: Env, ali
             proxy.loop.call_soon_threadsafe(task.cancel)
 
 
+def test_teleport_join_openssh_registers_and_configures_an_sshd(env: Env, alice: Path, tmp_path: Path) -> None:
+    """``teleport join openssh`` with a node token: the host's sshd config includes a fragment with a
+    host certificate from the cluster and the user CA; the node is listed and reachable through the
+    proxy; the token is spent (a second join is refused, audited), and a taken hostname is refused."""
+    token = env.call("create_token", ["node"])["token"]
+    pin = env.call("status")["ca_pin"]
+    port = free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text("".join(line + "\n" for line in (
+        f"Port {port}", "ListenAddress 127.0.0.1", "AuthorizedKeysFile none", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", f"PidFile {tmp_path / 'sshd.pid'}")))
+
+    def join(name: str, secret: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "teleport_core.cli.teleport", "join", "openssh",
+                               f"--auth-server={env.auth_addr}", f"--token={secret}", f"--ca-pin={pin}",
+                               f"--address=127.0.0.1:{port}", f"--hostname={name}", "--labels=env=plain",
+                               f"--openssh-config={config}", f"--data-dir={tmp_path / 'data'}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    joined = join("joined-sshd", token)
+    assert joined.returncode == 0, joined.stderr
+    assert "Joined cluster example.com as agentless node joined-sshd" in joined.stdout
+    assert config.read_text().startswith(f"Include {tmp_path / 'data' / 'openssh' / 'teleport_sshd_config'}\n")
+    again = join("other-sshd", token)
+    assert again.returncode == 1 and again.stderr.startswith("ERROR: cannot join:"), again.stderr
+    taken = join(NODENAME, env.call("create_token", ["node"])["token"])
+    assert taken.returncode == 1 and "is registered already" in taken.stderr, taken.stderr
+    with open(tmp_path / "sshd.log", "wb") as log:
+        sshd = subprocess.Popen([openssh.SSHD, "-D", "-e", "-f", str(config)], stderr=log)
+    try:
+        def listening() -> bool:
+            if sshd.poll() is not None:
+                pytest.fail("sshd exited: " + (tmp_path / "sshd.log").read_text())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(listening, "sshd to listen", timeout=30)
+        ran = wait_for(lambda: (r := env.tsh(alice, "ssh", f"{LOGIN}@joined-sshd", "echo", "joined-$((6*7))"))
+                       .returncode == 0 and r, "a session through the proxy", timeout=30)
+        assert ran.stdout == "joined-42\n"
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+    wait_for(lambda: {e["code"] for e in events(env, type="instance.join") if e.get("sub_kind") == "openssh"}
+             == {"TJ002I", "TJ002E"}, "the audited join and refusals", timeout=30)
+
+
 def test_a_certificate_from_another_ca_is_refused(env: Env, tmp_path: Path) -> None:
     """The attacker talks to the node's SSH server at the proxy with a user certificate signed by a
     CA of their own naming alice and the right login: refused and audited."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from starlette.requests import Request
 
 from teleport_auth.agentless import FORWARD_HOST_CERT_TTL, SESSION_CERT_TTL, node_principals
 from teleport_auth.api.core import SMALL_BODY, APIBase, BadRequest, Operation, body, endpoint
 from teleport_auth.presence import InvalidNode, NodeHeartbeat, parse_node_resource
-from teleport_core.api.schema import Body, Name, PublicKey, Reply, Text
+from teleport_core.api.schema import NO_CONTROL, Body, Labels, Name, PublicKey, Reply, Text
 from teleport_core.errors import AccessDenied, AlreadyExists, AuthenticationFailed, NotFound, TeleportError
 from teleport_core.pki import keys
 from teleport_core.policy.access import SSH, Identity, IdentityKind
@@ -75,6 +75,24 @@ async def write_openssh_nodes(api: APIBase, identity: Identity,
     return out
 
 
+class OpenSSHJoinBody(Body):
+    """``teleport join openssh``: a plain sshd host registers itself with a node join token."""
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=NO_CONTROL)]
+    hostname: Name
+    address: Text = Field(description="host:port of the sshd")
+    labels: Labels = {}
+    public_key: PublicKey = Field(description="the sshd host key to certify")
+
+
+class OpenSSHJoinReply(Reply):
+    host_uuid: str
+    ssh_cert: str
+    principals: list[str]
+    user_ca: list[str]
+    cluster_name: str
+
+
 class ForwardHostCertBody(Body):
     """The proxy's forwarding public key and the agentless node it speaks for."""
 
@@ -118,6 +136,59 @@ class AgentlessAPI(APIBase):
             await self.audit_denial(request, identity, reason)
             raise AccessDenied(reason)
         return held.info()
+
+    @endpoint(None, None, anonymous=True)
+    async def join_openssh(self, request: Request, identity: Identity | None) -> Any:
+        """``teleport join openssh``: spend a ``node`` token, register the host as an agentless node
+        (``sub_kind: openssh``, a new UUID) and certify its sshd host key for the node's names (no
+        ``x-teleport-role``); the user CA comes back for ``TrustedUserCAKeys``. The hostname must
+        be free (no host, no other node holds it: OpenSSH clients trust the name). Every refusal is
+        audited (``instance.join`` failure, TJ002E), and failures count against the join rate."""
+        import uuid as uuidlib
+
+        from teleport_auth.hosts import HostNames
+        from teleport_auth.issuer import DEFAULT_HOST_CERT_TTL, issue_openssh_host_cert
+        from teleport_auth.rotation import server_signing_ca
+        from teleport_core.net.limits import rate_limited
+        from teleport_core.pki.secret import Secret
+
+        wanted = body(request, OpenSSHJoinBody)
+        svc = self.service
+        remote = request.client.host if request.client else ""
+        limited = await rate_limited(svc.register_rate, remote, "join", lambda r: self.audit_denial(request, None, r))
+        if limited is not None:
+            return limited
+        uuid = str(uuidlib.uuid4())
+        try:
+            beat = parse_node_resource({"kind": "node", "sub_kind": OPENSSH, "version": "v2",
+                                        "metadata": {"name": uuid, "labels": dict(wanted.labels)},
+                                        "spec": {"addr": wanted.address, "hostname": wanted.hostname}}, "request")
+            keys.load_public_key(wanted.public_key)  # a bad key is refused before the token is spent
+            await svc.hosts.conflict("", beat.nodename, HostNames(), "Node")
+            if any(n.nodename == beat.nodename for n in await svc.presence.list_nodes()):
+                raise AlreadyExists(f"a node named {json.dumps(beat.nodename)} is registered already")
+            await svc.tokens.consume(Secret(wanted.token), "Node", beat.nodename)
+            node = beat.info()
+            cert = await asyncio.to_thread(issue_openssh_host_cert, server_signing_ca(svc.host_ca),
+                                           svc.ctx.plugins.hook, public_key=wanted.public_key,
+                                           principals=node_principals(node, svc.cluster_name),
+                                           ttl=DEFAULT_HOST_CERT_TTL)
+            await svc.presence.upsert_node(beat)
+        except (InvalidNode, ValueError) as exc:
+            await self._join_refused(wanted, remote, f"{exc}")
+            raise BadRequest(str(exc)) from None
+        except TeleportError as exc:
+            await self._join_refused(wanted, remote, str(exc))
+            raise
+        svc.register_rate.refund(remote)
+        await svc.emit(self.event("instance.join", node_name=beat.nodename, role="Node", host_id=uuid,
+                                  method="token", sub_kind=OPENSSH, **{"addr.remote": remote}))
+        return {"host_uuid": uuid, "ssh_cert": cert.data.decode().strip(), "principals": list(cert.request.principals),
+                "user_ca": [k.ssh_public_key_line for k in svc.user_ca.trusted], "cluster_name": svc.cluster_name}
+
+    async def _join_refused(self, wanted: OpenSSHJoinBody, remote: str, reason: str) -> None:
+        await self.service.emit(self.event("instance.join", "failure", node_name=wanted.hostname, role="Node",
+                                           sub_kind=OPENSSH, error=reason, **{"addr.remote": remote}))
 
     @endpoint(None, None)  # the caller must be a proxy: checked by _agentless_node (audited)
     async def forward_host_cert(self, request: Request, identity: Identity | None) -> Any:
@@ -199,6 +270,10 @@ class AgentlessAPI(APIBase):
 
 
 ROUTES: list[Operation] = [
+    Operation("/v1/agentless/join", "POST", "join_openssh",
+              "teleport join openssh: a plain sshd host registers with a node token; its host certificate and the "
+              "user CA", body=OpenSSHJoinBody, response=OpenSSHJoinReply, max_body=SMALL_BODY, anonymous=True,
+              errors=("401", "403", "404", "409", "429")),
     Operation("/v1/agentless/host-cert", "POST", "forward_host_cert",
               "A short-lived host certificate for an agentless (openssh) node's principals, for the key the "
               "proxy presents as that node (proxies only)", body=ForwardHostCertBody, response=AgentlessCertReply,
