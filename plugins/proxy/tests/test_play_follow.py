@@ -16,6 +16,7 @@ from proxy_helpers import LOGIN, Env, background_tsh, one_process_config
 
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +33,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         e = Env(root, cluster, cluster)
         e.signup("alice", ["access"], [LOGIN], PASSWORD)
         e.signup("bob", ["access"], [LOGIN], PASSWORD)
-        deadline = time.monotonic() + 60
-        while not e.call("get_nodes") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: e.call("get_nodes"), "the node in the inventory", timeout=60)
         yield e
 
 

@@ -611,14 +611,19 @@ class S3SessionStorage(SessionStorage):
         return await asyncio.to_thread(self._stat, key, session_id)
 
     def _stat(self, key: str, session_id: str) -> RecordingInfo | None:
+        answer = self._head(key)
+        return None if answer is None else RecordingInfo(session_id, int(answer["ContentLength"]),
+                                                         answer["LastModified"])
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """HeadObject of ``key``: its answer, None when the object (or the bucket) is absent."""
         with _s3_errors(f"checking {key}", self.where):
             try:
-                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
+                return dict(self.client.head_object(Bucket=self.location.bucket, Key=key))
             except botocore.exceptions.ClientError as exc:
                 if _error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404:
                     return None
                 raise
-        return RecordingInfo(session_id, int(answer["ContentLength"]), answer["LastModified"])
 
     # -- chunks (sync recording modes) -------------------------------------------------------------
 
@@ -636,16 +641,12 @@ class S3SessionStorage(SessionStorage):
 
     def _put_chunk(self, key: str, data: bytes) -> bool:
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        answer = self._head(key)
+        if answer is not None:
+            if str(answer.get("ETag", "")).strip('"') != md5 or int(answer["ContentLength"]) != len(data):
+                raise AlreadyExists(f"chunk {key} is stored with other bytes: chunks are never replaced")
+            return False
         with _s3_errors(f"storing chunk {key}", self.where):
-            try:
-                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
-            except botocore.exceptions.ClientError as exc:
-                if not (_error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404):
-                    raise
-            else:
-                if str(answer.get("ETag", "")).strip('"') != md5 or int(answer["ContentLength"]) != len(data):
-                    raise AlreadyExists(f"chunk {key} is stored with other bytes: chunks are never replaced")
-                return False
             self.client.put_object(Bucket=self.location.bucket, Key=key, Body=data, ContentMD5=_md5_b64(data),
                                    **self._object_args())
         return True
@@ -670,14 +671,8 @@ class S3SessionStorage(SessionStorage):
         return await asyncio.to_thread(self._stat_chunk, key, index)
 
     def _stat_chunk(self, key: str, index: int) -> ChunkInfo | None:
-        with _s3_errors(f"checking chunk {key}", self.where):
-            try:
-                answer = self.client.head_object(Bucket=self.location.bucket, Key=key)
-            except botocore.exceptions.ClientError as exc:
-                if _error_code(exc) in ("NoSuchKey", "NotFound", "404") or _status(exc) == 404:
-                    return None
-                raise
-        return ChunkInfo(index, int(answer["ContentLength"]))
+        answer = self._head(key)
+        return None if answer is None else ChunkInfo(index, int(answer["ContentLength"]))
 
     async def read_chunk(self, session_id: str, index: int) -> bytes:
         key = self._chunks_prefix(session_id) + chunk_name(index)
