@@ -214,6 +214,11 @@ def test_openssh_jump_exec_scp_and_sftp(env: Env, alice: Path, tmp_path: Path) -
     source = tmp_path / "up.txt"
     source.write_text("scp through the proxy\n")
     remote = tmp_path / "remote.txt"
+    # the proxy:host:port subsystem (what tsh uses without TLS routing), here as OpenSSH's ProxyCommand
+    hop = f"ssh -F {config} -p {env.ssh_port} alice@127.0.0.1 -s proxy:%h:%p@{CLUSTER}"
+    sub = run(["ssh", "-F", str(config), "-o", f"ProxyCommand={hop}", f"{LOGIN}@{NODENAME}.{CLUSTER}",
+               "echo subsystem-$((6*7))"], alice)
+    assert sub.returncode == 0 and sub.stdout == "subsystem-42\n", sub.stderr
     # -O: the scp protocol over exec (audited as scp); without it OpenSSH's scp speaks sftp
     up = run(ssh_argv(config, env, "alice", "-O", str(source), f"{LOGIN}@{NODENAME}.{CLUSTER}:{remote}",
                       tool="scp"), alice)
