@@ -121,13 +121,14 @@ class StreamingAPI(APIBase):
         assert identity is not None
         sid = check_session_id(request.path_params["sid"])
         index = query(request, ChunkQuery).index
-        record = await self._owned_record(request, identity, sid)
+        # the body first (bounded): a refusal then reaches a client still sending it, not a cut connection
+        data = await read_body(request, CHUNK_MAX_BODY)
+        record = await self._owned_record(request, identity, sid, len(data))
         if record.session_recording not in SYNC_MODES:
             raise AlreadyExists(f"session {sid} is recorded {record.session_recording or 'node'} (not streamed): "
                                 "its recording is uploaded once it ends")
         if record.recording.state == UPLOADED:
             raise AlreadyExists(f"the recording of session {sid} is complete: it takes no more chunks")
-        data = await read_body(request, CHUNK_MAX_BODY)
         check_chunk(index, data)
         storage = await self.service.ctx.resources.session_storage()
         if index > 0 and await storage.stat_chunk(sid, index - 1) is None:
