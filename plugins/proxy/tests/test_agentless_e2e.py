@@ -54,11 +54,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("agentless")
     config = {
         "teleport": {"data_dir": str(root / "auth"), "nodename": "agentless-proxy"},
-        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "session_recording": "proxy",
                          "authentication": {"second_factor": "off"}},
         "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                           "tunnel_listen_addr": "127.0.0.1:0"},
-        "ssh_service": {"enabled": False},
+        # one of our nodes beside the agentless one: what `proxy` mode does for it (docs/sessions.md)
+        "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "plain"}},
     }
     with start_cluster(config, make_plugins(), timeout=120) as cluster:
         e = Env(root, cluster, cluster)
@@ -180,6 +181,20 @@ def test_tsh_ssh_is_recorded_at_the_proxy_and_plays(env: Env, alice: Path, tmp_p
                      "the session certificate's cert.create", timeout=30)
     assert certs[-1]["login"] == LOGIN and certs[-1]["identity"]["logins"] == [LOGIN]
     assert certs[-1]["forwarded_by"].startswith(proxy_uuid)
+
+
+def test_in_proxy_mode_our_own_node_records_its_sessions(env: Env, alice: Path) -> None:
+    ran = env.tsh(alice, "ssh", f"{LOGIN}@agentless-proxy", "echo", "own-node-$((6*7))")
+    assert ran.returncode == 0 and ran.stdout == "own-node-42\n", ran.stderr
+    start = wait_for(lambda: [e for e in events(env, type="session.start")
+                              if e.get("server_hostname") == "agentless-proxy"], "our node's session.start",
+                     timeout=30)[-1]
+    assert start["session_recording"] == "proxy" and "forwarded_by" not in start  # the node's own account
+    assert start["server_id"] == env.proxy.identity.host_uuid  # one process: one host UUID
+    record = uploaded(env, alice, start["sid"])
+    assert record["server_hostname"] == "agentless-proxy"
+    played = env.tsh(alice, "play", start["sid"])
+    assert played.returncode == 0 and "own-node-42" in played.stdout
 
 
 def test_a_live_session_has_a_tracker_until_it_ends(env: Env, alice: Path) -> None:
