@@ -26,7 +26,6 @@ import json
 import os
 import pty
 import pwd
-import shlex
 import shutil
 import signal
 import socket
@@ -63,6 +62,7 @@ from teleport_core.policy.access import (
 )
 from teleport_core.policy.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.policy.roles import Role, RoleSet
+from teleport_core.recording.commands import scp_action as _scp_action
 from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.recording.stream import StreamRecorder
 from teleport_core.state.audit import format_time
@@ -1251,23 +1251,6 @@ class Session:
 
 def _rfc3339(unix: float) -> str:
     return format_time(dt.datetime.fromtimestamp(unix, dt.UTC))
-
-
-def _scp_action(command: str) -> tuple[str, str] | None:
-    """``("upload", path)`` for ``scp -t``, ``("download", path)`` for ``scp -f``, else None."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    if not words or os.path.basename(words[0]) != "scp":
-        return None
-    flags = [w for w in words[1:] if w.startswith("-")]
-    path = next((w for w in reversed(words[1:]) if not w.startswith("-")), "")
-    if any("t" in f for f in flags):
-        return "upload", path
-    if any("f" in f for f in flags):
-        return "download", path
-    return None
 
 
 FINALIZERS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="teleport-node-finalize")

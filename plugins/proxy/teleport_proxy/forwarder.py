@@ -34,7 +34,6 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import shlex
 import socket
 import threading
 import time
@@ -51,6 +50,7 @@ from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, Teleport
 from teleport_core.net import sshalgos
 from teleport_core.pki import keys
 from teleport_core.policy.access import PORT_FORWARD, SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
+from teleport_core.recording.commands import scp_action
 from teleport_core.recording.spool import (
     FINAL,
     Recorder,
@@ -68,6 +68,7 @@ from teleport_core.state.trackers import SessionTracker, TrackedSession, Tracker
 from teleport_core.tsh.hostcert import verify_host_cert
 from teleport_core.tsh.sshclient import CERT_TYPES
 from teleport_proxy.certs import InvalidCertificate, UserCert, verify_user_ssh_cert
+from teleport_proxy.sshserver import CertHostKey, paramiko_key
 
 if TYPE_CHECKING:
     from teleport_proxy.state import ProxyState
@@ -90,49 +91,6 @@ OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
 
 
-class ForwardKey(paramiko.PKey):  # type: ignore[misc]
-    """The forwarding key presenting a node's host certificate (what sshserver.CertHostKey does
-    for the proxy's own certificate)."""
-
-    def __init__(self, inner: paramiko.PKey, cert_line: str) -> None:
-        self.inner = inner
-        self.cert_type = cert_line.split()[0]
-        self.blob = base64.b64decode(cert_line.split()[1])
-
-    def get_name(self) -> str:
-        return str(self.cert_type)
-
-    def asbytes(self) -> bytes:
-        return bytes(self.blob)
-
-    def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> Any:
-        return self.inner.sign_ssh_data(data, algorithm)
-
-
-def _paramiko_key(pem: bytes) -> paramiko.PKey:
-    import io
-
-    key = keys.load_private_key(pem)
-    return paramiko.Ed25519Key.from_private_key(io.StringIO(keys.private_key_openssh(key).decode()))
-
-
-def scp_action(command: str) -> tuple[str, str] | None:
-    """``("upload", path)`` for ``scp -t``, ``("download", path)`` for ``scp -f``, else None."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    if not words or os.path.basename(words[0]) != "scp":
-        return None
-    flags = [w for w in words[1:] if w.startswith("-")]
-    path = next((w for w in reversed(words[1:]) if not w.startswith("-")), "")
-    if any("t" in f for f in flags):
-        return "upload", path
-    if any("f" in f for f in flags):
-        return "download", path
-    return None
-
-
 def _rfc3339(unix: float) -> str:
     return format_time(dt.datetime.fromtimestamp(unix, dt.UTC))
 
@@ -146,7 +104,7 @@ class Forwarder:
         key = keys.generate_private_key(keys.KeyAlgorithm.ED25519)
         self._pem = keys.private_key_pem(key)
         self.public_key = keys.public_key_openssh(key)
-        self._pkey = _paramiko_key(self._pem)
+        self._pkey = paramiko_key(self._pem)
         self._host_certs: dict[str, tuple[str, float]] = {}  # node uuid -> (cert line, expires: unix time)
         self._certs_lock = threading.Lock()
         self.recording = "proxy"  # "off": the cluster records nothing (auth's ping)
@@ -235,7 +193,7 @@ class Forwarder:
     def _serve(self, sock: socket.socket, node: NodeInfo, remote: str) -> None:
         log = self.proxy.log
         try:
-            host_key = ForwardKey(self._pkey, self.host_cert(node))
+            host_key = CertHostKey(self._pkey, self.host_cert(node))
         except Exception as exc:  # auth unreachable or refused: the client's handshake fails
             log.warning("no host certificate for an agentless node", node=node.uuid, error=str(exc))
             self.proxy.spawn_audit("", f"agentless node {node.nodename}: no host certificate: {exc}", remote,
@@ -436,7 +394,7 @@ class ForwardedConnection(paramiko.ServerInterface):  # type: ignore[misc]
             answer = self.forwarder.call(self.proxy.auth.call("POST", "/v1/agentless/session-cert", {
                 "node": self.node.uuid, "login": self.login, "user_cert": self.cert_line, "public_key": public,
                 "client_ip": self.client_ip}))
-            pkey = _paramiko_key(keys.private_key_pem(key))
+            pkey = paramiko_key(keys.private_key_pem(key))
             pkey.load_certificate(str(answer["ssh_cert"]))
             host, _, port = self.node.addr.rpartition(":")
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT)
