@@ -102,6 +102,9 @@ class AuthService(Service):
         await self._record_self()
         self._start_rotation()
         self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
+        from teleport_auth.streamed import sweep  # streamed recordings whose host was lost (node-sync)
+
+        self._tasks.append(asyncio.create_task(sweep(self), name="auth-streamed-sweep"))
         # each route's body limit, enforced by the listener before the API reads (or authenticates) anything
         limits = HTTPLimits(routes=tuple(RouteLimit(op.method, op.path, op.max_body) for op in ROUTES))
         sock = self.ctx.listen("auth", self.settings.listen_addr)  # inherited across a graceful reload

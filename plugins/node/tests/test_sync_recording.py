@@ -229,6 +229,38 @@ def test_kill_9_of_the_node_keeps_what_auth_received(sync_auth: Auth, tmp_path: 
         node.stop()
 
 
+@pytest.mark.slow
+def test_auth_completes_the_recording_of_a_host_that_never_comes_back(sync_auth: Auth, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from teleport_auth.streamed import LOST_AFTER, complete_lost
+
+    node = Node(sync_auth, tmp_path / "gone", nodename="syncgone").start()
+    try:
+        shell = Shell(tmp_path, sync_auth, node, "gus")
+        sid = shell.sid()
+        shell.type("echo last-words-$((3*3))")
+        shell.wait_for(b"last-words-9")
+        _wait_stream(sync_auth, sid, b"last-words-9")
+    finally:
+        node.kill()
+        shell.proc.kill()
+        shell.proc.wait(10)
+    service = sync_auth.handle.process.services["auth_service"]
+    record = _record(sync_auth, sid)
+    later = record.start + LOST_AFTER + dt.timedelta(minutes=1)
+    assert sync_auth.handle.call(lambda: complete_lost(service, later)) == [], "its heartbeat says it may be back"
+    sync_auth.run(lambda admin: admin.delete_node(record.server_id))  # the heartbeat expired, or an admin removed it
+    assert sync_auth.handle.call(lambda: complete_lost(service, record.start)) == [], "too early"
+    assert sync_auth.handle.call(lambda: complete_lost(service, later)) == [sid]
+    done = _record(sync_auth, sid)
+    assert done.recording.state == "uploaded" and done.recording.partial
+    assert b"last-words-9" in _stream_all(sync_auth, sid)
+    assert sync_auth.handle.call(lambda: complete_lost(service, later)) == [], "once"
+    uploads = [e for e in sync_auth.events(type="session.upload") if e.get("sid") == sid]
+    assert uploads and uploads[0]["completed_by"] == "auth"
+
+
 def test_session_recording_takes_node_sync_and_refuses_what_is_not_built() -> None:
     from teleport_core.config.load import parse_config
     from teleport_core.errors import ConfigError

@@ -135,12 +135,17 @@ class StreamingAPI(APIBase):
             raise AlreadyExists(f"chunk {index} of session {sid} arrived before chunk {index - 1}: "
                                 "send the chunks in order")
         stored = await storage.put_chunk(sid, index, data)
+        if index == 0 and stored:
+            from teleport_auth.streamed import streaming
+
+            await streaming(self.service, sid)  # auth completes it should its host be lost (streamed.py)
         return {"index": index, "size": len(data), "unchanged": not stored}
 
     @endpoint("create", "session")
     async def complete_recording(self, request: Request, identity: Identity | None) -> Any:
         """Assemble a streamed recording once its session ended (or its host was lost)."""
-        from teleport_auth.session_records import UPLOADED, records_of
+        from teleport_auth.session_records import UPLOADED
+        from teleport_auth.streamed import finish
 
         assert identity is not None
         sid = check_session_id(request.path_params["sid"])
@@ -157,11 +162,9 @@ class StreamingAPI(APIBase):
             raise AlreadyExists(f"auth holds {contiguous} chunks of session {sid} in order, the host sent "
                                 f"{wanted.chunks}: send the missing chunks first")
         partial = wanted.partial or contiguous < len(chunks)
-        done = await storage.complete(sid)
-        await records_of(self.service).uploaded(sid, done.size, done.sha256, partial=partial)
-        await self.service.emit(self.event("session.upload", sid=sid, size=done.size, chunks=done.chunks,
-                                           partial=partial, server_id=record.server_id))
-        return {"stored": sid, "size": done.size, "chunks": done.chunks, "partial": partial, "unchanged": False}
+        done = await finish(self.service, storage, record, partial)
+        return {"stored": sid, "size": done.size, "chunks": done.chunks, "partial": partial,
+                "unchanged": not done.sha256}
 
     @endpoint(None, None)
     async def read_recording_stream(self, request: Request, identity: Identity | None) -> Any:
