@@ -37,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from teleport_core.policy.predicate import Predicate, PredicateError, environment
+from teleport_core.policy.predicate import FILTER_FIELDS, Predicate, PredicateError, environment
 from teleport_core.policy.predicate import parse as parse_predicate
 from teleport_core.suggest import did_you_mean
 
@@ -58,7 +58,7 @@ class BadPolicy(ValueError):
 
 
 def _parsed(policy: RequirePolicy) -> Predicate | None:
-    return parse_predicate(policy.filter) if policy.filter else None
+    return parse_predicate(policy.filter, FILTER_FIELDS) if policy.filter else None
 
 
 @attrs.frozen
@@ -126,7 +126,7 @@ def _one(raw: Any, where: str) -> RequirePolicy:
                                            f'"auditor")\', got {json.dumps(text, default=str)}')
     if text:
         try:
-            parse_predicate(text)
+            parse_predicate(text, FILTER_FIELDS)
         except PredicateError as exc:
             raise BadPolicy(f"{where}.filter", str(exc)) from None
     kinds = _choices(raw.get("kinds"), f"{where}.kinds", KINDS, "session kind",

@@ -56,10 +56,6 @@ FIELDS: Mapping[str, Type] = {
     "user.metadata.name": Type.STRING,
     "user.spec.roles": Type.LIST,
     "user.spec.traits": Type.LIST_MAP,
-    # Teleport's names in require_session_join filters (the same values)
-    "user.name": Type.STRING,
-    "user.roles": Type.LIST,
-    "user.traits": Type.LIST_MAP,
     "resource.metadata.name": Type.STRING,
     "resource.metadata.labels": Type.STRING_MAP,
     "session.participants": Type.LIST,
@@ -80,6 +76,13 @@ FIELDS: Mapping[str, Type] = {
     "tracker.cluster": Type.STRING,
     "tracker.host_user": Type.STRING,
     "tracker.host_roles": Type.LIST,
+}
+
+#: The fields of a ``require_session_join`` filter (Teleport's names: the participant's).
+FILTER_FIELDS: Mapping[str, Type] = {
+    "user.name": Type.STRING,
+    "user.roles": Type.LIST,
+    "user.traits": Type.LIST_MAP,
 }
 #: Namespaces that describe one kind of item: a rule using them must name only these resources.
 ITEM_KINDS: Mapping[str, tuple[str, ...]] = {"session": ("session",), "event": ("event",),
@@ -190,12 +193,12 @@ class Literal:
 
 @attrs.frozen
 class Field:
-    name: str  # a key of FIELDS
+    name: str  # a key of FIELDS or FILTER_FIELDS
     key: str | None = None  # the index of a map field
 
     @property
     def type(self) -> Type:
-        kind = FIELDS[self.name]
+        kind = FIELDS.get(self.name) or FILTER_FIELDS[self.name]
         if kind is Type.STRING_MAP:
             return Type.STRING
         if kind is Type.LIST_MAP:
@@ -273,8 +276,9 @@ def _describe(token: Token) -> str:
 
 
 class _Parser:
-    def __init__(self, tokens: Sequence[Token]) -> None:
+    def __init__(self, tokens: Sequence[Token], known: Mapping[str, Type]) -> None:
         self.tokens = tokens
+        self.known = known
         self.index = 0
         self.fields: set[str] = set()
 
@@ -366,28 +370,28 @@ class _Parser:
             self.index += 1
             parts.append(self.take("name", "a field name after \".\"").text)
         name = ".".join(parts)
-        if name not in FIELDS:
-            raise PredicateError(f'unknown field "{name}"' + _suggest_field(parts), token.position)
+        if name not in self.known:
+            raise PredicateError(f'unknown field "{name}"' + _suggest_field(parts, self.known), token.position)
         key: str | None = None
         if self.token.kind == "[":
-            if FIELDS[name] not in (Type.STRING_MAP, Type.LIST_MAP):
-                raise PredicateError(f'"{name}" is {FIELDS[name].value}, not a map: it takes no ["..."]',
+            if self.known[name] not in (Type.STRING_MAP, Type.LIST_MAP):
+                raise PredicateError(f'"{name}" is {self.known[name].value}, not a map: it takes no ["..."]',
                                      self.token.position)
             self.index += 1
             key = self.take("string", 'a string key in ["..."]').text
             self.take("]", '"]"')
-        elif FIELDS[name] in (Type.STRING_MAP, Type.LIST_MAP):
-            raise PredicateError(f'"{name}" is {FIELDS[name].value}: pick one with {name}["key"]', token.position)
+        elif self.known[name] in (Type.STRING_MAP, Type.LIST_MAP):
+            raise PredicateError(f'"{name}" is {self.known[name].value}: pick one with {name}["key"]', token.position)
         self.fields.add(name)
         return Field(name, key)
 
 
-def _suggest_field(parts: Sequence[str]) -> str:
+def _suggest_field(parts: Sequence[str], known: Mapping[str, Type]) -> str:
     """A close field name (``user.name`` -> ``user.metadata.name``), else the list of fields."""
-    same_end = [f for f in FIELDS if f.split(".")[0] == parts[0] and f.split(".")[-1] == parts[-1]]
+    same_end = [f for f in known if f.split(".")[0] == parts[0] and f.split(".")[-1] == parts[-1]]
     if len(same_end) == 1:
         return f' (did you mean "{same_end[0]}"?)'
-    return did_you_mean(".".join(parts), list(FIELDS)).replace("valid keys", "known fields")
+    return did_you_mean(".".join(parts), list(known)).replace("valid keys", "known fields")
 
 
 def _show(value: Value) -> str:
@@ -411,8 +415,9 @@ class Predicate:
         return self.root.holds(env)
 
 
-def parse(text: str) -> Predicate:
-    """Parse a ``where:`` expression; :class:`PredicateError` says what is wrong and where."""
+def parse(text: str, fields: Mapping[str, Type] = FIELDS) -> Predicate:
+    """Parse a ``where:`` expression (or, with ``fields`` :data:`FILTER_FIELDS`, a
+    ``require_session_join`` filter); :class:`PredicateError` says what is wrong and where."""
     if not isinstance(text, str):
         raise PredicateError(f"expected an expression in a string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
@@ -420,7 +425,7 @@ def parse(text: str) -> Predicate:
     if not text.strip():
         raise PredicateError("empty expression: write a condition such as "
                              "contains(session.participants, user.metadata.name), or remove where")
-    parser = _Parser(tokenize(text))
+    parser = _Parser(tokenize(text), fields)
     root = parser.expression(1)
     if parser.token.kind != "end":
         raise PredicateError(f"unexpected {_describe(parser.token)} after a complete condition "
