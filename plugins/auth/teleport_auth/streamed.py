@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 from typing import Any
 
+from teleport_auth.recording_search import index_later
 from teleport_auth.session_records import PENDING, SessionRecord, records_of
 from teleport_core.errors import NotFound, TeleportError
 from teleport_core.state.audit import new_event
@@ -50,6 +51,7 @@ async def finish(service: Any, storage: SessionStorage, record: SessionRecord, p
         await service.backend.delete(STREAMED_PREFIX + record.sid.encode())
     if done.sha256:  # "": another completer (an auth server, the host's retry) assembled it first
         await records_of(service).uploaded(record.sid, done.size, done.sha256, partial=partial)
+        index_later(service, record.sid)  # searchable by its text, as an uploaded recording
         await service.emit(new_event("session.upload", sid=record.sid, size=done.size, chunks=done.chunks,
                                      partial=partial, server_id=record.server_id,
                                      cluster_name=service.cluster_name, completed_by=by or "host"))

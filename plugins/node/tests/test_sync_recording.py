@@ -160,6 +160,15 @@ def test_node_sync_output_reaches_auth_while_the_session_runs(sync_auth: Auth, s
         assert time.monotonic() < deadline, "completion is audited as session.upload"
         time.sleep(0.2)
     assert uploads[0]["partial"] is False
+    deadline = time.monotonic() + 20  # a completed stream is indexed as an upload is: found by its text
+    while not auth_search(sync_auth, "live-42"):
+        assert time.monotonic() < deadline, "the completed recording never became searchable"
+        time.sleep(0.2)
+    assert [s["sid"] for s in auth_search(sync_auth, "live-42")] == [sid]
+
+
+def auth_search(auth: Auth, text: str) -> list[dict[str, Any]]:
+    return auth.run(lambda admin: admin.list_recordings(search=text))  # type: ignore[no-any-return]
 
 
 def test_chunk_refusals(sync_auth: Auth, sync_node: Node, tmp_path: Path) -> None:
