@@ -23,6 +23,7 @@ from teleport_core.state.backend import Backend, Item, range_end, utcnow
 from teleport_core.state.nodes import OPENSSH, SUB_KINDS, NodeInfo
 
 NODES_PREFIX = b"/nodes/"
+PROXIES_PREFIX = b"/proxies/"  # a proxy's heartbeat (api/inventory.py), with a 10-minute expiry
 NODE_TTL = dt.timedelta(minutes=10)
 _BAD_ID = re.compile(r"[\x00-\x20\x7f/,]")
 

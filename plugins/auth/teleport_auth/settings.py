@@ -21,7 +21,7 @@ listen_addr: 0.0.0.0:3025
 authentication:
   type: local
   second_factor: otp        # off or otp (TOTP)
-session_recording: node     # node, node-sync (streamed to auth live), proxy or off
+session_recording: node     # node, node-sync (streamed to auth live), proxy, proxy-sync or off
 # Key types of new CAs (used once, when the cluster is created): ed25519 (SSH Ed25519, TLS
 # ECDSA P-256), ecdsa (both ECDSA P-256) or rsa2048 (both RSA-2048, for old clients).
 ca_key_algorithm: ed25519
@@ -72,7 +72,7 @@ def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
     authn.string("type", "local", choices=("local",))
     second_factor = authn.string("second_factor", "otp", choices=("off", "otp"))
     authn.finish()
-    recording = reader.string("session_recording", "node", choices=("node", "node-sync", "proxy", "off"))
+    recording = reader.string("session_recording", "node", choices=("node", "node-sync", "proxy", "proxy-sync", "off"))
     proxy = reader.addr("proxy_public_addr", None, default_port=3080)
     algorithm = reader.string("ca_key_algorithm", "ed25519", choices=tuple(CA_KEY_ALGORITHMS))
     limits = parse_connection_limits(reader)

@@ -1,11 +1,13 @@
-"""Completing streamed recordings (``session_recording: node-sync``).
+"""Completing streamed recordings (``session_recording: node-sync`` / ``proxy-sync``).
 
 :func:`finish` assembles a session's chunks into its recording and marks its record uploaded (the
 ``complete`` endpoint, for the host that ran the session, and :func:`complete_lost`).
 
 :func:`complete_lost` (every :data:`SWEEP_EVERY` seconds, :func:`sweep`): a session still running
-in its record, streamed, started more than :data:`LOST_AFTER` ago, whose node has no heartbeat
-(its inventory entry expired, 10 minutes after its last heartbeat, or was removed) lost its host
+in its record, streamed, started more than :data:`LOST_AFTER` ago, whose host has no heartbeat
+(its inventory entry expired, 10 minutes after its last heartbeat, or was removed; the host is the
+record's owner: the node, or for an agentless node's session the proxy that ``forwarded_by``
+names, whose ``/proxies/`` entry is looked at, since an agentless node never heartbeats) lost its host
 for good as far as auth can tell: auth completes its recording from what it received, marked
 ``partial``. Its host, should it come back, ends the session (``node_restart``) and finds the
 recording complete; by then it had ended the session itself (it gives up after 30 s without auth).
@@ -23,9 +25,11 @@ import contextlib
 import datetime as dt
 from typing import Any
 
+from teleport_auth.presence import PROXIES_PREFIX
 from teleport_auth.recording_search import index_later
 from teleport_auth.session_records import PENDING, SessionRecord, records_of
 from teleport_core.errors import NotFound, TeleportError
+from teleport_core.recording.stream import SYNC_MODES
 from teleport_core.state.audit import new_event
 from teleport_core.state.backend import Item, range_end
 from teleport_core.state.sessions import Completed, SessionStorage
@@ -73,12 +77,12 @@ async def complete_lost(service: Any, now: dt.datetime | None = None) -> list[st
             with contextlib.suppress(NotFound):
                 await service.backend.delete(item.key)
             continue
-        if record.session_recording != "node-sync":
+        if record.session_recording not in SYNC_MODES:
             continue
         if record.end is not None:  # ended, never completed (its host could not reach auth for long)
             if now - record.end <= LOST_AFTER:
                 continue
-        elif now - record.start <= LOST_AFTER or await _heartbeats(service, record.server_id):
+        elif now - record.start <= LOST_AFTER or await _heartbeats(service, record):
             continue  # its host is alive: the session may run on
         try:
             if not await storage.list_chunks(record.sid):
@@ -94,9 +98,14 @@ async def complete_lost(service: Any, now: dt.datetime | None = None) -> list[st
     return completed
 
 
-async def _heartbeats(service: Any, host: str) -> bool:
+async def _heartbeats(service: Any, record: SessionRecord) -> bool:
+    """Whether the host that owns ``record`` still heartbeats: the proxy that forwarded an
+    agentless node's session (its ``/proxies/`` entry), else the node (its inventory entry)."""
     try:
-        await service.presence.get_node(host)
+        if record.forwarded_by:
+            await service.backend.get(PROXIES_PREFIX + record.forwarded_by.encode())
+        else:
+            await service.presence.get_node(record.server_id)
     except NotFound:
         return False
     return True

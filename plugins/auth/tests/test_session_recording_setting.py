@@ -1,4 +1,4 @@
-"""``auth_service.session_recording``: Teleport's values are accepted (``proxy`` among them),
+"""``auth_service.session_recording``: Teleport's values are accepted (``proxy``, ``proxy-sync`` among them),
 anything else is refused with one clear line naming the key and the choices."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ def parse(recording: str) -> object:
     return parse_config(yaml.safe_load(text), make_plugins(), Flags())
 
 
-def test_proxy_is_a_recording_mode() -> None:
-    config = parse("proxy")
-    assert config.settings("auth_service").session_recording == "proxy"  # type: ignore[attr-defined]
+@pytest.mark.parametrize("mode", ["proxy", "proxy-sync"])
+def test_proxy_is_a_recording_mode(mode: str) -> None:
+    config = parse(mode)
+    assert config.settings("auth_service").session_recording == mode  # type: ignore[attr-defined]
 
 
 def test_an_unknown_mode_is_refused_naming_the_choices() -> None:

@@ -279,9 +279,10 @@ def test_session_recording_takes_node_sync_and_refuses_what_is_not_built() -> No
                              "ssh_service": {"enabled": False}}, make_plugins())
 
     settings("node-sync")
-    with pytest.raises(ConfigError, match=r'^auth_service.session_recording: expected .*"node-sync".*, '
-                                          r'got "proxy-sync"$'):
-        settings("proxy-sync")  # the proxy does not stream its recordings yet (docs/sessions.md)
+    settings("proxy-sync")  # the proxy streams agentless sessions; our nodes stream their own (docs/sessions.md)
+    with pytest.raises(ConfigError, match=r'^auth_service.session_recording: expected .*"proxy-sync".*, '
+                                          r'got "node-async"$'):
+        settings("node-async")
 
 
 @pytest.mark.slow

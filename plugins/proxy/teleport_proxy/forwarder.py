@@ -25,6 +25,15 @@ one end of a socket pair whose other end is served here, on a thread, by a param
   emitting the node's session events (``server_id`` the node; auth stamps ``forwarded_by``)
   and uploading the recording, which this proxy owns; each shell and command has its
   ``session_tracker`` (:mod:`teleport_core.state.trackers`, ``server_id`` the node) while it runs.
+
+With ``session_recording: proxy-sync`` the recording streams to auth while the session runs
+instead (the kernel's :class:`~teleport_core.recording.stream.Streamer`: chunks from memory,
+nothing on disk but the sidecar): the session's output pauses while the recorder's buffer is
+full (the output thread stops reading the node's channel, so sshd's window and the process
+block), and when the recorder gives up (auth unreachable for ``STALL_LIMIT`` seconds, or a
+refused chunk) the user is told, the output stops and the node's channel is closed
+(``end_reason`` ``interrupted``, ``recording_error``). After a crash, the restart completes
+what auth received (``partial``).
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from teleport_core.recording.spool import (
     remove_sidecar,
     write_sidecar,
 )
+from teleport_core.recording.stream import SYNC_MODES, Streamer, StreamRecorder
 from teleport_core.state.audit import format_time, new_event
 from teleport_core.state.nodes import NodeInfo
 from teleport_core.state.trackers import SessionTracker, TrackedSession, TrackerKeeper
@@ -86,6 +96,8 @@ RETRY = 2.0
 MAX_RETRY = 60.0
 UPLOAD_UNKNOWN_FOR = 600.0  # seconds an upload auth has no record for is retried (its session.start is late)
 REFUSED = ".cast.refused"
+PAUSE_POLL = 0.05  # seconds between looks at a paused (sync) recorder's buffer
+MESSAGE_WAIT = 5.0  # seconds the message ending a session whose recording gave up may wait for the window
 OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
 OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
@@ -107,7 +119,8 @@ class Forwarder:
         self._pkey = paramiko_key(self._pem)
         self._host_certs: dict[str, tuple[str, float]] = {}  # node uuid -> (cert line, expires: unix time)
         self._certs_lock = threading.Lock()
-        self.recording = "proxy"  # "off": the cluster records nothing (auth's ping)
+        self.recording = "proxy"  # "off": the cluster records nothing; "proxy-sync": streamed (auth's ping)
+        self.streamer: Streamer | None = None  # proxy-sync: the sessions' recordings streaming to auth
         self.sessions: set[ForwardedSession] = set()
         self._lock = threading.Lock()
         self.connections: set[ForwardedConnection] = set()
@@ -122,7 +135,11 @@ class Forwarder:
     async def start(self) -> list[asyncio.Task[None]]:
         """Prepare the spool, end what a crash left, queue leftover uploads; the background tasks."""
         ping = await self.proxy.auth.ping()
-        self.recording = "off" if str(ping.get("session_recording", "node")) == "off" else "proxy"
+        mode = str(ping.get("session_recording", "node"))
+        self.recording = mode if mode in ("off", "proxy-sync") else "proxy"
+        loop = asyncio.get_running_loop()
+        # the streamer also completes what a crash left of sessions streamed in an earlier run
+        self.streamer = streamer = Streamer(loop, self.proxy.auth, self.proxy.log)
         await asyncio.to_thread(prepare_spool, self.spool)
         self._uploads = asyncio.Queue()
         ended, _ = await asyncio.to_thread(recover_sessions, self.spool, set())
@@ -130,10 +147,11 @@ class Forwarder:
             self._node_of[session.session_id] = str(session.fields.get("server_id", ""))
             await self.proxy.audit.emit(new_event("session.end", "ok", when=session.stop, **session.fields))
             await asyncio.to_thread(remove_sidecar, self.spool, session.session_id)
+            if session.fields.get("session_recording") in SYNC_MODES:  # streamed: auth completes what it has
+                streamer.complete_lost(session.session_id)
         for path in await asyncio.to_thread(recover, self.spool, set()):
             self.queue_upload(path.name.removesuffix(FINAL), path)
         threading.Thread(target=self._flush_loop, name="proxy-agentless-flush", daemon=True).start()
-        loop = asyncio.get_running_loop()
         self.trackers = TrackerKeeper(self.proxy.auth, loop, self.proxy.log)
         return [loop.create_task(self._send_uploads(), name="proxy-agentless-uploads"),
                 loop.create_task(self.trackers.run(), name="proxy-agentless-trackers")]
@@ -565,8 +583,9 @@ class ForwardedSession:
         self.command: str | None = None
         self.subsystem: str | None = None
         self.upstream: paramiko.Channel | None = None
-        self.recorder: Recorder | None = None
+        self.recorder: Recorder | StreamRecorder | None = None
         self._record_lock = threading.Lock()
+        self.end_reason = "exit"
         self.ready: Callable[[], None] | None = None  # starts the relays once the request's reply is out
         self.tx = self.rx = 0
         self.end_fields: dict[str, Any] = {}
@@ -603,7 +622,14 @@ class ForwardedSession:
         """Record and audit the start, then relay (after the request's reply went out)."""
         conn, forwarder = self.conn, self.conn.forwarder
         self.started_at = time.time()
-        if forwarder.recording != "off" and self.subsystem is None:
+        streamer = forwarder.streamer
+        if forwarder.recording == "proxy-sync" and self.subsystem is None and streamer is not None:
+            self.recorder = streamer.recorder(
+                self.id, width=self.size[0], height=self.size[1],
+                env={"TERM": self.term if self.pty else "", "SHELL": "/bin/sh"},
+                title=f"{conn.login}@{conn.node.nodename}", command=self.command or "", started=self.started_at,
+                on_give_up=self._give_up)
+        elif forwarder.recording != "off" and self.subsystem is None:
             try:
                 self.recorder = Recorder(forwarder.spool, self.id, width=self.size[0], height=self.size[1],
                                          env={"TERM": self.term if self.pty else "", "SHELL": "/bin/sh"},
@@ -611,7 +637,7 @@ class ForwardedSession:
                                          started=self.started_at)
             except OSError as exc:
                 forwarder.proxy.log.error("cannot record session", sid=self.id, error=str(exc))
-        recording = "proxy" if self.recorder is not None else "off"
+        recording = forwarder.recording if self.recorder is not None else "off"
         self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
                            "initial_command": [self.command or ""], "session_recording": recording,
                            "session_start": _rfc3339(self.started_at)}
@@ -656,16 +682,49 @@ class ForwardedSession:
             with self._record_lock, contextlib.suppress(OSError):
                 self.recorder.flush()
 
+    def _give_up(self, reason: str) -> None:
+        """(proxy-sync) The recording gave up (the flush thread or the event loop, so nothing here
+        blocks): the output stops (:meth:`_down` shows nothing more), the node's channel is
+        killed and closed on a thread, and :meth:`_finish` tells the user."""
+        if self.end_fields.get("recording_error"):
+            return
+        self.end_reason = "interrupted"
+        self.end_fields["recording_error"] = reason
+        self.conn.proxy.log.error("ending an agentless session its recording cannot keep up with", sid=self.id,
+                                  error=reason)
+
+        def cut() -> None:
+            self.signal("KILL")
+            self.hangup()
+
+        threading.Thread(target=cut, daemon=True, name="proxy-agentless-cut").start()
+
+    def _paused(self) -> bool:
+        """(proxy-sync) Wait while the recorder's buffer is full: the node's output stays in its
+        channel (its window closes, sshd and the process block). True once the recording gave up."""
+        recorder = self.recorder
+        if not isinstance(recorder, StreamRecorder):
+            return False
+        while not recorder.accepting:
+            if recorder.failure or self.end_fields.get("recording_error"):
+                return True
+            if self.upstream is None or self.upstream.closed or self.channel.closed:
+                return False
+            time.sleep(PAUSE_POLL)
+        return bool(self.end_fields.get("recording_error"))
+
     def _down(self, stderr: bool) -> None:
-        """Node -> user (stdout, or stderr), recorded."""
+        """Node -> user (stdout, or stderr), recorded; nothing is shown that is not recorded."""
         up, channel = self.upstream, self.channel
         assert up is not None
         receive = up.recv_stderr if stderr else up.recv
         send = channel.sendall_stderr if stderr else channel.sendall
         try:
-            while data := receive(CHUNK):
+            while not self._paused() and (data := receive(CHUNK)):
                 self.tx += len(data)
                 self._record(data)
+                if self.end_fields.get("recording_error"):
+                    break  # the recorder gave up: what it may not have taken is not shown
                 send(data)
         except (OSError, EOFError, paramiko.SSHException):
             pass
@@ -691,6 +750,13 @@ class ForwardedSession:
         up, channel = self.upstream, self.channel
         assert up is not None
         code: int | None = up.recv_exit_status()  # sshd sends it after the end of output; -1: none (a signal)
+        error = self.end_fields.get("recording_error")
+        if error:  # proxy-sync: the recording gave up (Teleport's strict mode message)
+            self.hangup()
+            with contextlib.suppress(Exception):
+                channel.settimeout(MESSAGE_WAIT)
+                text = f"\r\nteleport: Session terminating due to recording error: {error}. Closing session...\r\n"
+                (channel.sendall if self.pty else channel.sendall_stderr)(text.encode())
         with contextlib.suppress(Exception):
             if code is not None and code >= 0:
                 channel.send_exit_status(code)
@@ -714,14 +780,17 @@ class ForwardedSession:
                 conn.emit("exec", "ok" if code == 0 else "failure", sid=self.id, command=self.command,
                           exitCode=exit_code)
         conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
-        conn.emit("session.end", "ok", **self.end_fields, end_reason="exit", session_stop=_rfc3339(time.time()),
+        conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
+                  session_stop=_rfc3339(time.time()),
                   recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
         with forwarder._lock:
             forwarder.sessions.discard(self)
         if self.tracker is not None:
             self.tracker.end()
         path: Path | None = None
-        if self.recorder is not None:
+        if isinstance(self.recorder, StreamRecorder):  # streamed: sent and completed from memory
+            self.recorder.close()
+        elif self.recorder is not None:
             with self._record_lock:
                 part = self.recorder.close()
             try:

@@ -7,6 +7,7 @@ OpenSSH ``ssh -J`` / ``scp -J`` / ``sftp -J``. One cluster and one sshd for the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -49,12 +50,19 @@ def tctl(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with agentless_cluster(tmp_path_factory.mktemp("agentless"), "proxy") as e:
+        yield e
+
+
+@contextlib.contextmanager
+def agentless_cluster(root: Path, recording: str) -> Iterator[Env]:
+    """A cluster recording in ``recording`` mode with one of our nodes and a real sshd registered
+    as the agentless node ``NODENAME`` (also used by test_agentless_sync.py)."""
     if not (Path(openssh.SSHD).exists() and shutil.which("ssh") and shutil.which("scp") and shutil.which("sftp")):
         missing("OpenSSH sshd, ssh, scp and sftp are needed (apt-get install openssh-server openssh-client)")
-    root = tmp_path_factory.mktemp("agentless")
     config = {
         "teleport": {"data_dir": str(root / "auth"), "nodename": "agentless-proxy"},
-        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "session_recording": "proxy",
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "session_recording": recording,
                          "authentication": {"second_factor": "off"}},
         "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                           "tunnel_listen_addr": "127.0.0.1:0"},

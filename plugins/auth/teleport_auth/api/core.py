@@ -20,6 +20,7 @@ from teleport_auth.forwarded import forwarded_user
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
+from teleport_auth.presence import PROXIES_PREFIX
 from teleport_core.api.client import FORWARDED_USER_CERT
 from teleport_core.api.schema import (
     NAME_MAX,
@@ -72,8 +73,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
 MAX_BODY = 1 << 20
 #: calls that change nothing; every other call is refused while the audit log cannot record (503)
 READ_METHODS = frozenset({"GET", "HEAD"})
-PROXIES_PREFIX = b"/proxies/"
-PROXIES_END = range_end(PROXIES_PREFIX)
+PROXIES_END = range_end(PROXIES_PREFIX)  # PROXIES_PREFIX: teleport_auth.presence (the proxies' heartbeats)
 PROXY_TTL = dt.timedelta(minutes=10)
 PROXY_TOKEN_KIND = "proxy_token"  # noqa: S105 - a resource kind, not a secret
 
