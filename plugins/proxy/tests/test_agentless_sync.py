@@ -14,7 +14,7 @@ from typing import Any
 
 import paramiko
 import pytest
-from proxy_helpers import LOGIN, Env
+from proxy_helpers import CLUSTER, LOGIN, Env, background_tsh
 from test_agentless_e2e import (
     NODE_UUID,
     NODENAME,
@@ -25,6 +25,7 @@ from test_agentless_e2e import (
     load_tls_from_profile,
     uploaded,
 )
+from test_play_follow import _read_until as follow_until
 from test_tsh_play_forward import on_a_terminal
 
 from teleport_core.api.client import AuthClient
@@ -92,8 +93,14 @@ def test_an_agentless_session_streams_to_auth_while_it_runs(env: Env, alice: Pat
             as_alice(env, alice, lambda client: client.put_recording_chunk(sid, 1, b'[1.0, "o", "forged"]\n'))
         wait_for(lambda: [e for e in events(env, type="auth") if e.get("user") == "alice"
                           and "create on session" in str(e.get("error", ""))], "the refused chunk audited", timeout=30)
-        shell.sendall(b"echo after-$((7*7))\nexit\n")
-        assert shell.recv_exit_status() == 0
+        with background_tsh(alice, "play", "--follow", sid) as follower:  # follows the agentless session live
+            assert "live-42" in follow_until(follower, "live-42")
+            shell.sendall(b"echo after-$((7*7))\n")
+            assert "after-49" in follow_until(follower, "after-49")
+            shell.sendall(b"exit\n")
+            assert shell.recv_exit_status() == 0
+            follower.communicate(timeout=60)
+            assert follower.returncode == 0, "the follower ends when the session ends"
     finally:
         transport.close()
     start = wait_for(lambda: [e for e in events(env, type="session.start") if e.get("sid") == sid],
@@ -175,3 +182,52 @@ async def _record(service: Any, sid: str) -> Any:
     from teleport_auth.session_records import records_of
 
     return await records_of(service).get(sid)
+
+
+def test_a_proxy_crash_leaves_what_auth_received_completed_by_the_restart(env: Env, alice: Path,
+                                                                          tmp_path: Path) -> None:
+    """What a crashed proxy leaves of a streamed session (its sidecar; chunks at auth): the next
+    start ends the session (``node_restart``) and has auth complete the recording (``partial``)."""
+    import time
+    import uuid
+
+    from teleport_proxy.forwarder import Forwarder
+
+    from teleport_core.errors import NotFound
+    from teleport_core.recording.spool import prepare_spool, release_sidecar, write_sidecar
+    from teleport_core.recording.stream import event_line, header_line
+    from teleport_core.state.audit import new_event
+
+    proxy = env.proxy
+    spool = prepare_spool(tmp_path / "proxy-sessions")
+    sid = str(uuid.uuid4())
+    started = time.time() - 5
+    fields = {"cluster_name": CLUSTER, "server_id": NODE_UUID, "server_hostname": NODENAME, "user": "alice",
+              "login": LOGIN, "sid": sid, "proto": "ssh", "interactive": True, "session_recording": "proxy-sync"}
+    # what the run that crashed did: the session.start, chunk 0, the sidecar (its lock dropped)
+    asyncio.run_coroutine_threadsafe(proxy.audit.emit(new_event("session.start", "ok", **fields)),
+                                     proxy.loop).result(30)
+    chunk = header_line(width=80, height=24, started=started, env={"TERM": "xterm"}) + event_line(
+        0.5, "typed before the crash\r\n")
+
+    def sent() -> bool:
+        try:
+            asyncio.run_coroutine_threadsafe(proxy.auth.put_recording_chunk(sid, 0, chunk), proxy.loop).result(30)
+        except NotFound:  # the session.start is on its way
+            return False
+        return True
+
+    wait_for(sent, "chunk 0 taken", timeout=30)
+    release_sidecar(write_sidecar(spool, sid, started, fields))
+    forwarder = Forwarder(proxy, spool)
+    tasks = asyncio.run_coroutine_threadsafe(forwarder.start(), proxy.loop).result(60)
+    try:
+        record = uploaded(env, alice, sid)
+        assert record["end_reason"] == "node_restart" and record["recording_partial"] is True
+        played = env.tsh(alice, "play", sid)
+        assert played.returncode == 0 and "typed before the crash" in played.stdout, played.stderr
+        assert not list(spool.glob(sid + "*"))  # the sidecar went; there never was a recording file
+    finally:
+        forwarder.stop()
+        for task in tasks:
+            proxy.loop.call_soon_threadsafe(task.cancel)
