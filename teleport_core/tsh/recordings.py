@@ -360,8 +360,8 @@ def play(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("--format", choices=PLAY_FORMATS, default="text",
                         help="text (pty): the output as typed; json: header and events; cast: the asciicast file")
     parser.add_argument("--follow", "-f", action="store_true",
-                        help="follow a running session (session_recording: node-sync or proxy-sync): print its output as it "
-                        "arrives, until the session ends (text or cast)")
+                        help="follow a running session (session_recording: node-sync or proxy-sync): print its "
+                        "output as it arrives, until the session ends (text or cast)")
     args = parser.parse_args(argv)
     speed = parse_speed(args.speed)
     local = Path(args.session)
