@@ -7,16 +7,23 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT  # and any install still running
 DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd plugins/web
   examples/audit-sink-sqlite
   examples/storage-lmdb)
 
+WORKERS=${TEST_WORKERS:-4}  # pytest-xdist workers, as in scripts/test.sh
+SECONDS=0
+stage() { echo "== $* (at ${SECONDS} s)"; }
+
 "$PYTHON" -m venv "$WORK/build-venv"
 "$WORK/build-venv/bin/pip" install -q build
-for dist in "${DISTS[@]}"; do
-  "$WORK/build-venv/bin/python" -m build -q --wheel --outdir "$WORK/wheels" "$dist" >/dev/null
-done
+# setuptools copies into build/lib and never removes what is gone from the source: a build/ left by
+# an earlier build would put deleted modules in the wheel
+for dist in "${DISTS[@]}"; do rm -rf "$dist/build"; done
+# each build waits on its own isolated environment's install most of the time: four at once
+printf '%s\n' "${DISTS[@]}" | xargs -P 4 -I{} "$WORK/build-venv/bin/python" -m build -q --wheel \
+  --outdir "$WORK/wheels" {} >/dev/null
 ls "$WORK/wheels"
 
 # the tests, docs and test plugins, without any package source beside them
@@ -30,25 +37,49 @@ check_installed() {  # the code under test must come from site-packages, not the
   (cd "$WORK/tree" && "$1/bin/python" -c "import teleport_core, sys; p = teleport_core.__file__; print('teleport_core from', p); sys.exit('site-packages' not in p)")
 }
 
-echo "== teleport-core alone"
-"$PYTHON" -m venv "$WORK/core"
-"$WORK/core/bin/pip" install -q "$WORK"/wheels/teleport_core-*.whl pytest pytest-timeout httpx paramiko hypothesis \
-  schemathesis
+# The venvs install in the background (pip mostly waits on downloads and unpacking) while the
+# tests of the one before run; `ready NAME` waits for one and shows pip's output if it failed.
+declare -A INSTALLING
+install_venv() {  # name, then pip install's arguments
+  local name=$1; shift
+  ("$PYTHON" -m venv "$WORK/$name" && "$WORK/$name/bin/pip" install -q "$@") > "$WORK/$name.log" 2>&1 &
+  INSTALLING[$name]=$!
+}
+ready() {
+  wait "${INSTALLING[$1]}" || { cat "$WORK/$1.log"; echo "wheels: installing the $1 venv failed"; exit 1; }
+}
+TEST_DEPS=(pytest pytest-timeout pytest-xdist httpx paramiko hypothesis schemathesis)
+install_venv core "$WORK"/wheels/teleport_core-*.whl "${TEST_DEPS[@]}"
+install_venv all "$WORK"/wheels/*.whl "${TEST_DEPS[@]}" "moto[server]>=5"
+# what the README's "Install as a user" says (checked below)
+install_venv user --find-links "$WORK/wheels" teleport-core teleport-auth teleport-proxy teleport-node teleport-web
+install_venv laptop --find-links "$WORK/wheels" teleport-core
+
+stage "teleport-core alone"
+ready core
 check_installed "$WORK/core"
 (cd "$WORK/tree" && "$WORK/core/bin/teleport" plugins --format=json > /dev/null)
-(cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider tests)
+# what packaging can break with the kernel alone (`make test` ran the whole suite on the same code):
+# every module imports without the plugins, the console scripts and their lazy imports, entry-point
+# discovery, the pytest plugin, the hooks and their call sites in a real `teleport start`, the
+# import graph and the moved aliases of the installed tree, the test extra, and the conformance
+# suites run from the wheel against the kernel's own backend and session storage
+CORE_TESTS=(tests/test_packaging.py tests/test_cli.py tests/test_plugins.py tests/test_pytest_plugin.py
+  tests/test_hooks.py tests/test_hooks_documented.py tests/test_process.py tests/test_layout.py tests/test_moved.py
+  tests/test_docs.py tests/test_backend_sqlite.py tests/test_file_sessions.py)
+(cd "$WORK/tree" && "$WORK/core/bin/pytest" -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "${CORE_TESTS[@]}")
 
-echo "== every distribution"
-"$PYTHON" -m venv "$WORK/all"
-"$WORK/all/bin/pip" install -q "$WORK"/wheels/*.whl pytest pytest-timeout httpx paramiko hypothesis schemathesis \
-  "moto[server]>=5"
+stage "every distribution"
+ready all
 check_installed "$WORK/all"
 # `make test` already ran every test on the checkout; here what packaging can break: the kernel's
-# suite with every plugin installed (hook call sites, layout: every module imports from the
-# installed tree), each plugin's discovery and config tests, the conformance suites run against
-# the installed backends and sinks, the example plugin, then one end-to-end run from the wheels:
-# a cluster of installed plugins, tsh login and tsh ssh.
-(cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider -m "not e2e and not slow" tests \
+# packaging tests above with every plugin installed (hook call sites, the plugins' import graphs,
+# entry points), the kernel tests that read the plugins' config sections or start them by flags,
+# each plugin's discovery and config tests, the conformance suites run against the installed
+# backends and sinks, the example plugin, then one end-to-end run from the wheels: a cluster of
+# installed plugins, tsh login and tsh ssh.
+(cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider -n "$WORKERS" --dist loadfile \
+  -m "not e2e and not slow" "${CORE_TESTS[@]}" tests/test_limits.py tests/test_teleport_start_flags.py \
   plugins/*/tests/test_*plugin.py plugins/*/tests/test_*conformance.py plugins/storage_s3/tests/test_storage_s3.py \
   examples/*/tests)
 (cd "$WORK/tree" && "$WORK/all/bin/pytest" -q -p no:cacheprovider plugins/proxy/tests/test_login_without_otp.py)
@@ -65,19 +96,16 @@ have = {name for p in listed for key in ("services", "backends", "session_storag
 missing = set(sys.argv[1:]) - have
 sys.exit(f"missing after the install: {sorted(missing)}" if missing else 0)' "$@"
 }
-echo "== a user's install: pip install teleport-core teleport-auth teleport-proxy teleport-node teleport-web"
-"$PYTHON" -m venv "$WORK/user"
-"$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-core teleport-auth teleport-proxy teleport-node \
-  teleport-web
+stage "a user's install: pip install teleport-core teleport-auth teleport-proxy teleport-node teleport-web"
+ready user
 provides "$WORK/user" auth_service proxy_service ssh_service sqlite file stdout
 # the web UI's templates and static files are in its wheel
 "$WORK/user/bin/python" -c 'from importlib import resources; r = resources.files("teleport_web"); assert (r / "templates" / "base.html").is_file() and (r / "static" / "style.css").is_file()'
 
 "$WORK/user/bin/pip" install -q --find-links "$WORK/wheels" teleport-storage-etcd teleport-storage-s3
 provides "$WORK/user" etcd s3
-echo "== a laptop: pip install teleport-core (tsh only)"
-"$PYTHON" -m venv "$WORK/laptop"
-"$WORK/laptop/bin/pip" install -q --find-links "$WORK/wheels" teleport-core
+stage "a laptop: pip install teleport-core (tsh only)"
+ready laptop
 (cd "$WORK" && "$WORK/laptop/bin/tsh" version && "$WORK/laptop/bin/tsh" --help > /dev/null)
 provides "$WORK/laptop" sqlite
-echo "wheels: every check passed"
+echo "wheels: every check passed in ${SECONDS} s"

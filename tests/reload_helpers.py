@@ -16,14 +16,9 @@ from typing import Any
 
 import yaml
 
+from teleport_core.testing.processes import free_port as free_port  # the tests import it from here
 from teleport_core.testing.waiting import wait_for
 from tests.process_helpers import REPO, SAMPLE_PLUGIN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:

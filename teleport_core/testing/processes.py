@@ -19,6 +19,8 @@ chosen here; ``diag_url``) answers 200. Use it where a test needs what an in-pro
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,8 +35,45 @@ from teleport_core.errors import TeleportError
 READY_TIMEOUT = 180.0
 
 
+#: the ports free_port handed out in this process (never handed twice: the first may not be bound yet)
+_handed: set[int] = set()
+
+
+def _port_range() -> range:
+    """Where :func:`free_port` picks: below the kernel's ephemeral range (where ``connect()`` takes
+    its source ports, so no outgoing connection takes the port before the server binds it) and,
+    under pytest-xdist, this worker's own slice of it (two workers never pick the same port)."""
+    low, high = 10000, 32768
+    with contextlib.suppress(OSError, ValueError):
+        high = min(high, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    if high - low < 1000:
+        return range(0)  # an unusual ephemeral range: let the kernel choose
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (high - low) // max(count, 1)
+    start = low + min(index, count - 1) * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (see :func:`_port_range` for where)."""
+    ports = _port_range()
+    for _ in range(200):
+        if not ports:
+            break
+        port = random.choice(ports)  # noqa: S311 (a port, not a secret)
+        if port in _handed:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is not free
+            except OSError:
+                continue
+        _handed.add(port)
+        if len(_handed) > len(ports) // 2:
+            _handed.clear()
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 import pytest
 
@@ -16,6 +15,7 @@ from teleport_core.config.load import parse_config
 from teleport_core.errors import AccessDenied
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.processes import free_port
 
 pytestmark = pytest.mark.e2e  # real processes end to end
 
@@ -31,12 +31,6 @@ class Log:
 
     def warning(self, message, **kw):
         self.lines.append(("warning", message, kw))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_config(tmp_path, auth_addr: str, token: str | None, pins: list[str]):

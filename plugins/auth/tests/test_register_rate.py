@@ -6,7 +6,6 @@ once its tokens are back. Sources are loopback addresses (127.0.0.2 is loopback 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -20,17 +19,12 @@ from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, load_identity
 from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
+from teleport_core.testing.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "register-rate-token-0123456789abcdef"
 BURST = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,11 @@ from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import ClusterHandle, start_cluster
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.processes import free_port
 
 CLUSTER = "node.test"
 TOKEN = "static-node-token-0123456789abcdef"
 TELEPORT = str(Path(sys.executable).with_name("teleport"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 180.0, proc: subprocess.Popen[Any] | None = None) -> None:
@@ -200,14 +195,20 @@ def os_user() -> str:
     """A non-root OS login for the node to drop to (created when missing; needs root)."""
     import pwd
 
-    try:
-        pwd.getpwnam(OS_USER)
-    except KeyError:
-        if os.geteuid() != 0:
-            missing("creating the test OS user needs root")
+    for _ in range(20):  # parallel test workers may create it at the same time: one wins, all see it
+        try:
+            pwd.getpwnam(OS_USER)
+            return OS_USER
+        except KeyError:
+            if os.geteuid() != 0:
+                missing("creating the test OS user needs root")
         # "*": no password, but not locked (sshd refuses locked accounts)
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-p", "*", OS_USER], check=True, capture_output=True)
-    return OS_USER
+        made = subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-p", "*", OS_USER], capture_output=True, text=True,
+                              check=False)
+        if made.returncode not in (0, 9, 10):  # 9: made meanwhile by another worker, 10: /etc/passwd locked by it
+            raise RuntimeError(f"useradd {OS_USER} failed: {made.stderr.strip()}")
+        time.sleep(0.1 if made.returncode else 0)
+    raise RuntimeError(f"useradd {OS_USER}: the user is still missing")
 
 
 def craft_user_cert(tmp: Path, name: str, signer: Any, *, principals: list[str], roles: list[str],

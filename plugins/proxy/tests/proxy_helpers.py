@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import getpass
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,19 +26,13 @@ from teleport_core.plugins import make_plugins
 from teleport_core.testing import openssh, otp
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
-from teleport_core.testing.processes import background
+from teleport_core.testing.processes import background, free_port
 
 CLUSTER = "example.com"
 PROXY_TOKEN = "proxy-token-0123456789abcdef"
 NODE_TOKEN = "node-token-0123456789abcdef"
 LOGIN = getpass.getuser()
 SSHD = openssh.SSHD
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_process_config(root: Path, nodename: str) -> dict[str, Any]:

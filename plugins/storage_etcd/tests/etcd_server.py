@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.processes import free_port
 
 START_TIMEOUT = 30.0
 
@@ -30,12 +30,6 @@ def etcd_binary() -> str:
     if not found:
         missing("etcd is not installed (apt-get install etcd-server)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class EtcdMember:
