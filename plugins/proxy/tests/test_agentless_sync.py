@@ -231,3 +231,56 @@ def test_a_proxy_crash_leaves_what_auth_received_completed_by_the_restart(env: E
         forwarder.stop()
         for task in tasks:
             proxy.loop.call_soon_threadsafe(task.cancel)
+
+
+def test_an_agentless_session_pauses_while_auth_does_not_keep_up(env: Env, alice: Path) -> None:
+    """The proxy's link to auth is cut: the session's output stops once 16 MiB wait unsent (sshd
+    and the process block), resumes when auth is back, and every byte shown is recorded."""
+    from teleport_core.recording.stream import BUFFER_LIMIT, Streamer
+    from teleport_core.testing.sockets import CuttableProxy
+
+    forwarder = env.proxy.agentless
+    link = CuttableProxy(int(env.auth_addr.rsplit(":", 1)[1]))
+    real = forwarder.streamer
+    auth = AuthClient(f"127.0.0.1:{link.port}", timeout=5, credentials=env.proxy.auth.credentials)
+    forwarder.streamer = Streamer(env.proxy.loop, auth, env.proxy.log)
+    node = NodeInfo(NODE_UUID, NODENAME, f"127.0.0.1:{env.sshd_port}", {"env": "plain"},  # type: ignore[attr-defined]
+                    sub_kind="openssh")
+    transport = paramiko.Transport(forwarder.dial(node, "127.0.0.1:40012"))
+    shown = b""
+    try:
+        transport.start_client(timeout=30)
+        transport.auth_publickey(LOGIN, _alice_key(alice))
+        link.cut()
+        job = transport.open_session(timeout=30)
+        job.exec_command("head -c 18000000 /dev/zero | base64 -w 76; echo done-$((2+2))")  # ~24 MB
+        [session] = wait_for(lambda: list(forwarder.sessions), "the forwarded session", timeout=30)
+        sid = session.id
+        job.settimeout(3)
+        try:
+            while data := job.recv(1 << 20):
+                shown += data
+        except TimeoutError:
+            pass  # no output for 3 s: paused
+        assert 0 < len(shown) <= BUFFER_LIMIT + (4 << 20) and b"done-4" not in shown, len(shown)
+        link.restore()
+        job.settimeout(60)
+        while data := job.recv(1 << 20):
+            shown += data
+        assert shown.endswith(b"done-4\n") and job.recv_exit_status() == 0
+        uploaded(env, alice, sid)  # its last chunks and completion go through the link
+    finally:
+        transport.close()
+        forwarder.streamer = real
+        link.close()
+        asyncio.run_coroutine_threadsafe(auth.close(), env.proxy.loop).result(30)
+
+    async def recording() -> bytes:
+        out = b""
+        async with env.admin() as client:
+            while data := (await client.read_recording_stream(sid, len(out)))[0]:
+                out += data
+        return out
+
+    final = asyncio.run(recording())
+    assert final.count(b"A") == shown.count(b"A") and b"done-4" in final
