@@ -98,6 +98,7 @@ UPLOAD_UNKNOWN_FOR = 600.0  # seconds an upload auth has no record for is retrie
 REFUSED = ".cast.refused"
 PAUSE_POLL = 0.05  # seconds between looks at a paused (sync) recorder's buffer
 MESSAGE_WAIT = 5.0  # seconds the message ending a session whose recording gave up may wait for the window
+STOP_STREAM_WAIT = 5.0  # seconds a stopping proxy waits for its streamed recordings to be completed
 OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
 OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
@@ -164,7 +165,11 @@ class Forwarder:
             conn.close()
 
     async def close(self) -> None:
-        """After :meth:`stop`: the ended sessions' trackers go from auth (bounded)."""
+        """After :meth:`stop`: the ended sessions' streamed recordings are sent and completed, their
+        trackers go from auth (each bounded; a recording left in chunks is completed by auth's sweep)."""
+        deadline = time.monotonic() + STOP_STREAM_WAIT
+        while self.streamer is not None and self.streamer.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if self.trackers is not None:
             await self.trackers.stop(timeout=3)
 
