@@ -1,7 +1,7 @@
 """Proxy recording of an agentless OpenSSH node against ``ssh -J`` through an sshd jump host, in one run.
 
     python bench/proxy_recording.py [--size 256M] [--upload-size 256M] [--runs 10] [--repeat 3]
-                                    [--login USER] [--format text|json]
+                                    [--login USER] [--recording proxy|proxy-sync] [--format text|json]
 
 Starts, in this process, a cluster with auth and the proxy (``session_recording: proxy``), then
 two OpenSSH ``sshd`` on free ports, both with host certificates from the cluster's host CA and
@@ -94,6 +94,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10, help="connection setups to take the median of")
     parser.add_argument("--repeat", type=int, default=3, help="transfers per throughput figure (the best counts)")
     parser.add_argument("--login", default=os.environ.get("USER") or "root", help="OS login on the sshd hosts")
+    parser.add_argument("--recording", choices=("proxy", "proxy-sync"), default="proxy",
+                        help="the cluster's session_recording (proxy-sync: streamed to auth while it runs)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
     if not (Path(openssh.SSHD).exists() and shutil.which("ssh")):
@@ -103,7 +105,7 @@ def main() -> int:
         work = Path(tmp)
         config = {"teleport": {"data_dir": str(work / "auth"), "nodename": "proxy", "log": {"severity": "WARN"}},
                   "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
-                                   "session_recording": "proxy", "authentication": {"second_factor": "off"}},
+                                   "session_recording": args.recording, "authentication": {"second_factor": "off"}},
                   "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                                     "tunnel_listen_addr": "127.0.0.1:0"},
                   "ssh_service": {"enabled": False}}

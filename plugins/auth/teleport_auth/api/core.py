@@ -20,7 +20,7 @@ from teleport_auth.forwarded import forwarded_user
 from teleport_auth.issuer import (
     identity_from_tls_cert,
 )
-from teleport_auth.presence import PROXIES_PREFIX
+from teleport_auth.presence import PROXIES_PREFIX as PROXIES_PREFIX  # re-exported (api/inventory.py)
 from teleport_core.api.client import FORWARDED_USER_CERT
 from teleport_core.api.schema import (
     NAME_MAX,
