@@ -73,6 +73,7 @@ class AuthService(Service):
         self._audit_down: str | None = None  # why the audit spool cannot write (then actions are refused)
         self._audit_probed = 0.0
         self._audit_broken = asyncio.Event()
+        self.stopping = asyncio.Event()  # set by stop(): long polls answer at once, not at their timeout
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class AuthService(Service):
             await self.server.stop_accepting()
 
     async def stop(self) -> None:
+        self.stopping.set()  # else each /v1/changes long poll holds the graceful stop for its whole timeout
         if self.server is not None:
             await self.server.stop()
         await self._drain_audit()

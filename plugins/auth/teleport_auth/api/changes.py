@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from typing import Any
 
@@ -52,9 +51,14 @@ class ChangesAPI(APIBase):
         async with backend.watch([prefix]) as watcher:
             await anext(watcher)  # INIT: every change from here on is seen
             current = await state_version(backend, prefix)
-            if current == seen:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(anext(watcher), timeout)
+            if current == seen:  # wait for a change, the timeout, or the server stopping (as at a timeout)
+                waits = [asyncio.ensure_future(anext(watcher)), asyncio.ensure_future(self.service.stopping.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+                    await asyncio.gather(*waits, return_exceptions=True)
                 current = await state_version(backend, prefix)
         return {"kind": kind, "version": current}
 
