@@ -9,6 +9,7 @@ service's modules form no import circle (``tests/test_layout.py`` checks that).
 
 from __future__ import annotations
 
+import asyncio
 import uuid as uuidlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ class AuthState(Protocol):
     locks: LockStore
     hosts: HostRegistry
     rotation: Rotator
+    stopping: asyncio.Event  # set when the service stops: long polls answer at once
 
     async def emit(self, event: AuditEvent) -> None:
         """Write an audit event (durable before it returns); ``AuditUnavailable`` when it cannot."""
