@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
@@ -62,10 +61,9 @@ from teleport_core.policy.access import (
 )
 from teleport_core.policy.locks import Lock, cert_issued, lock_in_force, lock_message
 from teleport_core.policy.roles import Role, RoleSet
-from teleport_core.recording.commands import scp_action as _scp_action
+from teleport_core.recording.events import emit_end, start_fields
 from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.recording.stream import StreamRecorder
-from teleport_core.state.audit import format_time
 from teleport_core.state.trackers import TrackedSession
 from teleport_node import party, tracking
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
@@ -1046,10 +1044,8 @@ class Session:
         # what this session's record says: "off" when nothing is recorded (recording off, a subsystem
         # such as sftp, or a recorder that could not start), so no upload is ever awaited for it
         recording = state.recording if self.recorder is not None else "off"
-        self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
-                           "initial_command": [self.command or ""], "session_recording": recording,
-                           "session_start": _rfc3339(self.started_at),
-                           **({"client": self.client} if self.client else {})}
+        self.end_fields = start_fields(self.id, interactive=self.pty, command=self.command, recording=recording,
+                                       started=self.started_at, extra={"client": self.client} if self.client else None)
         try:  # what a session.end needs, should the node crash before it ends the session
             write_sidecar(state.spool, self.id, self.started_at,
                           {**self.conn.base_fields(state), **self.end_fields})
@@ -1206,22 +1202,10 @@ class Session:
             if self.pty:
                 conn.server.metrics.interactive_sessions.dec()
             self.kind = ""
-        exit_code = str(code if code is not None and code >= 0 else 255)
-        if self.command is not None:
-            scp = _scp_action(self.command)
-            if scp is not None:
-                action, target = scp
-                outcome = action if code == 0 else f"{action}_failure"
-                conn.emit("scp", outcome, sid=self.id, path=target, action=action, command=self.command,
-                          exitCode=exit_code)
-            else:
-                conn.emit("exec", "ok" if code == 0 else "failure", sid=self.id, command=self.command,
-                          exitCode=exit_code)
-        conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
-        conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
-                  **(self.party.end_fields() if self.party is not None else {}),
-                  session_stop=_rfc3339(time.time()),
-                  recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
+        emit_end(conn.emit, sid=self.id, command=self.command, code=code, tx=self.tx, rx=self.rx,
+                 end_fields=self.end_fields, end_reason=self.end_reason,
+                 recorded_bytes=self.recorder.bytes if self.recorder is not None else 0,
+                 extra=self.party.end_fields() if self.party is not None else None)
         if isinstance(self.recorder, StreamRecorder):  # node-sync: streamed to auth, nothing to upload
             close_stream(self, state)
             return
@@ -1248,9 +1232,6 @@ class Session:
             return
         state.recorded(self.id, path)
 
-
-def _rfc3339(unix: float) -> str:
-    return format_time(dt.datetime.fromtimestamp(unix, dt.UTC))
 
 
 FINALIZERS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="teleport-node-finalize")

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, ssh
 from teleport_node.certs import CertRefused, check_user_cert, load_ca_keys
-from teleport_node.sshserver import _scp_action
 
 from teleport_core.config.load import parse_config
 from teleport_core.errors import ConfigError
 from teleport_core.plugins import make_plugins
+from teleport_core.recording.commands import scp_action
 from teleport_core.recording.spool import FRAME, Recorder, finalize, recover
 
 
@@ -124,4 +124,4 @@ def test_live_recordings_are_left_alone_until_finalized(tmp_path: Path) -> None:
     ("ls", None),
 ])
 def test_scp_action(command: str, expected: tuple[str, str] | None) -> None:
-    assert _scp_action(command) == expected
+    assert scp_action(command) == expected

@@ -59,7 +59,7 @@ from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, Teleport
 from teleport_core.net import sshalgos
 from teleport_core.pki import keys
 from teleport_core.policy.access import PORT_FORWARD, SSH, AccessRequest, Decision, Identity, IdentityKind, check_access
-from teleport_core.recording.commands import scp_action
+from teleport_core.recording.events import emit_end, start_fields
 from teleport_core.recording.spool import (
     FINAL,
     Recorder,
@@ -72,7 +72,7 @@ from teleport_core.recording.spool import (
     write_sidecar,
 )
 from teleport_core.recording.stream import SYNC_MODES, Streamer, StreamRecorder
-from teleport_core.state.audit import format_time, new_event
+from teleport_core.state.audit import new_event
 from teleport_core.state.nodes import NodeInfo
 from teleport_core.state.trackers import SessionTracker, TrackedSession, TrackerKeeper
 from teleport_core.tsh.hostcert import verify_host_cert
@@ -102,10 +102,6 @@ STOP_STREAM_WAIT = 5.0  # seconds a stopping proxy waits for its streamed record
 OPEN_OK: int = int(paramiko.OPEN_SUCCEEDED)
 OPEN_PROHIBITED: int = int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
 OPEN_CONNECT_FAILED: int = int(paramiko.OPEN_FAILED_CONNECT_FAILED)
-
-
-def _rfc3339(unix: float) -> str:
-    return format_time(dt.datetime.fromtimestamp(unix, dt.UTC))
 
 
 class Forwarder:
@@ -643,9 +639,8 @@ class ForwardedSession:
             except OSError as exc:
                 forwarder.proxy.log.error("cannot record session", sid=self.id, error=str(exc))
         recording = forwarder.recording if self.recorder is not None else "off"
-        self.end_fields = {"sid": self.id, "proto": "ssh", "interactive": self.pty,
-                           "initial_command": [self.command or ""], "session_recording": recording,
-                           "session_start": _rfc3339(self.started_at)}
+        self.end_fields = start_fields(self.id, interactive=self.pty, command=self.command, recording=recording,
+                                       started=self.started_at)
         try:
             write_sidecar(forwarder.spool, self.id, self.started_at, {**conn.fields(), **self.end_fields})
         except OSError as exc:
@@ -774,20 +769,9 @@ class ForwardedSession:
     def _report(self, code: int | None) -> None:
         conn, forwarder = self.conn, self.conn.forwarder
         conn.sessions.pop(self.channel.get_id(), None)
-        exit_code = str(code if code is not None and code >= 0 else 255)
-        if self.command is not None:
-            scp = scp_action(self.command)
-            if scp is not None:
-                action, target = scp
-                conn.emit("scp", action if code == 0 else f"{action}_failure", sid=self.id, path=target,
-                          action=action, command=self.command, exitCode=exit_code)
-            else:
-                conn.emit("exec", "ok" if code == 0 else "failure", sid=self.id, command=self.command,
-                          exitCode=exit_code)
-        conn.emit("session.data", "ok", sid=self.id, tx=self.tx, rx=self.rx)
-        conn.emit("session.end", "ok", **self.end_fields, end_reason=self.end_reason,
-                  session_stop=_rfc3339(time.time()),
-                  recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
+        emit_end(conn.emit, sid=self.id, command=self.command, code=code, tx=self.tx, rx=self.rx,
+                 end_fields=self.end_fields, end_reason=self.end_reason,
+                 recorded_bytes=self.recorder.bytes if self.recorder is not None else 0)
         with forwarder._lock:
             forwarder.sessions.discard(self)
         if self.tracker is not None:
