@@ -28,12 +28,21 @@ UUID = "5c3f7e1a-2b0d-4a7e-9c1b-0d9e8f7a6b5c"
 EVENT_TYPES = {kind for kind, _ in CODES}
 
 
+#: kernel modules that emit events through the host that calls them (a session's end: node and proxy)
+SHARED_EMITTERS = ("teleport_core.recording.events",)
+
+
 def emitted(name: str) -> set[str]:
     """Event types named as a literal first argument of an ``*emit*``/``*event*`` call in the
-    installed package ``name`` (the checkout's, or the wheel's)."""
+    installed package ``name`` (the checkout's, or the wheel's), and in the kernel's
+    :data:`SHARED_EMITTERS` it imports."""
     package = Path(importlib.import_module(name).__file__ or "").parent
+    paths = list(package.glob("*.py"))
+    for module in SHARED_EMITTERS:
+        if any(module in path.read_text() for path in paths):
+            paths.append(Path(importlib.import_module(module).__file__ or ""))
     found: set[str] = set()
-    for path in package.glob("*.py"):
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or not node.args:
                 continue

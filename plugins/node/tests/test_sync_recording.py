@@ -229,6 +229,11 @@ def test_kill_9_of_the_node_keeps_what_auth_received(sync_auth: Auth, tmp_path: 
         assert b"before-crash-42" in kept and headers["x-teleport-recording"] == "streaming"
         node.start()  # its recovery ends the session and has auth complete what it received
         record = _wait_complete(sync_auth, sid)
+        deadline = time.monotonic() + 20  # the restart's session.end reaches auth through its audit spool
+        while not record.end_reason:
+            assert time.monotonic() < deadline, f"the session never ended in its record: {record}"
+            time.sleep(0.2)
+            record = _record(sync_auth, sid)
         assert record.recording.partial and record.end_reason == "node_restart"
         final, headers = _stream(sync_auth, sid)
         assert headers["x-teleport-recording"] == "complete" and final == kept
