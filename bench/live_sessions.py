@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node_ssh import progress
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "proxy" / "tests"))
 
 NODENAME = "bench-live"
@@ -51,10 +53,6 @@ JOINER = {"kind": "role", "version": "v7", "metadata": {"name": "joiner"},
           "spec": {"allow": {"node_labels": {"*": "*"},
                              "join_sessions": [{"name": "watch", "roles": ["access"], "kinds": ["ssh"],
                                                 "modes": ["observer"]}]}}}
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

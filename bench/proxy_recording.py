@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from node_ssh import parse_size, progress
 
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.files import write_private, write_public
@@ -45,23 +46,6 @@ from teleport_core.testing.cluster import start_cluster
 CLUSTER = "bench.test"
 NODE_UUID = "0b5e7c1a-0000-4000-8000-00000000be0c"
 STEP_TIMEOUT = 600
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text[-1].upper() in units:
-        return int(float(text[:-1]) * units[text[-1].upper()])
-    return int(text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sshd(folder: Path, admin: Any, names: list[str], user_ca: list[str]) -> tuple[subprocess.Popen[bytes], int]:
