@@ -272,6 +272,12 @@ def test_player_refusals(rec: dict[str, Any]) -> None:
 PLAYER_TEXT = "document.getElementById('player').innerText"
 
 
+def _wait_shown(page: Any, text: str) -> None:
+    """The player shows ``text``: its terminal paints the last frame a moment after ``ended`` fires."""
+    page.wait_for(f"document.getElementById('player').innerText.includes({json.dumps(text)})", timeout=30)
+    assert text in page.evaluate(PLAYER_TEXT)
+
+
 def _chromium() -> None:
     if not CHROMIUM:
         missing("chromium is not installed (apt-get install chromium)")
@@ -308,7 +314,7 @@ def test_list_player_and_share_link_in_the_browser(rec: dict[str, Any], tmp_path
         page.screenshot(tmp_path / "recordings-list.png")
         page.click(f'tr[data-sid="{sid}"] a.play', navigates=True)
         page.wait_for("window.recordingPlayer && window.recordingPlayer.ended", timeout=60)
-        assert "rec-42" in page.evaluate(PLAYER_TEXT)
+        _wait_shown(page, "rec-42")
         assert page.evaluate("document.getElementById('share').value") == f"https://{c.web}{page_url(sid)}"
         page.screenshot(tmp_path / "player-alice.png")
         # another speed restarts the player where it was; seeking back to 0 and playing again shows it
@@ -327,7 +333,7 @@ def test_list_player_and_share_link_in_the_browser(rec: dict[str, Any], tmp_path
     with _browser(tmp_path / "audrey") as browser:  # the share link, opened by an auditor
         page = _login_at(browser, c, page_url(sid), "audrey")
         page.wait_for("window.recordingPlayer && window.recordingPlayer.ended", timeout=60)
-        assert "rec-42" in page.evaluate(PLAYER_TEXT)
+        _wait_shown(page, "rec-42")
         page.screenshot(tmp_path / "player-auditor.png")
     with _browser(tmp_path / "mallory") as browser:  # the share link, opened by another access user
         page = _login_at(browser, c, page_url(sid), "mallory")
