@@ -86,7 +86,11 @@ def _disown(directory: Path) -> None:
 
 
 class AuditSpool:
-    def __init__(self, directory: Path, send: Send, log: Any, *, retry: float = 1.0, max_retry: float = 30.0) -> None:
+    def __init__(self, directory: Path, send: Send, log: Any, *, retry: float = 1.0, max_retry: float = 30.0,
+                 window: int = 1) -> None:
+        if window < 1:
+            raise ValueError(f"an audit spool's delivery window must be at least 1, got {window}")
+        self.window = window  # deliveries in flight at once (see deliver)
         self.home = directory  # the configured folder; ``directory`` is where this process spools
         if not _own(directory):  # the other process of a graceful reload spools there
             directory = directory.with_name(f"{directory.name}.{os.getpid()}")
@@ -304,7 +308,13 @@ class AuditSpool:
         self._wake.set()
 
     async def deliver(self) -> int:
-        """Send every undelivered line, recording progress; how many were sent."""
+        """Send every undelivered line, recording progress; how many were sent.
+
+        Up to ``window`` lines are in flight at once: their sends start in file order (a sink that
+        queues an event before its first ``await`` keeps the order, and shares one durable write
+        among them: group commit), and progress only passes a line once it and every line before it
+        were delivered. When one fails, the lines after it that were delivered are sent again on
+        the retry (delivery is at least once; the log keeps each ``uid`` once)."""
         sent = self._sent()
         size = self._committed
         if sent > size:  # the file was restarted after a compaction whose progress mark was not written
@@ -314,14 +324,18 @@ class AuditSpool:
             if sent < size:
                 with open(self.path, "rb") as handle:
                     handle.seek(sent)
-                    for line in _lines(handle, size - sent):
-                        await self._deliver_line(line, sent)
-                        count += 1
-                        sent += len(line)
-                        self._advance(self._base + sent)
-                        if count % MARK_EVERY == 0:
-                            self._mark(sent)
-                            marked = sent
+                    lines = _lines(handle, size - sent)
+                    while batch := list(itertools.islice(lines, self.window)):
+                        outcomes = await self._deliver_batch(batch, sent)
+                        for line, outcome in zip(batch, outcomes, strict=True):
+                            if outcome is not None:
+                                raise outcome
+                            count += 1
+                            sent += len(line)
+                            self._advance(self._base + sent)
+                            if count % MARK_EVERY == 0:
+                                self._mark(sent)
+                                marked = sent
         finally:
             if sent != marked:
                 self._mark(sent)
@@ -344,6 +358,14 @@ class AuditSpool:
         except OSError as exc:  # delivered, but resent later (the uid keeps it once in the log)
             raise OSError(exc.errno, f"cannot record delivery progress in {self.sent_path}: "
                                      f"{exc.strerror or exc}") from exc
+
+    async def _deliver_batch(self, batch: list[bytes], offset: int) -> list[BaseException | None]:
+        """Deliver ``batch`` (one line: awaited alone); each line's failure, or None."""
+        if len(batch) == 1:
+            await self._deliver_line(batch[0], offset)
+            return [None]
+        outcomes = await asyncio.gather(*(self._deliver_line(line, offset) for line in batch), return_exceptions=True)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def _deliver_line(self, line: bytes, offset: int) -> None:
         try:
@@ -423,14 +445,14 @@ class FanOutSpool:
     """
 
     def __init__(self, directory: Path, destinations: Mapping[str, Send], log: Any, *, primary: str,
-                 retry: float = 1.0, max_retry: float = 30.0) -> None:
+                 retry: float = 1.0, max_retry: float = 30.0, window: int = 1) -> None:
         if primary not in destinations:
             raise ValueError(f"the primary destination {primary!r} is not one of {sorted(destinations)}")
         self.directory = directory
         self.primary = primary
         self.spools: dict[str, AuditSpool] = {
             name: AuditSpool(directory / destination_key(name), send, _bound(log, name), retry=retry,
-                             max_retry=max_retry)
+                             max_retry=max_retry, window=window)
             for name, send in destinations.items()
         }
         self.legacy: AuditSpool | None = None
