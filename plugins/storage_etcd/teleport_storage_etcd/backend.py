@@ -33,7 +33,7 @@ import pathlib
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
 from teleport_core.state.backend import (
@@ -51,7 +51,7 @@ from teleport_core.state.backend import (
 )
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
-from .client import EtcdClient, EtcdError, b64, unb64
+from .client import DELETE_RANGE, LEASE_GRANT, PUT, RANGE, TXN, EtcdClient, EtcdError, pb
 from .config import EtcdOptions
 
 __all__ = ["EtcdBackend", "EtcdWatcher", "open_backend"]
@@ -68,7 +68,9 @@ MAX_BACKOFF = 2.0  # seconds between watch reconnects at most
 LEASE_BUCKET_US = 5_000_000  # items expiring within one such window share a lease
 MAX_CACHED_LEASES = 4096
 
-KV = dict[str, Any]
+KV: TypeAlias = Any  # pb.KeyValue (protobuf ships no types)
+RequestOp: TypeAlias = Any  # pb.RequestOp
+_MOD_EQUAL = {"target": pb.Compare.MOD, "result": pb.Compare.EQUAL}
 
 
 async def open_backend(options: EtcdOptions, data_dir: pathlib.Path) -> EtcdBackend:
@@ -142,14 +144,14 @@ def _check_item(item: Item) -> int | None:
 
 
 def _mod(kv: KV | None) -> int:
-    return int(kv.get("mod_revision", 0)) if kv else 0
+    return kv.mod_revision if kv is not None else 0
 
 
-def _first_kv(answer: KV, index: int = 0) -> KV | None:
-    responses = answer.get("responses") or []
+def _first_kv(answer: Any, index: int = 0) -> KV | None:
+    responses = answer.responses
     if index >= len(responses):
         return None
-    kvs = (responses[index].get("response_range") or {}).get("kvs") or []
+    kvs = responses[index].response_range.kvs
     return kvs[0] if kvs else None
 
 
@@ -180,12 +182,9 @@ class EtcdWatcher(BufferedWatcher):
         start, end = self._range()
         backoff = 0.1
         while self._reason is None:
-            create: KV = {
-                "key": b64(start),
-                "range_end": b64(end),
-                "start_revision": str(self.next_revision),
-                "progress_notify": True,
-            }
+            create = pb.WatchCreateRequest(
+                key=start, range_end=end, start_revision=self.next_revision, progress_notify=True
+            )
             try:
                 async for result in self._backend._client.watch_stream(create):
                     if backoff > 0.1:
@@ -209,38 +208,37 @@ class EtcdWatcher(BufferedWatcher):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _handle(self, result: KV) -> bool:
+    def _handle(self, result: Any) -> bool:
         """Apply one watch answer; True when the watch is over."""
-        if result.get("canceled"):
-            compacted = int(result.get("compact_revision", 0))
+        if result.canceled:
+            compacted = result.compact_revision
             if compacted:
                 reason = (
                     f"etcd compacted the history this watcher needed (it resumes at revision "
                     f"{self.next_revision}, compacted up to {compacted}); re-read the state and watch again"
                 )
             else:
-                reason = f"etcd canceled the watch: {result.get('cancel_reason') or 'no reason given'}"
+                reason = f"etcd canceled the watch: {result.cancel_reason or 'no reason given'}"
             self._shut(reason, drain=True)
             return True
-        raw_events = result.get("events") or []
+        raw_events = result.events
         if not raw_events:
-            if not result.get("created"):  # a progress notification: everything up to here was sent
-                revision = int((result.get("header") or {}).get("revision", 0))
-                self.next_revision = max(self.next_revision, revision + 1)
+            if not result.created:  # a progress notification: everything up to here was sent
+                self.next_revision = max(self.next_revision, result.header.revision + 1)
             return False
         events: list[Event] = []
         last = self.next_revision - 1
         for raw in raw_events:
-            kv = raw.get("kv") or {}
-            revision = int(kv.get("mod_revision", 0))
+            kv = raw.kv
+            revision = kv.mod_revision
             last = max(last, revision)
-            key = self._backend._strip(unb64(kv.get("key")))
+            key = self._backend._strip(kv.key)
             if key is None or not self.matches(key):
                 continue
-            if raw.get("type") == "DELETE":
+            if raw.type == pb.Event.DELETE:
                 events.append(Event(OpType.DELETE, Item(key, b"", revision=str(revision))))
             else:
-                value, expires = decode_value(unb64(kv.get("value")))
+                value, expires = decode_value(kv.value)
                 events.append(Event(OpType.PUT, Item(key, value, _from_us(expires), str(revision))))
         self.next_revision = last + 1
         if events:
@@ -274,7 +272,7 @@ class EtcdBackend(Backend):
         self.options = options
         self.prefix = options.prefix.encode()
         self._watchers: set[EtcdWatcher] = set()
-        self._leases: dict[int, str] = {}  # lease window end (microseconds) -> lease ID
+        self._leases: dict[int, int] = {}  # lease window end (microseconds) -> lease ID
         self._closed = False
 
     # -- keys ---------------------------------------------------------------------------------
@@ -292,9 +290,9 @@ class EtcdBackend(Backend):
         return full[len(self.prefix) :] if full.startswith(self.prefix) else None
 
     def _item(self, kv: KV) -> Item:
-        key = self._strip(unb64(kv.get("key")))
-        value, expires = decode_value(unb64(kv.get("value")))
-        return Item(key or b"", value, _from_us(expires), str(int(kv.get("mod_revision", 0))))
+        key = self._strip(kv.key)
+        value, expires = decode_value(kv.value)
+        return Item(key or b"", value, _from_us(expires), str(kv.mod_revision))
 
     def _live(self, kv: KV | None, now: int | None = None) -> Item | None:
         """The item of ``kv`` unless absent or expired."""
@@ -314,11 +312,11 @@ class EtcdBackend(Backend):
 
     async def _get_kv(self, key: bytes) -> KV | None:
         self._check_open()
-        answer = await self._client.call("kv/range", {"key": b64(self._full(key))})
-        kvs = answer.get("kvs") or []
+        answer = await self._client.call(RANGE, pb.RangeRequest(key=self._full(key)))
+        kvs = answer.kvs
         return kvs[0] if kvs else None
 
-    async def _lease(self, expires_us: int | None) -> str | None:
+    async def _lease(self, expires_us: int | None) -> int | None:
         """A lease that outlives ``expires_us`` (None: no lease).
 
         Items whose expiries fall in the same ``LEASE_BUCKET_US`` window share one lease that
@@ -333,8 +331,8 @@ class EtcdBackend(Backend):
         if cached is not None:
             return cached
         ttl = max(1, math.ceil((bucket_end - now) / 1e6))  # counted from before the grant: outlives the window
-        answer = await self._client.call("lease/grant", {"TTL": str(min(ttl, MAX_LEASE_TTL))})
-        lease = str(answer["ID"])
+        answer = await self._client.call(LEASE_GRANT, pb.LeaseGrantRequest(TTL=min(ttl, MAX_LEASE_TTL)))
+        lease = int(answer.ID)
         if bucket_end > now:
             if len(self._leases) >= MAX_CACHED_LEASES:
                 for end in [end for end in self._leases if end <= now]:
@@ -348,15 +346,15 @@ class EtcdBackend(Backend):
         if "lease not found" in str(exc):
             self._leases.clear()
 
-    async def _write(self, path: str, body: KV, *, idempotent: bool = False) -> KV:
-        """A write call; a lease etcd does not know any more is forgotten (the next write gets a new one)."""
+    async def _txn(self, txn: Any) -> Any:
+        """A write transaction; a lease etcd does not know any more is forgotten (the next write gets a new one)."""
         try:
-            return await self._client.call(path, body, idempotent=idempotent)
+            return await self._client.call(TXN, txn, idempotent=False)
         except EtcdError as exc:
             self._forget_leases(exc)
             raise
 
-    def _put_op(self, item: Item, lease: str | None) -> KV:
+    def _put_request(self, item: Item, lease: int | None) -> Any:
         stored = encode_value(item.value, _to_us(item.expires))
         limit = self.options.max_client_msg_size_bytes
         if limit is not None and len(stored) + len(self._full(item.key)) > limit:
@@ -364,36 +362,34 @@ class EtcdBackend(Backend):
                 f"key {_show(item.key)}: a value of {len(item.value)} bytes exceeds "
                 f"teleport.storage.etcd_max_client_msg_size_bytes ({limit})"
             )
-        put: KV = {"key": b64(self._full(item.key)), "value": b64(stored)}
-        if lease is not None:
-            put["lease"] = lease
-        return {"request_put": put}
+        return pb.PutRequest(key=self._full(item.key), value=stored, lease=lease or 0)
 
-    def _delete_op(self, key: bytes) -> KV:
-        return {"request_delete_range": {"key": b64(self._full(key))}}
+    def _put_op(self, item: Item, lease: int | None) -> RequestOp:
+        return pb.RequestOp(request_put=self._put_request(item, lease))
+
+    def _delete_op(self, key: bytes) -> RequestOp:
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=self._full(key)))
 
     def _stored(self, item: Item, revision: str) -> Item:
         return Item(item.key, item.value, _from_us(_to_us(item.expires)), revision)
 
     async def _guarded(
-        self, key: bytes, decide: Callable[[Item | None], list[KV]], *, assume_absent: bool = False
+        self, key: bytes, decide: Callable[[Item | None], list[RequestOp]], *, assume_absent: bool = False
     ) -> str:
         """Commit ``decide(current live item)`` if ``key`` did not change meanwhile; the revision."""
         self._check_open()
-        full = b64(self._full(key))
+        full = self._full(key)
         kv = None if assume_absent else await self._get_kv(key)
+        reread = [pb.RequestOp(request_range=pb.RangeRequest(key=full))]
         while True:
             ops = decide(self._live(kv))
-            answer = await self._write(
-                "kv/txn",
-                {
-                    "compare": [{"key": full, "target": "MOD", "result": "EQUAL", "mod_revision": str(_mod(kv))}],
-                    "success": ops,
-                    "failure": [{"request_range": {"key": full}}],
-                },
+            answer = await self._txn(
+                pb.TxnRequest(
+                    compare=[pb.Compare(key=full, mod_revision=_mod(kv), **_MOD_EQUAL)], success=ops, failure=reread
+                )
             )
-            if answer.get("succeeded"):
-                return str(int(answer["header"]["revision"]))
+            if answer.succeeded:
+                return str(answer.header.revision)
             kv = _first_kv(answer)
 
     # -- reads ------------------------------------------------------------------------------------
@@ -417,22 +413,21 @@ class EtcdBackend(Backend):
         items: list[Item] = []
         revision = 0
         while True:
-            body: KV = {"key": b64(cursor), "range_end": b64(stop)}
-            if limit:
-                body["limit"] = str(limit - len(items))
-            if revision:
-                body["revision"] = str(revision)  # later pages read the same snapshot
-            answer = await self._client.call("kv/range", body)
-            revision = revision or int(answer["header"]["revision"])
-            kvs = answer.get("kvs") or []
+            # later pages read the same snapshot (revision)
+            body = pb.RangeRequest(
+                key=cursor, range_end=stop, limit=limit - len(items) if limit else 0, revision=revision
+            )
+            answer = await self._client.call(RANGE, body)
+            revision = revision or answer.header.revision
+            kvs = answer.kvs
             now = _now_us()
             for kv in kvs:
                 item = self._live(kv, now)
                 if item is not None:
                     items.append(item)
-            if not (limit and len(items) < limit and answer.get("more") and kvs):
+            if not (limit and len(items) < limit and answer.more and kvs):
                 return items
-            cursor = unb64(kvs[-1]["key"]) + b"\x00"
+            cursor = kvs[-1].key + b"\x00"
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -440,14 +435,17 @@ class EtcdBackend(Backend):
         expires = _check_item(item)
         self._check_open()
         lease = await self._lease(expires)
-        put = self._put_op(item, lease)["request_put"]
-        answer = await self._write("kv/put", put, idempotent=True)
-        return self._stored(item, str(int(answer["header"]["revision"])))
+        try:
+            answer = await self._client.call(PUT, self._put_request(item, lease), idempotent=True)
+        except EtcdError as exc:
+            self._forget_leases(exc)
+            raise
+        return self._stored(item, str(answer.header.revision))
 
     async def create(self, item: Item) -> Item:
         lease = await self._lease(_check_item(item))
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is not None:
                 raise AlreadyExists(f"key {_show(item.key)} already exists")
             return [self._put_op(item, lease)]
@@ -457,7 +455,7 @@ class EtcdBackend(Backend):
     async def update(self, item: Item) -> Item:
         lease = await self._lease(_check_item(item))
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None:
                 raise NotFound(f"key {_show(item.key)} is not found")
             return [self._put_op(item, lease)]
@@ -471,7 +469,7 @@ class EtcdBackend(Backend):
             raise ValueError("compare_and_swap: expected and replace must have the same key")
         lease = await self._lease(expires)
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None:
                 raise NotFound(f"key {_show(replace.key)} is not found")
             if current.value != expected.value:
@@ -483,7 +481,7 @@ class EtcdBackend(Backend):
     async def conditional_update(self, item: Item) -> Item:
         lease = await self._lease(_check_item(item))
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None or current.revision != item.revision:
                 raise CompareFailed(f"key {_show(item.key)}: revision is not {item.revision!r}")
             return [self._put_op(item, lease)]
@@ -493,7 +491,7 @@ class EtcdBackend(Backend):
     async def delete(self, key: bytes) -> None:
         _check_key(key)
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None:
                 raise NotFound(f"key {_show(key)} is not found")
             return [self._delete_op(key)]
@@ -503,7 +501,7 @@ class EtcdBackend(Backend):
     async def conditional_delete(self, key: bytes, revision: str) -> None:
         _check_key(key)
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None or current.revision != revision:
                 raise CompareFailed(f"key {_show(key)}: revision is not {revision!r}")
             return [self._delete_op(key)]
@@ -517,19 +515,19 @@ class EtcdBackend(Backend):
         if end and end <= start:
             return 0
         answer = await self._client.call(
-            "kv/deleterange",
-            {"key": b64(self._full(start)), "range_end": b64(self._full_end(end)), "prev_kv": True},
+            DELETE_RANGE,
+            pb.DeleteRangeRequest(key=self._full(start), range_end=self._full_end(end), prev_kv=True),
             idempotent=False,
         )
         now = _now_us()
-        return sum(1 for kv in answer.get("prev_kvs") or [] if self._live(kv, now) is not None)
+        return sum(1 for kv in answer.prev_kvs if self._live(kv, now) is not None)
 
     async def keep_alive(self, key: bytes, expires: dt.datetime) -> Item:
         _check_key(key)
         lease = await self._lease(_check_item(Item(key, b"", expires)))
         kept: list[Item] = []
 
-        def decide(current: Item | None) -> list[KV]:
+        def decide(current: Item | None) -> list[RequestOp]:
             if current is None:
                 raise NotFound(f"key {_show(key)} is not found")
             kept[:] = [Item(key, current.value, expires)]
@@ -555,18 +553,18 @@ class EtcdBackend(Backend):
         for condition in conditions:
             _check_key(condition.key)
         self._check_open()
-        ops: list[KV] = []
+        ops: list[RequestOp] = []
         for action in actions:
             if action.item is None:
                 ops.append(self._delete_op(action.key))
             else:
                 ops.append(self._put_op(action.item, await self._lease(_to_us(action.item.expires))))
         if not conditions:
-            answer = await self._write("kv/txn", {"success": ops})
-            return str(int(answer["header"]["revision"]))
+            answer = await self._txn(pb.TxnRequest(success=ops))
+            return str(answer.header.revision)
         watched = sorted({c.key for c in conditions})
-        reads = [{"request_range": {"key": b64(self._full(key))}} for key in watched]
-        snapshot = await self._client.call("kv/txn", {"success": reads})
+        reads = [pb.RequestOp(request_range=pb.RangeRequest(key=self._full(key))) for key in watched]
+        snapshot = await self._client.call(TXN, pb.TxnRequest(success=reads))
         while True:
             current = {key: _first_kv(snapshot, i) for i, key in enumerate(watched)}
             now = _now_us()
@@ -574,17 +572,11 @@ class EtcdBackend(Backend):
                 if not self._holds(condition, self._live(current[condition.key], now)):
                     raise CompareFailed(f"condition {condition.kind.value} on key {_show(condition.key)} failed")
             compares = [
-                {
-                    "key": b64(self._full(key)),
-                    "target": "MOD",
-                    "result": "EQUAL",
-                    "mod_revision": str(_mod(current[key])),
-                }
-                for key in watched
+                pb.Compare(key=self._full(key), mod_revision=_mod(current[key]), **_MOD_EQUAL) for key in watched
             ]
-            answer = await self._write("kv/txn", {"compare": compares, "success": ops, "failure": reads})
-            if answer.get("succeeded"):
-                return str(int(answer["header"]["revision"]))
+            answer = await self._txn(pb.TxnRequest(compare=compares, success=ops, failure=reads))
+            if answer.succeeded:
+                return str(answer.header.revision)
             snapshot = answer
 
     @staticmethod
@@ -619,7 +611,8 @@ class EtcdBackend(Backend):
         answer differently on each (docs/sessions.md, "Searching recordings by their text")."""
         raise SearchUnsupported(
             "recordings cannot be searched: the etcd backend keeps no full-text index of their text (etcd has no "
-            "full-text search); listing recordings without search works")
+            "full-text search); listing recordings without search works"
+        )
 
     async def close(self) -> None:
         """Close every watcher and the connections (idempotent)."""

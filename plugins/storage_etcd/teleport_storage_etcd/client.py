@@ -1,37 +1,49 @@
-"""A small asyncio client for etcd's v3 JSON API (the gRPC gateway etcd serves at ``/v3/...``).
+"""A small asyncio client for etcd's native v3 gRPC API (``grpcio``'s ``grpc.aio``).
 
-It speaks HTTP through ``httpx`` to any of the configured peers: a request that cannot reach
-one peer (connection refused, TLS failure, no leader) moves on to the next, until the
-request deadline. Keys and values travel base64-encoded; 64-bit integers as strings.
+One HTTP/2 channel per configured peer carries every call to it, multiplexed: concurrent
+calls share one connection and one TLS session instead of a connection each. A call that
+cannot reach one peer (connection refused, TLS failure, no leader) moves on to the next,
+until the request deadline. Messages are the protobuf classes of ``proto/etcd_api.proto``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import importlib
 import logging
+import re
+import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import grpc
+import grpc.aio
+from cryptography import x509
 
 from teleport_core.errors import TeleportError
 
 from .config import EtcdOptions
 
+#: The message classes of ``proto/etcd_api.proto`` (generated code; protobuf ships no types).
+pb: Any = importlib.import_module(".proto.etcd_api_pb2", __package__)
+
 log = logging.getLogger(__name__)
 
 REQUEST_DEADLINE = 20.0  # seconds one operation may keep trying the peers
+CALL_TIMEOUT = 10.0  # seconds one call to one peer may take (at least the dial timeout)
 RETRY_PAUSE = 0.2  # seconds between rounds over the peers
-WATCH_SILENCE = 660.0  # seconds without a byte after which a watch stream is taken as dead
+WATCH_SILENCE = 660.0  # seconds without a message after which a watch stream is taken as dead
+MAX_MESSAGE = 2**31 - 1  # bytes; etcd's own limit (--max-request-bytes) applies
 # etcd errors after which another peer (or a later try) may succeed. These certainly did not
 # apply the request:
 _NOT_APPLIED = ("no leader", "not capable", "too many requests", "raft proposal dropped", "unhealthy cluster")
 # These may have applied it: retried only for idempotent requests.
 _AMBIGUOUS = ("timed out", "leader changed", "server stopped")
+# gRPC transport errors that mean the call never left this process (no connection).
+_NOT_CONNECTED = ("failed to connect", "connection refused", "handshake", "dns resolution failed", "name resolution")
 
 
 class EtcdError(TeleportError):
@@ -42,49 +54,160 @@ class EtcdUnavailable(EtcdError):
     """No peer answered in time; the message lists each peer and what failed."""
 
 
-def b64(data: bytes) -> str:
-    """``data`` as the gateway wants bytes fields."""
-    return base64.b64encode(data).decode("ascii")
+# etcd's method paths and answer types (etcd's api/etcdserverpb/rpc.proto).
+RANGE = ("/etcdserverpb.KV/Range", pb.RangeResponse)
+PUT = ("/etcdserverpb.KV/Put", pb.PutResponse)
+DELETE_RANGE = ("/etcdserverpb.KV/DeleteRange", pb.DeleteRangeResponse)
+TXN = ("/etcdserverpb.KV/Txn", pb.TxnResponse)
+LEASE_GRANT = ("/etcdserverpb.Lease/LeaseGrant", pb.LeaseGrantResponse)
+STATUS = ("/etcdserverpb.Maintenance/Status", pb.StatusResponse)
+AUTHENTICATE = ("/etcdserverpb.Auth/Authenticate", pb.AuthenticateResponse)
+WATCH = "/etcdserverpb.Watch/Watch"
 
 
-def unb64(text: str | None) -> bytes:
-    """A bytes field of a gateway answer (absent means empty)."""
-    return base64.b64decode(text) if text else b""
+_GRPC_PREFIX = re.compile(r"^failed to connect to all addresses; last error: [A-Z_]+: (?:ipv[46]:\S+?:\d+: )?")
 
 
 def describe(exc: BaseException) -> str:
-    """A short reason for a transport error (``connection refused``, ``TLS: ...``)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS handshake failed: {cause.reason or cause}"
-        if isinstance(cause, ConnectionRefusedError):
+    """A short reason for a transport error (``connection refused``, ``TLS handshake failed: ...``)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:2379: <reason>"
+        details = _GRPC_PREFIX.sub("", str(exc.details() or exc.code().name))
+        lowered = details.lower()
+        if "refused" in lowered:
             return "connection refused"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "connect timed out"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return text
+        if "ssl" in lowered or "tls" in lowered or "handshake" in lowered or "certificate" in lowered:
+            return f"TLS handshake failed: {_tls_reason(details)}"
+        if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return "timed out"
+        return details.removeprefix("etcdserver: ")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return str(exc) or type(exc).__name__
 
 
-def make_ssl_context(options: EtcdOptions) -> ssl.SSLContext | bool:
-    """The TLS settings for ``https://`` peers (True: system CAs, no client certificate)."""
-    if not (options.tls_ca_file or options.tls_cert_file or options.insecure):
-        return True
+def _tls_reason(details: str) -> str:
+    """gRPC's TLS failure text, with OpenSSL's reason spelt as Python's ``ssl`` does."""
+    if "CERTIFICATE_VERIFY_FAILED" in details.upper() or "certificate verify failed" in details.lower():
+        return f"CERTIFICATE_VERIFY_FAILED ({details})"
+    return details
+
+
+def _read(path: Any, what: str) -> bytes:
     try:
-        context = ssl.create_default_context(cafile=str(options.tls_ca_file) if options.tls_ca_file else None)
-        if options.tls_cert_file and options.tls_key_file:
-            context.load_cert_chain(str(options.tls_cert_file), str(options.tls_key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise TeleportError(f"etcd backend: cannot load the TLS files: {exc}") from None
-    if options.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TeleportError(f"etcd backend: cannot load the TLS files: {what}: {exc}") from None
+
+
+def server_certificate(url: str, options: EtcdOptions) -> bytes:
+    """The PEM certificate ``url`` presents, fetched without checking it (``insecure: true``)."""
+    parsed = urllib.parse.urlsplit(url)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if options.tls_cert_file and options.tls_key_file:
+        context.load_cert_chain(str(options.tls_cert_file), str(options.tls_key_file))
+    timeout = options.dial_timeout.total_seconds()
+    with (
+        socket.create_connection((parsed.hostname or "", parsed.port or 2379), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=parsed.hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError("the server presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+class Peer:
+    """One etcd member: its URL and the gRPC channel to it."""
+
+    def __init__(self, url: str, options: EtcdOptions) -> None:
+        self.url = url
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname or ""
+        self.target = f"[{host}]:{parsed.port}" if ":" in host else f"{host}:{parsed.port}"
+        self.tls = parsed.scheme == "https"
+        self.options = options
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, Any] = {}
+
+    def _credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
+        options = self.options
+        key = _read(options.tls_key_file, "tls_key_file") if options.tls_key_file else None
+        cert = _read(options.tls_cert_file, "tls_cert_file") if options.tls_cert_file else None
+        extra: list[tuple[str, Any]] = []
+        roots: bytes | None
+        if options.insecure:
+            # gRPC cannot skip verification: trust exactly the certificate this peer presents now,
+            # under the name it carries.
+            try:
+                roots = server_certificate(self.url, options)
+            except (OSError, ssl.SSLError) as exc:
+                raise EtcdError(f"etcd {self.url}: {describe(exc) if isinstance(exc, ssl.SSLError) else exc}") from None
+            name = _subject_name(ssl.PEM_cert_to_DER_cert(roots.decode()))
+            if name:
+                extra.append(("grpc.ssl_target_name_override", name))
+        else:
+            roots = _read(options.tls_ca_file, "tls_ca_file") if options.tls_ca_file else None
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert), extra
+
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, opened on first use (gRPC connects, and reconnects, by itself)."""
+        if self._channel is None:
+            dial_ms = int(self.options.dial_timeout.total_seconds() * 1000)
+            settings: list[tuple[str, Any]] = [
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", min(dial_ms, 1000)),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.keepalive_time_ms", 30_000),  # etcd allows pings every 5 s
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.enable_retries", 0),  # this client decides what may be retried
+            ]
+            if self.tls:
+                credentials, extra = self._credentials()
+                self._channel = grpc.aio.secure_channel(self.target, credentials, options=settings + extra)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=settings)
+        return self._channel
+
+    def unary(self, path: str, answer: Any) -> Any:
+        """The callable for one unary method on this peer's channel."""
+        call = self._calls.get(path)
+        if call is None:
+            call = self.channel().unary_unary(
+                path, request_serializer=_serialize, response_deserializer=answer.FromString
+            )
+            self._calls[path] = call
+        return call
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            self._calls.clear()
+            await channel.close()
+
+
+def _subject_name(der: bytes) -> str | None:
+    """A DNS name or IP of a certificate's subjectAltName (for gRPC's host name check)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for dns in names.get_values_for_type(x509.DNSName):
+        return str(dns)
+    for ip in names.get_values_for_type(x509.IPAddress):
+        return str(ip)
+    return None
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
 
 
 class EtcdClient:
@@ -92,15 +215,9 @@ class EtcdClient:
 
     def __init__(self, options: EtcdOptions) -> None:
         self.options = options
-        self.peers = list(options.peers)
+        self.peers = [Peer(url, options) for url in options.peers]
         self._current = 0
-        dial = options.dial_timeout.total_seconds()
-        self._timeout = httpx.Timeout(connect=dial, read=max(dial, 10.0), write=10.0, pool=REQUEST_DEADLINE)
-        self._http = httpx.AsyncClient(
-            verify=make_ssl_context(options),
-            timeout=self._timeout,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=64),
-        )
+        self._call_timeout = max(options.dial_timeout.total_seconds(), CALL_TIMEOUT)
         self._password: str | None = None
         if options.password_file is not None:
             try:
@@ -115,43 +232,49 @@ class EtcdClient:
         self.revision = 0
 
     async def close(self) -> None:
-        """Close every connection."""
-        await self._http.aclose()
+        """Close every channel."""
+        for peer in self.peers:
+            await peer.close()
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Grpc-Metadata-hasleader": "true"}  # refuse members cut off from the leader
-        if self._token:
-            headers["Authorization"] = self._token
-        return headers
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token:  # "hasleader": refuse members cut off from the leader
+            return (("hasleader", "true"), ("token", self._token))
+        return (("hasleader", "true"),)
 
-    def _note(self, answer: dict[str, Any]) -> None:
-        header = answer.get("header") or {}
-        revision = int(header.get("revision", 0))
-        if revision > self.revision:
-            self.revision = revision
+    def note(self, header: Any) -> None:
+        """Remember the highest revision etcd reported."""
+        if header.revision > self.revision:
+            self.revision = header.revision
 
-    async def _authenticate(self, peer: str) -> None:
+    async def _authenticate(self, peer: Peer, timeout: float) -> None:
         if self.options.username is None:
             return
         async with self._auth_lock:
-            response = await self._http.post(
-                f"{peer}/v3/auth/authenticate", json={"name": self.options.username, "password": self._password or ""}
-            )
-            answer = response.json()
-            if response.status_code != 200 or "token" not in answer:
-                message = answer.get("message") or answer.get("error") or response.text
-                raise EtcdError(f"etcd {peer}: authentication as {self.options.username!r} failed: {message}")
-            self._token = str(answer["token"])
+            request = pb.AuthenticateRequest(name=self.options.username, password=self._password or "")
+            try:
+                answer = await peer.unary(*AUTHENTICATE)(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                raise EtcdError(
+                    f"etcd {peer.url}: authentication as {self.options.username!r} failed: {describe(exc)}"
+                ) from None
+            self._token = answer.token
 
-    async def call(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> dict[str, Any]:
-        """POST ``body`` to ``/v3/<path>`` on a working peer; etcd's answer.
+    def _next(self) -> None:
+        self._current = (self._current + 1) % len(self.peers)
+
+    async def call(self, method: tuple[str, Any], request: Any, *, idempotent: bool = True) -> Any:
+        """Call etcd's ``method`` with ``request`` on a working peer; etcd's answer.
 
         A peer that cannot be reached is skipped. Non-idempotent calls are retried only when
         the request certainly did not reach etcd (the connection was never made) or etcd said
         it did not apply it (no leader ...).
         """
+        path, answer_type = method
+        name = path.rsplit("/", 1)[-1]
         deadline = time.monotonic() + REQUEST_DEADLINE
         failures: dict[str, str] = {}
         while True:
@@ -159,112 +282,100 @@ class EtcdClient:
                 peer = self.peers[self._current]
                 try:
                     if self.options.username is not None and self._token is None:
-                        await self._authenticate(peer)
-                    response = await self._http.post(f"{peer}/v3/{path}", json=body, headers=self._headers())
-                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                    failures[peer] = describe(exc)
-                    self._current = (self._current + 1) % len(self.peers)
-                    continue
-                # a TLS alert after the handshake (a refused client certificate) escapes httpx as ssl.SSLError
-                except (httpx.TransportError, ssl.SSLError) as exc:
-                    if not idempotent:
-                        raise EtcdError(
-                            f"etcd {peer}: {path} failed and may or may not have been applied: {describe(exc)}"
-                        ) from None
-                    failures[peer] = describe(exc)
-                    self._current = (self._current + 1) % len(self.peers)
-                    continue
-                try:
-                    answer: dict[str, Any] = response.json()
-                except json.JSONDecodeError:
-                    answer = {"message": response.text.strip()}
-                if response.status_code == 200:
-                    self._note(answer)
-                    return answer
-                message = str(answer.get("message") or answer.get("error") or response.text)
-                lowered = message.lower()
-                if "auth token" in lowered or "invalid auth" in lowered:
-                    self._token = None
-                    failures[peer] = message
-                    continue
-                if any(reason in lowered for reason in _NOT_APPLIED) or (
-                    idempotent and (any(reason in lowered for reason in _AMBIGUOUS) or response.status_code == 503)
-                ):
-                    failures[peer] = message
-                    self._current = (self._current + 1) % len(self.peers)
-                    continue
-                if any(reason in lowered for reason in _AMBIGUOUS):
-                    raise EtcdError(f"etcd {peer}: {path} may or may not have been applied: {message}")
-                raise EtcdError(f"etcd {peer}: {path}: {message}")
+                        await self._authenticate(peer, self._call_timeout)
+                    answer = await peer.unary(path, answer_type)(
+                        request, timeout=self._call_timeout, metadata=self._metadata()
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    message = exc.details() or exc.code().name
+                    lowered = message.lower()
+                    if "auth token" in lowered or "invalid auth" in lowered:
+                        self._token = None
+                        failures[peer.url] = message
+                        continue
+                    not_sent = exc.code() is grpc.StatusCode.UNAVAILABLE and any(
+                        reason in lowered for reason in _NOT_CONNECTED
+                    )
+                    transport = exc.code() in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED,
+                    )
+                    if not_sent or any(reason in lowered for reason in _NOT_APPLIED):
+                        failures[peer.url] = describe(exc)
+                        self._next()
+                        continue
+                    if transport or any(reason in lowered for reason in _AMBIGUOUS):
+                        if not idempotent:
+                            raise EtcdError(
+                                f"etcd {peer.url}: {name} failed and may or may not have been applied: {describe(exc)}"
+                            ) from None
+                        failures[peer.url] = describe(exc)
+                        self._next()
+                        continue
+                    raise EtcdError(f"etcd {peer.url}: {name}: {message.removeprefix('etcdserver: ')}") from None
+                self.note(answer.header)
+                return answer
             if time.monotonic() >= deadline:
-                detail = "; ".join(f"{peer}: {why}" for peer, why in failures.items())
+                detail = "; ".join(f"{url}: {why}" for url, why in failures.items())
                 raise EtcdUnavailable(
-                    f"etcd backend: no peer answered {path} within {REQUEST_DEADLINE:.0f} s ({detail})"
+                    f"etcd backend: no peer answered {name} within {REQUEST_DEADLINE:.0f} s ({detail})"
                 )
             await asyncio.sleep(RETRY_PAUSE)
 
     async def check(self) -> None:
         """Reach at least one peer within the dial timeout, or raise naming every peer and reason."""
         failures: list[str] = []
+        dial = self.options.dial_timeout.total_seconds()
         for index, peer in enumerate(self.peers):
             try:
                 if self.options.username is not None:
-                    await self._authenticate(peer)
-                response = await self._http.post(f"{peer}/v3/maintenance/status", json={}, headers=self._headers())
-            except (httpx.HTTPError, ssl.SSLError) as exc:
-                failures.append(f"{peer}: {describe(exc)}")
+                    await self._authenticate(peer, dial)
+                answer = await peer.unary(*STATUS)(pb.StatusRequest(), timeout=dial, metadata=self._metadata())
+            except grpc.aio.AioRpcError as exc:
+                failures.append(f"{peer.url}: {describe(exc)}")
                 continue
-            if response.status_code == 200:
-                self._note(response.json())
-                self._current = index
-                return
-            failures.append(f"{peer}: HTTP {response.status_code}: {response.text.strip()[:200]}")
+            self.note(answer.header)
+            self._current = index
+            return
         raise EtcdUnavailable("etcd backend: cannot reach any peer: " + "; ".join(failures))
 
     # -- watch streams ------------------------------------------------------------------------------
 
-    async def watch_stream(self, create: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """One watch stream on the current peer: yields each ``result`` etcd sends.
+    async def watch_stream(self, create: Any) -> AsyncIterator[Any]:
+        """One watch stream on the current peer: yields each answer etcd sends.
 
         Raises ``EtcdError`` for a stream etcd ends with an error, or a transport error; the
         caller reconnects (to the next peer) and resumes.
         """
         peer = self.peers[self._current]
-        if self.options.username is not None and self._token is None:
-            await self._authenticate(peer)
-        # etcd sends a progress notification every 10 minutes on a quiet stream: a longer silence
-        # means a dead connection.
-        timeout = httpx.Timeout(connect=self._timeout.connect, read=WATCH_SILENCE, write=10.0, pool=REQUEST_DEADLINE)
+        call: Any = None
         try:
-            async with self._http.stream(
-                "POST",
-                f"{peer}/v3/watch",
-                json={"create_request": create},
-                headers=self._headers(),
-                timeout=timeout,
-            ) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode("utf-8", "replace").strip()
-                    if "auth token" in text:
-                        self._token = None
-                    raise EtcdError(f"etcd {peer}: watch: HTTP {response.status_code}: {text[:200]}")
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    try:
-                        message = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short by a dropped connection
-                        raise EtcdError(f"etcd {peer}: watch: malformed answer {line[:100]!r}") from None
-                    if "error" in message:
-                        error = message["error"]
-                        text = error.get("message", error) if isinstance(error, dict) else error
-                        if "auth token" in str(text):
-                            self._token = None
-                        raise EtcdError(f"etcd {peer}: watch: {text}")
-                    yield message.get("result") or {}
-        except (httpx.HTTPError, ssl.SSLError) as exc:
-            self._current = (self._current + 1) % len(self.peers)
-            raise EtcdError(f"etcd {peer}: watch: {describe(exc)}") from None
+            if self.options.username is not None and self._token is None:
+                await self._authenticate(peer, self._call_timeout)
+            stream = peer.channel().stream_stream(
+                WATCH, request_serializer=_serialize, response_deserializer=pb.WatchResponse.FromString
+            )
+            call = stream(metadata=self._metadata())
+            await call.write(pb.WatchRequest(create_request=create))
+            # etcd sends a progress notification every 10 minutes on a quiet stream: a longer silence
+            # means a dead connection.
+            while True:
+                message = await asyncio.wait_for(call.read(), WATCH_SILENCE)
+                if message is grpc.aio.EOF:
+                    raise EtcdError(f"etcd {peer.url}: watch: the stream ended")
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            self._next()
+            if "auth token" in (exc.details() or ""):
+                self._token = None
+            raise EtcdError(f"etcd {peer.url}: watch: {describe(exc)}") from None
+        except TimeoutError:
+            self._next()
+            raise EtcdError(f"etcd {peer.url}: watch: no message for {WATCH_SILENCE:.0f} s") from None
         except EtcdError:
-            self._current = (self._current + 1) % len(self.peers)
+            self._next()
             raise
+        finally:
+            if call is not None:
+                call.cancel()

@@ -123,6 +123,18 @@ class EtcdMember:
         self.stop(signal.SIGKILL)
 
 
+def enable_root_auth(member: EtcdMember, password: str) -> None:
+    """Turn on etcd's user authentication with one ``root`` user (every permission)."""
+    for path, body in (
+        ("auth/role/add", {"name": "root"}),
+        ("auth/user/add", {"name": "root", "password": password}),
+        ("auth/user/grant", {"user": "root", "role": "root"}),
+        ("auth/enable", {}),
+    ):
+        response = httpx.post(f"{member.url}/v3/{path}", json=body, timeout=10)
+        assert response.status_code == 200, response.text
+
+
 def start_cluster(base: Path, size: int) -> list[EtcdMember]:
     """``size`` members forming one cluster, all healthy."""
     members = [EtcdMember(f"m{i}", base / f"m{i}") for i in range(size)]

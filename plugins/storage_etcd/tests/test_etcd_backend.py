@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from etcd_server import EtcdMember, etcd_fixture, free_port, leader_first, start_cluster
+from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port, leader_first, start_cluster
 from teleport_storage_etcd.backend import EtcdWatcher
 
 from teleport_core.errors import ConfigError, NotFound, TeleportError, WatcherClosed
@@ -352,19 +352,10 @@ def test_max_client_msg_size_refuses_large_values(tmp_path: Path, etcd: EtcdMemb
 
 
 def test_username_and_password_file(tmp_path: Path) -> None:
-    import httpx
-
     member = EtcdMember("auth", tmp_path / "etcd" / "data")
     member.start()
     try:
-        for path, body in (
-            ("auth/role/add", {"name": "root"}),
-            ("auth/user/add", {"name": "root", "password": "s3cret-pw"}),
-            ("auth/user/grant", {"user": "root", "role": "root"}),
-            ("auth/enable", {}),
-        ):
-            response = httpx.post(f"{member.url}/v3/{path}", json=body, timeout=10)
-            assert response.status_code == 200, response.text
+        enable_root_auth(member, "s3cret-pw")
         password = tmp_path / "etcd-pass"
         password.write_text("s3cret-pw\n")
         wrong = tmp_path / "wrong-pass"

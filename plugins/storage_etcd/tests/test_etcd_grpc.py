@@ -1,0 +1,185 @@
+"""The gRPC transport under load and failure: many tasks share one HTTP/2 channel per peer,
+and transactions, watchers, peer failover and authentication keep their semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port
+from test_etcd_backend import config, opened, run
+
+from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
+from teleport_core.state.backend import Action, Condition, ConditionKind, Item, OpType, range_end
+from teleport_core.testing.backend_suite import next_event
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_concurrent_creates_on_one_key_let_exactly_one_win(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+
+            async def create(i: int) -> str:
+                try:
+                    await b.create(Item(b"/race/one", str(i).encode()))
+                except AlreadyExists:
+                    return "exists"
+                return "won"
+
+            outcomes = await asyncio.gather(*(create(i) for i in range(64)))
+            assert outcomes.count("won") == 1 and outcomes.count("exists") == 63
+            winner = outcomes.index("won")
+            assert (await b.get(b"/race/one")).value == str(winner).encode()
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_concurrent_compare_and_swap_loses_no_update(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            await b.put(Item(b"/cas/counter", b"0"))
+
+            async def increment(times: int) -> int:
+                conflicts = 0
+                for _ in range(times):
+                    while True:
+                        current = await b.get(b"/cas/counter")
+                        try:
+                            await b.compare_and_swap(
+                                current, Item(b"/cas/counter", str(int(current.value) + 1).encode())
+                            )
+                            break
+                        except CompareFailed:
+                            conflicts += 1
+                return conflicts
+
+            conflicts = await asyncio.gather(*(increment(10) for _ in range(16)))
+            assert (await b.get(b"/cas/counter")).value == b"160"  # every increment counted once
+            assert sum(conflicts) >= 0
+            # atomic_write: only one of many "claim if absent" transactions commits
+            claims = await asyncio.gather(
+                *(
+                    b.atomic_write(
+                        [Condition(b"/cas/claim", ConditionKind.NOT_EXISTS)],
+                        [Action(b"/cas/claim", Item(b"/cas/claim", str(i).encode())), Action(b"/cas/counter", None)],
+                    )
+                    for i in range(32)
+                ),
+                return_exceptions=True,
+            )
+            committed = [c for c in claims if isinstance(c, str)]
+            assert len(committed) == 1
+            assert all(isinstance(c, CompareFailed) for c in claims if not isinstance(c, str))
+            with pytest.raises(NotFound):  # the winner's delete applied with its claim
+                await b.get(b"/cas/counter")
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_watcher_sees_each_concurrent_write_once_in_revision_order(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            w = b.watch([b"/many/"], queue_size=10_000)
+            assert (await next_event(w)).type is OpType.INIT
+            stored = await asyncio.gather(*(b.put(Item(f"/many/{i:04d}".encode(), b"v")) for i in range(400)))
+            got = [await next_event(w) for _ in range(400)]
+            assert sorted(int(e.item.revision) for e in got) == [int(e.item.revision) for e in got]
+            assert {e.item for e in got} == set(stored) and len({e.item.key for e in got}) == 400
+            assert len(await b.get_range(b"/many/", range_end(b"/many/"))) == 400
+            await w.close()
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_a_dead_first_peer_is_skipped_for_reads_writes_and_watches(tmp_path: Path, etcd: EtcdMember) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def body() -> None:
+        b = await opened(config([dead, etcd.url]), tmp_path)
+        try:
+            w = b.watch([b"/fo/"])
+            assert (await next_event(w)).type is OpType.INIT
+            created = await b.create(Item(b"/fo/a", b"1"))  # a transaction: not idempotent, never sent to the dead one
+            assert await b.get(b"/fo/a") == created
+            assert (await next_event(w)).item == created
+            await w.close()
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_https_peer_that_speaks_plain_http_is_named(tmp_path: Path, etcd: EtcdMember) -> None:
+    wrong = etcd.url.replace("http://", "https://")
+
+    async def body() -> None:
+        with pytest.raises(TeleportError) as caught:
+            await opened(config([wrong], dial_timeout="2s"), tmp_path)
+        message = str(caught.value)
+        assert "cannot reach any peer" in message and wrong in message, message
+
+    run(body)
+
+
+def test_authentication_is_renewed_after_etcd_forgets_the_token(tmp_path: Path) -> None:
+    member = EtcdMember("tok", tmp_path / "etcd" / "data")
+    member.start()
+    try:
+        enable_root_auth(member, "pw-1")
+        password = tmp_path / "etcd-pass"
+        password.write_text("pw-1\n")
+
+        async def body() -> None:
+            b = await opened(config([member.url], username="root", password_file=str(password)), tmp_path)
+            try:
+                first = await b.put(Item(b"/tok/a", b"1"))
+                # etcd's simple tokens live in its memory: a restart forgets the one this client holds
+                await asyncio.to_thread(member.stop)
+                await asyncio.to_thread(member.start)
+                assert await b.get(b"/tok/a") == first
+                second = await b.put(Item(b"/tok/b", b"2"))
+                assert await b.get(b"/tok/b") == second
+            finally:
+                await b.close()
+
+        run(body)
+    finally:
+        member.kill()
+
+
+def test_backend_ops_bench_reports_ratios_and_refuses_bad_input(etcd: EtcdMember) -> None:
+    bench = ROOT / "bench" / "backend_ops.py"
+    etcd_config = json.dumps({"type": "etcd", "peers": [etcd.url], "prefix": "/bench-test"})
+    done = subprocess.run(
+        [sys.executable, str(bench), "--n", "20", "--config", etcd_config, "--against", '{"type": "sqlite"}',
+         "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["against"] == {"type": "sqlite"}
+    puts = [row for row in report["results"] if row["op"] == "put"]
+    assert {row["mode"] for row in puts} == {"sequential", "concurrent"}
+    assert all(row["ratio"] > 0 and row["ops_per_s"] > 0 for row in puts)
+    for bad in ("{not json", "[1, 2]"):
+        refused = subprocess.run(
+            [sys.executable, str(bench), "--n", "1", "--against", bad], capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2 and "--against" in refused.stderr, refused.stderr
+
+
+__all__ = ["etcd_fixture"]
