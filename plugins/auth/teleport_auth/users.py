@@ -48,13 +48,16 @@ import attrs
 import bcrypt
 import pyotp
 
+from teleport_auth.watching import invalidate_on_change
 from teleport_core.errors import AlreadyExists, AuthenticationFailed, CompareFailed, NotFound, TeleportError
+from teleport_core.logs import get_logger
 from teleport_core.pki.secret import Secret
 from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.policy.roles import check_name
 from teleport_core.state.backend import Backend, Item, range_end, utcnow
 
 USERS_PREFIX = b"/users/"
+USER_CACHE_SIZE = 4096  # users :meth:`UserStore.get` keeps in memory (all forgotten when full)
 BCRYPT_COST = 12
 MIN_PASSWORD_LENGTH = 12  # characters, as Teleport
 MAX_PASSWORD_LENGTH = 128
@@ -226,6 +229,33 @@ def _encode(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+#: the backend calls that write (:class:`_NotifyingWrites`)
+_WRITES = frozenset({"put", "create", "update", "compare_and_swap", "conditional_update", "delete",
+                     "conditional_delete", "delete_range", "keep_alive", "atomic_write"})
+
+
+class _NotifyingWrites:
+    """``backend`` whose writes call ``changed()`` once they end (done or failed: a failed write
+    may still have been applied), so a cache of what they change is never read stale here."""
+
+    def __init__(self, backend: Backend, changed: Callable[[], None]) -> None:
+        self._backend = backend
+        self._changed = changed
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._backend, name)
+        if name not in _WRITES:
+            return attr
+
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                self._changed()
+
+        return write
+
+
 class UserStore:
     """Users in the backend. ``now`` is injectable (tests); ``bcrypt_cost`` below 12 only for tests."""
 
@@ -238,10 +268,36 @@ class UserStore:
     ) -> None:
         if not 4 <= bcrypt_cost <= 31:
             raise ValueError("bcrypt cost must be between 4 and 31")
-        self.backend = backend
+        self.backend: Backend = _NotifyingWrites(backend, self.invalidate)  # type: ignore[assignment]
         self._now = now
         self.bcrypt_cost = bcrypt_cost
         self._dummy_hash: bytes | None = None
+        # :meth:`get` answers from here while :meth:`watch` runs: name -> (user, stale after)
+        self._cache: dict[str, tuple[User, dt.datetime | None]] = {}
+        self._generation = 0  # bumped by every invalidation
+        self._watching = False
+        self._log = get_logger("auth")
+
+    # -- the cache of :meth:`get` ---------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """Forget every cached user: the next :meth:`get` reads the backend (called after every
+        write through this store, and on every backend event under ``/users/`` while watching)."""
+        self._generation += 1
+        self._cache.clear()
+
+    @property
+    def watching(self) -> bool:
+        return self._watching
+
+    def _set_watching(self, value: bool) -> None:
+        self._watching = value
+
+    async def watch(self, retry_delay: float = 1.0) -> None:
+        """Keep :meth:`get`'s cache valid across auth servers sharing the backend: run as a task
+        for the auth service's lifetime. Without it, every :meth:`get` reads the backend."""
+        await invalidate_on_change(self.backend, USERS_PREFIX, self.invalidate, self._set_watching, "user",
+                                   self._log, retry_delay)
 
     # -- keys and records ----------------------------------------------------------------------------
 
@@ -331,8 +387,22 @@ class UserStore:
         return list(dict.fromkeys(out))
 
     async def get(self, name: str) -> User:
-        """``NotFound`` (``user "joe" not found``) when absent."""
-        return self._user(await self._require(name))
+        """``NotFound`` (``user "joe" not found``) when absent. Answered from memory while
+        :meth:`watch` runs and nothing under ``/users/`` changed since the read (nor did any of
+        the user's records expire); otherwise one range read."""
+        cached = self._cache.get(name)
+        if cached is not None and self._watching and (cached[1] is None or cached[1] > self._now()):
+            return cached[0]
+        generation = self._generation
+        records = await self._require(name)
+        user = self._user(records)
+        if self._watching and generation == self._generation:  # nothing changed during the read
+            if len(self._cache) >= USER_CACHE_SIZE:
+                self._cache.clear()
+            expiries = [item.expires for item in (records.params, records.pwd, records.totp, records.lock,
+                                                  *records.attempts) if item is not None and item.expires]
+            self._cache[name] = (user, min(expiries) if expiries else None)
+        return user
 
     async def list(self) -> list[User]:
         """Every user, by name (one range read)."""
