@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import re
 import secrets
@@ -221,17 +222,19 @@ class CAKeys:
     def has_secrets(self) -> bool:
         return self.ssh_private_key is not None and self.tls_private_key is not None
 
-    @property
+    @functools.cached_property
     def ssh_public_key_line(self) -> str:
-        """The SSH public key in ``authorized_keys`` format (no comment)."""
+        """The SSH public key in ``authorized_keys`` format (no comment; computed once: every
+        certificate reply carries it in ``known_hosts``)."""
         return keys.public_key_openssh(self.ssh_public_key)
 
     @property
     def ssh_fingerprint(self) -> str:
         return keys.ssh_fingerprint(self.ssh_public_key)
 
-    @property
+    @functools.cached_property
     def tls_cert_pem(self) -> bytes:
+        """The CA certificate in PEM (computed once: every certificate reply carries it)."""
         return self.tls_cert.public_bytes(serialization.Encoding.PEM)
 
     @property
