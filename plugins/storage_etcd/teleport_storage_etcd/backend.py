@@ -11,6 +11,8 @@ How it works:
   expiry is attached to an etcd lease of at least that many seconds, so etcd deletes it (and
   watchers get a ``DELETE``); reads also hide items whose envelope expiry has passed, because
   etcd's lease timer only has second granularity.
+* Unconditional puts made while another is in flight go out together in one etcd transaction
+  (group commit, ``batching.py``); each is acknowledged when etcd acknowledged it.
 * Conditional writes (create, update, compare-and-swap, revision checks, atomic writes) read
   the keys involved, decide on a consistent snapshot, then commit one etcd transaction that
   compares each key's ``mod_revision`` with the one read; when someone else wrote in between,
@@ -51,7 +53,8 @@ from teleport_core.state.backend import (
 )
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
-from .client import DELETE_RANGE, LEASE_GRANT, PUT, RANGE, TXN, EtcdClient, EtcdError, pb
+from .batching import PutBatcher
+from .client import DELETE_RANGE, LEASE_GRANT, RANGE, TXN, EtcdClient, EtcdError, pb
 from .config import EtcdOptions
 
 __all__ = ["EtcdBackend", "EtcdWatcher", "open_backend"]
@@ -67,6 +70,7 @@ MAX_LEASE_TTL = 9_000_000_000  # seconds; etcd's own limit
 MAX_BACKOFF = 2.0  # seconds between watch reconnects at most
 LEASE_BUCKET_US = 5_000_000  # items expiring within one such window share a lease
 MAX_CACHED_LEASES = 4096
+MAX_REMEMBERED_RENEWALS = 65536  # keys whose last keep_alive is remembered (saves a read each)
 
 KV: TypeAlias = Any  # pb.KeyValue (protobuf ships no types)
 RequestOp: TypeAlias = Any  # pb.RequestOp
@@ -273,6 +277,8 @@ class EtcdBackend(Backend):
         self.prefix = options.prefix.encode()
         self._watchers: set[EtcdWatcher] = set()
         self._leases: dict[int, int] = {}  # lease window end (microseconds) -> lease ID
+        self._puts = PutBatcher(client)  # concurrent puts share a transaction
+        self._renewed: dict[bytes, KV] = {}  # key -> what keep_alive last wrote there
         self._closed = False
 
     # -- keys ---------------------------------------------------------------------------------
@@ -374,12 +380,21 @@ class EtcdBackend(Backend):
         return Item(item.key, item.value, _from_us(_to_us(item.expires)), revision)
 
     async def _guarded(
-        self, key: bytes, decide: Callable[[Item | None], list[RequestOp]], *, assume_absent: bool = False
+        self,
+        key: bytes,
+        decide: Callable[[Item | None], list[RequestOp]],
+        *,
+        assume_absent: bool = False,
+        known: KV | None = None,
     ) -> str:
-        """Commit ``decide(current live item)`` if ``key`` did not change meanwhile; the revision."""
+        """Commit ``decide(current live item)`` if ``key`` did not change meanwhile; the revision.
+
+        ``known``: the key's state as last seen, used instead of reading it (when it changed
+        since, the transaction fails, returns the fresh state, and the decision is taken again).
+        """
         self._check_open()
         full = self._full(key)
-        kv = None if assume_absent else await self._get_kv(key)
+        kv = known if known is not None else None if assume_absent else await self._get_kv(key)
         reread = [pb.RequestOp(request_range=pb.RangeRequest(key=full))]
         while True:
             ops = decide(self._live(kv))
@@ -436,11 +451,11 @@ class EtcdBackend(Backend):
         self._check_open()
         lease = await self._lease(expires)
         try:
-            answer = await self._client.call(PUT, self._put_request(item, lease), idempotent=True)
+            revision = await self._puts.put(self._put_request(item, lease))
         except EtcdError as exc:
             self._forget_leases(exc)
             raise
-        return self._stored(item, str(answer.header.revision))
+        return self._stored(item, str(revision))
 
     async def create(self, item: Item) -> Item:
         lease = await self._lease(_check_item(item))
@@ -533,8 +548,18 @@ class EtcdBackend(Backend):
             kept[:] = [Item(key, current.value, expires)]
             return [self._put_op(kept[0], lease)]
 
-        revision = await self._guarded(key, decide)
-        return self._stored(kept[0], revision)
+        # A heartbeat renews the same key again and again: what the last renewal wrote saves the read.
+        known = self._renewed.pop(key, None)
+        if known is not None and self._live(known) is None:  # expired as we knew it: ask etcd
+            known = None
+        revision = await self._guarded(key, decide, known=known)
+        stored = self._stored(kept[0], revision)
+        if len(self._renewed) >= MAX_REMEMBERED_RENEWALS:
+            del self._renewed[next(iter(self._renewed))]  # the oldest
+        self._renewed[key] = pb.KeyValue(
+            key=self._full(key), value=encode_value(stored.value, _to_us(expires)), mod_revision=int(revision)
+        )
+        return stored
 
     async def atomic_write(self, conditions: Sequence[Condition], actions: Sequence[Action]) -> str:
         if not actions:
@@ -625,4 +650,5 @@ class EtcdBackend(Backend):
             watcher._shut("backend closed", drain=False)
         for watcher in watchers:
             await watcher._finish()
+        await self._puts.close()
         await self._client.close()

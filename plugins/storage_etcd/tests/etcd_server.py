@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -133,6 +134,15 @@ def enable_root_auth(member: EtcdMember, password: str) -> None:
     ):
         response = httpx.post(f"{member.url}/v3/{path}", json=body, timeout=10)
         assert response.status_code == 200, response.text
+
+
+def revoke_lease_of(member: EtcdMember, full_key: bytes) -> None:
+    """Revoke the lease ``full_key`` is attached to, as another etcd client would (etcd deletes
+    every key on it)."""
+    key = base64.b64encode(full_key).decode()
+    kv = httpx.post(f"{member.url}/v3/kv/range", json={"key": key}, timeout=10).json()["kvs"][0]
+    revoked = httpx.post(f"{member.url}/v3/lease/revoke", json={"ID": kv["lease"]}, timeout=10)
+    assert revoked.status_code == 200, revoked.text
 
 
 def start_cluster(base: Path, size: int) -> list[EtcdMember]:

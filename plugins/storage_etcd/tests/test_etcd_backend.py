@@ -17,7 +17,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port, leader_first, start_cluster
+from etcd_server import (
+    EtcdMember,
+    enable_root_auth,
+    etcd_fixture,
+    free_port,
+    leader_first,
+    revoke_lease_of,
+    start_cluster,
+)
 from teleport_storage_etcd.backend import EtcdWatcher
 
 from teleport_core.errors import ConfigError, NotFound, TeleportError, WatcherClosed
@@ -388,18 +396,13 @@ def test_username_and_password_file(tmp_path: Path) -> None:
 
 
 def test_a_lease_etcd_forgot_is_replaced(tmp_path: Path, etcd: EtcdMember) -> None:
-    import httpx
-
     async def body() -> None:
         b = await opened(config([etcd.url]), tmp_path)
         try:
             later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
             await b.put(Item(b"/lf/a", b"a", later))
-            async with httpx.AsyncClient() as http:  # revoke the item's (shared) lease behind the backend's back
-                key = base64.b64encode(b.prefix + b"/lf/a").decode()  # type: ignore[attr-defined]
-                kv = (await http.post(f"{etcd.url}/v3/kv/range", json={"key": key})).json()["kvs"][0]
-                revoked = await http.post(f"{etcd.url}/v3/lease/revoke", json={"ID": kv["lease"]})
-                assert revoked.status_code == 200, revoked.text
+            # revoke the item's (shared) lease behind the backend's back
+            await asyncio.to_thread(revoke_lease_of, etcd, b.prefix + b"/lf/a")  # type: ignore[attr-defined]
             with pytest.raises(NotFound):  # etcd deleted the item with its lease
                 await b.get(b"/lf/a")
             with pytest.raises(TeleportError, match="lease not found"):

@@ -4,13 +4,16 @@ and transactions, watchers, peer failover and authentication keep their semantic
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port
+from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port, revoke_lease_of
 from test_etcd_backend import config, opened, run
 
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
@@ -101,6 +104,144 @@ def test_watcher_sees_each_concurrent_write_once_in_revision_order(tmp_path: Pat
             await w.close()
         finally:
             await b.close()
+
+    run(body)
+
+
+# -- group commit of concurrent puts -------------------------------------------------------------
+
+
+def test_concurrent_puts_share_transactions_in_order(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            w = b.watch([b"/gc/"], queue_size=10_000)
+            assert (await next_event(w)).type is OpType.INIT
+            stored = await asyncio.gather(*(b.put(Item(f"/gc/{i % 10}".encode(), str(i).encode())) for i in range(300)))
+            assert b._puts.batches > 0  # type: ignore[attr-defined]  # they did go together
+            for k in range(10):  # one key's puts applied in the order they were made
+                mine = [int(item.revision) for item in stored if item.key == f"/gc/{k}".encode()]
+                assert mine == sorted(mine) and len(set(mine)) == len(mine)
+                assert (await b.get(f"/gc/{k}".encode())).value == str(290 + k).encode()
+            got = [await next_event(w) for _ in range(300)]
+            assert [e.item for e in got] == sorted(stored, key=lambda item: int(item.revision))
+            await w.close()
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_a_batch_with_one_bad_put_fails_only_that_put(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+            await b.put(Item(b"/bb/leased", b"x", later))
+            # revoke the cached lease behind the backend's back
+            await asyncio.to_thread(revoke_lease_of, etcd, b.prefix + b"/bb/leased")  # type: ignore[attr-defined]
+            puts = [b.put(Item(f"/bb/{i:02d}".encode(), b"v")) for i in range(10)]
+            puts.insert(5, b.put(Item(b"/bb/again", b"y", later)))  # carries the revoked lease
+            puts += [b.put(Item(f"/bb/{i:02d}".encode(), b"w")) for i in range(10, 20)]
+            outcomes = await asyncio.gather(*puts, return_exceptions=True)
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            assert len(failed) == 1 and "lease not found" in str(failed[0]), failed
+            assert isinstance(outcomes[5], TeleportError)
+            assert len(await b.get_range(b"/bb/0", range_end(b"/bb/"))) == 20  # every other put applied
+            with pytest.raises(NotFound):
+                await b.get(b"/bb/again")
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_large_concurrent_puts_are_split_below_etcds_request_limit(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            big = [os.urandom(400_000) for _ in range(8)]  # 3.2 MB together; etcd takes 1.5 MiB a request
+            stored = await asyncio.gather(*(b.put(Item(f"/big/{i}".encode(), v)) for i, v in enumerate(big)))
+            for i, value in enumerate(big):
+                assert await b.get(f"/big/{i}".encode()) == stored[i] and stored[i].value == value
+        finally:
+            await b.close()
+
+    run(body)
+
+
+def test_closing_while_puts_wait_keeps_every_acknowledged_put(tmp_path: Path, etcd: EtcdMember) -> None:
+    raw = config([etcd.url])
+
+    async def body() -> None:
+        b = await opened(raw, tmp_path)
+        tasks = [asyncio.create_task(b.put(Item(f"/cl/{i:03d}".encode(), b"v"))) for i in range(100)]
+        await asyncio.sleep(0)  # the first is in flight, the others queued behind it
+        await b.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        acked = {o.key for o in outcomes if isinstance(o, Item)}
+        assert all(isinstance(o, (Item, TeleportError)) for o in outcomes), outcomes
+        assert acked
+        again = await opened(raw, tmp_path)
+        try:
+            present = {item.key for item in await again.get_range(b"/cl/", range_end(b"/cl/"))}
+            assert acked <= present  # acknowledged means written
+        finally:
+            await again.close()
+
+    run(body)
+
+
+# -- keep_alive ----------------------------------------------------------------------------------
+
+
+def test_keep_alive_renews_with_one_call_and_sees_other_writers(tmp_path: Path, etcd: EtcdMember) -> None:
+    raw = config([etcd.url])
+
+    async def body() -> None:
+        b = await opened(raw, tmp_path)
+        other = await opened(raw, tmp_path)  # another auth server on the same etcd
+        calls: list[str] = []
+        client = b._client  # type: ignore[attr-defined]
+        real_call = client.call
+
+        async def counted(method: Any, request: Any, **kwargs: Any) -> Any:
+            calls.append(method[0])
+            return await real_call(method, request, **kwargs)
+
+        client.call = counted
+        try:
+            soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+            first = await b.put(Item(b"/ka/node", b"spec-1", soon))
+            renewed = await b.keep_alive(b"/ka/node", soon + dt.timedelta(seconds=30))
+            assert renewed.value == b"spec-1" and renewed.expires == soon + dt.timedelta(seconds=30)
+            assert int(renewed.revision) > int(first.revision)
+            calls.clear()
+            again = await b.keep_alive(b"/ka/node", soon + dt.timedelta(seconds=60))
+            # no read: the last renewal is remembered (a lease grant when the expiry enters a new lease window)
+            assert calls[-1] == "/etcdserverpb.KV/Txn" and "/etcdserverpb.KV/Range" not in calls, calls
+            assert await other.get(b"/ka/node") == again
+            # another writer changed it: the renewal keeps the new value, not the remembered one
+            changed = await other.put(Item(b"/ka/node", b"spec-2", soon))
+            kept = await b.keep_alive(b"/ka/node", soon + dt.timedelta(seconds=90))
+            assert kept.value == b"spec-2" and int(kept.revision) > int(changed.revision)
+            assert await other.get(b"/ka/node") == kept
+            # another writer deleted it: NotFound, not a resurrection
+            await other.delete(b"/ka/node")
+            with pytest.raises(NotFound):
+                await b.keep_alive(b"/ka/node", soon + dt.timedelta(seconds=120))
+            with pytest.raises(NotFound):
+                await other.get(b"/ka/node")
+            # expired as remembered but written again by another writer since: etcd is asked
+            past = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+            await b.put(Item(b"/ka/short", b"s", past))
+            await b.keep_alive(b"/ka/short", past)
+            await asyncio.sleep(1.2)
+            await other.put(Item(b"/ka/short", b"s2", soon))
+            assert (await b.keep_alive(b"/ka/short", soon + dt.timedelta(seconds=5))).value == b"s2"
+        finally:
+            await b.close()
+            await other.close()
 
     run(body)
 
