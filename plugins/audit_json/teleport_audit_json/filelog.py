@@ -52,8 +52,6 @@ import socket
 import stat
 import threading
 import time
-from array import array
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -62,16 +60,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
-from teleport_audit_json.lines import (
-    DAY_MS,
-    Encoded,
-    Prefilter,
-    day_line_pattern,
-    decode,
-    encode,
-    tc_from_ms,
-    uid_of,
-)
+from teleport_audit_json.index import DayIndex, Filter, Row, row_of, uid_hash
+from teleport_audit_json.lines import DAY_MS, Encoded, Prefilter, decode, encode, tc_from_ms, uid_of
 from teleport_core.errors import ConfigError, TeleportError
 from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 
@@ -80,12 +70,14 @@ log = logging.getLogger("teleport.audit")
 CONFIG_KEY = "teleport.storage.audit_events_uri"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-OFFSET_BITS = 36
-OFFSET_MASK = (1 << OFFSET_BITS) - 1
-MAX_FILE_SIZE = 1 << OFFSET_BITS  # 64 GiB per server and day: byte offsets fit in a key
-END_KEY = 1 << 64  # above every key
-TAIL_MAX = 4096  # out-of-order keys kept aside before they are merged into the sorted array
-INDEX_BUDGET = 8_000_000  # index entries (8 bytes each) kept in memory across day files
+OFFSET_MASK = (1 << 36) - 1
+MAX_FILE_SIZE = 1 << 36  # 64 GiB per server and day
+END_CODE = 1 << 40  # above every time code
+INDEX_BUDGET = 8_000_000  # rows of the day-file indexes kept open (LRU beyond)
+MAX_OPEN_INDEXES = 64  # day-file indexes (SQLite connections) kept open
+FLUSH_ROWS = 4096  # the indexer flushes an index once this many rows wait
+ROUND_WAIT = 0.02  # seconds the writer waits at most for a loop to run the emitters it woke
+FLUSH_DELAY = 0.2  # seconds rows may wait for the indexer when fewer are pending
 SCAN_CHUNK = 4 << 20
 MIN_READ = 4096
 MAX_READ = 1 << 20
@@ -215,41 +207,6 @@ class Position:
 # -- the per-file index ------------------------------------------------------------------------
 
 
-def _merge(keys: array[int], extra: list[int]) -> array[int]:
-    """``keys`` and the sorted ``extra`` as one sorted array."""
-    if len(extra) * 8 > len(keys):
-        return array("Q", sorted([*keys, *extra]))
-    out: array[int] = array("Q")
-    start = 0
-    for key in extra:
-        end = bisect_left(keys, key, start)
-        out.extend(keys[start:end])
-        out.append(key)
-        start = end
-    out.extend(keys[start:])
-    return out
-
-
-def _keys_between(keys: array[int], count: int, tail: tuple[int, ...], low: int, high: int) -> Iterator[int]:
-    """Keys in ``[low, high)`` of the first ``count`` of ``keys`` merged with ``tail``, ascending."""
-    i = bisect_left(keys, low, 0, count)
-    j = bisect_left(tail, low)
-    while i < count:
-        key = keys[i]
-        while j < len(tail) and tail[j] < key:
-            if tail[j] >= high:
-                return
-            yield tail[j]
-            j += 1
-        if key >= high:
-            return
-        yield key
-        i += 1
-    while j < len(tail) and tail[j] < high:
-        yield tail[j]
-        j += 1
-
-
 def _read_line(fd: int, offset: int) -> bytes:
     """The line at ``offset`` without its newline (empty at end of file)."""
     data = os.pread(fd, MIN_READ, offset)
@@ -281,121 +238,6 @@ def _lock_held(fd: int) -> bool:
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
-
-
-class DayIndex:
-    """The events of one day file: sorted keys ``time code << 36 | byte offset``.
-
-    ``keys`` only grows at its end or is replaced by a new array, so a reader may keep a
-    reference and a length while a writer adds to it. Out-of-order keys wait in the small
-    sorted ``tail`` until it is merged in.
-    """
-
-    def __init__(self, path: Path, day: dt.date, identity: tuple[int, int]) -> None:
-        self.path = path
-        self.day = day
-        self.identity = identity
-        self.pattern = day_line_pattern(day)
-        self.midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-        self.keys: array[int] = array("Q")
-        self.tail: list[int] = []
-        self.size = 0  # bytes indexed: the end of the last complete line
-        self.lines = 0  # complete lines in those bytes
-        self.torn_at = -1  # offset of the incomplete last line already reported
-        self.bad: set[int] = set()  # offsets of lines already reported as invalid when read
-
-    def __len__(self) -> int:
-        return len(self.keys) + len(self.tail)
-
-    def add(self, new: list[int]) -> None:
-        """Add sorted keys."""
-        if not new:
-            return
-        if not self.keys or new[0] > self.keys[-1]:
-            self.keys.extend(new)
-        elif len(self.tail) + len(new) <= TAIL_MAX:
-            self.tail = sorted(self.tail + new)
-        else:
-            self.keys = _merge(self.keys, sorted(self.tail + new))
-            self.tail = []
-
-    def offsets_at(self, code: int) -> list[int]:
-        """Byte offsets of the lines with time code ``code``."""
-        low, high = code << OFFSET_BITS, (code + 1) << OFFSET_BITS
-        found = []
-        for keys in (self.keys, self.tail):
-            i = bisect_left(keys, low)
-            while i < len(keys) and keys[i] < high:
-                found.append(keys[i] & OFFSET_MASK)
-                i += 1
-        return found
-
-    def snapshot(self) -> tuple[array[int], int, tuple[int, ...]]:
-        return self.keys, len(self.keys), tuple(self.tail)
-
-    def scan(self, fd: int, file_size: int, *, report_torn: bool) -> None:
-        """Index the complete lines between ``self.size`` and ``file_size``."""
-        new: list[int] = []
-        pos, want = self.size, SCAN_CHUNK
-        while pos < file_size:
-            chunk = os.pread(fd, min(want, file_size - pos), pos)
-            if not chunk:
-                break
-            end = chunk.rfind(b"\n") + 1
-            if end == 0:
-                if pos + len(chunk) >= file_size:
-                    break
-                want *= 2  # one line longer than the chunk
-                continue
-            want = SCAN_CHUNK
-            self._scan_chunk(chunk, end, pos, new)
-            self.lines += chunk.count(b"\n", 0, end)
-            pos += end
-        self.size = pos
-        new.sort()
-        self.add(new)
-        if pos < file_size and report_torn and self.torn_at != pos and not _lock_held(fd):
-            self.torn_at = pos
-            log.warning(
-                "audit log %s line %d is incomplete (%d bytes without a newline, a torn write): skipped",
-                self.path,
-                self.lines + 1,
-                file_size - pos,
-            )
-
-    def _scan_chunk(self, chunk: bytes, end: int, base: int, new: list[int]) -> None:
-        expected = 0
-        append = new.append
-        for match in self.pattern.finditer(chunk, 0, end):  # the hot loop of indexing: kept tight
-            start, stop = match.span()
-            if start != expected:
-                self._scan_slowly(chunk, expected, start, base, new)
-            append(int(match.group(1).translate(None, b":.")) << OFFSET_BITS | (base + start))
-            expected = stop
-        if expected != end:
-            self._scan_slowly(chunk, expected, end, base, new)
-
-    def _scan_slowly(self, chunk: bytes, start: int, end: int, base: int, new: list[int]) -> None:
-        """Decode the lines in ``chunk[start:end]`` one by one (those not written by this sink)."""
-        while start < end:
-            stop = chunk.index(b"\n", start)
-            line_no = self.lines + chunk.count(b"\n", 0, start) + 1
-            try:
-                event = decode(chunk[start:stop])
-            except ValueError as exc:
-                log.warning("audit log %s line %d is not a valid event (%s): skipped", self.path, line_no, exc)
-            else:
-                if event.time.date() == self.day:
-                    millis = (event.time - self.midnight) // dt.timedelta(milliseconds=1)
-                    new.append(tc_from_ms(millis) << OFFSET_BITS | (base + start))
-                else:
-                    log.warning(
-                        "audit log %s line %d holds an event of %s, not of the file's day: skipped",
-                        self.path,
-                        line_no,
-                        event.time.date(),
-                    )
-            start = stop + 1
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -438,9 +280,6 @@ class _Source:
     path: Path
     fd: int
     index: DayIndex
-    keys: array[int]
-    count: int
-    tail: tuple[int, ...]
     reader: _LineReader
 
 
@@ -543,7 +382,10 @@ class FileAuditLog(AuditSink):
         self._listings: dict[Path, _Listing] = {}
         self._queue_cond = threading.Condition()
         self._queue: list[_Pending] = []
+        self._rounds = 0  # batches whose emitters' loops have not run them yet
         self._writer: threading.Thread | None = None
+        self._indexer: threading.Thread | None = None
+        self._index_wake = threading.Event()  # set: the indexer should flush now
         self._closed = False
 
     def __repr__(self) -> str:
@@ -562,6 +404,8 @@ class FileAuditLog(AuditSink):
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run_writer, name="audit-json-writer", daemon=True)
                 self._writer.start()
+                self._indexer = threading.Thread(target=self._run_indexer, name="audit-json-indexer", daemon=True)
+                self._indexer.start()
             self._queue_cond.notify()
         # A cancelled emitter stops waiting, but its event is queued and will be written.
         await done
@@ -569,8 +413,11 @@ class FileAuditLog(AuditSink):
     def _run_writer(self) -> None:
         while True:
             with self._queue_cond:
-                while not self._queue and not self._closed:
-                    self._queue_cond.wait()
+                while (not self._queue or self._rounds) and not self._closed:
+                    if not self._queue:
+                        self._queue_cond.wait()
+                    elif not self._queue_cond.wait(ROUND_WAIT):
+                        self._rounds = 0  # a loop that stopped running: write what is queued
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
@@ -597,8 +444,30 @@ class FileAuditLog(AuditSink):
             for pending in items:
                 outcomes.setdefault(pending.loop, []).append((pending.done, error))
         for loop, results in outcomes.items():  # one wake-up per event loop and batch
-            with contextlib.suppress(RuntimeError):  # the loop has ended: nobody is waiting
-                loop.call_soon_threadsafe(_settle, results)
+            with self._queue_cond:
+                self._rounds += 1
+            try:
+                loop.call_soon_threadsafe(self._settle_round, results)
+            except RuntimeError:  # the loop has ended: nobody is waiting
+                self._round_done()
+
+    def _settle_round(self, results: list[tuple[asyncio.Future[None], str]]) -> None:
+        """Wake a batch's emitters, and tell the writer once they have run (on their loop).
+
+        Resolving the futures schedules the emitters' tasks; :meth:`_round_done`, scheduled
+        after them, runs once each has run up to its next ``await``: an emitter that emits
+        again has queued its next event by then, so the next batch takes them all together
+        (group commit without a timed wait: the writer waits only for work already runnable).
+        """
+        try:
+            _settle(results)
+        finally:
+            asyncio.get_running_loop().call_soon(self._round_done)
+
+    def _round_done(self) -> None:
+        with self._queue_cond:
+            self._rounds = max(0, self._rounds - 1)
+            self._queue_cond.notify_all()
 
     def _open_append(self, path: Path) -> tuple[int, bool]:
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -647,7 +516,8 @@ class FileAuditLog(AuditSink):
             if record.uid in uids:
                 continue
             uids.add(record.uid)
-            if any(uid_of(_read_line(fd, offset)) == record.uid for offset in index.offsets_at(record.code)):
+            offsets = index.offsets_of(record.code, uid_hash(record.uid))  # usually none: no read
+            if any(uid_of(_read_line(fd, offset)) == record.uid for offset in offsets):
                 continue
             fresh.append(record)
         return fresh
@@ -676,15 +546,14 @@ class FileAuditLog(AuditSink):
             self._forget(path)
             raise
         offset = end + len(prefix)
-        keys: list[int] = []
+        rows: list[Row] = []
         for record in fresh:
-            keys.append(record.code << OFFSET_BITS | offset)
+            rows.append(row_of(record.code, offset, record.uid, record.event, record.user, record.sid))
             offset += len(record.line)
-        keys.sort()
-        index.add(keys)
-        index.size = offset
-        index.lines += len(fresh) + len(prefix)
+        index.add(rows, offset, len(fresh) + len(prefix))
         index.torn_at = -1
+        if index.pending_rows() >= FLUSH_ROWS:
+            self._index_wake.set()
 
     # -- indexes --
 
@@ -697,7 +566,9 @@ class FileAuditLog(AuditSink):
 
     def _forget(self, path: Path) -> None:
         with self._lock:
-            self._indexes.pop(path, None)
+            index = self._indexes.pop(path, None)
+        if index is not None:
+            index.release()
 
     def _index(self, path: Path, day: dt.date, fd: int, st: os.stat_result, *, report_torn: bool) -> DayIndex:
         """The up-to-date index of ``path`` (open as ``fd``); call with the path's lock held."""
@@ -705,31 +576,61 @@ class FileAuditLog(AuditSink):
         with self._lock:
             index = self._indexes.get(path)
         if index is None or index.identity != identity or st.st_size < index.size:
-            index = DayIndex(path, day, identity)
+            if index is not None:
+                index.release()
+            index = DayIndex(path, day, fd, st)
         if st.st_size > index.size:
-            index.scan(fd, st.st_size, report_torn=report_torn)
+            size = index.scan(fd, st.st_size)
+            if size < st.st_size and report_torn and index.torn_at != size and not _lock_held(fd):
+                index.torn_at = size
+                log.warning(
+                    "audit log %s line %d is incomplete (%d bytes without a newline, a torn write): skipped",
+                    path,
+                    index.lines + 1,
+                    st.st_size - size,
+                )
+        evicted: list[DayIndex] = []
         with self._lock:
             self._indexes[path] = index
             self._indexes.move_to_end(path)
             total = sum(len(i) for i in self._indexes.values())
-            if total > INDEX_BUDGET:
-                self._evict(total, keep=path)
+            if total > INDEX_BUDGET or len(self._indexes) > MAX_OPEN_INDEXES:
+                evicted = self._evict(total, keep=path)
+        for old in evicted:
+            old.release()
         return index
 
-    def _evict(self, total: int, keep: Path) -> None:
+    def _evict(self, total: int, keep: Path) -> list[DayIndex]:
         """Drop least recently used indexes down to the budget; call with ``_lock`` held.
 
         The indexes of this server's files of today and yesterday (UTC) stay: the writer
-        needs them, and rebuilding one would stall emitters while its file is rescanned.
+        needs them (their recent rows are what dedup checks without a query).
         """
         recent = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+        evicted: list[DayIndex] = []
         for path, index in list(self._indexes.items()):
-            if total <= INDEX_BUDGET:
-                return
+            if total <= INDEX_BUDGET and len(self._indexes) <= MAX_OPEN_INDEXES:
+                break
             if path == keep or (path.parent == self.server_dir and index.day >= recent):
                 continue
             del self._indexes[path]
+            evicted.append(index)
             total -= len(index)
+        return evicted
+
+    def _run_indexer(self) -> None:
+        """Insert the rows the writer queued into the indexes, in big transactions."""
+        while not self._closed:
+            self._index_wake.wait(FLUSH_DELAY)
+            self._index_wake.clear()
+            with self._lock:
+                indexes = list(self._indexes.values())
+            for index in indexes:
+                if index.pending_rows():
+                    try:
+                        index.flush()
+                    except Exception:  # an index in memory that failed: searches flush and report it
+                        log.exception("audit index of %s: flushing failed", index.path)
 
     # -- searching --
 
@@ -805,8 +706,7 @@ class FileAuditLog(AuditSink):
                 if not stat.S_ISREG(st.st_mode):
                     raise TeleportError(f"audit log {path} is not a regular file")
                 index = self._index(path, day, fd, st, report_torn=True)
-                keys, count, tail = index.snapshot()
-                return _Source(server, path, fd, index, keys, count, tail, _LineReader(fd, index.size))
+                return _Source(server, path, fd, index, _LineReader(fd, index.size))
             except BaseException:
                 os.close(fd)
                 raise
@@ -827,8 +727,8 @@ class FileAuditLog(AuditSink):
         resume = after is not None and after.day == day
         if after is not None and resume:
             first_code = max(first_code, after.code)
-        low_key = first_code << OFFSET_BITS
-        high_key = END_KEY if high - start >= DAY_MS else tc_from_ms(high - start) << OFFSET_BITS
+        high_code = END_CODE if high - start >= DAY_MS else tc_from_ms(high - start)
+        where = Filter.of(query.event_types, query.user, query.sid)
         sources: list[_Source] = []
         try:
             for server, path in files:
@@ -836,7 +736,9 @@ class FileAuditLog(AuditSink):
                 if source is not None:
                     sources.append(source)
             seen_code, seen = -1, set[str]()
-            for code, source, offset, line in self._candidates(sources, low_key, high_key, prefilter):
+            chunk = min(query.limit + 16, 4096)
+            candidates = self._candidates(sources, where, first_code, high_code, chunk, prefilter)
+            for code, source, offset, line in candidates:
                 try:
                     event = decode(line)
                 except ValueError as exc:
@@ -857,39 +759,42 @@ class FileAuditLog(AuditSink):
                 os.close(source.fd)
 
     @staticmethod
+    def _keys(
+        source: _Source, where: Filter, typ: int | None, first: int, high: int, chunk: int
+    ) -> Iterator[tuple[int, int]]:
+        """(code, offset) of ``source``'s rows from time code ``first`` to ``high``, fetched by chunks."""
+        after = (first, -1)
+        while True:
+            rows = source.index.keys(where, typ, after, high, source.reader.limit, chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1]
+            chunk = min(chunk * 4, 8192)
+
+    @classmethod
     def _candidates(
-        sources: list[_Source], low_key: int, high_key: int, prefilter: Prefilter
+        cls, sources: list[_Source], where: Filter, first: int, high: int, chunk: int, prefilter: Prefilter
     ) -> Iterator[tuple[int, _Source, int, bytes]]:
-        """(time code, source, offset, line) of the entries in range whose line passes
-        ``prefilter``, ordered by time code, server, offset."""
+        """(time code, source, offset, line) of the indexed rows in range that match ``where``
+        and whose line passes ``prefilter``, ordered by time code, server, offset."""
         check = prefilter.may_match if prefilter.active else None
-        if len(sources) == 1 and not sources[0].tail:  # the common case, kept tight
+        types: tuple[int | None, ...] = where.types or (None,)
+        if len(sources) == 1 and len(types) == 1:  # the common case, kept tight
             [source] = sources
-            keys, count, reader = source.keys, source.count, source.reader
-            i = bisect_left(keys, low_key, 0, count)
-            buf, start = b"", 0
-            while i < count:
-                key = keys[i]
-                i += 1
-                if key >= high_key:
-                    return
-                offset = key & OFFSET_MASK
-                rel = offset - start
-                nl = buf.find(b"\n", rel) if 0 <= rel < len(buf) else -1
-                if nl >= 0:
-                    line: bytes | None = buf[rel:nl]
-                else:
-                    line = reader.line(offset)
-                    buf, start = reader.buf, reader.start
+            line_at = source.reader.line
+            for code, offset in cls._keys(source, where, types[0], first, high, chunk):
+                line = line_at(offset)
                 if line is not None and (check is None or check(line)):
-                    yield key >> OFFSET_BITS, source, offset, line
+                    yield code, source, offset, line
             return
 
-        def entries(rank: int, source: _Source) -> Iterator[tuple[int, int, int, _Source]]:
-            for key in _keys_between(source.keys, source.count, source.tail, low_key, high_key):
-                yield key >> OFFSET_BITS, rank, key & OFFSET_MASK, source
+        def entries(rank: int, source: _Source, typ: int | None) -> Iterator[tuple[int, int, int, _Source]]:
+            for code, offset in cls._keys(source, where, typ, first, high, chunk):
+                yield code, rank, offset, source
 
-        streams = [entries(rank, source) for rank, source in enumerate(sources)]  # sources are sorted by server
+        # sources are sorted by server, so rank orders a time code's rows by server
+        streams = [entries(rank, source, typ) for rank, source in enumerate(sources) for typ in types]
         for code, _, offset, source in heapq.merge(*streams):
             line = source.reader.line(offset)
             if line is not None and (check is None or check(line)):
@@ -908,10 +813,16 @@ class FileAuditLog(AuditSink):
     async def close(self) -> None:
         with self._queue_cond:
             self._closed = True
-            writer = self._writer
+            writer, indexer = self._writer, self._indexer
             self._queue_cond.notify_all()
+        self._index_wake.set()
         if writer is not None:
             await asyncio.to_thread(writer.join)
+        if indexer is not None:
+            await asyncio.to_thread(indexer.join)
         with self._lock:
+            indexes = list(self._indexes.values())
             self._indexes.clear()
             self._listings.clear()
+        for index in indexes:
+            await asyncio.to_thread(index.close)

@@ -45,12 +45,16 @@ def day_line_pattern(day: dt.date) -> re.Pattern[bytes]:
 
 @attrs.frozen
 class Encoded:
-    """An event ready to append: its line (newline included), uid, UTC day and time code."""
+    """An event ready to append: its line (newline included), uid, UTC day and time code, and
+    the text of the fields searches filter on (``event``, ``user``, ``sid``)."""
 
     line: bytes
     uid: str
     day: dt.date
     code: int
+    event: str = ""
+    user: str = ""
+    sid: str = ""
 
 
 def tc_from_ms(ms: int) -> int:
@@ -95,7 +99,7 @@ def encode(event: AuditEvent) -> Encoded:
     if match is None:  # the reader could not index it: refuse rather than store it unfindable
         raise AuditError(f"audit event {event.event} ({event.uid}) does not encode to an indexable line")
     day = dt.date.fromisoformat(match.group(2).decode("ascii"))
-    return Encoded(line, event.uid, day, tc_from_text(match.group(3)))
+    return Encoded(line, event.uid, day, tc_from_text(match.group(3)), event.event, event.user, event.sid)
 
 
 def encode_json(value: Any) -> bytes:

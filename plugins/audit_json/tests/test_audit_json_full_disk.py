@@ -41,7 +41,7 @@ def test_file_log_append_on_a_full_disk_leaves_no_partial_line(tmp_path: Path) -
             stored = [new_event("user.login", user=f"u{i}") for i in range(3)]
             for event in stored:
                 await sink.emit(event)
-            day_file = next((fs / "log" / "auth-1").iterdir())
+            day_file = next((fs / "log" / "auth-1").glob("*.log"))
             size = day_file.stat().st_size
             fill(fs)
             free_bytes(fs, 4096)  # part of the next batch fits: a partial write, then ENOSPC
@@ -71,7 +71,7 @@ def test_spool_holds_events_while_the_sink_is_full_then_drains_in_order_once(tmp
             sink = FileAuditLog(fs / "log", "auth-1")
             first = new_event("user.login", user="first")
             await sink.emit(first)
-            day_file = next((fs / "log" / "auth-1").iterdir())
+            day_file = next((fs / "log" / "auth-1").glob("*.log"))
 
             async def send(data: dict) -> None:
                 await sink.emit(AuditEvent.from_dict(data))
