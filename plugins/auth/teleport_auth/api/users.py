@@ -303,12 +303,13 @@ class UsersAPI(APIBase):
                         svc.cluster_name)
         hook = svc.ctx.plugins.hook
         try:
+            subject = keys.load_public_key(public_key)  # parsed once for both certificates
             ssh = issue_ssh_user_cert(
-                svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+                svc.user_ca, hook, public_key=subject, identity=user, ttl=ttl,
                 max_session_ttl=roleset.max_session_ttl, permit_agent_forwarding=roleset.forward_agent,
                 permit_port_forwarding=roleset.port_forwarding, client_ip=client_ip or None,
             )
-            tls = issue_tls_user_cert(svc.user_ca, hook, public_key=public_key, identity=user, ttl=ttl,
+            tls = issue_tls_user_cert(svc.user_ca, hook, public_key=subject, identity=user, ttl=ttl,
                                       max_session_ttl=roleset.max_session_ttl)
         except keys.UnsupportedKey as exc:
             raise BadRequest(f"public_key: {exc}") from None
