@@ -11,15 +11,38 @@ reads a page of ``--page`` items under a 100-key prefix, ``create`` makes fresh 
 ``cas`` swaps the values of existing keys (each task its own keys, so swaps do not collide).
 The backend's ``data_dir`` is a temporary directory (``--data-dir`` to choose one); the
 benchmark writes only under ``/bench/`` and deletes it afterwards. ``--against`` measures a
-second backend in the same run, after the first, and adds each rate's ratio to it.
+second backend in the same run, after the first, and adds each rate's ratio to it;
+``--raw-etcd`` measures etcd's own ``Put`` call on a gRPC channel (the primitive, no backend)
+to the first peer, and the backend's put rate as a ratio of it.
 
-Measured (2 cores shared with four other benchmarking sessions, load average 4-12; one etcd
+Measured (2 cores shared with four other benchmarking sessions; one etcd
 3.4.23 member on loopback, fsync on, default settings; n=2000)::
 
     python bench/backend_ops.py --n 2000 --against '{"type": "sqlite"}' \
         --config '{"type": "etcd", "peers": ["http://127.0.0.1:23791"], "prefix": "/bench"}'
 
-FIGURES
+    before (issue 17's start: the JSON gateway through httpx), same machine, minutes apart:
+      PYTHONPATH=<the plugin at 9f8ecbc> python bench/backend_ops.py --n 2000 --against '{"type": "sqlite"}' ...
+    op        sequential ops/s    16 tasks ops/s  ratio seq  ratio tasks   (to SQLite, same run)
+    put                    324               223      0.45x        0.04x
+    get                    275               186      0.03x        0.01x
+    range                  234               156      0.06x        0.02x
+    create                 304               272      0.56x        0.05x
+    cas                    119               100      0.11x        0.02x
+
+    after (native gRPC, group commit of concurrent puts), with --raw-etcd:
+    op        sequential ops/s    16 tasks ops/s  ratio seq  ratio tasks   (to SQLite, same run)
+    put                  1,290             4,061      1.97x        0.75x
+    get                  1,252             1,326      0.16x        0.07x
+    range                  823             1,196      0.18x        0.39x
+    create                 634             1,530      1.32x        0.22x
+    cas                    264               438      0.17x        0.08x
+    raw etcd Put (sequential, 1 task): 1,374/s; the backend's put: 0.94x of it
+    raw etcd Put (16 tasks): 4,010/s; the backend's put: 1.01x of it
+    load average 9.7-11.5 during both runs
+
+Puts with 16 tasks: 223/s -> 4,061/s (18x; the goal was 3,000/s). SQLite's own rates in the two
+runs (put 4,951 and 5,442/s with 16 tasks) show how much the machine's load moved between them.
 """
 
 from __future__ import annotations
@@ -105,6 +128,31 @@ async def bench(backend: Backend, n: int, concurrency: int, page: int) -> list[d
     return results
 
 
+async def raw_etcd_puts(raw: dict[str, Any], n: int, concurrency: int) -> list[dict[str, Any]]:
+    """The raw primitive: etcd ``Put`` calls straight on a grpc.aio channel (no backend), to plain-http peers."""
+    from teleport_storage_etcd.client import DELETE_RANGE, PUT, Peer, pb
+    from teleport_storage_etcd.config import EtcdOptions
+
+    url = str(raw["peers"][0])
+    url = url if "://" in url else f"http://{url}"
+    peer = Peer(url, EtcdOptions(peers=(url,)))
+    call = peer.unary(*PUT)
+    results = []
+    try:
+        for mode, workers in (("sequential", 1), ("concurrent", concurrency)):
+            tag = mode.encode()
+
+            async def put(i: int, tag: bytes = tag) -> None:
+                await call(pb.PutRequest(key=b"/bench-raw/%s/%08d" % (tag, i), value=VALUE))
+
+            rate = await timed(put, n, workers)
+            results.append({"op": "put", "mode": mode, "tasks": workers, "n": n, "ops_per_s": round(rate, 1)})
+        await peer.unary(*DELETE_RANGE)(pb.DeleteRangeRequest(key=b"/bench-raw/", range_end=b"/bench-raw0"))
+    finally:
+        await peer.close()
+    return results
+
+
 def with_ratios(results: list[dict[str, Any]], against: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``results`` with each rate's ratio to the same measurement of the ``against`` backend."""
     base = {(row["op"], row["mode"]): row["ops_per_s"] for row in against}
@@ -165,6 +213,9 @@ def main() -> None:
     parser.add_argument("--page", type=int, default=50, help="items per range read (of 100)")
     parser.add_argument("--data-dir", help="data_dir to open the backend in (default: a temporary one)")
     parser.add_argument("--against", help="a second teleport.storage mapping (JSON) measured in the same run")
+    parser.add_argument(
+        "--raw-etcd", action="store_true", help="also measure raw etcd Put calls (the primitive) to the first peer"
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
     if args.n < 1 or args.concurrency < 1 or not 1 <= args.page <= 100:
@@ -173,12 +224,21 @@ def main() -> None:
     against = parse_config(parser, args.against, "--against") if args.against else None
     results = asyncio.run(main_async(args, raw))
     base = asyncio.run(main_async(args, against)) if against is not None else []
+    raw_puts = asyncio.run(raw_etcd_puts(raw, args.n, args.concurrency)) if args.raw_etcd else []
     if base:
         results = with_ratios(results, base)
+    put_vs_raw = {}
+    if raw_puts:
+        rates = {row["mode"]: row["ops_per_s"] for row in raw_puts}
+        put_vs_raw = {
+            row["mode"]: round(row["ops_per_s"] / rates[row["mode"]], 3) for row in results if row["op"] == "put"
+        }
     if args.format == "json":
         report: dict[str, Any] = {"config": raw, "results": results, "load_average": os.getloadavg()}
         if against is not None:
             report |= {"against": against, "against_results": base}
+        if raw_puts:
+            report |= {"raw_etcd_puts": raw_puts, "put_ratio_to_raw": put_vs_raw}
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
@@ -189,6 +249,11 @@ def main() -> None:
         if base:
             print(f"{json.dumps(against)}:")
             print(table(base, args.concurrency))
+        for row in raw_puts:
+            print(
+                f"raw etcd Put ({row['mode']}, {row['tasks']} tasks): {row['ops_per_s']:,.0f}/s; "
+                f"the backend's put: {put_vs_raw[row['mode']]:.2f}x of it"
+            )
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

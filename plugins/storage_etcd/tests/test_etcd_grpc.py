@@ -307,7 +307,7 @@ def test_backend_ops_bench_reports_ratios_and_refuses_bad_input(etcd: EtcdMember
     etcd_config = json.dumps({"type": "etcd", "peers": [etcd.url], "prefix": "/bench-test"})
     done = subprocess.run(
         [sys.executable, str(bench), "--n", "20", "--config", etcd_config, "--against", '{"type": "sqlite"}',
-         "--format", "json"],
+         "--raw-etcd", "--format", "json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -316,6 +316,8 @@ def test_backend_ops_bench_reports_ratios_and_refuses_bad_input(etcd: EtcdMember
     puts = [row for row in report["results"] if row["op"] == "put"]
     assert {row["mode"] for row in puts} == {"sequential", "concurrent"}
     assert all(row["ratio"] > 0 and row["ops_per_s"] > 0 for row in puts)
+    assert {row["mode"] for row in report["raw_etcd_puts"]} == {"sequential", "concurrent"}
+    assert set(report["put_ratio_to_raw"]) == {"sequential", "concurrent"}
     for bad in ("{not json", "[1, 2]"):
         refused = subprocess.run(
             [sys.executable, str(bench), "--n", "1", "--against", bad], capture_output=True, text=True, timeout=60
