@@ -372,7 +372,13 @@ class DayIndex:
                f"WHERE {' AND '.join(clauses)} ORDER BY code, off LIMIT ?")
         with self.db_lock:
             self._flush()
-            return self.conn.execute(sql, (*params, limit)).fetchall()
+            try:
+                return self.conn.execute(sql, (*params, limit)).fetchall()
+            except sqlite3.DatabaseError as exc:  # corrupted under us: answer from memory
+                if self.in_memory:
+                    raise
+                self._to_memory(exc)
+                return self.conn.execute(sql, (*params, limit)).fetchall()
 
     # -- scanning the log --
 

@@ -221,9 +221,14 @@ def test_acknowledged_events_survive_kill_9(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-    found = {e["uid"] for e in stored(uri)}
+    everything = stored(uri)
+    found = {e["uid"] for e in everything}
     missing = [uid for uid in acknowledged if uid not in found]
     assert not missing, f"{len(missing)} acknowledged events lost"
+    # the index, whose last rows died with the process, catches up from the log
+    by_user = stored(uri, attrs.evolve(EVERYTHING, user="worker-3"))
+    assert [e["uid"] for e in by_user] == [e["uid"] for e in everything if e.get("user") == "worker-3"]
+    assert by_user
     # and the log stays appendable and whole
     later = new_event("session.end")
     emit_all(uri, [later])
@@ -331,8 +336,9 @@ def test_concurrent_emitters_share_fsyncs(tmp_path, monkeypatch):
     with_sink(uri, body)
     total = 32 * per_emitter
     assert sorted(e["uid"] for e in stored(uri)) == sorted(e.uid for batch in events for e in batch)
-    # file fsyncs plus the directory fsyncs of the first write: far fewer than one per event
-    assert fsyncs <= total // 4, f"{fsyncs} fsyncs for {total} events"
+    # file fsyncs plus the directory fsyncs of the first write: far fewer than one per event (a
+    # batch takes every emitter the previous one woke, so batches are about 32 events)
+    assert fsyncs <= total // 8, f"{fsyncs} fsyncs for {total} events"
 
 
 def test_emit_returns_only_after_an_fsync_covering_its_line(tmp_path, monkeypatch):
