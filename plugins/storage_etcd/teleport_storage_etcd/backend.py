@@ -12,7 +12,8 @@ How it works:
   watchers get a ``DELETE``); reads also hide items whose envelope expiry has passed, because
   etcd's lease timer only has second granularity.
 * Unconditional puts made while another is in flight go out together in one etcd transaction
-  (group commit, ``batching.py``); each is acknowledged when etcd acknowledged it.
+  (group commit, ``batching.py``); each is acknowledged when etcd acknowledged it. Reads of one
+  key are batched the same way, into one read-only (still linearizable) transaction.
 * Conditional writes (create, update, compare-and-swap, revision checks, atomic writes) read
   the keys involved, decide on a consistent snapshot, then commit one etcd transaction that
   compares each key's ``mod_revision`` with the one read; when someone else wrote in between,
@@ -53,7 +54,7 @@ from teleport_core.state.backend import (
 )
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
-from .batching import PutBatcher
+from .batching import get_batcher, put_batcher
 from .client import DELETE_RANGE, LEASE_GRANT, RANGE, TXN, EtcdClient, EtcdError, pb
 from .config import EtcdOptions
 
@@ -277,7 +278,8 @@ class EtcdBackend(Backend):
         self.prefix = options.prefix.encode()
         self._watchers: set[EtcdWatcher] = set()
         self._leases: dict[int, int] = {}  # lease window end (microseconds) -> lease ID
-        self._puts = PutBatcher(client)  # concurrent puts share a transaction
+        self._puts = put_batcher(client)  # concurrent puts share a transaction
+        self._gets = get_batcher(client)  # and so do concurrent reads of one key
         self._renewed: dict[bytes, KV] = {}  # key -> what keep_alive last wrote there
         self._closed = False
 
@@ -318,9 +320,8 @@ class EtcdBackend(Backend):
 
     async def _get_kv(self, key: bytes) -> KV | None:
         self._check_open()
-        answer = await self._client.call(RANGE, pb.RangeRequest(key=self._full(key)))
-        kvs = answer.kvs
-        return kvs[0] if kvs else None
+        kv: KV | None = await self._gets.send(pb.RangeRequest(key=self._full(key)))
+        return kv
 
     async def _lease(self, expires_us: int | None) -> int | None:
         """A lease that outlives ``expires_us`` (None: no lease).
@@ -451,7 +452,7 @@ class EtcdBackend(Backend):
         self._check_open()
         lease = await self._lease(expires)
         try:
-            revision = await self._puts.put(self._put_request(item, lease))
+            revision = await self._puts.send(self._put_request(item, lease))
         except EtcdError as exc:
             self._forget_leases(exc)
             raise
@@ -651,4 +652,5 @@ class EtcdBackend(Backend):
         for watcher in watchers:
             await watcher._finish()
         await self._puts.close()
+        await self._gets.close()
         await self._client.close()

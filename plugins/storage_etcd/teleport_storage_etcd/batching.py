@@ -1,4 +1,4 @@
-"""Group commit for unconditional puts: concurrent puts share one etcd transaction.
+"""Group commit: concurrent puts share one etcd transaction, and so do concurrent reads.
 
 A put that finds nothing in flight goes out at once as a plain ``Put``. Puts that arrive while
 one is in flight wait, and go together in the next call: one ``Txn`` whose success branch is
@@ -11,6 +11,11 @@ already in the batch being filled closes it (etcd refuses a key twice in one tra
 two puts of one key apply in the order they were made. A batch etcd refuses for a reason that
 may concern one of its puts only (a lease etcd forgot, a value over its request size) is sent
 again put by put, so each put gets its own answer, as it would have alone.
+
+Reads of single keys are batched the same way, into one read-only ``Txn`` of ``Range``
+requests: etcd serves it as one linearizable read (one ReadIndex round for all of them), and a
+read that waited for the batch in flight goes out after it, so it sees every write acknowledged
+before the read was made.
 """
 
 from __future__ import annotations
@@ -18,50 +23,75 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from .client import PUT, TXN, EtcdClient, EtcdError, EtcdUnavailable, pb
+from .client import PUT, RANGE, TXN, EtcdClient, EtcdError, EtcdUnavailable, pb
 
 MAX_OPS = 128  # etcd's --max-txn-ops default
 MAX_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)
 
 
-class PutBatcher:
-    """Sends puts (``pb.PutRequest``) alone when idle, and together when they pile up."""
+T = TypeVar("T")
 
-    def __init__(self, client: EtcdClient) -> None:
+
+class Batcher(Generic[T]):
+    """Sends requests of one kind alone when idle, and together in one ``Txn`` when they pile up.
+
+    ``method`` is the call for one request, ``field`` the request's name in a ``RequestOp``,
+    ``alone`` the result of one request's answer, ``together`` the result of the i-th request
+    of a transaction's answer, ``weight`` a request's size in bytes, and ``distinct`` whether a
+    key may appear once only in a transaction (writes).
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        method: tuple[str, Any],
+        field: str,
+        alone: Callable[[Any], T],
+        together: Callable[[Any, int], T],
+        weight: Callable[[Any], int],
+        *,
+        distinct: bool,
+    ) -> None:
         self._client = client
-        self._queue: collections.deque[tuple[Any, asyncio.Future[int]]] = collections.deque()
+        self._method = method
+        self._field = field
+        self._alone = alone
+        self._together = together
+        self._weight = weight
+        self._distinct = distinct
+        self._queue: collections.deque[tuple[Any, asyncio.Future[T]]] = collections.deque()
         self._busy = False
         self._idle = asyncio.Event()  # set while nothing is in flight
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        #: How many transactions carried more than one put (for tests and metrics).
+        #: How many transactions carried more than one request (for tests and metrics).
         self.batches = 0
 
-    async def put(self, request: Any) -> int:
-        """Apply ``request``; the etcd revision it was applied at."""
+    async def send(self, request: Any) -> T:
+        """Send ``request`` (alone or with others); its result."""
         if self._busy:
-            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
             self._queue.append((request, future))
             return await future
         self._busy = True
         self._idle.clear()
         try:
-            answer = await self._client.call(PUT, request, idempotent=True)
-            return int(answer.header.revision)
+            return self._alone(await self._client.call(self._method, request, idempotent=True))
         finally:
             self._release()
 
     def _release(self) -> None:
         if self._queue:
-            self._task = asyncio.get_running_loop().create_task(self._drain(), name="etcd-put-batches")
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="etcd-batches")
         else:
             self._busy = False
             self._idle.set()
 
     async def _drain(self) -> None:
-        batch: list[tuple[Any, asyncio.Future[int]]] = []
+        batch: list[tuple[Any, asyncio.Future[T]]] = []
         try:
             while self._queue:
                 batch = self._take()
@@ -74,8 +104,8 @@ class PutBatcher:
                 _settle(future, closed)
             self.fail_waiting(closed)
 
-    def _take(self) -> list[tuple[Any, asyncio.Future[int]]]:
-        batch: list[tuple[Any, asyncio.Future[int]]] = []
+    def _take(self) -> list[tuple[Any, asyncio.Future[T]]]:
+        batch: list[tuple[Any, asyncio.Future[T]]] = []
         keys: set[bytes] = set()
         size = 0
         while self._queue and len(batch) < MAX_OPS:
@@ -83,8 +113,8 @@ class PutBatcher:
             if future.done():  # its caller gave up (cancelled) before it was sent
                 self._queue.popleft()
                 continue
-            weight = len(request.key) + len(request.value) + 16
-            if request.key in keys or (batch and size + weight > MAX_BYTES):
+            weight = self._weight(request)
+            if (self._distinct and request.key in keys) or (batch and size + weight > MAX_BYTES):
                 break
             self._queue.popleft()
             batch.append((request, future))
@@ -92,43 +122,43 @@ class PutBatcher:
             size += weight
         return batch
 
-    async def _send(self, batch: list[tuple[Any, asyncio.Future[int]]]) -> None:
+    async def _send(self, batch: list[tuple[Any, asyncio.Future[T]]]) -> None:
         if not batch:
             return
         if len(batch) == 1:
             await self._one(*batch[0])
             return
-        txn = pb.TxnRequest(success=[pb.RequestOp(request_put=request) for request, _ in batch])
+        txn = pb.TxnRequest(success=[pb.RequestOp(**{self._field: request}) for request, _ in batch])
         try:
-            answer = await self._client.call(TXN, txn, idempotent=True)  # puts only: safe to repeat
+            answer = await self._client.call(TXN, txn, idempotent=True)  # puts or reads only: safe to repeat
         except EtcdUnavailable as exc:
             for _, future in batch:
                 _settle(future, exc)
             return
-        except EtcdError:  # maybe one put's fault: each alone gets its own answer
+        except EtcdError:  # maybe one request's fault: each alone gets its own answer
             for request, future in batch:
                 await self._one(request, future)
             return
         self.batches += 1
-        for _, future in batch:
-            _settle(future, int(answer.header.revision))
+        for i, (_, future) in enumerate(batch):
+            _settle(future, self._together(answer, i))
 
-    async def _one(self, request: Any, future: asyncio.Future[int]) -> None:
+    async def _one(self, request: Any, future: asyncio.Future[T]) -> None:
         try:
-            answer = await self._client.call(PUT, request, idempotent=True)
+            answer = await self._client.call(self._method, request, idempotent=True)
         except EtcdError as exc:
             _settle(future, exc)
         else:
-            _settle(future, int(answer.header.revision))
+            _settle(future, self._alone(answer))
 
     def fail_waiting(self, exc: EtcdError) -> None:
-        """Fail every put still waiting (the backend is closing)."""
+        """Fail every request still waiting (the backend is closing)."""
         while self._queue:
             _, future = self._queue.popleft()
             _settle(future, exc)
 
     async def close(self) -> None:
-        """Let the puts already made go out and be answered (each call has its deadline).
+        """Let the requests already made go out and be answered (each call has its deadline).
 
         The backend refuses new puts first, so this ends."""
         await self._idle.wait()
@@ -138,7 +168,37 @@ class PutBatcher:
         self.fail_waiting(EtcdError("etcd backend is closed"))
 
 
-def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:
+def put_batcher(client: EtcdClient) -> Batcher[int]:
+    """Puts (``pb.PutRequest``); each answers the revision it was applied at."""
+    return Batcher(
+        client,
+        PUT,
+        "request_put",
+        lambda answer: int(answer.header.revision),
+        lambda answer, _: int(answer.header.revision),
+        lambda request: len(request.key) + len(request.value) + 16,
+        distinct=True,
+    )
+
+
+def _first(kvs: Any) -> Any:
+    return kvs[0] if kvs else None
+
+
+def get_batcher(client: EtcdClient) -> Batcher[Any]:
+    """Reads of one key (``pb.RangeRequest``); each answers its ``KeyValue`` or None."""
+    return Batcher(
+        client,
+        RANGE,
+        "request_range",
+        lambda answer: _first(answer.kvs),
+        lambda answer, i: _first(answer.responses[i].response_range.kvs),
+        lambda request: len(request.key) + 16,
+        distinct=False,
+    )
+
+
+def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
     if future.done():
         return
     if isinstance(outcome, BaseException):

@@ -132,6 +132,37 @@ def test_concurrent_puts_share_transactions_in_order(tmp_path: Path, etcd: EtcdM
     run(body)
 
 
+def test_concurrent_reads_share_transactions_and_see_every_acknowledged_write(tmp_path: Path, etcd: EtcdMember) -> None:
+    async def body() -> None:
+        b = await opened(config([etcd.url]), tmp_path)
+        try:
+            stored = [await b.put(Item(f"/rd/{i:03d}".encode(), str(i).encode())) for i in range(100)]
+            keys = [f"/rd/{i:03d}".encode() for i in range(100)] + [b"/rd/missing"]
+            got = await asyncio.gather(*(b.get(key) for key in keys), return_exceptions=True)
+            assert got[:100] == stored
+            assert isinstance(got[100], NotFound)  # the one missing key, alone
+            assert b._gets.batches > 0  # type: ignore[attr-defined]  # they did go together
+            stop = asyncio.Event()
+
+            async def reader(k: int) -> int:  # keeps read batches in flight
+                n = 0
+                while not stop.is_set():
+                    await b.get(f"/rd/{k:03d}".encode())
+                    n += 1
+                return n
+
+            readers = [asyncio.create_task(reader(k)) for k in range(15)]
+            for i in range(100):  # read-after-write through the batches: never an older value
+                written = await b.put(Item(b"/rd/w", str(i).encode()))
+                assert await b.get(b"/rd/w") == written
+            stop.set()
+            assert all(n > 0 for n in await asyncio.gather(*readers))
+        finally:
+            await b.close()
+
+    run(body)
+
+
 def test_a_batch_with_one_bad_put_fails_only_that_put(tmp_path: Path, etcd: EtcdMember) -> None:
     async def body() -> None:
         b = await opened(config([etcd.url]), tmp_path)
