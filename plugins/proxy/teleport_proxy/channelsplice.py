@@ -184,6 +184,17 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.upstreams: dict[int, Upstream] = {}
+        #: called on the transport's thread with each channel the client opened (after paramiko
+        #: confirmed it), instead of queueing it for ``accept()``: no thread has to wait for it
+        self.on_channel: Callable[[paramiko.Channel], None] | None = None
+        #: called once on the transport's thread when the connection has ended
+        self.on_closed: Callable[[], None] | None = None
+
+    def _queue_incoming_channel(self, channel: paramiko.Channel) -> None:
+        if self.on_channel is None:
+            super()._queue_incoming_channel(channel)
+        else:
+            self.on_channel(channel)
 
     def run(self) -> None:
         """paramiko's transport thread; when the connection ends, channels that never got a
@@ -196,6 +207,8 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
                 with contextlib.suppress(OSError):  # wakes a thread blocked reading the node, tells the node
                     upstream.sock.shutdown(socket.SHUT_RDWR)
             self.upstreams.clear()
+            if self.on_closed is not None:
+                self.on_closed()
 
 
 def splice(channel: paramiko.Channel, upstream: Upstream, sent: Callable[[int], None] | None = None,

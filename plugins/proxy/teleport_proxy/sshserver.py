@@ -101,6 +101,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.remote = remote
         self.user: UserCert | None = None
         self.pending: dict[int, Upstream] = {}  # direct-tcpip channels opened, not yet accepted
+        self.sessions: list[paramiko.Channel] = []  # session channels (paramiko holds channels weakly)
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -234,11 +235,12 @@ class Refusals:
 
 def accept_loop(sock: socket.socket, stopping: threading.Event,
                 serve: Callable[[socket.socket, str, Ticket], None], name: str, gate: ConnectionGate,
-                refused: Callable[[str, str, str], None]) -> None:
+                refused: Callable[[str, str, str], None], inline: bool = False) -> None:
     """Accept on ``sock`` (which has a timeout, so ``stopping`` is seen) until it is set or the
     socket is closed; each connection ``gate`` admits gets ``serve(client, "host:port", ticket)``
     in a thread ``name``, which closes the ticket when ``serve`` returns; a refused one is closed at once and
-    reported to ``refused(source, remote, reason)``."""
+    reported to ``refused(source, remote, reason)``. ``inline``: ``serve`` runs on this thread, must
+    not block, and owns the ticket (closes it when the connection ends; the client when it raises)."""
     gate.start()
     while not stopping.is_set():
         try:
@@ -258,6 +260,14 @@ def accept_loop(sock: socket.socket, stopping: threading.Event,
         except Refused as exc:
             client.close()
             refused(str(addr[0]), remote, str(exc))
+            continue
+
+        if inline:
+            try:
+                serve(client, remote, ticket)
+            except Exception:  # a connection that cannot start must not stop the listener
+                ticket.close()
+                client.close()
             continue
 
         def run(client: socket.socket = client, remote: str = remote, ticket: Ticket = ticket) -> None:
@@ -336,9 +346,12 @@ class SSHProxyServer:
         return cut
 
     def _accept_loop(self) -> None:
-        accept_loop(self.sock, self._accepting, self._serve, "proxy-ssh-conn", self.gate, self.refused)
+        accept_loop(self.sock, self._accepting, self._serve, "proxy-ssh-conn", self.gate, self.refused, inline=True)
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
+        """Start the connection's paramiko transport (its one thread: the handshake runs there, not
+        on the accept loop) and return; channels are spliced from that thread as they open, and the
+        ticket is closed when the connection ends."""
         client.settimeout(None)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = SplicingTransport(client, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
@@ -359,22 +372,35 @@ class SSHProxyServer:
                 transport.close()
 
         on_authenticated(transport, logged_in)
+
+        def opened(channel: paramiko.Channel) -> None:  # the transport's thread, after the open's reply
+            upstream = conn.pending.pop(channel.get_id(), None)
+            if upstream is not None:
+                self.splice_session(channel, upstream, "direct-tcpip")
+                return
+            # a session channel: its subsystem request splices it (check_channel_subsystem_request).
+            # paramiko maps channels weakly: hold it (as accept()'s queue did) until it closes
+            conn.sessions = [c for c in conn.sessions if not c.closed]
+            conn.sessions.append(channel)
+
+        def closed() -> None:  # the transport's thread, once, as it ends
+            if transport not in self._transports:
+                return
+            for upstream in conn.pending.values():
+                upstream.sock.close()
+            conn.pending.clear()
+            conn.sessions.clear()
+            self._transports.discard(transport)
+            self._connections.discard(conn)
+            ticket.close()
+
+        transport.on_channel = opened
+        transport.on_closed = closed
         self._transports.add(transport)
         self._connections.add(conn)
         try:
-            transport.start_server(server=conn)
-            while transport.is_active() and not self._stopping.is_set():
-                channel = transport.accept(1.0)
-                if channel is None:
-                    continue
-                upstream = conn.pending.pop(channel.get_id(), None)
-                if upstream is not None:
-                    self.splice_session(channel, upstream, "direct-tcpip")
-        except (paramiko.SSHException, EOFError, OSError):
-            pass
-        finally:
-            for upstream in conn.pending.values():
-                upstream.sock.close()
-            self._transports.discard(transport)
-            self._connections.discard(conn)
+            transport.start_server(event=threading.Event(), server=conn)
+        except BaseException:
+            closed()
             transport.close()
+            raise
