@@ -54,6 +54,10 @@ class EtcdUnavailable(EtcdError):
     """No peer answered in time; the message lists each peer and what failed."""
 
 
+class PeerUnreachable(EtcdError):
+    """One peer could not be reached before any call was made (the next one may be)."""
+
+
 # etcd's method paths and answer types (etcd's api/etcdserverpb/rpc.proto).
 RANGE = ("/etcdserverpb.KV/Range", pb.RangeResponse)
 PUT = ("/etcdserverpb.KV/Put", pb.PutResponse)
@@ -132,6 +136,19 @@ class Peer:
         self.options = options
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Any] = {}
+        self._presented: bytes | None = None  # insecure: the certificate the peer presented
+
+    async def prepare(self) -> None:
+        """Fetch, once, what the channel needs from the network (``insecure``: the peer's certificate)."""
+        if self._channel is not None or not (self.tls and self.options.insecure) or self._presented:
+            return
+        try:
+            self._presented = await asyncio.to_thread(server_certificate, self.url, self.options)
+        except ssl.SSLError as exc:
+            raise PeerUnreachable(describe(exc)) from None
+        except OSError as exc:
+            reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc) or type(exc).__name__
+            raise PeerUnreachable(reason) from None
 
     def _credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
         options = self.options
@@ -140,12 +157,11 @@ class Peer:
         extra: list[tuple[str, Any]] = []
         roots: bytes | None
         if options.insecure:
-            # gRPC cannot skip verification: trust exactly the certificate this peer presents now,
-            # under the name it carries.
-            try:
-                roots = server_certificate(self.url, options)
-            except (OSError, ssl.SSLError) as exc:
-                raise EtcdError(f"etcd {self.url}: {describe(exc) if isinstance(exc, ssl.SSLError) else exc}") from None
+            # gRPC cannot skip verification: trust exactly the certificate this peer presented
+            # (prepare), under the name it carries.
+            if self._presented is None:
+                raise PeerUnreachable("its certificate was not fetched")
+            roots = self._presented
             name = _subject_name(ssl.PEM_cert_to_DER_cert(roots.decode()))
             if name:
                 extra.append(("grpc.ssl_target_name_override", name))
@@ -281,11 +297,16 @@ class EtcdClient:
             for _ in range(len(self.peers)):
                 peer = self.peers[self._current]
                 try:
+                    await peer.prepare()
                     if self.options.username is not None and self._token is None:
                         await self._authenticate(peer, self._call_timeout)
                     answer = await peer.unary(path, answer_type)(
                         request, timeout=self._call_timeout, metadata=self._metadata()
                     )
+                except PeerUnreachable as exc:
+                    failures[peer.url] = str(exc)
+                    self._next()
+                    continue
                 except grpc.aio.AioRpcError as exc:
                     message = exc.details() or exc.code().name
                     lowered = message.lower()
@@ -329,9 +350,13 @@ class EtcdClient:
         dial = self.options.dial_timeout.total_seconds()
         for index, peer in enumerate(self.peers):
             try:
+                await peer.prepare()
                 if self.options.username is not None:
                     await self._authenticate(peer, dial)
                 answer = await peer.unary(*STATUS)(pb.StatusRequest(), timeout=dial, metadata=self._metadata())
+            except PeerUnreachable as exc:
+                failures.append(f"{peer.url}: {exc}")
+                continue
             except grpc.aio.AioRpcError as exc:
                 failures.append(f"{peer.url}: {describe(exc)}")
                 continue
@@ -351,6 +376,7 @@ class EtcdClient:
         peer = self.peers[self._current]
         call: Any = None
         try:
+            await peer.prepare()
             if self.options.username is not None and self._token is None:
                 await self._authenticate(peer, self._call_timeout)
             stream = peer.channel().stream_stream(
@@ -373,6 +399,9 @@ class EtcdClient:
         except TimeoutError:
             self._next()
             raise EtcdError(f"etcd {peer.url}: watch: no message for {WATCH_SILENCE:.0f} s") from None
+        except PeerUnreachable as exc:
+            self._next()
+            raise EtcdError(f"etcd {peer.url}: watch: {exc}") from None
         except EtcdError:
             self._next()
             raise

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from etcd_server import EtcdMember, enable_root_auth, etcd_fixture, free_port, revoke_lease_of
-from test_etcd_backend import config, opened, run
+from test_etcd_backend import _write_pki, config, opened, run
 
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
 from teleport_core.state.backend import Action, Condition, ConditionKind, Item, OpType, range_end
@@ -293,6 +293,34 @@ def test_a_dead_first_peer_is_skipped_for_reads_writes_and_watches(tmp_path: Pat
             await b.close()
 
     run(body)
+
+
+def test_insecure_tls_skips_a_dead_first_peer(tmp_path: Path) -> None:
+    pki = _write_pki(tmp_path / "pki")
+    member = EtcdMember("ins", tmp_path / "etcd" / "data", tls=pki)
+    member.start()
+    dead = f"https://127.0.0.1:{free_port()}"
+    client_cert = {"tls_cert_file": str(pki["client_cert"]), "tls_key_file": str(pki["client_key"])}
+    try:
+
+        async def body() -> None:
+            b = await opened(config([dead, member.url], insecure=True, **client_cert), tmp_path)
+            try:
+                w = b.watch([b"/ins/"])
+                assert (await next_event(w)).type is OpType.INIT
+                stored = await b.put(Item(b"/ins/a", b"1"))
+                assert await b.get(b"/ins/a") == stored
+                assert (await next_event(w)).item == stored
+                await w.close()
+            finally:
+                await b.close()
+            with pytest.raises(TeleportError) as caught:  # every peer dead: each named with its reason
+                await opened(config([dead], insecure=True, dial_timeout="2s", **client_cert), tmp_path)
+            assert f"{dead}: connection refused" in str(caught.value), caught.value
+
+        run(body)
+    finally:
+        member.kill()
 
 
 def test_https_peer_that_speaks_plain_http_is_named(tmp_path: Path, etcd: EtcdMember) -> None:
