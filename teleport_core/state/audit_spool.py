@@ -30,6 +30,7 @@ and every :data:`ADOPT_EVERY` seconds, delivers what they hold in order, and rem
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -310,33 +311,50 @@ class AuditSpool:
     async def deliver(self) -> int:
         """Send every undelivered line, recording progress; how many were sent.
 
-        Up to ``window`` lines are in flight at once: their sends start in file order (a sink that
-        queues an event before its first ``await`` keeps the order, and shares one durable write
-        among them: group commit), and progress only passes a line once it and every line before it
-        were delivered. When one fails, the lines after it that were delivered are sent again on
-        the retry (delivery is at least once; the log keeps each ``uid`` once)."""
+        Up to ``window`` lines are in flight at once (a sliding window, refilled as the oldest is
+        delivered, also with lines appended meanwhile): their sends start in file order (a sink
+        that queues an event before its first ``await`` keeps the order and can store many with
+        one durable write: group commit), and progress passes a line, releasing the ``emit``
+        waiting for it, once it and every line before it were delivered. When one fails, the
+        ones sent after it are sent again on the retry (at least once; the log keeps each ``uid``
+        once)."""
         sent = self._sent()
-        size = self._committed
-        if sent > size:  # the file was restarted after a compaction whose progress mark was not written
+        if sent > self._committed:  # the file was restarted after a compaction whose progress mark was not written
             sent = 0
         marked, count = sent, 0
+        in_flight: collections.deque[tuple[int, asyncio.Task[None]]] = collections.deque()
         try:
-            if sent < size:
+            if sent < self._committed:
                 with open(self.path, "rb") as handle:
-                    handle.seek(sent)
-                    lines = _lines(handle, size - sent)
-                    while batch := list(itertools.islice(lines, self.window)):
-                        outcomes = await self._deliver_batch(batch, sent)
-                        for line, outcome in zip(batch, outcomes, strict=True):
-                            if outcome is not None:
-                                raise outcome
-                            count += 1
-                            sent += len(line)
-                            self._advance(self._base + sent)
-                            if count % MARK_EVERY == 0:
-                                self._mark(sent)
-                                marked = sent
+                    read = sent  # where the next line to send starts
+                    handle.seek(read)
+                    lines = _lines(handle, self._committed - read)
+                    while True:
+                        while len(in_flight) < self.window:
+                            line = next(lines, None)
+                            if line is None and self._committed > read:  # appended since: read on
+                                handle.seek(read)
+                                lines = _lines(handle, self._committed - read)
+                                line = next(lines, None)
+                            if line is None:
+                                break
+                            in_flight.append((len(line), asyncio.create_task(self._deliver_line(line, read))))
+                            read += len(line)
+                        if not in_flight:
+                            break
+                        length, sending = in_flight[0]
+                        await sending
+                        in_flight.popleft()
+                        count += 1
+                        sent += length
+                        self._advance(self._base + sent)
+                        if count % MARK_EVERY == 0:
+                            self._mark(sent)
+                            marked = sent
         finally:
+            for _, sending in in_flight:  # after a failure (or a stop): sent again next time
+                sending.cancel()
+            await asyncio.gather(*(sending for _, sending in in_flight), return_exceptions=True)
             if sent != marked:
                 self._mark(sent)
         await self._compact(sent)
@@ -358,14 +376,6 @@ class AuditSpool:
         except OSError as exc:  # delivered, but resent later (the uid keeps it once in the log)
             raise OSError(exc.errno, f"cannot record delivery progress in {self.sent_path}: "
                                      f"{exc.strerror or exc}") from exc
-
-    async def _deliver_batch(self, batch: list[bytes], offset: int) -> list[BaseException | None]:
-        """Deliver ``batch`` (one line: awaited alone); each line's failure, or None."""
-        if len(batch) == 1:
-            await self._deliver_line(batch[0], offset)
-            return [None]
-        outcomes = await asyncio.gather(*(self._deliver_line(line, offset) for line in batch), return_exceptions=True)
-        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def _deliver_line(self, line: bytes, offset: int) -> None:
         try:
