@@ -179,6 +179,9 @@ class Metrics:
         self.heartbeats_received = Counter("teleport_heartbeats_received_total",
                                            "Heartbeats auth accepted, by host type (node, proxy)", ["type"],
                                            registry=r)
+        self.keepalives_received = Counter("teleport_keepalives_received_total",
+                                           "Heartbeat keepalives (expiry moved, no body) auth accepted, by host type",
+                                           ["type"], registry=r)
         self.connected = _ConnectedResources()
         r.register(self.connected)
         # -- audit ----------------------------------------------------------------------------------------
@@ -228,6 +231,8 @@ class Metrics:
                                        ["type"], registry=r)
         self.heartbeats_missed = Counter("heartbeats_missed_total", "Heartbeats that failed to reach auth",
                                          ["type"], registry=r)
+        self.keepalives_sent = Counter("teleport_keepalives_sent_total", "Heartbeat keepalives auth accepted from "
+                                       "this host, by host type", ["type"], registry=r)
         self.reverse_tunnels = Gauge("teleport_reverse_tunnels_connected",
                                      "Reverse tunnels connected to this proxy, by type", ["type"], registry=r)
         for kind in NODE_SESSION_KINDS:
@@ -240,6 +245,8 @@ class Metrics:
             self.heartbeats_received.labels(type=kind)
             self.heartbeats_sent.labels(type=kind)
             self.heartbeats_missed.labels(type=kind)
+            self.keepalives_received.labels(type=kind)
+            self.keepalives_sent.labels(type=kind)
 
     def session_started(self, service: str, kind: str) -> None:
         self.sessions_total.labels(service=service, kind=kind).inc()

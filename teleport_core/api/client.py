@@ -491,6 +491,15 @@ class AuthClient:
     async def upsert_node(self, node: dict[str, Any]) -> dict[str, Any]:
         return await self.call("PUT", f"/v1/nodes/{node.get('uuid', '')}", node)  # type: ignore[no-any-return]
 
+    async def keep_alive_node(self, uuid: str) -> dict[str, Any]:
+        """Move this node's entry's expiry (no body; idempotent, so a PUT, sent again on a closed
+        kept-alive connection); ``NotFound``: announce with :meth:`upsert_node`."""
+        return await self.call("PUT", f"/v1/nodes/{uuid}/keepalive")  # type: ignore[no-any-return]
+
+    async def keep_alive_proxy(self, uuid: str) -> dict[str, Any]:
+        """Move this proxy's entry's expiry (no body); ``NotFound``: announce with :meth:`upsert_proxy`."""
+        return await self.call("PUT", f"/v1/proxies/{uuid}/keepalive")  # type: ignore[no-any-return]
+
     async def upsert_proxy(self, proxy: dict[str, Any]) -> dict[str, Any]:
         """A proxy's heartbeat (``uuid``, ``nodename``, ``public_addr``, ``ssh_public_addr``)."""
         return await self.call("PUT", f"/v1/proxies/{proxy.get('uuid', '')}", proxy)  # type: ignore[no-any-return]

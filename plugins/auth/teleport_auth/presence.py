@@ -2,7 +2,10 @@
 
 Backend keys: ``/nodes/<host uuid>`` -> ``{"uuid", "nodename", "addr", "labels",
 "cmd_labels", "tunnel", "expires"}`` with the backend expiry set to ``expires``. A node
-heartbeats by upserting its entry (Teleport: every minute, with a 10-minute TTL).
+announces itself by upserting its entry, then keeps it alive (Teleport: every minute, with a
+10-minute TTL): :meth:`Presence.keep_alive_node` moves the expiry of that one key, no value
+written, so a keepalive costs one lease renewal (the value's ``expires`` keeps the announce's;
+the backend's expiry is the one read back).
 :meth:`Presence.list_nodes` is one range read; expired entries are skipped by the backend
 and, for an injected clock, by the value's ``expires``.
 """
@@ -111,6 +114,20 @@ class Presence:
         await self.backend.put(Item(self._key(heartbeat.uuid), value, expires=heartbeat.expires))
         return heartbeat
 
+    async def keep_alive_node(self, uuid: str, ttl: dt.timedelta = NODE_TTL) -> dt.datetime:
+        """Move a live node's expiry to ``ttl`` from now (one key touched); the new expiry.
+
+        ``NotFound`` when there is no live entry (never announced, expired or removed): the node
+        announces itself again."""
+        if not uuid or len(uuid) > 255 or _BAD_ID.search(uuid):
+            raise InvalidNode(f"invalid node uuid {json.dumps(uuid)}")
+        expires = self._now() + ttl
+        try:
+            item = await self.backend.keep_alive(self._key(uuid), expires)
+        except NotFound:
+            raise NotFound(f"node {json.dumps(uuid)} is offline or does not exist: announce it") from None
+        return item.expires or expires
+
     def _live(self, item: Item, now: dt.datetime) -> bool:
         return item.expires is None or item.expires > now
 
@@ -123,7 +140,7 @@ class Presence:
         if item is None or not self._live(item, self._now()):
             raise NotFound(f"node {json.dumps(uuid)} is offline or does not exist")
         data = json.loads(item.value)
-        expires = dt.datetime.fromisoformat(data["expires"]) if data.get("expires") else None
+        expires = item.expires  # moved by keepalives; the value's is the announce's
         return NodeHeartbeat(
             data["uuid"], data["nodename"], data["addr"], data["labels"], data["cmd_labels"], data["tunnel"], expires,
             data.get("sub_kind", "teleport"),

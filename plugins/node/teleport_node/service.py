@@ -34,6 +34,7 @@ from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, ob
 from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.config.values import parse_addr
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
+from teleport_core.heartbeat import Backoff, Heartbeat
 from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
@@ -51,9 +52,10 @@ from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.streaming import Streamer
 from teleport_node.tunnel import TunnelAgent
 
-HEARTBEAT = 30.0
+HEARTBEAT = 30.0  # seconds between keepalives of this node's entry (seventh jitter)
 RETRY = 2.0
 MAX_RETRY = 30.0
+MAX_BACKOFF = 90.0  # seconds: heartbeat retries back off (full jitter) up to this
 LABEL_TIMEOUT = 10.0
 UPLOAD_AUDIT_WAIT = 30.0  # seconds an upload waits for this node's audit backlog (its session.start)
 UPLOAD_UNKNOWN_FOR = 3600.0  # seconds a 404 upload (auth has no record of the session yet) is retried
@@ -72,6 +74,7 @@ class NodeService(Service):
         self.state: NodeState
         self.ssh: SSHServer | None = None
         self.cmd_labels: dict[str, str] = {}
+        self._beat: Heartbeat | None = None
         self.loop: asyncio.AbstractEventLoop
         self.audit: AuditSpool
         self._emitting: set[asyncio.Task[None]] = set()
@@ -338,21 +341,19 @@ class NodeService(Service):
 
     # -- presence ------------------------------------------------------------------------------------
 
+    def _node_entry(self) -> dict[str, Any]:
+        """What this node announces (its full heartbeat)."""
+        return {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
+                "addr": self._advertised_addr(), "labels": dict(self.settings.labels),
+                "cmd_labels": dict(self.cmd_labels), "tunnel": self.tunnelled}
+
     async def _heartbeat(self) -> None:
-        while True:
-            node = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
-                    "addr": self._advertised_addr(), "labels": dict(self.settings.labels),
-                    "cmd_labels": dict(self.cmd_labels), "tunnel": self.tunnelled}
-            metrics = metrics_for(self.ctx.metrics)
-            try:
-                await self.auth.upsert_node(node)
-            except TeleportError as exc:
-                metrics.heartbeats_missed.labels(type="node").inc()
-                self.log.warning("heartbeat failed, will retry", error=str(exc))
-                await asyncio.sleep(RETRY)
-                continue
-            metrics.heartbeats_sent.labels(type="node").inc()
-            await asyncio.sleep(HEARTBEAT)
+        """Announce this node, then keep its entry alive (teleport_core.heartbeat)."""
+        self._beat = Heartbeat("node", self._node_entry, lambda entry: self.auth.upsert_node(entry),
+                               lambda: self.auth.keep_alive_node(self.identity.host_uuid),
+                               metrics_for(self.ctx.metrics), self.log, HEARTBEAT,
+                               backoff=Backoff(RETRY, MAX_BACKOFF))
+        await self._beat.run()
 
     async def _run_commands(self, commands: tuple[CommandLabel, ...]) -> None:
         for command in commands:
@@ -376,14 +377,8 @@ class NodeService(Service):
             await asyncio.sleep(command.period.total_seconds())
             before = self.cmd_labels.get(command.name)
             await self._update_label(command)
-            if self.cmd_labels.get(command.name) != before:
-                with contextlib.suppress(TeleportError):
-                    await self.auth.upsert_node({"uuid": self.identity.host_uuid,
-                                                 "nodename": self.ctx.config.nodename,
-                                                 "addr": self._advertised_addr(),
-                                                 "labels": dict(self.settings.labels),
-                                                 "cmd_labels": dict(self.cmd_labels),
-                                                 "tunnel": self.tunnelled})
+            if self.cmd_labels.get(command.name) != before and self._beat is not None:
+                self._beat.changed()  # announced now, by the heartbeat
 
     # -- audit events and recordings (fed from the SSH threads) ---------------------------------------
 

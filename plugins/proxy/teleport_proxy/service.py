@@ -22,6 +22,7 @@ from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.config.values import NetAddr, certificate_names, parse_addr
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
+from teleport_core.heartbeat import Backoff, Heartbeat
 from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter, rate_limited
@@ -47,7 +48,8 @@ from teleport_proxy.webterminal import WebTerminals
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
-HEARTBEAT = 60.0
+HEARTBEAT = 60.0  # seconds between keepalives of this proxy's entry (seventh jitter)
+MAX_BACKOFF = 90.0  # seconds: heartbeat retries back off (full jitter) up to this
 NODE_CACHE = 2.0  # seconds a node list from auth is reused (a lookup that finds nothing refetches)
 MISS_REFRESH = 0.2  # a lookup that finds nothing refetches a list older than this
 VISIBLE_CACHE = 1024
@@ -145,8 +147,7 @@ class ProxyService(Service):
                              router=self.mux.route, limits=WEB_LIMITS,
                              on_refused=lambda peer, reason: self.audit_denial("", reason, peer))
         await self.web.start()
-        await self._send_heartbeat()
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="proxy-heartbeat"))
+        await self._start_heartbeat()
         self.log.info("proxy service is ready", cluster=self.cluster_name, web_addr=str(self.web.address),
                       ssh_addr=str(self.ssh_address), tunnel_addr=str(self.tunnel_address))
 
@@ -314,23 +315,24 @@ class ProxyService(Service):
         lock = lock_in_force(self.locks, user=user.user, roles=user.roles, login=login, node=node, issued=user.issued)
         return lock_message(lock) if lock is not None else ""
 
-    async def _send_heartbeat(self) -> None:
-        """Tell auth the addresses clients use (invite URLs name this proxy)."""
-        entry = {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
-                 "public_addr": self.public_web_addr(), "ssh_public_addr": self.public_ssh_addr()}
-        metrics = metrics_for(self.ctx.metrics)
-        try:
-            await self.auth.upsert_proxy(entry)
-        except TeleportError as exc:
-            metrics.heartbeats_missed.labels(type="proxy").inc()
-            self.log.warning("proxy heartbeat failed, will retry", error=str(exc))
-        else:
-            metrics.heartbeats_sent.labels(type="proxy").inc()
+    def _proxy_entry(self) -> dict[str, Any]:
+        """What this proxy announces: the addresses clients use (invite URLs name this proxy)."""
+        return {"uuid": self.identity.host_uuid, "nodename": self.ctx.config.nodename,
+                "public_addr": self.public_web_addr(), "ssh_public_addr": self.public_ssh_addr()}
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            await self._send_heartbeat()
+    async def _start_heartbeat(self) -> None:
+        """Announce this proxy now (a failure is retried by the loop), then keep its entry alive."""
+        beat = Heartbeat("proxy", self._proxy_entry, lambda entry: self.auth.upsert_proxy(entry),
+                         lambda: self.auth.keep_alive_proxy(self.identity.host_uuid),
+                         metrics_for(self.ctx.metrics), self.log, HEARTBEAT, backoff=Backoff(RETRY, MAX_BACKOFF))
+        try:
+            await beat.beat()
+        except TeleportError as exc:
+            metrics_for(self.ctx.metrics).heartbeats_missed.labels(type="proxy").inc()
+            self.log.warning("proxy heartbeat failed, will retry", error=str(exc))
+            self._tasks.append(asyncio.create_task(beat.run(), name="proxy-heartbeat"))
+        else:
+            self._tasks.append(asyncio.create_task(beat.run(announced=True), name="proxy-heartbeat"))
 
     def roleset(self, user: UserCert) -> RoleSet:
         """The user's roles as held now; a role that no longer exists denies everything."""

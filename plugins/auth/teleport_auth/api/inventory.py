@@ -60,6 +60,11 @@ class NodeReply(Reply):
     sub_kind: str = "teleport"
 
 
+class KeepAliveReply(Reply):
+    uuid: str
+    expires: str
+
+
 class DeletedNodeReply(Reply):
     deleted: str
     nodename: str
@@ -98,10 +103,38 @@ class InventoryAPI(APIBase):
             stored = await self.service.presence.upsert_node(heartbeat)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        metrics = metrics_for(self.service.ctx.metrics)
-        metrics.heartbeats_received.labels(type="node").inc()
-        metrics.connected.seen("node", uuid, NODE_TTL.total_seconds())
+        self.count_heartbeat("node", uuid, NODE_TTL)
         return node_dict(stored.info())
+
+    @endpoint("update", "node", name_param="uuid")
+    async def keep_alive_node(self, request: Request, identity: Identity | None) -> Any:
+        """A node's keepalive: no body, its entry's expiry moved (one backend key). The endpoint's
+        host policy lets a node keep alive only its own entry, which only a full heartbeat (with
+        :meth:`check_heartbeat`) creates; NotFound tells it to announce itself again."""
+        uuid = request.path_params["uuid"]
+        assert identity is not None
+        await self.check_keepalive(request, identity, "node")
+        try:
+            expires = await self.service.presence.keep_alive_node(uuid)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        self.count_heartbeat("node", uuid, NODE_TTL, keepalive=True)
+        return {"uuid": uuid, "expires": expires.astimezone(dt.UTC).isoformat()}
+
+    def count_heartbeat(self, kind: str, uuid: str, ttl: dt.timedelta, *, keepalive: bool = False) -> None:
+        """Count an accepted announce (or keepalive) of a ``kind`` host; it is connected for ``ttl``."""
+        metrics = metrics_for(self.service.ctx.metrics)
+        (metrics.keepalives_received if keepalive else metrics.heartbeats_received).labels(type=kind).inc()
+        metrics.connected.seen(kind, uuid, ttl.total_seconds())
+
+    async def check_keepalive(self, request: Request, identity: Identity, kind: str) -> None:
+        """Only hosts keep entries alive (users, whatever their roles, do not); the host policy
+        already limited a node or proxy to its own entry. A refusal is audited (T3007W)."""
+        if identity.kind is not IdentityKind.HOST:
+            reason = (f"access denied to {identity.kind.value} {json.dumps(identity.name)}: only hosts send "
+                      f"keepalives, and only for their own {kind} entry")
+            await self.audit_denial(request, identity, reason)
+            raise AccessDenied(reason)
 
     async def check_heartbeat(self, request: Request, identity: Identity, role: str, uuid: str, nodename: str) -> None:
         """A heartbeat comes from a host and names a registered host with ``role`` and its
@@ -156,10 +189,23 @@ class InventoryAPI(APIBase):
         expires = dt.datetime.now(dt.UTC) + PROXY_TTL
         await self.service.backend.put(Item(PROXIES_PREFIX + uuid.encode(), json.dumps(entry).encode(), expires))
         self._proxy_public = entry["public_addr"]
-        metrics = metrics_for(self.service.ctx.metrics)
-        metrics.heartbeats_received.labels(type="proxy").inc()
-        metrics.connected.seen("proxy", uuid, PROXY_TTL.total_seconds())
+        self.count_heartbeat("proxy", uuid, PROXY_TTL)
         return entry
+
+    @endpoint("update", "proxy", name_param="uuid")
+    async def keep_alive_proxy(self, request: Request, identity: Identity | None) -> Any:
+        """A proxy's keepalive: no body, its entry's expiry moved (its own entry only, by the host
+        policy); NotFound tells it to announce itself again."""
+        uuid = request.path_params["uuid"]
+        assert identity is not None
+        await self.check_keepalive(request, identity, "proxy")
+        expires = dt.datetime.now(dt.UTC) + PROXY_TTL
+        try:
+            item = await self.service.backend.keep_alive(PROXIES_PREFIX + uuid.encode(), expires)
+        except NotFound:
+            raise NotFound(f"proxy {json.dumps(uuid)} is offline or does not exist: announce it") from None
+        self.count_heartbeat("proxy", uuid, PROXY_TTL, keepalive=True)
+        return {"uuid": uuid, "expires": (item.expires or expires).astimezone(dt.UTC).isoformat()}
 
     @endpoint("list", "proxy")
     async def list_proxies(self, request: Request, identity: Identity | None) -> Any:
@@ -176,10 +222,16 @@ ROUTES: list[Operation] = [
     Operation("/v1/nodes/{uuid}", "PUT", "upsert_node",
               "Heartbeat of a node (its own entry only, its recorded nodename)", body=NodeHeartbeatBody,
               response=NodeReply),
+    Operation("/v1/nodes/{uuid}/keepalive", "PUT", "keep_alive_node",
+              "Keepalive of a node's entry (no body; its own entry only): the expiry moves, NotFound when "
+              "the node must announce itself again", response=KeepAliveReply),
     Operation("/v1/nodes/{uuid}", "DELETE", "delete_node", "Remove a node and its host record, freeing its nodename",
               response=DeletedNodeReply),
     Operation("/v1/proxies", "GET", "list_proxies",
               "Proxies that sent a heartbeat recently, with their public addresses", response=list[ProxyReply]),
     Operation("/v1/proxies/{uuid}", "PUT", "upsert_proxy", "Heartbeat of a proxy (its own entry only)",
               body=ProxyHeartbeatBody, response=ProxyReply),
+    Operation("/v1/proxies/{uuid}/keepalive", "PUT", "keep_alive_proxy",
+              "Keepalive of a proxy's entry (no body; its own entry only): the expiry moves, NotFound when "
+              "the proxy must announce itself again", response=KeepAliveReply),
 ]
