@@ -13,7 +13,10 @@ the sink without write access.
 Durability: a dedicated writer thread takes every event queued so far, appends the batch to
 its day file with one ``write`` and one ``fsync`` (group commit), and only then lets the
 ``emit`` calls return; a new file's directory is fsynced too. Concurrent emitters share one
-fsync, so throughput grows with concurrency, and no file I/O runs on the event loop. A crash
+fsync, so throughput grows with concurrency, and no file I/O runs on the event loop. Before
+its next batch the writer waits until the event loops it woke have run the emitters they
+resumed up to their next ``await`` (not for a fixed time), so an emitter that emits again at
+once joins the next batch instead of trailing it in a batch of its own. A crash
 can leave at most a torn (newline-less) last line: readers skip it with a warning naming
 file and line, and the next append first terminates it with a newline, so later events
 never merge into it. An append that fails (a full disk, an I/O error) is cut back off the
@@ -22,18 +25,20 @@ Writers of the same file (one per server id) serialise on ``flock``.
 
 Dedup: an event is a duplicate when its day file already holds the same ``uid`` at the same
 millisecond. A re-emitted event carries its original ``time``, so this check is exact for
-every redelivery however late, costs no memory beyond the search index, and survives
-reopening (the day file is scanned on first use). Two events that share a uid but differ in
+every redelivery however late and survives reopening: the rows of the most recent time
+codes are kept in memory, and an older one is looked up in the index. Two events that share a uid but differ in
 time are different events. Dedup is per server directory; searches also drop a uid seen
 twice at the same millisecond (copies under two server ids).
 
 Search reads every server directory under ``<dir>``, opening only the day files that
-overlap the time range. Each day file has an in-memory index of sorted keys (time of day <<
-36 | byte offset), built by one sequential scan on first use, extended as the file grows,
-and evicted least-recently-used beyond :data:`INDEX_BUDGET` entries; the events themselves
-are read from disk page by page. Results are ordered by (time, server id, file offset); the
-cursor is the position of a page's last event, so paging is complete and stable while
-events are appended.
+overlap the time range. Each day file has an index (:mod:`teleport_audit_json.index`): an
+SQLite sidecar ``<day file>.index`` with a row per event (time code, byte offset, hashes of
+uid, type, user and sid) and B-tree indexes by type, user and sid, each ordered by time, so a
+filtered page reads only its own lines and a fresh process reads no more than that. The log
+is the truth: a sidecar that is missing, torn, corrupt or behind the log is rebuilt or
+caught up from it, and the writer adds its rows after the fsync, in memory, for the indexer
+thread to insert. Results are ordered by (time, server id, file offset); the cursor is the
+position of a page's last event, so paging is complete and stable while events are appended.
 """
 
 from __future__ import annotations
@@ -259,7 +264,7 @@ class _LineReader:
             nl = self.buf.find(b"\n", rel)
             if nl >= 0:
                 return self.buf[rel:nl]
-        near = self.start <= offset <= self.start + len(self.buf) + MAX_READ
+        near = self.start <= offset <= self.start + len(self.buf) + MIN_READ  # sequential: read ahead more
         self.block = min(self.block * 4, MAX_READ) if near else MIN_READ
         data = os.pread(self.fd, max(0, min(self.block, self.limit - offset)), offset)
         while b"\n" not in data:
