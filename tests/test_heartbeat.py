@@ -31,3 +31,42 @@ def test_seventh_jitter_takes_at_most_a_seventh_off() -> None:
     assert seventh_jitter(70.0, lambda: 0.0) == 70.0
     assert seventh_jitter(70.0, lambda: 1.0) == pytest.approx(60.0)
     assert all(60.0 - 1e-9 <= seventh_jitter(70.0) <= 70.0 for _ in range(100))
+
+
+def test_the_loop_backs_off_while_auth_is_unreachable() -> None:
+    """Auth down (a loopback port nobody listens on): every try fails, is counted, and draws its
+    delay from the growing backoff bound; nothing is counted as sent."""
+    import asyncio
+    import ssl
+
+    from teleport_core.api.client import AuthClient, Credentials
+    from teleport_core.heartbeat import Heartbeat
+    from teleport_core.logs import get_logger
+    from teleport_core.metrics import metrics_for
+    from teleport_core.testing.processes import free_port
+
+    draws: list[float] = []
+
+    def rand() -> float:
+        draws.append(0.0)
+        return 0.0  # no wait: the schedule is read from the backoff itself
+
+    async def body() -> tuple[int, float, float]:
+        metrics = metrics_for(None)
+        context = ssl.create_default_context()  # never gets to a handshake: nothing listens
+        async with AuthClient(f"127.0.0.1:{free_port()}", credentials=Credentials(context), timeout=2) as client:
+            backoff = Backoff(1.0, 8.0, rand=rand)
+            beat = Heartbeat("node", lambda: {"uuid": "u", "nodename": "n", "addr": "127.0.0.1:1"},
+                             client.upsert_node, lambda: client.keep_alive_node("u"), metrics, get_logger("test"),
+                             period=30.0, backoff=backoff)
+            task = asyncio.create_task(beat.run())
+            while backoff.attempts < 5:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return (backoff.attempts, metrics.heartbeats_missed.labels(type="node")._value.get(),
+                    metrics.heartbeats_sent.labels(type="node")._value.get())
+
+    attempts, missed, sent = asyncio.run(body())
+    assert attempts >= 5 and missed >= 5 and sent == 0
+    assert len(draws) >= 5  # each failure drew its delay from the backoff
