@@ -21,28 +21,30 @@ Measured (2 cores shared with four other benchmarking sessions; one etcd
     python bench/backend_ops.py --n 2000 --against '{"type": "sqlite"}' \
         --config '{"type": "etcd", "peers": ["http://127.0.0.1:23791"], "prefix": "/bench"}'
 
-    before (issue 17's start: the JSON gateway through httpx), same machine, minutes apart:
-      PYTHONPATH=<the plugin at 9f8ecbc> python bench/backend_ops.py --n 2000 --against '{"type": "sqlite"}' ...
+    run A (load average 9.7-11.5; n=2000):
+    before (issue 17's start: the JSON gateway through httpx; PYTHONPATH=<the plugin at 9f8ecbc>):
     op        sequential ops/s    16 tasks ops/s  ratio seq  ratio tasks   (to SQLite, same run)
     put                    324               223      0.45x        0.04x
     get                    275               186      0.03x        0.01x
     range                  234               156      0.06x        0.02x
     create                 304               272      0.56x        0.05x
     cas                    119               100      0.11x        0.02x
-
-    after (native gRPC, group commit of concurrent puts), with --raw-etcd:
-    op        sequential ops/s    16 tasks ops/s  ratio seq  ratio tasks   (to SQLite, same run)
+    after (native gRPC, group commit of concurrent puts; reads not yet batched), with --raw-etcd:
     put                  1,290             4,061      1.97x        0.75x
     get                  1,252             1,326      0.16x        0.07x
     range                  823             1,196      0.18x        0.39x
     create                 634             1,530      1.32x        0.22x
     cas                    264               438      0.17x        0.08x
-    raw etcd Put (sequential, 1 task): 1,374/s; the backend's put: 0.94x of it
-    raw etcd Put (16 tasks): 4,010/s; the backend's put: 1.01x of it
-    load average 9.7-11.5 during both runs
+    raw etcd Put: 1,374/s sequential (the backend's put 0.94x of it), 4,010/s with 16 tasks (1.01x)
 
-Puts with 16 tasks: 223/s -> 4,061/s (18x; the goal was 3,000/s). SQLite's own rates in the two
-runs (put 4,951 and 5,442/s with 16 tasks) show how much the machine's load moved between them.
+    run B (final code, reads batched too; load average 32-45, another session's burst; n=1000):
+    before: put 213 / 250 (16 tasks), get 244 / 226, create 242 / 101, cas 74 / 34
+    after:  put 650 / 4,242 (16 tasks), get 836 / 7,441, range 647 / 1,184, create 518 / 1,077,
+            cas 273 / 884; raw etcd Put 1,154 / 5,026 (the backend's put 0.56x / 0.84x of it)
+
+Puts with 16 tasks: 223-250/s -> 4,061-4,242/s (17-18x; the goal was 3,000/s); gets with 16
+tasks 186-226/s -> 7,441/s. SQLite's own rates moved 3-6x between runs minutes apart (put with 16
+tasks 3,062 to 17,466/s in run B): the machine's load, not the backends, moved them.
 """
 
 from __future__ import annotations
