@@ -649,15 +649,15 @@ class FileAuditLog(AuditSink):
         low, high = _floor_ms(query.since), _ceil_ms(query.until)
         prefilter = Prefilter(query)
         events: list[AuditEvent] = []
-        last: Position | None = None
+        last: tuple[dt.date, tuple[int, str, int]] | None = None  # day, (code, server, offset) of the last event
         for day, files in self._days(low, high, after.day if after else None):
             with contextlib.closing(self._scan_day(day, files, low, high, after, query, prefilter)) as found:
                 for position, event in found:
                     if len(events) == query.limit:
                         assert last is not None
-                        return AuditPage(tuple(events), last.encode())
+                        return AuditPage(tuple(events), Position(last[0], *last[1]).encode())
                     events.append(event)
-                    last = position
+                    last = day, position
         return AuditPage(tuple(events), "")
 
     def _days(self, low: int, high: int, first: dt.date | None) -> list[tuple[dt.date, list[tuple[str, Path]]]]:
@@ -725,7 +725,7 @@ class FileAuditLog(AuditSink):
         after: Position | None,
         query: AuditQuery,
         prefilter: Prefilter,
-    ) -> Generator[tuple[Position, AuditEvent], None, None]:
+    ) -> Generator[tuple[tuple[int, str, int], AuditEvent], None, None]:
         """Matching events of ``day`` in order, after ``after``; a uid twice in one millisecond once."""
         start = _day_start_ms(day)
         first_code = tc_from_ms(max(low - start, 0))
@@ -758,7 +758,7 @@ class FileAuditLog(AuditSink):
                 seen.add(event.uid)
                 if resume and after is not None and (code, source.server, offset) <= after.key:
                     continue  # returned by an earlier page; read only to know its uid
-                yield Position(day, code, source.server, offset), event
+                yield (code, source.server, offset), event
         finally:
             for source in sources:
                 os.close(source.fd)
