@@ -13,6 +13,7 @@ ours do so that a stolen host key is not trusted forever without a CA rotation.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import ipaddress
 import json
@@ -413,12 +414,19 @@ def _subject_name(identity: Identity, route: str, logins: Sequence[str]) -> x509
 
     One attribute per RDN so the order of roles and logins is kept.
     """
+    traits = _traits_json(identity.traits) if identity.traits else ""
+    return _name_of(identity.name, tuple(identity.roles), tuple(logins), route, traits)
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_of(name: str, roles: tuple[str, ...], logins: tuple[str, ...], route: str, traits: str) -> x509.Name:
+    """The subject of :func:`_subject_name` (built once per distinct subject: a ``Name`` is immutable)."""
     rdns = [_rdn(NameOID.LOCALITY_NAME, login) for login in logins]
     rdns.append(_rdn(NameOID.STREET_ADDRESS, route))
-    if identity.traits:
-        rdns.append(_rdn(NameOID.POSTAL_CODE, _traits_json(identity.traits)))
-    rdns.extend(_rdn(NameOID.ORGANIZATION_NAME, role) for role in identity.roles)
-    rdns.append(_rdn(NameOID.COMMON_NAME, identity.name))
+    if traits:
+        rdns.append(_rdn(NameOID.POSTAL_CODE, traits))
+    rdns.extend(_rdn(NameOID.ORGANIZATION_NAME, role) for role in roles)
+    rdns.append(_rdn(NameOID.COMMON_NAME, name))
     return x509.Name(rdns)
 
 
