@@ -411,7 +411,8 @@ class FileAuditLog(AuditSink):
                 self._writer.start()
                 self._indexer = threading.Thread(target=self._run_indexer, name="audit-json-indexer", daemon=True)
                 self._indexer.start()
-            self._queue_cond.notify()
+            if not self._rounds:  # else the writer waits for the round's end, which wakes it
+                self._queue_cond.notify()
         # A cancelled emitter stops waiting, but its event is queued and will be written.
         await done
 
