@@ -190,6 +190,13 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
         #: called once on the transport's thread when the connection has ended
         self.on_closed: Callable[[], None] | None = None
 
+    def close(self) -> None:
+        """paramiko's close(), after shutting the socket down: that wakes the transport's thread
+        blocked reading it (a close() of the descriptor alone would not, until its poll timeout)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        super().close()
+
     def _queue_incoming_channel(self, channel: paramiko.Channel) -> None:
         if self.on_channel is None:
             super()._queue_incoming_channel(channel)
