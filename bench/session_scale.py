@@ -72,7 +72,8 @@ transport poll. The 5,000-session run also has the proxy's 10 s poll (plugins/pr
     5,000 open, 0 failed, 225 s to open; 0.374 MiB and 5.0 threads per session (proxy 3, node 1,
     the session's process 1); echo p50/p99 0.92/2.17 ms (200 sampled); the client 0.058 MiB a
     session. The run before capped at 4,095 (905 failed): a pty per session, kernel.pty.max
-    4,096. sshd is not run at this size (~3.8 MiB a session). An earlier attempt with the proxy's transports polling every 1 s stalled at about
+    4,096. sshd is not run at this size (~3.8 MiB a session).
+    An earlier attempt with the proxy's transports polling every 1 s stalled at about
     3,250 sessions: the proxy used 1.4 cores, 80 % in futex, and its heartbeat to auth timed out.
 Limits met: RLIMIT_NOFILE could not be raised past its hard limit of 20,000 here (no
 CAP_SYS_RESOURCE), which is enough for 5,000 sessions (two descriptors each at the proxy).
