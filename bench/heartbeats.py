@@ -12,7 +12,7 @@ Setups (each started fresh, every server its own ``teleport start`` process on l
 The nodes are driven by ``--clients`` separate client processes (this script with
 ``--worker``), each with its own connections (``--connections`` concurrent requests) to one
 auth server (round robin), each owning a slice of the nodes. As a node does
-(``teleport_core.heartbeat``), a simulated node first **announces** its full entry
+(``teleport_core.api.heartbeat``), a simulated node first **announces** its full entry
 (``PUT /v1/nodes/<uuid>``), then every heartbeat period sends a **keepalive**
 (``PUT /v1/nodes/<uuid>/keepalive``, no body: auth moves one key's expiry); a keepalive answered
 NotFound is followed by an announce (counted). Requests use the auth server's own identity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from teleport_core.heartbeat import Backoff, seventh_jitter
+from teleport_core.api.heartbeat import Backoff, seventh_jitter
 
 
 def test_backoff_doubles_its_bound_up_to_the_maximum_with_full_jitter() -> None:
@@ -40,7 +40,7 @@ def test_the_loop_backs_off_while_auth_is_unreachable() -> None:
     import ssl
 
     from teleport_core.api.client import AuthClient, Credentials
-    from teleport_core.heartbeat import Heartbeat
+    from teleport_core.api.heartbeat import Heartbeat
     from teleport_core.logs import get_logger
     from teleport_core.metrics import metrics_for
     from teleport_core.testing.processes import free_port

@@ -14,8 +14,8 @@ from typing import Any, cast
 import pytest
 
 from teleport_core.api.client import AuthClient, Credentials, load_identity_dir, load_tls, register
+from teleport_core.api.heartbeat import Backoff, Heartbeat
 from teleport_core.errors import AccessDenied, NotFound, TeleportError
-from teleport_core.heartbeat import Backoff, Heartbeat
 from teleport_core.logs import get_logger
 from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys

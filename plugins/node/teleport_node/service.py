@@ -30,11 +30,11 @@ import attrs
 import paramiko
 
 from teleport_core.api.client import AuthClient, Credentials
+from teleport_core.api.heartbeat import Backoff, Heartbeat
 from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.config.values import parse_addr
 from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, TeleportError
-from teleport_core.heartbeat import Backoff, Heartbeat
 from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
@@ -348,7 +348,7 @@ class NodeService(Service):
                 "cmd_labels": dict(self.cmd_labels), "tunnel": self.tunnelled}
 
     async def _heartbeat(self) -> None:
-        """Announce this node, then keep its entry alive (teleport_core.heartbeat)."""
+        """Announce this node, then keep its entry alive (teleport_core.api.heartbeat)."""
         self._beat = Heartbeat("node", self._node_entry, lambda entry: self.auth.upsert_node(entry),
                                lambda: self.auth.keep_alive_node(self.identity.host_uuid),
                                metrics_for(self.ctx.metrics), self.log, HEARTBEAT,

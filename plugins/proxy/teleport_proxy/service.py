@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.api.client import AuthClient, Credentials
+from teleport_core.api.heartbeat import Backoff, Heartbeat
 from teleport_core.api.join import JoinRequest, auth_addresses, identity_dir, obtain_identity
 from teleport_core.api.renewal import HostCertRenewer
 from teleport_core.config.values import NetAddr, certificate_names, parse_addr
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.files import write_private
-from teleport_core.heartbeat import Backoff, Heartbeat
 from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import LOGIN_MAX_BODY, HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter, rate_limited
