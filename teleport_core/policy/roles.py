@@ -215,6 +215,63 @@ def _require_tuple(value: Iterable[RequirePolicy]) -> tuple[RequirePolicy, ...]:
     return tuple(value)
 
 
+#: request thresholds' and max_duration's limits (Teleport's): access lasts at most 14 days
+MAX_ACCESS_DURATION = dt.timedelta(days=14)
+#: ``options.request_access`` (Teleport's): optional (default), always (login asks for the roles), reason
+REQUEST_ACCESS_MODES = ("optional", "always", "reason")
+
+
+@attrs.frozen
+class Threshold:
+    """An access request threshold: ``approve`` approvals approve it, ``deny`` denials deny it."""
+
+    name: str = "default"
+    approve: int = 1
+    deny: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "approve": self.approve, "deny": self.deny}
+
+
+def _threshold_tuple(value: Iterable[Threshold]) -> tuple[Threshold, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class RequestConditions:
+    """``allow.request`` / ``deny.request``: the roles a user may request (names, globs, ``^regex$``),
+    and under ``allow`` the thresholds, suggested reviewers and longest access of such requests."""
+
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    thresholds: tuple[Threshold, ...] = attrs.field(default=(), converter=_threshold_tuple)
+    suggested_reviewers: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    max_duration: dt.timedelta | None = None
+    _patterns: tuple[re.Pattern[str], ...] = attrs.field(
+        init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _name_patterns(self.roles), True))
+
+    def matches(self, role: str) -> bool:
+        """Whether ``role`` matches one of ``roles``."""
+        return any(p.fullmatch(role) for p in self._patterns)
+
+
+@attrs.frozen
+class ReviewConditions:
+    """``allow.review_requests`` / ``deny.review_requests``: the requested roles (names, globs,
+    ``^regex$``) whose requests the holder may review."""
+
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    _patterns: tuple[re.Pattern[str], ...] = attrs.field(
+        init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _name_patterns(self.roles), True))
+
+    def matches(self, role: str) -> bool:
+        return any(p.fullmatch(role) for p in self._patterns)
+
+
+def _name_patterns(names: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Role names, globs (``*``) and ``^regex$`` as patterns (as label values are matched)."""
+    return tuple(_value_pattern(name) for name in names)
+
+
 @attrs.frozen
 class Conditions:
     """One side (``allow`` or ``deny``) of a role."""
@@ -225,6 +282,9 @@ class Conditions:
     join_sessions: tuple[JoinPolicy, ...] = attrs.field(default=(), converter=_join_tuple)
     # moderated sessions (teleport_core.policy.moderation), read under allow only
     require_session_join: tuple[RequirePolicy, ...] = attrs.field(default=(), converter=_require_tuple)
+    # access requests (teleport_core.policy.requests): what may be requested, whose requests reviewed
+    request: RequestConditions = attrs.field(factory=RequestConditions)
+    review_requests: ReviewConditions = attrs.field(factory=ReviewConditions)
     _selector: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = attrs.field(
         init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _compile_selector(self.node_labels), True)
     )
@@ -245,6 +305,8 @@ class RoleOptions:
     max_session_ttl: dt.timedelta = DEFAULT_MAX_SESSION_TTL
     forward_agent: bool = False
     port_forwarding: bool = True
+    request_access: str = "optional"  # optional | always | reason (access requests)
+    request_prompt: str = ""
 
 
 def _frozen_str_map(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -497,8 +559,90 @@ def _join_sessions(value: Any, path: str) -> list[JoinPolicy]:
     return out
 
 
+def _role_patterns(value: Any, path: str) -> tuple[str, ...]:
+    """Role names, globs or ``^regex$`` (``request.roles``, ``review_requests.roles``)."""
+    names = _string_list(value, path)
+    for index, name in enumerate(names):
+        where = f"{path}[{index}]"
+        if name.startswith("^") and name.endswith("$"):
+            try:
+                re.compile(name)
+            except (re.error, OverflowError, RecursionError) as exc:
+                reason = exc if isinstance(exc, re.error | OverflowError) else "nested too deeply"
+                raise _Fail(where, f"invalid regular expression {json.dumps(name)}: {reason}") from None
+        elif not name or _BAD_NAME.search(name):
+            raise _Fail(where, f"invalid role name or glob {json.dumps(name)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _count(value: Any, path: str, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise _Fail(path, f"expected a whole number from 0 to 100, got {show(value)}")
+    return value
+
+
+def _thresholds(value: Any, path: str) -> tuple[Threshold, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Fail(path, f"expected a list of thresholds ({{name, approve, deny}}), got {show(value)}")
+    out = []
+    for index, raw in enumerate(value):
+        where = f"{path}[{index}]"
+        data = _mapping(raw, where, ("name", "approve", "deny", "filter"))
+        if data.get("filter"):
+            raise _Fail(f"{where}.filter", "threshold filters are not supported")
+        approve = _count(data.get("approve"), f"{where}.approve", 1)
+        deny = _count(data.get("deny"), f"{where}.deny", 1)
+        if approve == 0 and deny == 0:
+            raise _Fail(where, "a threshold needs approve or deny of at least 1")
+        out.append(Threshold(_string(data.get("name"), f"{where}.name") or "default", approve or 1, deny or 1))
+    return tuple(out)
+
+
+def _request(value: Any, path: str, allow: bool) -> RequestConditions:
+    data = _mapping(value, path, ("roles", "thresholds", "suggested_reviewers", "max_duration"))
+    if not allow:
+        for key in ("thresholds", "suggested_reviewers", "max_duration"):
+            if key in data:
+                raise _Fail(_join(path, key), "read under allow only (as Teleport)")
+    reviewers = _string_list(data.get("suggested_reviewers"), _join(path, "suggested_reviewers"))
+    for index, reviewer in enumerate(reviewers):
+        if not reviewer or _BAD_NAME.search(reviewer):
+            raise _Fail(f"{_join(path, 'suggested_reviewers')}[{index}]", f"invalid user name {json.dumps(reviewer)}")
+    max_duration = None
+    raw = data.get("max_duration")
+    if raw is not None:
+        where = _join(path, "max_duration")
+        try:
+            max_duration = parse_duration(raw) if isinstance(raw, str) else None
+        except ValueError:
+            max_duration = None
+        if max_duration is None:
+            raise _Fail(where, f'expected a duration like "8h" or "72h0m0s", got {show(raw)}')
+        if max_duration <= dt.timedelta(0):
+            raise _Fail(where, f"must be positive, got {show(raw)}")
+        if max_duration > MAX_ACCESS_DURATION:
+            raise _Fail(where, f"at most {format_duration(MAX_ACCESS_DURATION)} (14 days), got {show(raw)}")
+    return RequestConditions(
+        roles=_role_patterns(data.get("roles"), _join(path, "roles")),
+        thresholds=_thresholds(data.get("thresholds"), _join(path, "thresholds")),
+        suggested_reviewers=tuple(dict.fromkeys(reviewers)),
+        max_duration=max_duration,
+    )
+
+
+def _review(value: Any, path: str) -> ReviewConditions:
+    data = _mapping(value, path, ("roles",))
+    return ReviewConditions(roles=_role_patterns(data.get("roles"), _join(path, "roles")))
+
+
 def _conditions(value: Any, path: str) -> Conditions:
-    data = _mapping(value, path, ("logins", "node_labels", "rules", "join_sessions", "require_session_join"))
+    data = _mapping(value, path, ("logins", "node_labels", "rules", "join_sessions", "require_session_join",
+                                  "request", "review_requests"))
+    allow = path.split(".")[-1] != "deny"
     logins_path = _join(path, "logins")
     raw_logins = _string_list(data.get("logins"), logins_path)
     logins = [_check_login(v, f"{logins_path}[{i}]") for i, v in enumerate(raw_logins)]
@@ -509,6 +653,8 @@ def _conditions(value: Any, path: str) -> Conditions:
         join_sessions=tuple(_join_sessions(data.get("join_sessions"), _join(path, "join_sessions"))),
         require_session_join=_require_session_join(data.get("require_session_join"),
                                                    _join(path, "require_session_join")),
+        request=_request(data.get("request"), _join(path, "request"), allow),
+        review_requests=_review(data.get("review_requests"), _join(path, "review_requests")),
     )
 
 
@@ -532,7 +678,12 @@ def _boolean(value: Any, path: str, default: bool) -> bool:
 
 
 def _options(value: Any, path: str) -> RoleOptions:
-    data = _mapping(value, path, ("max_session_ttl", "forward_agent", "port_forwarding"))
+    data = _mapping(value, path, ("max_session_ttl", "forward_agent", "port_forwarding", "request_access",
+                                  "request_prompt"))
+    mode = _string(data.get("request_access"), _join(path, "request_access")) or "optional"
+    if mode not in REQUEST_ACCESS_MODES:
+        raise _Fail(_join(path, "request_access"), f"unknown mode {json.dumps(mode)}"
+                    + _suggest(mode, REQUEST_ACCESS_MODES))
     ttl = DEFAULT_MAX_SESSION_TTL
     raw = data.get("max_session_ttl")
     if raw is not None:
@@ -549,6 +700,8 @@ def _options(value: Any, path: str) -> RoleOptions:
         max_session_ttl=ttl,
         forward_agent=_boolean(data.get("forward_agent"), _join(path, "forward_agent"), False),
         port_forwarding=_boolean(data.get("port_forwarding"), _join(path, "port_forwarding"), True),
+        request_access=mode,
+        request_prompt=_string(data.get("request_prompt"), _join(path, "request_prompt")),
     )
 
 
@@ -668,6 +821,20 @@ def _conditions_out(cond: Conditions) -> dict[str, Any]:
                                  "kinds": list(p.kinds), "modes": list(p.modes)} for p in cond.join_sessions]
     if cond.require_session_join:
         out["require_session_join"] = [p.to_dict() for p in cond.require_session_join]
+    request = cond.request
+    if request != RequestConditions():
+        req: dict[str, Any] = {}
+        if request.roles:
+            req["roles"] = list(request.roles)
+        if request.thresholds:
+            req["thresholds"] = [t.to_dict() for t in request.thresholds]
+        if request.suggested_reviewers:
+            req["suggested_reviewers"] = list(request.suggested_reviewers)
+        if request.max_duration is not None:
+            req["max_duration"] = format_duration(request.max_duration)
+        out["request"] = req
+    if cond.review_requests.roles:
+        out["review_requests"] = {"roles": list(cond.review_requests.roles)}
     return out
 
 
@@ -689,6 +856,9 @@ def role_to_dict(role: Role) -> dict[str, Any]:
                 "max_session_ttl": format_duration(role.options.max_session_ttl),
                 "forward_agent": role.options.forward_agent,
                 "port_forwarding": role.options.port_forwarding,
+                **({"request_access": role.options.request_access}
+                   if role.options.request_access != "optional" else {}),
+                **({"request_prompt": role.options.request_prompt} if role.options.request_prompt else {}),
             },
         },
     }
