@@ -52,7 +52,8 @@ BUILTINS = {
     "help": Builtin("show the commands, or a command's options: help [COMMAND]", cmd_help),
     "version": Builtin("print the version [--format=text|json|yaml]", cmd_tsh_version),
     "login": Builtin("log in through the proxy: [--proxy=HOST[:PORT]] (default: the current profile's) [--user] "
-                     "[--ttl] [--out]", _lazy("login")),
+                     "[--ttl] [--out] [--request-roles=ROLES [--request-reason=..] | --request-id=ID]",
+                     _lazy("login")),
     "status": Builtin("show the current profile (user, cluster, roles, logins, expiry) [--format=text|json|yaml]",
                       _lazy("status")),
     "logout": Builtin("delete the current profile's key and certificates", _lazy("logout")),
@@ -65,6 +66,8 @@ BUILTINS = {
     "join": Builtin("join a live session: [--mode=observer|peer|moderator] SESSION_ID", _lazy("join")),
     "sessions": Builtin("sessions ls [--kind=ssh] [--format=text|json|yaml]: list the active sessions you may see",
                         _lazy("sessions")),
+    "request": Builtin("access requests: create --roles=.. [--reason=..] [--nowait], ls, show ID, "
+                       "review --approve|--deny ID, drop", _lazy("request")),
     "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast] [--follow]", _lazy("play")),
     "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),
     "proxy": Builtin("proxy ssh [user@]host[:port]: stdin/stdout bridge for ProxyCommand", _lazy("proxy")),

@@ -1,5 +1,6 @@
 """The ``tsh`` commands: ``login``, ``status``, ``logout``, ``ls``, ``ssh``, ``config``, ``proxy ssh``,
-``recordings ls`` and ``play`` (in :mod:`teleport_core.tsh.recordings`)."""
+``recordings ls`` and ``play`` (in :mod:`teleport_core.tsh.recordings`), ``request`` (in
+:mod:`teleport_core.tsh.requests`, which ``login --request-roles|--request-id`` uses too)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,19 @@ def login(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("--ttl", default="", help="certificate lifetime (e.g. 12h, 30m; minutes when a number)")
     parser.add_argument("-o", "--out", metavar="FILE", help="write an identity file instead of the profile")
     parser.add_argument("--format", choices=("file", "openssh"), default="file", help="format of --out")
+    from teleport_core.tsh import requests as access
+
+    access.add_login_flags(parser)
     args = parser.parse_args(argv)
+    wanted = access.login_request(args)  # bad request flags fail before a password is asked
+    if wanted.wanted and args.out:
+        raise TeleportError("--out writes the base roles' certificates: it cannot be combined with "
+                            "--request-roles or --request-id")
+    if wanted.wanted:
+        valid = _valid_profile(args)
+        if valid is not None:  # logged in already: no password, the certificates are reissued
+            _print_status(access.login_with_request(valid, wanted))
+            return 0
     web, user, insecure = _login_target(args)
     from teleport_core.pki import keys
     from teleport_core.pki.identity import LocalIdentity
@@ -90,8 +103,25 @@ def login(argv: list[str], cli: CliContext) -> int:
                       identity, tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)))
     folder = profile.save(home())
     _agent_add(folder, profile)
+    if wanted.wanted:
+        _print_status(access.login_with_request(Profile.load(home()), wanted))
+        return 0
     _print_status(Profile.load(home()))
     return 0
+
+
+def _valid_profile(args: argparse.Namespace) -> Profile | None:
+    """The current profile when it is valid and is the one ``--proxy``/``--user`` name (if given)."""
+    from teleport_core.tsh.profile import current_name
+
+    profile = _stored(current_name(home()))
+    if profile is None or profile.expired:
+        return None
+    if args.proxy and normalize_addr(args.proxy, 3080) != profile.web_addr:
+        return None
+    if args.user and args.user != profile.user:
+        return None
+    return profile
 
 
 def _stored(name: str) -> Profile | None:
@@ -168,12 +198,15 @@ def _status_record(profile: Profile) -> dict[str, Any]:
     return {"profile_url": f"https://{profile.web_addr}", "username": profile.user, "cluster": profile.cluster,
             "roles": list(profile.roles), "logins": list(profile.logins),
             "valid_until": profile.valid_before.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "expired": profile.expired, "ssh_proxy": profile.ssh_addr, "insecure": profile.insecure}
+            "expired": profile.expired, "ssh_proxy": profile.ssh_addr, "insecure": profile.insecure,
+            "active_requests": list(profile.active_requests)}
 
 
 def _print_status(profile: Profile, current: bool = True) -> None:
     print(f"{'>' if current else ' '} Profile URL:        https://{profile.web_addr}")
     print(f"  Logged in as:       {profile.user}")
+    if profile.active_requests:
+        print(f"  Active requests:    {', '.join(profile.active_requests)}")
     print(f"  Cluster:            {profile.cluster}")
     print(f"  Roles:              {', '.join(profile.roles)}")
     print(f"  Logins:             {', '.join(profile.logins)}")
@@ -446,6 +479,13 @@ def recordings(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import recordings as rec
 
     return rec.recordings(argv, cli)
+
+
+def request(argv: list[str], cli: CliContext) -> int:
+    """``tsh request create|ls|show|review|drop`` (teleport_core/tsh/requests.py)."""
+    from teleport_core.tsh import requests as access
+
+    return access.request(argv, cli)
 
 
 def sessions(argv: list[str], cli: CliContext) -> int:

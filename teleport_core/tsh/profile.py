@@ -8,7 +8,8 @@ Layout under ``$TELEPORT_HOME`` (default ``~/.tsh``), directories 0700, files 06
                                   ca.pem, ssh-cert.pub, known_hosts
     profiles/<name>/id            the private key in OpenSSH format, id-cert.pub its
                                   certificate (for ssh -i / IdentityFile, ssh-add)
-    profiles/<name>/profile.json  proxy addresses, user, cluster, roles, logins, expiry
+    profiles/<name>/profile.json  proxy addresses, user, cluster, roles, logins, expiry, the
+                                  access requests the certificates carry (active_requests)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Profile:
     identity: LocalIdentity
     folder: Path | None = None
     tls_routing: bool = False  # the proxy's web port carries SSH too (its ping said tls_routing_enabled)
+    #: the approved access requests whose roles the certificates carry (tsh login --request-id)
+    active_requests: tuple[str, ...] = ()
 
     @property
     def expired(self) -> bool:
@@ -70,7 +73,7 @@ class Profile:
         return {"web_addr": self.web_addr, "ssh_addr": self.ssh_addr, "user": self.user, "cluster": self.cluster,
                 "roles": list(self.roles), "logins": list(self.logins),
                 "valid_before": self.valid_before.isoformat(), "insecure": self.insecure,
-                "tls_routing": self.tls_routing}
+                "tls_routing": self.tls_routing, "active_requests": list(self.active_requests)}
 
     def save(self, root: Path) -> Path:
         """Write this profile and make it current; returns its folder."""
@@ -102,7 +105,8 @@ class Profile:
             raise NotLoggedIn("not logged in (run tsh login --proxy=HOST)") from None
         return cls(name, meta["web_addr"], meta["ssh_addr"], meta["user"], meta["cluster"], tuple(meta["roles"]),
                    tuple(meta["logins"]), dt.datetime.fromisoformat(meta["valid_before"]), bool(meta["insecure"]),
-                   LocalIdentity.load(folder), folder, bool(meta.get("tls_routing", False)))
+                   LocalIdentity.load(folder), folder, bool(meta.get("tls_routing", False)),
+                   tuple(str(r) for r in meta.get("active_requests") or ()))
 
     @classmethod
     def from_identity_file(cls, path: Path, proxy: str) -> Profile:

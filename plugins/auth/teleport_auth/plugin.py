@@ -58,7 +58,8 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
                    "teleport_auth.tctl_resources:get"),
         CliCommand("edit", "edit a role or user in $EDITOR (applied only if unchanged meanwhile)",
                    "teleport_auth.tctl_edit:edit"),
-        CliCommand("rm", "delete a resource (role/NAME, user/NAME, lock/NAME, node/UUID, token/VALUE)",
+        CliCommand("rm", "delete a resource (role/NAME, user/NAME, lock/NAME, node/UUID, token/VALUE, "
+                         "access_request/ID)",
                    "teleport_auth.tctl_resources:rm"),
         CliCommand("lock", "lock a user, role, login or node: refused everywhere, sessions ended",
                    "teleport_auth.tctl_locks:lock"),
@@ -66,6 +67,9 @@ def teleport_cli_commands(tool: str) -> list[CliCommand] | None:
                    "teleport_auth.tctl_auth:auth"),
         CliCommand("top", "live view of a process's diagnostics (/metrics): tctl top [DIAG_ADDR] [REFRESH]",
                    "teleport_auth.tctl_top:top"),
+        CliCommand("requests", "access requests: ls, get, approve, deny, rm",
+                   "teleport_auth.tctl_requests:requests"),
+        CliCommand("request", "the same as requests (Teleport's alias)", "teleport_auth.tctl_requests:requests"),
         CliCommand("recordings", "list recorded sessions, or (--refused) recordings auth refused; reindex for search",
                    "teleport_auth.tctl_recordings:recordings"),
     ]

@@ -28,12 +28,13 @@ KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users
                          "locks": "lock", "node": "node", "nodes": "node", "token": "token", "tokens": "token",
                          "cert_authority": "cert_authority", "cert_authorities": "cert_authority",
                          "cert_authoritys": "cert_authority", "ca": "cert_authority", "cas": "cert_authority",
+                         "access_request": "access_request", "access_requests": "access_request",
                          "all": "all"}
-SUPPORTED = ("role", "user", "lock", "node", "token", "cert_authority", "all")
+SUPPORTED = ("role", "user", "lock", "node", "token", "cert_authority", "access_request", "all")
 #: what ``tctl get all`` prints, in this order (every kind the cluster has)
 ALL_KINDS = ("cert_authority", "role", "user", "token", "node", "lock")
 #: kinds ``tctl rm`` deletes
-REMOVABLE = ("role", "user", "lock", "node", "token")
+REMOVABLE = ("role", "user", "lock", "node", "token", "access_request")
 # kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
 CREATABLE = ("role", "node")  # node: sub_kind openssh only (an agentless sshd: docs/sessions.md)
 YAML_FORMATS = ("yaml", "json", "text")
@@ -110,6 +111,10 @@ async def fetch(client: AuthClient, ref: Ref, *, with_secrets: bool = False) -> 
         return [token_resource(t, with_secrets=with_secrets) for t in tokens]
     if ref.kind == "cert_authority":
         return await _fetch_cas(client, ref.name)
+    if ref.kind == "access_request":
+        from teleport_auth.tctl_requests import get_request, list_requests, request_ids
+
+        return [await get_request(client, request_ids(ref.name)[0])] if ref.name else await list_requests(client)
     if ref.kind == "lock":
         locks = await client.get_locks()
         if ref.name:
@@ -384,7 +389,8 @@ def create(argv: list[str], cli: CliContext) -> int:
 
 
 def rm(argv: list[str], cli: CliContext) -> int:
-    """``tctl rm role/NAME`` / ``user/NAME`` / ``lock/NAME`` / ``node/UUID`` / ``token/VALUE``."""
+    """``tctl rm role/NAME`` / ``user/NAME`` / ``lock/NAME`` / ``node/UUID`` / ``token/VALUE`` /
+    ``access_request/ID``."""
     parser = command_parser(cli, "Delete a resource.")
     parser.add_argument("resource", metavar="KIND/NAME", help=f"e.g. role/NAME (kinds: {', '.join(REMOVABLE)})")
     args = parser.parse(argv)
@@ -397,7 +403,12 @@ def rm(argv: list[str], cli: CliContext) -> int:
         "lock": lambda client, name: client.delete_lock(name),
         "node": lambda client, name: client.delete_node(name),  # and its host record: frees the nodename
         "token": lambda client, name: client.delete_token(name),
+        "access_request": _delete_access_request,
     }
+    if ref.kind == "access_request":
+        from teleport_auth.tctl_requests import request_ids
+
+        request_ids(ref.name)  # a bad ID is refused here, naming what an ID looks like
 
     async def body(client: AuthClient) -> int:
         await deleters[ref.kind](client, ref.name)
@@ -406,3 +417,9 @@ def rm(argv: list[str], cli: CliContext) -> int:
         return 0
 
     return run(cli, args, body)
+
+
+async def _delete_access_request(client: AuthClient, name: str) -> None:
+    from teleport_auth.tctl_requests import delete_request
+
+    await delete_request(client, name)

@@ -15,6 +15,11 @@
   ``GET /v1/webapi/sites/{cluster}/sessions/{sid}/recording``: a recording (asciicast v2). The
   proxy asks auth with its own certificate and forwards the caller's
   (``teleport_core.api.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
+- Access requests (``tsh request``), the same way (auth decides, for the caller):
+  ``POST|GET /v1/webapi/sites/{cluster}/accessrequest``, ``GET .../accessrequest/{id}``,
+  ``POST .../accessrequest/{id}/review``, and ``POST /v1/webapi/sites/{cluster}/certs/reissue``
+  (``tsh login --request-id``, ``tsh request drop``: the caller's certificates with the roles of
+  its approved requests).
 
 - ``GET /v1/webapi/openapi.json``: this API as an OpenAPI 3.1 document; bodies, queries and path
   parameters are the models of :mod:`teleport_proxy.webmodels`, validated before a handler acts
@@ -56,9 +61,13 @@ from teleport_proxy.webmodels import (
     OPENAPI_PATH,
     PATH_PARAMS,
     SMALL_BODY,
+    AccessRequestBody,
+    AccessRequestsQuery,
     CompleteInviteBody,
     LoginBody,
     RecordingsQuery,
+    ReissueBody,
+    ReviewBody,
     openapi_document,
 )
 
@@ -119,12 +128,7 @@ class WebAPI:
             self.proxy.login_rate.refund(client_ip)  # only failed attempts count
         except TeleportError as exc:
             return error(exc)
-        return JSONResponse({
-            "username": answer["username"], "roles": answer["roles"], "logins": answer["logins"],
-            "cert": answer["ssh_cert"], "tls_cert": answer["tls_cert"], "valid_before": answer["valid_before"],
-            "cluster_name": answer["cluster_name"], "host_ca_pems": answer["host_ca_pems"],
-            "host_signers": answer["known_hosts"],
-        })
+        return JSONResponse(certs_reply(answer))
 
     async def get_invite(self, request: Request) -> Response:
         try:
@@ -260,6 +264,74 @@ class WebAPI:
         passed = {k: v for k, v in headers.items() if k in STREAM_HEADERS}
         return Response(data, media_type="application/x-asciicast", headers=passed)
 
+    # -- access requests (tsh request, tsh login --request-id): auth decides, for the caller -----------------
+
+    async def create_access_request(self, request: Request) -> Response:
+        """``tsh request create``: the caller's new request (the user is the certificate's, never the body's)."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            body = await body_of(request, AccessRequestBody)
+            created = await self.proxy.auth.for_user(der).call("POST", "/v1/access_requests", body.model_dump())
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(created)
+
+    async def access_requests(self, request: Request) -> Response:
+        """``tsh request ls``: the requests auth lets the caller see."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            query = validate_query(AccessRequestsQuery, request.query_params)
+            params = {k: v for k, v in query.model_dump().items() if v}
+            found = await self.proxy.auth.for_user(der).call("GET", "/v1/access_requests", params=params)
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(found)
+
+    async def access_request(self, request: Request) -> Response:
+        """``tsh request show ID``."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            found = await self.proxy.auth.for_user(der).call(
+                "GET", f"/v1/access_requests/{request.path_params['request_id']}")
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(found)
+
+    async def review_access_request(self, request: Request) -> Response:
+        """``tsh request review --approve|--deny ID``: the caller's review."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            body = await body_of(request, ReviewBody)
+            reviewed = await self.proxy.auth.for_user(der).call(
+                "POST", f"/v1/access_requests/{request.path_params['request_id']}/reviews", body.model_dump())
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(reviewed)
+
+    async def reissue_certs(self, request: Request) -> Response:
+        """``tsh login --request-id``, ``tsh request drop``: the caller's certificates with the roles of
+        its approved requests (auth checks each is the caller's, approved and unexpired)."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            body = await body_of(request, ReissueBody)
+            answer = await self.proxy.auth.for_user(der).call("POST", "/v1/certs/reissue", body.model_dump())
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse({**certs_reply(answer), "active_requests": list(answer.get("active_requests") or [])})
+
+
+def certs_reply(answer: dict[str, Any]) -> dict[str, Any]:
+    """Auth's certificates answer (a login's, a reissue's) as tsh takes it."""
+    return {"username": answer["username"], "roles": answer["roles"], "logins": answer["logins"],
+            "cert": answer["ssh_cert"], "tls_cert": answer["tls_cert"], "valid_before": answer["valid_before"],
+            "cluster_name": answer["cluster_name"], "host_ca_pems": answer["host_ca_pems"],
+            "host_signers": answer["known_hosts"]}
+
 
 #: auth's answers about a recording in progress, passed on (lower case: httpx's)
 STREAM_HEADERS = frozenset({"x-teleport-recording", "x-teleport-session", "x-teleport-next-offset"})
@@ -292,5 +364,11 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/sites/{cluster}/sessions", api.active_sessions, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/recording", api.recording, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions/{sid}/stream", api.recording_stream, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/accessrequest", api.create_access_request, methods=["POST"]),
+        Route("/v1/webapi/sites/{cluster}/accessrequest", api.access_requests, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/accessrequest/{request_id}", api.access_request, methods=["GET"]),
+        Route("/v1/webapi/sites/{cluster}/accessrequest/{request_id}/review", api.review_access_request,
+              methods=["POST"]),
+        Route("/v1/webapi/sites/{cluster}/certs/reissue", api.reissue_certs, methods=["POST"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
     ])

@@ -4,19 +4,23 @@ models are those of :mod:`teleport_core.api.schema` (pydantic v2), validated bef
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
 from teleport_core import __version__
 from teleport_core.api import schema
 from teleport_core.api.schema import (
+    LIST_MAX,
     NAME_MAX,
     NO_CONTROL,
     Body,
     Duration,
+    Message,
     Name,
+    NameList,
     Operation,
+    OptionalName,
     OTPCode,
     Password,
     PublicKey,
@@ -62,6 +66,44 @@ class RecordingsQuery(Query):
 
 class StreamQuery(Query):
     offset: int = Field(0, ge=0, description="the first byte wanted (what the caller has so far)")
+
+
+#: an access request's ID (a UUID, as auth makes them)
+REQUEST_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+RequestID = Annotated[str, StringConstraints(min_length=36, max_length=36, pattern=REQUEST_ID)]
+RequestState = Literal["PENDING", "APPROVED", "DENIED"]
+Decision = Literal["APPROVED", "DENIED"]
+
+
+class AccessRequestBody(Body):
+    """``tsh request create``: the roles wanted, why, and who should review (the user is the caller's)."""
+
+    roles: Annotated[NameList, Field(min_length=1)]
+    reason: Message = ""
+    suggested_reviewers: NameList = []
+    dry_run: bool = False
+
+
+class AccessRequestsQuery(Query):
+    state: RequestState | Literal[""] = Field("", description="only requests in this state")
+    user: OptionalName = Field("", description="only requests of this user")
+
+
+class ReviewBody(Body):
+    """``tsh request review``: the reviewer (the caller) proposes a state, with a reason."""
+
+    proposed_state: Decision
+    reason: Message = ""
+
+
+class ReissueBody(Body):
+    """``tsh login --request-id``, ``tsh request drop``: the caller's certificates again, for ``public_key``,
+    with the roles of ``access_requests`` (the caller's approved, unexpired requests) added; ``[]`` for the
+    base roles."""
+
+    public_key: PublicKey
+    access_requests: Annotated[list[RequestID], Field(max_length=LIST_MAX)] = []
+    drop_access_requests: bool = False
 
 
 class ProxySSH(Reply):
@@ -133,6 +175,25 @@ class SessionReply(Reply):
     snippet: str = Field("", description="with search: the recording's text around the first match")
 
 
+class AccessRequestReply(Reply):
+    """An ``access_request`` resource (kind, version, metadata, spec), as auth stores it."""
+
+    kind: str
+    version: str
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+
+
+class AccessRequestsReply(Reply):
+    items: list[AccessRequestReply]
+
+
+class ReissueReply(LoginReply):
+    """New certificates (as a login's) and the access requests they carry."""
+
+    active_requests: list[str]
+
+
 class ActiveSessionsReply(Reply):
     """The live sessions the caller may see: ``session_tracker`` resources (kind, version, metadata, spec)."""
 
@@ -143,6 +204,7 @@ PATH_PARAMS: dict[str, Any] = {
     "token": TokenText,
     "cluster": Name,
     "sid": Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL)],
+    "request_id": RequestID,
 }
 
 ROUTES: list[Operation] = [
@@ -180,6 +242,24 @@ ROUTES: list[Operation] = [
               "--follow and the web player; X-Teleport-Recording (streaming, complete), X-Teleport-Session "
               "(running, ended) and X-Teleport-Next-Offset headers; authorized at auth for the caller",
               query=StreamQuery, media="application/x-asciicast", errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/accessrequest", "POST", "create_access_request",
+              "tsh request create: a pending access request of the caller for roles (400 when a role is not "
+              "requestable or a reason is required)", body=AccessRequestBody, response=AccessRequestReply,
+              max_body=SMALL_BODY, errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/accessrequest", "GET", "access_requests",
+              "tsh request ls: the caller's own access requests, those it may review, all with list on "
+              "access_request", query=AccessRequestsQuery, response=AccessRequestsReply, errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/accessrequest/{request_id}", "GET", "access_request",
+              "tsh request show: one access request the caller may see (404 otherwise)",
+              response=AccessRequestReply, errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/accessrequest/{request_id}/review", "POST", "review_access_request",
+              "tsh request review: the caller's review (never of its own request; its review_requests roles must "
+              "cover every requested role)", body=ReviewBody, response=AccessRequestReply, max_body=SMALL_BODY,
+              errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/certs/reissue", "POST", "reissue_certs",
+              "tsh login --request-id, tsh request drop: the caller's certificates again with the roles of its "
+              "approved access requests added, expiring with the access", body=ReissueBody, response=ReissueReply,
+              max_body=SMALL_BODY, errors=AUTH_ERRORS),
 ]
 
 
