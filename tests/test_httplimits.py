@@ -30,7 +30,7 @@ from starlette.routing import Route
 from teleport_core.config.values import NetAddr
 from teleport_core.net.httplimits import GuardedApp, HTTPLimits, RouteLimit
 from teleport_core.net.limits import AuditThrottle
-from teleport_core.net.tlsserver import TLSServer, bind_socket
+from teleport_core.net.tlsserver import HTTP1_SERVERS, TLSServer, bind_socket
 from tests.test_tlsserver import client_context, issue, make_ca, server_context
 
 LIMITS = HTTPLimits(max_body=64 * 1024, routes=(RouteLimit("PUT", "/upload/{name}", 4 * 1024 * 1024),
@@ -62,13 +62,13 @@ APP = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/login", 
 class Running:
     """A TLSServer on its own event loop in a thread; ``refusals`` what ``on_refused`` got."""
 
-    def __init__(self, tmp_path: Path, limits: HTTPLimits = LIMITS) -> None:
+    def __init__(self, tmp_path: Path, limits: HTTPLimits = LIMITS, http1: str = "hypercorn") -> None:
         self.ca = make_ca("cluster")
         self.tmp = tmp_path
         self.refusals: list[tuple[str, str]] = []
         self.loop = asyncio.new_event_loop()
         self.server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, self.ca, "srv"),
-                                limits=limits, on_refused=self._refused)
+                                limits=limits, on_refused=self._refused, http1=http1)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
@@ -103,9 +103,10 @@ class Running:
             return client.get(self.url("/ping")).status_code
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Running]:
-    running = Running(tmp_path)
+@pytest.fixture(params=HTTP1_SERVERS)
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    """Each test runs against both HTTP/1.1 servers (hypercorn, uvicorn's httptools)."""
+    running = Running(tmp_path, http1=request.param)
     try:
         yield running
     finally:
@@ -190,7 +191,7 @@ from tests.test_tlsserver import make_ca, server_context
 
 async def main():
     server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(Path(sys.argv[1]), make_ca("c"), "s"),
-                       limits=LIMITS)
+                       limits=LIMITS, http1=sys.argv[2])
     await server.start()
     print(server.address.port, flush=True)
     await asyncio.Event().wait()
@@ -207,11 +208,13 @@ def peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_parallel_streamed_bodies_do_not_grow_the_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("http1", HTTP1_SERVERS)
+def test_parallel_streamed_bodies_do_not_grow_the_server(tmp_path: Path, http1: str) -> None:
     """20 clients each push a 200 MiB chunked body at once (not reading the answer): the
     server process (a subprocess, so its memory is its own) refuses all without holding them."""
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(tmp_path)], cwd=root, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(tmp_path), http1], cwd=root,
+                            stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(root)})
     try:
         assert proc.stdout is not None

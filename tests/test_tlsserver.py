@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from teleport_core.config.values import NetAddr
 from teleport_core.net.tlsserver import (
+    HTTP1_SERVERS,
     ClientHello,
     NotClientHello,
     TLSServer,
@@ -88,11 +89,12 @@ async def whoami(request: Request) -> JSONResponse:
 APP = Starlette(routes=[Route("/whoami", whoami)])
 
 
-def test_client_certificate_reaches_the_app_and_context_swaps(tmp_path):
+@pytest.mark.parametrize("http1", HTTP1_SERVERS)
+def test_client_certificate_reaches_the_app_and_context_swaps(tmp_path, http1):
     ca, other_ca, new_ca = make_ca("cluster"), make_ca("intruder"), make_ca("rotated")
 
     async def run():
-        server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "s1"))
+        server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "s1"), http1=http1)
         await server.start()
         url = f"https://localhost:{server.address.port}/whoami"
         try:

@@ -7,6 +7,13 @@ client certificate against the context's CAs, then hypercorn's per-connection
 certificate as the ASGI TLS extension (``scope["extensions"]["tls"]["client_cert_chain"]``,
 PEM strings, leaf first; empty when the client presented none).
 
+With ``http1="httptools"`` an HTTP/1.1 connection is served by uvicorn's httptools protocol
+instead (:mod:`teleport_core.net.h1fast`: llhttp parses in C; about half the server's CPU
+per request), under the same bounds; a connection whose ALPN chose ``h2`` stays on hypercorn.
+No WebSocket on that path: a listener with WebSocket routes keeps hypercorn. The environment
+variable :data:`HTTP1_ENV` (``hypercorn`` or ``httptools``) overrides the caller's choice, for
+a diagnosis or a side-by-side measurement.
+
 The SSL context can be replaced while serving (:meth:`TLSServer.set_context`): new
 handshakes use the new certificate and trusted CAs, which is how a CA rotation reaches a
 running server.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 import ssl
 import struct
@@ -57,6 +65,8 @@ LINGER = 2.0  # seconds a connection refused with a 413 lives on, not read, for 
 #: reasons of a refused handshake that are about the client's certificate (other failures, such
 #: as a port scan or plain HTTP, are only logged at DEBUG)
 CERTIFICATE_ALERTS = frozenset({"PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED"})
+HTTP1_SERVERS = ("hypercorn", "httptools")
+HTTP1_ENV = "TELEPORT_HTTP1"  # overrides TLSServer's http1 (one of HTTP1_SERVERS)
 
 log = get_logger("tls")
 
@@ -212,21 +222,21 @@ def client_certificate(scope: Scope) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(chain[0]) if chain else None
 
 
-async def _refuse_rest(writer: asyncio.StreamWriter, connection: asyncio.Task[Any] | None) -> None:
+async def _refuse_rest(transport: asyncio.BaseTransport, connection: asyncio.Task[Any] | None = None) -> None:
     """After a 413: read nothing more, give the answer :data:`LINGER` seconds to reach the client
     (a reset sent sooner can destroy it unread), then abort the connection.
 
     The TCP transport under asyncio's TLS layer is paused: that layer would otherwise keep taking
     the unwanted body, and while it waits for the peer's close_notify it buffers it, unbounded.
     """
-    transport = writer.transport
     raw = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
     reading = raw if isinstance(raw, asyncio.ReadTransport) else transport
     with contextlib.suppress(RuntimeError, AttributeError):
         if isinstance(reading, asyncio.ReadTransport):
             reading.pause_reading()
     await asyncio.sleep(LINGER)
-    transport.abort()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
     if connection is not None:  # hypercorn may wait forever to hand the app body it will not take
         asyncio.get_running_loop().call_soon(connection.cancel)
 
@@ -251,9 +261,13 @@ class TLSServer:
 
     def __init__(self, app: ASGIApp, sock: socket.socket, context: ssl.SSLContext, *,
                  limits: HTTPLimits | None = None, graceful_timeout: float = 5.0, router: Router | None = None,
-                 on_refused: RefusalHandler | None = None) -> None:
+                 on_refused: RefusalHandler | None = None, http1: str = "hypercorn") -> None:
         from hypercorn.config import Config
 
+        http1 = os.environ.get(HTTP1_ENV) or http1
+        if http1 not in HTTP1_SERVERS:
+            raise ValueError(f"http1: expected one of {', '.join(HTTP1_SERVERS)}, got {http1!r}")
+        self.http1 = http1
         self.app = app
         self.sock = sock
         self.router = router
@@ -279,6 +293,11 @@ class TLSServer:
         self._context_obj: Any = None
         self._sweeping: asyncio.Task[None] | None = None
         self._clocks: dict[ConnectionClock, asyncio.WriteTransport] = {}
+        self._h1: Any = None  # h1fast.Shared, with http1="httptools"
+        if http1 == "httptools":
+            from teleport_core.net.h1fast import Shared
+
+            self._h1 = Shared(app, self.limits, self._watch, _refuse_rest)
 
     @property
     def address(self) -> NetAddr:
@@ -323,10 +342,19 @@ class TLSServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _watch(self, clock: ConnectionClock, transport: asyncio.Transport | None) -> None:
+        """Keep ``clock``'s connection to the deadline sweep (``transport`` None: it is gone)."""
+        if transport is None:
+            self._clocks.pop(clock, None)
+        else:
+            self._clocks[clock] = transport
+
     async def _sweep(self) -> None:
         """Abort the connections past a deadline (:class:`~teleport_core.net.httplimits.ConnectionClock`)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            if self._h1 is not None:
+                self._h1.tick()
             for clock, transport in list(self._clocks.items()):
                 why = clock.overdue()
                 if why:
@@ -358,9 +386,7 @@ class TLSServer:
                     await handler(sock, hello)
                     return
             loop = asyncio.get_running_loop()
-            reader = asyncio.StreamReader(limit=2 ** 16)
-            protocol = asyncio.StreamReaderProtocol(reader, self._connection)
-            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._wrapper,
+            await loop.connect_accepted_socket(functools.partial(_Chooser, self), sock, ssl=self._wrapper,
                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
                                                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT)
         except (NotClientHello, TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
@@ -369,6 +395,15 @@ class TLSServer:
                 self.refused(peer, f"tls handshake refused: {handshake_reason(exc)}")
             else:
                 log.debug("connection ended before HTTP", peer=peer, reason=handshake_reason(exc))
+
+    def _http_protocol(self, transport: asyncio.BaseTransport) -> asyncio.BaseProtocol:
+        """The protocol that serves a connection whose handshake is done: uvicorn's httptools
+        (``http1="httptools"``, unless ALPN chose h2), else hypercorn through a stream reader."""
+        if self._h1 is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                return self._h1.protocol()  # type: ignore[no-any-return]
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=2 ** 16), self._connection)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -395,7 +430,8 @@ class TLSServer:
             "cipher_suite": ssl_object.cipher()[0] if ssl_object is not None and ssl_object.cipher() else None,
         }
         clock = ConnectionClock(self.limits)
-        app = GuardedApp(self.app, self.limits, clock, functools.partial(_refuse_rest, writer, asyncio.current_task()))
+        app = GuardedApp(self.app, self.limits, clock,
+                         functools.partial(_refuse_rest, writer.transport, asyncio.current_task()))
 
         async def with_tls(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] in ("http", "websocket"):
@@ -431,9 +467,30 @@ class TLSServer:
         await self.stop_accepting()
         if self._context_obj is not None:
             await self._context_obj.terminated.set()
+        if self._h1 is not None:
+            self._h1.shutdown()  # idle connections close now, busy ones after their answer
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), self.config.graceful_timeout)
-        lingering = list(self._tasks)
+            await asyncio.wait_for(asyncio.gather(*self._tasks, *self._h1_tasks(), return_exceptions=True),
+                                   self.config.graceful_timeout)
+        if self._h1 is not None:
+            self._h1.abort_all()
+        lingering = [*self._tasks, *self._h1_tasks()]
         for task in lingering:
             task.cancel()
         await asyncio.gather(*lingering, return_exceptions=True)  # collected, so nothing logs them
+
+    def _h1_tasks(self) -> list[asyncio.Task[Any]]:
+        return list(self._h1.state.tasks) if self._h1 is not None else []
+
+
+class _Chooser(asyncio.Protocol):
+    """Stands for a connection until its TLS handshake is done, then hands it to the protocol
+    :meth:`TLSServer._http_protocol` picks (the handshake's ALPN decides between HTTP/1.1 and h2)."""
+
+    def __init__(self, server: TLSServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        protocol = self.server._http_protocol(transport)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
