@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import teleport_core.policy.requests as access_requests
     from teleport_core.config.model import TeleportConfig
     from teleport_core.config.reader import SectionReader
     from teleport_core.pki.certs import CertAdditions, CertRequest
@@ -224,4 +225,22 @@ def teleport_process_started(config: TeleportConfig, services: Mapping[str, Any]
 def teleport_process_stopping(config: TeleportConfig) -> None:
     """Called once when shutdown begins (SIGTERM, SIGINT, or a failed start), before services
     stop. Return values are ignored; an exception is logged and does not stop the shutdown.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Access requests: called by the auth service after each change to an access request.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def teleport_access_request_changed(request: access_requests.AccessRequest, change: str) -> None:
+    """Announce a change to an access request, for notification plugins (Slack, PagerDuty, email).
+
+    ``request`` is the request as stored after the change
+    (:class:`teleport_core.policy.requests.AccessRequest`); ``change`` is one of ``created``,
+    ``reviewed`` (a review that left it pending), ``approved``, ``denied``, ``expired`` (it
+    lapsed and was removed) and ``deleted``. Called by the auth service after the change is
+    stored, in order, on a worker thread: it may block (an HTTP call), but holds up only later
+    announcements. Return values are ignored; an exception is logged and changes nothing.
     """

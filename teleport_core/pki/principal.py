@@ -34,6 +34,8 @@ class Identity:
     their traits (``{"logins": ["root"]}``). For hosts: ``name`` is ``<hostUUID>.<cluster>``
     and ``roles`` holds the system role (``Node``, ``Proxy``, ``Auth``). ``issued``: when the
     certificate it came from was issued (None when unknown), which locks on deleted users check.
+    ``active_requests``: the IDs of the approved access requests whose roles the certificate
+    carries (:mod:`teleport_core.policy.requests`); a lock on one of them refuses the identity.
     """
 
     name: str
@@ -43,3 +45,4 @@ class Identity:
     logins: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     cluster: str = ""
     issued: dt.datetime | None = attrs.field(default=None, eq=False)
+    active_requests: tuple[str, ...] = attrs.field(default=(), converter=_strings)

@@ -1,6 +1,7 @@
 """Locks, as in Teleport: a ``lock`` resource that refuses an identity everywhere while in force.
 
-A lock targets one user, role, login or node (host UUID). While it has not expired, every
+A lock targets one user, role, login, node (host UUID) or access request (the certificates
+carrying that request's roles: auth locks an approved request it deletes). While it has not expired, every
 component refuses an access it matches (auth API, proxy, node SSH) and ends the live sessions
 it matches, with :func:`lock_message` shown to the user and written to the audit log.
 
@@ -32,8 +33,8 @@ from teleport_core.errors import ConfigError
 KIND = "lock"
 VERSION = "v2"
 #: target fields, in the order they are shown
-TARGET_KINDS = ("user", "role", "login", "node")
-_TARGET_LABELS = {"user": "User", "role": "Role", "login": "Login", "node": "Node"}
+TARGET_KINDS = ("user", "role", "login", "node", "access_request")
+_TARGET_LABELS = {"user": "User", "role": "Role", "login": "Login", "node": "Node", "access_request": "AccessRequest"}
 #: an SSH certificate is back-dated this much for clock skew (its issue time is valid_after + this)
 CERT_BACKDATE = dt.timedelta(minutes=1)
 
@@ -88,7 +89,8 @@ def parse_time(text: str, path: str) -> dt.datetime:
 
 @attrs.frozen
 class LockTarget:
-    """What a lock refuses: exactly one of ``user``, ``role``, ``login``, ``node`` (host UUID).
+    """What a lock refuses: exactly one of ``user``, ``role``, ``login``, ``node`` (host UUID),
+    ``access_request`` (an access request ID a certificate carries).
 
     ``issued_before``: match only certificates issued before this moment (deleted users).
     """
@@ -97,12 +99,13 @@ class LockTarget:
     role: str = ""
     login: str = ""
     node: str = ""
+    access_request: str = ""
     issued_before: dt.datetime | None = attrs.field(default=None, converter=_optional_seconds)
 
     def __attrs_post_init__(self) -> None:
         given = [kind for kind in TARGET_KINDS if getattr(self, kind)]
         if not given:
-            raise InvalidLock("spec.target", "a lock needs a target: one of user, role, login or node")
+            raise InvalidLock("spec.target", "a lock needs a target: one of user, role, login, node or access_request")
         if len(given) > 1:
             raise InvalidLock("spec.target", f"a lock targets one thing, got {' and '.join(given)}")
 
@@ -248,7 +251,7 @@ def tls_cert_issued(not_valid_before: dt.datetime) -> dt.datetime:
 
 
 def _matches(target: LockTarget, user: str, roles: Sequence[str], login: str, node: str,
-             issued: dt.datetime | None) -> bool:
+             issued: dt.datetime | None, access_requests: Sequence[str]) -> bool:
     if target.issued_before is not None and issued is not None and issued > target.issued_before:
         return False  # a certificate issued after the lock (a re-created user): not this lock's business
     if target.user:
@@ -257,21 +260,25 @@ def _matches(target: LockTarget, user: str, roles: Sequence[str], login: str, no
         return target.role in roles
     if target.login:
         return bool(login) and target.login == login
+    if target.access_request:
+        return target.access_request in access_requests
     return bool(node) and target.node == node
 
 
 def lock_in_force(locks: Iterable[Lock], *, user: str = "", roles: Sequence[str] = (), login: str = "",
-                  node: str = "", issued: dt.datetime | None = None, now: dt.datetime | None = None) -> Lock | None:
+                  node: str = "", issued: dt.datetime | None = None, now: dt.datetime | None = None,
+                  access_requests: Sequence[str] = ()) -> Lock | None:
     """The first unexpired lock matching an access, else None.
 
     ``user`` and ``roles``: the identity's name and roles; ``login``: the OS login asked for;
     ``node``: the host UUID of the node reached (or of a host identity); ``issued``: when the
-    identity's certificate was issued (None: unknown, so ``issued_before`` locks match).
+    identity's certificate was issued (None: unknown, so ``issued_before`` locks match);
+    ``access_requests``: the access request IDs the certificate carries.
     """
     moment = now or _now()
     for lock in locks:
         if lock.expired(moment):
             continue
-        if _matches(lock.target, user, roles, login, node, issued):
+        if _matches(lock.target, user, roles, login, node, issued, access_requests):
             return lock
     return None

@@ -477,5 +477,8 @@ def review_decision(reviewer: str, reviewer_roles: RoleSet, request: AccessReque
 
 
 def may_see(user: str, reviewer_roles: RoleSet, request: AccessRequest) -> bool:
-    """Whether ``user`` sees ``request`` without the ``access_request`` rules: their own, or one they may review."""
-    return request.user == user or review_decision(user, reviewer_roles, request).allowed
+    """Whether ``user`` sees ``request`` without the ``access_request`` rules: their own, or one for a
+    role their ``allow.review_requests`` names (whether they may review it all is :func:`review_decision`)."""
+    if request.user == user:
+        return True
+    return any(role.allow.review_requests.matches(name) for role in reviewer_roles.roles for name in request.roles)

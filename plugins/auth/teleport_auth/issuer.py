@@ -45,6 +45,12 @@ from teleport_core.pki import keys
 from teleport_core.pki.certs import CertFormat, CertRequest, CertType, apply_plugins
 from teleport_core.pki.keys import PublicKey
 from teleport_core.policy.access import Identity, IdentityKind
+from teleport_core.policy.requests import (
+    ACTIVE_REQUESTS_OID,
+    EXT_ACTIVE_REQUESTS,
+    active_requests_json,
+    parse_active_requests,
+)
 
 DEFAULT_USER_CERT_TTL = dt.timedelta(hours=12)
 MIN_USER_CERT_TTL = dt.timedelta(minutes=1)
@@ -274,6 +280,8 @@ def issue_ssh_user_cert(
     extensions[EXT_TELEPORT_ROLES] = _roles_json(identity.roles)
     extensions[EXT_TELEPORT_TRAITS] = _traits_json(identity.traits)
     extensions[EXT_ROUTE_TO_CLUSTER] = route
+    if identity.active_requests:
+        extensions[EXT_ACTIVE_REQUESTS] = active_requests_json(identity.active_requests)
     if ip is not None:
         extensions[EXT_LOGIN_IP] = ip
     options = {OPT_SOURCE_ADDRESS: ip} if pin_source_ip and ip is not None else {}
@@ -415,13 +423,20 @@ def _subject_name(identity: Identity, route: str, logins: Sequence[str]) -> x509
     One attribute per RDN so the order of roles and logins is kept.
     """
     traits = _traits_json(identity.traits) if identity.traits else ""
-    return _name_of(identity.name, tuple(identity.roles), tuple(logins), route, traits)
+    return _name_of(identity.name, tuple(identity.roles), tuple(logins), route, traits, identity.active_requests)
+
+
+#: the subject attribute of each active access request ID (Teleport's OID)
+ACTIVE_REQUESTS_NAME_OID = x509.ObjectIdentifier(ACTIVE_REQUESTS_OID)
 
 
 @functools.lru_cache(maxsize=1024)
-def _name_of(name: str, roles: tuple[str, ...], logins: tuple[str, ...], route: str, traits: str) -> x509.Name:
-    """The subject of :func:`_subject_name` (built once per distinct subject: a ``Name`` is immutable)."""
+def _name_of(name: str, roles: tuple[str, ...], logins: tuple[str, ...], route: str, traits: str,
+             requests: tuple[str, ...] = ()) -> x509.Name:
+    """The subject of :func:`_subject_name` (built once per distinct subject: a ``Name`` is immutable);
+    ``requests``: the active access request IDs, one ``1.3.9999.2.8`` attribute each."""
     rdns = [_rdn(NameOID.LOCALITY_NAME, login) for login in logins]
+    rdns.extend(_rdn(ACTIVE_REQUESTS_NAME_OID, request) for request in requests)
     rdns.append(_rdn(NameOID.STREET_ADDRESS, route))
     if traits:
         rdns.append(_rdn(NameOID.POSTAL_CODE, traits))
@@ -671,6 +686,10 @@ def _verified_identity(leaf: x509.Certificate, authorities: Iterable[CertAuthori
             )
         return _identity(name=names[0], kind=IdentityKind.HOST, roles=roles, cluster=cluster,
                          issued=leaf.not_valid_before_utc + CLOCK_SKEW)
+    try:
+        requests = parse_active_requests(json.dumps(values(ACTIVE_REQUESTS_NAME_OID)))
+    except ValueError as exc:
+        raise InvalidCertificate(f"x509: {exc}") from None
     return _identity(
         name=names[0],
         kind=IdentityKind.USER,
@@ -679,6 +698,7 @@ def _verified_identity(leaf: x509.Certificate, authorities: Iterable[CertAuthori
         logins=tuple(values(NameOID.LOCALITY_NAME)),
         cluster=cluster,
         issued=leaf.not_valid_before_utc + CLOCK_SKEW,
+        active_requests=requests,
     )
 
 
@@ -820,6 +840,10 @@ def verify_ssh_cert(
 
     key_id = _decode(parsed.key_id, "key id")
     if cert_type is CertType.USER:
+        try:
+            requests = parse_active_requests(extensions.get(EXT_ACTIVE_REQUESTS))
+        except ValueError as exc:
+            raise InvalidCertificate(f"ssh: {exc}") from None
         identity = _identity(
             name=key_id,
             kind=IdentityKind.USER,
@@ -828,6 +852,7 @@ def verify_ssh_cert(
             logins=tuple(p for p in principals if not p.startswith(NOLOGIN_PREFIX)),
             cluster=extensions.get(EXT_ROUTE_TO_CLUSTER, ""),
             issued=_from_ts(parsed.valid_after) + CLOCK_SKEW,
+            active_requests=requests,
         )
     else:
         role = extensions.get(EXT_HOST_ROLE, "")

@@ -128,4 +128,4 @@ class LockStore:
         if identity.kind is IdentityKind.HOST:
             return lock_in_force(await self.current(), node=host_uuid_of(identity), issued=when)
         return lock_in_force(await self.current(), user=identity.name, roles=identity.roles, login=login,
-                             issued=when)
+                             issued=when, access_requests=identity.active_requests)

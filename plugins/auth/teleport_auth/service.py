@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from teleport_auth import ha
+from teleport_auth.access_requests import AccessRequestStore, Announcer
 from teleport_auth.api import ROUTES, build_app
 from teleport_auth.authority import CAType, CertAuthority, ca_key, ca_pin, export_known_hosts, generate_authority
 from teleport_auth.authz import RoleAuthorizer
@@ -38,6 +39,7 @@ from teleport_core.net.limits import RateLimiter
 from teleport_core.net.tlsserver import TLSServer
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
+from teleport_core.policy.requests import AccessRequest
 from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, AuditLog, AuditSink, new_event
 from teleport_core.state.audit_spool import FanOutSpool, export_pending
@@ -101,6 +103,11 @@ class AuthService(Service):
         self._tasks.append(asyncio.create_task(self.users.watch(), name="auth-user-watch"))
         self.locks = LockStore(self.backend)
         self._tasks.append(asyncio.create_task(self.locks.watch(), name="auth-lock-watch"))
+        self.access_requests = AccessRequestStore(self.backend)
+        self.announcer = Announcer(self.ctx.plugins, self.log)
+        self._tasks.append(asyncio.create_task(self.announcer.run(), name="auth-access-request-hook"))
+        self._tasks.append(asyncio.create_task(self.access_requests.sweep(self._request_lapsed),
+                                               name="auth-access-request-sweep"))
         self.host_uuid = host_uuid(self.ctx.data_dir)
         self.identity = await self._own_identity()
         self.hosts = HostRegistry(self.backend, self.cluster_name)
@@ -115,7 +122,8 @@ class AuthService(Service):
         sock = self.ctx.listen("auth", self.settings.listen_addr)  # inherited across a graceful reload
         sock.setblocking(False)
         self.server = TLSServer(build_app(self), sock, self.server_context(),
-                                limits=limits, on_refused=self.audit_refusal)
+                                limits=limits, on_refused=self.audit_refusal,
+                                http1="httptools")  # no WebSocket routes: uvicorn's httptools (teleport_core/net/h1fast.py)
         await self.server.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
@@ -387,6 +395,14 @@ class AuthService(Service):
             await sink.emit(event)
 
         return send
+
+    async def _request_lapsed(self, request: AccessRequest) -> None:
+        """An access request lapsed and was removed (the sweeper): audited (T5001I) and announced."""
+        with contextlib.suppress(TeleportError):  # the sweep goes on; the hook still hears of it
+            await self.emit(new_event("access_request.update", cluster_name=self.cluster_name, id=request.id,
+                                      user=request.user, roles=list(request.roles), state=request.state,
+                                      expired=True, reason="expired"))
+        self.announcer.announce(request, "expired")
 
     async def emit(self, event: AuditEvent) -> None:
         """Write an audit event: returns once it is durable in the audit spool (and, while the sinks

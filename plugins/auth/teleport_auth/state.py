@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from teleport_auth.access_requests import AccessRequestStore, Announcer
 from teleport_auth.authority import CertAuthority
 from teleport_auth.authz import RoleAuthorizer
 from teleport_auth.hosts import HostNames, HostRecord, HostRegistry
@@ -64,6 +65,8 @@ class AuthState(Protocol):
     presence: Presence
     authorizer: RoleAuthorizer
     locks: LockStore
+    access_requests: AccessRequestStore
+    announcer: Announcer  # teleport_access_request_changed, after each stored change
     hosts: HostRegistry
     rotation: Rotator
     stopping: asyncio.Event  # set when the service stops: long polls answer at once

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teleport_auth.api import (
+    access_requests,
     agentless,
     changes,
     cluster,
@@ -56,7 +57,8 @@ __all__ = ["API", "MAX_BODY", "OPENAPI_PATH", "ROUTES", "BadRequest", "Operation
            "error_response", "openapi_document"]
 
 
-class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessionsAPI, users.UsersAPI,
+class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessionsAPI,
+          access_requests.AccessRequestsAPI, users.UsersAPI,
           tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
           hostcerts.HostCertsAPI, edit.EditAPI, trackers.TrackersAPI, agentless.AgentlessAPI,
@@ -66,7 +68,7 @@ class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessi
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
         *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES,
-        *websessions.ROUTES, *trackers.ROUTES, *agentless.ROUTES, *streaming.ROUTES]}
+        *websessions.ROUTES, *trackers.ROUTES, *agentless.ROUTES, *streaming.ROUTES, *access_requests.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -4,6 +4,7 @@ map errors to statuses), body reading, and the state every resource module share
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import json
@@ -76,6 +77,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 PROXIES_END = range_end(PROXIES_PREFIX)  # PROXIES_PREFIX: teleport_auth.presence (the proxies' heartbeats)
 PROXY_TTL = dt.timedelta(minutes=10)
 PROXY_TOKEN_KIND = "proxy_token"  # noqa: S105 - a resource kind, not a secret
+
+
+#: the access requests whose roles the caller of the call being handled holds: its events carry them
+CALLER_REQUESTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("caller_requests", default=())
 
 
 class BadRequest(InvalidRequest):
@@ -157,6 +162,7 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
                     raise AuthenticationFailed(reason)
                 if identity is not None and request.headers.get(FORWARDED_USER_CERT):
                     identity = await self.forwarded_identity(request, identity)  # the user a proxy acts for
+                CALLER_REQUESTS.set(identity.active_requests if identity is not None else ())
                 if identity is not None:
                     await self.refuse_locked(request, identity, exempt=handler.__name__ in LOCKED_HOST_CALLS)
                 op = self.operations.get(handler.__name__)
@@ -309,6 +315,8 @@ class APIBase:
             "cluster_name": self.service.cluster_name,
             "addr.remote": f"{client.host}:{client.port}" if client else "",
         }
+        if identity is not None and identity.active_requests:
+            fields["access_requests"] = list(identity.active_requests)
         await self.service.emit(new_event("auth", "failure", **fields))
 
     async def audit_invalid(self, handler: str, request: Request, raw: bytes, reason: str) -> None:
@@ -327,6 +335,10 @@ class APIBase:
         await audit(request, fields, reason)
 
     def event(self, event: str, outcome: str = "ok", **fields: Any) -> AuditEvent:
+        """An audit event of this API call; made with elevated roles, it names their access requests."""
+        requests = CALLER_REQUESTS.get()
+        if requests and "access_requests" not in fields:
+            fields["access_requests"] = list(requests)
         return new_event(event, outcome, cluster_name=self.service.cluster_name, **fields)
 
 

@@ -26,7 +26,7 @@ class LockMetadata(Body):
 
 
 class LockTargetBody(Body):
-    """Whom the lock stops: one of user, role, login, node (``server_id``); optionally only
+    """Whom the lock stops: one of user, role, login, node (``server_id``), access_request; optionally only
     certificates issued before ``issued_before``."""
 
     model_config = ConfigDict(extra="allow")
@@ -36,6 +36,7 @@ class LockTargetBody(Body):
     login: OptionalName = ""
     node: OptionalName = ""
     server_id: OptionalName = ""
+    access_request: OptionalName = ""
     issued_before: Timestamp = ""
 
 

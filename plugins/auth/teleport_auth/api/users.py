@@ -296,21 +296,24 @@ class UsersAPI(APIBase):
     # -- login and certificates ----------------------------------------------------------------------------------
 
     async def _certs_for(self, identity: Identity, public_key: str, ttl: dt.timedelta | None,
-                         client_ip: str = "") -> dict[str, Any]:
+                         client_ip: str = "", *, cap: dt.timedelta | None = None) -> dict[str, Any]:
+        """Certificates for ``identity`` (its roles, traits and active access requests); ``cap``: the
+        longest they may live (an access request's expiry), below the roles' ``max_session_ttl``."""
         svc = self.service
         roleset = await svc.authorizer.roleset_for(identity)
         user = Identity(identity.name, IdentityKind.USER, roleset.names, identity.traits, tuple(roleset.all_logins),
-                        svc.cluster_name)
+                        svc.cluster_name, active_requests=identity.active_requests)
+        max_ttl = roleset.max_session_ttl if cap is None else min(roleset.max_session_ttl, cap)
         hook = svc.ctx.plugins.hook
         try:
             subject = keys.load_public_key(public_key)  # parsed once for both certificates
             ssh = issue_ssh_user_cert(
                 svc.user_ca, hook, public_key=subject, identity=user, ttl=ttl,
-                max_session_ttl=roleset.max_session_ttl, permit_agent_forwarding=roleset.forward_agent,
+                max_session_ttl=max_ttl, permit_agent_forwarding=roleset.forward_agent,
                 permit_port_forwarding=roleset.port_forwarding, client_ip=client_ip or None,
             )
             tls = issue_tls_user_cert(svc.user_ca, hook, public_key=subject, identity=user, ttl=ttl,
-                                      max_session_ttl=roleset.max_session_ttl)
+                                      max_session_ttl=max_ttl)
         except keys.UnsupportedKey as exc:
             raise BadRequest(f"public_key: {exc}") from None
         except ValueError as exc:
@@ -321,7 +324,9 @@ class UsersAPI(APIBase):
         issued.labels(kind="user", format="tls").inc()
         await svc.emit(self.event("cert.create", user=user.name, cert_type="user",
                                   identity={"user": user.name, "roles": list(user.roles), "logins": list(user.logins),
-                                            "expires": valid_before.isoformat()}))
+                                            "expires": valid_before.isoformat(),
+                                            **({"access_requests": list(user.active_requests)}
+                                               if user.active_requests else {})}))
         return {
             "username": user.name,
             "roles": list(user.roles),
