@@ -123,7 +123,7 @@ class AuthService(Service):
         sock.setblocking(False)
         self.server = TLSServer(build_app(self), sock, self.server_context(),
                                 limits=limits, on_refused=self.audit_refusal,
-                                http1="httptools")  # no WebSocket routes: uvicorn's httptools (teleport_core/net/h1fast.py)
+                                http1="httptools")  # no WebSocket routes: uvicorn's httptools protocol
         await self.server.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
