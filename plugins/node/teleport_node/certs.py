@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh
 
+from teleport_core.policy.requests import EXT_ACTIVE_REQUESTS, parse_active_requests
+
 CLOCK_SKEW = dt.timedelta(minutes=1)
 INFINITY = 0xFFFFFFFFFFFFFFFF
 ALLOWED_CRITICAL_OPTIONS = ("source-address",)
@@ -52,6 +54,8 @@ class UserCert:
     valid_before: int
     fingerprint: str
     valid_after: int = 0
+    #: the approved access requests whose roles the certificate carries (``teleport-active-requests``)
+    active_requests: tuple[str, ...] = ()
 
     def permits(self, extension: str) -> bool:
         return extension in self.extensions
@@ -139,11 +143,15 @@ def _check_fields(parsed: ssh.SSHCertificate, *, login: str | None, client_ip: s
             raise CertRefused(f"client address {client_ip} not allowed by the certificate's source-address")
     extensions = {_text(k, "extension"): _text(v, "extension") for k, v in parsed.extensions.items()}
     roles, traits = _roles_traits(extensions)
+    try:
+        requests = parse_active_requests(extensions.get(EXT_ACTIVE_REQUESTS))
+    except ValueError as exc:
+        raise CertRefused(f"malformed certificate: {exc}") from None
     wire = base64.b64decode(parsed.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                               serialization.PublicFormat.OpenSSH).split()[1])
     fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
     return UserCert(_text(parsed.key_id, "key id"), principals, roles, traits, extensions,
-                    parsed.valid_before, fingerprint, parsed.valid_after)
+                    parsed.valid_before, fingerprint, parsed.valid_after, requests)
 
 
 def _roles_traits(extensions: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:

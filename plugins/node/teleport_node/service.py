@@ -60,6 +60,7 @@ LABEL_TIMEOUT = 10.0
 UPLOAD_AUDIT_WAIT = 30.0  # seconds an upload waits for this node's audit backlog (its session.start)
 UPLOAD_UNKNOWN_FOR = 3600.0  # seconds a 404 upload (auth has no record of the session yet) is retried
 REFUSED = ".cast.refused"  # a recording auth refused for good, kept in the spool
+ELEVATION_CHECK = 1.0  # seconds between looks for connections whose access request expired
 SPOOL_RESCAN = 60.0  # seconds between looks for finished recordings no upload holds (a reload's leftovers)
 
 
@@ -155,6 +156,7 @@ class NodeService(Service):
         self._spawn(self.auth.follow("cert_authority", self._load_cas, self.log), "node-ca-watch")
         self._spawn(self.auth.follow("role", self._load_roles, self.log), "node-role-watch")
         self._spawn(self.auth.follow("lock", self._load_locks, self.log), "node-lock-watch")
+        self._spawn(self._end_lapsed_elevation(), "node-access-request-expiry")
         for command in self.settings.commands:
             self._spawn(self._command_label(command), f"node-label-{command.name}")
         host, port = self.ssh.addr
@@ -329,6 +331,16 @@ class NodeService(Service):
             role = parse_role(data)
             roles[role.name] = role
         self.state = attrs.evolve(self.state, roles=roles)
+
+    async def _end_lapsed_elevation(self) -> None:
+        """End the connections whose access-request elevation ended (their certificate's end), within
+        :data:`ELEVATION_CHECK` seconds: such a certificate grants nothing past it, even to a live session."""
+        while True:
+            await asyncio.sleep(ELEVATION_CHECK)
+            if self.ssh is not None and self.ssh.elevation_lapsed():
+                ended = await asyncio.to_thread(self.ssh.enforce_locks)
+                if ended:
+                    self.log.info("ended connections whose access request expired", connections=ended)
 
     async def _load_locks(self) -> None:
         """The cluster's locks; connections a lock now matches are ended (with its message)."""

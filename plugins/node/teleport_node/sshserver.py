@@ -356,6 +356,14 @@ class SSHServer:
         with self._lock:
             self.connections.discard(conn)
 
+    def elevation_lapsed(self) -> bool:
+        """Whether a live connection's access-request elevation has ended (then :meth:`enforce_locks`)."""
+        now = time.time()
+        with self._lock:
+            connections = list(self.connections)
+        return any(conn.cert is not None and conn.cert.active_requests and now >= conn.cert.valid_before
+                   and not conn.terminating for conn in connections)
+
     def enforce_locks(self) -> int:
         """End every connection a lock now matches (after the locks changed); how many.
 
@@ -529,7 +537,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return {"cluster_name": state.cluster_name, "server_id": state.host_uuid,
                 "server_hostname": state.nodename, "server_labels": dict(state.labels),
                 "addr.remote": self.remote, "addr.local": self.local,
-                "user": self.cert.user if self.cert else "", "login": self.login}
+                "user": self.cert.user if self.cert else "", "login": self.login,
+                **({"access_requests": list(self.cert.active_requests)}
+                   if self.cert and self.cert.active_requests else {})}
 
     # -- authentication -----------------------------------------------------------------------------
 
@@ -813,11 +823,15 @@ class RemoteForward:
 
 
 def _lock_reason(state: NodeState, cert: UserCert, login: str) -> str:
-    """The message of the lock in force for ``cert``'s user and roles, ``login`` and this node, or ""."""
+    """The message of the lock in force for ``cert``'s user and roles, ``login``, this node and the
+    certificate's access requests, or ""; for a certificate with the roles of access requests, also
+    the end of that access (the certificate's end, which auth caps at the requests' expiry)."""
+    if cert.active_requests and time.time() >= cert.valid_before:
+        return f"the access granted by access request {', '.join(cert.active_requests)} has expired"
     if not state.locks:
         return ""
     lock = lock_in_force(state.locks, user=cert.user, roles=cert.roles, login=login, node=state.host_uuid,
-                         issued=cert_issued(cert.valid_after))
+                         issued=cert_issued(cert.valid_after), access_requests=cert.active_requests)
     return lock_message(lock) if lock is not None else ""
 
 

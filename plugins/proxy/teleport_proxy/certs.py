@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from teleport_core.errors import AccessDenied
 from teleport_core.pki import keys
 from teleport_core.policy.locks import cert_issued, tls_cert_issued
+from teleport_core.policy.requests import ACTIVE_REQUESTS_OID, EXT_ACTIVE_REQUESTS, parse_active_requests
 
 CLOCK_SKEW = dt.timedelta(minutes=1)
 
@@ -38,6 +39,7 @@ class UserCert:
     principals: tuple[str, ...] = ()
     valid_before: dt.datetime | None = None
     issued: dt.datetime | None = None  # when the certificate was issued (locks on deleted users)
+    active_requests: tuple[str, ...] = ()  # the access requests whose roles it carries (locks on them)
 
 
 def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = "",
@@ -91,6 +93,10 @@ def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = 
     if not _strings(roles) or not isinstance(traits, dict) or not all(
             isinstance(v, list | None) and _strings(v or []) for v in traits.values()):
         raise InvalidCertificate("ssh: malformed teleport-roles or teleport-traits extension")
+    try:
+        requests = parse_active_requests(ext.get(EXT_ACTIVE_REQUESTS))
+    except ValueError as exc:
+        raise InvalidCertificate(f"ssh: {exc}") from None
     return UserCert(
         user=user,
         roles=tuple(roles),
@@ -98,6 +104,7 @@ def verify_user_ssh_cert(line: str, trusted: Iterable[str], *, client_ip: str = 
         principals=principals,
         valid_before=_moment(parsed.valid_before),
         issued=cert_issued(parsed.valid_after),
+        active_requests=requests,
     )
 
 
@@ -145,8 +152,13 @@ def user_from_tls_cert(der: bytes) -> UserCert:
         if not isinstance(found, dict) or not all(_strings(v or []) for v in found.values()):
             raise InvalidCertificate("tls: malformed traits in the client certificate")
         traits.update({str(k): tuple(v or ()) for k, v in found.items()})
+    try:
+        requests = parse_active_requests(json.dumps(values(x509.ObjectIdentifier(ACTIVE_REQUESTS_OID))))
+    except ValueError as exc:
+        raise InvalidCertificate(f"tls: {exc}") from None
     return UserCert(names[0], tuple(values(NameOID.ORGANIZATION_NAME)), traits,
-                    valid_before=cert.not_valid_after_utc, issued=tls_cert_issued(cert.not_valid_before_utc))
+                    valid_before=cert.not_valid_after_utc, issued=tls_cert_issued(cert.not_valid_before_utc),
+                    active_requests=requests)
 
 
 def self_signed(hosts: Iterable[str], days: int = 365) -> tuple[bytes, bytes]:

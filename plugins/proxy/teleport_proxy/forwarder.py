@@ -342,7 +342,9 @@ class ForwardedConnection(paramiko.ServerInterface):  # type: ignore[misc]
         node = self.node
         return {"cluster_name": self.proxy.cluster_name, "server_id": node.uuid, "server_hostname": node.nodename,
                 "server_labels": dict(node.labels), "server_sub_kind": node.sub_kind, "addr.remote": self.remote,
-                "addr.local": node.addr, "user": self.user.user if self.user else "", "login": self.login}
+                "addr.local": node.addr, "user": self.user.user if self.user else "", "login": self.login,
+                **({"access_requests": list(self.user.active_requests)}
+                   if self.user and self.user.active_requests else {})}
 
     def emit(self, event: str, outcome: str = "ok", **fields: Any) -> None:
         self.forwarder.emit(event, outcome, {**self.fields(), **fields})

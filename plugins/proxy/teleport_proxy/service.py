@@ -312,7 +312,8 @@ class ProxyService(Service):
         """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""."""
         if not self.locks:
             return ""
-        lock = lock_in_force(self.locks, user=user.user, roles=user.roles, login=login, node=node, issued=user.issued)
+        lock = lock_in_force(self.locks, user=user.user, roles=user.roles, login=login, node=node, issued=user.issued,
+                             access_requests=user.active_requests)
         return lock_message(lock) if lock is not None else ""
 
     def _proxy_entry(self) -> dict[str, Any]:
