@@ -11,7 +11,7 @@ $(BIN)/teleport: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS)) -e 'plugins/storage_s3[test]' \
-		-e examples/audit-sink-sqlite -e examples/storage-lmdb
+		-e examples/audit-sink-sqlite -e examples/storage-lmdb -e examples/access-request-webhook
 	@touch $@
 
 venv: $(BIN)/teleport

@@ -10,6 +10,7 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT  # and any install still running (none left: kill fails, set -e must not end the trap)
 DISTS=(. plugins/auth plugins/proxy plugins/node plugins/audit_json plugins/storage_s3 plugins/storage_etcd plugins/web
   examples/audit-sink-sqlite
+  examples/access-request-webhook
   examples/storage-lmdb)
 
 WORKERS=${TEST_WORKERS:-4}  # pytest-xdist workers, as in scripts/test.sh

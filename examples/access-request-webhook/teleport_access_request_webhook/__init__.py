@@ -1,0 +1,1 @@
+"""teleport-py plugin: POST each access request change to a URL (a notification bridge's start)."""
