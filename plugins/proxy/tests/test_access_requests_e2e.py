@@ -1,0 +1,373 @@
+"""Access requests end to end (issue 18): auth and proxy in one teleport process, a node labelled
+``env=prod`` in its own ``teleport start`` process, ``tsh`` as the users and ``tctl`` as the admin
+(subprocesses).
+
+- alice (role ``dev``: ``env=test`` nodes, may request ``dba`` for at most 60 s) asks for ``dba``;
+  the request is pending and she cannot reach the ``env=prod`` node; bob (may review ``dba``)
+  approves with a reason; ``tsh login --request-id`` gives alice certificates carrying ``dba`` and
+  the request's ID, which reach the node; once the access expires she is refused (tsh, and
+  OpenSSH straight to the node with the same certificate) without logging in;
+- a denied request (decided while ``tsh request create`` waits) grants nothing and cannot be
+  assumed; alice cannot review her own request, bob cannot undo a denial;
+- a threshold of two approvals: one reviewer's approval leaves the request pending, a second
+  reviewer's approves it, and the waiting ``tsh request create`` assumes the roles;
+- ``tctl request approve`` (the admin), ``tsh request drop`` (back to the base roles), and
+  ``tctl rm access_request/ID``: an approved request deleted stops granting at once, even with
+  the certificates in hand;
+- every step audited with its code (T5000I, T5001I, T5002I), every refusal as ``auth`` T3007W.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from proxy_helpers import CLUSTER, LOGIN, Env, free_port
+
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.processes import stop_process
+from teleport_core.testing.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PASSWORD = "a long enough password 123"
+NODENAME = "prod-node"
+NODE_TOKEN = "prod-node-token-0123456789abcdef"
+TELEPORT = str(Path(sys.executable).with_name("teleport"))
+#: alice's elevated access lasts this long: long enough for the steps between the request and the
+#: elevated session, short enough to wait for its end in the test
+ACCESS = "60s"
+REQUEST_ID = re.compile(r"^Request ID:\s+([0-9a-f-]{36})$", re.MULTILINE)
+LOGINS = "{{internal.logins}}"
+
+
+class RequestEnv(Env):
+    auth_yaml: Path
+    node_port: int
+
+
+def _role(name: str, allow: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "role", "version": "v7", "metadata": {"name": name}, "spec": {"allow": allow}}
+
+
+ROLES = [
+    _role("dev", {"logins": [LOGINS], "node_labels": {"env": "test"},
+                  "request": {"roles": ["dba"], "max_duration": ACCESS}}),
+    _role("dev-strict", {"logins": [LOGINS], "node_labels": {"env": "test"},
+                         "request": {"roles": ["dba"], "thresholds": [{"approve": 2, "deny": 1}]}}),
+    _role("dev-long", {"logins": [LOGINS], "node_labels": {"env": "test"}, "request": {"roles": ["dba"]}}),
+    _role("dba", {"logins": [LOGINS], "node_labels": {"env": "prod"}}),
+    _role("dba-reviewer", {"review_requests": {"roles": ["dba"]}}),
+]
+USERS = {"alice": ["dev"], "dave": ["dev-strict"], "frank": ["dev-long"], "bob": ["dba-reviewer"],
+         "erin": ["dba-reviewer"]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RequestEnv]:
+    root = tmp_path_factory.mktemp("requests")
+    config = {
+        "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "tokens": [f"node:{NODE_TOKEN}"],
+                         "authentication": {"second_factor": "off"}},
+        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                          "tunnel_listen_addr": "127.0.0.1:0"},
+        "ssh_service": {"enabled": False},
+    }
+    with start_cluster(config, make_plugins(), timeout=120) as cluster:
+        e = RequestEnv(root, cluster, cluster)
+        e.auth_yaml = root / "auth.yaml"
+        e.auth_yaml.write_text(yaml.safe_dump({
+            "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
+            "auth_service": {"cluster_name": CLUSTER, "listen_addr": e.auth_addr},
+            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}))
+        e.node_port = free_port()
+        node_dir = root / "node"
+        node_dir.mkdir()
+        node_config = node_dir / "teleport.yaml"
+        node_config.write_text(yaml.safe_dump({
+            "teleport": {"data_dir": str(node_dir / "data"), "nodename": NODENAME, "auth_server": e.auth_addr,
+                         "auth_token": NODE_TOKEN, "ca_pin": e.call("status")["ca_pin"],
+                         "log": {"output": str(node_dir / "node.log")}},
+            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
+            "ssh_service": {"listen_addr": f"127.0.0.1:{e.node_port}", "labels": {"env": "prod"}}}))
+        with open(node_dir / "stderr.log", "ab") as stderr:
+            node = subprocess.Popen([TELEPORT, "start", "-c", str(node_config)], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for(lambda: [n for n in e.call("get_nodes") if n["nodename"] == NODENAME], "the node's heartbeat",
+                     timeout=120)
+            for role in ROLES:
+                e.call("upsert_role", role)
+            for user, roles in USERS.items():
+                e.signup(user, roles, [LOGIN], PASSWORD)
+            yield e
+        finally:
+            stop_process(node)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def login(env: RequestEnv, home: Path, user: str) -> Path:
+    result = env.tsh(home, "login", f"--proxy={env.web}", f"--user={user}", "--insecure", stdin=f"{PASSWORD}\n")
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def ok(env: RequestEnv, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = env.tsh(home, *args)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def refused(env: RequestEnv, home: Path, *args: str) -> str:
+    """``tsh args`` fails with one ``ERROR:`` line; that line."""
+    result = env.tsh(home, *args)
+    assert result.returncode == 1, (args, result.stdout, result.stderr)
+    return result.stderr.strip().splitlines()[-1]
+
+
+def tctl(env: RequestEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "teleport_core.cli.tctl", "-c", str(env.auth_yaml), *args],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def prod_echo(env: RequestEnv, home: Path, word: str) -> subprocess.CompletedProcess[str]:
+    return env.tsh(home, "ssh", f"{LOGIN}@{NODENAME}", "echo", word)
+
+
+def reaches_prod(env: RequestEnv, home: Path, word: str) -> bool:
+    result = prod_echo(env, home, word)
+    if result.returncode == 0:
+        assert result.stdout == f"{word}\n"
+        return True
+    assert word not in result.stdout
+    return False
+
+
+def openssh(env: RequestEnv, home: Path, tmp_path: Path, word: str) -> subprocess.CompletedProcess[str]:
+    """OpenSSH ``ssh`` straight to the node with the tsh profile's key and certificate."""
+    folder = home / "profiles" / "127.0.0.1"
+    known = tmp_path / "known_hosts"
+    known.write_text(env.call("get_cert_authority", "host")["known_hosts"])
+    argv = ["ssh", "-F", "/dev/null", "-p", str(env.node_port), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={NODENAME}.{CLUSTER}",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", str(folder / "id"),
+            "-o", f"CertificateFile={folder / 'id-cert.pub'}", f"{LOGIN}@127.0.0.1", "echo", word]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def status(env: RequestEnv, home: Path) -> dict[str, Any]:
+    return json.loads(ok(env, home, "status", "--format=json").stdout)["active"]
+
+
+def cert_requests(home: Path) -> list[str]:
+    """The ``teleport-active-requests`` extension of the profile's SSH certificate."""
+    from cryptography.hazmat.primitives.serialization import ssh
+
+    from teleport_core.policy.requests import parse_active_requests
+
+    cert = ssh.load_ssh_public_identity((home / "profiles" / "127.0.0.1" / "id-cert.pub").read_bytes())
+    assert isinstance(cert, ssh.SSHCertificate)
+    ext = {k.decode(): v for k, v in cert.extensions.items()}
+    return list(parse_active_requests(ext.get("teleport-active-requests")))
+
+
+def request_doc(env: RequestEnv, request_id: str) -> dict[str, Any]:
+    return dict(yaml.safe_load(tctl(env, "requests", "get", request_id, "--format=yaml").stdout)[0])
+
+
+def pending_of(env: RequestEnv, user: str, seen: set[str]) -> str:
+    """The ID of ``user``'s new pending request (one not in ``seen``), once auth has it."""
+
+    def find() -> str:
+        docs = yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []
+        found = [d["metadata"]["name"] for d in docs if d["spec"]["user"] == user
+                 and d["spec"]["state"] == "PENDING" and d["metadata"]["name"] not in seen]
+        return found[0] if found else ""
+
+    return str(wait_for(find, f"{user}'s pending request", timeout=60))
+
+
+def events(env: RequestEnv, kind: str, **match: Any) -> list[dict[str, Any]]:
+    async def body() -> list[dict[str, Any]]:
+        async with env.admin() as admin:
+            return list((await admin.search_events(type=kind, limit=5000))["events"])
+
+    return [e for e in asyncio.run(body()) if all(e.get(k) == v for k, v in match.items())]
+
+
+def denied(env: RequestEnv, user: str, text: str) -> list[dict[str, Any]]:
+    return [e for e in events(env, "auth", user=user) if text in str(e.get("error", ""))]
+
+
+def background_tsh(home: Path, *args: str) -> subprocess.Popen[str]:
+    environ = {**os.environ, "TELEPORT_HOME": str(home)}
+    environ.pop("SSH_AUTH_SOCK", None)
+    return subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+
+
+# -- the tests -----------------------------------------------------------------------------------------------------
+
+
+def test_approved_request_elevates_until_the_access_expires(env, tmp_path):
+    alice = login(env, tmp_path / "alice", "alice")
+    bob = login(env, tmp_path / "bob", "bob")
+    assert not reaches_prod(env, alice, "before")
+
+    created = ok(env, alice, "request", "create", "--roles=dba", "--reason=fix the orders table", "--nowait")
+    request_id = REQUEST_ID.search(created.stdout).group(1)  # type: ignore[union-attr]
+    assert "Status:         PENDING" in created.stdout
+    assert "tsh login --request-id=<request-id>" in created.stdout
+    mine = json.loads(ok(env, alice, "request", "ls", "--format=json").stdout)
+    assert [(d["metadata"]["name"], d["spec"]["state"], d["spec"]["roles"]) for d in mine] == [
+        (request_id, "PENDING", ["dba"])]
+    assert not reaches_prod(env, alice, "pending")  # a pending request grants nothing
+
+    listed = ok(env, bob, "request", "ls", "--reviewable").stdout
+    assert request_id in listed and "alice" in listed and "PENDING" in listed
+    review = ok(env, bob, "request", "review", "--approve", request_id, "--reason=ticket OPS-42")
+    assert review.stderr == "Successfully submitted review.  Request state: APPROVED\n"
+
+    assumed = ok(env, alice, "login", f"--request-id={request_id}")  # no password: the profile is valid
+    assert f"Active requests:    {request_id}" in assumed.stdout
+    now = status(env, alice)
+    assert "dba" in now["roles"] and "dev" in now["roles"] and now["active_requests"] == [request_id]
+    assert cert_requests(alice) == [request_id]
+    doc = request_doc(env, request_id)
+    assert doc["spec"]["state"] == "APPROVED" and doc["spec"]["resolve_reason"] == "ticket OPS-42"
+    access_ends = dt.datetime.fromisoformat(doc["spec"]["expires"].replace("Z", "+00:00"))
+    # the certificates expire with the access
+    assert dt.datetime.fromisoformat(now["valid_until"].replace("Z", "+00:00")) <= access_ends
+    assert reaches_prod(env, alice, "elevated")
+    shown = ok(env, alice, "request", "show", request_id).stdout
+    assert "Status:         APPROVED" in shown and "  Reviewer: bob" in shown and '"ticket OPS-42"' in shown
+
+    # past the access expiry: refused, without logging in again (tsh, and OpenSSH at the node itself)
+    wait_for(lambda: dt.datetime.now(dt.UTC) > access_ends + dt.timedelta(seconds=1), "the access expiry",
+             timeout=120)
+    assert not reaches_prod(env, alice, "expired")
+    direct = openssh(env, alice, tmp_path, "expired")
+    assert direct.returncode == 255 and "expired" not in direct.stdout, direct.stderr
+
+    # audited: created (T5000I), reviewed by bob (T5002I), approved (T5001I)
+    made = events(env, "access_request.create", id=request_id)
+    assert [(e["code"], e["user"], e["roles"]) for e in made] == [("T5000I", "alice", ["dba"])]
+    reviews = events(env, "access_request.review", id=request_id)
+    assert [(e["code"], e["reviewer"], e["proposed_state"]) for e in reviews] == [("T5002I", "bob", "APPROVED")]
+    updates = events(env, "access_request.update", id=request_id)
+    assert ("T5001I", "APPROVED") in [(e["code"], e["state"]) for e in updates]
+    # the elevated session's events carry the request
+    sessions = [e for e in events(env, "session.start") if e.get("user") == "alice"]
+    assert any(request_id in (e.get("access_requests") or ()) for e in sessions), sessions
+
+
+def test_denied_request_grants_nothing_and_nobody_reviews_their_own(env, tmp_path):
+    alice = login(env, tmp_path / "alice", "alice")
+    bob = login(env, tmp_path / "bob", "bob")
+    seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
+    waiting = background_tsh(alice, "request", "create", "--roles=dba", "--reason=again")
+    try:
+        request_id = pending_of(env, "alice", seen)
+        own = refused(env, alice, "request", "review", "--approve", request_id, "--reason=trust me")
+        assert own.startswith("ERROR: ") and "own request" in own, own
+        wait_for(lambda: denied(env, "alice", f"review of access request {request_id}"),
+                 "alice's audited self-review", timeout=30)
+        assert request_doc(env, request_id)["spec"]["state"] == "PENDING"
+        review = ok(env, bob, "request", "review", "--deny", request_id, "--reason=not during the freeze")
+        assert review.stderr == "Successfully submitted review.  Request state: DENIED\n"
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 1, (out, err)
+    assert "Waiting for request approval..." in err
+    assert f'ERROR: request {request_id} has been set to DENIED, reason="not during the freeze"' in err
+
+    assumed = refused(env, alice, "login", f"--request-id={request_id}")
+    assert f"access request {request_id} is DENIED, not APPROVED" in assumed
+    assert "dba" not in status(env, alice)["roles"]
+    assert not reaches_prod(env, alice, "denied")
+    undo = refused(env, bob, "request", "review", "--approve", request_id, "--reason=changed my mind")
+    assert "DENIED" in undo, undo  # a denied request never changes state again
+    assert request_doc(env, request_id)["spec"]["state"] == "DENIED"
+    wait_for(lambda: denied(env, "alice", f"certificate reissue refused: access request {request_id} is DENIED"),
+             "the audited refused reissue", timeout=30)
+    updates = events(env, "access_request.update", id=request_id)
+    assert [(e["code"], e["state"]) for e in updates] == [("T5001I", "DENIED")]
+
+
+def test_a_threshold_of_two_approvals_needs_two_reviewers(env, tmp_path):
+    dave = login(env, tmp_path / "dave", "dave")
+    bob = login(env, tmp_path / "bob", "bob")
+    erin = login(env, tmp_path / "erin", "erin")
+    seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
+    waiting = background_tsh(dave, "request", "create", "--roles=dba", "--reason=migration",
+                             "--reviewers=bob,erin")
+    try:
+        request_id = pending_of(env, "dave", seen)
+        first = ok(env, bob, "request", "review", "--approve", request_id, "--reason=ok by me")
+        assert first.stderr == "Successfully submitted review.  Request state: PENDING\n"
+        doc = request_doc(env, request_id)
+        assert doc["spec"]["state"] == "PENDING" and doc["spec"]["suggested_reviewers"] == ["bob", "erin"]
+        again = refused(env, bob, "request", "review", "--approve", request_id)  # one review per reviewer
+        assert "already reviewed" in again, again
+        second = ok(env, erin, "request", "review", "--approve", request_id, "--reason=second")
+        assert second.stderr == "Successfully submitted review.  Request state: APPROVED\n"
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 0, (out, err)
+    assert 'Approval received, reason="second"' in err
+    assert f"Active requests:    {request_id}" in out and "dba" in out
+    assert reaches_prod(env, dave, "two-approvals")
+    reviews = events(env, "access_request.review", id=request_id)
+    assert sorted(e["reviewer"] for e in reviews) == ["bob", "erin"]
+    assert {e["code"] for e in reviews} == {"T5002I"}
+
+
+def test_admin_approval_drop_and_deletion_stop_the_elevation(env, tmp_path):
+    frank = login(env, tmp_path / "frank", "frank")
+    created = ok(env, frank, "request", "create", "--roles=dba", "--reason=on call", "--nowait")
+    request_id = REQUEST_ID.search(created.stdout).group(1)  # type: ignore[union-attr]
+    listed = tctl(env, "requests", "ls").stdout
+    row = next(line for line in listed.splitlines() if line.startswith(request_id))
+    assert "frank" in row and "roles=dba" in row and "PENDING" in row and '"on call"' in row
+    tctl(env, "request", "approve", request_id, "--reason=paged")  # Teleport's alias spelling
+    got = tctl(env, "requests", "get", request_id).stdout
+    assert "Status:               APPROVED" in got and 'Resolve Reason:       "paged"' in got
+
+    ok(env, frank, "login", f"--request-id={request_id}")
+    assert reaches_prod(env, frank, "paged")
+    dropped = ok(env, frank, "request", "drop")
+    assert "Dropping all active access requests..." in dropped.stdout and "Active requests" not in dropped.stdout
+    assert status(env, frank)["roles"] == ["dev-long"] and cert_requests(frank) == []
+    assert not reaches_prod(env, frank, "dropped")
+    ok(env, frank, "login", f"--request-id={request_id}")  # still approved: assumed again
+    assert reaches_prod(env, frank, "again")
+
+    removed = tctl(env, "rm", f"access_request/{request_id}")
+    assert removed.stdout == f'access_request "{request_id}" has been deleted\n'
+    # the certificates are still valid, but the request is gone: refused at once
+    wait_for(lambda: not reaches_prod(env, frank, "deleted"), "the deleted request to stop granting", timeout=30)
+    assert status(env, frank)["active_requests"] == [request_id]
+    assert [e["code"] for e in events(env, "access_request.update", id=request_id)] == ["T5001I"]
