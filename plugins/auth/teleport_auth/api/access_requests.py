@@ -203,7 +203,9 @@ class AccessRequestsAPI(UsersAPI):
         known = {role.name for role in await svc.roles.list()}
         missing = [name for name in roles if name not in known]
         if missing:
-            raise BadRequest(f"roles: no such role {', '.join(_q(m) for m in missing)}")
+            reason = f"no such role {', '.join(_q(m) for m in missing)}"
+            await self.audit_denial(request, caller, f"access request of user {_q(caller.name)}: {reason}")
+            raise BadRequest(f"roles: {reason}")
         needs = reason_required(requester)
         if needs and not wanted.reason.strip():
             await self.audit_denial(request, caller, f"access request without a reason: {needs}")
