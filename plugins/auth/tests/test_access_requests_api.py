@@ -99,6 +99,7 @@ spec:
     review_requests: {roles: [dba]}
 """
 
+PROXY_TOKEN = "static-proxy-token-0123456789abcdef"
 USERS = {"alice": ["dev"], "bob": ["reviewer"], "dave": ["reviewer"], "carol": ["half-reviewer"],
          "erin": ["dev2"], "frank": ["dev-short"], "gina": ["no-dba-reviewer"]}
 
@@ -172,7 +173,8 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("access-requests")
     config = {
         "teleport": {"data_dir": str(root / "data"), "nodename": "auth-1"},
-        "auth_service": {"cluster_name": "example.com", "listen_addr": "127.0.0.1:0"},
+        "auth_service": {"cluster_name": "example.com", "listen_addr": "127.0.0.1:0",
+                         "tokens": [f"proxy:{PROXY_TOKEN}"]},
         "proxy_service": {"enabled": False},
         "ssh_service": {"enabled": False},
     }
@@ -400,3 +402,35 @@ def test_listing_filters_and_visibility(cluster):
     assert {i["spec"]["state"] for i in bob} == {"PENDING"}
     admin = cluster.call("call", "GET", "/v1/access_requests")["items"]
     assert {"alice", "erin", "frank"} <= {i["spec"]["user"] for i in admin}
+
+
+def test_a_proxy_forwards_the_users_certificate(cluster):
+    """Through a proxy (its host certificate plus the user's forwarded one) the caller is the user:
+    alice's request is hers, and her reissue through the proxy carries the approved roles."""
+    from cryptography.hazmat.primitives import serialization
+
+    from teleport_core.api.client import register
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with cluster.admin() as admin:
+            pin = str((await admin.status())["ca_pin"])
+        key = keys.generate_private_key("ed25519")
+        joined = await register(cluster.addr, {"token": PROXY_TOKEN, "role": "Proxy", "nodename": "proxy-1",
+                                               "public_key": keys.public_key_openssh(key)}, [pin])
+        proxy = LocalIdentity(keys.private_key_pem(key), joined.answer["tls_cert"].encode(),
+                              tuple(p.encode() for p in joined.answer["host_ca_pems"]), joined.answer["ssh_cert"])
+        alice_der = x509.load_pem_x509_certificate(cluster.identities["alice"].tls_cert_pem).public_bytes(
+            serialization.Encoding.DER)
+        async with AuthClient(cluster.addr, [load_tls(proxy.client_context())]) as client:
+            as_alice = client.for_user(alice_der)
+            created = await as_alice.call("POST", "/v1/access_requests", {"roles": ["db-ro"], "reason": "via proxy"})
+            await asyncio.to_thread(review, cluster, "bob", created["metadata"]["name"], "APPROVED")
+            new_key = keys.generate_private_key("ed25519")
+            certs = await as_alice.call("POST", "/v1/certs/reissue", {
+                "public_key": keys.public_key_openssh(new_key), "access_requests": [created["metadata"]["name"]]})
+        return created, certs
+
+    created, certs = asyncio.run(scenario())
+    assert created["spec"]["user"] == "alice"
+    assert certs["username"] == "alice" and certs["roles"] == ["dev", "db-ro"]
+    assert certs["active_requests"] == [created["metadata"]["name"]]
