@@ -93,14 +93,27 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
 @contextlib.contextmanager
 def background(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """Run ``argv`` for the block (stdin closed; stdout and stderr text pipes the test may read),
-    then SIGTERM it and collect what is left of its output."""
+    then SIGTERM it and collect what is left of its output.
+
+    The SIGTERM is repeated every few seconds (then SIGKILL after 30 s): Debian's OpenSSH client
+    can lose a SIGTERM that arrives while it handles a channel closing (its loop checks the flag,
+    then sleeps in ``poll`` for minutes; a second SIGTERM ends it at once). Seen with ``ssh -R``
+    right after a forwarded connection ended."""
     proc = subprocess.Popen(list(argv), env=None if env is None else dict(env), text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         yield proc
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        for _ in range(10):
+            proc.terminate()
+            try:
+                proc.communicate(timeout=3)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            proc.kill()
+            proc.communicate(timeout=30)
 
 
 def teleport_executable() -> str:

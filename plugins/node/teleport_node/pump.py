@@ -193,6 +193,7 @@ class ChannelToFd:
         self.pending = b""
         self.broken = False
         self.done = False
+        self.eof_reported = False  # on_eof called: everything read from the channel was written
         self.chan_fd = channel.fileno()
 
     def start(self) -> None:
@@ -234,21 +235,28 @@ class ChannelToFd:
             self.pump.watch(self.fd, selectors.EVENT_WRITE, None)
             if not self.done:
                 self.pump.watch(self.chan_fd, selectors.EVENT_READ, self._readable)
-            elif self.close_fd:
-                self._close()
+            else:
+                self._ended()
 
     def finish(self) -> None:
-        """The client sent EOF (or the session ends): close the descriptor once drained."""
+        """The client sent EOF (or the session ends): close the descriptor and report the end
+        (``on_eof``) once what was read is written: an ``on_eof`` that half-closes a socket
+        before the last chunk reached it would cut that chunk off."""
         if self.done:
             return
         self.done = True
         self.pump.watch(self.chan_fd, selectors.EVENT_READ, None)
         if not self.pending:
-            if self.close_fd:
-                self._close()
-            self.on_eof()
-        else:
-            self.on_eof()
+            self._ended()
+        # else: _flush calls _ended once the pending chunk is written (or the reader went away)
+
+    def _ended(self) -> None:
+        if self.eof_reported:
+            return
+        self.eof_reported = True
+        if self.close_fd:
+            self._close()
+        self.on_eof()
 
     def stop(self) -> None:
         self.pump.watch(self.chan_fd, selectors.EVENT_READ, None)

@@ -69,6 +69,7 @@ from teleport_node import party, tracking
 from teleport_node.certs import CertRefused, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.streaming import close_stream, stream_recorder
+from teleport_node.transport import NodeTransport
 
 # 4 MiB, not more: an OpenSSH client buffers up to the window of input and then spends its CPU
 # moving and zeroing that buffer (ssh -J to the node: 0.70 of sshd's speed at 16 MiB, 1.04 at 4)
@@ -340,7 +341,7 @@ class SSHServer:
 
     def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
+        transport = NodeTransport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         transport._active_check_timeout = IDLE_POLL
         sock.settimeout(IDLE_POLL)  # (the Transport set paramiko's 0.1 s)
         sshalgos.configure(transport, ciphers=CIPHERS, key_types=[self.host_key.get_name()])
@@ -890,7 +891,10 @@ class Forward:
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.ends >= 2 or (self.channel is not None and self.channel.closed):
+        # A closed channel ends the forward only once its last data reached the socket
+        # (inbound reported its end): the client may send data, EOF and close together, and
+        # paramiko marks the channel closed while that data still waits in its buffer.
+        if self.ends >= 2 or (self.channel is not None and self.channel.closed and self.inbound.eof_reported):
             if self.metered:
                 self.metered = False
                 self.conn.server.metrics.session_ended("node", "port-forward")
