@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 
 
-class NodeTransport(paramiko.Transport):
+class NodeTransport(paramiko.Transport):  # type: ignore[misc]
     """``paramiko.Transport`` whose :meth:`open_channel` returns a channel the peer closed
     right after confirming it (see the module docstring)."""
 
@@ -28,7 +28,7 @@ class NodeTransport(paramiko.Transport):
         self._opener = threading.local()  # the channel ID this thread's open_channel got
 
     def _next_channel(self) -> int:  # paramiko holds self.lock here
-        chanid: int = super()._next_channel()  # type: ignore[misc]
+        chanid: int = super()._next_channel()
         if threading.current_thread() is not self:  # open_channel (the peer's opens run on the transport thread)
             self._opening.add(chanid)
             self._opener.chanid = chanid
@@ -39,7 +39,7 @@ class NodeTransport(paramiko.Transport):
             chan = self._channels.get(chanid)
             if chan is not None and chanid in self._opening:
                 self._closed_early[chanid] = chan
-        super()._unlink_channel(chanid)  # type: ignore[misc]
+        super()._unlink_channel(chanid)
 
     def open_channel(self, *args: Any, **kwargs: Any) -> paramiko.Channel:
         self._opener.chanid = None
