@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 import time
 from collections.abc import Mapping
@@ -58,6 +59,7 @@ RETRY = 2.0
 WEB_LIMITS = HTTPLimits(routes=(RouteLimit("POST", "/v1/webapi/ssh/certs", LOGIN_MAX_BODY),
                                 RouteLimit("PUT", "/v1/webapi/users/password/token", LOGIN_MAX_BODY)),
                         headers=SECURITY_HEADERS)  # the listener's own 413s carry them too
+ELEVATION_CHECK = 1.0  # seconds between looks for routed certificates whose access request expired
 LOCK_CUT_GRACE = 2.0  # seconds nodes get to end a newly locked user's sessions (with the message) before the cut
 
 
@@ -82,6 +84,7 @@ class ProxyService(Service):
         self.roles: Mapping[str, Role] = {}
         self.locks: tuple[Lock, ...] = ()  # the cluster's locks, followed from auth
         self._cutting: asyncio.Task[None] | None = None
+        self._elevation_ends: set[dt.datetime] = set()  # the ends of the elevated certificates routed
         self.web: TLSServer | None = None
         self.web_terminals = WebTerminals()  # the web UI's open terminals (cut when locked, drained)
         self.mux: Any = None  # teleport_proxy.mux.WebMux
@@ -123,6 +126,7 @@ class ProxyService(Service):
                              ("lock", self._load_locks)):
             task = asyncio.create_task(self.auth.follow(kind, reload, self.log), name=f"proxy-{kind}-watch")
             self._tasks.append(task)
+        self._tasks.append(asyncio.create_task(self._cut_lapsed_elevation(), name="proxy-access-request-expiry"))
 
         # agentless OpenSSH nodes: this proxy terminates, records and forwards their sessions
         self.agentless = Forwarder(self, config.data_dir / "log" / "upload" / "proxy-sessions")
@@ -308,8 +312,25 @@ class ProxyService(Service):
             self.mux.cut_locked()
         self.web_terminals.cut_locked(self)
 
+    async def _cut_lapsed_elevation(self) -> None:
+        """Cut the routed connections whose access-request elevation ended (the certificate's end, which
+        auth caps at the access expiry), as a lock would: looked at once a second, only when one ended."""
+        while True:
+            await asyncio.sleep(ELEVATION_CHECK)
+            now = dt.datetime.now(dt.UTC)
+            ended = {end for end in list(self._elevation_ends) if end <= now}
+            if ended:
+                self._elevation_ends.difference_update(ended)
+                if self._cutting is None or self._cutting.done():
+                    self._cutting = asyncio.create_task(self._cut_locked(), name="proxy-lock-cut")
+
     def lock_reason(self, user: UserCert, login: str = "", node: str = "") -> str:
-        """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""."""
+        """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""; for a
+        certificate with the roles of access requests, also the end of that access."""
+        if user.active_requests and user.valid_before is not None:
+            if dt.datetime.now(dt.UTC) >= user.valid_before:
+                return f"the access granted by access request {', '.join(user.active_requests)} has expired"
+            self._elevation_ends.add(user.valid_before)
         if not self.locks:
             return ""
         lock = lock_in_force(self.locks, user=user.user, roles=user.roles, login=login, node=node, issued=user.issued,
