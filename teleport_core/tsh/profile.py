@@ -121,10 +121,17 @@ class Profile:
         ext = {k.decode(): v for k, v in cert.extensions.items()}
         roles = tuple(json.loads(ext.get("teleport-roles", b'{"roles":[]}'))["roles"])
         cluster = ext.get("teleport-route-to-cluster", b"").decode()
+        from teleport_core.policy.requests import EXT_ACTIVE_REQUESTS, parse_active_requests
+
+        try:
+            active = parse_active_requests(ext.get(EXT_ACTIVE_REQUESTS))
+        except ValueError as exc:
+            raise TeleportError(f"identity file {path}: {exc}") from None
         web = normalize_addr(proxy, 3080)
         return cls(web.rpartition(":")[0], web, "", cert.key_id.decode(), cluster, roles,
                    tuple(p.decode() for p in cert.valid_principals),
-                   dt.datetime.fromtimestamp(cert.valid_before, dt.UTC), False, identity, None)
+                   dt.datetime.fromtimestamp(cert.valid_before, dt.UTC), False, identity, None,
+                   active_requests=active)
 
 
 def refused_login(profile: Profile, login: str, role: str | None = None) -> str:

@@ -71,7 +71,6 @@ class StreamQuery(Query):
 #: an access request's ID (a UUID, as auth makes them)
 REQUEST_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 RequestID = Annotated[str, StringConstraints(min_length=36, max_length=36, pattern=REQUEST_ID)]
-RequestState = Literal["PENDING", "APPROVED", "DENIED"]
 Decision = Literal["APPROVED", "DENIED"]
 
 
@@ -85,7 +84,7 @@ class AccessRequestBody(Body):
 
 
 class AccessRequestsQuery(Query):
-    state: RequestState | Literal[""] = Field("", description="only requests in this state")
+    state: Literal["", "PENDING", "APPROVED", "DENIED"] = Field("", description="only requests in this state")
     user: OptionalName = Field("", description="only requests of this user")
 
 

@@ -371,3 +371,88 @@ def test_admin_approval_drop_and_deletion_stop_the_elevation(env, tmp_path):
     wait_for(lambda: not reaches_prod(env, frank, "deleted"), "the deleted request to stop granting", timeout=30)
     assert status(env, frank)["active_requests"] == [request_id]
     assert [e["code"] for e in events(env, "access_request.update", id=request_id)] == ["T5001I"]
+
+
+# -- attackers and bad input ---------------------------------------------------------------------------------------
+
+
+def web_as(home: Path) -> Any:
+    """An httpx client of the proxy's web API presenting the tsh profile's certificate."""
+    import httpx
+
+    from teleport_core.tsh.profile import Profile
+    from teleport_core.tsh.web import tls_context
+
+    profile = Profile.load(home)
+    return httpx.Client(base_url=f"https://{profile.web_addr}", verify=tls_context(True, profile), timeout=30)
+
+
+def test_nobody_assumes_or_creates_requests_for_someone_else(env, tmp_path):
+    dave = login(env, tmp_path / "dave", "dave")
+    alice = login(env, tmp_path / "alice", "alice")
+    created = ok(env, dave, "request", "create", "--roles=dba", "--reason=mine", "--nowait")
+    daves = REQUEST_ID.search(created.stdout).group(1)  # type: ignore[union-attr]
+    tctl(env, "request", "approve", daves, "--reason=for dave only")
+
+    # alice presents dave's approved request: not hers, refused and audited
+    stolen = refused(env, alice, "login", f"--request-id={daves}")
+    assert f'no access request "{daves}" of user "alice"' in stolen, stolen
+    wait_for(lambda: denied(env, "alice", f'certificate reissue refused: no access request "{daves}"'),
+             "the audited refusal", timeout=30)
+    assert "dba" not in status(env, alice)["roles"] and not reaches_prod(env, alice, "stolen")
+    # she cannot see it either (404, as for an ID that does not exist)
+    assert "not found" in refused(env, alice, "request", "show", daves).lower()
+    # a role her roles do not let her request
+    assert "dba-reviewer" in refused(env, alice, "request", "create", "--roles=dba-reviewer", "--nowait")
+    # the user of a request is the certificate's, never the body's
+    with web_as(alice) as web:
+        made = web.post(f"/v1/webapi/sites/{CLUSTER}/accessrequest", json={"roles": ["dba"], "user": "dave"})
+        assert made.status_code == 200, made.text
+        assert made.json()["spec"]["user"] == "alice"
+        # and the reissue is for the caller: alice's certificate with dave's request is refused at the API too
+        from teleport_core.pki import keys
+        from teleport_core.tsh.profile import Profile
+
+        public = keys.public_key_openssh(keys.load_private_key(Profile.load(alice).identity.key_pem))
+        again = web.post(f"/v1/webapi/sites/{CLUSTER}/certs/reissue",
+                         json={"public_key": public, "access_requests": [daves]})
+        assert again.status_code == 403, again.text
+
+
+def test_web_api_refuses_bad_bodies_with_a_400_naming_the_field(env, tmp_path):
+    alice = login(env, tmp_path / "alice", "alice")
+    site = f"/v1/webapi/sites/{CLUSTER}"
+    some_id = "bc8ca931-fec9-4b15-9a6f-20c13c5641a9"
+    cases = [
+        ("POST", f"{site}/accessrequest", {}, "roles: required"),
+        ("POST", f"{site}/accessrequest", {"roles": []}, "roles: at least 1 items"),
+        ("POST", f"{site}/accessrequest", {"roles": "dba"}, "roles: expected a list"),
+        ("POST", f"{site}/accessrequest", {"roles": ["d\x1bba"]}, "roles[0]: control characters are not allowed"),
+        ("POST", f"{site}/accessrequest", {"roles": ["dba"], "reason": "r" * 4097},
+         "reason: at most 4096 characters"),
+        ("POST", f"{site}/accessrequest", {"roles": ["dba"], "suggested_reviewers": [1]},
+         "suggested_reviewers[0]: expected a string"),
+        ("POST", f"{site}/accessrequest", {"roles": ["dba"], "dry_run": "yes"}, "dry_run: expected true or false"),
+        ("GET", f"{site}/accessrequest?state=MAYBE", None, "state: expected '', 'PENDING', 'APPROVED' or 'DENIED'"),
+        ("GET", f"{site}/accessrequest/not-an-id", None, "request_id: at least 36 characters"),
+        ("GET", f"{site}/accessrequest/{some_id.upper()}", None, "request_id: must match"),
+        ("POST", f"{site}/accessrequest/{some_id}/review", {"proposed_state": "MAYBE"},
+         "proposed_state: expected 'APPROVED' or 'DENIED'"),
+        ("POST", f"{site}/accessrequest/{some_id}/review", {"reason": "x"}, "proposed_state: required"),
+        ("POST", f"{site}/certs/reissue", {"access_requests": []}, "public_key: required"),
+        ("POST", f"{site}/certs/reissue", {"public_key": "k", "access_requests": ["x"]}, "access_requests[0]: "),
+        ("POST", f"{site}/certs/reissue", {"public_key": "k", "access_requests": "x"},
+         "access_requests: expected a list"),
+        ("POST", f"{site}/certs/reissue", {"public_key": "k", "drop_access_requests": 1},
+         "drop_access_requests: expected true or false"),
+    ]
+    with web_as(alice) as web:
+        for method, path, payload, message in cases:
+            answer = web.request(method, path, json=payload)
+            assert answer.status_code == 400, (path, payload, answer.text)
+            assert answer.json()["error"].startswith(message), (path, payload, answer.text)
+        wrong = web.get("/v1/webapi/sites/elsewhere/accessrequest")
+        assert wrong.status_code == 404, wrong.text
+    with env.web_client() as anonymous:  # no client certificate: 401 before the body is read
+        answer = anonymous.post(f"{site}/accessrequest", json={"roles": ["dba"]})
+        assert answer.status_code == 401, answer.text
