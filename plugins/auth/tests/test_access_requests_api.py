@@ -434,3 +434,13 @@ def test_a_proxy_forwards_the_users_certificate(cluster):
     assert created["spec"]["user"] == "alice"
     assert certs["username"] == "alice" and certs["roles"] == ["dev", "db-ro"]
     assert certs["active_requests"] == [created["metadata"]["name"]]
+
+
+def test_access_capabilities(cluster):
+    alice = cluster.as_user("alice", "GET", "/v1/access_capabilities")
+    assert alice == {"requestable_roles": ["db-ro", "dba"], "suggested_reviewers": ["bob"],
+                     "request_access": "optional", "request_prompt": ""}
+    frank = cluster.as_user("frank", "GET", "/v1/access_capabilities")
+    assert frank["requestable_roles"] == ["dba"] and frank["request_access"] == "reason"
+    assert frank["request_prompt"] == "name the ticket"
+    assert cluster.as_user("bob", "GET", "/v1/access_capabilities")["requestable_roles"] == []

@@ -91,6 +91,13 @@ class ReissueBody(Body):
     ttl: Duration = ""
 
 
+class CapabilitiesReply(Reply):
+    requestable_roles: list[str]
+    suggested_reviewers: list[str]
+    request_access: str
+    request_prompt: str
+
+
 class AccessRequestReply(Reply):
     kind: str
     version: str
@@ -317,6 +324,22 @@ class AccessRequestsAPI(UsersAPI):
         return {"deleted": request_id}
 
     @endpoint(None, None)
+    async def access_capabilities(self, request: Request, identity: Identity | None) -> Any:
+        """What the caller may request (Teleport's access capabilities): the existing roles their
+        base roles let them request, the suggested reviewers, and how ``tsh login`` should ask
+        (``request_access``: the strictest of the roles' options, ``always`` > ``reason`` > ``optional``)."""
+        caller = await self._ar_caller(request, identity, "request access")
+        base = await self._ar_base_identity(caller)
+        requester = await self._ar_roleset(base)
+        names = [role.name for role in await self.service.roles.list()]
+        roles = [name for name in names if name not in base.roles and check_requestable(requester, [name]).allowed]
+        modes = [role.options.request_access for role in requester.roles]
+        mode = next((m for m in ("always", "reason") if m in modes), "optional")
+        prompt = next((role.options.request_prompt for role in requester.roles if role.options.request_prompt), "")
+        return {"requestable_roles": roles, "suggested_reviewers": list(suggested_reviewers(requester, roles)),
+                "request_access": mode, "request_prompt": prompt}
+
+    @endpoint(None, None)
     async def reissue_certs(self, request: Request, identity: Identity | None) -> Any:
         """The caller's certificates again, with the roles of approved requests added (or dropped)."""
         caller = await self._ar_caller(request, identity, "reissue their certificates")
@@ -378,6 +401,9 @@ ROUTES: list[Operation] = [
     Operation("/v1/access_requests/{name}", "DELETE", "delete_access_request",
               "Delete an access request; an approved one is locked until its expiry",
               response=DeletedRequestReply),
+    Operation("/v1/access_capabilities", "GET", "access_capabilities",
+              "The roles the caller may request, suggested reviewers, request_access and request_prompt",
+              response=CapabilitiesReply),
     Operation("/v1/certs/reissue", "POST", "reissue_certs",
               "The caller's certificates with the roles of approved access requests (or without: drop)",
               body=ReissueBody, response=ReissueReply, max_body=SMALL_BODY),
