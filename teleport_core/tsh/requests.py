@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from teleport_core.errors import NotFound, TeleportError
+from teleport_core.errors import AccessDenied, NotFound, TeleportError
 
 if TYPE_CHECKING:
     from teleport_core.cli.common import CliContext
@@ -168,8 +168,15 @@ def reissue(profile: Profile, request_ids: Sequence[str]) -> Profile:
         raise TeleportError("assuming requested roles needs a tsh login profile, not an identity file (-i)")
     ids = list(dict.fromkeys(request_ids))
     public_key = keys.public_key_openssh(keys.load_private_key(profile.identity.key_pem))
-    answer = _call(profile, "POST", "/certs/reissue",
-                   {"public_key": public_key, "access_requests": ids, "drop_access_requests": not ids})
+    try:
+        answer = _call(profile, "POST", "/certs/reissue",
+                       {"public_key": public_key, "access_requests": ids, "drop_access_requests": not ids})
+    except AccessDenied as exc:
+        if profile.active_requests and "lock targeting" in str(exc):
+            # a deleted (locked) request in the certificates in hand: only a new login clears them
+            raise AccessDenied(f"{exc} (the certificates carry a request that was deleted or locked: log in "
+                               "again with tsh login)") from None
+        raise
     identity = LocalIdentity(profile.identity.key_pem, answer["tls_cert"].encode(),
                              tuple(p.encode() for p in answer["host_ca_pems"]), answer["cert"],
                              _known_hosts(answer["host_signers"], profile.proxy_host))

@@ -103,6 +103,7 @@ class ReissueBody(Body):
     public_key: PublicKey
     access_requests: Annotated[list[RequestID], Field(max_length=LIST_MAX)] = []
     drop_access_requests: bool = False
+    ttl: Duration = ""
 
 
 class ProxySSH(Reply):

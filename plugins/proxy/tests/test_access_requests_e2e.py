@@ -14,7 +14,10 @@
 - ``tctl request approve`` (the admin), ``tsh request drop`` (back to the base roles), and
   ``tctl rm access_request/ID``: an approved request deleted stops granting at once, even with
   the certificates in hand;
-- every step audited with its code (T5000I, T5001I, T5002I), every refusal as ``auth`` T3007W.
+- every step audited with its code (T5000I, T5001I, T5002I, T5003I), every refusal as ``auth`` T3007W;
+- attackers: another user's approved request cannot be assumed (nor seen), a role the user's
+  roles do not let them request is refused, a body naming another user is ignored; the proxy
+  routes answer bad bodies, queries and paths with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -371,6 +374,12 @@ def test_admin_approval_drop_and_deletion_stop_the_elevation(env, tmp_path):
     wait_for(lambda: not reaches_prod(env, frank, "deleted"), "the deleted request to stop granting", timeout=30)
     assert status(env, frank)["active_requests"] == [request_id]
     assert [e["code"] for e in events(env, "access_request.update", id=request_id)] == ["T5001I"]
+    assert [e["code"] for e in events(env, "access_request.delete", id=request_id)] == ["T5003I"]
+    # certificates carrying a deleted request get nothing more, not even a drop: a new login starts over
+    stuck = refused(env, frank, "request", "drop")
+    assert "log in again with tsh login" in stuck, stuck
+    fresh = login(env, frank, "frank")
+    assert status(env, fresh)["roles"] == ["dev-long"] and status(env, fresh)["active_requests"] == []
 
 
 # -- attackers and bad input ---------------------------------------------------------------------------------------
