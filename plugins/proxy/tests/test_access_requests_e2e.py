@@ -15,6 +15,8 @@
   ``tctl rm access_request/ID``: an approved request deleted stops granting at once, even with
   the certificates in hand;
 - every step audited with its code (T5000I, T5001I, T5002I, T5003I), every refusal as ``auth`` T3007W;
+- `tsh login --request-roles` logs in, waits and assumes; `--request-nowait` with a valid profile
+  asks no password;
 - attackers: another user's approved request cannot be assumed (nor seen), a role the user's
   roles do not let them request is refused, a body naming another user is ignored; the proxy
   routes answer bad bodies, queries and paths with a 400 naming the field.
@@ -465,3 +467,36 @@ def test_web_api_refuses_bad_bodies_with_a_400_naming_the_field(env, tmp_path):
     with env.web_client() as anonymous:  # no client certificate: 401 before the body is read
         answer = anonymous.post(f"{site}/accessrequest", json={"roles": ["dba"]})
         assert answer.status_code == 401, answer.text
+
+
+def test_login_with_request_roles_waits_then_assumes(env, tmp_path):
+    home = tmp_path / "frank-login"
+    seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
+    environ = {**os.environ, "TELEPORT_HOME": str(home)}
+    environ.pop("SSH_AUTH_SOCK", None)
+    waiting = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", "login", f"--proxy={env.web}",
+                                "--user=frank", "--insecure", "--request-roles=dba", "--request-reason=deploy"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environ)
+    try:
+        assert waiting.stdin is not None
+        waiting.stdin.write(f"{PASSWORD}\n")
+        waiting.stdin.flush()
+        request_id = pending_of(env, "frank", seen)
+        tctl(env, "requests", "approve", request_id, "--reason=go")
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 0, (out, err)
+    assert 'Approval received, reason="go"' in err and f"Active requests:    {request_id}" in out
+    assert reaches_prod(env, home, "logged-in-elevated")
+
+    # logged in already: --request-nowait creates the request without a password and returns
+    later = ok(env, home, "login", "--request-roles=dba", "--request-nowait")
+    other = REQUEST_ID.search(later.stdout).group(1)  # type: ignore[union-attr]
+    assert other != request_id and request_doc(env, other)["spec"]["state"] == "PENDING"
+    assert status(env, home)["active_requests"] == [request_id]
+    tctl(env, "requests", "deny", other, "--reason=one is enough")
+    assert request_doc(env, other)["spec"]["state"] == "DENIED"
