@@ -261,6 +261,10 @@ def test_request_approve_reissue_and_drop(cluster):
 
     dropped, _ = reissue(cluster, elevated, [], drop_access_requests=True)
     assert dropped["roles"] == ["dev"] and dropped["active_requests"] == []
+    # a reissue never outlives the certificate it is asked with (no renewal without a login)
+    assert dt.datetime.fromisoformat(dropped["valid_before"]) <= tls.not_valid_after_utc
+    base_end = x509.load_pem_x509_certificate(cluster.identities["alice"].tls_cert_pem).not_valid_after_utc
+    assert dt.datetime.fromisoformat(reissue(cluster, "alice", [])[0]["valid_before"]) <= base_end
 
     codes = {e["code"] for e in cluster.events("access_request.create", user="alice")}
     assert codes == {"T5000I"}

@@ -345,6 +345,15 @@ class AccessRequestsAPI(UsersAPI):
         caller = await self._ar_caller(request, identity, "reissue their certificates")
         wanted = body(request, ReissueBody)
         ids = [] if wanted.drop_access_requests else list(dict.fromkeys(wanted.access_requests))
+        # a reissue never outlives the certificate it is asked with: no renewal without a login
+        return await self._ar_reissue(request, caller, wanted.public_key, ids, duration(wanted.ttl),
+                                      not_after=self._ar_session_expires(request))
+
+    async def _ar_reissue(self, request: Request, caller: Identity, public_key: str, ids: list[str],
+                          ttl: dt.timedelta | None, *, not_after: dt.datetime | None = None) -> dict[str, Any]:
+        """Certificates for ``public_key``: ``caller``'s base roles plus those of the requests ``ids``
+        (each checked by :meth:`_ar_usable`), ending at the earliest access expiry (and ``not_after``:
+        a web session's login). Also used for a web session's certificates (api/websessions.py)."""
         base = await self._ar_base_identity(caller)
         now = dt.datetime.now(dt.UTC)
         roles = list(base.roles)
@@ -356,8 +365,10 @@ class AccessRequestsAPI(UsersAPI):
         elevated = Identity(base.name, IdentityKind.USER, roles=roles, traits=base.traits, cluster=base.cluster,
                             active_requests=tuple(ids))
         await self.refuse_locked(request, elevated, issued=now)  # a lock on a request, role or user: no certificate
+        if not_after is not None:
+            ends = not_after if ends is None else min(ends, not_after)
         cap = None if ends is None else ends - now
-        result = await self._certs_for(elevated, wanted.public_key, duration(wanted.ttl), cap=cap)
+        result = await self._certs_for(elevated, public_key, ttl, cap=cap)
         result["active_requests"] = ids
         return result
 
