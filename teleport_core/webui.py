@@ -87,6 +87,7 @@ class WebSession:
     tls_cert: str
     ssh_cert: str
     private_key: str
+    active_requests: tuple[str, ...] = ()  # the access requests whose roles it holds (assumed roles)
 
     def __repr__(self) -> str:  # the ID and the key are secrets
         return f"WebSession(user={self.user!r}, expires={self.expires.isoformat()})"
@@ -117,6 +118,12 @@ class WebProxy(Protocol):
 
     async def logout(self, session: WebSession) -> None:
         """End ``session``: auth deletes its record (every proxy stops serving it)."""
+
+    async def reissue(self, session: WebSession, access_requests: list[str]) -> WebSession:
+        """``session`` with its certificates reissued at auth (its key stays there): the user's base
+        roles plus the roles of ``access_requests`` (each the user's, approved, unexpired: assumed
+        roles), or the base roles only (``[]``: switch back). It then ends at the earliest access
+        expiry. Refusals (``AccessDenied`` with auth's reason) are audited at auth."""
 
     async def user_token(self, token: str) -> dict[str, object]:
         """An invite or reset token (before any login): ``user``, ``kind`` (``invite`` or

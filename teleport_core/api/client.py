@@ -450,6 +450,12 @@ class AuthClient:
         """Log a web session out (proxies)."""
         await self.call("DELETE", f"/v1/websessions/{session_id}")
 
+    async def reissue_web_session(self, session_id: str, user: str, access_requests: list[str]) -> dict[str, Any]:
+        """A web session's certificates again (proxies): ``user``'s base roles plus the roles of
+        ``access_requests`` (``[]``: base roles only); the updated record."""
+        body = {"user": user, "access_requests": access_requests}
+        return await self.call("POST", f"/v1/websessions/{session_id}/reissue", body)  # type: ignore[no-any-return]
+
     def for_user(self, user_cert: bytes) -> AuthClient:
         """A client acting for the user whose TLS certificate (DER) this proxy holds: each call
         forwards it (:data:`FORWARDED_USER_CERT`) and auth authorizes the user, not the proxy.

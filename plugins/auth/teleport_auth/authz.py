@@ -70,7 +70,7 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule((*_CLUSTER_READ, "user_token"), ("list", "read")),
         HostRule(("user_token",), ("update",)),  # complete a signup from the invite page
         HostRule(("login",), ("create",)),  # forward users' password logins
-        HostRule(("web_session",), ("create", "read", "delete")),  # the web UI's sessions (api/websessions.py)
+        HostRule(("web_session",), ("create", "read", "update", "delete")),  # web UI sessions (api/websessions.py)
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
         # live sessions: reads all; writes only for agentless OpenSSH nodes (teleport_auth.api.trackers)

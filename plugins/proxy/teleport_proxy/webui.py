@@ -43,7 +43,8 @@ def session_from(record: dict[str, Any]) -> WebSession:
         id=str(record["id"]), user=str(record["user"]), roles=tuple(record.get("roles", ())),
         logins=tuple(record.get("logins", ())), expires=dt.datetime.fromisoformat(record["expires"]),
         idle_timeout=parse_duration(idle), csrf_token=str(record["csrf_token"]), tls_cert=str(record["tls_cert"]),
-        ssh_cert=str(record["ssh_cert"]), private_key=str(record["private_key"]))
+        ssh_cert=str(record["ssh_cert"]), private_key=str(record["private_key"]),
+        active_requests=tuple(record.get("active_requests") or ()))
 
 
 class ProxyWebUI:
@@ -84,6 +85,9 @@ class ProxyWebUI:
 
     async def logout(self, session: WebSession) -> None:
         await self._proxy.auth.delete_web_session(session.id)
+
+    async def reissue(self, session: WebSession, access_requests: list[str]) -> WebSession:
+        return session_from(await self._proxy.auth.reissue_web_session(session.id, session.user, access_requests))
 
     async def user_token(self, token: str) -> dict[str, object]:
         return await self._proxy.auth.get_user_token(token)

@@ -212,6 +212,7 @@ class Web:
     NAV: tuple[tuple[str, str, str, tuple[str, str] | None], ...] = (
         ("Resources", "resources", "resources", None),
         ("Active sessions", "sessions", "sessions", None),
+        ("Access requests", "requests", "requests", None),
         ("Recordings", "recordings", "recordings", ("list", "session")),
         ("Audit log", "audit", "audit", ("list", "event")),
         ("Users", "users", "users", ("list", "user")),
