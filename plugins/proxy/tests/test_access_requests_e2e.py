@@ -15,7 +15,7 @@
   ``tctl rm access_request/ID``: an approved request deleted stops granting at once, even with
   the certificates in hand;
 - every step audited with its code (T5000I, T5001I, T5002I, T5003I), every refusal as ``auth`` T3007W;
-- `tsh login --request-roles` logs in, waits and assumes; `--request-nowait` with a valid profile
+- ``tsh login --request-roles`` logs in, waits and assumes; ``--request-nowait`` with a valid profile
   asks no password;
 - attackers: another user's approved request cannot be assumed (nor seen), a role the user's
   roles do not let them request is refused, a body naming another user is ignored; the proxy
