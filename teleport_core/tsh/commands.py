@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import getpass
 import os
@@ -15,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.errors import TeleportError
-from teleport_core.tsh.profile import Profile, home, normalize_addr, remove
+from teleport_core.tsh.profile import Profile, agent_add, home, normalize_addr, remove
+from teleport_core.tsh.profile import proxy_known_hosts as _known_hosts  # the name tests/test_tsh.py imports
+from teleport_core.tsh.status import print_status, status_record
 
 if TYPE_CHECKING:
     import argparse
@@ -37,25 +38,6 @@ def _prompt(text: str) -> str:
     return line.rstrip("\r\n")
 
 
-def _known_hosts(lines: list[str], proxy_host: str) -> tuple[str, ...]:
-    """The host CA lines with the proxy's host (any port) added to their host patterns."""
-    out = []
-    for line in lines:
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[0] == "@cert-authority":
-            hosts = list(dict.fromkeys([proxy_host, f"[{proxy_host}]:*", *parts[1].split(",")]))
-            out.append(f"@cert-authority {','.join(hosts)} {parts[2]}")
-    return tuple(out)
-
-
-def _remaining(profile: Profile) -> str:
-    left = profile.valid_before - dt.datetime.now(dt.UTC)
-    if left.total_seconds() <= 0:
-        return "EXPIRED"
-    minutes = int(left.total_seconds()) // 60
-    return f"valid for {minutes // 60}h{minutes % 60}m0s"
-
-
 def login(argv: list[str], cli: CliContext) -> int:
     parser = cli.parser("log in to a cluster through its proxy and store the certificates")
     parser.add_argument("--ttl", default="", help="certificate lifetime (e.g. 12h, 30m; minutes when a number)")
@@ -72,7 +54,7 @@ def login(argv: list[str], cli: CliContext) -> int:
     if wanted.wanted:
         valid = _valid_profile(args)
         if valid is not None:  # logged in already: no password, the certificates are reissued
-            _print_status(access.login_with_request(valid, wanted))
+            print_status(access.login_with_request(valid, wanted))
             return 0
     web, user, insecure = _login_target(args)
     from teleport_core.pki import keys
@@ -102,11 +84,11 @@ def login(argv: list[str], cli: CliContext) -> int:
                       tuple(answer["logins"]), dt.datetime.fromisoformat(answer["valid_before"]), args.insecure,
                       identity, tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)))
     folder = profile.save(home())
-    _agent_add(folder, profile)
+    agent_add(folder, profile)
     if wanted.wanted:
-        _print_status(access.login_with_request(Profile.load(home()), wanted))
+        print_status(access.login_with_request(Profile.load(home()), wanted))
         return 0
-    _print_status(Profile.load(home()))
+    print_status(Profile.load(home()))
     return 0
 
 
@@ -183,37 +165,6 @@ def _write_out(identity: Any, path: Path, fmt: str, key: Any) -> int:
     return 0
 
 
-def _agent_add(folder: Path, profile: Profile) -> None:
-    """Load the key and certificate into a running ssh-agent (best effort, as Teleport does)."""
-    if not os.environ.get("SSH_AUTH_SOCK"):
-        return
-    seconds = max(1, int((profile.valid_before - dt.datetime.now(dt.UTC)).total_seconds()))
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["ssh-add", "-q", "-t", str(seconds), str(folder / "id")], check=False, timeout=10,
-                       capture_output=True)
-
-
-def _status_record(profile: Profile) -> dict[str, Any]:
-    """A profile as Teleport's ``tsh status --format=json`` shows it."""
-    return {"profile_url": f"https://{profile.web_addr}", "username": profile.user, "cluster": profile.cluster,
-            "roles": list(profile.roles), "logins": list(profile.logins),
-            "valid_until": profile.valid_before.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "expired": profile.expired, "ssh_proxy": profile.ssh_addr, "insecure": profile.insecure,
-            "active_requests": list(profile.active_requests)}
-
-
-def _print_status(profile: Profile, current: bool = True) -> None:
-    print(f"{'>' if current else ' '} Profile URL:        https://{profile.web_addr}")
-    print(f"  Logged in as:       {profile.user}")
-    if profile.active_requests:
-        print(f"  Active requests:    {', '.join(profile.active_requests)}")
-    print(f"  Cluster:            {profile.cluster}")
-    print(f"  Roles:              {', '.join(profile.roles)}")
-    print(f"  Logins:             {', '.join(profile.logins)}")
-    until = profile.valid_before.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
-    print(f"  Valid until:        {until} [{_remaining(profile)}]")
-
-
 def status(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import output
     from teleport_core.tsh.profile import NotLoggedIn, current_name, profile_names
@@ -225,16 +176,16 @@ def status(argv: list[str], cli: CliContext) -> int:
     active = _stored(name)
     others = [p for p in (_stored(n) for n in profile_names(home()) if n != name) if p is not None]
     if args.format != "text":
-        output.emit({"active": _status_record(active) if active is not None else None,
-                     "profiles": [_status_record(p) for p in others]}, args.format)
+        output.emit({"active": status_record(active) if active is not None else None,
+                     "profiles": [status_record(p) for p in others]}, args.format)
         return 0
     if active is None and not others:
         raise NotLoggedIn("not logged in (run tsh login --proxy=HOST)")
     if active is not None:
-        _print_status(active)
+        print_status(active)
     for other in others:
         print()
-        _print_status(other, current=False)
+        print_status(other, current=False)
     return 0
 
 

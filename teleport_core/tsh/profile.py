@@ -14,10 +14,12 @@ Layout under ``$TELEPORT_HOME`` (default ``~/.tsh``), directories 0700, files 06
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,24 @@ def remove(root: Path | None = None) -> str | None:
     shutil.rmtree(root / "profiles" / name, ignore_errors=True)
     current.unlink()
     return name
+
+
+def proxy_known_hosts(lines: list[str], proxy_host: str) -> tuple[str, ...]:
+    """The host CA lines with the proxy's host (any port) added to their host patterns."""
+    out = []
+    for line in lines:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0] == "@cert-authority":
+            hosts = list(dict.fromkeys([proxy_host, f"[{proxy_host}]:*", *parts[1].split(",")]))
+            out.append(f"@cert-authority {','.join(hosts)} {parts[2]}")
+    return tuple(out)
+
+
+def agent_add(folder: Path, profile: Profile) -> None:
+    """Load the key and certificate into a running ssh-agent (best effort, as Teleport does)."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return
+    seconds = max(1, int((profile.valid_before - dt.datetime.now(dt.UTC)).total_seconds()))
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["ssh-add", "-q", "-t", str(seconds), str(folder / "id")], check=False, timeout=10,
+                       capture_output=True)

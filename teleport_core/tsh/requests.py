@@ -161,8 +161,7 @@ def reissue(profile: Profile, request_ids: Sequence[str]) -> Profile:
     roles), saved as the current profile; the new profile."""
     from teleport_core.pki import keys
     from teleport_core.pki.identity import LocalIdentity
-    from teleport_core.tsh.commands import _agent_add, _known_hosts
-    from teleport_core.tsh.profile import home
+    from teleport_core.tsh.profile import agent_add, home, proxy_known_hosts
 
     if profile.folder is None:
         raise TeleportError("assuming requested roles needs a tsh login profile, not an identity file (-i)")
@@ -179,12 +178,12 @@ def reissue(profile: Profile, request_ids: Sequence[str]) -> Profile:
         raise
     identity = LocalIdentity(profile.identity.key_pem, answer["tls_cert"].encode(),
                              tuple(p.encode() for p in answer["host_ca_pems"]), answer["cert"],
-                             _known_hosts(answer["host_signers"], profile.proxy_host))
+                             proxy_known_hosts(answer["host_signers"], profile.proxy_host))
     renewed = attrs.evolve(profile, roles=tuple(answer["roles"]), logins=tuple(answer["logins"]),
                            valid_before=dt.datetime.fromisoformat(answer["valid_before"]), identity=identity,
                            active_requests=tuple(answer.get("active_requests") or ()))
     folder = renewed.save(home())
-    _agent_add(folder, renewed)
+    agent_add(folder, renewed)
     return attrs.evolve(renewed, folder=folder)
 
 
@@ -383,9 +382,9 @@ def _create(args: argparse.Namespace) -> int:
     profile = _profile(args)
     renewed = create_and_assume(profile, roles, reason, reviewers, args.nowait)
     if renewed is not None:
-        from teleport_core.tsh.commands import _print_status
+        from teleport_core.tsh.status import print_status
 
-        _print_status(renewed)
+        print_status(renewed)
     return 0
 
 
@@ -441,7 +440,7 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _drop(args: argparse.Namespace) -> int:
-    from teleport_core.tsh.commands import _print_status
+    from teleport_core.tsh.status import print_status
 
     wanted = [r for r in args.request_ids if r != "*"]
     ids = [check_request_id(r) for r in wanted]
@@ -456,7 +455,7 @@ def _drop(args: argparse.Namespace) -> int:
     else:
         print("Dropping all active access requests...\n")
         keep = []
-    _print_status(reissue(profile, keep))
+    print_status(reissue(profile, keep))
     return 0
 
 
