@@ -58,7 +58,9 @@ def _left(moment: dt.datetime, now: dt.datetime) -> str:
     if seconds <= 0:
         return "expired"
     hours, minutes = divmod((seconds + 59) // 60, 60)
-    return f"in {hours} h {minutes} min" if hours else f"in {minutes} min"
+    if not hours:
+        return f"in {minutes} min"
+    return f"in {hours} h {minutes} min" if minutes else f"in {hours} h"
 
 
 def _row(page: Page, access: AccessRequest, now: dt.datetime) -> dict[str, Any]:
