@@ -87,8 +87,11 @@ class InvalidCertificate(AuthenticationFailed):
     """A presented certificate is not acceptable; ``str()`` says why."""
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # one encoder: json.dumps builds one a call
+
+
 def _compact_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 def _roles_json(roles: Sequence[str]) -> str:
@@ -445,6 +448,16 @@ def _name_of(name: str, roles: tuple[str, ...], logins: tuple[str, ...], route: 
     return x509.Name(rdns)
 
 
+@functools.lru_cache(maxsize=16)
+def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AuthorityKeyIdentifier of what ``ca_cert`` signs (kept per CA certificate)."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+
+
 def _sign_tls(
     ca: CertAuthority,
     request: CertRequest,
@@ -454,11 +467,7 @@ def _sign_tls(
 ) -> tuple[bytes, int]:
     signer, ca_cert = ca.tls_signer()
     serial = random_serial()
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key())
+    aki = _authority_key_id(ca_cert)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
