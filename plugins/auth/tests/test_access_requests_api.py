@@ -59,6 +59,13 @@ spec:
 ---
 kind: role
 version: v5
+metadata: {name: dev-blink}
+spec:
+  allow:
+    request: {roles: [dba], max_duration: 3s}
+---
+kind: role
+version: v5
 metadata: {name: dba}
 spec:
   allow: {logins: [dba], node_labels: {env: prod}}
@@ -101,7 +108,8 @@ spec:
 
 PROXY_TOKEN = "static-proxy-token-0123456789abcdef"
 USERS = {"alice": ["dev"], "bob": ["reviewer"], "dave": ["reviewer"], "carol": ["half-reviewer"],
-         "erin": ["dev2"], "frank": ["dev-short"], "gina": ["no-dba-reviewer"]}
+         "erin": ["dev2"], "frank": ["dev-short"], "gina": ["no-dba-reviewer"],
+         "hank": ["dev-blink"]}
 
 
 class RecordChanges:
@@ -448,3 +456,16 @@ def test_access_capabilities(cluster):
     assert frank["requestable_roles"] == ["dba"] and frank["request_access"] == "reason"
     assert frank["request_prompt"] == "name the ticket"
     assert cluster.as_user("bob", "GET", "/v1/access_capabilities")["requestable_roles"] == []
+
+
+def test_a_lapsed_request_is_removed_audited_and_announced(cluster):
+    """hank's request lasts 3 s (max_duration): once lapsed, auth's sweeper removes it, audits
+    access_request.update (T5001I, expired) and announces "expired"; it can no longer be reviewed."""
+    request_id = create(cluster, "hank", ["dba"])["metadata"]["name"]
+    wait_for(lambda: (request_id, "expired", "PENDING") in cluster.recorder.seen, "the expired announcement", 60)
+    with pytest.raises(NotFound):
+        cluster.as_user("hank", "GET", f"/v1/access_requests/{request_id}")
+    with pytest.raises(NotFound):
+        review(cluster, "bob", request_id, "APPROVED")
+    updates = [e for e in cluster.events("access_request.update") if e["id"] == request_id]
+    assert [(e["code"], e["expired"], e["state"]) for e in updates] == [("T5001I", True, "PENDING")]
