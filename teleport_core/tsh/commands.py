@@ -54,7 +54,7 @@ def login(argv: list[str], cli: CliContext) -> int:
     if wanted.wanted:
         valid = _valid_profile(args)
         if valid is not None:  # logged in already: no password, the certificates are reissued
-            print_status(access.login_with_request(valid, wanted))
+            print_status(access.login_with_request(valid, access.login_policy(valid, wanted)))
             return 0
     web, user, insecure = _login_target(args)
     from teleport_core.pki import keys
@@ -85,10 +85,9 @@ def login(argv: list[str], cli: CliContext) -> int:
                       identity, tls_routing=bool(ping["proxy"].get("tls_routing_enabled", False)))
     folder = profile.save(home())
     agent_add(folder, profile)
-    if wanted.wanted:
-        print_status(access.login_with_request(Profile.load(home()), wanted))
-        return 0
-    print_status(Profile.load(home()))
+    saved = Profile.load(home())
+    wanted = access.login_policy(saved, wanted)  # request_access: always/reason request roles at login
+    print_status(access.login_with_request(saved, wanted) if wanted.wanted else saved)
     return 0
 
 

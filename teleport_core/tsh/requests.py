@@ -512,6 +512,44 @@ def login_request(args: argparse.Namespace) -> LoginRequest:
                         bool(args.request_nowait))
 
 
+def _ask(text: str) -> str:
+    """A line from the user (shown as typed), after ``text`` on stderr."""
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not sys.stdin.isatty():
+        sys.stderr.write("\n")
+    return line.rstrip("\r\n")
+
+
+def login_policy(profile: Profile, wanted: LoginRequest, ask: Callable[[str], str] = _ask) -> LoginRequest:
+    """What the user's roles' ``request_access`` make of a login (Teleport's request strategy):
+    ``always`` and ``reason`` request every requestable role when no request flag asks for roles,
+    ``reason`` asks why (with the roles' ``request_prompt``) when ``--request-reason`` is not given."""
+    if wanted.request_id:
+        return wanted
+    try:
+        caps = _call(profile, "GET", "/access_capabilities")
+    except NotFound:  # a proxy or auth without access requests: nothing to apply
+        return wanted
+    mode = str(caps.get("request_access") or "optional")
+    roles = wanted.roles
+    if not roles and mode in ("always", "reason"):
+        roles = tuple(str(r) for r in caps.get("requestable_roles") or ())
+        if not roles:
+            raise TeleportError(f"your roles require an access request at login (request_access: {mode}) but let "
+                                "you request no role: ask an administrator")
+        print(f"Your roles require an access request at login (request_access: {mode}): requesting "
+              f"{', '.join(roles)}", file=sys.stderr)
+    reason = wanted.reason
+    if roles and mode == "reason" and not reason.strip():
+        reason = check_reason(ask(f"{caps.get('request_prompt') or 'Reason'}: ").strip(), "reason")
+        if not reason:
+            raise TeleportError("a reason is required to request roles (request_access: reason); give "
+                                "--request-reason")
+    return attrs.evolve(wanted, roles=roles, reason=reason)
+
+
 def login_with_request(profile: Profile, wanted: LoginRequest) -> Profile:
     """After ``tsh login`` (or with a valid profile already): request roles, or assume an approved request."""
     if wanted.request_id:

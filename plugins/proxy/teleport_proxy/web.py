@@ -17,7 +17,8 @@
   (``teleport_core.api.client.FORWARDED_USER_CERT``): auth authorizes the user, not the proxy.
 - Access requests (``tsh request``), the same way (auth decides, for the caller):
   ``POST|GET /v1/webapi/sites/{cluster}/accessrequest``, ``GET .../accessrequest/{id}``,
-  ``POST .../accessrequest/{id}/review``, and ``POST /v1/webapi/sites/{cluster}/certs/reissue``
+  ``POST .../accessrequest/{id}/review``, ``GET .../access_capabilities`` (what ``tsh login``
+  may request and whether it must), and ``POST /v1/webapi/sites/{cluster}/certs/reissue``
   (``tsh login --request-id``, ``tsh request drop``: the caller's certificates with the roles of
   its approved requests).
 
@@ -312,6 +313,16 @@ class WebAPI:
             return error(exc)
         return JSONResponse(reviewed)
 
+    async def access_capabilities(self, request: Request) -> Response:
+        """``tsh login``: what the caller may request and whether its roles want a request at login."""
+        try:
+            self._check_cluster(request)
+            der = self._user_cert(request)
+            found = await self.proxy.auth.for_user(der).call("GET", "/v1/access_capabilities")
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(found)
+
     async def reissue_certs(self, request: Request) -> Response:
         """``tsh login --request-id``, ``tsh request drop``: the caller's certificates with the roles of
         its approved requests (auth checks each is the caller's, approved and unexpired)."""
@@ -369,6 +380,7 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/sites/{cluster}/accessrequest/{request_id}", api.access_request, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/accessrequest/{request_id}/review", api.review_access_request,
               methods=["POST"]),
+        Route("/v1/webapi/sites/{cluster}/access_capabilities", api.access_capabilities, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/certs/reissue", api.reissue_certs, methods=["POST"]),
         Route(OPENAPI_PATH, openapi, methods=["GET"]),
     ])

@@ -188,6 +188,16 @@ class AccessRequestsReply(Reply):
     items: list[AccessRequestReply]
 
 
+class CapabilitiesReply(Reply):
+    """What the caller may request and how ``tsh login`` asks (Teleport's access capabilities)."""
+
+    requestable_roles: list[str]
+    suggested_reviewers: list[str]
+    request_access: str = Field(description="optional, always (tsh login requests the roles) or reason (and asks "
+                                            "why)")
+    request_prompt: str
+
+
 class ReissueReply(LoginReply):
     """New certificates (as a login's) and the access requests they carry."""
 
@@ -256,6 +266,9 @@ ROUTES: list[Operation] = [
               "tsh request review: the caller's review (never of its own request; its review_requests roles must "
               "cover every requested role)", body=ReviewBody, response=AccessRequestReply, max_body=SMALL_BODY,
               errors=AUTH_ERRORS),
+    Operation("/v1/webapi/sites/{cluster}/access_capabilities", "GET", "access_capabilities",
+              "tsh login: the roles the caller may request, suggested reviewers, request_access (always, reason: "
+              "login requests the roles) and request_prompt", response=CapabilitiesReply, errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/certs/reissue", "POST", "reissue_certs",
               "tsh login --request-id, tsh request drop: the caller's certificates again with the roles of its "
               "approved access requests added, expiring with the access", body=ReissueBody, response=ReissueReply,

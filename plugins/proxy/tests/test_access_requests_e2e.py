@@ -19,7 +19,9 @@
   asks no password;
 - attackers: another user's approved request cannot be assumed (nor seen), a role the user's
   roles do not let them request is refused, a body naming another user is ignored; the proxy
-  routes answer bad bodies, queries and paths with a 400 naming the field.
+  routes answer bad bodies, queries and paths with a 400 naming the field;
+- a role with ``request_access: reason`` makes ``tsh login`` request the requestable roles and ask
+  why (its ``request_prompt``).
 """
 
 from __future__ import annotations
@@ -500,3 +502,35 @@ def test_login_with_request_roles_waits_then_assumes(env, tmp_path):
     assert status(env, home)["active_requests"] == [request_id]
     tctl(env, "requests", "deny", other, "--reason=one is enough")
     assert request_doc(env, other)["spec"]["state"] == "DENIED"
+
+
+def test_request_access_reason_makes_login_request_the_roles_and_ask_why(env, tmp_path):
+    env.call("upsert_role", {"kind": "role", "version": "v7", "metadata": {"name": "dev-ask"},
+                             "spec": {"options": {"request_access": "reason", "request_prompt": "Ticket number?"},
+                                      "allow": {"logins": [LOGINS], "node_labels": {"env": "test"},
+                                                "request": {"roles": ["dba"]}}}})
+    env.signup("gail", ["dev-ask"], [LOGIN], PASSWORD)
+    home = tmp_path / "gail"
+    seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
+    environ = {**os.environ, "TELEPORT_HOME": str(home)}
+    environ.pop("SSH_AUTH_SOCK", None)
+    waiting = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", "login", f"--proxy={env.web}",
+                                "--user=gail", "--insecure"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environ)
+    try:
+        assert waiting.stdin is not None
+        waiting.stdin.write(f"{PASSWORD}\nOPS-7\n")  # the password, then the reason the prompt asks for
+        waiting.stdin.flush()
+        request_id = pending_of(env, "gail", seen)
+        doc = request_doc(env, request_id)
+        assert doc["spec"]["roles"] == ["dba"] and doc["spec"]["request_reason"] == "OPS-7"
+        tctl(env, "requests", "approve", request_id)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 0, (out, err)
+    assert "Your roles require an access request at login (request_access: reason): requesting dba" in err
+    assert "Ticket number?: " in err and f"Active requests:    {request_id}" in out
+    assert reaches_prod(env, home, "asked")
