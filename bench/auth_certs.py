@@ -114,11 +114,131 @@ def context_switches(pid: int) -> int:
 
 
 def profiler(pid: int, out: str, seconds: float) -> subprocess.Popen[bytes]:
-    """py-spy sampling ``pid`` for ``seconds``: collapsed stacks of the thread holding the GIL
-    (where the CPU goes, per thread) to ``out``."""
-    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads", "--gil", "--rate", "200",
+    """py-spy sampling ``pid`` for ``seconds``: collapsed stacks of every thread while it runs (not
+    waiting), to ``out``; :func:`profile_summary` reads the event loop thread's (C code that lets the
+    GIL go, such as OpenSSL's record layer, is counted too)."""
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads", "--rate", "200",
                "--duration", str(max(1, int(seconds))), "--nonblocking", "-o", out]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: where the auth process's time goes, by the frames of each sampled stack: the first rule whose
+#: files are anywhere in the stack for the "strong" ones (the domain work), else the nearest frame's
+PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("audit (spool, JSON log)", ("audit_spool", "teleport_core/state/audit", "teleport_audit_json")),
+    ("signing (SSH + X.509)", ("cryptography/", "teleport_core/pki/", "teleport_auth/issuer.py",
+                               "teleport_auth/authority.py")),
+    ("authz, locks, user", ("teleport_core/policy/", "teleport_auth/authz", "teleport_auth/locks",
+                            "teleport_auth/users")),
+    ("body validation (pydantic)", ("pydantic", "teleport_core/api/schema.py")),
+    ("JSON", ("json/",)),
+    ("routing (starlette)", ("starlette/",)),
+    ("TLS records", ("ssl.py", "sslproto.py")),
+    ("HTTP server", ("hypercorn/", "h11/", "h2/", "uvicorn/", "httptools", "teleport_core/net/")),
+    ("endpoint wrapper + handler", ("teleport_auth/api/",)),
+    ("event loop", ("asyncio/", "selectors.py", "concurrent/futures", "threading.py")),
+)
+STRONG = 3  # the first three rules win wherever their frames are in the stack
+
+
+def profile_category(frames: list[str]) -> str:
+    files = [frame.rpartition(" (")[2] for frame in frames]
+    if files and files[-1].startswith("selectors.py"):
+        return "idle (waiting in select)"
+    for name, keys in PROFILE_RULES[:STRONG]:
+        if any(key in file for file in files for key in keys):
+            return name
+    for file in reversed(files):
+        for name, keys in PROFILE_RULES:
+            if any(key in file for key in keys):
+                return name
+    return "other"
+
+
+def profile_summary(path: str) -> dict[str, float]:
+    """Share of the event loop thread's busy samples per :data:`PROFILE_RULES` category (py-spy raw
+    output), and the share of all its samples it waited in ``select()`` ("idle")."""
+    counts: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if "MainThread" in frames[0]:
+            name = profile_category(frames[1:])
+            counts[name] = counts.get(name, 0) + int(count)
+    idle = counts.pop("idle (waiting in select)", 0)
+    busy = sum(counts.values()) or 1
+    shares = {name: count / busy for name, count in sorted(counts.items(), key=lambda item: -item[1])}
+    return {**shares, "idle (waiting in select), of all samples": idle / ((busy + idle) or 1)}
+
+
+def run_server(tmp: Path, http1: str, args: argparse.Namespace, subject: str, logins: bool,
+               profile: str | None) -> dict[str, Any]:
+    """Start auth (its own `teleport start` process, HTTP/1.1 served by ``http1``), issue
+    certificates over mTLS for ``args.seconds``; with ``logins``, time full logins after."""
+    from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
+    from teleport_core.pki import keys
+    from teleport_core.pki.identity import LocalIdentity
+
+    results: dict[str, Any] = {}
+    data = tmp / "data"
+    addr, diag = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    config = {"teleport": {"data_dir": str(data), "nodename": "bench", "diag_addr": diag,
+                           "log": {"severity": "WARN"}},
+              "auth_service": {"cluster_name": "bench.example", "listen_addr": addr,
+                               "authentication": {"second_factor": "off"},
+                               "tokens": ["proxy:bench-proxy-token-0123456789"]},
+              "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    config_file = tmp / "teleport.yaml"
+    config_file.write_text(json.dumps(config))
+    # the auth server runs as its own `teleport start` process, as in production
+    server = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.teleport", "start", "-c", str(config_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "TELEPORT_HTTP1": http1})
+    try:
+        wait_ready(f"http://{diag}/readyz")
+
+        async def over_api() -> None:
+            async with AuthClient(addr, [load_identity_dir(data / "keys" / "auth")]) as admin:
+                created = await admin.create_user("bench", ["access"], {"logins": ["root"]})
+                # warm the pool: one connection per concurrent client, so no handshake is measured
+                await asyncio.gather(*(admin.sign_user_cert("bench", subject) for _ in range(args.concurrency)))
+                cpu_before, switches_before = process_cpu(server.pid), context_switches(server.pid)
+                client_before = time.process_time()
+                spy = profiler(server.pid, profile, args.seconds) if profile else None
+                results["api_ssh_tls_user_certs_per_s"] = await api_rate(
+                    admin, subject, args.seconds, args.concurrency)
+                issued = results["api_ssh_tls_user_certs_per_s"] * args.seconds
+                results["auth_cpu_ms_per_cert"] = (process_cpu(server.pid) - cpu_before) * 1000 / issued
+                # the clients' side (httpx, TLS, this process) shares the machine's cores with auth
+                results["client_cpu_ms_per_cert"] = (time.process_time() - client_before) * 1000 / issued
+                results["auth_context_switches_per_cert"] = (
+                    context_switches(server.pid) - switches_before) / issued
+                if spy is not None:
+                    spy.wait(timeout=60)
+                    results["profile"] = profile_summary(str(profile))
+                pin = (await admin.status())["ca_pin"]
+            if not logins:
+                return
+            key = keys.generate_private_key("ed25519")
+            joined = await register(addr, {"token": "bench-proxy-token-0123456789", "role": "Proxy",
+                                           "nodename": "bench-proxy", "public_key": keys.public_key_openssh(key)},
+                                    [pin])
+            proxy_id = LocalIdentity(keys.private_key_pem(key), joined.answer["tls_cert"].encode(),
+                                     tuple(p.encode() for p in joined.answer["host_ca_pems"]))
+            async with AuthClient(addr, [load_tls(proxy_id.client_context())]) as proxy:
+                await proxy.complete_user_token(created["invite"]["token"], "bench-password-123")
+                latencies = []
+                for _ in range(args.logins):  # a TOTP code is accepted once per 30 s: second factor off here
+                    start = time.perf_counter()
+                    await proxy.login("bench", "bench-password-123", "", subject)
+                    latencies.append(time.perf_counter() - start)
+                results["login_latency_ms_median"] = statistics.median(latencies) * 1000
+
+        asyncio.run(over_api())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return results
 
 
 def main() -> int:
@@ -126,21 +246,25 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--logins", type=int, default=10)
+    parser.add_argument("--http1", default="httptools",
+                        help="auth's HTTP/1.1 server(s), comma-separated (hypercorn, httptools): each gets its own "
+                             "auth process, in turn, --rounds times")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each --http1 server, alternating")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--profile", metavar="FILE",
-                        help="record the auth process with py-spy during the API phase (collapsed stacks to FILE)")
+                        help="record the auth process with py-spy during the API phase (collapsed stacks to "
+                             "FILE.<server>.<round>) and summarize where its time goes")
     args = parser.parse_args()
+    servers = [name.strip() for name in args.http1.split(",") if name.strip()]
 
     from teleport_auth.authority import generate_authority
     from teleport_auth.issuer import issue_ssh_user_cert, issue_tls_user_cert
 
-    from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
     from teleport_core.pki import keys
-    from teleport_core.pki.identity import LocalIdentity
     from teleport_core.plugins import make_plugins
     from teleport_core.policy.access import Identity
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_average_before": os.getloadavg()}
     signer = ed25519.Ed25519PrivateKey.generate()
     results["raw_ed25519_sign_per_s"] = rate(lambda: signer.sign(b"x" * 64), args.seconds)
     plugins = make_plugins()
@@ -157,75 +281,57 @@ def main() -> int:
 
     results["in_process_ssh_tls_pair_per_s"] = rate(pair, args.seconds)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        addr, diag = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        config = {"teleport": {"data_dir": str(data), "nodename": "bench", "diag_addr": diag,
-                               "log": {"severity": "WARN"}},
-                  "auth_service": {"cluster_name": "bench.example", "listen_addr": addr,
-                                   "authentication": {"second_factor": "off"},
-                                   "tokens": ["proxy:bench-proxy-token-0123456789"]},
-                  "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
-        config_file = Path(tmp) / "teleport.yaml"
-        config_file.write_text(json.dumps(config))
-        # the auth server runs as its own `teleport start` process, as in production
-        server = subprocess.Popen([sys.executable, "-m", "teleport_core.cli.teleport", "start", "-c", str(config_file)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(f"http://{diag}/readyz")
-
-            async def over_api() -> None:
-                async with AuthClient(addr, [load_identity_dir(data / "keys" / "auth")]) as admin:
-                    created = await admin.create_user("bench", ["access"], {"logins": ["root"]})
-                    await admin.sign_user_cert("bench", subject)  # warm the pool
-                    cpu_before, switches_before = process_cpu(server.pid), context_switches(server.pid)
-                    spy = profiler(server.pid, args.profile, args.seconds) if args.profile else None
-                    results["api_ssh_tls_user_certs_per_s"] = await api_rate(
-                        admin, subject, args.seconds, args.concurrency)
-                    issued = results["api_ssh_tls_user_certs_per_s"] * args.seconds
-                    results["auth_cpu_ms_per_cert"] = (process_cpu(server.pid) - cpu_before) * 1000 / issued
-                    results["auth_context_switches_per_cert"] = (
-                        context_switches(server.pid) - switches_before) / issued
-                    if spy is not None:
-                        spy.wait(timeout=60)
-                    pin = (await admin.status())["ca_pin"]
-                key = keys.generate_private_key("ed25519")
-                joined = await register(addr, {"token": "bench-proxy-token-0123456789", "role": "Proxy",
-                                               "nodename": "bench-proxy", "public_key": keys.public_key_openssh(key)},
-                                        [pin])
-                proxy_id = LocalIdentity(keys.private_key_pem(key), joined.answer["tls_cert"].encode(),
-                                         tuple(p.encode() for p in joined.answer["host_ca_pems"]))
-                async with AuthClient(addr, [load_tls(proxy_id.client_context())]) as proxy:
-                    await proxy.complete_user_token(created["invite"]["token"], "bench-password-123")
-                    latencies = []
-                    for _ in range(args.logins):  # a TOTP code is accepted once per 30 s: second factor off here
-                        start = time.perf_counter()
-                        await proxy.login("bench", "bench-password-123", "", subject)
-                        latencies.append(time.perf_counter() - start)
-                    results["login_latency_ms_median"] = statistics.median(latencies) * 1000
-
-            asyncio.run(over_api())
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    results["api_vs_ceiling"] = results["api_ssh_tls_user_certs_per_s"] / results["raw_ed25519_sign_per_s"]
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for http1 in servers:
+            with tempfile.TemporaryDirectory() as tmp:
+                profile = f"{args.profile}.{http1}.{round_}" if args.profile else None
+                run = run_server(Path(tmp), http1, args, subject, logins=not runs and args.logins > 0,
+                                 profile=profile)
+            run.update(http1=http1, round=round_, load_average=os.getloadavg()[0])
+            if "login_latency_ms_median" in run:
+                results["login_latency_ms_median"] = run.pop("login_latency_ms_median")
+            runs.append(run)
+    results["runs"] = runs
+    for http1 in servers:
+        mine = [run for run in runs if run["http1"] == http1]
+        results[f"{http1}_api_ssh_tls_user_certs_per_s"] = statistics.median(
+            run["api_ssh_tls_user_certs_per_s"] for run in mine)
+        results[f"{http1}_auth_cpu_ms_per_cert"] = statistics.median(run["auth_cpu_ms_per_cert"] for run in mine)
+    if len(servers) > 1:
+        first, other = servers[0], servers[1]
+        results[f"auth_cpu_per_cert_{other}_vs_{first}"] = (
+            results[f"{other}_auth_cpu_ms_per_cert"] / results[f"{first}_auth_cpu_ms_per_cert"])
+    api = results[f"{servers[-1]}_api_ssh_tls_user_certs_per_s"]
+    results["api_vs_ceiling"] = api / results["raw_ed25519_sign_per_s"]
     results["in_process_vs_ceiling"] = results["in_process_ssh_user_cert_per_s"] / results["raw_ed25519_sign_per_s"]
-    api = results["api_ssh_tls_user_certs_per_s"]
     results["api_vs_in_process_pair"] = api / results["in_process_ssh_tls_pair_per_s"]
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0
+    print(f"load average before                 {results['load_average_before'][0]:>10.2f}")
     print(f"raw Ed25519 sign (ceiling)          {results['raw_ed25519_sign_per_s']:>10,.0f} /s")
     print(f"SSH user cert, in process           {results['in_process_ssh_user_cert_per_s']:>10,.0f} /s"
           f"   ({results['in_process_vs_ceiling']:.2f} of ceiling)")
     print(f"SSH+TLS pair, in process            {results['in_process_ssh_tls_pair_per_s']:>10,.0f} /s")
-    print(f"SSH+TLS user certs over mTLS API    {results['api_ssh_tls_user_certs_per_s']:>10,.0f} /s"
+    for run in runs:
+        print(f"[{run['http1']:>9} #{run['round']}] over mTLS {run['api_ssh_tls_user_certs_per_s']:>10,.0f} /s"
+              f"   auth CPU {run['auth_cpu_ms_per_cert']:.2f} ms/pair (clients {run['client_cpu_ms_per_cert']:.2f}), "
+              f"{run['auth_context_switches_per_cert']:.1f} switches/pair, load {run['load_average']:.1f}")
+        for name, share in run.get("profile", {}).items():
+            print(f"        {share:6.1%}  {name}")
+    print(f"SSH+TLS user certs over mTLS API    {api:>10,.0f} /s"
           f"   ({args.concurrency} concurrent; 2 signatures each; {results['api_vs_in_process_pair']:.2f}"
-          " of the in-process pair)")
-    print(f"auth CPU per certificate pair       {results['auth_cpu_ms_per_cert']:>10.2f} ms"
-          "   (the auth process: TLS, HTTP, authorization, signing, durable audit event)")
-    print(f"login via proxy identity            {results['login_latency_ms_median']:>10,.0f} ms median"
-          "   (bcrypt cost 12 + 2 certs; second factor off)")
+          f" of the in-process pair; {servers[-1]}, median)")
+    for http1 in servers:
+        print(f"auth CPU per certificate pair       {results[f'{http1}_auth_cpu_ms_per_cert']:>10.2f} ms"
+              f"   ({http1}, median; the auth process: TLS, HTTP, authorization, signing, durable audit event)")
+    if len(servers) > 1:
+        key = f"auth_cpu_per_cert_{servers[1]}_vs_{servers[0]}"
+        print(f"auth CPU per pair, {servers[1]} / {servers[0]}  {results[key]:>8.2f}")
+    if "login_latency_ms_median" in results:
+        print(f"login via proxy identity            {results['login_latency_ms_median']:>10,.0f} ms median"
+              "   (bcrypt cost 12 + 2 certs; second factor off)")
     return 0
 
 
