@@ -1,4 +1,4 @@
-"""``tctl lock``: lock a user, role, login or node, as Teleport's ``tctl lock`` does.
+"""``tctl lock``: lock a user, role, login, node or access request, as Teleport's ``tctl lock`` does.
 
 ``tctl get locks`` and ``tctl rm lock/NAME`` live with the other resources (``tctl_resources``).
 """
@@ -16,21 +16,25 @@ from teleport_core.policy.locks import TARGET_KINDS, InvalidLock, LockTarget, lo
 
 
 def lock_target(values: dict[str, str | None]) -> LockTarget:
-    """The target of ``--user``/``--role``/``--login``/``--node``: exactly one, not empty."""
+    """The target of ``--user``/``--role``/``--login``/``--node``/``--access-request``: exactly one, not empty."""
     given = {kind: (value or "").strip() for kind, value in values.items() if value is not None}
     empty = [kind for kind, value in given.items() if not value]
     if empty:
-        raise UsageError(f"--{empty[0]}: must not be empty")
+        raise UsageError(f"{_flag(empty[0])}: must not be empty")
     if not given:
-        raise UsageError("specify what to lock: one of --user, --role, --login or --node")
+        raise UsageError("specify what to lock: one of --user, --role, --login or --node (or --access-request)")
     if len(given) > 1:
-        flags = " and ".join(f"--{kind}" for kind in given)
+        flags = " and ".join(_flag(kind) for kind in given)
         raise UsageError(f"{flags}: a lock targets one thing; create one lock for each")
     try:
         return LockTarget(user=given.get("user", ""), role=given.get("role", ""), login=given.get("login", ""),
-                          node=given.get("node", ""))
+                          node=given.get("node", ""), access_request=given.get("access_request", ""))
     except InvalidLock as exc:
         raise UsageError(str(exc)) from None
+
+
+def _flag(kind: str) -> str:
+    return "--" + kind.replace("_", "-")
 
 
 def lock_expiry(ttl: str | None, expires: str | None, now: dt.datetime) -> dt.datetime | None:
@@ -56,8 +60,11 @@ def lock(argv: list[str], cli: CliContext) -> int:
     parser = command_parser(cli, "Create a lock: refuse a user, role, login or node everywhere, and end their "
                                  "sessions, until the lock expires or is removed (tctl rm lock/NAME).")
     for kind in TARGET_KINDS:
-        what = "the host UUID of a node" if kind == "node" else f"the name of a {kind}"
-        parser.add_argument(f"--{kind}", metavar="UUID" if kind == "node" else "NAME", help=f"lock {what}")
+        what = {"node": "the host UUID of a node",
+                "access_request": "the ID of an access request (the certificates carrying it)"}.get(
+                    kind, f"the name of a {kind}")
+        parser.add_argument(_flag(kind), dest=kind, metavar="UUID" if kind == "node" else ("ID" if kind ==
+                            "access_request" else "NAME"), help=f"lock {what}")
     parser.add_argument("--message", default="", help="shown to the locked user and in the audit log")
     parser.add_argument("--ttl", help="the lock lasts this long (e.g. 30m, 8h); default: until removed")
     parser.add_argument("--expires", metavar="RFC3339", help="the lock ends at this time (2026-01-02T15:04:05Z)")

@@ -99,3 +99,15 @@ def test_a_malformed_request_list_is_refused_everywhere(ca):
     kind, blob = cert.split()[:2]
     with pytest.raises(CertRefused, match="teleport-active-requests"):
         check_user_cert(base64.b64decode(blob), kind, load_ca_keys(ca_lines), login="alice", client_ip="127.0.0.1")
+
+
+def test_tctl_lock_targets_an_access_request():
+    from teleport_auth.tctl import UsageError
+    from teleport_auth.tctl_locks import lock_target
+
+    values = {"user": None, "role": None, "login": None, "node": None, "access_request": REQUEST}
+    assert lock_target(values) == LockTarget(access_request=REQUEST)
+    with pytest.raises(UsageError, match="--user and --access-request: a lock targets one thing"):
+        lock_target({**values, "user": "alice"})
+    with pytest.raises(UsageError, match="--access-request: must not be empty"):
+        lock_target({**values, "access_request": " "})
