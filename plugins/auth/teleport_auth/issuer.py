@@ -40,6 +40,7 @@ from teleport_auth.authority import (
     random_serial,
     signature_hash,
 )
+from teleport_auth.sshcert import sign_certificate
 from teleport_core.errors import AuthenticationFailed
 from teleport_core.pki import keys
 from teleport_core.pki.certs import CertFormat, CertRequest, CertType, apply_plugins
@@ -207,21 +208,13 @@ def _subject_key(public_key: str | bytes | PublicKey) -> PublicKey:
 def _sign_ssh(
     ca: CertAuthority, request: CertRequest, subject: PublicKey, cert_type: ssh.SSHCertificateType, serial: int
 ) -> bytes:
-    builder = (
-        ssh.SSHCertificateBuilder()
-        .public_key(subject)
-        .serial(serial)
-        .type(cert_type)
-        .key_id(request.identity.name.encode())
-        .valid_principals([p.encode() for p in request.principals])
-        .valid_after(int(request.valid_after.timestamp()))
-        .valid_before(int(request.valid_before.timestamp()))
+    return sign_certificate(  # the same bytes as cryptography's SSHCertificateBuilder, a fraction of its cost
+        ca.ssh_signer(), subject, serial=serial, cert_type=cert_type, key_id=request.identity.name.encode(),
+        principals=[p.encode() for p in request.principals],
+        valid_after=int(request.valid_after.timestamp()), valid_before=int(request.valid_before.timestamp()),
+        critical_options={name.encode(): value.encode() for name, value in request.critical_options.items()},
+        extensions={name.encode(): value.encode() for name, value in request.extensions.items()},
     )
-    for name, value in request.critical_options.items():
-        builder = builder.add_critical_option(name.encode(), value.encode())
-    for name, value in request.extensions.items():
-        builder = builder.add_extension(name.encode(), value.encode())
-    return builder.sign(ca.ssh_signer()).public_bytes()
 
 
 def _require_kind(ca: CertAuthority, kind: CAType) -> None:
