@@ -400,6 +400,11 @@ def test_hosts_cannot_request_and_bad_bodies_are_400(cluster):
         cluster.as_user("alice", "POST", "/v1/access_requests", {"roles": []})
     with pytest.raises(NotFound):
         cluster.as_user("alice", "GET", "/v1/access_requests/no-such-id")
+    with pytest.raises(TeleportError, match="reason: NUL characters are not allowed"):
+        create(cluster, "alice", ["dba"], reason="a\x00b")
+    request_id = create(cluster, "alice", ["dba"])["metadata"]["name"]
+    with pytest.raises(TeleportError, match="reason: NUL characters are not allowed"):
+        review(cluster, "bob", request_id, "APPROVED", "ok\x00")
     with pytest.raises(AccessDenied, match="only users request access"):
         cluster.call("call", "POST", "/v1/access_requests", {"roles": ["dba"]})
 

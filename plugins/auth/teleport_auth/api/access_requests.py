@@ -121,6 +121,13 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _reason(text: str, field: str = "reason") -> str:
+    """A reason as given (newlines allowed); NUL characters are refused (400 naming the field)."""
+    if "\x00" in text:
+        raise BadRequest(f"{field}: NUL characters are not allowed")
+    return text
+
+
 def _fields(request: AccessRequest) -> dict[str, Any]:
     """What every access request event says about the request (Teleport's field names)."""
     return {"id": request.id, "user": request.user, "roles": list(request.roles), "state": request.state}
@@ -213,6 +220,7 @@ class AccessRequestsAPI(UsersAPI):
             reason = f"no such role {', '.join(_q(m) for m in missing)}"
             await self.audit_denial(request, caller, f"access request of user {_q(caller.name)}: {reason}")
             raise BadRequest(f"roles: {reason}")
+        _reason(wanted.reason)
         needs = reason_required(requester)
         if needs and not wanted.reason.strip():
             await self.audit_denial(request, caller, f"access request without a reason: {needs}")
@@ -269,7 +277,7 @@ class AccessRequestsAPI(UsersAPI):
         if not decision.allowed:
             await self.audit_denial(request, caller, f"review of access request {access.id}: {decision.reason}")
             raise AccessDenied(decision.reason)
-        review = Review(caller.name, wanted.proposed_state, wanted.reason, caller.roles)
+        review = Review(caller.name, wanted.proposed_state, _reason(wanted.reason), caller.roles)
 
         def add(current: AccessRequest) -> AccessRequest:
             return apply_review(current, review)
@@ -294,8 +302,10 @@ class AccessRequestsAPI(UsersAPI):
         request_id = request.path_params["name"]
         await self._ar_load(identity, request_id)
 
+        reason = _reason(wanted.reason)
+
         def decide(current: AccessRequest) -> AccessRequest:
-            return resolve(current, wanted.state, wanted.reason, wanted.roles)
+            return resolve(current, wanted.state, reason, wanted.roles)
 
         try:
             before, after = await svc.access_requests.change(request_id, decide)
