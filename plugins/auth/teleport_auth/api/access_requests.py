@@ -148,8 +148,8 @@ class AccessRequestsAPI(UsersAPI):
         return identity
 
     async def _ar_base_identity(self, identity: Identity) -> Identity:
-        """The user as stored (their base roles and traits, not an elevated certificate's roles);
-        a user no local store knows (a plugin's) keeps the certificate's roles less the elevated ones."""
+        """The user as stored (their base roles and traits, not an elevated certificate's roles); a user
+        no local store knows (a plugin's) keeps the certificate's roles, unless it is elevated (403)."""
         svc = self.service
         try:
             return (await svc.users.get(identity.name)).identity(svc.cluster_name)
