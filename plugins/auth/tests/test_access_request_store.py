@@ -9,8 +9,8 @@ import datetime as dt
 import logging
 
 import pytest
-
 from teleport_auth.access_requests import AccessRequestStore, Announcer, change_of
+
 from teleport_core import hookimpl
 from teleport_core.errors import NotFound
 from teleport_core.logs import get_logger
