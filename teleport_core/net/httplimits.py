@@ -92,10 +92,18 @@ class HTTPLimits:
     #: headers every answer of the listener itself (a 413) carries, e.g. the web port's security headers
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
+    _by_method: dict[str, tuple[RouteLimit, ...]] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        by_method: dict[str, list[RouteLimit]] = {}
+        for route in self.routes:  # in order: the first match wins
+            by_method.setdefault(route.method.upper(), []).append(route)
+        object.__setattr__(self, "_by_method", {method: tuple(routes) for method, routes in by_method.items()})
+
     def body_limit(self, method: str, path: str) -> int:
         """The largest body a request for ``method path`` may carry (the first matching route's limit)."""
-        for route in self.routes:
-            if route.matches(method, path):
+        for route in self._by_method.get(method.upper(), ()):
+            if route.pattern.match(path) is not None:
                 return route.max_body
         return self.max_body
 

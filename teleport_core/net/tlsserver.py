@@ -219,7 +219,13 @@ async def peek_client_hello(sock: socket.socket, timeout: float = HELLO_TIMEOUT)
 def client_certificate(scope: Scope) -> bytes | None:
     """The DER client certificate of a request served by :class:`TLSServer`, if one was presented."""
     chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or ()
-    return ssl.PEM_cert_to_DER_cert(chain[0]) if chain else None
+    return _der(chain[0]) if chain else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _der(pem: str) -> bytes:
+    """``pem`` as DER, decoded once per certificate (a connection's requests share its PEM string)."""
+    return ssl.PEM_cert_to_DER_cert(pem)
 
 
 async def _refuse_rest(transport: asyncio.BaseTransport, connection: asyncio.Task[Any] | None = None) -> None:
