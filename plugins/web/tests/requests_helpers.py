@@ -1,6 +1,6 @@
 """The cluster of the access request page tests: alice and carol (role ``requester``: nodes
 ``env=dev``, may request ``dba`` with a reason for 2 hours at most, ``bob`` suggested), bob (``approver``: reviews
-requests for ``dba``), and nodes ``req-dev-1`` (``env=dev``) and ``req-prod-1`` (``env=prod``,
+requests for ``dba``), erin (``brief``: may request ``dba`` for 15 seconds), and nodes ``req-dev-1`` (``env=dev``) and ``req-prod-1`` (``env=prod``,
 which only ``dba`` reaches)."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ ROLES = [
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["dev"]},
                         "request": {"roles": ["dba"], "suggested_reviewers": ["bob"], "max_duration": "2h"}},
               "options": {"request_access": "reason", "request_prompt": PROMPT}}},
+    {"kind": "role", "version": "v5", "metadata": {"name": "brief"},
+     "spec": {"allow": {"logins": ["{{internal.logins}}"], "request": {"roles": ["dba"], "max_duration": "15s"}}}},
     {"kind": "role", "version": "v5", "metadata": {"name": "dba"},
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["prod"]}}}},
     {"kind": "role", "version": "v5", "metadata": {"name": "approver"},
@@ -35,6 +37,7 @@ def requests_cluster(root: Path) -> Iterator[WebCluster]:
         c.signup("alice", ["requester"])
         c.signup("carol", ["requester"])
         c.signup("bob", ["approver"])
+        c.signup("erin", ["brief"])
         c.add_node("req-dev-1", {"env": "dev"})
         c.add_node("req-prod-1", {"env": "prod"})
         yield c
