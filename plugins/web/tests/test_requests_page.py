@@ -269,3 +269,12 @@ def test_session_ends_at_the_access_expiry(rc: WebCluster) -> None:
         assert page.status_code == 404 or ('id="expired"' in page.text and 'id="assume"' not in page.text)
         answer = post(erin, f"{REQUESTS}/{rid}/assume")
         assert answer.status_code == 404 or (answer.status_code == 403 and f"{rid} expired at" in answer.text)
+
+
+def test_switch_back_stays_on_this_site(rc: WebCluster) -> None:
+    with rc.logged_in("alice") as alice:
+        for target in ("https://evil.example/", "//evil.example/web/cluster/", "/web/login", ""):
+            answer = post(alice, f"{REQUESTS}/switchback", next=target)
+            assert answer.status_code == 303 and answer.headers["location"] == REQUESTS, target
+        answer = post(alice, f"{REQUESTS}/switchback", next=f"{REQUESTS}?state=APPROVED")
+        assert answer.headers["location"] == f"{REQUESTS}?state=APPROVED"
