@@ -89,8 +89,9 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, load_identity_dir
 from teleport_core.errors import NotFound, TeleportError
+from teleport_core.pki.serverrole import AUTH, require_server_role
 from teleport_core.testing.processes import free_port
 
 TELEPORT = str(Path(sys.executable).with_name("teleport"))
@@ -205,6 +206,22 @@ def tree_cpu(pid: int) -> float:
     return total + sum(tree_cpu(child) for child in children)
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, by thread id (the event loop's is ``pid``)."""
+    found: dict[int, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return found
+
+
 # -- the client processes -------------------------------------------------------------------------------
 
 
@@ -218,20 +235,86 @@ def announcement(i: int) -> dict[str, Any]:
             "labels": {"env": "bench", "rack": f"r{i % 40}"}}
 
 
-async def run_phase(client: AuthClient, phase: str, nodes: range, connections: int) -> dict[str, Any]:
+class KeepAliveConnection:
+    """One kept-alive mutual TLS connection to auth sending bodiless keepalives, one at a time.
+
+    The simulated nodes' lean client (``--client raw``): the same TLS (the identity's context,
+    auth's server role checked), the same HTTP/1.1 request a node's :class:`AuthClient` sends, but
+    no httpx under it, so the client processes, which share the machine with auth, spend less of
+    it simulating 50,000 nodes. A real node sends one keepalive per period: its client's cost is
+    not what limits a cluster."""
+
+    def __init__(self, addr: str, context: Any) -> None:
+        self.addr = addr
+        self.context = context
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        host, _, port = self.addr.rpartition(":")
+        self.reader, self.writer = await asyncio.open_connection(host, int(port), ssl=self.context,
+                                                                 server_hostname=AUTH_SERVER_NAME)
+
+    async def keep_alive(self, uuid: str) -> int:
+        """The status of ``PUT /v1/nodes/<uuid>/keepalive`` (the connection is opened again if it closed)."""
+        for attempt in (1, 2):
+            if self.writer is None or self.writer.is_closing():
+                await self.connect()
+            assert self.reader is not None and self.writer is not None
+            try:
+                self.writer.write(f"PUT /v1/nodes/{uuid}/keepalive HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\n"
+                                  "Content-Length: 0\r\n\r\n".encode())
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (OSError, asyncio.IncompleteReadError):
+                self.writer.close()
+                if attempt == 2:
+                    raise
+                continue
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+                elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+                    self.writer.close()
+            await self.reader.readexactly(length)
+            return status
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def run_phase(client: AuthClient, phase: str, nodes: range, connections: int,
+                    lean: list[KeepAliveConnection]) -> dict[str, Any]:
     """One request per node of ``nodes``, ``connections`` at a time; failures retried after 0.5 s."""
     pending = iter(nodes)
     counts = {"retried": 0, "reannounced": 0}
     failures: list[str] = []
 
-    async def one(i: int) -> None:
+    async def keep_alive(i: int, conn: KeepAliveConnection | None) -> None:
+        if conn is None:
+            await client.keep_alive_node(node_uuid(i))
+            return
+        try:
+            status = await conn.keep_alive(node_uuid(i))
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise TeleportError(f"keepalive: {exc!r}") from None
+        if status == 404:
+            raise NotFound("the node must announce itself again")
+        if status != 200:
+            raise TeleportError(f"keepalive answered {status}")
+
+    async def one(i: int, conn: KeepAliveConnection | None) -> None:
         while True:
             try:
                 if phase == "announce":
                     await client.upsert_node(announcement(i))
                 else:
                     try:
-                        await client.keep_alive_node(node_uuid(i))
+                        await keep_alive(i, conn)
                     except NotFound:  # auth lost the entry: the node announces again
                         counts["reannounced"] += 1
                         await client.upsert_node(announcement(i))
@@ -241,12 +324,12 @@ async def run_phase(client: AuthClient, phase: str, nodes: range, connections: i
                 failures.append(str(exc))
                 await asyncio.sleep(0.5)
 
-    async def lane() -> None:
+    async def lane(conn: KeepAliveConnection | None) -> None:
         for i in pending:
-            await one(i)
+            await one(i, conn)
 
     start = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(connections)))
+    await asyncio.gather(*(lane(lean[n] if lean else None) for n in range(connections)))
     return {"seconds": time.perf_counter() - start, **counts, "first_failure": failures[0] if failures else ""}
 
 
@@ -255,11 +338,18 @@ async def worker(spec: dict[str, Any]) -> None:
     nodes = range(spec["first"], spec["last"])
     async with AuthClient(spec["addr"], [load_identity_dir(Path(spec["keys"]))], timeout=300) as client:
         await asyncio.gather(*(client.ping() for _ in range(spec["connections"])))
+        lean: list[KeepAliveConnection] = []
+        if spec["client"] == "raw":
+            context = require_server_role(client.credentials.context, AUTH)
+            lean = [KeepAliveConnection(spec["addr"], context) for _ in range(spec["connections"])]
+            await asyncio.gather(*(conn.connect() for conn in lean))
         print(json.dumps({"ready": True}), flush=True)
         while phase := (await asyncio.to_thread(sys.stdin.readline)).strip():
             if phase == "quit":
                 break
-            print(json.dumps(await run_phase(client, phase, nodes, spec["connections"])), flush=True)
+            print(json.dumps(await run_phase(client, phase, nodes, spec["connections"], lean)), flush=True)
+        for conn in lean:
+            conn.close()
 
 
 # -- the driver ---------------------------------------------------------------------------------------------
@@ -269,11 +359,11 @@ class Clients:
     """``count`` client processes, each owning a slice of the nodes and talking to one auth server."""
 
     def __init__(self, procs: Processes, folder: Path, auths: list[AuthServer], nodes: int, count: int,
-                 connections: int) -> None:
+                 connections: int, client: str) -> None:
         self.procs = []
         for w in range(count):
             auth = auths[w % len(auths)]
-            spec = {"addr": auth.addr, "keys": str(auth.keys), "connections": connections,
+            spec = {"addr": auth.addr, "keys": str(auth.keys), "connections": connections, "client": client,
                     "first": nodes * w // count, "last": nodes * (w + 1) // count}
             with open(folder / f"client-{w}.log", "ab") as log:
                 proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -305,13 +395,103 @@ class Clients:
                 proc.stdin.close()
 
 
-def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: int) -> dict[str, Any]:
+# -- the profile of a keepalive round ---------------------------------------------------------------
+
+
+#: where an auth process's keepalive time goes, by the frames of each sampled stack (py-spy raw):
+#: the first of the STRONG rules whose key is anywhere in the stack (the work a call was made for,
+#: wherever it happens), else the rule of the nearest frame that has one
+PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("audit", ("audit_spool", "teleport_core/state/audit", "teleport_audit_json", "audit_denial")),
+    ("metrics, logging", ("prometheus_client", "teleport_core/metrics", "count_heartbeat", "structlog",
+                          "logging/")),
+    ("lock check", ("refuse_locked", "teleport_auth/locks", "teleport_core/policy/locks")),
+    ("identity, authorization", ("identify (", "identity_from_tls_cert", "client_certificate", "authorize (",
+                                 "decision (", "teleport_core/policy/", "teleport_auth/authz", "check_keepalive",
+                                 "check_audit", "pluggy/")),
+    ("backend (the loop's side of a write)", ("teleport_core/state/", "teleport_auth/presence", "storage_etcd")),
+    ("response (JSON, headers)", ("starlette/responses.py", "error_response")),
+    ("path and body validation", ("pydantic", "teleport_core/api/schema.py")),
+)
+NEAREST: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("routing (starlette)", ("starlette/",)),
+    ("TLS records", ("ssl.py", "sslproto.py")),
+    ("HTTP server", ("uvicorn/", "httptools", "hypercorn/", "h11/", "h2/", "teleport_core/net/")),
+    ("endpoint wrapper and handler", ("teleport_auth/api/",)),
+    ("JSON", ("json/",)),
+    ("event loop", ("asyncio/", "selectors.py", "contextvars")),
+)
+
+
+def profiler(pids: list[int], out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy sampling each of ``pids`` (every thread, while running) until :func:`stop_profilers`."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--threads", "--rate", "250",
+                              "--nonblocking", "-o", f"{out}.{pid}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+    for spy in spies:
+        try:
+            spy.wait(60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
+def profile_category(thread: str, frames: list[str]) -> str:
+    if "MainThread" not in thread:
+        if any("_writer_main" in frame for frame in frames):
+            return "backend (SQLite writer thread)"
+        return "other threads (backend readers, poller, gRPC)"
+    if frames and "select (selectors.py" in frames[-1]:
+        return "idle"
+    for name, keys in PROFILE_RULES:
+        if any(key in frame for frame in frames for key in keys):
+            return name
+    for frame in reversed(frames):
+        for name, keys in NEAREST:
+            if any(key in frame for key in keys):
+                return name
+    return "other"
+
+
+def profile_summary(paths: list[Path]) -> dict[str, float]:
+    """Share of the auth processes' busy samples (every thread) per category; "idle": the event loop's
+    samples waiting in ``select()``, as a share of all its samples."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            thread, *frames = stack.split(";")
+            name = profile_category(thread, frames)
+            counts[name] = counts.get(name, 0) + int(count)
+    idle = counts.pop("idle", 0)
+    busy = sum(counts.values()) or 1
+    main = busy - sum(v for k, v in counts.items() if "thread" in k)
+    shares = {name: round(count / busy, 3) for name, count in sorted(counts.items(), key=lambda item: -item[1])}
+    return {**shares, "idle (event loop in select), of its samples": round(idle / ((main + idle) or 1), 3)}
+
+
+def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: int,
+                   profile: Path | None = None) -> dict[str, Any]:
+    spies = profiler([a.proc.pid for a in auths], profile) if profile else []
     cpu_before = sum(tree_cpu(a.proc.pid) for a in auths)
+    threads_before = [thread_cpu(a.proc.pid) for a in auths]
+    clients_before = sum(tree_cpu(c.pid) for c in clients.procs)
     writes_before = [a.backend_writes() for a in auths]
     start = time.perf_counter()
     answers = clients.phase(name)
     seconds = time.perf_counter() - start
     cpu = sum(tree_cpu(a.proc.pid) for a in auths) - cpu_before
+    clients_cpu = sum(tree_cpu(c.pid) for c in clients.procs) - clients_before
+    loop_cpu = 0.0  # the event loop threads' share (the rest: backend threads, gRPC, ...)
+    for auth, tids in zip(auths, threads_before, strict=True):
+        loop_cpu += thread_cpu(auth.proc.pid).get(auth.proc.pid, 0.0) - tids.get(auth.proc.pid, 0.0)
     writes: dict[str, float] = {}
     for auth, before in zip(auths, writes_before, strict=True):
         for op, value in auth.backend_writes().items():
@@ -319,17 +499,23 @@ def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: 
     write_ops = ("put", "create", "update", "compare_and_swap", "conditional_update", "delete",
                  "conditional_delete", "keep_alive", "atomic_write")
     backend_writes = sum(writes.get(op, 0.0) for op in write_ops)
+    stop_profilers(spies)
     per_thousand = nodes / 1000
     failures = [a["first_failure"] for a in answers if a["first_failure"]]
     return {
         "phase": name, "seconds": round(seconds, 2), "per_second": round(nodes / seconds, 1),
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 1),
         "share_of_period": round(seconds / PERIOD, 3),
         "auth_cpu_seconds": round(cpu, 2), "auth_cpu_seconds_per_1000_nodes_per_period": round(cpu / per_thousand, 3),
+        "auth_cpu_ms_per_request": round(cpu / nodes * 1000, 3),
+        "event_loop_share_of_auth_cpu": round(loop_cpu / cpu, 3) if cpu else None,
+        "clients_cpu_ms_per_request": round(clients_cpu / nodes * 1000, 3),
         "backend_writes": int(backend_writes), "backend_writes_per_request": round(backend_writes / nodes, 3),
         "backend_writes_per_second_per_1000_nodes": round(backend_writes / per_thousand / PERIOD, 2),
         "keep_alive_writes": int(writes.get("keep_alive", 0)), "put_writes": int(writes.get("put", 0)),
         "retried": sum(a["retried"] for a in answers), "reannounced": sum(a["reannounced"] for a in answers),
         **({"first_failure": failures[0]} if failures else {}),
+        **({"profile": profile_summary([Path(f"{profile}.{a.proc.pid}") for a in auths])} if profile else {}),
     }
 
 
@@ -391,11 +577,12 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 auths = [AuthServer(procs, folder, "auth-1", None)]
                 layout = "1 auth server, sqlite"
                 raw_storage = {"type": "sqlite"}
-            clients = Clients(procs, folder, auths, args.nodes, args.clients, args.connections)
+            clients = Clients(procs, folder, auths, args.nodes, args.clients, args.connections, args.client)
             rounds = [measured_round("announce", clients, auths, args.nodes)]
             backend_cpu = sum(tree_cpu(pid) for pid in backend_pids)
-            for _ in range(args.rounds):
-                rounds.append(measured_round("keepalive", clients, auths, args.nodes))
+            for round_ in range(args.rounds):
+                profile = Path(f"{args.profile}.{name}.{round_ + 1}") if args.profile else None
+                rounds.append(measured_round("keepalive", clients, auths, args.nodes, profile))
             backend_cpu = sum(tree_cpu(pid) for pid in backend_pids) - backend_cpu
             listed = list_all(auths)
             raw = asyncio.run(raw_keep_alive(raw_storage, folder / "raw", min(args.nodes, 5000)))
@@ -421,9 +608,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="separate client processes driving the nodes")
     parser.add_argument("--connections", type=int, default=8, help="concurrent requests of each client process")
     parser.add_argument("--rounds", type=int, default=2, help="keepalive rounds after the announce round")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="the simulated nodes' keepalive client: a lean HTTP/1.1 one (raw) or AuthClient (httpx)")
     parser.add_argument("--etcd-members", type=int, default=3)
     parser.add_argument("--setups", default="sqlite,etcd", help="comma-separated: sqlite, etcd")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="record the auth processes with py-spy during each keepalive round (raw stacks to "
+                             "PREFIX.<setup>.<round>.<pid>) and summarize where their time went")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -457,6 +649,8 @@ def main() -> int:
                   f"{r['backend_writes_per_request']:.2f}/request, "
                   f"{r['backend_writes_per_second_per_1000_nodes']:.1f}/s per 1,000 nodes  "
                   f"({r['retried']} retried, {r['reannounced']} re-announced)")
+            for category, share in r.get("profile", {}).items():
+                print(f"      {share:6.1%}  {category}")
         print(f"    raw Backend.keep_alive: {result['raw_backend_keep_alive_per_second']:.0f}/s (16 tasks); API "
               f"keepalives {result['api_keepalive_vs_raw_backend']}x of it, {result['keepalive_vs_announce']}x "
               f"announces; holds {result['nodes_held_on_30s_period']} nodes on a 30 s period; every auth lists "
