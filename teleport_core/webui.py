@@ -23,6 +23,7 @@ from teleport_core.errors import TeleportError
 
 if TYPE_CHECKING:
     from teleport_core.api.client import AuthClient
+    from teleport_core.policy.requests import AccessRequest
     from teleport_core.state.audit import AuditEvent
     from teleport_core.state.nodes import NodeInfo
 
@@ -146,6 +147,10 @@ class WebProxy(Protocol):
 
     def may(self, session: WebSession, verb: str, kind: str) -> bool:
         """Whether the user's roles allow ``verb`` on ``kind`` (to show or hide a link; auth decides the call)."""
+
+    def may_review(self, session: WebSession, request: AccessRequest) -> bool:
+        """Whether the user's roles let them review ``request`` (to show or hide the review form;
+        auth decides the review): :func:`teleport_core.policy.requests.review_decision`."""
 
     async def open_ssh_session(self, session: WebSession, node: str, login: str, cols: int, rows: int,
                                remote: str) -> TerminalChannel:

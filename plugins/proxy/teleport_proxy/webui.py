@@ -22,6 +22,7 @@ from teleport_core.api.client import AuthClient
 from teleport_core.config.values import parse_duration
 from teleport_core.errors import AccessDenied
 from teleport_core.net.limits import retry_after
+from teleport_core.policy.requests import AccessRequest, review_decision
 from teleport_core.state.audit import AuditEvent
 from teleport_core.state.nodes import NodeInfo
 from teleport_core.webui import TerminalChannel, TooManyAttempts, WebSession
@@ -150,6 +151,13 @@ class ProxyWebUI:
         except AccessDenied:
             return False
         return roleset.check_rule(kind, verb, filtered=True).allowed
+
+    def may_review(self, session: WebSession, request: AccessRequest) -> bool:
+        try:
+            roleset = self._proxy.roleset(self._cert(session)[1])
+        except AccessDenied:
+            return False
+        return review_decision(session.user, roleset, request).allowed
 
     async def open_ssh_session(self, session: WebSession, node: str, login: str, cols: int, rows: int,
                                remote: str) -> TerminalChannel:

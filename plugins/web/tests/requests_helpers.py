@@ -1,5 +1,5 @@
 """The cluster of the access request page tests: alice and carol (role ``requester``: nodes
-``env=dev``, may request ``dba`` with a reason for 2 hours at most, ``bob`` suggested), bob (``approver``: reviews
+``env=dev``, may request ``dba`` and ``ops`` with a reason for 2 hours at most, ``bob`` suggested), bob (``approver``: reviews
 requests for ``dba``), erin (``brief``: may request ``dba`` for 15 seconds), and nodes ``req-dev-1`` (``env=dev``) and ``req-prod-1`` (``env=prod``,
 which only ``dba`` reaches)."""
 
@@ -19,12 +19,15 @@ PROMPT = "Name the ticket"
 ROLES = [
     {"kind": "role", "version": "v5", "metadata": {"name": "requester"},
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["dev"]},
-                        "request": {"roles": ["dba"], "suggested_reviewers": ["bob"], "max_duration": "2h"}},
+                        "request": {"roles": ["dba", "ops"], "suggested_reviewers": ["bob"],
+                                    "max_duration": "2h"}},
               "options": {"request_access": "reason", "request_prompt": PROMPT}}},
     {"kind": "role", "version": "v5", "metadata": {"name": "brief"},
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "request": {"roles": ["dba"], "max_duration": "15s"}}}},
     {"kind": "role", "version": "v5", "metadata": {"name": "dba"},
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["prod"]}}}},
+    {"kind": "role", "version": "v5", "metadata": {"name": "ops"},
+     "spec": {"allow": {"logins": ["{{internal.logins}}"]}}},
     {"kind": "role", "version": "v5", "metadata": {"name": "approver"},
      "spec": {"allow": {"logins": ["{{internal.logins}}"], "review_requests": {"roles": ["dba"]}}}},
 ]

@@ -278,3 +278,24 @@ def test_switch_back_stays_on_this_site(rc: WebCluster) -> None:
             assert answer.status_code == 303 and answer.headers["location"] == REQUESTS, target
         answer = post(alice, f"{REQUESTS}/switchback", next=f"{REQUESTS}?state=APPROVED")
         assert answer.headers["location"] == f"{REQUESTS}?state=APPROVED"
+
+
+def test_review_form_only_for_who_may_review(rc: WebCluster) -> None:
+    """bob reviews requests for dba, not ops: he sees alice's request for both (one role is his)
+    but gets no review form or link, and a forged review is refused at auth (403, audited)."""
+    with rc.logged_in("alice") as alice, rc.logged_in("bob") as bob:
+        rid = created_id(create(alice, ["dba", "ops"]))
+        page = bob.get(f"{REQUESTS}/{rid}")
+        assert page.status_code == 200 and 'id="review-form"' not in page.text
+        listed = bob.get(REQUESTS).text
+        row = listed[listed.index(f'data-id="{rid}"'):].split("</tr>")[0]
+        assert "review-link" not in row and ">View<" in row
+        answer = post(bob, f"{REQUESTS}/{rid}/review", proposed_state="APPROVED", reason="why not")
+        assert answer.status_code == 403
+        assert 'may not review requests for role "ops"' in html.unescape(answer.text)
+        assert any(f"review of access request {rid}: " in e.get("error", "") for e in rc.events("auth", user="bob"))
+        assert 'id="state">PENDING<' in alice.get(f"{REQUESTS}/{rid}").text
+        single = created_id(create(alice, ["dba"]))
+        listed = bob.get(REQUESTS).text
+        assert "review-link" in listed[listed.index(f'data-id="{single}"'):].split("</tr>")[0]
+        assert 'id="review-form"' in bob.get(f"{REQUESTS}/{single}").text

@@ -4,7 +4,8 @@
   rule on ``access_request``), newest first, filtered by state;
 - ``requests/new``: a request for roles the user may request (``GET /v1/access_capabilities``),
   with the reason their roles ask for and reviewers to suggest;
-- ``requests/<id>``: one request with its reviews; *Approve*/*Deny* with a reason for a reviewer;
+- ``requests/<id>``: one request with its reviews; *Approve*/*Deny* with a reason for a reviewer
+  (shown when the user's roles allow the review: ``WebProxy.may_review``; auth decides);
   *Assume roles* for the requester once it is approved;
 - ``requests/switchback``: back to the base roles (the banner's *Switch back*, ``base.html``).
 
@@ -76,6 +77,9 @@ def _row(page: Page, access: AccessRequest, now: dt.datetime) -> dict[str, Any]:
         "request_expires_in": _left(access.request_expires, now),
         "reason": access.request_reason, "resolve_reason": access.resolve_reason,
         "assumable": access.user == page.user and access.active(now),
+        "reviewable": (access.state == State.PENDING and not expired
+                       and all(r.author != page.user for r in access.reviews)
+                       and page.proxy.may_review(page.session, access)),
         "assumed": access.id in page.session.active_requests,
     }
 
@@ -136,14 +140,12 @@ async def create_request(page: Page) -> Response:
 async def _detail(page: Page, access: AccessRequest, *, message: str = "", status: int = 200) -> Response:
     now = dt.datetime.now(dt.UTC)
     row = _row(page, access, now)
-    reviewed = any(r.author == page.user for r in access.reviews)
-    may_review = not row["mine"] and access.state == State.PENDING and not row["expired"] and not reviewed
     reviews = [{"author": r.author, "state": r.proposed_state, "reason": r.reason,
                 "created": when(r.created.isoformat()), "roles": r.roles} for r in access.reviews]
     thresholds = [{"name": t.name, "approve": t.approve, "deny": t.deny} for t in access.thresholds]
     return page.render("request_detail.html", status=status, nav="requests", row=row, reviews=reviews,
                        thresholds=thresholds, approvals=access.approvals, denials=access.denials,
-                       suggested=access.suggested_reviewers, may_review=may_review, message=message,
+                       suggested=access.suggested_reviewers, may_review=row["reviewable"], message=message,
                        form=page.form, max_reason=MAX_REASON)
 
 
