@@ -187,3 +187,39 @@ def test_a_413_on_the_httptools_path_says_why(server: Running) -> None:
         sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
         status, body = read_answer(sock)
         assert (status, json.loads(body)) == (413, {"error": "request body over 65536 bytes"})
+
+
+@pytest.mark.parametrize("http1", HTTP1_SERVERS)
+def test_time_the_app_spends_not_reading_the_body_does_not_count(tmp_path: Path, http1: str) -> None:
+    """The client sends 1 MiB at once; the app reads it only after 2.5x the body grace period:
+    the server stopped reading meanwhile (flow control), so the body is not "too slow"."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.test_httplimits import LIMITS
+
+    async def late(request: Request) -> JSONResponse:
+        await asyncio.sleep(LIMITS.body_grace * 2.5 + LIMITS.body_timeout)  # a bounded wait: no time is asserted
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return JSONResponse({"size": size})
+
+    app = Starlette(routes=[Route("/upload/{name}", late, methods=["PUT"])])
+    ca = make_ca("cluster")
+
+    async def run() -> None:
+        server = TLSServer(app, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "srv"),
+                           limits=LIMITS, http1=http1)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(verify=client_context(tmp_path, ca), timeout=60) as client:
+                response = await client.put(f"https://localhost:{server.address.port}/upload/a",
+                                            content=b"z" * (1 << 20))
+                assert response.json() == {"size": 1 << 20}
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
