@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyotp
@@ -17,6 +18,7 @@ from web_helpers import CLUSTER, LOGIN, WebCluster
 
 from teleport_core.testing.browser import CHROMIUM, Chromium
 from teleport_core.testing.prerequisites import missing
+from teleport_core.testing.waiting import wait_for
 
 GOOD = "a long enough password 42"
 
@@ -85,7 +87,7 @@ def test_invite_refusals_are_shown_and_audited(cluster: WebCluster) -> None:
         # no CSRF token: refused before anything else, audited
         answer = web.post(url, data={"password": GOOD, "password_confirm": GOOD, "otp": totp.now()})
         assert answer.status_code == 403 and "the form has expired" in answer.text
-        assert len(cluster.events("auth")) > denials_before
+        wait_for(lambda: len(cluster.events("auth")) > denials_before, what="the CSRF refusal audited")
         # the pair from another token page does not fit this one
         other = invite(cluster, "ines-other")
         web.get(f"/web/invite/{other}")
@@ -104,10 +106,13 @@ def test_invite_refusals_are_shown_and_audited(cluster: WebCluster) -> None:
             assert (answer.status_code, reason in answer.text) == (status, True), (fields, re.findall(r"class=.error[^<]*<", answer.text))
             assert 'id="message"' in answer.text and "<svg" in answer.text  # the form again, with the reason
             page = answer
-        audited = failures(cluster)[before:]  # auth's refusals
-        assert [any(reason in str(e.get("error")) for e in audited) for _, _, reason in cases[1:]] == [True] * 3, \
-            audited
-        assert cluster.events("auth", user=user, error="the two passwords do not match")  # the page's own
+        def refused_all() -> list[dict[str, Any]]:  # auth's refusals (the proxy's events arrive in batches)
+            found = failures(cluster)[before:]
+            return found if all(any(reason in str(e.get("error")) for e in found) for _, _, reason in cases[1:]) else []
+
+        audited = wait_for(refused_all, what="auth's three refusals audited")
+        wait_for(lambda: cluster.events("auth", user=user, error="the two passwords do not match"),
+                 what="the page's own refusal audited")
         assert not any(GOOD in str(e) for e in audited)
         # unknown and garbage tokens: the error page, nothing echoed
         for bad in ("0" * 32, '"><img src=x onerror=alert(1)>'):

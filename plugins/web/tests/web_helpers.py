@@ -66,7 +66,9 @@ class WebCluster:
             info = web.get(f"/v1/webapi/users/password/token/{token}").json()
             code = ""
             if "otp_uri" in info:
-                self.totps[user] = pyotp.parse_uri(info["otp_uri"])
+                parsed = pyotp.parse_uri(info["otp_uri"])
+                assert isinstance(parsed, pyotp.TOTP), info["otp_uri"]
+                self.totps[user] = parsed
                 code = self.fresh_code(user)
             done = web.put("/v1/webapi/users/password/token",
                            json={"token": token, "password": password, "second_factor_token": code})
