@@ -7,7 +7,9 @@ How it works:
 * One writer thread owns the read-write connection and runs every write. Writes that queue
   up while a commit is in progress are committed together (group commit): each runs in its
   own SAVEPOINT, so a refused write (``AlreadyExists`` ...) leaves nothing behind, and the
-  batch is acknowledged only after its single COMMIT.
+  batch is acknowledged only after its single COMMIT, with one wake-up of each waiting event loop
+  for the whole batch. A ``keep_alive`` is one ``UPDATE ... RETURNING`` that writes nothing
+  when it fails, so it needs no SAVEPOINT.
 * Reads run on a small thread pool, one read connection per thread; WAL lets them proceed
   while the writer commits. The asyncio loop never touches SQLite.
 * Revisions come from a counter in the ``meta`` table, bumped once per write in the same
@@ -263,6 +265,24 @@ class _Tx:
             self.earliest = expires
         return stored
 
+    def touch(self, key: bytes, expires: dt.datetime) -> Item:
+        """Move the live item at ``key`` to expire at ``expires`` (a new revision, the value kept), in
+        one statement; ``NotFound`` (nothing written, the revision given back) when there is none."""
+        expires_us = _to_us(expires)
+        rev = self.revision()
+        row = self.conn.execute(
+            "UPDATE kv SET expires = ?, revision = ? WHERE key = ? AND (expires IS NULL OR expires > ?) "
+            "RETURNING value", (expires_us, rev, key, self.now)).fetchone()
+        if row is None:
+            self.backend._revision = self.revision_before
+            self.rev = 0
+            raise NotFound(f"key {_show(key)} is not found")
+        stored = Item(key, bytes(row[0]), _from_us(expires_us), str(rev))
+        self.events.append(Event(OpType.PUT, stored))
+        if expires_us is not None and (self.earliest is None or expires_us < self.earliest):
+            self.earliest = expires_us
+        return stored
+
     def delete(self, key: bytes) -> bool:
         """Delete the row at ``key`` (live or expired); True when there was one."""
         cursor = self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
@@ -290,21 +310,30 @@ class _Job:
     fn: Callable[[_Tx], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    #: False: ``fn`` writes nothing before it can fail (it raises before its one statement, or the
+    #: statement fails the whole batch), so it runs without a SAVEPOINT of its own (keep_alive)
+    savepoint: bool = True
 
 
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    """Complete ``future`` on its loop from the writer thread (a cancelled one is left alone)."""
+def _settle_all(outcomes: Sequence[tuple[_Job, bool, Any]]) -> None:
+    """Complete the jobs' futures from the writer thread: one wake-up per event loop for the whole
+    batch, not one per job (a cancelled future is left alone)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
 
-    def apply() -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    def apply(settled: list[tuple[_Job, bool, Any]]) -> None:
+        for job, ok, value in settled:
+            if job.future.done():
+                continue
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
 
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        loop.call_soon_threadsafe(apply)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(apply, settled)
 
 
 # -- watchers -------------------------------------------------------------------------------------
@@ -439,12 +468,12 @@ class SqliteBackend(Backend):
         if self._closed:
             raise TeleportError(f"sqlite backend {self.directory} is closed")
 
-    async def _write(self, fn: Callable[[_Tx], T]) -> T:
+    async def _write(self, fn: Callable[[_Tx], T], *, savepoint: bool = True) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._submit_lock:
             self._check_open()
-            self._jobs.put(_Job(fn, loop, future))
+            self._jobs.put(_Job(fn, loop, future, savepoint))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection, int], T]) -> T:
@@ -605,16 +634,19 @@ class SqliteBackend(Backend):
             start_revision = self._revision
             for job in batch:
                 tx = _Tx(conn, self)
-                conn.execute("SAVEPOINT job")
+                if job.savepoint:
+                    conn.execute("SAVEPOINT job")
                 try:
                     value = job.fn(tx)
                 except (TeleportError, ValueError, TypeError) as exc:  # a refused write: undo just this one
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    if job.savepoint:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
                     self._revision = tx.revision_before
                     outcomes.append((False, exc))
                     continue
-                conn.execute("RELEASE job")
+                if job.savepoint:
+                    conn.execute("RELEASE job")
                 outcomes.append((True, value))
                 events.extend(tx.events)
                 if tx.earliest is not None and (earliest is None or tx.earliest < earliest):
@@ -628,15 +660,13 @@ class SqliteBackend(Backend):
                 conn.execute("ROLLBACK")
             self._revision = start_revision
             log.error("sqlite backend %s: write failed: %s", self.directory, exc)
-            for job in batch:
-                error = TeleportError(f"sqlite backend {self.directory}: write failed: {exc}")
-                _settle(job.loop, job.future, False, error)
+            _settle_all([(job, False, TeleportError(f"sqlite backend {self.directory}: write failed: {exc}"))
+                         for job in batch])
             return
         if earliest is not None and (self._next_expiry is None or earliest < self._next_expiry):
             self._next_expiry = earliest
         self._dispatch(events)  # before acknowledging, so a watcher has seen the write when it returns
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            _settle(job.loop, job.future, ok, value)
+        _settle_all([(job, ok, value) for job, (ok, value) in zip(batch, outcomes, strict=True)])
 
     def _reap(self) -> None:
         """Delete expired rows (a batch at a time) and tell the watchers."""
@@ -797,12 +827,9 @@ class SqliteBackend(Backend):
         _check_item(Item(key, b"", expires))
 
         def op(tx: _Tx) -> Item:
-            row = tx.live(key)
-            if row is None:
-                raise NotFound(f"key {_show(key)} is not found")
-            return tx.put(Item(key, row[0], expires))
+            return tx.touch(key, expires)
 
-        return await self._write(op)
+        return await self._write(op, savepoint=False)  # one statement, or nothing written
 
     async def atomic_write(self, conditions: Sequence[Condition], actions: Sequence[Action]) -> str:
         if not actions:
