@@ -172,14 +172,25 @@ def test_alpn_h2_stays_on_hypercorn_and_http11_goes_to_httptools(tmp_path: Path)
     asyncio.run(run())
 
 
-def test_the_environment_overrides_the_http1_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_can_put_every_listener_back_on_hypercorn_only(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     ca = make_ca("cluster")
+
+    def chosen(http1: str) -> str:
+        server = TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "s"), http1=http1)
+        server.sock.close()
+        return server.http1
+
     monkeypatch.setenv(HTTP1_ENV, "hypercorn")
-    assert TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "a"),
-                     http1="httptools").http1 == "hypercorn"
+    assert (chosen("httptools"), chosen("hypercorn")) == ("hypercorn", "hypercorn")
+    monkeypatch.setenv(HTTP1_ENV, "httptools")  # a listener that kept hypercorn (WebSockets) stays on it
+    assert (chosen("httptools"), chosen("hypercorn")) == ("httptools", "hypercorn")
     monkeypatch.setenv(HTTP1_ENV, "nginx")
-    with pytest.raises(ValueError, match="http1: expected one of hypercorn, httptools"):
-        TLSServer(APP, bind_socket(NetAddr("127.0.0.1", 0)), server_context(tmp_path, ca, "b"))
+    with pytest.raises(ValueError, match="TELEPORT_HTTP1: expected one of hypercorn, httptools, got 'nginx'"):
+        chosen("httptools")
+    monkeypatch.delenv(HTTP1_ENV)
+    with pytest.raises(ValueError, match="http1: expected one of hypercorn, httptools, got 'h3'"):
+        chosen("h3")
 
 
 def test_a_413_on_the_httptools_path_says_why(server: Running) -> None:

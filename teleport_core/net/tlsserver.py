@@ -11,8 +11,9 @@ With ``http1="httptools"`` an HTTP/1.1 connection is served by uvicorn's httptoo
 instead (:mod:`teleport_core.net.h1fast`: llhttp parses in C; about half the server's CPU
 per request), under the same bounds; a connection whose ALPN chose ``h2`` stays on hypercorn.
 No WebSocket on that path: a listener with WebSocket routes keeps hypercorn. The environment
-variable :data:`HTTP1_ENV` (``hypercorn`` or ``httptools``) overrides the caller's choice, for
-a diagnosis or a side-by-side measurement.
+variable :data:`HTTP1_ENV` set to ``hypercorn`` puts every listener of the process back on
+hypercorn (a diagnosis, a side-by-side measurement); ``httptools`` there changes nothing (a
+listener that did not ask for it may need hypercorn's WebSockets).
 
 The SSL context can be replaced while serving (:meth:`TLSServer.set_context`): new
 handshakes use the new certificate and trusted CAs, which is how a CA rotation reaches a
@@ -66,7 +67,7 @@ LINGER = 2.0  # seconds a connection refused with a 413 lives on, not read, for 
 #: as a port scan or plain HTTP, are only logged at DEBUG)
 CERTIFICATE_ALERTS = frozenset({"PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED"})
 HTTP1_SERVERS = ("hypercorn", "httptools")
-HTTP1_ENV = "TELEPORT_HTTP1"  # overrides TLSServer's http1 (one of HTTP1_SERVERS)
+HTTP1_ENV = "TELEPORT_HTTP1"  # "hypercorn": every TLSServer of the process on hypercorn
 
 log = get_logger("tls")
 
@@ -270,9 +271,12 @@ class TLSServer:
                  on_refused: RefusalHandler | None = None, http1: str = "hypercorn") -> None:
         from hypercorn.config import Config
 
-        http1 = os.environ.get(HTTP1_ENV) or http1
-        if http1 not in HTTP1_SERVERS:
-            raise ValueError(f"http1: expected one of {', '.join(HTTP1_SERVERS)}, got {http1!r}")
+        forced = os.environ.get(HTTP1_ENV, "")
+        for name, value in (("http1", http1), (HTTP1_ENV, forced or http1)):
+            if value not in HTTP1_SERVERS:
+                raise ValueError(f"{name}: expected one of {', '.join(HTTP1_SERVERS)}, got {value!r}")
+        if forced == "hypercorn":
+            http1 = forced
         self.http1 = http1
         self.app = app
         self.sock = sock
