@@ -285,12 +285,22 @@ class Conditions:
     # access requests (teleport_core.policy.requests): what may be requested, whose requests reviewed
     request: RequestConditions = attrs.field(factory=RequestConditions)
     review_requests: ReviewConditions = attrs.field(factory=ReviewConditions)
+    # trusted clusters: which leaf clusters (their remote_cluster labels) a root user sees
+    cluster_labels: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, converter=_freeze_labels)
     _selector: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = attrs.field(
         init=False, repr=False, eq=False, default=attrs.Factory(lambda self: _compile_selector(self.node_labels), True)
+    )
+    _cluster_selector: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = attrs.field(
+        init=False, repr=False, eq=False,
+        default=attrs.Factory(lambda self: _compile_selector(self.cluster_labels), True)
     )
 
     def matches_node(self, labels: Mapping[str, str]) -> bool:
         return labels_match(self._selector, labels)
+
+    def matches_cluster(self, labels: Mapping[str, str]) -> bool:
+        """Whether ``cluster_labels`` match a leaf's ``remote_cluster`` labels (as node labels match)."""
+        return labels_match(self._cluster_selector, labels)
 
     def rule_for(self, kind: str, verb: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.matches(kind, verb)), None)
@@ -640,8 +650,8 @@ def _review(value: Any, path: str) -> ReviewConditions:
 
 
 def _conditions(value: Any, path: str) -> Conditions:
-    data = _mapping(value, path, ("logins", "node_labels", "rules", "join_sessions", "require_session_join",
-                                  "request", "review_requests"))
+    data = _mapping(value, path, ("logins", "node_labels", "cluster_labels", "rules", "join_sessions",
+                                  "require_session_join", "request", "review_requests"))
     allow = path.split(".")[-1] != "deny"
     logins_path = _join(path, "logins")
     raw_logins = _string_list(data.get("logins"), logins_path)
@@ -649,6 +659,7 @@ def _conditions(value: Any, path: str) -> Conditions:
     return Conditions(
         logins=tuple(dict.fromkeys(logins)),
         node_labels=_node_labels(data.get("node_labels"), _join(path, "node_labels")),
+        cluster_labels=_node_labels(data.get("cluster_labels"), _join(path, "cluster_labels")),
         rules=tuple(_rules(data.get("rules"), _join(path, "rules"))),
         join_sessions=tuple(_join_sessions(data.get("join_sessions"), _join(path, "join_sessions"))),
         require_session_join=_require_session_join(data.get("require_session_join"),
@@ -814,6 +825,8 @@ def _conditions_out(cond: Conditions) -> dict[str, Any]:
         out["logins"] = list(cond.logins)
     if cond.node_labels:
         out["node_labels"] = _labels_out(cond.node_labels)
+    if cond.cluster_labels:
+        out["cluster_labels"] = _labels_out(cond.cluster_labels)
     if cond.rules:
         out["rules"] = [_rule_out(r) for r in cond.rules]
     if cond.join_sessions:
@@ -1001,6 +1014,13 @@ class RoleSet:
         if any(role.deny.matches_node(node_labels) for role in self.roles):
             return False
         return any(role.allow.matches_node(node_labels) for role in self.roles)
+
+    def cluster_visible(self, cluster_labels: Mapping[str, str]) -> bool:
+        """Whether a leaf cluster (its ``remote_cluster`` labels) shows to the user: some role's allow
+        ``cluster_labels`` match and no deny ones do. Visibility only: the leaf's role map grants access."""
+        if any(role.deny.matches_cluster(cluster_labels) for role in self.roles):
+            return False
+        return any(role.allow.matches_cluster(cluster_labels) for role in self.roles)
 
     def logins_for(self, node_labels: Mapping[str, str]) -> list[str]:
         """The logins the user may use on a node with these labels."""
