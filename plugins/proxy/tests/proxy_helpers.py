@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
+import yaml
 
 from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
 from teleport_core.files import write_private, write_public
@@ -26,7 +27,8 @@ from teleport_core.plugins import make_plugins
 from teleport_core.testing import openssh, otp
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
-from teleport_core.testing.processes import background, free_port
+from teleport_core.testing.processes import background, free_port, stop_process
+from teleport_core.testing.waiting import wait_for
 
 CLUSTER = "example.com"
 PROXY_TOKEN = "proxy-token-0123456789abcdef"
@@ -173,6 +175,57 @@ def profile_ssh_config(home: Path, path: Path, *extra: str) -> Path:
              "StrictHostKeyChecking yes", "IdentitiesOnly yes", "BatchMode yes", *extra]
     path.write_text("Host *\n" + "".join(f"    {line}\n" for line in lines))
     return path
+
+class NodeEnv(Env):
+    """:func:`cluster_with_node`'s environment: ``tctl -c auth_yaml`` reaches auth; the node's port and UUID."""
+
+    auth_yaml: Path
+    node_uuid: str
+    node_port: int
+
+
+@contextlib.contextmanager
+def cluster_with_node(root: Path, env_class: type[NodeEnv], nodename: str, node_token: str,
+                      labels: dict[str, str]) -> Iterator[Any]:
+    """Auth and proxy in one process (second factor off), ``auth.yaml`` for a local ``tctl``, and our
+    node as its own ``teleport start`` (joined with ``node_token``, ``labels``), heartbeating before
+    the block starts; the node is stopped after it."""
+    config = {
+        "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
+        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "tokens": [f"node:{node_token}"],
+                         "authentication": {"second_factor": "off"}},
+        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                          "tunnel_listen_addr": "127.0.0.1:0"},
+        "ssh_service": {"enabled": False},
+    }
+    with start_cluster(config, make_plugins(), timeout=120) as cluster:
+        e = env_class(root, cluster, cluster)
+        e.auth_yaml = root / "auth.yaml"
+        e.auth_yaml.write_text(yaml.safe_dump({
+            "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
+            "auth_service": {"cluster_name": CLUSTER, "listen_addr": e.auth_addr},
+            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}))
+        e.node_port = free_port()
+        node_dir = root / "node"
+        node_dir.mkdir()
+        node_config = node_dir / "teleport.yaml"
+        node_config.write_text(yaml.safe_dump({
+            "teleport": {"data_dir": str(node_dir / "data"), "nodename": nodename, "auth_server": e.auth_addr,
+                         "auth_token": node_token, "ca_pin": e.call("status")["ca_pin"],
+                         "log": {"output": str(node_dir / "node.log")}},
+            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
+            "ssh_service": {"listen_addr": f"127.0.0.1:{e.node_port}", "labels": labels}}))
+        with open(node_dir / "stderr.log", "ab") as stderr:
+            node = subprocess.Popen([str(Path(sys.executable).with_name("teleport")), "start", "-c", str(node_config)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            found = wait_for(lambda: [n for n in e.call("get_nodes") if n["nodename"] == nodename],
+                             "the node's heartbeat", timeout=120)
+            e.node_uuid = found[0]["uuid"]
+            yield e
+        finally:
+            stop_process(node)
+
 
 @contextlib.contextmanager
 def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "otp",

@@ -24,14 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from proxy_helpers import CLUSTER, LOGIN, Env, free_port
+from proxy_helpers import CLUSTER, LOGIN, NodeEnv, cluster_with_node
 
 from teleport_core.api.client import AuthClient, load_profile
 from teleport_core.errors import AccessDenied
-from teleport_core.plugins import make_plugins
-from teleport_core.testing.cluster import start_cluster
-from teleport_core.testing.processes import stop_process
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,52 +39,16 @@ TELEPORT = str(Path(sys.executable).with_name("teleport"))
 CREATED = re.compile(r'^Created a lock with name "([0-9a-f-]{36})"\.\n$')
 
 
-class LockEnv(Env):
-    auth_yaml: Path
-    node_uuid: str
-    node_port: int
+LockEnv = NodeEnv
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LockEnv]:
-    root = tmp_path_factory.mktemp("locks")
-    config = {
-        "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
-        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0", "tokens": [f"node:{NODE_TOKEN}"],
-                         "authentication": {"second_factor": "off"}},
-        "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
-                          "tunnel_listen_addr": "127.0.0.1:0"},
-        "ssh_service": {"enabled": False},
-    }
-    with start_cluster(config, make_plugins(), timeout=120) as cluster:
-        e = LockEnv(root, cluster, cluster)
-        e.auth_yaml = root / "auth.yaml"
-        e.auth_yaml.write_text(yaml.safe_dump({
-            "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-proxy"},
-            "auth_service": {"cluster_name": CLUSTER, "listen_addr": e.auth_addr},
-            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}))
-        e.node_port = free_port()
-        node_dir = root / "node"
-        node_dir.mkdir()
-        node_config = node_dir / "teleport.yaml"
-        node_config.write_text(yaml.safe_dump({
-            "teleport": {"data_dir": str(node_dir / "data"), "nodename": NODENAME, "auth_server": e.auth_addr,
-                         "auth_token": NODE_TOKEN, "ca_pin": e.call("status")["ca_pin"],
-                         "log": {"output": str(node_dir / "node.log")}},
-            "auth_service": {"enabled": False}, "proxy_service": {"enabled": False},
-            "ssh_service": {"listen_addr": f"127.0.0.1:{e.node_port}", "labels": {"env": "test"}}}))
-        with open(node_dir / "stderr.log", "ab") as stderr:
-            node = subprocess.Popen([TELEPORT, "start", "-c", str(node_config)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            found = wait_for(lambda: [n for n in e.call("get_nodes") if n["nodename"] == NODENAME],
-                             "the node's heartbeat", timeout=120)
-            e.node_uuid = found[0]["uuid"]
-            for user in ("mallory", "leaver", "alice"):
-                e.signup(user, ["access"], [LOGIN], PASSWORD)
-            yield e
-        finally:
-            stop_process(node)
+    with cluster_with_node(tmp_path_factory.mktemp("locks"), LockEnv, NODENAME, NODE_TOKEN,
+                           {"env": "test"}) as e:
+        for user in ("mallory", "leaver", "alice"):
+            e.signup(user, ["access"], [LOGIN], PASSWORD)
+        yield e
 
 
 def tctl(env: LockEnv, *args: str) -> subprocess.CompletedProcess[str]:
