@@ -37,6 +37,7 @@ from teleport_core.state.audit import new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_core.state.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_proxy.certs import UserCert, self_signed
+from teleport_proxy.clusters import Clusters
 from teleport_proxy.forwarder import Forwarder
 from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
 from teleport_proxy.mux import WebMux
@@ -90,6 +91,7 @@ class ProxyService(Service):
         self.mux: Any = None  # teleport_proxy.mux.WebMux
         self.ssh: Any = None
         self.agentless: Forwarder | None = None  # teleport_proxy.forwarder: agentless OpenSSH nodes
+        self.clusters = Clusters(self)  # trusted clusters: remote sites (root), tunnel agents (leaf)
         self.loop: asyncio.AbstractEventLoop
         self._web_cert: tuple[str, str] = ("", "")
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +139,7 @@ class ProxyService(Service):
         self.tunnel = TunnelServer(self, self.ctx.listen("proxy:tunnel", self.settings.tunnel_listen_addr),
                                    self.ssh.host_key)
         self.tunnel.start()
+        self._tasks.extend(await self.clusters.start())
         from prometheus_client import Gauge
 
         Gauge("reverse_tunnels_connected", "Nodes connected to this proxy through a reverse tunnel (the name "
@@ -163,6 +166,7 @@ class ProxyService(Service):
             await self.web.stop_accepting()
         if self.ssh is not None:
             await asyncio.to_thread(self.ssh.stop_accepting)
+        await asyncio.to_thread(self.clusters.stop)  # the new process dials the roots' tunnels
         if self.tunnel is not None:
             await asyncio.to_thread(self.tunnel.stop_accepting)
 
@@ -189,6 +193,7 @@ class ProxyService(Service):
             await asyncio.to_thread(self.ssh.stop)
         if self.tunnel is not None:
             await asyncio.to_thread(self.tunnel.stop)
+        await asyncio.to_thread(self.clusters.stop)
         if self.agentless is not None:
             await asyncio.to_thread(self.agentless.stop)
             await self.agentless.close()

@@ -4,7 +4,8 @@ Two ways to reach a node, both forwarding the user's own SSH connection to the n
 bytes (the proxy never sees the inner session's plaintext; the node checks the user again):
 
 - the ``proxy:host:port@cluster`` subsystem on a session channel (what ``tsh`` uses); lookup
-  errors are written to the channel's stderr with exit status 1;
+  errors are written to the channel's stderr with exit status 1; a trusted leaf ``cluster`` is
+  reached through its reverse tunnel (:mod:`teleport_proxy.clusters`);
 - ``direct-tcpip`` channels (``ssh -J user@proxy:3023 login@node``); a refused target fails
   the channel open ("connect failed").
 
@@ -103,6 +104,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.transport = transport
         self.remote = remote
         self.user: UserCert | None = None
+        self.cert_line = ""  # the user's SSH certificate (forwarded to a leaf cluster, which checks it)
         self.pending: dict[int, Upstream] = {}  # direct-tcpip channels opened, not yet accepted
         self.sessions: list[paramiko.Channel] = []  # session channels (paramiko holds channels weakly)
 
@@ -127,6 +129,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             self.audit(cert.user, crowded)
             return int(paramiko.AUTH_FAILED)
         self.user = cert
+        self.cert_line = line
         return int(paramiko.AUTH_SUCCESSFUL)
 
     def audit(self, user: str, reason: str, **fields: Any) -> None:
@@ -172,9 +175,11 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             return False
         host, port, cluster = parsed
         try:
-            if cluster and cluster != self.proxy.cluster_name:
-                raise TeleportError(f'cluster "{cluster}" is not found')
-            _, sock = self._connect(host, port)
+            if cluster and cluster != self.proxy.cluster_name:  # a leaf: through its reverse tunnel
+                assert self.user is not None
+                sock = self.proxy.clusters.dial(self.user, self.cert_line, host, port, cluster)
+            else:
+                _, sock = self._connect(host, port)
         except (TeleportError, OSError) as exc:
             message = str(exc) if isinstance(exc, TeleportError) else f"cannot reach {host}: {exc.strerror or exc}"
             self.audit(self.user.user if self.user else "", message, target=host)

@@ -59,6 +59,7 @@ class ProxyState(Protocol):
     web: TLSServer | None  # the HTTPS listener, once started
     web_terminals: Any  # the web UI's open terminals (teleport_proxy.webterminal.WebTerminals)
     agentless: Any  # agentless OpenSSH nodes (teleport_proxy.forwarder.Forwarder), once started
+    clusters: Any  # trusted clusters: remote sites and tunnel agents (teleport_proxy.clusters.Clusters)
 
     def public_web_addr(self) -> str: ...
 

@@ -18,6 +18,14 @@ Two kinds of connections arrive on the tunnel port, told apart by their first by
   extra encryption, copy or thread on the data path. A token is single-use and expires
   after :data:`DIAL_TIMEOUT`; an unknown token is refused and audited.
 
+- **cluster** (trusted clusters): a leaf cluster's proxy logs in the same way with its own
+  host certificate (role ``Proxy``, ``x-teleport-authority`` = the leaf), accepted only when the
+  leaf is a known ``remote_cluster`` of this cluster and the certificate is signed by the leaf's
+  host CA this cluster stored (:func:`teleport_proxy.clusters.verify_cluster_cert`). Its control
+  channel also carries ``dial`` requests naming the leaf node (the leaf proxy connects the data
+  connection to it) and ``request``/``reply`` pairs (a leaf's node list for a root user); each
+  of its pings is the leaf's heartbeat to auth (:class:`teleport_proxy.clusters.Clusters`).
+
 Tunnel connects and disconnects are audited (``reverse_tunnel.connect``/``.disconnect``).
 Connections are admitted as on the proxy's SSH port (``connection_limits``, one
 :class:`~teleport_core.net.limits.ConnectionGate` for this port): a control connection counts as
@@ -35,6 +43,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -59,6 +68,8 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to say what it is / to 
 DIAL_TIMEOUT = 10.0  # seconds the node has to connect back for a session
 IDLE_LIMIT = 45.0  # a control channel silent this long (nodes ping every 10 s) is dropped
 MAX_LINE = 64 * 1024
+MAX_CLUSTER_LINE = 16 * 1024 * 1024  # a leaf's replies (node lists) are longer
+REQUEST_TIMEOUT = 15.0  # seconds a leaf has to answer a request
 WINDOW = 1024 * 1024
 
 
@@ -98,6 +109,38 @@ def verify_node_cert(key_type: str, blob: bytes, login: str, host_ca_keys: list[
     return login
 
 
+def verify_cluster_cert(key_type: str, blob: bytes, login: str, leaf_host_cas: Mapping[str, Sequence[str]]) -> str:
+    """The leaf cluster whose proxy presents this host certificate, or :class:`TunnelRefused`.
+
+    ``leaf_host_cas``: each known, enabled remote cluster's stored host CA keys. The certificate's
+    ``x-teleport-authority`` must be one of them, signed (checked) by that cluster's host CA, a host
+    certificate valid now, role ``Proxy`` and ``<login>.<leaf>`` among its principals.
+    """
+    try:
+        cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        cert = None
+    if not isinstance(cert, ssh.SSHCertificate) or cert.type is not ssh.SSHCertificateType.HOST:
+        raise TunnelRefused("reverse tunnel: only host certificates are accepted")
+    ext = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in cert.extensions.items()}
+    cluster = ext.get("x-teleport-authority", "")
+    trusted = leaf_host_cas.get(cluster) if cluster else None
+    if not trusted:
+        raise TunnelRefused(f"reverse tunnel: the certificate belongs to another cluster ({cluster!r} is not a "
+                            "trusted leaf cluster of this one)")
+    try:
+        verify_host_cert(key_type, blob, list(trusted), login)
+    except AccessDenied as exc:
+        reason = str(exc).replace("the server's", "the")
+        raise TunnelRefused(f"reverse tunnel: leaf cluster {cluster}: {reason}") from None
+    if ext.get("x-teleport-role") != "Proxy":
+        raise TunnelRefused(f"reverse tunnel: leaf cluster {cluster}: the certificate is for role "
+                            f"{ext.get('x-teleport-role', '')!r}, only a leaf's proxies may open a cluster tunnel")
+    if f"{login}.{cluster}".encode() not in cert.valid_principals:
+        raise TunnelRefused(f"reverse tunnel: the certificate does not name host {login} of cluster {cluster}")
+    return cluster
+
+
 @attrs.define
 class _Pending:
     host_uuid: str
@@ -109,9 +152,12 @@ class NodeTunnel:
     """One node's control channel: keepalives in, dial requests out (one reader thread)."""
 
     def __init__(self, server: TunnelServer, host_uuid: str, transport: paramiko.Transport,
-                 channel: paramiko.Channel, remote: str) -> None:
+                 channel: paramiko.Channel, remote: str, cluster: str = "") -> None:
         self.server = server
         self.host_uuid = host_uuid
+        self.cluster = cluster  # a leaf cluster's proxy; "" for a node of this cluster
+        self.max_line = MAX_CLUSTER_LINE if cluster else MAX_LINE
+        self.replies: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self.transport = transport
         self.channel = channel
         self.remote = remote
@@ -143,7 +189,7 @@ class NodeTunnel:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     self._handle(line)
-                if len(buffer) > MAX_LINE:
+                if len(buffer) > self.max_line:
                     return "the node sent an oversized message"
         except (OSError, EOFError, paramiko.SSHException) as exc:
             return f"connection lost: {exc or type(exc).__name__}"
@@ -153,8 +199,32 @@ class NodeTunnel:
             message = json.loads(line)
         except ValueError:
             return
-        if isinstance(message, dict) and message.get("type") == "ping":
+        if not isinstance(message, dict):
+            return
+        if message.get("type") == "ping":
             self.send({"type": "pong"})
+            if self.cluster:
+                self.server.proxy.clusters.heartbeat(self.cluster)
+        elif message.get("type") == "reply" and self.cluster:
+            waiting = self.replies.get(str(message.get("id")))
+            if waiting is not None:
+                waiting[1].append(message)
+                waiting[0].set()
+
+    def request(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """Ask the leaf's proxy (``message`` gets a fresh ``id``) and wait for its reply."""
+        ident = secrets.token_hex(8)
+        ready: tuple[threading.Event, list[dict[str, Any]]] = (threading.Event(), [])
+        self.replies[ident] = ready
+        try:
+            self.send({**message, "type": "request", "id": ident})
+            if not ready[0].wait(timeout):
+                raise TeleportError(f"cluster {self.cluster} did not answer within {timeout:.0f}s")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise TeleportError(f"cluster {self.cluster}: reverse tunnel lost ({exc or type(exc).__name__})") from None
+        finally:
+            self.replies.pop(ident, None)
+        return ready[1][0]
 
 
 class TunnelConnection(paramiko.ServerInterface):  # type: ignore[misc]
@@ -164,6 +234,7 @@ class TunnelConnection(paramiko.ServerInterface):  # type: ignore[misc]
         self.server = server
         self.remote = remote
         self.host_uuid = ""
+        self.cluster = ""  # set when a leaf cluster's proxy logged in
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -175,6 +246,12 @@ class TunnelConnection(paramiko.ServerInterface):  # type: ignore[misc]
                 raise TunnelRefused("reverse tunnel: a plain key was offered, only node host certificates are "
                                     "accepted")
             proxy = self.server.proxy
+            authority = cert_authority(blob.key_type, blob.key_blob)
+            if authority and authority != proxy.cluster_name:  # a leaf cluster's proxy, or refused
+                self.cluster = verify_cluster_cert(blob.key_type, blob.key_blob, username,
+                                                   proxy.clusters.leaf_host_cas())
+                self.host_uuid = username
+                return int(paramiko.AUTH_SUCCESSFUL)
             self.host_uuid = verify_node_cert(blob.key_type, blob.key_blob, username, list(proxy.host_ca_keys),
                                               proxy.cluster_name)
         except TunnelRefused as exc:
@@ -186,6 +263,17 @@ class TunnelConnection(paramiko.ServerInterface):  # type: ignore[misc]
         if kind == CONTROL_CHANNEL and self.host_uuid:
             return int(paramiko.OPEN_SUCCEEDED)
         return int(paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+
+
+def cert_authority(key_type: str, blob: bytes) -> str:
+    """The ``x-teleport-authority`` of a host certificate ("" for anything else)."""
+    try:
+        cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return ""
+    if not isinstance(cert, ssh.SSHCertificate) or cert.type is not ssh.SSHCertificateType.HOST:
+        return ""
+    return cert.extensions.get(b"x-teleport-authority", b"").decode(errors="replace")
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:
@@ -209,6 +297,7 @@ class TunnelServer:
         sock.settimeout(0.5)
         self.host_key = host_key
         self.tunnels: dict[str, NodeTunnel] = {}
+        self.clusters: dict[str, dict[str, NodeTunnel]] = {}  # leaf cluster -> its proxies' tunnels
         self._pending: dict[bytes, _Pending] = {}
         self._controls: set[threading.Thread] = set()
         self._audits: set[concurrent.futures.Future[Any]] = set()
@@ -237,7 +326,7 @@ class TunnelServer:
             self._thread.join(5)
         self.sock.close()
         with self._lock:
-            tunnels = list(self.tunnels.values())
+            tunnels = list(self.tunnels.values()) + [t for ts in self.clusters.values() for t in ts.values()]
         for tunnel in tunnels:
             tunnel.close()
 
@@ -254,6 +343,26 @@ class TunnelServer:
     def connected(self, host_uuid: str) -> bool:
         return host_uuid in self.tunnels
 
+    def cluster_tunnel(self, cluster: str) -> NodeTunnel:
+        """A tunnel of one of ``cluster``'s proxies (the newest), or TeleportError: the leaf is offline."""
+        with self._lock:
+            tunnels = list(self.clusters.get(cluster, {}).values())
+        if not tunnels:
+            raise TeleportError(f"cluster {cluster} is offline: it has no reverse tunnel to this proxy")
+        return max(tunnels, key=lambda t: t.connected)
+
+    def close_cluster(self, cluster: str) -> None:
+        """End ``cluster``'s tunnels (its trust was removed)."""
+        with self._lock:
+            tunnels = list(self.clusters.get(cluster, {}).values())
+        for tunnel in tunnels:
+            tunnel.close()
+
+    def dial_cluster(self, cluster: str, fields: dict[str, Any], timeout: float = DIAL_TIMEOUT) -> socket.socket:
+        """A TCP connection that the leaf ``cluster``'s proxy opened through its tunnel and joined to
+        the node ``fields`` name (the leaf proxy routes it as for its own users)."""
+        return self._dial(self.cluster_tunnel(cluster), f"cluster {cluster}", fields, timeout)
+
     # -- dialing a node --------------------------------------------------------------------------
 
     def dial(self, host_uuid: str, nodename: str, timeout: float = DIAL_TIMEOUT) -> socket.socket:
@@ -261,22 +370,25 @@ class TunnelServer:
         tunnel = self.tunnels.get(host_uuid)
         if tunnel is None:
             raise TeleportError(f"node {nodename} is offline: it has no reverse tunnel to this proxy")
+        return self._dial(tunnel, f"node {nodename}", {}, timeout)
+
+    def _dial(self, tunnel: NodeTunnel, nodename: str, fields: dict[str, Any], timeout: float) -> socket.socket:
         token = secrets.token_bytes(TOKEN_BYTES)
-        pending = _Pending(host_uuid)
+        pending = _Pending(tunnel.host_uuid)
         with self._lock:
             self._pending[token] = pending
         try:
-            tunnel.send({"type": "dial", "token": token.hex()})
+            tunnel.send({**fields, "type": "dial", "token": token.hex()})
             arrived = pending.ready.wait(timeout)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise TeleportError(f"node {nodename}: reverse tunnel lost ({exc or type(exc).__name__})") from None
+            raise TeleportError(f"{nodename}: reverse tunnel lost ({exc or type(exc).__name__})") from None
         finally:
             with self._lock:
                 self._pending.pop(token, None)
         if not arrived or pending.sock is None:
             if pending.sock is not None:  # came just too late
                 pending.sock.close()
-            raise TeleportError(f"node {nodename} did not connect back through its reverse tunnel within "
+            raise TeleportError(f"{nodename} did not connect back through its reverse tunnel within "
                                 f"{timeout:.0f}s")
         return pending.sock
 
@@ -347,18 +459,24 @@ class TunnelServer:
         if channel is None or not conn.host_uuid:
             transport.close()
             return
-        tunnel = NodeTunnel(self, conn.host_uuid, transport, channel, remote)
+        tunnel = NodeTunnel(self, conn.host_uuid, transport, channel, remote, conn.cluster)
+        table = self.clusters.setdefault(conn.cluster, {}) if conn.cluster else self.tunnels
         with self._lock:
-            previous = self.tunnels.get(tunnel.host_uuid)
-            self.tunnels[tunnel.host_uuid] = tunnel
+            previous = table.get(tunnel.host_uuid)
+            table[tunnel.host_uuid] = tunnel
         if previous is not None:
             previous.close()  # the node reconnected: its old connection is stale
         self._event("reverse_tunnel.connect", tunnel, {})
-        self.proxy.log.info("reverse tunnel connected", host_uuid=tunnel.host_uuid, remote=remote)
+        self.proxy.log.info("reverse tunnel connected", host_uuid=tunnel.host_uuid, remote=remote,
+                            **({"leaf_cluster": conn.cluster} if conn.cluster else {}))
+        if conn.cluster:
+            self.proxy.clusters.heartbeat(conn.cluster, force=True)
         reason = tunnel.run()
         with self._lock:
-            if self.tunnels.get(tunnel.host_uuid) is tunnel:
-                del self.tunnels[tunnel.host_uuid]
+            if table.get(tunnel.host_uuid) is tunnel:
+                del table[tunnel.host_uuid]
+            if conn.cluster and not table:
+                self.clusters.pop(conn.cluster, None)
         tunnel.close()
         if self._stopping.is_set():
             reason = "the proxy is stopping"
@@ -373,6 +491,8 @@ class TunnelServer:
         # server_id is the emitter (auth accepts a host's events only about itself); host_id the node
         fields.update({"server_id": proxy.identity.host_uuid, "host_id": tunnel.host_uuid,
                        "cluster_name": proxy.cluster_name, "addr.remote": tunnel.remote})
+        if tunnel.cluster:  # Teleport's tunnel type for a leaf cluster's proxy
+            fields.update({"tunnel_type": "proxy", "leaf_cluster": tunnel.cluster})
         self._submit(proxy.audit.emit(new_event(event, **fields)))
 
     def audit_denial(self, login: str, reason: str, remote: str) -> None:

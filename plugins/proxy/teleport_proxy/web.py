@@ -9,7 +9,10 @@
   (the pages ``/web/invite/{token}`` and ``/web/reset/{token}`` are teleport-web's)
 - ``GET /v1/webapi/sites/{cluster}/nodes``: the nodes the caller may see. The caller is
   authenticated by the TLS client certificate ``tsh login`` obtained (mutual TLS on this port,
-  optional for the other endpoints).
+  optional for the other endpoints). For a trusted leaf ``cluster`` the leaf's proxy answers
+  through its reverse tunnel, for the caller's certificate with roles mapped by the leaf.
+- ``GET /v1/webapi/sites``: ``tsh clusters``: this cluster and the leaves the caller's roles'
+  ``cluster_labels`` allow, with their tunnel's status (:mod:`teleport_proxy.clusters`).
 - ``GET /v1/webapi/sites/{cluster}/events/search/sessions?from=&to=&limit=&search=``: ended sessions;
   ``GET /v1/webapi/sites/{cluster}/sessions``: live sessions (``session_tracker`` resources);
   ``GET /v1/webapi/sites/{cluster}/sessions/{sid}/recording``: a recording (asciicast v2). The
@@ -69,6 +72,7 @@ from teleport_proxy.webmodels import (
     RecordingsQuery,
     ReissueBody,
     ReviewBody,
+    TrustedClusterValidateBody,
     openapi_document,
 )
 
@@ -150,6 +154,19 @@ class WebAPI:
             return error(exc)
         return JSONResponse({"user": done["user"]})
 
+    async def validate_trusted_cluster(self, request: Request) -> Response:
+        """The trusted clusters handshake of a leaf's auth (no certificate: the body carries the root's
+        single-use trusted_cluster token): forwarded to auth, which checks and audits it."""
+        limited = await self.proxy.login_limited(request.client.host if request.client else "")
+        if limited is not None:  # 429 + Retry-After: too many attempts from this address
+            return limited
+        try:
+            body = await body_of(request, TrustedClusterValidateBody)
+            answer = await self.proxy.auth.call("POST", "/v1/trustedclusters/validate", body.model_dump())
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(answer)
+
     def caller(self, request: Request) -> UserCert:
         """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
         der = client_certificate(request.scope)
@@ -169,10 +186,23 @@ class WebAPI:
             raise AccessDenied(locked)
         return user
 
+    async def sites(self, request: Request) -> Response:
+        """``tsh clusters``: this cluster and the leaf clusters the caller's roles let them see."""
+        try:
+            user = self.caller(request)
+            return JSONResponse(self.proxy.clusters.sites_for(user))
+        except TeleportError as exc:
+            return error(exc)
+
     async def nodes(self, request: Request) -> Response:
         try:
             validate_path(PATH_PARAMS, request.path_params)
             user = self.caller(request)
+            cluster = request.path_params["cluster"]
+            if cluster != self.proxy.cluster_name:  # a leaf cluster: asked through its tunnel
+                der = client_certificate(request.scope)
+                assert der is not None
+                return JSONResponse(await self.proxy.clusters.nodes(user, der, cluster))
             nodes = await self.proxy.visible_nodes(user)
         except TeleportError as exc:
             return error(exc)
@@ -370,6 +400,8 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/users/password/token/{token}", api.get_invite, methods=["GET"]),
         Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
+        Route("/v1/webapi/trustedclusters/validate", api.validate_trusted_cluster, methods=["POST"]),
+        Route("/v1/webapi/sites", api.sites, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/sessions", api.active_sessions, methods=["GET"]),

@@ -1,0 +1,406 @@
+"""Trusted clusters at the proxy: the leaf's tunnel agent and the root's remote sites.
+
+**Leaf** (its auth has an enabled ``trusted_cluster``): the proxy keeps a reverse tunnel to the
+root's ``tunnel_addr`` (:class:`teleport_core.net.tunnelagent.TunnelAgent`, as nodes do: login =
+this proxy's host UUID with its proxy host certificate; the root proxy's certificate checked
+against the root's host CA the leaf stored). The leaf needs no inbound port. Through the tunnel:
+
+- ``dial`` naming a node (``target``, ``port``) and the root user's SSH certificate: the leaf
+  proxy checks the certificate against the root's user CA (active trust only), maps its roles
+  with the trust's ``role_map`` (an unmapped role grants nothing), routes the node as for its own
+  users (its roles, locks and ``teleport_authorize`` plugins; direct or the node's own tunnel) and
+  joins the data connection to it. The user's SSH stream goes end to end to the node, which
+  authenticates the root user itself. Refusals are audited here, in the leaf.
+- ``request`` ``nodes`` with the user's TLS certificate: the nodes the mapped roles may see.
+
+**Root**: the remote clusters and their host CAs (followed from auth) decide which leaf proxy may
+open a cluster tunnel (:func:`teleport_proxy.tunnel.verify_cluster_cert`); each ping of a leaf's
+tunnel is its heartbeat to auth (``remote_cluster`` online/offline). A root user reaches a leaf
+only when it is connected and one of their roles' ``cluster_labels`` matches the leaf's labels
+(deny by default; a hidden leaf is "not found", as one that does not exist).
+
+Auth's trusted cluster API may be absent (an older auth, or a cluster with no trust): a 404
+reads as "no remote or trusted clusters", so nothing changes for a cluster on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from teleport_core.config.values import parse_addr
+from teleport_core.errors import AccessDenied, NotFound, TeleportError
+from teleport_core.net.tunnelagent import TunnelAgent
+from teleport_core.policy.rolemap import RoleMapping, map_roles, parse_role_map
+from teleport_core.state.nodes import NodeInfo
+from teleport_proxy.certs import CLOCK_SKEW, InvalidCertificate, UserCert, user_from_tls_cert, verify_user_ssh_cert
+
+if TYPE_CHECKING:
+    from teleport_proxy.state import ProxyState
+
+RELOAD = 5.0  # seconds between looks at auth's remote and trusted clusters
+HEARTBEAT_EVERY = 5.0  # at most one heartbeat per leaf this often (the leaf pings every 10 s)
+DIAL_TIMEOUT = 10.0
+CHUNK = 256 * 1024
+
+
+@attrs.frozen
+class RemoteSite:
+    """Root side: a leaf cluster that joined (a ``remote_cluster``)."""
+
+    name: str
+    labels: Mapping[str, str]
+    host_ca_keys: tuple[str, ...]
+    connection: str = ""  # auth's status: online / offline
+    last_heartbeat: str = ""
+
+
+@attrs.frozen
+class TrustedRoot:
+    """Leaf side: a root cluster this cluster trusts (a ``trusted_cluster`` and the root's CAs)."""
+
+    name: str
+    enabled: bool
+    tunnel_addr: str
+    web_proxy_addr: str
+    host_ca_keys: tuple[str, ...] = ()
+    user_ca_keys: tuple[str, ...] = ()
+    user_ca_pems: tuple[str, ...] = ()
+    role_map: tuple[RoleMapping, ...] = ()
+    active: bool = True  # the root's CAs are active (enabled: false deactivates them)
+
+
+def _name_labels(item: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    meta = item.get("metadata") or {}
+    name = str(item.get("name") or meta.get("name") or "")
+    labels = item.get("labels") or meta.get("labels") or {}
+    return name, {str(k): str(v) for k, v in dict(labels).items()}
+
+
+def verify_user_tls_cert(der: bytes, ca_pems: tuple[str, ...], now: dt.datetime | None = None) -> UserCert:
+    """A user's X.509 certificate checked against a (root) user CA's certificates: signed by one
+    of them, valid now. Raises :class:`InvalidCertificate`."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise InvalidCertificate(f"tls: cannot parse certificate: {exc}") from None
+    now = now or dt.datetime.now(dt.UTC)
+    if not (cert.not_valid_before_utc - CLOCK_SKEW <= now <= cert.not_valid_after_utc):
+        raise InvalidCertificate("tls: the certificate is expired or not yet valid")
+    for pem in ca_pems:
+        ca = x509.load_pem_x509_certificate(pem.encode())
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return user_from_tls_cert(der)
+    raise InvalidCertificate("tls: the certificate is not signed by the trusted cluster's user CA")
+
+
+def join_sockets(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until both directions ended (two threads; returns at once)."""
+    done = [0]
+    lock = threading.Lock()
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(CHUNK)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        with lock:
+            done[0] += 1
+            last = done[0] == 2
+        if last:
+            a.close()
+            b.close()
+
+    for src, dst in ((a, b), (b, a)):
+        threading.Thread(target=pump, args=(src, dst), name="proxy-cluster-pump", daemon=True).start()
+
+
+class Clusters:
+    """The proxy's trusted-cluster state: remote sites (root) and tunnel agents (leaf)."""
+
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
+        self.sites: dict[str, RemoteSite] = {}
+        self.roots: dict[str, TrustedRoot] = {}
+        self.agents: dict[str, TunnelAgent] = {}
+        self._beats: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._absent: set[str] = set()  # the auth routes that answered 404 (feature absent)
+        self._stopped = False
+
+    # -- following auth ---------------------------------------------------------------------------
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        try:
+            await self.reload()
+        except TeleportError as exc:
+            self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
+        return [asyncio.create_task(self._follow(), name="proxy-trusted-clusters")]
+
+    def stop(self) -> None:
+        self._stopped = True  # a reload after this (graceful reload: the old process) starts nothing
+        for agent in list(self.agents.values()):
+            agent.stop(wait=5)
+        self.agents.clear()
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD)
+            try:
+                await self.reload()
+            except TeleportError as exc:
+                self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
+
+    async def _list(self, path: str) -> list[dict[str, Any]]:
+        try:
+            found = await self.proxy.auth.call("GET", path)
+        except NotFound:
+            self._absent.add(path)
+            return []
+        self._absent.discard(path)
+        return [item for item in (found or []) if isinstance(item, dict)]
+
+    async def _ca(self, ca_type: str, cluster: str) -> dict[str, Any]:
+        try:
+            found = await self.proxy.auth.call("GET", f"/v1/cas/{ca_type}", params={"cluster": cluster})
+        except NotFound:
+            return {}
+        if not isinstance(found, dict) or found.get("cluster_name") != cluster:
+            return {}  # an auth that ignores ?cluster= answers with its own CA: never trust that
+        return found
+
+    async def reload(self) -> None:
+        """Remote clusters (root side) and trusted clusters (leaf side) from auth; start, stop and
+        close tunnels to match."""
+        sites: dict[str, RemoteSite] = {}
+        for item in await self._list("/v1/remote_clusters"):
+            name, labels = _name_labels(item)
+            if not name or name == self.proxy.cluster_name:
+                continue
+            ca = await self._ca("host", name)
+            status = item.get("status") or {}
+            sites[name] = RemoteSite(name, labels, tuple(ca.get("ssh_public_keys") or ()),
+                                     str(status.get("connection", "")), str(status.get("last_heartbeat", "")))
+        removed = set(self.sites) - set(sites)
+        self.sites = sites
+        tunnel: Any = self.proxy.tunnel
+        for name in removed:  # the trust was removed at the root: its tunnels end
+            if tunnel is not None:
+                await asyncio.to_thread(tunnel.close_cluster, name)
+
+        roots: dict[str, TrustedRoot] = {}
+        for item in await self._list("/v1/trusted_clusters"):
+            name, _ = _name_labels(item)
+            spec = item.get("spec") or item
+            if not name:
+                continue
+            host = await self._ca("host", name)
+            user = await self._ca("user", name)
+            try:
+                role_map = tuple(parse_role_map(user.get("role_map", spec.get("role_map")) or []))
+            except TeleportError as exc:
+                self.proxy.log.warning("trusted cluster: bad role_map, mapping no role", cluster=name, error=str(exc))
+                role_map = ()
+            roots[name] = TrustedRoot(
+                name, bool(spec.get("enabled", True)), str(spec.get("tunnel_addr", "")),
+                str(spec.get("web_proxy_addr", "")), tuple(host.get("ssh_public_keys") or ()),
+                tuple(user.get("ssh_public_keys") or ()), tuple(user.get("tls_certs") or ()), role_map,
+                bool(user.get("active", True)) and bool(user))
+        self.roots = roots
+        await asyncio.to_thread(self._reconcile_agents)
+
+    def _reconcile_agents(self) -> None:
+        if self._stopped:
+            return
+        want = {name: root for name, root in self.roots.items()
+                if root.enabled and root.active and root.tunnel_addr and root.host_ca_keys}
+        for name in list(self.agents):
+            if name not in want:  # disabled or removed: the tunnel closes
+                self.agents.pop(name).stop(wait=5)
+                self.proxy.log.info("trusted cluster: tunnel closed", root_cluster=name)
+        for name, root in want.items():
+            if name in self.agents:
+                continue
+            agent = TunnelAgent(
+                tunnel_addr=lambda root=root: parse_addr(root.tunnel_addr, 3024),  # type: ignore[misc]
+                cluster=name, login=lambda ident: ident.host_uuid, identity=lambda: self.proxy.identity,
+                host_ca_keys=lambda name=name: list(self._root(name).host_ca_keys),  # type: ignore[misc]
+                serve=lambda sock, peer, message, name=name: self._serve(name, sock, message),  # type: ignore[misc]
+                answer=lambda message, name=name: self._answer(name, message),  # type: ignore[misc]
+                log=self.proxy.log, name="proxy-cluster-tunnel", describe=f"{name} ({root.tunnel_addr})")
+            self.agents[name] = agent
+            agent.start()
+            self.proxy.log.info("trusted cluster: dialing the root's tunnel", root_cluster=name,
+                                tunnel_addr=root.tunnel_addr)
+
+    def _root(self, name: str) -> TrustedRoot:
+        root = self.roots.get(name)
+        if root is None or not root.enabled or not root.active:
+            raise AccessDenied(f"cluster {name} is no longer trusted by this cluster")
+        return root
+
+    def leaf_host_cas(self) -> dict[str, tuple[str, ...]]:
+        """Each known leaf's host CA keys (the tunnel port checks a leaf proxy's certificate with them)."""
+        return {name: site.host_ca_keys for name, site in self.sites.items() if site.host_ca_keys}
+
+    # -- root side ----------------------------------------------------------------------------------
+
+    def heartbeat(self, cluster: str, force: bool = False) -> None:
+        """The leaf's tunnel is alive: tell auth (at most every :data:`HEARTBEAT_EVERY`; any thread)."""
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._beats.get(cluster, 0.0) < HEARTBEAT_EVERY:
+                return
+            self._beats[cluster] = now
+        coro = self._beat(cluster)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self.proxy.loop)
+        except RuntimeError:  # the loop is closed: the process is stopping
+            coro.close()
+
+    async def _beat(self, cluster: str) -> None:
+        try:
+            await self.proxy.auth.call("PUT", f"/v1/remote_clusters/{cluster}/heartbeat", {})
+        except TeleportError as exc:
+            self.proxy.log.warning("remote cluster heartbeat failed", leaf_cluster=cluster, error=str(exc))
+
+    def online(self, cluster: str) -> bool:
+        tunnel: Any = self.proxy.tunnel
+        return tunnel is not None and bool(tunnel.clusters.get(cluster))
+
+    def visible(self, user: UserCert) -> list[RemoteSite]:
+        """The leaves ``user``'s roles' ``cluster_labels`` allow (deny wins; none by default)."""
+        roleset = self.proxy.roleset(user)
+        return sorted((s for s in self.sites.values() if roleset.cluster_visible(s.labels)), key=lambda s: s.name)
+
+    def site_for(self, user: UserCert, cluster: str) -> RemoteSite:
+        """The leaf ``cluster`` if ``user`` may see it; else NotFound (as for a cluster that does not exist)."""
+        site = self.sites.get(cluster)
+        if site is None or not self.proxy.roleset(user).cluster_visible(site.labels):
+            raise NotFound(f'cluster "{cluster}" is not found')
+        return site
+
+    def dial(self, user: UserCert, ssh_cert: str, host: str, port: int, cluster: str) -> socket.socket:
+        """A connection to ``host`` in leaf ``cluster`` through its tunnel (blocking; a thread).
+        The leaf checks the user's certificate (``ssh_cert``) itself and routes as for its own users."""
+        self.site_for(user, cluster)
+        tunnel: Any = self.proxy.tunnel
+        if tunnel is None:
+            raise TeleportError(f"cluster {cluster} is offline: the proxy is starting or stopping")
+        sock: socket.socket = tunnel.dial_cluster(cluster, {"target": host, "port": port, "ssh_cert": ssh_cert})
+        return sock
+
+    async def nodes(self, user: UserCert, tls_der: bytes, cluster: str) -> list[dict[str, Any]]:
+        """Leaf ``cluster``'s nodes ``user`` may see there (asked through the tunnel, with the
+        user's certificate; the leaf maps the roles)."""
+        self.site_for(user, cluster)
+        tunnel: Any = self.proxy.tunnel
+        if tunnel is None:
+            raise TeleportError(f"cluster {cluster} is offline: the proxy is starting or stopping")
+        message = {"op": "nodes", "tls_cert": base64.b64encode(tls_der).decode()}
+        reply = await asyncio.to_thread(lambda: tunnel.cluster_tunnel(cluster).request(message))
+        if reply.get("error"):
+            kind = {"AccessDenied": AccessDenied, "NotFound": NotFound}.get(str(reply.get("kind")), TeleportError)
+            raise kind(f"cluster {cluster}: {reply['error']}")
+        return [n for n in reply.get("nodes") or [] if isinstance(n, dict)]
+
+    # -- leaf side ----------------------------------------------------------------------------------
+
+    def _root_user(self, root_name: str, message: Mapping[str, Any]) -> UserCert:
+        """The root user a tunnel message carries, checked against the root's user CA, with the
+        roles the trust's ``role_map`` maps theirs to. AccessDenied when nothing maps."""
+        root = self._root(root_name)
+        if message.get("ssh_cert"):
+            user = verify_user_ssh_cert(str(message["ssh_cert"]), root.user_ca_keys)
+        elif message.get("tls_cert"):
+            try:
+                der = base64.b64decode(str(message["tls_cert"]), validate=True)
+            except ValueError:
+                raise InvalidCertificate("tls: the forwarded certificate is not base64") from None
+            user = verify_user_tls_cert(der, root.user_ca_pems)
+        else:
+            raise InvalidCertificate("no user certificate was forwarded")
+        mapped = map_roles(root.role_map, user.roles)
+        if not mapped:
+            raise AccessDenied(f"access denied to {user.user} of cluster {root_name}: no role of theirs "
+                               f"({', '.join(user.roles) or 'none'}) maps to a role of this cluster (role_map)")
+        return attrs.evolve(user, roles=mapped)
+
+    def _audit(self, root_name: str, user: str, reason: str, **fields: Any) -> None:
+        self.proxy.spawn_audit(user, reason, f"tunnel:{root_name}", user_cluster=root_name, **fields)
+
+    def _serve(self, root_name: str, sock: socket.socket, message: Mapping[str, Any]) -> None:
+        """A session from the root: route the named node for the mapped user and join the connection to it."""
+        from teleport_proxy.sshserver import dial_node
+
+        target, port = str(message.get("target", "")), int(message.get("port") or 0)
+        name = ""
+        try:
+            user = self._root_user(root_name, message)
+            name = user.user
+            future = asyncio.run_coroutine_threadsafe(self.proxy.route(user, "", target, port), self.proxy.loop)
+            node: NodeInfo = future.result(30)
+            upstream = dial_node(self.proxy, node, f"tunnel:{root_name}")
+        except (TeleportError, OSError) as exc:
+            self._audit(root_name, name, f"{target}: {exc}", target=target)
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        join_sockets(sock, upstream)
+
+    def _answer(self, root_name: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        if message.get("op") != "nodes":
+            raise TeleportError(f"unknown request {json.dumps(str(message.get('op')))[:80]}")
+        name = ""
+        try:
+            user = self._root_user(root_name, message)
+            name = user.user
+            future = asyncio.run_coroutine_threadsafe(self.proxy.visible_nodes(user), self.proxy.loop)
+            nodes: list[NodeInfo] = future.result(30)
+        except TeleportError as exc:
+            self._audit(root_name, name, f"nodes of {self.proxy.cluster_name}: {exc}")
+            raise
+        roleset = self.proxy.roleset(user)
+        return {"nodes": [
+            {"uuid": n.uuid, "nodename": n.nodename, "addr": n.addr, "labels": dict(n.labels), "tunnel": n.tunnel,
+             "logins": roleset.logins_for(n.labels), "sub_kind": n.sub_kind}
+            for n in sorted(nodes, key=lambda n: (n.nodename, n.uuid))]}
+
+    def sites_for(self, user: UserCert) -> list[dict[str, Any]]:
+        """``tsh clusters``: this cluster, then the leaves ``user`` may see, with their status."""
+        out: list[dict[str, Any]] = [{"name": self.proxy.cluster_name, "status": "online", "cluster_type": "root"}]
+        for site in self.visible(user):
+            out.append({"name": site.name, "status": "online" if self.online(site.name) else "offline",
+                        "cluster_type": "leaf", "last_connected": site.last_heartbeat, "labels": dict(site.labels)})
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """Leaf side: each trusted root and its tunnel's state (diagnostics)."""
+        out = []
+        for name, root in sorted(self.roots.items()):
+            agent = self.agents.get(name)
+            out.append({"name": name, "enabled": root.enabled, "tunnel_addr": root.tunnel_addr,
+                        "connected": bool(agent and agent.connected.is_set()),
+                        "last_error": agent.last_error if agent else ""})
+        return out

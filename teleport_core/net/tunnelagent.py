@@ -1,0 +1,268 @@
+"""The dialing side of a reverse tunnel, shared by nodes (``teleport_node.tunnel``) and leaf
+proxies (``teleport_proxy.clusters``): an agent behind a firewall dials a proxy's tunnel port
+(3024) and keeps one SSH control connection up; the proxy reaches it through that.
+
+The agent logs in with its host certificate (user = the login its kind uses), after checking the
+proxy's own host certificate against the host CA of ``cluster`` (role ``Proxy``), and opens the
+control channel (:data:`CONTROL_CHANNEL`, JSON lines). It pings every :data:`PING_INTERVAL` and
+reconnects, with exponential backoff and jitter, when the connection ends or the proxy stops
+answering. Messages from the proxy:
+
+- ``dial`` with a one-time token: the agent opens a new TCP connection to the tunnel port, sends
+  :data:`DATA_MAGIC` + the token and hands the socket to ``serve(sock, peer, message)`` (a node
+  serves SSH on it; a leaf proxy connects it to the node the message names);
+- ``request`` with an ``id``: ``answer(message)`` (in a thread) gives the reply, sent back on the
+  control channel (SSH-encrypted) as ``{"type": "reply", "id": ..., ...}``.
+
+See ``teleport_proxy.tunnel`` for the proxy's side.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import ipaddress
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paramiko
+from cryptography.hazmat.primitives.serialization import ssh
+
+from teleport_core.config.values import NetAddr
+from teleport_core.errors import AccessDenied, TeleportError
+from teleport_core.net import sshalgos
+from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
+from teleport_core.tsh.hostcert import verify_host_cert
+
+CONTROL_CHANNEL = "teleport-tunnel@teleport-py"
+DATA_MAGIC = b"TPY-TUNNEL-DATA\n"
+TOKEN_BYTES = 32
+CONNECT_TIMEOUT = 10.0
+PING_INTERVAL = 10.0
+PONG_LIMIT = 30.0  # no answer from the proxy for this long: reconnect
+FIRST_RETRY, MAX_RETRY = 1.0, 30.0
+STABLE = 60.0  # a tunnel up this long resets the backoff
+MAX_LINE = 16 * 1024 * 1024  # the longest control message the agent reads
+HOST_CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+                   "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com")
+
+Serve = Callable[[socket.socket, tuple[str, int], dict[str, Any]], None]
+Answer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def client_key(identity: LocalIdentity) -> paramiko.PKey:
+    """The host's private key with its SSH host certificate attached (paramiko)."""
+    key = keys.load_private_key(identity.key_pem)
+    text = keys.private_key_openssh(key).decode()
+    kinds: dict[keys.KeyAlgorithm, type[paramiko.PKey]] = {
+        keys.KeyAlgorithm.ED25519: paramiko.Ed25519Key, keys.KeyAlgorithm.ECDSA_P256: paramiko.ECDSAKey,
+        keys.KeyAlgorithm.RSA2048: paramiko.RSAKey}
+    pkey = kinds[keys.key_algorithm(key)].from_private_key(io.StringIO(text))
+    pkey.load_certificate(identity.ssh_cert)
+    return pkey
+
+
+def verify_proxy_cert(key_type: str, blob: bytes, trusted: list[str], host: str, cluster: str) -> None:
+    """Raise :class:`AccessDenied` unless the proxy's host key is a certificate of ``cluster``'s
+    host CA (``trusted``) for role ``Proxy`` (naming ``host`` unless it is an IP address)."""
+    try:
+        ipaddress.ip_address(host)
+        principal = None
+    except ValueError:
+        principal = host
+    verify_host_cert(key_type, blob, trusted, principal)
+    cert = ssh.load_ssh_public_identity(f"{key_type} {base64.b64encode(blob).decode()}".encode())
+    assert isinstance(cert, ssh.SSHCertificate)
+    ext = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in cert.extensions.items()}
+    if ext.get("x-teleport-role") != "Proxy" or ext.get("x-teleport-authority") != cluster:
+        raise AccessDenied("the tunnel server's host certificate is not a proxy certificate of this cluster")
+
+
+class TunnelAgent:
+    """Keeps one reverse tunnel to a proxy open (a thread; blocking paramiko client).
+
+    ``tunnel_addr()`` finds where to dial (called before each attempt); ``login(identity)`` is the
+    SSH user the proxy expects; ``cluster`` and ``host_ca_keys()`` are what the proxy's host
+    certificate must come from."""
+
+    def __init__(self, *, tunnel_addr: Callable[[], NetAddr], cluster: str, login: Callable[[LocalIdentity], str],
+                 identity: Callable[[], LocalIdentity], host_ca_keys: Callable[[], list[str]], serve: Serve,
+                 log: Any, answer: Answer | None = None, name: str = "teleport-tunnel",
+                 describe: str = "") -> None:
+        self.find_addr = tunnel_addr
+        self.cluster = cluster
+        self.login = login
+        self.identity = identity
+        self.host_ca_keys = host_ca_keys
+        self.serve = serve
+        self.answer = answer
+        self.log = log
+        self.name = name
+        self.describe = describe  # the proxy, for log lines
+        self.connected = threading.Event()
+        self.tunnel_addr: NetAddr | None = None
+        self.reconnects = 0
+        self.last_error = ""
+        self._stopping = threading.Event()
+        self._transport: paramiko.Transport | None = None
+        self._send_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, wait: float = 10.0) -> None:
+        self._stopping.set()
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(wait)
+
+    def _run(self) -> None:
+        delay = FIRST_RETRY
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                reason = self._session()
+            except (TeleportError, OSError, EOFError, paramiko.SSHException) as exc:
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, paramiko.AuthenticationException):
+                    reason = "the proxy refused this host's certificate"
+            was_up = self.connected.is_set()
+            self.connected.clear()
+            self.last_error = reason
+            if self._stopping.is_set():
+                return
+            if was_up and time.monotonic() - started >= STABLE:
+                delay = FIRST_RETRY
+            wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+            self.log.warning("reverse tunnel down, will reconnect" if was_up else
+                             "cannot open the reverse tunnel, will retry", proxy=self.describe,
+                             reason=reason, retry_in=f"{wait:.1f}s")
+            self.reconnects += 1
+            self._stopping.wait(wait)
+            delay = min(MAX_RETRY, delay * 2)
+
+    def _session(self) -> str:
+        """One tunnel connection, from dialing to its end; returns why it ended."""
+        addr = self.find_addr()
+        self.tunnel_addr = addr
+        identity = self.identity()
+        sock = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        transport = paramiko.Transport(sock)
+        self._transport = transport
+        try:
+            if self._stopping.is_set():
+                return "stopping"
+            sshalgos.configure(transport, key_types=HOST_CERT_TYPES)  # only certificates from the host CA
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+            blob = transport.get_remote_server_key().public_blob
+            if blob is None:
+                raise AccessDenied("the tunnel server presented a plain host key, not a proxy certificate")
+            verify_proxy_cert(blob.key_type, blob.key_blob, self.host_ca_keys(), addr.host, self.cluster)
+            transport.auth_publickey(self.login(identity), client_key(identity))
+            channel = transport.open_channel(CONTROL_CHANNEL, timeout=CONNECT_TIMEOUT)
+            self.connected.set()
+            self.last_error = ""
+            self.log.info("reverse tunnel connected", proxy=self.describe, tunnel_addr=str(addr))
+            return self._control(channel, addr)
+        finally:
+            self._transport = None
+            transport.close()
+
+    def _send(self, channel: paramiko.Channel, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            channel.sendall(json.dumps(message).encode() + b"\n")
+
+    def _control(self, channel: paramiko.Channel, addr: NetAddr) -> str:
+        last_pong = next_ping = time.monotonic()
+        buffer = b""
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now - last_pong > PONG_LIMIT:
+                return f"no answer from the proxy for {PONG_LIMIT:.0f}s"
+            if now >= next_ping:
+                self._send(channel, {"type": "ping"})
+                next_ping = now + PING_INTERVAL
+            channel.settimeout(max(0.05, next_ping - time.monotonic()))
+            try:
+                data = channel.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return "the proxy closed the tunnel"
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                last_pong = time.monotonic()  # any message shows the proxy is alive
+                self._handle(channel, addr, message)
+            if len(buffer) > MAX_LINE:
+                return "the proxy sent an oversized message"
+        return "the agent is stopping"
+
+    def _handle(self, channel: paramiko.Channel, addr: NetAddr, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "dial":
+            try:
+                token = bytes.fromhex(str(message.get("token", "")))
+            except ValueError:
+                return
+            threading.Thread(target=self._dial_back, args=(addr, token, message), name=f"{self.name}-dial",
+                             daemon=True).start()
+        elif kind == "request" and self.answer is not None:
+            threading.Thread(target=self._reply, args=(channel, message), name=f"{self.name}-request",
+                             daemon=True).start()
+
+    def _reply(self, channel: paramiko.Channel, message: dict[str, Any]) -> None:
+        assert self.answer is not None
+        try:
+            reply = self.answer(message)
+        except TeleportError as exc:
+            reply = {"error": str(exc), "kind": type(exc).__name__}
+        except Exception as exc:  # a request must get an answer, not hang the proxy
+            self.log.warning("reverse tunnel: a request failed", error=repr(exc))
+            reply = {"error": "internal error", "kind": "TeleportError"}
+        reply.update({"type": "reply", "id": message.get("id")})
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self._send(channel, reply)
+
+    def _dial_back(self, addr: NetAddr, token: bytes, message: dict[str, Any]) -> None:
+        """A session for the proxy: a new connection to the tunnel port, handed to ``serve``."""
+        if len(token) != TOKEN_BYTES:
+            return
+        try:
+            sock = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(DATA_MAGIC + token)
+            sock.settimeout(None)
+        except OSError as exc:
+            self.log.warning("reverse tunnel: cannot connect back to the proxy for a session",
+                             tunnel_addr=str(addr), error=str(exc))
+            return
+        try:
+            host, port = sock.getpeername()[:2]
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        self.serve(sock, (str(host), int(port)), message)
