@@ -235,14 +235,15 @@ def announcement(i: int) -> dict[str, Any]:
             "labels": {"env": "bench", "rack": f"r{i % 40}"}}
 
 
-class KeepAliveConnection:
-    """One kept-alive mutual TLS connection to auth sending bodiless keepalives, one at a time.
+class LeanConnection:
+    """One kept-alive mutual TLS connection to auth sending a node's requests, one at a time.
 
     The simulated nodes' lean client (``--client raw``): the same TLS (the identity's context,
-    auth's server role checked), the same HTTP/1.1 request a node's :class:`AuthClient` sends, but
-    no httpx under it, so the client processes, which share the machine with auth, spend less of
-    it simulating 50,000 nodes. A real node sends one keepalive per period: its client's cost is
-    not what limits a cluster."""
+    auth's server role checked) and the same HTTP/1.1 requests a node's :class:`AuthClient` sends
+    (an announce with its JSON body, a bodiless keepalive), but no httpx under them (4 ms of the
+    client processes' CPU per request here), so the client processes, which share the machine
+    with auth, spend less of it simulating 50,000 nodes. A real node sends one keepalive per
+    period: its client's cost is not what limits a cluster."""
 
     def __init__(self, addr: str, context: Any) -> None:
         self.addr = addr
@@ -255,31 +256,33 @@ class KeepAliveConnection:
         self.reader, self.writer = await asyncio.open_connection(host, int(port), ssl=self.context,
                                                                  server_hostname=AUTH_SERVER_NAME)
 
-    async def keep_alive(self, uuid: str) -> int:
-        """The status of ``PUT /v1/nodes/<uuid>/keepalive`` (the connection is opened again if it closed)."""
+    async def request(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """``PUT path`` with ``body`` (JSON): the status and the answer's body (the connection is
+        opened again if the server closed it)."""
+        kind = "Content-Type: application/json\r\n" if body else ""
+        message = (f"PUT {path} HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\n{kind}"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         for attempt in (1, 2):
             if self.writer is None or self.writer.is_closing():
                 await self.connect()
             assert self.reader is not None and self.writer is not None
             try:
-                self.writer.write(f"PUT /v1/nodes/{uuid}/keepalive HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\n"
-                                  "Content-Length: 0\r\n\r\n".encode())
+                self.writer.write(message)
                 head = await self.reader.readuntil(b"\r\n\r\n")
             except (OSError, asyncio.IncompleteReadError):
                 self.writer.close()
                 if attempt == 2:
                     raise
                 continue
-            status = int(head[9:12])
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
+                name = name.strip().lower()
+                if name == b"content-length":
                     length = int(value)
-                elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+                elif name == b"connection" and value.strip().lower() == b"close":
                     self.writer.close()
-            await self.reader.readexactly(length)
-            return status
+            return int(head[9:12]), await self.reader.readexactly(length)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -288,43 +291,46 @@ class KeepAliveConnection:
 
 
 async def run_phase(client: AuthClient, phase: str, nodes: range, connections: int,
-                    lean: list[KeepAliveConnection]) -> dict[str, Any]:
+                    lean: list[LeanConnection]) -> dict[str, Any]:
     """One request per node of ``nodes``, ``connections`` at a time; failures retried after 0.5 s."""
     pending = iter(nodes)
     counts = {"retried": 0, "reannounced": 0}
     failures: list[str] = []
 
-    async def keep_alive(i: int, conn: KeepAliveConnection | None) -> None:
+    async def call(conn: LeanConnection | None, i: int, announce: bool) -> None:
         if conn is None:
-            await client.keep_alive_node(node_uuid(i))
+            await (client.upsert_node(announcement(i)) if announce else client.keep_alive_node(node_uuid(i)))
             return
         try:
-            status = await conn.keep_alive(node_uuid(i))
+            if announce:
+                status, answer = await conn.request(f"/v1/nodes/{node_uuid(i)}", json.dumps(announcement(i)).encode())
+            else:
+                status, answer = await conn.request(f"/v1/nodes/{node_uuid(i)}/keepalive")
         except (OSError, asyncio.IncompleteReadError) as exc:
-            raise TeleportError(f"keepalive: {exc!r}") from None
+            raise TeleportError(f"{'announce' if announce else 'keepalive'}: {exc!r}") from None
         if status == 404:
             raise NotFound("the node must announce itself again")
         if status != 200:
-            raise TeleportError(f"keepalive answered {status}")
+            raise TeleportError(f"{'announce' if announce else 'keepalive'} answered {status}: {answer[:200]!r}")
 
-    async def one(i: int, conn: KeepAliveConnection | None) -> None:
+    async def one(i: int, conn: LeanConnection | None) -> None:
         while True:
             try:
                 if phase == "announce":
-                    await client.upsert_node(announcement(i))
+                    await call(conn, i, announce=True)
                 else:
                     try:
-                        await keep_alive(i, conn)
+                        await call(conn, i, announce=False)
                     except NotFound:  # auth lost the entry: the node announces again
                         counts["reannounced"] += 1
-                        await client.upsert_node(announcement(i))
+                        await call(conn, i, announce=True)
                 return
             except TeleportError as exc:
                 counts["retried"] += 1
                 failures.append(str(exc))
                 await asyncio.sleep(0.5)
 
-    async def lane(conn: KeepAliveConnection | None) -> None:
+    async def lane(conn: LeanConnection | None) -> None:
         for i in pending:
             await one(i, conn)
 
@@ -338,10 +344,10 @@ async def worker(spec: dict[str, Any]) -> None:
     nodes = range(spec["first"], spec["last"])
     async with AuthClient(spec["addr"], [load_identity_dir(Path(spec["keys"]))], timeout=300) as client:
         await asyncio.gather(*(client.ping() for _ in range(spec["connections"])))
-        lean: list[KeepAliveConnection] = []
+        lean: list[LeanConnection] = []
         if spec["client"] == "raw":
             context = require_server_role(client.credentials.context, AUTH)
-            lean = [KeepAliveConnection(spec["addr"], context) for _ in range(spec["connections"])]
+            lean = [LeanConnection(spec["addr"], context) for _ in range(spec["connections"])]
             await asyncio.gather(*(conn.connect() for conn in lean))
         print(json.dumps({"ready": True}), flush=True)
         while phase := (await asyncio.to_thread(sys.stdin.readline)).strip():
@@ -409,18 +415,22 @@ PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("identity, authorization", ("identify (", "identity_from_tls_cert", "client_certificate", "authorize (",
                                  "decision (", "teleport_core/policy/", "teleport_auth/authz", "check_keepalive",
                                  "check_audit", "pluggy/")),
+    ("TLS records, socket reads and writes", ("ssl.py", "sslproto.py", "_read_ready", "Transport.write")),
     ("backend (the loop's side of a write)", ("teleport_core/state/", "teleport_auth/presence", "storage_etcd")),
     ("response (JSON, headers)", ("starlette/responses.py", "error_response")),
     ("path and body validation", ("pydantic", "teleport_core/api/schema.py")),
 )
 NEAREST: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("routing (starlette)", ("starlette/",)),
-    ("TLS records", ("ssl.py", "sslproto.py")),
-    ("HTTP server", ("uvicorn/", "httptools", "hypercorn/", "h11/", "h2/", "teleport_core/net/")),
+    ("routing, middleware (starlette)", ("starlette/",)),
+    ("HTTP server (uvicorn, httptools, limits)", ("uvicorn/", "httptools", "hypercorn/", "h11/", "h2/",
+                                                  "teleport_core/net/")),
     ("endpoint wrapper and handler", ("teleport_auth/api/",)),
     ("JSON", ("json/",)),
     ("event loop", ("asyncio/", "selectors.py", "contextvars")),
 )
+#: a thread sampled here is waiting (a lock, a queue, a condition, the GIL at a thread's entry)
+WAITS = ("Event.wait (", "Condition.wait (", "_worker (concurrent/futures/thread.py", "_writer_main (",
+         "_poll_main (")
 
 
 def profiler(pids: list[int], out: Path) -> list[subprocess.Popen[bytes]]:
@@ -443,11 +453,13 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
 
 def profile_category(thread: str, frames: list[str]) -> str:
     if "MainThread" not in thread:
+        if frames and frames[-1].startswith(WAITS):
+            return "idle"
         if any("_writer_main" in frame for frame in frames):
-            return "backend (SQLite writer thread)"
-        return "other threads (backend readers, poller, gRPC)"
+            return "backend thread: SQLite writer (statements, COMMIT and its fsync, waking the loop)"
+        return "backend thread: other (readers, poller, gRPC)"
     if frames and "select (selectors.py" in frames[-1]:
-        return "idle"
+        return "event loop idle"
     for name, keys in PROFILE_RULES:
         if any(key in frame for frame in frames for key in keys):
             return name
@@ -459,8 +471,9 @@ def profile_category(thread: str, frames: list[str]) -> str:
 
 
 def profile_summary(paths: list[Path]) -> dict[str, float]:
-    """Share of the auth processes' busy samples (every thread) per category; "idle": the event loop's
-    samples waiting in ``select()``, as a share of all its samples."""
+    """Share of the auth processes' busy samples (every thread, waits left out) per category, and the
+    event loop's samples waiting in ``select()`` as a share of all its samples. py-spy samples wall
+    time: a thread runnable but not running (a busy machine), or waiting in C code (fsync), counts."""
     counts: dict[str, int] = {}
     for path in paths:
         if not path.exists():
@@ -470,11 +483,12 @@ def profile_summary(paths: list[Path]) -> dict[str, float]:
             thread, *frames = stack.split(";")
             name = profile_category(thread, frames)
             counts[name] = counts.get(name, 0) + int(count)
-    idle = counts.pop("idle", 0)
+    counts.pop("idle", 0)
+    loop_idle = counts.pop("event loop idle", 0)
     busy = sum(counts.values()) or 1
-    main = busy - sum(v for k, v in counts.items() if "thread" in k)
+    loop = busy - sum(v for k, v in counts.items() if k.startswith("backend thread"))
     shares = {name: round(count / busy, 3) for name, count in sorted(counts.items(), key=lambda item: -item[1])}
-    return {**shares, "idle (event loop in select), of its samples": round(idle / ((main + idle) or 1), 3)}
+    return {**shares, "event loop idle (in select), of its samples": round(loop_idle / ((loop + loop_idle) or 1), 3)}
 
 
 def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: int,
@@ -609,7 +623,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8, help="concurrent requests of each client process")
     parser.add_argument("--rounds", type=int, default=2, help="keepalive rounds after the announce round")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
-                        help="the simulated nodes' keepalive client: a lean HTTP/1.1 one (raw) or AuthClient (httpx)")
+                        help="the simulated nodes' client: a lean HTTP/1.1 one (raw) or AuthClient (httpx)")
     parser.add_argument("--etcd-members", type=int, default=3)
     parser.add_argument("--setups", default="sqlite,etcd", help="comma-separated: sqlite, etcd")
     parser.add_argument("--format", choices=("text", "json"), default="text")

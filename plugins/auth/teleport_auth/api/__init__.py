@@ -35,6 +35,7 @@ from teleport_auth.api import (
     streaming,
     tokens,
     trackers,
+    trusted,
     users,
     websessions,
 )
@@ -47,6 +48,7 @@ from teleport_auth.api.core import (
     endpoint,
     error_response,
 )
+from teleport_auth.api.hot import HotRoutesApp
 from teleport_core import __version__
 from teleport_core.api import schema
 
@@ -62,13 +64,14 @@ class API(cluster.ClusterAPI, join.JoinAPI, roles.RolesAPI, websessions.WebSessi
           tokens.TokensAPI,
           inventory.InventoryAPI, events.EventsAPI, sessions.SessionsAPI, locks.LocksAPI, changes.ChangesAPI,
           hostcerts.HostCertsAPI, edit.EditAPI, trackers.TrackersAPI, agentless.AgentlessAPI,
-          streaming.StreamingAPI):
+          streaming.StreamingAPI, trusted.TrustedClustersAPI):
     """The auth API: every resource's routes on one object (the app's handlers are its methods)."""
 
     operations = {op.handler: op for op in [
         *cluster.ROUTES, *join.ROUTES, *roles.ROUTES, *users.ROUTES, *tokens.ROUTES, *inventory.ROUTES,
         *events.ROUTES, *changes.ROUTES, *locks.ROUTES, *sessions.ROUTES, *hostcerts.ROUTES, *edit.ROUTES,
-        *websessions.ROUTES, *trackers.ROUTES, *agentless.ROUTES, *streaming.ROUTES, *access_requests.ROUTES]}
+        *websessions.ROUTES, *trackers.ROUTES, *agentless.ROUTES, *streaming.ROUTES, *access_requests.ROUTES,
+        *trusted.ROUTES]}
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -94,4 +97,6 @@ def build_app(service: AuthState) -> Starlette:
     api = API(service)
     routes = [Route(op.path, getattr(api, op.handler), methods=[op.method]) for op in ROUTES]
     routes.append(Route(OPENAPI_PATH, api.openapi, methods=["GET"]))
-    return Starlette(routes=routes)
+    # the hosts' keepalives skip Starlette's middleware and route matching, not the endpoint's checks
+    hot = [(op.method, op.path, getattr(api, op.handler)) for op in ROUTES if op.handler in inventory.HOT_HANDLERS]
+    return HotRoutesApp(routes=routes, hot=hot)

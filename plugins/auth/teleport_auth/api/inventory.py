@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 from starlette.requests import Request
+from starlette.responses import Response
 
 from teleport_auth.api.core import (
     PROXIES_END,
@@ -119,13 +120,18 @@ class InventoryAPI(APIBase):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         self.count_heartbeat("node", uuid, NODE_TTL, keepalive=True)
-        return {"uuid": uuid, "expires": expires.astimezone(dt.UTC).isoformat()}
+        return keepalive_reply(uuid, expires)
 
     def count_heartbeat(self, kind: str, uuid: str, ttl: dt.timedelta, *, keepalive: bool = False) -> None:
         """Count an accepted announce (or keepalive) of a ``kind`` host; it is connected for ``ttl``."""
-        metrics = metrics_for(self.service.ctx.metrics)
-        (metrics.keepalives_received if keepalive else metrics.heartbeats_received).labels(type=kind).inc()
-        metrics.connected.seen(kind, uuid, ttl.total_seconds())
+        counters: dict[tuple[str, bool], tuple[Any, Any]] = self.__dict__.setdefault("_heartbeat_counters", {})
+        found = counters.get((kind, keepalive))
+        if found is None:  # the labelled counter and the connected hosts, looked up once per kind
+            metrics = metrics_for(self.service.ctx.metrics)
+            counter = (metrics.keepalives_received if keepalive else metrics.heartbeats_received).labels(type=kind)
+            found = counters[(kind, keepalive)] = (counter, metrics.connected)
+        found[0].inc()
+        found[1].seen(kind, uuid, ttl.total_seconds())
 
     async def check_keepalive(self, request: Request, identity: Identity, kind: str) -> None:
         """Only hosts keep entries alive (users, whatever their roles, do not); the host policy
@@ -205,11 +211,23 @@ class InventoryAPI(APIBase):
         except NotFound:
             raise NotFound(f"proxy {json.dumps(uuid)} is offline or does not exist: announce it") from None
         self.count_heartbeat("proxy", uuid, PROXY_TTL, keepalive=True)
-        return {"uuid": uuid, "expires": (item.expires or expires).astimezone(dt.UTC).isoformat()}
+        return keepalive_reply(uuid, item.expires or expires)
 
     @endpoint("list", "proxy")
     async def list_proxies(self, request: Request, identity: Identity | None) -> Any:
         return [json.loads(item.value) for item in await self.service.backend.get_range(PROXIES_PREFIX, PROXIES_END)]
+
+
+#: the routes :class:`~teleport_auth.api.hot.HotRoutesApp` dispatches before Starlette's routing
+HOT_HANDLERS = frozenset({"keep_alive_node", "keep_alive_proxy"})
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def keepalive_reply(uuid: str, expires: dt.datetime) -> Response:
+    """``{"uuid", "expires"}`` (a :class:`KeepAliveReply`), encoded as JSONResponse would, without
+    building an encoder per reply."""
+    text = _COMPACT.encode({"uuid": uuid, "expires": expires.astimezone(dt.UTC).isoformat()})
+    return Response(text.encode(), media_type="application/json")
 
 
 def node_dict(node: NodeInfo) -> dict[str, Any]:
