@@ -86,6 +86,8 @@ KNOWN_RESOURCES: set[str] = {
     "lock",
     "node",
     "proxy",
+    "remote_cluster",  # a root's record of a leaf (tctl get rc)
+    "trusted_cluster",  # a leaf's trust in a root
     "proxy_token",  # join tokens admitting proxies: only an explicit rule grants it, never "*"
     "role",
     "session",
@@ -892,6 +894,8 @@ EDITOR_RESOURCES = (
     "proxy",
     "lock",
     "access_request",
+    "trusted_cluster",
+    "remote_cluster",
 )
 
 
@@ -944,8 +948,12 @@ def superseded_presets() -> dict[str, Role]:
     access, auditor = presets["access"], presets["auditor"]
     rules = tuple(rule for rule in access.allow.rules if rule.where != OWN_SESSIONS)
     watching = tuple(rule for rule in auditor.allow.rules if "session_tracker" not in rule.resources)
+    editor = presets["editor"]
+    trustless = tuple(Rule(tuple(k for k in rule.resources if k not in ("trusted_cluster", "remote_cluster")),
+                           rule.verbs, rule.where) for rule in editor.allow.rules)
     return {"access": attrs.evolve(access, allow=attrs.evolve(access.allow, rules=rules)),
-            "auditor": attrs.evolve(auditor, allow=attrs.evolve(auditor.allow, rules=watching))}
+            "auditor": attrs.evolve(auditor, allow=attrs.evolve(auditor.allow, rules=watching)),
+            "editor": attrs.evolve(editor, allow=attrs.evolve(editor.allow, rules=trustless))}
 
 
 # -- evaluation ------------------------------------------------------------------------------------

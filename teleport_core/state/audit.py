@@ -56,6 +56,11 @@ CODES: Mapping[tuple[str, str], str] = {
     ("role.deleted", "ok"): "T9001I",
     ("role.updated", "ok"): "T9002I",
     ("join_token.create", "ok"): "TJT00I",
+    ("trusted_cluster.create", "ok"): "T7000I",
+    ("trusted_cluster.delete", "ok"): "T7001I",
+    ("trusted_cluster_token.create", "ok"): "T7002I",
+    # ours (Teleport audits no refused handshake): a trust refused, on either side
+    ("trusted_cluster.create", "failure"): "T7000W",
     ("lock.created", "ok"): "TLK00I",
     ("lock.deleted", "ok"): "TLK01I",
     ("instance.join", "ok"): "TJ002I",

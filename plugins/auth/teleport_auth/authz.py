@@ -73,6 +73,10 @@ HOST_POLICIES: Mapping[str, tuple[HostRule, ...]] = {
         HostRule(("web_session",), ("create", "read", "update", "delete")),  # web UI sessions (api/websessions.py)
         HostRule(("proxy",), ("create", "update"), own_only=True),
         HostRule(("event",), ("create",)),
+        # trusted clusters: the leaf proxy dials its roots' tunnels; the root proxy checks leaves'
+        # tunnels against remote_cluster and records their heartbeats
+        HostRule(("trusted_cluster", "remote_cluster"), ("list", "read")),
+        HostRule(("remote_cluster",), ("update",)),
         # live sessions: reads all; writes only for agentless OpenSSH nodes (teleport_auth.api.trackers)
         HostRule(("session_tracker",), ("create", "update", "delete", "read", "list")),
         # upload the recordings of the agentless OpenSSH nodes' sessions it ran (only those whose

@@ -29,6 +29,7 @@ from teleport_auth.rotation import Rotator, server_keys, server_signing_ca, sign
 from teleport_auth.settings import CA_KEY_ALGORITHMS, AuthSettings
 from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
+from teleport_auth.trusted import TrustStore
 from teleport_auth.users import UserStore
 from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
@@ -104,6 +105,7 @@ class AuthService(Service):
         self.locks = LockStore(self.backend)
         self._tasks.append(asyncio.create_task(self.locks.watch(), name="auth-lock-watch"))
         self.access_requests = AccessRequestStore(self.backend)
+        self.trust = TrustStore(self.backend, self.cluster_name)
         self.announcer = Announcer(self.ctx.plugins, self.log)
         self._tasks.append(asyncio.create_task(self.announcer.run(), name="auth-access-request-hook"))
         self._tasks.append(asyncio.create_task(self.access_requests.sweep(self._request_lapsed),

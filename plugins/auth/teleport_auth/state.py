@@ -27,6 +27,7 @@ from teleport_auth.rolestore import RoleStore
 from teleport_auth.rotation import Rotator
 from teleport_auth.settings import AuthSettings
 from teleport_auth.tokens import TokenStore, UserTokenStore
+from teleport_auth.trusted import TrustStore
 from teleport_auth.users import UserStore
 from teleport_core.files import write_private
 from teleport_core.net.limits import RateLimiter
@@ -68,6 +69,7 @@ class AuthState(Protocol):
     access_requests: AccessRequestStore
     announcer: Announcer  # teleport_access_request_changed, after each stored change
     hosts: HostRegistry
+    trust: TrustStore  # trusted clusters: the leaf's trusted_cluster, the root's remote_cluster, remote CAs
     rotation: Rotator
     stopping: asyncio.Event  # set when the service stops: long polls answer at once
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from teleport_auth.tctl import (
     FORMATS,
+    UsageError,
     check_ttl,
     command_parser,
     human_time,
@@ -53,6 +54,31 @@ def join_instructions(token: dict[str, Any], auth_server: str) -> str:
         f"  - This invitation token will expire in {minutes} minutes\n"
         f"  - {auth_server} must be reachable from the new node"
     )
+
+
+def parse_labels(text: str, flag: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> a mapping (a usage error naming ``flag`` otherwise)."""
+    out: dict[str, str] = {}
+    for part in split_list(text, flag) if text else []:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag}: expected key=value[,key=value...], got {printable(part)}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+async def _add_trusted_token(client: AuthClient, roles: list[str], labels: dict[str, str], ttl: str,
+                             output: str) -> int:
+    """What Teleport prints for ``tctl tokens add --type=trusted_cluster``."""
+    token = await client.call("POST", "/v1/tokens", {"roles": roles, "ttl": ttl, "labels": labels})
+    if output == "json":
+        print_json(token)
+        return 0
+    expires = dt.datetime.fromisoformat(token["expires"])
+    minutes = max(0, round((expires - dt.datetime.now(dt.UTC)).total_seconds() / 60))
+    print(f"The cluster invite token: {token['token']}\nThis token will expire in {minutes} minutes\n\n"
+          "Use this token when defining a trusted cluster resource on a remote cluster.")
+    return 0
 
 
 async def _add_token(client: AuthClient, roles: list[str], ttl: str, output: str) -> int:
@@ -115,7 +141,9 @@ def tokens(argv: list[str], cli: CliContext) -> int:
     p = add("ls", "List join tokens.")
     p.add_argument("--format", choices=FORMATS, default="text")
     p = add("add", "Create a join token.")
-    p.add_argument("--type", required=True, help="comma-separated roles the token admits: node, proxy")
+    p.add_argument("--type", required=True,
+                   help="comma-separated roles the token admits: node, proxy; or trusted_cluster (a leaf joining)")
+    p.add_argument("--labels", default="", help="trusted_cluster only: the leaf's remote_cluster labels, k=v,...")
     p.add_argument("--ttl", help="how long the token stays valid (default and maximum 30m)")
     p.add_argument("--format", choices=FORMATS, default="text")
     p = add("rm", "Delete a join token.")
@@ -139,9 +167,17 @@ def tokens(argv: list[str], cli: CliContext) -> int:
     elif args.subcommand == "add":
         roles = _roles(args.type, "--type")
         ttl = check_ttl(args.ttl)
+        if "trusted_cluster" in roles:
+            labels = parse_labels(args.labels, "--labels")
 
-        async def body(client: AuthClient) -> int:
-            return await _add_token(client, roles, ttl, args.format)
+            async def body(client: AuthClient) -> int:
+                return await _add_trusted_token(client, roles, labels, ttl, args.format)
+        elif args.labels:
+            raise UsageError("--labels: only a --type=trusted_cluster token takes labels")
+        else:
+
+            async def body(client: AuthClient) -> int:
+                return await _add_token(client, roles, ttl, args.format)
 
     else:
 

@@ -29,14 +29,18 @@ KINDS: dict[str, str] = {"role": "role", "roles": "role", "user": "user", "users
                          "cert_authority": "cert_authority", "cert_authorities": "cert_authority",
                          "cert_authoritys": "cert_authority", "ca": "cert_authority", "cas": "cert_authority",
                          "access_request": "access_request", "access_requests": "access_request",
+                         "trusted_cluster": "trusted_cluster", "trusted_clusters": "trusted_cluster",
+                         "tc": "trusted_cluster", "remote_cluster": "remote_cluster",
+                         "remote_clusters": "remote_cluster", "rc": "remote_cluster", "rcs": "remote_cluster",
                          "all": "all"}
-SUPPORTED = ("role", "user", "lock", "node", "token", "cert_authority", "access_request", "all")
+SUPPORTED = ("role", "user", "lock", "node", "token", "cert_authority", "access_request", "trusted_cluster",
+             "remote_cluster", "all")
 #: what ``tctl get all`` prints, in this order (every kind the cluster has)
 ALL_KINDS = ("cert_authority", "role", "user", "token", "node", "lock")
 #: kinds ``tctl rm`` deletes
-REMOVABLE = ("role", "user", "lock", "node", "token", "access_request")
-# kinds ``tctl create`` accepts (what the auth API's /v1/resources takes)
-CREATABLE = ("role", "node")  # node: sub_kind openssh only (an agentless sshd: docs/sessions.md)
+REMOVABLE = ("role", "user", "lock", "node", "token", "access_request", "trusted_cluster", "remote_cluster")
+# kinds ``tctl create`` accepts (what the auth API's /v1/resources takes, and trusted_cluster)
+CREATABLE = ("role", "node", "trusted_cluster")  # node: sub_kind openssh only (an agentless sshd: docs/sessions.md)
 YAML_FORMATS = ("yaml", "json", "text")
 
 
@@ -115,6 +119,9 @@ async def fetch(client: AuthClient, ref: Ref, *, with_secrets: bool = False) -> 
         from teleport_auth.tctl_requests import get_request, list_requests, request_ids
 
         return [await get_request(client, request_ids(ref.name)[0])] if ref.name else await list_requests(client)
+    if ref.kind in ("trusted_cluster", "remote_cluster"):
+        path = f"/v1/{ref.kind}s"
+        return [await client.call("GET", f"{path}/{ref.name}")] if ref.name else list(await client.call("GET", path))
     if ref.kind == "lock":
         locks = await client.get_locks()
         if ref.name:
@@ -334,7 +341,10 @@ def load_documents(text: str, source: str) -> list[dict[str, Any]]:
             raise ResourceError(f"{label}: kind: tctl create does not support {json.dumps(kind)} "
                                 f"(supported: {', '.join(CREATABLE)}){hint}")
         try:
-            resource = _openssh_node(doc, label) if kind == "node" else role_to_dict(parse_role(doc, label))
+            if kind == "trusted_cluster":
+                resource = _trusted_cluster(doc, label)
+            else:
+                resource = _openssh_node(doc, label) if kind == "node" else role_to_dict(parse_role(doc, label))
         except InvalidRole as exc:
             raise ResourceError(str(exc)) from None
         key = (kind, resource["metadata"]["name"])
@@ -354,6 +364,34 @@ def _openssh_node(doc: dict[str, Any], label: str) -> dict[str, Any]:
     except InvalidNode as exc:
         raise ResourceError(str(exc)) from None
     return node_resource(beat.to_dict())
+
+
+def _trusted_cluster(doc: dict[str, Any], label: str) -> dict[str, Any]:
+    """A ``kind: trusted_cluster`` document checked here, in its resource form (with its token)."""
+    from teleport_core.policy.trust import InvalidTrust, parse_trusted_cluster, trusted_cluster_to_dict
+
+    try:
+        return trusted_cluster_to_dict(parse_trusted_cluster(doc, label))
+    except InvalidTrust as exc:
+        raise ResourceError(str(exc)) from None
+
+
+async def _create_trusted_clusters(client: AuthClient, docs: list[dict[str, Any]], force: bool) -> None:
+    """Each trusted_cluster through ``PUT /v1/trusted_clusters/NAME`` (the leaf's auth does the handshake)."""
+    from teleport_core.errors import AlreadyExists
+
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        exists = True
+        try:
+            await client.call("GET", f"/v1/trusted_clusters/{name}")
+        except NotFound:
+            exists = False
+        if exists and not force:
+            raise AlreadyExists(f"trusted_cluster {json.dumps(name)} already exists (use -f to update it)")
+        await client.call("PUT", f"/v1/trusted_clusters/{name}", doc, timeout=60.0)
+        verb = "updated" if exists else "created"
+        print(f"trusted_cluster {json.dumps(name)} has been {verb}")
 
 
 def _read_source(path: str) -> tuple[str, str]:
@@ -376,10 +414,15 @@ def create(argv: list[str], cli: CliContext) -> int:
     text, source = _read_source(args.file)
     resources = load_documents(text, source)
 
+    trusted = [doc for doc in resources if doc["kind"] == "trusted_cluster"]
+    others = [doc for doc in resources if doc["kind"] != "trusted_cluster"]
+
     async def body(client: AuthClient) -> int:
-        for result in await client.create_resources(resources, force=args.force):
-            verb = "created" if result.get("created") else "updated"
-            print(f"{result['kind']} {json.dumps(result['name'])} has been {verb}")
+        if others:
+            for result in await client.create_resources(others, force=args.force):
+                verb = "created" if result.get("created") else "updated"
+                print(f"{result['kind']} {json.dumps(result['name'])} has been {verb}")
+        await _create_trusted_clusters(client, trusted, args.force)
         return 0
 
     return run(cli, args, body)
@@ -404,6 +447,8 @@ def rm(argv: list[str], cli: CliContext) -> int:
         "node": lambda client, name: client.delete_node(name),  # and its host record: frees the nodename
         "token": lambda client, name: client.delete_token(name),
         "access_request": _delete_access_request,
+        "trusted_cluster": lambda client, name: client.call("DELETE", f"/v1/trusted_clusters/{name}"),
+        "remote_cluster": lambda client, name: client.call("DELETE", f"/v1/remote_clusters/{name}"),
     }
     if ref.kind == "access_request":
         from teleport_auth.tctl_requests import request_ids

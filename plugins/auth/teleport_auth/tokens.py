@@ -37,7 +37,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -51,6 +51,9 @@ from teleport_core.state.backend import Backend, Item, range_end, utcnow
 TOKENS_PREFIX = b"/tokens/"
 USER_TOKENS_PREFIX = b"/usertokens/"
 SYSTEM_ROLES = ("Node", "Proxy", "Auth")
+#: the role of a token a leaf cluster joins a root with (``tctl tokens add --type=trusted_cluster``);
+#: no host joins with it (``system_role`` refuses it), only the trusted clusters handshake consumes it
+TRUSTED_CLUSTER_ROLE = "Trusted_cluster"
 DEFAULT_TOKEN_TTL = dt.timedelta(minutes=30)
 MAX_TOKEN_TTL = DEFAULT_TOKEN_TTL
 EXPIRED_GRACE = dt.timedelta(hours=1)
@@ -116,6 +119,8 @@ class TokenInfo:
     roles: tuple[str, ...]
     expires: dt.datetime | None = None
     static: bool = False
+    #: a trusted_cluster token's labels: the remote_cluster the leaf joining with it gets
+    labels: Mapping[str, str] = attrs.field(factory=dict)
 
     def __repr__(self) -> str:
         return f"TokenInfo(token=***, roles={self.roles!r}, expires={self.expires!r}, static={self.static!r})"
@@ -229,6 +234,46 @@ class TokenStore:
             raise InvalidToken(not_valid(host, wanted)) from None  # another join used it first
         return TokenInfo(token, roles, expires)
 
+    async def create_trusted(self, labels: Mapping[str, str], ttl: dt.timedelta | None = None) -> TokenInfo:
+        """A single-use ``trusted_cluster`` token; ``labels`` become the joining leaf's remote_cluster labels."""
+        ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl
+        if ttl <= dt.timedelta(0) or ttl > MAX_TOKEN_TTL:
+            raise TokenError(f"token TTL must be positive and at most {format_duration(MAX_TOKEN_TTL)}")
+        now = self._now()
+        expires = now + ttl
+        token = secrets.token_hex(TOKEN_BYTES)
+        data = {"token": token, "roles": [TRUSTED_CLUSTER_ROLE], "labels": dict(labels), "expires": _iso(expires),
+                "created": _iso(now)}
+        try:
+            await self.backend.create(Item(self._key(token), _encode(data), expires=expires + EXPIRED_GRACE))
+        except AlreadyExists:
+            raise TokenError("could not create a unique token; try again") from None
+        return TokenInfo(Secret(token), (TRUSTED_CLUSTER_ROLE,), expires, labels=dict(labels))
+
+    async def consume_trusted(self, token: Secret) -> TokenInfo:
+        """Validate and delete a ``trusted_cluster`` token (single use: of two concurrent handshakes with
+        it exactly one succeeds); :class:`InvalidToken` for any other token, :class:`TokenExpired`."""
+        refused = "the trusted cluster token is not valid"
+        key = self._key(token.reveal())
+        try:
+            item = await self.backend.get(key)
+        except NotFound:
+            raise InvalidToken(refused) from None
+        data = json.loads(item.value)
+        if not token.matches(str(data.get("token", ""))) or TRUSTED_CLUSTER_ROLE not in data.get("roles", ()):
+            raise InvalidToken(refused)
+        expires = _parse_time(data["expires"])
+        if expires <= self._now():
+            with contextlib.suppress(NotFound, CompareFailed):
+                await self.backend.conditional_delete(key, item.revision)
+            raise TokenExpired("token expired")
+        try:
+            await self.backend.conditional_delete(key, item.revision)
+        except (NotFound, CompareFailed):
+            raise InvalidToken(refused) from None
+        labels = data.get("labels") or {}
+        return TokenInfo(token, (TRUSTED_CLUSTER_ROLE,), expires, labels=dict(labels))
+
     async def list(self) -> list[TokenInfo]:
         """Static tokens, then the live dynamic ones by expiry."""
         now = self._now()
@@ -237,7 +282,8 @@ class TokenStore:
             data = json.loads(item.value)
             expires = _parse_time(data["expires"])
             if expires > now:
-                dynamic.append(TokenInfo(Secret(data["token"]), tuple(data["roles"]), expires))
+                dynamic.append(TokenInfo(Secret(data["token"]), tuple(data["roles"]), expires,
+                                         labels=dict(data.get("labels") or {})))
         dynamic.sort(key=lambda info: (info.expires or now, info.roles))
         return [*self.static, *dynamic]
 

@@ -154,10 +154,10 @@ BAD_FILES = [
     ("", "{path}: no resources found"),
     ("---\n---\n", "{path}: no resources found"),
     ("- a\n- b\n", "{path}: expected a resource (a mapping with kind, version, metadata, spec), got list"),
-    ("version: v5\nmetadata: {name: x}\n", "{path}: kind: required (supported: role, node)"),
-    ("kind: rolez\n", '{path}: kind: tctl create does not support "rolez" (supported: role, node)'),
+    ("version: v5\nmetadata: {name: x}\n", "{path}: kind: required (supported: role, node, trusted_cluster)"),
+    ("kind: rolez\n", '{path}: kind: tctl create does not support "rolez" (supported: role, node, trusted_cluster)'),
     ("kind: user\nversion: v2\nmetadata: {name: u}\nspec: {roles: [access]}\n",
-     '{path}: kind: tctl create does not support "user" (supported: role, node) '
+     '{path}: kind: tctl create does not support "user" (supported: role, node, trusted_cluster) '
      '(change users with "tctl users add" and "tctl users update")'),
     ("kind: role\nversion: v3\nmetadata: {name: old}\n",
      '{path}: role "old": version: unsupported version "v3": expected one of "v4", "v5", "v6", "v7" '
@@ -187,9 +187,9 @@ def test_bad_files_are_one_clear_line_and_write_nothing(cluster, tmp_path, text,
 
 
 BAD_ARGS = [
-    (("get", "widgets"), 'ERROR: unknown resource kind "widgets"; supported: role, user, lock, node, token, cert_authority, access_request, all (e.g. role/NAME, users)'),
+    (("get", "widgets"), 'ERROR: unknown resource kind "widgets"; supported: role, user, lock, node, token, cert_authority, access_request, trusted_cluster, remote_cluster, all (e.g. role/NAME, users)'),
     (("get", "rolez/x"),
-     'ERROR: unknown resource kind "rolez" (did you mean "role"?); supported: role, user, lock, node, token, cert_authority, access_request, all (e.g. role/NAME, users)'),
+     'ERROR: unknown resource kind "rolez" (did you mean "role"?); supported: role, user, lock, node, token, cert_authority, access_request, trusted_cluster, remote_cluster, all (e.g. role/NAME, users)'),
     (("get", "role/nosuch"), 'ERROR: role "nosuch" not found'),
     (("get", "user/nosuch"), 'ERROR: user "nosuch" not found'),
     (("get", "roles,"), 'ERROR: expected a resource like "roles" or "role/NAME", got "roles,"'),
@@ -197,7 +197,7 @@ BAD_ARGS = [
                                         "'yaml', 'json', 'text') (see \"tctl get --help\")"),
     (("get",), 'ERROR: tctl get: the following arguments are required: RESOURCE (see "tctl get --help")'),
     (("rm", "role"), 'ERROR: expected KIND/NAME like role/NAME, got "role"'),
-    (("rm", "widget/x"), 'ERROR: unknown resource kind "widget"; supported: role, user, lock, node, token, cert_authority, access_request, all (e.g. role/NAME, users)'),
+    (("rm", "widget/x"), 'ERROR: unknown resource kind "widget"; supported: role, user, lock, node, token, cert_authority, access_request, trusted_cluster, remote_cluster, all (e.g. role/NAME, users)'),
     (("rm", "node/x"), 'ERROR: node "x" not found'),  # tctl rm node/<uuid> removes a node and its host record
     (("get", "node/nosuch"), 'ERROR: node "nosuch" not found (give its UUID or hostname, as tctl nodes ls prints '
                              'them)'),
@@ -206,8 +206,8 @@ BAD_ARGS = [
      'ERROR: cert_authority "db" not found: expected host, user or the cluster\'s name'),
     (("get", "token/not-a-token"), "ERROR: token not found (give its value, as tctl tokens ls prints it)"),
     (("rm", "cert_authority/host"),
-     "ERROR: tctl rm does not delete cert_authority resources (it deletes role, user, lock, node, token, access_request)"),
-    (("rm", "all"), "ERROR: tctl rm does not delete all resources (it deletes role, user, lock, node, token, access_request)"),
+     "ERROR: tctl rm does not delete cert_authority resources (it deletes role, user, lock, node, token, access_request, trusted_cluster, remote_cluster)"),
+    (("rm", "all"), "ERROR: tctl rm does not delete all resources (it deletes role, user, lock, node, token, access_request, trusted_cluster, remote_cluster)"),
     (("rm", "role/a/b"), 'ERROR: invalid resource reference "role/a/b": expected KIND/NAME'),
     (("create", "/nonexistent/roles.yaml"), "ERROR: cannot read /nonexistent/roles.yaml: No such file or directory"),
     (("create", "--force=yes", "x.yaml"), "ERROR: tctl create: argument -f/--force: ignored explicit argument 'yes' "

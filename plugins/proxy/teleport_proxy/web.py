@@ -72,6 +72,7 @@ from teleport_proxy.webmodels import (
     RecordingsQuery,
     ReissueBody,
     ReviewBody,
+    TrustedClusterValidateBody,
     openapi_document,
 )
 
@@ -152,6 +153,19 @@ class WebAPI:
         except TeleportError as exc:
             return error(exc)
         return JSONResponse({"user": done["user"]})
+
+    async def validate_trusted_cluster(self, request: Request) -> Response:
+        """The trusted clusters handshake of a leaf's auth (no certificate: the body carries the root's
+        single-use trusted_cluster token): forwarded to auth, which checks and audits it."""
+        limited = await self.proxy.login_limited(request.client.host if request.client else "")
+        if limited is not None:  # 429 + Retry-After: too many attempts from this address
+            return limited
+        try:
+            body = await body_of(request, TrustedClusterValidateBody)
+            answer = await self.proxy.auth.call("POST", "/v1/trustedclusters/validate", body.model_dump())
+        except TeleportError as exc:
+            return error(exc)
+        return JSONResponse(answer)
 
     def caller(self, request: Request) -> UserCert:
         """The user of the verified client certificate; AccessDenied (audited) while a lock matches it."""
@@ -386,6 +400,7 @@ def build_app(proxy: ProxyState) -> Starlette:
         Route("/v1/webapi/users/password/token/{token}", api.get_invite, methods=["GET"]),
         Route("/v1/webapi/users/password/token", api.complete_invite, methods=["PUT"]),
         Route("/favicon.ico", pages.favicon, methods=["GET"]),
+        Route("/v1/webapi/trustedclusters/validate", api.validate_trusted_cluster, methods=["POST"]),
         Route("/v1/webapi/sites", api.sites, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/nodes", api.nodes, methods=["GET"]),
         Route("/v1/webapi/sites/{cluster}/events/search/sessions", api.recordings, methods=["GET"]),

@@ -16,6 +16,7 @@ from teleport_core.api.schema import (
     NO_CONTROL,
     Body,
     Duration,
+    JSONObject,
     Message,
     Name,
     NameList,
@@ -37,6 +38,20 @@ OPENAPI_PATH = "/v1/webapi/openapi.json"
 AUTH_ERRORS = ("401", "403", "404", "409", "412", "502", "503")
 #: password logins and invite completions: a few short fields
 SMALL_BODY = 32 * 1024  # a public key may be 16 KiB
+
+
+class TrustedClusterValidateBody(Body):
+    """A leaf's trusted clusters handshake, forwarded to auth: the root's trusted_cluster token, the leaf's
+    name and its host and user CAs' public parts (``type``, ``cluster``, ``ssh_public_keys``, ``tls_certs``)."""
+
+    token: TokenText
+    leaf_name: Name
+    cas: Annotated[list[JSONObject], Field(min_length=2, max_length=2)]
+
+
+class TrustedClusterValidateReply(Reply):
+    root_name: str
+    cas: list[dict[str, Any]]
 
 
 class LoginBody(Body):
@@ -233,6 +248,10 @@ ROUTES: list[Operation] = [
     Operation("/v1/webapi/users/password/token", "PUT", "complete_invite",
               "Complete an invite or reset: the new password and the OTP code", body=CompleteInviteBody,
               response=DoneReply, max_body=SMALL_BODY, anonymous=True, errors=AUTH_ERRORS),
+    Operation("/v1/webapi/trustedclusters/validate", "POST", "validate_trusted_cluster",
+              "Trusted clusters: a leaf's auth joins with the root's trusted_cluster token, its CAs for the root's",
+              body=TrustedClusterValidateBody, response=TrustedClusterValidateReply, max_body=SMALL_BODY,
+              anonymous=True, errors=(*AUTH_ERRORS, "429")),
     Operation("/favicon.ico", "GET", "favicon", "No icon (an empty answer)", anonymous=True, errors=(), status=204),
     Operation("/v1/webapi/sites/{cluster}/nodes", "GET", "nodes", "The nodes the caller may see, with their logins",
               response=list[NodeReply], errors=AUTH_ERRORS),

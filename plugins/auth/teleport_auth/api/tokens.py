@@ -19,7 +19,7 @@ from teleport_auth.api.core import (
     endpoint,
 )
 from teleport_auth.authority import ca_pin, ca_pins
-from teleport_core.api.schema import Body, Duration, Reply, TokenText, Word
+from teleport_core.api.schema import Body, Duration, Labels, Reply, TokenText, Word
 from teleport_core.errors import (
     AccessDenied,
 )
@@ -32,6 +32,8 @@ class CreateTokenBody(Body):
 
     roles: Annotated[list[Word], Field(min_length=1, max_length=8)] = ["node"]
     ttl: Duration = ""
+    #: a ``trusted_cluster`` token only: the labels of the remote_cluster the leaf joining with it gets
+    labels: Labels = {}
 
 
 class DeleteTokenBody(Body):
@@ -92,7 +94,8 @@ class TokensAPI(APIBase):
             identity)
         return [
             {"token": t.token.reveal() if not t.static and (proxy_ok or "Proxy" not in t.roles) else MASKED,
-             "roles": list(t.roles), "expires": t.expires.isoformat() if t.expires else None, "static": t.static}
+             "roles": list(t.roles), "expires": t.expires.isoformat() if t.expires else None, "static": t.static,
+             **({"labels": dict(t.labels)} if t.labels else {})}
             for t in found
         ]
 
@@ -104,6 +107,10 @@ class TokensAPI(APIBase):
         svc = self.service
         asked = body(request, CreateTokenBody)
         roles = asked.roles
+        if any(role.lower() == "trusted_cluster" for role in roles):
+            return await self._create_trusted_token(identity, asked)
+        if asked.labels:
+            raise BadRequest("labels: only a trusted_cluster token takes labels")
         try:
             wanted = system_roles(roles)
         except ValueError as exc:
@@ -125,6 +132,27 @@ class TokensAPI(APIBase):
                                   expires=token.expires.isoformat()))
         return {"token": token.token.reveal(), "roles": list(token.roles), "expires": token.expires.isoformat(),
                 "ca_pin": ca_pin(svc.host_ca), "ca_pins": ca_pins(svc.host_ca)}
+
+    async def _create_trusted_token(self, identity: Identity, asked: CreateTokenBody) -> Any:
+        """``tctl tokens add --type=trusted_cluster [--labels=k=v]``: a leaf joins this cluster with it once."""
+        from teleport_core.policy.trust import InvalidTrust, check_labels
+
+        if len(asked.roles) != 1:
+            raise BadRequest("roles: a trusted_cluster token admits nothing else")
+        try:
+            labels = check_labels(asked.labels, "labels")
+        except InvalidTrust as exc:
+            raise BadRequest(str(exc)) from None
+        svc = self.service
+        try:
+            token = await svc.tokens.create_trusted(labels, duration(asked.ttl))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        assert token.expires is not None
+        await svc.emit(self.event("trusted_cluster_token.create", roles=list(token.roles), user=identity.name,
+                                  labels=labels, expires=token.expires.isoformat()))
+        return {"token": token.token.reveal(), "roles": list(token.roles), "expires": token.expires.isoformat(),
+                "labels": labels, "ca_pin": ca_pin(svc.host_ca), "ca_pins": ca_pins(svc.host_ca)}
 
     @endpoint("delete", "token")
     async def delete_token(self, request: Request, identity: Identity | None) -> Any:
