@@ -194,8 +194,8 @@ INVALID = [
     (
         doc(spec__allow__rules=rules({"resources": ["zzz"], "verbs": ["read"]})),
         'role "x": spec.allow.rules[0].resources[0]: unknown resource "zzz"; valid: access_request, auth_server, '
-        "cert_authority, cluster_auth_preference, cluster_name, event, lock, node, proxy, proxy_token, role, session, session_tracker, token, "
-        "user, user_token",
+        "cert_authority, cluster_auth_preference, cluster_name, event, lock, node, proxy, proxy_token, remote_cluster, role, "
+        "session, session_tracker, token, trusted_cluster, user, user_token",
     ),
     (
         doc(spec__options={"max_session_tll": "1h"}),
