@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import json
+import logging
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -15,6 +17,8 @@ from typing import Any, ClassVar
 import attrs
 
 from teleport_core.errors import TeleportError
+
+log = logging.getLogger("teleport.audit")
 
 # event type -> code, for the outcomes Teleport defines (see docs/audit-events.md)
 USER_LOGIN = "user.login"
@@ -123,6 +127,16 @@ class AuditEvent:
         return str(self.fields.get("sid", ""))
 
 
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def event_line(event: AuditEvent) -> bytes:
+    """``event`` as one JSON line (newline included): :meth:`AuditEvent.to_dict` encoded compactly,
+    ASCII only, no NaN. What the audit spool holds and :meth:`AuditSink.emit_lines` takes (the
+    JSON audit log stores exactly these bytes). ``TypeError``/``ValueError`` if not JSON."""
+    return _LINE_ENCODER.encode(event.to_dict()).encode("ascii") + b"\n"
+
+
 def new_event(event: str, outcome: str = "ok", *, when: dt.datetime | None = None, **fields: Any) -> AuditEvent:
     """Build an event with a fresh ``uid`` and the code for ``(event, outcome)``.
 
@@ -188,6 +202,20 @@ class AuditSink(abc.ABC):
         """Store ``event``; durable when this returns. An event whose ``uid`` was already
         stored is not stored twice (a write-only sink: not twice in one process's life; its
         receiver de-duplicates by ``uid`` across restarts)."""
+
+    async def emit_lines(self, lines: Sequence[bytes]) -> None:
+        """Store events given as JSON lines (:func:`event_line`, what the audit spool holds), in
+        order; durable when this returns. A line that is not an event is skipped with a warning.
+        This default decodes each and calls :meth:`emit`; a sink that stores such lines
+        overrides it to skip that."""
+        for line in lines:
+            try:
+                data = json.loads(line)
+                event = AuditEvent.from_dict(data if isinstance(data, dict) else {})
+            except ValueError as exc:
+                log.warning("skipping an audit line that is not an event: %s", exc)
+                continue
+            await self.emit(event)
 
     @abc.abstractmethod
     async def search(self, query: AuditQuery) -> AuditPage:

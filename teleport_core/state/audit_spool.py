@@ -50,12 +50,14 @@ from prometheus_client.registry import Collector
 
 from teleport_core.errors import AccessDenied
 from teleport_core.files import write_private
-from teleport_core.state.audit import AuditEvent
+from teleport_core.state.audit import AuditEvent, event_line
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: delivers a batch of spooled lines as they are on disk (``AuditSink.emit_lines``): no decoding
+SendLines = Callable[[list[bytes]], Awaitable[None]]
 COMPACT_AT = 4 << 20  # once everything is delivered, start a new file past this size
 MARK_EVERY = 64  # delivered lines between progress marks (and one after each pass)
 PENDING_METRIC = "teleport_audit_events_pending"
@@ -88,10 +90,11 @@ def _disown(directory: Path) -> None:
 
 class AuditSpool:
     def __init__(self, directory: Path, send: Send, log: Any, *, retry: float = 1.0, max_retry: float = 30.0,
-                 window: int = 1) -> None:
+                 window: int = 1, send_lines: SendLines | None = None) -> None:
         if window < 1:
             raise ValueError(f"an audit spool's delivery window must be at least 1, got {window}")
-        self.window = window  # deliveries in flight at once (see deliver)
+        self.window = window  # deliveries in flight at once (see deliver); with send_lines, lines per batch
+        self.send_lines = send_lines
         self.home = directory  # the configured folder; ``directory`` is where this process spools
         if not _own(directory):  # the other process of a graceful reload spools there
             directory = directory.with_name(f"{directory.name}.{os.getpid()}")
@@ -103,7 +106,7 @@ class AuditSpool:
         self.send = send
         self.log = log
         self.retry, self.max_retry = retry, max_retry
-        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[None], float]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._nudged = asyncio.Event()
@@ -114,6 +117,9 @@ class AuditSpool:
         self._base = 0
         self._delivered = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._emitted: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()  # in position order
+        self._sent_at: int | None = None  # delivery progress, once read from ``sent``
+        self._mark_fd: int | None = None
         self._order = itertools.count()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
@@ -128,14 +134,12 @@ class AuditSpool:
         """Append ``event``; returns once it is durable on this host (:class:`OSError` if it
         cannot be written). With ``wait_delivered`` (seconds), then also wait that long at most
         for its delivery, unless deliveries are failing."""
-        line = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((line, future))
+        line = event_line(event)  # what the JSON audit log stores as is
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((line, future, wait_delivered))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        end = await future
-        if wait_delivered > 0 and not self.failing:
-            await self.wait_delivered(end, wait_delivered)
+        await future  # resolved once durable, or (wait_delivered) once delivered or timed out
 
     async def wait_delivered(self, position: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything up to ``position`` (what :meth:`emit`
@@ -155,27 +159,45 @@ class AuditSpool:
         return True
 
     def _advance(self, position: int) -> None:
-        self._delivered = max(self._delivered, position)
-        while self._waiters and self._waiters[0][0] <= self._delivered:
+        self._delivered = delivered = max(self._delivered, position)
+        while self._waiters and self._waiters[0][0] <= delivered:
             _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
                 waiter.set_result(None)
+        emitted = self._emitted
+        while emitted and emitted[0][0] <= delivered:
+            _, future = emitted.popleft()
+            if not future.done():
+                future.set_result(None)
 
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 async with self._lock:
-                    start = self._base + await asyncio.to_thread(self._append, b"".join(line for line, _ in batch))
+                    start = self._base + await asyncio.to_thread(self._append, b"".join(line for line, _, _ in batch))
             except OSError as exc:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for line, future in batch:
+            # An emit waiting for delivery waits in ``_emitted`` (released by ``_advance``), under
+            # one timer for the whole batch instead of a timeout each.
+            waiting: list[asyncio.Future[None]] = []
+            longest = 0.0
+            failing = self.failing
+            for line, future, wait in batch:
                 start += len(line)
-                if not future.done():
-                    future.set_result(start)
+                if future.done():
+                    continue
+                if wait > 0 and not failing and self._delivered < start:
+                    self._emitted.append((start, future))
+                    waiting.append(future)
+                    longest = max(longest, wait)
+                else:
+                    future.set_result(None)
+            if waiting:
+                asyncio.get_running_loop().call_later(longest, _release, waiting)
             self._wake.set()
 
     def _append(self, data: bytes) -> int:
@@ -224,6 +246,8 @@ class AuditSpool:
     # -- delivering ----------------------------------------------------------------------------------
 
     def _sent(self) -> int:
+        if self._sent_at is not None:  # this process records progress: no need to read it back
+            return self._sent_at
         try:
             return int(self.sent_path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
@@ -246,6 +270,8 @@ class AuditSpool:
             adopting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await adopting
+            self._close_mark()
+            self._sent_at = None
             _disown(self.directory)  # the sender has stopped (a stopping service): the next process owns it
 
     async def _adopt_forever(self) -> None:
@@ -266,7 +292,8 @@ class AuditSpool:
             if not _own(folder):
                 continue
             try:
-                orphan = AuditSpool(folder, self.send, self.log, retry=self.retry, max_retry=self.max_retry)
+                orphan = AuditSpool(folder, self.send, self.log, retry=self.retry, max_retry=self.max_retry,
+                                    window=self.window, send_lines=self.send_lines)
                 count = await orphan.deliver()
                 delivered += count
                 if count:
@@ -318,6 +345,8 @@ class AuditSpool:
         waiting for it, once it and every line before it were delivered. When one fails, the
         ones sent after it are sent again on the retry (at least once; the log keeps each ``uid``
         once)."""
+        if self.send_lines is not None:
+            return await self._deliver_batches(self.send_lines)
         sent = self._sent()
         if sent > self._committed:  # the file was restarted after a compaction whose progress mark was not written
             sent = 0
@@ -360,22 +389,63 @@ class AuditSpool:
         await self._compact(sent)
         return count
 
+    async def _deliver_batches(self, send_lines: SendLines) -> int:
+        """:meth:`deliver` with ``send_lines``: the undelivered lines go out as they are on disk
+        (no decoding), up to ``window`` per call, one call at a time and in file order; progress
+        passes a batch once ``send_lines`` returned (the destination stored it durably)."""
+        sent = self._sent()
+        if sent > self._committed:  # the file was restarted after a compaction whose progress mark was not written
+            sent = 0
+        marked, count, unmarked = sent, 0, 0
+        try:
+            if sent < self._committed:
+                with open(self.path, "rb") as handle:
+                    while sent < self._committed:
+                        handle.seek(sent)
+                        batch = list(itertools.islice(_lines(handle, self._committed - sent), self.window))
+                        if not batch:
+                            break
+                        await send_lines(batch)
+                        count += len(batch)
+                        unmarked += len(batch)
+                        sent += sum(map(len, batch))
+                        self._advance(self._base + sent)
+                        if unmarked >= MARK_EVERY:
+                            self._mark(sent)
+                            marked, unmarked = sent, 0
+        finally:
+            if sent != marked:
+                self._mark(sent)
+        await self._compact(sent)
+        return count
+
     def _mark(self, sent: int) -> None:
         """Record delivery progress: overwritten in place and not fsynced (a mark lost in a crash
         only resends events, which the uid keeps once in the log), so it costs no fsync per
-        delivery and still works on a full disk (the file's block is already allocated)."""
+        delivery and still works on a full disk (the file's block is already allocated). The
+        file stays open between marks (reopened after a compaction replaced it)."""
         data = f"{sent:020d}\n".encode()
         try:
-            fd = os.open(self.sent_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.pwrite(fd, data, 0)
-                if os.fstat(fd).st_size != len(data):
-                    os.ftruncate(fd, len(data))
-            finally:
-                os.close(fd)
+            if self._mark_fd is None:
+                fd = os.open(self.sent_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    if os.fstat(fd).st_size != len(data):
+                        os.ftruncate(fd, len(data))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._mark_fd = fd
+            os.pwrite(self._mark_fd, data, 0)
         except OSError as exc:  # delivered, but resent later (the uid keeps it once in the log)
+            self._close_mark()
             raise OSError(exc.errno, f"cannot record delivery progress in {self.sent_path}: "
                                      f"{exc.strerror or exc}") from exc
+        self._sent_at = sent
+
+    def _close_mark(self) -> None:
+        fd, self._mark_fd = self._mark_fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def _deliver_line(self, line: bytes, offset: int) -> None:
         try:
@@ -397,9 +467,18 @@ class AuditSpool:
             if sent < size or size < COMPACT_AT:
                 return
             write_private(self.path, b"")
+            self._close_mark()  # the rename below replaces the file it holds
             write_private(self.sent_path, "0\n")
+            self._sent_at = 0
             self._base += size
             self._committed = 0
+
+
+def _release(futures: list[asyncio.Future[None]]) -> None:
+    """The delivery wait of a batch's emits is over (the timer of :meth:`AuditSpool._write_pending`)."""
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -455,14 +534,15 @@ class FanOutSpool:
     """
 
     def __init__(self, directory: Path, destinations: Mapping[str, Send], log: Any, *, primary: str,
-                 retry: float = 1.0, max_retry: float = 30.0, window: int = 1) -> None:
+                 retry: float = 1.0, max_retry: float = 30.0, window: int = 1,
+                 lines: Mapping[str, SendLines] | None = None) -> None:
         if primary not in destinations:
             raise ValueError(f"the primary destination {primary!r} is not one of {sorted(destinations)}")
         self.directory = directory
         self.primary = primary
         self.spools: dict[str, AuditSpool] = {
             name: AuditSpool(directory / destination_key(name), send, _bound(log, name), retry=retry,
-                             max_retry=max_retry, window=window)
+                             max_retry=max_retry, window=window, send_lines=(lines or {}).get(name))
             for name, send in destinations.items()
         }
         self.legacy: AuditSpool | None = None

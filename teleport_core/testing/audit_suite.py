@@ -51,7 +51,7 @@ import pytest
 
 from teleport_core.plugins import make_plugins
 from teleport_core.resources import open_audit_sink
-from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery, AuditSink, new_event
+from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery, AuditSink, event_line, new_event
 
 BASE = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
@@ -317,3 +317,31 @@ class AuditSinkConformance:
         self.with_sink(teleport_audit_uri, tmp_path, first)
         self.with_sink(teleport_audit_uri, tmp_path, second)
         self.with_sink(teleport_audit_uri, tmp_path, third)
+
+    def test_emit_lines_stores_what_emit_stores(self, teleport_audit_uri: str, tmp_path: Path,
+                                                teleport_audit_delivered: Delivered | None) -> None:
+        """The audit spool hands a sink its lines as they are on disk (``emit_lines``): the sink
+        stores the same events as through ``emit``, in order, a uid once (also one stored through
+        ``emit``), and skips a line that is not an event."""
+        nested = _event("session.start", BASE + 2 * MS, user="bob", sid="n-1",
+                        traits={"user": ["mallory"], "sid": "x"}, note="naïve ✓")
+        plain = [_event("exec", BASE + i * MS, user="alice", sid=f"l-{i}") for i in (3, 1, 5)]
+        earlier = _event("user.login", BASE, user="alice")
+        lines = [event_line(nested), event_line(plain[0]), b"{not json\n", event_line(plain[1]),
+                 b'{"event":"exec"}\n', event_line(plain[0]), event_line(earlier), event_line(plain[2])]
+        expected = [nested, plain[0], plain[1], earlier, plain[2]]
+
+        async def body(sink: AuditSink) -> None:
+            await sink.emit(earlier)
+            await sink.emit_lines(lines)
+            await sink.emit_lines([])
+            found = await self.stored(sink, teleport_audit_delivered)
+            if sink.searchable:
+                assert found == _dicts(sorted(expected, key=lambda e: e.time))
+                by_user = _dicts(await search_all(sink, attrs.evolve(EVERYTHING, user="mallory")))
+                assert by_user == []  # a nested "user" is not the event's user
+                assert _dicts(await search_all(sink, attrs.evolve(EVERYTHING, user="bob"))) == [nested.to_dict()]
+            else:
+                assert found == _dicts([earlier, *[e for e in expected if e is not earlier]])
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)

@@ -58,14 +58,14 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
-from teleport_audit_json.index import DayIndex, Filter, Row, row_of, uid_hash
+from teleport_audit_json.index import DayIndex, Filter, Row, line_record, row_of, uid_hash
 from teleport_audit_json.lines import DAY_MS, Encoded, Prefilter, decode, encode, tc_from_ms, uid_of
 from teleport_core.errors import ConfigError, TeleportError
 from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
@@ -290,9 +290,10 @@ class _Source:
 
 @attrs.define
 class _Pending:
-    """An event waiting for the writer, and the future its emitter awaits on ``loop``."""
+    """Events waiting for the writer (one ``emit``'s, or one ``emit_lines`` batch), and the
+    future their emitter awaits on ``loop``."""
 
-    record: Encoded
+    records: list[Encoded]
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[None]
 
@@ -399,13 +400,34 @@ class FileAuditLog(AuditSink):
     # -- writing --
 
     async def emit(self, event: AuditEvent) -> None:
-        record = encode(event)
+        await self._store([encode(event)])
+
+    async def emit_lines(self, lines: Sequence[bytes]) -> None:
+        """Store events given as their lines (the audit spool's, encoded as this sink encodes):
+        a line this sink would write is stored as it is, without decoding (its uid, time and
+        filtered fields read as the index's scan reads them); any other is decoded and encoded
+        (:class:`AuditError` if it cannot be stored), and one that is not an event is skipped
+        with a warning. One group commit for the batch, durable when this returns."""
+        records = []
+        for line in lines:
+            record = line_record(line)
+            if record is None:
+                try:
+                    record = encode(decode(line.rstrip(b"\n")))
+                except ValueError as exc:  # never written by the spool (a corrupt line): not an event
+                    log.warning("audit log %s: skipping a line that is not an event (%s)", self.directory, exc)
+                    continue
+            records.append(record)
+        if records:
+            await self._store(records)
+
+    async def _store(self, records: list[Encoded]) -> None:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         with self._queue_cond:
             if self._closed:
                 raise AuditError(f"audit log {self.directory} is closed")
-            self._queue.append(_Pending(record, loop, done))
+            self._queue.append(_Pending(records, loop, done))
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run_writer, name="audit-json-writer", daemon=True)
                 self._writer.start()
@@ -434,21 +456,27 @@ class FileAuditLog(AuditSink):
                 _settle_all(batch, f"audit log {self.directory}: the writer failed: {exc!r}")
 
     def _write_batch(self, batch: list[_Pending]) -> None:
-        by_day: dict[dt.date, list[_Pending]] = {}
+        by_day: dict[dt.date, list[Encoded]] = {}
+        days_of: list[set[dt.date]] = []  # the days each pending's events fall on
         for pending in batch:
-            by_day.setdefault(pending.record.day, []).append(pending)
-        outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], str]]] = {}
-        for day, items in by_day.items():
+            days = set()
+            for record in pending.records:
+                by_day.setdefault(record.day, []).append(record)
+                days.add(record.day)
+            days_of.append(days)
+        errors: dict[dt.date, str] = {}
+        for day, records in by_day.items():
             path = self.server_dir / day_file_name(day)
-            error = ""
             try:
-                self._append(path, day, [pending.record for pending in items])
+                self._append(path, day, records)
             except Exception as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                error = f"cannot write audit log {path}: {reason}"
-                log.error("%s", error)
-            for pending in items:
-                outcomes.setdefault(pending.loop, []).append((pending.done, error))
+                errors[day] = f"cannot write audit log {path}: {reason}"
+                log.error("%s", errors[day])
+        outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], str]]] = {}
+        for pending, days in zip(batch, days_of, strict=True):
+            error = "; ".join(errors[day] for day in sorted(days) if day in errors)
+            outcomes.setdefault(pending.loop, []).append((pending.done, error))
         for loop, results in outcomes.items():  # one wake-up per event loop and batch
             with self._queue_cond:
                 self._rounds += 1

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import attrs
 
-from teleport_audit_json.lines import _STR, day_line_pattern, decode, tc_from_ms
+from teleport_audit_json.lines import _STR, LINE, Encoded, day_line_pattern, decode, tc_from_ms, tc_from_text
 
 log = logging.getLogger("teleport.audit")
 
@@ -94,6 +94,25 @@ def _field(line: bytes, name: bytes) -> str | None:
         return None  # also inside a nested object or a key: decode the line
     match = _FIELD[name].search(line)
     return _json_string(match.group(1)) if match else None  # not a string: decode
+
+
+def line_record(line: bytes) -> Encoded | None:
+    """The :class:`Encoded` of a line exactly as this sink encodes events (newline included),
+    read without decoding it, as :meth:`DayIndex.scan` reads lines; None when it is not such a
+    line or a field is ambiguous (nested ``user``/``sid``): decode it then. A NaN or infinity
+    (which the sink refuses to write) is not such a line either."""
+    match = LINE.fullmatch(line)
+    if match is None or not match.group(1) or b"NaN" in line or b"Infinity" in line:
+        return None  # no uid: the sink refuses it (decoded, it raises)
+    user, sid, event = _field(line, b"user"), _field(line, b"sid"), _EVENT.match(line)
+    if user is None or sid is None or event is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(match.group(2).decode("ascii"))
+    except ValueError:
+        return None
+    return Encoded(line, _json_string(match.group(1)), day, tc_from_text(match.group(3)),
+                   _json_string(event.group(1)), user, sid)
 
 
 @attrs.define

@@ -382,7 +382,8 @@ class AuthService(Service):
         self.audit_spool = FanOutSpool(self.ctx.data_dir / "log" / AUDIT_SPOOL_DIR,
                                        {name: self._to_sink(sink) for name, sink in zip(names, sinks, strict=True)},
                                        self.log, primary=primary, retry=AUDIT_RETRY, max_retry=AUDIT_MAX_RETRY,
-                                       window=AUDIT_DELIVERY_WINDOW)
+                                       window=AUDIT_DELIVERY_WINDOW,
+                                       lines={name: sink.emit_lines for name, sink in zip(names, sinks, strict=True)})
         export_pending(self.ctx.metrics, "auth", self.audit_spool)
         self._tasks.append(asyncio.create_task(self.audit_spool.run(), name="auth-audit-spool"))
         self._tasks.append(asyncio.create_task(self._watch_audit(), name="auth-audit-probe"))

@@ -1,0 +1,148 @@
+"""Auth's audit path with lines passed through: the spool hands the JSON audit log its lines as
+they are on disk (``send_lines`` / ``AuditSink.emit_lines``), one batch and one group commit at
+a time; emits that wait for delivery share one timer per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from audit_json_helpers import ROOT
+from teleport_audit_json.filelog import FileAuditLog
+
+from teleport_core.state.audit import AuditQuery, new_event
+from teleport_core.state.audit_spool import AuditSpool
+from teleport_core.testing.audit_suite import search_all
+
+EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+
+
+class Log:
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict]] = []
+
+    def warning(self, message: str, **kw: object) -> None:
+        self.warnings.append((message, kw))
+
+    def info(self, message: str, **kw: object) -> None:
+        pass
+
+    def error(self, message: str, **kw: object) -> None:
+        pass
+
+
+def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sink = FileAuditLog(tmp_path / "log", "auth")
+        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines)
+        runner = asyncio.create_task(spool.run())
+        events = [new_event("exec", user=f"u{i % 3}", sid=f"s-{i}", command=f"cmd {i}") for i in range(40)]
+        await asyncio.gather(*(spool.emit(e, wait_delivered=30) for e in events[:20]))
+        for event in events[20:]:
+            await spool.emit(event, wait_delivered=30)  # returns once delivered: in the log now
+        spooled = (tmp_path / "spool" / "events.jsonl").read_bytes()
+        [day_file] = (tmp_path / "log" / "auth").glob("*.log")
+        assert day_file.read_bytes() == spooled  # stored as spooled: nothing decoded and encoded again
+        assert [e.uid for e in await search_all(sink, AuditQuery(EVERYTHING.since, EVERYTHING.until, user="u1"))] \
+            == [e.uid for e in sorted(events, key=lambda e: e.time) if e.user == "u1"]
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        (tmp_path / "spool" / "sent").write_text("0\n")  # as if the progress mark was lost in a crash
+        again = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines)
+        assert await again.deliver() == 40  # resent ...
+        assert day_file.read_bytes() == spooled  # ... and each uid kept once
+        await sink.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_sink_keeps_lines_on_disk_and_waiting_emits_return(tmp_path: Path) -> None:
+    """While the sink fails, an emit waiting for delivery returns after its wait (the batch's one
+    timer), the lines stay on disk and are delivered in order once the sink works."""
+    stored: list[bytes] = []
+    up = False
+
+    async def send_lines(lines: list[bytes]) -> None:
+        if not up:
+            raise OSError("the log's disk is gone")
+        stored.extend(lines)
+
+    async def scenario() -> None:
+        nonlocal up
+        log = Log()
+        spool = AuditSpool(tmp_path / "spool", send_lines, log, retry=0.05, max_retry=0.1, window=4,
+                           send_lines=send_lines)
+        runner = asyncio.create_task(spool.run())
+        events = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(10)]
+        await asyncio.gather(*(spool.emit(e, wait_delivered=0.2) for e in events))  # returns: waits end
+        assert spool.backlog() == 10 and not stored and log.warnings
+        up = True
+        spool.nudge()
+        for _ in range(200):
+            if spool.backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        assert [line for line in stored] == [line + b"\n" for line in
+                                             (tmp_path / "spool" / "events.jsonl").read_bytes().splitlines()]
+        assert [e.uid for e in events] == [line.split(b'"uid":"')[1].split(b'"')[0].decode() for line in stored]
+
+    asyncio.run(scenario())
+
+
+def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_path: Path) -> None:
+    """A process emitting through its spool into the JSON log (auth's path), killed with SIGKILL:
+    every event whose emit returned is in the log after the next start delivers, exactly once."""
+    child = textwrap.dedent(f"""
+        import asyncio
+        from pathlib import Path
+        from teleport_audit_json.filelog import FileAuditLog
+        from teleport_core.state.audit import new_event
+        from teleport_core.state.audit_spool import AuditSpool
+
+        class Log:
+            def warning(self, *a, **k): pass
+            info = error = warning
+
+        async def main():
+            sink = FileAuditLog(Path({str(tmp_path / 'log')!r}), "auth")
+            spool = AuditSpool(Path({str(tmp_path / 'spool')!r}), sink.emit_lines, Log(), window=16,
+                               send_lines=sink.emit_lines)
+            asyncio.create_task(spool.run())
+
+            async def emitter(n):
+                for i in range(100000):
+                    event = new_event("exec", user="joe", command=f"{{n}} {{i}}")
+                    await spool.emit(event, wait_delivered=30)
+                    print(event.uid, flush=True)
+
+            await asyncio.gather(*(emitter(n) for n in range(8)))
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    acknowledged = [proc.stdout.readline().strip() for _ in range(400)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    async def restart() -> list[str]:
+        sink = FileAuditLog(tmp_path / "log", "auth")
+        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=16, send_lines=sink.emit_lines)
+        await spool.deliver()
+        assert spool.backlog() == 0
+        found = [e.uid for e in await search_all(sink, EVERYTHING)]
+        await sink.close()
+        return found
+
+    found = asyncio.run(restart())
+    assert set(acknowledged) <= set(found)  # every acknowledged event, none lost
+    assert len(found) == len(set(found))  # and none twice
