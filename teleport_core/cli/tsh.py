@@ -25,6 +25,12 @@ def _lazy(name: str) -> Handler:
     return run
 
 
+def _lazy_clusters(argv: list[str], cli: CliContext) -> int:
+    from teleport_core.tsh.clusters import clusters
+
+    return clusters(argv, cli)
+
+
 def cmd_help(argv: list[str], cli: CliContext) -> int:
     """``tsh help [COMMAND]``: what ``tsh --help`` / ``tsh COMMAND --help`` print (as Teleport's)."""
     parser = cli.parser("show the commands, or one command's options")
@@ -57,10 +63,13 @@ BUILTINS = {
     "status": Builtin("show the current profile (user, cluster, roles, logins, expiry) [--format=text|json|yaml]",
                       _lazy("status")),
     "logout": Builtin("delete the current profile's key and certificates", _lazy("logout")),
-    "ls": Builtin("list the nodes you may reach [label=value] [-v] [--format=text|json|yaml]", _lazy("ls")),
-    "ssh": Builtin("run a command or shell on a node through the proxy: [-L spec] [-A] [login@]target [cmd]",
+    "ls": Builtin("list the nodes you may reach [label=value] [-v] [--format=text|json|yaml] [--cluster=LEAF]",
+                  _lazy("ls")),
+    "ssh": Builtin("run a command or shell on a node through the proxy: [-L spec] [-A] [--cluster=LEAF] "
+                   "[login@]target [cmd]",
                    _lazy("ssh")),
-    "scp": Builtin("copy files to or from a node: [-r] [-p] src... dst with [login@]node:path", _lazy("scp")),
+    "scp": Builtin("copy files to or from a node: [-r] [-p] [--cluster=LEAF] src... dst with [login@]node:path",
+                   _lazy("scp")),
     "recordings": Builtin("recordings ls [--format=text|json|yaml]: list recorded sessions you may replay",
                           _lazy("recordings")),
     "join": Builtin("join a live session: [--mode=observer|peer|moderator] SESSION_ID", _lazy("join")),
@@ -69,6 +78,8 @@ BUILTINS = {
     "request": Builtin("access requests: create --roles=.. [--reason=..] [--nowait], ls, show ID, "
                        "review --approve|--deny ID, drop", _lazy("request")),
     "play": Builtin("replay a recorded session: SID [--speed=N] [--format=text|json|cast] [--follow]", _lazy("play")),
+    "clusters": Builtin("list the root cluster and the trusted leaf clusters [--format=text|json|yaml]",
+                        _lazy_clusters),
     "config": Builtin("print an ssh_config block for plain OpenSSH through the proxy", _lazy("config")),
     "proxy": Builtin("proxy ssh [user@]host[:port]: stdin/stdout bridge for ProxyCommand", _lazy("proxy")),
 }

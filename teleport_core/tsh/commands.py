@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teleport_core.errors import TeleportError
+from teleport_core.tsh.clusters import add_cluster_flag, select
 from teleport_core.tsh.profile import Profile, agent_add, home, normalize_addr, remove
 from teleport_core.tsh.profile import proxy_known_hosts as _known_hosts  # the name tests/test_tsh.py imports
 from teleport_core.tsh.status import print_status, status_record
@@ -76,7 +77,8 @@ def login(argv: list[str], cli: CliContext) -> int:
     proxy_host = web.rpartition(":")[0].strip("[]")
     identity = LocalIdentity(keys.private_key_pem(key), answer["tls_cert"].encode(),
                              tuple(p.encode() for p in answer["host_ca_pems"]), answer["cert"],
-                             _known_hosts(answer["host_signers"], proxy_host))
+                             _known_hosts(answer["host_signers"], proxy_host)
+                             + tuple(answer.get("trusted_host_signers") or ()))  # trusted leaves' host CAs
     if args.out:
         return _write_out(identity, Path(args.out), args.format, key)
     ssh_addr = ping["proxy"]["ssh"]["public_addr"]
@@ -235,6 +237,7 @@ def ls(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show each node's ID (host UUID), and its labels in full")
     output.add_format(parser)
+    add_cluster_flag(parser)
     args = parser.parse_args(argv)
     selector = {}
     for item in args.labels:
@@ -243,7 +246,8 @@ def ls(argv: list[str], cli: CliContext) -> int:
             if not eq:
                 raise TeleportError(f"expected label=value, got {part!r}")
             selector[key] = value
-    nodes = [n for n in list_nodes(_current(args)) if all(n["labels"].get(k) == v for k, v in selector.items())]
+    listed = list_nodes(select(_current(args), args.cluster))
+    nodes = [n for n in listed if all(n["labels"].get(k) == v for k, v in selector.items())]
     if args.format != "text":
         output.emit([node_record(n) for n in nodes], args.format)
         return 0
@@ -273,6 +277,7 @@ def ssh(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-A", dest="agent", action="store_true", help="forward the local ssh-agent to the node")
     parser.add_argument("-N", dest="no_command", action="store_true",
                         help="run no command: only forward ports (-L, -R, -D) until interrupted")
+    add_cluster_flag(parser)
     parser.add_argument("target", help="[login@]nodename, host UUID, address or label=value")
     parser.add_argument("command", nargs="*")
     args = parser.parse_args(argv)
@@ -288,7 +293,7 @@ def ssh(argv: list[str], cli: CliContext) -> int:
         raise TeleportError("-N runs no command: give -L, -R or -D forwards and no command")
     for warning in options.warnings:
         sys.stderr.write(f"tsh: warning: {warning}\n")
-    profile = _current(args)
+    profile = select(_current(args), args.cluster)
     login_name, at, host = args.target.rpartition("@")
     login_name = (args.login or options.user or (login_name if at else "")
                   or (profile.logins[0] if profile.logins else ""))
@@ -371,13 +376,14 @@ def scp(argv: list[str], cli: CliContext) -> int:
     parser.add_argument("-P", "--port", type=int, default=0, help="node SSH port (the registered one by default)")
     parser.add_argument("paths", nargs="*", metavar="SOURCE... DEST",
                         help="sources, then the destination (a directory when there are several sources)")
+    add_cluster_flag(parser)
     args = parser.parse_args(argv)
     from teleport_core.tsh import scp as scp_files
 
     job = scp_files.plan(args.paths)  # a wrong path fails before anything else
     if job.upload:
         scp_files.check_local_sources(job.sources, args.recursive)
-    profile = _current(args)
+    profile = select(_current(args), args.cluster)
     job = scp_files.with_login(job, profile.logins[0] if profile.logins else "")
     scp_files.copy(profile, job, args.port, recursive=args.recursive, preserve=args.preserve)
     return 0
@@ -407,8 +413,22 @@ Host *.{cluster} {proxy}
 # Flags for all {cluster} hosts except the proxy
 Host *.{cluster} !{proxy}
     ProxyCommand env {home_env}{tsh} proxy ssh %r@%h:%p
+""")
+    from teleport_core.tsh.clusters import config_leaves
 
-# End generated Teleport configuration""")
+    for leaf in config_leaves(profile):  # trusted leaves: their nodes through the root proxy
+        print(f"""# Common flags for all {leaf} hosts
+Host *.{leaf}
+    UserKnownHostsFile "{folder / 'known_hosts'}"
+    IdentityFile "{folder / 'id'}"
+    CertificateFile "{folder / 'id-cert.pub'}"
+    HostKeyAlgorithms {HOST_KEY_ALGORITHMS}
+
+# Flags for all {leaf} hosts except the proxy
+Host *.{leaf} !{proxy}
+    ProxyCommand env {home_env}{tsh} proxy ssh --cluster={leaf} %r@%h:%p
+""")
+    print("# End generated Teleport configuration")
     return 0
 
 
@@ -416,8 +436,9 @@ def proxy(argv: list[str], cli: CliContext) -> int:
     parser = cli.parser("proxy ssh [user@]host[:port]: connect stdin/stdout to a node through the proxy")
     parser.add_argument("kind", choices=("ssh",))
     parser.add_argument("target")
+    add_cluster_flag(parser)
     args = parser.parse_args(argv)
-    profile = _current(args)
+    profile = select(_current(args), args.cluster)
     _, _, hostport = args.target.rpartition("@")
     host, port = split_host_port(hostport)
     from teleport_core.tsh import sshclient

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 RELOAD = 5.0  # seconds between looks at auth's remote and trusted clusters
 HEARTBEAT_EVERY = 5.0  # at most one heartbeat per leaf this often (the leaf pings every 10 s)
-DIAL_TIMEOUT = 10.0
+ROUTE_TIMEOUT = 40.0  # seconds the leaf has to route and answer OK/ERR on a data connection
+MAX_REPLY = 4096
 CHUNK = 256 * 1024
 
 
@@ -79,7 +80,7 @@ class TrustedRoot:
     user_ca_keys: tuple[str, ...] = ()
     user_ca_pems: tuple[str, ...] = ()
     role_map: tuple[RoleMapping, ...] = ()
-    active: bool = True  # the root's CAs are active (enabled: false deactivates them)
+    active: bool = True  # the root's user CA is enabled (enabled: false deactivates it)
 
 
 def _name_labels(item: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
@@ -182,12 +183,13 @@ class Clusters:
         return [item for item in (found or []) if isinstance(item, dict)]
 
     async def _ca(self, ca_type: str, cluster: str) -> dict[str, Any]:
+        """Another cluster's CA (public parts, ``enabled``, ``role_map``); {} when auth has none."""
         try:
-            found = await self.proxy.auth.call("GET", f"/v1/cas/{ca_type}", params={"cluster": cluster})
+            found = await self.proxy.auth.call("GET", f"/v1/remote_cas/{ca_type}/{cluster}")
         except NotFound:
             return {}
         if not isinstance(found, dict) or found.get("cluster_name") != cluster:
-            return {}  # an auth that ignores ?cluster= answers with its own CA: never trust that
+            return {}
         return found
 
     async def reload(self) -> None:
@@ -200,7 +202,8 @@ class Clusters:
                 continue
             ca = await self._ca("host", name)
             status = item.get("status") or {}
-            sites[name] = RemoteSite(name, labels, tuple(ca.get("ssh_public_keys") or ()),
+            keys = tuple(ca.get("ssh_public_keys") or ()) if ca.get("enabled", False) else ()
+            sites[name] = RemoteSite(name, labels, keys,
                                      str(status.get("connection", "")), str(status.get("last_heartbeat", "")))
         removed = set(self.sites) - set(sites)
         self.sites = sites
@@ -226,7 +229,7 @@ class Clusters:
                 name, bool(spec.get("enabled", True)), str(spec.get("tunnel_addr", "")),
                 str(spec.get("web_proxy_addr", "")), tuple(host.get("ssh_public_keys") or ()),
                 tuple(user.get("ssh_public_keys") or ()), tuple(user.get("tls_certs") or ()), role_map,
-                bool(user.get("active", True)) and bool(user))
+                bool(user.get("enabled", False)))
         self.roots = roots
         await asyncio.to_thread(self._reconcile_agents)
 
@@ -261,7 +264,7 @@ class Clusters:
         return root
 
     def leaf_host_cas(self) -> dict[str, tuple[str, ...]]:
-        """Each known leaf's host CA keys (the tunnel port checks a leaf proxy's certificate with them)."""
+        """Each known leaf's enabled host CA keys (the tunnel port checks a leaf proxy's certificate with them)."""
         return {name: site.host_ca_keys for name, site in self.sites.items() if site.host_ca_keys}
 
     # -- root side ----------------------------------------------------------------------------------
@@ -285,6 +288,11 @@ class Clusters:
         except TeleportError as exc:
             self.proxy.log.warning("remote cluster heartbeat failed", leaf_cluster=cluster, error=str(exc))
 
+    def known_hosts(self) -> list[str]:
+        """``@cert-authority <leaf>,*.<leaf> KEY type=host`` for each leaf's host CA (``tsh login``)."""
+        return [f"@cert-authority {name},*.{name} {key} type=host"
+                for name, site in sorted(self.sites.items()) for key in site.host_ca_keys]
+
     def online(self, cluster: str) -> bool:
         tunnel: Any = self.proxy.tunnel
         return tunnel is not None and bool(tunnel.clusters.get(cluster))
@@ -301,15 +309,40 @@ class Clusters:
             raise NotFound(f'cluster "{cluster}" is not found')
         return site
 
-    def dial(self, user: UserCert, ssh_cert: str, host: str, port: int, cluster: str) -> socket.socket:
-        """A connection to ``host`` in leaf ``cluster`` through its tunnel (blocking; a thread).
-        The leaf checks the user's certificate (``ssh_cert``) itself and routes as for its own users."""
+    def dial(self, user: UserCert, host: str, port: int, cluster: str, *, ssh_cert: str = "",
+             tls_der: bytes = b"") -> tuple[str, socket.socket]:
+        """(the node's host UUID, a connection to it) for ``host`` in leaf ``cluster``, through its
+        tunnel (blocking; a thread). The leaf checks the user's certificate (``ssh_cert`` or
+        ``tls_der``) itself, routes as for its own users and answers ``OK <uuid>`` or ``ERR <reason>``
+        on the connection before the node's stream."""
         self.site_for(user, cluster)
         tunnel: Any = self.proxy.tunnel
         if tunnel is None:
             raise TeleportError(f"cluster {cluster} is offline: the proxy is starting or stopping")
-        sock: socket.socket = tunnel.dial_cluster(cluster, {"target": host, "port": port, "ssh_cert": ssh_cert})
-        return sock
+        fields: dict[str, Any] = {"target": host, "port": port}
+        if ssh_cert:
+            fields["ssh_cert"] = ssh_cert
+        else:
+            fields["tls_cert"] = base64.b64encode(tls_der).decode()
+        sock: socket.socket = tunnel.dial_cluster(cluster, fields)
+        try:
+            sock.settimeout(ROUTE_TIMEOUT)
+            line = b""
+            while not line.endswith(b"\n") and len(line) < MAX_REPLY:
+                byte = sock.recv(1)  # byte by byte: the node's SSH banner follows at once
+                if not byte:
+                    break
+                line += byte
+            sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            raise TeleportError(f"cluster {cluster}: no answer from its proxy ({exc})") from None
+        word, _, rest = line.decode(errors="replace").strip().partition(" ")
+        if word != "OK" or not rest:
+            sock.close()
+            raise AccessDenied(f"cluster {cluster}: {rest}") if word == "ERR" and rest else TeleportError(
+                f"cluster {cluster}: its proxy closed the connection to {host}")
+        return rest, sock
 
     async def nodes(self, user: UserCert, tls_der: bytes, cluster: str) -> list[dict[str, Any]]:
         """Leaf ``cluster``'s nodes ``user`` may see there (asked through the tunnel, with the
@@ -327,9 +360,10 @@ class Clusters:
 
     # -- leaf side ----------------------------------------------------------------------------------
 
-    def _root_user(self, root_name: str, message: Mapping[str, Any]) -> UserCert:
+    def _root_user(self, root_name: str, message: Mapping[str, Any], who: list[str]) -> UserCert:
         """The root user a tunnel message carries, checked against the root's user CA, with the
-        roles the trust's ``role_map`` maps theirs to. AccessDenied when nothing maps."""
+        roles the trust's ``role_map`` maps theirs to (their name in ``who`` once known, for the
+        audit). AccessDenied when nothing maps."""
         root = self._root(root_name)
         if message.get("ssh_cert"):
             user = verify_user_ssh_cert(str(message["ssh_cert"]), root.user_ca_keys)
@@ -341,6 +375,7 @@ class Clusters:
             user = verify_user_tls_cert(der, root.user_ca_pems)
         else:
             raise InvalidCertificate("no user certificate was forwarded")
+        who.append(user.user)
         mapped = map_roles(root.role_map, user.roles)
         if not mapped:
             raise AccessDenied(f"access denied to {user.user} of cluster {root_name}: no role of theirs "
@@ -354,16 +389,19 @@ class Clusters:
         """A session from the root: route the named node for the mapped user and join the connection to it."""
         from teleport_proxy.sshserver import dial_node
 
-        target, port = str(message.get("target", "")), int(message.get("port") or 0)
-        name = ""
+        target, who = str(message.get("target", "")), []
         try:
-            user = self._root_user(root_name, message)
-            name = user.user
+            port = int(message.get("port") or 0)
+            user = self._root_user(root_name, message, who)
             future = asyncio.run_coroutine_threadsafe(self.proxy.route(user, "", target, port), self.proxy.loop)
             node: NodeInfo = future.result(30)
             upstream = dial_node(self.proxy, node, f"tunnel:{root_name}")
-        except (TeleportError, OSError) as exc:
-            self._audit(root_name, name, f"{target}: {exc}", target=target)
+            sock.sendall(f"OK {node.uuid}\n".encode())
+        except (TeleportError, OSError, ValueError, TimeoutError) as exc:
+            reason = str(exc) if isinstance(exc, TeleportError) else f"cannot reach {target}: {exc}"
+            self._audit(root_name, who[0] if who else "", f"{target}: {reason}", target=target)
+            with contextlib.suppress(OSError):
+                sock.sendall(f"ERR {' '.join(reason.split())[:1000]}\n".encode())
             with contextlib.suppress(OSError):
                 sock.close()
             return
@@ -372,14 +410,13 @@ class Clusters:
     def _answer(self, root_name: str, message: Mapping[str, Any]) -> dict[str, Any]:
         if message.get("op") != "nodes":
             raise TeleportError(f"unknown request {json.dumps(str(message.get('op')))[:80]}")
-        name = ""
+        who: list[str] = []
         try:
-            user = self._root_user(root_name, message)
-            name = user.user
+            user = self._root_user(root_name, message, who)
             future = asyncio.run_coroutine_threadsafe(self.proxy.visible_nodes(user), self.proxy.loop)
             nodes: list[NodeInfo] = future.result(30)
         except TeleportError as exc:
-            self._audit(root_name, name, f"nodes of {self.proxy.cluster_name}: {exc}")
+            self._audit(root_name, who[0] if who else "", f"nodes of {self.proxy.cluster_name}: {exc}")
             raise
         roleset = self.proxy.roleset(user)
         return {"nodes": [

@@ -126,6 +126,7 @@ class DialingPipe(Pipe):
         self.line = b""
         self.request: str | None = None  # the dial line, once complete
         self.dialing = False
+        self.der = b""  # the user's certificate (forwarded to a leaf cluster, which checks it)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None or self.dialing:
@@ -163,28 +164,16 @@ class DialingPipe(Pipe):
             if parsed is None:
                 raise TeleportError(f"malformed dial request {request[:100]!r} (want host:port@cluster)")
             host, port, cluster = parsed
-            if cluster and cluster != proxy.cluster_name:
-                raise TeleportError(f'cluster "{cluster}" is not found')
-            node = await proxy.route(self.user, "", host, port)
             upstream = Pipe(self.mux)  # holds what the node sends (its banner) until "OK" is written
             loop = asyncio.get_running_loop()
             try:
-                if node.agentless:  # this proxy speaks for a plain sshd (teleport_proxy.forwarder)
-                    if proxy.agentless is None:
-                        raise TeleportError(f"agentless node {node.nodename}: the proxy is starting or stopping")
-                    sock = proxy.agentless.dial(node, self.remote)
-                    sock.setblocking(False)
-                    await loop.create_connection(lambda: upstream, sock=sock)
-                elif node.tunnel or not node.addr:  # the node connects back through its reverse tunnel
-                    if proxy.tunnel is None:
-                        raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
-                    sock = await asyncio.to_thread(proxy.tunnel.dial, node.uuid, node.nodename)
+                if cluster and cluster != proxy.cluster_name:  # a trusted leaf: through its reverse tunnel
+                    node_uuid, sock = await asyncio.to_thread(proxy.clusters.dial, self.user, host, port, cluster,
+                                                              tls_der=self.der)
                     sock.setblocking(False)
                     await loop.create_connection(lambda: upstream, sock=sock)
                 else:
-                    node_host, _, node_port = node.addr.rpartition(":")
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: upstream, node_host.strip("[]"), int(node_port)), DIAL_TIMEOUT)
+                    node_uuid = await self._dial_local(host, port, upstream)
             except (OSError, TimeoutError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or "timed out")
                 raise TeleportError(f"cannot reach {host}: {reason}") from None
@@ -196,7 +185,7 @@ class DialingPipe(Pipe):
             if upstream.transport is not None:
                 upstream.transport.close()
             return
-        self.transport.write(f"OK {node.uuid}\n".encode())  # the client checks the node's certificate names it
+        self.transport.write(f"OK {node_uuid}\n".encode())  # the client checks the node's certificate names it
         metrics.session_started("proxy", "tls-routing")
         metrics.proxy_sessions.inc()
 
@@ -212,6 +201,30 @@ class DialingPipe(Pipe):
             self.transport.close()
             return
         self.transport.resume_reading()
+
+    async def _dial_local(self, host: str, port: int, upstream: Pipe) -> str:
+        """Route ``host`` in this cluster for the user and connect ``upstream`` to it; its host UUID."""
+        assert self.user is not None
+        proxy = self.mux.proxy
+        loop = asyncio.get_running_loop()
+        node = await proxy.route(self.user, "", host, port)
+        if node.agentless:  # this proxy speaks for a plain sshd (teleport_proxy.forwarder)
+            if proxy.agentless is None:
+                raise TeleportError(f"agentless node {node.nodename}: the proxy is starting or stopping")
+            sock = proxy.agentless.dial(node, self.remote)
+            sock.setblocking(False)
+            await loop.create_connection(lambda: upstream, sock=sock)
+        elif node.tunnel or not node.addr:  # the node connects back through its reverse tunnel
+            if proxy.tunnel is None:
+                raise TeleportError(f"node {node.nodename} is reachable only through a reverse tunnel")
+            sock = await asyncio.to_thread(proxy.tunnel.dial, node.uuid, node.nodename)
+            sock.setblocking(False)
+            await loop.create_connection(lambda: upstream, sock=sock)
+        else:
+            node_host, _, node_port = node.addr.rpartition(":")
+            await asyncio.wait_for(
+                loop.create_connection(lambda: upstream, node_host.strip("[]"), int(node_port)), DIAL_TIMEOUT)
+        return node.uuid
 
     def refuse(self, reason: str, **fields: Any) -> None:
         if self.transport is not None:
@@ -305,12 +318,14 @@ class WebMux:
         except TeleportError as exc:
             pipe.refuse(f"tls routing ({ALPN_SSH}): {exc}")
             return
+        assert der is not None
         locked = self.proxy.lock_reason(user)
         if locked:
             pipe.user = user
             pipe.refuse(locked)  # the lock's own message, shown to the user and audited as is
             return
         pipe.user = user
+        pipe.der = der
         pipe.authorized()
 
     # -- auth API passthrough ---------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
         try:
             if cluster and cluster != self.proxy.cluster_name:  # a leaf: through its reverse tunnel
                 assert self.user is not None
-                sock = self.proxy.clusters.dial(self.user, self.cert_line, host, port, cluster)
+                _, sock = self.proxy.clusters.dial(self.user, host, port, cluster, ssh_cert=self.cert_line)
             else:
                 _, sock = self._connect(host, port)
         except (TeleportError, OSError) as exc:

@@ -133,7 +133,10 @@ class WebAPI:
             self.proxy.login_rate.refund(client_ip)  # only failed attempts count
         except TeleportError as exc:
             return error(exc)
-        return JSONResponse(certs_reply(answer))
+        reply = certs_reply(answer)
+        # the leaves' host CAs (their nodes' host certificates), each only for its own cluster's hosts
+        reply["trusted_host_signers"] = self.proxy.clusters.known_hosts()
+        return JSONResponse(reply)
 
     async def get_invite(self, request: Request) -> Response:
         try:
