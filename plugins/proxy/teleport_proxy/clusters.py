@@ -389,7 +389,7 @@ class Clusters:
         """A session from the root: route the named node for the mapped user and join the connection to it."""
         from teleport_proxy.sshserver import dial_node
 
-        target, who = str(message.get("target", "")), []
+        target, who = str(message.get("target", "")), list[str]()
         try:
             port = int(message.get("port") or 0)
             user = self._root_user(root_name, message, who)
