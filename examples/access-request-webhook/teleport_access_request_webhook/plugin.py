@@ -18,12 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teleport_core import hookimpl
-from teleport_core.config.model import TeleportConfig
-from teleport_core.config.reader import SectionReader
-from teleport_core.policy.requests import AccessRequest, request_to_dict
+
+if TYPE_CHECKING:  # every teleport command imports this module (tsh per connection): no roles/yaml here
+    from teleport_core.config.model import TeleportConfig
+    from teleport_core.config.reader import SectionReader
+    from teleport_core.policy.requests import AccessRequest
 
 NAME = "access_request_webhook"  # the entry-point name: its entry under plugins:
 DEFAULT_TIMEOUT = dt.timedelta(seconds=5)
@@ -50,6 +52,8 @@ def teleport_config_loaded(config: TeleportConfig) -> None:
 
 def payload(request: AccessRequest, change: str) -> bytes:
     """What is POSTed: the change and the request as its resource document."""
+    from teleport_core.policy.requests import request_to_dict
+
     return json.dumps({"change": change, "request": request_to_dict(request)}).encode()
 
 
