@@ -5,6 +5,12 @@ The node accepts only OpenSSH user certificates signed by one of the cluster's u
 (one minute of skew for a certificate dated in the future, none for an expired one), naming
 the requested login among its principals, with no critical option but ``source-address``
 (which must match the client's address).
+
+Trusted clusters: a leaf's node also accepts a certificate signed by the user CA of a root
+cluster it trusts (an enabled ``trusted_cluster``: :class:`TrustedUserCA`); the certificate's
+roles are mapped through that trust's ``role_map`` (an unmapped role grants nothing, and a
+certificate none of whose roles map is refused), then the node's roles and locks apply as for
+its own users. :attr:`UserCert.cluster` names the root cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh
 
 from teleport_core.policy.requests import EXT_ACTIVE_REQUESTS, parse_active_requests
+from teleport_core.policy.rolemap import RoleMapping, map_roles
 
 CLOCK_SKEW = dt.timedelta(minutes=1)
 INFINITY = 0xFFFFFFFFFFFFFFFF
@@ -37,9 +44,10 @@ class CertRefused(Exception):
     ``user`` is the certificate's key ID once its signature verified (else empty).
     """
 
-    def __init__(self, reason: str, user: str = "") -> None:
+    def __init__(self, reason: str, user: str = "", cluster: str = "") -> None:
         super().__init__(reason)
         self.user = user
+        self.cluster = cluster  # a root cluster's user (trusted clusters): that cluster
 
 
 @attrs.frozen
@@ -56,6 +64,10 @@ class UserCert:
     valid_after: int = 0
     #: the approved access requests whose roles the certificate carries (``teleport-active-requests``)
     active_requests: tuple[str, ...] = ()
+    #: a root cluster's user (trusted clusters): that cluster's name; ``roles`` are the mapped ones
+    cluster: str = ""
+    #: the roles the root cluster gave the user (before the mapping), for the audit log
+    remote_roles: tuple[str, ...] = ()
 
     def permits(self, extension: str) -> bool:
         return extension in self.extensions
@@ -71,6 +83,15 @@ def load_ca_keys(lines: Sequence[str]) -> list[bytes]:
     for line in lines:
         out.append(_der(ssh.load_ssh_public_key(line.strip().encode())))
     return out
+
+
+@attrs.frozen
+class TrustedUserCA:
+    """The user CA of a root cluster this (leaf) cluster trusts: its keys (DER) and role map."""
+
+    cluster: str
+    keys: tuple[bytes, ...]
+    role_map: tuple[RoleMapping, ...]
 
 
 def _text(raw: bytes, what: str) -> str:
@@ -95,9 +116,10 @@ def _source_allowed(value: str, client_ip: str) -> bool:
 
 
 def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, login: str | None, client_ip: str,
-                    now: dt.datetime | None = None) -> UserCert:
+                    now: dt.datetime | None = None, trusted: Sequence[TrustedUserCA] = ()) -> UserCert:
     """Verify a user certificate (wire blob) for ``login``; :class:`CertRefused` says why not.
-    ``login`` None: no principal is required (the join principal: the session checks the joiner)."""
+    ``login`` None: no principal is required (the join principal: the session checks the joiner).
+    ``trusted``: the enabled root clusters' user CAs (a root user's roles are mapped)."""
     try:
         parsed = ssh.load_ssh_public_identity(key_type.encode() + b" " + base64.b64encode(blob))
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -108,19 +130,31 @@ def check_user_cert(blob: bytes, key_type: str, ca_keys: Sequence[bytes], *, log
         signer = _der(parsed.signature_key())
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertRefused(f"invalid certificate signature key: {exc}") from None
-    trusted = False
+    local = False
     for key in ca_keys:
-        trusted |= hmac.compare_digest(key, signer)
-    if not trusted:
+        local |= hmac.compare_digest(key, signer)
+    root: TrustedUserCA | None = None
+    for ca in trusted:  # every key compared: no early exit
+        for key in ca.keys:
+            if hmac.compare_digest(key, signer) and not local:
+                root = ca
+    if not local and root is None:
         raise CertRefused("certificate signed by an unrecognized authority (not the cluster's user CA)")
     try:
         parsed.verify_cert_signature()
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         raise CertRefused("certificate signature does not verify") from None
     try:
-        return _check_fields(parsed, login=login, client_ip=client_ip, now=now)
+        cert = _check_fields(parsed, login=login, client_ip=client_ip, now=now)
     except CertRefused as exc:
-        raise CertRefused(str(exc), parsed.key_id.decode(errors="replace")) from None
+        raise CertRefused(str(exc), parsed.key_id.decode(errors="replace"), root.cluster if root else "") from None
+    if root is None:
+        return cert
+    mapped = map_roles(root.role_map, cert.roles)
+    if not mapped:
+        raise CertRefused(f"no role of the certificate ({', '.join(cert.roles) or 'none'}) maps to a role of this "
+                          f"cluster (role_map of trusted cluster {json.dumps(root.cluster)})", cert.user, root.cluster)
+    return attrs.evolve(cert, roles=mapped, cluster=root.cluster, remote_roles=cert.roles)
 
 
 def _check_fields(parsed: ssh.SSHCertificate, *, login: str | None, client_ip: str,

@@ -39,6 +39,7 @@ from teleport_core.metrics import metrics_for
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.locks import parse_lock
+from teleport_core.policy.rolemap import parse_role_map
 from teleport_core.policy.roles import Role, parse_role
 from teleport_core.recording.spool import FINAL, claim, prepare_spool, recover, recover_sessions, remove_sidecar
 from teleport_core.recording.stream import SYNC_MODES
@@ -46,7 +47,7 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_node import tracking
-from teleport_node.certs import HostCertKey, load_ca_keys
+from teleport_node.certs import HostCertKey, TrustedUserCA, load_ca_keys
 from teleport_node.settings import CommandLabel, NodeSettings
 from teleport_node.sshserver import NodeState, SSHServer
 from teleport_node.streaming import Streamer
@@ -316,8 +317,26 @@ class NodeService(Service):
 
     async def _load_cas(self) -> None:
         user = await self.auth.get_cert_authority("user")
-        self.state = attrs.evolve(self.state, ca_keys=load_ca_keys(user["ssh_public_keys"]))
+        self.state = attrs.evolve(self.state, ca_keys=load_ca_keys(user["ssh_public_keys"]),
+                                  trusted_cas=await self._trusted_user_cas())
         await self.renewer.check()
+
+    async def _trusted_user_cas(self) -> tuple[TrustedUserCA, ...]:
+        """The user CAs of the root clusters this cluster trusts, enabled ones only (trusted clusters)."""
+        try:
+            found = await self.auth.call("GET", "/v1/remote_cas/user")
+        except NotFound:  # an auth server without trusted clusters
+            return ()
+        out = []
+        for ca in found:
+            if not ca.get("enabled"):
+                continue  # a disabled trust: nothing its CA signed is accepted
+            try:
+                out.append(TrustedUserCA(str(ca["cluster_name"]), tuple(load_ca_keys(ca["ssh_public_keys"])),
+                                         parse_role_map(ca.get("role_map"), "role_map")))
+            except (KeyError, TypeError, ValueError, TeleportError) as exc:
+                self.log.error("unusable trusted user CA", cluster=str(ca.get("cluster_name")), error=str(exc))
+        return tuple(out)
 
     async def _renewed(self, identity: LocalIdentity) -> None:
         """New host certificates (host CA rotation): new SSH connections get the new one."""

@@ -66,7 +66,7 @@ from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.recording.stream import StreamRecorder
 from teleport_core.state.trackers import TrackedSession
 from teleport_node import party, tracking
-from teleport_node.certs import CertRefused, UserCert, check_user_cert
+from teleport_node.certs import CertRefused, TrustedUserCA, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.streaming import close_stream, stream_recorder
 from teleport_node.transport import NodeTransport
@@ -124,6 +124,8 @@ class NodeState:
     hook: Any = None  # plugins.hook: the teleport_authorize plugins installed where the node runs
     trackers: Any = None  # the TrackerKeeper of its live sessions' trackers in auth (tracking.py)
     streamer: Any = None  # node-sync: the service's Streamer of sessions' recordings to auth (streaming.py)
+    # trusted clusters: the enabled root clusters' user CAs, whose users' roles are mapped (certs.py)
+    trusted_cas: tuple[TrustedUserCA, ...] = ()
 
 
 def sftp_server_path() -> str | None:
@@ -540,7 +542,9 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
                 "addr.remote": self.remote, "addr.local": self.local,
                 "user": self.cert.user if self.cert else "", "login": self.login,
                 **({"access_requests": list(self.cert.active_requests)}
-                   if self.cert and self.cert.active_requests else {})}
+                   if self.cert and self.cert.active_requests else {}),
+                **({"user_cluster": self.cert.cluster, "user_roles": list(self.cert.roles),
+                    "remote_roles": list(self.cert.remote_roles)} if self.cert and self.cert.cluster else {})}
 
     # -- authentication -----------------------------------------------------------------------------
 
@@ -556,16 +560,18 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         state = self.server.state()
         blob = getattr(key, "public_blob", None)
-        user = ""
+        user = user_cluster = ""
         try:
             if blob is None:
                 raise CertRefused("a plain public key was offered, only certificates from the user CA are accepted")
             joining = username == party.JOIN_PRINCIPAL  # join-only: no login, checked per join (party.py)
             cert = check_user_cert(blob.key_blob, blob.key_type, state.ca_keys, login=None if joining else username,
-                                   client_ip=self.client_ip)
+                                   client_ip=self.client_ip, trusted=state.trusted_cas)
+            user_cluster = cert.cluster
             user = cert.user
             route = cert.extensions.get("teleport-route-to-cluster", "")
-            if route and route != state.cluster_name:
+            # a root cluster's user (trusted clusters) may carry the route its own cluster gave it
+            if route and route != state.cluster_name and route != cert.cluster:
                 raise CertRefused(f"certificate is for cluster {json.dumps(route)}, "
                                   f"this node is in cluster {json.dumps(state.cluster_name)}")
             roleset = self._roleset(cert, state.roles)
@@ -583,10 +589,11 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
                 self._check_os_user(username)
         except CertRefused as exc:
             user = user or exc.user
+            user_cluster = user_cluster or exc.cluster
             fields = {"user": user, "login": username, "error": str(exc), "success": False,
                       "cluster_name": state.cluster_name, "server_id": state.host_uuid,
                       "server_hostname": state.nodename, "addr.remote": self.remote, "addr.local": self.local,
-                      "proto": "ssh"}
+                      "proto": "ssh", **({"user_cluster": user_cluster} if user_cluster else {})}
             state.emit("auth", "failure", fields)
             self.server.log.info("SSH login refused", user=user, login=username, remote=self.remote,
                                  reason=str(exc))
