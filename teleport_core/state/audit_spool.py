@@ -11,7 +11,11 @@ records progress; while the destination fails events accumulate on disk, the sen
 with backoff and a WARN, and :meth:`AuditSpool.backlog` says how many wait (exported as
 ``teleport_audit_events_pending`` by :func:`export_pending`). Delivery is at least once (a
 crash between sending and recording progress resends), and the audit log stores each ``uid``
-once, so every event appears in the log exactly once. An event the auth server refuses (403:
+once, so every event appears in the log exactly once. With ``send_lines`` (auth's spool, whose
+destinations are its audit sinks) the sender hands the destination its lines as they are on disk,
+up to ``window`` per call (``AuditSink.emit_lines``: the JSON log stores the same bytes with one
+group commit, nothing is decoded and encoded again), one call at a time. Emits that wait for
+delivery share one timer per appended batch. An event the auth server refuses (403:
 a host may emit only its own event types, see ``teleport_auth.events_policy``) is logged once
 and dropped, so it never blocks the events behind it; any other failure is retried.
 
@@ -528,7 +532,8 @@ class FanOutSpool:
     each sink's queue. Events an older single-queue spool left in ``<directory>/events.jsonl``
     are delivered to every destination first.
 
-    Offers what callers use of :class:`AuditSpool`: :meth:`emit` (durable in every queue; waits for
+    ``lines`` names a destination's ``send_lines`` (its sink's ``emit_lines``), used instead of
+    its ``send``. Offers what callers use of :class:`AuditSpool`: :meth:`emit` (durable in every queue; waits for
     delivery only to ``primary``, the sink searches read), :meth:`run`, :meth:`nudge`,
     :meth:`backlog`, :meth:`probe`, ``directory`` and ``failing``.
     """
