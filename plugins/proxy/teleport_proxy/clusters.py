@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from teleport_proxy.state import ProxyState
 
 RELOAD = 5.0  # seconds between looks at auth's remote and trusted clusters
-HEARTBEAT_EVERY = 5.0  # at most one heartbeat per leaf this often (the leaf pings every 10 s)
+HEARTBEAT_EVERY = 20.0  # at most one heartbeat per leaf this often (its pings, every 10 s; auth: offline after 90 s)
 ROUTE_TIMEOUT = 40.0  # seconds the leaf has to route and answer OK/ERR on a data connection
 MAX_REPLY = 4096
 CHUNK = 256 * 1024
@@ -149,6 +149,7 @@ class Clusters:
         self._lock = threading.Lock()
         self._absent: set[str] = set()  # the auth routes that answered 404 (feature absent)
         self._stopped = False
+        self._reloading = asyncio.Lock()
 
     # -- following auth ---------------------------------------------------------------------------
 
@@ -157,7 +158,17 @@ class Clusters:
             await self.reload()
         except TeleportError as exc:
             self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
-        return [asyncio.create_task(self._follow(), name="proxy-trusted-clusters")]
+        # a join, enabled: true/false and tctl rm write the other cluster's CAs (under /authorities/):
+        # the change wakes this at once; the poll catches the rest (a trusted_cluster's tunnel_addr)
+        return [asyncio.create_task(self._follow(), name="proxy-trusted-clusters"),
+                asyncio.create_task(self.proxy.auth.follow("cert_authority", self._reload_logged, self.proxy.log),
+                                    name="proxy-trusted-clusters-cas")]
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except TeleportError as exc:
+            self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
 
     def stop(self) -> None:
         self._stopped = True  # a reload after this (graceful reload: the old process) starts nothing
@@ -194,7 +205,11 @@ class Clusters:
 
     async def reload(self) -> None:
         """Remote clusters (root side) and trusted clusters (leaf side) from auth; start, stop and
-        close tunnels to match."""
+        close tunnels to match (one reload at a time)."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         sites: dict[str, RemoteSite] = {}
         for item in await self._list("/v1/remote_clusters"):
             name, labels = _name_labels(item)

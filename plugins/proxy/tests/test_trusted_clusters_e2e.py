@@ -274,8 +274,6 @@ def test_a_role_the_leaf_does_not_map_is_refused_there_and_audited(env: Env, tmp
     assert all(e["cluster_name"] == LEAF and e["code"] == "T3007W" for e in refusals)
 
 
-@pytest.mark.xfail(strict=True, reason="leaf nodes do not accept root users' certificates yet (helper A's part of "
-                   "issue 19: the node trusting the root user CA with the role map); routing reaches the node")
 def test_tsh_ssh_and_scp_to_a_leaf_node(env: Env, tmp_path: Path) -> None:
     done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@leaf-node", "echo", "hello from the leaf")
     assert done.returncode == 0, done.stderr
@@ -289,11 +287,9 @@ def test_tsh_ssh_and_scp_to_a_leaf_node(env: Env, tmp_path: Path) -> None:
     # the session is recorded and audited in the leaf, the user shown with the root cluster's name
     starts = wait_for(lambda: [e for e in env.leaf.events("session.start") if e.get("user") == "alice"],
                       "the leaf's session.start")
-    assert starts[0]["cluster_name"] == LEAF
+    assert starts[0]["cluster_name"] == LEAF and starts[0]["user_cluster"] == ROOT
 
 
-@pytest.mark.xfail(strict=True, reason="leaf nodes do not accept root users' certificates yet (helper A's part of "
-                   "issue 19: the node trusting the root user CA with the role map); routing reaches the node")
 def test_openssh_through_tsh_config(env: Env, tmp_path: Path) -> None:
     ssh = shutil.which("ssh")
     if ssh is None:
@@ -336,3 +332,16 @@ def test_the_tunnel_comes_back_after_the_root_proxy_restarts(env: Env) -> None:
     done = env.tsh("ls", f"--cluster={LEAF}", "--format=json")
     assert done.returncode == 0, done.stderr
 
+
+
+def test_removing_the_remote_cluster_at_the_root_ends_the_tunnel(env: Env) -> None:
+    """(Last: it ends the trust.) ``tctl rm rc/LEAF``: the root forgets the leaf's host CA, closes its
+    tunnel and refuses the leaf proxy's next attempts (audited at the root)."""
+    env.root.ok("rm", f"rc/{LEAF}")
+    wait_for(lambda: LEAF not in env.clusters(), "the leaf gone from tsh clusters")
+    done = env.tsh("ls", f"--cluster={LEAF}")
+    assert done.returncode != 0 and f'cluster "{LEAF}" is not found' in done.stderr
+    refused = wait_for(lambda: [e for e in env.root.events("auth") if e.get("kind") == "reverse_tunnel"
+                                and f"'{LEAF}' is not a trusted leaf cluster" in e.get("error", "")],
+                       "the root's audit of the refused tunnel")
+    assert refused[0]["cluster_name"] == ROOT and refused[0]["code"] == "T3007W"
