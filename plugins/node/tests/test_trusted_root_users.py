@@ -119,8 +119,10 @@ def test_a_mapped_root_user_reaches_the_leaf_node(pair: tuple[Cluster, Cluster],
     done = wait_for(lambda: (r := ssh(leaf, key, os_user, "echo", "hello-from-root")).returncode == 0 and r,
                     "the root user's ssh to the leaf node", timeout=60)
     assert done.stdout.strip() == "hello-from-root"
-    started = [e for e in leaf.events("session.start") if e.get("user") == "alice"]
-    assert started and started[-1]["user_cluster"] == ROOT and started[-1]["cluster_name"] == LEAF
+    # the node sends its events to the leaf's auth in the background: wait for them
+    started = wait_for(lambda: [e for e in leaf.events("session.start") if e.get("user") == "alice"],
+                       "the session.start in the leaf's audit log", timeout=60)
+    assert started[-1]["user_cluster"] == ROOT and started[-1]["cluster_name"] == LEAF
     assert started[-1]["user_roles"] == ["access"] and started[-1]["remote_roles"] == ["access"]
 
 
@@ -130,8 +132,9 @@ def test_an_unmapped_role_is_refused_and_audited_in_the_leaf(pair: tuple[Cluster
     key = root_cert(root, tmp_path, "bob")
     refused = ssh(leaf, key, os_user, "true")
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
-    failures = [e for e in leaf.events("auth") if e.get("user") == "bob" and e.get("user_cluster") == ROOT]
-    assert failures and "maps to a role of this cluster" in failures[-1]["error"]
+    failures = wait_for(lambda: [e for e in leaf.events("auth") if e.get("user") == "bob"
+                                 and e.get("user_cluster") == ROOT], "the refusal in the leaf's audit log", timeout=60)
+    assert "maps to a role of this cluster" in failures[-1]["error"]
     assert failures[-1]["code"] == "T3007W"
 
 
@@ -144,7 +147,8 @@ def test_a_certificate_of_an_unknown_cluster_is_refused(pair: tuple[Cluster, Clu
         key = root_cert(stranger, tmp_path / "keys", "alice")
         refused = ssh(leaf, key, os_user, "true")
     assert refused.returncode == 255
-    assert [e for e in leaf.events("auth") if "unrecognized authority" in e.get("error", "")]
+    wait_for(lambda: [e for e in leaf.events("auth") if "unrecognized authority" in e.get("error", "")],
+             "the refusal in the leaf's audit log", timeout=60)
 
 
 def test_a_lock_in_the_leaf_applies_to_a_root_user(pair: tuple[Cluster, Cluster], tmp_path: Path,
@@ -157,9 +161,50 @@ def test_a_lock_in_the_leaf_applies_to_a_root_user(pair: tuple[Cluster, Cluster]
     assert lock["metadata"]["name"] == "lock-alice"
     try:
         wait_for(lambda: ssh(leaf, key, os_user, "true").returncode == 255, "the lock reaching the node", timeout=60)
-        assert [e for e in leaf.events("auth") if e.get("user") == "alice" and "stop" in e.get("error", "")]
+        wait_for(lambda: [e for e in leaf.events("auth") if e.get("user") == "alice" and "stop" in e.get("error", "")],
+                 "the lock's refusal in the leaf's audit log", timeout=60)
     finally:
         leaf.api("DELETE", "/v1/locks/lock-alice")
+
+
+def test_leaf_auth_accepts_a_root_user_forwarded_by_a_proxy(pair: tuple[Cluster, Cluster]) -> None:
+    """The leaf's proxy acting for a root user (``tsh ls --cluster=leaf``): the leaf's auth checks the
+    forwarded TLS certificate against the root's user CA and maps the roles; an unmapped user is refused."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from teleport_core.api.client import load_tls, register
+    from teleport_core.errors import AccessDenied
+    from teleport_core.pki.identity import LocalIdentity
+
+    root, leaf = pair
+    token = leaf.api("POST", "/v1/tokens", {"roles": ["proxy"]})["token"]
+    key = keys.generate_private_key("ed25519")
+
+    def root_tls(user: str) -> bytes:
+        signed = root.call("sign_user_cert", user, keys.public_key_openssh(keys.generate_private_key("ed25519")), "1h")
+        return x509.load_pem_x509_certificate(signed["tls_cert"].encode()).public_bytes(Encoding.DER)
+
+    alice, bob = root_tls("alice"), root_tls("bob")
+
+    async def as_leaf_proxy() -> tuple[list[Any], str]:
+        joined = await register(leaf.addr, {"token": token, "role": "Proxy", "nodename": "leaf-proxy",
+                                            "public_key": keys.public_key_openssh(key)}, [])
+        a = joined.answer
+        identity = LocalIdentity(keys.private_key_pem(key), a["tls_cert"].encode(),
+                                 tuple(p.encode() for p in a["host_ca_pems"]), a["ssh_cert"])
+        async with AuthClient(leaf.addr, [load_tls(identity.client_context())]) as client:
+            nodes = await client.for_user(alice).call("GET", "/v1/nodes")
+            try:
+                await client.for_user(bob).call("GET", "/v1/nodes")
+            except AccessDenied as exc:
+                return nodes, str(exc)
+        return nodes, ""
+
+    nodes, refusal = asyncio.run(as_leaf_proxy())
+    assert [n["nodename"] for n in nodes] == ["host-leaf"]
+    assert "no role of theirs (dev) maps to a role of this cluster" in refusal
+    assert [e for e in leaf.events("auth") if e.get("user") == "bob" and "maps to a role" in e.get("error", "")]
 
 
 def test_zz_a_disabled_trust_accepts_nothing_and_enabling_restores(pair: tuple[Cluster, Cluster], tmp_path: Path,
