@@ -290,6 +290,20 @@ def test_tsh_ssh_and_scp_to_a_leaf_node(env: Env, tmp_path: Path) -> None:
     assert starts[0]["cluster_name"] == LEAF and starts[0]["user_cluster"] == ROOT
 
 
+def test_tsh_ssh_to_a_leaf_node_on_the_ssh_port(env: Env, tmp_path: Path) -> None:
+    """The same profile without TLS routing: the proxy:host:port@leaf subsystem, the user's SSH
+    certificate forwarded to the leaf (which checks it against the root's user CA)."""
+    home = tmp_path / "ssh-port"
+    shutil.copytree(env.home, home)
+    meta = home / "profiles" / "127.0.0.1" / "profile.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "tls_routing": False}))
+    done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@leaf-node", "echo", "over the ssh port", home=home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "over the ssh port\n"
+    done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@no-such-node", "true", home=home)
+    assert done.returncode != 0 and "no-such-node" in done.stderr
+
+
 def test_openssh_through_tsh_config(env: Env, tmp_path: Path) -> None:
     ssh = shutil.which("ssh")
     if ssh is None:
