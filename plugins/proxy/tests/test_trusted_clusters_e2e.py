@@ -207,8 +207,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "leaf"}},
         }
         with start_cluster(leaf_config, make_plugins(), timeout=120) as handle:
-            proxy = handle.process.services["proxy_service"]
-            leaf = Cluster(leaf_dir, LEAF, handle.process.services["auth_service"].address,
+            services: Any = handle.process.services
+            proxy = services["proxy_service"]
+            leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address,
                            f"127.0.0.1:{proxy.web_address.port}")
             token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
                                        "--format=json"))["token"]
