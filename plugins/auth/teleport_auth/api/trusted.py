@@ -68,7 +68,7 @@ class TrustedClusterDocument(Body):
     spec: JSONObject
 
 
-class ValidateBody(Body):
+class TrustValidateBody(Body):
     """The handshake a leaf's auth sends (through the root proxy): the root's trusted_cluster token, the
     leaf's cluster name and its host and user CAs' public parts."""
 
@@ -77,13 +77,13 @@ class ValidateBody(Body):
     cas: Annotated[list[JSONObject], Field(min_length=2, max_length=2)]
 
 
-class ResourceReply(Reply):
+class TrustResourceReply(Reply):
     kind: str
     version: str
     metadata: dict[str, Any]
 
 
-class ValidateReply(Reply):
+class TrustValidateReply(Reply):
     root_name: str
     cas: list[dict[str, Any]]
 
@@ -97,7 +97,7 @@ class RemoteCAReply(Reply):
     role_map: list[dict[str, Any]]
 
 
-class DeletedReply(Reply):
+class DeletedClusterReply(Reply):
     deleted: str
 
 
@@ -226,7 +226,7 @@ class TrustedClustersAPI(APIBase):
                                      lambda reason: self.audit_denial(request, None, reason))
         if limited is not None:
             return limited
-        wanted = body(request, ValidateBody)
+        wanted = body(request, TrustValidateBody)
         try:
             answer = await self._validate(wanted)
         except TeleportError as exc:
@@ -244,7 +244,7 @@ class TrustedClustersAPI(APIBase):
         await self.service.emit(self.event("trusted_cluster.create", "failure", name=fields.get("leaf_name", ""),
                                            error=reason, **{"addr.remote": remote}))
 
-    async def _validate(self, wanted: ValidateBody) -> dict[str, Any]:
+    async def _validate(self, wanted: TrustValidateBody) -> dict[str, Any]:
         svc = self.service
         try:
             leaf = check_cluster_name(wanted.leaf_name, "leaf_name")
@@ -332,27 +332,27 @@ def exchange_cas(host: CertAuthority, user: CertAuthority) -> list[dict[str, Any
 
 ROUTES: list[Operation] = [
     Operation("/v1/trusted_clusters", "GET", "list_trusted_clusters",
-              "The root clusters this (leaf) cluster trusts (tokens masked)", response=list[ResourceReply]),
+              "The root clusters this (leaf) cluster trusts (tokens masked)", response=list[TrustResourceReply]),
     Operation("/v1/trusted_clusters/{name}", "GET", "get_trusted_cluster", "One trusted_cluster (token masked)",
-              response=ResourceReply),
+              response=TrustResourceReply),
     Operation("/v1/trusted_clusters/{name}", "PUT", "upsert_trusted_cluster",
               "Create or update a trusted_cluster: the handshake with the root when enabled and not done yet",
-              body=TrustedClusterDocument, response=ResourceReply, max_body=SMALL_BODY,
+              body=TrustedClusterDocument, response=TrustResourceReply, max_body=SMALL_BODY,
               errors=("401", "403", "404", "409")),
     Operation("/v1/trusted_clusters/{name}", "DELETE", "delete_trusted_cluster",
-              "Remove a trusted_cluster and the root's CAs", response=DeletedReply),
+              "Remove a trusted_cluster and the root's CAs", response=DeletedClusterReply),
     Operation("/v1/trustedclusters/validate", "POST", "validate_trust",
               "The trusted clusters handshake (forwarded by the root proxy): token, leaf_name, the leaf's CAs",
-              body=ValidateBody, response=ValidateReply, anonymous=True, max_body=SMALL_BODY,
+              body=TrustValidateBody, response=TrustValidateReply, anonymous=True, max_body=SMALL_BODY,
               errors=("403", "409", "429")),
     Operation("/v1/remote_clusters", "GET", "list_remote_clusters",
-              "The leaf clusters that joined this (root) cluster, with status", response=list[ResourceReply]),
+              "The leaf clusters that joined this (root) cluster, with status", response=list[TrustResourceReply]),
     Operation("/v1/remote_clusters/{name}", "GET", "get_remote_cluster", "One remote_cluster",
-              response=ResourceReply),
+              response=TrustResourceReply),
     Operation("/v1/remote_clusters/{name}/heartbeat", "PUT", "heartbeat_remote_cluster",
-              "A leaf's tunnel is up (the root proxy's keepalive)", response=ResourceReply),
+              "A leaf's tunnel is up (the root proxy's keepalive)", response=TrustResourceReply),
     Operation("/v1/remote_clusters/{name}", "DELETE", "delete_remote_cluster",
-              "Remove a remote_cluster and its CAs", response=DeletedReply),
+              "Remove a remote_cluster and its CAs", response=DeletedClusterReply),
     Operation("/v1/remote_cas/{ca_type}", "GET", "list_remote_cas",
               "Other clusters' CAs of this type (public parts, enabled, role_map)", response=list[RemoteCAReply]),
     Operation("/v1/remote_cas/{ca_type}/{name}", "GET", "get_remote_ca",
