@@ -57,13 +57,13 @@ def cluster_record(site: dict[str, Any], selected: str) -> dict[str, Any]:
 
 def clusters(argv: list[str], cli: CliContext) -> int:
     from teleport_core.tsh import output
-    from teleport_core.tsh.commands import _current
+    from teleport_core.tsh.web import current
 
     parser = cli.parser("list the root cluster and the trusted leaf clusters you may reach, with their status")
     output.add_format(parser)
     add_cluster_flag(parser)
     args = parser.parse_args(argv)
-    profile = _current(args)
+    profile = current(args)
     selected = args.cluster or profile.cluster
     records = [cluster_record(s, selected) for s in list_sites(profile)]
     if args.format != "text":
