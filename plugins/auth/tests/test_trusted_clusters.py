@@ -223,7 +223,7 @@ def test_enable_disable_and_remove(pair: tuple[Side, Side]) -> None:
 
 
 def test_a_token_of_another_type_is_refused_and_kept(pair: tuple[Side, Side]) -> None:
-    root, leaf = pair
+    root, _leaf = pair
     node_token = root.api("POST", "/v1/tokens", {"roles": ["node"]})["token"]
     answer = post_validate(root, {"token": node_token, "leaf_name": "sneaky.example.com",
                                   "cas": forged("sneaky.example.com")})
@@ -263,7 +263,7 @@ def test_a_leaf_claiming_the_roots_name_or_an_existing_leafs_is_refused(pair: tu
 
 
 def test_a_wrong_ca_pin_is_refused_and_nothing_stored(pair: tuple[Side, Side], tmp_path: Path) -> None:
-    root, leaf = pair
+    root, _leaf = pair
     with side(tmp_path / "leaf2", "pinned.example.com", proxy=False) as other:
         token = root.token()
         err = other.error("create", "-", input=tc_yaml(root, token, pin="sha256:" + "ab" * 32))
