@@ -167,6 +167,16 @@ class DoneReply(Reply):
     user: str
 
 
+class SiteReply(Reply):
+    """A cluster of ``tsh clusters``: this one (``root``) or a leaf the caller's roles let them see."""
+
+    name: str
+    status: str
+    cluster_type: str
+    last_connected: str = ""
+    labels: dict[str, str] = {}
+
+
 class NodeReply(Reply):
     uuid: str
     nodename: str
@@ -253,6 +263,8 @@ ROUTES: list[Operation] = [
               body=TrustedClusterValidateBody, response=TrustedClusterValidateReply, max_body=SMALL_BODY,
               anonymous=True, errors=(*AUTH_ERRORS, "429")),
     Operation("/favicon.ico", "GET", "favicon", "No icon (an empty answer)", anonymous=True, errors=(), status=204),
+    Operation("/v1/webapi/sites", "GET", "sites", "This cluster and the leaf clusters the caller's roles let them see "
+              "(tsh clusters), with their status", response=list[SiteReply], errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/nodes", "GET", "nodes", "The nodes the caller may see, with their logins",
               response=list[NodeReply], errors=AUTH_ERRORS),
     Operation("/v1/webapi/sites/{cluster}/events/search/sessions", "GET", "recordings",
