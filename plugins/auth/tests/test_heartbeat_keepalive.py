@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from teleport_auth.api import build_app
+from teleport_auth.api.hot import HotRoutesApp, path_pattern
 
-from teleport_core.api.client import AuthClient, Credentials, load_identity_dir, load_tls, register
+from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, Credentials, load_identity_dir, load_tls, register
 from teleport_core.api.heartbeat import Backoff, Heartbeat
 from teleport_core.errors import AccessDenied, NotFound, TeleportError
 from teleport_core.logs import get_logger
@@ -203,5 +206,91 @@ def test_the_heartbeat_loop_announces_keeps_alive_and_announces_again(auth: Auth
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(body())
+
+
+# -- the keepalives' short way in (teleport_auth.api.hot), played by an attacker over real mTLS: the route
+# skips Starlette's middleware and matching, never the endpoint's checks -------------------------------------
+
+
+async def raw_request(addr: str, request: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request on a fresh TLS connection; the status and the body."""
+    host, _, port = addr.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=AUTH_SERVER_NAME)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return int(head[9:12]), await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+def put(path: str, method: str = "PUT") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+def test_the_pattern_is_starlettes() -> None:
+    app = build_app(cast(Any, None))  # the routes do not touch the service until called
+    assert isinstance(app, HotRoutesApp)
+    assert sorted(pattern.pattern for pattern, _ in app.hot["PUT"]) == [
+        "^/v1/nodes/(?P<uuid>[^/]+)/keepalive$", "^/v1/proxies/(?P<uuid>[^/]+)/keepalive$"]
+    pattern = path_pattern("/v1/nodes/{uuid}/keepalive")
+    match = pattern.match("/v1/nodes/abc-1/keepalive")
+    assert match is not None and match.groupdict() == {"uuid": "abc-1"}
+    for other in ("/v1/nodes/a/b/keepalive", "/v1/nodes//keepalive", "/v1/nodes/a/keepalive/x",
+                  "/v1/nodesXa/keepalive", "/v1/nodes/a/keepalive.json"):
+        assert pattern.match(other) is None, other
+
+
+def test_without_a_client_certificate_the_keepalive_is_refused(auth: Auth) -> None:
+    async def body() -> None:
+        node = await auth.join("hot-anon-victim")
+        async with auth.client(node) as client:
+            await client.upsert_node({"uuid": node.host_uuid, "nodename": "hot-anon-victim", "addr": "127.0.0.1:3022"})
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts the cluster's CA, presents no certificate
+        context.load_verify_locations(cadata="".join(p.decode() for p in node.tls_ca_pems))
+        status, answer = await raw_request(auth.addr, put(f"/v1/nodes/{node.host_uuid}/keepalive"), context)
+        assert status == 401 and b"client certificate" in answer
+
+    asyncio.run(body())
+
+
+def test_a_locked_node_cannot_keep_its_entry_alive_and_is_audited(auth: Auth) -> None:
+    async def body() -> None:
+        node = await auth.join("hot-locked")
+        async with auth.client(node) as client, auth.admin() as admin:
+            await client.upsert_node({"uuid": node.host_uuid, "nodename": "hot-locked", "addr": "127.0.0.1:3022"})
+            assert (await client.keep_alive_node(node.host_uuid))["uuid"] == node.host_uuid
+            await admin.upsert_lock({"kind": "lock", "version": "v2", "metadata": {"name": "hot-lock"},
+                                     "spec": {"target": {"node": node.host_uuid}, "message": "hot node locked"}})
+            with pytest.raises(AccessDenied, match="hot node locked"):
+                await client.keep_alive_node(node.host_uuid)
+            found = (await admin.search_events(type="auth", limit=1000))["events"]
+            refused = [e for e in found if e.get("path") == f"/v1/nodes/{node.host_uuid}/keepalive"
+                       and e.get("success") is False]
+            assert refused and "hot node locked" in refused[-1]["error"]
+            await admin.delete_lock("hot-lock")
+            assert (await client.keep_alive_node(node.host_uuid))["uuid"] == node.host_uuid
+
+    asyncio.run(body())
+
+
+def test_other_methods_and_paths_go_through_the_router(auth: Auth) -> None:
+    async def body() -> None:
+        node = await auth.join("hot-methods")
+        context = node.client_context()
+        context.check_hostname = True
+        path = f"/v1/nodes/{node.host_uuid}/keepalive"
+        status, _ = await raw_request(auth.addr, put(path, "GET"), context)
+        assert status == 405
+        status, _ = await raw_request(auth.addr, put(path, "POST"), context)
+        assert status == 405
+        status, _ = await raw_request(auth.addr, put(path + "/more"), context)
+        assert status == 404
+        status, answer = await raw_request(auth.addr, put(path), context)  # the route itself: not announced
+        assert status == 404 and b"announce it" in answer
 
     asyncio.run(body())
