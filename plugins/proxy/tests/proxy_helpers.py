@@ -10,6 +10,7 @@ import getpass
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,16 +265,39 @@ def running_env(tmp_path_factory: pytest.TempPathFactory, second_factor: str = "
                                                       "node_labels": {"env": "test"}}}})
             user_ca = e.call("get_cert_authority", "user")["ssh_public_keys"]
             sshds = []
+            registered: list[tuple[LocalIdentity, dict[str, Any]]] = []
             for name in ("sshd-node", "sshd-two"):
                 port = free_port()
-                identity, key = e.join_node(name, f"127.0.0.1:{port}", {"env": "test", "group": "real"})
+                labels = {"env": "test", "group": "real"}
+                identity, key = e.join_node(name, f"127.0.0.1:{port}", labels)
+                registered.append((identity, {"uuid": identity.host_uuid, "nodename": name,
+                                              "addr": f"127.0.0.1:{port}", "labels": labels}))
                 sshds.append(Sshd(root / name, port, identity, key, user_ca))
                 if name == "sshd-node":
                     e.sshd_uuid = identity.host_uuid  # type: ignore[attr-defined]
             sshd = sshds[0]
             e.sshd = sshd  # type: ignore[attr-defined]
+            stop = threading.Event()
+            beating = threading.Thread(target=_heartbeat, args=(e, registered, stop), daemon=True)
+            beating.start()
             try:
                 yield e
             finally:
+                stop.set()
+                beating.join(30)
                 for one in sshds:
                     one.stop()
+
+
+def _heartbeat(env: Env, nodes: list[tuple[LocalIdentity, dict[str, Any]]], stop: threading.Event) -> None:
+    """Announce the sshd nodes again every minute, as a node's heartbeat would: the session's
+    environment outlives their entries' 10-minute expiry in a long CI run (a label target then found
+    no node)."""
+    async def announce() -> None:
+        for identity, entry in nodes:
+            async with AuthClient(env.auth_addr, [load_tls(identity.client_context())]) as client:
+                await client.upsert_node(entry)
+
+    while not stop.wait(60):
+        with contextlib.suppress(Exception):  # a slow auth: the next beat tries again
+            asyncio.run(announce())
