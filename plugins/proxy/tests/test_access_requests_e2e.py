@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 import yaml
-from proxy_helpers import CLUSTER, LOGIN, NodeEnv, cluster_with_node
+from proxy_helpers import CLUSTER, LOGIN, NodeEnv, background_tsh, cluster_with_node
 
 from teleport_core.testing.waiting import wait_for
 
@@ -186,13 +186,6 @@ def denied(env: RequestEnv, user: str, text: str) -> list[dict[str, Any]]:
     return [e for e in events(env, "auth", user=user) if text in str(e.get("error", ""))]
 
 
-def background_tsh(home: Path, *args: str) -> subprocess.Popen[str]:
-    environ = {**os.environ, "TELEPORT_HOME": str(home)}
-    environ.pop("SSH_AUTH_SOCK", None)
-    return subprocess.Popen([sys.executable, "-m", "teleport_core.cli.tsh", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
-
-
 # -- the tests -----------------------------------------------------------------------------------------------------
 
 
@@ -252,8 +245,7 @@ def test_denied_request_grants_nothing_and_nobody_reviews_their_own(env, tmp_pat
     alice = login(env, tmp_path / "alice", "alice")
     bob = login(env, tmp_path / "bob", "bob")
     seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
-    waiting = background_tsh(alice, "request", "create", "--roles=dba", "--reason=again")
-    try:
+    with background_tsh(alice, "request", "create", "--roles=dba", "--reason=again") as waiting:
         request_id = pending_of(env, "alice", seen)
         own = refused(env, alice, "request", "review", "--approve", request_id, "--reason=trust me")
         assert own.startswith("ERROR: ") and "own request" in own, own
@@ -263,10 +255,6 @@ def test_denied_request_grants_nothing_and_nobody_reviews_their_own(env, tmp_pat
         review = ok(env, bob, "request", "review", "--deny", request_id, "--reason=not during the freeze")
         assert review.stderr == "Successfully submitted review.  Request state: DENIED\n"
         out, err = waiting.communicate(timeout=60)
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
-            waiting.wait(10)
     assert waiting.returncode == 1, (out, err)
     assert "Waiting for request approval..." in err
     assert f'ERROR: request {request_id} has been set to DENIED, reason="not during the freeze"' in err
@@ -289,9 +277,8 @@ def test_a_threshold_of_two_approvals_needs_two_reviewers(env, tmp_path):
     bob = login(env, tmp_path / "bob", "bob")
     erin = login(env, tmp_path / "erin", "erin")
     seen = {d["metadata"]["name"] for d in yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []}
-    waiting = background_tsh(dave, "request", "create", "--roles=dba", "--reason=migration",
-                             "--reviewers=bob,erin")
-    try:
+    with background_tsh(dave, "request", "create", "--roles=dba", "--reason=migration",
+                             "--reviewers=bob,erin") as waiting:
         request_id = pending_of(env, "dave", seen)
         first = ok(env, bob, "request", "review", "--approve", request_id, "--reason=ok by me")
         assert first.stderr == "Successfully submitted review.  Request state: PENDING\n"
@@ -302,10 +289,6 @@ def test_a_threshold_of_two_approvals_needs_two_reviewers(env, tmp_path):
         second = ok(env, erin, "request", "review", "--approve", request_id, "--reason=second")
         assert second.stderr == "Successfully submitted review.  Request state: APPROVED\n"
         out, err = waiting.communicate(timeout=60)
-    finally:
-        if waiting.poll() is None:
-            waiting.kill()
-            waiting.wait(10)
     assert waiting.returncode == 0, (out, err)
     assert 'Approval received, reason="second"' in err
     assert f"Active requests:    {request_id}" in out and "dba" in out

@@ -25,6 +25,7 @@ import yaml
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.prerequisites import missing
 from teleport_core.testing.processes import free_port, stop_process
 from teleport_core.testing.waiting import wait_for
 
@@ -308,7 +309,7 @@ def test_tsh_ssh_to_a_leaf_node_on_the_ssh_port(env: Env, tmp_path: Path) -> Non
 def test_openssh_through_tsh_config(env: Env, tmp_path: Path) -> None:
     ssh = shutil.which("ssh")
     if ssh is None:
-        pytest.skip("OpenSSH client is not installed")
+        missing("OpenSSH client is not installed (apt-get install openssh-client)")
     done = env.tsh("config")
     assert done.returncode == 0, done.stderr
     assert f"Host *.{LEAF} !127.0.0.1" in done.stdout and f"proxy ssh --cluster={LEAF} %r@%h:%p" in done.stdout
