@@ -65,6 +65,9 @@ CODES: Mapping[tuple[str, str], str] = {
     ("trusted_cluster_token.create", "ok"): "T7002I",
     # ours (Teleport audits no refused handshake): a trust refused, on either side
     ("trusted_cluster.create", "failure"): "T7000W",
+    # ours: another cluster's CA keys replaced through the trust (CA rotation across it), or refused
+    ("trusted_cluster.ca_update", "ok"): "T7003I",
+    ("trusted_cluster.ca_update", "failure"): "T7003W",
     ("lock.created", "ok"): "TLK00I",
     ("lock.deleted", "ok"): "TLK01I",
     ("instance.join", "ok"): "TJ002I",

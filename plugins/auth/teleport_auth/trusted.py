@@ -7,6 +7,9 @@ the other cluster's CAs.
   storage form of :class:`~teleport_auth.authority.CertAuthority` plus ``remote: true``, ``enabled``
   (false: nothing they signed is accepted) and, on the leaf's copy of the root user CA, ``role_map``.
   Nodes follow them as they follow the local CAs (``/v1/changes`` kind ``cert_authority``).
+
+CA rotation across the trust (:meth:`TrustStore.rotate_remote_ca`): the proxies exchange their
+clusters' CAs over the tunnel and hand them to auth, which replaces only the stored copy's keys.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from teleport_auth.authority import CAKeys, CAType, CertAuthority, ca_key
-from teleport_core.errors import AlreadyExists, NotFound, TeleportError
+from teleport_core.errors import AccessDenied, AlreadyExists, CompareFailed, NotFound, TeleportError
 from teleport_core.logs import get_logger
 from teleport_core.policy.rolemap import RoleMapping, parse_role_map, role_map_to_list
 from teleport_core.policy.trust import (
@@ -218,6 +221,34 @@ class TrustStore:
                 self._log.error("unreadable remote CA", key=item.key.decode(errors="replace"), error=str(exc))
         return out
 
+    async def rotate_remote_ca(self, ca: CertAuthority) -> RemoteCA | None:
+        """Replace the keys of the stored copy of ``ca`` (another cluster's, enabled) with ``ca``'s,
+        keeping ``enabled`` and ``role_map``, in a conditional write (a concurrent ``enabled: false``
+        or ``tctl rm`` wins). The new copy, or None when the keys were the same. AccessDenied when
+        there is no enabled copy to update (the trust is disabled or removed)."""
+        what = f"the {ca.kind.value} CA of cluster {json.dumps(ca.cluster_name)}"
+        if ca.cluster_name == self.cluster_name:
+            raise AccessDenied(f"{what} is this cluster's own: only its own rotation changes it")
+        for _ in range(5):
+            try:
+                item = await self.backend.get(ca_key(ca.kind, ca.cluster_name))
+            except NotFound:
+                raise AccessDenied(f"{what} is not stored here (the trust was removed)") from None
+            if not json.loads(item.value).get("remote"):
+                raise AccessDenied(f"{what} is not another cluster's CA")
+            stored = RemoteCA.from_json(item.value)
+            if not stored.enabled:
+                raise AccessDenied(f"{what} is not trusted here now (the trust is disabled)")
+            new = rotated(stored, ca)
+            if new is None:
+                return None
+            try:
+                await self.backend.compare_and_swap(item, Item(item.key, new.to_json()))
+            except (CompareFailed, NotFound):
+                continue  # changed meanwhile: look again
+            return new
+        raise CompareFailed(f"{what} kept changing; try again")
+
     async def set_remote_cas_enabled(self, cluster: str, enabled: bool) -> None:
         for kind in CAType:
             for remote in await self.remote_cas(kind, cluster):
@@ -233,6 +264,25 @@ class TrustStore:
                 continue
             if json.loads(item.value).get("remote"):
                 await self.backend.delete(item.key)
+
+
+def same_keys(a: CertAuthority, b: CertAuthority) -> bool:
+    """Whether two CAs trust exactly the same key sets (in any order)."""
+    def keyset(ca: CertAuthority) -> set[tuple[str, bytes]]:
+        return {(k.ssh_public_key_line, k.tls_cert_pem) for k in ca.trusted}
+
+    return keyset(a) == keyset(b)
+
+
+def rotated(stored: RemoteCA, ca: CertAuthority) -> RemoteCA | None:
+    """The stored copy of another cluster's CA with the keys ``ca`` trusts now (rotation across a
+    trust: active and additional trusted), keeping what this cluster decided (``enabled``,
+    ``role_map``); None when the keys are the same."""
+    if ca.kind is not stored.ca.kind or ca.cluster_name != stored.ca.cluster_name:
+        raise BadCA(f"not the {stored.ca.kind.value} CA of cluster {json.dumps(stored.ca.cluster_name)}")
+    if same_keys(stored.ca, ca):
+        return None
+    return attrs.evolve(stored, ca=attrs.evolve(stored.ca, active=ca.active, additional_trusted=ca.additional_trusted))
 
 
 def role_maps(cas: Sequence[RemoteCA]) -> dict[str, tuple[RoleMapping, ...]]:

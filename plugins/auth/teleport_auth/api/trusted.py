@@ -33,7 +33,7 @@ from teleport_core.errors import AccessDenied, AlreadyExists, NotFound, Teleport
 from teleport_core.net.limits import rate_limited
 from teleport_core.pki.pins import CAPinMismatch, check_ca_pin
 from teleport_core.pki.secret import Secret
-from teleport_core.policy.access import Identity
+from teleport_core.policy.access import Identity, IdentityKind
 from teleport_core.policy.trust import (
     InvalidTrust,
     RemoteCluster,
@@ -50,6 +50,8 @@ VALIDATE_WEB_PATH = "/v1/webapi/trustedclusters/validate"
 HANDSHAKE_TIMEOUT = 30.0
 #: the largest answer of a root the leaf reads
 MAX_ANSWER = 256 * 1024
+#: the audit event of another cluster's CA keys replaced through the trust (ours: T7003I, refusals T7003W)
+CA_UPDATE_EVENT = "trusted_cluster.ca_update"
 
 
 class HandshakeFailed(TeleportError):
@@ -75,6 +77,19 @@ class TrustValidateBody(Body):
     token: TokenText
     leaf_name: Name
     cas: Annotated[list[JSONObject], Field(min_length=2, max_length=2)]
+
+
+class ExternalCAsBody(Body):
+    """The CAs of the cluster at the other end of a proxy's tunnel (the CA exchange, in the handshake
+    form): the proxy names that cluster, auth checks that the CAs are its CAs."""
+
+    cluster: Name
+    cas: Annotated[list[JSONObject], Field(min_length=1, max_length=2)]
+
+
+class ExternalCAsReply(Reply):
+    cluster: str
+    updated: list[str]
 
 
 class TrustResourceReply(Reply):
@@ -301,6 +316,78 @@ class TrustedClustersAPI(APIBase):
 
     # -- the other cluster's CAs ---------------------------------------------------------------------
 
+    @endpoint(None, None)
+    async def rotate_external_cas(self, request: Request, identity: Identity | None) -> Any:
+        """CA rotation across the trust (Teleport's ``RotateExternalCertAuthority``): a proxy of this
+        cluster hands over the CAs the other end of its tunnel sent (a leaf's proxy: its root's; the
+        root's proxy: that leaf's). Only their keys replace the stored copy's; ``enabled`` and
+        ``role_map`` stay this cluster's. Refusals are audited (T7003W)."""
+        assert identity is not None
+        wanted = body(request, ExternalCAsBody)
+        try:
+            side, changed = await self._rotate_external(identity, wanted)
+        except TeleportError as exc:
+            await self._ca_update_refused(request, identity, wanted.cluster, str(exc))
+            raise
+        remote = request.client.host if request.client else ""
+        for ca in changed:
+            await self.service.emit(self.event(
+                CA_UPDATE_EVENT, name=wanted.cluster, role=side, ca_type=ca.ca.kind.value, user=identity.name,
+                ssh_public_keys=[k.ssh_public_key_line for k in ca.ca.trusted], **{"addr.remote": remote}))
+        return {"cluster": wanted.cluster, "updated": [ca.ca.kind.value for ca in changed]}
+
+    async def _rotate_external(self, identity: Identity, wanted: ExternalCAsBody) -> tuple[str, list[RemoteCA]]:
+        svc = self.service
+        if identity.kind is not IdentityKind.HOST or "Proxy" not in identity.roles:
+            raise AccessDenied(f"access denied to {identity.kind.value} {json.dumps(identity.name)}: only a proxy "
+                               "of this cluster hands over another cluster's CAs")
+        cluster = wanted.cluster
+        if cluster == svc.cluster_name:
+            raise AccessDenied(f"cluster {json.dumps(cluster)} is this cluster: its CAs change only by its own "
+                               "rotation (tctl auth rotate)")
+        side = await self._trust_side(cluster)
+        try:
+            cas = [ca_from_exchange(c, cluster, f"cas[{i}]") for i, c in enumerate(wanted.cas)]
+        except BadCA as exc:
+            raise BadRequest(str(exc)) from None
+        if len({ca.kind for ca in cas}) != len(cas):
+            raise BadRequest("cas: at most one host CA and one user CA")
+        changed = []
+        for ca in cas:
+            new = await svc.trust.rotate_remote_ca(ca)
+            if new is not None:
+                changed.append(new)
+        return side, changed
+
+    async def _trust_side(self, cluster: str) -> str:
+        """This cluster's role in its trust with ``cluster``: ``leaf`` when ``cluster`` is a root it
+        trusts (enabled), ``root`` when ``cluster`` is one of its leaves; AccessDenied otherwise."""
+        svc = self.service
+        try:
+            tc = await svc.trust.get_trusted(cluster)
+        except NotFound:
+            pass
+        else:
+            if not tc.enabled:
+                raise AccessDenied(f"the trust in root cluster {json.dumps(cluster)} is disabled (enabled: false)")
+            return "leaf"
+        try:
+            await svc.trust.get_remote(cluster)
+        except NotFound:
+            raise AccessDenied(f"cluster {json.dumps(cluster)} is neither a root this cluster trusts nor one of "
+                               "its leaves") from None
+        return "root"
+
+    async def _ca_update_refused(self, request: Request, identity: Identity | None, cluster: str,
+                                 reason: str) -> None:
+        remote = request.client.host if request.client else ""
+        await self.service.emit(self.event(CA_UPDATE_EVENT, "failure", name=cluster, error=reason,
+                                           user=identity.name if identity else "", **{"addr.remote": remote}))
+
+    async def _invalid_rotate_external_cas(self, request: Request, fields: dict[str, str], reason: str) -> None:
+        """A body the model refused is a refused CA update too."""
+        await self._ca_update_refused(request, self.identify(request), fields.get("cluster", ""), reason)
+
     @endpoint("read", "cert_authority")
     async def list_remote_cas(self, request: Request, identity: Identity | None) -> Any:
         """Every other cluster's CA of this type: a leaf node checks root users with the user CAs
@@ -353,6 +440,10 @@ ROUTES: list[Operation] = [
               "A leaf's tunnel is up (the root proxy's keepalive)", response=TrustResourceReply),
     Operation("/v1/remote_clusters/{name}", "DELETE", "delete_remote_cluster",
               "Remove a remote_cluster and its CAs", response=DeletedClusterReply),
+    Operation("/v1/remote_cas/rotate/external", "POST", "rotate_external_cas",
+              "CA rotation across a trust: a proxy hands over the CAs its tunnel's other end sent (proxies only)",
+              body=ExternalCAsBody, response=ExternalCAsReply, max_body=SMALL_BODY,
+              errors=("400", "403", "409")),
     Operation("/v1/remote_cas/{ca_type}", "GET", "list_remote_cas",
               "Other clusters' CAs of this type (public parts, enabled, role_map)", response=list[RemoteCAReply]),
     Operation("/v1/remote_cas/{ca_type}/{name}", "GET", "get_remote_ca",
