@@ -19,6 +19,15 @@ tunnel is its heartbeat to auth (``remote_cluster`` online/offline). A root user
 only when it is connected and one of their roles' ``cluster_labels`` matches the leaf's labels
 (deny by default; a hidden leaf is "not found", as one that does not exist).
 
+**CA rotation across the trust** (Teleport's remote site: ``RotateExternalCertAuthority`` to the
+leaf, the leaf's host CA fetched back): the root proxy asks each connected leaf, on its control
+channel, with a ``request`` ``cas`` carrying the root's host and user CAs (public parts, every
+trusted key set) when the tunnel comes up, when a CA changes and every :data:`CA_SYNC_EVERY`; the
+leaf proxy hands them to its auth for the root it trusts and answers with its own cluster's CAs,
+which the root proxy hands to its auth for that leaf (``POST /v1/remote_cas/rotate/external``;
+the cluster named is always the tunnel's, never the message's). When the leaf's host CA drops a
+key the root closes the leaf's tunnels: they reconnect with the leaf proxy's current certificate.
+
 Auth's trusted cluster API may be absent (an older auth, or a cluster with no trust): a 404
 reads as "no remote or trusted clusters", so nothing changes for a cluster on its own.
 """
@@ -29,6 +38,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import socket
 import threading
@@ -40,8 +50,9 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from teleport_core.api.client import ConnectionProblem
 from teleport_core.config.values import parse_addr
-from teleport_core.errors import AccessDenied, NotFound, TeleportError
+from teleport_core.errors import AccessDenied, AuditUnavailable, CompareFailed, NotFound, TeleportError
 from teleport_core.net.tunnelagent import TunnelAgent
 from teleport_core.policy.rolemap import RoleMapping, map_roles, parse_role_map
 from teleport_core.state.nodes import NodeInfo
@@ -55,6 +66,10 @@ HEARTBEAT_EVERY = 20.0  # at most one heartbeat per leaf this often (its pings, 
 ROUTE_TIMEOUT = 40.0  # seconds the leaf has to route and answer OK/ERR on a data connection
 MAX_REPLY = 4096
 CHUNK = 256 * 1024
+CA_SYNC_EVERY = 10.0  # seconds between CA exchanges with each connected leaf (and at once on a change)
+ROTATE_EXTERNAL = "/v1/remote_cas/rotate/external"  # auth: another cluster's CAs, from this proxy's tunnel
+#: auth refusals worth asking again (the same CAs): auth unreachable or busy, not a refusal of the CAs
+RETRY_ERRORS = (ConnectionProblem, AuditUnavailable, CompareFailed)
 
 
 @attrs.frozen
@@ -110,6 +125,10 @@ def verify_user_tls_cert(der: bytes, ca_pems: tuple[str, ...], now: dt.datetime 
     raise InvalidCertificate("tls: the certificate is not signed by the trusted cluster's user CA")
 
 
+def _fingerprint(cas: Any) -> str:
+    return hashlib.sha256(json.dumps(cas, sort_keys=True).encode()).hexdigest()
+
+
 def join_sockets(a: socket.socket, b: socket.socket) -> None:
     """Copy bytes both ways until both directions ended (two threads; returns at once)."""
     done = [0]
@@ -150,6 +169,9 @@ class Clusters:
         self._absent: set[str] = set()  # the auth routes that answered 404 (feature absent)
         self._stopped = False
         self._reloading = asyncio.Lock()
+        self._sync_wake = asyncio.Event()  # a CA changed or a leaf's tunnel came up: exchange CAs now
+        self._leaf_seen: dict[str, str] = {}  # root side: each leaf's CAs as last handed to auth
+        self._root_seen: dict[str, str] = {}  # leaf side: each root's CAs as last handed to auth
 
     # -- following auth ---------------------------------------------------------------------------
 
@@ -162,13 +184,15 @@ class Clusters:
         # the change wakes this at once; the poll catches the rest (a trusted_cluster's tunnel_addr)
         return [asyncio.create_task(self._follow(), name="proxy-trusted-clusters"),
                 asyncio.create_task(self.proxy.auth.follow("cert_authority", self._reload_logged, self.proxy.log),
-                                    name="proxy-trusted-clusters-cas")]
+                                    name="proxy-trusted-clusters-cas"),
+                asyncio.create_task(self._sync_loop(), name="proxy-trusted-clusters-ca-sync")]
 
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
         except TeleportError as exc:
             self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
+        self._sync_wake.set()  # a CA changed: the leaves hear of it now
 
     def stop(self) -> None:
         self._stopped = True  # a reload after this (graceful reload: the old process) starts nothing
@@ -285,7 +309,11 @@ class Clusters:
     # -- root side ----------------------------------------------------------------------------------
 
     def heartbeat(self, cluster: str, force: bool = False) -> None:
-        """The leaf's tunnel is alive: tell auth (at most every :data:`HEARTBEAT_EVERY`; any thread)."""
+        """The leaf's tunnel is alive: tell auth (at most every :data:`HEARTBEAT_EVERY`; any thread).
+        ``force``: the tunnel just came up (the CAs are exchanged at once)."""
+        if force:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is stopping
+                self.proxy.loop.call_soon_threadsafe(self._sync_wake.set)
         now = time.monotonic()
         with self._lock:
             if not force and now - self._beats.get(cluster, 0.0) < HEARTBEAT_EVERY:
@@ -373,6 +401,101 @@ class Clusters:
             raise kind(f"cluster {cluster}: {reply['error']}")
         return [n for n in reply.get("nodes") or [] if isinstance(n, dict)]
 
+    # -- CA rotation across the trust ---------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_wake.wait(), CA_SYNC_EVERY)
+            self._sync_wake.clear()
+            try:
+                await self.sync_cas()
+            except TeleportError as exc:
+                self.proxy.log.warning("trusted clusters: cannot exchange CAs, will retry", error=str(exc))
+
+    async def own_cas(self) -> list[dict[str, Any]]:
+        """This cluster's host and user CAs as the exchange carries them (public parts, every trusted key set)."""
+        out = []
+        for kind in ("host", "user"):
+            ca = await self.proxy.auth.get_cert_authority(kind)
+            out.append({"type": kind, "cluster": self.proxy.cluster_name,
+                        "ssh_public_keys": list(ca["ssh_public_keys"]), "tls_certs": list(ca["tls_certs"])})
+        return out
+
+    async def sync_cas(self) -> None:
+        """Root side: exchange CAs with every leaf connected to this proxy."""
+        tunnel: Any = self.proxy.tunnel
+        leaves = [name for name in sorted(self.sites) if self.online(name)]
+        if tunnel is None or not leaves:
+            return
+        own = await self.own_cas()
+        await asyncio.gather(*(self._sync_leaf(tunnel, name, own) for name in leaves))
+
+    async def _sync_leaf(self, tunnel: Any, name: str, own: list[dict[str, Any]]) -> None:
+        """Send leaf ``name`` this cluster's CAs; hand its answer (its CAs) to auth as ``name``'s."""
+        try:
+            reply = await asyncio.to_thread(lambda: tunnel.cluster_tunnel(name).request({"op": "cas", "cas": own}))
+        except TeleportError as exc:
+            self.proxy.log.warning("trusted cluster: CA exchange failed", leaf_cluster=name, error=str(exc))
+            return
+        if reply.get("error") or reply.get("refused"):
+            self.proxy.log.warning("trusted cluster: the leaf did not take this cluster's CAs", leaf_cluster=name,
+                                   error=str(reply.get("error") or reply.get("refused"))[:300])
+        cas = reply.get("cas")
+        if reply.get("error") or not isinstance(cas, list):
+            return
+        seen = _fingerprint(cas)
+        if self._leaf_seen.get(name) == seen:
+            return
+        before = self.sites.get(name)
+        try:  # the cluster is the tunnel's: auth checks the CAs are that leaf's
+            answer = await self.proxy.auth.call("POST", ROTATE_EXTERNAL, {"cluster": name, "cas": cas})
+        except TeleportError as exc:
+            self.proxy.log.warning("trusted cluster: auth refused the leaf's CAs", leaf_cluster=name, error=str(exc))
+            if not isinstance(exc, RETRY_ERRORS):
+                self._leaf_seen[name] = seen  # refused (and audited): not again until they change
+            return
+        self._leaf_seen[name] = seen
+        updated = list(answer.get("updated") or []) if isinstance(answer, dict) else []
+        if not updated:
+            return
+        self.proxy.log.info("trusted cluster: the leaf's CAs changed", leaf_cluster=name, ca_types=updated)
+        await self.reload()
+        after = self.sites.get(name)
+        if before is not None and after is not None and set(before.host_ca_keys) - set(after.host_ca_keys):
+            # a tunnel whose certificate a dropped key signed ends; the leaf reconnects with its current one
+            self.proxy.log.info("trusted cluster: the leaf's host CA dropped a key, its tunnels reconnect",
+                                leaf_cluster=name)
+            await asyncio.to_thread(tunnel.close_cluster, name)
+
+    def _on_loop(self, coro: Any, what: str) -> Any:
+        """Run ``coro`` on the proxy's loop from a tunnel thread."""
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.proxy.loop).result(30)
+        except TimeoutError:
+            raise TeleportError(f"{what}: no answer from auth within 30s") from None
+
+    def _exchange_cas(self, root_name: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Leaf side: the root's CAs (from the root proxy this agent authenticated) to auth as
+        ``root_name``'s; the answer is this cluster's CAs."""
+        self._root(root_name)
+        cas, refused = message.get("cas"), ""
+        if not isinstance(cas, list) or not cas:
+            refused = "the root sent no CAs"
+        elif self._root_seen.get(root_name) != (seen := _fingerprint(cas)):
+            try:  # the cluster is the agent's root: auth checks the CAs are its CAs
+                self._on_loop(self.proxy.auth.call("POST", ROTATE_EXTERNAL, {"cluster": root_name, "cas": cas}),
+                              "the root's CAs")
+                self._root_seen[root_name] = seen
+            except TeleportError as exc:
+                refused = str(exc)
+                self.proxy.log.warning("trusted cluster: auth refused the root's CAs", root_cluster=root_name,
+                                       error=refused)
+                if not isinstance(exc, RETRY_ERRORS):
+                    self._root_seen[root_name] = seen
+        own = self._on_loop(self.own_cas(), "this cluster's CAs")
+        return {"cas": own, **({"refused": refused} if refused else {})}
+
     # -- leaf side ----------------------------------------------------------------------------------
 
     def _root_user(self, root_name: str, message: Mapping[str, Any], who: list[str]) -> UserCert:
@@ -423,6 +546,8 @@ class Clusters:
         join_sockets(sock, upstream)
 
     def _answer(self, root_name: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        if message.get("op") == "cas":
+            return self._exchange_cas(root_name, message)
         if message.get("op") != "nodes":
             raise TeleportError(f"unknown request {json.dumps(str(message.get('op')))[:80]}")
         who: list[str] = []
