@@ -82,6 +82,13 @@ from teleport_core.refs import resolve
 from teleport_core.resources import ProcessResources
 from teleport_core.service import Service, ServiceContext
 from teleport_core.specs import ServiceSpec
+from teleport_core.workers import (
+    DATA_DIR_LOCK,
+    command_line_process,
+    take_worker_role,
+    watch_parent,
+    worker_config,
+)
 
 DEFAULT_STOP_TIMEOUT = 10.0
 FORCED_EXIT_CODE = 130
@@ -305,6 +312,7 @@ class TeleportProcess:
                 self.diag = DiagServer(self.config.diag_addr, self.registry, self.readiness, get_logger("diag"))
                 await self.diag.start(self.listeners.listen("diag", self.config.diag_addr, listen_socket))
             self.resources = ProcessResources(self.config, self.plugins, metrics=self.registry)
+            self.resources.shared[DATA_DIR_LOCK] = self._lock  # a service's worker processes hold it too
             for unit in self.units.values():
                 await self._start_unit(unit)
         except BaseException as exc:
@@ -717,6 +725,13 @@ def remove_pid_file(path: Path) -> None:
 
 
 async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None = None) -> int:
+    command_line_process()  # this command line may start worker processes (teleport_core.workers)
+    worker = take_worker_role()  # a worker process of a service (teleport_core.workers): that service only
+    if worker is not None:
+        config, pid_file = worker_config(config, worker), None
+        import structlog.contextvars
+
+        structlog.contextvars.bind_contextvars(worker=worker.index)  # on every line this worker logs
     listeners = Listeners.from_environ()
     generation = take_int(ENV_GENERATION) or 0
     ready_pipe = [fd for fd in (take_int(ENV_READY_FD),) if fd is not None]  # emptied once answered
@@ -743,7 +758,9 @@ async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None 
         if signum == signal.SIGUSR1:
             process.dump_diagnostics()
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
-            if process.stop_requested or process.draining:
+            if worker is not None:
+                log.info("reload ignored: a worker reloads with its leader process", signal=name)
+            elif process.stop_requested or process.draining:
                 log.info("reload ignored: this process is stopping", signal=name)
             elif process.reloading:
                 log.info("reload ignored: a reload is in progress", signal=name)
@@ -787,6 +804,8 @@ async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None 
             installed.append(signum)
         except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread
             log.warning("cannot handle signal", signal=signal.Signals(signum).name, error=str(exc))
+    if worker is not None:
+        watch_parent(loop, lambda: process.request_stop("the leader process exited"))
     try:
         await process.run(on_ready)
     except Exception as exc:

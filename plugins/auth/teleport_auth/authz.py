@@ -22,7 +22,7 @@ a ``filtered`` listing is allowed by them and its caller checks each item.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -147,6 +147,8 @@ class RoleAuthorizer:
         self._started = 0  # sequence of refreshes started / installed
         self._installed = 0
         self._log = get_logger("auth")
+        #: called before the snapshot is trusted (auth workers: catch up with other processes' writes)
+        self.before_read: Callable[[], None] | None = None
         store.add_listener(self.invalidate)
 
     # -- the snapshot --------------------------------------------------------------------------------
@@ -174,6 +176,8 @@ class RoleAuthorizer:
 
     async def load(self, identity: Identity | None = None) -> None:
         """Make :meth:`decide` current for ``identity`` (re-reads unless a watcher keeps the snapshot valid)."""
+        if self.before_read is not None:
+            self.before_read()
         if not (self._watching and self._valid and self._roles is not None):
             await self.refresh()
 

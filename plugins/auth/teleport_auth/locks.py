@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from teleport_auth.watching import invalidate_on_change
 from teleport_core.errors import NotFound
@@ -48,6 +48,8 @@ class LockStore:
         self._valid = False
         self._watching = False
         self._log = get_logger("auth")
+        #: called before the snapshot is trusted (auth workers: catch up with other processes' writes)
+        self.before_read: Callable[[], None] | None = None
 
     # -- writes and reads ----------------------------------------------------------------------------
 
@@ -103,6 +105,8 @@ class LockStore:
 
     async def current(self) -> Sequence[Lock]:
         """The locks as of now (the snapshot while a watcher keeps it valid, else a fresh read)."""
+        if self.before_read is not None:
+            self.before_read()
         if self._watching and self._valid and self._snapshot is not None:
             return self._snapshot
         generation = self._generation

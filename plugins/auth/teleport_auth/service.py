@@ -31,6 +31,7 @@ from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.trusted import TrustStore
 from teleport_auth.users import UserStore
+from teleport_auth.workers import check_backend, keep_fresh
 from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
@@ -45,6 +46,8 @@ from teleport_core.service import Service, ServiceContext
 from teleport_core.state.audit import AuditEvent, AuditLog, AuditSink, new_event
 from teleport_core.state.audit_spool import FanOutSpool, export_pending
 from teleport_core.state.backend import Backend, Item, utcnow
+from teleport_core.state.change_feed import ChangeFeed
+from teleport_core.workers import DATA_DIR_LOCK, WorkerPool, worker_index
 
 CLUSTER_NAME_KEY = b"/cluster_configuration/name"
 AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")
@@ -57,6 +60,7 @@ AUDIT_DELIVERY_WINDOW = 256
 AUDIT_PROBE_EVERY = 1.0  # seconds between checks that an unwritable audit spool can write again
 AUDIT_DRAIN_ON_STOP = 5.0  # seconds a stop waits for the spool to reach the sinks; the rest waits on disk
 AUDIT_RETRY, AUDIT_MAX_RETRY = 0.5, 5.0  # backoff of deliveries to a failing sink
+WORKERS_STOP_TIMEOUT = 8.0  # seconds auth's worker processes get to stop before SIGKILL
 
 
 class AuthService(Service):
@@ -80,19 +84,25 @@ class AuthService(Service):
         self._audit_probed = 0.0
         self._audit_broken = asyncio.Event()
         self.stopping = asyncio.Event()  # set by stop(): long polls answer at once, not at their timeout
+        self.worker = worker_index("auth_service")  # 0: the leader (teleport_auth.workers)
+        self.workers: WorkerPool | None = None  # the leader's, with auth_service.workers > 1
+        self.change_feed: ChangeFeed | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.backend = await self.ctx.resources.backend()
-        self._tasks.append(await ha.join_auth_servers(self))  # refuses a split of audit/recordings between auths
+        # auth_service.workers > 1: caches catch up with the other workers' writes (teleport_auth.workers)
+        self.change_feed = check_backend(self.backend, self.settings.workers)
+        if self.leader:  # singletons run in the leader only (teleport_auth.workers.LEADER_ONLY)
+            self._tasks.append(await ha.join_auth_servers(self))  # refuses a split of audit/recordings between auths
         self.audit = await self.ctx.resources.audit_log()
         self._open_audit_spool()
         await self._claim_cluster_name()
         self.user_ca = await self._load_or_create_ca(CAType.USER)
         self.host_ca = await self._load_or_create_ca(CAType.HOST)
         self.roles = RoleStore(self.backend)
-        created = await self.roles.ensure_builtin()
+        created = await self.roles.ensure_builtin() if self.leader else []
         if created:
             self.log.info("created built-in roles", roles=created)
         self.users = UserStore(self.backend)
@@ -108,17 +118,22 @@ class AuthService(Service):
         self.trust = TrustStore(self.backend, self.cluster_name)
         self.announcer = Announcer(self.ctx.plugins, self.log)
         self._tasks.append(asyncio.create_task(self.announcer.run(), name="auth-access-request-hook"))
-        self._tasks.append(asyncio.create_task(self.access_requests.sweep(self._request_lapsed),
-                                               name="auth-access-request-sweep"))
+        if self.leader:
+            self._tasks.append(asyncio.create_task(self.access_requests.sweep(self._request_lapsed),
+                                                   name="auth-access-request-sweep"))
+        if self.change_feed is not None:
+            keep_fresh(self.change_feed, locks=self.locks, authorizer=self.authorizer, users=self.users)
         self.host_uuid = host_uuid(self.ctx.data_dir)
         self.identity = await self._own_identity()
         self.hosts = HostRegistry(self.backend, self.cluster_name)
-        await self._record_self()
+        if self.leader:
+            await self._record_self()
         self._start_rotation()
-        self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
-        from teleport_auth.streamed import sweep  # streamed recordings whose host was lost (node-sync)
+        if self.leader:
+            self._tasks.append(asyncio.create_task(self._check_session_storage(), name="auth-session-storage-check"))
+            from teleport_auth.streamed import sweep  # streamed recordings whose host was lost (node-sync)
 
-        self._tasks.append(asyncio.create_task(sweep(self), name="auth-streamed-sweep"))
+            self._tasks.append(asyncio.create_task(sweep(self), name="auth-streamed-sweep"))
         # each route's body limit, enforced by the listener before the API reads (or authenticates) anything
         limits = HTTPLimits(routes=tuple(RouteLimit(op.method, op.path, op.max_body) for op in ROUTES))
         sock = self.ctx.listen("auth", self.settings.listen_addr)  # inherited across a graceful reload
@@ -127,6 +142,10 @@ class AuthService(Service):
                                 limits=limits, on_refused=self.audit_refusal,
                                 http1="httptools")  # no WebSocket routes: uvicorn's httptools protocol
         await self.server.start()
+        if self.leader and self.settings.workers > 1:
+            self.workers = WorkerPool("auth_service", self.settings.workers, "auth", str(self.settings.listen_addr),
+                                      sock, self.ctx.resources.shared[DATA_DIR_LOCK], self.log)
+            await self.workers.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
         self.ctx.resources.shared["auth"] = LocalAuth(f"{listen.connect_host}:{listen.port}", self.local_register,
@@ -141,11 +160,21 @@ class AuthService(Service):
     async def stop_accepting(self) -> None:
         """Graceful reload: new API connections go to the new process; requests in flight here
         finish when :meth:`stop` follows (watch streams end, their clients reconnect there)."""
+        if self.workers is not None:
+            self.workers.drain()  # SIGQUIT: each worker stops accepting, finishes its requests and exits
         if self.server is not None:
             await self.server.stop_accepting()
 
+    async def drain(self) -> None:
+        """After :meth:`stop_accepting`: the worker processes finish their requests in flight."""
+        if self.workers is not None:
+            await self.workers.wait_drained()
+
     async def stop(self) -> None:
         self.stopping.set()  # else each /v1/changes long poll holds the graceful stop for its whole timeout
+        workers = None
+        if self.workers is not None:  # SIGTERM to each worker now; they stop beside this process
+            workers = asyncio.create_task(self.workers.stop(WORKERS_STOP_TIMEOUT), name="auth-workers-stop")
         if self.server is not None:
             await self.server.stop()
         await self._drain_audit()
@@ -154,13 +183,24 @@ class AuthService(Service):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if workers is not None:
+            await workers
+        if self.change_feed is not None:
+            self.change_feed.close()
 
     def diagnostics(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster_name,
             "listen_addr": str(self.server.address) if self.server else None,
             "host_uuid": self.host_uuid,
+            "worker": self.worker,
+            **({"workers": self.workers.diagnostics()} if self.workers is not None else {}),
         }
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process runs auth's singletons (worker 0: the process the user started)."""
+        return self.worker == 0
 
     @property
     def address(self) -> str:
@@ -214,7 +254,8 @@ class AuthService(Service):
                                 now=lambda: self.now())
         actor = f"{self.host_uuid}.{self.cluster_name}"
         self._tasks.append(asyncio.create_task(self.rotation.watch(), name="auth-ca-watch"))
-        self._tasks.append(asyncio.create_task(self.rotation.run_auto(actor), name="auth-ca-auto-rotate"))
+        if self.leader:
+            self._tasks.append(asyncio.create_task(self.rotation.run_auto(actor), name="auth-ca-auto-rotate"))
 
     async def apply_cas(self) -> None:
         """After a CA change (ours or another auth server's): reload the CAs, re-issue our own

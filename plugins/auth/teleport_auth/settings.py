@@ -10,6 +10,7 @@ from teleport_auth.tokens import TokenInfo, parse_static_tokens
 from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
+from teleport_core.workers import MAX_WORKERS
 
 SAMPLE = """\
 # Name of the cluster; it cannot change once the cluster is created.
@@ -50,6 +51,8 @@ class AuthSettings:
     connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
     #: a web session with no request for this long ends (Teleport's name and default; 0: never)
     web_idle_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    #: auth API processes sharing listen_addr (teleport_auth.workers; 1: this process only)
+    workers: int = 1
 
     def __repr__(self) -> str:  # static tokens are secrets
         return f"AuthSettings(cluster_name={self.cluster_name!r}, listen_addr={self.listen_addr})"
@@ -79,5 +82,8 @@ def parse_settings(reader: SectionReader, nodename: str) -> AuthSettings:
     idle = reader.duration("web_idle_timeout", "10m")
     if idle < dt.timedelta(0):
         raise reader.error("web_idle_timeout", "must not be negative")
+    workers = reader.integer("workers", 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise reader.error("workers", f"expected 1 to {MAX_WORKERS} auth processes, got {workers}")
     return AuthSettings(cluster, listen, public, static, second_factor, recording, proxy, algorithm, limits,
-                        web_idle_timeout=idle)
+                        web_idle_timeout=idle, workers=workers)

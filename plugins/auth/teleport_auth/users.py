@@ -277,6 +277,8 @@ class UserStore:
         self._generation = 0  # bumped by every invalidation
         self._watching = False
         self._log = get_logger("auth")
+        #: called before the cache is trusted (auth workers: catch up with other processes' writes)
+        self.before_read: Callable[[], None] | None = None
 
     # -- the cache of :meth:`get` ---------------------------------------------------------------------
 
@@ -390,6 +392,8 @@ class UserStore:
         """``NotFound`` (``user "joe" not found``) when absent. Answered from memory while
         :meth:`watch` runs and nothing under ``/users/`` changed since the read (nor did any of
         the user's records expire); otherwise one range read."""
+        if self.before_read is not None:
+            self.before_read()
         cached = self._cache.get(name)
         if cached is not None and self._watching and (cached[1] is None or cached[1] > self._now()):
             return cached[0]

@@ -1,0 +1,73 @@
+"""Auth worker processes (``auth_service.workers: N``): what keeps every decision right.
+
+The kernel's :mod:`teleport_core.workers` runs the processes (the leader, worker 0, is the
+``teleport start`` the user ran; it starts workers 1..N-1 on the auth listening socket and
+restarts them). This module is what auth adds:
+
+* **Fresh caches.** Roles, locks and users are answered from memory. Each process registers
+  its three caches with a :class:`~teleport_core.state.change_feed.ChangeFeed` and catches up
+  before trusting a snapshot (one ``PRAGMA data_version`` when nothing changed; the new
+  ``events`` rows when something did), so a lock, role or user change committed through any
+  worker is applied before the next request's checks in every other worker. Only SQLite has
+  that marker here: ``workers`` above 1 on another backend is refused at start
+  (:func:`check_backend`).
+* **Singletons** run in the leader only (:data:`LEADER_ONLY`); every worker runs the
+  per-process parts (its caches' watchers, the CA watcher that reloads the CAs after a
+  rotation, its own audit spool ``<folder>.<pid>``, the access-request hook announcer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from teleport_auth.locks import LOCKS_PREFIX
+from teleport_auth.rolestore import ROLES_PREFIX
+from teleport_auth.users import USERS_PREFIX
+from teleport_core.errors import ConfigError
+from teleport_core.state.change_feed import ChangeFeed, open_change_feed
+
+if TYPE_CHECKING:
+    from teleport_auth.authz import RoleAuthorizer
+    from teleport_auth.locks import LockStore
+    from teleport_auth.users import UserStore
+    from teleport_core.state.backend import Backend
+
+#: background work of the auth service that runs in the leader (worker 0) only: each acts on the
+#: cluster (or this host's shared entries) once, not once per process
+LEADER_ONLY = (
+    "the HA announcement and its audit-split check (/auth_servers/<host uuid>)",
+    "the built-in roles' creation and upgrade",
+    "the host registry's entry of this auth server",
+    "CA rotation's automatic phase changes (auth-ca-auto-rotate)",
+    "the access-request sweeper (expired requests removed, audited, announced)",
+    "the streamed-recording sweep (node-sync recordings whose host was lost)",
+    "the session-storage check at start",
+)
+
+
+def check_backend(backend: Backend, workers: int) -> ChangeFeed | None:
+    """The change feed the caches catch up with when ``workers`` > 1 (None for one process);
+    :class:`ConfigError` when the backend has no change marker: a worker could then answer
+    from a snapshot that misses a lock another worker just stored."""
+    if workers <= 1:
+        return None
+    feed = open_change_feed(backend)
+    if feed is None:
+        kind = type(getattr(backend, "inner", backend)).__name__
+        raise ConfigError(
+            "auth_service.workers",
+            f"{workers} auth worker processes need the sqlite backend (storage.type: sqlite), whose change "
+            f"marker lets each worker apply another's writes before it trusts its caches; {kind} has none "
+            "yet, so a lock stored through one worker could miss a certificate another issues. "
+            "Use workers: 1 (or several auth servers) with this backend",
+        )
+    return feed
+
+
+def keep_fresh(feed: ChangeFeed, *, locks: LockStore, authorizer: RoleAuthorizer, users: UserStore) -> None:
+    """Invalidate each cache on any process's change under its prefix, before it is read."""
+    feed.watch(LOCKS_PREFIX, locks.invalidate)
+    feed.watch(ROLES_PREFIX, authorizer.invalidate)
+    feed.watch(USERS_PREFIX, users.invalidate)
+    for cache in (locks, authorizer, users):
+        cache.before_read = feed.catch_up

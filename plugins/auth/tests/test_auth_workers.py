@@ -1,0 +1,195 @@
+"""Auth worker processes (``auth_service.workers: N``, issue 17): real ``teleport start`` processes
+sharing one listening socket on SQLite. The attacker: lock a user (or delete it) through one
+connection, then at once ask for certificates over fresh connections, which the kernel spreads
+over every worker: none may be issued. Also: the key is validated, a backend without a change
+marker is refused, a killed worker is replaced, and one stop ends every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.config.load import parse_config
+from teleport_core.errors import AccessDenied, ConfigError, NotFound, TeleportError
+from teleport_core.pki import keys
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.processes import TeleportProcess, free_port
+from teleport_core.testing.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+SUBJECT = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+WORKERS = 3
+ROUNDS = 12  # lock, then certificates through fresh connections, then unlock
+WARM = 12  # connections opened before the rounds, spread over the workers by the kernel
+FRESH = 4  # fresh connections (each accepted by whichever worker the kernel picks) per round
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeleportProcess]:
+    addr = f"127.0.0.1:{free_port()}"
+    config = {"auth_service": {"cluster_name": "workers.example", "listen_addr": addr, "workers": WORKERS,
+                               "authentication": {"second_factor": "off"}},
+              "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    process = TeleportProcess(tmp_path_factory.mktemp("workers"), "auth", config)
+    process.start(timeout=180)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def admin(auth: TeleportProcess) -> AuthClient:
+    return AuthClient(auth.config["auth_service"]["listen_addr"], [load_identity_dir(auth.data_dir / "keys" / "auth")])
+
+
+async def fresh_certs(auth: TeleportProcess, user: str) -> list[Any]:
+    """``FRESH`` certificate requests for ``user`` at once, each on its own new connection: the
+    answers, or the exceptions raised."""
+
+    async def one() -> Any:
+        async with admin(auth) as client:
+            return await client.sign_user_cert(user, SUBJECT, ttl="1h")
+
+    return await asyncio.gather(*(one() for _ in range(FRESH)), return_exceptions=True)
+
+
+def spool_writers(auth: TeleportProcess) -> set[int]:
+    """The pids whose own audit spool (``<folder>.<pid>``: a worker's) holds events: workers that
+    served requests."""
+    found = set()
+    for events in (auth.data_dir / "log" / "auth-audit-spool").glob("*.*/events.jsonl"):
+        suffix = events.parent.name.rpartition(".")[2]
+        if suffix.isdigit() and events.stat().st_size > 0:
+            found.add(int(suffix))
+    return found
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (0, r"^auth_service.workers: expected 1 to 64 auth processes, got 0$"),
+    (-3, r"^auth_service.workers: expected 1 to 64 auth processes, got -3$"),
+    (65, r"^auth_service.workers: expected 1 to 64 auth processes, got 65$"),
+    ("two", r"^auth_service.workers: expected an integer"),
+    (True, r"^auth_service.workers: expected an integer"),
+    (2.5, r"^auth_service.workers: expected an integer"),
+])
+def test_the_workers_key_is_validated(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"auth_service": {"workers": value}, "proxy_service": {"enabled": False},
+                      "ssh_service": {"enabled": False}}, make_plugins())
+
+
+def test_one_worker_is_the_default_and_several_parse() -> None:
+    sections = {"proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    assert parse_config({"auth_service": {}, **sections}, make_plugins()).settings("auth_service").workers == 1
+    parsed = parse_config({"auth_service": {"workers": 64}, **sections}, make_plugins())
+    assert parsed.settings("auth_service").workers == 64
+
+
+def test_a_backend_without_a_change_marker_is_refused(tmp_path: Path) -> None:
+    """LMDB (the example plugin) has no marker a worker could check before trusting its caches:
+    several workers on it could issue a certificate to a user locked a moment ago."""
+    config = {"teleport": {"storage": {"type": "lmdb", "path": str(tmp_path / "lmdb")}},
+              "auth_service": {"cluster_name": "lmdb.example", "listen_addr": f"127.0.0.1:{free_port()}",
+                               "workers": 2},
+              "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    process = TeleportProcess(tmp_path, "auth", config)
+    with pytest.raises(TeleportError, match="exited with 1"):
+        process.start(timeout=120)
+    assert "auth_service.workers: 2 auth worker processes need the sqlite backend" in process.log()
+    assert "LmdbBackend has none" in process.log()
+
+
+def test_a_lock_or_a_deletion_through_one_worker_holds_at_once_in_every_other(auth: TeleportProcess) -> None:
+    """Attacker: the moment a lock (or the user's deletion) is answered, ask every worker for a
+    certificate over connections already open (no handshake between the answer and the request,
+    well inside the backend watchers' 0.1 s poll); none is issued. After the unlock, certificates
+    are issued again."""
+    leader = auth.proc.pid if auth.proc is not None else 0
+    workers = children(leader)
+    assert len(workers) == WORKERS - 1
+
+    async def body() -> None:
+        async with admin(auth) as client:
+            await client.create_user("target", ["access"], {"logins": ["root"]})
+            warm = [admin(auth) for _ in range(WARM)]  # each its own kept-alive connection, on any worker
+            try:
+                for each in warm:
+                    assert (await each.sign_user_cert("target", SUBJECT, ttl="1h"))["ssh_cert"]
+                for round_ in range(ROUNDS):
+                    name = f"w-lock-{round_}"
+                    await client.upsert_lock({"kind": "lock", "version": "v2", "metadata": {"name": name},
+                                              "spec": {"target": {"user": "target"}, "message": "locked now"}})
+                    answers = await asyncio.gather(*(each.sign_user_cert("target", SUBJECT, ttl="1h")
+                                                     for each in warm), return_exceptions=True)
+                    answers += await fresh_certs(auth, "target")
+                    issued = [a for a in answers if not isinstance(a, BaseException)]
+                    assert not issued, f"round {round_}: {len(issued)} certificates issued to a locked user"
+                    assert all(isinstance(a, AccessDenied) and "locked now" in str(a) for a in answers), answers
+                    await client.delete_lock(name)
+                    answers = await asyncio.gather(*(each.sign_user_cert("target", SUBJECT, ttl="1h")
+                                                     for each in warm), return_exceptions=True)
+                    assert all(isinstance(a, dict) and a["ssh_cert"] for a in answers), answers
+                await client.delete_user("target")
+                answers = await asyncio.gather(*(each.sign_user_cert("target", SUBJECT, ttl="1h") for each in warm),
+                                               return_exceptions=True)
+                assert all(isinstance(a, NotFound) for a in answers), answers
+            finally:
+                for each in warm:
+                    await each.close()
+
+    asyncio.run(body())
+    served = spool_writers(auth)
+    assert served & set(workers), f"no worker served a request: spools of {served}, workers {workers}"
+
+
+def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: TeleportProcess) -> None:
+    leader = auth.proc.pid if auth.proc is not None else 0
+    before = children(leader)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(lambda: len(set(children(leader)) - {victim}) == WORKERS - 1 and not alive(victim),
+                        "a new worker in place of the killed one", timeout=120)
+    assert replaced
+    wait_for(lambda: "auth_service worker restarted" in auth.log(), "the restart logged", timeout=120)
+
+    async def body() -> list[Any]:
+        return await fresh_certs(auth, "nobody-here")
+
+    answers = asyncio.run(body())  # every worker answers (here: 404, no such user)
+    assert all(isinstance(a, NotFound) for a in answers), answers
+    workers = children(leader)
+    auth.stop()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)
