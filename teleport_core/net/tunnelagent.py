@@ -14,6 +14,16 @@ answering. Messages from the proxy:
 - ``request`` with an ``id``: ``answer(message)`` (in a thread) gives the reply, sent back on the
   control channel (SSH-encrypted) as ``{"type": "reply", "id": ..., ...}``.
 
+**Through the proxy's web port** (TLS routing): when ``tls_routing(addr)`` says the address is a
+proxy's web port, every connection (control and data) is TLS with ALPN
+:data:`ALPN_REVERSE_TUNNEL` and the same bytes go inside. The web certificate is checked as the
+agent's ``/webapi/find`` call checks it (the system's CAs; nothing with ``insecure``): it is not
+what authenticates the proxy. The SSH layer inside does that, as on the tunnel port: the proxy's
+host certificate against the cluster's host CA, and the agent's host certificate signs the SSH
+session, so a party that terminates the TLS sees only SSH-encrypted bytes and cannot pass as
+either side; a data connection's token is single-use and the stream after it is the user's own
+SSH session, checked end to end (:mod:`teleport_core.net.tlsbridge` gives paramiko a plain socket).
+
 See ``teleport_proxy.tunnel`` for the proxy's side.
 """
 
@@ -26,6 +36,7 @@ import ipaddress
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +48,13 @@ from cryptography.hazmat.primitives.serialization import ssh
 from teleport_core.config.values import NetAddr
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.net import sshalgos
+from teleport_core.net.tlsbridge import bridge
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.tsh.hostcert import verify_host_cert
 
 CONTROL_CHANNEL = "teleport-tunnel@teleport-py"
+ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"  # Teleport's: the web port routes it to the tunnel server
 DATA_MAGIC = b"TPY-TUNNEL-DATA\n"
 TOKEN_BYTES = 32
 CONNECT_TIMEOUT = 10.0
@@ -85,18 +98,58 @@ def verify_proxy_cert(key_type: str, blob: bytes, trusted: list[str], host: str,
         raise AccessDenied("the tunnel server's host certificate is not a proxy certificate of this cluster")
 
 
+def dial(addr: NetAddr, *, tls: bool, insecure: bool, name: str = "teleport-tunnel") -> tuple[socket.socket,
+                                                                                           tuple[str, int]]:
+    """A connection to a proxy's tunnel server at ``addr`` and the peer's address: plain TCP to the
+    tunnel port, or (``tls``) TLS with ALPN :data:`ALPN_REVERSE_TUNNEL` to its web port, bridged to a
+    plain socket (the web certificate checked against the system's CAs unless ``insecure``)."""
+    raw = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        host, port = raw.getpeername()[:2]
+        peer = (str(host), int(port))
+        if not tls:
+            return raw, peer
+        context = ssl.create_default_context()
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+        try:
+            wrapped = context.wrap_socket(raw, server_hostname=addr.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise TeleportError(f"the proxy's web certificate at {addr} is not trusted ({exc.verify_message}); "
+                                "if it is self-signed, use --insecure") from None
+        if wrapped.selected_alpn_protocol() != ALPN_REVERSE_TUNNEL:
+            wrapped.close()
+            raise TeleportError(f"the proxy at {addr} does not accept reverse tunnels on its web port "
+                                f"(ALPN {ALPN_REVERSE_TUNNEL})")
+        wrapped.settimeout(None)
+        return bridge(wrapped, name=f"{name}-tls"), peer
+    except BaseException:
+        raw.close()
+        raise
+
+
 class TunnelAgent:
     """Keeps one reverse tunnel to a proxy open (a thread; blocking paramiko client).
 
-    ``tunnel_addr()`` finds where to dial (called before each attempt); ``login(identity)`` is the
-    SSH user the proxy expects; ``cluster`` and ``host_ca_keys()`` are what the proxy's host
+    ``tunnel_addr()`` finds where to dial (called before each attempt); ``tls_routing(addr)`` says
+    whether that address is the proxy's web port (dialed in TLS with ALPN
+    :data:`ALPN_REVERSE_TUNNEL`; the web certificate checked unless ``insecure``); ``login(identity)``
+    is the SSH user the proxy expects; ``cluster`` and ``host_ca_keys()`` are what the proxy's host
     certificate must come from."""
 
     def __init__(self, *, tunnel_addr: Callable[[], NetAddr], cluster: str, login: Callable[[LocalIdentity], str],
                  identity: Callable[[], LocalIdentity], host_ca_keys: Callable[[], list[str]], serve: Serve,
                  log: Any, answer: Answer | None = None, name: str = "teleport-tunnel",
-                 describe: str = "") -> None:
+                 describe: str = "", tls_routing: Callable[[NetAddr], bool] | None = None,
+                 insecure: bool = False) -> None:
         self.find_addr = tunnel_addr
+        self.tls_routing = tls_routing or (lambda addr: False)
+        self.insecure = insecure
+        self.tls = False  # the current tunnel goes through the proxy's web port
         self.cluster = cluster
         self.login = login
         self.identity = identity
@@ -159,10 +212,9 @@ class TunnelAgent:
         """One tunnel connection, from dialing to its end; returns why it ended."""
         addr = self.find_addr()
         self.tunnel_addr = addr
+        self.tls = tls = self.tls_routing(addr)
         identity = self.identity()
-        sock = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock, _ = dial(addr, tls=tls, insecure=self.insecure, name=self.name)
         transport = paramiko.Transport(sock)
         self._transport = transport
         try:
@@ -178,8 +230,9 @@ class TunnelAgent:
             channel = transport.open_channel(CONTROL_CHANNEL, timeout=CONNECT_TIMEOUT)
             self.connected.set()
             self.last_error = ""
-            self.log.info("reverse tunnel connected", proxy=self.describe, tunnel_addr=str(addr))
-            return self._control(channel, addr)
+            self.log.info("reverse tunnel connected", proxy=self.describe, tunnel_addr=str(addr),
+                          **({"alpn": ALPN_REVERSE_TUNNEL} if tls else {}))
+            return self._control(channel, addr, tls)
         finally:
             self._transport = None
             transport.close()
@@ -188,7 +241,7 @@ class TunnelAgent:
         with self._send_lock:
             channel.sendall(json.dumps(message).encode() + b"\n")
 
-    def _control(self, channel: paramiko.Channel, addr: NetAddr) -> str:
+    def _control(self, channel: paramiko.Channel, addr: NetAddr, tls: bool) -> str:
         last_pong = next_ping = time.monotonic()
         buffer = b""
         while not self._stopping.is_set():
@@ -215,19 +268,19 @@ class TunnelAgent:
                 if not isinstance(message, dict):
                     continue
                 last_pong = time.monotonic()  # any message shows the proxy is alive
-                self._handle(channel, addr, message)
+                self._handle(channel, addr, tls, message)
             if len(buffer) > MAX_LINE:
                 return "the proxy sent an oversized message"
         return "the agent is stopping"
 
-    def _handle(self, channel: paramiko.Channel, addr: NetAddr, message: dict[str, Any]) -> None:
+    def _handle(self, channel: paramiko.Channel, addr: NetAddr, tls: bool, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "dial":
             try:
                 token = bytes.fromhex(str(message.get("token", "")))
             except ValueError:
                 return
-            threading.Thread(target=self._dial_back, args=(addr, token, message), name=f"{self.name}-dial",
+            threading.Thread(target=self._dial_back, args=(addr, tls, token, message), name=f"{self.name}-dial",
                              daemon=True).start()
         elif kind == "request" and self.answer is not None:
             threading.Thread(target=self._reply, args=(channel, message), name=f"{self.name}-request",
@@ -246,23 +299,24 @@ class TunnelAgent:
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             self._send(channel, reply)
 
-    def _dial_back(self, addr: NetAddr, token: bytes, message: dict[str, Any]) -> None:
-        """A session for the proxy: a new connection to the tunnel port, handed to ``serve``."""
+    def _dial_back(self, addr: NetAddr, tls: bool, token: bytes, message: dict[str, Any]) -> None:
+        """A session for the proxy: a new connection to the tunnel server (the tunnel port, or the
+        web port in TLS as the control connection), handed to ``serve``."""
         if len(token) != TOKEN_BYTES:
             return
         try:
-            sock = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock, peer = dial(addr, tls=tls, insecure=self.insecure, name=f"{self.name}-session")
+        except (OSError, TeleportError) as exc:
+            self.log.warning("reverse tunnel: cannot connect back to the proxy for a session",
+                             tunnel_addr=str(addr), error=str(exc))
+            return
+        try:
             sock.sendall(DATA_MAGIC + token)
             sock.settimeout(None)
         except OSError as exc:
             self.log.warning("reverse tunnel: cannot connect back to the proxy for a session",
                              tunnel_addr=str(addr), error=str(exc))
-            return
-        try:
-            host, port = sock.getpeername()[:2]
-        except OSError:
             with contextlib.suppress(OSError):
                 sock.close()
             return
-        self.serve(sock, (str(host), int(port)), message)
+        self.serve(sock, peer, message)

@@ -342,13 +342,16 @@ class SSHServer:
                 sock.close()
 
     def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # a reverse tunnel through the proxy's web port hands the end of a socketpair (its TLS is bridged)
+        tcp = sock.family != socket.AF_UNIX
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = NodeTransport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
         transport._active_check_timeout = IDLE_POLL
         sock.settimeout(IDLE_POLL)  # (the Transport set paramiko's 0.1 s)
         sshalgos.configure(transport, ciphers=CIPHERS, key_types=[self.host_key.get_name()])
         transport.add_server_key(self.host_key)
-        conn = Connection(self, transport, remote, sock.getsockname()[:2], ticket)
+        conn = Connection(self, transport, remote, sock.getsockname()[:2] if tcp else ("", 0), ticket)
         with self._lock:
             self.connections.add(conn)
         transport.start_server(event=threading.Event(), server=conn)

@@ -3,7 +3,10 @@
 **Leaf** (its auth has an enabled ``trusted_cluster``): the proxy keeps a reverse tunnel to the
 root's ``tunnel_addr`` (:class:`teleport_core.net.tunnelagent.TunnelAgent`, as nodes do: login =
 this proxy's host UUID with its proxy host certificate; the root proxy's certificate checked
-against the root's host CA the leaf stored). The leaf needs no inbound port. Through the tunnel:
+against the root's host CA the leaf stored). A ``tunnel_addr`` equal to ``web_proxy_addr`` is the
+root's web port: dialed in TLS with ALPN ``teleport-reversetunnel`` (TLS routing; the web
+certificate checked unless this process runs with ``--insecure``). The leaf needs no inbound port.
+Through the tunnel:
 
 - ``dial`` naming a node (``target``, ``port``) and the root user's SSH certificate: the leaf
   proxy checks the certificate against the root's user CA (active trust only), maps its roles
@@ -51,7 +54,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from teleport_core.api.client import ConnectionProblem
-from teleport_core.config.values import parse_addr
+from teleport_core.config.values import NetAddr, parse_addr
 from teleport_core.errors import AccessDenied, AuditUnavailable, CompareFailed, NotFound, TeleportError
 from teleport_core.net.tunnelagent import TunnelAgent
 from teleport_core.policy.rolemap import RoleMapping, map_roles, parse_role_map
@@ -123,6 +126,14 @@ def verify_user_tls_cert(der: bytes, ca_pems: tuple[str, ...], now: dt.datetime 
             continue
         return user_from_tls_cert(der)
     raise InvalidCertificate("tls: the certificate is not signed by the trusted cluster's user CA")
+
+
+def _is_web_addr(addr: NetAddr, web_proxy_addr: str) -> bool:
+    """Whether the tunnel address is the root's web address (its web port: TLS routing)."""
+    try:
+        return bool(web_proxy_addr) and parse_addr(web_proxy_addr, 3080) == addr
+    except ValueError:
+        return False
 
 
 def _fingerprint(cas: Any) -> str:
@@ -290,7 +301,9 @@ class Clusters:
                 host_ca_keys=lambda name=name: list(self._root(name).host_ca_keys),  # type: ignore[misc]
                 serve=lambda sock, peer, message, name=name: self._serve(name, sock, message),  # type: ignore[misc]
                 answer=lambda message, name=name: self._answer(name, message),  # type: ignore[misc]
-                log=self.proxy.log, name="proxy-cluster-tunnel", describe=f"{name} ({root.tunnel_addr})")
+                log=self.proxy.log, name="proxy-cluster-tunnel", describe=f"{name} ({root.tunnel_addr})",
+                tls_routing=lambda addr, root=root: _is_web_addr(addr, root.web_proxy_addr),  # type: ignore[misc]
+                insecure=self.proxy.ctx.config.insecure)
             self.agents[name] = agent
             agent.start()
             self.proxy.log.info("trusted cluster: dialing the root's tunnel", root_cluster=name,

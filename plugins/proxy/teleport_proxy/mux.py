@@ -12,6 +12,11 @@
   of the node's host certificate) and splices the bytes to the node, or ``ERR <reason>`` and
   closes. The bytes are the client's own SSH connection to the node: the proxy never sees its
   plaintext and the node checks the user again. Refusals are audited (T3007W), as on the SSH port.
+- ALPN ``teleport-reversetunnel``: a node's or a leaf cluster's reverse tunnel agent (TLS routing
+  for tunnels). The proxy terminates TLS with its web certificate (no client certificate: the agent
+  authenticates inside) and hands the plain stream to the reverse tunnel server, which serves it
+  exactly as a connection to its tunnel port (:meth:`teleport_proxy.tunnel.TunnelServer.serve_routed`:
+  same limits, host certificate checks, tokens and audit).
 - SNI ``teleport.cluster.local`` (the name on the auth server's certificate) or an ALPN
   starting ``teleport-auth@``: passed through untouched to an auth server. The proxy does not
   terminate this TLS: auth sees the client's own certificate and authorizes it as usual.
@@ -38,12 +43,14 @@ from teleport_core.metrics import metrics_for
 from teleport_core.net.tlsserver import ClientHello, Handler, handshake_reason
 from teleport_proxy.certs import UserCert, user_from_tls_cert
 from teleport_proxy.sshserver import parse_subsystem
+from teleport_proxy.tunnel import TunnelServer
 
 if TYPE_CHECKING:
     from teleport_core.pki.identity import LocalIdentity
     from teleport_proxy.state import ProxyState
 
 ALPN_SSH = "teleport-proxy-ssh"
+ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"
 ALPN_AUTH_PREFIX = "teleport-auth@"
 HANDSHAKE_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
@@ -243,10 +250,13 @@ class WebMux:
         self.live: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ssh_context: tuple[Any, Any, ssl.SSLContext] | None = None
+        self._tunnel_context: tuple[Any, ssl.SSLContext] | None = None
 
     def route(self, hello: ClientHello) -> Handler | None:
         if ALPN_SSH in hello.alpn:
             return self.serve_ssh
+        if ALPN_REVERSE_TUNNEL in hello.alpn:
+            return self.serve_reverse_tunnel
         if hello.server_name == AUTH_SERVER_NAME or any(p.startswith(ALPN_AUTH_PREFIX) for p in hello.alpn):
             return self.pass_to_auth
         return None
@@ -328,6 +338,59 @@ class WebMux:
         pipe.der = der
         pipe.authorized()
 
+    # -- teleport-reversetunnel -----------------------------------------------------------------------
+
+    def tunnel_context(self) -> ssl.SSLContext:
+        """The web certificate (as for HTTPS; reloaded when its files change), ALPN
+        ``teleport-reversetunnel``, no client certificate asked."""
+        cert, key = self.proxy.web_keypair()
+        stamp = tuple(_mtime(path) for path in (cert, key))
+        cached = self._tunnel_context
+        if cached is not None and cached[0] == (cert, key, stamp):
+            return cached[1]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert, key)
+        context.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+        self._tunnel_context = ((cert, key, stamp), context)
+        return context
+
+    async def serve_reverse_tunnel(self, sock: socket.socket, hello: ClientHello) -> None:
+        remote = peer_addr(sock)
+        tunnel = self.proxy.tunnel
+        if not isinstance(tunnel, TunnelServer):  # starting or stopping: the agent retries
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        client, inner = Pipe(self), Pipe(self)
+        try:
+            await loop.connect_accepted_socket(lambda: client, sock, ssl=self.tunnel_context(),
+                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            sock.close()
+            if self.proxy.web is not None:  # audited once per source and period, as for teleport-proxy-ssh
+                self.proxy.web.refused(remote, f"tls routing ({ALPN_REVERSE_TUNNEL}): handshake refused: "
+                                               f"{handshake_reason(exc)}")
+            return
+        # the tunnel server (threads, paramiko) reads a plain socket: this end of a pair is spliced to the TLS
+        ours, theirs = socket.socketpair()
+        try:
+            await loop.connect_accepted_socket(lambda: inner, ours)
+        except OSError:
+            ours.close()
+            theirs.close()
+            if client.transport is not None:
+                client.transport.close()
+            return
+        inner.link(client)
+        client.link(inner)
+        if client.lost:
+            theirs.close()
+            if inner.transport is not None:
+                inner.transport.close()
+            return
+        tunnel.serve_routed(theirs, remote)
+
     # -- auth API passthrough ---------------------------------------------------------------------
 
     async def pass_to_auth(self, sock: socket.socket, hello: ClientHello) -> None:
@@ -363,6 +426,13 @@ def _load_key_pair(context: ssl.SSLContext, identity: LocalIdentity) -> None:
         write_private(cert, identity.tls_cert_pem)
         write_private(key, identity.key_pem)
         context.load_cert_chain(cert, key)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def peer_addr(sock: socket.socket) -> str:

@@ -136,8 +136,10 @@ class ProxyService(Service):
         # the listeners are inherited across a graceful reload (ctx.listen)
         self.ssh = SSHProxyServer(self, self.ctx.listen("proxy:ssh", self.settings.listen_addr))
         self.ssh.start()
-        self.tunnel = TunnelServer(self, self.ctx.listen("proxy:tunnel", self.settings.tunnel_listen_addr),
-                                   self.ssh.host_key)
+        # multiplex: no tunnel port; agents reach the tunnel server on the web port (mux, ALPN)
+        tunnel_sock = (None if self.settings.proxy_listener_mode == "multiplex"
+                       else self.ctx.listen("proxy:tunnel", self.settings.tunnel_listen_addr))
+        self.tunnel = TunnelServer(self, tunnel_sock, self.ssh.host_key)
         self.tunnel.start()
         self._tasks.extend(await self.clusters.start())
         from prometheus_client import Gauge
@@ -214,7 +216,7 @@ class ProxyService(Service):
             "ssh_addr": str(self.ssh_address) if self.ssh else None,
             "ssh_connections": self.ssh.connections if self.ssh else 0,
             "tls_routed_connections": len(self.mux.live) if self.mux else 0,
-            "tunnel_addr": str(self.tunnel_address) if self.tunnel else None,
+            "tunnel_addr": str(self.tunnel_address) if self.tunnel and self.tunnel.sock else None,
             "reverse_tunnels": len(self.tunnel.tunnels) if self.tunnel else 0,
         }
 
@@ -238,6 +240,8 @@ class ProxyService(Service):
         the tunnel port); reported by ``/webapi/find``."""
         if self.settings.tunnel_public_addrs:
             return str(self.settings.tunnel_public_addrs[0])
+        if self.tunnel is None or self.tunnel.sock is None:  # multiplex: agents use the web port
+            return ""
         addr = self.tunnel_address
         host = self.settings.public_addrs[0].host if self.settings.public_addrs else self._default_host(addr)
         return str(NetAddr(host, addr.port))
@@ -466,6 +470,10 @@ class ProxyService(Service):
         context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(cadata="".join(self.user_ca_pems))
         return context
+
+    def web_keypair(self) -> tuple[str, str]:
+        """The HTTPS certificate and key files (the web port's reverse tunnels present them too)."""
+        return self._web_keypair()
 
     def _web_keypair(self) -> tuple[str, str]:
         if self._web_cert[0]:

@@ -22,6 +22,9 @@ tunnel_listen_addr: 0.0.0.0:3024
 $public_addr_setting
 # ssh_public_addr: proxy.example.com:3023
 # tunnel_public_addr: proxy.example.com:3024
+# multiplex: no tunnel port; nodes and leaf clusters reach the reverse tunnel server on the web
+# port (TLS, ALPN teleport-reversetunnel). separate (default): the tunnel port too.
+# proxy_listener_mode: separate
 # Certificate (full chain) and key for HTTPS; without them a self-signed certificate is used
 # and clients need --insecure.
 # https_keypairs:
@@ -57,6 +60,7 @@ class ProxySettings:
     tunnel_listen_addr: NetAddr = attrs.field(factory=lambda: NetAddr("0.0.0.0", 3024))  # noqa: S104
     tunnel_public_addrs: tuple[NetAddr, ...] = ()
     connection_limits: ConnectionLimits | None = None  # None: teleport.connection_limits
+    proxy_listener_mode: str = "separate"  # "multiplex": no tunnel port (tunnels on the web port only)
 
 
 def parse_settings(reader: SectionReader) -> ProxySettings:
@@ -72,4 +76,5 @@ def parse_settings(reader: SectionReader) -> ProxySettings:
         pairs.append(KeyPair(item.path_value("key_file"), item.path_value("cert_file")))
         item.finish()
     limits = parse_connection_limits(reader)
-    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs), tunnel, tunnel_public, limits)
+    mode = reader.string("proxy_listener_mode", "separate", choices=("separate", "multiplex"))
+    return ProxySettings(web, ssh, public, ssh_public, tuple(pairs), tunnel, tunnel_public, limits, mode)

@@ -67,6 +67,8 @@ class ProxyState(Protocol):
 
     def public_tunnel_addr(self) -> str: ...
 
+    def web_keypair(self) -> tuple[str, str]: ...
+
     def lock_reason(self, user: UserCert, login: str = "", node: str = "") -> str:
         """The message of the lock in force for ``user`` (with ``login``, to ``node``), or ""."""
 

@@ -26,6 +26,13 @@ Two kinds of connections arrive on the tunnel port, told apart by their first by
   connection to it) and ``request``/``reply`` pairs (a leaf's node list for a root user); each
   of its pings is the leaf's heartbeat to auth (:class:`teleport_proxy.clusters.Clusters`).
 
+**Through the web port** (TLS routing): an agent may reach the same server on the proxy's web
+port, in TLS with ALPN ``teleport-reversetunnel`` (:mod:`teleport_proxy.mux` terminates that TLS
+with the web certificate and hands the plain stream to :meth:`TunnelServer.serve_routed`). Both
+kinds of connection then go exactly as on the tunnel port: the same gate, host certificate checks,
+tokens and audit. With ``proxy_listener_mode: multiplex`` the proxy opens no tunnel port at all
+(``sock`` None) and the web port is the only way in.
+
 Tunnel connects and disconnects are audited (``reverse_tunnel.connect``/``.disconnect``).
 Connections are admitted as on the proxy's SSH port (``connection_limits``, one
 :class:`~teleport_core.net.limits.ConnectionGate` for this port): a control connection counts as
@@ -53,7 +60,7 @@ from cryptography.hazmat.primitives.serialization import ssh
 
 from teleport_core.errors import AccessDenied, TeleportError
 from teleport_core.net import sshalgos
-from teleport_core.net.limits import ConnectionGate, Ticket, on_authenticated
+from teleport_core.net.limits import ConnectionGate, Refused, Ticket, on_authenticated
 from teleport_core.state.audit import new_event
 from teleport_core.tsh.hostcert import verify_host_cert
 from teleport_proxy.sshserver import Refusals, accept_loop
@@ -287,14 +294,16 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
 
 
 class TunnelServer:
-    """Accepts tunnel connections on ``sock`` (threads, like the proxy's SSH listener)."""
+    """Accepts tunnel connections on ``sock`` (threads, like the proxy's SSH listener) and those the
+    web port routes here (:meth:`serve_routed`); ``sock`` None: no tunnel port (multiplex mode)."""
 
-    def __init__(self, proxy: ProxyState, sock: socket.socket, host_key: paramiko.PKey) -> None:
+    def __init__(self, proxy: ProxyState, sock: socket.socket | None, host_key: paramiko.PKey) -> None:
         self.proxy = proxy
         self.sock = sock
         # a timeout, never blocking mode: O_NONBLOCK is shared with the other process of a graceful
         # reload, and one that took the connection first is just a retry here
-        sock.settimeout(0.5)
+        if sock is not None:
+            sock.settimeout(0.5)
         self.host_key = host_key
         self.tunnels: dict[str, NodeTunnel] = {}
         self.clusters: dict[str, dict[str, NodeTunnel]] = {}  # leaf cluster -> its proxies' tunnels
@@ -310,10 +319,16 @@ class TunnelServer:
 
     @property
     def address(self) -> tuple[str, int]:
+        """The tunnel port's address (``("", 0)`` without one)."""
+        if self.sock is None:
+            return "", 0
         host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> None:
+        if self.sock is None:
+            self.gate.start()  # connections come from the web port only
+            return
         self._thread.start()
 
     def stop_accepting(self) -> None:
@@ -324,7 +339,8 @@ class TunnelServer:
         self._accepting.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         with self._lock:
             tunnels = list(self.tunnels.values()) + [t for ts in self.clusters.values() for t in ts.values()]
         for tunnel in tunnels:
@@ -395,11 +411,44 @@ class TunnelServer:
     # -- connections -----------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        assert self.sock is not None
         accept_loop(self.sock, self._accepting, self._serve, "proxy-tunnel-conn", self.gate, self.refused)
+
+    def serve_routed(self, client: socket.socket, remote: str) -> None:
+        """A connection the web port routed here (ALPN ``teleport-reversetunnel``, TLS already
+        terminated; ``client`` carries the plain stream, ``remote`` is the agent's address): admitted
+        by this server's gate and served as one from the tunnel port (in a thread; returns at once)."""
+        if self._accepting.is_set():  # stopping or reloading: the agent dials again
+            client.close()
+            return
+        source = remote.rpartition(":")[0].strip("[]") or remote
+
+        def expire() -> None:  # login grace time over: wake its thread
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+
+        try:
+            ticket = self.gate.admit(source, expire)
+        except Refused as exc:
+            client.close()
+            self.refused(source, remote, str(exc))
+            return
+
+        def run() -> None:
+            try:
+                self._dispatch(client, remote, ticket)
+            finally:
+                ticket.close()
+
+        threading.Thread(target=run, name="proxy-tunnel-routed", daemon=True).start()
 
     def _serve(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._dispatch(client, remote, ticket)
+
+    def _dispatch(self, client: socket.socket, remote: str, ticket: Ticket) -> None:
+        """A control or data connection, told apart by its first bytes."""
         client.settimeout(HANDSHAKE_TIMEOUT)
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:  # both kinds of client speak first: look at their first 4 bytes without taking them

@@ -113,7 +113,8 @@ class WebAPI:
             "server_version": __version__,
             "auth": {"type": "local", "second_factor": p.second_factor},
             "proxy": {"ssh": {"listen_addr": str(p.settings.listen_addr), "public_addr": p.public_ssh_addr(),
-                              "tunnel_listen_addr": str(p.settings.tunnel_listen_addr),
+                              "tunnel_listen_addr": ("" if p.settings.proxy_listener_mode == "multiplex"
+                                                     else str(p.settings.tunnel_listen_addr)),
                               "ssh_tunnel_public_addr": p.public_tunnel_addr()},
                       "web_public_addr": p.public_web_addr(), "tls_routing_enabled": True},
         }

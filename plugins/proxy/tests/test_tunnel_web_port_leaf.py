@@ -1,0 +1,91 @@
+"""A leaf cluster joined through the root's web port only (TLS routing, issue 19).
+
+The root (a ``teleport start`` process: auth and proxy) runs with ``proxy_listener_mode: multiplex``:
+it has no tunnel port. The leaf's ``trusted_cluster`` gives ``tunnel_addr`` = the root's web address,
+so the leaf's proxy dials it in TLS with ALPN ``teleport-reversetunnel`` (``--insecure``: the root's
+web certificate is self-signed; the root proxy is authenticated by its SSH host certificate inside).
+A root user reaches the leaf's node with ``tsh ssh --cluster``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from test_trusted_clusters_e2e import LEAF, LOGIN, ROLES, ROOT, Cluster, Env, RootProcess
+
+from teleport_core.config.load import Flags
+from teleport_core.plugins import make_plugins
+from teleport_core.testing.cluster import start_cluster
+from teleport_core.testing.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root_dir, leaf_dir = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("leaf")
+    root_process = RootProcess(root_dir)
+    config = yaml.safe_load(root_process.config.read_text())
+    del config["proxy_service"]["tunnel_listen_addr"]
+    config["proxy_service"]["proxy_listener_mode"] = "multiplex"  # no tunnel port at the root
+    root_process.config.write_text(yaml.safe_dump(config))
+    root_process.start()
+    try:
+        root = Cluster(root_dir, ROOT, f"127.0.0.1:{root_process.auth_port}", root_process.web)
+        root.ok("create", "-f", "-", input=ROLES)
+        root.signup("alice", ["dev"])
+        leaf_config = {
+            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": "leaf-node"},
+            "auth_service": {"cluster_name": LEAF, "listen_addr": "127.0.0.1:0",
+                             "authentication": {"second_factor": "off"}},
+            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
+                              "tunnel_listen_addr": "127.0.0.1:0"},
+            "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "leaf"}},
+        }
+        with start_cluster(leaf_config, make_plugins(), flags=Flags(insecure=True), timeout=120) as handle:
+            services: Any = handle.process.services
+            proxy = services["proxy_service"]
+            leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address, f"127.0.0.1:{proxy.web_address.port}")
+            token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
+                                       "--format=json"))["token"]
+            spec = {"enabled": True, "token": token, "web_proxy_addr": root.web, "tunnel_addr": root.web,
+                    "role_map": [{"remote": "dev", "local": ["access"]}], "ca_pin": root.call("status")["ca_pin"]}
+            leaf.ok("create", "-", input=yaml.safe_dump({"kind": "trusted_cluster", "version": "v2",
+                                                         "metadata": {"name": ROOT}, "spec": spec}))
+            home = tmp_path_factory.mktemp("alice-tsh")
+            e = Env(root, root_process, leaf, handle, home)
+            wait_for(lambda: proxy.clusters.agents.get(ROOT) and proxy.clusters.agents[ROOT].connected.is_set(),
+                     "the leaf's tunnel to the root's web port", timeout=120, interval=0.2)
+            e.login("alice", home)
+            yield e
+    finally:
+        root_process.stop()
+
+
+def test_the_leaf_tunnels_to_the_roots_web_port(env: Env) -> None:
+    agent = env.leaf_handle.process.services["proxy_service"].clusters.agents[ROOT]
+    assert agent.tls and str(agent.tunnel_addr) == env.root.web
+    found = json.loads(env.tsh("clusters", "--format=json").stdout)
+    assert {c["cluster_name"]: c["status"] for c in found} == {ROOT: "online", LEAF: "online"}
+    connects = wait_for(lambda: [e for e in env.root.events("reverse_tunnel.connect")
+                                 if e.get("leaf_cluster") == LEAF], "the tunnel's connect event at the root")
+    assert connects[0]["tunnel_type"] == "proxy"
+    # the root has no tunnel port: the web port (ALPN teleport-reversetunnel) is the only way in
+    found_ssh = httpx.get(f"https://{env.root.web}/webapi/find", verify=False, timeout=30).json()["proxy"]["ssh"]
+    assert found_ssh["tunnel_listen_addr"] == "" and found_ssh["ssh_tunnel_public_addr"] == ""
+
+
+def test_tsh_ssh_to_the_leaf_node_through_the_web_port_tunnel(env: Env) -> None:
+    done = env.tsh("ls", f"--cluster={LEAF}", "--format=json")
+    assert done.returncode == 0, done.stderr
+    assert [n["nodename"] for n in json.loads(done.stdout)] == ["leaf-node"]
+    done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@leaf-node", "echo", "hello through the web port")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello through the web port\n"
+    starts = wait_for(lambda: [e for e in env.leaf.events("session.start") if e.get("user") == "alice"],
+                      "the leaf's session.start")
+    assert starts[0]["cluster_name"] == LEAF and starts[0]["user_cluster"] == ROOT
