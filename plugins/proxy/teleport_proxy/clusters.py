@@ -425,6 +425,8 @@ class Clusters:
                 await self.sync_cas()
             except TeleportError as exc:
                 self.proxy.log.warning("trusted clusters: cannot exchange CAs, will retry", error=str(exc))
+            except Exception as exc:  # the exchange must outlive one bad round
+                self.proxy.log.error("trusted clusters: CA exchange failed, will retry", error=repr(exc))
 
     async def own_cas(self) -> list[dict[str, Any]]:
         """This cluster's host and user CAs as the exchange carries them (public parts, every trusted key set)."""
