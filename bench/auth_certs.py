@@ -124,8 +124,29 @@ def process_cpu(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches so far of every thread of process ``pid``."""
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live child processes (auth's worker processes, ``auth_service.workers``)."""
+    found = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds so far of every process in ``pids`` (:func:`process_cpu`; gone ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += process_cpu(pid)
+    return total
+
+
+def context_switches(pid: int | list[int]) -> int:
+    """Voluntary and involuntary context switches so far of every thread of process ``pid`` (or of each)."""
+    if isinstance(pid, list):
+        return sum(context_switches(one) for one in pid)
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
@@ -194,7 +215,7 @@ def profile_summary(path: str) -> dict[str, float]:
 
 
 def run_server(tmp: Path, http1: str, args: argparse.Namespace, subject: str, logins: bool,
-               profile: str | None) -> dict[str, Any]:
+               profile: str | None, workers: int = 1) -> dict[str, Any]:
     """Start auth (its own `teleport start` process, HTTP/1.1 served by ``http1``), issue
     certificates over mTLS for ``args.seconds``; with ``logins``, time full logins after."""
     from teleport_core.api.client import AuthClient, load_identity_dir, load_tls, register
@@ -206,7 +227,7 @@ def run_server(tmp: Path, http1: str, args: argparse.Namespace, subject: str, lo
     addr, diag = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     config = {"teleport": {"data_dir": str(data), "nodename": "bench", "diag_addr": diag,
                            "log": {"severity": "WARN"}},
-              "auth_service": {"cluster_name": "bench.example", "listen_addr": addr,
+              "auth_service": {"cluster_name": "bench.example", "listen_addr": addr, "workers": workers,
                                "authentication": {"second_factor": "off"},
                                "tokens": ["proxy:bench-proxy-token-0123456789"]},
               "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
@@ -224,17 +245,18 @@ def run_server(tmp: Path, http1: str, args: argparse.Namespace, subject: str, lo
                 created = await admin.create_user("bench", ["access"], {"logins": ["root"]})
                 # warm the pool: one connection per concurrent client, so no handshake is measured
                 await asyncio.gather(*(admin.sign_user_cert("bench", subject) for _ in range(args.concurrency)))
-                cpu_before, switches_before = process_cpu(server.pid), context_switches(server.pid)
+                procs = tree(server.pid)  # with workers: the leader and each worker process
+                cpu_before, switches_before = tree_cpu(procs), context_switches(procs)
                 client_before = time.process_time()
                 spy = profiler(server.pid, profile, args.seconds) if profile else None
                 results["api_ssh_tls_user_certs_per_s"] = await api_rate(
                     admin, subject, args.seconds, args.concurrency)
                 issued = results["api_ssh_tls_user_certs_per_s"] * args.seconds
-                results["auth_cpu_ms_per_cert"] = (process_cpu(server.pid) - cpu_before) * 1000 / issued
+                results["auth_cpu_ms_per_cert"] = (tree_cpu(procs) - cpu_before) * 1000 / issued
                 # the clients' side (httpx, TLS, this process) shares the machine's cores with auth
                 results["client_cpu_ms_per_cert"] = (time.process_time() - client_before) * 1000 / issued
                 results["auth_context_switches_per_cert"] = (
-                    context_switches(server.pid) - switches_before) / issued
+                    context_switches(procs) - switches_before) / issued
                 if spy is not None:
                     spy.wait(timeout=60)
                     results["profile"] = profile_summary(str(profile))
@@ -272,12 +294,19 @@ def main() -> int:
                         help="auth's HTTP/1.1 server(s), comma-separated (hypercorn, httptools): each gets its own "
                              "auth process, in turn, --rounds times")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each --http1 server, alternating")
+    parser.add_argument("--workers", default="1",
+                        help="auth_service.workers value(s), comma-separated (1,2): each with each --http1 server, "
+                             "alternating; auth CPU is then the leader's and its workers' together")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the auth process with py-spy during the API phase (collapsed stacks to "
                              "FILE.<server>.<round>) and summarize where its time goes")
     args = parser.parse_args()
-    servers = [name.strip() for name in args.http1.split(",") if name.strip()]
+    http1s = [name.strip() for name in args.http1.split(",") if name.strip()]
+    counts = [int(n) for n in args.workers.split(",") if n.strip()]
+    # each variant: (label, HTTP/1.1 server, auth processes); the label is the server alone with one count
+    variants = [(http1 if len(counts) == 1 else f"{http1}-w{n}", http1, n) for http1 in http1s for n in counts]
+    servers = [label for label, _, _ in variants]
 
     from teleport_auth.authority import generate_authority
     from teleport_auth.issuer import issue_ssh_user_cert, issue_tls_user_cert
@@ -305,12 +334,12 @@ def main() -> int:
 
     runs: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
-        for http1 in servers:
+        for label, http1, count in variants:
             with tempfile.TemporaryDirectory() as tmp:
-                profile = f"{args.profile}.{http1}.{round_}" if args.profile else None
+                profile = f"{args.profile}.{label}.{round_}" if args.profile else None
                 run = run_server(Path(tmp), http1, args, subject, logins=not runs and args.logins > 0,
-                                 profile=profile)
-            run.update(http1=http1, round=round_, load_average=os.getloadavg()[0])
+                                 profile=profile, workers=count)
+            run.update(http1=label, workers=count, round=round_, load_average=os.getloadavg()[0])
             if "login_latency_ms_median" in run:
                 results["login_latency_ms_median"] = run.pop("login_latency_ms_median")
             runs.append(run)
@@ -337,7 +366,7 @@ def main() -> int:
           f"   ({results['in_process_vs_ceiling']:.2f} of ceiling)")
     print(f"SSH+TLS pair, in process            {results['in_process_ssh_tls_pair_per_s']:>10,.0f} /s")
     for run in runs:
-        print(f"[{run['http1']:>9} #{run['round']}] over mTLS {run['api_ssh_tls_user_certs_per_s']:>10,.0f} /s"
+        print(f"[{run['http1']:>12} #{run['round']}] over mTLS {run['api_ssh_tls_user_certs_per_s']:>10,.0f} /s"
               f"   auth CPU {run['auth_cpu_ms_per_cert']:.2f} ms/pair (clients {run['client_cpu_ms_per_cert']:.2f}), "
               f"{run['auth_context_switches_per_cert']:.1f} switches/pair, load {run['load_average']:.1f}")
         for name, share in run.get("profile", {}).items():

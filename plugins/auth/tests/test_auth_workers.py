@@ -172,6 +172,46 @@ def test_a_lock_or_a_deletion_through_one_worker_holds_at_once_in_every_other(au
     assert served & set(workers), f"no worker served a request: spools of {served}, workers {workers}"
 
 
+def test_every_worker_writes_one_audit_log_each_event_once_and_pages_are_complete(auth: TeleportProcess) -> None:
+    """Several processes append to the same JSON log (one day file, ``flock`` around append and
+    dedup) and its search index: every certificate's ``cert.create`` event is found exactly once,
+    also when the search is read in small pages through cursors."""
+    import datetime as dt
+
+    leader = auth.proc.pid if auth.proc is not None else 0
+    now = dt.datetime.now(dt.UTC)
+    window = {"type": "cert.create", "since": (now - dt.timedelta(minutes=10)).isoformat(),
+              "until": (now + dt.timedelta(minutes=10)).isoformat()}
+
+    async def body() -> tuple[list[str], list[str]]:
+        async with admin(auth) as client:
+            await client.create_user("audited", ["access"], {"logins": ["root"]})
+            warm = [admin(auth) for _ in range(WARM)]
+            try:
+                answers = []
+                for _ in range(4):  # 4 x WARM certificates over connections on every worker
+                    answers += await asyncio.gather(*(each.sign_user_cert("audited", SUBJECT, ttl="1h")
+                                                      for each in warm))
+            finally:
+                for each in warm:
+                    await each.close()
+            expected = sorted(a["tls_cert"] for a in answers)
+            seen: list[str] = []
+            cursor = ""
+            while True:  # small pages: the cursor must neither skip nor repeat an event
+                page = await client.search_events(**window, user="audited", limit=7, cursor=cursor)
+                seen += [event["uid"] for event in page["events"]]
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+            return expected, seen
+
+    expected, uids = asyncio.run(body())
+    assert len(expected) == 4 * WARM
+    assert len(uids) == len(expected) and len(set(uids)) == len(uids)
+    assert spool_writers(auth) & set(children(leader)), "the events did not come from several processes"
+
+
 def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: TeleportProcess) -> None:
     leader = auth.proc.pid if auth.proc is not None else 0
     before = children(leader)
