@@ -5,7 +5,10 @@ The profile stays the root cluster's (its proxy, its certificates): ``--cluster=
 tunnel (``proxy:host:port@LEAF`` on the SSH port, ``host:port@LEAF`` with TLS routing,
 ``/v1/webapi/sites/LEAF/nodes`` for ``tsh ls``). The leaf's nodes present host certificates of
 the leaf's host CA, which ``tsh login`` stored in the profile's ``known_hosts`` (the root proxy
-adds its leaves' host CAs to the login answer).
+adds its leaves' host CAs to the login answer, as ``@cert-authority LEAF,*.LEAF``). tsh checks
+each host certificate against the host CA of the cluster it dialed alone: the root proxy
+against the root's, a node against its cluster's (``Profile.proxy_cluster`` and ``cluster``),
+so no leaf's host CA can pass for a root node or another leaf's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def select(profile: Profile, cluster: str) -> Profile:
         return profile
     if any(c.isspace() or c in "@:/" for c in cluster) or not cluster.isprintable():
         raise TeleportError(f"invalid cluster name {cluster!r}")
-    return attrs.evolve(profile, cluster=cluster)
+    return attrs.evolve(profile, cluster=cluster, root_cluster=profile.proxy_cluster)
 
 
 def list_sites(profile: Profile) -> list[dict[str, Any]]:

@@ -19,11 +19,13 @@ OLD_CA = "your certificates were issued by an old CA: run tsh login again"
 
 class UnknownHostCA(AccessDenied):
     """A host certificate signed by none of the trusted CAs; ``authority`` is the cluster its
-    ``x-teleport-authority`` extension names (a cluster whose host CA rotated names itself)."""
+    ``x-teleport-authority`` extension names (a cluster whose host CA rotated names itself; the
+    signer chooses it, so it only picks a message); ``signer`` is the DER of the key that signed it."""
 
-    def __init__(self, message: str, authority: str = "") -> None:
+    def __init__(self, message: str, authority: str = "", signer: bytes = b"") -> None:
         super().__init__(message)
         self.authority = authority
+        self.signer = signer
 
 
 def from_rotated_tls_ca(der: bytes, known_ca_pems: Iterable[bytes]) -> bool:
@@ -59,6 +61,48 @@ def host_ca_keys(known_hosts: Iterable[str]) -> list[str]:
     return out
 
 
+def ca_line_clusters(line: str) -> set[str] | None:
+    """The clusters an ``@cert-authority`` line is for: each ``C`` whose ``*.C`` is one of its host
+    patterns (``tsh login`` writes ``<proxy>,<root>,*.<root>`` for the root's CA and
+    ``<leaf>,*.<leaf>`` for each leaf's); ``None`` for a line with the pattern ``*`` (every cluster)
+    and an empty set for anything else."""
+    parts = line.split()
+    if len(parts) < 4 or parts[0] != "@cert-authority":
+        return set()
+    patterns = parts[1].split(",")
+    if "*" in patterns:
+        return None
+    return {p[2:] for p in patterns if p.startswith("*.") and len(p) > 2}
+
+
+def cluster_host_ca_keys(known_hosts: Iterable[str], cluster: str) -> list[str]:
+    """The host CA keys of ``cluster`` alone among ``known_hosts`` (see :func:`ca_line_clusters`):
+    a node or proxy of one cluster is checked against that cluster's host CA, never another's."""
+    out = []
+    for line in known_hosts:
+        clusters = ca_line_clusters(line)
+        if clusters is None or cluster in clusters:
+            parts = line.split()
+            out.append(f"{parts[2]} {parts[3]}")
+    return out
+
+
+def signer_cluster(known_hosts: Iterable[str], signer: bytes) -> str:
+    """The cluster whose host CA (in ``known_hosts``) is the key ``signer`` (DER), '' when none is."""
+    for line in known_hosts:
+        clusters = ca_line_clusters(line)
+        if not clusters:
+            continue
+        parts = line.split()
+        try:
+            der = keys.public_key_der(keys.load_public_key(f"{parts[2]} {parts[3]}"))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+        if signer and hmac.compare_digest(der, signer):
+            return sorted(clusters)[0]
+    return ""
+
+
 def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], principal: str | None, *,
                      role: str | None = None) -> None:
     """Raise :class:`AccessDenied` unless the certificate is a host certificate signed by one of
@@ -79,7 +123,7 @@ def verify_host_cert(key_type: str, blob: bytes, trusted: Iterable[str], princip
         match |= hmac.compare_digest(keys.public_key_der(keys.load_public_key(ca)), signer)
     if not match:
         raise UnknownHostCA("the server's host certificate is not signed by the cluster's host CA",
-                            cert.extensions.get(b"x-teleport-authority", b"").decode(errors="replace"))
+                            cert.extensions.get(b"x-teleport-authority", b"").decode(errors="replace"), signer)
     if cert.type is not ssh.SSHCertificateType.HOST:
         raise AccessDenied("the server presented a user certificate as its host key")
     now = dt.datetime.now(dt.UTC).timestamp()

@@ -56,6 +56,13 @@ class Profile:
     tls_routing: bool = False  # the proxy's web port carries SSH too (its ping said tls_routing_enabled)
     #: the approved access requests whose roles the certificates carry (tsh login --request-id)
     active_requests: tuple[str, ...] = ()
+    #: the profile's own (root) cluster when ``cluster`` names a leaf (``--cluster``; never saved)
+    root_cluster: str = ""
+
+    @property
+    def proxy_cluster(self) -> str:
+        """The cluster of the proxy the profile talks to: the root's even when ``cluster`` is a leaf."""
+        return self.root_cluster or self.cluster
 
     @property
     def expired(self) -> bool:

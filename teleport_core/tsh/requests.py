@@ -178,13 +178,21 @@ def reissue(profile: Profile, request_ids: Sequence[str]) -> Profile:
         raise
     identity = LocalIdentity(profile.identity.key_pem, answer["tls_cert"].encode(),
                              tuple(p.encode() for p in answer["host_ca_pems"]), answer["cert"],
-                             proxy_known_hosts(answer["host_signers"], profile.proxy_host))
+                             proxy_known_hosts(answer["host_signers"], profile.proxy_host) + _leaf_lines(profile))
     renewed = attrs.evolve(profile, roles=tuple(answer["roles"]), logins=tuple(answer["logins"]),
                            valid_before=dt.datetime.fromisoformat(answer["valid_before"]), identity=identity,
                            active_requests=tuple(answer.get("active_requests") or ()))
     folder = renewed.save(home())
     agent_add(folder, renewed)
     return attrs.evolve(renewed, folder=folder)
+
+
+def _leaf_lines(profile: Profile) -> tuple[str, ...]:
+    """The profile's leaf host CA lines (the reissue answer has the root's only): kept as they were."""
+    from teleport_core.tsh.hostcert import ca_line_clusters
+
+    return tuple(line for line in profile.identity.known_hosts
+                 if (found := ca_line_clusters(line)) and profile.proxy_cluster not in found)
 
 
 def still_active(profile: Profile) -> list[str]:

@@ -37,7 +37,14 @@ from teleport_core.net import sshalgos
 from teleport_core.net.pipes import grow_pipe
 from teleport_core.pki import keys
 from teleport_core.pki.serverrole import PROXY, ServerRoleError, require_server_role
-from teleport_core.tsh.hostcert import OLD_CA, UnknownHostCA, from_rotated_tls_ca, host_ca_keys, verify_host_cert
+from teleport_core.tsh.hostcert import (
+    OLD_CA,
+    UnknownHostCA,
+    cluster_host_ca_keys,
+    from_rotated_tls_ca,
+    signer_cluster,
+    verify_host_cert,
+)
 from teleport_core.tsh.profile import Profile, refused_login
 
 if TYPE_CHECKING:
@@ -89,11 +96,14 @@ def _is_address(host: str) -> bool:
 
 
 def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
-              role: str | None = None, about: str = "") -> paramiko.Transport:
+              role: str | None = None, about: str = "", cluster: str = "") -> paramiko.Transport:
     """An authenticated SSH transport over ``sock`` (a socket or a channel) to a server whose
-    host certificate names ``principal`` (and carries system ``role``) when given; ``about``
-    names the server in a refusal."""
+    host certificate names ``principal`` (and carries system ``role``) when given, signed by the
+    host CA of ``cluster`` (default: the cluster the profile routes to, a leaf's with
+    ``--cluster``); ``about`` names the server in a refusal."""
     import paramiko
+
+    cluster = cluster or profile.cluster
 
     quiet_paramiko()
     transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
@@ -105,16 +115,23 @@ def handshake(sock: Any, profile: Profile, login: str, principal: str | None, *,
         blob = remote.public_blob
         if blob is None:
             raise AccessDenied("the server presented a plain host key, not a certificate from the cluster's host CA")
+        known = profile.identity.known_hosts
+        trusted = cluster_host_ca_keys(known, cluster)  # this cluster's host CA only, never another's
         try:
-            verify_host_cert(blob.key_type, blob.key_blob, host_ca_keys(profile.identity.known_hosts), principal,
-                             role=role)
+            if not trusted:
+                raise AccessDenied(f"your profile has no host CA of cluster {cluster} (run tsh login again: "
+                                   "a leaf that joined after your login is not in your profile)")
+            verify_host_cert(blob.key_type, blob.key_blob, trusted, principal, role=role)
         except UnknownHostCA as exc:
-            if exc.authority and exc.authority == profile.cluster:  # the cluster's host CA rotated
+            other = signer_cluster(known, exc.signer)
+            if other and other != cluster:  # a host CA tsh knows, of another cluster: never good here
+                raise AccessDenied(f"refusing {about or 'the server'}: its host certificate is signed by the host "
+                                   f"CA of cluster {other}, not of {cluster}, the cluster it was reached in") from None
+            if exc.authority and exc.authority == cluster:  # the cluster's host CA rotated
                 raise AccessDenied(f"{OLD_CA} ({about or 'the server'} presents a host certificate of "
-                                   f"{profile.cluster} from a host CA your profile does not know)") from None
-            if not about:
-                raise
-            raise AccessDenied(f"refusing {about}: {exc}") from None
+                                   f"{cluster} from a host CA your profile does not know)") from None
+            raise AccessDenied(f"refusing {about or 'the server'}: its host certificate is not signed by the host "
+                               f"CA of cluster {cluster}") from None
         except AccessDenied as exc:
             if not about:
                 raise
@@ -141,7 +158,7 @@ def connect_proxy(profile: Profile) -> paramiko.Transport:
         raise TeleportError(f"cannot reach the proxy at {profile.ssh_addr}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return handshake(sock, profile, profile.user, None if _is_address(host) else host, role=PROXY,
-                     about=f"the proxy at {profile.ssh_addr}")
+                     about=f"the proxy at {profile.ssh_addr}", cluster=profile.proxy_cluster)
 
 
 def open_subsystem(proxy: paramiko.Transport, profile: Profile, host: str, port: int) -> paramiko.Channel:
@@ -270,7 +287,7 @@ def dial_tls(profile: Profile, host: str, port: int) -> TLSStream:
         raw.close()
         if exc.verify_code == UNKNOWN_ISSUER and _rotated(profile, web_host, int(web_port)):
             raise AccessDenied(f"{OLD_CA} (the proxy at {profile.web_addr} presents a certificate from a host CA "
-                               f"of {profile.cluster} your profile does not know)") from None
+                               f"of {profile.proxy_cluster} your profile does not know)") from None
         raise AccessDenied(f"the proxy at {profile.web_addr} is not a proxy of this cluster "
                            f"({exc.verify_message})") from None
     except (ssl.SSLError, OSError) as exc:

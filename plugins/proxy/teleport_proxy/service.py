@@ -37,6 +37,7 @@ from teleport_core.state.audit import new_event
 from teleport_core.state.audit_spool import AuditSpool, export_pending
 from teleport_core.state.nodes import AmbiguousHost, NodeInfo, NodeNotFound, find_nodes
 from teleport_proxy.certs import UserCert, self_signed
+from teleport_proxy.cluster_metrics import ClusterTunnels
 from teleport_proxy.clusters import Clusters
 from teleport_proxy.forwarder import Forwarder
 from teleport_proxy.headers import HEADERS as SECURITY_HEADERS
@@ -148,6 +149,7 @@ class ProxyService(Service):
               "before teleport_reverse_tunnels_connected; kept as an alias)",
               registry=self.ctx.metrics).set_function(lambda: len(self.tunnel.tunnels))
         metrics_for(self.ctx.metrics).reverse_tunnels.labels(type="node").set_function(lambda: len(self.tunnel.tunnels))
+        self.ctx.metrics.register(ClusterTunnels(self))  # remote_clusters{cluster} (root), trusted_clusters (leaf)
         # TLS routing: the web port also carries tsh's SSH (ALPN teleport-proxy-ssh) and the auth API
         self.mux = WebMux(self)
         web_sock = self.ctx.listen("proxy:web", self.settings.web_listen_addr)
