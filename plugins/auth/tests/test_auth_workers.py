@@ -7,6 +7,7 @@ marker is refused, a killed worker is replaced, and one stop ends every worker."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ import pytest
 
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.config.load import parse_config
-from teleport_core.errors import AccessDenied, ConfigError, NotFound, TeleportError
+from teleport_core.errors import AccessDenied, AlreadyExists, ConfigError, NotFound, TeleportError
 from teleport_core.pki import keys
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.processes import TeleportProcess, free_port
@@ -233,3 +234,47 @@ def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: Teleport
     while time.monotonic() < deadline and any(alive(pid) for pid in workers):
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers)
+
+
+def test_a_graceful_reload_replaces_the_leader_and_every_worker(tmp_path: Path) -> None:
+    """SIGHUP: the new leader starts its own workers on the inherited socket; the old leader's
+    workers drain (SIGQUIT) and exit with it; certificates are issued throughout."""
+    addr = f"127.0.0.1:{free_port()}"
+    config = {"auth_service": {"cluster_name": "reload.example", "listen_addr": addr, "workers": 2,
+                               "authentication": {"second_factor": "off"}},
+              "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+    process = TeleportProcess(tmp_path, "auth", config)
+    process.start(timeout=180)
+    new_leader = 0
+    try:
+        assert process.proc is not None
+        old_leader = process.proc.pid
+        old_workers = children(old_leader)
+        assert len(old_workers) == 1
+
+        async def certs() -> list[Any]:
+            async with admin(process) as client:
+                with contextlib.suppress(AlreadyExists):
+                    await client.create_user("reloaded", ["access"], {"logins": ["root"]})
+            return await fresh_certs(process, "reloaded")
+
+        assert all(isinstance(a, dict) for a in asyncio.run(certs()))
+        os.kill(old_leader, signal.SIGHUP)
+        successors = wait_for(lambda: [pid for pid in children(old_leader) if pid not in old_workers],
+                              "the new leader", timeout=60)
+        new_leader = successors[0]
+        wait_for(lambda: not alive(old_leader), "the old leader's exit after its drain", timeout=240)
+        assert not any(alive(pid) for pid in old_workers)
+        new_workers = wait_for(lambda: children(new_leader), "the new leader's worker", timeout=60)
+        assert len(new_workers) == 1 and not set(new_workers) & set(old_workers)
+        assert all(isinstance(a, dict) for a in asyncio.run(certs()))
+        assert "reload ignored" not in process.log()
+    finally:
+        if new_leader and alive(new_leader):
+            workers = children(new_leader)
+            os.kill(new_leader, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(alive(pid) for pid in (new_leader, *workers)):
+                time.sleep(0.2)
+            assert not any(alive(pid) for pid in (new_leader, *workers))
+        process.stop()
