@@ -49,6 +49,13 @@ docs/scaling.md), machine shared with other helpers' test runs at load 3.4-8.7:
   these two cores the rate is the clients' and auth's CPU together, not auth's alone. In process,
   same run: raw Ed25519 14.6k/s, SSH certificate 2.35k/s, SSH+TLS pair 890/s.
 
+Auth worker processes (``--workers 1,2 --rounds 2 --logins 0``, ``auth_service.workers``; auth CPU
+is the leader's and its worker's together), two runs at load 13-32 (raw Ed25519 2-3.7k/s, the
+machine four to ten times slower than quiet): 14 / 13 and 22 / 11 pairs/s with one process, 21 / 11
+and 20 / 19 with two; auth CPU per pair, median, 8.51 and 7.05 ms with one, 9.72 and 7.77 ms with
+two (1.14x, 1.10x); the clients took 11-16 ms per pair: on two cores shared with them a second auth
+process has no core of its own (docs/scaling.md).
+
 Where auth's event loop spends its busy time (``--profile``, a run at 62c7074, load 6.8; httptools,
 hypercorn in brackets): signing 32 % (26 %), audit spool and delivery 30 % (24 %), event loop hand-offs 11 %
 (14 %), HTTP server 8 % (10 %), TLS records 6 % (11 %), endpoint wrapper and handler 4 % (6 %),

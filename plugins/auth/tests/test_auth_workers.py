@@ -116,6 +116,7 @@ def test_one_worker_is_the_default_and_several_parse() -> None:
     assert parsed.settings("auth_service").workers == 64
 
 
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_a_backend_without_a_change_marker_is_refused(tmp_path: Path) -> None:
     """LMDB (the example plugin) has no marker a worker could check before trusting its caches:
     several workers on it could issue a certificate to a user locked a moment ago."""
@@ -130,6 +131,7 @@ def test_a_backend_without_a_change_marker_is_refused(tmp_path: Path) -> None:
     assert "LmdbBackend has none" in process.log()
 
 
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_a_lock_or_a_deletion_through_one_worker_holds_at_once_in_every_other(auth: TeleportProcess) -> None:
     """Attacker: the moment a lock (or the user's deletion) is answered, ask every worker for a
     certificate over connections already open (no handshake between the answer and the request,
@@ -173,6 +175,7 @@ def test_a_lock_or_a_deletion_through_one_worker_holds_at_once_in_every_other(au
     assert served & set(workers), f"no worker served a request: spools of {served}, workers {workers}"
 
 
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_every_worker_writes_one_audit_log_each_event_once_and_pages_are_complete(auth: TeleportProcess) -> None:
     """Several processes append to the same JSON log (one day file, ``flock`` around append and
     dedup) and its search index: every certificate's ``cert.create`` event is found exactly once,
@@ -213,6 +216,7 @@ def test_every_worker_writes_one_audit_log_each_event_once_and_pages_are_complet
     assert spool_writers(auth) & set(children(leader)), "the events did not come from several processes"
 
 
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: TeleportProcess) -> None:
     leader = auth.proc.pid if auth.proc is not None else 0
     before = children(leader)
@@ -236,6 +240,7 @@ def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: Teleport
     assert not any(alive(pid) for pid in workers)
 
 
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_a_graceful_reload_replaces_the_leader_and_every_worker(tmp_path: Path) -> None:
     """SIGHUP: the new leader starts its own workers on the inherited socket; the old leader's
     workers drain (SIGQUIT) and exit with it; certificates are issued throughout."""
