@@ -28,12 +28,14 @@ returns None for them.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 READ_TIMEOUT = 5.0  # seconds a read waits for SQLite's WAL lock (a checkpoint restart; rare)
 
 
@@ -59,21 +61,30 @@ class ChangeFeed:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def catch_up(self) -> None:
-        """Hand every commit made so far, by any process, to the invalidators of its prefix."""
+        """Hand every commit made so far, by any process, to the invalidators of its prefix. When
+        the database cannot be read here, every snapshot is invalidated (the caches then read the
+        backend itself, which is the truth) and the next call looks again."""
         with self._lock:
-            version = self._data_version()
-            if version == self._version:
-                return
-            rows = self._conn.execute("SELECT seq, key FROM events WHERE seq > ? ORDER BY seq",
-                                      (self._seq,)).fetchall()
-            self._version = version
+            try:
+                version = self._data_version()
+                if version == self._version:
+                    return
+                rows = self._conn.execute("SELECT seq, key FROM events WHERE seq > ? ORDER BY seq",
+                                          (self._seq,)).fetchall()
+            except sqlite3.Error as exc:
+                log.warning("change feed of %s cannot be read (%s): caches re-read the backend", self.db_path, exc)
+                rows, hit = [], {id(fn): fn for _, fn in self._watches}
+            else:
+                self._version = version
+                hit = {}
             if not rows:
+                for fn in hit.values():
+                    fn()
                 return
             self.catch_ups += 1
             if int(rows[0][0]) != self._seq + 1:  # rows we never read were pruned: assume anything changed
                 hit = {id(fn): fn for _, fn in self._watches}
             else:
-                hit = {}
                 for _, key in rows:
                     for prefix, fn in self._watches:
                         if bytes(key).startswith(prefix):
