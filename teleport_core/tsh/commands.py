@@ -359,8 +359,9 @@ def _run_on_matches(profile: Profile, login_name: str, selector: str, port: int,
         raise TeleportError(f"target host {selector} is offline or does not exist")
     worst = 0
     for node in nodes:
-        proc = subprocess.run([*_tsh_command(), "ssh", *(["-p", str(port)] if port else []),
-                               f"{login_name}@{node['uuid']}", command], capture_output=True, check=False)
+        argv = [*_tsh_command(), "ssh", f"--cluster={profile.cluster}", *(["-p", str(port)] if port else []),
+                f"{login_name}@{node['uuid']}", command]
+        proc = subprocess.run(argv, capture_output=True, check=False)
         for stream, data in ((sys.stdout, proc.stdout), (sys.stderr, proc.stderr)):
             for line in data.decode(errors="replace").splitlines():
                 stream.write(f"[{node['nodename']}] {line}\n")

@@ -280,6 +280,10 @@ def test_tsh_ssh_and_scp_to_a_leaf_node(env: Env, tmp_path: Path) -> None:
     done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@leaf-node", "echo", "hello from the leaf")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello from the leaf\n"
+    # a label selector runs the command on every matching node of the leaf, each run routed there too
+    done = env.tsh("ssh", f"--cluster={LEAF}", f"{LOGIN}@env=leaf", "echo", "by label")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[leaf-node] by label\n"
     source = tmp_path / "up.txt"
     source.write_text("through two proxies\n")
     remote = tmp_path / "remote.txt"
