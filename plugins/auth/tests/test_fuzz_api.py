@@ -67,6 +67,8 @@ def _report(title: str, report: FuzzReport) -> None:
     print(f"\nschemathesis, auth API, {title}: {report.summary()}")
 
 
+# about 85 operations x 2 modes x 12 examples: over five minutes alone on a loaded 2-core machine
+@pytest.mark.timeout(1200)
 def test_fuzz_auth_api_as_admin(auth: Auth, tmp_path: Path) -> None:
     doc = auth.run(lambda admin: admin.call("GET", "/v1/openapi.json"))
     identity = LocalIdentity.load(auth.root / "keys" / "auth")
@@ -78,6 +80,7 @@ def test_fuzz_auth_api_as_admin(auth: Auth, tmp_path: Path) -> None:
     assert auth.run(lambda admin: admin.ping())["cluster_name"] == CLUSTER  # still serving
 
 
+@pytest.mark.timeout(1200)
 def test_fuzz_auth_api_as_read_only_user(auth: Auth, tmp_path: Path) -> None:
     doc = auth.run(lambda admin: admin.call("GET", "/v1/openapi.json"))
     key = keys.generate_private_key("ed25519")
