@@ -9,12 +9,12 @@ echo "== pytest"
 # Machine hygiene (docs/testing.md): where root's shell runs `pyenv init`, every root session the
 # tests open (our node's, sshd's) rehashes under one lock file, and a shell killed mid-rehash leaves
 # the lock behind: every later root session then waits 60 s for it and times out its test. While the
-# tests run, a lock that no running pyenv-rehash holds, seen twice 5 s apart, is removed and reported.
+# tests run, a lock that no running pyenv-rehash holds, seen twice 2 s apart, is removed and reported.
 shim_lock="${PYENV_ROOT:-$HOME/.pyenv}/shims/.pyenv-shim"
 if [ -d "$(dirname "$shim_lock")" ]; then
   (
     seen=""
-    while sleep 5; do
+    while sleep 2; do
       if [ -e "$shim_lock" ] && ! pgrep -f libexec/pyenv-rehash >/dev/null; then
         if [ -n "$seen" ]; then
           rm -f "$shim_lock" && echo "test.sh: $(date -u +%H:%M:%S) removed a stale pyenv rehash lock" >&2
