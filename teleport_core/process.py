@@ -73,22 +73,24 @@ from teleport_core.net.inherit import (
     ERROR_PREFIX,
     READY,
     Listeners,
+    own_argv,
+    read_answer,
     report_ready,
     take_int,
 )
 from teleport_core.net.listeners import check_can_listen, planned_listeners
-from teleport_core.plugins import PluginInfo, Plugins, blame
-from teleport_core.refs import resolve
-from teleport_core.resources import ProcessResources
-from teleport_core.service import Service, ServiceContext
-from teleport_core.specs import ServiceSpec
-from teleport_core.workers import (
+from teleport_core.net.workers import (
     DATA_DIR_LOCK,
     command_line_process,
     take_worker_role,
     watch_parent,
     worker_config,
 )
+from teleport_core.plugins import PluginInfo, Plugins, blame
+from teleport_core.refs import resolve
+from teleport_core.resources import ProcessResources
+from teleport_core.service import Service, ServiceContext
+from teleport_core.specs import ServiceSpec
 
 DEFAULT_STOP_TIMEOUT = 10.0
 FORCED_EXIT_CODE = 130
@@ -509,7 +511,7 @@ class TeleportProcess:
         env = dict(os.environ)
         env.update({ENV_FILES: files, ENV_READY_FD: str(write_end), ENV_GENERATION: str(generation),
                     ENV_LOCK_FD: str(self._lock.fd)})
-        argv = _own_argv()
+        argv = own_argv()
         # not the whole command line: --token may carry a secret
         self.log.info("starting the new process", generation=generation, executable=argv[0], listeners=len(fds))
         self._lock.shared = True  # from now on never unlocked explicitly: the new process may hold it too
@@ -525,7 +527,7 @@ class TeleportProcess:
         self.children.append(child)
         threading.Thread(target=_reap, args=(child,), name=f"teleport-reap-{child.pid}", daemon=True).start()
         try:
-            answer = await asyncio.wait_for(asyncio.to_thread(_read_answer, read_end), timeout)
+            answer = await asyncio.wait_for(asyncio.to_thread(read_answer, read_end), timeout)
         except TimeoutError:
             answer = b"error not ready within %d s" % timeout
             with contextlib.suppress(OSError):
@@ -648,33 +650,6 @@ class TeleportProcess:
 # -- the new process of a reload --------------------------------------------------------------------
 
 
-def _own_argv() -> list[str]:
-    """This process's command line (``/proc/self/cmdline``: ``python -m ...`` included), run by
-    this interpreter."""
-    try:
-        with open("/proc/self/cmdline", "rb") as handle:
-            args = [a.decode() for a in handle.read().split(b"\0") if a]
-    except OSError:
-        args = []
-    if len(args) < 2:
-        args = [sys.executable, *sys.argv]
-    return [sys.executable, *args[1:]]
-
-
-def _read_answer(fd: int) -> bytes:
-    """The new process's first line on the ready pipe (b"" when it closed it unsaid)."""
-    data = b""
-    try:
-        while not data.endswith(b"\n"):
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    return data
-
-
 def _reap(child: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(Exception):
         child.wait()
@@ -725,8 +700,8 @@ def remove_pid_file(path: Path) -> None:
 
 
 async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None = None) -> int:
-    command_line_process()  # this command line may start worker processes (teleport_core.workers)
-    worker = take_worker_role()  # a worker process of a service (teleport_core.workers): that service only
+    command_line_process()  # this command line may start worker processes (teleport_core.net.workers)
+    worker = take_worker_role()  # a worker process of a service (teleport_core.net.workers): that service only
     if worker is not None:
         config, pid_file = worker_config(config, worker), None
         import structlog.contextvars

@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import stat
+import sys
 from collections.abc import Callable
 
 import attrs
@@ -155,6 +156,33 @@ class Listeners:
             entries.append({"type": listener.name, "address": listener.address, "fd": fd})
             fds.append(fd)
         return json.dumps(entries), fds
+
+
+def own_argv() -> list[str]:
+    """This process's command line (``/proc/self/cmdline``: ``python -m ...`` included), run by
+    this interpreter."""
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:
+            args = [a.decode() for a in handle.read().split(b"\0") if a]
+    except OSError:
+        args = []
+    if len(args) < 2:
+        args = [sys.executable, *sys.argv]
+    return [sys.executable, *args[1:]]
+
+
+def read_answer(fd: int) -> bytes:
+    """The new process's first line on the ready pipe (b"" when it closed it unsaid)."""
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
 
 
 def take_int(name: str, environ: dict[str, str] | None = None) -> int | None:

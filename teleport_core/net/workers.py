@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from teleport_core.errors import TeleportError
-from teleport_core.net.inherit import ENV_FILES, ENV_LOCK_FD, ENV_READY_FD, ERROR_PREFIX, READY, take_int
+from teleport_core.net.inherit import (
+    ENV_FILES,
+    ENV_LOCK_FD,
+    ENV_READY_FD,
+    ERROR_PREFIX,
+    READY,
+    own_argv,
+    read_answer,
+    take_int,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -217,8 +226,6 @@ class WorkerPool:
         self.log.info("workers started", service=self.service, workers=self.count, pids=self.pids())
 
     async def _spawn(self, worker: _Worker) -> None:
-        from teleport_core.process import _own_argv, _read_answer  # the reload's: same command line
-
         read_end, write_end = os.pipe()
         fd = self.sock.fileno()
         lock_fd = self.lock.fd
@@ -229,7 +236,7 @@ class WorkerPool:
                     ENV_READY_FD: str(write_end), ENV_LOCK_FD: str(lock_fd),
                     ENV_WORKER: f"{self.service}:{worker.index}", ENV_PARENT_FD: str(self._parent_read)})
         try:
-            child = subprocess.Popen(_own_argv(), env=env, cwd=os.getcwd(),
+            child = subprocess.Popen(own_argv(), env=env, cwd=os.getcwd(),
                                      pass_fds=(fd, write_end, lock_fd, self._parent_read))
         except OSError:
             os.close(read_end)
@@ -238,7 +245,7 @@ class WorkerPool:
             os.close(write_end)
         worker.child, worker.started = child, time.monotonic()
         try:
-            answer = await asyncio.wait_for(asyncio.shield(_in_thread(_read_answer, read_end)), self.ready_timeout)
+            answer = await asyncio.wait_for(asyncio.shield(_in_thread(read_answer, read_end)), self.ready_timeout)
         except TimeoutError:
             answer = ERROR_PREFIX + b"not ready within %d s" % self.ready_timeout
         if answer == READY:

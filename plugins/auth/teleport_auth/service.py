@@ -39,6 +39,7 @@ from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter
 from teleport_core.net.tlsserver import TLSServer
+from teleport_core.net.workers import DATA_DIR_LOCK, WorkerPool, worker_index
 from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.policy.requests import AccessRequest
@@ -47,7 +48,6 @@ from teleport_core.state.audit import AuditEvent, AuditLog, AuditSink, new_event
 from teleport_core.state.audit_spool import FanOutSpool, export_pending
 from teleport_core.state.backend import Backend, Item, utcnow
 from teleport_core.state.change_feed import ChangeFeed
-from teleport_core.workers import DATA_DIR_LOCK, WorkerPool, worker_index
 
 CLUSTER_NAME_KEY = b"/cluster_configuration/name"
 AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")

@@ -10,7 +10,7 @@ from teleport_auth.tokens import TokenInfo, parse_static_tokens
 from teleport_core.config.limits import ConnectionLimits, parse_connection_limits
 from teleport_core.config.reader import SectionReader
 from teleport_core.config.values import NetAddr
-from teleport_core.workers import MAX_WORKERS
+from teleport_core.net.workers import MAX_WORKERS
 
 SAMPLE = """\
 # Name of the cluster; it cannot change once the cluster is created.

@@ -1,6 +1,6 @@
 """Auth worker processes (``auth_service.workers: N``): what keeps every decision right.
 
-The kernel's :mod:`teleport_core.workers` runs the processes (the leader, worker 0, is the
+The kernel's :mod:`teleport_core.net.workers` runs the processes (the leader, worker 0, is the
 ``teleport start`` the user ran; it starts workers 1..N-1 on the auth listening socket and
 restarts them). This module is what auth adds:
 
