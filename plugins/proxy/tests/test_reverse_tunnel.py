@@ -146,8 +146,9 @@ class Cluster:
                 self.node.wait(10)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running(tmp_path_factory: pytest.TempPathFactory, cluster_class: type[Cluster] = Cluster) -> Iterator[Any]:
+    """Auth in this process, the proxy (``cluster_class.start_proxy``), a role ``dev`` and the tunnelled node."""
     if not Path(SSHD).exists():
         missing("OpenSSH sshd is not installed (apt-get install openssh-server)")
     root = tmp_path_factory.mktemp("tunnel")
@@ -159,7 +160,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False},
     }
     with start_cluster(auth_config, make_plugins(), timeout=60) as auth:
-        c = Cluster(root, auth)
+        c = cluster_class(root, auth)
         c.start_proxy()
         try:
             c.env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "dev"},
@@ -174,7 +175,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running(tmp_path_factory) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
 def alice(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return signed_up_alice(cluster, tmp_path_factory)
+
+
+def signed_up_alice(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alice (role ``dev``) signed up and logged in: her tsh home."""
     cluster.env.signup("alice", ["dev"], [LOGIN], PASSWORD)
     home = tmp_path_factory.mktemp("alice-tsh")
     result = cluster.env.login(home, "alice")

@@ -21,15 +21,14 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
-from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, PROXY_TOKEN, SSHD, Env
-from test_reverse_tunnel import NODENAME, PASSWORD, Cluster, _paramiko_key, listening_ports
+from proxy_helpers import CLUSTER, LOGIN, PROXY_TOKEN, Env
+from test_reverse_tunnel import NODENAME, Cluster, _paramiko_key, listening_ports, running, signed_up_alice
 
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.config.values import NetAddr
 from teleport_core.net.tunnelagent import ALPN_REVERSE_TUNNEL, DATA_MAGIC, dial
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
-from teleport_core.testing.prerequisites import missing
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -53,38 +52,13 @@ class MultiplexCluster(Cluster):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not Path(SSHD).exists():
-        missing("OpenSSH sshd is not installed (apt-get install openssh-server)")
-    root = tmp_path_factory.mktemp("web-tunnel")
-    auth_config = {
-        "teleport": {"data_dir": str(root / "auth"), "nodename": "auth-1"},
-        "auth_service": {"cluster_name": CLUSTER, "listen_addr": "127.0.0.1:0",
-                         "tokens": [f"proxy:{PROXY_TOKEN}", f"node:{NODE_TOKEN}"],
-                         "authentication": {"second_factor": "off"}},
-        "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False},
-    }
-    with start_cluster(auth_config, make_plugins(), timeout=60) as auth:
-        c = MultiplexCluster(root, auth)
-        c.start_proxy()
-        try:
-            c.env.call("upsert_role", {"kind": "role", "version": "v5", "metadata": {"name": "dev"},
-                                       "spec": {"allow": {"logins": ["{{internal.logins}}"],
-                                                          "node_labels": {"env": "test"}}}})
-            c.start_node()
-            yield c
-        finally:
-            c.stop_node()
-            if c.proxy_handle is not None:
-                c.stop_proxy()
+    with running(tmp_path_factory, MultiplexCluster) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def alice(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cluster.env.signup("alice", ["dev"], [LOGIN], PASSWORD)
-    home = tmp_path_factory.mktemp("alice-tsh")
-    result = cluster.env.login(home, "alice")
-    assert result.returncode == 0, result.stderr
-    return home
+    return signed_up_alice(cluster, tmp_path_factory)
 
 
 def web_addr(cluster: Cluster) -> NetAddr:
