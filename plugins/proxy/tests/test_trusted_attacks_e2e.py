@@ -30,13 +30,10 @@ from typing import Any
 import httpx
 import paramiko
 import pytest
-import yaml
-from test_trusted_clusters_e2e import LEAF, LOGIN, ROLES, ROOT, Cluster, Env, RootProcess, tc_yaml
+from test_trusted_clusters_e2e import LEAF, LOGIN, ROOT, Cluster, Env, joined
 
 from teleport_core.errors import TeleportError
 from teleport_core.files import write_private
-from teleport_core.plugins import make_plugins
-from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.metrics import scrape, total
 from teleport_core.testing.processes import free_port
 from teleport_core.testing.waiting import wait_for
@@ -61,57 +58,26 @@ class Pair(Env):
         return next(n for n in cluster.call("get_nodes") if n["nodename"] == name)
 
 
-def with_root_node_and_diag(process: RootProcess) -> tuple[str, str]:
-    """The root's config with a node and diagnostics added: (diag URL, node address)."""
-    config = yaml.safe_load(process.config.read_text())
-    diag, node = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config["teleport"]["diag_addr"] = diag
-    config["ssh_service"] = {"enabled": True, "listen_addr": node, "labels": {"env": "root"}}
-    process.config.write_text(yaml.safe_dump(config))
-    return f"http://{diag}", node
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root_dir, leaf_dir = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("leaf")
-    root_process = RootProcess(root_dir)
-    root_diag, root_node_addr = with_root_node_and_diag(root_process)
-    root_process.start()
-    try:
-        root = Cluster(root_dir, ROOT, f"127.0.0.1:{root_process.auth_port}", root_process.web)
-        root.ok("create", "-f", "-", input=ROLES)
-        root.signup("alice", ["dev"])
-        leaf_diag = f"127.0.0.1:{free_port()}"
-        leaf_config = {
-            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": LEAF_NODE, "diag_addr": leaf_diag},
-            "auth_service": {"cluster_name": LEAF, "listen_addr": "127.0.0.1:0",
-                             "authentication": {"second_factor": "off"}},
-            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
-                              "tunnel_listen_addr": "127.0.0.1:0"},
-            "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "leaf"}},
-        }
-        with start_cluster(leaf_config, make_plugins(), timeout=120) as handle:
-            services: Any = handle.process.services
-            proxy = services["proxy_service"]
-            leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address, f"127.0.0.1:{proxy.web_address.port}")
-            leaf.signup("lea", ["access"])  # a leaf user: nothing of hers is good in the root
-            token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
-                                       "--format=json"))["token"]
-            leaf.ok("create", "-", input=tc_yaml(root, root_process, token))
-            p = Pair(root, root_process, leaf, handle, tmp_path_factory.mktemp("alice-tsh"))
-            p.root_diag, p.leaf_diag, p.root_node_addr = root_diag, f"http://{leaf_diag}", root_node_addr
-            p.leaf_node_addr = f"127.0.0.1:{services['ssh_service'].ssh_addr[1]}"
-            wait_for(lambda: proxy.clusters.agents.get(ROOT) and proxy.clusters.agents[ROOT].connected.is_set(),
-                     "the leaf's tunnel to the root", timeout=120, interval=0.2)
-            wait_for(lambda: [n for n in root.call("get_nodes") if n["nodename"] == ROOT_NODE], "the root's node")
-            p.login("alice", p.home)
-            p.leaf_home = tmp_path_factory.mktemp("lea-tsh")
-            done = p.tsh("login", f"--proxy={leaf.web}", "--user=lea", "--insecure", home=p.leaf_home,
-                         stdin="correct horse battery staple\n")
-            assert done.returncode == 0, done.stderr
-            yield p
-    finally:
-        root_process.stop()
+    root_diag, root_node_addr, leaf_diag = (f"127.0.0.1:{free_port()}" for _ in range(3))
+
+    def node_and_diag(config: dict[str, Any]) -> None:  # the root gets a node and diagnostics
+        config["teleport"]["diag_addr"] = root_diag
+        config["ssh_service"] = {"enabled": True, "listen_addr": root_node_addr, "labels": {"env": "root"}}
+
+    with joined(tmp_path_factory, root_config=node_and_diag, leaf_teleport={"diag_addr": leaf_diag},
+                env_class=Pair) as p:
+        services: Any = p.leaf_handle.process.services
+        p.root_diag, p.leaf_diag, p.root_node_addr = f"http://{root_diag}", f"http://{leaf_diag}", root_node_addr
+        p.leaf_node_addr = f"127.0.0.1:{services['ssh_service'].ssh_addr[1]}"
+        wait_for(lambda: [n for n in p.root.call("get_nodes") if n["nodename"] == ROOT_NODE], "the root's node")
+        p.leaf.signup("lea", ["access"])  # a leaf user: nothing of hers is good in the root
+        p.leaf_home = tmp_path_factory.mktemp("lea-tsh")
+        done = p.tsh("login", f"--proxy={p.leaf.web}", "--user=lea", "--insecure", home=p.leaf_home,
+                     stdin="correct horse battery staple\n")
+        assert done.returncode == 0, done.stderr
+        yield p
 
 
 def impostor(cluster: Cluster, name: str, uuid: str, addr: str) -> None:

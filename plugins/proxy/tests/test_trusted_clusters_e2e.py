@@ -7,6 +7,7 @@ A root user lists the leaf (``tsh clusters``), its nodes (``tsh ls --cluster``) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -14,7 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.config.load import Flags
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.prerequisites import missing
@@ -153,9 +155,11 @@ class Env:
         return self.clusters().get(LEAF) == "online"
 
 
-def tc_yaml(root: Cluster, root_process: RootProcess, token: str, *, enabled: bool = True) -> str:
+def tc_yaml(root: Cluster, root_process: RootProcess, token: str, *, enabled: bool = True,
+            tunnel_addr: str = "") -> str:
+    """The leaf's ``trusted_cluster`` (``tunnel_addr``: the root's tunnel port unless given)."""
     spec = {"enabled": enabled, "token": token, "web_proxy_addr": root.web,
-            "tunnel_addr": f"127.0.0.1:{root_process.tunnel_port}",
+            "tunnel_addr": tunnel_addr or f"127.0.0.1:{root_process.tunnel_port}",
             "role_map": [{"remote": "dev", "local": ["access"]}],
             "ca_pin": root.call("status")["ca_pin"]}
     return yaml.safe_dump({"kind": "trusted_cluster", "version": "v2", "metadata": {"name": ROOT}, "spec": spec})
@@ -189,41 +193,59 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@contextlib.contextmanager
+def joined(tmp_path_factory: pytest.TempPathFactory, *, users: Sequence[tuple[str, list[str]]] = (("alice", ["dev"]),),
+           root_config: Callable[[dict[str, Any]], None] | None = None, leaf_teleport: dict[str, Any] | None = None,
+           leaf_flags: Flags | None = None, tunnel_addr: Callable[[Cluster], str] | None = None,
+           env_class: type[Env] = Env) -> Iterator[Any]:
+    """A root (auth and proxy, ``teleport start``; ``root_config`` edits its config first) and a leaf
+    (auth, proxy and node ``leaf-node`` labelled ``env=leaf``, in this process; ``leaf_teleport``: more
+    keys of its ``teleport`` section) joined with a single-use token (labels ``env=prod``), the leaf's
+    tunnel up (to ``tunnel_addr(root)``, else the root's tunnel port), the root's ``users`` signed up
+    and the first logged in (after the join: the login brings the leaf's host CA)."""
     root_dir, leaf_dir = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("leaf")
     root_process = RootProcess(root_dir)
+    if root_config is not None:
+        config = yaml.safe_load(root_process.config.read_text())
+        root_config(config)
+        root_process.config.write_text(yaml.safe_dump(config))
     root_process.start()
     try:
         root = Cluster(root_dir, ROOT, f"127.0.0.1:{root_process.auth_port}", root_process.web)
         root.ok("create", "-f", "-", input=ROLES)
-        for user, roles in (("alice", ["dev"]), ("mallory", ["outsider"]), ("bob", ["blind"])):
+        for user, roles in users:
             root.signup(user, roles)
         leaf_config = {
-            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": "leaf-node"},
+            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": "leaf-node", **(leaf_teleport or {})},
             "auth_service": {"cluster_name": LEAF, "listen_addr": "127.0.0.1:0",
                              "authentication": {"second_factor": "off"}},
             "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
                               "tunnel_listen_addr": "127.0.0.1:0"},
             "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "leaf"}},
         }
-        with start_cluster(leaf_config, make_plugins(), timeout=120) as handle:
+        with start_cluster(leaf_config, make_plugins(), flags=leaf_flags, timeout=120) as handle:
             services: Any = handle.process.services
             proxy = services["proxy_service"]
             leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address,
                            f"127.0.0.1:{proxy.web_address.port}")
             token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
                                        "--format=json"))["token"]
-            leaf.ok("create", "-", input=tc_yaml(root, root_process, token))
-            home = tmp_path_factory.mktemp("alice-tsh")
-            e = Env(root, root_process, leaf, handle, home)
+            leaf.ok("create", "-", input=tc_yaml(root, root_process, token,
+                                                 tunnel_addr=tunnel_addr(root) if tunnel_addr else ""))
+            e = env_class(root, root_process, leaf, handle, tmp_path_factory.mktemp(f"{users[0][0]}-tsh"))
             # the root proxy learns of the leaf, the leaf proxy of the trust: the tunnel comes up
             wait_for(lambda: proxy.clusters.agents.get(ROOT) and proxy.clusters.agents[ROOT].connected.is_set(),
                      "the leaf's tunnel to the root", timeout=120, interval=0.2)
-            e.login("alice", home)  # after the join: the login brings the leaf's host CA
+            e.login(users[0][0], e.home)
             yield e
     finally:
         root_process.stop()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with joined(tmp_path_factory, users=(("alice", ["dev"]), ("mallory", ["outsider"]), ("bob", ["blind"]))) as e:
+        yield e
 
 
 def test_the_leaf_dials_out_and_the_root_shows_it_online(env: Env) -> None:

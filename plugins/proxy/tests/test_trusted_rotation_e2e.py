@@ -7,7 +7,6 @@ proxy answering with another cluster's CAs is refused at the root and audited th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh as sshkeys
-from test_trusted_clusters_e2e import LEAF, LOGIN, ROLES, ROOT, Cluster, Env, RootProcess, tc_yaml
+from test_trusted_clusters_e2e import LEAF, LOGIN, ROOT, Cluster, Env, joined
 
-from teleport_core.plugins import make_plugins
-from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,37 +25,9 @@ PHASES = ("init", "update_clients", "update_servers", "standby")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root_dir, leaf_dir = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("leaf")
-    root_process = RootProcess(root_dir)
-    root_process.start()
-    try:
-        root = Cluster(root_dir, ROOT, f"127.0.0.1:{root_process.auth_port}", root_process.web)
-        root.ok("create", "-f", "-", input=ROLES)
-        root.signup("alice", ["dev"])
-        leaf_config = {
-            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": "leaf-node"},
-            "auth_service": {"cluster_name": LEAF, "listen_addr": "127.0.0.1:0",
-                             "authentication": {"second_factor": "off"}},
-            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
-                              "tunnel_listen_addr": "127.0.0.1:0"},
-            "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0"},
-        }
-        with start_cluster(leaf_config, make_plugins(), timeout=120) as handle:
-            services: Any = handle.process.services
-            leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address,
-                           f"127.0.0.1:{services['proxy_service'].web_address.port}")
-            token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
-                                       "--format=json"))["token"]
-            leaf.ok("create", "-", input=tc_yaml(root, root_process, token))
-            e = Env(root, root_process, leaf, handle, tmp_path_factory.mktemp("alice-tsh"))
-            proxy = services["proxy_service"]
-            wait_for(lambda: proxy.clusters.agents.get(ROOT) and proxy.clusters.agents[ROOT].connected.is_set(),
-                     "the leaf's tunnel to the root", timeout=120, interval=0.2)
-            e.login("alice", e.home)
-            wait_for(e.leaf_online, "the leaf online at the root", timeout=120)
-            yield e
-    finally:
-        root_process.stop()
+    with joined(tmp_path_factory) as e:
+        wait_for(e.leaf_online, "the leaf online at the root", timeout=120)
+        yield e
 
 
 def ssh(env: Env, home: Path, text: str) -> Any:

@@ -14,56 +14,25 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from test_trusted_clusters_e2e import LEAF, LOGIN, ROLES, ROOT, Cluster, Env, RootProcess
+from test_trusted_clusters_e2e import LEAF, LOGIN, ROOT, Env, joined
 
 from teleport_core.config.load import Flags
-from teleport_core.plugins import make_plugins
-from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+def multiplex(config: dict[str, Any]) -> None:
+    """The root with no tunnel port."""
+    del config["proxy_service"]["tunnel_listen_addr"]
+    config["proxy_service"]["proxy_listener_mode"] = "multiplex"
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root_dir, leaf_dir = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("leaf")
-    root_process = RootProcess(root_dir)
-    config = yaml.safe_load(root_process.config.read_text())
-    del config["proxy_service"]["tunnel_listen_addr"]
-    config["proxy_service"]["proxy_listener_mode"] = "multiplex"  # no tunnel port at the root
-    root_process.config.write_text(yaml.safe_dump(config))
-    root_process.start()
-    try:
-        root = Cluster(root_dir, ROOT, f"127.0.0.1:{root_process.auth_port}", root_process.web)
-        root.ok("create", "-f", "-", input=ROLES)
-        root.signup("alice", ["dev"])
-        leaf_config = {
-            "teleport": {"data_dir": str(leaf_dir / "data"), "nodename": "leaf-node"},
-            "auth_service": {"cluster_name": LEAF, "listen_addr": "127.0.0.1:0",
-                             "authentication": {"second_factor": "off"}},
-            "proxy_service": {"enabled": True, "web_listen_addr": "127.0.0.1:0", "listen_addr": "127.0.0.1:0",
-                              "tunnel_listen_addr": "127.0.0.1:0"},
-            "ssh_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "labels": {"env": "leaf"}},
-        }
-        with start_cluster(leaf_config, make_plugins(), flags=Flags(insecure=True), timeout=120) as handle:
-            services: Any = handle.process.services
-            proxy = services["proxy_service"]
-            leaf = Cluster(leaf_dir, LEAF, services["auth_service"].address, f"127.0.0.1:{proxy.web_address.port}")
-            token = json.loads(root.ok("tokens", "add", "--type=trusted_cluster", "--labels=env=prod",
-                                       "--format=json"))["token"]
-            spec = {"enabled": True, "token": token, "web_proxy_addr": root.web, "tunnel_addr": root.web,
-                    "role_map": [{"remote": "dev", "local": ["access"]}], "ca_pin": root.call("status")["ca_pin"]}
-            leaf.ok("create", "-", input=yaml.safe_dump({"kind": "trusted_cluster", "version": "v2",
-                                                         "metadata": {"name": ROOT}, "spec": spec}))
-            home = tmp_path_factory.mktemp("alice-tsh")
-            e = Env(root, root_process, leaf, handle, home)
-            wait_for(lambda: proxy.clusters.agents.get(ROOT) and proxy.clusters.agents[ROOT].connected.is_set(),
-                     "the leaf's tunnel to the root's web port", timeout=120, interval=0.2)
-            e.login("alice", home)
-            yield e
-    finally:
-        root_process.stop()
+    with joined(tmp_path_factory, root_config=multiplex, leaf_flags=Flags(insecure=True),
+                tunnel_addr=lambda root: root.web) as e:
+        yield e
 
 
 def test_the_leaf_tunnels_to_the_roots_web_port(env: Env) -> None:
