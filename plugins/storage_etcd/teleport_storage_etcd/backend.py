@@ -13,7 +13,9 @@ How it works:
   etcd's lease timer only has second granularity.
 * Unconditional puts made while another is in flight go out together in one etcd transaction
   (group commit, ``batching.py``); each is acknowledged when etcd acknowledged it. Reads of one
-  key are batched the same way, into one read-only (still linearizable) transaction.
+  key are batched the same way, into one read-only (still linearizable) transaction, and so are
+  concurrent keepalives: one transaction comparing every key's ``mod_revision`` and putting every
+  renewal, all or none; when one key changed, each keepalive decides again alone.
 * Conditional writes (create, update, compare-and-swap, revision checks, atomic writes) read
   the keys involved, decide on a consistent snapshot, then commit one etcd transaction that
   compares each key's ``mod_revision`` with the one read; when someone else wrote in between,
@@ -54,7 +56,7 @@ from teleport_core.state.backend import (
 )
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
-from .batching import get_batcher, put_batcher
+from .batching import get_batcher, keep_alive_batcher, put_batcher
 from .client import DELETE_RANGE, LEASE_GRANT, RANGE, TXN, EtcdClient, EtcdError, pb
 from .config import EtcdOptions
 
@@ -278,8 +280,10 @@ class EtcdBackend(Backend):
         self.prefix = options.prefix.encode()
         self._watchers: set[EtcdWatcher] = set()
         self._leases: dict[int, int] = {}  # lease window end (microseconds) -> lease ID
+        self._granting: dict[int, asyncio.Task[int]] = {}  # lease window end -> its grant in flight
         self._puts = put_batcher(client)  # concurrent puts share a transaction
         self._gets = get_batcher(client)  # and so do concurrent reads of one key
+        self._keepalives = keep_alive_batcher(client)  # and concurrent keepalives (guarded puts)
         self._renewed: dict[bytes, KV] = {}  # key -> what keep_alive last wrote there
         self._closed = False
 
@@ -329,14 +333,24 @@ class EtcdBackend(Backend):
         Items whose expiries fall in the same ``LEASE_BUCKET_US`` window share one lease that
         lasts until the window's end: a write needs no lease grant of its own, and etcd deletes
         an item at most one window after its expiry (reads hide it from the expiry on).
+        Concurrent writes in one window wait for the same grant.
         """
         if expires_us is None:
             return None
-        now = _now_us()
         bucket_end = -(-expires_us // LEASE_BUCKET_US) * LEASE_BUCKET_US
         cached = self._leases.get(bucket_end)
         if cached is not None:
             return cached
+        granting = self._granting.get(bucket_end)
+        if granting is None:
+            granting = asyncio.get_running_loop().create_task(self._grant(bucket_end), name="etcd-lease-grant")
+            self._granting[bucket_end] = granting
+            granting.add_done_callback(lambda _: self._granting.pop(bucket_end, None))
+        return await asyncio.shield(granting)
+
+    async def _grant(self, bucket_end: int) -> int:
+        """A new lease lasting until ``bucket_end``, cached for that window."""
+        now = _now_us()
         ttl = max(1, math.ceil((bucket_end - now) / 1e6))  # counted from before the grant: outlives the window
         answer = await self._client.call(LEASE_GRANT, pb.LeaseGrantRequest(TTL=min(ttl, MAX_LEASE_TTL)))
         lease = int(answer.ID)
@@ -553,7 +567,22 @@ class EtcdBackend(Backend):
         known = self._renewed.pop(key, None)
         if known is not None and self._live(known) is None:  # expired as we knew it: ask etcd
             known = None
-        revision = await self._guarded(key, decide, known=known)
+        self._check_open()
+        kv = known if known is not None else await self._get_kv(key)
+        # Concurrent renewals share one transaction (batching.keep_alive_batcher): it applies only
+        # if none of their keys changed since seen; else each decides again alone on what is there.
+        full = self._full(key)
+        guarded = pb.TxnRequest(
+            compare=[pb.Compare(key=full, mod_revision=_mod(kv), **_MOD_EQUAL)],
+            success=decide(self._live(kv)),
+            failure=[pb.RequestOp(request_range=pb.RangeRequest(key=full))],
+        )
+        try:
+            applied, outcome = await self._keepalives.send(guarded)
+        except EtcdError as exc:
+            self._forget_leases(exc)
+            raise
+        revision = str(outcome) if applied else await self._guarded(key, decide, known=outcome, assume_absent=True)
         stored = self._stored(kept[0], revision)
         if len(self._renewed) >= MAX_REMEMBERED_RENEWALS:
             del self._renewed[next(iter(self._renewed))]  # the oldest
@@ -653,4 +682,5 @@ class EtcdBackend(Backend):
             await watcher._finish()
         await self._puts.close()
         await self._gets.close()
+        await self._keepalives.close()
         await self._client.close()

@@ -16,6 +16,12 @@ Reads of single keys are batched the same way, into one read-only ``Txn`` of ``R
 requests: etcd serves it as one linearizable read (one ReadIndex round for all of them), and a
 read that waited for the batch in flight goes out after it, so it sees every write acknowledged
 before the read was made.
+
+Keepalives (``keep_alive_batcher``) are single-key guarded transactions: compare the key's
+``mod_revision`` with the one last seen, then put the renewed value. Concurrent ones go as one
+``Txn`` holding every compare and every put: it applies all of them or, when any key changed
+meanwhile, none, and then its failure branch reads every key of the batch, so each caller gets
+its own key's fresh state and decides again alone (nothing is renewed blindly).
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ class Batcher(Generic[T]):
     ``method`` is the call for one request, ``field`` the request's name in a ``RequestOp``,
     ``alone`` the result of one request's answer, ``together`` the result of the i-th request
     of a transaction's answer, ``weight`` a request's size in bytes, and ``distinct`` whether a
-    key may appear once only in a transaction (writes).
+    key may appear once only in a transaction (writes). ``combine`` builds the transaction of
+    several requests instead (default: each one a ``RequestOp`` of the success branch), ``key``
+    names a request's key (default: its ``key``), and ``idempotent`` says whether a call may be
+    repeated on another peer when the first may have applied it.
     """
 
     def __init__(
@@ -54,6 +63,9 @@ class Batcher(Generic[T]):
         weight: Callable[[Any], int],
         *,
         distinct: bool,
+        combine: Callable[[list[Any]], Any] | None = None,
+        key: Callable[[Any], bytes] = lambda request: bytes(request.key),
+        idempotent: bool = True,
     ) -> None:
         self._client = client
         self._method = method
@@ -62,6 +74,9 @@ class Batcher(Generic[T]):
         self._together = together
         self._weight = weight
         self._distinct = distinct
+        self._combine = combine or self._success_only
+        self._key = key
+        self._idempotent = idempotent
         self._queue: collections.deque[tuple[Any, asyncio.Future[T]]] = collections.deque()
         self._busy = False
         self._idle = asyncio.Event()  # set while nothing is in flight
@@ -69,6 +84,11 @@ class Batcher(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         #: How many transactions carried more than one request (for tests and metrics).
         self.batches = 0
+        #: How many etcd calls were made, alone or together.
+        self.calls = 0
+
+    def _success_only(self, requests: list[Any]) -> Any:
+        return pb.TxnRequest(success=[pb.RequestOp(**{self._field: request}) for request in requests])
 
     async def send(self, request: Any) -> T:
         """Send ``request`` (alone or with others); its result."""
@@ -79,7 +99,8 @@ class Batcher(Generic[T]):
         self._busy = True
         self._idle.clear()
         try:
-            return self._alone(await self._client.call(self._method, request, idempotent=True))
+            self.calls += 1
+            return self._alone(await self._client.call(self._method, request, idempotent=self._idempotent))
         finally:
             self._release()
 
@@ -114,11 +135,12 @@ class Batcher(Generic[T]):
                 self._queue.popleft()
                 continue
             weight = self._weight(request)
-            if (self._distinct and request.key in keys) or (batch and size + weight > MAX_BYTES):
+            key = self._key(request)
+            if (self._distinct and key in keys) or (batch and size + weight > MAX_BYTES):
                 break
             self._queue.popleft()
             batch.append((request, future))
-            keys.add(request.key)
+            keys.add(key)
             size += weight
         return batch
 
@@ -128,9 +150,10 @@ class Batcher(Generic[T]):
         if len(batch) == 1:
             await self._one(*batch[0])
             return
-        txn = pb.TxnRequest(success=[pb.RequestOp(**{self._field: request}) for request, _ in batch])
+        txn = self._combine([request for request, _ in batch])
         try:
-            answer = await self._client.call(TXN, txn, idempotent=True)  # puts or reads only: safe to repeat
+            self.calls += 1
+            answer = await self._client.call(TXN, txn, idempotent=self._idempotent)
         except EtcdUnavailable as exc:
             for _, future in batch:
                 _settle(future, exc)
@@ -145,7 +168,8 @@ class Batcher(Generic[T]):
 
     async def _one(self, request: Any, future: asyncio.Future[T]) -> None:
         try:
-            answer = await self._client.call(self._method, request, idempotent=True)
+            self.calls += 1
+            answer = await self._client.call(self._method, request, idempotent=self._idempotent)
         except EtcdError as exc:
             _settle(future, exc)
         else:
@@ -195,6 +219,42 @@ def get_batcher(client: EtcdClient) -> Batcher[Any]:
         lambda answer, i: _first(answer.responses[i].response_range.kvs),
         lambda request: len(request.key) + 16,
         distinct=False,
+    )
+
+
+def _guarded_together(requests: list[Any]) -> Any:
+    """One transaction of single-key guarded transactions: every compare, every put, every re-read."""
+    return pb.TxnRequest(
+        compare=[request.compare[0] for request in requests],
+        success=[op for request in requests for op in request.success],
+        failure=[op for request in requests for op in request.failure],
+    )
+
+
+def _renewal(answer: Any, index: int) -> tuple[bool, Any]:
+    if answer.succeeded:
+        return True, int(answer.header.revision)
+    return False, _first(answer.responses[index].response_range.kvs)
+
+
+def keep_alive_batcher(client: EtcdClient) -> Batcher[tuple[bool, Any]]:
+    """Keepalives: each a ``pb.TxnRequest`` comparing one key's ``mod_revision``, putting its
+    renewed value on success and reading the key on failure (exactly one op in each branch).
+
+    Each answers ``(True, revision)`` when its put applied, or ``(False, KeyValue or None)``:
+    nothing of its transaction applied, and this is the key's state read then.
+    """
+    return Batcher(
+        client,
+        TXN,
+        "request_txn",
+        lambda answer: _renewal(answer, 0),
+        _renewal,
+        lambda request: int(request.ByteSize()) + 16,
+        distinct=True,
+        combine=_guarded_together,
+        key=lambda request: bytes(request.compare[0].key),
+        idempotent=False,  # a write: repeated elsewhere only when it surely did not apply
     )
 
 
