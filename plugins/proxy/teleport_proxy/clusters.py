@@ -70,6 +70,7 @@ ROUTE_TIMEOUT = 40.0  # seconds the leaf has to route and answer OK/ERR on a dat
 MAX_REPLY = 4096
 CHUNK = 256 * 1024
 CA_SYNC_EVERY = 10.0  # seconds between CA exchanges with each connected leaf (and at once on a change)
+OWN_CAS_MAX_AGE = 60.0  # seconds this cluster's CAs are kept between reads (a CA change drops them at once)
 ROTATE_EXTERNAL = "/v1/remote_cas/rotate/external"  # auth: another cluster's CAs, from this proxy's tunnel
 #: auth refusals worth asking again (the same CAs): auth unreachable or busy, not a refusal of the CAs
 RETRY_ERRORS = (ConnectionProblem, AuditUnavailable, CompareFailed)
@@ -183,6 +184,8 @@ class Clusters:
         self._sync_wake = asyncio.Event()  # a CA changed or a leaf's tunnel came up: exchange CAs now
         self._leaf_seen: dict[str, str] = {}  # root side: each leaf's CAs as last handed to auth
         self._root_seen: dict[str, str] = {}  # leaf side: each root's CAs as last handed to auth
+        self._own_cas: tuple[float, list[dict[str, Any]]] | None = None  # (read at, this cluster's CAs)
+        self._ca_changes = 0  # CA changes seen: a read that one overtook is not kept
 
     # -- following auth ---------------------------------------------------------------------------
 
@@ -203,7 +206,8 @@ class Clusters:
             await self.reload()
         except TeleportError as exc:
             self.proxy.log.warning("cannot load trusted clusters, will retry", error=str(exc))
-        self._sync_wake.set()  # a CA changed: the leaves hear of it now
+        self._own_cas, self._ca_changes = None, self._ca_changes + 1  # a CA changed: read this cluster's again
+        self._sync_wake.set()  # and the leaves hear of it now
 
     def stop(self) -> None:
         self._stopped = True  # a reload after this (graceful reload: the old process) starts nothing
@@ -429,12 +433,19 @@ class Clusters:
                 self.proxy.log.error("trusted clusters: CA exchange failed, will retry", error=repr(exc))
 
     async def own_cas(self) -> list[dict[str, Any]]:
-        """This cluster's host and user CAs as the exchange carries them (public parts, every trusted key set)."""
+        """This cluster's host and user CAs as the exchange carries them (public parts, every trusted key
+        set). Read from auth once per CA change (at most :data:`OWN_CAS_MAX_AGE` old), not per exchange."""
+        cached = self._own_cas
+        if cached is not None and time.monotonic() - cached[0] < OWN_CAS_MAX_AGE:
+            return cached[1]
+        changes = self._ca_changes
         out = []
         for kind in ("host", "user"):
             ca = await self.proxy.auth.get_cert_authority(kind)
             out.append({"type": kind, "cluster": self.proxy.cluster_name,
                         "ssh_public_keys": list(ca["ssh_public_keys"]), "tls_certs": list(ca["tls_certs"])})
+        if changes == self._ca_changes:
+            self._own_cas = (time.monotonic(), out)
         return out
 
     async def sync_cas(self) -> None:
