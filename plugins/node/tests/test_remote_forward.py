@@ -110,6 +110,8 @@ def test_cancel_closes_the_listener_while_the_connection_stays(node: Node, users
 
 
 def test_refused_when_the_role_disallows_port_forwarding(auth: Auth, node: Node, users: dict[str, Path]) -> None:
+    # the role was just created: until the node's role watcher has it, nora's login itself is refused
+    wait_for(lambda: run(argv(node, users["nora"], "true")).returncode == 0, what="the node to know role no-forwarding")
     port = free_port()
     result = run(argv(node, users["nora"], "-N", "-o", "ExitOnForwardFailure=yes", "-R", f"{port}:127.0.0.1:9",
                       login="root"))
