@@ -228,20 +228,11 @@ class RateLimiter:
             while len(self._buckets) > MAX_SOURCES:
                 old, _ = self._buckets.popitem(last=False)
                 self._refusing.discard(old)
-            levels = []
-            wait = 0.0
-            for rate, (tokens, then) in zip(self.rates, buckets, strict=True):
-                per_second = rate.average / rate.period
-                tokens = min(float(rate.burst), tokens + (now - then) * per_second)
-                levels.append(tokens)
-                if tokens < 1.0:
-                    wait = max(wait, (1.0 - tokens) / per_second)
+            self._buckets[source], wait = charge(self.rates, buckets, now)
             if wait > 0:
-                self._buckets[source] = [(t, now) for t in levels]
                 first = source not in self._refusing
                 self._refusing.add(source)
                 return wait, first
-            self._buckets[source] = [(t - 1.0, now) for t in levels]
             self._refusing.discard(source)
             return 0.0, False
 
@@ -251,8 +242,32 @@ class RateLimiter:
         with self._lock:
             buckets = self._buckets.get(source)
             if buckets is not None:
-                self._buckets[source] = [(min(float(rate.burst), tokens + 1.0), then)
-                                         for rate, (tokens, then) in zip(self.rates, buckets, strict=True)]
+                self._buckets[source] = refunded(self.rates, buckets)
+
+
+Buckets = list[tuple[float, float]]  # (tokens, when last refilled) per rate
+
+
+def charge(rates: tuple[Rate, ...], buckets: Buckets, now: float) -> tuple[Buckets, float]:
+    """Refill ``buckets`` to ``now`` and take one token from each: (the new buckets, 0.0); or,
+    when a rate has no token left, (the refilled buckets, seconds until it has one). A bucket
+    stamped later than ``now`` counts as stamped ``now``."""
+    levels = []
+    wait = 0.0
+    for rate, (tokens, then) in zip(rates, buckets, strict=True):
+        per_second = rate.average / rate.period
+        tokens = min(float(rate.burst), tokens + max(0.0, now - then) * per_second)
+        levels.append(tokens)
+        if tokens < 1.0:
+            wait = max(wait, (1.0 - tokens) / per_second)
+    if wait > 0:
+        return [(t, now) for t in levels], wait
+    return [(t - 1.0, now) for t in levels], 0.0
+
+
+def refunded(rates: tuple[Rate, ...], buckets: Buckets) -> Buckets:
+    """``buckets`` with one token given back to each rate (never above its burst)."""
+    return [(min(float(rate.burst), tokens + 1.0), then) for rate, (tokens, then) in zip(rates, buckets, strict=True)]
 
 
 def retry_after(seconds: float) -> str:
