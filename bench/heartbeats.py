@@ -204,7 +204,8 @@ def start_etcd(procs: Processes, folder: Path, members: int) -> tuple[list[str],
 class AuthServer:
     """A ``teleport start`` auth server: its API address, identity directory, diagnostics URL, pid."""
 
-    def __init__(self, procs: Processes, folder: Path, name: str, storage: dict[str, Any] | None) -> None:
+    def __init__(self, procs: Processes, folder: Path, name: str, storage: dict[str, Any] | None,
+                 workers: int = 1) -> None:
         port, diag = free_port(), free_port()
         data = folder / name
         teleport: dict[str, Any] = {"data_dir": str(data), "nodename": name, "diag_addr": f"127.0.0.1:{diag}",
@@ -212,7 +213,8 @@ class AuthServer:
         if storage:
             teleport["storage"] = storage
         config = {"version": "v3", "teleport": teleport,
-                  "auth_service": {"cluster_name": "bench.example.com", "listen_addr": f"127.0.0.1:{port}"},
+                  "auth_service": {"cluster_name": "bench.example.com", "listen_addr": f"127.0.0.1:{port}",
+                                   **({"workers": workers} if workers > 1 else {})},
                   "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -629,8 +631,9 @@ def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 layout = f"2 auth servers, etcd ({args.etcd_members} members)"
                 raw_storage: dict[str, Any] = {"type": "etcd", "peers": peers, "prefix": "/bench-raw"}
             else:
-                auths = [AuthServer(procs, folder, "auth-1", None)]
-                layout = "1 auth server, sqlite"
+                auths = [AuthServer(procs, folder, "auth-1", None, args.auth_workers)]
+                layout = "1 auth server, sqlite" + (f", {args.auth_workers} worker processes" if args.auth_workers > 1
+                                                    else "")
                 raw_storage = {"type": "sqlite"}
             clients = Clients(procs, folder, auths, args.nodes, args.clients, args.connections, args.client)
             rounds = [measured_round("announce", clients, auths, args.nodes)]
@@ -666,6 +669,9 @@ def main() -> int:
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="the simulated nodes' client: a lean HTTP/1.1 one (raw) or AuthClient (httpx)")
     parser.add_argument("--etcd-members", type=int, default=3)
+    parser.add_argument("--auth-workers", type=int, default=1,
+                        help="auth_service.workers of the sqlite setup's auth server (its CPU counts every process; "
+                             "its backend write counts are the leader's alone)")
     parser.add_argument("--setups", default="sqlite,etcd", help="comma-separated: sqlite, etcd")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--profile", metavar="PREFIX",
@@ -676,8 +682,8 @@ def main() -> int:
     if args.worker:
         asyncio.run(worker(json.loads(args.worker)))
         return 0
-    if args.nodes < 1 or args.clients < 1 or args.connections < 1 or args.rounds < 0:
-        parser.error("--nodes, --clients and --connections must be positive, --rounds not negative")
+    if args.nodes < 1 or args.clients < 1 or args.connections < 1 or args.rounds < 0 or args.auth_workers < 1:
+        parser.error("--nodes, --clients, --connections and --auth-workers must be positive, --rounds not negative")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and clients it started
     load = os.getloadavg()
     results = []
