@@ -38,6 +38,7 @@ from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, N
 from teleport_core.metrics import metrics_for
 from teleport_core.net.httplimits import HTTPLimits, RouteLimit
 from teleport_core.net.limits import RateLimiter
+from teleport_core.net.shared_rates import SharedRateLimiter
 from teleport_core.net.tlsserver import TLSServer
 from teleport_core.net.workers import DATA_DIR_LOCK, WorkerPool, worker_index
 from teleport_core.pki import keys
@@ -52,6 +53,7 @@ from teleport_core.state.change_feed import ChangeFeed
 CLUSTER_NAME_KEY = b"/cluster_configuration/name"
 AUTH_DNS_NAMES = ("teleport.cluster.local", "*.teleport.cluster.local", "localhost")
 RENEW_BEFORE = dt.timedelta(days=30)
+SHARED_RATES_FILE = "auth-rates"  # under data_dir: join rate buckets of auth worker processes
 AUDIT_SPOOL_DIR = "auth-audit-spool"  # under data_dir/log: auth's events, durable before an action is answered
 AUDIT_DELIVERY_WAIT = 1.0  # seconds an emit waits for its event to reach the sinks (while they work)
 #: events each sink's sender hands over at once (in order): a sink that batches its durable writes
@@ -69,7 +71,11 @@ class AuthService(Service):
         self.settings: AuthSettings = ctx.settings
         self.log = ctx.log
         # host registrations per client address (connection_limits.rates; failed attempts only)
-        self.register_rate = RateLimiter((self.settings.connection_limits or ctx.config.connection_limits).rates)
+        # (auth_service.workers > 1: in a file every auth process on this host shares, so a source gets
+        # one allowance, not one per process)
+        rates = (self.settings.connection_limits or ctx.config.connection_limits).rates
+        self.register_rate = (SharedRateLimiter(rates, ctx.data_dir / SHARED_RATES_FILE) if self.settings.workers > 1
+                              else RateLimiter(rates))
         self.server: TLSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.backend: Backend
