@@ -296,6 +296,28 @@ class DayIndex:
             for code in codes[: len(codes) // 2]:
                 del recent[code]
 
+    def clashes(self, keys: list[tuple[int, int]]) -> dict[int, list[int]]:
+        """For each (time code, uid hash) of ``keys`` that some indexed line has: its position in
+        ``keys`` -> the offsets of those lines (a batch's dedup check, under one lock)."""
+        found: dict[int, list[int]] = {}
+        older: list[int] = []
+        with self.lock:
+            floor, recent = self.floor, self.recent
+            for i, (code, uid) in enumerate(keys):
+                if code < floor:
+                    older.append(i)
+                    continue
+                rows = recent.get(code)
+                if rows:
+                    offsets = [off for h, off in rows if h == uid]
+                    if offsets:
+                        found[i] = offsets
+        for i in older:
+            offsets = self.offsets_of(*keys[i])
+            if offsets:
+                found[i] = offsets
+        return found
+
     def offsets_of(self, code: int, uid: int) -> list[int]:
         """Offsets of the lines at ``code`` whose uid hashes to ``uid``."""
         with self.lock:

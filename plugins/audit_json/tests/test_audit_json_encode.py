@@ -1,0 +1,67 @@
+"""The append path's encoder: byte for byte what ``event_line`` (``to_dict`` through the JSON
+encoder) writes, with the day and time code the reader derives from the line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from zoneinfo import ZoneInfo
+
+import pytest
+from teleport_audit_json.lines import LINE, encode, tc_from_text
+
+from teleport_core.state.audit import AuditError, AuditEvent, event_line, new_event
+
+
+def _expected(e: AuditEvent) -> tuple[bytes, dt.date, int]:
+    line = event_line(e)
+    match = LINE.match(line)
+    assert match is not None
+    return line, dt.date.fromisoformat(match.group(2).decode()), tc_from_text(match.group(3))
+
+
+def _times() -> list[dt.datetime]:
+    rnd = random.Random(17)
+    epoch = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+    times = [epoch + dt.timedelta(microseconds=rnd.randrange(300 * 365 * 86_400 * 10**6)) for _ in range(20_000)]
+    edges = [t.replace(microsecond=us) for t in times[:2000] for us in (0, 999, 1000, 999_000, 999_999)]
+    zones = [t.astimezone(ZoneInfo("Asia/Kolkata")) for t in times[:500]] + [
+        t.astimezone(dt.timezone(dt.timedelta(hours=-7))) for t in times[500:1000]]
+    return [*times, *edges, *zones, dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)]
+
+
+def test_encode_is_event_line_for_any_time() -> None:
+    for i, when in enumerate(_times()):
+        e = AuditEvent("exec", "T3002I", f"uid-{i}", when, {"user": "u"} if i % 2 else {})
+        record = encode(e)
+        assert (record.line, record.day, record.code) == _expected(e), when
+
+
+@pytest.mark.parametrize(
+    "e",
+    [
+        new_event("exec", user="alice", sid="s1", command="ls -l"),
+        new_event("user.login"),
+        AuditEvent("x\n\"", "c\\", "u\u00ff\u2028", dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
+                   {"user": "é\u0000", "nested": {"a": [1, 2.5, None, True, "\ud83d"], 3: "an int key"}}),
+        AuditEvent("exec", "T3002I", "u1", dt.datetime(2024, 5, 1, 12), {"user": 5}),  # naive: local time, as to_dict
+        AuditEvent("exec", "T3002I", "u2", dt.datetime(2024, 5, 1, tzinfo=dt.UTC), {"sid": "s"}.items().mapping),
+    ],
+)
+def test_encode_of_unusual_events_is_event_line(e: AuditEvent) -> None:
+    record = encode(e)
+    assert (record.line, record.day, record.code) == _expected(e)
+    assert (record.uid, record.event, record.user, record.sid) == (e.uid, e.event, e.user, e.sid)
+
+
+def test_encode_refuses_what_cannot_be_stored() -> None:
+    now = dt.datetime.now(dt.UTC)
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    for fields, message in (({"n": math.nan}, "not JSON-serializable"), ({"o": object()}, "not JSON-serializable"),
+                            ({"d": cycle}, "not JSON-serializable"), ({"time": "x"}, "'time' is reserved")):
+        with pytest.raises(AuditError, match=message):
+            encode(AuditEvent("exec", "T3002I", "u", now, fields))
+    with pytest.raises(AuditError, match="empty uid"):
+        encode(AuditEvent("exec", "T3002I", "", now, {}))
