@@ -79,6 +79,7 @@ from teleport_core.net.inherit import (
     take_int,
 )
 from teleport_core.net.listeners import check_can_listen, planned_listeners
+from teleport_core.net.worker_metrics import serve_scrapes
 from teleport_core.net.workers import (
     DATA_DIR_LOCK,
     command_line_process,
@@ -781,6 +782,7 @@ async def _main(config: TeleportConfig, plugins: Plugins, pid_file: Path | None 
             log.warning("cannot handle signal", signal=signal.Signals(signum).name, error=str(exc))
     if worker is not None:
         watch_parent(loop, lambda: process.request_stop("the leader process exited"))
+        serve_scrapes(loop, process.registry, worker.index, get_logger("diag"))  # its series on the leader's /metrics
     try:
         await process.run(on_ready)
     except Exception as exc:

@@ -3,7 +3,8 @@
 ``/healthz`` answers 200 while the process runs. ``/readyz`` answers 200 ``{"status": "ok"}``
 once every enabled service is ready, and 503 with each service's state otherwise (while
 starting, when a service reported itself degraded, and during shutdown). ``/metrics`` is the
-process's own Prometheus registry in text format.
+process's own Prometheus registry in text format; when a service runs worker processes, also
+every live worker's series, each sample labelled ``worker`` (:mod:`teleport_core.net.worker_metrics`).
 
 starlette and hypercorn are imported only when a diag server is started.
 """
@@ -21,6 +22,7 @@ import attrs
 
 from teleport_core.config.values import NetAddr
 from teleport_core.errors import TeleportError
+from teleport_core.net.worker_metrics import exposition
 
 if TYPE_CHECKING:
     import structlog
@@ -107,7 +109,7 @@ class DiagServer:
 
     def app(self) -> Any:
         """The starlette application (routes only; no middleware, no lifespan)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import JSONResponse, Response
@@ -121,7 +123,7 @@ class DiagServer:
             return JSONResponse(state.to_json(), status_code=200 if state.ready else 503)
 
         async def metrics(request: Request) -> Response:
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(await exposition(self.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(
             routes=[

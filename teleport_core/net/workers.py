@@ -17,7 +17,9 @@ What a worker gets, like the new process of a reload (:mod:`teleport_core.net.in
   (it writes ``ready`` once serving, or ``error <why>``);
 * ``TELEPORT_WORKER=<service>:<index>`` (this module's :func:`take_worker_role`), and
   ``TELEPORT_WORKER_PARENT_FD``, the read end of a pipe whose write end only the leader holds:
-  when the leader is gone (even killed with ``SIGKILL``) the worker reads EOF and stops.
+  when the leader is gone (even killed with ``SIGKILL``) the worker reads EOF and stops;
+* ``TELEPORT_WORKER_METRICS_FD``, its end of a socket pair only it and the leader hold, on which
+  the leader's ``/metrics`` asks for the worker's series (:mod:`teleport_core.net.worker_metrics`).
 
 The leader's :class:`WorkerPool` restarts a worker that exits with a backoff (1 s, doubling up
 to :data:`MAX_BACKOFF`, back to 1 s after a worker served :data:`STABLE_AFTER` seconds);
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from teleport_core.errors import TeleportError
 from teleport_core.net.inherit import (
@@ -53,9 +56,22 @@ from teleport_core.net.inherit import (
     read_answer,
     take_int,
 )
+from teleport_core.net.worker_metrics import (
+    ENV_METRICS_FD,
+    REASONS,
+    SCRAPE_TIMEOUT,
+    ScrapeFailed,
+    attach,
+    channel,
+    detach,
+    fetch,
+)
 
 if TYPE_CHECKING:
     import socket
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
     from teleport_core.config.model import TeleportConfig
     from teleport_core.datadir import DataDirLock
@@ -171,14 +187,17 @@ class _Worker:
     started: float = 0.0
     restarts: int = 0
     supervisor: asyncio.Task[None] | None = None
+    metrics: socket.socket | None = None  # the leader's end of the worker's scrape channel
 
 
 class WorkerPool:
     """The leader's side: start workers ``1..count-1`` of ``service`` on ``sock`` (listener ``name``
-    at ``address``), restart those that exit, pass on drains and stops."""
+    at ``address``), restart those that exit, pass on drains and stops. With ``metrics`` (the
+    process's registry) the leader's ``/metrics`` includes every live worker's series."""
 
     def __init__(self, service: str, count: int, name: str, address: str, sock: socket.socket,
-                 lock: DataDirLock, log: Any, *, ready_timeout: float = READY_TIMEOUT) -> None:
+                 lock: DataDirLock, log: Any, *, ready_timeout: float = READY_TIMEOUT,
+                 metrics: CollectorRegistry | None = None, scrape_timeout: float = SCRAPE_TIMEOUT) -> None:
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"count must be 1..{MAX_WORKERS}")
         self.service, self.count, self.name, self.address = service, count, name, address
@@ -188,6 +207,9 @@ class WorkerPool:
         self._parent_read, self._parent_write = os.pipe()  # the workers' EOF when the leader is gone
         self._stopping = False
         self._draining = False
+        self.registry, self.scrape_timeout = metrics, scrape_timeout
+        self.scrape_failures = {(w.index, reason): 0 for w in self.workers for reason in REASONS}
+        self._up: dict[int, bool] = {}
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -223,27 +245,35 @@ class WorkerPool:
         for worker in self.workers:
             worker.supervisor = asyncio.create_task(self._supervise(worker),
                                                     name=f"{self.service}-worker-{worker.index}")
+        if self.registry is not None:
+            attach(self.registry, self)
         self.log.info("workers started", service=self.service, workers=self.count, pids=self.pids())
 
     async def _spawn(self, worker: _Worker) -> None:
-        read_end, write_end = os.pipe()
-        fd = self.sock.fileno()
         lock_fd = self.lock.fd
         if lock_fd is None:
             raise TeleportError("the data_dir lock is not held")
+        read_end, write_end = os.pipe()
+        fd = self.sock.fileno()
+        metrics, theirs = channel()  # a new one for each start: nothing of the last process's is left in it
         env = dict(os.environ)
         env.update({ENV_FILES: json.dumps([{"type": self.name, "address": self.address, "fd": fd}]),
                     ENV_READY_FD: str(write_end), ENV_LOCK_FD: str(lock_fd),
-                    ENV_WORKER: f"{self.service}:{worker.index}", ENV_PARENT_FD: str(self._parent_read)})
+                    ENV_WORKER: f"{self.service}:{worker.index}", ENV_PARENT_FD: str(self._parent_read),
+                    ENV_METRICS_FD: str(theirs.fileno())})
         try:
             child = subprocess.Popen(own_argv(), env=env, cwd=os.getcwd(),
-                                     pass_fds=(fd, write_end, lock_fd, self._parent_read))
+                                     pass_fds=(fd, write_end, lock_fd, self._parent_read, theirs.fileno()))
         except OSError:
             os.close(read_end)
+            metrics.close()
             raise
         finally:
             os.close(write_end)
-        worker.child, worker.started = child, time.monotonic()
+            theirs.close()
+        if worker.metrics is not None:
+            worker.metrics.close()
+        worker.child, worker.started, worker.metrics = child, time.monotonic(), metrics
         try:
             answer = await asyncio.wait_for(asyncio.shield(_in_thread(read_answer, read_end)), self.ready_timeout)
         except TimeoutError:
@@ -328,3 +358,50 @@ class WorkerPool:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._parent_read = self._parent_write = -1
+        if self.registry is not None:
+            detach(self.registry, self)
+        for worker in self.workers:
+            if worker.metrics is not None:
+                worker.metrics.close()
+                worker.metrics = None
+
+    # -- metrics (teleport_core.net.worker_metrics) -----------------------------------------------
+
+    async def fetch_all(self) -> dict[int, bytes | ScrapeFailed]:
+        """Every worker's exposition (or why there is none), fetched concurrently."""
+
+        async def one(worker: _Worker) -> bytes | ScrapeFailed:
+            control = worker.metrics
+            if control is None or worker.child is None or worker.child.poll() is not None:
+                return ScrapeFailed("not_running", "it is not running")
+            try:
+                return await fetch(control, self.scrape_timeout)
+            except ScrapeFailed as failure:
+                return failure
+
+        answers = await asyncio.gather(*(one(w) for w in self.workers))
+        return {w.index: answer for w, answer in zip(self.workers, answers, strict=True)}
+
+    def account(self, results: dict[int, bytes | ScrapeFailed]) -> list[Metric]:
+        """Count the workers left out of ``results`` (and log why, once per change); the families
+        ``teleport_worker_up`` and ``teleport_worker_scrape_failures_total``."""
+        up = GaugeMetricFamily("teleport_worker_up", "1 when the worker process's series are in this scrape, 0 when "
+                               "they were left out (not running, no answer in time)", labels=["service", "worker"])
+        up.add_metric([self.service, "0"], 1.0)
+        for index, result in sorted(results.items()):
+            answered = not isinstance(result, ScrapeFailed)
+            if isinstance(result, ScrapeFailed):
+                self.scrape_failures[(index, result.reason)] += 1
+                if self._up.get(index, True) or result.reason == "timeout":
+                    log = self.log.warning if result.reason != "not_running" else self.log.info
+                    log(f"{self.service} worker left out of /metrics: {result}", worker=index, reason=result.reason)
+            elif not self._up.get(index, True):
+                self.log.info(f"{self.service} worker back in /metrics", worker=index)
+            self._up[index] = answered
+            up.add_metric([self.service, str(index)], 1.0 if answered else 0.0)
+        failures = CounterMetricFamily("teleport_worker_scrape_failures", "Scrapes of /metrics that left a worker "
+                                       "process's series out, by reason (not_running, timeout, error)",
+                                       labels=["service", "worker", "reason"])
+        for (index, reason), count in sorted(self.scrape_failures.items()):
+            failures.add_metric([self.service, str(index), reason], float(count))
+        return [up, failures]

@@ -150,7 +150,8 @@ class AuthService(Service):
         await self.server.start()
         if self.leader and self.settings.workers > 1:
             self.workers = WorkerPool("auth_service", self.settings.workers, "auth", str(self.settings.listen_addr),
-                                      sock, self.ctx.resources.shared[DATA_DIR_LOCK], self.log)
+                                      sock, self.ctx.resources.shared[DATA_DIR_LOCK], self.log,
+                                      metrics=self.ctx.metrics)  # every worker's series on /metrics
             await self.workers.start()
         # services started after us in this process join through here, without a token
         listen = self.server.address
