@@ -67,8 +67,11 @@ import json
 import os
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -84,31 +87,114 @@ KINDS = ("user.login", "session.start", "session.end", "exec", "session.join", "
 OUTCOMES = {"scp": "upload"}
 START = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 PAGE = 500
+FLUSH_WAIT = 0.5  # seconds: longer than the sink's indexer waits to insert pending rows
 
 
 async def open_sink(directory: Path) -> AuditSink:
     return await open_audit_sink(make_plugins(), f"file://{directory}?server_id=bench", directory)
 
 
-async def append_rate(directory: Path, total: int, emitters: int) -> tuple[float, float, float]:
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each of this process's Python threads, by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        out[thread.name] = out.get(thread.name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+THREAD_NAMES = {"MainThread": "event loop thread", "audit-json-writer": "writer thread",
+                "audit-json-indexer": "indexer thread"}
+
+
+async def append_rate(directory: Path, total: int, emitters: int,
+                      profile: str | None = None) -> tuple[float, float, float, dict[str, float]]:
     """Events per second, and this process's CPU microseconds and voluntary context switches
-    per event (steadier than the rate on a loaded machine: they do not count waiting)."""
+    per event (steadier than the rate on a loaded machine: they do not count waiting), and the
+    CPU microseconds per event of the event loop's thread, the sink's writer and its indexer."""
     sink = await open_sink(directory)
+    await sink.emit(new_event("exec"))  # start the sink's threads before measuring
     per = total // emitters
 
     async def emitter(worker: int) -> None:
         for i in range(per):
             await sink.emit(new_event("exec", user=f"w{worker}", sid=f"{worker}-{i}", command="ls -l"))
 
+    spy = start_profile(profile) if profile else None
+    threads = thread_cpu()
     before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
     await asyncio.gather(*(emitter(w) for w in range(emitters)))
     elapsed = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_SELF)
+    await asyncio.sleep(FLUSH_WAIT)  # the indexer inserts the last rows (its CPU counts per event too)
+    threads_after = thread_cpu()
+    if spy is not None:
+        stop_profile(spy)
     await sink.close()
     count = per * emitters
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return count / elapsed, cpu / count * 1e6, (after.ru_nvcsw - before.ru_nvcsw) / count
+    split = {label: (threads_after.get(name, 0.0) - threads.get(name, 0.0)) / count * 1e6
+             for name, label in THREAD_NAMES.items()}
+    return count / elapsed, cpu / count * 1e6, (after.ru_nvcsw - before.ru_nvcsw) / count, split
+
+
+def new_event_cpu(count: int = 20000) -> float:
+    """CPU microseconds of the bench's own ``new_event`` per event (the callers' share of the
+    event loop's CPU above, not the sink's)."""
+    began = time.process_time()
+    for i in range(count):
+        new_event("exec", user="w1", sid=f"1-{i}", command="ls -l")
+    return (time.process_time() - began) / count * 1e6
+
+
+def start_profile(out: str) -> subprocess.Popen[bytes]:
+    """py-spy recording this process (every thread, collapsed stacks) until :func:`stop_profile`."""
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--format", "raw", "--threads",
+                            "--rate", "500", "--nonblocking", "-o", out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    spy.wait(timeout=60)
+
+
+#: where the event loop thread's time goes during the concurrent appends, by the first rule whose
+#: function is anywhere in the sampled stack (else "asyncio and the rest")
+PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the bench's own new_event (the caller's)", ("new_event (",)),
+    ("sink: encode the line", ("encode (teleport_audit_json",)),
+    ("sink: queue the event, await its future", ("FileAuditLog._store", "FileAuditLog.emit ")),
+    ("sink: wake a batch's emitters, then the writer", ("_settle_round", "_round_done", "_settle (")),
+)
+
+
+def profile_summary(path: str) -> dict[str, float]:
+    """Shares of the event loop thread's busy samples (py-spy raw output) per :data:`PROFILE_RULES`,
+    and the share of all its samples it waited in ``select()``."""
+    counts: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        frames = stack.split(";")
+        if "MainThread" not in frames[0] or "run_forever" not in stack:  # the event loop, not imports
+            continue
+        if frames[-1].startswith("EpollSelector.select"):
+            name = "idle (select)"
+        else:
+            name = next((n for n, keys in PROFILE_RULES if any(k in f for f in frames for k in keys)),
+                        "asyncio and the rest")
+        counts[name] = counts.get(name, 0) + int(number)
+    idle = counts.pop("idle (select)", 0)
+    busy = sum(counts.values()) or 1
+    shares = {f"profile: {n}": c / busy for n, c in sorted(counts.items(), key=lambda item: -item[1])}
+    return {**shares, "profile: idle (waiting in select), of all samples": idle / ((busy + idle) or 1)}
 
 
 class _Log:
@@ -258,25 +344,40 @@ async def searches(directory: Path, days: int, full: bool) -> dict[str, Any]:
     return out
 
 
+async def append_rates(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    """The sink's append runs (1 emitter, then each of ``--emitters``), and auth's path."""
+    results: dict[str, Any] = {}
+    for emitters, total in ((1, args.appends // 4), *((n, args.appends) for n in args.emitters)):
+        profile = args.profile if emitters == max(args.emitters) else None
+        rate, cpu, switches, split = await append_rate(directory / f"append-{emitters}", total, emitters, profile)
+        label = f"{emitters} emitter{'s' if emitters > 1 else ''}"
+        results[f"append {label} (events/s)"] = rate
+        results[f"append {label}: CPU us per event"] = cpu
+        for name, micros in split.items():
+            results[f"append {label}: CPU us per event, {name}"] = micros
+        results[f"append {label}: voluntary context switches per event"] = switches
+        if profile:
+            results.update(profile_summary(profile))
+    results["new_event (the bench's, included above): CPU us per event"] = new_event_cpu()
+    if not args.no_spool:
+        rate, cpu, switches = await spool_append_rate(directory / "spool-32", args.appends, 32)
+        results["append 32 emitters through auth's spool (events/s)"] = rate
+        results["append 32 emitters through auth's spool: CPU us per event"] = cpu
+        results["append 32 emitters through auth's spool: voluntary context switches per event"] = switches
+    return results
+
+
 async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     results["raw write+fsync, 1 line per fsync (lines/s)"] = raw_append_rate(directory / "raw", args.appends // 4, 1)
     results["raw write+fsync, 32 lines per fsync (lines/s)"] = raw_append_rate(directory / "raw", args.appends, 32)
-    for emitters, total in ((1, args.appends // 4), (32, args.appends)):
-        rate, cpu, switches = await append_rate(directory / f"append-{emitters}", total, emitters)
-        label = f"{emitters} emitter{'s' if emitters > 1 else ''}"
-        results[f"append {label} (events/s)"] = rate
-        results[f"append {label}: CPU us per event"] = cpu
-        results[f"append {label}: voluntary context switches per event"] = switches
-    rate, cpu, switches = await spool_append_rate(directory / "spool-32", args.appends, 32)
-    results["append 32 emitters through auth's spool (events/s)"] = rate
-    results["append 32 emitters through auth's spool: CPU us per event"] = cpu
-    results["append 32 emitters through auth's spool: voluntary context switches per event"] = switches
+    results.update(await append_rates(args, directory))
     results["load average (1 min) after the appends"] = os.getloadavg()[0]
     results["append 1 emitter / raw 1 per fsync"] = (
         results["append 1 emitter (events/s)"] / results["raw write+fsync, 1 line per fsync (lines/s)"])
-    results["append 32 emitters / raw 32 per fsync"] = (
-        results["append 32 emitters (events/s)"] / results["raw write+fsync, 32 lines per fsync (lines/s)"])
+    if 32 in args.emitters:
+        results["append 32 emitters / raw 32 per fsync"] = (
+            results["append 32 emitters (events/s)"] / results["raw write+fsync, 32 lines per fsync (lines/s)"])
     if args.appends_only:
         return results
     big = args.data or directory / "big"
@@ -306,6 +407,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path,
                         help="keep the searched events here and reuse them in later runs (same --events and --days)")
     parser.add_argument("--appends-only", action="store_true", help="measure the appends only (no search data)")
+    parser.add_argument("--emitters", type=lambda text: [int(n) for n in text.split(",")], default=[32],
+                        help="concurrent emitters of the concurrent append runs, comma-separated (default 32)")
+    parser.add_argument("--no-spool", action="store_true", help="skip the run through auth's audit spool")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy this process during the run with the most emitters (raw collapsed stacks to "
+                             "FILE) and print where the event loop thread's time went")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
     if args.dir is not None:
