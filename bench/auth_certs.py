@@ -80,6 +80,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from lean_client import LeanConnection  # bench/lean_client.py (this folder is on sys.path)
+
+from teleport_core.pki.serverrole import AUTH, require_server_role
 
 
 def free_port() -> int:
@@ -110,18 +113,27 @@ def rate(fn: Any, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def api_rate(client: Any, public_key: str, seconds: float, concurrency: int) -> float:
+async def api_rate(client: Any, public_key: str, seconds: float, concurrency: int,
+                   lean: list[LeanConnection] | None = None) -> float:
+    """Certificate pairs per second from ``concurrency`` clients: ``client`` (an AuthClient) each, or
+    each its own ``lean`` connection (the same request, without httpx)."""
     done = 0
     deadline = time.perf_counter() + seconds
+    body = json.dumps({"user": "bench", "public_key": public_key, "ttl": "1h"}).encode()
 
-    async def worker() -> None:
+    async def worker(conn: LeanConnection | None) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await client.sign_user_cert("bench", public_key, ttl="1h")
+            if conn is None:
+                await client.sign_user_cert("bench", public_key, ttl="1h")
+            else:
+                status, answer = await conn.request("/v1/certs/user", body, "POST")
+                if status != 200:
+                    raise SystemExit(f"POST /v1/certs/user answered {status}: {answer[:200]!r}")
             done += 1
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(lean[i] if lean else None) for i in range(concurrency)))
     return done / (time.perf_counter() - start)
 
 
@@ -252,12 +264,19 @@ def run_server(tmp: Path, http1: str, args: argparse.Namespace, subject: str, lo
                 created = await admin.create_user("bench", ["access"], {"logins": ["root"]})
                 # warm the pool: one connection per concurrent client, so no handshake is measured
                 await asyncio.gather(*(admin.sign_user_cert("bench", subject) for _ in range(args.concurrency)))
+                lean = None
+                if args.client == "raw":
+                    context = require_server_role(admin.credentials.context, AUTH)
+                    lean = [LeanConnection(addr, context) for _ in range(args.concurrency)]
+                    await asyncio.gather(*(conn.connect() for conn in lean))
                 procs = tree(server.pid)  # with workers: the leader and each worker process
                 cpu_before, switches_before = tree_cpu(procs), context_switches(procs)
                 client_before = time.process_time()
                 spy = profiler(server.pid, profile, args.seconds) if profile else None
                 results["api_ssh_tls_user_certs_per_s"] = await api_rate(
-                    admin, subject, args.seconds, args.concurrency)
+                    admin, subject, args.seconds, args.concurrency, lean)
+                for conn in lean or ():
+                    conn.close()
                 issued = results["api_ssh_tls_user_certs_per_s"] * args.seconds
                 results["auth_cpu_ms_per_cert"] = (tree_cpu(procs) - cpu_before) * 1000 / issued
                 # the clients' side (httpx, TLS, this process) shares the machine's cores with auth
@@ -297,6 +316,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--logins", type=int, default=10)
+    parser.add_argument("--client", choices=("raw", "httpx"), default="httpx",
+                        help="the clients: AuthClient (httpx) or a lean HTTP/1.1 client (bench/lean_client.py), "
+                             "which leaves more of a shared machine's cores to auth")
     parser.add_argument("--http1", default="httptools",
                         help="auth's HTTP/1.1 server(s), comma-separated (hypercorn, httptools): each gets its own "
                              "auth process, in turn, --rounds times")

@@ -128,9 +128,10 @@ from typing import Any
 
 import httpx
 import yaml
+from lean_client import LeanConnection  # bench/lean_client.py (this folder is on sys.path)
 from prometheus_client.parser import text_string_to_metric_families
 
-from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.errors import NotFound, TeleportError
 from teleport_core.pki.serverrole import AUTH, require_server_role
 from teleport_core.testing.processes import free_port
@@ -276,61 +277,6 @@ def announcement(i: int) -> dict[str, Any]:
     addr = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:3022"
     return {"uuid": node_uuid(i), "nodename": f"sim-{i:05d}", "addr": addr,
             "labels": {"env": "bench", "rack": f"r{i % 40}"}}
-
-
-class LeanConnection:
-    """One kept-alive mutual TLS connection to auth sending a node's requests, one at a time.
-
-    The simulated nodes' lean client (``--client raw``): the same TLS (the identity's context,
-    auth's server role checked) and the same HTTP/1.1 requests a node's :class:`AuthClient` sends
-    (an announce with its JSON body, a bodiless keepalive), but no httpx under them (4 ms of the
-    client processes' CPU per request here), so the client processes, which share the machine
-    with auth, spend less of it simulating 50,000 nodes. A real node sends one keepalive per
-    period: its client's cost is not what limits a cluster."""
-
-    def __init__(self, addr: str, context: Any) -> None:
-        self.addr = addr
-        self.context = context
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        host, _, port = self.addr.rpartition(":")
-        self.reader, self.writer = await asyncio.open_connection(host, int(port), ssl=self.context,
-                                                                 server_hostname=AUTH_SERVER_NAME)
-
-    async def request(self, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        """``PUT path`` with ``body`` (JSON): the status and the answer's body (the connection is
-        opened again if the server closed it)."""
-        kind = "Content-Type: application/json\r\n" if body else ""
-        message = (f"PUT {path} HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\n{kind}"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        for attempt in (1, 2):
-            if self.writer is None or self.writer.is_closing():
-                await self.connect()
-            assert self.reader is not None and self.writer is not None
-            try:
-                self.writer.write(message)
-                head = await self.reader.readuntil(b"\r\n\r\n")
-            except (OSError, asyncio.IncompleteReadError):
-                self.writer.close()
-                if attempt == 2:
-                    raise
-                continue
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    self.writer.close()
-            return int(head[9:12]), await self.reader.readexactly(length)
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def run_phase(client: AuthClient, phase: str, nodes: range, connections: int,
