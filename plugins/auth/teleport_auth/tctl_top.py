@@ -59,6 +59,12 @@ class Snapshot:
         found = self.values(name, **labels)
         return sum(found) if found else None
 
+    def own(self, name: str) -> float | None:
+        """A per-process value of the process scraped: with auth worker processes every process
+        has its own (``worker="0"`` is the leader's, the one scraped)."""
+        found = self.values(name, worker="0") or self.values(name)
+        return sum(found) if found else None
+
     def quantile(self, histogram: str, q: float) -> float | None:
         """The ``q`` quantile of a histogram (every label set merged), interpolated in its buckets."""
         buckets: dict[float, float] = {}
@@ -157,7 +163,7 @@ def _bytes(value: float | None) -> str:
 
 
 def _uptime(snap: Snapshot) -> str:
-    start = snap.total("process_start_time_seconds")
+    start = snap.own("process_start_time_seconds")
     if start is None:
         return MISSING
     return str(dt.timedelta(seconds=max(0, round(snap.taken - start))))
@@ -200,8 +206,8 @@ SECTIONS: list[tuple[str, list[Row]]] = [
         ("Version", _version),
         ("Uptime", _uptime),
         ("Ready services", _ready),
-        ("Plugins loaded", lambda s: _count(s.total("teleport_plugins_loaded"))),
-        ("Reload generation", lambda s: _count(s.total("teleport_reload_generation"))),
+        ("Plugins loaded", lambda s: _count(s.own("teleport_plugins_loaded"))),
+        ("Reload generation", lambda s: _count(s.own("teleport_reload_generation"))),
     ]),
     ("Auth", [
         ("Logins", lambda s: _count(s.total("user_login_total"))),

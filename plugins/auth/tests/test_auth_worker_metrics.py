@@ -197,6 +197,23 @@ def test_a_killed_worker_is_left_out_until_its_restart(auth: TeleportProcess) ->
              "the restarted worker's series in /metrics", timeout=180)
 
 
+@pytest.mark.timeout(600)
+def test_tctl_top_shows_the_leaders_own_process_gauges(auth: TeleportProcess) -> None:
+    """``tctl top`` sums counters over every process, but a process's own gauges (its start
+    time, plugins loaded) are the leader's: summed over 3 processes they would be nonsense."""
+    from teleport_auth.tctl_top import fetch, rows
+
+    snap = fetch(auth.diag_url)
+    view = dict(row for _, section in rows(snap) for row in section)
+    leader = snap.values("teleport_plugins_loaded", worker="0")
+    assert len(leader) == 1 and snap.total("teleport_plugins_loaded") == WORKERS * leader[0]
+    assert view["Plugins loaded"] == f"{leader[0]:,.0f}"
+    started = snap.values("process_start_time_seconds", worker="0")[0]
+    assert snap.own("process_start_time_seconds") == started
+    certs = snap.total("teleport_certificates_issued_total")
+    assert certs is not None and view["Certificates issued"] == f"{certs:,.0f}"
+
+
 def unix_sockets() -> dict[int, tuple[int, str]]:
     """Every unix socket of the host: inode -> (flags, path); an abstract path starts with ``@``."""
     found = {}
