@@ -56,6 +56,13 @@ and 20 / 19 with two; auth CPU per pair, median, 8.51 and 7.05 ms with one, 9.72
 two (1.14x, 1.10x); the clients took 11-16 ms per pair: on two cores shared with them a second auth
 process has no core of its own (docs/scaling.md).
 
+Quiet machine (load 0.9-1.5, raw Ed25519 18.5k/s), ``--workers 1,2 --rounds 2 --seconds 8 --logins 0``:
+162 / 170 pairs/s with one process, 155 / 173 with two; auth CPU per pair 3.43 and 3.86 ms (medians,
+1.13x); the httpx clients 5.7-6.2 ms per pair, so the two cores cap the sum at about 210/s.
+With the lean client (``--client raw --workers 1,2 --rounds 2 --seconds 6``, load 5.7-6.2 from other
+jobs): 163 / 256 pairs/s with one, 267 / 259 with two; auth CPU per pair 2.64 and 3.03 ms (1.15x);
+the clients 0.17-0.22 ms per pair.
+
 Where auth's event loop spends its busy time (``--profile``, a run at 62c7074, load 6.8; httptools,
 hypercorn in brackets): signing 32 % (26 %), audit spool and delivery 30 % (24 %), event loop hand-offs 11 %
 (14 %), HTTP server 8 % (10 %), TLS records 6 % (11 %), endpoint wrapper and handler 4 % (6 %),
