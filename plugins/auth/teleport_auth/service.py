@@ -31,7 +31,7 @@ from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.trusted import TrustStore
 from teleport_auth.users import UserStore
-from teleport_auth.workers import check_backend, keep_fresh
+from teleport_auth.workers import CAChanges, check_backend, keep_fresh, watch_cas
 from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
@@ -93,6 +93,7 @@ class AuthService(Service):
         self.worker = worker_index("auth_service")  # 0: the leader (teleport_auth.workers)
         self.workers: WorkerPool | None = None  # the leader's, with auth_service.workers > 1
         self.change_feed: ChangeFeed | None = None
+        self.ca_changes: CAChanges | None = None  # with workers > 1: CA changes to apply before a request
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -100,6 +101,8 @@ class AuthService(Service):
         self.backend = await self.ctx.resources.backend()
         # auth_service.workers > 1: caches catch up with the other workers' writes (teleport_auth.workers)
         self.change_feed = check_backend(self.backend, self.settings.workers)
+        if self.change_feed is not None:
+            self.ca_changes = watch_cas(self.change_feed, self.cluster_name)
         if self.leader:  # singletons run in the leader only (teleport_auth.workers.LEADER_ONLY)
             self._tasks.append(await ha.join_auth_servers(self))  # refuses a split of audit/recordings between auths
         self.audit = await self.ctx.resources.audit_log()
@@ -264,15 +267,29 @@ class AuthService(Service):
         if self.leader:
             self._tasks.append(asyncio.create_task(self.rotation.run_auto(actor), name="auth-ca-auto-rotate"))
 
-    async def apply_cas(self) -> None:
+    async def apply_cas(self, need: int = 0) -> None:
         """After a CA change (ours or another auth server's): reload the CAs, re-issue our own
         identity if it no longer matches them, and serve new handshakes with the new certificate
-        and trusted CAs."""
+        and trusted CAs. ``need``: the :class:`~teleport_auth.workers.CAChanges` count to reach
+        (nothing to do when a reload that ended meanwhile reached it)."""
         async with self._ca_lock:
+            changes = self.ca_changes
+            if changes is not None and need and changes.applied >= need:
+                return
+            seen = changes.seen if changes is not None else 0  # counted before this reload reads them
             await self.reload_cas()
             self.identity = await self._own_identity()
             if self.server is not None:
                 self.server.set_context(self.server_context())
+            if changes is not None:
+                changes.applied = max(changes.applied, seen)
+
+    async def fresh_cas(self) -> None:
+        """With auth workers: apply every CA change committed so far, by any process, before the
+        caller is identified or anything is signed (one ``PRAGMA`` when none happened). One
+        process (``workers: 1``) relies on its CA watcher alone, as before."""
+        if self.ca_changes is not None and (need := self.ca_changes.pending()):
+            await self.apply_cas(need)
 
     async def reload_cas(self) -> None:
         """Re-read both CAs from cluster state (after a rotation, possibly by another auth server)."""

@@ -95,3 +95,6 @@ class AuthState(Protocol):
 
     async def reload_cas(self) -> None:
         """Re-read both CAs from cluster state."""
+
+    async def fresh_cas(self) -> None:
+        """Apply the CA changes other auth worker processes committed (before identifying a caller)."""

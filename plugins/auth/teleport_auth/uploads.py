@@ -20,6 +20,12 @@ Permanent refusals are audited (``auth`` failure, T3007W) and, for a host, kept 
 
 Nodes emit audit events only with their own ``server_id`` (checked by the events endpoint), so a
 host cannot claim another host's session by forging its ``session.start``.
+
+Two uploads of one session at the same moment are serialized around "is one stored? then store":
+by a lock per session ID in the process and, with auth worker processes (``auth_service.workers``
+above 1), by an ``flock`` on ``<data_dir>/log/upload-locks/<sid>.lock`` every process on the host
+takes (:func:`session_lock`): one is stored, the other compared with it. An upload that waits for
+that lock longer than :data:`UPLOAD_LOCK_WAIT` gets a 412, which the node retries.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +49,13 @@ from teleport_auth.session_records import SessionRecord
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound
 from teleport_core.state.audit import format_time, parse_time
 from teleport_core.state.backend import Backend, Item, range_end
-from teleport_core.state.sessions import SessionStorage
+from teleport_core.state.sessions import SessionStorage, check_session_id
 
 REFUSALS_PREFIX = b"/upload_refusals/"
 MAX_REFUSALS_PER_HOST = 1000
+UPLOAD_LOCKS_DIR = "upload-locks"  # under data_dir/log: one lock file per session being uploaded
+UPLOAD_LOCK_WAIT = 120.0  # seconds an upload waits for another process's upload of the session (then 412)
+LOCK_POLL, MAX_LOCK_POLL = 0.01, 0.25  # seconds between tries for that lock (doubling)
 
 
 def no_record(sid: str) -> NotFound:
@@ -131,14 +143,86 @@ class UploadRefusals:
         return found
 
 
+def _try_lock(path: Path) -> int | None:
+    """``flock`` the file at ``path`` (created 0600) without waiting: the open descriptor holding
+    it, or None while another holds it. A file its holder removed between our open and our lock is
+    not the lock any more (:func:`_unlock`): then the file now at ``path`` is tried."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it (so it never piles up), then release it."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _unlock_late(path: Path, attempt: asyncio.Future[int | None]) -> None:
+    """A lock taken by a thread after its caller was cancelled: release it at once."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        fd = attempt.result()
+        if fd is not None:
+            _unlock(path, fd)
+
+
+@contextlib.asynccontextmanager
+async def session_lock(directory: Path, sid: str, wait: float = UPLOAD_LOCK_WAIT) -> AsyncIterator[None]:
+    """Hold the lock every auth process on this host takes for ``sid``'s upload (an ``flock`` on
+    ``directory/<sid>.lock``; the event loop never blocks on it). :class:`CompareFailed` (412: the
+    node retries) when another process held it for ``wait`` seconds."""
+    path = directory / f"{check_session_id(sid)}.lock"
+    await asyncio.to_thread(os.makedirs, directory, 0o700, True)
+    deadline = time.monotonic() + wait
+    delay = LOCK_POLL
+    while True:
+        attempt = asyncio.ensure_future(asyncio.to_thread(_try_lock, path))
+        try:
+            fd = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(lambda done: _unlock_late(path, done))
+            raise
+        if fd is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise CompareFailed(f"another upload of session {sid} is still in progress; retry later")
+        await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+        delay = min(delay * 2, MAX_LOCK_POLL)
+    try:
+        yield
+    finally:
+        await asyncio.shield(asyncio.to_thread(_unlock, path, fd))
+
+
 class UploadGate:
     """Stores a recording once: identical re-uploads are no-ops, different ones are refused.
 
-    One upload per session ID at a time within this auth server (a lock per session ID).
+    One upload per session ID at a time within this auth server (a lock per session ID) and, with
+    ``lock_dir`` (auth worker processes), across the processes on this host (:func:`session_lock`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lock_dir: Path | None = None, wait: float = UPLOAD_LOCK_WAIT) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # sid -> (lock, users)
+        self.lock_dir = lock_dir
+        self.wait = wait
 
     @contextlib.contextmanager
     def _tmpdir(self) -> Iterator[Path]:
@@ -154,7 +238,10 @@ class UploadGate:
         self._locks[sid] = (lock, users + 1)
         try:
             async with lock:
-                return await self._store(storage, sid, path, sha256)
+                if self.lock_dir is None:
+                    return await self._store(storage, sid, path, sha256)
+                async with session_lock(self.lock_dir, sid, self.wait):
+                    return await self._store(storage, sid, path, sha256)
         finally:
             lock, users = self._locks[sid]
             if users == 1:

@@ -11,6 +11,10 @@ restarts them). This module is what auth adds:
   worker is applied before the next request's checks in every other worker. Only SQLite has
   that marker here: ``workers`` above 1 on another backend is refused at start
   (:func:`check_backend`).
+* **Fresh CAs.** The same catch-up counts changes of this cluster's two CA documents
+  (:class:`CAChanges`); before a request's caller is identified (and so before anything is
+  signed for it) the process reloads its CAs when one changed, so no worker accepts or signs
+  with the keys of a rotation phase another worker just left.
 * **Singletons** run in the leader only (:data:`LEADER_ONLY`); every worker runs the
   per-process parts (its caches' watchers, the CA watcher that reloads the CAs after a
   rotation, its own audit spool ``<folder>.<pid>``, the access-request hook announcer).
@@ -20,6 +24,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
+
+from teleport_auth.authority import CAType, ca_key
 from teleport_auth.locks import LOCKS_PREFIX
 from teleport_auth.rolestore import ROLES_PREFIX
 from teleport_auth.users import USERS_PREFIX
@@ -71,3 +78,32 @@ def keep_fresh(feed: ChangeFeed, *, locks: LockStore, authorizer: RoleAuthorizer
     feed.watch(USERS_PREFIX, users.invalidate)
     for cache in (locks, authorizer, users):
         cache.before_read = feed.catch_up
+
+
+@attrs.define
+class CAChanges:
+    """Changes of the cluster's CA documents the change feed saw (``seen``) and how many of them
+    this process's CAs include (``applied``). A reload that starts after the feed counted a change
+    reads that change's commit (the feed reads a commit's ``events`` row only once it is
+    committed), so it may mark every change counted before it began as applied."""
+
+    feed: ChangeFeed
+    seen: int = 0
+    applied: int = 0
+
+    def invalidate(self) -> None:
+        self.seen += 1
+
+    def pending(self) -> int:
+        """Catch up with every commit so far; the ``seen`` count a reload must reach, 0 when the
+        CAs in memory are current."""
+        self.feed.catch_up()
+        return self.seen if self.applied < self.seen else 0
+
+
+def watch_cas(feed: ChangeFeed, cluster_name: str) -> CAChanges:
+    """Count the changes of ``cluster_name``'s user and host CA documents, by any process."""
+    changes = CAChanges(feed)
+    for kind in CAType:
+        feed.watch(ca_key(kind, cluster_name), changes.invalidate)
+    return changes

@@ -1,8 +1,10 @@
 """Auth worker processes (``auth_service.workers: N``, issue 17): real ``teleport start`` processes
 sharing one listening socket on SQLite. The attacker: lock a user (or delete it) through one
 connection, then at once ask for certificates over fresh connections, which the kernel spreads
-over every worker: none may be issued. Also: the key is validated, a backend without a change
-marker is refused, a killed worker is replaced, and one stop ends every worker."""
+over every worker: none may be issued. The same for a CA rotation phase changed through one
+connection: no worker accepts a certificate of the keys it dropped, or signs with the keys of the
+phase it left. Also: the key is validated, a backend without a change marker is refused, a killed
+worker is replaced, and one stop ends every worker."""
 
 from __future__ import annotations
 
@@ -10,17 +12,29 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from teleport_auth.issuer import verify_ssh_cert
 
-from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir
 from teleport_core.config.load import parse_config
-from teleport_core.errors import AccessDenied, AlreadyExists, ConfigError, NotFound, TeleportError
+from teleport_core.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    ConfigError,
+    NotFound,
+    TeleportError,
+)
 from teleport_core.pki import keys
+from teleport_core.pki.certs import CertType
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.processes import TeleportProcess, free_port
 from teleport_core.testing.waiting import wait_for
@@ -32,6 +46,8 @@ WORKERS = 3
 ROUNDS = 12  # lock, then certificates through fresh connections, then unlock
 WARM = 12  # connections opened before the rounds, spread over the workers by the kernel
 FRESH = 4  # fresh connections (each accepted by whichever worker the kernel picks) per round
+CA_ROUNDS = 6  # rounds of the user CA's phases: a rotation rolled back, then one completed
+CA_PHASES = ("init", "update_clients", "rollback", "standby", "init", "update_clients", "update_servers", "standby")
 
 
 def children(pid: int) -> list[int]:
@@ -214,6 +230,136 @@ def test_every_worker_writes_one_audit_log_each_event_once_and_pages_are_complet
     assert len(expected) == 4 * WARM
     assert len(uids) == len(expected) and len(set(uids)) == len(uids)
     assert spool_writers(auth) & set(children(leader)), "the events did not come from several processes"
+
+
+def signed_by(answer: dict[str, Any], ca: dict[str, Any]) -> bool:
+    """Whether both certificates of ``answer`` come from the active keys of ``ca`` (a CA's API form:
+    the active keys first)."""
+    try:
+        tls = x509.load_pem_x509_certificate(answer["tls_cert"].encode())
+        tls.verify_directly_issued_by(x509.load_pem_x509_certificate(ca["tls_certs"][0].encode()))
+        verify_ssh_cert(answer["ssh_cert"], [ca["ssh_public_keys"][0]], cert_type=CertType.USER, principal="root")
+    except Exception:
+        return False
+    return True
+
+
+def stored_user_ca(db: sqlite3.Connection) -> bytes:
+    """The user CA's document as committed in the backend's SQLite file."""
+    row = db.execute("SELECT value FROM kv WHERE key = ?", (b"/authorities/user/workers.example",)).fetchone()
+    return bytes(row[0])
+
+
+async def committed(db: sqlite3.Connection, before: bytes, rotating: asyncio.Task[Any]) -> None:
+    """Return once the rotation is committed (its answer comes later: after its audit event and the
+    answering worker's reload, longer than the other workers' 0.1 s watcher poll)."""
+    while stored_user_ca(db) == before and not rotating.done():
+        await asyncio.sleep(0.001)
+
+
+class Holder:
+    """A user certificate of one CA key set, sent over ``WARM`` kept-alive connections (spread over
+    the workers while those keys are trusted) and over new ones."""
+
+    def __init__(self, auth: TeleportProcess, answer: dict[str, Any], key_pem: bytes) -> None:
+        identity = LocalIdentity(key_pem, answer["tls_cert"].encode(),
+                                 tuple(pem.encode() for pem in answer["host_ca_pems"]), answer["ssh_cert"])
+        self.auth = auth
+        self.credentials = Credentials(identity.client_context(), identity, "test")
+        self.warm = [self.client() for _ in range(WARM)]
+
+    def client(self) -> AuthClient:
+        return AuthClient(self.auth.config["auth_service"]["listen_addr"], credentials=self.credentials, timeout=20)
+
+    async def open(self) -> None:
+        for each in self.warm:
+            await each.status()  # accepted now: the connection stays open in the client's pool
+
+    async def present(self) -> list[Any]:
+        """The answers to a call over every warm connection and ``FRESH`` new ones (or the errors)."""
+
+        async def fresh() -> Any:
+            async with self.client() as client:
+                return await client.status()
+
+        return list(await asyncio.gather(*(each.status() for each in self.warm), *(fresh() for _ in range(FRESH)),
+                                         return_exceptions=True))
+
+    async def close(self) -> None:
+        for each in self.warm:
+            await each.close()
+
+
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
+def test_a_ca_phase_change_through_one_worker_holds_at_once_in_every_other(auth: TeleportProcess) -> None:
+    """Attacker: the moment a rotation phase change of the user CA is answered, present a user
+    certificate of the keys it dropped (``standby``, after a rollback and after a completed
+    rotation) over connections opened earlier on every worker and over new ones, and ask every
+    worker for certificates: none accepts the dropped keys' certificate, and every certificate
+    comes from the keys the new phase signs with (a lagging worker would sign with the previous
+    phase's: the old keys after ``update_clients``, the new ones after ``rollback``). The requests
+    go out the moment the change is committed (read from the SQLite file), before its answer."""
+    holder_key = keys.generate_private_key("ed25519")
+    holder_public = keys.public_key_openssh(holder_key.public_key())
+
+    db = sqlite3.connect(f"file:{auth.data_dir / 'backend' / 'sqlite.db'}?mode=ro", uri=True,
+                         isolation_level=None)
+
+    async def body() -> None:
+        async with admin(auth) as client:
+            with contextlib.suppress(AlreadyExists):
+                await client.create_user("rotated", ["access", "editor"], {"logins": ["root"]})
+            warm = [admin(auth) for _ in range(WARM)]
+            holders: dict[str, Holder] = {}  # a CA's TLS certificate -> a user certificate it signed
+            try:
+                for each in warm:
+                    assert (await each.sign_user_cert("rotated", SUBJECT, ttl="1h"))["ssh_cert"]
+                before = await client.get_cert_authority("user")
+                for round_ in range(CA_ROUNDS):
+                    for phase in CA_PHASES:
+                        step = f"round {round_}, {phase}"
+                        dropped = before["tls_certs"][1:] if phase == "standby" else []
+                        document = stored_user_ca(db)
+                        rotating = asyncio.create_task(
+                            client.rotate_cert_authority("user", mode="manual", phase=phase))
+                        await committed(db, document, rotating)
+                        # standby keeps the signing keys and drops the others: present theirs; else sign
+                        presented = await asyncio.gather(*(holders[pem].present() for pem in dropped if pem in holders))
+                        signed, fresh = ([], []) if dropped else await asyncio.gather(
+                            asyncio.gather(*(each.sign_user_cert("rotated", SUBJECT, ttl="1h") for each in warm),
+                                           return_exceptions=True),
+                            fresh_certs(auth, "rotated"))
+                        await rotating
+                        ca = await client.get_cert_authority("user")
+                        assert sorted(set(before["tls_certs"]) - set(ca["tls_certs"])) == sorted(dropped), step
+                        answers = [*signed, *fresh]
+                        wrong = [a if isinstance(a, BaseException) else "from other keys" for a in answers
+                                 if not (isinstance(a, dict) and signed_by(a, ca))]
+                        assert not wrong, f"{step}: {len(wrong)} of {len(answers)} certificates not from the " \
+                                          f"phase's signing keys: {wrong[:3]}"
+                        accepted = [a if isinstance(a, BaseException) else "accepted" for found in presented
+                                    for a in found if not isinstance(a, AuthenticationFailed | ConnectionProblem)]
+                        assert not accepted, f"{step}: {len(accepted)} calls with a certificate of the dropped " \
+                                             f"keys not refused: {accepted[:3]}"
+                        assert not dropped or (presented and all(found for found in presented)), step
+                        for pem in dropped:
+                            await holders.pop(pem).close()
+                        active = ca["tls_certs"][0]
+                        if active not in holders:
+                            answer = await client.sign_user_cert("rotated", holder_public, ttl="1h")
+                            holders[active] = Holder(auth, answer, keys.private_key_pem(holder_key))
+                            await holders[active].open()
+                        before = ca
+            finally:
+                for each in warm:
+                    await each.close()
+                for holder in holders.values():
+                    await holder.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        db.close()
 
 
 @pytest.mark.timeout(600)  # several teleport start processes on a loaded machine

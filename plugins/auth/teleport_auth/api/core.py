@@ -154,6 +154,7 @@ def endpoint(verb: str | None, kind: str | None, *, anonymous: bool = False, nam
             try:
                 if request.method not in READ_METHODS:  # no action auth could not audit: refused up front
                     await self.service.check_audit()
+                await self.service.fresh_cas()  # auth workers: another process's rotation applied first
                 identity = self.identify(request)
                 if identity is None and not anonymous:
                     reason = "this call needs a client certificate from the cluster"
@@ -227,9 +228,11 @@ class APIBase:
         self.service = service
         # verified client certificates: sha256(der) -> (identity, not_after, the CA objects it was checked against)
         self._identities: OrderedDict[bytes, tuple[Identity, dt.datetime, tuple[object, object]]] = OrderedDict()
-        from teleport_auth.uploads import UploadGate
+        from teleport_auth.uploads import UPLOAD_LOCKS_DIR, UploadGate
 
-        self._upload_gate = UploadGate()
+        # auth worker processes: uploads of one session are serialized across them too (a lock file each)
+        self._upload_gate = UploadGate(service.ctx.data_dir / "log" / UPLOAD_LOCKS_DIR
+                                       if service.settings.workers > 1 else None)
         from teleport_auth.events_policy import HostNameCache
 
         self._host_names = HostNameCache(self._host_name)
