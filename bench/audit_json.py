@@ -171,7 +171,7 @@ def stop_profile(spy: subprocess.Popen[bytes]) -> None:
 PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("the bench's own new_event (the caller's)", ("new_event (",)),
     ("sink: encode the line", ("encode (teleport_audit_json",)),
-    ("sink: queue the event, await its future", ("FileAuditLog._store", "FileAuditLog.emit ")),
+    ("sink: queue the event, await its future", ("FileAuditLog._enqueue", "FileAuditLog.emit ")),
     ("sink: wake a batch's emitters, then the writer", ("_settle_round", "_round_done", "_settle (")),
 )
 

@@ -1,5 +1,6 @@
 """The append path's encoder: byte for byte what ``event_line`` (``to_dict`` through the JSON
-encoder) writes, with the day and time code the reader derives from the line."""
+encoder) writes, with the day and time code the reader derives from the line; and the reading of
+the spool's lines (``emit_lines``) without regular expressions, as they read them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import random
 from zoneinfo import ZoneInfo
 
 import pytest
-from teleport_audit_json.lines import LINE, encode, tc_from_text
+from teleport_audit_json.index import _line_record_slowly, _plain_record, line_record
+from teleport_audit_json.lines import LINE, Encoded, encode, tc_from_text
 
 from teleport_core.state.audit import AuditError, AuditEvent, event_line, new_event
 
@@ -65,3 +67,50 @@ def test_encode_refuses_what_cannot_be_stored() -> None:
             encode(AuditEvent("exec", "T3002I", "u", now, fields))
     with pytest.raises(AuditError, match="empty uid"):
         encode(AuditEvent("exec", "T3002I", "", now, {}))
+
+
+def _lines() -> list[bytes]:
+    """Lines as the spool holds them (event_line of assorted events), and damaged copies."""
+    rnd = random.Random(5)
+    texts = ["alice", "", "bob smith", 'q"uote', "back\\slash", "é", "NaN", "x\u2028", "Infinity", '"user":"x"']
+    base = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    lines = []
+    for i in range(3000):
+        fields: dict[str, object] = {}
+        for key in ("user", "sid", "login", "command"):
+            if rnd.random() < 0.6:
+                fields[key] = rnd.choice(texts) if rnd.random() < 0.8 else rnd.choice([5, None, [1], {"user": "n"}])
+        if rnd.random() < 0.1:
+            fields["details"] = {rnd.choice(["user", "sid"]): rnd.choice(texts)}
+        when = base + dt.timedelta(milliseconds=rnd.randrange(86_400_000))
+        e = AuditEvent(rnd.choice(["exec", "", "a,b", "x}"]), "T3002I", rnd.choice([f"uid-{i}", f'u"{i}', ""]),
+                       when, fields)
+        try:
+            lines.append(event_line(e))
+        except ValueError:
+            continue
+    damaged = []
+    for line in lines[:1500]:
+        at = rnd.randrange(len(line))
+        damaged.append(line[:at] + bytes([rnd.choice(b'"\\}{,:\n0aZ\xff')]) + line[at + 1:])
+        damaged.append(line[:at] + line[at + 1:])
+        damaged.append(line.replace(b"2024-05-01", b"2024-02-30"))
+    return lines + damaged
+
+
+def _record(line: bytes, read: object) -> object:
+    try:
+        return read(line)  # type: ignore[operator]
+    except Exception as exc:  # the same error either way
+        return type(exc)
+
+
+def test_line_record_without_regexes_reads_lines_as_the_regexes_do() -> None:
+    fast = slow = 0
+    for line in _lines():
+        expected = _record(line, _line_record_slowly)
+        assert _record(line, line_record) == expected, line
+        if isinstance(expected, Encoded) and _plain_record(line) is not None:
+            fast += 1
+        slow += expected is None
+    assert fast > 300 and slow > 1000  # both paths taken
