@@ -19,6 +19,12 @@ same scope as on hypercorn, the verified client certificate chain included
   and stops reading the socket until it does;
 - **garbage and refused upgrades**: a request llhttp cannot parse is answered 400 and closed;
   logged at DEBUG (an attacker's input is not an operator's warning).
+
+Writes are corked (:class:`CorkedTransport`): uvicorn writes an answer's head and body with two
+``write()`` calls, which asyncio's TLS layer makes two TLS records and two ``send()``; what one
+event-loop turn writes goes out as one write instead (a small answer: one record, one send), and
+as soon as :data:`CORK_LIMIT` bytes are held, so a large or streamed body flows, under the TLS
+transport's back-pressure, as before.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from teleport_core.logs import get_logger
 from teleport_core.net.httplimits import MAX_HEAD, ConnectionClock, GuardedApp, HTTPLimits
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+CORK_LIMIT = 64 * 1024  # bytes a connection holds back at most before writing them (one TLS record is 16 KiB)
 
 log = get_logger("http")
 
@@ -100,6 +107,110 @@ class Shared:
                 connection.transport.abort()
 
 
+class CorkedTransport(asyncio.Transport):
+    """A connection's TLS transport whose writes of one event-loop turn go out as one write.
+
+    Held bytes are written at the end of the turn (``loop.call_soon``), at once when they reach
+    :data:`CORK_LIMIT` bytes (so the TLS transport sees a large body as it comes, and pauses the
+    writer at its high-water mark as before), before a close, and on :meth:`flush`. Bytes held when
+    the transport was aborted underneath (the deadline sweep) or the connection was lost are
+    dropped, as asyncio drops writes to a closed transport. Everything else is the TLS transport's.
+    """
+
+    def __init__(self, raw: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.raw = raw
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._size = 0
+        self._pending: asyncio.Handle | None = None  # the end-of-turn flush, once scheduled
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not isinstance(data, bytes):  # held past the caller's return: a copy it cannot change
+            data = bytes(memoryview(data))
+        self._held.append(data)
+        self._size += len(data)
+        if self._size >= CORK_LIMIT:
+            self.flush()
+        elif self._pending is None:
+            self._pending = self._loop.call_soon(self._end_of_turn)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _end_of_turn(self) -> None:
+        self._pending = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is held: one write (one TLS record per 16 KiB) under :data:`CORK_LIMIT`
+        bytes; above it, one ``writelines`` (no copy; asyncio's TLS layer sends it at once)."""
+        held, size = self._held, self._size
+        if not held:
+            return
+        self._held, self._size = [], 0
+        if self.raw.is_closing():
+            return
+        if len(held) == 1:
+            self.raw.write(held[0])
+        elif size < CORK_LIMIT:
+            self.raw.write(b"".join(held))
+        else:
+            self.raw.writelines(held)
+
+    def discard(self) -> None:
+        """Drop what is held (the connection is gone)."""
+        self._held, self._size = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.discard()
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size() + self._size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.raw.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self.raw.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.raw.write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.raw.get_extra_info(name, default)
+
+    def is_reading(self) -> bool:
+        return self.raw.is_reading()
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.raw.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.raw.get_protocol()
+
+
 class _ClockedFlow(FlowControl):
     """uvicorn's flow control, telling the clock when the server stops and starts waiting for body bytes."""
 
@@ -133,8 +244,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.flow = _ClockedFlow(transport, self)
+        self.raw_transport = transport  # the TLS transport: the deadline sweep and a refusal abort it
+        self.corked = CorkedTransport(transport, self.loop)
+        super().connection_made(self.corked)
+        self.flow = _ClockedFlow(self.corked, self)
         app = GuardedApp(self.shared.app, self.shared.limits, self.clock, self._refuse_rest)
         tls = tls_extension(transport)
 
@@ -147,12 +260,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shared.watch(self.clock, None)
+        self.corked.discard()
         super().connection_lost(exc)
 
     async def _refuse_rest(self) -> None:
         """After an answer given before its body was read: take no more, let the answer arrive, abort."""
         cycle = self.cycle
-        await self.shared.refuse_rest(self.transport)
+        await self.shared.refuse_rest(self.raw_transport)
         if cycle is not None:
             cycle.disconnected = True  # aborted: the app's further sends are dropped
 
@@ -198,13 +312,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         body = b'{"error": "%s"}' % message.encode()
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                              b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b""), len(body), body))
+        self.corked.flush()
         self.head_open = self.body_open = False
         self.refused = True
         if self.cycle is not None:
             self.cycle.disconnected = True  # a request still answered on this connection sends nothing more
         # not a TLS close, which would buffer what the client still sends while it waits for its
         # close_notify: read nothing more, let the answer arrive, abort
-        task = self.loop.create_task(self.shared.refuse_rest(self.transport))
+        task = self.loop.create_task(self.shared.refuse_rest(self.raw_transport))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
