@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from cryptography import x509
 from teleport_auth.issuer import verify_ssh_cert
 
-from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir
+from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir, register
 from teleport_core.config.load import parse_config
 from teleport_core.errors import (
     AccessDenied,
@@ -36,6 +37,7 @@ from teleport_core.pki import keys
 from teleport_core.pki.certs import CertType
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
+from teleport_core.state.audit import new_event
 from teleport_core.testing.processes import TeleportProcess, free_port
 from teleport_core.testing.waiting import wait_for
 
@@ -47,6 +49,7 @@ ROUNDS = 12  # lock, then certificates through fresh connections, then unlock
 WARM = 12  # connections opened before the rounds, spread over the workers by the kernel
 FRESH = 4  # fresh connections (each accepted by whichever worker the kernel picks) per round
 CA_ROUNDS = 6  # rounds of the user CA's phases: a rotation rolled back, then one completed
+UPLOAD_ROUNDS = 24  # sessions whose recording two connections (any worker each) upload at once
 CA_PHASES = ("init", "update_clients", "rollback", "standby", "init", "update_clients", "update_servers", "standby")
 
 
@@ -360,6 +363,57 @@ def test_a_ca_phase_change_through_one_worker_holds_at_once_in_every_other(auth:
         asyncio.run(body())
     finally:
         db.close()
+
+
+@pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
+def test_two_uploads_of_one_recording_at_once_through_the_workers_store_one(auth: TeleportProcess,
+                                                                           tmp_path: Path) -> None:
+    """A node uploads two different recordings of one session at the same moment over two new
+    connections (each accepted by any worker): one is stored, the other refused for good
+    (409 ``recordings are never replaced``); the stored bytes are the ones whose upload said so."""
+    addr = auth.config["auth_service"]["listen_addr"]
+    key = keys.generate_private_key("ed25519")
+
+    async def body() -> None:
+        async with admin(auth) as client:
+            token = (await client.create_token(["node"], "10m"))["token"]
+        joined = await register(addr, {"token": token, "role": "Node", "nodename": "uploader",
+                                       "public_key": keys.public_key_openssh(key.public_key())}, [])
+        answer = joined.answer
+        node = LocalIdentity(keys.private_key_pem(key), answer["tls_cert"].encode(),
+                             tuple(pem.encode() for pem in answer["host_ca_pems"]), answer["ssh_cert"],
+                             host_uuid=answer["host_uuid"])
+        credentials = Credentials(node.client_context(), node, "test")
+
+        def connection() -> AuthClient:
+            return AuthClient(addr, credentials=credentials, timeout=60)
+
+        async def upload(sid: str, path: Path) -> Any:
+            async with connection() as each:
+                return await each.upload_recording(sid, path)
+
+        async with connection() as events:
+            for round_ in range(UPLOAD_ROUNDS):
+                sid = str(uuid.uuid4())
+                fields: dict[str, Any] = {"sid": sid, "server_id": node.host_uuid,
+                                          "cluster_name": "workers.example", "user": "alice", "login": "root",
+                                          "proto": "ssh", "session_recording": "node"}
+                await events.emit_event(new_event("session.start", **fields).to_dict())
+                await events.emit_event(new_event("session.end", interactive=True, end_reason="exit",
+                                                  **fields).to_dict())
+                paths = [tmp_path / f"{sid}-{i}.cast" for i in (0, 1)]
+                for i, path in enumerate(paths):
+                    path.write_text(f'{{"version": 2, "width": 80, "height": 24}}\n[0.1, "o", "take {i}"]\n')
+                answers = await asyncio.gather(*(upload(sid, path) for path in paths), return_exceptions=True)
+                stored = [i for i, a in enumerate(answers) if isinstance(a, dict) and not a.get("unchanged")]
+                refused = [a for a in answers if isinstance(a, AlreadyExists)]
+                assert len(stored) == 1 and len(refused) == 1, f"round {round_}: {answers}"
+                assert "recordings are never replaced" in str(refused[0])
+                kept = (auth.data_dir / "log" / "records" / f"{sid}.cast").read_bytes()  # the file storage
+                assert kept == paths[stored[0]].read_bytes(), f"round {round_}: the stored recording was replaced"
+
+    asyncio.run(body())
+    assert list((auth.data_dir / "log" / "upload-locks").iterdir()) == []  # no lock file left behind
 
 
 @pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
