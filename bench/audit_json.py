@@ -154,7 +154,8 @@ def new_event_cpu(count: int = 20000) -> float:
 
 def start_profile(out: str) -> subprocess.Popen[bytes]:
     """py-spy recording this process (every thread, collapsed stacks) until :func:`stop_profile`."""
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--format", "raw", "--threads",
+    command = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # the venv's
+    spy = subprocess.Popen([command, "record", "--pid", str(os.getpid()), "--format", "raw", "--threads",
                             "--rate", "500", "--nonblocking", "-o", out],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
