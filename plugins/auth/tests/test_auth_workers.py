@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from teleport_auth.issuer import verify_ssh_cert
+from teleport_auth.workers import watch_cas
 
 from teleport_core.api.client import AuthClient, ConnectionProblem, Credentials, load_identity_dir, register
 from teleport_core.config.load import parse_config
@@ -38,6 +39,9 @@ from teleport_core.pki.certs import CertType
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.state.audit import new_event
+from teleport_core.state.backend import Item
+from teleport_core.state.backends.sqlite import open_backend
+from teleport_core.state.change_feed import ChangeFeed, open_change_feed
 from teleport_core.testing.processes import TeleportProcess, free_port
 from teleport_core.testing.waiting import wait_for
 
@@ -133,6 +137,35 @@ def test_one_worker_is_the_default_and_several_parse() -> None:
     assert parse_config({"auth_service": {}, **sections}, make_plugins()).settings("auth_service").workers == 1
     parsed = parse_config({"auth_service": {"workers": 64}, **sections}, make_plugins())
     assert parsed.settings("auth_service").workers == 64
+
+
+def test_a_ca_change_by_any_connection_is_pending_until_a_reload_that_began_after_it(tmp_path: Path) -> None:
+    """The count a request waits for (``CAChanges``): a commit of either CA document of the cluster
+    is pending at the next catch-up, and only a reload counted after it clears it."""
+
+    async def body() -> None:
+        backend = await open_backend(None, tmp_path)
+        try:
+            feed = open_change_feed(backend)
+            assert isinstance(feed, ChangeFeed)
+            changes = watch_cas(feed, "c.example")
+            assert changes.pending() == 0
+            await backend.put(Item(b"/authorities/user/c.example", b"{}"))
+            await backend.put(Item(b"/nodes/n1", b"{}"))
+            assert changes.pending() == 1
+            assert changes.pending() == 1  # still: nothing applied it
+            changes.applied = changes.seen  # what a reload that began now records when it ends
+            assert changes.pending() == 0
+            await backend.put(Item(b"/authorities/host/c.example", b"{}"))
+            await backend.put(Item(b"/roles/r", b"{}"))
+            assert changes.pending() == 2
+            changes.applied = 1  # a reload that began before this change does not clear it
+            assert changes.pending() == 2
+            feed.close()
+        finally:
+            await backend.close()
+
+    asyncio.run(body())
 
 
 @pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
