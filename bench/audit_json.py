@@ -1,14 +1,21 @@
 """Durable append rate and search latency of the file:// audit sink (teleport-audit-json).
 
     python bench/audit_json.py [--dir DIR] [--data DIR] [--appends 20000] [--events 1000000] [--days 10]
-                               [--full] [--format text|json]
+                               [--full] [--appends-only] [--emitters 32[,256...]] [--no-spool]
+                               [--profile FILE] [--format text|json]
 
 Appends: events per second through ``emit`` (each durable, fsynced, when it returns) with
-1 emitter and with 32 concurrent emitters. Search: ``--events`` events (default one
-million, over ``--days`` UTC days, 100 users, 8 event types) are written through the sink
-itself in concurrent batches of 5,000 (so the files are exactly what the sink writes); then a
-fresh sink (cold index, warm page cache) and the same sink again (warm index) time the first
-page of several queries and paging through a query filtered by user (1% of the events).
+1 emitter and with 32 concurrent emitters (``--emitters``: other counts too), with the process's
+CPU per event and its split by thread (the event loop's, the sink's writer and indexer), and the
+CPU of the bench's own ``new_event`` per event (the callers' share, included in the event loop's).
+``--profile FILE`` records the run with the most emitters with py-spy and prints where the event
+loop thread's busy samples went (the bench's ``new_event``, ``encode``, queueing, waking a round).
+
+Search: ``--events`` events (default one million, over ``--days`` UTC days, 100 users, 8 event
+types) are written through the sink itself in concurrent batches of 5,000 (so the files are
+exactly what the sink writes); then a fresh sink (cold index, warm page cache) and the same sink
+again (warm index) time the first page of several queries and paging through a query filtered by
+user (1% of the events).
 ``--full`` also pages through every event. ``--dir`` should be on the disk you care about
 (default: a temporary directory).
 
@@ -56,6 +63,24 @@ rates are the disk's)::
     through auth's spool: context switches          1.67 / 1.72 / 1.43      0.67 / 0.74 / 0.77
     through auth's spool: events/s                  1,607 / 1,162 / 1,358   2,296 / 1,549 / 1,218
     sink alone (emit), CPU per event                115 / 144 / 121 us      120 / 128 / 130 us (unchanged)
+
+Issue 17, the sink's own append path (``encode`` without ``to_dict`` and the line's regex, one uid
+hash and one dedup lock per batch, no coroutine per queued event; see the plugin's README):
+before (32eda8e) and after (538feda) from clones with this bench, alternating three times (the
+third in reverse order), load 1.8-3.6, fsync rate moving 3x between runs::
+
+    python bench/audit_json.py --appends-only --appends 12800 --emitters 32,256
+                                                    before                  after
+    raw write+fsync, 32 lines per fsync             131k / 124k / 76k       69k / 70k / 47k lines/s
+    32 emitters, events/s                           7,827 / 7,663 / 5,091   5,684 / 9,093 / 10,619
+    32 emitters, ratio to raw 32 per fsync          0.060-0.067             0.082-0.225
+    32 emitters, CPU per event                      112 / 109 / 136 us      86 / 83 / 77 us (0.56-0.77)
+    ... event loop thread                           73 / 73 / 89 us         50 / 51 / 48 us
+    ... writer thread / indexer thread              30 / 28 / 35, 9-10 us   27 / 23 / 20, 8-9 us
+    256 emitters, events/s                          9.7k / 9.4k / 8.3k      9.0k / 11.0k / 8.2k
+    256 emitters, CPU per event                     100 / 95 / 108 us       67 / 72 / 69 us
+    through auth's spool, CPU per event             140 / 139 / 185 us      136 / 152 / 147 us
+    new_event (the bench's), CPU per event          12-15 us                12-16 us
 """
 
 from __future__ import annotations
