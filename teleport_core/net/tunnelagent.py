@@ -9,8 +9,9 @@ reconnects, with exponential backoff and jitter, when the connection ends or the
 answering. Messages from the proxy:
 
 - ``dial`` with a one-time token: the agent opens a new TCP connection to the tunnel port, sends
-  :data:`DATA_MAGIC` + the token and hands the socket to ``serve(sock, peer, message)`` (a node
-  serves SSH on it; a leaf proxy connects it to the node the message names);
+  :data:`DATA_MAGIC` + the token and hands it to ``serve(conn, message)`` (a :class:`Dialed`: the
+  socket and that TCP connection's own addresses; a node serves SSH on it; a leaf proxy connects it
+  to the node the message names);
 - ``request`` with an ``id``: ``answer(message)`` (in a thread) gives the reply, sent back on the
   control channel (SSH-encrypted) as ``{"type": "reply", "id": ..., ...}``.
 
@@ -22,7 +23,15 @@ what authenticates the proxy. The SSH layer inside does that, as on the tunnel p
 host certificate against the cluster's host CA, and the agent's host certificate signs the SSH
 session, so a party that terminates the TLS sees only SSH-encrypted bytes and cannot pass as
 either side; a data connection's token is single-use and the stream after it is the user's own
-SSH session, checked end to end (:mod:`teleport_core.net.tlsbridge` gives paramiko a plain socket).
+SSH session, checked end to end (:mod:`teleport_core.net.tlsbridge` gives paramiko a plain socket:
+the end of a socketpair, whose own addresses are meaningless, so :class:`Dialed` carries the TCP
+connection's, read from the kernel on this host, never from anything the proxy sends).
+
+**When it cannot connect** it keeps trying (the proxy may come up later) and logs an ERROR once
+for each reason it meets while the tunnel is down (a reason seen before: DEBUG, so two causes that
+alternate do not flood the log; a tunnel that came up starts afresh), e.g. ``connection refused at
+<addr>: is the proxy's tunnel port open? ...`` with the hint its owner gives (``refused_hint``: a
+leaf names ``tunnel_addr``). :attr:`TunnelAgent.last_error` holds the reason while the tunnel is down.
 
 See ``teleport_proxy.tunnel`` for the proxy's side.
 """
@@ -42,6 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import paramiko
 from cryptography.hazmat.primitives.serialization import ssh
 
@@ -62,12 +72,26 @@ PING_INTERVAL = 10.0
 PONG_LIMIT = 30.0  # no answer from the proxy for this long: reconnect
 FIRST_RETRY, MAX_RETRY = 1.0, 30.0
 STABLE = 60.0  # a tunnel up this long resets the backoff
+MAX_REPORTED = 16  # reasons remembered as logged (ERROR once each) while the tunnel stays down
 MAX_LINE = 16 * 1024 * 1024  # the longest control message the agent reads
 HOST_CERT_TYPES = ("ssh-ed25519-cert-v01@openssh.com", "ecdsa-sha2-nistp256-cert-v01@openssh.com",
                    "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com")
 
-Serve = Callable[[socket.socket, tuple[str, int], dict[str, Any]], None]
 Answer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@attrs.frozen
+class Dialed:
+    """A connection to a proxy's tunnel server: ``sock`` to read and write (through the web port, the
+    end of a socketpair bridged to the TLS) and the TCP connection's ``local`` and ``remote``
+    addresses, read from its socket here (what a session on it audits, as on the tunnel port)."""
+
+    sock: socket.socket
+    local: tuple[str, int]
+    remote: tuple[str, int]
+
+
+Serve = Callable[[Dialed, dict[str, Any]], None]
 
 
 def client_key(identity: LocalIdentity) -> paramiko.PKey:
@@ -98,19 +122,17 @@ def verify_proxy_cert(key_type: str, blob: bytes, trusted: list[str], host: str,
         raise AccessDenied("the tunnel server's host certificate is not a proxy certificate of this cluster")
 
 
-def dial(addr: NetAddr, *, tls: bool, insecure: bool, name: str = "teleport-tunnel") -> tuple[socket.socket,
-                                                                                           tuple[str, int]]:
-    """A connection to a proxy's tunnel server at ``addr`` and the peer's address: plain TCP to the
-    tunnel port, or (``tls``) TLS with ALPN :data:`ALPN_REVERSE_TUNNEL` to its web port, bridged to a
-    plain socket (the web certificate checked against the system's CAs unless ``insecure``)."""
+def dial(addr: NetAddr, *, tls: bool, insecure: bool, name: str = "teleport-tunnel") -> Dialed:
+    """A connection to a proxy's tunnel server at ``addr``: plain TCP to the tunnel port, or (``tls``)
+    TLS with ALPN :data:`ALPN_REVERSE_TUNNEL` to its web port, bridged to a plain socket (the web
+    certificate checked against the system's CAs unless ``insecure``); with the TCP addresses."""
     raw = socket.create_connection((addr.connect_host, addr.port), timeout=CONNECT_TIMEOUT)
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        host, port = raw.getpeername()[:2]
-        peer = (str(host), int(port))
+        local, remote = _host_port(raw.getsockname()), _host_port(raw.getpeername())
         if not tls:
-            return raw, peer
+            return Dialed(raw, local, remote)
         context = ssl.create_default_context()
         if insecure:
             context.check_hostname = False
@@ -126,10 +148,15 @@ def dial(addr: NetAddr, *, tls: bool, insecure: bool, name: str = "teleport-tunn
             raise TeleportError(f"the proxy at {addr} does not accept reverse tunnels on its web port "
                                 f"(ALPN {ALPN_REVERSE_TUNNEL})")
         wrapped.settimeout(None)
-        return bridge(wrapped, name=f"{name}-tls"), peer
+        return Dialed(bridge(wrapped, name=f"{name}-tls"), local, remote)
     except BaseException:
         raw.close()
         raise
+
+
+def _host_port(address: Any) -> tuple[str, int]:
+    host, port = address[:2]
+    return str(host), int(port)
 
 
 class TunnelAgent:
@@ -139,13 +166,15 @@ class TunnelAgent:
     whether that address is the proxy's web port (dialed in TLS with ALPN
     :data:`ALPN_REVERSE_TUNNEL`; the web certificate checked unless ``insecure``); ``login(identity)``
     is the SSH user the proxy expects; ``cluster`` and ``host_ca_keys()`` are what the proxy's host
-    certificate must come from."""
+    certificate must come from. ``peer`` names the proxy in the reason a refused connection gives
+    (``connection refused at <addr>: is the <peer>'s tunnel port open?``), ``refused_hint`` what to
+    check next when that was its tunnel port (not its web port)."""
 
     def __init__(self, *, tunnel_addr: Callable[[], NetAddr], cluster: str, login: Callable[[LocalIdentity], str],
                  identity: Callable[[], LocalIdentity], host_ca_keys: Callable[[], list[str]], serve: Serve,
                  log: Any, answer: Answer | None = None, name: str = "teleport-tunnel",
                  describe: str = "", tls_routing: Callable[[NetAddr], bool] | None = None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, peer: str = "proxy", refused_hint: str = "") -> None:
         self.find_addr = tunnel_addr
         self.tls_routing = tls_routing or (lambda addr: False)
         self.insecure = insecure
@@ -159,10 +188,13 @@ class TunnelAgent:
         self.log = log
         self.name = name
         self.describe = describe  # the proxy, for log lines
+        self.peer = peer
+        self.refused_hint = refused_hint
         self.connected = threading.Event()
         self.tunnel_addr: NetAddr | None = None
         self.reconnects = 0
-        self.last_error = ""
+        self.last_error = ""  # why the tunnel is down ("" while it is up)
+        self._reported: set[str] = set()  # the reasons logged as an ERROR since the tunnel was last up
         self._stopping = threading.Event()
         self._transport: paramiko.Transport | None = None
         self._send_lock = threading.Lock()
@@ -201,12 +233,42 @@ class TunnelAgent:
             if was_up and time.monotonic() - started >= STABLE:
                 delay = FIRST_RETRY
             wait = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
-            self.log.warning("reverse tunnel down, will reconnect" if was_up else
-                             "cannot open the reverse tunnel, will retry", proxy=self.describe,
-                             reason=reason, retry_in=f"{wait:.1f}s")
+            self._report(reason, was_up, wait)
             self.reconnects += 1
             self._stopping.wait(wait)
             delay = min(MAX_RETRY, delay * 2)
+
+    def _report(self, reason: str, was_up: bool, wait: float) -> None:
+        """Log why the tunnel is down: a tunnel that was up, a warning; one that cannot be opened, an
+        ERROR for a reason not logged since it was last up (the agent keeps retrying: the proxy may
+        come up later), else DEBUG."""
+        fields = {"proxy": self.describe, "reason": reason, "retry_in": f"{wait:.1f}s"}
+        if was_up:
+            self.log.warning("reverse tunnel down, will reconnect", **fields)
+        elif reason not in self._reported:
+            self.log.error("cannot open the reverse tunnel, will keep retrying", **fields)
+            if len(self._reported) >= MAX_REPORTED:
+                self._reported.clear()
+            self._reported.add(reason)
+        else:
+            self.log.debug("cannot open the reverse tunnel, will retry", **fields)
+
+    def _dial(self, addr: NetAddr, tls: bool) -> Dialed:
+        """:func:`dial`, its connection errors naming the address (and, refused, what to check)."""
+        try:
+            return dial(addr, tls=tls, insecure=self.insecure, name=self.name)
+        except ConnectionRefusedError:
+            if tls:
+                raise TeleportError(f"connection refused at {addr}: is the {self.peer}'s web port open?") from None
+            hint = f" {self.refused_hint}" if self.refused_hint else ""
+            raise TeleportError(f"connection refused at {addr}: is the {self.peer}'s tunnel port open?{hint}") \
+                from None
+        except TimeoutError:
+            raise TeleportError(f"cannot connect to {addr}: timed out") from None
+        except ssl.SSLError as exc:
+            raise TeleportError(f"TLS with {addr} failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise TeleportError(f"cannot connect to {addr}: {exc.strerror or exc}") from None
 
     def _session(self) -> str:
         """One tunnel connection, from dialing to its end; returns why it ended."""
@@ -214,7 +276,7 @@ class TunnelAgent:
         self.tunnel_addr = addr
         self.tls = tls = self.tls_routing(addr)
         identity = self.identity()
-        sock, _ = dial(addr, tls=tls, insecure=self.insecure, name=self.name)
+        sock = self._dial(addr, tls).sock
         transport = paramiko.Transport(sock)
         self._transport = transport
         try:
@@ -230,6 +292,7 @@ class TunnelAgent:
             channel = transport.open_channel(CONTROL_CHANNEL, timeout=CONNECT_TIMEOUT)
             self.connected.set()
             self.last_error = ""
+            self._reported.clear()
             self.log.info("reverse tunnel connected", proxy=self.describe, tunnel_addr=str(addr),
                           **({"alpn": ALPN_REVERSE_TUNNEL} if tls else {}))
             return self._control(channel, addr, tls)
@@ -305,18 +368,18 @@ class TunnelAgent:
         if len(token) != TOKEN_BYTES:
             return
         try:
-            sock, peer = dial(addr, tls=tls, insecure=self.insecure, name=f"{self.name}-session")
+            conn = dial(addr, tls=tls, insecure=self.insecure, name=f"{self.name}-session")
         except (OSError, TeleportError) as exc:
             self.log.warning("reverse tunnel: cannot connect back to the proxy for a session",
                              tunnel_addr=str(addr), error=str(exc))
             return
         try:
-            sock.sendall(DATA_MAGIC + token)
-            sock.settimeout(None)
+            conn.sock.sendall(DATA_MAGIC + token)
+            conn.sock.settimeout(None)
         except OSError as exc:
             self.log.warning("reverse tunnel: cannot connect back to the proxy for a session",
                              tunnel_addr=str(addr), error=str(exc))
             with contextlib.suppress(OSError):
-                sock.close()
+                conn.sock.close()
             return
-        self.serve(sock, peer, message)
+        self.serve(conn, message)

@@ -245,6 +245,7 @@ class NodeService(Service):
             "ssh_addr": f"{ssh.addr[0]}:{ssh.addr[1]}" if ssh and not self.tunnelled else None,
             "reverse_tunnel": (("connected" if self.tunnel.connected.is_set() else "reconnecting")
                                if self.tunnel else None),
+            "reverse_tunnel_error": self.tunnel.last_error if self.tunnel else None,  # why it is down
             "connections": len(ssh.connections) if ssh else 0,
             "pending_audit_events": self.audit.backlog(),
             "pending_uploads": self._recordings_pending(),

@@ -277,14 +277,16 @@ class SSHServer:
             recorder.flush()
         self.pump.call_later(0.5, self._flush_recorders)
 
-    def serve_connection(self, sock: socket.socket, remote: tuple[str, int]) -> None:
-        """Serve SSH on a connection that did not come through the listener (a reverse tunnel's)."""
+    def serve_connection(self, sock: socket.socket, remote: tuple[str, int],
+                         local: tuple[str, int] | None = None) -> None:
+        """Serve SSH on a connection that did not come through the listener (a reverse tunnel's;
+        ``local``: its TCP address when ``sock`` is the end of a socketpair bridged to it)."""
         ticket = None if self._stopping else self._admit(sock, remote)
         if ticket is None:
             sock.close()
             return
         try:
-            self._serve(sock, remote, ticket)
+            self._serve(sock, remote, ticket, local)
         except Exception as exc:  # as in the accept loop: one bad handshake, one closed socket
             self.log.warning("SSH connection failed", remote=f"{remote[0]}:{remote[1]}", error=str(exc))
             ticket.close()
@@ -341,9 +343,13 @@ class SSHServer:
                 ticket.close()
                 sock.close()
 
-    def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket) -> None:
-        # a reverse tunnel through the proxy's web port hands the end of a socketpair (its TLS is bridged)
+    def _serve(self, sock: socket.socket, remote: tuple[str, int], ticket: Ticket,
+               local: tuple[str, int] | None = None) -> None:
+        # a reverse tunnel through the proxy's web port hands the end of a socketpair (its TLS is
+        # bridged) with the TCP connection's addresses
         tcp = sock.family != socket.AF_UNIX
+        if local is None:
+            local = sock.getsockname()[:2] if tcp else ("", 0)
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = NodeTransport(sock, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
@@ -351,7 +357,7 @@ class SSHServer:
         sock.settimeout(IDLE_POLL)  # (the Transport set paramiko's 0.1 s)
         sshalgos.configure(transport, ciphers=CIPHERS, key_types=[self.host_key.get_name()])
         transport.add_server_key(self.host_key)
-        conn = Connection(self, transport, remote, sock.getsockname()[:2] if tcp else ("", 0), ticket)
+        conn = Connection(self, transport, remote, local, ticket)
         with self._lock:
             self.connections.add(conn)
         transport.start_server(event=threading.Event(), server=conn)

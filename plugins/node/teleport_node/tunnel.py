@@ -10,7 +10,9 @@ the cluster's host CA (role ``Proxy``), and opens the control channel. It pings 
 connection ends or the proxy stops answering. For each session the proxy sends ``dial`` with
 a one-time token: the node opens a new TCP connection to the tunnel port, sends the token and
 serves SSH on it exactly as on a connection to its listener (the user's certificate and the
-node's roles are checked there, end to end; the proxy only relays the encrypted stream).
+node's roles are checked there, end to end; the proxy only relays the encrypted stream). The
+session's audited addresses (``addr.local``, ``addr.remote``, ``SSH_CONNECTION``) are that TCP
+connection's, also through the web port, where the SSH server reads a socketpair.
 Through the proxy's web port (TLS routing): the node dials its ``proxy_server`` (the web address)
 in TLS with ALPN ``teleport-reversetunnel`` when ``/webapi/find`` reports no tunnel address (a
 proxy with ``proxy_listener_mode: multiplex`` has no tunnel port; Teleport's agents dial the web
@@ -43,6 +45,9 @@ from teleport_core.net.tunnelagent import (  # noqa: F401 - re-exported (tests, 
 from teleport_core.pki.identity import LocalIdentity
 
 ADDR_ENV = "TELEPORT_TUNNEL_PUBLIC_ADDR"
+# a refused tunnel port: the address came from the proxy's /webapi/find or from ADDR_ENV
+REFUSED_HINT = (f"with proxy_listener_mode: multiplex it has none: set {ADDR_ENV} (or the proxy's "
+                "tunnel_public_addr) to its web address, or unset it")
 
 
 def find_tunnel_addr(proxy_server: NetAddr, insecure: bool) -> NetAddr:
@@ -88,7 +93,7 @@ class TunnelAgent(tunnelagent.TunnelAgent):
 
     def __init__(self, *, proxy_server: NetAddr, insecure: bool, cluster: str,
                  identity: Callable[[], LocalIdentity], host_ca_keys: Callable[[], list[str]],
-                 serve: Callable[[socket.socket, tuple[str, int]], None], log: Any) -> None:
+                 serve: Callable[[socket.socket, tuple[str, int], tuple[str, int]], None], log: Any) -> None:
         self.proxy_server = proxy_server
         web_port: dict[NetAddr, bool] = {}  # find's answer for the address it gave (one agent thread)
 
@@ -100,6 +105,7 @@ class TunnelAgent(tunnelagent.TunnelAgent):
 
         super().__init__(tunnel_addr=tunnel_addr, cluster=cluster,
                          login=lambda ident: ident.host_uuid, identity=identity, host_ca_keys=host_ca_keys,
-                         serve=lambda sock, peer, message: serve(sock, peer), log=log,
+                         serve=lambda conn, message: serve(conn.sock, conn.remote, conn.local), log=log,
                          name="teleport-node-tunnel", describe=str(proxy_server),
-                         tls_routing=lambda addr: web_port.get(addr, False), insecure=insecure)
+                         tls_routing=lambda addr: web_port.get(addr, False), insecure=insecure,
+                         refused_hint=REFUSED_HINT)

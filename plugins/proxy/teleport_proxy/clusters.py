@@ -72,6 +72,8 @@ CHUNK = 256 * 1024
 CA_SYNC_EVERY = 10.0  # seconds between CA exchanges with each connected leaf (and at once on a change)
 OWN_CAS_MAX_AGE = 60.0  # seconds this cluster's CAs are kept between reads (a CA change drops them at once)
 ROTATE_EXTERNAL = "/v1/remote_cas/rotate/external"  # auth: another cluster's CAs, from this proxy's tunnel
+#: what a leaf checks when the root refuses its tunnel_addr (not the web port: the agent says so itself)
+REFUSED_HINT = "with proxy_listener_mode: multiplex, set tunnel_addr to its web address"
 #: auth refusals worth asking again (the same CAs): auth unreachable or busy, not a refusal of the CAs
 RETRY_ERRORS = (ConnectionProblem, AuditUnavailable, CompareFailed)
 
@@ -176,6 +178,7 @@ class Clusters:
         self.sites: dict[str, RemoteSite] = {}
         self.roots: dict[str, TrustedRoot] = {}
         self.agents: dict[str, TunnelAgent] = {}
+        self._dialing: dict[str, tuple[str, str]] = {}  # each agent's (tunnel_addr, web_proxy_addr)
         self._beats: dict[str, float] = {}
         self._lock = threading.Lock()
         self._absent: set[str] = set()  # the auth routes that answered 404 (feature absent)
@@ -214,6 +217,7 @@ class Clusters:
         for agent in list(self.agents.values()):
             agent.stop(wait=5)
         self.agents.clear()
+        self._dialing.clear()
 
     async def _follow(self) -> None:
         while True:
@@ -293,9 +297,16 @@ class Clusters:
         want = {name: root for name, root in self.roots.items()
                 if root.enabled and root.active and root.tunnel_addr and root.host_ca_keys}
         for name in list(self.agents):
-            if name not in want:  # disabled or removed: the tunnel closes
+            root = want.get(name)
+            if root is None:  # disabled or removed: the tunnel closes
                 self.agents.pop(name).stop(wait=5)
+                self._dialing.pop(name, None)
                 self.proxy.log.info("trusted cluster: tunnel closed", root_cluster=name)
+            elif self._dialing.get(name) != (root.tunnel_addr, root.web_proxy_addr):
+                # the addresses changed (e.g. tunnel_addr corrected to the root's web address): dial the new one
+                self.agents.pop(name).stop(wait=5)
+                self.proxy.log.info("trusted cluster: tunnel_addr changed, dialing again", root_cluster=name,
+                                    was=self._dialing.pop(name, ("", ""))[0], tunnel_addr=root.tunnel_addr)
         for name, root in want.items():
             if name in self.agents:
                 continue
@@ -303,12 +314,13 @@ class Clusters:
                 tunnel_addr=lambda root=root: parse_addr(root.tunnel_addr, 3024),  # type: ignore[misc]
                 cluster=name, login=lambda ident: ident.host_uuid, identity=lambda: self.proxy.identity,
                 host_ca_keys=lambda name=name: list(self._root(name).host_ca_keys),  # type: ignore[misc]
-                serve=lambda sock, peer, message, name=name: self._serve(name, sock, message),  # type: ignore[misc]
+                serve=lambda conn, message, name=name: self._serve(name, conn.sock, message),  # type: ignore[misc]
                 answer=lambda message, name=name: self._answer(name, message),  # type: ignore[misc]
                 log=self.proxy.log, name="proxy-cluster-tunnel", describe=f"{name} ({root.tunnel_addr})",
                 tls_routing=lambda addr, root=root: _is_web_addr(addr, root.web_proxy_addr),  # type: ignore[misc]
-                insecure=self.proxy.ctx.config.insecure)
+                insecure=self.proxy.ctx.config.insecure, peer="root proxy", refused_hint=REFUSED_HINT)
             self.agents[name] = agent
+            self._dialing[name] = (root.tunnel_addr, root.web_proxy_addr)
             agent.start()
             self.proxy.log.info("trusted cluster: dialing the root's tunnel", root_cluster=name,
                                 tunnel_addr=root.tunnel_addr)

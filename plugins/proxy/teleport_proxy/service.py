@@ -220,6 +220,7 @@ class ProxyService(Service):
             "tls_routed_connections": len(self.mux.live) if self.mux else 0,
             "tunnel_addr": str(self.tunnel_address) if self.tunnel and self.tunnel.sock else None,
             "reverse_tunnels": len(self.tunnel.tunnels) if self.tunnel else 0,
+            "trusted_clusters": self.clusters.status(),  # leaf side: each root's tunnel and why it is down
         }
 
     @property

@@ -198,6 +198,55 @@ def ssh_config(alice: Path, tmp_path: Path) -> Path:
     return profile_ssh_config(alice, tmp_path / "ssh_config")
 
 
+def _established(proc_net_tcp: str) -> set[tuple[str, str]]:
+    """The IPv4 connections in ``/proc/net/tcp`` text that are established: (local, remote) ``host:port``."""
+    def addr(field: str) -> str:
+        ip, port = field.split(":")
+        return f"{'.'.join(str(b) for b in reversed(bytes.fromhex(ip)))}:{int(port, 16)}"
+
+    found = set()
+    for line in proc_net_tcp.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "01" and len(fields[1]) == 13:  # 01: ESTABLISHED; IPv4
+            found.add((addr(fields[1]), addr(fields[2])))
+    return found
+
+
+def check_session_addresses(cluster: Cluster, alice: Path, tmp_path_factory: pytest.TempPathFactory,
+                            proxy_port: int) -> None:
+    """The tunnelled node audits (and puts in ``SSH_CONNECTION``) the addresses of the TCP connection
+    it dialed to the proxy's ``proxy_port`` for the session: real ones, alive while the session runs."""
+    result = cluster.env.tsh(alice, "ssh", f"{LOGIN}@{NODENAME}", 'echo "$SSH_CONNECTION"; cat /proc/net/tcp',
+                             timeout=180)
+    assert result.returncode == 0, result.stderr + cluster.node_log()[-3000:]
+    first, _, table = result.stdout.partition("\n")
+    parts = first.split()  # client address and port, server address and port
+    assert len(parts) == 4, f"SSH_CONNECTION={first!r}"
+    remote_ip, remote_port, local_ip, local_port = parts
+    remote, local = f"{remote_ip}:{remote_port}", f"{local_ip}:{local_port}"
+    assert remote == f"127.0.0.1:{proxy_port}" and local_ip == "127.0.0.1" and int(local_port) > 0, first
+    assert (local, remote) in _established(table)  # the node's own TCP connection, open during the session
+
+    def node_events(kind: str) -> list[dict[str, Any]]:
+        return [e for e in cluster.env.call("search_events")["events"]
+                if e["event"] == kind and e.get("server_id") == cluster.node_uuid]
+
+    started = wait_for(lambda: [e for e in node_events("session.start") if e.get("addr.local") == local],
+                       "the session's session.start")
+    assert started[0]["addr.remote"] == remote
+    # a refused login (no such OS user on the node) is audited with the same kind of addresses
+    cluster.env.signup("tunnel-bob", ["dev"], ["no-such-user-tunnel"], PASSWORD)
+    home = tmp_path_factory.mktemp("bob-tsh")
+    assert cluster.env.login(home, "tunnel-bob").returncode == 0
+    refused = cluster.env.tsh(home, "ssh", f"no-such-user-tunnel@{NODENAME}", "true", timeout=180)
+    assert refused.returncode != 0
+    failures = wait_for(lambda: [e for e in node_events("auth") if e.get("user") == "tunnel-bob"],
+                        "the node's auth failure")
+    assert failures[0]["code"] == "T3007W" and failures[0]["addr.remote"] == remote
+    host, _, port = failures[0]["addr.local"].rpartition(":")
+    assert host == "127.0.0.1" and int(port) > 0 and failures[0]["addr.local"] != local  # its own connection
+
+
 def test_tunnelled_node_listens_nowhere_and_heartbeats_the_tunnel_marker(cluster: Cluster, alice: Path) -> None:
     assert cluster.node is not None
     assert listening_ports(cluster.node.pid) == []
@@ -249,6 +298,11 @@ def test_openssh_jump_reaches_the_tunnelled_node(cluster: Cluster, alice: Path, 
             e["event"] == "session.start" and e.get("server_id") == cluster.node_uuid for e in events)
 
     assert wait_for(what="the tunnel and session events", check=audited)
+
+
+def test_the_nodes_session_audits_the_tunnel_connections_addresses(
+        cluster: Cluster, alice: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    check_session_addresses(cluster, alice, tmp_path_factory, cluster.ports["tunnel"])
 
 
 def _tunnel_login(cluster: Cluster, username: str, key: paramiko.PKey) -> None:

@@ -22,7 +22,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
 from proxy_helpers import CLUSTER, LOGIN, PROXY_TOKEN, Env
-from test_reverse_tunnel import NODENAME, Cluster, _paramiko_key, listening_ports, running, signed_up_alice
+from test_reverse_tunnel import (
+    NODENAME,
+    Cluster,
+    _paramiko_key,
+    check_session_addresses,
+    listening_ports,
+    running,
+    signed_up_alice,
+)
 
 from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.config.values import NetAddr
@@ -72,8 +80,7 @@ def denials(cluster: Cluster) -> list[str]:
 
 def tunnel_login(cluster: Cluster, username: str, key: paramiko.PKey) -> None:
     """An SSH login to the tunnel server through the web port (TLS, ALPN teleport-reversetunnel)."""
-    sock, _ = dial(web_addr(cluster), tls=True, insecure=True)
-    transport = paramiko.Transport(sock)
+    transport = paramiko.Transport(dial(web_addr(cluster), tls=True, insecure=True).sock)
     try:
         transport.start_client(timeout=10)
         transport.auth_publickey(username, key)
@@ -125,8 +132,15 @@ def test_tsh_ssh_reaches_the_node_behind_the_web_port_tunnel(cluster: Cluster, a
     assert wait_for(what="the tunnel and session events", check=audited)
 
 
+def test_the_nodes_session_audits_the_tls_connections_addresses(
+        cluster: Cluster, alice: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The node serves the session on a socketpair bridged to its TLS connection to the web port:
+    its events and SSH_CONNECTION still carry that connection's real addresses, as on port 3024."""
+    check_session_addresses(cluster, alice, tmp_path_factory, cluster.ports["web"])
+
+
 def test_garbage_under_the_tunnel_alpn_is_refused_and_audited(cluster: Cluster) -> None:
-    sock, _ = dial(web_addr(cluster), tls=True, insecure=True)
+    sock = dial(web_addr(cluster), tls=True, insecure=True).sock
     with sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n" + os.urandom(64))
         sock.settimeout(15)
@@ -153,7 +167,7 @@ def test_foreign_certificates_and_tokens_are_refused_through_the_web_port(cluste
         tunnel_login(cluster, cluster.node_uuid, host_cert(cluster, rogue_ca, CLUSTER))
     with pytest.raises(paramiko.AuthenticationException):  # another cluster's host certificate
         tunnel_login(cluster, cluster.node_uuid, host_cert(cluster, rogue_ca, "other.example.com"))
-    sock, _ = dial(web_addr(cluster), tls=True, insecure=True)  # a data connection, made-up token
+    sock = dial(web_addr(cluster), tls=True, insecure=True).sock  # a data connection, made-up token
     with sock:
         sock.sendall(DATA_MAGIC + os.urandom(32))
         sock.settimeout(15)

@@ -4,16 +4,19 @@ The root (a ``teleport start`` process: auth and proxy) runs with ``proxy_listen
 it has no tunnel port. The leaf's ``trusted_cluster`` gives ``tunnel_addr`` = the root's web address,
 so the leaf's proxy dials it in TLS with ALPN ``teleport-reversetunnel`` (``--insecure``: the root's
 web certificate is self-signed; the root proxy is authenticated by its SSH host certificate inside).
-A root user reaches the leaf's node with ``tsh ssh --cluster``."""
+A root user reaches the leaf's node with ``tsh ssh --cluster``. Pointed at the port the root does not
+open, the leaf says so in its log (an ERROR, once) and keeps trying until the address is corrected."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from test_trusted_clusters_e2e import LEAF, LOGIN, ROOT, Env, joined
 
 from teleport_core.config.load import Flags
@@ -58,3 +61,40 @@ def test_tsh_ssh_to_the_leaf_node_through_the_web_port_tunnel(env: Env) -> None:
     starts = wait_for(lambda: [e for e in env.leaf.events("session.start") if e.get("user") == "alice"],
                       "the leaf's session.start")
     assert starts[0]["cluster_name"] == LEAF and starts[0]["user_cluster"] == ROOT
+
+
+def test_a_tunnel_addr_the_root_does_not_open_is_logged_once_and_retried(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """(Last: it points the trust at a closed port, then back at the web address.)"""
+    caplog.set_level(logging.DEBUG, logger="teleport")
+    proxy = env.leaf_handle.process.services["proxy_service"]
+    before = proxy.clusters.agents[ROOT]
+    closed = f"127.0.0.1:{env.root_process.tunnel_port}"  # a tunnel port: the multiplex root has none
+    tc = json.loads(env.leaf.ok("get", f"trusted_cluster/{ROOT}", "--format=json"))[0]
+    tc["spec"]["tunnel_addr"] = closed
+    env.leaf.ok("create", "-f", "-", input=yaml.safe_dump(tc))
+    agent = wait_for(lambda: (a := proxy.clusters.agents.get(ROOT)) is not before and a,
+                     "the leaf to dial the new tunnel_addr")
+    expected = (f"connection refused at {closed}: is the root proxy's tunnel port open? "
+                "with proxy_listener_mode: multiplex, set tunnel_addr to its web address")
+
+    def reasons(level: int) -> list[str]:
+        return [r.msg.get("reason") for r in caplog.records
+                if r.levelno == level and isinstance(r.msg, dict) and r.msg.get("proxy", "").startswith(ROOT)]
+
+    wait_for(lambda: agent.reconnects >= 3, "three refused attempts")
+    assert reasons(logging.ERROR) == [expected]  # once; the agent keeps trying
+    line = next(r for r in caplog.records if r.levelno == logging.ERROR and isinstance(r.msg, dict)
+                and r.msg.get("reason") == expected)
+    assert line.msg["event"] == "cannot open the reverse tunnel, will keep retrying"
+    assert expected in reasons(logging.DEBUG) and agent.last_error == expected and agent.stopped is False
+    assert proxy.diagnostics()["trusted_clusters"] == [{"name": ROOT, "enabled": True, "tunnel_addr": closed,
+                                                        "connected": False, "last_error": expected}]
+    wait_for(lambda: env.clusters().get(LEAF) == "offline", "the leaf offline at the root")  # as Teleport shows it
+    # the operator follows the hint: the web address; the leaf dials it without a restart
+    tc["spec"]["tunnel_addr"] = env.root.web
+    env.leaf.ok("create", "-f", "-", input=yaml.safe_dump(tc))
+    wait_for(lambda: (a := proxy.clusters.agents.get(ROOT)) is not agent and a is not None and a.connected.is_set(),
+             "the tunnel through the web address", timeout=120)
+    wait_for(env.leaf_online, "the leaf online again")
+    assert reasons(logging.ERROR) == [expected]
