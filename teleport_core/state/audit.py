@@ -90,8 +90,13 @@ def format_time(when: dt.datetime) -> str:
 
 def parse_time(text: str) -> dt.datetime:
     """An RFC 3339 / ISO 8601 time in UTC; one without a zone is taken as UTC. ``ValueError`` if malformed."""
-    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    when = dt.datetime.fromisoformat(text)  # Python 3.11 reads a "Z" suffix itself
+    if when.tzinfo is dt.UTC:  # what format_time writes: "Z" and "+00:00" both give the UTC singleton
+        return when
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+_FIXED = ("event", "code", "uid", "time")  # the fields of every event, outside ``fields``
 
 
 @attrs.frozen
@@ -115,11 +120,14 @@ class AuditEvent:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
         """Inverse of :meth:`to_dict`; ``ValueError`` when a required field is missing."""
-        missing = [k for k in ("event", "code", "uid", "time") if not isinstance(data.get(k), str)]
-        if missing:
-            raise ValueError(f"audit event lacks {', '.join(missing)}")
-        rest = {k: v for k, v in data.items() if k not in ("event", "code", "uid", "time")}
-        return cls(data["event"], data["code"], data["uid"], parse_time(data["time"]), rest)
+        rest = dict(data)  # the other fields, in their order (one copy: this runs for every event a search reads)
+        event, code, uid, time = (rest.pop("event", None), rest.pop("code", None), rest.pop("uid", None),
+                                  rest.pop("time", None))
+        if type(event) is not str or type(code) is not str or type(uid) is not str or type(time) is not str:
+            missing = [k for k in _FIXED if not isinstance(data.get(k), str)]
+            if missing:
+                raise ValueError(f"audit event lacks {', '.join(missing)}")
+        return cls(str(event), str(code), str(uid), parse_time(str(time)), rest)
 
     @property
     def user(self) -> str:

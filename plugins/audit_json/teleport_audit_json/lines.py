@@ -185,7 +185,7 @@ def uid_of(line: bytes) -> str | None:
 def decode(line: bytes) -> AuditEvent:
     """The event a stored line holds; ``ValueError`` when it is not a valid event."""
     try:
-        data = json.loads(line)
+        data = json.loads(line.decode())  # UTF-8 (stored lines are ASCII): no encoding to detect per line
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
