@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from teleport_core.testing.processes import TeleportProcess, free_port
+from teleport_core.testing.processes import TeleportProcess, child_pids, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -27,18 +27,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 def cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def run(workers: int, scrapes: int, root: Path) -> dict[str, float]:
@@ -49,7 +37,7 @@ def run(workers: int, scrapes: int, root: Path) -> dict[str, float]:
     try:
         assert process.proc is not None
         leader = process.proc.pid
-        others = children(leader)
+        others = child_pids(leader)
         with httpx.Client(timeout=60) as client:
             client.get(f"{process.diag_url}/metrics")  # warm
             time.sleep(1)

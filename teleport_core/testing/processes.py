@@ -116,6 +116,28 @@ def background(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ite
             proc.communicate(timeout=30)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from ``/proc``), sorted."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def teleport_executable() -> str:
     """The ``teleport`` script of the running interpreter's environment."""
     return str(Path(sys.executable).with_name("teleport"))

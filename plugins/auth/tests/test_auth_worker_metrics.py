@@ -32,7 +32,7 @@ from teleport_core.net.worker_metrics import (
 )
 from teleport_core.pki import keys
 from teleport_core.testing.metrics import Scrape, parse, total
-from teleport_core.testing.processes import TeleportProcess, free_port
+from teleport_core.testing.processes import TeleportProcess, child_pids, free_port, pid_alive
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -40,27 +40,6 @@ pytestmark = pytest.mark.e2e
 SUBJECT = keys.public_key_openssh(keys.generate_private_key("ed25519"))
 WORKERS = 3
 ISSUED = "teleport_certificates_issued_total"
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.parent.name))
-    return sorted(found)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +141,7 @@ def test_a_stopped_worker_is_left_out_and_metrics_still_answers(auth: TeleportPr
     """A worker that cannot answer (SIGSTOP: its loop never runs) does not hold /metrics up: the
     answer comes after the scrape timeout, without its series, and says so."""
     leader = auth.proc.pid if auth.proc is not None else 0
-    victim = children(leader)[0]
+    victim = child_pids(leader)[0]
     os.kill(victim, signal.SIGSTOP)
     try:
         samples = parse(get_metrics(auth))
@@ -182,10 +161,10 @@ def test_a_stopped_worker_is_left_out_and_metrics_still_answers(auth: TeleportPr
 @pytest.mark.timeout(600)
 def test_a_killed_worker_is_left_out_until_its_restart(auth: TeleportProcess) -> None:
     leader = auth.proc.pid if auth.proc is not None else 0
-    before = children(leader)
+    before = child_pids(leader)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: not alive(victim), "the killed worker gone", timeout=60)
+    wait_for(lambda: not pid_alive(victim), "the killed worker gone", timeout=60)
     samples = parse(get_metrics(auth))  # the leader restarts it only after 1 s and a whole start
     states = up(samples)
     assert sorted(states.values()) == [0.0, 1.0, 1.0], states
@@ -244,7 +223,7 @@ def test_no_other_process_can_reach_a_workers_series(auth: TeleportProcess) -> N
     closed on exec (its own children never get it)."""
     listening = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix
     leader = auth.proc.pid if auth.proc is not None else 0
-    workers = children(leader)
+    workers = child_pids(leader)
     assert len(workers) == WORKERS - 1
     on_disk = [p for p in auth.data_dir.rglob("*") if stat.S_ISSOCK(p.lstat().st_mode)]
     assert not on_disk

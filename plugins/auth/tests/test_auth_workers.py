@@ -42,7 +42,7 @@ from teleport_core.state.audit import new_event
 from teleport_core.state.backend import Item
 from teleport_core.state.backends.sqlite import open_backend
 from teleport_core.state.change_feed import ChangeFeed, open_change_feed
-from teleport_core.testing.processes import TeleportProcess, free_port
+from teleport_core.testing.processes import TeleportProcess, child_pids, free_port, pid_alive
 from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -55,27 +55,6 @@ FRESH = 4  # fresh connections (each accepted by whichever worker the kernel pic
 CA_ROUNDS = 6  # rounds of the user CA's phases: a rotation rolled back, then one completed
 UPLOAD_ROUNDS = 24  # sessions whose recording two connections (any worker each) upload at once
 CA_PHASES = ("init", "update_clients", "rollback", "standby", "init", "update_clients", "update_servers", "standby")
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is ``pid``."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return sorted(found)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +169,7 @@ def test_a_lock_or_a_deletion_through_one_worker_holds_at_once_in_every_other(au
     well inside the backend watchers' 0.1 s poll); none is issued. After the unlock, certificates
     are issued again."""
     leader = auth.proc.pid if auth.proc is not None else 0
-    workers = children(leader)
+    workers = child_pids(leader)
     assert len(workers) == WORKERS - 1
 
     async def body() -> None:
@@ -265,7 +244,7 @@ def test_every_worker_writes_one_audit_log_each_event_once_and_pages_are_complet
     expected, uids = asyncio.run(body())
     assert len(expected) == 4 * WARM
     assert len(uids) == len(expected) and len(set(uids)) == len(uids)
-    assert spool_writers(auth) & set(children(leader)), "the events did not come from several processes"
+    assert spool_writers(auth) & set(child_pids(leader)), "the events did not come from several processes"
 
 
 def signed_by(answer: dict[str, Any], ca: dict[str, Any]) -> bool:
@@ -452,10 +431,10 @@ def test_two_uploads_of_one_recording_at_once_through_the_workers_store_one(auth
 @pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
 def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: TeleportProcess) -> None:
     leader = auth.proc.pid if auth.proc is not None else 0
-    before = children(leader)
+    before = child_pids(leader)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
-    replaced = wait_for(lambda: len(set(children(leader)) - {victim}) == WORKERS - 1 and not alive(victim),
+    replaced = wait_for(lambda: len(set(child_pids(leader)) - {victim}) == WORKERS - 1 and not pid_alive(victim),
                         "a new worker in place of the killed one", timeout=120)
     assert replaced
     wait_for(lambda: "auth_service worker restarted" in auth.log(), "the restart logged", timeout=120)
@@ -465,12 +444,12 @@ def test_a_killed_worker_is_replaced_and_a_stop_ends_every_worker(auth: Teleport
 
     answers = asyncio.run(body())  # every worker answers (here: 404, no such user)
     assert all(isinstance(a, NotFound) for a in answers), answers
-    workers = children(leader)
+    workers = child_pids(leader)
     auth.stop()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in workers):
         time.sleep(0.2)
-    assert not any(alive(pid) for pid in workers)
+    assert not any(pid_alive(pid) for pid in workers)
 
 
 @pytest.mark.timeout(600)  # several teleport start processes on a loaded machine
@@ -487,7 +466,7 @@ def test_a_graceful_reload_replaces_the_leader_and_every_worker(tmp_path: Path) 
     try:
         assert process.proc is not None
         old_leader = process.proc.pid
-        old_workers = children(old_leader)
+        old_workers = child_pids(old_leader)
         assert len(old_workers) == 1
 
         async def certs() -> list[Any]:
@@ -498,21 +477,21 @@ def test_a_graceful_reload_replaces_the_leader_and_every_worker(tmp_path: Path) 
 
         assert all(isinstance(a, dict) for a in asyncio.run(certs()))
         os.kill(old_leader, signal.SIGHUP)
-        successors = wait_for(lambda: [pid for pid in children(old_leader) if pid not in old_workers],
+        successors = wait_for(lambda: [pid for pid in child_pids(old_leader) if pid not in old_workers],
                               "the new leader", timeout=60)
         new_leader = successors[0]
-        wait_for(lambda: not alive(old_leader), "the old leader's exit after its drain", timeout=240)
-        assert not any(alive(pid) for pid in old_workers)
-        new_workers = wait_for(lambda: children(new_leader), "the new leader's worker", timeout=60)
+        wait_for(lambda: not pid_alive(old_leader), "the old leader's exit after its drain", timeout=240)
+        assert not any(pid_alive(pid) for pid in old_workers)
+        new_workers = wait_for(lambda: child_pids(new_leader), "the new leader's worker", timeout=60)
         assert len(new_workers) == 1 and not set(new_workers) & set(old_workers)
         assert all(isinstance(a, dict) for a in asyncio.run(certs()))
         assert "reload ignored" not in process.log()
     finally:
-        if new_leader and alive(new_leader):
-            workers = children(new_leader)
+        if new_leader and pid_alive(new_leader):
+            workers = child_pids(new_leader)
             os.kill(new_leader, signal.SIGTERM)
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and any(alive(pid) for pid in (new_leader, *workers)):
+            while time.monotonic() < deadline and any(pid_alive(pid) for pid in (new_leader, *workers)):
                 time.sleep(0.2)
-            assert not any(alive(pid) for pid in (new_leader, *workers))
+            assert not any(pid_alive(pid) for pid in (new_leader, *workers))
         process.stop()
