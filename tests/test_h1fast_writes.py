@@ -65,6 +65,16 @@ class App:
                 self.produced = at + len(body[at:at + chunk])
                 await send({"type": "http.response.body", "body": body[at:at + chunk], "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+        elif path == "/upload":  # reads the body, answers its size
+            size, more = 0, True
+            while more:
+                message = await receive()
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"%d" % size
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
         elif path == "/held":  # the head now, the body once released
             self.release = asyncio.Event()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
@@ -343,6 +353,22 @@ def test_a_head_is_sent_while_its_body_is_not_ready(served: Served) -> None:
         served.loop.call_soon_threadsafe(release.set)
         answer, _ = client.answer()
         assert split_answer(answer)[2] == b"done"
+
+
+def test_a_100_continue_is_sent_while_the_app_waits_for_the_body(served: Served) -> None:
+    """The interim answer is written while the app waits (not held for the final answer, which
+    would wait for the body the client holds back until it sees the 100)."""
+    with records_client(served) as client:
+        client.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        while b"\r\n\r\n" not in client.data:
+            piece = client.next_record()
+            assert piece is not None
+            client.data += piece
+        assert bytes(client.data) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.data.clear()
+        client.send(b"hello")
+        answer, records = client.answer()
+        assert (split_answer(answer)[::2], records) == ((200, b"5"), 1)
 
 
 @pytest.mark.parametrize("chunk", [4096, 256 * 1024])
