@@ -21,10 +21,10 @@ same scope as on hypercorn, the verified client certificate chain included
   logged at DEBUG (an attacker's input is not an operator's warning).
 
 Writes are corked (:class:`CorkedTransport`): uvicorn writes an answer's head and body with two
-``write()`` calls, which asyncio's TLS layer makes two TLS records and two ``send()``; what one
-event-loop turn writes goes out as one write instead (a small answer: one record, one send), and
-as soon as :data:`CORK_LIMIT` bytes are held, so a large or streamed body flows, under the TLS
-transport's back-pressure, as before.
+``write()`` calls, which asyncio's TLS layer makes two TLS records and two ``send()``; instead,
+what is written until the answer is whole or the event-loop turn ends goes out as one write (a
+small answer: one record, one send), and as soon as :data:`CORK_LIMIT` bytes are held, so a large
+or streamed body flows, under the TLS transport's back-pressure, as before.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ class Shared:
 class CorkedTransport(asyncio.Transport):
     """A connection's TLS transport whose writes of one event-loop turn go out as one write.
 
-    Held bytes are written at the end of the turn (``loop.call_soon``), at once when they reach
+    Held bytes are written when the answer is whole (the protocol calls :meth:`flush`), at the end
+    of the turn (``loop.call_soon``: a head whose body comes later), at once when they reach
     :data:`CORK_LIMIT` bytes (so the TLS transport sees a large body as it comes, and pauses the
     writer at its high-water mark as before), before a close, and on :meth:`flush`. Bytes held when
     the transport was aborted underneath (the deadline sweep) or the connection was lost are
@@ -357,6 +358,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_open = False
         self.clock.read_done(0)  # the body is whole: nothing more is awaited for it
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self.corked.flush()  # the answer is whole: it leaves now, not after the loop's other callbacks
+        super().on_response_complete()
 
     # -- quiet -----------------------------------------------------------------------------------
 
