@@ -58,6 +58,7 @@ from teleport_core.state.backend import range_end
 
 if TYPE_CHECKING:
     from teleport_auth.state import AuthState
+    from teleport_auth.uploads import UploadGate
 
 
 STATUS: list[tuple[type[BaseException], int]] = [
@@ -228,14 +229,22 @@ class APIBase:
         self.service = service
         # verified client certificates: sha256(der) -> (identity, not_after, the CA objects it was checked against)
         self._identities: OrderedDict[bytes, tuple[Identity, dt.datetime, tuple[object, object]]] = OrderedDict()
-        from teleport_auth.uploads import UPLOAD_LOCKS_DIR, UploadGate
-
-        # auth worker processes: uploads of one session are serialized across them too (a lock file each)
-        self._upload_gate = UploadGate(service.ctx.data_dir / "log" / UPLOAD_LOCKS_DIR
-                                       if service.settings.workers > 1 else None)
+        self._upload_gate_made: UploadGate | None = None
         from teleport_auth.events_policy import HostNameCache
 
         self._host_names = HostNameCache(self._host_name)
+
+    @property
+    def _upload_gate(self) -> UploadGate:
+        """Serializes uploads of one session; with auth worker processes across them too (a lock
+        file each). Made at the first upload: the routes do not touch the service before a call."""
+        if self._upload_gate_made is None:
+            from teleport_auth.uploads import UPLOAD_LOCKS_DIR, UploadGate
+
+            svc = self.service
+            self._upload_gate_made = UploadGate(svc.ctx.data_dir / "log" / UPLOAD_LOCKS_DIR
+                                                if svc.settings.workers > 1 else None)
+        return self._upload_gate_made
 
     # -- who is calling, and may they ----------------------------------------------------------------
 
