@@ -61,7 +61,8 @@ Quiet machine (load 0.9-1.5, raw Ed25519 18.5k/s), ``--workers 1,2 --rounds 2 --
 1.13x); the httpx clients 5.7-6.2 ms per pair, so the two cores cap the sum at about 210/s.
 With the lean client (``--client raw --workers 1,2 --rounds 2 --seconds 6``, load 5.7-6.2 from other
 jobs): 163 / 256 pairs/s with one, 267 / 259 with two; auth CPU per pair 2.64 and 3.03 ms (1.15x);
-the clients 0.17-0.22 ms per pair.
+the clients 0.17-0.22 ms per pair. The same on the quiet machine (load 1.1-1.3): 379 / 366 pairs/s with
+one process, 512 / 365 with two; auth CPU per pair 2.82 and 3.14 ms (medians, 1.11x).
 
 Where auth's event loop spends its busy time (``--profile``, a run at 62c7074, load 6.8; httptools,
 hypercorn in brackets): signing 32 % (26 %), audit spool and delivery 30 % (24 %), event loop hand-offs 11 %
