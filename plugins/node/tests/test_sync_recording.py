@@ -21,6 +21,7 @@ from teleport_core.plugins import make_plugins
 from teleport_core.recording.stream import RecordingRefused
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.processes import free_port
+from teleport_core.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -319,7 +320,13 @@ def test_auth_unreachable_ends_the_session_and_nothing_goes_unrecorded(sync_auth
         shell.wait_for(b"Closing session...")
         assert shell.proc.wait(30) is not None
         link.restore()
-        record = _wait_complete(sync_auth, sid, timeout=120)
+        _wait_complete(sync_auth, sid, timeout=120)
+        # the upload and the session.end event both waited for the link: either may reach auth first
+        def ended() -> Any:
+            found = _record(sync_auth, sid)
+            return found if found is not None and found.end_reason else None
+
+        record = wait_for(ended, what="the session.end on the record", timeout=60)
         assert record.recording.partial and record.end_reason == "interrupted"
         final = _stream_all(sync_auth, sid)
         assert b"after-cut-2" in final, "what the user saw reached auth once it was back"
