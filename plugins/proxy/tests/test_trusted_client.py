@@ -77,7 +77,7 @@ def serve() -> Iterator[Any]:
             transport = paramiko.Transport(conn)
             opened.append(transport)
             transport.add_server_key(host_key)
-            with contextlib.suppress(paramiko.SSHException, EOFError):
+            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):  # the client hung up: refused
                 transport.start_server(server=Server())
 
         threading.Thread(target=run, daemon=True).start()
