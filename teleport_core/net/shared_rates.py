@@ -52,7 +52,9 @@ class SharedRateLimiter(RateLimiter):
     """Per-source token buckets kept in ``path``, shared by every process that opens it."""
 
     def __init__(self, rates: tuple[Rate, ...], path: Path, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(rates, clock)
+        # not RateLimiter.__init__: its in-memory buckets would go unused here
+        self.rates = rates
+        self._clock = clock
         self.path = path
         self._bucket = struct.Struct("<" + "dd" * len(rates))
         self._slot = _SLOT_HEAD.size + self._bucket.size
