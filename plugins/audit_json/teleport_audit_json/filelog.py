@@ -66,7 +66,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from teleport_audit_json.index import DayIndex, Filter, Row, line_record, text_hash, uid_hash
-from teleport_audit_json.lines import DAY_MS, Encoded, Prefilter, decode, encode, tc_from_ms, uid_of
+from teleport_audit_json.lines import DAY_MS, Encoded, decode, encode, tc_from_ms, uid_of
 from teleport_core.errors import ConfigError, TeleportError
 from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
 
@@ -267,16 +267,20 @@ class _LineReader:
         near = self.start <= offset <= self.start + len(self.buf) + MIN_READ  # sequential: read ahead more
         self.block = min(self.block * 4, MAX_READ) if near else MIN_READ
         data = os.pread(self.fd, max(0, min(self.block, self.limit - offset)), offset)
-        while b"\n" not in data:
+        nl = data.find(b"\n")
+        while nl < 0:
             if offset + len(data) >= self.limit:
                 return None  # the file changed under the index
             want = min(max(len(data), self.block), self.limit - offset - len(data))
             more = os.pread(self.fd, want, offset + len(data))
             if not more:
                 return None
+            nl = more.find(b"\n")
+            if nl >= 0:
+                nl += len(data)
             data += more
         self.buf, self.start = data, offset
-        return data[: data.index(b"\n")]
+        return data[:nl]
 
 
 @attrs.define
@@ -690,11 +694,10 @@ class FileAuditLog(AuditSink):
             raise ValueError(f"limit must be positive, got {query.limit}")
         after = Position.decode(query.cursor) if query.cursor else None
         low, high = _floor_ms(query.since), _ceil_ms(query.until)
-        prefilter = Prefilter(query)
         events: list[AuditEvent] = []
         last: tuple[dt.date, tuple[int, str, int]] | None = None  # day, (code, server, offset) of the last event
         for day, files in self._days(low, high, after.day if after else None):
-            with contextlib.closing(self._scan_day(day, files, low, high, after, query, prefilter)) as found:
+            with contextlib.closing(self._scan_day(day, files, low, high, after, query)) as found:
                 for position, event in found:
                     if len(events) == query.limit:
                         assert last is not None
@@ -767,14 +770,14 @@ class FileAuditLog(AuditSink):
         high: int,
         after: Position | None,
         query: AuditQuery,
-        prefilter: Prefilter,
     ) -> Generator[tuple[tuple[int, str, int], AuditEvent], None, None]:
         """Matching events of ``day`` in order, after ``after``; a uid twice in one millisecond once."""
         start = _day_start_ms(day)
         first_code = tc_from_ms(max(low - start, 0))
-        resume = after is not None and after.day == day
-        if after is not None and resume:
-            first_code = max(first_code, after.code)
+        # the previous page's last event, while this day's events may still come before it
+        after_key = after.key if after is not None and after.day == day else None
+        if after_key is not None:
+            first_code = max(first_code, after_key[0])
         high_code = END_CODE if high - start >= DAY_MS else tc_from_ms(high - start)
         where = Filter.of(query.event_types, query.user, query.sid)
         sources: list[_Source] = []
@@ -783,9 +786,9 @@ class FileAuditLog(AuditSink):
                 source = self._open_source(server, path, day)
                 if source is not None:
                     sources.append(source)
-            seen_code, seen = -1, set[str]()
+            seen_code, seen = -1, set[str]()  # the uids of time code seen_code
             chunk = min(query.limit + 16, 4096)
-            candidates = self._candidates(sources, where, first_code, high_code, chunk, prefilter)
+            candidates = self._candidates(sources, where, first_code, high_code, chunk)
             for code, source, offset, line in candidates:
                 try:
                     event = decode(line)
@@ -794,14 +797,19 @@ class FileAuditLog(AuditSink):
                     continue
                 if not query.matches(event):
                     continue
+                uid = event.uid
                 if code != seen_code:
-                    seen_code, seen = code, set()
-                if event.uid in seen:
+                    seen_code, seen = code, {uid}
+                elif uid in seen:
                     continue
-                seen.add(event.uid)
-                if resume and after is not None and (code, source.server, offset) <= after.key:
-                    continue  # returned by an earlier page; read only to know its uid
-                yield (code, source.server, offset), event
+                else:
+                    seen.add(uid)
+                key = code, source.server, offset
+                if after_key is not None:
+                    if key <= after_key:
+                        continue  # returned by an earlier page; read only to know its uid
+                    after_key = None  # rows come in key order: every later one is past it too
+                yield key, event
         finally:
             for source in sources:
                 os.close(source.fd)
@@ -822,18 +830,17 @@ class FileAuditLog(AuditSink):
 
     @classmethod
     def _candidates(
-        cls, sources: list[_Source], where: Filter, first: int, high: int, chunk: int, prefilter: Prefilter
+        cls, sources: list[_Source], where: Filter, first: int, high: int, chunk: int
     ) -> Iterator[tuple[int, _Source, int, bytes]]:
         """(time code, source, offset, line) of the indexed rows in range that match ``where``
-        and whose line passes ``prefilter``, ordered by time code, server, offset."""
-        check = prefilter.may_match if prefilter.active else None
+        (by hashes: the caller checks the decoded event), ordered by time code, server, offset."""
         types: tuple[int | None, ...] = where.types or (None,)
         if len(sources) == 1 and len(types) == 1:  # the common case, kept tight
             [source] = sources
             line_at = source.reader.line
             for code, offset in cls._keys(source, where, types[0], first, high, chunk):
                 line = line_at(offset)
-                if line is not None and (check is None or check(line)):
+                if line is not None:
                     yield code, source, offset, line
             return
 
@@ -845,7 +852,7 @@ class FileAuditLog(AuditSink):
         streams = [entries(rank, source, typ) for rank, source in enumerate(sources) for typ in types]
         for code, _, offset, source in heapq.merge(*streams):
             line = source.reader.line(offset)
-            if line is not None and (check is None or check(line)):
+            if line is not None:
                 yield code, source, offset, line
 
     @staticmethod
