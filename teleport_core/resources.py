@@ -28,6 +28,7 @@ from teleport_core.state.sessions import SessionStorage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
 
 
 async def _call(info: PluginInfo, what: str, factory: Any, *args: Any) -> Any:
@@ -133,6 +134,7 @@ class ProcessResources(Resources):
         self._backend: Backend | None = None
         self._sessions: SessionStorage | None = None
         self._audit: AuditLog | None = None
+        self._collectors: list[Collector] = []
         self.shared: dict[str, Any] = {}
 
     async def backend(self) -> Backend:
@@ -140,6 +142,9 @@ class ProcessResources(Resources):
             if self._backend is None:
                 backend = await open_backend(self.plugins, self.config.storage, self.config.data_dir)
                 if self.metrics is not None:
+                    self._collectors = list(backend.collectors())  # the backend's own figures
+                    for collector in self._collectors:
+                        self.metrics.register(collector)
                     backend = MeteredBackend(backend, metrics_for(self.metrics))
                 self._backend = backend
             return self._backend
@@ -163,3 +168,7 @@ class ProcessResources(Resources):
             if resource is not None:
                 await resource.close()
         self._audit = self._sessions = self._backend = None
+        if self.metrics is not None:
+            for collector in self._collectors:
+                self.metrics.unregister(collector)
+        self._collectors = []

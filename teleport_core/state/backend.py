@@ -15,11 +15,15 @@ import datetime as dt
 import enum
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import attrs
 
 from teleport_core.errors import WatcherClosed
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 
 def utcnow() -> dt.datetime:
@@ -303,6 +307,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release resources; open watchers are closed."""
+
+    def collectors(self) -> Sequence[Collector]:
+        """Prometheus collectors of this backend's own figures (say, how its writes are batched),
+        registered in the process's registry beside the request metrics every backend gets
+        (:mod:`teleport_core.state.metered`); none by default."""
+        return ()
 
     def recording_index(self) -> RecordingIndex:
         """The full-text index of session recordings this backend keeps, shared by every process

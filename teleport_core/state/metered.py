@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from prometheus_client.registry import Collector
+
 from teleport_core.metrics import BACKEND_OPERATIONS, Metrics
 from teleport_core.state.backend import DEFAULT_WATCHER_QUEUE, Action, Backend, Condition, Item, Watcher
 from teleport_core.state.recording_index import RecordingIndex
@@ -102,6 +104,9 @@ class MeteredBackend(Backend):
 
     def recording_index(self) -> RecordingIndex:
         return self.inner.recording_index()
+
+    def collectors(self) -> Sequence[Collector]:
+        return self.inner.collectors()
 
     async def close(self) -> None:
         await self.inner.close()

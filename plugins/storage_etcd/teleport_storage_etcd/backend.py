@@ -38,7 +38,7 @@ import pathlib
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from teleport_core.errors import AlreadyExists, CompareFailed, NotFound, TeleportError
 from teleport_core.state.backend import (
@@ -56,9 +56,12 @@ from teleport_core.state.backend import (
 )
 from teleport_core.state.recording_index import RecordingIndex, SearchUnsupported
 
-from .batching import get_batcher, keep_alive_batcher, put_batcher
+from .batching import BatchMetrics, get_batcher, keep_alive_batcher, put_batcher
 from .client import DELETE_RANGE, LEASE_GRANT, RANGE, TXN, EtcdClient, EtcdError, pb
 from .config import EtcdOptions
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 __all__ = ["EtcdBackend", "EtcdWatcher", "open_backend"]
 
@@ -281,9 +284,10 @@ class EtcdBackend(Backend):
         self._watchers: set[EtcdWatcher] = set()
         self._leases: dict[int, int] = {}  # lease window end (microseconds) -> lease ID
         self._granting: dict[int, asyncio.Task[int]] = {}  # lease window end -> its grant in flight
-        self._puts = put_batcher(client)  # concurrent puts share a transaction
-        self._gets = get_batcher(client)  # and so do concurrent reads of one key
-        self._keepalives = keep_alive_batcher(client)  # and concurrent keepalives (guarded puts)
+        self.batch_metrics = BatchMetrics()  # how the three batchers grouped requests (collectors())
+        self._puts = put_batcher(client, self.batch_metrics)  # concurrent puts share a transaction
+        self._gets = get_batcher(client, self.batch_metrics)  # and so do concurrent reads of one key
+        self._keepalives = keep_alive_batcher(client, self.batch_metrics)  # and concurrent keepalives
         self._renewed: dict[bytes, KV] = {}  # key -> what keep_alive last wrote there
         self._closed = False
 
@@ -668,6 +672,11 @@ class EtcdBackend(Backend):
             "recordings cannot be searched: the etcd backend keeps no full-text index of their text (etcd has no "
             "full-text search); listing recordings without search works"
         )
+
+    def collectors(self) -> Sequence[Collector]:
+        """``teleport_etcd_batch_size`` and ``teleport_etcd_batch_retries_total``
+        (:class:`~teleport_storage_etcd.batching.BatchMetrics`)."""
+        return self.batch_metrics.collectors
 
     async def close(self) -> None:
         """Close every watcher and the connections (idempotent)."""

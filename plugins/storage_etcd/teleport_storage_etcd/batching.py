@@ -22,6 +22,11 @@ Keepalives (``keep_alive_batcher``) are single-key guarded transactions: compare
 ``Txn`` holding every compare and every put: it applies all of them or, when any key changed
 meanwhile, none, and then its failure branch reads every key of the batch, so each caller gets
 its own key's fresh state and decides again alone (nothing is renewed blindly).
+
+Each backend's batchers count into one :class:`BatchMetrics` (exported by
+``EtcdBackend.collectors``): ``teleport_etcd_batch_size{operation}``, the requests each etcd call
+carried (1 for a request that went alone), and ``teleport_etcd_batch_retries_total{operation,
+reason}``, the batches whose requests were then decided one by one.
 """
 
 from __future__ import annotations
@@ -32,10 +37,45 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from prometheus_client import Counter, Histogram
+
 from .client import PUT, RANGE, TXN, EtcdClient, EtcdError, EtcdUnavailable, pb
 
 MAX_OPS = 128  # etcd's --max-txn-ops default
 MAX_BYTES = 1 << 20  # below etcd's default --max-request-bytes (1.5 MiB)
+#: ``teleport_etcd_batch_size`` buckets: requests carried by one etcd call (MAX_OPS at most)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: the batchers of a backend (``operation`` label) and the retries each can make (``reason`` label)
+OPERATIONS = {"put": ("refused",), "get": ("refused",), "keep_alive": ("refused", "conflict")}
+
+
+class BatchMetrics:
+    """How one backend's batchers grouped requests (Prometheus, not registered here: the process
+    registers ``collectors`` in its registry).
+
+    ``size``: ``teleport_etcd_batch_size{operation}``, one observation per etcd call a batcher
+    made, its value the requests the call carried (1 alone, 2 to 128 together), so ``_sum /
+    _count`` is the mean batch size. ``retries``: ``teleport_etcd_batch_retries_total{operation,
+    reason}``, batches of several requests that were then decided one by one: ``refused`` (etcd
+    refused the transaction, perhaps for one request's sake: each is sent again alone) or
+    ``conflict`` (keepalives: a key changed since it was read, so nothing applied and each
+    keepalive decides again on its own key).
+    """
+
+    def __init__(self) -> None:
+        self.size = Histogram("teleport_etcd_batch_size", "Requests carried by one etcd call of the backend's "
+                              "batchers (1: alone), by operation", ["operation"], buckets=BATCH_SIZE_BUCKETS,
+                              registry=None)
+        self.retries = Counter("teleport_etcd_batch_retries", "Batches of etcd requests then decided one by one, "
+                               "by operation and reason (refused, conflict)", ["operation", "reason"], registry=None)
+        for operation, reasons in OPERATIONS.items():  # every series from the start
+            self.size.labels(operation=operation)
+            for reason in reasons:
+                self.retries.labels(operation=operation, reason=reason)
+
+    @property
+    def collectors(self) -> tuple[Histogram, Counter]:
+        return self.size, self.retries
 
 
 T = TypeVar("T")
@@ -50,7 +90,9 @@ class Batcher(Generic[T]):
     key may appear once only in a transaction (writes). ``combine`` builds the transaction of
     several requests instead (default: each one a ``RequestOp`` of the success branch), ``key``
     names a request's key (default: its ``key``), and ``idempotent`` says whether a call may be
-    repeated on another peer when the first may have applied it.
+    repeated on another peer when the first may have applied it. ``operation`` labels its counts
+    in ``metrics``; ``conflicted`` says whether a transaction's answer means nothing applied and
+    each request must be decided again by its caller (counted as a ``conflict`` retry).
     """
 
     def __init__(
@@ -66,6 +108,9 @@ class Batcher(Generic[T]):
         combine: Callable[[list[Any]], Any] | None = None,
         key: Callable[[Any], bytes] = lambda request: bytes(request.key),
         idempotent: bool = True,
+        operation: str,
+        metrics: BatchMetrics,
+        conflicted: Callable[[Any], bool] | None = None,
     ) -> None:
         self._client = client
         self._method = method
@@ -77,6 +122,10 @@ class Batcher(Generic[T]):
         self._combine = combine or self._success_only
         self._key = key
         self._idempotent = idempotent
+        self._conflicted = conflicted
+        self._size = metrics.size.labels(operation=operation)  # resolved once: no label lookup per call
+        self._refused = metrics.retries.labels(operation=operation, reason="refused")
+        self._conflict = metrics.retries.labels(operation=operation, reason="conflict") if conflicted else None
         self._queue: collections.deque[tuple[Any, asyncio.Future[T]]] = collections.deque()
         self._busy = False
         self._idle = asyncio.Event()  # set while nothing is in flight
@@ -100,6 +149,7 @@ class Batcher(Generic[T]):
         self._idle.clear()
         try:
             self.calls += 1
+            self._size.observe(1)
             return self._alone(await self._client.call(self._method, request, idempotent=self._idempotent))
         finally:
             self._release()
@@ -153,22 +203,27 @@ class Batcher(Generic[T]):
         txn = self._combine([request for request, _ in batch])
         try:
             self.calls += 1
+            self._size.observe(len(batch))
             answer = await self._client.call(TXN, txn, idempotent=self._idempotent)
         except EtcdUnavailable as exc:
             for _, future in batch:
                 _settle(future, exc)
             return
         except EtcdError:  # maybe one request's fault: each alone gets its own answer
+            self._refused.inc()
             for request, future in batch:
                 await self._one(request, future)
             return
         self.batches += 1
+        if self._conflict is not None and self._conflicted is not None and self._conflicted(answer):
+            self._conflict.inc()  # nothing applied: each caller decides again on its own key
         for i, (_, future) in enumerate(batch):
             _settle(future, self._together(answer, i))
 
     async def _one(self, request: Any, future: asyncio.Future[T]) -> None:
         try:
             self.calls += 1
+            self._size.observe(1)
             answer = await self._client.call(self._method, request, idempotent=self._idempotent)
         except EtcdError as exc:
             _settle(future, exc)
@@ -192,7 +247,7 @@ class Batcher(Generic[T]):
         self.fail_waiting(EtcdError("etcd backend is closed"))
 
 
-def put_batcher(client: EtcdClient) -> Batcher[int]:
+def put_batcher(client: EtcdClient, metrics: BatchMetrics) -> Batcher[int]:
     """Puts (``pb.PutRequest``); each answers the revision it was applied at."""
     return Batcher(
         client,
@@ -202,6 +257,8 @@ def put_batcher(client: EtcdClient) -> Batcher[int]:
         lambda answer, _: int(answer.header.revision),
         lambda request: len(request.key) + len(request.value) + 16,
         distinct=True,
+        operation="put",
+        metrics=metrics,
     )
 
 
@@ -209,7 +266,7 @@ def _first(kvs: Any) -> Any:
     return kvs[0] if kvs else None
 
 
-def get_batcher(client: EtcdClient) -> Batcher[Any]:
+def get_batcher(client: EtcdClient, metrics: BatchMetrics) -> Batcher[Any]:
     """Reads of one key (``pb.RangeRequest``); each answers its ``KeyValue`` or None."""
     return Batcher(
         client,
@@ -219,6 +276,8 @@ def get_batcher(client: EtcdClient) -> Batcher[Any]:
         lambda answer, i: _first(answer.responses[i].response_range.kvs),
         lambda request: len(request.key) + 16,
         distinct=False,
+        operation="get",
+        metrics=metrics,
     )
 
 
@@ -237,7 +296,7 @@ def _renewal(answer: Any, index: int) -> tuple[bool, Any]:
     return False, _first(answer.responses[index].response_range.kvs)
 
 
-def keep_alive_batcher(client: EtcdClient) -> Batcher[tuple[bool, Any]]:
+def keep_alive_batcher(client: EtcdClient, metrics: BatchMetrics) -> Batcher[tuple[bool, Any]]:
     """Keepalives: each a ``pb.TxnRequest`` comparing one key's ``mod_revision``, putting its
     renewed value on success and reading the key on failure (exactly one op in each branch).
 
@@ -255,6 +314,9 @@ def keep_alive_batcher(client: EtcdClient) -> Batcher[tuple[bool, Any]]:
         combine=_guarded_together,
         key=lambda request: bytes(request.compare[0].key),
         idempotent=False,  # a write: repeated elsewhere only when it surely did not apply
+        operation="keep_alive",
+        metrics=metrics,
+        conflicted=lambda answer: not answer.succeeded,
     )
 
 
