@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from teleport_core.config.limits import Rate
 from teleport_core.logs import get_logger
@@ -44,8 +45,49 @@ _SLOT_HEAD = struct.Struct("<16sB7x")  # the source's digest (all zero: empty), 
 LOCK_WAIT = 0.05  # seconds a take waits for its group's lock before it refuses
 
 
-class RatesUnavailable(Exception):
-    """The shared file could not be locked in time."""
+class SharedFileBusy(Exception):
+    """A shared file's bytes could not be locked in time."""
+
+
+def open_shared(path: Path) -> int:
+    """A descriptor of the host-shared file ``path`` (read and write): created 0600, never opened
+    through a symlink, not inherited by child processes."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+
+def laid_out(fd: int, header: struct.Struct, size: int, fits: Callable[[tuple[Any, ...]], bool],
+             fresh: Callable[[], bytes], lock_length: int = 0) -> bytes:
+    """The header of the shared file ``fd``, read under an exclusive lock of its first
+    ``lock_length`` bytes (0: all of it); a file of another size, or whose unpacked header does not
+    ``fits``, is laid out again first: zeroed to ``size`` bytes, with the header ``fresh()``."""
+    fcntl.lockf(fd, fcntl.LOCK_EX, lock_length, 0)
+    try:
+        head = os.pread(fd, header.size, 0)
+        if len(head) == header.size and os.fstat(fd).st_size == size and fits(header.unpack(head)):
+            return head
+        head = fresh()
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)  # every byte zero
+        os.pwrite(fd, head, 0)
+        os.fsync(fd)
+        return head
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, lock_length, 0)
+
+
+def lock_bounded(fd: int, length: int, offset: int, what: str, wait: float = LOCK_WAIT) -> None:
+    """Lock ``length`` bytes of ``fd`` at ``offset`` (``fcntl.lockf``), waiting at most ``wait``
+    seconds (another process holds them for a few system calls; one that stopped holding them must
+    not stall this one): :class:`SharedFileBusy` naming ``what`` after that."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, offset)
+            return
+        except (BlockingIOError, PermissionError):
+            if time.monotonic() >= deadline:
+                raise SharedFileBusy(f"{what} stayed locked for {wait}s") from None
+            time.sleep(0.0005)
 
 
 class SharedRateLimiter(RateLimiter):
@@ -59,7 +101,7 @@ class SharedRateLimiter(RateLimiter):
         self._bucket = struct.Struct("<" + "dd" * len(rates))
         self._slot = _SLOT_HEAD.size + self._bucket.size
         self._thread_lock = threading.Lock()  # lockf locks are per process: threads take turns here
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        self._fd = open_shared(path)
         try:
             self._key = self._layout()
         except BaseException:
@@ -75,22 +117,10 @@ class SharedRateLimiter(RateLimiter):
 
     def _layout(self) -> bytes:
         """The file's hash key; lays the file out first when its header does not fit this config."""
-        size = _HEADER.size + SLOTS * self._slot
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            head = os.pread(self._fd, _HEADER.size, 0)
-            if len(head) == _HEADER.size and os.fstat(self._fd).st_size == size:
-                magic, rates, slots, key = _HEADER.unpack(head)
-                if magic == MAGIC and rates == len(self.rates) and slots == SLOTS:
-                    return bytes(key)
-            key = secrets.token_bytes(16)
-            os.ftruncate(self._fd, 0)
-            os.ftruncate(self._fd, size)  # every slot zero: empty
-            os.pwrite(self._fd, _HEADER.pack(MAGIC, len(self.rates), SLOTS, key), 0)
-            os.fsync(self._fd)
-            return key
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        head = laid_out(self._fd, _HEADER, _HEADER.size + SLOTS * self._slot,
+                        lambda h: h[0] == MAGIC and h[1] == len(self.rates) and h[2] == SLOTS,
+                        lambda: _HEADER.pack(MAGIC, len(self.rates), SLOTS, secrets.token_bytes(16)))
+        return bytes(_HEADER.unpack(head)[3])
 
     def _group(self, source: str) -> tuple[bytes, int]:
         digest = hashlib.blake2b(source.encode(), digest_size=_DIGEST, key=self._key).digest()
@@ -105,7 +135,7 @@ class SharedRateLimiter(RateLimiter):
         with self._thread_lock:
             if self._fd < 0:
                 raise ValueError(f"rate limiter {self.path} is closed")
-            self._lock_group(length, offset)
+            lock_bounded(self._fd, length, offset, f"{self.path}: a group")
             try:
                 data = os.pread(self._fd, length, offset)
                 found, free, oldest, oldest_time = -1, -1, 0, float("inf")
@@ -138,25 +168,12 @@ class SharedRateLimiter(RateLimiter):
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, length, offset)
 
-    def _lock_group(self, length: int, offset: int) -> None:
-        """Lock a group's bytes, waiting at most :data:`LOCK_WAIT` seconds (another process holds a
-        group for a few system calls; one that stopped holding it must not stall this one)."""
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, offset)
-                return
-            except (BlockingIOError, PermissionError):
-                if time.monotonic() >= deadline:
-                    raise RatesUnavailable(f"{self.path}: a group stayed locked for {LOCK_WAIT}s") from None
-                time.sleep(0.0005)
-
     def take(self, source: str) -> tuple[float, bool]:
         """As :meth:`RateLimiter.take`; when the file cannot be read in time, the attempt is refused
         (a second's wait, not counted as a new burst): a limiter that cannot count denies."""
         try:
             return self._take(source)
-        except (RatesUnavailable, OSError) as exc:
+        except (SharedFileBusy, OSError) as exc:
             log.error("shared rate limiter unavailable; refusing", path=str(self.path), error=str(exc))
             return 1.0, False
 
@@ -180,5 +197,5 @@ class SharedRateLimiter(RateLimiter):
 
         try:
             self._update(source, change)
-        except (RatesUnavailable, OSError) as exc:
+        except (SharedFileBusy, OSError) as exc:
             log.warning("shared rate limiter unavailable; refund dropped", path=str(self.path), error=str(exc))

@@ -33,6 +33,11 @@ body size per route, request head, body and idle timeouts, quiet protocol errors
 refused for a certificate reason (foreign CA, self-signed, expired ...) is reported to
 ``on_refused(peer, reason)``, at most once per source IP every :data:`REFUSAL_PERIOD` seconds
 (the reason then counts the refusals of that source held back since the last one reported).
+
+With a ``cap`` (:mod:`teleport_core.net.shared_caps`: ``max_connections``, counted in this process
+or in every process sharing the listening socket), a connection accepted while the cap is reached is
+closed at once, before its handshake, and reported to ``on_refused`` (logged when reported) the same
+way. A connection counts from its accept until it closes (with a router: until its handler returns).
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ import attrs
 from teleport_core.config.values import NetAddr
 from teleport_core.logs import get_logger
 from teleport_core.net.httplimits import ConnectionClock, GuardedApp, GuardedReader, HTTPLimits, configure
-from teleport_core.net.limits import AuditThrottle
+from teleport_core.net.limits import AuditThrottle, Refused
+from teleport_core.net.shared_caps import ConnectionCap
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -270,7 +276,8 @@ class TLSServer:
 
     def __init__(self, app: ASGIApp, sock: socket.socket, context: ssl.SSLContext, *,
                  limits: HTTPLimits | None = None, graceful_timeout: float = 5.0, router: Router | None = None,
-                 on_refused: RefusalHandler | None = None, http1: str = "hypercorn") -> None:
+                 on_refused: RefusalHandler | None = None, http1: str = "hypercorn",
+                 cap: ConnectionCap | None = None) -> None:
         from hypercorn.config import Config
 
         forced = os.environ.get(HTTP1_ENV, "")
@@ -285,6 +292,7 @@ class TLSServer:
         self.router = router
         self.limits = limits or HTTPLimits()
         self.on_refused = on_refused
+        self.cap = cap
         self.refusals = AuditThrottle(REFUSAL_PERIOD)
         self._context = context
         # asyncio wraps every connection with one fixed context; its servername callback, which
@@ -336,18 +344,20 @@ class TLSServer:
         self._accepting = asyncio.create_task(self._accept_loop(), name="tls-accept")
         self._sweeping = asyncio.create_task(self._sweep(), name="tls-deadlines")
 
-    def refused(self, peer: str, reason: str) -> None:
+    def refused(self, peer: str, reason: str) -> str:
         """Report a refusal from ``peer`` to ``on_refused``, unless its source had one reported
-        in the last :data:`REFUSAL_PERIOD` seconds (then it is counted, and told with the next)."""
+        in the last :data:`REFUSAL_PERIOD` seconds (then it is counted, and told with the next):
+        the reason reported, or "" when held back."""
         if self.on_refused is None:
-            return
+            return ""
         source = peer.rpartition(":")[0].strip("[]") or peer
         held_back = self.refusals.allow(source)
         if held_back is None:
-            return
+            return ""
         if held_back:
             reason = f"{reason} ({held_back} more refused from {source} since the last one audited)"
         self._spawn(self.on_refused(peer, reason))
+        return reason
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -379,15 +389,35 @@ class TLSServer:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(self.sock)
+                sock, addr = await loop.sock_accept(self.sock)
             except OSError:  # e.g. EMFILE: keep serving the connections there are
                 await asyncio.sleep(0.1)
                 continue
-            self._spawn(self._routed(sock))
+            counted = None
+            if self.cap is not None:
+                try:
+                    self.cap.admit()
+                except Refused as exc:
+                    sock.close()  # nothing sent: the client's handshake ends at once
+                    peer = f"{addr[0]}:{addr[1]}"
+                    reported = self.refused(peer, str(exc))
+                    if reported:
+                        log.info("connection refused", peer=peer, reason=reported)
+                    continue
+                counted = _Counted(self.cap)
+            self._spawn(self._routed(sock, counted))
 
-    async def _routed(self, sock: socket.socket) -> None:
+    async def _routed(self, sock: socket.socket, counted: _Counted | None = None) -> None:
         """With a router, peek at the ClientHello and hand the connection to the router's
-        handler; else (or when it has none) serve HTTPS, reporting a refused client certificate."""
+        handler; else (or when it has none) serve HTTPS, reporting a refused client certificate.
+        ``counted``: the connection's place under the cap, given back when it ends."""
+        try:
+            await self._route(sock, counted)
+        finally:
+            if counted is not None and not counted.handed:
+                counted.release()  # ended before (or without) an HTTP protocol: nobody else gives it back
+
+    async def _route(self, sock: socket.socket, counted: _Counted | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = peer_of(sock)
         try:
@@ -398,7 +428,7 @@ class TLSServer:
                     await handler(sock, hello)
                     return
             loop = asyncio.get_running_loop()
-            await loop.connect_accepted_socket(functools.partial(_Chooser, self), sock, ssl=self._wrapper,
+            await loop.connect_accepted_socket(functools.partial(_Chooser, self, counted), sock, ssl=self._wrapper,
                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
                                                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT)
         except (NotClientHello, TimeoutError, ssl.SSLError, OSError, ConnectionError) as exc:
@@ -495,14 +525,49 @@ class TLSServer:
         return list(self._h1.state.tasks) if self._h1 is not None else []
 
 
+class _Counted:
+    """One connection's place under a :class:`~teleport_core.net.shared_caps.ConnectionCap`,
+    released once; ``handed`` once the HTTP protocol's end releases it."""
+
+    __slots__ = ("cap", "handed", "released")
+
+    def __init__(self, cap: ConnectionCap) -> None:
+        self.cap = cap
+        self.handed = False
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.cap.release()
+
+
 class _Chooser(asyncio.Protocol):
     """Stands for a connection until its TLS handshake is done, then hands it to the protocol
-    :meth:`TLSServer._http_protocol` picks (the handshake's ALPN decides between HTTP/1.1 and h2)."""
+    :meth:`TLSServer._http_protocol` picks (the handshake's ALPN decides between HTTP/1.1 and h2);
+    with ``counted``, that protocol's ``connection_lost`` releases the connection's place under the cap."""
 
-    def __init__(self, server: TLSServer) -> None:
+    def __init__(self, server: TLSServer, counted: _Counted | None = None) -> None:
         self.server = server
+        self.counted = counted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         protocol = self.server._http_protocol(transport)
+        if self.counted is not None:
+            _release_on_lost(protocol, self.counted)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+
+
+def _release_on_lost(protocol: asyncio.BaseProtocol, counted: _Counted) -> None:
+    """Make ``protocol.connection_lost`` (which asyncio calls once the connection is closed) release ``counted``."""
+    lost = protocol.connection_lost
+
+    def connection_lost(exc: Exception | None) -> None:
+        try:
+            lost(exc)
+        finally:
+            counted.release()
+
+    protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+    counted.handed = True

@@ -31,7 +31,7 @@ from teleport_auth.state import host_uuid
 from teleport_auth.tokens import TokenStore, UserTokenStore, system_role
 from teleport_auth.trusted import TrustStore
 from teleport_auth.users import UserStore
-from teleport_auth.workers import CAChanges, check_backend, keep_fresh, watch_cas
+from teleport_auth.workers import CAChanges, check_backend, connection_cap, keep_fresh, watch_cas
 from teleport_core.api.join import LocalAuth
 from teleport_core.config.values import certificate_names
 from teleport_core.errors import AlreadyExists, AuditUnavailable, ConfigError, NotFound, TeleportError
@@ -147,8 +147,11 @@ class AuthService(Service):
         limits = HTTPLimits(routes=tuple(RouteLimit(op.method, op.path, op.max_body) for op in ROUTES))
         sock = self.ctx.listen("auth", self.settings.listen_addr)  # inherited across a graceful reload
         sock.setblocking(False)
+        # connection_limits.max_connections: of every auth process on this host together (teleport_auth.workers)
+        cap = connection_cap((self.settings.connection_limits or self.ctx.config.connection_limits).max_connections,
+                             self.settings.workers, self.ctx.data_dir)
         self.server = TLSServer(build_app(self), sock, self.server_context(),
-                                limits=limits, on_refused=self.audit_refusal,
+                                limits=limits, on_refused=self.audit_refusal, cap=cap,
                                 http1="httptools")  # no WebSocket routes: uvicorn's httptools protocol
         await self.server.start()
         if self.leader and self.settings.workers > 1:
@@ -187,6 +190,8 @@ class AuthService(Service):
             workers = asyncio.create_task(self.workers.stop(WORKERS_STOP_TIMEOUT), name="auth-workers-stop")
         if self.server is not None:
             await self.server.stop()
+            if self.server.cap is not None:
+                self.server.cap.close()
         await self._drain_audit()
         for task in self._tasks:
             task.cancel()

@@ -18,10 +18,13 @@ restarts them). This module is what auth adds:
 * **Singletons** run in the leader only (:data:`LEADER_ONLY`); every worker runs the
   per-process parts (its caches' watchers, the CA watcher that reloads the CAs after a
   rotation, its own audit spool ``<folder>.<pid>``, the access-request hook announcer).
+* **One connection cap.** ``max_connections`` of the auth listener counts the connections of every
+  auth process on the host together (:func:`connection_cap`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -31,6 +34,7 @@ from teleport_auth.locks import LOCKS_PREFIX
 from teleport_auth.rolestore import ROLES_PREFIX
 from teleport_auth.users import USERS_PREFIX
 from teleport_core.errors import ConfigError
+from teleport_core.net.shared_caps import ConnectionCap, SharedConnectionCap
 from teleport_core.state.change_feed import ChangeFeed, open_change_feed
 
 if TYPE_CHECKING:
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from teleport_auth.locks import LockStore
     from teleport_auth.users import UserStore
     from teleport_core.state.backend import Backend
+
+SHARED_CAPS_FILE = "auth-connections"  # under data_dir: the auth processes' open connections, per process
 
 #: background work of the auth service that runs in the leader (worker 0) only: each acts on the
 #: cluster (or this host's shared entries) once, not once per process
@@ -107,3 +113,12 @@ def watch_cas(feed: ChangeFeed, cluster_name: str) -> CAChanges:
     for kind in CAType:
         feed.watch(ca_key(kind, cluster_name), changes.invalidate)
     return changes
+
+
+def connection_cap(max_connections: int, workers: int, data_dir: Path) -> ConnectionCap:
+    """The auth listener's ``max_connections``: counted in memory by one process; with ``workers`` > 1,
+    in ``data_dir/auth-connections``, which every auth process on the host (and a graceful reload's
+    next generation) counts in, so the cap configured is the host's."""
+    if workers <= 1:
+        return ConnectionCap(max_connections, "auth_service")
+    return SharedConnectionCap(max_connections, "auth_service", data_dir / SHARED_CAPS_FILE)
