@@ -4,19 +4,20 @@ counts them in a file every process serving the same listening socket on this ho
 worker processes, and both generations of them during a graceful reload), so the cap configured is
 the cap of the host, not of each process.
 
-The shared file is a header, :data:`SLOTS` counters (one per process: how many connections it has
-open) and, after them, one *liveness byte* per slot. A process claims a slot when it opens the
-file: the first slot whose liveness byte it can lock (an open-file-description lock, ``F_OFD_SETLK``,
-held for the process's life and dropped by the kernel when the process ends, however it ends); its
-counter is zeroed then. An admission locks the counters (``fcntl.lockf``, at most
-:data:`~teleport_core.net.shared_rates.LOCK_WAIT`), reads them, refuses when their sum is at the
-cap, else writes its own slot one higher: one lock, one read, one write, one unlock. A process
-that died leaves its count behind: when the sum reaches the cap, the slots whose liveness byte
-nobody holds (``F_OFD_GETLK``) are zeroed before the decision, and a process claiming such a slot
-zeroes it. A process's own count is kept in memory and its slot is a copy: a close that cannot
+The shared file is a header (with the sum of the counts), :data:`SLOTS` counts (one per process:
+how many connections it has open) and, after them, one *liveness byte* per slot. A process claims a
+slot when it opens the file: the first slot whose liveness byte it can lock (an
+open-file-description lock, ``F_OFD_SETLK``, held for the process's life and dropped by the kernel
+when the process ends, however it ends); its count is taken out of the sum then. An admission locks
+the counts (``fcntl.lockf``, at most :data:`~teleport_core.net.shared_rates.LOCK_WAIT`), reads the
+sum, refuses when it is at the cap, else writes its own count and the sum one higher (a close, one
+lower): a lock, a read, two writes and an unlock, about 12 µs of CPU each (docs/scaling.md). A
+process that died leaves its count behind: when the sum reaches the cap, the slots whose liveness
+byte nobody holds (``F_OFD_GETLK``) are zeroed before the decision, and a process claiming such a
+slot zeroes it. A process's own count is kept in memory and its slot is a copy: a close that cannot
 lock the file in time leaves the copy high (the host admits fewer, never more) until the next
-admission or close writes it. Counters that cannot be read in time refuse: a cap that cannot
-count denies.
+admission or close writes it. Counters that cannot be read in time refuse: a cap that cannot count
+denies.
 
 One event loop calls a cap (the listener's): neither class takes a thread lock.
 """
