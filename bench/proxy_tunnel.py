@@ -28,13 +28,15 @@ from proxy_helpers import CLUSTER, LOGIN, NODE_TOKEN, Env, free_port, profile_ss
 TELEPORT = str(Path(sys.executable).with_name("teleport"))
 
 
-def _start_node(env: Env, root: Path, name: str, tunnel: bool) -> tuple[subprocess.Popen[bytes], Path]:
+def _start_node(env: Env, root: Path, name: str, tunnel: bool,
+                ssh_extra: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    """A node process; ``ssh_extra`` is added to its ``ssh_service`` section."""
     folder = root / name
     folder.mkdir()
     teleport: dict[str, Any] = {"data_dir": str(folder / "data"), "nodename": name,
                                 "auth_servers": [env.auth_addr], "auth_token": NODE_TOKEN,
                                 "log": {"output": str(folder / "node.log")}}
-    ssh: dict[str, Any] = {"enabled": True, "labels": {"env": "test"}}
+    ssh: dict[str, Any] = {"enabled": True, "labels": {"env": "test"}, **(ssh_extra or {})}
     if tunnel:
         teleport["proxy_server"] = env.web
     else:

@@ -1,6 +1,7 @@
 """New SSH sessions per second and memory per open idle session: our proxy + node against sshd, in one run.
 
-    python bench/session_scale.py rate [--clients 16,64] [--seconds 15] [--no-profile] [--format text|json]
+    python bench/session_scale.py rate [--clients 16,64] [--seconds 15] [--no-profile] [--gate sshd|default]
+                                       [--format text|json]
     python bench/session_scale.py idle [--sessions 100] [--nodes 1] [--client auto|openssh|asyncssh]
                                        [--sshd-max 500] [--echo-sample 200] [--format text|json]
 
@@ -15,7 +16,16 @@ ones, which do nothing for a non-interactive shell), on both sides alike.
 again and again for ``--seconds``; sessions/s through our proxy to our node with
 ``session_recording: off`` and ``node`` (two nodes; auth is in this process, and the bench sets
 its recording mode before each node starts, as the node reads it once at start), and ``ssh -J``
-through the sshd jump host to sshd; ratio ours/sshd. The three targets take turns at each N. Then
+through the sshd jump host to sshd; ratio ours/sshd. The three targets take turns at each N.
+Both sides get the same connection limits (``--gate sshd``, the default): the harness's sshd has
+``MaxStartups 1000`` and no ``PerSourceMaxStartups``, so our proxy's and nodes'
+``connection_limits`` are ``max_startups: 1000`` and ``per_source_max_startups: 1000`` (the nodes'
+``teleport.yaml``; the proxy runs in this process and its SSH gate takes them before the first
+figure). Our defaults (``--gate default``: 64:30:256 and 32 unauthenticated connections per
+source) are for many clients on many addresses; here every client is 127.0.0.1, so under load the
+per-source cap refused some of ours before the SSH banner while sshd refused none, which measured
+the gate, not the session path. Sessions that failed are counted (``failed sessions``); the limit
+our gates refused with, from their audit events, is shown beside them. Then
 (unless ``--no-profile``) one more unmeasured pass per recording mode with ``py-spy record --gil``
 on the proxy (this process: auth runs in it too, its frames are counted apart) and on the node:
 the GIL-holding time per new session by category (key exchange, certificate checks, auth API
@@ -46,9 +56,20 @@ transport poll. The 5,000-session run also has the proxy's 10 s poll (plugins/pr
     before (load 5 -> 37)      sessions/s off / node   vs sshd curve25519   vs sshd sntrup761
       16 clients               5.2 / 5.1               0.85 / 0.84          1.93 / 1.89
       64 clients               11.5 / 11.5 (12 refused) 1.39 / 1.39         5.75 / 5.75
-    after (load 70-300)
+    after (load 70-300; our default limits against sshd's MaxStartups 1000)
       16 clients               17.5 / 16.0             1.42 / 1.30          5.15 / 4.71
       64 clients               6.5 / 9.1 (27 / 4 refused) 1.12 / 1.57       2.60 / 3.64
+    after, the same limits on both sides (--gate sshd; load 26 -> 34; 0 refused on either side)
+      16 clients               9.1 / 8.8               1.32 / 1.28          5.35 / 5.18
+      64 clients               9.6 / 10.0              1.37 / 1.43          5.33 / 5.56
+
+    The refusals: with our defaults (--gate default) at 64 and 128 clients, load 2 -> 46, none
+    happened; with the per-source cap lowered to 4 (a one-off run), 269 / 340 of ours failed
+    with ``kex_exchange_identification: Connection closed by remote host`` (the gate closing the
+    connection before the banner), and the proxy's and nodes' audit events named
+    ``per_source_max_startups``, the only gate limit one address reaches here (32 per source
+    stays below ``max_startups``' start of 64). The earlier 27 / 4 were, most likely, handshakes
+    slow enough under load 70-300 for 32 of ours to be unauthenticated at once (not reproduced).
 
     py-spy --gil, 16 clients, ms of GIL per new session (after): proxy 19-25 (event loop and
     thread hand-offs 11-13, paramiko packets 3-6, kex 1-2, audit + in-process auth 3-4, cert
@@ -85,6 +106,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import datetime as dt
 import json
 import os
 import re
@@ -114,6 +136,9 @@ USER = "scale"
 PASSWORD = "scale-bench-password-0123456789"
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 PROFILE_HZ = 200
+# ``--gate sshd``: our proxy's and nodes' ``connection_limits`` as the harness's sshd allows
+# (``MaxStartups 1000``, no ``PerSourceMaxStartups``: 1,000 from one source is all of them)
+SSHD_GATE = {"max_startups": "1000", "per_source_max_startups": 1000}
 
 
 # ---------------------------------------------------------------- the cluster
@@ -122,10 +147,20 @@ PROFILE_HZ = 200
 class Cluster:
     """The running harness: proxy (this process), our nodes, the sshd jump host and target."""
 
-    def __init__(self, env: Env, root: Path, login: str) -> None:
+    def __init__(self, env: Env, root: Path, login: str, gate: str = "sshd") -> None:
         self.env = env
         self.root = root
         self.login = login
+        # the nodes' ssh_service section; the proxy runs in this process: its gate takes the same limits
+        self.node_ssh: dict[str, Any] = {"connection_limits": SSHD_GATE} if gate == "sshd" else {}
+        if gate == "sshd":
+            import attrs
+
+            from teleport_core.config.limits import Startups
+
+            gate_of = env.proxy.ssh.gate
+            gate_of.limits = attrs.evolve(gate_of.limits, max_startups=Startups(1000, 100, 1000),
+                                          per_source_max_startups=SSHD_GATE["per_source_max_startups"])
         self.home = root / "tsh"
         self.config = profile_ssh_config(self.home, root / "ssh_config", "Ciphers aes128-gcm@openssh.com")
         # a command-line -o does not reach the -J hop: a config file for the curve25519-only rows
@@ -145,7 +180,7 @@ class Cluster:
         auth = self.env.auth_handle.process.services["auth_service"]
         auth.settings = attrs.evolve(auth.settings, session_recording=recording)
         for name in names:
-            self.nodes[name], _ = _start_node(self.env, self.root, name, tunnel=False)
+            self.nodes[name], _ = _start_node(self.env, self.root, name, tunnel=False, ssh_extra=self.node_ssh)
         _wait_ready(self.env, names)
         for name in names:
             log = (self.root / name / "node.log").read_text(errors="replace")
@@ -175,13 +210,13 @@ class Cluster:
 
 
 @contextmanager
-def cluster(root: Path, login: str) -> Iterator[Cluster]:
+def cluster(root: Path, login: str, gate: str = "sshd") -> Iterator[Cluster]:
     with running_env(_Dirs(root)) as env:  # type: ignore[arg-type, unused-ignore]
         env.signup(USER, ["dev"], [login], PASSWORD)
         done = env.login(root / "tsh", USER)
         if done.returncode != 0:
             raise SystemExit(done.stderr)
-        running = Cluster(env, root, login)
+        running = Cluster(env, root, login, gate)
         try:
             yield running
         finally:
@@ -273,11 +308,18 @@ def run_rate(c: Cluster, clients: list[int], seconds: float, profile: bool) -> d
                "proxy -> node, recording node": c.ours("rate-node")}
     for argv in targets.values():  # warm up, and fail early
         drive_rate(argv, 1, 0.1)
-    out: dict[str, Any] = {"load average before": os.getloadavg()}
+    ours = c.env.proxy.ssh.gate.limits
+    out: dict[str, Any] = {"load average before": os.getloadavg(), "our connection_limits":
+                           f"max_startups {ours.max_startups}, per_source_max_startups {ours.per_source_max_startups}"}
     for n in clients:
         for name, argv in targets.items():
             progress(f"rate: {n} clients, {name}")
+            since = dt.datetime.now(dt.UTC)
             result = drive_rate(argv, n, seconds)
+            if name.startswith("proxy"):
+                refusals = gate_refusals(c, since)
+                if refusals:
+                    out[f"gate refusal events (audit T3007W, 1 per source a minute), {n} clients: {name}"] = refusals
             out[f"sessions/s, {n} clients: {name}"] = result["per_s"]
             out[f"session p50 ms, {n} clients: {name}"] = result["p50_ms"]
             if result["errors"]:
@@ -293,6 +335,37 @@ def run_rate(c: Cluster, clients: list[int], seconds: float, profile: bool) -> d
             progress(f"rate: profiling the proxy and the node, recording {mode}")
             out[f"profile, recording {mode}"] = profile_rate(c, f"rate-{mode}", min(clients), seconds)
     return out
+
+
+def gate_refusals(c: Cluster, since: dt.datetime) -> dict[str, int]:
+    """Which limit our proxy's and nodes' connection gates refused with since ``since``: their audit
+    events (T3007W) by server and limit. A gate audits a source's refusals once a minute (the next
+    event counts those held back), so these say which limit refused, not how many: the client side's
+    ``failed sessions`` is the count (``kex_exchange_identification: Connection closed by remote
+    host``, the gate closing the connection before the SSH banner)."""
+
+    async def search() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        cursor = ""
+        async with c.env.admin() as client:
+            while True:
+                page = await client.search_events(type=["auth"], since=since.isoformat(), limit=5000,
+                                                  cursor=cursor)
+                events.extend(page["events"])
+                cursor = page.get("next_cursor") or ""
+                if not cursor:
+                    return events
+
+    time.sleep(1)  # the servers emit their refusals in the background
+    counts: collections.Counter[str] = collections.Counter()
+    for event in asyncio.run(search()):
+        error = str(event.get("error", ""))
+        limit = re.search(r"\((per_source_max_startups|max_startups [^)]*|max_connections)\)", error)
+        if event.get("code") != "T3007W" or not limit:
+            continue
+        held = re.search(r"\((\d+) more refused", error)
+        counts[f"{event.get('server_hostname')}: {limit.group(1)}"] += 1 + (int(held.group(1)) if held else 0)
+    return dict(counts)
 
 
 def profile_rate(c: Cluster, node: str, clients: int, seconds: float) -> dict[str, Any]:
@@ -625,6 +698,9 @@ def main() -> int:
     parser.add_argument("--clients", default="16,64", help="rate: concurrent client loops, comma-separated")
     parser.add_argument("--seconds", type=float, default=15.0, help="rate: seconds per figure")
     parser.add_argument("--no-profile", action="store_true", help="rate: skip the py-spy pass")
+    parser.add_argument("--gate", choices=("sshd", "default"), default="sshd",
+                        help="our proxy's and nodes' connection_limits: the harness sshd's (MaxStartups 1000, "
+                             "no per-source cap) or our defaults (64:30:256, 32 per source)")
     parser.add_argument("--sessions", type=int, default=100, help="idle: sessions open at once")
     parser.add_argument("--nodes", type=int, default=1, help="idle: our nodes the sessions spread over")
     parser.add_argument("--client", choices=("auto", "openssh", "asyncssh"), default="auto")
@@ -643,7 +719,8 @@ def main() -> int:
     pid_max, pty_max = PID_MAX.read_text(), PTY_MAX.read_text()
     results: dict[str, Any] = {"mode": args.mode, "limits": raise_limits(args.sessions if args.mode == "idle" else 64)}
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-session-scale-") as tmp, cluster(Path(tmp), args.login) as c:
+        with (tempfile.TemporaryDirectory(prefix="bench-session-scale-") as tmp,
+              cluster(Path(tmp), args.login, args.gate) as c):
             if args.mode == "rate":
                 results.update(run_rate(c, clients, args.seconds, not args.no_profile))
             else:
