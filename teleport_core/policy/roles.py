@@ -51,7 +51,7 @@ import datetime as dt
 import difflib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -1050,20 +1050,28 @@ class RoleSet:
             out.extend(login for login in allowed if login not in denied and login not in out)
         return out
 
-    def check_rule(self, kind: str, verb: str, env: Mapping[str, Any] | None = None, *,
-                   filtered: bool = False) -> Decision:
+    def check_rule(self, kind: str, verb: str, env: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+                   *, filtered: bool = False) -> Decision:
         """May the user ``verb`` resources of ``kind``? Deny rules win.
 
         ``env`` (:func:`teleport_core.policy.predicate.environment`): the user and the item that
-        rules with ``where`` are evaluated against (none: every field empty). ``filtered``: the
-        caller checks each item of a listing afterwards, so ``where`` deny rules wait for the items
-        and ``where`` allow rules allow the call."""
-        fields = env if env is not None else environment(roles=self.names, traits=self.traits)
+        rules with ``where`` are evaluated against (none: every field empty), or a function that
+        builds it, called only if a ``where`` is evaluated (a listing checks every item: most roles
+        have no ``where``). ``filtered``: the caller checks each item of a listing afterwards, so
+        ``where`` deny rules wait for the items and ``where`` allow rules allow the call."""
+        built: list[Mapping[str, Any]] = []
+
+        def fields() -> Mapping[str, Any]:
+            if not built:
+                built.append(env() if callable(env) else env if env is not None
+                             else environment(roles=self.names, traits=self.traits))
+            return built[0]
+
         for role in self.roles:
             for rule in role.deny.rules_for(kind, verb):
                 if rule.predicate is None:
                     return Decision.deny(f"role {_quote(role.name)} denies {verb} on {kind}")
-                if not filtered and rule.predicate(fields):
+                if not filtered and rule.predicate(fields()):
                     return Decision.deny(f"role {_quote(role.name)} denies {verb} on {kind} where {rule.where}")
         conditional: list[tuple[Role, Rule]] = []
         for role in self.roles:
@@ -1073,7 +1081,7 @@ class RoleSet:
                 if filtered:
                     return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind} where {rule.where} "
                                           "(each item is checked)")
-                if rule.predicate(fields):
+                if rule.predicate(fields()):
                     return Decision.allow(f"role {_quote(role.name)} allows {verb} on {kind} where {rule.where}")
                 conditional.append((role, rule))
         reason = f"no role allows {verb} on {kind} ({_names(self.roles)})"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -234,8 +235,10 @@ class RoleAuthorizer:
             else:
                 decision = roleset.check_login(request.login, request.labels)
         else:
-            env = environment(user=identity.name, roles=identity.roles, traits=identity.traits, name=request.name,
-                              labels=request.labels, item=request.attributes)
+            def env() -> dict[str, Any]:
+                return environment(user=identity.name, roles=identity.roles, traits=identity.traits,
+                                   name=request.name, labels=request.labels, item=request.attributes)
+
             decision = roleset.check_rule(request.kind, request.verb, env, filtered=request.filtered)
         if decision.allowed:
             return decision

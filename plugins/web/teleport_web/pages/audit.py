@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import re
@@ -202,15 +203,21 @@ async def audit(page: Page) -> Response:
     base = page.url("audit")
     kept_limit = {"limit": str(limit)} if limit != PAGE_SIZE else {}
     first = wanted.params(**kept_limit)
+
+    @functools.cache  # a page's events share few users, nodes and sessions: each link is built once
+    def narrowing(name: str, value: str) -> str:
+        return _link(base, wanted.params(**{name: value}, **kept_limit))
+
+    def narrowed(name: str, value: Any) -> str:
+        return narrowing(name, str(value)) if value else ""  # a foreign event's value may be any JSON
+
     rows = []
     for event in events:
         rows.append(Row(
             event, str(event.get("time", "")).replace("T", " ").replace("Z", ""), summary(event),
             json.dumps(event, indent=2, ensure_ascii=False),
-            _link(base, wanted.params(user=str(event.get("user", "")), **kept_limit)) if event.get("user") else "",
-            _link(base, wanted.params(node=str(event.get("server_hostname", "")), **kept_limit))
-            if event.get("server_hostname") else "",
-            _link(base, wanted.params(sid=str(event.get("sid", "")), **kept_limit)) if event.get("sid") else ""))
+            narrowed("user", event.get("user", "")), narrowed("node", event.get("server_hostname", "")),
+            narrowed("sid", event.get("sid", ""))))
     exports = {name: _link(page.url("audit/export"), wanted.params(format=name)) for name in FORMATS}
     return page.render(
         "audit.html", nav="audit", rows=rows, filter=wanted, presets=PRESETS, limit=limit, number=number,
