@@ -30,7 +30,8 @@ A round sends one request per node, all client processes at once. Reported per s
 - auth CPU seconds (user + system, from ``/proc/<pid>/stat`` of the auth processes and their
   children) per 1,000 nodes per period: one keepalive round is one period's work;
 - backend writes per keepalive and the backend write rate per 1,000 nodes on a 30 s period (from
-  the auth servers' ``backend_requests`` metric on their diagnostics endpoint);
+  the auth servers' ``backend_requests`` metric on their diagnostics endpoint); on etcd, the mean
+  batch size by operation (requests per etcd call, from ``teleport_etcd_batch_size``);
 - the raw primitive measured in the same run, ``Backend.keep_alive`` called in this process on the
   same kind of backend (16 tasks), and the API's keepalive rate as a ratio of it;
 - that every auth server lists every simulated node afterwards (else the run fails);
@@ -243,6 +244,21 @@ class AuthServer:
             if family.name == "backend_requests":
                 for sample in family.samples:
                     found[sample.labels["req"]] = found.get(sample.labels["req"], 0.0) + sample.value
+        return found
+
+    def etcd_batches(self) -> dict[str, tuple[float, float]]:
+        """``teleport_etcd_batch_size`` of this auth server by operation: (requests carried, etcd calls)."""
+        text = httpx.get(f"{self.diag}/metrics", timeout=10).text
+        found: dict[str, tuple[float, float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "teleport_etcd_batch_size":
+                for sample in family.samples:
+                    carried, calls = found.get(sample.labels["operation"], (0.0, 0.0))
+                    if sample.name.endswith("_sum"):
+                        carried += sample.value
+                    elif sample.name.endswith("_count"):
+                        calls += sample.value
+                    found[sample.labels["operation"]] = (carried, calls)
         return found
 
 
@@ -497,6 +513,7 @@ def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: 
     threads_before = [thread_cpu(a.proc.pid) for a in auths]
     clients_before = sum(tree_cpu(c.pid) for c in clients.procs)
     writes_before = [a.backend_writes() for a in auths]
+    batches_before = [a.etcd_batches() for a in auths]
     start = time.perf_counter()
     answers = clients.phase(name)
     seconds = time.perf_counter() - start
@@ -512,6 +529,13 @@ def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: 
     write_ops = ("put", "create", "update", "compare_and_swap", "conditional_update", "delete",
                  "conditional_delete", "keep_alive", "atomic_write")
     backend_writes = sum(writes.get(op, 0.0) for op in write_ops)
+    batched: dict[str, list[float]] = {}  # etcd: requests carried and etcd calls made, by operation
+    for auth, seen in zip(auths, batches_before, strict=True):
+        for op, (carried, calls) in auth.etcd_batches().items():
+            was = seen.get(op, (0.0, 0.0))
+            total = batched.setdefault(op, [0.0, 0.0])
+            total[0] += carried - was[0]
+            total[1] += calls - was[1]
     stop_profilers(spies)
     per_thousand = nodes / 1000
     failures = [a["first_failure"] for a in answers if a["first_failure"]]
@@ -527,6 +551,8 @@ def measured_round(name: str, clients: Clients, auths: list[AuthServer], nodes: 
         "backend_writes_per_second_per_1000_nodes": round(backend_writes / per_thousand / PERIOD, 2),
         "keep_alive_writes": int(writes.get("keep_alive", 0)), "put_writes": int(writes.get("put", 0)),
         "retried": sum(a["retried"] for a in answers), "reannounced": sum(a["reannounced"] for a in answers),
+        **({"etcd_mean_batch_size": {op: round(carried / calls, 2) for op, (carried, calls) in batched.items()
+                                     if calls}} if batched else {}),
         **({"first_failure": failures[0]} if failures else {}),
         **({"profile": profile_summary([Path(f"{profile}.{a.proc.pid}") for a in auths])} if profile else {}),
     }
