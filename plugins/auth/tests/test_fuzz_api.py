@@ -3,7 +3,9 @@ identity (the auth server's own, role Admin) and with a read-only user (list/rea
 Any 5xx, dropped connection, or answer that breaks the declared status codes or schemas fails.
 
 The run is bounded (a few derandomized examples per operation and generation mode, valid and
-invalid); its figures are printed (``-s``) and recorded in docs/testing.md.
+invalid); its figures are printed (``-s``) and recorded in docs/testing.md. One run sends each
+generated request as both identities (``fuzz_each``: generating the examples is most of the CPU,
+so they are generated once); each test checks its identity's report.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from teleport_core.api.client import AuthClient, load_identity_dir
@@ -21,7 +24,7 @@ from teleport_core.pki import keys
 from teleport_core.pki.identity import LocalIdentity
 from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
-from teleport_core.testing.fuzzing import FuzzReport, fuzz
+from teleport_core.testing.fuzzing import FuzzReport, fuzz_each
 
 CLUSTER = "example.com"
 READER_ROLE = {"kind": "role", "version": "v7", "metadata": {"name": "fuzz-reader"},
@@ -67,22 +70,21 @@ def _report(title: str, report: FuzzReport) -> None:
     print(f"\nschemathesis, auth API, {title}: {report.summary()}")
 
 
-# about 85 operations x 2 modes x 12 examples: over five minutes alone on a loaded 2-core machine
-@pytest.mark.timeout(1200)
-def test_fuzz_auth_api_as_admin(auth: Auth, tmp_path: Path) -> None:
+@attrs.frozen
+class Run:
+    doc: dict[str, Any]
+    admin: FuzzReport
+    reader: FuzzReport
+
+
+# about 85 operations x 2 modes x 12 examples x 2 identities: minutes on a loaded 2-core machine
+@pytest.fixture(scope="module")
+def run(auth: Auth, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The fuzz run, as the admin identity (the auth server's own) and as the read-only user."""
+    folder = tmp_path_factory.mktemp("fuzz-certs")
     doc = auth.run(lambda admin: admin.call("GET", "/v1/openapi.json"))
     identity = LocalIdentity.load(auth.root / "keys" / "auth")
-    cert = _pair(tmp_path / "admin", identity.tls_cert_pem, identity.key_pem)
-    report = fuzz(doc, auth.url, cert=cert, max_examples=MAX_EXAMPLES, exclude=ADMIN_EXCLUDE)
-    _report("admin identity", report)
-    assert report.operations >= len(doc["paths"]) and report.requests > 0
-    assert report.ok, report.summary()
-    assert auth.run(lambda admin: admin.ping())["cluster_name"] == CLUSTER  # still serving
-
-
-@pytest.mark.timeout(1200)
-def test_fuzz_auth_api_as_read_only_user(auth: Auth, tmp_path: Path) -> None:
-    doc = auth.run(lambda admin: admin.call("GET", "/v1/openapi.json"))
+    admin_cert = _pair(folder / "admin", identity.tls_cert_pem, identity.key_pem)
     key = keys.generate_private_key("ed25519")
 
     async def reader(admin: AuthClient) -> dict[str, Any]:
@@ -91,9 +93,25 @@ def test_fuzz_auth_api_as_read_only_user(auth: Auth, tmp_path: Path) -> None:
         return await admin.sign_user_cert("fuzz-reader", keys.public_key_openssh(key))
 
     signed = auth.run(reader)
-    cert = _pair(tmp_path / "reader", signed["tls_cert"].encode(), keys.private_key_pem(key))
-    report = fuzz(doc, auth.url, cert=cert, max_examples=MAX_EXAMPLES)
-    _report("read-only user", report)
+    reader_cert = _pair(folder / "reader", signed["tls_cert"].encode(), keys.private_key_pem(key))
+    reports = fuzz_each(doc, auth.url, {"admin": admin_cert, "reader": reader_cert}, max_examples=MAX_EXAMPLES,
+                        exclude={"admin": ADMIN_EXCLUDE})
+    _report("admin identity", reports["admin"])
+    _report("read-only user", reports["reader"])
+    return Run(doc, reports["admin"], reports["reader"])
+
+
+@pytest.mark.timeout(1800)
+def test_fuzz_auth_api_as_admin(auth: Auth, run: Run) -> None:
+    report = run.admin
+    assert report.operations >= len(run.doc["paths"]) and report.requests > 0
+    assert report.ok, report.summary()
+    assert auth.run(lambda admin: admin.ping())["cluster_name"] == CLUSTER  # still serving
+
+
+@pytest.mark.timeout(1800)
+def test_fuzz_auth_api_as_read_only_user(auth: Auth, run: Run) -> None:
+    report = run.reader
     assert report.ok, report.summary()
     assert 403 in report.statuses  # the writes were refused
     roles = auth.run(lambda admin: admin.get_roles())
