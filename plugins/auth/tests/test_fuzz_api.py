@@ -26,6 +26,7 @@ from teleport_core.plugins import make_plugins
 from teleport_core.testing.cluster import start_cluster
 from teleport_core.testing.fuzzing import FuzzReport, fuzz_each
 
+pytestmark = pytest.mark.slow  # minutes on a loaded machine: scheduled among the first files
 CLUSTER = "example.com"
 READER_ROLE = {"kind": "role", "version": "v7", "metadata": {"name": "fuzz-reader"},
                "spec": {"allow": {"rules": [{"resources": ["*"], "verbs": ["list", "read"]}]}}}
