@@ -171,10 +171,13 @@ def test_a_batch_etcd_refuses_counts_one_retry_and_its_requests_again(tmp_path: 
             doomed = later(120)  # a lease window of its own
             await b.put(Item(b"/bm/doomed", b"x", doomed))
             await b.put(Item(b"/bm/plain", b"p"))
-            await asyncio.gather(*(b.keep_alive(key(i), later(15)) for i in range(count)))  # remembered now
+            # every key remembered now, /bm/plain too: no call below reads first or waits for a lease, so all
+            # reach the batcher in one turn (the first goes alone, the other 20 together, the revoked lease too)
+            await asyncio.gather(*(b.keep_alive(k, later(15)) for k in [*map(key, range(count)), b"/bm/plain"]))
             await asyncio.to_thread(revoke_lease_of, etcd, b.prefix + b"/bm/doomed")  # type: ignore[attr-defined]
-            mark = Counts(registry)
             expires = later(20)
+            await b.put(Item(b"/bm/granted", b"g", expires))  # that window's lease granted: no call below waits
+            mark = Counts(registry)
             calls: list[Any] = [b.keep_alive(key(i), expires) for i in range(count)]
             calls.insert(10, b.keep_alive(b"/bm/plain", doomed))  # carries the revoked lease
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
