@@ -30,8 +30,15 @@ if [ -d "$(dirname "$shim_lock")" ]; then
   watchdog=$!
   trap 'kill "$watchdog" 2>/dev/null || true' EXIT
 fi
+# Bytecode: where the environment sets PYTHONDONTWRITEBYTECODE (these machines do), nothing was
+# cached, and each of the thousands of processes the tests start (`teleport start`, tsh, tctl)
+# compiled the project's modules again, as each worker did every test module: 15-20% of the CPU
+# of a test that runs the CLIs. The __pycache__ directories are git-ignored and never packaged.
+unset PYTHONDONTWRITEBYTECODE
 # Most tests wait on processes, sockets and timers, not the CPU: more workers than the two cores
 # (TEST_WORKERS=0 runs them in this one process). --dist loadfile keeps a test file on one worker,
-# so a module's cluster starts once; docs/testing.md says how tests stay parallel-safe.
-"$BIN/pytest" -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" --dist loadfile --durations=20 \
-  tests plugins/*/tests examples/*/tests "${@:2}"
+# so a module's cluster starts once; docs/testing.md says how tests stay parallel-safe. The queue
+# of files is the collection order, where tests/conftest.py puts the files of `slow` tests first
+# (xdist's default reorder, by number of tests, started the longest files last).
+"$BIN/pytest" -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder \
+  --durations=20 tests plugins/*/tests examples/*/tests "${@:2}"

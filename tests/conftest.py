@@ -13,6 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files holding a ``slow`` test first, each file's tests kept in order (a stable sort).
+
+    Under ``--dist loadfile`` a worker takes the next file of the queue as it frees up
+    (``scripts/test.sh`` passes ``--no-loadscope-reorder``: xdist's default queue, by number of
+    tests, put the files of a few long tests last, and the run ended on them). Long files first,
+    the many short ones fill the workers in at the end. Called with every collected item, whichever
+    directory they come from (a conftest's collection hook is not limited to its directory).
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 def make_distribution(site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
     """Write an installed-looking distribution (dist-info + modules) into ``site``."""
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
