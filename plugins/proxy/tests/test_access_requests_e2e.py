@@ -163,10 +163,12 @@ def request_doc(env: RequestEnv, request_id: str) -> dict[str, Any]:
 
 
 def pending_of(env: RequestEnv, user: str, seen: set[str]) -> str:
-    """The ID of ``user``'s new pending request (one not in ``seen``), once auth has it."""
+    """The ID of ``user``'s new pending request (one not in ``seen``), once auth has it. Polled
+    through the admin API (what ``tctl requests ls`` reads): a tctl process per poll, every 50 ms
+    while tsh starts and logs in, cost more CPU than the rest of the wait."""
 
     def find() -> str:
-        docs = yaml.safe_load(tctl(env, "requests", "ls", "--format=yaml").stdout) or []
+        docs = (env.call("call", "GET", "/v1/access_requests") or {}).get("items") or []
         found = [d["metadata"]["name"] for d in docs if d["spec"]["user"] == user
                  and d["spec"]["state"] == "PENDING" and d["metadata"]["name"] not in seen]
         return found[0] if found else ""
