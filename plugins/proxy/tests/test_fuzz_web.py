@@ -21,7 +21,8 @@ from teleport_core.files import write_private
 from teleport_core.pki import keys
 from teleport_core.testing.fuzzing import FuzzReport, fuzz_each
 
-pytestmark = pytest.mark.slow  # minutes on a loaded machine: scheduled among the first files
+# minutes on a loaded machine: scheduled among the first files; the first test's setup runs both fuzzers
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MAX_EXAMPLES = 25
 DOC = "/v1/webapi/openapi.json"
 
