@@ -35,6 +35,7 @@ from teleport_core.testing.fulldisk import fill, small_tmpfs
 from teleport_core.testing.metrics import scrape, total
 from teleport_core.testing.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # scheduled among the first files (docs/testing.md)
 PENDING = re.compile(r'^teleport_audit_events_pending\{service="auth"\} (\S+)$', re.MULTILINE)
 REFUSED = re.compile(r"^ERROR: audit log unavailable: cannot write the audit spool .*auth-audit-spool: "
                      r"No space left on device$")

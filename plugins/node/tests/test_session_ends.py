@@ -32,7 +32,7 @@ from teleport_core.api.client import AuthClient, load_identity_dir
 from teleport_core.state.audit import new_event, parse_time
 from teleport_core.testing.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # slow: scheduled among the first files
 
 SHUTDOWN_LINE = "teleport: the node is shutting down; this session ends (session {sid})"
 

@@ -27,7 +27,7 @@ from proxy_helpers import CLUSTER, LOGIN, Env, Sshd, free_port
 
 from teleport_core.testing.impostor import RecordingTLSServer, forge_tls_host_cert
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # slow: scheduled among the first files
 
 PASSWORD = "correct horse battery staple"
 
