@@ -27,7 +27,6 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import ssh
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -38,9 +37,9 @@ from teleport_auth.authority import (
     name_attribute,
     quiet_long_name_warnings,
     random_serial,
-    signature_hash,
 )
 from teleport_auth.sshcert import sign_certificate
+from teleport_auth.x509cert import sign_leaf
 from teleport_core.errors import AuthenticationFailed
 from teleport_core.pki import keys
 from teleport_core.pki.certs import CertFormat, CertRequest, CertType, apply_plugins
@@ -441,16 +440,6 @@ def _name_of(name: str, roles: tuple[str, ...], logins: tuple[str, ...], route: 
     return x509.Name(rdns)
 
 
-@functools.lru_cache(maxsize=16)
-def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    """The AuthorityKeyIdentifier of what ``ca_cert`` signs (kept per CA certificate)."""
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
-
-
 def _sign_tls(
     ca: CertAuthority,
     request: CertRequest,
@@ -460,40 +449,11 @@ def _sign_tls(
 ) -> tuple[bytes, int]:
     signer, ca_cert = ca.tls_signer()
     serial = random_serial()
-    aki = _authority_key_id(ca_cert)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(subject_key)
-        .serial_number(serial)
-        .not_valid_before(request.valid_after)
-        .not_valid_after(request.valid_before)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(aki, critical=False)
+    data = sign_leaf(  # the same bytes as cryptography's CertificateBuilder, a fraction of its cost
+        signer, ca_cert, subject=subject, public_key=subject_key, serial=serial, not_before=request.valid_after,
+        not_after=request.valid_before, sans=sans,
     )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    cert = builder.sign(signer, signature_hash(signer))
-    return cert.public_bytes(serialization.Encoding.PEM), serial
+    return data, serial
 
 
 def issue_tls_user_cert(
