@@ -19,27 +19,12 @@ from typing import Any
 import attrs
 import orjson
 
-from teleport_core.state.audit import AuditError, AuditEvent
+from teleport_core.state.audit import AuditError, AuditEvent, event_line
 
 DAY_MS = 86_400_000
 RESERVED = ("event", "code", "uid", "time")
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-_QUOTE = json.encoder.encode_basestring_ascii  # a str as a JSON string, as _ENCODER writes it
-
-
-def _not_serializable(value: object) -> Any:
-    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
-
-
-# _ENCODER's C encoder, made once rather than per call (as ``JSONEncoder.encode`` does): no
-# circular-reference markers (shared by threads), so a cycle ends as a RecursionError instead.
-_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
-_FIELDS: Any = (
-    _C_ENCODER(None, _not_serializable, _QUOTE, None, ":", ",", False, False, False)
-    if _C_ENCODER is not None
-    else (lambda value, _level: (_ENCODER.encode(value),))
-)
-_SECOND: tuple[int, str, dt.date, int] = (-1 << 62, "", dt.date(1970, 1, 1), 0)
+_SECOND: tuple[int, dt.date, int] = (-1 << 62, dt.date(1970, 1, 1), 0)
 _STR = rb'[^"\\\n]*(?:\\.[^"\\\n]*)*'  # the inside of a JSON string, escapes included
 # A whole line as this module writes it: groups uid (still JSON-escaped), date, time of day.
 LINE = re.compile(
@@ -104,11 +89,10 @@ def day_start_ms(day: dt.date) -> int:
 def encode(event: AuditEvent) -> Encoded:
     """The stored line of ``event``; :class:`AuditError` if it cannot be stored as JSON.
 
-    The bytes are those of :func:`teleport_core.state.audit.event_line` (``to_dict`` encoded
-    compactly), built without the intermediate dict: the four leading strings are escaped
-    directly and only ``fields`` goes through the JSON encoder; the day and time code come from
-    the time itself, not from re-reading the line. Anything unusual (a field that is not a
-    ``str``, ``fields`` not a ``dict``) takes the general path, checked by :data:`LINE`."""
+    The bytes are :func:`teleport_core.state.audit.event_line`'s (``to_dict`` encoded compactly,
+    built without the intermediate dict); the day and time code come from the time itself, not
+    from re-reading the line. Anything unusual (a field that is not a ``str``, ``fields`` not a
+    ``dict``) takes the general path, checked by :data:`LINE`."""
     fields = event.fields
     if fields and not fields.keys().isdisjoint(RESERVED):
         clash = next(key for key in RESERVED if key in fields)
@@ -119,33 +103,23 @@ def encode(event: AuditEvent) -> Encoded:
     if (type(event.event) is not str or type(event.code) is not str or type(event.uid) is not str
             or type(fields) is not dict or not isinstance(when, dt.datetime)):
         return _encode_slowly(event)
+    try:
+        line = event_line(event)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit event {event.event} ({event.uid}) is not JSON-serializable: {exc}") from None
     utc = when if when.tzinfo is dt.UTC else when.astimezone(dt.UTC)
     micros = utc.microsecond
     second = round(utc.timestamp() - micros / 1e6)  # exact: the float is within 1e-6 of it
     cached = _SECOND
     if cached[0] != second:
         cached = _second_of(utc, second)
-    millis = micros // 1000
-    head = (f'{{"event":{_QUOTE(event.event)},"code":{_QUOTE(event.code)},"uid":{_QUOTE(event.uid)},'
-            f'"time":"{cached[1]}.{millis:03d}Z"')
-    if fields:
-        try:
-            rest = "".join(_FIELDS(fields, 0))
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise AuditError(f"audit event {event.event} ({event.uid}) is not JSON-serializable: {exc}") from None
-        text = f"{head},{rest[1:]}\n"
-    else:
-        text = head + "}\n"
-    return Encoded(text.encode("ascii"), event.uid, cached[2], cached[3] + millis, event.event, event.user,
-                   event.sid)
+    return Encoded(line, event.uid, cached[1], cached[2] + micros // 1000, event.event, event.user, event.sid)
 
 
-def _second_of(utc: dt.datetime, second: int) -> tuple[int, str, dt.date, int]:
-    """(Unix second, its ``YYYY-MM-DDTHH:MM:SS``, day, time code) of ``utc``, kept as the last one
-    (events come in bursts within a second: formatting the time is most of a line's cost)."""
+def _second_of(utc: dt.datetime, second: int) -> tuple[int, dt.date, int]:
+    """(Unix second, day, time code) of ``utc``, kept as the last one (events come in bursts)."""
     global _SECOND
-    _SECOND = (second, utc.isoformat(timespec="seconds")[:19], utc.date(),
-               (utc.hour * 100 + utc.minute) * 100000 + utc.second * 1000)
+    _SECOND = (second, utc.date(), (utc.hour * 100 + utc.minute) * 100000 + utc.second * 1000)
     return _SECOND
 
 

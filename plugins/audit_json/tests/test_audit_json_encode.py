@@ -1,5 +1,5 @@
-"""The append path's encoder: byte for byte what ``event_line`` (``to_dict`` through the JSON
-encoder) writes, with the day and time code the reader derives from the line; and the reading of
+"""The append path's encoder: byte for byte what ``event_line_slowly`` (``to_dict`` through the
+JSON encoder) writes, with the day and time code the reader derives from the line; and the reading of
 the spool's lines (``emit_lines``) without regular expressions, as they read them."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 from teleport_audit_json.index import _line_record_slowly, _plain_record, line_record
 from teleport_audit_json.lines import LINE, Encoded, encode, tc_from_text
 
-from teleport_core.state.audit import AuditError, AuditEvent, event_line, new_event
+from teleport_core.state.audit import AuditError, AuditEvent, event_line, event_line_slowly, new_event
 
 
 def _expected(e: AuditEvent) -> tuple[bytes, dt.date, int]:
-    line = event_line(e)
+    line = event_line_slowly(e)
     match = LINE.match(line)
     assert match is not None
     return line, dt.date.fromisoformat(match.group(2).decode()), tc_from_text(match.group(3))
