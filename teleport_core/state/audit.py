@@ -99,6 +99,18 @@ def parse_time(text: str) -> dt.datetime:
 _FIXED = ("event", "code", "uid", "time")  # the fields of every event, outside ``fields``
 
 
+def record_time(record: Mapping[str, Any]) -> dt.datetime:
+    """The time of an event's record (its JSON object, :meth:`AuditEvent.to_dict`); ``ValueError``
+    when the record is not an event, as :meth:`AuditEvent.from_dict` refuses it."""
+    time = record.get("time")
+    if (type(time) is not str or type(record.get("event")) is not str or type(record.get("code")) is not str
+            or type(record.get("uid")) is not str):
+        missing = [k for k in _FIXED if not isinstance(record.get(k), str)]
+        if missing:
+            raise ValueError(f"audit event lacks {', '.join(missing)}")
+    return parse_time(str(time))
+
+
 @attrs.frozen
 class AuditEvent:
     """One audit event: ``event``, ``code``, ``uid``, ``time`` plus Teleport's other fields
@@ -118,16 +130,15 @@ class AuditEvent:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
-        """Inverse of :meth:`to_dict`; ``ValueError`` when a required field is missing."""
+    def from_dict(cls, data: Mapping[str, Any], time: dt.datetime | None = None) -> AuditEvent:
+        """Inverse of :meth:`to_dict`; ``ValueError`` when a required field is missing.
+        ``time``: what :func:`record_time` already read of ``data`` (not parsed again)."""
         rest = dict(data)  # the other fields, in their order (one copy: this runs for every event a search reads)
-        event, code, uid, time = (rest.pop("event", None), rest.pop("code", None), rest.pop("uid", None),
-                                  rest.pop("time", None))
-        if type(event) is not str or type(code) is not str or type(uid) is not str or type(time) is not str:
-            missing = [k for k in _FIXED if not isinstance(data.get(k), str)]
-            if missing:
-                raise ValueError(f"audit event lacks {', '.join(missing)}")
-        return cls(str(event), str(code), str(uid), parse_time(str(time)), rest)
+        event, code, uid = rest.pop("event", None), rest.pop("code", None), rest.pop("uid", None)
+        rest.pop("time", None)
+        if time is None or type(event) is not str or type(code) is not str or type(uid) is not str:
+            time = record_time(data)
+        return cls(str(event), str(code), str(uid), time, rest)
 
     @property
     def user(self) -> str:
@@ -139,6 +150,16 @@ class AuditEvent:
 
 
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+_RECORD_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def record_line(record: Mapping[str, Any]) -> bytes:
+    """An event's record (:meth:`AuditEvent.to_dict`) as one JSON object, without a newline: compact,
+    ASCII. A NaN or infinity (which no writer of ours stores, see :func:`event_line`, but another
+    writer's line may hold) is written as the json module reads it back."""
+    return _RECORD_ENCODER.encode(record).encode("ascii")
 
 
 _QUOTE = json.encoder.encode_basestring_ascii  # a str as a JSON string, as _LINE_ENCODER writes it
@@ -262,12 +283,35 @@ class AuditQuery:
             and (not self.sid or event.sid == self.sid)
         )
 
+    def matches_record(self, record: Mapping[str, Any], time: dt.datetime) -> bool:
+        """:meth:`matches` for an event's record (its JSON object) and its :func:`record_time`."""
+        return (
+            self.since <= time < self.until
+            and (not self.event_types or record["event"] in self.event_types)
+            and (not self.user or str(record.get("user", "")) == self.user)
+            and (not self.sid or str(record.get("sid", "")) == self.sid)
+        )
+
 
 @attrs.frozen
 class AuditPage:
     """One page of results; ``next_cursor`` is empty when there are no more."""
 
     events: tuple[AuditEvent, ...]
+    next_cursor: str = ""
+
+
+@attrs.frozen
+class AuditLines:
+    """One page of results as JSON (:meth:`AuditSink.search_lines`), for callers that pass events on as JSON.
+
+    ``lines[i]`` is the i-th event as one JSON object (UTF-8, no newline) and ``records[i]`` what
+    ``json.loads`` reads from it: the event's :meth:`~AuditEvent.to_dict`, its ``time`` as
+    :func:`format_time` writes it. ``next_cursor`` is :meth:`AuditSink.search`'s for the same query.
+    """
+
+    lines: tuple[bytes, ...]
+    records: tuple[dict[str, Any], ...]
     next_cursor: str = ""
 
 
@@ -306,6 +350,14 @@ class AuditSink(abc.ABC):
         """Events matching ``query``, oldest first, at most ``query.limit``; pages never skip
         or repeat an event."""
 
+    async def search_lines(self, query: AuditQuery) -> AuditLines:
+        """:meth:`search`'s page as JSON objects (:class:`AuditLines`), what auth's ``GET /v1/events``
+        answers with. This default encodes each event :meth:`search` returns; a sink that stores
+        events as JSON overrides it to return them as stored, without building events."""
+        page = await self.search(query)
+        records = tuple(event.to_dict() for event in page.events)
+        return AuditLines(tuple(map(record_line, records)), records, page.next_cursor)
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Flush and release resources."""
@@ -340,9 +392,16 @@ class AuditLog:
             raise AuditError(f"audit event {event.event} ({event.uid}) not stored: " + "; ".join(failures))
 
     async def search(self, query: AuditQuery) -> AuditPage:
+        return await self._searched().search(query)
+
+    async def search_lines(self, query: AuditQuery) -> AuditLines:
+        """:meth:`search` as JSON objects (:meth:`AuditSink.search_lines`)."""
+        return await self._searched().search_lines(query)
+
+    def _searched(self) -> AuditSink:
         for sink in self.sinks:
             if sink.searchable:
-                return await sink.search(query)
+                return sink
         raise AuditError("no sink of teleport.storage.audit_events_uri can be searched: add a file:// URI "
                          f"(configured: {', '.join(type(s).__name__ for s in self.sinks)})")
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -246,6 +247,45 @@ class AuditSinkConformance:
                 assert _dicts(found) == _dicts([by_uid[uid] for uid in uids])
             first = await sink.search(attrs.evolve(EVERYTHING, limit=100))
             assert len(first.events) == 100 and first.next_cursor, "a full page must offer the next one"
+
+        self.with_sink(teleport_audit_uri, tmp_path, body)
+
+    def test_search_lines_is_search_as_json(self, teleport_audit_uri: str, tmp_path: Path) -> None:
+        """``search_lines`` (what auth's ``GET /v1/events`` answers with) gives ``search``'s pages: the
+        same events in the same order and the same cursors, each event one JSON object (no newline)
+        that reads as its ``to_dict``, and its record what that object reads as."""
+        events = [
+            _event(("exec", "session.start", "user.login")[i % 3], BASE + (i // 2) * MS, user=("alice", "bob")[i % 2],
+                   sid=f"s-{i % 4}", n=i, nested={"list": [1, 2.5, None, True], "text": 'naïve ✓ \u2028 "]},'})
+            for i in range(45)
+        ]
+        queries = [
+            attrs.evolve(EVERYTHING, limit=7),
+            attrs.evolve(EVERYTHING, user="bob", limit=5),
+            attrs.evolve(EVERYTHING, event_types=("exec", "user.login"), limit=100),
+            attrs.evolve(EVERYTHING, since=BASE + 5 * MS, until=BASE + 15 * MS, sid="s-1", limit=2),
+        ]
+
+        async def body(sink: AuditSink) -> None:
+            self.needs_search(sink)
+            await asyncio.gather(*(sink.emit(e) for e in events))
+            for query in queries:
+                cursor, found = "", list[AuditEvent]()
+                while True:
+                    page = await sink.search(attrs.evolve(query, cursor=cursor))
+                    lines = await sink.search_lines(attrs.evolve(query, cursor=cursor))
+                    assert lines.next_cursor == page.next_cursor
+                    assert len(lines.lines) == len(lines.records) == len(page.events)
+                    for line, record, event in zip(lines.lines, lines.records, page.events, strict=True):
+                        assert type(line) is bytes and b"\n" not in line
+                        assert json.loads(line) == record == event.to_dict()
+                    found.extend(page.events)
+                    if not page.next_cursor:
+                        break
+                    cursor = page.next_cursor
+                expected = sorted((e for e in events if query.matches(e)), key=lambda e: e.time)
+                assert expected and sorted(_dicts(found), key=lambda d: (d["time"], d["uid"])) == sorted(
+                    _dicts(expected), key=lambda d: (d["time"], d["uid"]))
 
         self.with_sink(teleport_audit_uri, tmp_path, body)
 

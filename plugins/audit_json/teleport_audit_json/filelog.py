@@ -66,9 +66,28 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from teleport_audit_json.index import DayIndex, Filter, Row, line_record, text_hash, uid_hash
-from teleport_audit_json.lines import DAY_MS, Encoded, decode, encode, tc_from_ms, uid_of
+from teleport_audit_json.lines import (
+    CANONICAL_TIME,
+    DAY_MS,
+    Encoded,
+    decode,
+    decode_record,
+    encode,
+    tc_from_ms,
+    uid_of,
+)
 from teleport_core.errors import ConfigError, TeleportError
-from teleport_core.state.audit import AuditError, AuditEvent, AuditPage, AuditQuery, AuditSink
+from teleport_core.state.audit import (
+    AuditError,
+    AuditEvent,
+    AuditLines,
+    AuditPage,
+    AuditQuery,
+    AuditSink,
+    format_time,
+    record_line,
+    record_time,
+)
 
 log = logging.getLogger("teleport.audit")
 
@@ -692,22 +711,44 @@ class FileAuditLog(AuditSink):
     async def search(self, query: AuditQuery) -> AuditPage:
         return await asyncio.to_thread(self._search, query)
 
+    async def search_lines(self, query: AuditQuery) -> AuditLines:
+        """:meth:`search`'s page as its lines are stored, without building events. A line whose
+        ``time`` is not written as :func:`format_time` writes it (another writer's) is encoded again."""
+        return await asyncio.to_thread(self._search_lines, query)
+
     def _search(self, query: AuditQuery) -> AuditPage:
+        found, cursor = self._page(query)
+        return AuditPage(tuple([AuditEvent.from_dict(record, when) for _, record, when in found]), cursor)
+
+    def _search_lines(self, query: AuditQuery) -> AuditLines:
+        found, cursor = self._page(query)
+        lines: list[bytes] = []
+        records: list[dict[str, Any]] = []
+        for line, record, when in found:
+            if CANONICAL_TIME.fullmatch(record["time"]) is None:
+                record["time"] = format_time(when)
+                line = record_line(record)
+            lines.append(line)
+            records.append(record)
+        return AuditLines(tuple(lines), tuple(records), cursor)
+
+    def _page(self, query: AuditQuery) -> tuple[list[tuple[bytes, dict[str, Any], dt.datetime]], str]:
+        """The (line, record, time) of each event of ``query``'s page, and its ``next_cursor``."""
         if query.limit < 1:
             raise ValueError(f"limit must be positive, got {query.limit}")
         after = Position.decode(query.cursor) if query.cursor else None
         low, high = _floor_ms(query.since), _ceil_ms(query.until)
-        events: list[AuditEvent] = []
+        found: list[tuple[bytes, dict[str, Any], dt.datetime]] = []
         last: tuple[dt.date, tuple[int, str, int]] | None = None  # day, (code, server, offset) of the last event
         for day, files in self._days(low, high, after.day if after else None):
-            with contextlib.closing(self._scan_day(day, files, low, high, after, query)) as found:
-                for position, event in found:
-                    if len(events) == query.limit:
+            with contextlib.closing(self._scan_day(day, files, low, high, after, query)) as rows:
+                for position, line, record, when in rows:
+                    if len(found) == query.limit:
                         assert last is not None
-                        return AuditPage(tuple(events), Position(last[0], *last[1]).encode())
-                    events.append(event)
+                        return found, Position(last[0], *last[1]).encode()
+                    found.append((line, record, when))
                     last = day, position
-        return AuditPage(tuple(events), "")
+        return found, ""
 
     def _days(self, low: int, high: int, first: dt.date | None) -> list[tuple[dt.date, list[tuple[str, Path]]]]:
         """The day files overlapping ``[low, high)`` ms, from day ``first`` on, by day then server."""
@@ -773,8 +814,9 @@ class FileAuditLog(AuditSink):
         high: int,
         after: Position | None,
         query: AuditQuery,
-    ) -> Generator[tuple[tuple[int, str, int], AuditEvent], None, None]:
-        """Matching events of ``day`` in order, after ``after``; a uid twice in one millisecond once."""
+    ) -> Generator[tuple[tuple[int, str, int], bytes, dict[str, Any], dt.datetime], None, None]:
+        """(position, line, record, time) of the matching events of ``day`` in order, after ``after``;
+        a uid twice in one millisecond once."""
         start = _day_start_ms(day)
         first_code = tc_from_ms(max(low - start, 0))
         # the previous page's last event, while this day's events may still come before it
@@ -792,15 +834,17 @@ class FileAuditLog(AuditSink):
             seen_code, seen = -1, set[str]()  # the uids of time code seen_code
             chunk = min(query.limit + 16, 4096)
             candidates = self._candidates(sources, where, first_code, high_code, chunk)
+            matches = query.matches_record
             for code, source, offset, line in candidates:
                 try:
-                    event = decode(line)
+                    record = decode_record(line)
+                    when = record_time(record)
                 except ValueError as exc:
                     self._report_bad(source, offset, str(exc))
                     continue
-                if not query.matches(event):
+                if not matches(record, when):
                     continue
-                uid = event.uid
+                uid = record["uid"]
                 if code != seen_code:
                     seen_code, seen = code, {uid}
                 elif uid in seen:
@@ -812,7 +856,7 @@ class FileAuditLog(AuditSink):
                     if key <= after_key:
                         continue  # returned by an earlier page; read only to know its uid
                     after_key = None  # rows come in key order: every later one is past it too
-                yield key, event
+                yield key, line, record, when
         finally:
             for source in sources:
                 os.close(source.fd)

@@ -136,3 +136,37 @@ def test_a_search_returns_big_integers_and_foreign_values_unchanged(tmp_path, ca
     assert foreign["n"] == 12345678901234567890123 and type(foreign["n"]) is int
     assert foreign["x"] != foreign["x"]  # NaN
     assert f"{path} line 3 is not a valid event" in caplog.text
+
+
+def test_search_lines_are_the_stored_lines(tmp_path) -> None:
+    """``search_lines`` hands out each line as it is stored (the bytes the sink wrote, and another
+    writer's line with its spacing, big integers and NaN as written), except a ``time`` not written
+    as ours are, which is written again; every line reads as what ``search`` returns."""
+    from audit_json_helpers import with_sink
+
+    directory = tmp_path / "log"
+    uri = f"file://{directory}?server_id=auth-1"
+    ours = [event(when=BASE + dt.timedelta(milliseconds=i), user="alice", n=i, text="naïve ✓ \u2028") for i in range(3)]
+    emit_all(uri, ours)
+    path = directory / "auth-1" / "2024-05-01.00:00:00.log"
+    written = path.read_bytes().splitlines()
+    foreign = [
+        b'{"event": "exec", "code": "T3002I", "uid": "spaced", "time": "2024-05-01T12:00:01.000Z", "x": NaN, '
+        b'"n": 12345678901234567890123}',
+        b'{"event":"exec","code":"T3002I","uid":"no-ms","time":"2024-05-01T12:00:02Z","user":"alice"}',
+        b'{"event":"exec","code":"T3002I","uid":"offset","time":"2024-05-01T14:00:03.5+02:00"}',
+        b'{"event":"exec","code":"T3002I","uid":"week","time":"2024-W18-3T12:00:04.000Z"}',
+    ]
+    with path.open("ab") as f:
+        f.write(b"\n".join(foreign) + b"\n")
+
+    async def body(sink: Any) -> tuple[Any, Any]:
+        return await sink.search(EVERYTHING), await sink.search_lines(EVERYTHING)
+
+    page, lines = with_sink(uri, body)
+    assert [e.uid for e in page.events] == [e.uid for e in ours] + ["spaced", "no-ms", "offset", "week"]
+    assert list(lines.lines[:4]) == [*written, foreign[0]]  # byte for byte
+    for line, record, stored_event in zip(lines.lines, lines.records, page.events, strict=True):
+        assert repr(json.loads(line)) == repr(record) == repr(stored_event.to_dict())  # NaN compares by repr
+    assert [json.loads(line)["time"] for line in lines.lines[4:]] == [
+        "2024-05-01T12:00:02.000Z", "2024-05-01T12:00:03.500Z", "2024-05-01T12:00:04.000Z"]

@@ -459,3 +459,47 @@ def test_hostile_bodies_and_times_get_a_4xx_not_a_500(cluster):
             return await admin.get_roles()
 
     assert cluster.run(body)  # the server is still serving
+
+
+def test_events_answer_stored_lines_that_cannot_break_the_json(cluster):
+    """``GET /v1/events`` answers with the sink's stored lines, as they are. A line another writer put
+    in the log is returned with its ``time`` written as ours are; a line that is not one JSON object
+    (one crafted to close the answer's array, or two objects on a line) is skipped, so the answer stays
+    one valid JSON document holding only real events."""
+    foreign = cluster.data_dir / "log" / "foreign-writer"
+    foreign.mkdir(mode=0o700)
+    head = '{"event":"exec","code":"T3002I","uid":"%s","time":"%s","user":"mallory","server_id":"n-9"'
+    ours = head % ("ours", "2024-05-01T12:00:00.000Z") + ',"text":"]},{\\"event\\":\\"x\\"} naïve ✓"}'
+    spaced = json.dumps({"event": "exec", "code": "T3002I", "uid": "spaced", "time": "2024-05-01T12:00:01+00:00",
+                         "user": "mallory", "server_id": "n-9", "big": 2**70})
+    lines = [
+        ours,
+        spaced,
+        head % ("breakout", "2024-05-01T12:00:02.000Z") + '}],"next_cursor":"evil","events":[{"a":1}',
+        head % ("two", "2024-05-01T12:00:03.000Z") + '} ' + head % ("three", "2024-05-01T12:00:03.000Z") + "}",
+        head % ("last", "2024-05-01T12:00:04.000Z") + ',"server_id":"n-8"}',
+    ]
+    (foreign / "2024-05-01.00:00:00.log").write_text("\n".join(lines) + "\n")
+
+    def strict(text: str) -> dict:
+        def refuse(name: str) -> None:
+            raise AssertionError(f"not strict JSON: {name}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    async def body():
+        async with cluster.admin() as admin:
+            window = {"since": "2024-05-01T00:00:00Z", "until": "2024-05-02T00:00:00Z"}
+            everything = await admin._request("GET", "/v1/events", params={**window, "user": "mallory"})
+            assert everything.status_code == 200 and everything.headers["content-type"] == "application/json"
+            by_node = await admin._request("GET", "/v1/events", params={**window, "node": "n-9", "limit": "1"})
+            return strict(everything.text), strict(by_node.text)
+
+    found, first = cluster.run(body)
+    assert [e["uid"] for e in found["events"]] == ["ours", "spaced", "last"]
+    assert found["next_cursor"] == ""
+    assert found["events"][0] == json.loads(ours)
+    assert found["events"][1] == {**json.loads(spaced), "time": "2024-05-01T12:00:01.000Z"}
+    assert type(found["events"][1]["big"]) is int and found["events"][1]["big"] == 2**70
+    assert found["events"][2]["server_id"] == "n-8"  # a later duplicate name reads as the last
+    assert [e["uid"] for e in first["events"]] == ["ours"] and first["next_cursor"]
