@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from teleport_auth.api import build_app
+from teleport_auth.api.hot import HotRoutesApp
 
-from teleport_core.api.client import AuthClient, load_identity_dir
+from teleport_core.api.client import AUTH_SERVER_NAME, AuthClient, load_identity_dir, load_tls
 from teleport_core.errors import AccessDenied, NotFound, TeleportError
 from teleport_core.pki import keys
+from teleport_core.pki.identity import LocalIdentity
 from teleport_core.testing.cluster import start_cluster
 
 pytestmark = pytest.mark.e2e
@@ -110,3 +115,58 @@ def test_bad_sign_requests_are_400(auth: tuple[str, Path], body: dict[str, Any])
             assert "internal error" not in str(info.value)
 
     asyncio.run(run())
+
+
+def test_the_certificate_route_is_hot() -> None:
+    """``POST /v1/certs/user`` skips Starlette's routing and middleware (HotRoutesApp), not the checks
+    of its endpoint wrapper (the tests here and below go through it)."""
+    app = build_app(cast(Any, None))  # the routes do not touch the service until called
+    assert isinstance(app, HotRoutesApp)
+    assert [pattern.pattern for pattern, _ in app.hot["POST"]] == ["^/v1/certs/user$"]
+
+
+def test_certificates_without_a_client_certificate_or_the_permission_are_refused(auth: tuple[str, Path]) -> None:
+    """The attacker: no certificate (401), or a user's own certificate asking for another user's (or its
+    own) certificates through the admin route (403, audited); neither gets a certificate."""
+    async def body() -> None:
+        async with admin(auth) as client:
+            await client.create_user("cp-mallory", ["access"], {"logins": ["mallory"]})
+            await client.create_user("admin-victim", ["access"], {"logins": ["root"]})
+            key = keys.generate_private_key("ed25519")
+            certs = await client.sign_user_cert("cp-mallory", keys.public_key_openssh(key), ttl="1h")
+            mallory = LocalIdentity(keys.private_key_pem(key), certs["tls_cert"].encode(),
+                                    tuple(p.encode() for p in certs["host_ca_pems"]), certs["ssh_cert"])
+            before = len(await cert_events(client, "admin-victim"))
+            async with AuthClient(auth[0], [load_tls(mallory.client_context())]) as attacker:
+                for user in ("admin-victim", "cp-mallory"):
+                    with pytest.raises(AccessDenied):
+                        await attacker.sign_user_cert(user, SUBJECT)
+            anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts the cluster, presents no certificate
+            anonymous.load_verify_locations(cadata="".join(certs["host_ca_pems"]))
+            request = json.dumps({"user": "admin-victim", "public_key": SUBJECT}).encode()
+            status, answer = await raw_post(auth[0], "/v1/certs/user", request, anonymous)
+            assert status == 401 and b"client certificate" in answer
+            now = dt.datetime.now(dt.UTC)
+            denials = (await client.search_events(type="auth", since=(now - dt.timedelta(minutes=10)).isoformat(),
+                                                  until=(now + dt.timedelta(minutes=1)).isoformat(),
+                                                  limit=1000))["events"]
+            refused = [e for e in denials if e.get("user") == "cp-mallory" and e.get("path") == "/v1/certs/user"]
+            assert len(refused) == 2 and all(e["success"] is False for e in refused)
+            assert len(await cert_events(client, "admin-victim")) == before
+
+    asyncio.run(body())
+
+
+async def raw_post(addr: str, path: str, payload: bytes, context: ssl.SSLContext) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST on a fresh TLS connection: the status and the body."""
+    host, _, port = addr.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=AUTH_SERVER_NAME)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {AUTH_SERVER_NAME}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return int(head[9:12]), await reader.readexactly(length)
+    finally:
+        writer.close()

@@ -97,6 +97,8 @@ def build_app(service: AuthState) -> Starlette:
     api = API(service)
     routes = [Route(op.path, getattr(api, op.handler), methods=[op.method]) for op in ROUTES]
     routes.append(Route(OPENAPI_PATH, api.openapi, methods=["GET"]))
-    # the hosts' keepalives skip Starlette's middleware and route matching, not the endpoint's checks
-    hot = [(op.method, op.path, getattr(api, op.handler)) for op in ROUTES if op.handler in inventory.HOT_HANDLERS]
+    # the hosts' keepalives and user certificates skip Starlette's middleware and route matching, not
+    # the endpoint's checks
+    hot_handlers = inventory.HOT_HANDLERS | users.HOT_HANDLERS
+    hot = [(op.method, op.path, getattr(api, op.handler)) for op in ROUTES if op.handler in hot_handlers]
     return HotRoutesApp(routes=routes, hot=hot)

@@ -384,6 +384,10 @@ class UsersAPI(APIBase):
         return await self._certs_for(target, wanted.public_key, duration(wanted.ttl))
 
 
+#: the routes :class:`~teleport_auth.api.hot.HotRoutesApp` dispatches before Starlette's routing (a
+#: certificate pair per call: ``tctl auth sign``, and what the bench of issue 17 measures)
+HOT_HANDLERS = frozenset({"sign_user"})
+
 ROUTES: list[Operation] = [
     Operation("/v1/users", "GET", "list_users", "List users", response=list[UserReply]),
     Operation("/v1/users", "POST", "create_user", "Create a user and its signup invite", body=CreateUserBody,
