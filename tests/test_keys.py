@@ -88,6 +88,46 @@ def test_small_or_unknown_keys_are_refused():
         keys.load_private_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 
 
+def cryptographys_line(key: keys.PrivateKey | keys.PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    public = keys.public_key_of(key)
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def test_openssh_lines_and_blobs_are_cryptographys(key: keys.PrivateKey) -> None:
+    """The direct Ed25519 encoding and parsing give what cryptography's own give, for every key type."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import ssh
+
+    for _ in range(20):
+        line = cryptographys_line(key if not isinstance(key, ed25519.Ed25519PrivateKey)
+                                  else ed25519.Ed25519PrivateKey.generate())
+        public = keys.load_public_key(line)
+        assert keys.public_key_openssh(public) == line
+        assert keys.openssh_blob(public) == base64.b64decode(line.split()[1])
+        reference = ssh.load_ssh_public_identity(line.encode())
+        assert keys.public_key_der(public) == keys.public_key_der(reference)  # type: ignore[arg-type]
+        for variant in (line + " alice@laptop", line + " with spaces in it", "  " + line + "\n"):
+            assert keys.public_key_der(keys.load_public_key(variant)) == keys.public_key_der(public)
+
+
+@pytest.mark.parametrize("line", [
+    "ssh-ed25519",
+    "ssh-ed25519 ",
+    "ssh-ed25519 AAAA",
+    "ssh-ed25519 !!!!",
+    # the blob of an RSA key under the Ed25519 label; a 31-byte key; trailing data after the key
+    "ssh-ed25519 " + cryptographys_line(keys.generate_private_key("rsa2048")).split()[1],
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAHwABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4=",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fAA==",
+])
+def test_malformed_ed25519_lines_are_refused(line: str) -> None:
+    with pytest.raises(UnsupportedKey):
+        keys.load_public_key(line)
+
+
 def test_load_public_key_refuses_certificates(tmp_path):
     ca = keys.generate_private_key("ed25519")
     (tmp_path / "ca").write_bytes(keys.private_key_openssh(ca))

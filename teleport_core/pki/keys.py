@@ -9,6 +9,7 @@ written atomically with mode 0600 from the moment they exist.
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 from typing import TypeAlias
 
@@ -138,9 +139,26 @@ def public_key_of(key: PrivateKey | PublicKey) -> PublicKey:
     return key
 
 
+#: an Ed25519 key's OpenSSH wire blob before its 32 bytes: string "ssh-ed25519", then the key's length
+_ED25519_BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
+_ED25519_LINE = b"ssh-ed25519 "
+
+
+def openssh_blob(key: PrivateKey | PublicKey) -> bytes:
+    """The public key's OpenSSH wire form (RFC 4253 6.6: what the base64 of its line holds)."""
+    public = public_key_of(key)
+    if isinstance(public, ed25519.Ed25519PublicKey):  # cryptography encodes it in Python, for every key type
+        return _ED25519_BLOB + public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return base64.b64decode(line.split(b" ")[1])
+
+
 def public_key_openssh(key: PrivateKey | PublicKey) -> str:
     """The public key as one ``authorized_keys`` line without comment (``ssh-ed25519 AAAA...``)."""
-    return public_key_of(key).public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = public_key_of(key)
+    if isinstance(public, ed25519.Ed25519PublicKey):  # the same line as cryptography's, a fifth of its cost
+        return "ssh-ed25519 " + base64.b64encode(openssh_blob(public)).decode()
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def public_key_pem(key: PrivateKey | PublicKey) -> bytes:
@@ -160,6 +178,10 @@ def load_public_key(data: str | bytes) -> PublicKey:
     """
     raw = data.encode() if isinstance(data, str) else data
     raw = raw.strip()
+    if raw.startswith(_ED25519_LINE):
+        plain = _ed25519_line(raw)
+        if plain is not None:
+            return plain
     key: object
     try:
         if raw.startswith(b"-----BEGIN"):
@@ -173,6 +195,19 @@ def load_public_key(data: str | bytes) -> PublicKey:
     check_supported(key)
     assert isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
     return key
+
+
+def _ed25519_line(raw: bytes) -> ed25519.Ed25519PublicKey | None:
+    """The key of a well-formed ``ssh-ed25519 <base64> [comment]`` line, else None (the general
+    parser then decides, with its errors): exactly the key that parser returns for such a line."""
+    fields = raw.split(b" ", 2)
+    try:
+        blob = binascii.a2b_base64(fields[1], strict_mode=True)
+    except (binascii.Error, IndexError):
+        return None
+    if len(blob) != len(_ED25519_BLOB) + 32 or not blob.startswith(_ED25519_BLOB):
+        return None
+    return ed25519.Ed25519PublicKey.from_public_bytes(blob[len(_ED25519_BLOB):])
 
 
 def ssh_fingerprint(key: PrivateKey | PublicKey) -> str:

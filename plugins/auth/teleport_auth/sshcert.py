@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import ssh
 
+from teleport_core.pki import keys
+
 CERT_SUFFIX = b"-cert-v01@openssh.com"
 MAX_PRINCIPALS = 256  # what the builder allows
 #: subject key types whose OpenSSH public blob is (type, fields) as a certificate embeds them
@@ -58,8 +60,8 @@ def sign_certificate(signer: Any, subject: Any, *, serial: int, cert_type: ssh.S
     ``nonce`` (32 random bytes when None) is only given by tests.
     """
     critical, exts = list(critical_options.items()), list(extensions.items())
-    blob = subject.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split(b" ")
-    key_type: bytes = blob[0]
+    public = keys.openssh_blob(subject)
+    key_type = public[4:4 + struct.unpack(">I", public[:4])[0]]
     ordinary = (isinstance(signer, ed25519.Ed25519PrivateKey) and key_type in SUBJECT_TYPES
                 and 0 < len(principals) <= MAX_PRINCIPALS and 0 <= serial < 2 ** 64
                 and 0 <= valid_after <= valid_before < 2 ** 64
@@ -67,7 +69,6 @@ def sign_certificate(signer: Any, subject: Any, *, serial: int, cert_type: ssh.S
     if not ordinary:
         return _builder(signer, subject, serial, cert_type, key_id, principals, valid_after, valid_before,
                         critical, exts)
-    public = binascii.a2b_base64(blob[1])
     fields = public[4 + len(key_type):]  # the blob without its type string
     prefix = key_type + CERT_SUFFIX
     ca_public = signer.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
