@@ -249,7 +249,9 @@ async def spool_append_rate(directory: Path, total: int, emitters: int) -> tuple
     async def send(data: dict[str, Any]) -> None:
         await sink.emit(AuditEvent.from_dict(data))
 
-    spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines)
+    # as auth's: the spool's writer stores each batch in the sink too, where the sink offers that
+    stores = {"store_lines": sink.emit_lines_now} if getattr(sink, "lines_now", False) else {}
+    spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines, **stores)
     runner = asyncio.create_task(spool.run())
     per = total // emitters
 

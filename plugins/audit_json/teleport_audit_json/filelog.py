@@ -416,6 +416,7 @@ class FileAuditLog(AuditSink):
         self._queue_cond = threading.Condition(self._queue_lock)
         self._queue: list[_Pending] = []
         self._rounds = 0  # batches whose emitters' loops have not run them yet
+        self._direct = 0  # emit_lines_now calls storing now (guarded by _queue_lock)
         self._writer: threading.Thread | None = None
         self._indexer: threading.Thread | None = None
         self._index_wake = threading.Event()  # set: the indexer should flush now
@@ -436,6 +437,36 @@ class FileAuditLog(AuditSink):
         filtered fields read as the index's scan reads them); any other is decoded and encoded
         (:class:`AuditError` if it cannot be stored), and one that is not an event is skipped
         with a warning. One group commit for the batch, durable when this returns."""
+        records = self._records(lines)
+        if records:
+            await self._enqueue(records)
+
+    lines_now = True
+
+    def emit_lines_now(self, lines: Sequence[bytes]) -> None:
+        """:meth:`emit_lines` in the calling thread (the audit spool's writer, right after its own
+        fsync): the batch is appended and fsynced there, under the same per-file lock and ``flock``
+        as the writer thread's batches, de-duplicated by uid the same way. :class:`AuditError` when
+        it cannot be stored."""
+        records = self._records(lines)
+        if not records:
+            return
+        with self._queue_lock:
+            if self._closed:
+                raise AuditError(f"audit log {self.directory} is closed")
+            self._start_threads()  # the indexer inserts these rows too
+            self._direct += 1
+        try:
+            errors = self._store(records)
+        finally:
+            with self._queue_cond:
+                self._direct -= 1
+                self._queue_cond.notify_all()
+        if errors:
+            raise AuditError("; ".join(errors[day] for day in sorted(errors)))
+
+    def _records(self, lines: Sequence[bytes]) -> list[Encoded]:
+        """The :class:`Encoded` of each line that is an event (see :meth:`emit_lines`)."""
         records = []
         for line in lines:
             record = line_record(line)
@@ -446,8 +477,7 @@ class FileAuditLog(AuditSink):
                     log.warning("audit log %s: skipping a line that is not an event (%s)", self.directory, exc)
                     continue
             records.append(record)
-        if records:
-            await self._enqueue(records)
+        return records
 
     def _enqueue(self, records: list[Encoded]) -> asyncio.Future[None]:
         """Queue ``records`` for the writer; the future it resolves once they are on disk (a
@@ -459,13 +489,24 @@ class FileAuditLog(AuditSink):
                 raise AuditError(f"audit log {self.directory} is closed")
             self._queue.append(_Pending(records, loop, done))
             if self._writer is None:
-                self._writer = threading.Thread(target=self._run_writer, name="audit-json-writer", daemon=True)
-                self._writer.start()
-                self._indexer = threading.Thread(target=self._run_indexer, name="audit-json-indexer", daemon=True)
-                self._indexer.start()
+                self._start_threads()
             if not self._rounds:  # else the writer waits for the round's end, which wakes it
                 self._queue_cond.notify()
         return done
+
+    def _start_threads(self) -> None:
+        """Start the writer and indexer threads (with ``_queue_lock`` held), once."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run_writer, name="audit-json-writer", daemon=True)
+            self._writer.start()
+            self._indexer = threading.Thread(target=self._run_indexer, name="audit-json-indexer", daemon=True)
+            self._indexer.start()
+
+    def _wait_direct(self) -> None:
+        """Wait until no :meth:`emit_lines_now` is storing (at close, before the indexes close)."""
+        with self._queue_cond:
+            while self._direct:
+                self._queue_cond.wait()
 
     def _run_writer(self) -> None:
         while True:
@@ -484,20 +525,24 @@ class FileAuditLog(AuditSink):
                 log.exception("audit log %s: the writer failed", self.directory)
                 _settle_all(batch, f"audit log {self.directory}: the writer failed: {exc!r}")
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
+    def _store(self, records: list[Encoded]) -> dict[dt.date, str]:
+        """Append ``records`` to their day files, durably; the error of each day that failed."""
         by_day: dict[dt.date, list[Encoded]] = {}
-        for pending in batch:
-            for record in pending.records:
-                by_day.setdefault(record.day, []).append(record)
+        for record in records:
+            by_day.setdefault(record.day, []).append(record)
         errors: dict[dt.date, str] = {}
-        for day, records in by_day.items():
+        for day, day_records in by_day.items():
             path = self.server_dir / day_file_name(day)
             try:
-                self._append(path, day, records)
+                self._append(path, day, day_records)
             except Exception as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 errors[day] = f"cannot write audit log {path}: {reason}"
                 log.error("%s", errors[day])
+        return errors
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        errors = self._store([record for pending in batch for record in pending.records])
         outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], str]]] = {}
         for pending in batch:
             error = ""
@@ -918,6 +963,7 @@ class FileAuditLog(AuditSink):
             writer, indexer = self._writer, self._indexer
             self._queue_cond.notify_all()
         self._index_wake.set()
+        await asyncio.to_thread(self._wait_direct)
         if writer is not None:
             await asyncio.to_thread(writer.join)
         if indexer is not None:

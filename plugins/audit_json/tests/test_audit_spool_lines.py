@@ -1,6 +1,9 @@
 """Auth's audit path with lines passed through: the spool hands the JSON audit log its lines as
 they are on disk (``send_lines`` / ``AuditSink.emit_lines``), one batch and one group commit at
-a time; emits that wait for delivery share one timer per batch."""
+a time; emits that wait for delivery share one timer per batch. With ``store_lines``
+(``emit_lines_now``, as auth's spool has for the JSON log) the spool's writer thread stores each
+batch in the log right after its own fsync, while delivery is caught up; the same guarantees hold
+either way (the tests run both)."""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import pytest
 from audit_json_helpers import ROOT
 from teleport_audit_json.filelog import FileAuditLog
 
-from teleport_core.state.audit import AuditQuery, new_event
+from teleport_core.state.audit import AuditQuery, event_line, new_event
 from teleport_core.state.audit_spool import AuditSpool
 from teleport_core.testing.audit_suite import search_all
 
@@ -37,10 +42,26 @@ class Log:
         pass
 
 
-def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: Path) -> None:
+def _stores(sink: FileAuditLog, direct: bool, calls: list[int] | None = None) -> dict[str, Any]:
+    """The spool's ``store_lines`` keyword: the sink's ``emit_lines_now`` (counting its calls), or none."""
+    if not direct:
+        return {}
+
+    def store(lines: list[bytes]) -> None:
+        sink.emit_lines_now(lines)
+        if calls is not None:
+            calls.append(len(lines))
+
+    return {"store_lines": store}
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["sender", "writer-stores"])
+def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: Path, direct: bool) -> None:
     async def scenario() -> None:
         sink = FileAuditLog(tmp_path / "log", "auth")
-        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines)
+        calls: list[int] = []
+        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines,
+                           **_stores(sink, direct, calls))
         runner = asyncio.create_task(spool.run())
         events = [new_event("exec", user=f"u{i % 3}", sid=f"s-{i}", command=f"cmd {i}") for i in range(40)]
         await asyncio.gather(*(spool.emit(e, wait_delivered=30) for e in events[:20]))
@@ -58,6 +79,83 @@ def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: P
         assert await again.deliver() == 40  # resent ...
         assert day_file.read_bytes() == spooled  # ... and each uid kept once
         await sink.close()
+        assert sum(calls) == (40 if direct else 0)  # with store_lines, the writer stored every batch
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_direct_store_leaves_the_lines_to_the_sender(tmp_path: Path) -> None:
+    """When the writer's ``store_lines`` fails, the events are still acknowledged as durable (in
+    the spool), and the sender delivers them from the file, in order and once; the writer stores
+    again once delivery has caught up."""
+    fail = True
+    stored: list[bytes] = []
+    direct: list[int] = []
+
+    def store_lines(lines: list[bytes]) -> None:
+        if fail:
+            raise OSError("the log's disk is gone")
+        stored.extend(lines)
+        direct.append(len(lines))
+
+    async def send_lines(lines: list[bytes]) -> None:
+        if fail:
+            raise OSError("the log's disk is gone")
+        stored.extend(lines)
+
+    async def scenario() -> None:
+        nonlocal fail
+        log = Log()
+        spool = AuditSpool(tmp_path / "spool", send_lines, log, retry=0.05, max_retry=0.1, window=4,
+                           send_lines=send_lines, store_lines=store_lines)
+        runner = asyncio.create_task(spool.run())
+        first = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(10)]
+        await asyncio.gather(*(spool.emit(e, wait_delivered=0.2) for e in first))  # durable, not delivered
+        assert spool.backlog() == 10 and not stored
+        assert any("not stored directly" in message for message, _ in log.warnings)
+        fail = False
+        spool.nudge()
+        for _ in range(200):
+            if spool.backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert spool.backlog() == 0 and not direct  # the sender delivered them
+        second = [new_event("exec", user="joe", command=f"more {i}") for i in range(5)]
+        for event in second:
+            await spool.emit(event, wait_delivered=30)
+        assert sum(direct) == 5 and spool.backlog() == 0  # caught up: the writer stores again
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        assert stored == [line + b"\n" for line in (tmp_path / "spool" / "events.jsonl").read_bytes().splitlines()]
+        assert [e.uid for e in first + second] == [line.split(b'"uid":"')[1].split(b'"')[0].decode()
+                                                   for line in stored]
+
+    asyncio.run(scenario())
+
+
+def test_lines_another_process_appended_are_not_skipped_by_the_writer(tmp_path: Path) -> None:
+    """A line someone else appended to the spool's file (between two of ours) is delivered like
+    ours: the writer stores its own batch only when it starts where delivery stopped."""
+    async def scenario() -> None:
+        sink = FileAuditLog(tmp_path / "log", "auth")
+        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines,
+                           store_lines=sink.emit_lines_now)
+        runner = asyncio.create_task(spool.run())
+        await spool.emit(new_event("exec", user="a"), wait_delivered=30)
+        foreign = new_event("exec", user="foreign")
+        with open(tmp_path / "spool" / "events.jsonl", "ab") as handle:
+            handle.write(event_line(foreign))
+        last = new_event("exec", user="b")
+        await spool.emit(last, wait_delivered=30)
+        for _ in range(200):
+            if spool.backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        found = [e.uid for e in await search_all(sink, EVERYTHING)]
+        await sink.close()
+        assert foreign.uid in found and last.uid in found and len(found) == len(set(found)) == 3
 
     asyncio.run(scenario())
 
@@ -97,7 +195,8 @@ def test_a_failing_sink_keeps_lines_on_disk_and_waiting_emits_return(tmp_path: P
     asyncio.run(scenario())
 
 
-def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["sender", "writer-stores"])
+def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_path: Path, direct: bool) -> None:
     """A process emitting through its spool into the JSON log (auth's path), killed with SIGKILL:
     every event whose emit returned is in the log after the next start delivers, exactly once."""
     child = textwrap.dedent(f"""
@@ -114,7 +213,8 @@ def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_pa
         async def main():
             sink = FileAuditLog(Path({str(tmp_path / 'log')!r}), "auth")
             spool = AuditSpool(Path({str(tmp_path / 'spool')!r}), sink.emit_lines, Log(), window=16,
-                               send_lines=sink.emit_lines)
+                               send_lines=sink.emit_lines,
+                               store_lines=sink.emit_lines_now if {direct!r} else None)
             asyncio.create_task(spool.run())
 
             async def emitter(n):

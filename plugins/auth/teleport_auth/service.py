@@ -453,7 +453,9 @@ class AuthService(Service):
                                        {name: self._to_sink(sink) for name, sink in zip(names, sinks, strict=True)},
                                        self.log, primary=primary, retry=AUDIT_RETRY, max_retry=AUDIT_MAX_RETRY,
                                        window=AUDIT_DELIVERY_WINDOW,
-                                       lines={name: sink.emit_lines for name, sink in zip(names, sinks, strict=True)})
+                                       lines={name: sink.emit_lines for name, sink in zip(names, sinks, strict=True)},
+                                       stores={name: sink.emit_lines_now
+                                               for name, sink in zip(names, sinks, strict=True) if sink.lines_now})
         export_pending(self.ctx.metrics, "auth", self.audit_spool)
         self._tasks.append(asyncio.create_task(self.audit_spool.run(), name="auth-audit-spool"))
         self._tasks.append(asyncio.create_task(self._watch_audit(), name="auth-audit-probe"))
