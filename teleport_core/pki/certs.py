@@ -109,6 +109,8 @@ def apply_plugins(hook: Any, request: CertRequest) -> CertRequest:
             for key, value in mapping.items():
                 if not isinstance(key, str) or not key or not isinstance(value, str):
                     raise PluginError(f"certificate extension {key!r}: names and values must be strings")
+    if not any(item is not None and (item.extensions or item.critical_options) for item in results):
+        return request  # nothing added (the usual case): the request as it is
     extensions, options = merge_additions(request, results)
     if request.cert_format is CertFormat.TLS and (extensions or options):
         raise PluginError(

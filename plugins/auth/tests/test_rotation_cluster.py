@@ -205,6 +205,17 @@ def test_an_old_ca_certificate_is_refused_after_standby_even_on_a_connection_ope
     asyncio.run(main())
 
 
+def assert_certificate_answers_follow_the_host_ca(auth: Auth) -> None:
+    """A certificate answer's host CA PEMs and ``known_hosts`` lines (kept by auth per host CA object)
+    are the host CA's trusted keys of this phase."""
+    key = keys.public_key_openssh(keys.generate_private_key("ed25519"))
+    answer = auth.call(lambda c: c.sign_user_cert("bob", key))
+    host = auth.ca("host")
+    assert answer["host_ca_pems"] == host["tls_certs"]
+    assert [line.split()[2:4] for line in answer["known_hosts"]] == [
+        line.split()[:2] for line in host["ssh_public_keys"]]
+
+
 def test_the_auth_server_serves_a_certificate_from_the_new_host_ca_from_update_servers(auth: Auth) -> None:
     user = auth.user("bob")  # the user CA is not rotated here: only trust in the server changes
     old_pem = auth.ca("host")["tls_certs"][0]
@@ -221,8 +232,10 @@ def test_the_auth_server_serves_a_certificate_from_the_new_host_ca_from_update_s
         assert auth.connects(user, trusting=[old_pem]) is not new_signs, phase
         assert auth.connects(user)  # a client that learnt the new CA at init connects throughout
         assert own_cert_signed_by(auth, new_pem) is new_signs
+        assert_certificate_answers_follow_the_host_ca(auth)
 
     auth.rotate("host", "standby")
+    assert_certificate_answers_follow_the_host_ca(auth)
     assert auth.connects(user, trusting=[new_pem])
     # the identity tctl uses on this host trusts only the new host CA and is signed by it
     saved = LocalIdentity.load(identity_dir)

@@ -295,6 +295,20 @@ class UsersAPI(APIBase):
 
     # -- login and certificates ----------------------------------------------------------------------------------
 
+    def _answer_parts(self) -> tuple[tuple[str, ...], tuple[str, ...], Any, Any]:
+        """What every certificate answer shares: the host CA's PEMs and ``known_hosts`` lines, and the
+        issued-certificate counters; kept while the host CA object and the metrics registry are the
+        same (a rotation or a reload installs a new CA object, so the next answer has the new CAs)."""
+        svc = self.service
+        kept = getattr(self, "_kept_answer_parts", None)
+        if kept is None or kept[0] is not svc.host_ca or kept[1] is not svc.ctx.metrics:
+            issued = metrics_for(svc.ctx.metrics).certificates_issued
+            kept = (svc.host_ca, svc.ctx.metrics, (tuple(svc.host_ca_pems()),
+                    tuple(export_known_hosts(svc.host_ca).splitlines()),
+                    issued.labels(kind="user", format="ssh"), issued.labels(kind="user", format="tls")))
+            self._kept_answer_parts = kept
+        return kept[2]
+
     async def _certs_for(self, identity: Identity, public_key: str, ttl: dt.timedelta | None,
                          client_ip: str = "", *, cap: dt.timedelta | None = None) -> dict[str, Any]:
         """Certificates for ``identity`` (its roles, traits and active access requests); ``cap``: the
@@ -319,9 +333,9 @@ class UsersAPI(APIBase):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         valid_before = ssh.request.valid_before
-        issued = metrics_for(svc.ctx.metrics).certificates_issued
-        issued.labels(kind="user", format="ssh").inc()
-        issued.labels(kind="user", format="tls").inc()
+        host_ca_pems, known_hosts, issued_ssh, issued_tls = self._answer_parts()
+        issued_ssh.inc()
+        issued_tls.inc()
         await svc.emit(self.event("cert.create", user=user.name, cert_type="user",
                                   identity={"user": user.name, "roles": list(user.roles), "logins": list(user.logins),
                                             "expires": valid_before.isoformat(),
@@ -333,8 +347,8 @@ class UsersAPI(APIBase):
             "logins": list(user.logins),
             "ssh_cert": ssh.data.decode().strip(),
             "tls_cert": tls.data.decode(),
-            "host_ca_pems": svc.host_ca_pems(),
-            "known_hosts": export_known_hosts(svc.host_ca).splitlines(),
+            "host_ca_pems": list(host_ca_pems),
+            "known_hosts": list(known_hosts),
             "valid_before": valid_before.isoformat(),
             "cluster_name": svc.cluster_name,
         }
