@@ -11,7 +11,9 @@ role logs in through ``/web/login`` and then, over HTTPS with its session cookie
 * **first_page_ms** / **first_page_kb**: the first page of the range (50 events, each with its
   JSON) and its size; **first_page_500_ms**: the same with ``limit=500``;
 * **all_pages_500_s**: every event by following *Next* at 500 a page (the cursor);
-* **export_csv_s** / **export_jsonl_s** (and their MB): the whole filter downloaded.
+* **export_csv_s** / **export_jsonl_s** (and their MB): the whole filter downloaded;
+* **api_pages_500_s**: every event through auth's ``GET /v1/events`` alone (the admin identity,
+  500 a page, the cursor), what the web page calls, without the page around it.
 
 Each of the last three also as the process's CPU seconds (``*_cpu_s``: auth, the proxy and the
 bench's client share this one process), the figure that holds on a busy machine.
@@ -20,6 +22,7 @@ bench's client share this one process), the figure that holds on a busy machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import sys
@@ -31,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "web" / "tests"))
 
 from test_audit_page import AUDIT, EXPORT, every_page, write_events
-from web_helpers import CLUSTER, running_cluster
+from web_helpers import CLUSTER, WebCluster, running_cluster
 
 from teleport_core.state.audit import format_time, new_event
 
@@ -70,7 +73,22 @@ def run(count: int) -> dict[str, float]:
                 out[f"export_{kind}_mb"] = len(answer.content) / 1e6
                 lines = len(answer.text.splitlines())
                 assert lines == count + (kind == "csv"), (kind, lines)
+        started, cpu = time.perf_counter(), time.process_time()
+        assert asyncio.run(api_pages(cluster, window["from"], window["to"])) == count
+        out["api_pages_500_s"] = time.perf_counter() - started
+        out["api_pages_500_cpu_s"] = time.process_time() - cpu
     return out
+
+
+async def api_pages(cluster: WebCluster, since: str, until: str) -> int:
+    """Events paged through ``GET /v1/events``, 500 a page."""
+    count, cursor = 0, ""
+    async with cluster.admin() as admin:
+        while True:
+            page = await admin.search_events(since=since, until=until, limit=500, cursor=cursor)
+            count, cursor = count + len(page["events"]), page["next_cursor"]
+            if not cursor:
+                return count
 
 
 def main() -> None:
@@ -93,6 +111,8 @@ def main() -> None:
           f"{figures['export_csv_mb']:.1f} MB")
     print(f"export JSON lines: {figures['export_jsonl_s']:.2f} s (CPU {figures['export_jsonl_cpu_s']:.2f} s), "
           f"{figures['export_jsonl_mb']:.1f} MB")
+    print(f"GET /v1/events, every event 500 a page: {figures['api_pages_500_s']:.2f} s "
+          f"(CPU {figures['api_pages_500_cpu_s']:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import heapq
+import itertools
 import logging
 import os
 import re
@@ -281,14 +282,23 @@ class _LineReader:
         self.block = SPARSE_READ
 
     def line(self, offset: int) -> bytes | None:
+        # one call per event a search reads, most of them far apart: the sparse path is kept short
+        buf = self.buf
         rel = offset - self.start
-        if 0 <= rel < len(self.buf):
-            nl = self.buf.find(b"\n", rel)
+        if 0 <= rel < len(buf):
+            nl = buf.find(b"\n", rel)
             if nl >= 0:
-                return self.buf[rel:nl]
-        near = self.start <= offset <= self.start + len(self.buf) + MIN_READ  # sequential: read ahead more
-        self.block = min(max(self.block, MIN_READ) * 4, MAX_READ) if near else SPARSE_READ
-        data = os.pread(self.fd, max(0, min(self.block, self.limit - offset)), offset)
+                return buf[rel:nl]
+            want = self.block = min(max(self.block, MIN_READ) * 4, MAX_READ)  # sequential: read ahead more
+        elif rel < 0 or rel > len(buf) + MIN_READ:
+            want = self.block = SPARSE_READ
+        else:
+            want = self.block = min(max(self.block, MIN_READ) * 4, MAX_READ)
+        if want > self.limit - offset:
+            want = self.limit - offset
+            if want <= 0:
+                return None  # the file changed under the index
+        data = os.pread(self.fd, want, offset)
         nl = data.find(b"\n")
         while nl < 0:
             if offset + len(data) >= self.limit:
@@ -878,9 +888,12 @@ class FileAuditLog(AuditSink):
                     sources.append(source)
             seen_code, seen = -1, set[str]()  # the uids of time code seen_code
             chunk = min(query.limit + 16, 4096)
-            candidates = self._candidates(sources, where, first_code, high_code, chunk)
+            rows = self._rows(sources, where, first_code, high_code, chunk)
             matches = query.matches_record
-            for code, source, offset, line in candidates:
+            for (code, offset), source in rows:
+                line = source.reader.line(offset)
+                if line is None:
+                    continue
                 try:
                     record = decode_record(line)
                     when = record_time(record)
@@ -907,45 +920,39 @@ class FileAuditLog(AuditSink):
                 os.close(source.fd)
 
     @staticmethod
-    def _keys(
+    def _chunks(
         source: _Source, where: Filter, typ: int | None, first: int, high: int, chunk: int
-    ) -> Iterator[tuple[int, int]]:
-        """(code, offset) of ``source``'s rows from time code ``first`` to ``high``, fetched by chunks."""
+    ) -> Iterator[list[tuple[int, int]]]:
+        """(code, offset) of ``source``'s rows from time code ``first`` to ``high``, by chunks."""
         after = (first, -1)
         while True:
             rows = source.index.keys(where, typ, after, high, source.reader.limit, chunk)
-            yield from rows
+            yield rows
             if len(rows) < chunk:
                 return
             after = rows[-1]
             chunk = min(chunk * 4, 8192)
 
     @classmethod
-    def _candidates(
+    def _rows(
         cls, sources: list[_Source], where: Filter, first: int, high: int, chunk: int
-    ) -> Iterator[tuple[int, _Source, int, bytes]]:
-        """(time code, source, offset, line) of the indexed rows in range that match ``where``
-        (by hashes: the caller checks the decoded event), ordered by time code, server, offset."""
+    ) -> Iterator[tuple[tuple[int, int], _Source]]:
+        """((time code, offset), source) of the indexed rows in range that match ``where`` (by hashes:
+        the caller checks the decoded event), ordered by time code, server, offset."""
         types: tuple[int | None, ...] = where.types or (None,)
-        if len(sources) == 1 and len(types) == 1:  # the common case, kept tight
+        if len(sources) == 1 and len(types) == 1:  # the common case: no Python frame per row
             [source] = sources
-            line_at = source.reader.line
-            for code, offset in cls._keys(source, where, types[0], first, high, chunk):
-                line = line_at(offset)
-                if line is not None:
-                    yield code, source, offset, line
-            return
+            keys = itertools.chain.from_iterable(cls._chunks(source, where, types[0], first, high, chunk))
+            return zip(keys, itertools.repeat(source))
 
         def entries(rank: int, source: _Source, typ: int | None) -> Iterator[tuple[int, int, int, _Source]]:
-            for code, offset in cls._keys(source, where, typ, first, high, chunk):
-                yield code, rank, offset, source
+            for rows in cls._chunks(source, where, typ, first, high, chunk):
+                for code, offset in rows:
+                    yield code, rank, offset, source
 
         # sources are sorted by server, so rank orders a time code's rows by server
         streams = [entries(rank, source, typ) for rank, source in enumerate(sources) for typ in types]
-        for code, _, offset, source in heapq.merge(*streams):
-            line = source.reader.line(offset)
-            if line is not None:
-                yield code, source, offset, line
+        return (((code, offset), source) for code, _, offset, source in heapq.merge(*streams))
 
     @staticmethod
     def _report_bad(source: _Source, offset: int, reason: str) -> None:
