@@ -9,8 +9,10 @@ __version__ = "0.1.0"
 import pluggy as _pluggy
 
 from teleport_core import _moved as _moved_paths
+from teleport_core.net import noinvoke as _noinvoke
 
 hookimpl = _pluggy.HookimplMarker("teleport")
 """Decorator marking a plugin's hook implementations (``@hookimpl``, ``@hookimpl(trylast=True)``)."""
 
+_noinvoke.install()  # paramiko.config imports without invoke (for 'Match exec' only)
 _moved_paths.install()  # the paths the 2026-12 regrouping moved keep working, with a warning

@@ -8,12 +8,17 @@ docs/architecture.md.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import types
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader as _LoaderBase
+else:
+    _LoaderBase = object  # importlib.abc costs tsh about 10-20 ms of imports (tempfile, ...)
 
 MOVED: dict[str, str] = {
     # old (under teleport_core.) -> new
@@ -30,7 +35,7 @@ MOVED: dict[str, str] = {
 PREFIX = "teleport_core."
 
 
-class _Alias(importlib.abc.Loader):
+class _Alias(_LoaderBase):
     def __init__(self, target: str) -> None:
         self.target = target
 
@@ -43,7 +48,7 @@ class _Alias(importlib.abc.Loader):
         """Nothing to run: the module at the new path was imported whole."""
 
 
-class MovedFinder(importlib.abc.MetaPathFinder):
+class MovedFinder:
     """Finds a moved path (or a module inside a moved package) as an alias of its new home."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,

@@ -1,4 +1,7 @@
-"""Calls to the proxy's HTTPS API (synchronous httpx; tsh runs one request at a time)."""
+"""Calls to the proxy's HTTPS API (synchronous httpx; tsh runs one request at a time).
+
+The TLS and HTTP modules are imported by the functions that use them: ``tsh ssh`` with a stored
+profile needs only :func:`current` (``teleport_core.api.client`` brings asyncio, about 30 ms)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from teleport_core.api.client import ConnectionProblem, raise_for_status
 from teleport_core.errors import TeleportError
-from teleport_core.pki.serverrole import PROXY, find_role_error, require_server_role
 from teleport_core.tsh.profile import Profile, home
 
 
@@ -20,6 +21,8 @@ def tls_context(insecure: bool, profile: Profile | None = None, host_cas: Sequen
     ``host_cas``: PEM) is accepted only for system role ``Proxy`` (a node's certificate never
     passes as the proxy, even with ``insecure``); other certificates (self-signed, public) are
     judged as before."""
+    from teleport_core.pki.serverrole import PROXY, require_server_role
+
     context = ssl.create_default_context()
     if insecure:
         context.check_hostname = False
@@ -45,6 +48,9 @@ def call(web_addr: str, method: str, path: str, *, insecure: bool, profile: Prof
          body: Any = None, timeout: float = 30.0, host_cas: Sequence[bytes] = ()) -> Any:
     """One request to the proxy; the decoded JSON, or the typed error the proxy sent."""
     import httpx
+
+    from teleport_core.api.client import ConnectionProblem, raise_for_status
+    from teleport_core.pki.serverrole import find_role_error
 
     url = f"https://{web_addr}{path}"
     try:
