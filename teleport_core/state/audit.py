@@ -348,11 +348,13 @@ class AuditSink(abc.ABC):
     #: Whether :meth:`emit_lines_now` works: storing is thread-safe blocking I/O (the JSON log's).
     lines_now: ClassVar[bool] = False
 
-    def emit_lines_now(self, lines: Sequence[bytes]) -> None:
+    def emit_lines_now(self, lines: Sequence[bytes], events: Sequence[AuditEvent] | None = None) -> None:
         """:meth:`emit_lines` done in the calling thread, blocking (never call it on an event loop):
         the audit spool's writer thread calls it right after fsyncing a batch, so the batch reaches
-        the sink without another hand-off between threads. Durable when it returns; raises when the
-        events were not stored. Only where :attr:`lines_now` is True."""
+        the sink without another hand-off between threads. ``events``, when given, are the events
+        the lines are (``lines[i] == event_line(events[i])``: the spool built them), so the sink
+        need not read them back from the lines. Durable when it returns; raises when the events
+        were not stored. Only where :attr:`lines_now` is True."""
         raise NotImplementedError(f"{type(self).__name__} stores no lines outside its event loop")
 
     @abc.abstractmethod

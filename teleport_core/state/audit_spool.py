@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 #: delivers a batch of spooled lines as they are on disk (``AuditSink.emit_lines``): no decoding
 SendLines = Callable[[list[bytes]], Awaitable[None]]
-#: the same, blocking, in the spool's writer thread (``AuditSink.emit_lines_now``)
-StoreLines = Callable[[list[bytes]], None]
+#: the same, blocking, in the spool's writer thread, with the events the lines are (``AuditSink.emit_lines_now``)
+StoreLines = Callable[[list[bytes], list[AuditEvent]], None]
 COMPACT_AT = 4 << 20  # once everything is delivered, start a new file past this size
 MARK_EVERY = 64  # delivered lines between progress marks (and one after each pass)
 PENDING_METRIC = "teleport_audit_events_pending"
@@ -119,7 +119,7 @@ class AuditSpool:
         self.send = send
         self.log = log
         self.retry, self.max_retry = retry, max_retry
-        self._pending: list[tuple[bytes, asyncio.Future[None], float]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[None], float, AuditEvent]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._nudged = asyncio.Event()
@@ -151,7 +151,7 @@ class AuditSpool:
         for its delivery, unless deliveries are failing."""
         line = event_line(event)  # what the JSON audit log stores as is
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((line, future, wait_delivered))
+        self._pending.append((line, future, wait_delivered, event))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
         await future  # resolved once durable, or (wait_delivered) once delivered or timed out
@@ -188,12 +188,12 @@ class AuditSpool:
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            lines = [line for line, _, _ in batch]
+            lines = [line for line, _, _, _ in batch]
             try:
                 async with self._lock:
-                    start = self._base + await self._write(lines)
+                    start = self._base + await self._write(lines, [event for _, _, _, event in batch])
             except OSError as exc:
-                for _, future, _ in batch:
+                for _, future, _, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
@@ -202,7 +202,7 @@ class AuditSpool:
             waiting: list[asyncio.Future[None]] = []
             longest = 0.0
             failing = self.failing
-            for line, future, wait in batch:
+            for line, future, wait, _ in batch:
                 start += len(line)
                 if future.done():
                     continue
@@ -215,7 +215,7 @@ class AuditSpool:
             if waiting:
                 asyncio.get_running_loop().call_later(longest, _release, waiting)
 
-    async def _write(self, lines: list[bytes]) -> int:
+    async def _write(self, lines: list[bytes], events: list[AuditEvent]) -> int:
         """Append ``lines`` (fsynced) in the writer thread; where they start. With ``store_lines``,
         while every earlier line was delivered and no delivery is under way, the same thread then
         stores them in the sink too (one hand-off for both fsyncs) and delivery progress passes
@@ -228,7 +228,8 @@ class AuditSpool:
             return start
         async with self._delivery:  # free: taken without waiting
             expected = self._committed
-            start, stored = await self._thread.run(lambda: self._append_and_store(data, lines, expected, store))
+            start, stored = await self._thread.run(
+                lambda: self._append_and_store(data, lines, events, expected, store))
             if stored:
                 self._mark(start + len(data))
                 self._advance(self._base + start + len(data))
@@ -236,7 +237,8 @@ class AuditSpool:
             self._wake.set()
         return start
 
-    def _append_and_store(self, data: bytes, lines: list[bytes], expected: int, store: StoreLines) -> tuple[int, bool]:
+    def _append_and_store(self, data: bytes, lines: list[bytes], events: list[AuditEvent], expected: int,
+                          store: StoreLines) -> tuple[int, bool]:
         """In the writer thread: append ``data``; then, if it starts where the last delivered line
         ended (nobody else appended meanwhile), store its lines in the sink. Where it starts, and
         whether it was stored (a failure is the sender's to retry and report)."""
@@ -244,7 +246,7 @@ class AuditSpool:
         if start != expected:
             return start, False
         try:
-            store(lines)
+            store(lines, events)
         except Exception as exc:  # the events are on disk: the sender delivers them from the file
             self.log.warning("audit events not stored directly, the sender will deliver them", error=str(exc))
             return start, False

@@ -453,12 +453,13 @@ class FileAuditLog(AuditSink):
 
     lines_now = True
 
-    def emit_lines_now(self, lines: Sequence[bytes]) -> None:
+    def emit_lines_now(self, lines: Sequence[bytes], events: Sequence[AuditEvent] | None = None) -> None:
         """:meth:`emit_lines` in the calling thread (the audit spool's writer, right after its own
         fsync): the batch is appended and fsynced there, under the same per-file lock and ``flock``
-        as the writer thread's batches, de-duplicated by uid the same way. :class:`AuditError` when
-        it cannot be stored."""
-        records = self._records(lines)
+        as the writer thread's batches, de-duplicated by uid the same way. With ``events`` (what
+        the lines are), a line's uid, time and filtered fields are the event's, as :meth:`emit`
+        takes them, instead of read back from the line. :class:`AuditError` when it cannot be stored."""
+        records = self._records(lines) if events is None else self._records_of_events(lines, events)
         if not records:
             return
         with self._queue_lock:
@@ -469,11 +470,22 @@ class FileAuditLog(AuditSink):
         try:
             errors = self._store(records)
         finally:
-            with self._queue_cond:
+            with self._queue_lock:
                 self._direct -= 1
-                self._queue_cond.notify_all()
+                if self._closed:  # close() waits for the stores under way
+                    self._queue_cond.notify_all()
         if errors:
             raise AuditError("; ".join(errors[day] for day in sorted(errors)))
+
+    def _records_of_events(self, lines: Sequence[bytes], events: Sequence[AuditEvent]) -> list[Encoded]:
+        """:meth:`_records` of lines whose events are known (``lines[i] == event_line(events[i])``)."""
+        records = []
+        for line, event in zip(lines, events, strict=True):
+            try:
+                records.append(encode(event, line))
+            except AuditError:  # not storable as it is: as the sender's emit_lines would take the line
+                records.extend(self._records([line]))
+        return records
 
     def _records(self, lines: Sequence[bytes]) -> list[Encoded]:
         """The :class:`Encoded` of each line that is an event (see :meth:`emit_lines`)."""
@@ -500,7 +512,9 @@ class FileAuditLog(AuditSink):
             self._queue.append(_Pending(records, loop, done))
             if self._writer is None:
                 self._start_threads()
-            if not self._rounds:  # else the writer waits for the round's end, which wakes it
+            # Wake the writer for the first event of a batch only: with more queued it was woken
+            # already or sees them before it waits; during a round, the round's end wakes it.
+            if not self._rounds and len(self._queue) == 1:
                 self._queue_cond.notify()
         return done
 

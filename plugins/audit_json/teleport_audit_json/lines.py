@@ -86,13 +86,14 @@ def day_start_ms(day: dt.date) -> int:
     return (day - dt.date(1970, 1, 1)).days * DAY_MS
 
 
-def encode(event: AuditEvent) -> Encoded:
+def encode(event: AuditEvent, line: bytes | None = None) -> Encoded:
     """The stored line of ``event``; :class:`AuditError` if it cannot be stored as JSON.
 
     The bytes are :func:`teleport_core.state.audit.event_line`'s (``to_dict`` encoded compactly,
-    built without the intermediate dict); the day and time code come from the time itself, not
-    from re-reading the line. Anything unusual (a field that is not a ``str``, ``fields`` not a
-    ``dict``) takes the general path, checked by :data:`LINE`."""
+    built without the intermediate dict); ``line``, when given, is what ``event_line(event)``
+    returned to the caller (the audit spool's own line), used as it is. The day and time code come
+    from the time itself, not from re-reading the line. Anything unusual (a field that is not a
+    ``str``, ``fields`` not a ``dict``) takes the general path, checked by :data:`LINE`."""
     fields = event.fields
     if fields and not fields.keys().isdisjoint(RESERVED):
         clash = next(key for key in RESERVED if key in fields)
@@ -103,10 +104,11 @@ def encode(event: AuditEvent) -> Encoded:
     if (type(event.event) is not str or type(event.code) is not str or type(event.uid) is not str
             or type(fields) is not dict or not isinstance(when, dt.datetime)):
         return _encode_slowly(event)
-    try:
-        line = event_line(event)
-    except (TypeError, ValueError) as exc:
-        raise AuditError(f"audit event {event.event} ({event.uid}) is not JSON-serializable: {exc}") from None
+    if line is None:
+        try:
+            line = event_line(event)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit event {event.event} ({event.uid}) is not JSON-serializable: {exc}") from None
     utc = when if when.tzinfo is dt.UTC else when.astimezone(dt.UTC)
     micros = utc.microsecond
     second = round(utc.timestamp() - micros / 1e6)  # exact: the float is within 1e-6 of it

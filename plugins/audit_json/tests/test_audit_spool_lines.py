@@ -21,7 +21,7 @@ import pytest
 from audit_json_helpers import ROOT
 from teleport_audit_json.filelog import FileAuditLog
 
-from teleport_core.state.audit import AuditQuery, event_line, new_event
+from teleport_core.state.audit import AuditEvent, AuditQuery, event_line, new_event
 from teleport_core.state.audit_spool import AuditSpool
 from teleport_core.testing.audit_suite import search_all
 
@@ -47,8 +47,8 @@ def _stores(sink: FileAuditLog, direct: bool, calls: list[int] | None = None) ->
     if not direct:
         return {}
 
-    def store(lines: list[bytes]) -> None:
-        sink.emit_lines_now(lines)
+    def store(lines: list[bytes], events: list[AuditEvent]) -> None:
+        sink.emit_lines_now(lines, events)
         if calls is not None:
             calls.append(len(lines))
 
@@ -92,7 +92,7 @@ def test_a_failing_direct_store_leaves_the_lines_to_the_sender(tmp_path: Path) -
     stored: list[bytes] = []
     direct: list[int] = []
 
-    def store_lines(lines: list[bytes]) -> None:
+    def store_lines(lines: list[bytes], events: list[AuditEvent]) -> None:
         if fail:
             raise OSError("the log's disk is gone")
         stored.extend(lines)
