@@ -17,12 +17,16 @@ from teleport_core.pki.principal import Identity as Identity  # re-exported: the
 from teleport_core.pki.principal import IdentityKind as IdentityKind
 from teleport_core.pki.secret import Secret
 
+_NOTHING: Mapping[str, Any] = MappingProxyType({})  # shared: most requests have no labels (every listed item)
+
 
 def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(value))
+    return MappingProxyType(dict(value)) if value else _NOTHING
 
 
 def _frozen_attributes(value: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    if not value:
+        return _NOTHING
     return MappingProxyType({str(k): MappingProxyType(dict(v)) for k, v in value.items()})
 
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -972,6 +973,7 @@ def expand_logins(logins: Iterable[str], traits: Mapping[str, Iterable[str]]) ->
     return out
 
 
+@functools.lru_cache(maxsize=4096)  # role names, in the reason of every decision (one per item of a listing)
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 

@@ -21,6 +21,7 @@ a ``filtered`` listing is allowed by them and its caller checks each item.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,6 +98,7 @@ def host_uuid(identity: Identity) -> str:
     return name.partition(".")[0]
 
 
+@functools.lru_cache(maxsize=4096)  # names in reasons, made for every decision (one per item of a listing)
 def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
@@ -104,7 +106,7 @@ def _q(text: str) -> str:
 def decide_host(request: AccessRequest) -> Decision:
     """The fixed policy for a host identity."""
     identity = request.identity
-    who = f"access denied to host {_q(identity.name)}"
+    who = f"access denied to host {_q(identity.name)}"  # cached: this runs for every item of a host's listing
     if request.verb == SSH_VERB:
         return Decision.deny(f"{who}: hosts cannot log in over SSH")
     system_roles = [role for role in identity.roles if role in HOST_POLICIES]
