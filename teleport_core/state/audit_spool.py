@@ -149,12 +149,20 @@ class AuditSpool:
         """Append ``event``; returns once it is durable on this host (:class:`OSError` if it
         cannot be written). With ``wait_delivered`` (seconds), then also wait that long at most
         for its delivery, unless deliveries are failing."""
-        line = event_line(event)  # what the JSON audit log stores as is
+        await self.enqueue(event, wait_delivered)
+
+    def enqueue(self, event: AuditEvent, wait_delivered: float = 0.0,
+                line: bytes | None = None) -> asyncio.Future[None]:
+        """:meth:`emit` without the ``await``: queue ``event`` (``line``: its :func:`event_line`, if
+        the caller has it) and return the future :meth:`emit` awaits, resolved once durable, or
+        (``wait_delivered``) once delivered or timed out."""
+        if line is None:
+            line = event_line(event)  # what the JSON audit log stores as is
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((line, future, wait_delivered, event))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending())
-        await future  # resolved once durable, or (wait_delivered) once delivered or timed out
+        return future
 
     async def wait_delivered(self, position: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until everything up to ``position`` (what :meth:`emit`
@@ -678,13 +686,19 @@ class FanOutSpool:
 
     async def emit(self, event: AuditEvent, *, wait_delivered: float = 0.0) -> None:
         """Append ``event`` to every destination's queue (:class:`OSError` when one cannot be
-        written); then wait up to ``wait_delivered`` for its delivery to the primary destination."""
-        results = await asyncio.gather(*(
-            spool.emit(event, wait_delivered=wait_delivered if name == self.primary else 0.0)
-            for name, spool in self.spools.items()), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        written); then wait up to ``wait_delivered`` for its delivery to the primary destination.
+        The line is encoded once, and the queues' futures awaited in turn (no task per queue)."""
+        line = event_line(event)
+        futures = [spool.enqueue(event, wait_delivered if name == self.primary else 0.0, line)
+                   for name, spool in self.spools.items()]
+        failed: Exception | None = None
+        for future in futures:
+            try:
+                await future
+            except Exception as exc:  # the first failure is raised, after every queue had its say
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def run(self) -> None:
         """Deliver to every destination until cancelled."""
