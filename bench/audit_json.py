@@ -237,21 +237,32 @@ class _Log:
     info = error = warning
 
 
-async def spool_append_rate(directory: Path, total: int, emitters: int) -> tuple[float, float, float]:
+async def spool_append_rate(directory: Path, total: int, emitters: int,
+                            fan_out: bool = False) -> tuple[float, float, float]:
     """:func:`append_rate` through auth's path: each emit is appended and fsynced to an audit
     spool (``AuditSpool``, delivery window 256, as auth's), and returns once the spool's sender
     has delivered it to the sink (``emit_lines``: one more group commit and fsync), as auth's
-    ``emit(event, wait_delivered=1.0)`` does."""
-    from teleport_core.state.audit_spool import AuditSpool
+    ``emit(event, wait_delivered=1.0)`` does. Where the sink offers ``emit_lines_now``, the spool's
+    writer stores each batch in it right after its own fsync, as auth's does. ``fan_out``: through
+    the object auth's emits go through (``FanOutSpool`` with this one destination) rather than
+    the ``AuditSpool`` under it."""
+    from teleport_core.state.audit_spool import AuditSpool, FanOutSpool
 
     sink = await open_sink(directory / "log")
 
     async def send(data: dict[str, Any]) -> None:
         await sink.emit(AuditEvent.from_dict(data))
 
-    # as auth's: the spool's writer stores each batch in the sink too, where the sink offers that
-    stores = {"store_lines": sink.emit_lines_now} if getattr(sink, "lines_now", False) else {}
-    spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines, **stores)
+    direct = getattr(sink, "lines_now", False)  # absent before issue 17's one hand-off
+    spool: Any
+    if fan_out:
+        name = f"file://{directory / 'log'}"
+        stores = {"stores": {name: sink.emit_lines_now}} if direct else {}
+        spool = FanOutSpool(directory / "spool", {name: send}, _Log(), primary=name, window=256,
+                            lines={name: sink.emit_lines}, **stores)
+    else:
+        spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines,
+                           **({"store_lines": sink.emit_lines_now} if direct else {}))
     runner = asyncio.create_task(spool.run())
     per = total // emitters
 
@@ -434,6 +445,9 @@ async def append_rates(args: argparse.Namespace, directory: Path) -> dict[str, A
         results["append 32 emitters through auth's spool (events/s)"] = rate
         results["append 32 emitters through auth's spool: CPU us per event"] = cpu
         results["append 32 emitters through auth's spool: voluntary context switches per event"] = switches
+        rate, cpu, switches = await spool_append_rate(directory / "fan-out-32", args.appends, 32, fan_out=True)
+        results["append 32 emitters through auth's FanOutSpool (events/s)"] = rate
+        results["append 32 emitters through auth's FanOutSpool: CPU us per event"] = cpu
     return results
 
 
