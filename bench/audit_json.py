@@ -257,12 +257,12 @@ async def spool_append_rate(directory: Path, total: int, emitters: int,
     spool: Any
     if fan_out:
         name = f"file://{directory / 'log'}"
-        stores = {"stores": {name: sink.emit_lines_now}} if direct else {}
+        stores: dict[str, Any] = {"stores": {name: sink.emit_lines_now}} if direct else {}
         spool = FanOutSpool(directory / "spool", {name: send}, _Log(), primary=name, window=256,
                             lines={name: sink.emit_lines}, **stores)
     else:
-        spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines,
-                           **({"store_lines": sink.emit_lines_now} if direct else {}))
+        store: dict[str, Any] = {"store_lines": sink.emit_lines_now} if direct else {}
+        spool = AuditSpool(directory / "spool", send, _Log(), window=256, send_lines=sink.emit_lines, **store)
     runner = asyncio.create_task(spool.run())
     per = total // emitters
 
