@@ -28,9 +28,14 @@ from teleport_core.testing.audit_suite import search_all
 EVERYTHING = AuditQuery(since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC), until=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
 
 
+async def no_send(data: dict[str, Any]) -> None:
+    """The per-event ``send`` of a spool that delivers with ``send_lines`` (never called)."""
+    raise AssertionError("send_lines delivers")
+
+
 class Log:
     def __init__(self) -> None:
-        self.warnings: list[tuple[str, dict]] = []
+        self.warnings: list[tuple[str, dict[str, object]]] = []
 
     def warning(self, message: str, **kw: object) -> None:
         self.warnings.append((message, kw))
@@ -106,7 +111,7 @@ def test_a_failing_direct_store_leaves_the_lines_to_the_sender(tmp_path: Path) -
     async def scenario() -> None:
         nonlocal fail
         log = Log()
-        spool = AuditSpool(tmp_path / "spool", send_lines, log, retry=0.05, max_retry=0.1, window=4,
+        spool = AuditSpool(tmp_path / "spool", no_send, log, retry=0.05, max_retry=0.1, window=4,
                            send_lines=send_lines, store_lines=store_lines)
         runner = asyncio.create_task(spool.run())
         first = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(10)]
@@ -174,7 +179,7 @@ def test_a_failing_sink_keeps_lines_on_disk_and_waiting_emits_return(tmp_path: P
     async def scenario() -> None:
         nonlocal up
         log = Log()
-        spool = AuditSpool(tmp_path / "spool", send_lines, log, retry=0.05, max_retry=0.1, window=4,
+        spool = AuditSpool(tmp_path / "spool", no_send, log, retry=0.05, max_retry=0.1, window=4,
                            send_lines=send_lines)
         runner = asyncio.create_task(spool.run())
         events = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(10)]
