@@ -1052,6 +1052,12 @@ class RoleSet:
             out.extend(login for login in allowed if login not in denied and login not in out)
         return out
 
+    def rules_read_items(self, kind: str, verb: str) -> bool:
+        """Whether a ``where`` rule of the roles names ``verb`` on ``kind``: only then can
+        :meth:`check_rule` answer one item of a listing otherwise than another."""
+        return any(rule.predicate is not None for role in self.roles
+                   for rule in (*role.deny.rules_for(kind, verb), *role.allow.rules_for(kind, verb)))
+
     def check_rule(self, kind: str, verb: str, env: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
                    *, filtered: bool = False) -> Decision:
         """May the user ``verb`` resources of ``kind``? Deny rules win.

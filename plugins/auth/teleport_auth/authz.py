@@ -222,6 +222,24 @@ class RoleAuthorizer:
         await self.load(identity)
         return self.roleset(identity)
 
+    def decide_alike(self, identity: Identity, verb: str, kind: str) -> Decision | None:
+        """The decision :meth:`decide` makes on every item of a listing of ``kind`` (``verb``, no
+        labels or login), when the items cannot change it: a user whose roles have no ``where`` rule
+        for it (or who is denied before any rule is read); None when it depends on the item (a host's
+        policy may read its name: it is decided per item)."""
+        if identity.kind is IdentityKind.HOST or verb == SSH_VERB:
+            return None
+        try:
+            roleset = self.roleset(identity)
+        except AccessDenied as exc:
+            return Decision.deny(str(exc))
+        if roleset.rules_read_items(kind, verb):
+            return None
+        decision = roleset.check_rule(kind, verb)
+        if decision.allowed:
+            return decision
+        return Decision.deny(f"access denied to user {_q(identity.name)}: {decision.reason}")
+
     def decide(self, request: AccessRequest) -> Decision:
         """Allow or deny ``request``, always with a reason (usable from ``teleport_authorize``)."""
         identity = request.identity

@@ -275,3 +275,41 @@ def test_where_rules_read_the_request_item(with_backend: Any) -> None:
         assert authz.decide(req(host("Auth"), "list", "session", filtered=True)).allowed
 
     with_backend(body)
+
+
+def test_decide_alike_is_each_items_decision_or_none(with_backend: Any) -> None:
+    """A listing decides once what its items cannot change (``decide_alike``): only when no ``where``
+    rule of the user's roles names the verb on the kind, and then exactly what ``decide`` gives each
+    item. A ``where`` rule, allow or deny, in any role makes it decide per item (None); a host is always
+    decided per item; a user whose role is missing is denied alike."""
+
+    async def body(backend: Any) -> None:
+        store = RoleStore(backend)
+        await store.ensure_builtin()
+        await store.create(make_role("no-root-events", allow={"rules": [{"resources": ["event"], "verbs": ["list"]}]},
+                                     deny={"rules": [{"resources": ["event"], "verbs": ["list"],
+                                                      "where": 'equals(event.user, "root")'}]}))
+        await store.create(make_role("own-events", allow={"rules": [
+            {"resources": ["event"], "verbs": ["list"], "where": "equals(event.user, user.metadata.name)"}]}))
+        await store.create(make_role("all-but-events", allow={"rules": [{"resources": ["*"], "verbs": ["*"]}]},
+                                     deny={"rules": [{"resources": ["event"], "verbs": ["list"]}]}))
+        authz = RoleAuthorizer(store)
+        items = [(f"uid-{i}", {"event": {"type": kind, "code": "T0000I", "user": who}})
+                 for i, (kind, who) in enumerate([("exec", "root"), ("exec", "ann"), ("user.login", "bob"),
+                                                  ("session.start", "")])]
+        cases = {("auditor",): True, ("access",): False, ("no-root-events",): None, ("auditor", "no-root-events"): None,
+                 ("own-events",): None, ("all-but-events",): True, ("auditor", "all-but-events"): True,
+                 ("missing-role",): True}
+        for roles, alike in cases.items():
+            ann = user("ann", roles=roles)
+            await authz.load(ann)
+            once = authz.decide_alike(ann, "list", "event")
+            each = [authz.decide(req(ann, "list", "event", name, attributes=attributes)) for name, attributes in items]
+            if alike is None:
+                assert once is None, roles
+                assert len({d.allowed for d in each}) == 2, roles  # the items do differ: per item was needed
+            else:
+                assert once is not None and all(d == once for d in each), (roles, once, each)
+        assert authz.decide_alike(host("Auth"), "list", "event") is None
+
+    with_backend(body)

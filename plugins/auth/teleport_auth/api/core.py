@@ -297,6 +297,26 @@ class APIBase:
         svc = self.service
         return check_access(svc.ctx.plugins.hook, request, svc.authorizer.decide(request))
 
+    def item_decider(self, identity: Identity, verb: str, kind: str) -> Callable[[str, Any], bool]:
+        """``allowed(name, attributes)`` for each item of one ``filtered`` listing: what
+        :meth:`item_decision` answers, with what the items cannot change decided once. A user's roles
+        without a ``where`` rule for ``verb`` on ``kind`` decide every item alike
+        (``RoleAuthorizer.decide_alike``); with no ``teleport_authorize`` plugin loaded that is the
+        answer for every item, and otherwise each item still goes to the plugins with it."""
+        svc = self.service
+        hook = svc.ctx.plugins.hook
+        alike = svc.authorizer.decide_alike(identity, verb, kind)
+        if alike is not None and not hook.teleport_authorize.get_hookimpls():
+            answer = alike.allowed
+            return lambda name, attributes: answer
+
+        def allowed(name: str, attributes: Any) -> bool:
+            request = AccessRequest(identity, verb, kind, name, {}, "", attributes or {})
+            own = alike if alike is not None else svc.authorizer.decide(request)
+            return check_access(hook, request, own).allowed
+
+        return allowed
+
     async def authorize(self, request: Request, identity: Identity, verb: str, kind: str, name: str = "", *,
                         attributes: Any = None, filtered: bool = False) -> None:
         """403 (audited) unless ``identity`` may ``verb`` on ``kind``; ``attributes``: the item's fields

@@ -144,10 +144,9 @@ class EventsAPI(APIBase):
         # the events as the sink stores them (JSON objects), filtered by their records: no event is
         # built, converted back to a dict and encoded again for the answer
         page = await self.service.audit.search_lines(wanted)
-        node, decide = params.node, self.item_decision
+        node, allowed = params.node, self.item_decider(identity, "list", "event")
         kept = [line for line, record in zip(page.lines, page.records, strict=True)
-                if (not node or of_node(record, node))
-                and decide(identity, "list", "event", record["uid"], event_attributes(record)).allowed]
+                if (not node or of_node(record, node)) and allowed(record["uid"], event_attributes(record))]
         return Response(b'{"events":[%s],"next_cursor":%s}' % (b",".join(kept), json.dumps(page.next_cursor).encode()),
                         media_type="application/json")
 
