@@ -212,6 +212,8 @@ class SessionsAPI(APIBase):
             index = recording_search.recording_index(self.service)  # SearchUnsupported (400) naming why
             matches = set(await index.search(phrase, recording_search.MATCH_MAX))
 
+        may_read, may_list = self.item_decider(acting, "read", "session"), self.item_decider(acting, "list", "session")
+
         def keep(record: SessionRecord) -> bool:
             if matches is not None and record.sid not in matches:
                 return False
@@ -220,10 +222,9 @@ class SessionsAPI(APIBase):
             if params.node and params.node not in (record.server_hostname, record.server_id):
                 return False
             attributes = recordings.session_attributes(record)
-            if matches is not None and not self.item_decision(acting, "read", "session", record.sid,
-                                                              attributes).allowed:
+            if matches is not None and not may_read(record.sid, attributes):
                 return False  # a match shows the recording's text: reading it must be allowed too
-            return self.item_decision(acting, "list", "session", record.sid, attributes).allowed
+            return may_list(record.sid, attributes)
 
         found = await recordings.list_sessions(self, since, until, limit, keep) if matches != set() else []
         if phrase and found:
