@@ -14,8 +14,11 @@ crash between sending and recording progress resends), and the audit log stores 
 once, so every event appears in the log exactly once. With ``send_lines`` (auth's spool, whose
 destinations are its audit sinks) the sender hands the destination its lines as they are on disk,
 up to ``window`` per call (``AuditSink.emit_lines``: the JSON log stores the same bytes with one
-group commit, nothing is decoded and encoded again), one call at a time. Emits that wait for
-delivery share one timer per appended batch. An event the auth server refuses (403:
+group commit, nothing is decoded and encoded again), one call at a time. With ``store_lines`` too
+(the sink's ``AuditSink.emit_lines_now``) the spool's own writer thread, right after appending and
+fsyncing a batch, stores it in the sink in the same hand-off while delivery is caught up, and
+marks it delivered; otherwise, or when that fails, the sender delivers it from the file as usual.
+Emits that wait for delivery share one timer per appended batch. An event the auth server refuses (403:
 a host may emit only its own event types, see ``teleport_auth.events_policy``) is logged once
 and dropped, so it never blocks the events behind it; any other failure is retried.
 
