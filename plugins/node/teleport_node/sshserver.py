@@ -65,7 +65,7 @@ from teleport_core.recording.events import emit_end, start_fields
 from teleport_core.recording.spool import Recorder, finalize, write_sidecar
 from teleport_core.recording.stream import StreamRecorder
 from teleport_core.state.trackers import TrackedSession
-from teleport_node import party, tracking
+from teleport_node import party, spawn, tracking
 from teleport_node.certs import CertRefused, TrustedUserCA, UserCert, check_user_cert
 from teleport_node.pump import ChannelToFd, FdToChannel, Pump
 from teleport_node.streaming import close_stream, stream_recorder
@@ -1041,14 +1041,22 @@ class Session:
                 env["SSH_AUTH_SOCK"] = self.agent_listener.path
             import subprocess
 
+            # without fork() of the node where glibc allows (spawn.py); else subprocess, which forks
+            # for a PTY (preexec_fn) or another user (CPython 3.11 uses vfork for neither)
+            login = spawn.Login(drop["user"], drop["group"], tuple(drop["extra_groups"])) if drop else None
             if self.pty:
                 master, slave = pty.openpty()
                 _winsize(master, *self.size)
-                env["SSH_TTY"] = os.ttyname(slave)
+                env["SSH_TTY"] = tty = os.ttyname(slave)
                 try:
-                    self.process = subprocess.Popen(argv, executable=executable, stdin=slave, stdout=slave,
-                                                    stderr=slave, cwd=cwd, env=env, start_new_session=True,
-                                                    preexec_fn=_set_ctty, close_fds=True, **drop)
+                    if spawn.AVAILABLE:
+                        if login is not None:
+                            spawn.give_tty(tty, login)
+                        self.process = spawn.spawn(argv, executable, env=env, cwd=cwd, tty=tty, login=login)
+                    else:
+                        self.process = subprocess.Popen(argv, executable=executable, stdin=slave, stdout=slave,
+                                                        stderr=slave, cwd=cwd, env=env, start_new_session=True,
+                                                        preexec_fn=_set_ctty, close_fds=True, **drop)
                 finally:
                     os.close(slave)
                 self.master = master
@@ -1060,9 +1068,13 @@ class Session:
                 for fd in (in_r, out_r, err_r):
                     grow_pipe(fd)
                 try:
-                    self.process = subprocess.Popen(argv, executable=executable, stdin=in_r, stdout=out_w,
-                                                    stderr=err_w, cwd=cwd, env=env, start_new_session=True,
-                                                    close_fds=True, **drop)
+                    if spawn.AVAILABLE and min(in_r, out_w, err_w) > 2:
+                        self.process = spawn.spawn(argv, executable, env=env, cwd=cwd, stdio=(in_r, out_w, err_w),
+                                                   login=login)
+                    else:
+                        self.process = subprocess.Popen(argv, executable=executable, stdin=in_r, stdout=out_w,
+                                                        stderr=err_w, cwd=cwd, env=env, start_new_session=True,
+                                                        close_fds=True, **drop)
                 finally:
                     for fd in (in_r, out_w, err_w):
                         os.close(fd)
