@@ -21,7 +21,7 @@ import pytest
 from audit_json_helpers import ROOT
 from teleport_audit_json.filelog import FileAuditLog
 
-from teleport_core.state.audit import AuditEvent, AuditQuery, event_line, new_event
+from teleport_core.state.audit import AuditError, AuditEvent, AuditQuery, event_line, new_event
 from teleport_core.state.audit_spool import AuditSpool
 from teleport_core.testing.audit_suite import search_all
 
@@ -251,3 +251,34 @@ def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_pa
     found = asyncio.run(restart())
     assert set(acknowledged) <= set(found)  # every acknowledged event, none lost
     assert len(found) == len(set(found))  # and none twice
+
+
+def test_emit_lines_now_from_threads_beside_emit_keeps_each_uid_once(tmp_path: Path) -> None:
+    """``emit_lines_now`` from several threads at once, while the event loop emits through the
+    writer thread and some lines are stored twice: every event once, every line whole, the same
+    bytes with or without the events given; after ``close`` it refuses."""
+    async def scenario() -> None:
+        sink = FileAuditLog(tmp_path / "log", "auth")
+        events = [new_event("exec", user=f"u{i % 5}", sid=f"s-{i}") for i in range(600)]
+        lines = [event_line(e) for e in events]
+
+        def store(part: range) -> None:
+            for start in range(part.start, part.stop, 20):
+                chunk = slice(start, min(start + 20, part.stop))
+                sink.emit_lines_now(lines[chunk], events[chunk] if start % 40 else None)
+
+        loop_part = [sink.emit(e) for e in events[400:]]
+        await asyncio.gather(asyncio.to_thread(store, range(0, 200)), asyncio.to_thread(store, range(200, 400)),
+                             asyncio.to_thread(store, range(100, 300)),  # stored twice: kept once
+                             *loop_part)
+        found = await search_all(sink, EVERYTHING)
+        assert sorted(e.uid for e in found) == sorted(e.uid for e in events)
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "log" / "auth").glob("*.log"))
+        assert sorted(stored.splitlines(keepends=True)) == sorted(lines)
+        by_user = await search_all(sink, AuditQuery(EVERYTHING.since, EVERYTHING.until, user="u3"))
+        assert sorted(e.uid for e in by_user) == sorted(e.uid for e in events if e.user == "u3")
+        await sink.close()
+        with pytest.raises(AuditError, match="closed"):
+            sink.emit_lines_now(lines[:1], events[:1])
+
+    asyncio.run(scenario())
