@@ -94,12 +94,25 @@ def _compact_json(value: object) -> str:
     return _COMPACT.encode(value)
 
 
-def _roles_json(roles: Sequence[str]) -> str:
+@functools.lru_cache(maxsize=1024)
+def _roles_json(roles: tuple[str, ...]) -> str:
+    """``{"roles":[...]}`` (kept per role list: a user's certificates repeat it)."""
     return _compact_json({"roles": list(roles)})
 
 
 def _traits_json(traits: Mapping[str, Sequence[str]]) -> str:
-    return _compact_json({k: list(v) for k, v in sorted(traits.items())})
+    """The traits as compact JSON, keys sorted (kept per distinct traits, which are immutable tuples in
+    an :class:`Identity`)."""
+    items = tuple(sorted(traits.items()))
+    try:
+        return _sorted_traits_json(items)
+    except TypeError:  # a list among the values: not kept
+        return _compact_json({k: list(v) for k, v in items})
+
+
+@functools.lru_cache(maxsize=1024)
+def _sorted_traits_json(items: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return _compact_json({k: list(v) for k, v in items})
 
 
 def _utc_now(now: dt.datetime | None) -> dt.datetime:
@@ -127,6 +140,8 @@ def _identity(**fields: Any) -> Identity:
 
 
 def _with_logins(identity: Identity, logins: tuple[str, ...], cluster: str) -> Identity:
+    if identity.logins == logins and identity.cluster == cluster:
+        return identity  # already so (the API's identities are): the same immutable identity
     fields: dict[str, Any] = {"logins": logins, "cluster": cluster}
     return attrs.evolve(identity, **fields)
 
@@ -195,6 +210,21 @@ def _validity(now: dt.datetime, ttl: dt.timedelta) -> tuple[int, int]:
 
 
 # -- SSH issuance --------------------------------------------------------------------------------------
+
+
+_last_line: tuple[PublicKey, str] | None = None
+
+
+def _openssh_line(key: PublicKey) -> str:
+    """:func:`keys.public_key_openssh`, kept for the last key object (the two certificates of a pair are
+    made for one; key objects are immutable)."""
+    global _last_line
+    last = _last_line
+    if last is not None and last[0] is key:
+        return last[1]
+    line = keys.public_key_openssh(key)
+    _last_line = (key, line)
+    return line
 
 
 def _subject_key(public_key: str | bytes | PublicKey) -> PublicKey:
@@ -272,7 +302,7 @@ def issue_ssh_user_cert(
     ):
         if allowed:
             extensions[name] = ""
-    extensions[EXT_TELEPORT_ROLES] = _roles_json(identity.roles)
+    extensions[EXT_TELEPORT_ROLES] = _roles_json(tuple(identity.roles))
     extensions[EXT_TELEPORT_TRAITS] = _traits_json(identity.traits)
     extensions[EXT_ROUTE_TO_CLUSTER] = route
     if identity.active_requests:
@@ -288,7 +318,7 @@ def issue_ssh_user_cert(
         principals=principals,
         valid_after=_from_ts(after),
         valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
+        public_key=_openssh_line(subject),
         extensions=extensions,
         critical_options=options,
     )
@@ -333,7 +363,7 @@ def _issue_ssh_host(
         principals=principals,
         valid_after=_from_ts(after),
         valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
+        public_key=_openssh_line(subject),
         extensions=extensions,
     )
     request = apply_plugins(hook, request)
@@ -481,7 +511,7 @@ def issue_tls_user_cert(
         principals=logins,
         valid_after=_from_ts(after),
         valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
+        public_key=_openssh_line(subject),
     )
     request = apply_plugins(hook, request)
     data, serial = _sign_tls(user_ca, request, subject, _subject_name(request.identity, route, logins), ())
@@ -525,7 +555,7 @@ def issue_tls_host_cert(
         principals=(*names, *(str(ip) for ip in ips)),
         valid_after=_from_ts(after),
         valid_before=_from_ts(before),
-        public_key=keys.public_key_openssh(subject),
+        public_key=_openssh_line(subject),
     )
     request = apply_plugins(hook, request)
     data, serial = _sign_tls(host_ca, request, subject, _subject_name(identity, host_ca.cluster_name, ()), sans)

@@ -52,8 +52,10 @@ def _integer(value: int) -> bytes:
     return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
+@functools.lru_cache(maxsize=64)
 def _time(when: dt.datetime) -> bytes:
-    """UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5280 4.1.2.5); whole seconds, ``Z``."""
+    """UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5280 4.1.2.5); whole seconds, ``Z`` (an
+    aware UTC time: kept per second, the certificates of one second share their times)."""
     rest = f"{when.month:02d}{when.day:02d}{when.hour:02d}{when.minute:02d}{when.second:02d}Z"
     if _UTC_FROM <= when.year < _UTC_UNTIL:
         return _tlv(0x17, f"{when.year % 100:02d}{rest}".encode())
@@ -122,10 +124,13 @@ def _signer_kind(signer: Any) -> str | None:
     return None
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
 def _sign(signer: Any, tbs: bytes) -> bytes:
     if isinstance(signer, ed25519.Ed25519PrivateKey):
         return signer.sign(tbs)
-    return signer.sign(tbs, ec.ECDSA(hashes.SHA256()))  # type: ignore[no-any-return]
+    return signer.sign(tbs, _ECDSA_SHA256)  # type: ignore[no-any-return]
 
 
 def build(signer: Any, ca_cert: x509.Certificate, *, subject: x509.Name, public_key: Any, serial: int,
