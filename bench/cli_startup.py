@@ -12,7 +12,8 @@ with the proxy tests' harness (plugins/proxy/tests/proxy_helpers.py). Their time
 cluster's answer (its CPU is this process's, not counted).
 
 ``--before DIR`` (a ``git worktree`` of an older commit) runs every command also with the kernel and
-plugins of DIR first on ``PYTHONPATH``, alternating before/after run by run, and prints both.
+plugins of DIR first on ``PYTHONPATH``, alternating before/after run by run, and prints both (the
+"after" runs then get this tree's folders on ``PYTHONPATH``, so both sides search as many paths).
 """
 
 from __future__ import annotations
@@ -132,9 +133,9 @@ def main() -> int:
             more, env = stack.enter_context(cluster_commands(scripts))
             commands.update(more)
         envs = {"after": env}
-        if args.before:
+        if args.before:  # both sides with the same PYTHONPATH length: longer paths cost every import
             home = {k: env[k] for k in ("TELEPORT_HOME",) if k in env}
-            envs["before"] = {**before_env(args.before.resolve()), **home}
+            envs = {"after": {**before_env(ROOT), **home}, "before": {**before_env(args.before.resolve()), **home}}
         results = measure(commands, envs, args.runs)
     if args.format == "json":
         print(json.dumps({"runs": args.runs, "budget_s": BUDGET, "results": results}, indent=2))
