@@ -104,7 +104,8 @@ def main() -> None:
         certs = admin_call(auth_dir, addr, sign)
         write_public(Path(f"{key_path}-cert.pub"), certs["ssh_cert"] + "\n")
         (work / "known").write_text(admin_call(auth_dir, addr, lambda a: a.get_cert_authority("host"))["known_hosts"])
-        envs = {"after": dict(os.environ),
+        here = Path(__file__).resolve().parent.parent  # both nodes search as many paths
+        envs = {"after": {**os.environ, "PYTHONPATH": python_path(here)},
                 "before": {**os.environ, "PYTHONPATH": python_path(args.before.resolve())}}
         nodes = {label: start_node(work, f"node-{label}", addr, pin, env) for label, env in envs.items()}
         results: dict[tuple[str, bool], list[tuple[float, float]]] = {}
