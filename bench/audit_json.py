@@ -85,6 +85,20 @@ third in reverse order), load 1.8-3.6, fsync rate moving 3x between runs::
     256 emitters, CPU per event                     100 / 95 / 108 us       67 / 72 / 69 us
     through auth's spool, CPU per event             140 / 139 / 185 us      136 / 152 / 147 us
     new_event (the bench's), CPU per event          12-15 us                12-16 us
+
+Issue 17, fourth round (``new_uid``, ``event_line`` without ``to_dict``, the spool's writer thread
+storing a batch in the log in the same hand-off through ``emit_lines_now``, ``FanOutSpool.emit``
+without a task per queue): before (0f02f31) and after (6a0feea) from worktrees with this bench,
+alternating three times, load 5-8::
+
+    python bench/audit_json.py --appends-only --appends 12800 --emitters 32,256
+                                                    before                  after
+    through auth's FanOutSpool, CPU per event       168 / 190 / 183 us      87 / 85 / 95 us (0.45-0.52)
+    through auth's spool (AuditSpool), CPU          142 / 144 / 155 us      105 / 90 / 109 us (0.62-0.74)
+    256 emitters, CPU per event                     68 / 69 / 84 us         59 / 52 / 51 us
+    ... event loop thread                           50 / 49 / 59 us         40 / 35 / 34 us
+    32 emitters, CPU per event                      84 / 83 / 92 us         76 / 82 / 65 us
+    new_event (the bench's), CPU per event          13-16 us                6-9 us
 """
 
 from __future__ import annotations
