@@ -242,7 +242,8 @@ class AuditSpool:
             start, stored = await self._thread.run(
                 lambda: self._append_and_store(data, lines, events, expected, store))
             if stored:
-                self._mark(start + len(data))
+                with contextlib.suppress(OSError):  # unrecorded, they are sent again after a restart (kept once)
+                    self._mark(start + len(data))
                 self._advance(self._base + start + len(data))
         if not stored or self._committed >= COMPACT_AT:  # the sender delivers it, or starts a new file
             self._wake.set()

@@ -282,3 +282,25 @@ def test_emit_lines_now_from_threads_beside_emit_keeps_each_uid_once(tmp_path: P
             sink.emit_lines_now(lines[:1], events[:1])
 
     asyncio.run(scenario())
+
+
+def test_a_progress_mark_that_cannot_be_written_does_not_fail_stored_events(tmp_path: Path) -> None:
+    """The writer stored a batch in the log but cannot record the progress (``sent`` is a symlink,
+    which the spool refuses to follow): the emits still succeed, the events are in the log once."""
+    (tmp_path / "spool").mkdir(mode=0o700)
+    (tmp_path / "elsewhere").write_text("0\n")
+    (tmp_path / "spool" / "sent").symlink_to(tmp_path / "elsewhere")
+
+    async def scenario() -> None:
+        sink = FileAuditLog(tmp_path / "log", "auth")
+        spool = AuditSpool(tmp_path / "spool", no_send, Log(), window=7, send_lines=sink.emit_lines,
+                           store_lines=sink.emit_lines_now)
+        events = [new_event("exec", user="joe", command=f"cmd {i}") for i in range(5)]
+        for event in events:  # no sender runs: only the writer's direct store delivers
+            await spool.emit(event, wait_delivered=30)
+        found = [e.uid for e in await search_all(sink, EVERYTHING)]
+        await sink.close()
+        assert found == [e.uid for e in events]
+        assert (tmp_path / "elsewhere").read_text() == "0\n"  # nothing written through the link
+
+    asyncio.run(scenario())
