@@ -65,7 +65,7 @@ def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: P
     async def scenario() -> None:
         sink = FileAuditLog(tmp_path / "log", "auth")
         calls: list[int] = []
-        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines,
+        spool = AuditSpool(tmp_path / "spool", no_send, Log(), window=7, send_lines=sink.emit_lines,
                            **_stores(sink, direct, calls))
         runner = asyncio.create_task(spool.run())
         events = [new_event("exec", user=f"u{i % 3}", sid=f"s-{i}", command=f"cmd {i}") for i in range(40)]
@@ -80,7 +80,7 @@ def test_lines_reach_the_log_byte_for_byte_in_order_once_and_indexed(tmp_path: P
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         (tmp_path / "spool" / "sent").write_text("0\n")  # as if the progress mark was lost in a crash
-        again = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines)
+        again = AuditSpool(tmp_path / "spool", no_send, Log(), window=7, send_lines=sink.emit_lines)
         assert await again.deliver() == 40  # resent ...
         assert day_file.read_bytes() == spooled  # ... and each uid kept once
         await sink.close()
@@ -143,7 +143,7 @@ def test_lines_another_process_appended_are_not_skipped_by_the_writer(tmp_path: 
     ours: the writer stores its own batch only when it starts where delivery stopped."""
     async def scenario() -> None:
         sink = FileAuditLog(tmp_path / "log", "auth")
-        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=7, send_lines=sink.emit_lines,
+        spool = AuditSpool(tmp_path / "spool", no_send, Log(), window=7, send_lines=sink.emit_lines,
                            store_lines=sink.emit_lines_now)
         runner = asyncio.create_task(spool.run())
         await spool.emit(new_event("exec", user="a"), wait_delivered=30)
@@ -241,7 +241,7 @@ def test_events_acknowledged_as_delivered_survive_kill_9_of_spool_and_log(tmp_pa
 
     async def restart() -> list[str]:
         sink = FileAuditLog(tmp_path / "log", "auth")
-        spool = AuditSpool(tmp_path / "spool", sink.emit_lines, Log(), window=16, send_lines=sink.emit_lines)
+        spool = AuditSpool(tmp_path / "spool", no_send, Log(), window=16, send_lines=sink.emit_lines)
         await spool.deliver()
         assert spool.backlog() == 0
         found = [e.uid for e in await search_all(sink, EVERYTHING)]
