@@ -5,7 +5,10 @@ in the channel's ``in_buffer``; a reader thread would then wake up, copy it out 
 the node. Here the channel's ``in_buffer`` is an :class:`Upstream` instead, which writes the
 packet to the node's socket on the transport thread, without blocking (``MSG_DONTWAIT``). What
 the socket does not take at once is queued for the writer thread, and so is everything after
-it until the queue is empty, so bytes stay in order. The transport thread never blocks on the
+it until the queue is empty, so bytes stay in order. The writer thread runs only while it has
+work (queued bytes, a window to acknowledge, the end of input): it is started when work comes
+and ends after :data:`WRITER_IDLE` seconds without any, so an idle session, or one whose
+keystrokes the node's socket takes at once, holds no thread for it. The transport thread never blocks on the
 node, so the other direction's window adjustments keep flowing: a blocked reader could deadlock
 a session that echoes its input.
 
@@ -35,6 +38,8 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE, MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, cMSG_CHANNEL_WINDOW_ADJUST
 
 CHUNK = 256 * 1024
+#: seconds a writer thread waits for more work before it ends (the next work starts another)
+WRITER_IDLE = 5.0
 
 
 class Upstream:
@@ -56,6 +61,9 @@ class Upstream:
         self._threshold = 1  # set from the channel's window on adopt
         self._closed = False
         self._failed = False
+        self._writer: threading.Thread | None = None  # the writer thread, while it runs
+        #: set once the client-to-node direction has ended (the node's socket half-closed)
+        self.finished = threading.Event()
 
     def adopt(self, channel: paramiko.Channel) -> None:
         """Take over ``channel``'s input (call on its transport's thread, or before the
@@ -85,18 +93,18 @@ class Upstream:
                     sent = 0
                 except OSError:
                     self._failed = True
-                    self._cv.notify()
+                    self._wake()
                     return
             if sent < len(data):
                 self._queue.append(memoryview(data)[sent:])
             self._written += sent
             if self._queue or self._written >= self._threshold:
-                self._cv.notify()
+                self._wake()
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
-            self._cv.notify()
+            self._wake()
 
     def read_ready(self) -> bool:
         return False
@@ -112,13 +120,32 @@ class Upstream:
 
     # -- the writer thread ------------------------------------------------------------------------
 
-    def run(self) -> None:
+    @property
+    def writer_running(self) -> bool:
+        return self._writer is not None
+
+    def _work(self) -> bool:
+        """Whether the writer has something to do (call with ``_cv`` held)."""
+        return bool(self._queue) or self._closed or self._failed or self._written >= self._threshold
+
+    def _wake(self) -> None:
+        """Hand the writer its work (call with ``_cv`` held): notify it, or start it."""
+        if self._writer is not None:
+            self._cv.notify()
+        elif not self.finished.is_set():
+            self._writer = threading.Thread(target=self._run, name="proxy-up", daemon=True)
+            self._writer.start()
+
+    def _run(self) -> None:
         """Write what the transport thread queued, acknowledge written bytes to the client;
-        at end of input (or when the channel or the node goes away) half-close the socket."""
+        at end of input (or when the channel or the node goes away) half-close the socket.
+        Ends after :data:`WRITER_IDLE` seconds without work (under ``_cv``: no work is missed)."""
         while True:
             with self._cv:
-                while not (self._queue or self._closed or self._failed or self._written >= self._threshold):
-                    self._cv.wait()
+                while not self._work():
+                    if not self._cv.wait(WRITER_IDLE) and not self._work():
+                        self._writer = None
+                        return
                 batch = list(self._queue)
                 self._queue.clear()
                 self._writing = bool(batch)
@@ -142,6 +169,9 @@ class Upstream:
                 self._written += written
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
+        with self._cv:
+            self._writer = None
+            self.finished.set()
 
     def _acknowledge(self, nbytes: int) -> None:
         channel = self.channel
@@ -221,11 +251,10 @@ class SplicingTransport(paramiko.Transport):  # type: ignore[misc]
 def splice(channel: paramiko.Channel, upstream: Upstream, sent: Callable[[int], None] | None = None,
            ended: Callable[[], None] | None = None) -> None:
     """Copy bytes both ways between ``channel`` and ``upstream.sock`` until both directions end
-    (in two threads; returns at once). ``upstream`` already adopted the channel, or will on
-    its first message. ``sent`` is told the size of each chunk from the node to the client;
-    ``ended`` is called once both directions ended."""
+    (a thread reading the node, and the upstream's writer while it has work; returns at once).
+    ``upstream`` already adopted the channel, or will on its first message. ``sent`` is told the
+    size of each chunk from the node to the client; ``ended`` is called once both directions ended."""
     sock = upstream.sock
-    writer = threading.Thread(target=upstream.run, name="proxy-up", daemon=True)
 
     def downstream() -> None:  # node -> client
         try:
@@ -240,12 +269,11 @@ def splice(channel: paramiko.Channel, upstream: Upstream, sent: Callable[[int], 
             pass
         with contextlib.suppress(OSError, EOFError):
             channel.shutdown_write()
-        writer.join()
+        upstream.finished.wait()
         with contextlib.suppress(OSError, EOFError):  # the client's transport may already be gone
             channel.close()
         sock.close()
         if ended is not None:
             ended()
 
-    writer.start()
     threading.Thread(target=downstream, name="proxy-down", daemon=True).start()

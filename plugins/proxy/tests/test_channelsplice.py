@@ -139,3 +139,39 @@ def test_a_connection_lost_before_its_channel_said_anything_releases_the_node(pa
     channel.get_transport().close()  # the client vanishes: no data, no EOF, no close for the channel
     node.settimeout(10)
     assert node.recv(1) == b""  # the proxy let go of the node connection
+
+
+def wait_until(condition, seconds: float = 10) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def test_the_writer_thread_runs_only_while_it_has_work(pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An idle session, or one whose keystrokes the node's socket takes at once, holds no writer
+    thread; bytes the node does not take start one, which ends once it has written them and then
+    waited ``WRITER_IDLE`` for more; the end of input still half-closes the node's socket."""
+    import teleport_proxy.channelsplice as channelsplice
+
+    monkeypatch.setattr(channelsplice, "WRITER_IDLE", 0.2)
+    channel, node, upstream = pair
+    time.sleep(0.3)
+    assert not upstream.writer_running  # idle: no thread
+    for key in b"ls -la\n":
+        channel.sendall(bytes([key]))
+    assert read_exactly(node, 7) == b"ls -la\n"
+    assert not upstream.writer_running  # keystrokes went straight to the node's socket
+    payload = os.urandom(12 * 1024 * 1024)  # more than the node's socket takes: a queue, so a writer
+    sender = threading.Thread(target=channel.sendall, args=(payload,), daemon=True)
+    sender.start()
+    assert wait_until(lambda: upstream.writer_running)
+    assert read_exactly(node, len(payload)) == payload
+    sender.join(10)
+    assert wait_until(lambda: not upstream.writer_running)  # done and idle: it ended
+    channel.sendall(b"more")
+    assert read_exactly(node, 4) == b"more"
+    channel.shutdown_write()
+    node.settimeout(10)
+    assert node.recv(1) == b""  # the end of input, with no writer running, still half-closes
+    assert upstream.finished.wait(10) and not upstream.writer_running
